@@ -1,0 +1,192 @@
+//! Isolation forest (Liu, Ting & Zhou 2008) with scikit-learn's semantics: `n_trees` trees, each grown
+//! on `sample_size` rows (ψ) to depth ceil(log2 ψ); a node splits a random non-constant feature at a
+//! uniform threshold in its (min, max); the score is `2^(-E[h(x)] / c(ψ))` with
+//! `h = depth + c(leaf size)`, in (0, 1], higher = more anomalous (scikit-learn's `-score_samples`).
+//!
+//! The trees' rows come from the fit's bottom-k hash sample, whose order is a seeded random
+//! permutation: with at least `n_trees · ψ` distinct rows, tree t takes rows [tψ, (t+1)ψ) of it — a
+//! uniform sample without replacement, disjoint between trees. Smaller inputs draw each tree's rows
+//! from the whole (distinct) input with a seeded generator. Either way the forest is a function of
+//! the data and the seed only.
+
+use crate::fit::FitState;
+use crate::hashing::{DeterministicRng, mix64};
+use serde::{Deserialize, Serialize};
+
+const LEAF: u32 = u32::MAX;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    /// Split feature, or `LEAF`.
+    pub feature: u32,
+    /// Split threshold (go left when x ≤ threshold); for a leaf, its path length depth + c(size).
+    pub value: f64,
+    pub left: u32,
+    pub right: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IsolationForestModel {
+    pub trees: Vec<Vec<Node>>,
+    /// ψ actually used.
+    pub sample_size: usize,
+    /// c(ψ).
+    pub normaliser: f64,
+}
+
+/// Average path length of an unsuccessful BST search among n points (scikit-learn's definition).
+pub fn average_path_length(n: f64) -> f64 {
+    if n <= 1.0 {
+        0.0
+    } else if n <= 2.0 {
+        1.0
+    } else {
+        2.0 * ((n - 1.0).ln() + 0.577_215_664_901_532_9) - 2.0 * (n - 1.0) / n
+    }
+}
+
+impl IsolationForestModel {
+    pub fn fit(state: &FitState) -> Self {
+        let p = &state.params;
+        let width = state.n_features;
+        let pool: Vec<&[f64]> = state.sample.rows().map(|(r, _)| r).collect();
+        let psi = p.sample_size.min(pool.len()).max(1);
+        let max_depth = p
+            .max_depth
+            .unwrap_or_else(|| (psi.max(2) as f64).log2().ceil() as usize);
+        let mut trees = Vec::with_capacity(p.n_trees);
+        for t in 0..p.n_trees {
+            let mut rng = DeterministicRng::new(mix64(p.seed ^ mix64(t as u64 + 1)));
+            let rows: Vec<&[f64]> = if pool.len() >= p.n_trees * psi {
+                pool[t * psi..(t + 1) * psi].to_vec()
+            } else {
+                // partial Fisher–Yates over the pool
+                let mut idx: Vec<usize> = (0..pool.len()).collect();
+                for i in 0..psi.min(idx.len()) {
+                    let j = i + rng.next_below(idx.len() - i);
+                    idx.swap(i, j);
+                }
+                idx[..psi.min(pool.len())].iter().map(|&i| pool[i]).collect()
+            };
+            let mut nodes = Vec::new();
+            if rows.is_empty() {
+                nodes.push(Node {
+                    feature: LEAF,
+                    value: 0.0,
+                    left: 0,
+                    right: 0,
+                });
+            } else {
+                let mut idx: Vec<usize> = (0..rows.len()).collect();
+                build(&rows, width, &mut idx, 0, max_depth, &mut rng, &mut nodes);
+            }
+            trees.push(nodes);
+        }
+        Self {
+            trees,
+            sample_size: psi,
+            normaliser: average_path_length(psi as f64),
+        }
+    }
+
+    /// Scores rows given as feature columns.
+    pub fn score(&self, cols: &[&[f64]], len: usize) -> Vec<f64> {
+        let mut depth_sum = vec![0.0f64; len];
+        for tree in &self.trees {
+            for (i, d) in depth_sum.iter_mut().enumerate() {
+                let mut node = &tree[0];
+                while node.feature != LEAF {
+                    let x = cols[node.feature as usize][i];
+                    node = &tree[if x <= node.value { node.left } else { node.right } as usize];
+                }
+                *d += node.value;
+            }
+        }
+        let n_trees = self.trees.len().max(1) as f64;
+        let c = if self.normaliser > 0.0 { self.normaliser } else { 1.0 };
+        depth_sum
+            .into_iter()
+            .map(|d| (2.0f64).powf(-(d / n_trees) / c))
+            .collect()
+    }
+
+    /// Splits on each feature along a row's paths, summed over trees (path-length attribution).
+    pub fn split_counts(&self, row: &[f64], out: &mut [f64]) {
+        out.iter_mut().for_each(|o| *o = 0.0);
+        for tree in &self.trees {
+            let mut node = &tree[0];
+            while node.feature != LEAF {
+                let f = node.feature as usize;
+                out[f] += 1.0;
+                node = &tree[if row[f] <= node.value { node.left } else { node.right } as usize];
+            }
+        }
+    }
+}
+
+fn build(
+    rows: &[&[f64]],
+    width: usize,
+    idx: &mut [usize],
+    depth: usize,
+    max_depth: usize,
+    rng: &mut DeterministicRng,
+    nodes: &mut Vec<Node>,
+) -> u32 {
+    let me = nodes.len() as u32;
+    let leaf = |nodes: &mut Vec<Node>, n: usize| {
+        nodes.push(Node {
+            feature: LEAF,
+            value: depth as f64 + average_path_length(n as f64),
+            left: 0,
+            right: 0,
+        });
+    };
+    if depth >= max_depth || idx.len() <= 1 {
+        leaf(nodes, idx.len());
+        return me;
+    }
+    // Non-constant features at this node; choose one uniformly (scikit-learn's random splitter with
+    // max_features = 1 keeps drawing until it finds a non-constant feature).
+    let mut candidates: Vec<(usize, f64, f64)> = Vec::with_capacity(width);
+    for f in 0..width {
+        let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+        for &i in idx.iter() {
+            let v = rows[i][f];
+            lo = lo.min(v);
+            hi = hi.max(v);
+        }
+        if hi > lo {
+            candidates.push((f, lo, hi));
+        }
+    }
+    if candidates.is_empty() {
+        leaf(nodes, idx.len());
+        return me;
+    }
+    let (f, lo, hi) = candidates[rng.next_below(candidates.len())];
+    let mut threshold = lo + (hi - lo) * rng.next_f64();
+    if threshold >= hi {
+        threshold = lo;
+    }
+    // partition idx: left = x ≤ threshold
+    let mut split = 0;
+    for k in 0..idx.len() {
+        if rows[idx[k]][f] <= threshold {
+            idx.swap(k, split);
+            split += 1;
+        }
+    }
+    nodes.push(Node {
+        feature: f as u32,
+        value: threshold,
+        left: 0,
+        right: 0,
+    });
+    let (left_idx, right_idx) = idx.split_at_mut(split);
+    let left = build(rows, width, left_idx, depth + 1, max_depth, rng, nodes);
+    let right = build(rows, width, right_idx, depth + 1, max_depth, rng, nodes);
+    nodes[me as usize].left = left;
+    nodes[me as usize].right = right;
+    me
+}

@@ -1,0 +1,7 @@
+//! One module per detector family. Each turns a finished [`crate::fit::FitState`] into its model body
+//! and scores feature columns. Scores are "higher = more anomalous" everywhere.
+
+pub mod ecdf;
+pub mod hbos;
+pub mod iforest;
+pub mod moments;

@@ -1,0 +1,99 @@
+//! The z-score family: `zscore` (mean/std), `robust_zscore` (median/MAD) and `iqr` (Tukey fences).
+//!
+//! Per feature j the term is
+//! - zscore: |x - mean| / std, with the population std (ddof = 0, as `scipy.stats.zscore`);
+//! - robust_zscore: |x - median| / (1.4826 · MAD); if MAD = 0, the mean absolute deviation
+//!   · 1.2533 is used instead (Iglewicz & Hoaglin), so a mostly-constant feature still scores;
+//! - iqr: max(Q1 - x, x - Q3, 0) / IQR — how many IQRs the value lies outside [Q1, Q3]; Tukey's rule
+//!   "outside the 1.5 · IQR fences" is `score > 1.5`, iqr's default threshold.
+//!
+//! Terms combine by `combine = max` (default: the worst feature decides) or `sum`. A feature with zero
+//! spread scores 0 at its centre and +Infinity anywhere else (it never varied in training).
+
+use crate::exact_sum::dd;
+use crate::fit::FitState;
+use crate::params::Algorithm;
+use crate::quantile::quantile_linear;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CentreScaleModel {
+    /// Centre per feature (mean, median, or Q1 for iqr).
+    pub centre: Vec<f64>,
+    /// Upper centre for iqr (Q3); equal to `centre` otherwise.
+    pub upper: Vec<f64>,
+    /// Scale per feature (std, 1.4826·MAD, IQR).
+    pub scale: Vec<f64>,
+}
+
+impl CentreScaleModel {
+    pub fn fit(state: &FitState) -> Self {
+        let n = state.rows as f64;
+        let mut centre = Vec::new();
+        let mut upper = Vec::new();
+        let mut scale = Vec::new();
+        for f in &state.features {
+            match state.params.algorithm {
+                Algorithm::ZScore => {
+                    let s1 = f.sum.as_ref().map(|s| s.0.to_double_double()).unwrap_or((0.0, 0.0));
+                    let s2 = f.sum_sq.as_ref().map(|s| s.0.to_double_double()).unwrap_or((0.0, 0.0));
+                    let mean = dd::div_f64(s1, n);
+                    // n·var = S2 - S1²/n, in double-double so a large offset does not cancel digits.
+                    let s1_sq_over_n = dd::div_f64(dd::mul(s1, s1), n);
+                    let m2 = dd::add(s2, (-s1_sq_over_n.0, -s1_sq_over_n.1));
+                    let var = (m2.0 + m2.1) / n;
+                    centre.push(mean.0 + mean.1);
+                    upper.push(mean.0 + mean.1);
+                    scale.push(var.max(0.0).sqrt());
+                }
+                Algorithm::RobustZScore => {
+                    let wv = f.sketch.as_ref().map(|s| s.weighted_values()).unwrap_or_default();
+                    let med = quantile_linear(&wv, 0.5);
+                    let mut dev: Vec<(f64, u64)> = wv.iter().map(|&(v, c)| ((v - med).abs(), c)).collect();
+                    dev.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    let mad = quantile_linear(&dev, 0.5);
+                    let mut s = 1.4826 * mad;
+                    if s == 0.0 {
+                        let total: u64 = dev.iter().map(|d| d.1).sum();
+                        let mean_ad = dev.iter().map(|&(d, c)| d * c as f64).sum::<f64>() / total.max(1) as f64;
+                        s = 1.253314 * mean_ad;
+                    }
+                    centre.push(med);
+                    upper.push(med);
+                    scale.push(s);
+                }
+                Algorithm::Iqr => {
+                    let wv = f.sketch.as_ref().map(|s| s.weighted_values()).unwrap_or_default();
+                    let q1 = quantile_linear(&wv, 0.25);
+                    let q3 = quantile_linear(&wv, 0.75);
+                    centre.push(q1);
+                    upper.push(q3);
+                    scale.push(q3 - q1);
+                }
+                _ => unreachable!("not a centre/scale detector"),
+            }
+        }
+        Self { centre, upper, scale }
+    }
+
+    /// Per-feature term for one column into `out`.
+    pub fn terms(&self, j: usize, col: &[f64], out: &mut [f64]) {
+        let (lo, hi, s) = (self.centre[j], self.upper[j], self.scale[j]);
+        for (o, &x) in out.iter_mut().zip(col) {
+            let d = if x < lo {
+                lo - x
+            } else if x > hi {
+                x - hi
+            } else {
+                0.0
+            };
+            *o = if s > 0.0 {
+                d / s
+            } else if d == 0.0 {
+                0.0
+            } else {
+                f64::INFINITY
+            };
+        }
+    }
+}

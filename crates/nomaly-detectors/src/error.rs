@@ -1,0 +1,48 @@
+//! Errors of the pure detector layer. They name the option or column at fault and say what is valid,
+//! because they surface verbatim in SQL planning errors and pipeline reports.
+
+use thiserror::Error;
+
+/// Everything that can go wrong while configuring, fitting or applying a detector.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum DetectorError {
+    #[error("unknown algorithm '{name}'; valid algorithms are: {valid}")]
+    UnknownAlgorithm { name: String, valid: String },
+
+    #[error("unknown option '{name}' for algorithm '{algorithm}'; valid options are: {valid}")]
+    UnknownOption {
+        algorithm: String,
+        name: String,
+        valid: String,
+    },
+
+    #[error("option '{name}' has invalid value '{value}': {expected}")]
+    InvalidOption {
+        name: String,
+        value: String,
+        expected: String,
+    },
+
+    #[error("malformed options string '{text}': expected 'key=value, key=value' ({reason})")]
+    MalformedOptions { text: String, reason: String },
+
+    #[error("feature column {index} has type {data_type}, which is not numeric; cast it to DOUBLE or choose a numeric column")]
+    NonNumericColumn { index: usize, data_type: String },
+
+    #[error("expected {expected} feature columns (the model was fitted on {expected}), got {actual}")]
+    FeatureCountMismatch { expected: usize, actual: usize },
+
+    #[error("feature columns have different lengths ({first} and {other})")]
+    ColumnLengthMismatch { first: usize, other: usize },
+
+    #[error("cannot merge fit states of different detectors ({left} vs {right})")]
+    IncompatibleStates { left: String, right: String },
+
+    #[error("the model bytes are not a Nomaly model: {reason}")]
+    CorruptModel { reason: String },
+
+    #[error("model format version {found} is not supported by this build (supports {supported})")]
+    UnsupportedModelVersion { found: u32, supported: u32 },
+}
+
+pub type Result<T, E = DetectorError> = std::result::Result<T, E>;

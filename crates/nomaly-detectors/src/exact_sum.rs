@@ -1,0 +1,287 @@
+//! Exact, order-independent summation of `f64` values.
+//!
+//! Floating-point addition is not associative, so a plain running sum depends on how rows were split
+//! into partitions and in which order partial sums merge (DataFusion's own `avg`/`stddev` differ in
+//! the 15th digit across partition counts). [`ExactSum`] keeps the *exact* sum: each finite double is
+//! `m · 2^(e-1075)` with a 53-bit integer `m`, so we add `m` into an `i128` bin per exponent `e`.
+//! Bins never overflow (2^74 additions), merging is bin-wise integer addition, and the final value is
+//! a function of the exact sum only — the same bits for any partitioning and merge order.
+
+use serde::{Deserialize, Serialize};
+
+const EXPONENT_BINS: usize = 2047;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExactSum {
+    bins: Vec<i128>,
+}
+
+impl Default for ExactSum {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ExactSum {
+    pub fn new() -> Self {
+        Self {
+            bins: vec![0; EXPONENT_BINS],
+        }
+    }
+
+    /// Adds a finite value; non-finite values are the caller's responsibility to filter.
+    #[inline]
+    pub fn add(&mut self, v: f64) {
+        debug_assert!(v.is_finite());
+        let bits = v.to_bits();
+        let exp = ((bits >> 52) & 0x7FF) as usize;
+        let frac = (bits & ((1u64 << 52) - 1)) as i128;
+        let mant = if exp == 0 { frac } else { frac | (1i128 << 52) };
+        let signed = if bits >> 63 == 1 { -mant } else { mant };
+        // Subnormals (exp 0) share the scale of exponent 1.
+        self.bins[exp.max(1) - 1] += signed;
+    }
+
+    /// Adds `v * v` exactly, as the error-free pair (hi, lo) from a fused multiply-add.
+    #[inline]
+    pub fn add_square(&mut self, v: f64) {
+        let hi = v * v;
+        let lo = v.mul_add(v, -hi);
+        self.add(hi);
+        if lo != 0.0 {
+            self.add(lo);
+        }
+    }
+
+    pub fn merge(&mut self, other: &ExactSum) {
+        for (a, b) in self.bins.iter_mut().zip(&other.bins) {
+            *a += *b;
+        }
+    }
+
+    /// The exact sum rounded to the nearest double (ties away from subnormal corner cases aside).
+    pub fn to_f64(&self) -> f64 {
+        BigFixed::from_bins(&self.bins).to_f64()
+    }
+
+    /// The exact sum as an unevaluated pair `hi + lo` (double-double), for accurate variances.
+    pub fn to_double_double(&self) -> (f64, f64) {
+        let hi = self.to_f64();
+        if !hi.is_finite() {
+            return (hi, 0.0);
+        }
+        let mut rest = self.clone();
+        rest.add(-hi);
+        (hi, rest.to_f64())
+    }
+
+    /// Sparse form for serialisation: only non-zero bins.
+    pub fn to_sparse(&self) -> SparseExactSum {
+        SparseExactSum {
+            bins: self
+                .bins
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| **v != 0)
+                .map(|(i, v)| (i as u16, *v))
+                .collect(),
+        }
+    }
+
+    pub fn from_sparse(sparse: &SparseExactSum) -> Self {
+        let mut s = Self::new();
+        for &(i, v) in &sparse.bins {
+            if let Some(slot) = s.bins.get_mut(i as usize) {
+                *slot = v;
+            }
+        }
+        s
+    }
+}
+
+/// Serialised form of an [`ExactSum`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SparseExactSum {
+    bins: Vec<(u16, i128)>,
+}
+
+/// A fixed-point integer in base 2^32, scaled by 2^-1074, wide enough for any sum of doubles.
+struct BigFixed {
+    digits: Vec<i64>,
+}
+
+impl BigFixed {
+    fn from_bins(bins: &[i128]) -> Self {
+        // 2046 exponent bits + 128 bits of bin headroom, in 32-bit digits, plus carry room.
+        let mut digits = vec![0i64; 72];
+        for (i, &v) in bins.iter().enumerate() {
+            if v == 0 {
+                continue;
+            }
+            let shift = i; // bin i has scale 2^(i+1-1075) = 2^i · 2^-1074
+            let mut d = shift / 32;
+            let mut w = v << (shift % 32);
+            loop {
+                if w == 0 {
+                    break;
+                }
+                if w == -1 {
+                    digits[d] -= 1;
+                    break;
+                }
+                digits[d] += (w & 0xFFFF_FFFF) as i64;
+                w >>= 32;
+                d += 1;
+            }
+        }
+        let mut big = BigFixed { digits };
+        big.normalize();
+        big
+    }
+
+    fn normalize(&mut self) {
+        let n = self.digits.len();
+        for i in 0..n - 1 {
+            let carry = self.digits[i] >> 32;
+            self.digits[i] -= carry << 32;
+            self.digits[i + 1] += carry;
+        }
+    }
+
+    fn to_f64(&self) -> f64 {
+        let mut digits = self.digits.clone();
+        let negative = *digits.last().unwrap() < 0;
+        if negative {
+            for d in digits.iter_mut() {
+                *d = -*d;
+            }
+            let mut tmp = BigFixed { digits };
+            tmp.normalize();
+            digits = tmp.digits;
+        }
+        let Some(top) = digits.iter().rposition(|&d| d != 0) else {
+            return 0.0;
+        };
+        let d = |i: usize| -> u128 { if i <= top { digits[i] as u128 } else { 0 } };
+        let (lo_index, mut mant) = if top >= 2 {
+            (top - 2, (d(top) << 64) | (d(top - 1) << 32) | d(top - 2))
+        } else if top == 1 {
+            (0, (d(1) << 32) | d(0))
+        } else {
+            (0, d(0))
+        };
+        if top >= 2 && digits[..top - 2].iter().any(|&x| x != 0) {
+            mant |= 1; // sticky bit: 43+ bits below the rounding position
+        }
+        let magnitude = scale_by_pow2(mant as f64, 32 * lo_index as i32 - 1074);
+        if negative { -magnitude } else { magnitude }
+    }
+}
+
+/// `x · 2^k` computed with exact power-of-two factors.
+pub(crate) fn scale_by_pow2(mut x: f64, mut k: i32) -> f64 {
+    while k > 1000 {
+        x *= 2f64.powi(1000);
+        k -= 1000;
+    }
+    while k < -1000 {
+        x *= 2f64.powi(-1000);
+        k += 1000;
+    }
+    x * 2f64.powi(k)
+}
+
+/// Double-double helpers: values as unevaluated sums hi + lo with |lo| ≤ ulp(hi)/2.
+pub(crate) mod dd {
+    #[inline]
+    pub fn two_sum(a: f64, b: f64) -> (f64, f64) {
+        let s = a + b;
+        let bb = s - a;
+        (s, (a - (s - bb)) + (b - bb))
+    }
+
+    pub fn add(a: (f64, f64), b: (f64, f64)) -> (f64, f64) {
+        let (s, e) = two_sum(a.0, b.0);
+        let e = e + a.1 + b.1;
+        two_sum(s, e)
+    }
+
+    pub fn mul(a: (f64, f64), b: (f64, f64)) -> (f64, f64) {
+        let p = a.0 * b.0;
+        let e = a.0.mul_add(b.0, -p);
+        let e = e + a.0 * b.1 + a.1 * b.0;
+        two_sum(p, e)
+    }
+
+    pub fn div_f64(a: (f64, f64), b: f64) -> (f64, f64) {
+        let q1 = a.0 / b;
+        // remainder a - q1*b computed exactly with fma
+        let p = q1 * b;
+        let pe = q1.mul_add(b, -p);
+        let r = ((a.0 - p) - pe) + a.1;
+        let q2 = r / b;
+        two_sum(q1, q2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_exactly_where_naive_summation_fails() {
+        let mut s = ExactSum::new();
+        for v in [1e100, 1.0, -1e100, 1e-30] {
+            s.add(v);
+        }
+        assert_eq!(s.to_f64(), 1.0 + 1e-30);
+        let (hi, lo) = s.to_double_double();
+        assert_eq!(hi, 1.0);
+        assert_eq!(lo, 1e-30);
+    }
+
+    #[test]
+    fn order_and_partitioning_do_not_change_bits() {
+        let values: Vec<f64> = (0..10_000)
+            .map(|i| ((i as f64) * 0.7).sin() * 10f64.powi((i % 17) - 8))
+            .collect();
+        let mut a = ExactSum::new();
+        values.iter().for_each(|&v| a.add(v));
+        let mut parts: Vec<ExactSum> = (0..7).map(|_| ExactSum::new()).collect();
+        for (i, &v) in values.iter().rev().enumerate() {
+            parts[(i * 31) % 7].add(v);
+        }
+        let mut b = ExactSum::new();
+        for p in parts.iter().rev() {
+            b.merge(p);
+        }
+        assert_eq!(a.to_f64().to_bits(), b.to_f64().to_bits());
+        let naive: f64 = values.iter().sum();
+        assert!((a.to_f64() - naive).abs() <= 1e-12 * naive.abs().max(1.0));
+        assert_eq!(ExactSum::from_sparse(&a.to_sparse()), a);
+    }
+
+    #[test]
+    fn negative_totals_and_subnormals() {
+        let mut s = ExactSum::new();
+        s.add(-3.5);
+        s.add(1.25);
+        s.add(5e-324);
+        s.add(-5e-324);
+        assert_eq!(s.to_f64(), -2.25);
+        let mut z = ExactSum::new();
+        z.add(2.0);
+        z.add(-2.0);
+        assert_eq!(z.to_f64(), 0.0);
+    }
+
+    #[test]
+    fn squares_are_exact() {
+        let mut s = ExactSum::new();
+        let x = 1.0 + f64::EPSILON;
+        s.add_square(x);
+        s.add(-1.0);
+        s.add(-2.0 * f64::EPSILON);
+        assert_eq!(s.to_f64(), f64::EPSILON * f64::EPSILON);
+    }
+}

@@ -1,0 +1,114 @@
+//! Arrow columns → contiguous `f64` feature columns plus a row-validity mask.
+//!
+//! Missing-value policy (the same everywhere in Nomaly): a row whose features include a null, NaN or
+//! ±Infinity is *skipped by the fit* (counted as skipped) and *gets a null score* (and null
+//! `is_anomaly`). Nothing panics and no such value ever reaches a sketch.
+
+use crate::error::{DetectorError, Result};
+use arrow_array::cast::AsArray;
+use arrow_array::types::*;
+use arrow_array::{Array, ArrayRef};
+use arrow_schema::DataType;
+use std::borrow::Cow;
+
+/// A batch of feature columns as `f64`.
+pub struct Features<'a> {
+    pub columns: Vec<Cow<'a, [f64]>>,
+    /// `valid[i]` is true when every feature of row i is present and finite.
+    pub valid: Vec<bool>,
+    pub len: usize,
+}
+
+impl<'a> Features<'a> {
+    pub fn from_arrays(arrays: &'a [ArrayRef]) -> Result<Self> {
+        let len = arrays.first().map(|a| a.len()).unwrap_or(0);
+        let mut columns = Vec::with_capacity(arrays.len());
+        let mut valid = vec![true; len];
+        for (index, array) in arrays.iter().enumerate() {
+            if array.len() != len {
+                return Err(DetectorError::ColumnLengthMismatch {
+                    first: len,
+                    other: array.len(),
+                });
+            }
+            let col = to_f64(index, array.as_ref())?;
+            if let Some(nulls) = array.logical_nulls() {
+                for (i, v) in valid.iter_mut().enumerate() {
+                    *v &= nulls.is_valid(i);
+                }
+            }
+            for (v, x) in valid.iter_mut().zip(col.iter()) {
+                *v &= x.is_finite();
+            }
+            columns.push(col);
+        }
+        Ok(Self {
+            columns,
+            valid,
+            len,
+        })
+    }
+
+    pub fn width(&self) -> usize {
+        self.columns.len()
+    }
+
+    pub fn valid_count(&self) -> usize {
+        self.valid.iter().filter(|v| **v).count()
+    }
+}
+
+/// True for the Arrow types a feature column may have.
+pub fn is_numeric(dt: &DataType) -> bool {
+    matches!(
+        dt,
+        DataType::Float64
+            | DataType::Float32
+            | DataType::Float16
+            | DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+            | DataType::Null
+    )
+}
+
+fn to_f64<'a>(index: usize, array: &'a dyn Array) -> Result<Cow<'a, [f64]>> {
+    macro_rules! convert {
+        ($t:ty) => {
+            Cow::Owned(array.as_primitive::<$t>().values().iter().map(|v| *v as f64).collect())
+        };
+    }
+    Ok(match array.data_type() {
+        DataType::Float64 => Cow::Borrowed(array.as_primitive::<Float64Type>().values().as_ref()),
+        DataType::Float32 => convert!(Float32Type),
+        DataType::Float16 => Cow::Owned(
+            array
+                .as_primitive::<Float16Type>()
+                .values()
+                .iter()
+                .map(|v| v.to_f64())
+                .collect(),
+        ),
+        DataType::Int8 => convert!(Int8Type),
+        DataType::Int16 => convert!(Int16Type),
+        DataType::Int32 => convert!(Int32Type),
+        DataType::Int64 => convert!(Int64Type),
+        DataType::UInt8 => convert!(UInt8Type),
+        DataType::UInt16 => convert!(UInt16Type),
+        DataType::UInt32 => convert!(UInt32Type),
+        DataType::UInt64 => convert!(UInt64Type),
+        // An all-null column (e.g. a NULL literal): every row is invalid.
+        DataType::Null => Cow::Owned(vec![f64::NAN; array.len()]),
+        other => {
+            return Err(DetectorError::NonNumericColumn {
+                index,
+                data_type: other.to_string(),
+            });
+        }
+    })
+}

@@ -1,0 +1,226 @@
+//! The mergeable fit state shared by every detector.
+//!
+//! A [`FitState`] is what one partition learns from its rows: per-feature exact sums (z-score),
+//! quantile sketches (robust z-score, IQR, HBOS, ECOD, COPOD), exact min/max, and a bottom-k hash
+//! sample of rows (isolation trees, and the threshold for every detector). Each part merges exactly,
+//! so `finish()` returns the same bits however the rows were split and in whatever order the partial
+//! states were merged.
+
+use crate::error::{DetectorError, Result};
+use crate::exact_sum::{ExactSum, SparseExactSum};
+use crate::features::Features;
+use crate::model::Model;
+use crate::params::{Algorithm, DetectorParams};
+use crate::quantile::QuantileSketch;
+use crate::sample::RowSample;
+use arrow_array::ArrayRef;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureStats {
+    pub(crate) sum: Option<SparseOrDense>,
+    pub(crate) sum_sq: Option<SparseOrDense>,
+    pub(crate) sketch: Option<QuantileSketch>,
+    pub(crate) min: f64,
+    pub(crate) max: f64,
+}
+
+/// An [`ExactSum`] that serialises sparsely.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "SparseExactSum", into = "SparseExactSum")]
+pub struct SparseOrDense(pub ExactSum);
+
+impl From<SparseExactSum> for SparseOrDense {
+    fn from(s: SparseExactSum) -> Self {
+        SparseOrDense(ExactSum::from_sparse(&s))
+    }
+}
+
+impl From<SparseOrDense> for SparseExactSum {
+    fn from(s: SparseOrDense) -> Self {
+        s.0.to_sparse()
+    }
+}
+
+impl FeatureStats {
+    fn new(algorithm: Algorithm) -> Self {
+        let (moments, sketch) = match algorithm {
+            Algorithm::ZScore => (true, false),
+            Algorithm::RobustZScore | Algorithm::Iqr | Algorithm::Hbos | Algorithm::Ecod | Algorithm::Copod => {
+                (false, true)
+            }
+            Algorithm::IsolationForest => (false, false),
+        };
+        Self {
+            sum: moments.then(|| SparseOrDense(ExactSum::new())),
+            sum_sq: moments.then(|| SparseOrDense(ExactSum::new())),
+            sketch: sketch.then(QuantileSketch::new),
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+        }
+    }
+
+    fn merge(&mut self, other: &FeatureStats) {
+        if let (Some(a), Some(b)) = (&mut self.sum, &other.sum) {
+            a.0.merge(&b.0);
+        }
+        if let (Some(a), Some(b)) = (&mut self.sum_sq, &other.sum_sq) {
+            a.0.merge(&b.0);
+        }
+        if let (Some(a), Some(b)) = (&mut self.sketch, &other.sketch) {
+            a.merge(b);
+        }
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+    }
+}
+
+/// Partial fit of one detector over some rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FitState {
+    pub(crate) params: DetectorParams,
+    pub(crate) n_features: usize,
+    /// Rows used (all features finite).
+    pub(crate) rows: u64,
+    /// Rows skipped for a null/NaN/±Inf feature.
+    pub(crate) skipped: u64,
+    pub(crate) features: Vec<FeatureStats>,
+    pub(crate) sample: RowSample,
+}
+
+impl FitState {
+    pub fn new(params: DetectorParams, n_features: usize) -> Self {
+        let features = (0..n_features).map(|_| FeatureStats::new(params.algorithm)).collect();
+        let sample = RowSample::new(params.effective_sample_rows(), n_features, params.seed);
+        Self {
+            params,
+            n_features,
+            rows: 0,
+            skipped: 0,
+            features,
+            sample,
+        }
+    }
+
+    pub fn params(&self) -> &DetectorParams {
+        &self.params
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    pub fn skipped_rows(&self) -> u64 {
+        self.skipped
+    }
+
+    /// Learns from a batch of feature columns.
+    pub fn update(&mut self, columns: &[ArrayRef]) -> Result<()> {
+        if columns.len() != self.n_features {
+            return Err(DetectorError::FeatureCountMismatch {
+                expected: self.n_features,
+                actual: columns.len(),
+            });
+        }
+        let f = Features::from_arrays(columns)?;
+        self.update_features(&f);
+        Ok(())
+    }
+
+    pub fn update_features(&mut self, f: &Features<'_>) {
+        let valid_rows = f.valid_count();
+        self.rows += valid_rows as u64;
+        self.skipped += (f.len - valid_rows) as u64;
+        if valid_rows == 0 {
+            return;
+        }
+        for (stats, col) in self.features.iter_mut().zip(&f.columns) {
+            let mut min = stats.min;
+            let mut max = stats.max;
+            for (&x, &ok) in col.iter().zip(&f.valid) {
+                if !ok {
+                    continue;
+                }
+                min = min.min(x);
+                max = max.max(x);
+                if let Some(s) = &mut stats.sum {
+                    s.0.add(x);
+                }
+                if let Some(s) = &mut stats.sum_sq {
+                    s.0.add_square(x);
+                }
+                if let Some(s) = &mut stats.sketch {
+                    s.add(x);
+                }
+            }
+            // -0.0 and 0.0 compare equal; keep min/max canonical so merges give the same bits.
+            stats.min = if min == 0.0 { 0.0 } else { min };
+            stats.max = if max == 0.0 { 0.0 } else { max };
+        }
+        let mut row = vec![0.0; self.n_features];
+        for i in 0..f.len {
+            if !f.valid[i] {
+                continue;
+            }
+            for (j, col) in f.columns.iter().enumerate() {
+                row[j] = col[i];
+            }
+            self.sample.offer(&row);
+        }
+    }
+
+    /// Folds another partial state in. Both must come from the same detector and options.
+    pub fn merge(&mut self, other: &FitState) -> Result<()> {
+        if self.params != other.params || self.n_features != other.n_features {
+            return Err(DetectorError::IncompatibleStates {
+                left: format!("{} [{}] on {} features", self.params.algorithm, self.params.to_options_string(), self.n_features),
+                right: format!("{} [{}] on {} features", other.params.algorithm, other.params.to_options_string(), other.n_features),
+            });
+        }
+        self.rows += other.rows;
+        self.skipped += other.skipped;
+        for (a, b) in self.features.iter_mut().zip(&other.features) {
+            a.merge(b);
+        }
+        self.sample.merge(&other.sample);
+        Ok(())
+    }
+
+    /// Freezes the state into a model (fits the detector, then its threshold).
+    pub fn finish(&self) -> Model {
+        let mut state = self.clone();
+        state.sample.compact();
+        Model::fit(&state)
+    }
+
+    /// Serialised partial state (crosses partitions and executors in two-phase aggregation).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = b"NMFS".to_vec();
+        out.extend(postcard::to_stdvec(self).expect("fit state serialises"));
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let body = bytes.strip_prefix(b"NMFS").ok_or_else(|| DetectorError::CorruptModel {
+            reason: "missing fit-state header".into(),
+        })?;
+        postcard::from_bytes(body).map_err(|e| DetectorError::CorruptModel {
+            reason: format!("fit state: {e}"),
+        })
+    }
+
+    /// Approximate heap size, for memory accounting in the engine.
+    pub fn size_bytes(&self) -> usize {
+        let mut total = std::mem::size_of::<Self>();
+        for f in &self.features {
+            total += std::mem::size_of::<FeatureStats>();
+            if f.sum.is_some() {
+                total += 2 * 2047 * 16;
+            }
+            if let Some(s) = &f.sketch {
+                total += s.size_bytes();
+            }
+        }
+        total + self.sample.size_bytes()
+    }
+}

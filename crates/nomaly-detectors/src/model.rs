@@ -1,0 +1,242 @@
+//! The frozen, versioned, serialisable model and its vectorised scoring.
+
+use crate::algorithms::ecdf::{EcdfModel, EcdfVariant};
+use crate::algorithms::hbos::HbosModel;
+use crate::algorithms::iforest::IsolationForestModel;
+use crate::algorithms::moments::CentreScaleModel;
+use crate::error::{DetectorError, Result};
+use crate::features::Features;
+use crate::fit::FitState;
+use crate::params::{Algorithm, Combine, DetectorParams};
+use crate::quantile::quantile_linear;
+use arrow_array::{ArrayRef, BooleanArray, Float64Array};
+use serde::{Deserialize, Serialize};
+
+/// Version of the serialised model format; bumped on any incompatible change.
+pub const MODEL_FORMAT_VERSION: u32 = 1;
+const MAGIC: &[u8; 4] = b"NMLY";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ModelBody {
+    CentreScale(CentreScaleModel),
+    Hbos(HbosModel),
+    Ecdf(EcdfModel),
+    IsolationForest(IsolationForestModel),
+}
+
+/// A fitted detector: immutable, small, and the same bits on every engine for the same data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Model {
+    pub params: DetectorParams,
+    pub n_features: usize,
+    /// Rows the fit used (all features finite).
+    pub training_rows: u64,
+    /// Rows the fit skipped (a null/NaN/±Inf feature).
+    pub skipped_rows: u64,
+    /// Scores strictly above this are anomalies.
+    pub threshold: f64,
+    pub body: ModelBody,
+}
+
+impl Model {
+    pub(crate) fn fit(state: &FitState) -> Model {
+        let p = &state.params;
+        let body = match p.algorithm {
+            Algorithm::ZScore | Algorithm::RobustZScore | Algorithm::Iqr => {
+                ModelBody::CentreScale(CentreScaleModel::fit(state))
+            }
+            Algorithm::Hbos => ModelBody::Hbos(HbosModel::fit(state)),
+            Algorithm::Ecod => ModelBody::Ecdf(EcdfModel::fit(state, EcdfVariant::Ecod)),
+            Algorithm::Copod => ModelBody::Ecdf(EcdfModel::fit(state, EcdfVariant::Copod)),
+            Algorithm::IsolationForest => ModelBody::IsolationForest(IsolationForestModel::fit(state)),
+        };
+        let mut model = Model {
+            params: p.clone(),
+            n_features: state.n_features,
+            training_rows: state.rows,
+            skipped_rows: state.skipped,
+            threshold: f64::NAN,
+            body,
+        };
+        model.threshold = match (p.threshold, p.algorithm) {
+            (Some(t), _) => t,
+            (None, Algorithm::Iqr) if !p.contamination_set => 1.5,
+            _ => model.sample_threshold(state),
+        };
+        model
+    }
+
+    /// The (1 - contamination) quantile of the scores of the fit's row sample, weighted by row
+    /// multiplicity, interpolated as NumPy's `percentile` (so it equals PyOD's `threshold_` when the
+    /// sample is the whole input).
+    fn sample_threshold(&self, state: &FitState) -> f64 {
+        if state.sample.is_empty() {
+            return f64::NAN;
+        }
+        let width = state.n_features;
+        let rows: Vec<(&[f64], u64)> = state.sample.rows().collect();
+        let cols: Vec<Vec<f64>> = (0..width).map(|j| rows.iter().map(|r| r.0[j]).collect()).collect();
+        let col_refs: Vec<&[f64]> = cols.iter().map(|c| c.as_slice()).collect();
+        let scores = self.raw_scores(&col_refs, rows.len());
+        let mut weighted: Vec<(f64, u64)> = scores.into_iter().zip(rows.iter().map(|r| r.1)).collect();
+        weighted.sort_by(|a, b| a.0.total_cmp(&b.0));
+        quantile_linear(&weighted, 1.0 - self.params.contamination)
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        self.params.algorithm
+    }
+
+    /// Scores over clean columns (all rows valid); invalid rows are masked by the callers.
+    fn raw_scores(&self, cols: &[&[f64]], len: usize) -> Vec<f64> {
+        if let ModelBody::IsolationForest(m) = &self.body {
+            return m.score(cols, len);
+        }
+        let mut acc = vec![0.0f64; len];
+        let mut term = vec![0.0f64; len];
+        let combine_max = matches!(self.body, ModelBody::CentreScale(_)) && self.params.combine == Combine::Max;
+        for (j, col) in cols.iter().enumerate() {
+            self.feature_terms(j, col, &mut term);
+            if combine_max {
+                for (a, t) in acc.iter_mut().zip(&term) {
+                    *a = a.max(*t);
+                }
+            } else {
+                for (a, t) in acc.iter_mut().zip(&term) {
+                    *a += *t;
+                }
+            }
+        }
+        acc
+    }
+
+    fn feature_terms(&self, j: usize, col: &[f64], out: &mut [f64]) {
+        match &self.body {
+            ModelBody::CentreScale(m) => m.terms(j, col, out),
+            ModelBody::Hbos(m) => m.terms(j, col, out),
+            ModelBody::Ecdf(m) => m.terms(j, col, out),
+            ModelBody::IsolationForest(_) => unreachable!("not additive"),
+        }
+    }
+
+    fn check_width(&self, columns: &[ArrayRef]) -> Result<()> {
+        if columns.len() != self.n_features {
+            return Err(DetectorError::FeatureCountMismatch {
+                expected: self.n_features,
+                actual: columns.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Scores a batch: one `Float64` per row, null where a feature is null/NaN/±Inf or the model was
+    /// fitted on no rows.
+    pub fn score(&self, columns: &[ArrayRef]) -> Result<Float64Array> {
+        self.check_width(columns)?;
+        let f = Features::from_arrays(columns)?;
+        Ok(self.score_features(&f))
+    }
+
+    pub fn score_features(&self, f: &Features<'_>) -> Float64Array {
+        if self.training_rows == 0 {
+            return Float64Array::new_null(f.len);
+        }
+        let cols: Vec<&[f64]> = f.columns.iter().map(|c| c.as_ref()).collect();
+        let scores = self.raw_scores(&cols, f.len);
+        scores
+            .into_iter()
+            .zip(&f.valid)
+            .map(|(s, &ok)| ok.then_some(s))
+            .collect()
+    }
+
+    /// `score > threshold`, null where the score is null.
+    pub fn flags(&self, scores: &Float64Array) -> BooleanArray {
+        scores.iter().map(|s| s.map(|s| s > self.threshold)).collect()
+    }
+
+    /// Per-feature contributions, one array per feature. For additive detectors (HBOS, ECOD, COPOD,
+    /// z-scores with `combine=sum`) they sum to the score; with `combine=max` each is that feature's
+    /// own z-score and the score is their maximum; for iforest the score is split over features in
+    /// proportion to how often each splits along the row's paths.
+    pub fn explain(&self, columns: &[ArrayRef]) -> Result<Vec<Float64Array>> {
+        self.check_width(columns)?;
+        let f = Features::from_arrays(columns)?;
+        if self.training_rows == 0 {
+            return Ok((0..self.n_features).map(|_| Float64Array::new_null(f.len)).collect());
+        }
+        let mut out = Vec::with_capacity(self.n_features);
+        match &self.body {
+            ModelBody::IsolationForest(m) => {
+                let cols: Vec<&[f64]> = f.columns.iter().map(|c| c.as_ref()).collect();
+                let scores = m.score(&cols, f.len);
+                let mut per_feature = vec![vec![0.0; f.len]; self.n_features];
+                let mut row = vec![0.0; self.n_features];
+                let mut counts = vec![0.0; self.n_features];
+                for i in 0..f.len {
+                    if !f.valid[i] {
+                        continue;
+                    }
+                    for (j, c) in cols.iter().enumerate() {
+                        row[j] = c[i];
+                    }
+                    m.split_counts(&row, &mut counts);
+                    let total: f64 = counts.iter().sum();
+                    for j in 0..self.n_features {
+                        per_feature[j][i] = if total > 0.0 { scores[i] * counts[j] / total } else { 0.0 };
+                    }
+                }
+                for pf in per_feature {
+                    out.push(pf.into_iter().zip(&f.valid).map(|(v, &ok)| ok.then_some(v)).collect());
+                }
+            }
+            _ => {
+                let mut term = vec![0.0; f.len];
+                for (j, col) in f.columns.iter().enumerate() {
+                    self.feature_terms(j, col, &mut term);
+                    out.push(term.iter().zip(&f.valid).map(|(v, &ok)| ok.then_some(*v)).collect());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Versioned binary form: `NMLY`, the format version (u32 LE), then the postcard body.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&MODEL_FORMAT_VERSION.to_le_bytes());
+        out.extend(postcard::to_stdvec(self).expect("model serialises"));
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Model> {
+        if bytes.len() < 8 || &bytes[..4] != MAGIC {
+            return Err(DetectorError::CorruptModel {
+                reason: "missing 'NMLY' header (is this column a fit_detector(...) result?)".into(),
+            });
+        }
+        let version = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+        if version != MODEL_FORMAT_VERSION {
+            return Err(DetectorError::UnsupportedModelVersion {
+                found: version,
+                supported: MODEL_FORMAT_VERSION,
+            });
+        }
+        postcard::from_bytes(&bytes[8..]).map_err(|e| DetectorError::CorruptModel {
+            reason: e.to_string(),
+        })
+    }
+
+    /// A human-readable summary (what `anomaly_model_info` returns).
+    pub fn describe(&self) -> String {
+        format!(
+            "{} on {} features [{}], trained on {} rows ({} skipped), threshold {}",
+            self.params.algorithm,
+            self.n_features,
+            self.params.to_options_string(),
+            self.training_rows,
+            self.skipped_rows,
+            self.threshold
+        )
+    }
+}

@@ -1,0 +1,298 @@
+//! Detector choice and options, parsed from the `'key=value, key=value'` strings used in SQL and
+//! pipeline files. Every option is validated here, so a typo fails at planning time with the list of
+//! what is valid rather than at run time.
+
+use crate::error::{DetectorError, Result};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The detectors Nomaly implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Algorithm {
+    /// |x - mean| / std per feature (population std), combined by max or sum.
+    ZScore,
+    /// |x - median| / (1.4826 · MAD) per feature, combined by max or sum.
+    RobustZScore,
+    /// Distance outside [Q1, Q3] in IQR units per feature; default threshold = Tukey's 1.5.
+    Iqr,
+    /// Histogram-based outlier score (PyOD HBOS, static bins).
+    Hbos,
+    /// Empirical-CDF-based outlier detection (PyOD ECOD).
+    Ecod,
+    /// Copula-based outlier detection (PyOD COPOD).
+    Copod,
+    /// Isolation forest (Liu et al. 2008; scikit-learn semantics).
+    IsolationForest,
+}
+
+impl Algorithm {
+    pub const ALL: [Algorithm; 7] = [
+        Algorithm::ZScore,
+        Algorithm::RobustZScore,
+        Algorithm::Iqr,
+        Algorithm::Hbos,
+        Algorithm::Ecod,
+        Algorithm::Copod,
+        Algorithm::IsolationForest,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::ZScore => "zscore",
+            Algorithm::RobustZScore => "robust_zscore",
+            Algorithm::Iqr => "iqr",
+            Algorithm::Hbos => "hbos",
+            Algorithm::Ecod => "ecod",
+            Algorithm::Copod => "copod",
+            Algorithm::IsolationForest => "iforest",
+        }
+    }
+
+    pub fn valid_names() -> String {
+        Self::ALL.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Parses a name, case-insensitively; a few common aliases are accepted.
+    pub fn parse(name: &str) -> Result<Self> {
+        let lower = name.trim().to_ascii_lowercase();
+        let alg = match lower.as_str() {
+            "zscore" | "z_score" => Algorithm::ZScore,
+            "robust_zscore" | "mad" | "modified_zscore" => Algorithm::RobustZScore,
+            "iqr" | "tukey" => Algorithm::Iqr,
+            "hbos" => Algorithm::Hbos,
+            "ecod" => Algorithm::Ecod,
+            "copod" => Algorithm::Copod,
+            "iforest" | "isolation_forest" => Algorithm::IsolationForest,
+            _ => {
+                return Err(DetectorError::UnknownAlgorithm {
+                    name: name.to_string(),
+                    valid: Self::valid_names(),
+                });
+            }
+        };
+        Ok(alg)
+    }
+
+    fn specific_options(self) -> &'static [&'static str] {
+        match self {
+            Algorithm::ZScore | Algorithm::RobustZScore | Algorithm::Iqr => &["combine"],
+            Algorithm::Hbos => &["n_bins", "alpha", "tol"],
+            Algorithm::Ecod | Algorithm::Copod => &[],
+            Algorithm::IsolationForest => &["n_trees", "sample_size", "max_depth"],
+        }
+    }
+
+    pub fn valid_options(self) -> Vec<&'static str> {
+        let mut v = vec!["contamination", "threshold", "seed", "sample_rows"];
+        v.extend_from_slice(self.specific_options());
+        v
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How per-feature scores of the z-score family combine into one score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Combine {
+    /// The most extreme feature decides (default): a row is as anomalous as its worst feature.
+    Max,
+    /// Sum over features: many moderately unusual features add up.
+    Sum,
+}
+
+/// All options of a detector, with defaults filled in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectorParams {
+    pub algorithm: Algorithm,
+    /// Expected share of anomalies, (0, 0.5]; sets the threshold as that upper quantile of the
+    /// training scores. Default 0.1 (as PyOD).
+    pub contamination: f64,
+    /// Whether `contamination` was given explicitly (iqr then uses it instead of Tukey's fence).
+    pub contamination_set: bool,
+    /// An explicit score threshold; overrides contamination.
+    pub threshold: Option<f64>,
+    pub seed: u64,
+    /// Rows kept (bottom-k hash sample) to estimate the threshold; iforest keeps at least
+    /// n_trees × sample_size.
+    pub sample_rows: usize,
+    pub combine: Combine,
+    pub n_bins: usize,
+    pub alpha: f64,
+    pub tol: f64,
+    pub n_trees: usize,
+    pub sample_size: usize,
+    /// `None` = ceil(log2(sample_size)), as scikit-learn.
+    pub max_depth: Option<usize>,
+}
+
+impl DetectorParams {
+    pub fn new(algorithm: Algorithm) -> Self {
+        Self {
+            algorithm,
+            contamination: 0.1,
+            contamination_set: false,
+            threshold: None,
+            seed: 42,
+            sample_rows: 16_384,
+            combine: Combine::Max,
+            n_bins: 10,
+            alpha: 0.1,
+            tol: 0.5,
+            n_trees: 100,
+            sample_size: 256,
+            max_depth: None,
+        }
+    }
+
+    /// Parses `'contamination=0.05, seed=7'`. Empty text gives the defaults.
+    pub fn parse(algorithm: Algorithm, options: &str) -> Result<Self> {
+        let mut p = Self::new(algorithm);
+        for part in options.split([',', ';']) {
+            let part = part.trim();
+            if part.is_empty() {
+                continue;
+            }
+            let Some((key, value)) = part.split_once('=') else {
+                return Err(DetectorError::MalformedOptions {
+                    text: options.to_string(),
+                    reason: format!("'{part}' has no '='"),
+                });
+            };
+            p.set(key.trim(), value.trim())?;
+        }
+        Ok(p)
+    }
+
+    /// Sets one option by name.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        let key_lower = key.to_ascii_lowercase();
+        if !self.algorithm.valid_options().contains(&key_lower.as_str()) {
+            return Err(DetectorError::UnknownOption {
+                algorithm: self.algorithm.name().to_string(),
+                name: key.to_string(),
+                valid: self.algorithm.valid_options().join(", "),
+            });
+        }
+        let invalid = |expected: &str| DetectorError::InvalidOption {
+            name: key_lower.clone(),
+            value: value.to_string(),
+            expected: expected.to_string(),
+        };
+        let float = |lo: f64, hi: f64, what: &str| -> Result<f64> {
+            value
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v >= lo && *v <= hi)
+                .ok_or_else(|| invalid(what))
+        };
+        let int = |lo: usize, hi: usize, what: &str| -> Result<usize> {
+            value
+                .parse::<usize>()
+                .ok()
+                .filter(|v| *v >= lo && *v <= hi)
+                .ok_or_else(|| invalid(what))
+        };
+        match key_lower.as_str() {
+            "contamination" => {
+                let c = float(0.0, 0.5, "a number in (0, 0.5]")?;
+                if c <= 0.0 {
+                    return Err(invalid("a number in (0, 0.5]"));
+                }
+                self.contamination = c;
+                self.contamination_set = true;
+            }
+            "threshold" => self.threshold = Some(float(f64::MIN, f64::MAX, "a finite number")?),
+            "seed" => {
+                self.seed = value
+                    .parse::<u64>()
+                    .map_err(|_| invalid("a non-negative integer"))?
+            }
+            "sample_rows" => self.sample_rows = int(64, 10_000_000, "an integer in [64, 10000000]")?,
+            "combine" => {
+                self.combine = match value.to_ascii_lowercase().as_str() {
+                    "max" => Combine::Max,
+                    "sum" => Combine::Sum,
+                    _ => return Err(invalid("'max' or 'sum'")),
+                }
+            }
+            "n_bins" => self.n_bins = int(2, 10_000, "an integer in [2, 10000]")?,
+            "alpha" => self.alpha = float(1e-12, 1e6, "a positive number")?,
+            "tol" => self.tol = float(0.0, 1e6, "a non-negative number")?,
+            "n_trees" => self.n_trees = int(1, 10_000, "an integer in [1, 10000]")?,
+            "sample_size" => self.sample_size = int(2, 1_000_000, "an integer in [2, 1000000]")?,
+            "max_depth" => self.max_depth = Some(int(1, 64, "an integer in [1, 64]")?),
+            _ => unreachable!("checked against valid_options"),
+        }
+        Ok(())
+    }
+
+    /// Size of the row sample the fit keeps.
+    pub fn effective_sample_rows(&self) -> usize {
+        match self.algorithm {
+            Algorithm::IsolationForest => self.sample_rows.max(self.n_trees * self.sample_size),
+            _ => self.sample_rows,
+        }
+    }
+
+    /// A canonical `key=value` rendering (stable: used in plan display and model metadata).
+    pub fn to_options_string(&self) -> String {
+        let mut parts = vec![format!("contamination={}", self.contamination)];
+        if let Some(t) = self.threshold {
+            parts.push(format!("threshold={t}"));
+        }
+        parts.push(format!("seed={}", self.seed));
+        match self.algorithm {
+            Algorithm::ZScore | Algorithm::RobustZScore | Algorithm::Iqr => {
+                parts.push(format!(
+                    "combine={}",
+                    if self.combine == Combine::Max { "max" } else { "sum" }
+                ));
+            }
+            Algorithm::Hbos => {
+                parts.push(format!("n_bins={}", self.n_bins));
+                parts.push(format!("alpha={}", self.alpha));
+                parts.push(format!("tol={}", self.tol));
+            }
+            Algorithm::IsolationForest => {
+                parts.push(format!("n_trees={}", self.n_trees));
+                parts.push(format!("sample_size={}", self.sample_size));
+                if let Some(d) = self.max_depth {
+                    parts.push(format!("max_depth={d}"));
+                }
+            }
+            Algorithm::Ecod | Algorithm::Copod => {}
+        }
+        parts.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_validates_options() {
+        let p = DetectorParams::parse(Algorithm::IsolationForest, "n_trees=50, seed=7 ,contamination=0.02").unwrap();
+        assert_eq!((p.n_trees, p.seed, p.contamination), (50, 7, 0.02));
+        let e = DetectorParams::parse(Algorithm::Ecod, "n_trees=5").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unknown option 'n_trees' for algorithm 'ecod'; valid options are: contamination, threshold, seed, sample_rows"
+        );
+        let e = DetectorParams::parse(Algorithm::Hbos, "contamination=0.9").unwrap_err();
+        assert_eq!(e.to_string(), "option 'contamination' has invalid value '0.9': a number in (0, 0.5]");
+        assert!(matches!(
+            DetectorParams::parse(Algorithm::Hbos, "n_bins"),
+            Err(DetectorError::MalformedOptions { .. })
+        ));
+        assert_eq!(
+            Algorithm::parse("nope").unwrap_err().to_string(),
+            "unknown algorithm 'nope'; valid algorithms are: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest"
+        );
+        assert_eq!(Algorithm::parse("IForest").unwrap(), Algorithm::IsolationForest);
+    }
+}
