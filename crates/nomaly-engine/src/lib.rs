@@ -1,1 +1,15 @@
-pub fn x(){}
+//! # nomaly-engine
+//!
+//! Builds the sessions Nomaly runs on — local DataFusion or Ballista standalone — with every Nomaly
+//! function, the `detect_anomalies` rewrite rule, a memory pool sized to the budget (default 80% of
+//! RAM or the cgroup limit) and a spill directory; registers input files as tables by extension.
+
+pub mod error;
+pub mod memory;
+pub mod session;
+pub mod tables;
+
+pub use error::{EngineError, Result};
+pub use memory::{default_budget, parse_byte_size};
+pub use session::{EngineConfig, EngineKind, build_context};
+pub use tables::{register_table, parse_table_spec};

@@ -1,0 +1,125 @@
+//! `nomaly sql`: run statements and print or write their results.
+//!
+//! Contract (scripts depend on it): results go to stdout, errors to stderr; exit code 2 for bad input
+//! or SQL, 1 for runtime failures; `--format csv` prints a header line then rows.
+
+use crate::output::{OutputFormat, print_batches, write_output};
+use clap::Args;
+use datafusion::error::DataFusionError;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::{DFParser, Statement};
+use nomaly_engine::{EngineConfig, EngineError, EngineKind, build_context, parse_byte_size, parse_table_spec, register_table};
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  nomaly sql -f examples/quickstart.sql\n  nomaly sql --table tx=data/tx/*.parquet --format csv \\\n      -e \"SELECT id, detect_anomalies('iforest', amount, latency_ms)['score'] AS s FROM tx\"\n  nomaly sql --engine standalone --memory-limit 512MB --table tx=tx.csv \\\n      -e \"SELECT * FROM detect_anomalies('tx', 'hbos', 'amount, latency_ms')\" --output scored.parquet")]
+pub struct SqlArgs {
+    /// Where to run: local (DataFusion in this process) or standalone (in-process Ballista cluster)
+    #[arg(long, default_value = "local", value_parser = clap::value_parser!(EngineKind))]
+    engine: EngineKind,
+
+    /// Number of partitions to run in parallel [default: number of cores]
+    #[arg(long, value_name = "N")]
+    partitions: Option<usize>,
+
+    /// Memory budget for query operators, e.g. 512MB or 4GB; past it they spill to disk
+    /// [default: 80% of RAM or of the cgroup limit]
+    #[arg(long, value_name = "SIZE")]
+    memory_limit: Option<String>,
+
+    /// Directory for spill files [default: the OS temp directory]
+    #[arg(long, value_name = "DIR")]
+    spill_dir: Option<PathBuf>,
+
+    /// Register a table: NAME=PATH_OR_GLOB; the format comes from the extension
+    /// (.csv .tsv .parquet .json/.ndjson/.jsonl .arrow/.feather/.ipc .avro). Repeatable
+    #[arg(long = "table", value_name = "NAME=PATH")]
+    tables: Vec<String>,
+
+    /// How to print results on stdout
+    #[arg(long, default_value = "table", value_parser = clap::value_parser!(OutputFormat))]
+    format: OutputFormat,
+
+    /// Write the last query's result to this file instead of stdout (.parquet, .csv, .json/.ndjson,
+    /// .arrow); written to a temporary name and renamed, so a failed run leaves no partial file
+    #[arg(long, short = 'o', value_name = "FILE")]
+    output: Option<PathBuf>,
+
+    /// SQL to run
+    #[arg(short = 'e', long = "execute", value_name = "QUERY", conflicts_with = "file", required_unless_present = "file")]
+    query: Option<String>,
+
+    /// File of ;-separated SQL statements to run
+    #[arg(short = 'f', long = "file", value_name = "FILE.sql")]
+    file: Option<PathBuf>,
+}
+
+fn report(e: &EngineError) -> i32 {
+    eprintln!("error: {e}");
+    e.exit_code()
+}
+
+pub async fn run(args: SqlArgs) -> i32 {
+    match run_inner(args).await {
+        Ok(()) => 0,
+        Err(e) => report(&e),
+    }
+}
+
+async fn run_inner(args: SqlArgs) -> Result<(), EngineError> {
+    let (sql, source) = match (&args.query, &args.file) {
+        (Some(q), _) => (q.clone(), "-e".to_string()),
+        (None, Some(f)) => {
+            let text = std::fs::read_to_string(f).map_err(|e| EngineError::InvalidTableSpec {
+                spec: f.display().to_string(),
+                reason: format!("cannot read the SQL file: {e}"),
+            })?;
+            (text, f.display().to_string())
+        }
+        (None, None) => unreachable!("clap requires -e or -f"),
+    };
+    let memory_limit = args.memory_limit.as_deref().map(parse_byte_size).transpose()?;
+    if let Some(out) = &args.output {
+        crate::output::check_output_path(out)?;
+    }
+    let statements = DFParser::parse_sql(&sql).map_err(|e| {
+        EngineError::DataFusion(DataFusionError::Plan(format!("{source}: cannot parse SQL: {e}")))
+    })?;
+    if statements.is_empty() {
+        return Err(EngineError::DataFusion(DataFusionError::Plan(format!("{source}: no SQL statement found"))));
+    }
+    let config = EngineConfig {
+        engine: args.engine.clone(),
+        target_partitions: args.partitions,
+        memory_limit,
+        spill_dir: args.spill_dir.clone(),
+        ..Default::default()
+    };
+    let ctx = build_context(&config).await?;
+    for spec in &args.tables {
+        let (name, path) = parse_table_spec(spec)?;
+        register_table(&ctx, &name, &path).await?;
+    }
+    let last = statements.len() - 1;
+    for (i, statement) in statements.into_iter().enumerate() {
+        run_statement(&ctx, statement, i == last, &args).await?;
+    }
+    Ok(())
+}
+
+async fn run_statement(ctx: &SessionContext, statement: Statement, is_last: bool, args: &SqlArgs) -> Result<(), EngineError> {
+    let state = ctx.state();
+    let plan = state.statement_to_plan(statement).await?;
+    let df = ctx.execute_logical_plan(plan).await?;
+    let produces_rows = !df.schema().fields().is_empty();
+    match (&args.output, is_last) {
+        (Some(path), true) => write_output(df, path).await,
+        _ => {
+            let batches = df.collect().await?;
+            if produces_rows {
+                print_batches(&batches, args.format)?;
+            }
+            Ok(())
+        }
+    }
+}

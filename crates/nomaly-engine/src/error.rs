@@ -1,0 +1,70 @@
+//! Engine errors. Each says whether the input is at fault (exit code 2: fix the query or the file)
+//! or the run failed (exit code 1: a retry may help).
+
+use datafusion::error::DataFusionError;
+use std::path::PathBuf;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error("invalid size '{text}': {reason}. Examples: 512MB, 2GiB, 1073741824")]
+    InvalidSize { text: String, reason: String },
+
+    #[error("--table '{spec}': {reason}. Expected NAME=PATH_OR_GLOB, e.g. tx=data/tx/*.parquet")]
+    InvalidTableSpec { spec: String, reason: String },
+
+    #[error("{path}: no input matches this path or glob; check the path, or quote the glob so the shell does not expand it")]
+    InputNotFound { path: String },
+
+    #[error("{path}: cannot tell the file format from the extension '{extension}'; use .csv, .parquet, .json/.ndjson/.jsonl, .arrow/.feather/.ipc or .avro")]
+    UnknownFormat { path: String, extension: String },
+
+    #[error("{path}: {reason}")]
+    UnsupportedFormat { path: String, reason: String },
+
+    #[error("output {path}: {reason}")]
+    Output { path: PathBuf, reason: String },
+
+    #[error("could not start the Ballista standalone cluster: {0}")]
+    Ballista(String),
+
+    #[error(transparent)]
+    DataFusion(#[from] DataFusionError),
+
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+impl EngineError {
+    /// True when the user's input (query, file, option) is at fault, false for runtime failures.
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            EngineError::DataFusion(e) => is_user_datafusion_error(e),
+            EngineError::Ballista(_) | EngineError::Io { .. } => false,
+            _ => true,
+        }
+    }
+
+    /// Process exit code: 2 for bad input, 1 for runtime failures.
+    pub fn exit_code(&self) -> i32 {
+        if self.is_user_error() { 2 } else { 1 }
+    }
+}
+
+/// Classifies DataFusion errors: SQL, planning and schema errors are the user's to fix.
+pub fn is_user_datafusion_error(e: &DataFusionError) -> bool {
+    match e.find_root() {
+        DataFusionError::SQL(..)
+        | DataFusionError::Plan(_)
+        | DataFusionError::SchemaError(..)
+        | DataFusionError::NotImplemented(_)
+        | DataFusionError::Configuration(_) => true,
+        DataFusionError::Execution(msg) => {
+            // Input data the user pointed us at, not a fault of the run.
+            msg.contains("No files found") || msg.contains("does not exist")
+        }
+        _ => false,
+    }
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -1,0 +1,135 @@
+//! Building sessions: local DataFusion or Ballista standalone, with Nomaly's functions, the rewrite
+//! rule, a bounded memory pool and a spill directory.
+
+use crate::error::{EngineError, Result};
+use crate::memory::default_budget;
+use ballista::prelude::SessionContextExt;
+use ballista_core::extension::SessionConfigExt;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool, TrackConsumersPool};
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+
+/// Where queries run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineKind {
+    /// DataFusion in this process.
+    Local,
+    /// A Ballista scheduler and executor started in this process: the cluster code path, locally.
+    Standalone,
+}
+
+impl FromStr for EngineKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "local" => Ok(EngineKind::Local),
+            "standalone" => Ok(EngineKind::Standalone),
+            other => Err(format!("unknown engine '{other}'; valid engines are: local, standalone")),
+        }
+    }
+}
+
+/// How to build a session.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub engine: EngineKind,
+    /// Partitions (parallelism); default: the number of cores.
+    pub target_partitions: Option<usize>,
+    /// Memory pool size in bytes; default: 80% of available memory.
+    pub memory_limit: Option<usize>,
+    /// Spill directory; default: the OS temp directory.
+    pub spill_dir: Option<PathBuf>,
+    pub batch_size: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            engine: EngineKind::Local,
+            target_partitions: None,
+            memory_limit: None,
+            spill_dir: None,
+            batch_size: 8192,
+        }
+    }
+}
+
+impl EngineConfig {
+    pub fn memory_budget(&self) -> usize {
+        self.memory_limit.unwrap_or_else(default_budget)
+    }
+
+    pub fn partitions(&self) -> usize {
+        self.target_partitions
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+            .max(1)
+    }
+
+    fn runtime(&self) -> Result<Arc<RuntimeEnv>> {
+        // FairSpillPool gives each spilling operator a fair share; the tracking wrapper names the
+        // top consumers when a query still runs out.
+        let pool: Arc<dyn MemoryPool> = Arc::new(TrackConsumersPool::new(
+            FairSpillPool::new(self.memory_budget()),
+            NonZeroUsize::new(5).expect("non-zero"),
+        ));
+        let mut builder = RuntimeEnvBuilder::new().with_memory_pool(pool);
+        if let Some(dir) = &self.spill_dir {
+            std::fs::create_dir_all(dir).map_err(|source| EngineError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+            builder = builder.with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![dir.clone()])),
+            );
+        }
+        Ok(builder.build_arc()?)
+    }
+
+    fn session_config(&self, base: SessionConfig) -> SessionConfig {
+        base.with_target_partitions(self.partitions())
+            .with_batch_size(self.batch_size)
+            .with_information_schema(true)
+    }
+}
+
+/// Builds a session with every Nomaly function and the `detect_anomalies` rewrite installed.
+pub async fn build_context(config: &EngineConfig) -> Result<SessionContext> {
+    match config.engine {
+        EngineKind::Local => {
+            let state = nomaly_udfs::with_nomaly(
+                SessionStateBuilder::new()
+                    .with_config(config.session_config(SessionConfig::new()))
+                    .with_runtime_env(config.runtime()?)
+                    .with_default_features(),
+            )
+            .build();
+            Ok(SessionContext::new_with_state(state))
+        }
+        EngineKind::Standalone => {
+            let session_config = config
+                .session_config(SessionConfig::new_with_ballista())
+                .set_usize("ballista.standalone.parallelism", config.partitions());
+            // The in-process scheduler and executor are built from this state, so the functions
+            // must be in it; Ballista then replaces the client's function lists, so they are
+            // registered once more on the returned context.
+            let state = nomaly_udfs::with_nomaly(
+                SessionStateBuilder::new()
+                    .with_config(session_config)
+                    .with_runtime_env(config.runtime()?)
+                    .with_default_features(),
+            )
+            .build();
+            let ctx = SessionContext::standalone_with_state(state)
+                .await
+                .map_err(|e| EngineError::Ballista(e.to_string()))?;
+            nomaly_udfs::register_functions(&ctx);
+            Ok(ctx)
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Argument conventions shared by the detector functions.
+//!
+//! `f(algorithm, feature, ... [, options])`: `algorithm` is a string literal, the features are
+//! numeric expressions, and an optional trailing string literal holds `'key=value, ...'` options.
+//! Scoring functions take `f(model, feature, ...)`. Checks here run at planning time, so a typo is a
+//! planning error naming the argument and listing what is valid, never a failed job an hour in.
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::{Result, ScalarValue, plan_datafusion_err, plan_err};
+use datafusion::logical_expr::Expr;
+use nomaly_detectors::{Algorithm, DetectorParams, is_numeric};
+
+/// True for string types (the algorithm and options arguments).
+pub fn is_string(dt: &DataType) -> bool {
+    matches!(dt, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+}
+
+/// True for the types a model argument may have.
+pub fn is_model_type(dt: &DataType) -> bool {
+    match dt {
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::Null => true,
+        DataType::Dictionary(_, v) => is_model_type(v),
+        _ => false,
+    }
+}
+
+/// Coerces feature types: numeric types pass through (the detectors read every numeric type
+/// natively), decimals become Float64, anything else is a planning error naming the argument.
+pub fn coerce_feature(function: &str, position: usize, dt: &DataType) -> Result<DataType> {
+    if is_numeric(dt) {
+        return Ok(dt.clone());
+    }
+    match dt {
+        DataType::Decimal32(_, _)
+        | DataType::Decimal64(_, _)
+        | DataType::Decimal128(_, _)
+        | DataType::Decimal256(_, _)
+        | DataType::Boolean => Ok(DataType::Float64),
+        DataType::Dictionary(_, v) => coerce_feature(function, position, v),
+        other => plan_err!(
+            "{function}: argument {position} has type {other}, but features must be numeric; \
+             cast it (CAST(col AS DOUBLE)) or pick a numeric column"
+        ),
+    }
+}
+
+/// Types for `f(algorithm, features..., [options])`.
+pub fn coerce_detector_args(function: &str, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+    if arg_types.len() < 2 {
+        return plan_err!(
+            "{function} takes (algorithm, feature [, feature ...] [, options]); got {} argument(s). \
+             Example: {function}('iforest', amount, latency_ms, 'contamination=0.05')",
+            arg_types.len()
+        );
+    }
+    if !is_string(&arg_types[0]) {
+        return plan_err!(
+            "{function}: argument 1 must be the algorithm name as a string literal (one of {}), got type {}",
+            Algorithm::valid_names(),
+            arg_types[0]
+        );
+    }
+    let mut out = vec![arg_types[0].clone()];
+    let last = arg_types.len() - 1;
+    for (i, dt) in arg_types.iter().enumerate().skip(1) {
+        if i == last && is_string(dt) {
+            if i == 1 {
+                return plan_err!("{function}: at least one numeric feature column is required before the options string");
+            }
+            out.push(dt.clone());
+        } else {
+            out.push(coerce_feature(function, i + 1, dt)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Types for `f(model, features...)`.
+pub fn coerce_model_args(function: &str, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+    if arg_types.len() < 2 {
+        return plan_err!(
+            "{function} takes (model, feature [, feature ...]); got {} argument(s). \
+             The model is a fit_detector(...) result",
+            arg_types.len()
+        );
+    }
+    if !is_model_type(&arg_types[0]) {
+        return plan_err!(
+            "{function}: argument 1 must be a model (the BINARY result of fit_detector), got type {}",
+            arg_types[0]
+        );
+    }
+    let mut out = vec![arg_types[0].clone()];
+    for (i, dt) in arg_types.iter().enumerate().skip(1) {
+        out.push(coerce_feature(function, i + 1, dt)?);
+    }
+    Ok(out)
+}
+
+/// A validated detector call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DetectorCall {
+    pub params: DetectorParams,
+    pub n_features: usize,
+    /// Whether the last argument is the options string.
+    pub has_options: bool,
+}
+
+fn literal_str(function: &str, position: usize, what: &str, v: Option<&ScalarValue>) -> Result<String> {
+    match v.and_then(|s| s.try_as_str()) {
+        Some(Some(s)) => Ok(s.to_string()),
+        _ => plan_err!("{function}: argument {position} ({what}) must be a string literal"),
+    }
+}
+
+/// Validates `f(algorithm, features..., [options])` given the argument types and literal values.
+pub fn parse_detector_call(
+    function: &str,
+    arg_types: &[DataType],
+    scalars: &[Option<&ScalarValue>],
+) -> Result<DetectorCall> {
+    coerce_detector_args(function, arg_types)?;
+    let algorithm_name = literal_str(function, 1, "algorithm", scalars.first().copied().flatten())?;
+    let algorithm = Algorithm::parse(&algorithm_name).map_err(|e| plan_datafusion_err!("{function}: {e}"))?;
+    let last = arg_types.len() - 1;
+    let has_options = is_string(&arg_types[last]);
+    let params = if has_options {
+        let text = literal_str(function, last + 1, "options", scalars.get(last).copied().flatten())?;
+        DetectorParams::parse(algorithm, &text).map_err(|e| plan_datafusion_err!("{function}: {e}"))?
+    } else {
+        DetectorParams::new(algorithm)
+    };
+    let n_features = arg_types.len() - 1 - usize::from(has_options);
+    Ok(DetectorCall {
+        params,
+        n_features,
+        has_options,
+    })
+}
+
+/// Same as [`parse_detector_call`] for logical expressions (used by the rewrite rule).
+pub fn parse_detector_call_exprs(
+    function: &str,
+    args: &[Expr],
+    arg_types: &[DataType],
+) -> Result<DetectorCall> {
+    let scalars: Vec<Option<&ScalarValue>> = args
+        .iter()
+        .map(|e| match e {
+            Expr::Literal(v, _) => Some(v),
+            _ => None,
+        })
+        .collect();
+    parse_detector_call(function, arg_types, &scalars)
+}

@@ -1,0 +1,245 @@
+//! Reading models out of a model argument and scoring a batch with them.
+//!
+//! A model argument is usually one value for the whole batch (the one-row fit joined to every row);
+//! `fit_detector` returns it dictionary-encoded so a join repeats a key, not the model bytes. Per-row
+//! models (per-segment fits joined by key) are grouped so each distinct model scores its rows in one
+//! vectorised call. Decoded models are cached by their bytes: a batch costs a byte comparison, not a
+//! decode.
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, UInt32Array, new_null_array,
+};
+use datafusion::arrow::compute::take;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::{Result, ScalarValue, exec_datafusion_err, exec_err};
+use datafusion::logical_expr::ColumnarValue;
+use nomaly_detectors::Model;
+use std::sync::{Arc, Mutex};
+
+const CACHE_ENTRIES: usize = 16;
+
+/// Small most-recently-used cache of decoded models, keyed by their bytes.
+#[derive(Debug, Default)]
+pub struct ModelCache {
+    entries: Mutex<Vec<(Vec<u8>, Arc<Model>)>>,
+}
+
+impl ModelCache {
+    pub fn get(&self, bytes: &[u8]) -> Result<Arc<Model>> {
+        let mut entries = self.entries.lock().map_err(|_| exec_datafusion_err!("model cache poisoned"))?;
+        if let Some(pos) = entries.iter().position(|(b, _)| b.as_slice() == bytes) {
+            let hit = entries.remove(pos);
+            let model = hit.1.clone();
+            entries.insert(0, hit);
+            return Ok(model);
+        }
+        let model = Arc::new(Model::from_bytes(bytes).map_err(|e| exec_datafusion_err!("{e}"))?);
+        entries.insert(0, (bytes.to_vec(), model.clone()));
+        entries.truncate(CACHE_ENTRIES);
+        Ok(model)
+    }
+}
+
+/// Which model scores each row of a batch.
+pub struct ResolvedModels {
+    pub models: Vec<Arc<Model>>,
+    /// `None`: all rows use `models[0]` (or are null if `models` is empty).
+    pub per_row: Option<Vec<Option<u32>>>,
+}
+
+fn binary_value(array: &dyn Array, i: usize) -> Option<&[u8]> {
+    if array.is_null(i) {
+        return None;
+    }
+    match array.data_type() {
+        DataType::Binary => Some(array.as_binary::<i32>().value(i)),
+        DataType::LargeBinary => Some(array.as_binary::<i64>().value(i)),
+        DataType::BinaryView => Some(array.as_binary_view().value(i)),
+        _ => None,
+    }
+}
+
+fn scalar_bytes(s: &ScalarValue) -> Result<Option<&[u8]>> {
+    Ok(match s {
+        ScalarValue::Binary(b) | ScalarValue::LargeBinary(b) | ScalarValue::BinaryView(b) => b.as_deref(),
+        ScalarValue::Dictionary(_, inner) => return scalar_bytes(inner),
+        ScalarValue::Null => None,
+        other => return exec_err!("model argument has type {}, expected BINARY", other.data_type()),
+    })
+}
+
+pub fn resolve_models(arg: &ColumnarValue, cache: &ModelCache) -> Result<ResolvedModels> {
+    let array = match arg {
+        ColumnarValue::Scalar(s) => {
+            let models = match scalar_bytes(s)? {
+                Some(b) => vec![cache.get(b)?],
+                None => vec![],
+            };
+            return Ok(ResolvedModels { models, per_row: None });
+        }
+        ColumnarValue::Array(a) => a,
+    };
+    let n = array.len();
+    // Dictionary: decode each referenced value once.
+    if let DataType::Dictionary(_, _) = array.data_type() {
+        let dict = array.as_any_dictionary();
+        let keys = dict.normalized_keys();
+        let values = dict.values();
+        let mut slot_of_value: Vec<Option<u32>> = vec![None; values.len()];
+        let mut models = Vec::new();
+        let mut per_row = Vec::with_capacity(n);
+        for (i, &k) in keys.iter().enumerate() {
+            if array.is_null(i) {
+                per_row.push(None);
+                continue;
+            }
+            let slot = match slot_of_value[k] {
+                Some(s) => s,
+                None => {
+                    let Some(bytes) = binary_value(values.as_ref(), k) else {
+                        per_row.push(None);
+                        continue;
+                    };
+                    let m = cache.get(bytes)?;
+                    let s = match models.iter().position(|x: &Arc<Model>| Arc::ptr_eq(x, &m)) {
+                        Some(p) => p as u32,
+                        None => {
+                            models.push(m);
+                            (models.len() - 1) as u32
+                        }
+                    };
+                    slot_of_value[k] = Some(s);
+                    s
+                }
+            };
+            per_row.push(Some(slot));
+        }
+        return Ok(simplify(models, per_row));
+    }
+    // Plain binary: runs of equal bytes share a model.
+    let mut models: Vec<Arc<Model>> = Vec::new();
+    let mut per_row = Vec::with_capacity(n);
+    let mut last: Option<(&[u8], u32)> = None;
+    for i in 0..n {
+        let Some(bytes) = binary_value(array.as_ref(), i) else {
+            if !array.is_null(i) {
+                return exec_err!("model argument has type {}, expected BINARY", array.data_type());
+            }
+            per_row.push(None);
+            continue;
+        };
+        let slot = match last {
+            Some((b, s)) if b == bytes => s,
+            _ => {
+                let m = cache.get(bytes)?;
+                let s = match models.iter().position(|x| Arc::ptr_eq(x, &m)) {
+                    Some(p) => p as u32,
+                    None => {
+                        models.push(m);
+                        (models.len() - 1) as u32
+                    }
+                };
+                last = Some((bytes, s));
+                s
+            }
+        };
+        per_row.push(Some(slot));
+    }
+    Ok(simplify(models, per_row))
+}
+
+fn simplify(models: Vec<Arc<Model>>, per_row: Vec<Option<u32>>) -> ResolvedModels {
+    if models.len() == 1 && per_row.iter().all(|s| *s == Some(0)) {
+        ResolvedModels { models, per_row: None }
+    } else if models.is_empty() {
+        ResolvedModels { models, per_row: None }
+    } else {
+        ResolvedModels {
+            models,
+            per_row: Some(per_row),
+        }
+    }
+}
+
+/// What a scoring function computes per row group.
+pub trait BatchScorer {
+    type Output;
+    fn score(&self, model: &Model, features: &[ArrayRef]) -> Result<Self::Output>;
+    fn nulls(&self, len: usize) -> Result<Self::Output>;
+    /// Scatters group outputs back into row order.
+    fn scatter(&self, len: usize, parts: Vec<(Vec<u32>, Self::Output)>) -> Result<Self::Output>;
+}
+
+/// Scores every row with its model.
+pub fn score_rows<S: BatchScorer>(
+    scorer: &S,
+    resolved: &ResolvedModels,
+    features: &[ArrayRef],
+    len: usize,
+) -> Result<S::Output> {
+    match &resolved.per_row {
+        None => match resolved.models.first() {
+            Some(m) => scorer.score(m, features),
+            None => scorer.nulls(len),
+        },
+        Some(per_row) => {
+            let mut groups: Vec<Vec<u32>> = vec![Vec::new(); resolved.models.len()];
+            let mut null_rows = Vec::new();
+            for (i, s) in per_row.iter().enumerate() {
+                match s {
+                    Some(s) => groups[*s as usize].push(i as u32),
+                    None => null_rows.push(i as u32),
+                }
+            }
+            let mut parts = Vec::new();
+            for (m, rows) in resolved.models.iter().zip(groups) {
+                if rows.is_empty() {
+                    continue;
+                }
+                let idx = UInt32Array::from(rows.clone());
+                let taken: Vec<ArrayRef> = features
+                    .iter()
+                    .map(|f| take(f.as_ref(), &idx, None))
+                    .collect::<std::result::Result<_, _>>()?;
+                parts.push((rows, scorer.score(m, &taken)?));
+            }
+            if !null_rows.is_empty() {
+                let n = null_rows.len();
+                parts.push((null_rows, scorer.nulls(n)?));
+            }
+            scorer.scatter(len, parts)
+        }
+    }
+}
+
+/// Scatter helper for `Float64Array` outputs.
+pub fn scatter_f64(len: usize, parts: &[(Vec<u32>, &Float64Array)]) -> Float64Array {
+    let mut out: Vec<Option<f64>> = vec![None; len];
+    for (rows, arr) in parts {
+        for (k, &r) in rows.iter().enumerate() {
+            out[r as usize] = arr.is_valid(k).then(|| arr.value(k));
+        }
+    }
+    Float64Array::from(out)
+}
+
+/// Scatter helper for `BooleanArray` outputs.
+pub fn scatter_bool(len: usize, parts: &[(Vec<u32>, &BooleanArray)]) -> BooleanArray {
+    let mut out: Vec<Option<bool>> = vec![None; len];
+    for (rows, arr) in parts {
+        for (k, &r) in rows.iter().enumerate() {
+            out[r as usize] = arr.is_valid(k).then(|| arr.value(k));
+        }
+    }
+    BooleanArray::from(out)
+}
+
+/// Converts feature arguments to arrays of the batch length.
+pub fn feature_arrays(args: &[ColumnarValue], len: usize) -> Result<Vec<ArrayRef>> {
+    args.iter().map(|a| a.to_array(len)).collect()
+}
+
+/// An all-null array of the given type.
+pub fn nulls_of(dt: &DataType, len: usize) -> ArrayRef {
+    new_null_array(dt, len)
+}

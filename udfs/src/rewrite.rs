@@ -1,0 +1,266 @@
+//! The analyzer rule that plans `detect_anomalies`: the heart of the engine.
+//!
+//! ```text
+//! Projection: id, detect_anomalies('iforest', a, b)            Projection: id, anomaly_detect(__nomaly_model_0, a, b)
+//!   TableScan: tx                                   ==>          Cross Join
+//!                                                                  Aggregate: fit_detector('iforest', a, b) AS __nomaly_model_0
+//!                                                                    TableScan: tx
+//!                                                                  TableScan: tx
+//! ```
+//! The one-row model is the *left* (build) side of the join and the table the streamed side, so
+//! scoring keeps the table's partitions (a cross join collects its left input). With
+//! `OVER (PARTITION BY k)` the fit is grouped by `k` and joined on `k IS NOT DISTINCT FROM` (NULL keys
+//! form a segment, as in a window), again with the small model side on the left. All calls in one
+//! node share one Aggregate, i.e. one extra scan. Only standard operators appear, so nothing custom
+//! has to cross the wire to Ballista executors.
+
+use crate::call::parse_detector_call_exprs;
+use crate::detect_anomalies::NAME as DETECT;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, Result, plan_err};
+use datafusion::logical_expr::expr::{AggregateFunction, ScalarFunction, WindowFunction};
+use datafusion::logical_expr::{
+    AggregateUDF, BinaryExpr, Expr, ExprSchemable, JoinType, LogicalPlan, LogicalPlanBuilder, Operator,
+    Projection, ScalarUDF, Window, WindowFunctionDefinition,
+};
+use datafusion::optimizer::AnalyzerRule;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
+
+fn fresh_id() -> usize {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Rewrites `detect_anomalies` calls into fit-aggregate → join → score plans.
+#[derive(Debug)]
+pub struct DetectAnomaliesRewrite {
+    fit: Arc<AggregateUDF>,
+    score: Arc<ScalarUDF>,
+}
+
+impl Default for DetectAnomaliesRewrite {
+    fn default() -> Self {
+        Self {
+            fit: Arc::new(AggregateUDF::from(crate::fit_detector::FitDetector::default())),
+            score: Arc::new(ScalarUDF::from(crate::anomaly_detect::AnomalyDetect::default())),
+        }
+    }
+}
+
+fn is_detect_scalar(e: &Expr) -> bool {
+    matches!(e, Expr::ScalarFunction(f) if f.func.name() == DETECT)
+}
+
+fn is_detect_window(e: &Expr) -> bool {
+    match e {
+        Expr::WindowFunction(w) => matches!(&w.fun, WindowFunctionDefinition::AggregateUDF(u) if u.name() == DETECT),
+        Expr::Alias(a) => is_detect_window(&a.expr),
+        _ => false,
+    }
+}
+
+fn contains(e: &Expr, pred: fn(&Expr) -> bool) -> bool {
+    e.exists(|x| Ok(pred(x))).unwrap_or(false)
+}
+
+impl AnalyzerRule for DetectAnomaliesRewrite {
+    fn name(&self) -> &str {
+        "nomaly_detect_anomalies"
+    }
+
+    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
+        plan.transform_up_with_subqueries(|node| self.rewrite_node(node))
+            .map(|t| t.data)
+    }
+}
+
+impl DetectAnomaliesRewrite {
+    fn rewrite_node(&self, plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
+        match plan {
+            LogicalPlan::Projection(p) if p.expr.iter().any(|e| contains(e, is_detect_scalar)) => {
+                self.rewrite_projection(p).map(Transformed::yes)
+            }
+            LogicalPlan::Window(w) if w.window_expr.iter().any(is_detect_window) => {
+                self.rewrite_window(w).map(Transformed::yes)
+            }
+            other => {
+                self.check_other(&other)?;
+                Ok(Transformed::no(other))
+            }
+        }
+    }
+
+    /// detect_anomalies anywhere else (WHERE, GROUP BY, ORDER BY, aggregates) is a planning error;
+    /// fit_detector calls are validated here so typos fail before execution.
+    fn check_other(&self, plan: &LogicalPlan) -> Result<()> {
+        let schema = plan
+            .inputs()
+            .first()
+            .map(|i| Arc::clone(i.schema()))
+            .unwrap_or_else(|| Arc::clone(plan.schema()));
+        let mut error = None;
+        plan.apply_expressions(|e| {
+            e.apply(|x| {
+                let detect_aggregate = matches!(x, Expr::AggregateFunction(af) if af.func.name() == DETECT);
+                if is_detect_scalar(x) || is_detect_window(x) || detect_aggregate {
+                    error = Some(format!(
+                        "detect_anomalies(...) can only appear in a SELECT list (optionally with OVER (PARTITION BY ...)), \
+                         not in {}; select it in a subquery and filter/aggregate the result: \
+                         SELECT * FROM (SELECT *, detect_anomalies(...) AS a FROM t) WHERE a.is_anomaly",
+                        plan.display()
+                    ));
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                if let Expr::AggregateFunction(af) = x
+                    && af.func.name() == "fit_detector"
+                {
+                    let types: Vec<DataType> = af
+                        .params
+                        .args
+                        .iter()
+                        .map(|a| a.get_type(schema.as_ref()))
+                        .collect::<Result<_>>()?;
+                    parse_detector_call_exprs("fit_detector", &af.params.args, &types)?;
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })?;
+        match error {
+            Some(msg) => plan_err!("{msg}"),
+            None => Ok(()),
+        }
+    }
+
+    fn fit_expr(&self, args: Vec<Expr>, name: &str) -> Expr {
+        Expr::AggregateFunction(AggregateFunction::new_udf(Arc::clone(&self.fit), args, false, None, vec![], None))
+            .alias(name)
+    }
+
+    fn score_expr(&self, model: &str, args: &[Expr], has_options: bool) -> Expr {
+        let n = args.len() - usize::from(has_options);
+        let mut score_args = vec![Expr::Column(Column::from_name(model))];
+        score_args.extend_from_slice(&args[1..n]);
+        Expr::ScalarFunction(ScalarFunction::new_udf(Arc::clone(&self.score), score_args))
+    }
+
+    fn rewrite_projection(&self, p: Projection) -> Result<LogicalPlan> {
+        let input = Arc::clone(&p.input);
+        let schema = input.schema();
+        // Distinct calls, in order of appearance.
+        let mut calls: Vec<(Expr, bool, String)> = Vec::new();
+        for e in &p.expr {
+            e.apply(|x| {
+                if let Expr::ScalarFunction(f) = x
+                    && f.func.name() == DETECT
+                    && !calls.iter().any(|(c, _, _)| c == x)
+                {
+                    let types: Vec<DataType> =
+                        f.args.iter().map(|a| a.get_type(schema.as_ref())).collect::<Result<_>>()?;
+                    let call = parse_detector_call_exprs(DETECT, &f.args, &types)?;
+                    calls.push((x.clone(), call.has_options, format!("__nomaly_model_{}", fresh_id())));
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })?;
+        }
+        let fits: Vec<Expr> = calls
+            .iter()
+            .map(|(c, _, name)| match c {
+                Expr::ScalarFunction(f) => self.fit_expr(f.args.clone(), name),
+                _ => unreachable!("collected scalar calls only"),
+            })
+            .collect();
+        let model = LogicalPlanBuilder::from(input.as_ref().clone())
+            .aggregate(Vec::<Expr>::new(), fits)?
+            .build()?;
+        let joined = LogicalPlanBuilder::from(model)
+            .cross_join(input.as_ref().clone())?
+            .build()?;
+        let exprs = p
+            .expr
+            .into_iter()
+            .map(|e| {
+                let original = e.schema_name().to_string();
+                let rewritten = e
+                    .transform_up(|x| {
+                        if let Some((_, has_options, name)) = calls.iter().find(|(c, _, _)| c == &x) {
+                            let Expr::ScalarFunction(f) = &x else { unreachable!() };
+                            return Ok(Transformed::yes(self.score_expr(name, &f.args, *has_options)));
+                        }
+                        Ok(Transformed::no(x))
+                    })?
+                    .data;
+                rewritten.alias_if_changed(original)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(joined))?))
+    }
+
+    fn rewrite_window(&self, w: Window) -> Result<LogicalPlan> {
+        let input = Arc::clone(&w.input);
+        let mut current: LogicalPlan = input.as_ref().clone();
+        let mut others = Vec::new();
+        for wexpr in w.window_expr {
+            if !is_detect_window(&wexpr) {
+                others.push(wexpr);
+                continue;
+            }
+            let output_name = wexpr.schema_name().to_string();
+            let Expr::WindowFunction(wf) = wexpr.unalias() else { unreachable!() };
+            let WindowFunction { params, .. } = *wf;
+            if !params.order_by.is_empty() {
+                return plan_err!(
+                    "detect_anomalies(...) OVER (...) takes PARTITION BY only: one model is fitted per partition \
+                     over all its rows, so ORDER BY and frames do not apply; remove the ORDER BY"
+                );
+            }
+            let schema = Arc::clone(input.schema());
+            let types: Vec<DataType> =
+                params.args.iter().map(|a| a.get_type(schema.as_ref())).collect::<Result<_>>()?;
+            let call = parse_detector_call_exprs(DETECT, &params.args, &types)?;
+            let id = fresh_id();
+            let model_name = format!("__nomaly_model_{id}");
+            let keys: Vec<(String, Expr)> = params
+                .partition_by
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (format!("__nomaly_key_{id}_{i}"), k.clone()))
+                .collect();
+            let group: Vec<Expr> = keys.iter().map(|(n, k)| k.clone().alias(n)).collect();
+            let model = LogicalPlanBuilder::from(input.as_ref().clone())
+                .aggregate(group, vec![self.fit_expr(params.args.clone(), &model_name)])?
+                .build()?;
+            let joined = if keys.is_empty() {
+                LogicalPlanBuilder::from(model).cross_join(current.clone())?.build()?
+            } else {
+                let on: Vec<Expr> = keys
+                    .iter()
+                    .map(|(n, k)| {
+                        Expr::BinaryExpr(BinaryExpr::new(
+                            Box::new(Expr::Column(Column::from_name(n))),
+                            Operator::IsNotDistinctFrom,
+                            Box::new(k.clone()),
+                        ))
+                    })
+                    .collect();
+                LogicalPlanBuilder::from(model)
+                    .join_on(current.clone(), JoinType::Inner, on)?
+                    .build()?
+            };
+            let mut exprs: Vec<Expr> = current.schema().columns().into_iter().map(Expr::Column).collect();
+            exprs.push(
+                self.score_expr(&model_name, &params.args, call.has_options)
+                    .alias(output_name),
+            );
+            current = LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(joined))?);
+        }
+        if others.is_empty() {
+            Ok(current)
+        } else {
+            Ok(LogicalPlan::Window(Window::try_new(others, Arc::new(current))?))
+        }
+    }
+}
