@@ -1,7 +1,7 @@
 //! `anomaly_detect(model, feature, ...)`: `{score, is_anomaly}` per row — the scoring half of
 //! `detect_anomalies`, which the rewrite rule plans as `fit_detector` joined to this.
 
-use crate::call::coerce_model_args;
+use crate::call::{coerce_model_args, lenient_coercion};
 use crate::docs::{DOC_SECTION_ANOMALY, FEATURES_ARG, MODEL_ARG};
 use crate::model_column::{BatchScorer, ModelCache, feature_arrays, resolve_models, scatter_bool, scatter_f64, score_rows};
 use datafusion::arrow::array::{ArrayRef, BooleanArray, Float64Array, StructArray};
@@ -82,9 +82,10 @@ impl ScalarUDFImpl for AnomalyDetect {
         &self.signature
     }
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        coerce_model_args(self.name(), arg_types)
+        Ok(lenient_coercion(arg_types))
     }
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        coerce_model_args(self.name(), arg_types)?;
         Ok(detection_type())
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {

@@ -1,6 +1,6 @@
 //! `anomaly_explain(model, feature, ...)`: per-feature contributions to each row's score.
 
-use crate::call::coerce_model_args;
+use crate::call::{coerce_model_args, lenient_coercion};
 use crate::docs::{DOC_SECTION_ANOMALY, FEATURES_ARG, MODEL_ARG};
 use crate::model_column::{BatchScorer, ModelCache, feature_arrays, resolve_models, score_rows};
 use datafusion::arrow::array::{Array, ArrayRef, Float64Array, ListArray, ListBuilder, Float64Builder};
@@ -89,9 +89,10 @@ impl ScalarUDFImpl for AnomalyExplain {
         &self.signature
     }
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        coerce_model_args(self.name(), arg_types)
+        Ok(lenient_coercion(arg_types))
     }
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        coerce_model_args(self.name(), arg_types)?;
         Ok(list_type())
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {

@@ -47,12 +47,12 @@ impl ScalarUDFImpl for AnomalyModelInfo {
         &self.signature
     }
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        Ok(arg_types.to_vec())
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
         if arg_types.len() != 1 || !is_model_type(&arg_types[0]) {
             return plan_err!("anomaly_model_info takes one argument, a model (the BINARY result of fit_detector)");
         }
-        Ok(arg_types.to_vec())
-    }
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
         Ok(DataType::Utf8)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {

@@ -1,6 +1,6 @@
 //! `anomaly_score(model, feature, ...)`: the anomaly score of each row under a fitted model.
 
-use crate::call::coerce_model_args;
+use crate::call::{coerce_model_args, lenient_coercion};
 use crate::docs::{DOC_SECTION_ANOMALY, FEATURES_ARG, MODEL_ARG};
 use crate::model_column::{BatchScorer, ModelCache, feature_arrays, resolve_models, scatter_f64, score_rows};
 use datafusion::arrow::array::{ArrayRef, Float64Array};
@@ -69,9 +69,10 @@ impl ScalarUDFImpl for AnomalyScore {
         &self.signature
     }
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        coerce_model_args(self.name(), arg_types)
+        Ok(lenient_coercion(arg_types))
     }
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        coerce_model_args(self.name(), arg_types)?;
         Ok(DataType::Float64)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {

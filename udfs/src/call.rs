@@ -44,7 +44,25 @@ pub fn coerce_feature(function: &str, position: usize, dt: &DataType) -> Result<
     }
 }
 
-/// Types for `f(algorithm, features..., [options])`.
+/// Coercion never fails: DataFusion would bury our message inside its own "no function matches"
+/// text. Decimals and booleans become Float64, everything else passes through, and the
+/// `check_*` functions report wrong types from `return_type`, where the message reaches the user
+/// unchanged.
+pub fn lenient_coercion(arg_types: &[DataType]) -> Vec<DataType> {
+    arg_types
+        .iter()
+        .map(|dt| match dt {
+            DataType::Decimal32(_, _)
+            | DataType::Decimal64(_, _)
+            | DataType::Decimal128(_, _)
+            | DataType::Decimal256(_, _)
+            | DataType::Boolean => DataType::Float64,
+            other => other.clone(),
+        })
+        .collect()
+}
+
+/// Checks the types of `f(algorithm, features..., [options])`.
 pub fn coerce_detector_args(function: &str, arg_types: &[DataType]) -> Result<Vec<DataType>> {
     if arg_types.len() < 2 {
         return plan_err!(
@@ -75,7 +93,7 @@ pub fn coerce_detector_args(function: &str, arg_types: &[DataType]) -> Result<Ve
     Ok(out)
 }
 
-/// Types for `f(model, features...)`.
+/// Checks the types of `f(model, features...)`.
 pub fn coerce_model_args(function: &str, arg_types: &[DataType]) -> Result<Vec<DataType>> {
     if arg_types.len() < 2 {
         return plan_err!(

@@ -8,7 +8,7 @@
 //! the call is an error that says how to install it.
 
 use crate::anomaly_detect::detection_type;
-use crate::call::{coerce_detector_args, parse_detector_call};
+use crate::call::{coerce_detector_args, lenient_coercion, parse_detector_call};
 use crate::docs::{ALGORITHM_ARG, DOC_SECTION_ANOMALY, FEATURES_ARG, OPTIONS_ARG};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::{Result, exec_err, plan_err};
@@ -68,9 +68,10 @@ impl ScalarUDFImpl for DetectAnomalies {
         &self.signature
     }
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        coerce_detector_args(NAME, arg_types)
+        Ok(lenient_coercion(arg_types))
     }
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        coerce_detector_args(NAME, arg_types)?;
         Ok(detection_type())
     }
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
@@ -114,9 +115,10 @@ impl AggregateUDFImpl for DetectAnomaliesAggregate {
         &self.signature
     }
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        coerce_detector_args(NAME, arg_types)
+        Ok(lenient_coercion(arg_types))
     }
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        coerce_detector_args(NAME, arg_types)?;
         Ok(detection_type())
     }
     fn accumulator(&self, _acc_args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {

@@ -3,7 +3,7 @@
 //! the model is the same bits whatever the partitioning. The result is a model value
 //! (`Dictionary(Int32, Binary)`: a join that repeats it per row repeats a key, not the bytes).
 
-use crate::call::{coerce_detector_args, parse_detector_call};
+use crate::call::{coerce_detector_args, lenient_coercion, parse_detector_call};
 use crate::docs::{ALGORITHM_ARG, DOC_SECTION_ANOMALY, FEATURES_ARG, OPTIONS_ARG};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
@@ -62,9 +62,10 @@ impl AggregateUDFImpl for FitDetector {
         &self.signature
     }
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        coerce_detector_args(self.name(), arg_types)
+        Ok(lenient_coercion(arg_types))
     }
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        coerce_detector_args(self.name(), arg_types)?;
         Ok(model_type())
     }
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {

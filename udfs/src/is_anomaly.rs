@@ -1,6 +1,6 @@
 //! `is_anomaly(model, feature, ...)`: whether each row's score exceeds the model's threshold.
 
-use crate::call::coerce_model_args;
+use crate::call::{coerce_model_args, lenient_coercion};
 use crate::docs::{DOC_SECTION_ANOMALY, FEATURES_ARG, MODEL_ARG};
 use crate::model_column::{BatchScorer, ModelCache, feature_arrays, resolve_models, scatter_bool, score_rows};
 use datafusion::arrow::array::{ArrayRef, BooleanArray};
@@ -67,9 +67,10 @@ impl ScalarUDFImpl for IsAnomaly {
         &self.signature
     }
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        coerce_model_args(self.name(), arg_types)
+        Ok(lenient_coercion(arg_types))
     }
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        coerce_model_args(self.name(), arg_types)?;
         Ok(DataType::Boolean)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {

@@ -27,13 +27,8 @@ use datafusion::logical_expr::{
 };
 use datafusion::optimizer::AnalyzerRule;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 
-static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
-
-fn fresh_id() -> usize {
-    NEXT_ID.fetch_add(1, Ordering::Relaxed)
-}
 
 /// Rewrites `detect_anomalies` calls into fit-aggregate → join → score plans.
 #[derive(Debug)]
@@ -73,19 +68,26 @@ impl AnalyzerRule for DetectAnomaliesRewrite {
     }
 
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
-        plan.transform_up_with_subqueries(|node| self.rewrite_node(node))
+        // Names are numbered per plan, so EXPLAIN output is the same on every run and engine.
+        let next_id = Cell::new(0usize);
+        plan.transform_up_with_subqueries(|node| self.rewrite_node(node, &next_id))
             .map(|t| t.data)
     }
 }
 
 impl DetectAnomaliesRewrite {
-    fn rewrite_node(&self, plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
+    fn rewrite_node(&self, plan: LogicalPlan, next_id: &Cell<usize>) -> Result<Transformed<LogicalPlan>> {
+        let fresh_id = || {
+            let id = next_id.get();
+            next_id.set(id + 1);
+            id
+        };
         match plan {
             LogicalPlan::Projection(p) if p.expr.iter().any(|e| contains(e, is_detect_scalar)) => {
-                self.rewrite_projection(p).map(Transformed::yes)
+                self.rewrite_projection(p, &fresh_id).map(Transformed::yes)
             }
             LogicalPlan::Window(w) if w.window_expr.iter().any(is_detect_window) => {
-                self.rewrite_window(w).map(Transformed::yes)
+                self.rewrite_window(w, &fresh_id).map(Transformed::yes)
             }
             other => {
                 self.check_other(&other)?;
@@ -147,7 +149,7 @@ impl DetectAnomaliesRewrite {
         Expr::ScalarFunction(ScalarFunction::new_udf(Arc::clone(&self.score), score_args))
     }
 
-    fn rewrite_projection(&self, p: Projection) -> Result<LogicalPlan> {
+    fn rewrite_projection(&self, p: Projection, fresh_id: &dyn Fn() -> usize) -> Result<LogicalPlan> {
         let input = Arc::clone(&p.input);
         let schema = input.schema();
         // Distinct calls, in order of appearance.
@@ -199,7 +201,7 @@ impl DetectAnomaliesRewrite {
         Ok(LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(joined))?))
     }
 
-    fn rewrite_window(&self, w: Window) -> Result<LogicalPlan> {
+    fn rewrite_window(&self, w: Window, fresh_id: &dyn Fn() -> usize) -> Result<LogicalPlan> {
         let input = Arc::clone(&w.input);
         let mut current: LogicalPlan = input.as_ref().clone();
         let mut others = Vec::new();

@@ -95,6 +95,14 @@ impl WindowUDFImpl for AnomalyScoreWindow {
         &self.signature
     }
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        // Checked in `field`, where the message reaches the user unwrapped.
+        Ok(arg_types
+            .iter()
+            .map(|t| if t.is_numeric() || *t == DataType::Null { DataType::Float64 } else { t.clone() })
+            .collect())
+    }
+    fn field(&self, field_args: WindowUDFFieldArgs) -> Result<FieldRef> {
+        let arg_types: Vec<DataType> = field_args.input_fields().iter().map(|f| f.data_type().clone()).collect();
         let max_args = if self.kind == FrameScore::Iqr { 2 } else { 1 };
         if arg_types.is_empty() || arg_types.len() > max_args {
             return plan_err!(
@@ -109,7 +117,7 @@ impl WindowUDFImpl for AnomalyScoreWindow {
                 return plan_err!("{}: argument {} has type {t}, but must be numeric", self.name(), i + 1);
             }
         }
-        Ok(vec![DataType::Float64; arg_types.len()])
+        Ok(Arc::new(Field::new(field_args.name(), DataType::Float64, true)))
     }
     fn partition_evaluator(&self, args: PartitionEvaluatorArgs) -> Result<Box<dyn PartitionEvaluator>> {
         let mut k = 1.5;
@@ -125,9 +133,6 @@ impl WindowUDFImpl for AnomalyScoreWindow {
             current_row: 0,
             values: None,
         }))
-    }
-    fn field(&self, field_args: WindowUDFFieldArgs) -> Result<FieldRef> {
-        Ok(Arc::new(Field::new(field_args.name(), DataType::Float64, true)))
     }
     fn documentation(&self) -> Option<&Documentation> {
         Some(&DOCS[self.kind as usize])

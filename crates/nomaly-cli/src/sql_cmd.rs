@@ -55,7 +55,7 @@ pub struct SqlArgs {
 }
 
 fn report(e: &EngineError) -> i32 {
-    eprintln!("error: {e}");
+    eprintln!("error: {}", e.user_message());
     e.exit_code()
 }
 

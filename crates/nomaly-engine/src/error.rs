@@ -45,6 +45,15 @@ impl EngineError {
         }
     }
 
+    /// The message for people: DataFusion's context wrappers (e.g. the name of the analyzer rule
+    /// that failed) are dropped, the root cause is kept.
+    pub fn user_message(&self) -> String {
+        match self {
+            EngineError::DataFusion(e) => e.find_root().to_string(),
+            other => other.to_string(),
+        }
+    }
+
     /// Process exit code: 2 for bad input, 1 for runtime failures.
     pub fn exit_code(&self) -> i32 {
         if self.is_user_error() { 2 } else { 1 }
