@@ -14,3 +14,5 @@ pub fn workspace_root() -> PathBuf {
 pub fn data_dir() -> PathBuf {
     workspace_root().join("examples").join("data")
 }
+
+pub mod data;
