@@ -68,6 +68,10 @@ pub async fn register_table(ctx: &SessionContext, name: &str, path: &str) -> Res
     if local && !has_glob(path) {
         let p = Path::new(path);
         if !p.exists() {
+            // A wrong extension is the more useful message, even for a missing file.
+            if p.extension().is_some() {
+                InputFormat::from_extension(path)?;
+            }
             return Err(EngineError::InputNotFound { path: path.to_string() });
         }
         if p.is_dir() {
