@@ -19,7 +19,11 @@ fn slt_files() -> Vec<PathBuf> {
         .expect("sql/ exists")
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "slt"))
-        .filter(|p| filter.as_ref().is_none_or(|f| p.to_string_lossy().contains(f.as_str())))
+        .filter(|p| {
+            filter
+                .as_ref()
+                .is_none_or(|f| p.to_string_lossy().contains(f.as_str()))
+        })
         .collect();
     files.sort();
     files
@@ -32,7 +36,10 @@ async fn run_file(path: &Path, engine: EngineKind, complete: bool) -> Result<(),
         ..Default::default()
     };
     let ctx = build_context(&config).await.map_err(|e| e.to_string())?;
-    let relative = path.strip_prefix(workspace_root()).unwrap_or(path).to_path_buf();
+    let relative = path
+        .strip_prefix(workspace_root())
+        .unwrap_or(path)
+        .to_path_buf();
     let mut runner = sqllogictest::Runner::new(|| {
         let ctx = ctx.clone();
         let relative = relative.clone();
@@ -48,11 +55,20 @@ async fn run_file(path: &Path, engine: EngineKind, complete: bool) -> Result<(),
     runner.with_validator(df_value_validator);
     if complete {
         runner
-            .update_test_file(path, " ", df_value_validator, value_normalizer, default_column_validator)
+            .update_test_file(
+                path,
+                " ",
+                df_value_validator,
+                value_normalizer,
+                default_column_validator,
+            )
             .await
             .map_err(|e| e.to_string())
     } else {
-        runner.run_file_async(path).await.map_err(|e| e.display(true).to_string())
+        runner
+            .run_file_async(path)
+            .await
+            .map_err(|e| e.display(true).to_string())
     }
 }
 
@@ -73,12 +89,19 @@ fn main() {
             vec![EngineKind::Local, EngineKind::Standalone]
         };
         for engine in engines {
-            let name = format!("{} [{:?}]", file.file_name().unwrap().to_string_lossy(), engine);
+            let name = format!(
+                "{} [{:?}]",
+                file.file_name().unwrap().to_string_lossy(),
+                engine
+            );
             let started = std::time::Instant::now();
             match runtime.block_on(run_file(file, engine, complete)) {
                 Ok(()) => {
                     passed += 1;
-                    println!("test {name} ... ok ({:.1}s)", started.elapsed().as_secs_f64());
+                    println!(
+                        "test {name} ... ok ({:.1}s)",
+                        started.elapsed().as_secs_f64()
+                    );
                 }
                 Err(e) => {
                     println!("test {name} ... FAILED\n{e}");

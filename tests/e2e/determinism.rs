@@ -25,20 +25,35 @@ async fn context(engine: EngineKind, partitions: usize, data: &Path) -> SessionC
     })
     .await
     .expect("session");
-    register_table(&ctx, "t", &data.to_string_lossy()).await.expect("register");
+    register_table(&ctx, "t", &data.to_string_lossy())
+        .await
+        .expect("register");
     ctx
 }
 
 /// (id, score bits, is_anomaly) ordered by id, for each algorithm.
-async fn scores(ctx: &SessionContext, per_segment: bool) -> Vec<Vec<(i64, Option<u64>, Option<bool>)>> {
+async fn scores(
+    ctx: &SessionContext,
+    per_segment: bool,
+) -> Vec<Vec<(i64, Option<u64>, Option<bool>)>> {
     let mut out = Vec::new();
     for (alg, opts) in ALGORITHMS {
-        let over = if per_segment { " OVER (PARTITION BY segment)" } else { "" };
+        let over = if per_segment {
+            " OVER (PARTITION BY segment)"
+        } else {
+            ""
+        };
         let sql = format!(
             "SELECT id, a['score'] AS s, a['is_anomaly'] AS f FROM \
              (SELECT id, detect_anomalies('{alg}', f1, f2, f3{opts}){over} AS a FROM t) ORDER BY id"
         );
-        let batches = ctx.sql(&sql).await.expect("plan").collect().await.expect("run");
+        let batches = ctx
+            .sql(&sql)
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .expect("run");
         let mut rows = Vec::new();
         for b in &batches {
             let id = b.column(0).as_primitive::<Int64Type>();
@@ -69,14 +84,28 @@ async fn scores_are_bit_identical_across_partitions_and_engines() {
         let nulls = reference[0].iter().filter(|r| r.1.is_none()).count();
         assert_eq!(nulls, 13, "rows with a missing feature score NULL");
         for partitions in [2, 8] {
-            let other = scores(&context(EngineKind::Local, partitions, &data).await, per_segment).await;
+            let other = scores(
+                &context(EngineKind::Local, partitions, &data).await,
+                per_segment,
+            )
+            .await;
             for ((alg, _), (a, b)) in ALGORITHMS.iter().zip(reference.iter().zip(&other)) {
-                assert!(a == b, "{alg} (per_segment={per_segment}): local p=1 vs p={partitions} differ");
+                assert!(
+                    a == b,
+                    "{alg} (per_segment={per_segment}): local p=1 vs p={partitions} differ"
+                );
             }
         }
-        let standalone = scores(&context(EngineKind::Standalone, 4, &data).await, per_segment).await;
+        let standalone = scores(
+            &context(EngineKind::Standalone, 4, &data).await,
+            per_segment,
+        )
+        .await;
         for ((alg, _), (a, b)) in ALGORITHMS.iter().zip(reference.iter().zip(&standalone)) {
-            assert!(a == b, "{alg} (per_segment={per_segment}): local vs Ballista standalone differ");
+            assert!(
+                a == b,
+                "{alg} (per_segment={per_segment}): local vs Ballista standalone differ"
+            );
         }
     }
 }
@@ -94,10 +123,15 @@ async fn ballista_scores_in_every_partition_of_the_table() {
         .collect()
         .await
         .unwrap();
-    let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
     // The stage that scores (the one with the cross join) must run in as many partitions as the
     // table has file groups: the model is the collected (first) input, the table streams.
-    let distributed = text.split("distributed_plan").nth(1).unwrap_or_else(|| panic!("no distributed plan:\n{text}"));
+    let distributed = text
+        .split("distributed_plan")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no distributed plan:\n{text}"));
     let stage = distributed
         .split("=========")
         .find(|s| s.contains("CrossJoinExec"))
@@ -114,7 +148,16 @@ async fn ballista_scores_in_every_partition_of_the_table() {
         .map(|l| l.trim_matches(|c: char| c == '|' || c.is_whitespace()))
         .filter(|l| !l.is_empty())
         .collect();
-    assert!(after_join[0].starts_with("AggregateExec: mode=Final"), "build side is not the model: {after_join:?}");
-    let streamed = after_join.iter().find(|l| l.starts_with("DataSourceExec")).expect("table scan");
-    assert!(streamed.contains("4 groups"), "table side is not partitioned: {streamed}");
+    assert!(
+        after_join[0].starts_with("AggregateExec: mode=Final"),
+        "build side is not the model: {after_join:?}"
+    );
+    let streamed = after_join
+        .iter()
+        .find(|l| l.starts_with("DataSourceExec"))
+        .expect("table scan");
+    assert!(
+        streamed.contains("4 groups"),
+        "table side is not partitioned: {streamed}"
+    );
 }

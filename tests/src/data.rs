@@ -36,7 +36,11 @@ pub fn write_parquet_dataset(dir: &Path, rows: usize, files: usize, row_group: u
             seg.push(["a", "b", "c"][i % 3]);
             for (j, col) in f.iter_mut().enumerate() {
                 let noise: f64 = (0..4).map(|_| rng.next_f64()).sum::<f64>() - 2.0;
-                let v = if anomalous { noise * 6.0 + 9.0 } else { noise * (j + 1) as f64 + 3.0 * j as f64 };
+                let v = if anomalous {
+                    noise * 6.0 + 9.0
+                } else {
+                    noise * (j + 1) as f64 + 3.0 * j as f64
+                };
                 // a few missing values exercise the null policy
                 col.push(if i % 997 == 1 { None } else { Some(v) });
             }
@@ -54,8 +58,11 @@ pub fn write_parquet_dataset(dir: &Path, rows: usize, files: usize, row_group: u
             ],
         )
         .expect("batch");
-        let props = WriterProperties::builder().set_max_row_group_row_count(Some(row_group)).build();
-        let out = std::fs::File::create(dir.join(format!("part-{file:03}.parquet"))).expect("create parquet");
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(row_group))
+            .build();
+        let out = std::fs::File::create(dir.join(format!("part-{file:03}.parquet")))
+            .expect("create parquet");
         let mut w = ArrowWriter::try_new(out, schema.clone(), Some(props)).expect("writer");
         w.write(&batch).expect("write");
         w.close().expect("close");

@@ -3,7 +3,9 @@
 
 use crate::call::{coerce_model_args, lenient_coercion};
 use crate::docs::{DOC_SECTION_ANOMALY, FEATURES_ARG, MODEL_ARG};
-use crate::model_column::{BatchScorer, ModelCache, feature_arrays, resolve_models, scatter_bool, scatter_f64, score_rows};
+use crate::model_column::{
+    BatchScorer, ModelCache, feature_arrays, resolve_models, scatter_bool, scatter_f64, score_rows,
+};
 use datafusion::arrow::array::{ArrayRef, BooleanArray, Float64Array, StructArray};
 use datafusion::arrow::datatypes::{DataType, Field, Fields};
 use datafusion::common::{Result, exec_datafusion_err};
@@ -60,7 +62,9 @@ struct ScoreAndFlag;
 impl BatchScorer for ScoreAndFlag {
     type Output = (Float64Array, BooleanArray);
     fn score(&self, model: &Model, features: &[ArrayRef]) -> Result<Self::Output> {
-        let s = model.score(features).map_err(|e| exec_datafusion_err!("anomaly_detect: {e}"))?;
+        let s = model
+            .score(features)
+            .map_err(|e| exec_datafusion_err!("anomaly_detect: {e}"))?;
         let f = model.flags(&s);
         Ok((s, f))
     }
@@ -68,8 +72,10 @@ impl BatchScorer for ScoreAndFlag {
         Ok((Float64Array::new_null(len), BooleanArray::new_null(len)))
     }
     fn scatter(&self, len: usize, parts: Vec<(Vec<u32>, Self::Output)>) -> Result<Self::Output> {
-        let s: Vec<(Vec<u32>, &Float64Array)> = parts.iter().map(|(r, a)| (r.clone(), &a.0)).collect();
-        let f: Vec<(Vec<u32>, &BooleanArray)> = parts.iter().map(|(r, a)| (r.clone(), &a.1)).collect();
+        let s: Vec<(Vec<u32>, &Float64Array)> =
+            parts.iter().map(|(r, a)| (r.clone(), &a.0)).collect();
+        let f: Vec<(Vec<u32>, &BooleanArray)> =
+            parts.iter().map(|(r, a)| (r.clone(), &a.1)).collect();
         Ok((scatter_f64(len, &s), scatter_bool(len, &f)))
     }
 }

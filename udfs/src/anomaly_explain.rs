@@ -3,7 +3,9 @@
 use crate::call::{coerce_model_args, lenient_coercion};
 use crate::docs::{DOC_SECTION_ANOMALY, FEATURES_ARG, MODEL_ARG};
 use crate::model_column::{BatchScorer, ModelCache, feature_arrays, resolve_models, score_rows};
-use datafusion::arrow::array::{Array, ArrayRef, Float64Array, ListArray, ListBuilder, Float64Builder};
+use datafusion::arrow::array::{
+    Array, ArrayRef, Float64Array, Float64Builder, ListArray, ListBuilder,
+};
 use datafusion::arrow::datatypes::{DataType, Field};
 use datafusion::common::{Result, exec_datafusion_err};
 use datafusion::logical_expr::{
@@ -55,8 +57,9 @@ impl BatchScorer for Explain {
     /// One row-major list of contributions per row (None = null row).
     type Output = Vec<Option<Vec<f64>>>;
     fn score(&self, model: &Model, features: &[ArrayRef]) -> Result<Self::Output> {
-        let per_feature: Vec<Float64Array> =
-            model.explain(features).map_err(|e| exec_datafusion_err!("anomaly_explain: {e}"))?;
+        let per_feature: Vec<Float64Array> = model
+            .explain(features)
+            .map_err(|e| exec_datafusion_err!("anomaly_explain: {e}"))?;
         let len = features.first().map(|f| f.len()).unwrap_or(0);
         Ok((0..len)
             .map(|i| {

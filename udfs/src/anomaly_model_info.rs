@@ -51,7 +51,9 @@ impl ScalarUDFImpl for AnomalyModelInfo {
     }
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
         if arg_types.len() != 1 || !is_model_type(&arg_types[0]) {
-            return plan_err!("anomaly_model_info takes one argument, a model (the BINARY result of fit_detector)");
+            return plan_err!(
+                "anomaly_model_info takes one argument, a model (the BINARY result of fit_detector)"
+            );
         }
         Ok(DataType::Utf8)
     }

@@ -2,7 +2,9 @@
 
 use crate::call::{coerce_model_args, lenient_coercion};
 use crate::docs::{DOC_SECTION_ANOMALY, FEATURES_ARG, MODEL_ARG};
-use crate::model_column::{BatchScorer, ModelCache, feature_arrays, resolve_models, scatter_f64, score_rows};
+use crate::model_column::{
+    BatchScorer, ModelCache, feature_arrays, resolve_models, scatter_f64, score_rows,
+};
 use datafusion::arrow::array::{ArrayRef, Float64Array};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Result, exec_datafusion_err};
@@ -50,13 +52,16 @@ pub(crate) struct ScoreOnly;
 impl BatchScorer for ScoreOnly {
     type Output = Float64Array;
     fn score(&self, model: &Model, features: &[ArrayRef]) -> Result<Float64Array> {
-        model.score(features).map_err(|e| exec_datafusion_err!("anomaly_score: {e}"))
+        model
+            .score(features)
+            .map_err(|e| exec_datafusion_err!("anomaly_score: {e}"))
     }
     fn nulls(&self, len: usize) -> Result<Float64Array> {
         Ok(Float64Array::new_null(len))
     }
     fn scatter(&self, len: usize, parts: Vec<(Vec<u32>, Float64Array)>) -> Result<Float64Array> {
-        let refs: Vec<(Vec<u32>, &Float64Array)> = parts.iter().map(|(r, a)| (r.clone(), a)).collect();
+        let refs: Vec<(Vec<u32>, &Float64Array)> =
+            parts.iter().map(|(r, a)| (r.clone(), a)).collect();
         Ok(scatter_f64(len, &refs))
     }
 }

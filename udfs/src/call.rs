@@ -12,7 +12,10 @@ use nomaly_detectors::{Algorithm, DetectorParams, is_numeric};
 
 /// True for string types (the algorithm and options arguments).
 pub fn is_string(dt: &DataType) -> bool {
-    matches!(dt, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+    matches!(
+        dt,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    )
 }
 
 /// True for the types a model argument may have.
@@ -83,7 +86,9 @@ pub fn coerce_detector_args(function: &str, arg_types: &[DataType]) -> Result<Ve
     for (i, dt) in arg_types.iter().enumerate().skip(1) {
         if i == last && is_string(dt) {
             if i == 1 {
-                return plan_err!("{function}: at least one numeric feature column is required before the options string");
+                return plan_err!(
+                    "{function}: at least one numeric feature column is required before the options string"
+                );
             }
             out.push(dt.clone());
         } else {
@@ -124,7 +129,12 @@ pub struct DetectorCall {
     pub has_options: bool,
 }
 
-fn literal_str(function: &str, position: usize, what: &str, v: Option<&ScalarValue>) -> Result<String> {
+fn literal_str(
+    function: &str,
+    position: usize,
+    what: &str,
+    v: Option<&ScalarValue>,
+) -> Result<String> {
     match v.and_then(|s| s.try_as_str()) {
         Some(Some(s)) => Ok(s.to_string()),
         _ => plan_err!("{function}: argument {position} ({what}) must be a string literal"),
@@ -139,12 +149,19 @@ pub fn parse_detector_call(
 ) -> Result<DetectorCall> {
     coerce_detector_args(function, arg_types)?;
     let algorithm_name = literal_str(function, 1, "algorithm", scalars.first().copied().flatten())?;
-    let algorithm = Algorithm::parse(&algorithm_name).map_err(|e| plan_datafusion_err!("{function}: {e}"))?;
+    let algorithm =
+        Algorithm::parse(&algorithm_name).map_err(|e| plan_datafusion_err!("{function}: {e}"))?;
     let last = arg_types.len() - 1;
     let has_options = is_string(&arg_types[last]);
     let params = if has_options {
-        let text = literal_str(function, last + 1, "options", scalars.get(last).copied().flatten())?;
-        DetectorParams::parse(algorithm, &text).map_err(|e| plan_datafusion_err!("{function}: {e}"))?
+        let text = literal_str(
+            function,
+            last + 1,
+            "options",
+            scalars.get(last).copied().flatten(),
+        )?;
+        DetectorParams::parse(algorithm, &text)
+            .map_err(|e| plan_datafusion_err!("{function}: {e}"))?
     } else {
         DetectorParams::new(algorithm)
     };

@@ -16,8 +16,8 @@ use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::function::AccumulatorArgs;
 use datafusion::logical_expr::planner::{ExprPlanner, PlannerResult, RawAggregateExpr};
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDFImpl, ColumnarValue, Documentation, Expr, ReturnFieldArgs, ScalarFunctionArgs,
-    ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    Accumulator, AggregateUDFImpl, ColumnarValue, Documentation, Expr, ReturnFieldArgs,
+    ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 use std::sync::{Arc, LazyLock};
 
@@ -76,7 +76,11 @@ impl ScalarUDFImpl for DetectAnomalies {
     }
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
         // Validate algorithm and options while the SQL is planned.
-        let types: Vec<DataType> = args.arg_fields.iter().map(|f| f.data_type().clone()).collect();
+        let types: Vec<DataType> = args
+            .arg_fields
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
         if args.scalar_arguments.first().is_some_and(|s| s.is_some()) {
             parse_detector_call(NAME, &types, args.scalar_arguments)?;
         }
@@ -151,9 +155,8 @@ impl ExprPlanner for DetectAnomaliesPlanner {
         if expr.distinct || expr.filter.is_some() || !expr.order_by.is_empty() {
             return plan_err!("detect_anomalies does not take DISTINCT, FILTER or ORDER BY");
         }
-        Ok(PlannerResult::Planned(Expr::ScalarFunction(ScalarFunction::new_udf(
-            Arc::clone(&self.scalar),
-            expr.args,
-        ))))
+        Ok(PlannerResult::Planned(Expr::ScalarFunction(
+            ScalarFunction::new_udf(Arc::clone(&self.scalar), expr.args),
+        )))
     }
 }

@@ -10,9 +10,11 @@ use crate::anomaly_detect::AnomalyDetect;
 use crate::anomaly_explain::AnomalyExplain;
 use crate::call::coerce_feature;
 use crate::fit_detector::FitDetector;
-use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::catalog::view::ViewTable;
-use datafusion::common::{Column, Result, ScalarValue, TableReference, plan_datafusion_err, plan_err};
+use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::common::{
+    Column, Result, ScalarValue, TableReference, plan_datafusion_err, plan_err,
+};
 use datafusion::datasource::provider_as_source;
 use datafusion::functions::core::expr_fn::get_field;
 use datafusion::logical_expr::expr::{AggregateFunction, ScalarFunction};
@@ -20,7 +22,8 @@ use datafusion::logical_expr::{AggregateUDF, Expr, LogicalPlanBuilder, ScalarUDF
 use nomaly_detectors::{Algorithm, DetectorParams};
 use std::sync::Arc;
 
-pub const USAGE: &str = "detect_anomalies('<table>', '<algorithm>', '<column>, <column>, ...' [, '<options>'])";
+pub const USAGE: &str =
+    "detect_anomalies('<table>', '<algorithm>', '<column>, <column>, ...' [, '<options>'])";
 
 #[derive(Debug, Default)]
 pub struct DetectAnomaliesTable;
@@ -29,10 +32,13 @@ fn string_arg(exprs: &[Expr], i: usize, what: &str) -> Result<Option<String>> {
     match exprs.get(i) {
         None => Ok(None),
         Some(Expr::Literal(v, _)) => match v {
-            ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
-                Ok(Some(s.clone()))
-            }
-            other => plan_err!("detect_anomalies: argument {} ({what}) must be a string, got {other}. Usage: {USAGE}", i + 1),
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::LargeUtf8(Some(s))
+            | ScalarValue::Utf8View(Some(s)) => Ok(Some(s.clone())),
+            other => plan_err!(
+                "detect_anomalies: argument {} ({what}) must be a string, got {other}. Usage: {USAGE}",
+                i + 1
+            ),
         },
         Some(other) => plan_err!(
             "detect_anomalies: argument {} ({what}) must be a string literal, got {other}. Usage: {USAGE}",
@@ -41,17 +47,24 @@ fn string_arg(exprs: &[Expr], i: usize, what: &str) -> Result<Option<String>> {
     }
 }
 
-fn resolve_table(session: &dyn Session, name: &str) -> Result<(TableReference, Arc<dyn TableProvider>)> {
+fn resolve_table(
+    session: &dyn Session,
+    name: &str,
+) -> Result<(TableReference, Arc<dyn TableProvider>)> {
     let reference = TableReference::parse_str(name);
     let opts = &session.config().options().catalog;
-    let resolved = reference.clone().resolve(&opts.default_catalog, &opts.default_schema);
+    let resolved = reference
+        .clone()
+        .resolve(&opts.default_catalog, &opts.default_schema);
     let catalog = session
         .catalog_list()
         .catalog(&resolved.catalog)
-        .ok_or_else(|| plan_datafusion_err!("detect_anomalies: catalog '{}' not found", resolved.catalog))?;
-    let schema = catalog
-        .schema(&resolved.schema)
-        .ok_or_else(|| plan_datafusion_err!("detect_anomalies: schema '{}' not found", resolved.schema))?;
+        .ok_or_else(|| {
+            plan_datafusion_err!("detect_anomalies: catalog '{}' not found", resolved.catalog)
+        })?;
+    let schema = catalog.schema(&resolved.schema).ok_or_else(|| {
+        plan_datafusion_err!("detect_anomalies: schema '{}' not found", resolved.schema)
+    })?;
     // Schema providers answer synchronously for registered tables; the future is ready at once.
     let provider = futures::executor::block_on(schema.table(&resolved.table))?;
     match provider {
@@ -63,7 +76,11 @@ fn resolve_table(session: &dyn Session, name: &str) -> Result<(TableReference, A
                 "detect_anomalies: table '{name}' not found; tables in {}.{} are: {}",
                 resolved.catalog,
                 resolved.schema,
-                if names.is_empty() { "(none)".to_string() } else { names.join(", ") }
+                if names.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    names.join(", ")
+                }
             )
         }
     }
@@ -73,7 +90,10 @@ impl TableFunctionImpl for DetectAnomaliesTable {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
         let exprs = args.exprs();
         if !(3..=4).contains(&exprs.len()) {
-            return plan_err!("detect_anomalies takes 3 or 4 arguments, got {}. Usage: {USAGE}", exprs.len());
+            return plan_err!(
+                "detect_anomalies takes 3 or 4 arguments, got {}. Usage: {USAGE}",
+                exprs.len()
+            );
         }
         let table = string_arg(exprs, 0, "table")?.expect("checked length");
         let algorithm = string_arg(exprs, 1, "algorithm")?.expect("checked length");
@@ -83,28 +103,40 @@ impl TableFunctionImpl for DetectAnomaliesTable {
         // `explain` is an option of the table form only; the rest go to the detector.
         let mut explain = false;
         let mut detector_options = Vec::new();
-        for part in options.split([',', ';']).map(str::trim).filter(|p| !p.is_empty()) {
+        for part in options
+            .split([',', ';'])
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
             match part.split_once('=') {
                 Some((k, v)) if k.trim().eq_ignore_ascii_case("explain") => {
                     explain = match v.trim().to_ascii_lowercase().as_str() {
                         "true" | "1" | "yes" => true,
                         "false" | "0" | "no" => false,
-                        other => return plan_err!("detect_anomalies: option 'explain' has invalid value '{other}': true or false"),
+                        other => {
+                            return plan_err!(
+                                "detect_anomalies: option 'explain' has invalid value '{other}': true or false"
+                            );
+                        }
                     }
                 }
                 _ => detector_options.push(part.to_string()),
             }
         }
         let detector_options = detector_options.join(", ");
-        let alg = Algorithm::parse(&algorithm).map_err(|e| plan_datafusion_err!("detect_anomalies: {e}"))?;
-        DetectorParams::parse(alg, &detector_options).map_err(|e| plan_datafusion_err!("detect_anomalies: {e}"))?;
+        let alg = Algorithm::parse(&algorithm)
+            .map_err(|e| plan_datafusion_err!("detect_anomalies: {e}"))?;
+        DetectorParams::parse(alg, &detector_options)
+            .map_err(|e| plan_datafusion_err!("detect_anomalies: {e}"))?;
 
         let (reference, provider) = resolve_table(args.session(), &table)?;
         let schema = provider.schema();
         let mut features = Vec::new();
         for (i, name) in columns.split(',').map(str::trim).enumerate() {
             if name.is_empty() {
-                return plan_err!("detect_anomalies: the column list '{columns}' has an empty entry");
+                return plan_err!(
+                    "detect_anomalies: the column list '{columns}' has an empty entry"
+                );
             }
             let field = schema
                 .fields()
@@ -125,15 +157,30 @@ impl TableFunctionImpl for DetectAnomaliesTable {
                     field.name(),
                     field.data_type()
                 ))?;
-            features.push(Expr::Column(Column::new(Some(reference.clone()), field.name())));
+            features.push(Expr::Column(Column::new(
+                Some(reference.clone()),
+                field.name(),
+            )));
         }
-        for reserved in ["anomaly_score", "is_anomaly", "anomaly_explanation", "__nomaly_model"] {
+        for reserved in [
+            "anomaly_score",
+            "is_anomaly",
+            "anomaly_explanation",
+            "__nomaly_model",
+        ] {
             if schema.fields().iter().any(|f| f.name() == reserved) {
-                return plan_err!("detect_anomalies: table '{table}' already has a column named '{reserved}'; rename it in a view first");
+                return plan_err!(
+                    "detect_anomalies: table '{table}' already has a column named '{reserved}'; rename it in a view first"
+                );
             }
         }
 
-        let scan = LogicalPlanBuilder::scan(reference.clone(), provider_as_source(Arc::clone(&provider)), None)?.build()?;
+        let scan = LogicalPlanBuilder::scan(
+            reference.clone(),
+            provider_as_source(Arc::clone(&provider)),
+            None,
+        )?
+        .build()?;
         let mut fit_args = vec![lit(algorithm.clone())];
         fit_args.extend(features.iter().cloned());
         if !detector_options.is_empty() {

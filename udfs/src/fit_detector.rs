@@ -9,7 +9,9 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::{Result, ScalarValue, exec_datafusion_err, plan_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
-use datafusion::logical_expr::{Accumulator, AggregateUDFImpl, Documentation, Signature, Volatility};
+use datafusion::logical_expr::{
+    Accumulator, AggregateUDFImpl, Documentation, Signature, Volatility,
+};
 use datafusion::physical_expr::expressions::Literal;
 use nomaly_detectors::FitState;
 use std::sync::{Arc, LazyLock};
@@ -76,7 +78,11 @@ impl AggregateUDFImpl for FitDetector {
         ))])
     }
     fn accumulator(&self, acc_args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        let types: Vec<DataType> = acc_args.expr_fields.iter().map(|f| f.data_type().clone()).collect();
+        let types: Vec<DataType> = acc_args
+            .expr_fields
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
         let scalars: Vec<Option<&ScalarValue>> = acc_args
             .exprs
             .iter()
@@ -98,7 +104,12 @@ impl AggregateUDFImpl for FitDetector {
 
 impl std::fmt::Debug for FitAccumulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "FitAccumulator({}, {} rows)", self.state.params().algorithm, self.state.rows())
+        write!(
+            f,
+            "FitAccumulator({}, {} rows)",
+            self.state.params().algorithm,
+            self.state.rows()
+        )
     }
 }
 
@@ -134,7 +145,8 @@ impl Accumulator for FitAccumulator {
             if arr.is_null(i) {
                 continue;
             }
-            let other = FitState::from_bytes(arr.value(i)).map_err(|e| exec_datafusion_err!("fit_detector: {e}"))?;
+            let other = FitState::from_bytes(arr.value(i))
+                .map_err(|e| exec_datafusion_err!("fit_detector: {e}"))?;
             self.state
                 .merge(&other)
                 .map_err(|e| exec_datafusion_err!("fit_detector: {e}"))?;

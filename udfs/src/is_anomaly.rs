@@ -2,7 +2,9 @@
 
 use crate::call::{coerce_model_args, lenient_coercion};
 use crate::docs::{DOC_SECTION_ANOMALY, FEATURES_ARG, MODEL_ARG};
-use crate::model_column::{BatchScorer, ModelCache, feature_arrays, resolve_models, scatter_bool, score_rows};
+use crate::model_column::{
+    BatchScorer, ModelCache, feature_arrays, resolve_models, scatter_bool, score_rows,
+};
 use datafusion::arrow::array::{ArrayRef, BooleanArray};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Result, exec_datafusion_err};
@@ -47,14 +49,17 @@ struct FlagOnly;
 impl BatchScorer for FlagOnly {
     type Output = BooleanArray;
     fn score(&self, model: &Model, features: &[ArrayRef]) -> Result<BooleanArray> {
-        let s = model.score(features).map_err(|e| exec_datafusion_err!("is_anomaly: {e}"))?;
+        let s = model
+            .score(features)
+            .map_err(|e| exec_datafusion_err!("is_anomaly: {e}"))?;
         Ok(model.flags(&s))
     }
     fn nulls(&self, len: usize) -> Result<BooleanArray> {
         Ok(BooleanArray::new_null(len))
     }
     fn scatter(&self, len: usize, parts: Vec<(Vec<u32>, BooleanArray)>) -> Result<BooleanArray> {
-        let refs: Vec<(Vec<u32>, &BooleanArray)> = parts.iter().map(|(r, a)| (r.clone(), a)).collect();
+        let refs: Vec<(Vec<u32>, &BooleanArray)> =
+            parts.iter().map(|(r, a)| (r.clone(), a)).collect();
         Ok(scatter_bool(len, &refs))
     }
 }

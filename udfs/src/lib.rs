@@ -48,8 +48,8 @@ pub mod model_column;
 pub mod rewrite;
 pub mod window_score;
 
-use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::FunctionRegistry;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::planner::ExprPlanner;
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF, WindowUDF};
 use datafusion::optimizer::AnalyzerRule;
@@ -64,7 +64,9 @@ pub fn scalar_functions() -> Vec<Arc<ScalarUDF>> {
         Arc::new(ScalarUDF::from(anomaly_score::AnomalyScore::default())),
         Arc::new(ScalarUDF::from(is_anomaly::IsAnomaly::default())),
         Arc::new(ScalarUDF::from(anomaly_explain::AnomalyExplain::default())),
-        Arc::new(ScalarUDF::from(anomaly_model_info::AnomalyModelInfo::default())),
+        Arc::new(ScalarUDF::from(
+            anomaly_model_info::AnomalyModelInfo::default(),
+        )),
     ]
 }
 
@@ -72,7 +74,9 @@ pub fn scalar_functions() -> Vec<Arc<ScalarUDF>> {
 pub fn aggregate_functions() -> Vec<Arc<AggregateUDF>> {
     vec![
         Arc::new(AggregateUDF::from(fit_detector::FitDetector::default())),
-        Arc::new(AggregateUDF::from(detect_anomalies::DetectAnomaliesAggregate::default())),
+        Arc::new(AggregateUDF::from(
+            detect_anomalies::DetectAnomaliesAggregate::default(),
+        )),
     ]
 }
 
@@ -107,7 +111,10 @@ pub fn register_functions(ctx: &SessionContext) {
     for f in window_functions() {
         ctx.register_udwf(f.as_ref().clone());
     }
-    ctx.register_udtf(detect_anomalies::NAME, Arc::new(detect_anomalies_table::DetectAnomaliesTable));
+    ctx.register_udtf(
+        detect_anomalies::NAME,
+        Arc::new(detect_anomalies_table::DetectAnomaliesTable),
+    );
 }
 
 /// Registers every function, the expression planner and the rewrite rule on `ctx` (the planner and
@@ -122,7 +129,9 @@ pub fn register_all(ctx: &SessionContext) -> datafusion::common::Result<()> {
         .any(|r| r.name() == "nomaly_detect_anomalies");
     if !has_rule {
         ctx.add_analyzer_rule(analyzer_rule());
-        ctx.state_ref().write().register_expr_planner(expr_planner())?;
+        ctx.state_ref()
+            .write()
+            .register_expr_planner(expr_planner())?;
     }
     Ok(())
 }
@@ -148,10 +157,16 @@ pub fn with_nomaly(mut builder: SessionStateBuilder) -> SessionStateBuilder {
     builder
         .table_functions()
         .get_or_insert_with(Default::default)
-        .insert(detect_anomalies::NAME.to_string(), Arc::new(datafusion::catalog::TableFunction::new(
+        .insert(
             detect_anomalies::NAME.to_string(),
-            Arc::new(detect_anomalies_table::DetectAnomaliesTable),
-        )));
-    builder.expr_planners().get_or_insert_with(Vec::new).insert(0, expr_planner());
+            Arc::new(datafusion::catalog::TableFunction::new(
+                detect_anomalies::NAME.to_string(),
+                Arc::new(detect_anomalies_table::DetectAnomaliesTable),
+            )),
+        );
+    builder
+        .expr_planners()
+        .get_or_insert_with(Vec::new)
+        .insert(0, expr_planner());
     builder.with_analyzer_rule(analyzer_rule())
 }

@@ -26,7 +26,10 @@ pub struct ModelCache {
 
 impl ModelCache {
     pub fn get(&self, bytes: &[u8]) -> Result<Arc<Model>> {
-        let mut entries = self.entries.lock().map_err(|_| exec_datafusion_err!("model cache poisoned"))?;
+        let mut entries = self
+            .entries
+            .lock()
+            .map_err(|_| exec_datafusion_err!("model cache poisoned"))?;
         if let Some(pos) = entries.iter().position(|(b, _)| b.as_slice() == bytes) {
             let hit = entries.remove(pos);
             let model = hit.1.clone();
@@ -61,10 +64,17 @@ fn binary_value(array: &dyn Array, i: usize) -> Option<&[u8]> {
 
 fn scalar_bytes(s: &ScalarValue) -> Result<Option<&[u8]>> {
     Ok(match s {
-        ScalarValue::Binary(b) | ScalarValue::LargeBinary(b) | ScalarValue::BinaryView(b) => b.as_deref(),
+        ScalarValue::Binary(b) | ScalarValue::LargeBinary(b) | ScalarValue::BinaryView(b) => {
+            b.as_deref()
+        }
         ScalarValue::Dictionary(_, inner) => return scalar_bytes(inner),
         ScalarValue::Null => None,
-        other => return exec_err!("model argument has type {}, expected BINARY", other.data_type()),
+        other => {
+            return exec_err!(
+                "model argument has type {}, expected BINARY",
+                other.data_type()
+            );
+        }
     })
 }
 
@@ -75,7 +85,10 @@ pub fn resolve_models(arg: &ColumnarValue, cache: &ModelCache) -> Result<Resolve
                 Some(b) => vec![cache.get(b)?],
                 None => vec![],
             };
-            return Ok(ResolvedModels { models, per_row: None });
+            return Ok(ResolvedModels {
+                models,
+                per_row: None,
+            });
         }
         ColumnarValue::Array(a) => a,
     };
@@ -123,7 +136,10 @@ pub fn resolve_models(arg: &ColumnarValue, cache: &ModelCache) -> Result<Resolve
     for i in 0..n {
         let Some(bytes) = binary_value(array.as_ref(), i) else {
             if !array.is_null(i) {
-                return exec_err!("model argument has type {}, expected BINARY", array.data_type());
+                return exec_err!(
+                    "model argument has type {}, expected BINARY",
+                    array.data_type()
+                );
             }
             per_row.push(None);
             continue;
@@ -149,15 +165,11 @@ pub fn resolve_models(arg: &ColumnarValue, cache: &ModelCache) -> Result<Resolve
 }
 
 fn simplify(models: Vec<Arc<Model>>, per_row: Vec<Option<u32>>) -> ResolvedModels {
-    if models.len() == 1 && per_row.iter().all(|s| *s == Some(0)) {
-        ResolvedModels { models, per_row: None }
-    } else if models.is_empty() {
-        ResolvedModels { models, per_row: None }
-    } else {
-        ResolvedModels {
-            models,
-            per_row: Some(per_row),
-        }
+    // One model for every row, or no model at all: no per-row grouping needed.
+    let uniform = models.is_empty() || (models.len() == 1 && per_row.iter().all(|s| *s == Some(0)));
+    ResolvedModels {
+        models,
+        per_row: (!uniform).then_some(per_row),
     }
 }
 

@@ -22,13 +22,12 @@ use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, Result, plan_err};
 use datafusion::logical_expr::expr::{AggregateFunction, ScalarFunction, WindowFunction};
 use datafusion::logical_expr::{
-    AggregateUDF, BinaryExpr, Expr, ExprSchemable, JoinType, LogicalPlan, LogicalPlanBuilder, Operator,
-    Projection, ScalarUDF, Window, WindowFunctionDefinition,
+    AggregateUDF, BinaryExpr, Expr, ExprSchemable, JoinType, LogicalPlan, LogicalPlanBuilder,
+    Operator, Projection, ScalarUDF, Window, WindowFunctionDefinition,
 };
 use datafusion::optimizer::AnalyzerRule;
-use std::sync::Arc;
 use std::cell::Cell;
-
+use std::sync::Arc;
 
 /// Rewrites `detect_anomalies` calls into fit-aggregate → join → score plans.
 #[derive(Debug)]
@@ -40,8 +39,12 @@ pub struct DetectAnomaliesRewrite {
 impl Default for DetectAnomaliesRewrite {
     fn default() -> Self {
         Self {
-            fit: Arc::new(AggregateUDF::from(crate::fit_detector::FitDetector::default())),
-            score: Arc::new(ScalarUDF::from(crate::anomaly_detect::AnomalyDetect::default())),
+            fit: Arc::new(AggregateUDF::from(
+                crate::fit_detector::FitDetector::default(),
+            )),
+            score: Arc::new(ScalarUDF::from(
+                crate::anomaly_detect::AnomalyDetect::default(),
+            )),
         }
     }
 }
@@ -52,7 +55,9 @@ fn is_detect_scalar(e: &Expr) -> bool {
 
 fn is_detect_window(e: &Expr) -> bool {
     match e {
-        Expr::WindowFunction(w) => matches!(&w.fun, WindowFunctionDefinition::AggregateUDF(u) if u.name() == DETECT),
+        Expr::WindowFunction(w) => {
+            matches!(&w.fun, WindowFunctionDefinition::AggregateUDF(u) if u.name() == DETECT)
+        }
         Expr::Alias(a) => is_detect_window(&a.expr),
         _ => false,
     }
@@ -76,7 +81,11 @@ impl AnalyzerRule for DetectAnomaliesRewrite {
 }
 
 impl DetectAnomaliesRewrite {
-    fn rewrite_node(&self, plan: LogicalPlan, next_id: &Cell<usize>) -> Result<Transformed<LogicalPlan>> {
+    fn rewrite_node(
+        &self,
+        plan: LogicalPlan,
+        next_id: &Cell<usize>,
+    ) -> Result<Transformed<LogicalPlan>> {
         let fresh_id = || {
             let id = next_id.get();
             next_id.set(id + 1);
@@ -138,8 +147,15 @@ impl DetectAnomaliesRewrite {
     }
 
     fn fit_expr(&self, args: Vec<Expr>, name: &str) -> Expr {
-        Expr::AggregateFunction(AggregateFunction::new_udf(Arc::clone(&self.fit), args, false, None, vec![], None))
-            .alias(name)
+        Expr::AggregateFunction(AggregateFunction::new_udf(
+            Arc::clone(&self.fit),
+            args,
+            false,
+            None,
+            vec![],
+            None,
+        ))
+        .alias(name)
     }
 
     fn score_expr(&self, model: &str, args: &[Expr], has_options: bool) -> Expr {
@@ -149,7 +165,11 @@ impl DetectAnomaliesRewrite {
         Expr::ScalarFunction(ScalarFunction::new_udf(Arc::clone(&self.score), score_args))
     }
 
-    fn rewrite_projection(&self, p: Projection, fresh_id: &dyn Fn() -> usize) -> Result<LogicalPlan> {
+    fn rewrite_projection(
+        &self,
+        p: Projection,
+        fresh_id: &dyn Fn() -> usize,
+    ) -> Result<LogicalPlan> {
         let input = Arc::clone(&p.input);
         let schema = input.schema();
         // Distinct calls, in order of appearance.
@@ -160,10 +180,17 @@ impl DetectAnomaliesRewrite {
                     && f.func.name() == DETECT
                     && !calls.iter().any(|(c, _, _)| c == x)
                 {
-                    let types: Vec<DataType> =
-                        f.args.iter().map(|a| a.get_type(schema.as_ref())).collect::<Result<_>>()?;
+                    let types: Vec<DataType> = f
+                        .args
+                        .iter()
+                        .map(|a| a.get_type(schema.as_ref()))
+                        .collect::<Result<_>>()?;
                     let call = parse_detector_call_exprs(DETECT, &f.args, &types)?;
-                    calls.push((x.clone(), call.has_options, format!("__nomaly_model_{}", fresh_id())));
+                    calls.push((
+                        x.clone(),
+                        call.has_options,
+                        format!("__nomaly_model_{}", fresh_id()),
+                    ));
                 }
                 Ok(TreeNodeRecursion::Continue)
             })?;
@@ -188,9 +215,16 @@ impl DetectAnomaliesRewrite {
                 let original = e.schema_name().to_string();
                 let rewritten = e
                     .transform_up(|x| {
-                        if let Some((_, has_options, name)) = calls.iter().find(|(c, _, _)| c == &x) {
-                            let Expr::ScalarFunction(f) = &x else { unreachable!() };
-                            return Ok(Transformed::yes(self.score_expr(name, &f.args, *has_options)));
+                        if let Some((_, has_options, name)) = calls.iter().find(|(c, _, _)| c == &x)
+                        {
+                            let Expr::ScalarFunction(f) = &x else {
+                                unreachable!()
+                            };
+                            return Ok(Transformed::yes(self.score_expr(
+                                name,
+                                &f.args,
+                                *has_options,
+                            )));
                         }
                         Ok(Transformed::no(x))
                     })?
@@ -198,7 +232,10 @@ impl DetectAnomaliesRewrite {
                 rewritten.alias_if_changed(original)
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(joined))?))
+        Ok(LogicalPlan::Projection(Projection::try_new(
+            exprs,
+            Arc::new(joined),
+        )?))
     }
 
     fn rewrite_window(&self, w: Window, fresh_id: &dyn Fn() -> usize) -> Result<LogicalPlan> {
@@ -211,7 +248,9 @@ impl DetectAnomaliesRewrite {
                 continue;
             }
             let output_name = wexpr.schema_name().to_string();
-            let Expr::WindowFunction(wf) = wexpr.unalias() else { unreachable!() };
+            let Expr::WindowFunction(wf) = wexpr.unalias() else {
+                unreachable!()
+            };
             let WindowFunction { params, .. } = *wf;
             if !params.order_by.is_empty() {
                 return plan_err!(
@@ -220,8 +259,11 @@ impl DetectAnomaliesRewrite {
                 );
             }
             let schema = Arc::clone(input.schema());
-            let types: Vec<DataType> =
-                params.args.iter().map(|a| a.get_type(schema.as_ref())).collect::<Result<_>>()?;
+            let types: Vec<DataType> = params
+                .args
+                .iter()
+                .map(|a| a.get_type(schema.as_ref()))
+                .collect::<Result<_>>()?;
             let call = parse_detector_call_exprs(DETECT, &params.args, &types)?;
             let id = fresh_id();
             let model_name = format!("__nomaly_model_{id}");
@@ -236,7 +278,9 @@ impl DetectAnomaliesRewrite {
                 .aggregate(group, vec![self.fit_expr(params.args.clone(), &model_name)])?
                 .build()?;
             let joined = if keys.is_empty() {
-                LogicalPlanBuilder::from(model).cross_join(current.clone())?.build()?
+                LogicalPlanBuilder::from(model)
+                    .cross_join(current.clone())?
+                    .build()?
             } else {
                 let on: Vec<Expr> = keys
                     .iter()
@@ -252,7 +296,12 @@ impl DetectAnomaliesRewrite {
                     .join_on(current.clone(), JoinType::Inner, on)?
                     .build()?
             };
-            let mut exprs: Vec<Expr> = current.schema().columns().into_iter().map(Expr::Column).collect();
+            let mut exprs: Vec<Expr> = current
+                .schema()
+                .columns()
+                .into_iter()
+                .map(Expr::Column)
+                .collect();
             exprs.push(
                 self.score_expr(&model_name, &params.args, call.has_options)
                     .alias(output_name),
@@ -262,7 +311,10 @@ impl DetectAnomaliesRewrite {
         if others.is_empty() {
             Ok(current)
         } else {
-            Ok(LogicalPlan::Window(Window::try_new(others, Arc::new(current))?))
+            Ok(LogicalPlan::Window(Window::try_new(
+                others,
+                Arc::new(current),
+            )?))
         }
     }
 }

@@ -17,7 +17,9 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float64Type};
 use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::function::{PartitionEvaluatorArgs, WindowUDFFieldArgs};
-use datafusion::logical_expr::{Documentation, PartitionEvaluator, Signature, Volatility, WindowUDFImpl};
+use datafusion::logical_expr::{
+    Documentation, PartitionEvaluator, Signature, Volatility, WindowUDFImpl,
+};
 use datafusion::physical_expr::expressions::Literal;
 use nomaly_detectors::quantile::quantile_linear;
 use std::ops::Range;
@@ -49,7 +51,10 @@ impl FrameScore {
 static DOCS: LazyLock<[Documentation; 3]> = LazyLock::new(|| {
     let make = |desc: &str, syntax: &str, example: &str| {
         Documentation::builder(DOC_SECTION_ANOMALY, desc, syntax)
-            .with_argument("value", "Numeric expression; NULL/NaN/±Inf are ignored in the frame and score NULL.")
+            .with_argument(
+                "value",
+                "Numeric expression; NULL/NaN/±Inf are ignored in the frame and score NULL.",
+            )
             .with_sql_example(example)
             .build()
     };
@@ -98,33 +103,60 @@ impl WindowUDFImpl for AnomalyScoreWindow {
         // Checked in `field`, where the message reaches the user unwrapped.
         Ok(arg_types
             .iter()
-            .map(|t| if t.is_numeric() || *t == DataType::Null { DataType::Float64 } else { t.clone() })
+            .map(|t| {
+                if t.is_numeric() || *t == DataType::Null {
+                    DataType::Float64
+                } else {
+                    t.clone()
+                }
+            })
             .collect())
     }
     fn field(&self, field_args: WindowUDFFieldArgs) -> Result<FieldRef> {
-        let arg_types: Vec<DataType> = field_args.input_fields().iter().map(|f| f.data_type().clone()).collect();
+        let arg_types: Vec<DataType> = field_args
+            .input_fields()
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
         let max_args = if self.kind == FrameScore::Iqr { 2 } else { 1 };
         if arg_types.is_empty() || arg_types.len() > max_args {
             return plan_err!(
                 "{} takes {}; got {} argument(s)",
                 self.name(),
-                if max_args == 2 { "(value [, k])" } else { "(value)" },
+                if max_args == 2 {
+                    "(value [, k])"
+                } else {
+                    "(value)"
+                },
                 arg_types.len()
             );
         }
         for (i, t) in arg_types.iter().enumerate() {
             if !(t.is_numeric() || *t == DataType::Null) {
-                return plan_err!("{}: argument {} has type {t}, but must be numeric", self.name(), i + 1);
+                return plan_err!(
+                    "{}: argument {} has type {t}, but must be numeric",
+                    self.name(),
+                    i + 1
+                );
             }
         }
-        Ok(Arc::new(Field::new(field_args.name(), DataType::Float64, true)))
+        Ok(Arc::new(Field::new(
+            field_args.name(),
+            DataType::Float64,
+            true,
+        )))
     }
-    fn partition_evaluator(&self, args: PartitionEvaluatorArgs) -> Result<Box<dyn PartitionEvaluator>> {
+    fn partition_evaluator(
+        &self,
+        args: PartitionEvaluatorArgs,
+    ) -> Result<Box<dyn PartitionEvaluator>> {
         let mut k = 1.5;
         if let Some(e) = args.input_exprs().get(1) {
             match e.downcast_ref::<Literal>().map(|l| l.value()) {
                 Some(ScalarValue::Float64(Some(v))) if v.is_finite() && *v >= 0.0 => k = *v,
-                _ => return exec_err!("anomaly_score_iqr: k must be a non-negative numeric literal"),
+                _ => {
+                    return exec_err!("anomaly_score_iqr: k must be a non-negative numeric literal");
+                }
             }
         }
         Ok(Box::new(FrameEvaluator {
@@ -166,7 +198,10 @@ impl PartitionEvaluator for FrameEvaluator {
     fn evaluate(&mut self, values: &[ArrayRef], range: &Range<usize>) -> Result<ScalarValue> {
         let array = &values[0];
         // Convert the partition once, not per row.
-        let stale = self.values.as_ref().is_none_or(|(len, _)| *len != array.len());
+        let stale = self
+            .values
+            .as_ref()
+            .is_none_or(|(len, _)| *len != array.len());
         if stale {
             let f = cast(array, &DataType::Float64)?;
             let f = f.as_primitive::<Float64Type>();
@@ -196,7 +231,8 @@ impl PartitionEvaluator for FrameEvaluator {
                 frame.sort_by(f64::total_cmp);
                 let wv: Vec<(f64, u64)> = frame.iter().map(|&v| (v, 1)).collect();
                 let med = quantile_linear(&wv, 0.5);
-                let mut dev: Vec<(f64, u64)> = frame.iter().map(|&v| ((v - med).abs(), 1)).collect();
+                let mut dev: Vec<(f64, u64)> =
+                    frame.iter().map(|&v| ((v - med).abs(), 1)).collect();
                 dev.sort_by(|a, b| a.0.total_cmp(&b.0));
                 ratio((x - med).abs(), 1.4826 * quantile_linear(&dev, 0.5))
             }
@@ -208,7 +244,13 @@ impl PartitionEvaluator for FrameEvaluator {
                 let iqr = q3 - q1;
                 let lo = q1 - self.k * iqr;
                 let hi = q3 + self.k * iqr;
-                let d = if x < lo { lo - x } else if x > hi { x - hi } else { 0.0 };
+                let d = if x < lo {
+                    lo - x
+                } else if x > hi {
+                    x - hi
+                } else {
+                    0.0
+                };
                 ratio(d, iqr)
             }
         };

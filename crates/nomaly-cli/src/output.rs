@@ -31,7 +31,9 @@ impl FromStr for OutputFormat {
             "table" => Ok(OutputFormat::Table),
             "csv" => Ok(OutputFormat::Csv),
             "json" | "ndjson" => Ok(OutputFormat::Json),
-            other => Err(format!("unknown format '{other}'; valid formats are: table, csv, json")),
+            other => Err(format!(
+                "unknown format '{other}'; valid formats are: table, csv, json"
+            )),
         }
     }
 }
@@ -59,7 +61,12 @@ pub fn print_batches(batches: &[RecordBatch], format: OutputFormat) -> Result<()
             if !wrote_any {
                 // Header only, even for an empty result (scripts read the columns from it).
                 if let Some(first) = batches.first() {
-                    let names: Vec<&str> = first.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
+                    let names: Vec<&str> = first
+                        .schema_ref()
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect();
                     writeln!(out, "{}", names.join(",")).map_err(arrow_err)?;
                 }
             }
@@ -84,7 +91,10 @@ enum FileKind {
 }
 
 fn file_kind(path: &Path) -> Result<FileKind, EngineError> {
-    let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
     Ok(match ext.as_str() {
         "parquet" => FileKind::Parquet,
         "csv" => FileKind::Csv,
@@ -93,7 +103,9 @@ fn file_kind(path: &Path) -> Result<FileKind, EngineError> {
         _ => {
             return Err(EngineError::Output {
                 path: path.to_path_buf(),
-                reason: format!("unknown output extension '{ext}'; use .parquet, .csv, .json or .arrow"),
+                reason: format!(
+                    "unknown output extension '{ext}'; use .parquet, .csv, .json or .arrow"
+                ),
             });
         }
     })
@@ -102,18 +114,27 @@ fn file_kind(path: &Path) -> Result<FileKind, EngineError> {
 /// Fails early (before any work) when the output cannot be written.
 pub fn check_output_path(path: &Path) -> Result<(), EngineError> {
     file_kind(path)?;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     if !dir.is_dir() {
         return Err(EngineError::Output {
             path: path.to_path_buf(),
-            reason: format!("directory {} does not exist; create it first", dir.display()),
+            reason: format!(
+                "directory {} does not exist; create it first",
+                dir.display()
+            ),
         });
     }
     Ok(())
 }
 
 fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
 }
 
@@ -147,14 +168,17 @@ async fn write_stream(df: DataFrame, tmp: &Path, kind: FileKind) -> Result<(), E
             let props = WriterProperties::builder()
                 .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).map_err(arrow_err)?))
                 .build();
-            let mut w = ArrowWriter::try_new(file.try_clone().map_err(io)?, schema, Some(props)).map_err(arrow_err)?;
+            let mut w = ArrowWriter::try_new(file.try_clone().map_err(io)?, schema, Some(props))
+                .map_err(arrow_err)?;
             while let Some(b) = stream.next().await {
                 w.write(&b?).map_err(arrow_err)?;
             }
             w.close().map_err(arrow_err)?;
         }
         FileKind::Csv => {
-            let mut w = CsvWriterBuilder::new().with_header(true).build(BufWriter::new(file.try_clone().map_err(io)?));
+            let mut w = CsvWriterBuilder::new()
+                .with_header(true)
+                .build(BufWriter::new(file.try_clone().map_err(io)?));
             while let Some(b) = stream.next().await {
                 w.write(&b?).map_err(arrow_err)?;
             }
@@ -169,7 +193,9 @@ async fn write_stream(df: DataFrame, tmp: &Path, kind: FileKind) -> Result<(), E
             w.into_inner().flush().map_err(io)?;
         }
         FileKind::Arrow => {
-            let mut w = IpcFileWriter::try_new(BufWriter::new(file.try_clone().map_err(io)?), &schema).map_err(arrow_err)?;
+            let mut w =
+                IpcFileWriter::try_new(BufWriter::new(file.try_clone().map_err(io)?), &schema)
+                    .map_err(arrow_err)?;
             while let Some(b) = stream.next().await {
                 w.write(&b?).map_err(arrow_err)?;
             }

@@ -8,11 +8,16 @@ use clap::Args;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::{DFParser, Statement};
-use nomaly_engine::{EngineConfig, EngineError, EngineKind, build_context, parse_byte_size, parse_table_spec, register_table};
+use nomaly_engine::{
+    EngineConfig, EngineError, EngineKind, build_context, parse_byte_size, parse_table_spec,
+    register_table,
+};
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
-#[command(after_help = "Examples:\n  nomaly sql -f examples/quickstart.sql\n  nomaly sql --table tx=data/tx/*.parquet --format csv \\\n      -e \"SELECT id, detect_anomalies('iforest', amount, latency_ms)['score'] AS s FROM tx\"\n  nomaly sql --engine standalone --memory-limit 512MB --table tx=tx.csv \\\n      -e \"SELECT * FROM detect_anomalies('tx', 'hbos', 'amount, latency_ms')\" --output scored.parquet")]
+#[command(
+    after_help = "Examples:\n  nomaly sql -f examples/quickstart.sql\n  nomaly sql --table tx=data/tx/*.parquet --format csv \\\n      -e \"SELECT id, detect_anomalies('iforest', amount, latency_ms)['score'] AS s FROM tx\"\n  nomaly sql --engine standalone --memory-limit 512MB --table tx=tx.csv \\\n      -e \"SELECT * FROM detect_anomalies('tx', 'hbos', 'amount, latency_ms')\" --output scored.parquet"
+)]
 pub struct SqlArgs {
     /// Where to run: local (DataFusion in this process) or standalone (in-process Ballista cluster)
     #[arg(long, default_value = "local", value_parser = clap::value_parser!(EngineKind))]
@@ -46,7 +51,13 @@ pub struct SqlArgs {
     output: Option<PathBuf>,
 
     /// SQL to run
-    #[arg(short = 'e', long = "execute", value_name = "QUERY", conflicts_with = "file", required_unless_present = "file")]
+    #[arg(
+        short = 'e',
+        long = "execute",
+        value_name = "QUERY",
+        conflicts_with = "file",
+        required_unless_present = "file"
+    )]
     query: Option<String>,
 
     /// File of ;-separated SQL statements to run
@@ -78,15 +89,23 @@ async fn run_inner(args: SqlArgs) -> Result<(), EngineError> {
         }
         (None, None) => unreachable!("clap requires -e or -f"),
     };
-    let memory_limit = args.memory_limit.as_deref().map(parse_byte_size).transpose()?;
+    let memory_limit = args
+        .memory_limit
+        .as_deref()
+        .map(parse_byte_size)
+        .transpose()?;
     if let Some(out) = &args.output {
         crate::output::check_output_path(out)?;
     }
     let statements = DFParser::parse_sql(&sql).map_err(|e| {
-        EngineError::DataFusion(DataFusionError::Plan(format!("{source}: cannot parse SQL: {e}")))
+        EngineError::DataFusion(DataFusionError::Plan(format!(
+            "{source}: cannot parse SQL: {e}"
+        )))
     })?;
     if statements.is_empty() {
-        return Err(EngineError::DataFusion(DataFusionError::Plan(format!("{source}: no SQL statement found"))));
+        return Err(EngineError::DataFusion(DataFusionError::Plan(format!(
+            "{source}: no SQL statement found"
+        ))));
     }
     let config = EngineConfig {
         engine: args.engine.clone(),
@@ -107,7 +126,12 @@ async fn run_inner(args: SqlArgs) -> Result<(), EngineError> {
     Ok(())
 }
 
-async fn run_statement(ctx: &SessionContext, statement: Statement, is_last: bool, args: &SqlArgs) -> Result<(), EngineError> {
+async fn run_statement(
+    ctx: &SessionContext,
+    statement: Statement,
+    is_last: bool,
+    args: &SqlArgs,
+) -> Result<(), EngineError> {
     let state = ctx.state();
     let plan = state.statement_to_plan(statement).await?;
     let df = ctx.execute_logical_plan(plan).await?;

@@ -28,7 +28,12 @@ const TX: &str = "tx=examples/data/tx.csv";
 #[test]
 fn csv_format_prints_a_header_then_rows() {
     let o = nomaly(&[
-        "sql", "--table", TX, "--format", "csv", "-e",
+        "sql",
+        "--table",
+        TX,
+        "--format",
+        "csv",
+        "-e",
         "SELECT id, round(detect_anomalies('zscore', amount)['score'], 6) AS s FROM tx ORDER BY id LIMIT 3",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -41,7 +46,15 @@ fn csv_format_prints_a_header_then_rows() {
 
 #[test]
 fn json_format_prints_one_object_per_row() {
-    let o = nomaly(&["sql", "--table", TX, "--format", "json", "-e", "SELECT id FROM tx ORDER BY id LIMIT 2"]);
+    let o = nomaly(&[
+        "sql",
+        "--table",
+        TX,
+        "--format",
+        "json",
+        "-e",
+        "SELECT id FROM tx ORDER BY id LIMIT 2",
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(stdout(&o), "{\"id\":1}\n{\"id\":2}\n");
 }
@@ -51,28 +64,89 @@ fn quickstart_runs() {
     let o = nomaly(&["sql", "-f", "examples/quickstart.sql"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let out = stdout(&o);
-    assert!(out.contains("| merchant | rows | flagged | labelled |"), "{out}");
+    assert!(
+        out.contains("| merchant | rows | flagged | labelled |"),
+        "{out}"
+    );
     assert!(out.contains("hbos on 2 features"), "{out}");
 }
 
 #[test]
 fn bad_input_exits_2_with_a_clear_message() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["sql", "--table", TX, "-e", "SELECT detect_anomalies('lof', amount) FROM tx"], "unknown algorithm 'lof'; valid algorithms are"),
-        (vec!["sql", "--table", TX, "-e", "SELEC 1"], "cannot parse SQL"),
-        (vec!["sql", "--table", TX, "-e", "SELECT nope FROM tx"], "nope"),
-        (vec!["sql", "--table", "tx=examples/data/missing_file.csv", "-e", "SELECT 1"], "no input matches this path"),
-        (vec!["sql", "--table", "tx=examples/data/tx.xlsx", "-e", "SELECT 1"], "cannot tell the file format"),
-        (vec!["sql", "--table", "tx=model.pkl", "-e", "SELECT 1"], "Pickle files are refused"),
-        (vec!["sql", "--table", "nonsense", "-e", "SELECT 1"], "Expected NAME=PATH_OR_GLOB"),
-        (vec!["sql", "--memory-limit", "12XB", "-e", "SELECT 1"], "invalid size '12XB'"),
-        (vec!["sql", "-e", "SELECT 1", "--output", "/nonexistent-dir/x.parquet"], "does not exist"),
-        (vec!["sql", "-e", "SELECT 1", "--output", "out.xlsx"], "unknown output extension"),
+        (
+            vec![
+                "sql",
+                "--table",
+                TX,
+                "-e",
+                "SELECT detect_anomalies('lof', amount) FROM tx",
+            ],
+            "unknown algorithm 'lof'; valid algorithms are",
+        ),
+        (
+            vec!["sql", "--table", TX, "-e", "SELEC 1"],
+            "cannot parse SQL",
+        ),
+        (
+            vec!["sql", "--table", TX, "-e", "SELECT nope FROM tx"],
+            "nope",
+        ),
+        (
+            vec![
+                "sql",
+                "--table",
+                "tx=examples/data/missing_file.csv",
+                "-e",
+                "SELECT 1",
+            ],
+            "no input matches this path",
+        ),
+        (
+            vec![
+                "sql",
+                "--table",
+                "tx=examples/data/tx.xlsx",
+                "-e",
+                "SELECT 1",
+            ],
+            "cannot tell the file format",
+        ),
+        (
+            vec!["sql", "--table", "tx=model.pkl", "-e", "SELECT 1"],
+            "Pickle files are refused",
+        ),
+        (
+            vec!["sql", "--table", "nonsense", "-e", "SELECT 1"],
+            "Expected NAME=PATH_OR_GLOB",
+        ),
+        (
+            vec!["sql", "--memory-limit", "12XB", "-e", "SELECT 1"],
+            "invalid size '12XB'",
+        ),
+        (
+            vec![
+                "sql",
+                "-e",
+                "SELECT 1",
+                "--output",
+                "/nonexistent-dir/x.parquet",
+            ],
+            "does not exist",
+        ),
+        (
+            vec!["sql", "-e", "SELECT 1", "--output", "out.xlsx"],
+            "unknown output extension",
+        ),
     ];
     for (args, expected) in cases {
         let o = nomaly(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
-        assert!(stderr(&o).contains(expected), "{args:?}: stderr was {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(expected),
+            "{args:?}: stderr was {}",
+            stderr(&o)
+        );
         assert!(!stderr(&o).contains("panicked"), "{args:?}");
     }
 }
@@ -83,32 +157,67 @@ fn output_file_is_written_atomically_and_complete() {
     for ext in ["parquet", "csv", "json", "arrow"] {
         let out = dir.path().join(format!("scored.{ext}"));
         let o = nomaly(&[
-            "sql", "--table", TX, "--output", out.to_str().unwrap(), "-e",
+            "sql",
+            "--table",
+            TX,
+            "--output",
+            out.to_str().unwrap(),
+            "-e",
             "SELECT * FROM detect_anomalies('tx', 'hbos', 'amount, latency_ms')",
         ]);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         assert!(out.is_file());
         // read it back through nomaly: every row is there
         let name = format!("r={}", out.display());
-        let o = nomaly(&["sql", "--table", &name, "--format", "csv", "-e", "SELECT count(*) AS n, count(anomaly_score) AS s FROM r"]);
+        let o = nomaly(&[
+            "sql",
+            "--table",
+            &name,
+            "--format",
+            "csv",
+            "-e",
+            "SELECT count(*) AS n, count(anomaly_score) AS s FROM r",
+        ]);
         assert_eq!(stdout(&o), "n,s\n2000,2000\n", "{ext}: {}", stderr(&o));
     }
     // a failing query leaves nothing behind
     let out = dir.path().join("failed.parquet");
     let o = nomaly(&[
-        "sql", "--table", TX, "--output", out.to_str().unwrap(), "-e",
+        "sql",
+        "--table",
+        TX,
+        "--output",
+        out.to_str().unwrap(),
+        "-e",
         "SELECT anomaly_score(arrow_cast('junk', 'Binary'), amount) FROM tx",
     ]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
-    assert!(!Path::new(&out).exists() && leftovers.len() == 4, "{leftovers:?}");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        !Path::new(&out).exists() && leftovers.len() == 4,
+        "{leftovers:?}"
+    );
 }
 
 #[test]
 fn standalone_engine_gives_the_same_answer() {
     let q = "SELECT id, detect_anomalies('ecod', amount, latency_ms)['score'] AS s FROM tx ORDER BY s DESC, id LIMIT 5";
     let local = nomaly(&["sql", "--table", TX, "--format", "csv", "-e", q]);
-    let standalone = nomaly(&["sql", "--engine", "standalone", "--table", TX, "--format", "csv", "-e", q]);
+    let standalone = nomaly(&[
+        "sql",
+        "--engine",
+        "standalone",
+        "--table",
+        TX,
+        "--format",
+        "csv",
+        "-e",
+        q,
+    ]);
     assert_eq!(local.status.code(), Some(0), "{}", stderr(&local));
     assert_eq!(standalone.status.code(), Some(0), "{}", stderr(&standalone));
     assert_eq!(stdout(&local), stdout(&standalone));

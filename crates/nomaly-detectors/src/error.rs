@@ -26,10 +26,14 @@ pub enum DetectorError {
     #[error("malformed options string '{text}': expected 'key=value, key=value' ({reason})")]
     MalformedOptions { text: String, reason: String },
 
-    #[error("feature column {index} has type {data_type}, which is not numeric; cast it to DOUBLE or choose a numeric column")]
+    #[error(
+        "feature column {index} has type {data_type}, which is not numeric; cast it to DOUBLE or choose a numeric column"
+    )]
     NonNumericColumn { index: usize, data_type: String },
 
-    #[error("expected {expected} feature columns (the model was fitted on {expected}), got {actual}")]
+    #[error(
+        "expected {expected} feature columns (the model was fitted on {expected}), got {actual}"
+    )]
     FeatureCountMismatch { expected: usize, actual: usize },
 
     #[error("feature columns have different lengths ({first} and {other})")]

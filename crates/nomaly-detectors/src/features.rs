@@ -80,7 +80,14 @@ pub fn is_numeric(dt: &DataType) -> bool {
 fn to_f64<'a>(index: usize, array: &'a dyn Array) -> Result<Cow<'a, [f64]>> {
     macro_rules! convert {
         ($t:ty) => {
-            Cow::Owned(array.as_primitive::<$t>().values().iter().map(|v| *v as f64).collect())
+            Cow::Owned(
+                array
+                    .as_primitive::<$t>()
+                    .values()
+                    .iter()
+                    .map(|v| *v as f64)
+                    .collect(),
+            )
         };
     }
     Ok(match array.data_type() {

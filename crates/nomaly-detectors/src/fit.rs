@@ -46,9 +46,11 @@ impl FeatureStats {
     fn new(algorithm: Algorithm) -> Self {
         let (moments, sketch) = match algorithm {
             Algorithm::ZScore => (true, false),
-            Algorithm::RobustZScore | Algorithm::Iqr | Algorithm::Hbos | Algorithm::Ecod | Algorithm::Copod => {
-                (false, true)
-            }
+            Algorithm::RobustZScore
+            | Algorithm::Iqr
+            | Algorithm::Hbos
+            | Algorithm::Ecod
+            | Algorithm::Copod => (false, true),
             Algorithm::IsolationForest => (false, false),
         };
         Self {
@@ -90,7 +92,9 @@ pub struct FitState {
 
 impl FitState {
     pub fn new(params: DetectorParams, n_features: usize) -> Self {
-        let features = (0..n_features).map(|_| FeatureStats::new(params.algorithm)).collect();
+        let features = (0..n_features)
+            .map(|_| FeatureStats::new(params.algorithm))
+            .collect();
         let sample = RowSample::new(params.effective_sample_rows(), n_features, params.seed);
         Self {
             params,
@@ -173,8 +177,18 @@ impl FitState {
     pub fn merge(&mut self, other: &FitState) -> Result<()> {
         if self.params != other.params || self.n_features != other.n_features {
             return Err(DetectorError::IncompatibleStates {
-                left: format!("{} [{}] on {} features", self.params.algorithm, self.params.to_options_string(), self.n_features),
-                right: format!("{} [{}] on {} features", other.params.algorithm, other.params.to_options_string(), other.n_features),
+                left: format!(
+                    "{} [{}] on {} features",
+                    self.params.algorithm,
+                    self.params.to_options_string(),
+                    self.n_features
+                ),
+                right: format!(
+                    "{} [{}] on {} features",
+                    other.params.algorithm,
+                    other.params.to_options_string(),
+                    other.n_features
+                ),
             });
         }
         self.rows += other.rows;
@@ -201,9 +215,11 @@ impl FitState {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let body = bytes.strip_prefix(b"NMFS").ok_or_else(|| DetectorError::CorruptModel {
-            reason: "missing fit-state header".into(),
-        })?;
+        let body = bytes
+            .strip_prefix(b"NMFS")
+            .ok_or_else(|| DetectorError::CorruptModel {
+                reason: "missing fit-state header".into(),
+            })?;
         postcard::from_bytes(body).map_err(|e| DetectorError::CorruptModel {
             reason: format!("fit state: {e}"),
         })

@@ -58,7 +58,11 @@ mod tests {
             let outlier = i % 97 == 0;
             for (j, c) in cols.iter_mut().enumerate() {
                 let base = rng.next_f64() + rng.next_f64() + rng.next_f64() - 1.5;
-                c.push(if outlier { base * 8.0 + 5.0 } else { base * (j + 1) as f64 + 10.0 * j as f64 });
+                c.push(if outlier {
+                    base * 8.0 + 5.0
+                } else {
+                    base * (j + 1) as f64 + 10.0 * j as f64
+                });
             }
         }
         cols
@@ -77,7 +81,8 @@ mod tests {
         let cols = data(n);
         let all = arrays(&cols, 0..n);
         for alg in Algorithm::ALL {
-            let params = DetectorParams::parse(alg, "n_trees=20").unwrap_or_else(|_| DetectorParams::new(alg));
+            let params = DetectorParams::parse(alg, "n_trees=20")
+                .unwrap_or_else(|_| DetectorParams::new(alg));
             let mut whole = FitState::new(params.clone(), 3);
             whole.update(&all).unwrap();
             let reference = whole.finish();
@@ -110,7 +115,11 @@ mod tests {
             let mut order: Vec<usize> = (0..n).collect();
             order.sort_by(|&a, &b| scores.value(b).total_cmp(&scores.value(a)));
             let hits = order[..n / 97].iter().filter(|&&i| i % 97 == 0).count();
-            assert!(hits * 10 >= (n / 97) * 8, "{alg}: only {hits} of {} top rows are outliers", n / 97);
+            assert!(
+                hits * 10 >= (n / 97) * 8,
+                "{alg}: only {hits} of {} top rows are outliers",
+                n / 97
+            );
             if alg != Algorithm::Iqr {
                 let rate = flagged as f64 / n as f64;
                 assert!((rate - 0.1).abs() < 0.02, "{alg}: anomaly rate {rate}");
@@ -149,7 +158,9 @@ mod tests {
 
     #[test]
     fn exact_values_on_a_small_fixture() {
-        let x: ArrayRef = Arc::new(Float64Array::from(vec![2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]));
+        let x: ArrayRef = Arc::new(Float64Array::from(vec![
+            2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0,
+        ]));
         let fit_score = |alg: Algorithm, opts: &str| {
             let mut f = FitState::new(DetectorParams::parse(alg, opts).unwrap(), 1);
             f.update(std::slice::from_ref(&x)).unwrap();
@@ -158,7 +169,10 @@ mod tests {
         };
         // mean 5, population std 2
         let (s, _) = fit_score(Algorithm::ZScore, "");
-        assert_eq!(s.values().to_vec(), vec![1.5, 0.5, 0.5, 0.5, 0.0, 0.0, 1.0, 2.0]);
+        assert_eq!(
+            s.values().to_vec(),
+            vec![1.5, 0.5, 0.5, 0.5, 0.0, 0.0, 1.0, 2.0]
+        );
         // median 4.5, MAD 0.5 → scale 0.7413
         let (s, _) = fit_score(Algorithm::RobustZScore, "");
         assert!((s.value(7) - 4.5 / 0.7413).abs() < 1e-12);

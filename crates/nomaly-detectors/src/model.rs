@@ -48,7 +48,9 @@ impl Model {
             Algorithm::Hbos => ModelBody::Hbos(HbosModel::fit(state)),
             Algorithm::Ecod => ModelBody::Ecdf(EcdfModel::fit(state, EcdfVariant::Ecod)),
             Algorithm::Copod => ModelBody::Ecdf(EcdfModel::fit(state, EcdfVariant::Copod)),
-            Algorithm::IsolationForest => ModelBody::IsolationForest(IsolationForestModel::fit(state)),
+            Algorithm::IsolationForest => {
+                ModelBody::IsolationForest(IsolationForestModel::fit(state))
+            }
         };
         let mut model = Model {
             params: p.clone(),
@@ -75,10 +77,13 @@ impl Model {
         }
         let width = state.n_features;
         let rows: Vec<(&[f64], u64)> = state.sample.rows().collect();
-        let cols: Vec<Vec<f64>> = (0..width).map(|j| rows.iter().map(|r| r.0[j]).collect()).collect();
+        let cols: Vec<Vec<f64>> = (0..width)
+            .map(|j| rows.iter().map(|r| r.0[j]).collect())
+            .collect();
         let col_refs: Vec<&[f64]> = cols.iter().map(|c| c.as_slice()).collect();
         let scores = self.raw_scores(&col_refs, rows.len());
-        let mut weighted: Vec<(f64, u64)> = scores.into_iter().zip(rows.iter().map(|r| r.1)).collect();
+        let mut weighted: Vec<(f64, u64)> =
+            scores.into_iter().zip(rows.iter().map(|r| r.1)).collect();
         weighted.sort_by(|a, b| a.0.total_cmp(&b.0));
         quantile_linear(&weighted, 1.0 - self.params.contamination)
     }
@@ -94,7 +99,8 @@ impl Model {
         }
         let mut acc = vec![0.0f64; len];
         let mut term = vec![0.0f64; len];
-        let combine_max = matches!(self.body, ModelBody::CentreScale(_)) && self.params.combine == Combine::Max;
+        let combine_max =
+            matches!(self.body, ModelBody::CentreScale(_)) && self.params.combine == Combine::Max;
         for (j, col) in cols.iter().enumerate() {
             self.feature_terms(j, col, &mut term);
             if combine_max {
@@ -152,7 +158,10 @@ impl Model {
 
     /// `score > threshold`, null where the score is null.
     pub fn flags(&self, scores: &Float64Array) -> BooleanArray {
-        scores.iter().map(|s| s.map(|s| s > self.threshold)).collect()
+        scores
+            .iter()
+            .map(|s| s.map(|s| s > self.threshold))
+            .collect()
     }
 
     /// Per-feature contributions, one array per feature. For additive detectors (HBOS, ECOD, COPOD,
@@ -163,7 +172,9 @@ impl Model {
         self.check_width(columns)?;
         let f = Features::from_arrays(columns)?;
         if self.training_rows == 0 {
-            return Ok((0..self.n_features).map(|_| Float64Array::new_null(f.len)).collect());
+            return Ok((0..self.n_features)
+                .map(|_| Float64Array::new_null(f.len))
+                .collect());
         }
         let mut out = Vec::with_capacity(self.n_features);
         match &self.body {
@@ -183,18 +194,32 @@ impl Model {
                     m.split_counts(&row, &mut counts);
                     let total: f64 = counts.iter().sum();
                     for j in 0..self.n_features {
-                        per_feature[j][i] = if total > 0.0 { scores[i] * counts[j] / total } else { 0.0 };
+                        per_feature[j][i] = if total > 0.0 {
+                            scores[i] * counts[j] / total
+                        } else {
+                            0.0
+                        };
                     }
                 }
                 for pf in per_feature {
-                    out.push(pf.into_iter().zip(&f.valid).map(|(v, &ok)| ok.then_some(v)).collect());
+                    out.push(
+                        pf.into_iter()
+                            .zip(&f.valid)
+                            .map(|(v, &ok)| ok.then_some(v))
+                            .collect(),
+                    );
                 }
             }
             _ => {
                 let mut term = vec![0.0; f.len];
                 for (j, col) in f.columns.iter().enumerate() {
                     self.feature_terms(j, col, &mut term);
-                    out.push(term.iter().zip(&f.valid).map(|(v, &ok)| ok.then_some(*v)).collect());
+                    out.push(
+                        term.iter()
+                            .zip(&f.valid)
+                            .map(|(v, &ok)| ok.then_some(*v))
+                            .collect(),
+                    );
                 }
             }
         }

@@ -49,7 +49,11 @@ impl Algorithm {
     }
 
     pub fn valid_names() -> String {
-        Self::ALL.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
+        Self::ALL
+            .iter()
+            .map(|a| a.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Parses a name, case-insensitively; a few common aliases are accepted.
@@ -211,7 +215,9 @@ impl DetectorParams {
                     .parse::<u64>()
                     .map_err(|_| invalid("a non-negative integer"))?
             }
-            "sample_rows" => self.sample_rows = int(64, 10_000_000, "an integer in [64, 10000000]")?,
+            "sample_rows" => {
+                self.sample_rows = int(64, 10_000_000, "an integer in [64, 10000000]")?
+            }
             "combine" => {
                 self.combine = match value.to_ascii_lowercase().as_str() {
                     "max" => Combine::Max,
@@ -249,7 +255,11 @@ impl DetectorParams {
             Algorithm::ZScore | Algorithm::RobustZScore | Algorithm::Iqr => {
                 parts.push(format!(
                     "combine={}",
-                    if self.combine == Combine::Max { "max" } else { "sum" }
+                    if self.combine == Combine::Max {
+                        "max"
+                    } else {
+                        "sum"
+                    }
                 ));
             }
             Algorithm::Hbos => {
@@ -276,7 +286,11 @@ mod tests {
 
     #[test]
     fn parses_and_validates_options() {
-        let p = DetectorParams::parse(Algorithm::IsolationForest, "n_trees=50, seed=7 ,contamination=0.02").unwrap();
+        let p = DetectorParams::parse(
+            Algorithm::IsolationForest,
+            "n_trees=50, seed=7 ,contamination=0.02",
+        )
+        .unwrap();
         assert_eq!((p.n_trees, p.seed, p.contamination), (50, 7, 0.02));
         let e = DetectorParams::parse(Algorithm::Ecod, "n_trees=5").unwrap_err();
         assert_eq!(
@@ -284,7 +298,10 @@ mod tests {
             "unknown option 'n_trees' for algorithm 'ecod'; valid options are: contamination, threshold, seed, sample_rows"
         );
         let e = DetectorParams::parse(Algorithm::Hbos, "contamination=0.9").unwrap_err();
-        assert_eq!(e.to_string(), "option 'contamination' has invalid value '0.9': a number in (0, 0.5]");
+        assert_eq!(
+            e.to_string(),
+            "option 'contamination' has invalid value '0.9': a number in (0, 0.5]"
+        );
         assert!(matches!(
             DetectorParams::parse(Algorithm::Hbos, "n_bins"),
             Err(DetectorError::MalformedOptions { .. })
@@ -293,6 +310,9 @@ mod tests {
             Algorithm::parse("nope").unwrap_err().to_string(),
             "unknown algorithm 'nope'; valid algorithms are: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest"
         );
-        assert_eq!(Algorithm::parse("IForest").unwrap(), Algorithm::IsolationForest);
+        assert_eq!(
+            Algorithm::parse("IForest").unwrap(),
+            Algorithm::IsolationForest
+        );
     }
 }

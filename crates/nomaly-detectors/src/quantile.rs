@@ -147,14 +147,14 @@ impl QuantileSketch {
             Repr::Exact(values) => {
                 values.push(if v == 0.0 { 0.0 } else { v });
                 if values.len() > EXACT_CAPACITY {
-                    self.to_buckets();
+                    self.convert_to_buckets();
                 }
             }
             Repr::Buckets(store) => store.add(v, 1),
         }
     }
 
-    fn to_buckets(&mut self) {
+    fn convert_to_buckets(&mut self) {
         if let Repr::Exact(values) = &self.repr {
             let mut store = BucketStore::default();
             for &v in values {
@@ -170,7 +170,7 @@ impl QuantileSketch {
         match (&mut self.repr, &other.repr) {
             (Repr::Exact(a), Repr::Exact(b)) if stay_exact => a.extend_from_slice(b),
             _ => {
-                self.to_buckets();
+                self.convert_to_buckets();
                 let Repr::Buckets(store) = &mut self.repr else {
                     unreachable!("converted above")
                 };
@@ -373,7 +373,11 @@ pub fn quantile_linear(values: &[WeightedValue], q: f64) -> f64 {
     }
     // NumPy's _lerp: a + (b - a) * t, evaluated from the nearer end for t ≥ 0.5.
     let d = b - a;
-    if frac >= 0.5 { b - d * (1.0 - frac) } else { a + d * frac }
+    if frac >= 0.5 {
+        b - d * (1.0 - frac)
+    } else {
+        a + d * frac
+    }
 }
 
 /// Value at 0-based rank `r` of a sorted weighted sequence.
@@ -420,7 +424,10 @@ mod tests {
         let med = quantile_linear(&wv, 0.5);
         assert!(med.abs() < 0.002, "median {med}");
         let q90 = quantile_linear(&wv, 0.9);
-        assert!((q90 - 80.0).abs() <= 80.0 * RELATIVE_ERROR + 1e-3, "q90 {q90}");
+        assert!(
+            (q90 - 80.0).abs() <= 80.0 * RELATIVE_ERROR + 1e-3,
+            "q90 {q90}"
+        );
         let e = s.to_ecdf();
         let (lt, le) = e.counts_lt_le(-50.0);
         assert!(lt <= 50_000 && le >= 50_001 && le - lt < 20, "{lt} {le}");
@@ -432,11 +439,14 @@ mod tests {
 
     #[test]
     fn merge_order_gives_identical_sketches() {
-        let values: Vec<f64> = (0..150_000).map(|i| ((i * 7919) % 100_003) as f64 * 0.37 - 9000.0).collect();
+        let values: Vec<f64> = (0..150_000)
+            .map(|i| ((i * 7919) % 100_003) as f64 * 0.37 - 9000.0)
+            .collect();
         let mut whole = QuantileSketch::new();
         values.iter().for_each(|&v| whole.add(v));
         for parts in [2usize, 3, 16] {
-            let mut sketches: Vec<QuantileSketch> = (0..parts).map(|_| QuantileSketch::new()).collect();
+            let mut sketches: Vec<QuantileSketch> =
+                (0..parts).map(|_| QuantileSketch::new()).collect();
             for (i, &v) in values.iter().enumerate() {
                 sketches[i % parts].add(v);
             }

@@ -58,7 +58,8 @@ impl RowSample {
     fn push(&mut self, h: u64, count: u64, row: &[f64]) {
         self.hashes.push(h);
         self.counts.push(count);
-        self.values.extend(row.iter().map(|&v| if v == 0.0 { 0.0 } else { v }));
+        self.values
+            .extend(row.iter().map(|&v| if v == 0.0 { 0.0 } else { v }));
         if self.hashes.len() >= 2 * self.k.max(512) {
             self.compact();
         }
@@ -146,12 +147,15 @@ mod tests {
 
     #[test]
     fn merge_is_partition_independent() {
-        let rows: Vec<[f64; 2]> = (0..20_000).map(|i| [(i % 1000) as f64, (i / 7) as f64]).collect();
+        let rows: Vec<[f64; 2]> = (0..20_000)
+            .map(|i| [(i % 1000) as f64, (i / 7) as f64])
+            .collect();
         let mut whole = RowSample::new(300, 2, 9);
         rows.iter().for_each(|r| whole.offer(r));
         whole.compact();
         for parts in [2usize, 5] {
-            let mut samples: Vec<RowSample> = (0..parts).map(|_| RowSample::new(300, 2, 9)).collect();
+            let mut samples: Vec<RowSample> =
+                (0..parts).map(|_| RowSample::new(300, 2, 9)).collect();
             for (i, r) in rows.iter().enumerate().rev() {
                 samples[(i * 13) % parts].offer(r);
             }

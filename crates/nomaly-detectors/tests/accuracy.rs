@@ -17,13 +17,22 @@ fn fixture(name: &str) -> Value {
 }
 
 fn floats(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap_or(f64::NAN))
+        .collect()
 }
 
 /// ROC-AUC with ties counted half (as scikit-learn's `roc_auc_score`).
 fn roc_auc(scores: &[f64], labels: &[i64]) -> f64 {
     let ranks = average_ranks(scores);
-    let pos: Vec<f64> = ranks.iter().zip(labels).filter(|(_, l)| **l == 1).map(|(r, _)| *r).collect();
+    let pos: Vec<f64> = ranks
+        .iter()
+        .zip(labels)
+        .filter(|(_, l)| **l == 1)
+        .map(|(r, _)| *r)
+        .collect();
     let n_pos = pos.len() as f64;
     let n_neg = labels.len() as f64 - n_pos;
     (pos.iter().sum::<f64>() - n_pos * (n_pos + 1.0) / 2.0) / (n_pos * n_neg)
@@ -77,21 +86,40 @@ fn agrees_with_reference_implementations() {
     let mut failures = Vec::new();
     for name in ["gaussian", "skewed", "breast_cancer"] {
         let f = fixture(name);
-        let columns: Vec<Vec<f64>> = f["columns"].as_array().unwrap().iter().map(floats).collect();
-        let labels: Vec<i64> = f["labels"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        let columns: Vec<Vec<f64>> = f["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(floats)
+            .collect();
+        let labels: Vec<i64> = f["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
         for alg in Algorithm::ALL {
             let reference = floats(&f["scores"][alg.name()]);
             let ours = nomaly_scores(alg, &columns, 42);
-            let (mut auc_ref, mut auc_ours) = (roc_auc(&reference, &labels), roc_auc(&ours, &labels));
+            let (mut auc_ref, mut auc_ours) =
+                (roc_auc(&reference, &labels), roc_auc(&ours, &labels));
             if alg == Algorithm::IsolationForest {
                 // Random forests: compare the mean AUC over 10 seeds on both sides.
                 auc_ref = f["iforest_auc_mean_10_seeds"].as_f64().unwrap();
-                auc_ours = (0..10).map(|s| roc_auc(&nomaly_scores(alg, &columns, s), &labels)).sum::<f64>() / 10.0;
+                auc_ours = (0..10)
+                    .map(|s| roc_auc(&nomaly_scores(alg, &columns, s), &labels))
+                    .sum::<f64>()
+                    / 10.0;
             }
             let rho = spearman(&ours, &reference);
-            report.push(format!("{name:14} {:14} auc ours {auc_ours:.4} ref {auc_ref:.4}  spearman {rho:.5}", alg.name()));
+            report.push(format!(
+                "{name:14} {:14} auc ours {auc_ours:.4} ref {auc_ref:.4}  spearman {rho:.5}",
+                alg.name()
+            ));
             if (auc_ours - auc_ref).abs() > 0.01 {
-                failures.push(format!("{name}/{alg}: ROC-AUC {auc_ours:.4} vs reference {auc_ref:.4}"));
+                failures.push(format!(
+                    "{name}/{alg}: ROC-AUC {auc_ours:.4} vs reference {auc_ref:.4}"
+                ));
             }
             if alg != Algorithm::IsolationForest && rho < 0.99 {
                 failures.push(format!("{name}/{alg}: Spearman {rho:.5} < 0.99"));

@@ -13,10 +13,14 @@ pub enum EngineError {
     #[error("--table '{spec}': {reason}. Expected NAME=PATH_OR_GLOB, e.g. tx=data/tx/*.parquet")]
     InvalidTableSpec { spec: String, reason: String },
 
-    #[error("{path}: no input matches this path or glob; check the path, or quote the glob so the shell does not expand it")]
+    #[error(
+        "{path}: no input matches this path or glob; check the path, or quote the glob so the shell does not expand it"
+    )]
     InputNotFound { path: String },
 
-    #[error("{path}: cannot tell the file format from the extension '{extension}'; use .csv, .parquet, .json/.ndjson/.jsonl, .arrow/.feather/.ipc or .avro")]
+    #[error(
+        "{path}: cannot tell the file format from the extension '{extension}'; use .csv, .parquet, .json/.ndjson/.jsonl, .arrow/.feather/.ipc or .avro"
+    )]
     UnknownFormat { path: String, extension: String },
 
     #[error("{path}: {reason}")]
@@ -32,7 +36,10 @@ pub enum EngineError {
     DataFusion(#[from] DataFusionError),
 
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl EngineError {

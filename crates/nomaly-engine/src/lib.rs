@@ -12,4 +12,4 @@ pub mod tables;
 pub use error::{EngineError, Result};
 pub use memory::{default_budget, parse_byte_size};
 pub use session::{EngineConfig, EngineKind, build_context};
-pub use tables::{register_table, parse_table_spec};
+pub use tables::{parse_table_spec, register_table};

@@ -30,7 +30,9 @@ impl FromStr for EngineKind {
         match s.to_ascii_lowercase().as_str() {
             "local" => Ok(EngineKind::Local),
             "standalone" => Ok(EngineKind::Standalone),
-            other => Err(format!("unknown engine '{other}'; valid engines are: local, standalone")),
+            other => Err(format!(
+                "unknown engine '{other}'; valid engines are: local, standalone"
+            )),
         }
     }
 }
@@ -67,7 +69,11 @@ impl EngineConfig {
 
     pub fn partitions(&self) -> usize {
         self.target_partitions
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            })
             .max(1)
     }
 
@@ -85,7 +91,8 @@ impl EngineConfig {
                 source,
             })?;
             builder = builder.with_disk_manager_builder(
-                DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![dir.clone()])),
+                DiskManagerBuilder::default()
+                    .with_mode(DiskManagerMode::Directories(vec![dir.clone()])),
             );
         }
         Ok(builder.build_arc()?)

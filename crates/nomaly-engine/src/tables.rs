@@ -72,7 +72,9 @@ pub async fn register_table(ctx: &SessionContext, name: &str, path: &str) -> Res
             if p.extension().is_some() {
                 InputFormat::from_extension(path)?;
             }
-            return Err(EngineError::InputNotFound { path: path.to_string() });
+            return Err(EngineError::InputNotFound {
+                path: path.to_string(),
+            });
         }
         if p.is_dir() {
             // A directory: the format of its first data file decides.
@@ -85,12 +87,17 @@ pub async fn register_table(ctx: &SessionContext, name: &str, path: &str) -> Res
                 .map(|e| e.path())
                 .filter(|e| e.is_file())
                 .filter(|e| {
-                    let n = e.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+                    let n = e
+                        .file_name()
+                        .map(|n| n.to_string_lossy().to_string())
+                        .unwrap_or_default();
                     !n.starts_with('.') && !n.starts_with('_')
                 })
                 .collect();
             entries.sort();
-            let first = entries.first().ok_or_else(|| EngineError::InputNotFound { path: path.to_string() })?;
+            let first = entries.first().ok_or_else(|| EngineError::InputNotFound {
+                path: path.to_string(),
+            })?;
             format_source = first.to_string_lossy().to_string();
             if !location.ends_with('/') {
                 location.push('/');
@@ -102,9 +109,15 @@ pub async fn register_table(ctx: &SessionContext, name: &str, path: &str) -> Res
             .find(|a| !has_glob(&a.to_string_lossy()))
             .map(|a| a.to_path_buf())
             .unwrap_or_default();
-        let dir = if dir.as_os_str().is_empty() { Path::new(".").to_path_buf() } else { dir };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".").to_path_buf()
+        } else {
+            dir
+        };
         if !dir.exists() {
-            return Err(EngineError::InputNotFound { path: path.to_string() });
+            return Err(EngineError::InputNotFound {
+                path: path.to_string(),
+            });
         }
     }
     let (format, ext) = InputFormat::from_extension(&format_source)?;
@@ -118,20 +131,42 @@ pub async fn register_table(ctx: &SessionContext, name: &str, path: &str) -> Res
             ctx.register_csv(name, &location, opts).await?
         }
         InputFormat::Parquet => {
-            ctx.register_parquet(name, &location, ParquetReadOptions::default().file_extension(&ext))
-                .await?
+            ctx.register_parquet(
+                name,
+                &location,
+                ParquetReadOptions::default().file_extension(&ext),
+            )
+            .await?
         }
         InputFormat::NdJson => {
-            ctx.register_json(name, &location, JsonReadOptions::default().file_extension(&ext))
-                .await?
+            ctx.register_json(
+                name,
+                &location,
+                JsonReadOptions::default().file_extension(&ext),
+            )
+            .await?
         }
         InputFormat::Arrow => {
-            ctx.register_arrow(name, &location, ArrowReadOptions { file_extension: &ext, ..Default::default() })
-                .await?
+            ctx.register_arrow(
+                name,
+                &location,
+                ArrowReadOptions {
+                    file_extension: &ext,
+                    ..Default::default()
+                },
+            )
+            .await?
         }
         InputFormat::Avro => {
-            ctx.register_avro(name, &location, AvroReadOptions { file_extension: &ext, ..Default::default() })
-                .await?
+            ctx.register_avro(
+                name,
+                &location,
+                AvroReadOptions {
+                    file_extension: &ext,
+                    ..Default::default()
+                },
+            )
+            .await?
         }
     }
     Ok(())
@@ -139,10 +174,12 @@ pub async fn register_table(ctx: &SessionContext, name: &str, path: &str) -> Res
 
 /// Parses `NAME=PATH`.
 pub fn parse_table_spec(spec: &str) -> Result<(String, String)> {
-    let (name, path) = spec.split_once('=').ok_or_else(|| EngineError::InvalidTableSpec {
-        spec: spec.to_string(),
-        reason: "missing '='".to_string(),
-    })?;
+    let (name, path) = spec
+        .split_once('=')
+        .ok_or_else(|| EngineError::InvalidTableSpec {
+            spec: spec.to_string(),
+            reason: "missing '='".to_string(),
+        })?;
     let name = name.trim();
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(EngineError::InvalidTableSpec {

@@ -57,7 +57,11 @@ impl HbosModel {
                 .enumerate()
                 .map(|(b, &c)| {
                     let width = e[b + 1] - e[b];
-                    let density = if total == 0 { 0.0 } else { c as f64 / width / total as f64 };
+                    let density = if total == 0 {
+                        0.0
+                    } else {
+                        c as f64 / width / total as f64
+                    };
                     (density + alpha).log2()
                 })
                 .collect();
@@ -82,9 +86,17 @@ impl HbosModel {
             // np.digitize(x, edges, right=False)
             let idx = e.partition_point(|&edge| edge <= x);
             let s = if idx == 0 {
-                if e[0] - x <= first_width * self.tol { ld[0] } else { min_ld }
+                if e[0] - x <= first_width * self.tol {
+                    ld[0]
+                } else {
+                    min_ld
+                }
             } else if idx == n_bins + 1 {
-                if x - e[n_bins] <= last_width * self.tol { ld[n_bins - 1] } else { min_ld }
+                if x - e[n_bins] <= last_width * self.tol {
+                    ld[n_bins - 1]
+                } else {
+                    min_ld
+                }
             } else {
                 ld[idx - 1]
             };

@@ -66,7 +66,10 @@ impl IsolationForestModel {
                     let j = i + rng.next_below(idx.len() - i);
                     idx.swap(i, j);
                 }
-                idx[..psi.min(pool.len())].iter().map(|&i| pool[i]).collect()
+                idx[..psi.min(pool.len())]
+                    .iter()
+                    .map(|&i| pool[i])
+                    .collect()
             };
             let mut nodes = Vec::new();
             if rows.is_empty() {
@@ -97,13 +100,21 @@ impl IsolationForestModel {
                 let mut node = &tree[0];
                 while node.feature != LEAF {
                     let x = cols[node.feature as usize][i];
-                    node = &tree[if x <= node.value { node.left } else { node.right } as usize];
+                    node = &tree[if x <= node.value {
+                        node.left
+                    } else {
+                        node.right
+                    } as usize];
                 }
                 *d += node.value;
             }
         }
         let n_trees = self.trees.len().max(1) as f64;
-        let c = if self.normaliser > 0.0 { self.normaliser } else { 1.0 };
+        let c = if self.normaliser > 0.0 {
+            self.normaliser
+        } else {
+            1.0
+        };
         depth_sum
             .into_iter()
             .map(|d| (2.0f64).powf(-(d / n_trees) / c))
@@ -118,12 +129,18 @@ impl IsolationForestModel {
             while node.feature != LEAF {
                 let f = node.feature as usize;
                 out[f] += 1.0;
-                node = &tree[if row[f] <= node.value { node.left } else { node.right } as usize];
+                node = &tree[if row[f] <= node.value {
+                    node.left
+                } else {
+                    node.right
+                } as usize];
             }
         }
     }
 }
 
+// Features are indexed across rows of a row-major sample; an index loop is the clear form here.
+#[allow(clippy::needless_range_loop)]
 fn build(
     rows: &[&[f64]],
     width: usize,

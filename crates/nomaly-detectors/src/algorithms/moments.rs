@@ -35,8 +35,16 @@ impl CentreScaleModel {
         for f in &state.features {
             match state.params.algorithm {
                 Algorithm::ZScore => {
-                    let s1 = f.sum.as_ref().map(|s| s.0.to_double_double()).unwrap_or((0.0, 0.0));
-                    let s2 = f.sum_sq.as_ref().map(|s| s.0.to_double_double()).unwrap_or((0.0, 0.0));
+                    let s1 = f
+                        .sum
+                        .as_ref()
+                        .map(|s| s.0.to_double_double())
+                        .unwrap_or((0.0, 0.0));
+                    let s2 = f
+                        .sum_sq
+                        .as_ref()
+                        .map(|s| s.0.to_double_double())
+                        .unwrap_or((0.0, 0.0));
                     let mean = dd::div_f64(s1, n);
                     // n·var = S2 - S1²/n, in double-double so a large offset does not cancel digits.
                     let s1_sq_over_n = dd::div_f64(dd::mul(s1, s1), n);
@@ -47,15 +55,21 @@ impl CentreScaleModel {
                     scale.push(var.max(0.0).sqrt());
                 }
                 Algorithm::RobustZScore => {
-                    let wv = f.sketch.as_ref().map(|s| s.weighted_values()).unwrap_or_default();
+                    let wv = f
+                        .sketch
+                        .as_ref()
+                        .map(|s| s.weighted_values())
+                        .unwrap_or_default();
                     let med = quantile_linear(&wv, 0.5);
-                    let mut dev: Vec<(f64, u64)> = wv.iter().map(|&(v, c)| ((v - med).abs(), c)).collect();
+                    let mut dev: Vec<(f64, u64)> =
+                        wv.iter().map(|&(v, c)| ((v - med).abs(), c)).collect();
                     dev.sort_by(|a, b| a.0.total_cmp(&b.0));
                     let mad = quantile_linear(&dev, 0.5);
                     let mut s = 1.4826 * mad;
                     if s == 0.0 {
                         let total: u64 = dev.iter().map(|d| d.1).sum();
-                        let mean_ad = dev.iter().map(|&(d, c)| d * c as f64).sum::<f64>() / total.max(1) as f64;
+                        let mean_ad = dev.iter().map(|&(d, c)| d * c as f64).sum::<f64>()
+                            / total.max(1) as f64;
                         s = 1.253314 * mean_ad;
                     }
                     centre.push(med);
@@ -63,7 +77,11 @@ impl CentreScaleModel {
                     scale.push(s);
                 }
                 Algorithm::Iqr => {
-                    let wv = f.sketch.as_ref().map(|s| s.weighted_values()).unwrap_or_default();
+                    let wv = f
+                        .sketch
+                        .as_ref()
+                        .map(|s| s.weighted_values())
+                        .unwrap_or_default();
                     let q1 = quantile_linear(&wv, 0.25);
                     let q3 = quantile_linear(&wv, 0.75);
                     centre.push(q1);
@@ -73,7 +91,11 @@ impl CentreScaleModel {
                 _ => unreachable!("not a centre/scale detector"),
             }
         }
-        Self { centre, upper, scale }
+        Self {
+            centre,
+            upper,
+            scale,
+        }
     }
 
     /// Per-feature term for one column into `out`.
