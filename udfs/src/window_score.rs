@@ -155,7 +155,9 @@ impl WindowUDFImpl for AnomalyScoreWindow {
             match e.downcast_ref::<Literal>().map(|l| l.value()) {
                 Some(ScalarValue::Float64(Some(v))) if v.is_finite() && *v >= 0.0 => k = *v,
                 _ => {
-                    return exec_err!("anomaly_score_iqr: k must be a non-negative numeric literal");
+                    return exec_err!(
+                        "anomaly_score_iqr: k must be a non-negative numeric literal"
+                    );
                 }
             }
         }
