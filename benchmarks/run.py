@@ -1,0 +1,120 @@
+"""Times Nomaly (release build) against PyOD / scikit-learn / DuckDB on the same Parquet file, in one
+invocation, and prints throughput ratios. Not part of CI.
+
+    pip install -r benchmarks/requirements.txt
+    python3 benchmarks/generate.py --rows 10000000 --features 8 --out benchmarks/data/tx_10m.parquet
+    python3 benchmarks/run.py benchmarks/data/tx_10m.parquet [--only iforest,ecod] [--memory-limit 256MB]
+
+Every Nomaly run is `nomaly sql` writing scores to Parquet (COPY ... TO), i.e. scan + fit + score +
+write; references time fit + score on arrays already in memory (their reading is not charged).
+Peak RSS of each Nomaly process is measured from outside (/proc wait4 rusage), not self-reported.
+"""
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/nomaly-target"))
+NOMALY = os.path.join(TARGET, "release", "nomaly")
+
+
+def build():
+    subprocess.run(["cargo", "build", "--release", "-p", "nomaly-cli"], cwd=ROOT, check=True,
+                   env={**os.environ, "CARGO_TARGET_DIR": TARGET})
+
+
+def run_nomaly(data, sql, memory_limit=None, partitions=None):
+    args = [NOMALY, "sql", "--table", f"t={data}", "-e", sql]
+    if memory_limit:
+        args += ["--memory-limit", memory_limit]
+    if partitions:
+        args += ["--partitions", str(partitions)]
+    start = time.perf_counter()
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, _, rusage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    err = proc.stderr.read().decode()
+    if proc.returncode not in (0, None) and err:
+        raise SystemExit(f"nomaly failed: {err}")
+    return elapsed, rusage.ru_maxrss * 1024
+
+
+def features(n):
+    return ", ".join(f"f{j + 1}" for j in range(n))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("data")
+    p.add_argument("--only", default="floor,zscore,hbos,ecod,copod,iforest")
+    p.add_argument("--memory-limit", default=None)
+    p.add_argument("--no-build", action="store_true")
+    p.add_argument("--skip-reference", action="store_true")
+    a = p.parse_args()
+    only = a.only.split(",")
+    if not a.no_build:
+        build()
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(a.data).metadata
+    rows = meta.num_rows
+    d = len([c for c in pq.read_schema(a.data).names if c.startswith("f")])
+    feats = features(d)
+    out = tempfile.mkdtemp(prefix="nomaly-bench-")
+    results = {}
+
+    def nomaly(name, select):
+        sql = f"COPY ({select}) TO '{out}/{name}.parquet' STORED AS PARQUET"
+        t, rss = run_nomaly(a.data, sql, a.memory_limit)
+        results[name] = t
+        print(f"nomaly {name:10} {t:8.2f} s  {rows / t / 1e6:7.2f} M rows/s  peak RSS {rss / 2**20:7.0f} MiB", flush=True)
+        return t
+
+    floor = nomaly("floor", "SELECT id, f1 * 2 AS s FROM t") if "floor" in only else None
+    for alg in ["zscore", "hbos", "ecod", "copod", "iforest"]:
+        if alg in only:
+            nomaly(alg, f"SELECT id, detect_anomalies('{alg}', {feats})['score'] AS s FROM t")
+
+    if a.skip_reference:
+        return
+    X = np.column_stack([pq.read_table(a.data, columns=[f"f{j + 1}"]).column(0).to_numpy() for j in range(d)])
+    ref = {}
+
+    def timed(name, fn):
+        start = time.perf_counter()
+        fn()
+        ref[name] = time.perf_counter() - start
+        print(f"ref    {name:10} {ref[name]:8.2f} s  {rows / ref[name] / 1e6:7.2f} M rows/s", flush=True)
+
+    if "iforest" in only:
+        from sklearn.ensemble import IsolationForest
+        timed("iforest", lambda: IsolationForest(n_estimators=100, n_jobs=2, random_state=0).fit(X).score_samples(X))
+    if "ecod" in only:
+        from pyod.models.ecod import ECOD
+        timed("ecod", lambda: ECOD(n_jobs=1).fit(X).decision_scores_)
+    if "copod" in only:
+        from pyod.models.copod import COPOD
+        timed("copod", lambda: COPOD(n_jobs=1).fit(X).decision_scores_)
+    if "zscore" in only:
+        import duckdb
+        con = duckdb.connect()
+        z = " , ".join(f"abs(f{j + 1} - avg(f{j + 1}) OVER ()) / stddev_pop(f{j + 1}) OVER ()" for j in range(d))
+        timed("zscore", lambda: con.execute(
+            f"COPY (SELECT id, greatest({z}) AS s FROM read_parquet('{a.data}')) TO '{out}/duckdb_z.parquet' (FORMAT parquet)"))
+
+    print("\nratios (higher = Nomaly faster; floor = scan + write of the same file)")
+    for alg in ["iforest", "ecod", "copod", "zscore"]:
+        if alg in results and alg in ref:
+            print(f"  {alg:8} Nomaly vs reference: {ref[alg] / results[alg]:6.2f}x")
+    for alg in ["hbos", "zscore"]:
+        if alg in results and floor:
+            print(f"  {alg:8} time / floor:         {results[alg] / floor:6.2f}x  (target <= 2)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
