@@ -1,17 +1,12 @@
 //! `anomaly_detect(model, feature, ...)`: `{score, is_anomaly}` per row — the scoring half of
 //! `detect_anomalies`, which the rewrite rule plans as `fit_detector` joined to this.
 
-use crate::call::{coerce_model_args, lenient_coercion};
 use crate::docs::{DOC_SECTION_ANOMALY, FEATURES_ARG, MODEL_ARG};
-use crate::model_column::{
-    BatchScorer, ModelCache, feature_arrays, resolve_models, scatter_bool, scatter_f64, score_rows,
-};
+use crate::model_column::{BatchScorer, ModelFunction, ModelScoringUdf, scatter_bool, scatter_f64};
 use datafusion::arrow::array::{ArrayRef, BooleanArray, Float64Array, StructArray};
 use datafusion::arrow::datatypes::{DataType, Field, Fields};
 use datafusion::common::{Result, exec_datafusion_err};
-use datafusion::logical_expr::{
-    ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
-};
+use datafusion::logical_expr::Documentation;
 use nomaly_detectors::Model;
 use std::sync::{Arc, LazyLock};
 
@@ -40,24 +35,11 @@ static DOC: LazyLock<Documentation> = LazyLock::new(|| {
     .build()
 });
 
-#[derive(Debug)]
-pub struct AnomalyDetect {
-    signature: Signature,
-    cache: ModelCache,
-}
+/// The `anomaly_detect` function.
+pub type AnomalyDetect = ModelScoringUdf<ScoreAndFlag>;
 
-impl Default for AnomalyDetect {
-    fn default() -> Self {
-        Self {
-            signature: Signature::user_defined(Volatility::Immutable),
-            cache: ModelCache::default(),
-        }
-    }
-}
-
-crate::identity_by_signature!(AnomalyDetect);
-
-struct ScoreAndFlag;
+#[derive(Debug, Default)]
+pub struct ScoreAndFlag;
 
 impl BatchScorer for ScoreAndFlag {
     type Output = (Float64Array, BooleanArray);
@@ -80,32 +62,19 @@ impl BatchScorer for ScoreAndFlag {
     }
 }
 
-impl ScalarUDFImpl for AnomalyDetect {
-    fn name(&self) -> &str {
-        "anomaly_detect"
+impl ModelFunction for ScoreAndFlag {
+    const NAME: &'static str = "anomaly_detect";
+    fn output_type() -> DataType {
+        detection_type()
     }
-    fn signature(&self) -> &Signature {
-        &self.signature
+    fn doc() -> &'static Documentation {
+        &DOC
     }
-    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        Ok(lenient_coercion(arg_types))
-    }
-    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        coerce_model_args(self.name(), arg_types)?;
-        Ok(detection_type())
-    }
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let resolved = resolve_models(&args.args[0], &self.cache)?;
-        let features = feature_arrays(&args.args[1..], args.number_rows)?;
-        let (scores, flags) = score_rows(&ScoreAndFlag, &resolved, &features, args.number_rows)?;
-        let out = StructArray::new(
+    fn into_array((scores, flags): Self::Output) -> Result<ArrayRef> {
+        Ok(Arc::new(StructArray::new(
             detection_fields(),
             vec![Arc::new(scores) as ArrayRef, Arc::new(flags) as ArrayRef],
             None,
-        );
-        Ok(ColumnarValue::Array(Arc::new(out)))
-    }
-    fn documentation(&self) -> Option<&Documentation> {
-        Some(&DOC)
+        )))
     }
 }

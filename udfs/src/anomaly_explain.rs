@@ -1,16 +1,13 @@
 //! `anomaly_explain(model, feature, ...)`: per-feature contributions to each row's score.
 
-use crate::call::{coerce_model_args, lenient_coercion};
 use crate::docs::{DOC_SECTION_ANOMALY, FEATURES_ARG, MODEL_ARG};
-use crate::model_column::{BatchScorer, ModelCache, feature_arrays, resolve_models, score_rows};
+use crate::model_column::{BatchScorer, ModelFunction, ModelScoringUdf};
 use datafusion::arrow::array::{
     Array, ArrayRef, Float64Array, Float64Builder, ListArray, ListBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field};
 use datafusion::common::{Result, exec_datafusion_err};
-use datafusion::logical_expr::{
-    ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
-};
+use datafusion::logical_expr::Documentation;
 use nomaly_detectors::Model;
 use std::sync::{Arc, LazyLock};
 
@@ -30,28 +27,15 @@ static DOC: LazyLock<Documentation> = LazyLock::new(|| {
     .build()
 });
 
-#[derive(Debug)]
-pub struct AnomalyExplain {
-    signature: Signature,
-    cache: ModelCache,
-}
-
-impl Default for AnomalyExplain {
-    fn default() -> Self {
-        Self {
-            signature: Signature::user_defined(Volatility::Immutable),
-            cache: ModelCache::default(),
-        }
-    }
-}
-
-crate::identity_by_signature!(AnomalyExplain);
+/// The `anomaly_explain` function.
+pub type AnomalyExplain = ModelScoringUdf<Explain>;
 
 fn list_type() -> DataType {
     DataType::List(Arc::new(Field::new_list_field(DataType::Float64, true)))
 }
 
-struct Explain;
+#[derive(Debug, Default)]
+pub struct Explain;
 
 impl BatchScorer for Explain {
     /// One row-major list of contributions per row (None = null row).
@@ -84,24 +68,15 @@ impl BatchScorer for Explain {
     }
 }
 
-impl ScalarUDFImpl for AnomalyExplain {
-    fn name(&self) -> &str {
-        "anomaly_explain"
+impl ModelFunction for Explain {
+    const NAME: &'static str = "anomaly_explain";
+    fn output_type() -> DataType {
+        list_type()
     }
-    fn signature(&self) -> &Signature {
-        &self.signature
+    fn doc() -> &'static Documentation {
+        &DOC
     }
-    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        Ok(lenient_coercion(arg_types))
-    }
-    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        coerce_model_args(self.name(), arg_types)?;
-        Ok(list_type())
-    }
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let resolved = resolve_models(&args.args[0], &self.cache)?;
-        let features = feature_arrays(&args.args[1..], args.number_rows)?;
-        let rows = score_rows(&Explain, &resolved, &features, args.number_rows)?;
+    fn into_array(rows: Self::Output) -> Result<ArrayRef> {
         let mut builder = ListBuilder::new(Float64Builder::new());
         for row in rows {
             match row {
@@ -113,9 +88,6 @@ impl ScalarUDFImpl for AnomalyExplain {
             }
         }
         let list: ListArray = builder.finish();
-        Ok(ColumnarValue::Array(Arc::new(list)))
-    }
-    fn documentation(&self) -> Option<&Documentation> {
-        Some(&DOC)
+        Ok(Arc::new(list))
     }
 }

@@ -1,16 +1,11 @@
 //! `anomaly_score(model, feature, ...)`: the anomaly score of each row under a fitted model.
 
-use crate::call::{coerce_model_args, lenient_coercion};
 use crate::docs::{DOC_SECTION_ANOMALY, FEATURES_ARG, MODEL_ARG};
-use crate::model_column::{
-    BatchScorer, ModelCache, feature_arrays, resolve_models, scatter_f64, score_rows,
-};
+use crate::model_column::{BatchScorer, ModelFunction, ModelScoringUdf, scatter_f64};
 use datafusion::arrow::array::{ArrayRef, Float64Array};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Result, exec_datafusion_err};
-use datafusion::logical_expr::{
-    ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
-};
+use datafusion::logical_expr::Documentation;
 use nomaly_detectors::Model;
 use std::sync::{Arc, LazyLock};
 
@@ -23,33 +18,20 @@ static DOC: LazyLock<Documentation> = LazyLock::new(|| {
     .with_argument("model", MODEL_ARG)
     .with_argument("feature", FEATURES_ARG)
     .with_sql_example(
-        "```sql\nCREATE TABLE m AS SELECT fit_detector('iforest', amount, latency_ms) AS model FROM train;\nSELECT t.id, anomaly_score(m.model, t.amount, t.latency_ms) FROM m CROSS JOIN tx t;\n```",
+        "```sql\nCOPY (SELECT fit_detector('iforest', amount, latency_ms) AS model FROM train) TO 'model.parquet';\nCREATE EXTERNAL TABLE m STORED AS PARQUET LOCATION 'model.parquet';\nSELECT t.id, anomaly_score(m.model, t.amount, t.latency_ms) FROM m CROSS JOIN tx t;\n```",
     )
     .with_related_udf("fit_detector")
     .with_related_udf("is_anomaly")
     .build()
 });
 
-#[derive(Debug)]
-pub struct AnomalyScore {
-    signature: Signature,
-    cache: ModelCache,
-}
+/// The `anomaly_score` function.
+pub type AnomalyScore = ModelScoringUdf<Score>;
 
-impl Default for AnomalyScore {
-    fn default() -> Self {
-        Self {
-            signature: Signature::user_defined(Volatility::Immutable),
-            cache: ModelCache::default(),
-        }
-    }
-}
+#[derive(Debug, Default)]
+pub struct Score;
 
-crate::identity_by_signature!(AnomalyScore);
-
-pub(crate) struct ScoreOnly;
-
-impl BatchScorer for ScoreOnly {
+impl BatchScorer for Score {
     type Output = Float64Array;
     fn score(&self, model: &Model, features: &[ArrayRef]) -> Result<Float64Array> {
         model
@@ -66,27 +48,15 @@ impl BatchScorer for ScoreOnly {
     }
 }
 
-impl ScalarUDFImpl for AnomalyScore {
-    fn name(&self) -> &str {
-        "anomaly_score"
+impl ModelFunction for Score {
+    const NAME: &'static str = "anomaly_score";
+    fn output_type() -> DataType {
+        DataType::Float64
     }
-    fn signature(&self) -> &Signature {
-        &self.signature
+    fn doc() -> &'static Documentation {
+        &DOC
     }
-    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        Ok(lenient_coercion(arg_types))
-    }
-    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        coerce_model_args(self.name(), arg_types)?;
-        Ok(DataType::Float64)
-    }
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let resolved = resolve_models(&args.args[0], &self.cache)?;
-        let features = feature_arrays(&args.args[1..], args.number_rows)?;
-        let out = score_rows(&ScoreOnly, &resolved, &features, args.number_rows)?;
-        Ok(ColumnarValue::Array(Arc::new(out)))
-    }
-    fn documentation(&self) -> Option<&Documentation> {
-        Some(&DOC)
+    fn into_array(out: Float64Array) -> Result<ArrayRef> {
+        Ok(Arc::new(out))
     }
 }

@@ -1,16 +1,11 @@
 //! `is_anomaly(model, feature, ...)`: whether each row's score exceeds the model's threshold.
 
-use crate::call::{coerce_model_args, lenient_coercion};
 use crate::docs::{DOC_SECTION_ANOMALY, FEATURES_ARG, MODEL_ARG};
-use crate::model_column::{
-    BatchScorer, ModelCache, feature_arrays, resolve_models, scatter_bool, score_rows,
-};
+use crate::model_column::{BatchScorer, ModelFunction, ModelScoringUdf, scatter_bool};
 use datafusion::arrow::array::{ArrayRef, BooleanArray};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Result, exec_datafusion_err};
-use datafusion::logical_expr::{
-    ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
-};
+use datafusion::logical_expr::Documentation;
 use nomaly_detectors::Model;
 use std::sync::{Arc, LazyLock};
 
@@ -27,26 +22,13 @@ static DOC: LazyLock<Documentation> = LazyLock::new(|| {
     .build()
 });
 
-#[derive(Debug)]
-pub struct IsAnomaly {
-    signature: Signature,
-    cache: ModelCache,
-}
+/// The `is_anomaly` function.
+pub type IsAnomaly = ModelScoringUdf<Flag>;
 
-impl Default for IsAnomaly {
-    fn default() -> Self {
-        Self {
-            signature: Signature::user_defined(Volatility::Immutable),
-            cache: ModelCache::default(),
-        }
-    }
-}
+#[derive(Debug, Default)]
+pub struct Flag;
 
-crate::identity_by_signature!(IsAnomaly);
-
-struct FlagOnly;
-
-impl BatchScorer for FlagOnly {
+impl BatchScorer for Flag {
     type Output = BooleanArray;
     fn score(&self, model: &Model, features: &[ArrayRef]) -> Result<BooleanArray> {
         let s = model
@@ -64,27 +46,15 @@ impl BatchScorer for FlagOnly {
     }
 }
 
-impl ScalarUDFImpl for IsAnomaly {
-    fn name(&self) -> &str {
-        "is_anomaly"
+impl ModelFunction for Flag {
+    const NAME: &'static str = "is_anomaly";
+    fn output_type() -> DataType {
+        DataType::Boolean
     }
-    fn signature(&self) -> &Signature {
-        &self.signature
+    fn doc() -> &'static Documentation {
+        &DOC
     }
-    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        Ok(lenient_coercion(arg_types))
-    }
-    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        coerce_model_args(self.name(), arg_types)?;
-        Ok(DataType::Boolean)
-    }
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let resolved = resolve_models(&args.args[0], &self.cache)?;
-        let features = feature_arrays(&args.args[1..], args.number_rows)?;
-        let out = score_rows(&FlagOnly, &resolved, &features, args.number_rows)?;
-        Ok(ColumnarValue::Array(Arc::new(out)))
-    }
-    fn documentation(&self) -> Option<&Documentation> {
-        Some(&DOC)
+    fn into_array(out: BooleanArray) -> Result<ArrayRef> {
+        Ok(Arc::new(out))
     }
 }

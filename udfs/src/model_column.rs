@@ -6,13 +6,16 @@
 //! vectorised call. Decoded models are cached by their bytes: a batch costs a byte comparison, not a
 //! decode.
 
+use crate::call::{coerce_model_args, lenient_coercion};
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Float64Array, UInt32Array, new_null_array,
 };
 use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Result, ScalarValue, exec_datafusion_err, exec_err};
-use datafusion::logical_expr::ColumnarValue;
+use datafusion::logical_expr::{
+    ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+};
 use nomaly_detectors::Model;
 use std::sync::{Arc, Mutex};
 
@@ -254,4 +257,70 @@ pub fn feature_arrays(args: &[ColumnarValue], len: usize) -> Result<Vec<ArrayRef
 /// An all-null array of the given type.
 pub fn nulls_of(dt: &DataType, len: usize) -> ArrayRef {
     new_null_array(dt, len)
+}
+
+/// What distinguishes the scalar functions of `(model, feature, ...)` — `anomaly_score`,
+/// `is_anomaly`, `anomaly_detect`, `anomaly_explain` — from one another; [`ModelScoringUdf`] is the
+/// rest (argument checks, model resolution, per-model grouping).
+pub trait ModelFunction: BatchScorer + Default + std::fmt::Debug + Send + Sync + 'static {
+    const NAME: &'static str;
+    fn output_type() -> DataType;
+    fn doc() -> &'static Documentation;
+    fn into_array(out: Self::Output) -> Result<ArrayRef>;
+}
+
+/// A scalar UDF scoring rows with the model in its first argument.
+#[derive(Debug)]
+pub struct ModelScoringUdf<F: ModelFunction> {
+    signature: Signature,
+    cache: ModelCache,
+    function: F,
+}
+
+impl<F: ModelFunction> Default for ModelScoringUdf<F> {
+    fn default() -> Self {
+        Self {
+            signature: Signature::user_defined(Volatility::Immutable),
+            cache: ModelCache::default(),
+            function: F::default(),
+        }
+    }
+}
+
+impl<F: ModelFunction> PartialEq for ModelScoringUdf<F> {
+    fn eq(&self, other: &Self) -> bool {
+        self.signature == other.signature
+    }
+}
+impl<F: ModelFunction> Eq for ModelScoringUdf<F> {}
+impl<F: ModelFunction> std::hash::Hash for ModelScoringUdf<F> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        F::NAME.hash(state);
+        self.signature.hash(state)
+    }
+}
+
+impl<F: ModelFunction> ScalarUDFImpl for ModelScoringUdf<F> {
+    fn name(&self) -> &str {
+        F::NAME
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        Ok(lenient_coercion(arg_types))
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        coerce_model_args(F::NAME, arg_types)?;
+        Ok(F::output_type())
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let resolved = resolve_models(&args.args[0], &self.cache)?;
+        let features = feature_arrays(&args.args[1..], args.number_rows)?;
+        let out = score_rows(&self.function, &resolved, &features, args.number_rows)?;
+        Ok(ColumnarValue::Array(F::into_array(out)?))
+    }
+    fn documentation(&self) -> Option<&Documentation> {
+        Some(F::doc())
+    }
 }

@@ -21,6 +21,7 @@ use datafusion::logical_expr::{
     Documentation, PartitionEvaluator, Signature, Volatility, WindowUDFImpl,
 };
 use datafusion::physical_expr::expressions::Literal;
+use nomaly_detectors::algorithms::moments::{distance_outside, scaled_distance};
 use nomaly_detectors::quantile::quantile_linear;
 use std::ops::Range;
 use std::sync::{Arc, LazyLock};
@@ -182,16 +183,6 @@ struct FrameEvaluator {
     values: Option<(usize, Vec<Option<f64>>)>,
 }
 
-fn ratio(distance: f64, scale: f64) -> f64 {
-    if scale > 0.0 {
-        distance / scale
-    } else if distance == 0.0 {
-        0.0
-    } else {
-        f64::INFINITY
-    }
-}
-
 impl PartitionEvaluator for FrameEvaluator {
     fn uses_window_frame(&self) -> bool {
         true
@@ -227,7 +218,7 @@ impl PartitionEvaluator for FrameEvaluator {
                 let n = frame.len() as f64;
                 let mean = frame.iter().sum::<f64>() / n;
                 let var = frame.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
-                ratio((x - mean).abs(), var.sqrt())
+                scaled_distance((x - mean).abs(), var.sqrt())
             }
             FrameScore::Mad => {
                 frame.sort_by(f64::total_cmp);
@@ -236,7 +227,7 @@ impl PartitionEvaluator for FrameEvaluator {
                 let mut dev: Vec<(f64, u64)> =
                     frame.iter().map(|&v| ((v - med).abs(), 1)).collect();
                 dev.sort_by(|a, b| a.0.total_cmp(&b.0));
-                ratio((x - med).abs(), 1.4826 * quantile_linear(&dev, 0.5))
+                scaled_distance((x - med).abs(), 1.4826 * quantile_linear(&dev, 0.5))
             }
             FrameScore::Iqr => {
                 frame.sort_by(f64::total_cmp);
@@ -246,14 +237,7 @@ impl PartitionEvaluator for FrameEvaluator {
                 let iqr = q3 - q1;
                 let lo = q1 - self.k * iqr;
                 let hi = q3 + self.k * iqr;
-                let d = if x < lo {
-                    lo - x
-                } else if x > hi {
-                    x - hi
-                } else {
-                    0.0
-                };
-                ratio(d, iqr)
+                scaled_distance(distance_outside(x, lo, hi), iqr)
             }
         };
         Ok(ScalarValue::Float64(Some(score)))

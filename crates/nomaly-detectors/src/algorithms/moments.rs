@@ -102,20 +102,32 @@ impl CentreScaleModel {
     pub fn terms(&self, j: usize, col: &[f64], out: &mut [f64]) {
         let (lo, hi, s) = (self.centre[j], self.upper[j], self.scale[j]);
         for (o, &x) in out.iter_mut().zip(col) {
-            let d = if x < lo {
-                lo - x
-            } else if x > hi {
-                x - hi
-            } else {
-                0.0
-            };
-            *o = if s > 0.0 {
-                d / s
-            } else if d == 0.0 {
-                0.0
-            } else {
-                f64::INFINITY
-            };
+            *o = scaled_distance(distance_outside(x, lo, hi), s);
         }
+    }
+}
+
+/// How far `x` lies outside `[lo, hi]` (0 inside).
+#[inline]
+pub fn distance_outside(x: f64, lo: f64, hi: f64) -> f64 {
+    if x < lo {
+        lo - x
+    } else if x > hi {
+        x - hi
+    } else {
+        0.0
+    }
+}
+
+/// `distance / scale`; a zero scale (no spread in training) gives 0 at distance 0 and +Infinity
+/// otherwise.
+#[inline]
+pub fn scaled_distance(distance: f64, scale: f64) -> f64 {
+    if scale > 0.0 {
+        distance / scale
+    } else if distance == 0.0 {
+        0.0
+    } else {
+        f64::INFINITY
     }
 }
