@@ -354,6 +354,92 @@ impl Ecdf {
     }
 }
 
+/// `(-ln F(x), -ln F̄(x))` from the counts below / at-or-below `x` among `n`; an empty tail counts
+/// as half an observation (a value beyond the training range scores above all training values).
+#[inline]
+pub fn tail_scores(lt: u64, le: u64, n: u64) -> (f64, f64) {
+    let ge = n - lt;
+    let left = if le == 0 { 0.5 } else { le as f64 } / n as f64;
+    let right = if ge == 0 { 0.5 } else { ge as f64 } / n as f64;
+    (-left.ln(), -right.ln())
+}
+
+/// [`tail_scores`] precomputed per bucket of a bucket-mode [`Ecdf`], so scoring a value costs a
+/// key computation and a load instead of two logarithms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TailTable {
+    zero: (f64, f64),
+    positive_offset: u32,
+    positive: Vec<(f64, f64)>,
+    negative_offset: u32,
+    negative: Vec<(f64, f64)>,
+}
+
+impl Ecdf {
+    /// The per-bucket table (None in exact mode, where values are looked up by binary search).
+    pub fn tail_table(&self) -> Option<TailTable> {
+        let Ecdf::Buckets {
+            n,
+            zero,
+            positive,
+            negative,
+        } = self
+        else {
+            return None;
+        };
+        let neg_total = negative.total();
+        let buckets =
+            |c: &CumulativeCounts, f: &dyn Fn(u64, u64) -> (u64, u64)| -> Vec<(f64, f64)> {
+                c.cumulative
+                    .windows(2)
+                    .map(|w| {
+                        let (lt, le) = f(w[0], w[1] - w[0]);
+                        tail_scores(lt, le, *n)
+                    })
+                    .collect()
+            };
+        Some(TailTable {
+            zero: tail_scores(neg_total, neg_total + zero, *n),
+            positive_offset: positive.offset,
+            positive: buckets(positive, &|below, at| {
+                let lt = neg_total + zero + below;
+                (lt, lt + at)
+            }),
+            negative_offset: negative.offset,
+            negative: buckets(negative, &|below_mag, at| {
+                let lt = neg_total - below_mag - at;
+                (lt, lt + at)
+            }),
+        })
+    }
+
+    /// `(-ln F(x), -ln F̄(x))`, from the table when it covers `x`.
+    #[inline]
+    pub fn tails(&self, x: f64, table: Option<&TailTable>) -> (f64, f64) {
+        if let Some(t) = table {
+            match magnitude_key(x.abs()) {
+                None => return t.zero,
+                Some(k) => {
+                    let key = k - MIN_KEY;
+                    let (offset, entries) = if x > 0.0 {
+                        (t.positive_offset, &t.positive)
+                    } else {
+                        (t.negative_offset, &t.negative)
+                    };
+                    if let Some(e) = key
+                        .checked_sub(offset)
+                        .and_then(|i| entries.get(i as usize))
+                    {
+                        return *e;
+                    }
+                }
+            }
+        }
+        let (lt, le) = self.counts_lt_le(x);
+        tail_scores(lt, le, self.n())
+    }
+}
+
 /// NumPy's default ("linear", type 7) quantile of a sorted weighted sequence.
 pub fn quantile_linear(values: &[WeightedValue], q: f64) -> f64 {
     let n: u64 = values.iter().map(|(_, c)| c).sum();

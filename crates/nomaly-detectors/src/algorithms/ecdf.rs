@@ -11,8 +11,9 @@
 //! as half an observation in its tail (F = 0.5/n), so it scores above every training value.
 
 use crate::fit::FitState;
-use crate::quantile::Ecdf;
+use crate::quantile::{Ecdf, TailTable};
 use serde::{Deserialize, Serialize};
+use std::sync::OnceLock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EcdfVariant {
@@ -20,12 +21,23 @@ pub enum EcdfVariant {
     Copod,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EcdfModel {
     pub variant: EcdfVariant,
     pub ecdfs: Vec<Ecdf>,
     /// Sign of the skewness per feature: -1, 0 or 1.
     pub skew_sign: Vec<i8>,
+    /// Per-bucket tail scores, built on first use (not serialised: derived from `ecdfs`).
+    #[serde(skip)]
+    pub tables: OnceLock<Vec<Option<TailTable>>>,
+}
+
+impl PartialEq for EcdfModel {
+    fn eq(&self, other: &Self) -> bool {
+        self.variant == other.variant
+            && self.ecdfs == other.ecdfs
+            && self.skew_sign == other.skew_sign
+    }
 }
 
 impl EcdfModel {
@@ -58,20 +70,20 @@ impl EcdfModel {
             variant,
             ecdfs,
             skew_sign,
+            tables: OnceLock::new(),
         }
     }
 
     pub fn terms(&self, j: usize, col: &[f64], out: &mut [f64]) {
         let ecdf = &self.ecdfs[j];
-        let n = ecdf.n() as f64;
+        let table = self
+            .tables
+            .get_or_init(|| self.ecdfs.iter().map(Ecdf::tail_table).collect())
+            .get(j)
+            .and_then(|t| t.as_ref());
         let s = self.skew_sign[j];
         for (o, &x) in out.iter_mut().zip(col) {
-            let (lt, le) = ecdf.counts_lt_le(x);
-            let ge = ecdf.n() - lt;
-            let left = if le == 0 { 0.5 } else { le as f64 } / n;
-            let right = if ge == 0 { 0.5 } else { ge as f64 } / n;
-            let u_l = -left.ln();
-            let u_r = -right.ln();
+            let (u_l, u_r) = ecdf.tails(x, table);
             let u_skew = match s {
                 -1 => u_l,
                 1 => u_r,

@@ -1,0 +1,49 @@
+//! Scoring throughput of each detector on synthetic data, without DataFusion:
+//! `cargo run --release -p nomaly-detectors --example score_speed [rows]`.
+
+use arrow_array::{ArrayRef, Float64Array};
+use nomaly_detectors::hashing::DeterministicRng;
+use nomaly_detectors::{Algorithm, DetectorParams, FitState};
+use std::sync::Arc;
+use std::time::Instant;
+
+fn main() {
+    let rows: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let mut rng = DeterministicRng::new(1);
+    let cols: Vec<ArrayRef> = (0..8)
+        .map(|_| {
+            Arc::new(Float64Array::from_iter_values(
+                (0..rows).map(|_| rng.next_f64() * 10.0),
+            )) as ArrayRef
+        })
+        .collect();
+    for alg in Algorithm::ALL {
+        let started = Instant::now();
+        let mut fit = FitState::new(DetectorParams::new(alg), cols.len());
+        for chunk in (0..rows).step_by(8192) {
+            let n = 8192.min(rows - chunk);
+            let batch: Vec<ArrayRef> = cols.iter().map(|c| c.slice(chunk, n)).collect();
+            fit.update(&batch).unwrap();
+        }
+        let fit_time = started.elapsed();
+        let model = fit.finish();
+        let finish_time = started.elapsed() - fit_time;
+        let started = Instant::now();
+        for chunk in (0..rows).step_by(8192) {
+            let n = 8192.min(rows - chunk);
+            let batch: Vec<ArrayRef> = cols.iter().map(|c| c.slice(chunk, n)).collect();
+            std::hint::black_box(model.score(&batch).unwrap());
+        }
+        let score_time = started.elapsed();
+        println!(
+            "{:14} fit {:7.1} ns/row  finish {:6.1} ms  score {:7.1} ns/row",
+            alg.name(),
+            fit_time.as_nanos() as f64 / rows as f64,
+            finish_time.as_secs_f64() * 1e3,
+            score_time.as_nanos() as f64 / rows as f64
+        );
+    }
+}
