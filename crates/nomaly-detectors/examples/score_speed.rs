@@ -1,5 +1,5 @@
 //! Scoring throughput of each detector on synthetic data, without DataFusion:
-//! `cargo run --release -p nomaly-detectors --example score_speed [rows]`.
+//! `cargo run --release -p nomaly-detectors --example score_speed [rows] [alg,alg...]`.
 
 use arrow_array::{ArrayRef, Float64Array};
 use nomaly_detectors::hashing::DeterministicRng;
@@ -20,7 +20,14 @@ fn main() {
             )) as ArrayRef
         })
         .collect();
+    let only: Option<String> = std::env::args().nth(2);
     for alg in Algorithm::ALL {
+        if only
+            .as_deref()
+            .is_some_and(|o| !o.split(',').any(|a| a == alg.name()))
+        {
+            continue;
+        }
         let started = Instant::now();
         let mut fit = FitState::new(DetectorParams::new(alg), cols.len());
         for chunk in (0..rows).step_by(8192) {

@@ -9,6 +9,7 @@
 use crate::error::{DetectorError, Result};
 use crate::exact_sum::{ExactSum, SparseExactSum};
 use crate::features::Features;
+use crate::hashing::{row_hash_start, row_hash_step};
 use crate::model::Model;
 use crate::params::{Algorithm, DetectorParams};
 use crate::quantile::QuantileSketch;
@@ -138,38 +139,57 @@ impl FitState {
         if valid_rows == 0 {
             return;
         }
+        let all_valid = valid_rows == f.len;
         for (stats, col) in self.features.iter_mut().zip(&f.columns) {
-            let mut min = stats.min;
-            let mut max = stats.max;
-            for (&x, &ok) in col.iter().zip(&f.valid) {
-                if !ok {
-                    continue;
+            // One pass per statistic: each loop is simple enough to pipeline (or vectorise).
+            let values = || {
+                col.iter()
+                    .zip(&f.valid)
+                    .filter(move |(_, ok)| all_valid || **ok)
+                    .map(|(x, _)| *x)
+            };
+            let (mut min, mut max) = (stats.min, stats.max);
+            if all_valid {
+                for &x in col.iter() {
+                    min = min.min(x);
+                    max = max.max(x);
                 }
-                min = min.min(x);
-                max = max.max(x);
-                if let Some(s) = &mut stats.sum {
-                    s.0.add(x);
+            } else {
+                for x in values() {
+                    min = min.min(x);
+                    max = max.max(x);
                 }
-                if let Some(s) = &mut stats.sum_sq {
-                    s.0.add_square(x);
-                }
-                if let Some(s) = &mut stats.sketch {
-                    s.add(x);
-                }
+            }
+            if let Some(s) = &mut stats.sum {
+                values().for_each(|x| s.0.add(x));
+            }
+            if let Some(s) = &mut stats.sum_sq {
+                values().for_each(|x| s.0.add_square(x));
+            }
+            if let Some(s) = &mut stats.sketch {
+                values().for_each(|x| s.add(x));
             }
             // -0.0 and 0.0 compare equal; keep min/max canonical so merges give the same bits.
             stats.min = if min == 0.0 { 0.0 } else { min };
             stats.max = if max == 0.0 { 0.0 } else { max };
         }
+        // Hash column by column: the same per-row hash as `row_hash`, but rows are independent
+        // chains the CPU overlaps, and only the rare rows under the cutoff are gathered.
+        let mut hashes = vec![row_hash_start(self.sample.seed()); f.len];
+        for col in &f.columns {
+            for (h, &x) in hashes.iter_mut().zip(col.iter()) {
+                *h = row_hash_step(*h, x);
+            }
+        }
         let mut row = vec![0.0; self.n_features];
-        for i in 0..f.len {
-            if !f.valid[i] {
+        for (i, &h) in hashes.iter().enumerate() {
+            if !f.valid[i] || !self.sample.admits(h) {
                 continue;
             }
             for (j, col) in f.columns.iter().enumerate() {
                 row[j] = col[i];
             }
-            self.sample.offer(&row);
+            self.sample.offer_hashed(h, &row);
         }
     }
 

@@ -20,11 +20,20 @@ pub fn canonical_bits(v: f64) -> u64 {
 /// Hash of one row of feature values under a seed.
 #[inline]
 pub fn row_hash(seed: u64, row: &[f64]) -> u64 {
-    let mut h = mix64(seed ^ 0x6E6F_6D61_6C79_0001);
-    for &v in row {
-        h = mix64(h ^ canonical_bits(v));
-    }
-    h
+    row.iter()
+        .fold(row_hash_start(seed), |h, &v| row_hash_step(h, v))
+}
+
+/// The state [`row_hash`] starts from, for hashing a batch column by column.
+#[inline]
+pub fn row_hash_start(seed: u64) -> u64 {
+    mix64(seed ^ 0x6E6F_6D61_6C79_0001)
+}
+
+/// Folds the next feature value of a row into its hash.
+#[inline]
+pub fn row_hash_step(h: u64, v: f64) -> u64 {
+    mix64(h ^ canonical_bits(v))
 }
 
 /// xoshiro256** seeded through SplitMix64: small, fast, and identical on every platform.

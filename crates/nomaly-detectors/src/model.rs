@@ -247,9 +247,15 @@ impl Model {
                 supported: MODEL_FORMAT_VERSION,
             });
         }
-        postcard::from_bytes(&bytes[8..]).map_err(|e| DetectorError::CorruptModel {
-            reason: e.to_string(),
-        })
+        let model: Model =
+            postcard::from_bytes(&bytes[8..]).map_err(|e| DetectorError::CorruptModel {
+                reason: e.to_string(),
+            })?;
+        if let ModelBody::IsolationForest(m) = &model.body {
+            m.validate(model.n_features)
+                .map_err(|reason| DetectorError::CorruptModel { reason })?;
+        }
+        Ok(model)
     }
 
     /// A human-readable summary (what `anomaly_model_info` returns).

@@ -44,10 +44,25 @@ impl RowSample {
         self.k
     }
 
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
     /// Offers one row of finite values.
     #[inline]
     pub fn offer(&mut self, row: &[f64]) {
-        let h = row_hash(self.seed, row);
+        self.offer_hashed(row_hash(self.seed, row), row);
+    }
+
+    /// True when a row with hash `h` could still enter the sample.
+    #[inline]
+    pub fn admits(&self, h: u64) -> bool {
+        h <= self.cutoff
+    }
+
+    /// Offers a row whose [`row_hash`] under this sample's seed is `h`.
+    #[inline]
+    pub fn offer_hashed(&mut self, h: u64, row: &[f64]) {
         if h > self.cutoff {
             return;
         }

@@ -12,6 +12,7 @@
 use crate::fit::FitState;
 use crate::hashing::{DeterministicRng, mix64};
 use serde::{Deserialize, Serialize};
+use std::sync::OnceLock;
 
 const LEAF: u32 = u32::MAX;
 
@@ -85,13 +86,110 @@ impl FlatTree {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IsolationForestModel {
     pub trees: Vec<FlatTree>,
     /// ψ actually used.
     pub sample_size: usize,
     /// c(ψ).
     pub normaliser: f64,
+    /// Heap-ordered copies of the trees for scoring, built on first use (derived, not serialised);
+    /// `None` when the trees are too deep for a perfect layout.
+    #[serde(skip)]
+    heap: OnceLock<Option<Vec<HeapTree>>>,
+}
+
+impl PartialEq for IsolationForestModel {
+    fn eq(&self, other: &Self) -> bool {
+        self.trees == other.trees
+            && self.sample_size == other.sample_size
+            && self.normaliser == other.normaliser
+    }
+}
+
+/// Rows scored together: the block's features stay in L1 while every tree walks them.
+const BLOCK: usize = 64;
+/// Rows walked side by side through one tree: independent chains of loads hide each other's latency.
+const LANES: usize = 8;
+/// Deepest tree laid out as a perfect tree (2^depth leaves).
+const MAX_HEAP_DEPTH: usize = 11;
+
+/// A tree re-laid as the perfect binary tree of its depth in heap order: the children of node a are
+/// 2a+1 (x ≤ threshold) and 2a+2, so a step loads no child pointer. A leaf above the bottom level
+/// becomes a chain of +∞ thresholds down to its leftmost descendant, which holds its path length —
+/// the same comparisons and the same leaf values as the [`FlatTree`], so the same scores bit for bit.
+#[derive(Debug, Clone)]
+struct HeapTree {
+    depth: usize,
+    thresholds: Vec<f64>,
+    /// `feature · BLOCK`: the offset of the split feature's values in a scoring block.
+    offsets: Vec<u32>,
+    leaf_values: Vec<f64>,
+}
+
+impl HeapTree {
+    /// `None` when the tree is too deep or names a feature outside `0..width`.
+    fn from_flat(tree: &FlatTree, width: usize) -> Option<Self> {
+        if tree.depth > MAX_HEAP_DEPTH {
+            return None;
+        }
+        let internal = (1usize << tree.depth) - 1;
+        let mut h = HeapTree {
+            depth: tree.depth,
+            thresholds: vec![f64::INFINITY; internal],
+            offsets: vec![0; internal],
+            leaf_values: vec![0.0; internal + 1],
+        };
+        // (flat index, heap index, level)
+        let mut stack = vec![(0usize, 0usize, 0usize)];
+        while let Some((f, at, level)) = stack.pop() {
+            let node = *tree.nodes.get(f)?;
+            if node.child as usize == f {
+                let mut leaf = at;
+                for _ in level..tree.depth {
+                    leaf = 2 * leaf + 1;
+                }
+                h.leaf_values[leaf - internal] = *tree.leaf_value.get(f)?;
+                continue;
+            }
+            if level >= tree.depth || node.feature as usize >= width {
+                return None;
+            }
+            h.thresholds[at] = node.threshold;
+            h.offsets[at] = node.feature * BLOCK as u32;
+            stack.push((node.child as usize, 2 * at + 1, level + 1));
+            stack.push((node.child as usize + 1, 2 * at + 2, level + 1));
+        }
+        Some(h)
+    }
+
+    /// Adds this tree's path length for the first `n` rows of a feature-major `block` to `out`.
+    fn add_path_lengths(&self, block: &[f64], n: usize, out: &mut [f64]) {
+        let internal = self.thresholds.len();
+        let mut leaves = [0usize; BLOCK];
+        for group in (0..BLOCK).step_by(LANES) {
+            let mut at = [0usize; LANES];
+            for _ in 0..self.depth {
+                for (r, a) in at.iter_mut().enumerate() {
+                    // SAFETY: after l < depth steps a < 2^(l+1) - 1 ≤ internal = thresholds.len() =
+                    // offsets.len(); offsets are feature · BLOCK with feature < width (checked in
+                    // `from_flat`) and block.len() = width · BLOCK, so offset + group + r is in bounds.
+                    let (threshold, x) = unsafe {
+                        let offset = *self.offsets.get_unchecked(*a) as usize;
+                        (
+                            *self.thresholds.get_unchecked(*a),
+                            *block.get_unchecked(offset + group + r),
+                        )
+                    };
+                    *a = 2 * *a + 1 + usize::from(x > threshold);
+                }
+            }
+            leaves[group..group + LANES].copy_from_slice(&at);
+        }
+        for (o, leaf) in out[..n].iter_mut().zip(&leaves[..n]) {
+            *o += self.leaf_values[leaf - internal];
+        }
+    }
 }
 
 /// Average path length of an unsuccessful BST search among n points (scikit-learn's definition).
@@ -149,35 +247,72 @@ impl IsolationForestModel {
             trees,
             sample_size: psi,
             normaliser: average_path_length(psi as f64),
+            heap: OnceLock::new(),
         }
+    }
+
+    /// Checks the structure a decoded model relies on: child indices and leaf values in range.
+    pub fn validate(&self, width: usize) -> std::result::Result<(), String> {
+        for (t, tree) in self.trees.iter().enumerate() {
+            if tree.leaf_value.len() != tree.nodes.len() || tree.nodes.is_empty() {
+                return Err(format!("tree {t}: node and leaf tables differ in length"));
+            }
+            for (i, node) in tree.nodes.iter().enumerate() {
+                let leaf = node.child as usize == i;
+                if !leaf
+                    && (node.child as usize + 1 >= tree.nodes.len()
+                        || node.feature as usize >= width)
+                {
+                    return Err(format!("tree {t}: node {i} points outside the tree"));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Scores rows given as feature columns.
     pub fn score(&self, cols: &[&[f64]], len: usize) -> Vec<f64> {
-        const BLOCK: usize = 64;
+        let width = cols.len();
+        let heap = self.heap.get_or_init(|| {
+            self.trees
+                .iter()
+                .map(|t| HeapTree::from_flat(t, width))
+                .collect::<Option<Vec<_>>>()
+        });
+        self.score_with(heap.as_deref(), cols, len)
+    }
+
+    fn score_with(&self, heap: Option<&[HeapTree]>, cols: &[&[f64]], len: usize) -> Vec<f64> {
         let width = cols.len();
         let mut depth_sum = vec![0.0f64; len];
-        let mut at = [0u32; BLOCK];
-        // The block's rows, row-major: every tree reads them from L1.
-        let mut block = vec![0.0f64; BLOCK * width];
+        // The block's rows, feature-major; rows past the batch's end keep stale values and are
+        // walked but never read back.
+        let mut block = vec![0.0f64; BLOCK * width.max(1)];
         for start in (0..len).step_by(BLOCK) {
             let n = BLOCK.min(len - start);
             for (f, col) in cols.iter().enumerate() {
-                for (k, &x) in col[start..start + n].iter().enumerate() {
-                    block[k * width + f] = x;
-                }
+                block[f * BLOCK..f * BLOCK + n].copy_from_slice(&col[start..start + n]);
             }
-            for tree in &self.trees {
-                at[..n].iter_mut().for_each(|a| *a = 0);
-                for _ in 0..tree.depth {
-                    for (k, a) in at[..n].iter_mut().enumerate() {
-                        let node = tree.nodes[*a as usize];
-                        let x = block[k * width + node.feature as usize];
-                        *a = node.child + u32::from(x > node.threshold);
+            let out = &mut depth_sum[start..start + n];
+            match heap {
+                Some(trees) => trees
+                    .iter()
+                    .for_each(|t| t.add_path_lengths(&block, n, out)),
+                // Trees deeper than MAX_HEAP_DEPTH: walk the pointer layout.
+                None => {
+                    for tree in &self.trees {
+                        let mut at = [0u32; BLOCK];
+                        for _ in 0..tree.depth {
+                            for (k, a) in at.iter_mut().enumerate() {
+                                let node = tree.nodes[*a as usize];
+                                let x = block[node.feature as usize * BLOCK + k];
+                                *a = node.child + u32::from(x > node.threshold);
+                            }
+                        }
+                        for (d, a) in out.iter_mut().zip(&at[..n]) {
+                            *d += tree.leaf_value[*a as usize];
+                        }
                     }
-                }
-                for (d, a) in depth_sum[start..start + n].iter_mut().zip(&at[..n]) {
-                    *d += tree.leaf_value[*a as usize];
                 }
             }
         }
@@ -275,4 +410,76 @@ fn build(
     nodes[me as usize].left = left;
     nodes[me as usize].right = right;
     me
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::{Algorithm, DetectorParams};
+    use arrow_array::{ArrayRef, Float64Array};
+    use std::sync::Arc;
+
+    fn forest(
+        max_depth: Option<usize>,
+        sample_size: usize,
+        rows: usize,
+    ) -> (IsolationForestModel, Vec<Vec<f64>>) {
+        let mut rng = DeterministicRng::new(5);
+        let cols: Vec<Vec<f64>> = (0..3)
+            .map(|j| {
+                (0..rows)
+                    .map(|i| {
+                        // a constant stretch makes some features constant at some nodes
+                        if j == 2 && i % 3 == 0 {
+                            1.0
+                        } else {
+                            rng.next_f64() * (j + 1) as f64
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut params = DetectorParams::new(Algorithm::IsolationForest);
+        params.max_depth = max_depth;
+        params.n_trees = 20;
+        params.sample_size = sample_size;
+        let mut fit = FitState::new(params, 3);
+        let arrays: Vec<ArrayRef> = cols
+            .iter()
+            .map(|c| Arc::new(Float64Array::from(c.clone())) as ArrayRef)
+            .collect();
+        fit.update(&arrays).unwrap();
+        (IsolationForestModel::fit(&fit), cols)
+    }
+
+    #[test]
+    fn heap_layout_scores_like_pointer_layout() {
+        for max_depth in [None, Some(3), Some(11)] {
+            let (model, cols) = forest(max_depth, 256, 5_000);
+            let views: Vec<&[f64]> = cols.iter().map(|c| c.as_slice()).collect();
+            // 1_234 rows: a partial last block
+            let len = 1_234;
+            let heap: Vec<HeapTree> = model
+                .trees
+                .iter()
+                .map(|t| HeapTree::from_flat(t, 3).expect("shallow enough"))
+                .collect();
+            let fast = model.score_with(Some(&heap), &views, len);
+            let plain = model.score_with(None, &views, len);
+            let fast_bits: Vec<u64> = fast.iter().map(|v| v.to_bits()).collect();
+            let plain_bits: Vec<u64> = plain.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(fast_bits, plain_bits, "max_depth {max_depth:?}");
+        }
+    }
+
+    #[test]
+    fn deep_trees_fall_back_and_bad_structure_is_rejected() {
+        let (model, _) = forest(Some(14), 4096, 40_000);
+        assert!(model.trees.iter().any(|t| t.depth > MAX_HEAP_DEPTH));
+        assert!(model.validate(3).is_ok());
+        assert!(model.validate(2).is_err(), "feature 2 is outside width 2");
+        let mut broken = model.clone();
+        broken.trees[0].nodes[0].child = 1_000_000;
+        assert!(broken.validate(3).is_err());
+    }
 }
