@@ -1,6 +1,7 @@
 //! `nomaly`: anomaly detection with SQL on DataFusion and Ballista.
 
 mod output;
+mod pipeline_cmd;
 mod sql_cmd;
 
 use clap::{Parser, Subcommand};
@@ -15,8 +16,8 @@ use std::process::ExitCode;
 Detectors are SQL functions: detect_anomalies('iforest', amount, latency_ms) scores every row;\n\
 fit_detector(...) / anomaly_score(model, ...) fit once and score many.\n\
 Algorithms: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest.",
-    after_help = "Examples:\n  nomaly sql -f examples/quickstart.sql\n  nomaly sql --table tx=data/tx.parquet -e \"SELECT id, detect_anomalies('ecod', amount) AS a FROM tx\"\n\n\
-Exit codes: 0 success, 1 runtime failure, 2 invalid input (SQL, options, files)."
+    after_help = "Examples:\n  nomaly sql -f examples/quickstart.sql\n  nomaly run examples/pipelines/minimal.toml\n  nomaly sql --table tx=data/tx.parquet -e \"SELECT id, detect_anomalies('ecod', amount) AS a FROM tx\"\n\n\
+Exit codes: 0 success, 1 runtime failure, 2 invalid input (SQL, options, files, pipeline), 3 a pipeline [[validate]] check failed."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -27,6 +28,14 @@ struct Cli {
 enum Command {
     /// Run SQL with the Nomaly functions (one -e query or a -f file of ;-separated statements)
     Sql(sql_cmd::SqlArgs),
+    /// Run a pipeline file: sources -> SQL steps -> detect -> validate -> sinks -> notify
+    Run(pipeline_cmd::RunArgs),
+    /// Check a pipeline file against the real data (paths, schemas, columns, SQL) without running it
+    Validate(pipeline_cmd::FileArgs),
+    /// Print a pipeline's chunk plan and physical plan
+    Explain(pipeline_cmd::FileArgs),
+    /// Print the JSON Schema of pipeline files (for editor completion)
+    Schema,
 }
 
 fn main() -> ExitCode {
@@ -53,6 +62,10 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async {
         match cli.command {
             Command::Sql(args) => sql_cmd::run(args).await,
+            Command::Run(args) => pipeline_cmd::run(args).await,
+            Command::Validate(args) => pipeline_cmd::validate(args).await,
+            Command::Explain(args) => pipeline_cmd::explain(args).await,
+            Command::Schema => pipeline_cmd::schema(),
         }
     });
     // Ballista's in-process cluster keeps background tasks; do not wait for them.

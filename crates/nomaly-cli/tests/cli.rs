@@ -1,5 +1,8 @@
 //! The `nomaly sql` contract, through the real binary: output formats, exit codes, atomic output.
 
+#[path = "pipeline/mod.rs"]
+mod pipeline;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

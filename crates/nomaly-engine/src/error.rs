@@ -79,6 +79,20 @@ pub fn is_user_datafusion_error(e: &DataFusionError) -> bool {
             // Input data the user pointed us at, not a fault of the run.
             msg.contains("No files found") || msg.contains("does not exist")
         }
+        // Input files that cannot be parsed (ragged CSV rows, text in a numeric column, corrupt
+        // Parquet) are the user's to fix, like a bad query.
+        DataFusionError::ArrowError(a, _) => {
+            use datafusion::arrow::error::ArrowError;
+            matches!(
+                a.as_ref(),
+                ArrowError::CsvError(_)
+                    | ArrowError::JsonError(_)
+                    | ArrowError::ParseError(_)
+                    | ArrowError::CastError(_)
+                    | ArrowError::SchemaError(_)
+            )
+        }
+        DataFusionError::ParquetError(_) => true,
         _ => false,
     }
 }

@@ -1,0 +1,315 @@
+//! `nomaly run | validate | explain | schema`: pipeline files.
+//!
+//! Exit codes: 0 ok, 1 the run failed (a retry may help), 2 invalid pipeline file or input,
+//! 3 the run finished but a `[[validate]]` check failed.
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use nomaly_pipeline::{
+    CompiledPipeline, PipelineError, PipelineFile, ProgressEvent, ProgressObserver, RunOptions,
+    RunReport, RunStatus, compile,
+};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug)]
+pub struct FileArgs {
+    /// The pipeline file (TOML)
+    #[arg(value_name = "PIPELINE.toml")]
+    file: PathBuf,
+
+    /// Override a setting: KEY=VALUE with a dotted key, e.g. --set run.chunk_rows=50000
+    /// --set detect.algorithm=ecod --set resources.memory_limit=512MB. Repeatable
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  nomaly run examples/pipelines/minimal.toml\n  nomaly run pipeline.toml --set run.chunk_rows=50000 --json > report.json\n  nomaly run --dry-run pipeline.toml      # every step on zero rows: SQL and schema errors in a second\n\n\
+Exit codes: 0 ok, 1 run failed, 2 invalid pipeline file or input, 3 a [[validate]] check failed.\n\
+The run report (JSON) is written to <output>/_nomaly_report.json."
+)]
+pub struct RunArgs {
+    #[command(flatten)]
+    file: FileArgs,
+
+    /// Print the run report as JSON on stdout (progress and errors stay on stderr)
+    #[arg(long)]
+    json: bool,
+
+    /// Plan and run every step on zero rows, write nothing (like dbt's --empty)
+    #[arg(long)]
+    dry_run: bool,
+
+    /// Never draw a progress bar, log lines instead (the default when stderr is not a terminal)
+    #[arg(long)]
+    no_progress: bool,
+}
+
+fn load(args: &FileArgs) -> Result<CompiledPipeline, PipelineError> {
+    compile(PipelineFile::load(&args.file, &args.overrides)?)
+}
+
+fn fail(e: &PipelineError) -> i32 {
+    eprintln!("error: {}", e.user_message());
+    e.exit_code()
+}
+
+/// Draws progress on stderr: a bar on a terminal, a log line per second otherwise.
+struct CliProgress {
+    bar: Option<ProgressBar>,
+    started: Instant,
+    rows: AtomicU64,
+    chunks_done: AtomicU64,
+    chunks_total: AtomicU64,
+    last_line: Mutex<Instant>,
+}
+
+impl CliProgress {
+    fn new(draw: bool) -> Self {
+        let bar = draw.then(|| {
+            let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} {msg:12} [{bar:30}] {pos}/{len} chunks  {prefix}",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+            b.enable_steady_tick(Duration::from_millis(200));
+            b
+        });
+        Self {
+            bar,
+            started: Instant::now(),
+            rows: AtomicU64::new(0),
+            chunks_done: AtomicU64::new(0),
+            chunks_total: AtomicU64::new(0),
+            last_line: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn status(&self, memory: Option<usize>) -> String {
+        let rows = self.rows.load(Ordering::Relaxed);
+        let done = self.chunks_done.load(Ordering::Relaxed);
+        let total = self.chunks_total.load(Ordering::Relaxed);
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let rate = rows as f64 / secs;
+        let eta = if done > 0 && total > done {
+            let per_chunk = secs / done as f64;
+            format!("ETA {:.0}s", per_chunk * (total - done) as f64)
+        } else {
+            "ETA -".into()
+        };
+        let mem = memory
+            .map(|m| format!("  mem {:.0} MiB", m as f64 / 1048576.0))
+            .unwrap_or_default();
+        format!("{rows} rows  {rate:.0} rows/s  {eta}{mem}")
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl ProgressObserver for CliProgress {
+    fn on_event(&self, event: &ProgressEvent) {
+        match event {
+            ProgressEvent::Phase(p) => match &self.bar {
+                Some(b) => b.set_message(p.clone()),
+                None => eprintln!("[{:7.1}s] {p}", self.started.elapsed().as_secs_f64()),
+            },
+            ProgressEvent::ScoringStarted { chunks, rows } => {
+                self.chunks_total.store(*chunks as u64, Ordering::Relaxed);
+                match &self.bar {
+                    Some(b) => b.set_length(*chunks as u64),
+                    None => eprintln!(
+                        "[{:7.1}s] scoring {chunks} chunks{}",
+                        self.started.elapsed().as_secs_f64(),
+                        rows.map(|r| format!(" (~{r} rows)")).unwrap_or_default()
+                    ),
+                }
+            }
+            ProgressEvent::ChunkDone { rows, .. } => {
+                self.rows.fetch_add(*rows, Ordering::Relaxed);
+                let done = self.chunks_done.fetch_add(1, Ordering::Relaxed) + 1;
+                match &self.bar {
+                    Some(b) => {
+                        b.set_position(done);
+                        b.set_prefix(self.status(None));
+                    }
+                    None => {
+                        let total = self.chunks_total.load(Ordering::Relaxed);
+                        let mut last = self.last_line.lock().expect("not poisoned");
+                        if last.elapsed() >= Duration::from_secs(1) || done == total {
+                            *last = Instant::now();
+                            eprintln!(
+                                "[{:7.1}s] chunks {done}/{total} ({:.0}%)  {}",
+                                self.started.elapsed().as_secs_f64(),
+                                100.0 * done as f64 / total.max(1) as f64,
+                                self.status(None)
+                            );
+                        }
+                    }
+                }
+            }
+            ProgressEvent::Tick {
+                memory_reserved, ..
+            } => {
+                if let Some(b) = &self.bar {
+                    b.set_prefix(self.status(Some(*memory_reserved)));
+                }
+            }
+            ProgressEvent::Warning(w) => match &self.bar {
+                Some(b) => b.println(format!("warning: {w}")),
+                None => eprintln!("warning: {w}"),
+            },
+        }
+    }
+}
+
+fn summary(r: &RunReport) -> String {
+    let mut s = format!(
+        "{}: {} in {:.1}s — {} rows in, {} rows out, {} anomalies ({:.2}%), {} chunks ({}), peak memory {:.0} MiB pool / {:.0} MiB RSS, spilled {} bytes",
+        r.pipeline,
+        serde_json::to_value(r.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        r.seconds,
+        r.input_rows,
+        r.output_rows,
+        r.anomalies,
+        100.0 * r.anomaly_rate,
+        r.chunks,
+        r.chunking,
+        r.peak_pool_bytes as f64 / 1048576.0,
+        r.peak_rss_bytes as f64 / 1048576.0,
+        r.spill_bytes
+    );
+    if r.rows_with_missing_features > 0 {
+        s.push_str(&format!(
+            "\n  {} rows had a null/NaN/Inf feature: not used to fit, scored null",
+            r.rows_with_missing_features
+        ));
+    }
+    for sink in &r.sinks {
+        s.push_str(&format!(
+            "\n  wrote {} ({} files, {} rows, {} bytes)",
+            sink.path, sink.files, sink.rows, sink.bytes
+        ));
+    }
+    for c in &r.checks {
+        s.push_str(&format!(
+            "\n  check {}: {} — {}",
+            c.check,
+            if c.passed { "passed" } else { "FAILED" },
+            c.detail
+        ));
+    }
+    for w in &r.warnings {
+        s.push_str(&format!("\n  warning: {w}"));
+    }
+    s
+}
+
+pub async fn run(args: RunArgs) -> i32 {
+    let p = match load(&args.file) {
+        Ok(p) => p,
+        Err(e) => return fail(&e),
+    };
+    let draw = !args.no_progress && std::io::stderr().is_terminal();
+    let progress = Arc::new(CliProgress::new(draw));
+    let opts = RunOptions {
+        dry_run: args.dry_run,
+        progress: progress.clone(),
+    };
+    let result = nomaly_pipeline::run(&p, &opts).await;
+    progress.finish();
+    match result {
+        Ok(report) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("a report is JSON")
+                );
+            }
+            eprintln!("{}", summary(&report));
+            match report.status {
+                RunStatus::ValidationFailed => {
+                    eprintln!(
+                        "error: a [[validate]] check failed; the output was not published (the run's files are in {})",
+                        p.sinks
+                            .first()
+                            .map(|s| {
+                                let n = s
+                                    .path
+                                    .file_name()
+                                    .map(|n| n.to_string_lossy().to_string())
+                                    .unwrap_or_default();
+                                s.path
+                                    .with_file_name(format!(".{n}.nomaly-staging"))
+                                    .display()
+                                    .to_string()
+                            })
+                            .unwrap_or_default()
+                    );
+                    3
+                }
+                _ => 0,
+            }
+        }
+        Err((e, report)) => {
+            if let (true, Some(r)) = (args.json, &report) {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(r).expect("a report is JSON")
+                );
+            }
+            fail(&e)
+        }
+    }
+}
+
+pub async fn validate(args: FileArgs) -> i32 {
+    let p = match load(&args) {
+        Ok(p) => p,
+        Err(e) => return fail(&e),
+    };
+    match nomaly_pipeline::validate(&p).await {
+        Ok(summary) => {
+            println!("{summary}");
+            0
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+pub async fn explain(args: FileArgs) -> i32 {
+    let p = match load(&args) {
+        Ok(p) => p,
+        Err(e) => return fail(&e),
+    };
+    match nomaly_pipeline::explain(&p).await {
+        Ok(text) => {
+            println!("{text}");
+            0
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+pub fn schema() -> i32 {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&nomaly_pipeline::json_schema()).expect("JSON")
+    );
+    0
+}

@@ -1,0 +1,637 @@
+//! `nomaly run | validate | explain | schema` through the real binary: the example pipelines run and
+//! their outputs are checked; malformed files and inputs fail with exit code 2, a message naming the
+//! place and the fix, and no output at all.
+
+use super::{nomaly, root, stderr, stdout};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn nomaly_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_nomaly"));
+    c.args(args).current_dir(root());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run nomaly")
+}
+
+/// Runs a query on the written output through `nomaly sql`, returning CSV lines without header.
+fn query(tables: &[(&str, &Path)], sql: &str) -> Vec<String> {
+    let mut args: Vec<String> = vec!["sql".into(), "--format".into(), "csv".into()];
+    for (name, path) in tables {
+        args.push("--table".into());
+        args.push(format!("{name}={}", path.display()));
+    }
+    args.push("-e".into());
+    args.push(sql.into());
+    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let o = nomaly(&refs);
+    assert_eq!(o.status.code(), Some(0), "{sql}: {}", stderr(&o));
+    stdout(&o).lines().skip(1).map(str::to_string).collect()
+}
+
+fn run_example(name: &str, out: &Path) -> Output {
+    let o = nomaly_env(
+        &["run", &format!("examples/pipelines/{name}.toml"), "--json"],
+        &[("NOMALY_OUT", out.to_str().unwrap())],
+    );
+    assert_eq!(o.status.code(), Some(0), "{name}: {}", stderr(&o));
+    o
+}
+
+fn report(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).expect("--json prints the report")
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = walk(dir)
+        .into_iter()
+        .map(|p| p.strip_prefix(dir).unwrap().display().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn minimal_pipeline_scores_every_row_like_the_sql_function() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = run_example("minimal", tmp.path());
+    let r = report(&o);
+    assert_eq!(r["status"], "succeeded");
+    assert_eq!(r["input_rows"], 2000);
+    assert_eq!(r["output_rows"], 2000);
+    // iforest at the default contamination 0.1 flags exactly 10% of these distinct rows.
+    assert_eq!(r["anomalies"], 200);
+    let out = tmp.path().join("minimal");
+    assert_eq!(
+        files_in(&out),
+        vec!["_nomaly_report.json", "part-00000.parquet"]
+    );
+    // Same plan as the SQL function: bit-identical scores and flags for every id.
+    let tx = root().join("examples/data/tx.csv");
+    let rows = query(
+        &[("o", &out), ("tx", &tx)],
+        "SELECT count(*), count(DISTINCT o.id), sum(CASE WHEN o.anomaly_score = d.a['score'] AND o.is_anomaly = d.a['is_anomaly'] THEN 1 ELSE 0 END) \
+         FROM o JOIN (SELECT id, detect_anomalies('iforest', amount, latency_ms) AS a FROM tx) d ON o.id = d.id",
+    );
+    assert_eq!(rows, vec!["2000,2000,2000"]);
+}
+
+#[test]
+fn chunks_are_slices_of_the_input_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = nomaly_env(
+        &[
+            "run",
+            "examples/pipelines/minimal.toml",
+            "--set",
+            "run.chunk_rows=1000",
+            "--json",
+        ],
+        &[("NOMALY_OUT", tmp.path().to_str().unwrap())],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = tmp.path().join("minimal");
+    // 50 115 bytes of CSV at ~25 bytes a row: chunks of 25 000 bytes.
+    assert_eq!(report(&o)["chunks"], 3);
+    let mut last_max = 0;
+    let mut total = 0;
+    for i in 0..3 {
+        let part = out.join(format!("part-0000{i}.parquet"));
+        let row = query(&[("p", &part)], "SELECT count(*), min(id), max(id) FROM p");
+        let v: Vec<i64> = row[0].split(',').map(|x| x.parse().unwrap()).collect();
+        // contiguous ids, in file order, no overlap between chunks
+        assert_eq!(v[2] - v[1] + 1, v[0], "part {i}: {row:?}");
+        assert_eq!(v[1], last_max + 1, "part {i}: {row:?}");
+        last_max = v[2];
+        total += v[0];
+    }
+    assert_eq!(total, 2000);
+}
+
+#[test]
+fn multi_source_join_pipeline_enriches_then_detects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = report(&run_example("multi_source_join", tmp.path()));
+    assert_eq!(r["status"], "succeeded");
+    assert_eq!(r["output_rows"], 2000);
+    assert_eq!(
+        r["anomalies"], 100,
+        "contamination 0.05 of 2000 distinct rows"
+    );
+    let out = tmp.path().join("enriched");
+    let rows = query(
+        &[("o", &out)],
+        "SELECT count(DISTINCT category), min(risk_tier), max(risk_tier), count(*) FILTER (WHERE weighted_amount IS NULL) FROM o",
+    );
+    assert_eq!(rows, vec!["2,1,3,0"]);
+}
+
+#[test]
+fn per_segment_pipeline_fits_one_model_per_merchant() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = report(&run_example("per_segment", tmp.path()));
+    assert_eq!(r["models"], 4);
+    assert_eq!(r["output_rows"], 2000);
+    let out = tmp.path().join("per_merchant");
+    let files = files_in(&out);
+    for m in ["fuel", "grocer", "online", "travel"] {
+        assert!(
+            files.contains(&format!("merchant={m}/part-00000.ndjson")),
+            "{files:?}"
+        );
+    }
+    // Each directory holds only its merchant; explanations have one entry per feature.
+    for m in ["fuel", "travel"] {
+        let dir = out.join(format!("merchant={m}"));
+        let rows = query(
+            &[("o", &dir)],
+            "SELECT count(DISTINCT merchant), min(merchant), count(*), min(array_length(anomaly_explanation)) FROM o",
+        );
+        assert_eq!(rows, vec![format!("1,{m},500,2")]);
+    }
+    // 2% per segment: 10 of each merchant's 500 rows.
+    for m in ["fuel", "grocer", "online", "travel"] {
+        let rows = query(
+            &[("o", &out.join(format!("merchant={m}")))],
+            "SELECT count(*) FILTER (WHERE is_anomaly) FROM o",
+        );
+        assert_eq!(rows, vec!["10"], "{m}");
+    }
+}
+
+#[test]
+fn validate_and_notify_pipeline_checks_and_reports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = report(&run_example("validate_notify", tmp.path()));
+    assert_eq!(r["status"], "succeeded");
+    let checks = r["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 3);
+    assert!(checks.iter().all(|c| c["passed"] == true), "{checks:?}");
+    let base = tmp.path().join("checked");
+    let anomalies = r["anomalies"].as_u64().unwrap();
+    assert!(anomalies > 0);
+    // The CSV sink holds exactly the flagged rows.
+    let rows = query(
+        &[("a", &base.join("anomalies"))],
+        "SELECT count(*), bool_and(is_anomaly) FROM a",
+    );
+    assert_eq!(rows, vec![format!("{anomalies},true")]);
+    let note: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(base.join("notification.json")).unwrap()).unwrap();
+    assert_eq!(note["output_rows"], 2000);
+    assert_eq!(
+        std::fs::read_to_string(base.join("status.txt")).unwrap(),
+        "pipeline checked finished: succeeded\n"
+    );
+    // The report is also written next to each output.
+    assert!(base.join("all/_nomaly_report.json").exists());
+}
+
+#[test]
+fn failed_check_exits_3_and_publishes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = nomaly_env(
+        &[
+            "run",
+            "examples/pipelines/validate_notify.toml",
+            "--set",
+            "validate.1.max=0.001",
+        ],
+        &[("NOMALY_OUT", tmp.path().to_str().unwrap())],
+    );
+    // `validate` is an array of tables: --set cannot index it, so this is an input error.
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("p.toml"),
+        format!(
+            "input = \"{}\"\noutput = \"out/\"\n[detect]\nalgorithm = \"zscore\"\ncolumns = [\"amount\"]\n[[validate]]\ncheck = \"anomaly_rate\"\nmax = 0.01\n",
+            root().join("examples/data/tx.csv").display()
+        ),
+    )
+    .unwrap();
+    let o = nomaly(&["run", dir.join("p.toml").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("check anomaly_rate: FAILED"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!dir.join("out").exists());
+}
+
+#[test]
+fn dry_run_validate_explain_and_schema() {
+    let tmp = tempfile::tempdir().unwrap();
+    let env = [("NOMALY_OUT", tmp.path().to_str().unwrap())];
+    let o = nomaly_env(
+        &[
+            "run",
+            "--dry-run",
+            "examples/pipelines/multi_source_join.toml",
+        ],
+        &env,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        !tmp.path().join("enriched").exists(),
+        "a dry run writes nothing"
+    );
+    let o = nomaly_env(&["validate", "examples/pipelines/per_segment.toml"], &env);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("valid"), "{}", stdout(&o));
+    let o = nomaly_env(&["explain", "examples/pipelines/minimal.toml"], &env);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("chunk     0:") && text.contains("partition i = chunk i"),
+        "{text}"
+    );
+    let o = nomaly(&["schema"]);
+    let schema: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(schema["properties"]["detect"].is_object(), "{schema}");
+}
+
+/// A malformed pipeline or input: the file (with `{tx}` for the bundled data), extra files, and
+/// the fragments the message must contain.
+struct Case {
+    name: &'static str,
+    pipeline: &'static str,
+    files: &'static [(&'static str, &'static str)],
+    args: &'static [&'static str],
+    expect: &'static [&'static str],
+}
+
+const OUT: &str = "output = \"out/\"\n";
+const DETECT: &str = "[detect]\nalgorithm = \"zscore\"\ncolumns = [\"amount\"]\n";
+
+fn ragged_csv() -> String {
+    let mut s = String::from("id,amount\n");
+    for i in 1..=50 {
+        s.push_str(&format!("{i},{}.5\n", i % 7));
+    }
+    s.push_str("51,3.5,999\n");
+    s
+}
+
+fn late_text_csv() -> String {
+    let mut s = String::from("id,amount\n");
+    for i in 1..=1500 {
+        s.push_str(&format!("{i},{}.25\n", i % 11));
+    }
+    s.push_str("1501,abc\n");
+    s
+}
+
+#[test]
+fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
+    let cases: Vec<Case> = vec![
+        Case {
+            name: "unknown key",
+            pipeline: "input = \"{tx}\"\noutptu = \"out/\"\n",
+            files: &[],
+            args: &[],
+            expect: &["p.toml:2:1", "unknown field `outptu`", "output"],
+        },
+        Case {
+            name: "wrong type",
+            pipeline: "input = \"{tx}\"\n{OUT}{DETECT}[run]\nchunk_rows = \"big\"\n",
+            files: &[],
+            args: &[],
+            expect: &["p.toml:7:14", "invalid type"],
+        },
+        Case {
+            name: "toml syntax",
+            pipeline: "input = \"{tx}\n{OUT}",
+            files: &[],
+            args: &[],
+            expect: &["p.toml:1:"],
+        },
+        Case {
+            name: "missing column",
+            pipeline: "input = \"{tx}\"\n{OUT}[detect]\nalgorithm = \"zscore\"\ncolumns = [\"amnt\"]\n",
+            files: &[],
+            args: &[],
+            expect: &[
+                "p.toml:5:1 [detect] columns",
+                "column 'amnt' is not in 'input'",
+                "amount, latency_ms",
+            ],
+        },
+        Case {
+            name: "glob matches nothing",
+            pipeline: "input = \"data/*.parquet\"\n{OUT}{DETECT}",
+            files: &[("data/readme.txt", "x")],
+            args: &[],
+            expect: &["no parquet files match", "relative to the pipeline file"],
+        },
+        Case {
+            name: "missing directory",
+            pipeline: "input = \"nope/*.csv\"\n{OUT}{DETECT}",
+            files: &[],
+            args: &[],
+            expect: &["p.toml:1:1", "does not exist"],
+        },
+        Case {
+            name: "empty input",
+            pipeline: "input = \"empty.csv\"\n{OUT}{DETECT}",
+            files: &[("empty.csv", "")],
+            args: &[],
+            expect: &["has no rows", "empty.csv"],
+        },
+        Case {
+            name: "header-only csv",
+            pipeline: "input = \"h.csv\"\n{OUT}{DETECT}",
+            files: &[("h.csv", "id,amount\n")],
+            args: &[],
+            expect: &["has no rows", "header-only", "h.csv"],
+        },
+        Case {
+            name: "ragged csv row",
+            pipeline: "input = \"r.csv\"\n{OUT}{DETECT}",
+            files: &[("r.csv", "RAGGED")],
+            args: &[],
+            expect: &["r.csv", "found 3 records at line 52"],
+        },
+        Case {
+            name: "type mismatch late in the file",
+            pipeline: "input = \"t.csv\"\n{OUT}{DETECT}",
+            files: &[("t.csv", "LATE")],
+            args: &[],
+            expect: &["t.csv", "'abc'", "line 1501"],
+        },
+        Case {
+            name: "non-numeric column",
+            pipeline: "input = \"{tx}\"\n{OUT}[detect]\nalgorithm = \"zscore\"\ncolumns = [\"merchant\"]\n",
+            files: &[],
+            args: &[],
+            expect: &[
+                "column 'merchant'",
+                "not numeric",
+                "CAST(merchant AS DOUBLE)",
+            ],
+        },
+        Case {
+            name: "unknown algorithm",
+            pipeline: "input = \"{tx}\"\n{OUT}[detect]\nalgorithm = \"isoforest\"\ncolumns = [\"amount\"]\n",
+            files: &[],
+            args: &[],
+            expect: &["p.toml:4:1 [detect] algorithm", "iforest", "ecod"],
+        },
+        Case {
+            name: "bad option",
+            pipeline: "input = \"{tx}\"\n{OUT}[detect]\nalgorithm = \"iforest\"\ncolumns = [\"amount\"]\noptions = { n_tres = 5 }\n",
+            files: &[],
+            args: &[],
+            expect: &["[detect] options", "n_tres", "n_trees"],
+        },
+        Case {
+            name: "chunk_rows out of range",
+            pipeline: "input = \"{tx}\"\n{OUT}{DETECT}[run]\nchunk_rows = 10\n",
+            files: &[],
+            args: &[],
+            expect: &["p.toml:7:1 [run] chunk_rows", "1000 to 1000000"],
+        },
+        Case {
+            name: "unwritable output",
+            pipeline: "input = \"{tx}\"\noutput = \"/proc/nomaly-out/\"\n{DETECT}",
+            files: &[],
+            args: &[],
+            expect: &["/proc/nomaly-out", "writ"],
+        },
+        Case {
+            name: "output under a file",
+            pipeline: "input = \"{tx}\"\noutput = \"f.txt/out/\"\n{DETECT}",
+            files: &[("f.txt", "x")],
+            args: &[],
+            expect: &["f.txt", "not a directory"],
+        },
+        Case {
+            name: "output exists under error_if_exists",
+            pipeline: "input = \"{tx}\"\n{DETECT}[[sink]]\npath = \"taken/\"\nmode = \"error_if_exists\"\n",
+            files: &[("taken/x.parquet", "x")],
+            args: &[],
+            expect: &["taken", "error_if_exists", "overwrite"],
+        },
+        Case {
+            name: "overwrite of a foreign directory",
+            pipeline: "input = \"{tx}\"\noutput = \"mine/\"\n{DETECT}",
+            files: &[("mine/thesis.docx", "x")],
+            args: &[],
+            expect: &["mine", "did not write"],
+        },
+        Case {
+            name: "unset variable",
+            pipeline: "input = \"${NOMALY_TEST_UNSET_VAR}/tx.csv\"\n{OUT}{DETECT}",
+            files: &[],
+            args: &[],
+            expect: &["p.toml:1:10", "NOMALY_TEST_UNSET_VAR is not set", ":-"],
+        },
+        Case {
+            name: "malformed variable",
+            pipeline: "input = \"${1BAD}\"\n{OUT}{DETECT}",
+            files: &[],
+            args: &[],
+            expect: &["p.toml:1:10", "not a variable reference"],
+        },
+        Case {
+            name: "object store not reachable here",
+            pipeline: "input = \"s3://bucket/tx.parquet\"\n{OUT}{DETECT}",
+            files: &[],
+            args: &[],
+            expect: &["s3://bucket/tx.parquet", "local paths"],
+        },
+        Case {
+            name: "pickle refused",
+            pipeline: "input = \"d.pkl\"\n{OUT}{DETECT}",
+            files: &[("d.pkl", "x")],
+            args: &[],
+            expect: &["Pickle", "arbitrary code", "to_parquet"],
+        },
+        Case {
+            name: "input and sources both",
+            pipeline: "input = \"{tx}\"\n{OUT}{DETECT}[[source]]\nname = \"a\"\npath = \"{tx}\"\n",
+            files: &[],
+            args: &[],
+            expect: &["p.toml:1:1", "not both"],
+        },
+        Case {
+            name: "no output",
+            pipeline: "input = \"{tx}\"\n{DETECT}",
+            files: &[],
+            args: &[],
+            expect: &["no output", "[[sink]]"],
+        },
+        Case {
+            name: "step sql error",
+            pipeline: "{OUT}[[source]]\nname = \"tx\"\npath = \"{tx}\"\n[[step]]\nname = \"s\"\nsql = \"SELEC * FROM tx\"\n{DETECT}",
+            files: &[],
+            args: &[],
+            expect: &["p.toml:7:1 [[step]] #1 sql", "step 's'", "SELEC"],
+        },
+        Case {
+            name: "step reads an unknown table",
+            pipeline: "{OUT}[[source]]\nname = \"tx\"\npath = \"{tx}\"\n[[step]]\nname = \"s\"\nsql = \"SELECT * FROM txx\"\n{DETECT}",
+            files: &[],
+            args: &[],
+            expect: &["step 's'", "txx"],
+        },
+        Case {
+            name: "step without sql",
+            pipeline: "{OUT}[[source]]\nname = \"tx\"\npath = \"{tx}\"\n[[step]]\nname = \"s\"\n{DETECT}",
+            files: &[],
+            args: &[],
+            expect: &["p.toml:6:1 [[step]] #1 name", "sql_file"],
+        },
+        Case {
+            name: "detect input unknown",
+            pipeline: "input = \"{tx}\"\n{OUT}{DETECT}input = \"nothere\"\n",
+            files: &[],
+            args: &[],
+            expect: &["[detect] input", "'nothere'", "defined are: input"],
+        },
+        Case {
+            name: "rate bounds reversed",
+            pipeline: "input = \"{tx}\"\n{OUT}{DETECT}[[validate]]\ncheck = \"anomaly_rate\"\nmin = 0.5\nmax = 0.1\n",
+            files: &[],
+            args: &[],
+            expect: &["[[validate]] #1 check", "min <= max"],
+        },
+        Case {
+            name: "bad memory limit",
+            pipeline: "input = \"{tx}\"\n{OUT}{DETECT}[resources]\nmemory_limit = \"lots\"\n",
+            files: &[],
+            args: &[],
+            expect: &["[resources] memory_limit", "lots", "512MB"],
+        },
+        Case {
+            name: "bad timeout",
+            pipeline: "input = \"{tx}\"\n{OUT}{DETECT}[resources]\ntimeout = \"5 minutes\"\n",
+            files: &[],
+            args: &[],
+            expect: &["[resources] timeout", "30m"],
+        },
+        Case {
+            name: "https webhook",
+            pipeline: "input = \"{tx}\"\n{OUT}{DETECT}[[notify]]\ntype = \"webhook\"\nurl = \"https://hooks.example/x\"\n",
+            files: &[],
+            args: &[],
+            expect: &["[[notify]] #1 url", "http://", "curl"],
+        },
+        Case {
+            name: "duplicate source",
+            pipeline: "{OUT}[[source]]\nname = \"a\"\npath = \"{tx}\"\n[[source]]\nname = \"a\"\npath = \"{tx}\"\n{DETECT}",
+            files: &[],
+            args: &[],
+            expect: &["defined twice"],
+        },
+        Case {
+            name: "sink partition column missing",
+            pipeline: "input = \"{tx}\"\n{DETECT}[[sink]]\npath = \"o/\"\npartition_by = [\"shop\"]\n",
+            files: &[],
+            args: &[],
+            expect: &["[[sink]] #1 path", "'shop'", "merchant"],
+        },
+        Case {
+            name: "sink where on unknown column",
+            pipeline: "input = \"{tx}\"\n{DETECT}[[sink]]\npath = \"o/\"\nwhere = \"is_anomalous\"\n",
+            files: &[],
+            args: &[],
+            expect: &["[[sink]] #1 path where", "is_anomalous"],
+        },
+        Case {
+            name: "bad --set",
+            pipeline: "input = \"{tx}\"\n{OUT}{DETECT}",
+            files: &[],
+            args: &["--set", "run.chunk_rows"],
+            expect: &["--set run.chunk_rows", "KEY=VALUE"],
+        },
+        Case {
+            name: "delimiter too long",
+            pipeline: "{OUT}[[source]]\nname = \"tx\"\npath = \"{tx}\"\ndelimiter = \";;\"\n{DETECT}",
+            files: &[],
+            args: &[],
+            expect: &["p.toml:5:1 [[source]] #1 delimiter", "one character"],
+        },
+        Case {
+            name: "reserved output column",
+            pipeline: "input = \"s.csv\"\n{OUT}[detect]\nalgorithm = \"zscore\"\ncolumns = [\"x\"]\n",
+            files: &[("s.csv", "x,anomaly_score\n1,2\n3,4\n")],
+            args: &[],
+            expect: &["anomaly_score", "rename it"],
+        },
+        Case {
+            name: "engine not available",
+            pipeline: "input = \"{tx}\"\n{OUT}{DETECT}[run]\nengine = \"spark\"\n",
+            files: &[],
+            args: &[],
+            expect: &["[run] engine", "local"],
+        },
+    ];
+    assert!(cases.len() >= 25);
+    let tx = root().join("examples/data/tx.csv");
+    let mut failures = Vec::new();
+    for case in &cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        for (name, content) in case.files {
+            let p = dir.join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            let body = match *content {
+                "RAGGED" => ragged_csv(),
+                "LATE" => late_text_csv(),
+                other => other.to_string(),
+            };
+            std::fs::write(p, body).unwrap();
+        }
+        let text = case
+            .pipeline
+            .replace("{OUT}", OUT)
+            .replace("{DETECT}", DETECT)
+            .replace("{tx}", tx.to_str().unwrap());
+        let file = dir.join("p.toml");
+        std::fs::write(&file, text).unwrap();
+        let before = files_in(dir);
+        let mut args = vec!["run", file.to_str().unwrap()];
+        args.extend(case.args);
+        let o = nomaly(&args);
+        let err = stderr(&o);
+        let mut problems = Vec::new();
+        if o.status.code() != Some(2) {
+            problems.push(format!("exit code {:?}", o.status.code()));
+        }
+        for e in case.expect {
+            if !err.contains(e) {
+                problems.push(format!("message lacks {e:?}"));
+            }
+        }
+        if err.contains("panicked") {
+            problems.push("panicked".into());
+        }
+        if files_in(dir) != before {
+            problems.push(format!("left files: {:?}", files_in(dir)));
+        }
+        if !problems.is_empty() {
+            failures.push(format!(
+                "{}: {} — stderr: {err}",
+                case.name,
+                problems.join("; ")
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

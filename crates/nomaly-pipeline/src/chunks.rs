@@ -1,0 +1,384 @@
+//! Chunks: deterministic slices of an input, each one partition of the scan.
+//!
+//! Files are listed in path order; a Parquet file splits at row-group boundaries into runs of about
+//! `chunk_rows` rows (DataFusion reads a row group in the byte range holding its first page); a CSV
+//! or NDJSON file splits into byte ranges of about `chunk_rows` lines (the reader starts a range at
+//! the first line that begins inside it), with the row width estimated from the file's first MiB;
+//! Arrow IPC and Avro files are one chunk each. The same input gives the same chunks, so a chunk id
+//! names the same rows on every run.
+//!
+//! [`ChunkTable`] scans the chunks as one file group each: partition `i` of its scan is chunk `i`.
+
+use crate::error::{PipelineError, Result};
+use crate::spec::FileFormat;
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::Session;
+use datafusion::datasource::TableProvider;
+use datafusion::datasource::file_format::FileFormat as DfFileFormat;
+use datafusion::datasource::file_format::arrow::ArrowFormat;
+use datafusion::datasource::file_format::avro::AvroFormat;
+use datafusion::datasource::file_format::csv::CsvFormat;
+use datafusion::datasource::file_format::json::JsonFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTableUrl, PartitionedFile};
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::error::Result as DfResult;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::{Expr, TableType};
+use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionContext;
+use futures::TryStreamExt;
+use serde::Serialize;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// How to read one source.
+#[derive(Debug, Clone)]
+pub struct SourceReader {
+    pub name: String,
+    /// As written in the pipeline file (for messages).
+    pub path: String,
+    /// Absolute local path or URL, glob allowed.
+    pub location: String,
+    pub format: FileFormat,
+    pub has_header: bool,
+    pub delimiter: u8,
+}
+
+impl SourceReader {
+    pub fn df_format(&self) -> Arc<dyn DfFileFormat> {
+        match self.format {
+            FileFormat::Csv => Arc::new(
+                CsvFormat::default()
+                    .with_has_header(self.has_header)
+                    .with_delimiter(self.delimiter),
+            ),
+            FileFormat::Parquet => Arc::new(ParquetFormat::default()),
+            FileFormat::Ndjson => Arc::new(JsonFormat::default()),
+            FileFormat::Arrow => Arc::new(ArrowFormat),
+            FileFormat::Avro => Arc::new(AvroFormat),
+        }
+    }
+
+    /// The listing extension filter: files of other types in a directory are ignored.
+    fn extension_filter(&self) -> String {
+        let loc = self.location.trim_end_matches('/');
+        let last = loc.rsplit('/').next().unwrap_or(loc);
+        // A single file or a glob with an extension: that extension; a directory: the format's.
+        match last.rsplit_once('.') {
+            Some((_, ext)) if FileFormat::from_extension(ext).is_some() => format!(".{ext}"),
+            _ => format!(".{}", self.format.extension()),
+        }
+    }
+
+    pub fn url(&self) -> Result<ListingTableUrl> {
+        ListingTableUrl::parse(&self.location).map_err(|e| {
+            PipelineError::engine(format!("source '{}' ({})", self.name, self.path), e)
+        })
+    }
+
+    /// The files of this source in path order, with their sizes.
+    pub async fn list_files(&self, ctx: &SessionContext) -> Result<Vec<(String, u64)>> {
+        let place = || format!("source '{}' ({})", self.name, self.path);
+        let url = self.url()?;
+        let state = ctx.state();
+        let store = state
+            .runtime_env()
+            .object_store(&url)
+            .map_err(|e| PipelineError::engine(place(), e))?;
+        let mut files: Vec<(String, u64)> = url
+            .list_all_files(&state, store.as_ref(), &self.extension_filter())
+            .await
+            .map_err(|e| PipelineError::engine(place(), e))?
+            .map_ok(|m| (m.location.to_string(), m.size))
+            .try_collect()
+            .await
+            .map_err(|e| PipelineError::engine(place(), e))?;
+        files.sort();
+        Ok(files)
+    }
+
+    /// The schema the files share (inferred like DataFusion's listing tables).
+    pub async fn infer_schema(&self, ctx: &SessionContext) -> Result<SchemaRef> {
+        let url = self.url()?;
+        ListingOptions::new(self.df_format())
+            .with_file_extension(self.extension_filter())
+            .infer_schema(&ctx.state(), &url)
+            .await
+            .map_err(|e| {
+                PipelineError::engine(format!("source '{}' ({})", self.name, self.path), e)
+            })
+    }
+}
+
+/// One slice of the input.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Chunk {
+    pub id: usize,
+    /// Object-store path of the file (relative to the store root).
+    pub file: String,
+    pub file_size: u64,
+    /// Byte range `[start, end)`; `None` = the whole file.
+    pub range: Option<(u64, u64)>,
+    /// Rows, when known before reading (Parquet).
+    pub rows: Option<u64>,
+}
+
+impl Chunk {
+    pub fn describe(&self) -> String {
+        match self.range {
+            Some((s, e)) => format!("/{} bytes {s}..{e}", self.file),
+            None => format!("/{}", self.file),
+        }
+    }
+
+    fn partitioned_file(&self) -> PartitionedFile {
+        match self.range {
+            Some((s, e)) => PartitionedFile::new_with_range(
+                self.file.clone(),
+                self.file_size,
+                s as i64,
+                e as i64,
+            ),
+            None => PartitionedFile::new(self.file.clone(), self.file_size),
+        }
+    }
+}
+
+/// The chunks of a source.
+#[derive(Debug, Clone)]
+pub struct ChunkPlan {
+    pub source: SourceReader,
+    pub schema: SchemaRef,
+    pub store: ObjectStoreUrl,
+    pub chunks: Vec<Chunk>,
+    pub warnings: Vec<String>,
+}
+
+/// Plans the chunks of `source` at about `chunk_rows` rows each.
+pub async fn plan_chunks(
+    ctx: &SessionContext,
+    source: &SourceReader,
+    chunk_rows: u64,
+) -> Result<ChunkPlan> {
+    let files = source.list_files(ctx).await?;
+    let place = format!("source '{}' ({})", source.name, source.path);
+    if files.is_empty() {
+        return Err(PipelineError::invalid(
+            place,
+            format!(
+                "no {} files match this path; check the path or glob (relative paths are relative to the pipeline file)",
+                source.format.extension()
+            ),
+        ));
+    }
+    let schema = source.infer_schema(ctx).await?;
+    let url = source.url()?;
+    let mut chunks = Vec::new();
+    let mut warnings = Vec::new();
+    for (file, size) in files {
+        let local = local_path(&url, &file);
+        match source.format {
+            FileFormat::Parquet if local.is_some() => {
+                let local = local.expect("checked");
+                let reader = std::fs::File::open(&local)
+                    .map_err(|e| PipelineError::Io {
+                        path: local.clone(),
+                        source: e,
+                    })
+                    .and_then(|f| {
+                        SerializedFileReader::new(f).map_err(|e| {
+                            PipelineError::invalid(
+                                format!("{place}: {}", local.display()),
+                                format!("not a readable Parquet file: {e}"),
+                            )
+                        })
+                    })?;
+                let meta = reader.metadata();
+                let groups: Vec<(u64, u64)> = meta
+                    .row_groups()
+                    .iter()
+                    .map(|rg| {
+                        let col = rg.column(0);
+                        let start = col
+                            .dictionary_page_offset()
+                            .unwrap_or_else(|| col.data_page_offset());
+                        (start.max(0) as u64, rg.num_rows().max(0) as u64)
+                    })
+                    .collect();
+                if groups.iter().any(|g| g.1 > chunk_rows) {
+                    warnings.push(format!(
+                        "{}: row groups of up to {} rows are larger than chunk_rows = {chunk_rows}; a chunk is at least one row group",
+                        local.display(),
+                        groups.iter().map(|g| g.1).max().unwrap_or(0)
+                    ));
+                }
+                let mut at = 0;
+                while at < groups.len() {
+                    let first = at;
+                    let mut rows = 0;
+                    while at < groups.len() && (at == first || rows + groups[at].1 <= chunk_rows) {
+                        rows += groups[at].1;
+                        at += 1;
+                    }
+                    // The range starts at the first row group's first page and ends where the next
+                    // chunk's starts (or at the end of the file, footer included).
+                    let start = if first == 0 { 0 } else { groups[first].0 };
+                    let end = if at < groups.len() {
+                        groups[at].0
+                    } else {
+                        size
+                    };
+                    if rows == 0 && groups.len() > 1 {
+                        continue;
+                    }
+                    chunks.push(Chunk {
+                        id: chunks.len(),
+                        file: file.clone(),
+                        file_size: size,
+                        range: Some((start, end)),
+                        rows: Some(rows),
+                    });
+                }
+                if groups.is_empty() {
+                    chunks.push(Chunk {
+                        id: chunks.len(),
+                        file: file.clone(),
+                        file_size: size,
+                        range: None,
+                        rows: Some(0),
+                    });
+                }
+            }
+            FileFormat::Csv | FileFormat::Ndjson if local.is_some() && !is_compressed(&file) => {
+                let local = local.expect("checked");
+                let row_bytes = estimate_row_bytes(&local)?;
+                let chunk_bytes = (row_bytes * chunk_rows).max(1);
+                let n = size.div_ceil(chunk_bytes).max(1);
+                for i in 0..n {
+                    let start = i * chunk_bytes;
+                    let end = if i + 1 == n {
+                        size
+                    } else {
+                        (i + 1) * chunk_bytes
+                    };
+                    chunks.push(Chunk {
+                        id: chunks.len(),
+                        file: file.clone(),
+                        file_size: size,
+                        range: (n > 1).then_some((start, end)),
+                        rows: None,
+                    });
+                }
+            }
+            _ => chunks.push(Chunk {
+                id: chunks.len(),
+                file: file.clone(),
+                file_size: size,
+                range: None,
+                rows: None,
+            }),
+        }
+    }
+    Ok(ChunkPlan {
+        source: source.clone(),
+        schema,
+        store: url.object_store(),
+        chunks,
+        warnings,
+    })
+}
+
+fn is_compressed(file: &str) -> bool {
+    [".gz", ".bz2", ".xz", ".zst", ".zstd"]
+        .iter()
+        .any(|e| file.ends_with(e))
+}
+
+/// The local path of a listed file, for `file://` sources.
+fn local_path(url: &ListingTableUrl, file: &str) -> Option<PathBuf> {
+    (url.scheme() == "file").then(|| PathBuf::from(format!("/{file}")))
+}
+
+/// Average bytes per line in the first MiB (at least 1).
+fn estimate_row_bytes(path: &PathBuf) -> Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut f = std::fs::File::open(path).map_err(|source| PipelineError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let mut filled = 0;
+    loop {
+        let n = f
+            .read(&mut buf[filled..])
+            .map_err(|source| PipelineError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+        if filled == buf.len() {
+            break;
+        }
+    }
+    let lines = buf[..filled].iter().filter(|b| **b == b'\n').count() as u64;
+    Ok((filled as u64 / lines.max(1)).max(1))
+}
+
+/// A table whose scan has one partition per chunk.
+#[derive(Debug)]
+pub struct ChunkTable {
+    plan: ChunkPlan,
+}
+
+impl ChunkTable {
+    pub fn new(plan: ChunkPlan) -> Self {
+        Self { plan }
+    }
+
+    pub fn plan(&self) -> &ChunkPlan {
+        &self.plan
+    }
+}
+
+#[async_trait]
+impl TableProvider for ChunkTable {
+    fn schema(&self) -> SchemaRef {
+        self.plan.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let format = self.plan.source.df_format();
+        let source = format.file_source(TableSchema::from(self.plan.schema.clone()));
+        let groups: Vec<FileGroup> = self
+            .plan
+            .chunks
+            .iter()
+            .map(|c| FileGroup::new(vec![c.partitioned_file()]))
+            .collect();
+        let config = FileScanConfigBuilder::new(self.plan.store.clone(), source)
+            .with_file_groups(groups)
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            // Partition i must read chunk i and nothing else: no stealing of sibling files.
+            .with_preserve_order(true)
+            .build();
+        format.create_physical_plan(state, config).await
+    }
+}

@@ -1,0 +1,24 @@
+//! # nomaly-pipeline
+//!
+//! Pipeline files (TOML) run by the `nomaly` CLI: sources → SQL steps → detect → validate → sinks →
+//! notify. A file is parsed ([`spec`]), resolved and checked without touching data ([`compile`]),
+//! then checked against the data, explained, dry-run or run ([`run`]). Inputs split into
+//! deterministic chunks ([`chunks`]) that are the partitions of the scan; each chunk's output is one
+//! part file per sink ([`sink`]), committed by rename and published when the run succeeds.
+
+pub mod chunks;
+pub mod compile;
+pub mod error;
+pub mod notify;
+pub mod progress;
+pub mod report;
+pub mod run;
+pub mod sink;
+pub mod spec;
+
+pub use compile::{CompiledPipeline, compile};
+pub use error::{PipelineError, Result};
+pub use progress::{NoProgress, ProgressEvent, ProgressObserver};
+pub use report::{RunReport, RunStatus};
+pub use run::{RunOptions, explain, run, validate};
+pub use spec::{PipelineFile, json_schema};

@@ -1,0 +1,88 @@
+//! The run report (JSON): what went in, what came out, how long each part took, what it cost.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Succeeded,
+    /// The run finished but a `[[validate]]` check failed (exit code 3).
+    ValidationFailed,
+    Failed,
+    /// `--dry-run`: every step planned and run on zero rows.
+    DryRun,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepTiming {
+    pub step: String,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckResult {
+    pub check: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkReport {
+    pub path: String,
+    pub format: String,
+    pub files: usize,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub pipeline: String,
+    pub file: String,
+    pub status: RunStatus,
+    pub started_at_unix_ms: u128,
+    pub seconds: f64,
+    pub algorithm: Option<String>,
+    pub options: Option<String>,
+    /// Rows read by the detect step.
+    pub input_rows: u64,
+    /// Rows scored (= input rows when nothing was lost).
+    pub output_rows: u64,
+    pub anomalies: u64,
+    pub anomaly_rate: f64,
+    /// Rows with a null/NaN/±Inf feature: skipped by the fit, scored null (the documented policy).
+    pub rows_with_missing_features: u64,
+    pub models: usize,
+    pub chunks: usize,
+    /// "source" (chunks are slices of the first source) or "materialized" (the detect input was
+    /// written once and chunked, because the steps mix rows across chunks).
+    pub chunking: String,
+    pub chunk_rows: u64,
+    pub retries: u64,
+    pub steps: Vec<StepTiming>,
+    pub sinks: Vec<SinkReport>,
+    pub checks: Vec<CheckResult>,
+    pub memory_limit_bytes: usize,
+    /// Peak bytes reserved in the memory pool (sampled every 50 ms).
+    pub peak_pool_bytes: usize,
+    /// The process's peak resident set (VmHWM), as the kernel counts it.
+    pub peak_rss_bytes: u64,
+    /// Peak bytes of spill files on disk.
+    pub spill_bytes: u64,
+    pub warnings: Vec<String>,
+    pub error: Option<String>,
+}
+
+/// Peak resident set size of this process (Linux; 0 elsewhere).
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}

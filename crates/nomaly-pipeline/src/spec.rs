@@ -1,0 +1,558 @@
+//! The pipeline file format (TOML).
+//!
+//! The minimal file needs four keys:
+//! ```toml
+//! input = "data/tx/*.parquet"
+//! output = "out/tx_scored/"
+//! [detect]
+//! algorithm = "iforest"
+//! columns = ["amount", "latency_ms"]
+//! ```
+//! The full form names its sources (`[[source]]`), transforms them with SQL (`[[step]]`), detects
+//! (`[detect]`), checks the result (`[[validate]]`), writes it (`[[sink]]`) and reports
+//! (`[[notify]]`), within `[resources]` and `[run]` settings. Unknown keys are errors; relative paths
+//! are relative to the pipeline file's directory; `${VAR}` and `${VAR:-default}` are replaced from the
+//! environment before parsing (`$${` writes a literal `${`).
+
+use crate::error::{PipelineError, Result};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A pipeline file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    /// A name for reports and notifications (default: the file name without extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Minimal form: the input path, directory or glob; it becomes the table `input`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    /// Minimal form: the output directory (Parquet part files unless its extension says otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// Named inputs; each becomes a table of that name.
+    #[serde(default, rename = "source", skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceSpec>,
+    /// SQL transforms, in order; each becomes a view later steps and `[detect]` can read.
+    #[serde(default, rename = "step", skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepSpec>,
+    /// The detector to fit and score with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detect: Option<DetectSpec>,
+    /// Checks on the result; a failed check ends the run with exit code 3.
+    #[serde(default, rename = "validate", skip_serializing_if = "Vec::is_empty")]
+    pub validations: Vec<ValidateSpec>,
+    /// Where the scored rows go (the minimal form's `output` is one Parquet sink).
+    #[serde(default, rename = "sink", skip_serializing_if = "Vec::is_empty")]
+    pub sinks: Vec<SinkSpec>,
+    /// Who hears about the run.
+    #[serde(default, rename = "notify", skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<NotifySpec>,
+    #[serde(default)]
+    pub resources: ResourcesSpec,
+    #[serde(default)]
+    pub run: RunSpec,
+}
+
+/// File formats, for sources and sinks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    Csv,
+    Parquet,
+    /// Newline-delimited JSON.
+    #[serde(alias = "json", alias = "jsonl")]
+    Ndjson,
+    /// Arrow IPC file (Feather v2).
+    #[serde(alias = "feather", alias = "ipc")]
+    Arrow,
+    Avro,
+}
+
+impl FileFormat {
+    pub fn extension(self) -> &'static str {
+        match self {
+            FileFormat::Csv => "csv",
+            FileFormat::Parquet => "parquet",
+            FileFormat::Ndjson => "ndjson",
+            FileFormat::Arrow => "arrow",
+            FileFormat::Avro => "avro",
+        }
+    }
+
+    /// The format an extension names, if any.
+    pub fn from_extension(ext: &str) -> Option<FileFormat> {
+        Some(match ext.to_ascii_lowercase().as_str() {
+            "csv" | "tsv" => FileFormat::Csv,
+            "parquet" | "pq" => FileFormat::Parquet,
+            "json" | "ndjson" | "jsonl" => FileFormat::Ndjson,
+            "arrow" | "feather" | "ipc" => FileFormat::Arrow,
+            "avro" => FileFormat::Avro,
+            _ => return None,
+        })
+    }
+}
+
+/// A named input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// The table name SQL steps use.
+    pub name: String,
+    /// A file, a directory of files, or a glob such as `data/*.parquet`.
+    pub path: String,
+    /// Default: from the extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<FileFormat>,
+    /// CSV: whether the first line names the columns (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub has_header: Option<bool>,
+    /// CSV: one-character field delimiter (default `,`; `\t` for .tsv).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delimiter: Option<String>,
+}
+
+/// A SQL transform.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    /// The view name later steps and `[detect]` read.
+    pub name: String,
+    /// The query, inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql: Option<String>,
+    /// Or a file holding the query, relative to the pipeline file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql_file: Option<String>,
+}
+
+/// Detector options: a table (`{ contamination = 0.05, n_trees = 200 }`) or the SQL option string.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum DetectOptions {
+    Table(BTreeMap<String, OptionValue>),
+    Text(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum OptionValue {
+    Integer(i64),
+    Float(f64),
+    Text(String),
+    Bool(bool),
+}
+
+impl DetectOptions {
+    /// The option string the SQL functions take: `key=value, key=value`.
+    pub fn to_option_string(&self) -> String {
+        match self {
+            DetectOptions::Text(s) => s.clone(),
+            DetectOptions::Table(map) => map
+                .iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        OptionValue::Integer(i) => i.to_string(),
+                        OptionValue::Float(f) => f.to_string(),
+                        OptionValue::Text(s) => s.clone(),
+                        OptionValue::Bool(b) => b.to_string(),
+                    };
+                    format!("{k}={v}")
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+}
+
+/// What to detect on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DetectSpec {
+    /// zscore, robust_zscore, iqr, hbos, ecod, copod or iforest.
+    pub algorithm: String,
+    /// Numeric feature columns.
+    pub columns: Vec<String>,
+    /// Table or step to read (default: the last step, else the only source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    /// Detector options, e.g. `{ contamination = 0.05, seed = 7 }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<DetectOptions>,
+    /// One model per distinct value of these columns (per-segment detection).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partition_by: Vec<String>,
+    /// Also write each feature's contribution to the score (column `anomaly_explanation`).
+    #[serde(default)]
+    pub explain: bool,
+}
+
+/// A check on the result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "check", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ValidateSpec {
+    /// Every input row of the detect step is in the output (rows in = rows out).
+    RowCount,
+    /// The share of rows flagged anomalous lies within [min, max].
+    AnomalyRate {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max: Option<f64>,
+    },
+    /// A query over the table `output` that returns the failing rows: passes when it returns none
+    /// (dbt's convention).
+    Sql { name: String, sql: String },
+}
+
+/// What an existing output directory means.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteMode {
+    /// Replace a previous Nomaly output (a directory holding other files is never touched).
+    #[default]
+    Overwrite,
+    /// Refuse to run when the output exists and is not empty.
+    ErrorIfExists,
+}
+
+/// An output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSpec {
+    /// Output directory; one part file per chunk is written into it.
+    pub path: String,
+    /// Default: from the path's extension, else Parquet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<FileFormat>,
+    /// Hive-style subdirectories `col=value/` per distinct value of these columns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partition_by: Vec<String>,
+    #[serde(default)]
+    pub mode: WriteMode,
+    /// Only rows matching this SQL predicate, e.g. `"is_anomaly"`.
+    #[serde(default, rename = "where", skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+}
+
+/// When a notification fires.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyWhen {
+    #[default]
+    Always,
+    Success,
+    Failure,
+}
+
+/// A notification with the run report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum NotifySpec {
+    /// POST the JSON report to an http:// URL.
+    Webhook {
+        url: String,
+        #[serde(default)]
+        on: NotifyWhen,
+    },
+    /// Run a shell command; the report's path is in `$NOMALY_REPORT`, its status in `$NOMALY_STATUS`.
+    Command {
+        command: String,
+        #[serde(default)]
+        on: NotifyWhen,
+    },
+    /// Write the JSON report to a file.
+    File {
+        path: String,
+        #[serde(default)]
+        on: NotifyWhen,
+    },
+}
+
+/// Limits.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesSpec {
+    /// Memory budget, e.g. "512MB" (default: 80% of RAM or the cgroup limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<String>,
+    /// Cores to use (DataFusion target_partitions; default: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<usize>,
+    /// Wall-clock limit, e.g. "90s", "30m", "2h".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+/// How to run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    /// Rows per chunk, 1000–1000000 (default 100000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_rows: Option<u64>,
+    /// "local" (default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
+}
+
+pub const DEFAULT_CHUNK_ROWS: u64 = 100_000;
+pub const CHUNK_ROWS_RANGE: std::ops::RangeInclusive<u64> = 1_000..=1_000_000;
+
+/// A pipeline file read from disk: its text after substitution, and where it lives.
+#[derive(Debug, Clone)]
+pub struct PipelineFile {
+    pub path: PathBuf,
+    pub spec: PipelineSpec,
+    /// The text that was parsed (after `${VAR}` substitution and `--set` overrides).
+    pub text: String,
+}
+
+impl PipelineFile {
+    /// Reads, substitutes, applies `key=value` overrides and parses a pipeline file.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<PipelineFile> {
+        let raw = std::fs::read_to_string(path).map_err(|source| PipelineError::ReadFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &raw, overrides, &|name| std::env::var(name).ok())
+    }
+
+    /// [`load`](Self::load) on text, with the environment given as a lookup.
+    pub fn parse(
+        path: &Path,
+        raw: &str,
+        overrides: &[String],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<PipelineFile> {
+        let text = substitute_env(path, raw, env)?;
+        let text = apply_overrides(path, &text, overrides)?;
+        let spec: PipelineSpec = toml::from_str(&text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|s| line_column(&text, s.start))
+                .unwrap_or((0, 0));
+            PipelineError::Syntax {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        Ok(PipelineFile {
+            path: path.to_path_buf(),
+            spec,
+            text,
+        })
+    }
+
+    /// The directory relative paths are resolved against.
+    pub fn base_dir(&self) -> PathBuf {
+        self.path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    /// The 1-based line and column of the first occurrence of `needle` in the file, if any.
+    pub fn locate(&self, needle: &str) -> Option<(usize, usize)> {
+        self.text.find(needle).map(|at| line_column(&self.text, at))
+    }
+}
+
+/// 1-based (line, column) of a byte offset.
+pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map(|nl| before[nl + 1..].chars().count() + 1)
+        .unwrap_or_else(|| before.chars().count() + 1);
+    (line, column)
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}`; `$${` stays a literal `${`.
+pub fn substitute_env(
+    path: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut offset = 0;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        if let Some(after) = tail.strip_prefix("$${") {
+            out.push_str("${");
+            rest = after;
+            offset += at + 3;
+            continue;
+        }
+        if !tail.starts_with("${") {
+            out.push('$');
+            rest = &tail[1..];
+            offset += at + 1;
+            continue;
+        }
+        let (line, column) = line_column(text, offset + at);
+        let Some(end) = tail.find('}') else {
+            return Err(PipelineError::Substitution {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: "'${' is not closed by '}'; write ${NAME} or ${NAME:-default}, or $${ for a literal ${".into(),
+            });
+        };
+        let body = &tail[2..end];
+        let (name, default) = match body.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (body, None),
+        };
+        let valid_name = !name.is_empty()
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !name.starts_with(|c: char| c.is_ascii_digit());
+        if !valid_name {
+            return Err(PipelineError::Substitution {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: format!(
+                    "'${{{body}}}' is not a variable reference; names are letters, digits and _ (e.g. ${{DATA_DIR}} or ${{DATA_DIR:-data}})"
+                ),
+            });
+        }
+        match (env(name), default) {
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => {
+                return Err(PipelineError::Substitution {
+                    path: path.to_path_buf(),
+                    line,
+                    column,
+                    message: format!(
+                        "environment variable {name} is not set; set it, or give a default with ${{{name}:-value}}"
+                    ),
+                });
+            }
+        }
+        rest = &tail[end + 1..];
+        offset += at + end + 1;
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Applies `--set key.path=value` overrides to the document (values are TOML when they parse as
+/// TOML, else strings), keeping the rest of the text — and its line numbers — as it was.
+fn apply_overrides(path: &Path, text: &str, overrides: &[String]) -> Result<String> {
+    if overrides.is_empty() {
+        return Ok(text.to_string());
+    }
+    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
+        let (line, column) = e
+            .span()
+            .map(|s| line_column(text, s.start))
+            .unwrap_or((0, 0));
+        PipelineError::Syntax {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: e.message().trim().to_string(),
+        }
+    })?;
+    for o in overrides {
+        let bad = |reason: &str| PipelineError::Override {
+            setting: o.clone(),
+            reason: reason.to_string(),
+        };
+        let (key, value) = o
+            .split_once('=')
+            .ok_or_else(|| bad("expected KEY=VALUE, e.g. --set run.chunk_rows=50000"))?;
+        let parts: Vec<&str> = key.trim().split('.').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(bad("the key has an empty part"));
+        }
+        let value = value.trim();
+        let parsed: toml_edit::Value = value
+            .parse()
+            .unwrap_or_else(|_| toml_edit::Value::from(value));
+        let mut table = doc.as_table_mut();
+        for p in &parts[..parts.len() - 1] {
+            let entry = table
+                .entry(p)
+                .or_insert(toml_edit::Item::Table(toml_edit::Table::new()));
+            table = entry
+                .as_table_mut()
+                .ok_or_else(|| bad(&format!("'{p}' is not a table in this file")))?;
+        }
+        table.insert(parts[parts.len() - 1], toml_edit::value(parsed));
+    }
+    Ok(doc.to_string())
+}
+
+/// The JSON Schema of the format, for editors.
+pub fn json_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(PipelineSpec)).expect("a schema is JSON")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "DATA").then(|| "data/tx".to_string())
+    }
+
+    #[test]
+    fn substitution_replaces_defaults_and_escapes() {
+        let p = Path::new("p.toml");
+        assert_eq!(
+            substitute_env(p, "a = \"${DATA}/x ${NOPE:-d} $${LIT} $5\"", &env).unwrap(),
+            "a = \"data/tx/x d ${LIT} $5\""
+        );
+        let e = substitute_env(p, "a = 1\nb = \"${NOPE}\"", &env).unwrap_err();
+        assert!(
+            e.to_string().contains("p.toml:2:6") && e.to_string().contains("NOPE"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn minimal_file_parses_and_unknown_keys_are_located() {
+        let text = "input = \"a.csv\"\noutput = \"out/\"\n[detect]\nalgorithm = \"zscore\"\ncolumns = [\"x\"]\n";
+        let f = PipelineFile::parse(Path::new("p.toml"), text, &[], &env).unwrap();
+        assert_eq!(f.spec.detect.unwrap().algorithm, "zscore");
+        let bad = text.replace("columns", "colums");
+        let e = PipelineFile::parse(Path::new("p.toml"), &bad, &[], &env).unwrap_err();
+        assert!(e.to_string().contains("p.toml:5:1"), "{e}");
+    }
+
+    #[test]
+    fn overrides_set_nested_keys() {
+        let text = "input = \"a.csv\"\n[detect]\nalgorithm = \"zscore\"\ncolumns = [\"x\"]\n";
+        let f = PipelineFile::parse(
+            Path::new("p.toml"),
+            text,
+            &["detect.algorithm=ecod".into(), "run.chunk_rows=5000".into()],
+            &env,
+        )
+        .unwrap();
+        assert_eq!(f.spec.detect.unwrap().algorithm, "ecod");
+        assert_eq!(f.spec.run.chunk_rows, Some(5000));
+    }
+
+    #[test]
+    fn options_table_becomes_the_sql_option_string() {
+        let text = "[detect]\nalgorithm = \"iforest\"\ncolumns = [\"x\"]\noptions = { n_trees = 50, contamination = 0.05 }\n";
+        let f = PipelineFile::parse(Path::new("p.toml"), text, &[], &env).unwrap();
+        assert_eq!(
+            f.spec.detect.unwrap().options.unwrap().to_option_string(),
+            "contamination=0.05, n_trees=50"
+        );
+    }
+}
