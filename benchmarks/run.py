@@ -76,6 +76,9 @@ def main():
         return t
 
     floor = nomaly("floor", "SELECT id, f1 * 2 AS s FROM t") if "floor" in only else None
+    # The same scan + write reading every feature once: what a one-pass detector could not beat.
+    floor8 = nomaly("floor8", f"SELECT id, {' + '.join(f'f{j + 1}' for j in range(d))} AS s FROM t") \
+        if "floor" in only else None
     for alg in ["zscore", "hbos", "ecod", "copod", "iforest"]:
         if alg in only:
             nomaly(alg, f"SELECT id, detect_anomalies('{alg}', {feats})['score'] AS s FROM t")
@@ -114,6 +117,7 @@ def main():
     for alg in ["hbos", "zscore"]:
         if alg in results and floor:
             print(f"  {alg:8} time / floor:         {results[alg] / floor:6.2f}x  (target <= 2)")
+            print(f"  {alg:8} time / {d}-column floor: {results[alg] / floor8:6.2f}x  (fit and score each read every feature)")
 
 
 if __name__ == "__main__":

@@ -49,6 +49,10 @@ pub struct RunArgs {
     /// Never draw a progress bar, log lines instead (the default when stderr is not a terminal)
     #[arg(long)]
     no_progress: bool,
+
+    /// Memory budget, e.g. 512MB (same as --set resources.memory_limit=512MB)
+    #[arg(long, value_name = "SIZE")]
+    memory_limit: Option<String>,
 }
 
 fn load(args: &FileArgs) -> Result<CompiledPipeline, PipelineError> {
@@ -220,7 +224,12 @@ fn summary(r: &RunReport) -> String {
     s
 }
 
-pub async fn run(args: RunArgs) -> i32 {
+pub async fn run(mut args: RunArgs) -> i32 {
+    if let Some(m) = &args.memory_limit {
+        args.file
+            .overrides
+            .push(format!("resources.memory_limit=\"{m}\""));
+    }
     let p = match load(&args.file) {
         Ok(p) => p,
         Err(e) => return fail(&e),

@@ -635,3 +635,29 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[test]
+fn missing_values_are_data_counted_in_the_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("p.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "input = \"{}\"\noutput = \"out/\"\n[detect]\nalgorithm = \"zscore\"\ncolumns = [\"x\", \"y\"]\n",
+            root().join("examples/data/missing.csv").display()
+        ),
+    )
+    .unwrap();
+    let o = nomaly(&["run", file.to_str().unwrap(), "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let r = report(&o);
+    // rows 3 (null), 4 (NaN), 5 (inf), 8 (-inf), 10 (null): skipped by the fit, scored null
+    assert_eq!(r["input_rows"], 10);
+    assert_eq!(r["output_rows"], 10);
+    assert_eq!(r["rows_with_missing_features"], 5);
+    let rows = query(
+        &[("o", &tmp.path().join("out"))],
+        "SELECT string_agg(CAST(id AS VARCHAR), ',' ORDER BY id) FROM o WHERE anomaly_score IS NULL",
+    );
+    assert_eq!(rows, vec!["\"3,4,5,8,10\""]);
+}
