@@ -257,17 +257,9 @@ pub async fn run(mut args: RunArgs) -> i32 {
                         "error: a [[validate]] check failed; the output was not published (the run's files are in {})",
                         p.sinks
                             .first()
-                            .map(|s| {
-                                let n = s
-                                    .path
-                                    .file_name()
-                                    .map(|n| n.to_string_lossy().to_string())
-                                    .unwrap_or_default();
-                                s.path
-                                    .with_file_name(format!(".{n}.nomaly-staging"))
-                                    .display()
-                                    .to_string()
-                            })
+                            .map(|s| nomaly_pipeline::sink::staging_dir(&s.path)
+                                .display()
+                                .to_string())
                             .unwrap_or_default()
                     );
                     3

@@ -65,7 +65,7 @@ impl SourceReader {
     }
 
     /// The listing extension filter: files of other types in a directory are ignored.
-    fn extension_filter(&self) -> String {
+    pub fn extension_filter(&self) -> String {
         let loc = self.location.trim_end_matches('/');
         let last = loc.rsplit('/').next().unwrap_or(loc);
         // A single file or a glob with an extension: that extension; a directory: the format's.

@@ -14,7 +14,9 @@ use crate::error::{PipelineError, Result};
 use crate::notify::notify_all;
 use crate::progress::{ProgressEvent, ProgressObserver};
 use crate::report::{CheckResult, RunReport, RunStatus, SinkReport, StepTiming, peak_rss_bytes};
-use crate::sink::{ChunkWriter, REPORT_FILE, SinkTarget, WrittenPart, write_atomic};
+use crate::sink::{
+    ChunkWriter, REPORT_FILE, SinkTarget, WrittenPart, sibling_dir, staging_dir, write_atomic,
+};
 use crate::spec::{FileFormat, ValidateSpec};
 use datafusion::arrow::array::{Array, AsArray, BinaryArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
@@ -31,7 +33,7 @@ use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use nomaly_engine::{EngineConfig, EngineError, EngineKind, build_context};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -67,11 +69,6 @@ pub struct PreparedSession {
 
 fn classify(place: String, e: DataFusionError) -> PipelineError {
     PipelineError::engine(place, EngineError::DataFusion(e))
-}
-
-/// Input data that cannot be parsed is the user's to fix, like a bad query.
-fn is_data_error(e: &DataFusionError) -> bool {
-    nomaly_engine::error::is_user_datafusion_error(e)
 }
 
 /// Builds the session and registers sources (the first as chunks) and steps.
@@ -151,15 +148,7 @@ async fn register_listing(ctx: &SessionContext, s: &SourceReader) -> Result<()> 
         ));
     }
     let schema = s.infer_schema(ctx).await?;
-    let options = ListingOptions::new(s.df_format()).with_file_extension(
-        s.location
-            .rsplit('/')
-            .next()
-            .and_then(|l| l.rsplit_once('.'))
-            .filter(|(_, e)| FileFormat::from_extension(e).is_some())
-            .map(|(_, e)| format!(".{e}"))
-            .unwrap_or_else(|| format!(".{}", s.format.extension())),
-    );
+    let options = ListingOptions::new(s.df_format()).with_file_extension(s.extension_filter());
     let config = ListingTableConfig::new(s.url()?)
         .with_listing_options(options)
         .with_schema(schema);
@@ -340,7 +329,7 @@ async fn fit_models(
     // The plan's schema, not the first batch's: an empty input has no batches.
     let schema: SchemaRef = Arc::new(fit.schema().as_arrow().clone());
     let batches = fit.collect().await.map_err(|e| {
-        let user = is_data_error(&e);
+        let user = nomaly_engine::error::is_user_datafusion_error(&e);
         let err = classify(format!("{} (fit, reading {reads})", d.place), e);
         if user { err } else { runtime(err) }
     })?;
@@ -458,7 +447,7 @@ async fn score_chunk(
             return Err(fail("cancelled after another chunk failed".into(), false));
         }
         let batch: RecordBatch = batch.map_err(|e| {
-            let user = is_data_error(&e);
+            let user = nomaly_engine::error::is_user_datafusion_error(&e);
             fail(EngineError::DataFusion(e).user_message(), user)
         })?;
         out.rows += batch.num_rows() as u64;
@@ -493,7 +482,7 @@ pub async fn run(
             Ok(r) => r,
             Err(_) => {
                 for s in &p.sinks {
-                    let _ = std::fs::remove_dir_all(staging_of(&s.path));
+                    let _ = std::fs::remove_dir_all(staging_dir(&s.path));
                 }
                 Err((
                     PipelineError::Timeout {
@@ -505,22 +494,6 @@ pub async fn run(
         },
         None => fut.await,
     }
-}
-
-fn staging_of(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_else(|| "output".into());
-    path.with_file_name(format!(".{name}.nomaly-staging"))
-}
-
-fn work_dir_of(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_else(|| "output".into());
-    path.with_file_name(format!(".{name}.nomaly-work"))
 }
 
 async fn run_inner(
@@ -535,32 +508,13 @@ async fn run_inner(
     let progress = opts.progress.as_ref();
     let prepared = prepare(p, progress).await.map_err(|e| (e, None))?;
     let mut report = RunReport {
-        pipeline: p.name.clone(),
-        file: p.file.path.display().to_string(),
         status: RunStatus::Failed,
         started_at_unix_ms: started_at,
-        seconds: 0.0,
-        algorithm: p.detect.as_ref().map(|d| d.algorithm.name().to_string()),
-        options: p.detect.as_ref().map(|d| d.options.clone()),
-        input_rows: 0,
-        output_rows: 0,
-        anomalies: 0,
-        anomaly_rate: 0.0,
-        rows_with_missing_features: 0,
-        models: 0,
         chunks: prepared.chunks.chunks.len(),
-        chunking: "source".into(),
-        chunk_rows: p.chunk_rows,
-        retries: 0,
         steps: prepared.timings.clone(),
-        sinks: vec![],
-        checks: vec![],
         memory_limit_bytes: prepared.memory_limit,
-        peak_pool_bytes: 0,
-        peak_rss_bytes: 0,
-        spill_bytes: 0,
         warnings: prepared.chunks.warnings.clone(),
-        error: None,
+        ..empty_report(p)
     };
     // Memory and spill sampling while the run lasts.
     let sampling = Arc::new(AtomicBool::new(true));
@@ -596,7 +550,7 @@ async fn run_inner(
     report.spill_bytes = peak_spill.load(Ordering::Relaxed);
     report.peak_rss_bytes = peak_rss_bytes();
     report.seconds = started.elapsed().as_secs_f64();
-    let _ = std::fs::remove_dir_all(work_dir_of(&p.sinks[0].path));
+    let _ = std::fs::remove_dir_all(sibling_dir(&p.sinks[0].path, "work"));
     match result {
         Ok(()) => {
             let report_path = finish(p, &mut report).map_err(|e| (e, None))?;
@@ -615,7 +569,7 @@ async fn run_inner(
         }
         Err(e) => {
             for s in &p.sinks {
-                let _ = std::fs::remove_dir_all(staging_of(&s.path));
+                let _ = std::fs::remove_dir_all(staging_dir(&s.path));
             }
             report.status = RunStatus::Failed;
             report.error = Some(e.user_message());
@@ -633,7 +587,7 @@ fn finish(p: &CompiledPipeline, report: &mut RunReport) -> Result<Option<PathBuf
     let body = serde_json::to_vec_pretty(report).expect("a report is JSON");
     let mut first_path = None;
     for s in &p.sinks {
-        let staging = staging_of(&s.path);
+        let staging = staging_dir(&s.path);
         write_atomic(&staging.join(REPORT_FILE), &body)?;
     }
     if report.status == RunStatus::Succeeded {
@@ -643,7 +597,7 @@ fn finish(p: &CompiledPipeline, report: &mut RunReport) -> Result<Option<PathBuf
             first_path.get_or_insert(s.path.join(REPORT_FILE));
         }
     } else {
-        first_path = Some(staging_of(&p.sinks[0].path).join(REPORT_FILE));
+        first_path = Some(staging_dir(&p.sinks[0].path).join(REPORT_FILE));
     }
     Ok(first_path)
 }
@@ -789,7 +743,7 @@ async fn execute(
             "materializing the detect input".into(),
         ));
         let t = Instant::now();
-        let work = work_dir_of(&p.sinks[0].path);
+        let work = sibling_dir(&p.sinks[0].path, "work");
         let _ = std::fs::remove_dir_all(&work);
         std::fs::create_dir_all(&work).map_err(|source| PipelineError::Io {
             path: work.clone(),
@@ -805,7 +759,7 @@ async fn execute(
             )
             .await
             .map_err(|e| {
-                let user = is_data_error(&e);
+                let user = nomaly_engine::error::is_user_datafusion_error(&e);
                 let err = classify("materializing the detect input".into(), e);
                 if user { err } else { runtime(err) }
             })?;
@@ -1007,7 +961,7 @@ async fn run_checks(
                     let reader = SourceReader {
                         name: "output".into(),
                         path: s.path.display().to_string(),
-                        location: format!("{}/", staging_of(&s.path).display()),
+                        location: format!("{}/", staging_dir(&s.path).display()),
                         format: s.format,
                         has_header: true,
                         delimiter: b',',
@@ -1121,8 +1075,8 @@ fn empty_report(p: &CompiledPipeline) -> RunReport {
         status: RunStatus::DryRun,
         started_at_unix_ms: 0,
         seconds: 0.0,
-        algorithm: None,
-        options: None,
+        algorithm: p.detect.as_ref().map(|d| d.algorithm.name().to_string()),
+        options: p.detect.as_ref().map(|d| d.options.clone()),
         input_rows: 0,
         output_rows: 0,
         anomalies: 0,

@@ -42,15 +42,24 @@ pub struct SinkTarget {
     pub filter_text: Option<String>,
 }
 
+/// A hidden directory beside `output`: `.<name>.nomaly-<role>` (staging, work, old).
+pub fn sibling_dir(output: &Path, role: &str) -> PathBuf {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "output".into());
+    output.with_file_name(format!(".{name}.nomaly-{role}"))
+}
+
+/// Where a run writes an output before publishing it.
+pub fn staging_dir(output: &Path) -> PathBuf {
+    sibling_dir(output, "staging")
+}
+
 impl SinkTarget {
     /// The staging directory beside the output.
     pub fn staging(&self) -> PathBuf {
-        let name = self
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_else(|| "output".into());
-        self.path.with_file_name(format!(".{name}.nomaly-staging"))
+        staging_dir(&self.path)
     }
 
     /// Checks, before any work, that the output can be written under its mode.
@@ -138,13 +147,7 @@ impl SinkTarget {
             let path = path.to_path_buf();
             move |source| PipelineError::Io { path, source }
         };
-        let old = self.path.with_file_name(format!(
-            ".{}.nomaly-old",
-            self.path
-                .file_name()
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_default()
-        ));
+        let old = sibling_dir(&self.path, "old");
         if old.exists() {
             std::fs::remove_dir_all(&old).map_err(io(&old))?;
         }
