@@ -30,6 +30,8 @@ enum Command {
     Sql(sql_cmd::SqlArgs),
     /// Run a pipeline file: sources -> SQL steps -> detect -> validate -> sinks -> notify
     Run(pipeline_cmd::RunArgs),
+    /// Continue an interrupted run: skip committed chunks, reuse the model, finish the output
+    Resume(pipeline_cmd::ResumeArgs),
     /// Check a pipeline file against the real data (paths, schemas, columns, SQL) without running it
     Validate(pipeline_cmd::FileArgs),
     /// Print a pipeline's chunk plan and physical plan
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Sql(args) => sql_cmd::run(args).await,
             Command::Run(args) => pipeline_cmd::run(args).await,
+            Command::Resume(args) => pipeline_cmd::resume(args).await,
             Command::Validate(args) => pipeline_cmd::validate(args).await,
             Command::Explain(args) => pipeline_cmd::explain(args).await,
             Command::Schema => pipeline_cmd::schema(),

@@ -5,9 +5,10 @@
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use nomaly_pipeline::checkpoint::{RUN_DIR, RunDir};
 use nomaly_pipeline::{
-    CompiledPipeline, PipelineError, PipelineFile, ProgressEvent, ProgressObserver, RunOptions,
-    RunReport, RunStatus, compile,
+    CompiledPipeline, PipelineError, PipelineFile, ProgressEvent, ProgressObserver, RunMode,
+    RunOptions, RunReport, RunStatus, compile,
 };
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -53,6 +54,48 @@ pub struct RunArgs {
     /// Memory budget, e.g. 512MB (same as --set resources.memory_limit=512MB)
     #[arg(long, value_name = "SIZE")]
     memory_limit: Option<String>,
+
+    /// Discard an unfinished run of this output (its committed chunks) and start over
+    #[arg(long, conflicts_with = "dry_run")]
+    restart: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "A run records itself in <output>/_nomaly/ (inside a hidden staging directory until it is published):
+the pipeline as run, the input fingerprint, the fitted model and a manifest of committed chunks.
+resume checks that the pipeline and the input are unchanged, keeps every committed chunk whose files
+match the manifest (size and CRC-32), removes temp and uncommitted files, reuses the model, and runs
+only the remaining chunks. The output is the same, byte for byte, as an uninterrupted run's.
+
+With no unfinished run it starts one; on a completed run it prints the report and exits 0.
+
+Examples:
+  nomaly resume pipeline.toml
+  nomaly resume out/tx_scored/       # the output (or its _nomaly directory)
+  nomaly resume --refit pipeline.toml # the input changed: start over instead of refusing"
+)]
+pub struct ResumeArgs {
+    /// The pipeline file, or an output directory / run directory of an earlier run
+    #[arg(value_name = "PIPELINE.toml|RUN-DIR")]
+    target: PathBuf,
+
+    /// Override a setting (must match the interrupted run's, which is checked)
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+
+    /// When the pipeline or its input changed since the run started, start over (refit the
+    /// model, redo every chunk) instead of refusing
+    #[arg(long)]
+    refit: bool,
+
+    /// Print the run report as JSON on stdout
+    #[arg(long)]
+    json: bool,
+
+    /// Never draw a progress bar, log lines instead
+    #[arg(long)]
+    no_progress: bool,
 }
 
 fn load(args: &FileArgs) -> Result<CompiledPipeline, PipelineError> {
@@ -234,17 +277,95 @@ pub async fn run(mut args: RunArgs) -> i32 {
         Ok(p) => p,
         Err(e) => return fail(&e),
     };
-    let draw = !args.no_progress && std::io::stderr().is_terminal();
+    let mode = if args.restart {
+        RunMode::Restart
+    } else {
+        RunMode::Run
+    };
+    execute(&p, mode, args.dry_run, args.json, args.no_progress).await
+}
+
+/// The pipeline file a `resume` target names: the file itself, or the one recorded in a run
+/// directory (`<output>`, `<output>/_nomaly`, or a staging directory).
+fn resume_target(
+    target: &std::path::Path,
+    overrides: &[String],
+) -> Result<PipelineFile, PipelineError> {
+    if !target.is_dir() {
+        return PipelineFile::load(target, overrides);
+    }
+    // The run directory sits in the staging directory while the run is unfinished.
+    let output = if target.file_name() == Some(std::ffi::OsStr::new(RUN_DIR)) {
+        target.parent().unwrap_or(target).to_path_buf()
+    } else {
+        target.to_path_buf()
+    };
+    for dir in [nomaly_pipeline::sink::staging_dir(&output), output.clone()] {
+        let run = RunDir::at(&dir);
+        if run.exists() {
+            let record = run.read_record()?;
+            let text = run.read_pipeline_text()?;
+            return PipelineFile::parse(
+                std::path::Path::new(&record.pipeline_file),
+                &text,
+                overrides,
+                &|name| std::env::var(name).ok(),
+            );
+        }
+    }
+    Err(PipelineError::invalid(
+        target.display().to_string(),
+        "is a directory with no Nomaly run in it (no _nomaly/run.json); pass the pipeline file, or the output directory of a run",
+    ))
+}
+
+pub async fn resume(args: ResumeArgs) -> i32 {
+    let p = match resume_target(&args.target, &args.overrides).and_then(compile) {
+        Ok(p) => p,
+        Err(e) => return fail(&e),
+    };
+    match nomaly_pipeline::completed_run(&p).await {
+        Ok(Some(report)) => {
+            if args.json {
+                println!("{report}");
+            }
+            eprintln!(
+                "{}: already complete; its output is {} (report in {})",
+                p.name,
+                p.sinks[0].path.display(),
+                p.sinks[0]
+                    .path
+                    .join(nomaly_pipeline::sink::REPORT_FILE)
+                    .display()
+            );
+            return 0;
+        }
+        Ok(None) => {}
+        Err(e) => return fail(&e),
+    }
+    let mode = RunMode::Resume { refit: args.refit };
+    execute(&p, mode, false, args.json, args.no_progress).await
+}
+
+async fn execute(
+    p: &CompiledPipeline,
+    mode: RunMode,
+    dry_run: bool,
+    json: bool,
+    no_progress: bool,
+) -> i32 {
+    let draw = !no_progress && std::io::stderr().is_terminal();
     let progress = Arc::new(CliProgress::new(draw));
     let opts = RunOptions {
-        dry_run: args.dry_run,
+        dry_run,
+        mode,
         progress: progress.clone(),
     };
-    let result = nomaly_pipeline::run(&p, &opts).await;
+    let result = nomaly_pipeline::run(p, &opts).await;
     progress.finish();
     match result {
         Ok(report) => {
-            if args.json {
+            if json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&report).expect("a report is JSON")
@@ -268,11 +389,16 @@ pub async fn run(mut args: RunArgs) -> i32 {
             }
         }
         Err((e, report)) => {
-            if let (true, Some(r)) = (args.json, &report) {
+            if let (true, Some(r)) = (json, &report) {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(r).expect("a report is JSON")
                 );
+            }
+            if let Some(r) = &report {
+                for w in &r.warnings {
+                    eprintln!("warning: {w}");
+                }
             }
             fail(&e)
         }

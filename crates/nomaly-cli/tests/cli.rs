@@ -2,6 +2,8 @@
 
 #[path = "pipeline/mod.rs"]
 mod pipeline;
+#[path = "recovery/mod.rs"]
+mod recovery;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -92,8 +92,35 @@ pub fn is_user_datafusion_error(e: &DataFusionError) -> bool {
                     | ArrowError::SchemaError(_)
             )
         }
-        DataFusionError::ParquetError(_) => true,
+        // ...unless the reader failed on I/O underneath (a store error wrapped as `External`).
+        DataFusionError::ParquetError(_) => !is_transient_datafusion_error(e),
         _ => false,
+    }
+}
+
+/// True when running the same work again may succeed: I/O and object-store failures (not "not
+/// found"), memory exhaustion. Parse, schema and plan errors are deterministic and never are. The
+/// whole source chain is searched, because readers wrap store errors (e.g. Parquet's `External`).
+pub fn is_transient_datafusion_error(e: &DataFusionError) -> bool {
+    use datafusion::object_store::Error as StoreError;
+    let root = e.find_root();
+    match root {
+        DataFusionError::ObjectStore(s) => !matches!(s.as_ref(), StoreError::NotFound { .. }),
+        DataFusionError::IoError(io) => io.kind() != std::io::ErrorKind::NotFound,
+        DataFusionError::ResourcesExhausted(_) => true,
+        _ => {
+            let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(root);
+            while let Some(err) = cur {
+                if let Some(s) = err.downcast_ref::<StoreError>() {
+                    return !matches!(s, StoreError::NotFound { .. });
+                }
+                if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                    return io.kind() != std::io::ErrorKind::NotFound;
+                }
+                cur = err.source();
+            }
+            false
+        }
     }
 }
 

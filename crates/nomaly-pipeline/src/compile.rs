@@ -60,6 +60,37 @@ pub struct CompiledPipeline {
     pub cpus: Option<usize>,
     pub timeout: Option<Duration>,
     pub timeout_text: Option<String>,
+    pub retry: RetryPolicy,
+}
+
+/// How transient failures are retried (`[retry]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    pub max_retries: u32,
+    pub initial_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 3,
+            initial_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `retry` (1-based): full jitter over an exponential cap, so
+    /// many chunks failing together do not retry together. `unit` in [0, 1) is the random draw.
+    pub fn delay(&self, retry: u32, unit: f64) -> Duration {
+        let cap = self
+            .initial_delay
+            .saturating_mul(1u32 << retry.saturating_sub(1).min(20))
+            .min(self.max_delay);
+        cap.mul_f64(unit.clamp(0.0, 1.0))
+    }
 }
 
 fn is_identifier(s: &str) -> bool {
@@ -119,6 +150,11 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     let t = text.trim();
     if let Ok(secs) = t.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
+    }
+    if let Some(ms) = t.strip_suffix("ms")
+        && let Ok(ms) = ms.trim().parse::<u64>()
+    {
+        return Ok(Duration::from_millis(ms));
     }
     let mut total = 0u64;
     let mut num = String::new();
@@ -597,6 +633,36 @@ pub fn compile(file: PipelineFile) -> Result<CompiledPipeline> {
         })?),
         None => None,
     };
+    let retry = {
+        let defaults = RetryPolicy::default();
+        let r = &spec.retry;
+        let delay = |key: &str, text: &Option<String>, default: Duration| match text {
+            Some(t) => parse_duration(t)
+                .map_err(|e| PipelineError::invalid(place(&file, "[retry]", 0, Some(key)), e)),
+            None => Ok(default),
+        };
+        let policy = RetryPolicy {
+            max_retries: r.max_retries.unwrap_or(defaults.max_retries),
+            initial_delay: delay("initial_delay", &r.initial_delay, defaults.initial_delay)?,
+            max_delay: delay("max_delay", &r.max_delay, defaults.max_delay)?,
+        };
+        if policy.max_retries > 100 {
+            return Err(PipelineError::invalid(
+                place(&file, "[retry]", 0, Some("max_retries")),
+                format!(
+                    "max_retries = {} is out of range; use 0 (never retry) to 100",
+                    policy.max_retries
+                ),
+            ));
+        }
+        if policy.max_delay < policy.initial_delay {
+            return Err(PipelineError::invalid(
+                place(&file, "[retry]", 0, Some("max_delay")),
+                "max_delay is shorter than initial_delay; raise max_delay or lower initial_delay",
+            ));
+        }
+        policy
+    };
     let name = spec.name.clone().unwrap_or_else(|| {
         file.path
             .file_stem()
@@ -616,6 +682,7 @@ pub fn compile(file: PipelineFile) -> Result<CompiledPipeline> {
         cpus: spec.resources.cpus,
         timeout,
         timeout_text: spec.resources.timeout.clone(),
+        retry,
         file,
     })
 }

@@ -54,12 +54,26 @@ pub enum PipelineError {
         range: String,
         message: String,
         user_error: bool,
+        /// A retry may help (I/O, object store, memory); see [`PipelineError::is_transient`].
+        transient: bool,
     },
 
     #[error(
         "the run exceeded its timeout of {limit} ([resources] timeout); raise it or give the run more cpus"
     )]
     Timeout { limit: String },
+
+    #[error(
+        "output {} has an unfinished run ({committed} of {chunks} chunks committed, in {}); continue it with `nomaly resume {}`, or discard it and start over with `nomaly run --restart {}`",
+        output.display(), run_dir.display(), file.display(), file.display()
+    )]
+    UnfinishedRun {
+        output: PathBuf,
+        run_dir: PathBuf,
+        committed: usize,
+        chunks: usize,
+        file: PathBuf,
+    },
 
     #[error("{}: {source}", path.display())]
     Io {
@@ -90,6 +104,19 @@ impl PipelineError {
             PipelineError::Chunk { user_error, .. } => *user_error,
             PipelineError::Io { .. } | PipelineError::Timeout { .. } => false,
             _ => true,
+        }
+    }
+
+    /// True when doing the same work again may succeed, so a chunk is retried with backoff.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PipelineError::Chunk { transient, .. } => *transient,
+            PipelineError::Io { source, .. } => source.kind() != std::io::ErrorKind::NotFound,
+            PipelineError::Engine {
+                source: EngineError::DataFusion(e),
+                ..
+            } => nomaly_engine::error::is_transient_datafusion_error(e),
+            _ => false,
         }
     }
 

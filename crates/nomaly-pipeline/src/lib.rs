@@ -6,9 +6,11 @@
 //! deterministic chunks ([`chunks`]) that are the partitions of the scan; each chunk's output is one
 //! part file per sink ([`sink`]), committed by rename and published when the run succeeds.
 
+pub mod checkpoint;
 pub mod chunks;
 pub mod compile;
 pub mod error;
+pub mod faults;
 pub mod notify;
 pub mod progress;
 pub mod report;
@@ -20,5 +22,5 @@ pub use compile::{CompiledPipeline, compile};
 pub use error::{PipelineError, Result};
 pub use progress::{NoProgress, ProgressEvent, ProgressObserver};
 pub use report::{RunReport, RunStatus};
-pub use run::{RunOptions, explain, run, validate};
+pub use run::{RunMode, RunOptions, completed_run, explain, run, validate};
 pub use spec::{PipelineFile, json_schema};

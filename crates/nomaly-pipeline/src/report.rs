@@ -1,6 +1,7 @@
 //! The run report (JSON): what went in, what came out, how long each part took, what it cost.
 
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -71,6 +72,30 @@ pub struct RunReport {
     pub spill_bytes: u64,
     pub warnings: Vec<String>,
     pub error: Option<String>,
+    /// The run directory (manifest, model, fingerprint): `<output>/_nomaly` once published.
+    pub run_dir: Option<String>,
+    pub recovery: Recovery,
+}
+
+/// What it took to get here: retries, and what a resume reused and redid.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Recovery {
+    /// This run continued an interrupted one (`nomaly resume`).
+    pub resumed: bool,
+    /// The fitted model(s) came from the run directory, not a new fit.
+    pub model_reused: bool,
+    /// Chunks committed by earlier attempts, verified against the manifest and kept.
+    pub chunks_reused: usize,
+    /// Chunks that were in flight when the earlier attempt stopped, done again.
+    pub chunks_redone: usize,
+    /// Committed chunks whose files no longer matched the manifest, done again.
+    pub chunks_invalid: usize,
+    /// Temp files and uncommitted part files an earlier attempt left, removed.
+    pub orphan_files_removed: usize,
+    /// Retries of chunks ("chunk 3") and fit partitions ("fit 3") that needed any.
+    pub retries: BTreeMap<String, u32>,
+    /// Work thrown away: failed attempts, plus the redone chunks at the mean chunk time.
+    pub time_lost_seconds: f64,
 }
 
 /// Peak resident set size of this process (Linux; 0 elsewhere).

@@ -8,9 +8,14 @@
 //! and is executed and written on its own. Otherwise the detect input is written once to a work
 //! directory and that is chunked ("materialized").
 
+use crate::checkpoint::{
+    ChunkEntry, CommitEntry, ManifestEvent, ManifestState, PartEntry, RUN_DIR, RunDir, RunRecord,
+    fingerprint, fingerprint_change, now_ms, pipeline_change, remove_orphans, verify_commit,
+};
 use crate::chunks::{ChunkPlan, ChunkTable, SourceReader, plan_chunks};
-use crate::compile::{CompiledPipeline, Detect};
+use crate::compile::{CompiledPipeline, Detect, RetryPolicy};
 use crate::error::{PipelineError, Result};
+use crate::faults::FaultPlan;
 use crate::notify::notify_all;
 use crate::progress::{ProgressEvent, ProgressObserver};
 use crate::report::{CheckResult, RunReport, RunStatus, SinkReport, StepTiming, peak_rss_bytes};
@@ -19,35 +24,82 @@ use crate::sink::{
 };
 use crate::spec::{FileFormat, ValidateSpec};
 use datafusion::arrow::array::{Array, AsArray, BinaryArray, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::common::DFSchema;
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::dataframe::{DataFrame, DataFrameWriteOptions};
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
+use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use nomaly_engine::{EngineConfig, EngineError, EngineKind, build_context};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tracing::Instrument;
 
 /// Name of the fitted-models table in a run's session.
 const MODELS: &str = "__nomaly_models";
 /// Name of a materialized detect input.
 const STAGED_INPUT: &str = "__nomaly_detect_input";
 
+/// Whether a run starts fresh or continues an interrupted one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RunMode {
+    /// A new run; refused when an unfinished run of the same output exists.
+    #[default]
+    Run,
+    /// Discard an unfinished run, then run.
+    Restart,
+    /// Continue an unfinished run (skip committed chunks, reuse the model); start one when there
+    /// is none. With `refit`, a run whose pipeline or input changed starts over instead of
+    /// being refused.
+    Resume { refit: bool },
+}
+
 /// How to run.
 pub struct RunOptions {
     /// Plan and run every step on zero rows; write nothing.
     pub dry_run: bool,
+    pub mode: RunMode,
     pub progress: Arc<dyn ProgressObserver>,
+}
+
+/// A random draw in [0, 1) for retry jitter (no need for a seed: waits are not results).
+fn jitter_unit() -> f64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut x = nanos ^ COUNTER.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The root cause of a DataFusion error as a retry-aware chunk error.
+fn chunk_error(chunk: usize, range: &str, e: DataFusionError) -> PipelineError {
+    let user_error = nomaly_engine::error::is_user_datafusion_error(&e);
+    let transient = !user_error && nomaly_engine::error::is_transient_datafusion_error(&e);
+    PipelineError::Chunk {
+        chunk,
+        range: range.to_string(),
+        message: EngineError::DataFusion(e).user_message(),
+        user_error,
+        transient,
+    }
 }
 
 fn quote_ident(s: &str) -> String {
@@ -86,6 +138,14 @@ pub async fn prepare(
     let ctx = build_context(&config)
         .await
         .map_err(|e| PipelineError::engine(p.file.path.display().to_string(), e))?;
+    if let Some(plan) = FaultPlan::from_env() {
+        let local = datafusion::execution::object_store::ObjectStoreUrl::local_filesystem();
+        let store = crate::faults::FaultyStore::new(
+            Arc::new(datafusion::object_store::local::LocalFileSystem::new()),
+            plan,
+        );
+        ctx.register_object_store(local.as_ref(), Arc::new(store));
+    }
     // Partition i of a scan must stay chunk i: no re-splitting of file groups, no round-robin.
     for setting in [
         "SET datafusion.optimizer.repartition_file_scans = false",
@@ -321,14 +381,16 @@ async fn fit_models(
     d: &Detect,
     input: &str,
     reads: &str,
-) -> Result<(u64, u64, usize)> {
+    retry: &FitRetry,
+    report: &mut RunReport,
+) -> Result<FittedModels> {
     let fit = ctx
         .sql(&fit_sql(d, input))
         .await
         .map_err(|e| classify(d.place.clone(), e))?;
     // The plan's schema, not the first batch's: an empty input has no batches.
     let schema: SchemaRef = Arc::new(fit.schema().as_arrow().clone());
-    let batches = fit.collect().await.map_err(|e| {
+    let batches = collect_fit(fit, retry, report).await.map_err(|e| {
         let user = nomaly_engine::error::is_user_datafusion_error(&e);
         let err = classify(format!("{} (fit, reading {reads})", d.place), e);
         if user { err } else { runtime(err) }
@@ -352,12 +414,169 @@ async fn fit_models(
             models += 1;
         }
     }
+    register_models(ctx, schema.clone(), batches.clone())
+        .map_err(|e| classify(d.place.clone(), e))?;
+    Ok(FittedModels {
+        rows,
+        skipped,
+        models,
+        schema,
+        batches,
+    })
+}
+
+/// A fit's result: counts, and the models table (kept in the run directory for resume).
+struct FittedModels {
+    rows: u64,
+    skipped: u64,
+    models: usize,
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+}
+
+fn register_models(
+    ctx: &SessionContext,
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+) -> std::result::Result<(), DataFusionError> {
     let _ = ctx.deregister_table(MODELS);
-    let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])
-        .map_err(|e| classify(d.place.clone(), e))?;
-    ctx.register_table(MODELS, Arc::new(table))
-        .map_err(|e| classify(d.place.clone(), e))?;
-    Ok((rows, skipped, models))
+    let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
+    ctx.register_table(MODELS, Arc::new(table))?;
+    Ok(())
+}
+
+/// How the fit retries: the policy and how many partitions run at once.
+struct FitRetry {
+    policy: RetryPolicy,
+    parallel: usize,
+}
+
+/// The first partial aggregate under `plan` (the fit's per-partition state builder).
+fn find_partial_aggregate(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
+    if let Some(agg) = plan.as_ref().downcast_ref::<AggregateExec>()
+        && *agg.mode() == AggregateMode::Partial
+    {
+        return Some(plan.clone());
+    }
+    plan.children().into_iter().find_map(find_partial_aggregate)
+}
+
+/// True when each partition of `plan` can be executed (and re-executed) on its own: nothing
+/// under it moves rows between partitions.
+fn partitions_are_independent(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    !matches!(
+        plan.name(),
+        "RepartitionExec" | "CoalescePartitionsExec" | "SortPreservingMergeExec"
+    ) && plan.children().into_iter().all(partitions_are_independent)
+}
+
+/// Runs the fit. Its partial aggregate runs partition by partition, each partition retried on a
+/// transient failure, and the final aggregate merges the partial states — so a flaky read costs
+/// one partition, not the fit. When partitions are not independent the whole fit is retried.
+async fn collect_fit(
+    df: DataFrame,
+    retry: &FitRetry,
+    report: &mut RunReport,
+) -> std::result::Result<Vec<RecordBatch>, DataFusionError> {
+    let task_ctx = Arc::new(df.task_ctx());
+    let plan = df.clone().create_physical_plan().await?;
+    let partial = find_partial_aggregate(&plan)
+        .filter(|p| p.children().into_iter().all(partitions_are_independent));
+    let Some(partial) = partial else {
+        let mut retries = 0u32;
+        loop {
+            let t = Instant::now();
+            match df.clone().collect().await {
+                Ok(b) => return Ok(b),
+                Err(e)
+                    if retries < retry.policy.max_retries
+                        && nomaly_engine::error::is_transient_datafusion_error(&e) =>
+                {
+                    retries += 1;
+                    report.retries += 1;
+                    report.recovery.retries.insert("fit".into(), retries);
+                    report.recovery.time_lost_seconds += t.elapsed().as_secs_f64();
+                    report.warnings.push(format!(
+                        "fit: {}; retry {retries} of {}",
+                        e.find_root(),
+                        retry.policy.max_retries
+                    ));
+                    tokio::time::sleep(retry.policy.delay(retries, jitter_unit())).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let n = partial.output_partitioning().partition_count();
+    let policy = retry.policy;
+    let results: Vec<_> = futures::stream::iter(0..n)
+        .map(|i| {
+            let (df, task_ctx, first) = (df.clone(), task_ctx.clone(), partial.clone());
+            async move {
+                let mut node = first;
+                let mut retries = 0u32;
+                let mut lost = 0.0;
+                let mut warnings = Vec::new();
+                loop {
+                    let t = Instant::now();
+                    let attempt = match node.execute(i, task_ctx.clone()) {
+                        Ok(stream) => datafusion::physical_plan::common::collect(stream).await,
+                        Err(e) => Err(e),
+                    };
+                    match attempt {
+                        Ok(b) => return Ok((b, retries, lost, warnings)),
+                        Err(e)
+                            if retries < policy.max_retries
+                                && nomaly_engine::error::is_transient_datafusion_error(&e) =>
+                        {
+                            retries += 1;
+                            lost += t.elapsed().as_secs_f64();
+                            warnings.push(format!(
+                                "fit partition {i}: {}; retry {retries} of {}",
+                                e.find_root(),
+                                policy.max_retries
+                            ));
+                            tokio::time::sleep(policy.delay(retries, jitter_unit())).await;
+                            // A fresh plan: nothing of the failed attempt is reused.
+                            let fresh = df.clone().create_physical_plan().await?;
+                            node = find_partial_aggregate(&fresh).ok_or_else(|| {
+                                DataFusionError::Internal(
+                                    "the fit plan changed between attempts".into(),
+                                )
+                            })?;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        })
+        .buffered(retry.parallel.max(1))
+        .collect()
+        .await;
+    let mut states = Vec::with_capacity(n);
+    for (i, r) in results.into_iter().enumerate() {
+        let (batches, retries, lost, warnings) = r?;
+        if retries > 0 {
+            report.retries += retries as u64;
+            report.recovery.retries.insert(format!("fit {i}"), retries);
+            report.recovery.time_lost_seconds += lost;
+            report.warnings.extend(warnings);
+        }
+        states.push(batches);
+    }
+    let memory = MemorySourceConfig::try_new_exec(&states, partial.schema(), None)?;
+    let merged = plan
+        .transform_down(|node| {
+            Ok(
+                if std::ptr::addr_eq(Arc::as_ptr(&node), Arc::as_ptr(&partial)) {
+                    Transformed::yes(memory.clone() as Arc<dyn ExecutionPlan>)
+                } else {
+                    Transformed::no(node)
+                },
+            )
+        })?
+        .data;
+    datafusion::physical_plan::collect(merged, task_ctx).await
 }
 
 fn runtime(e: PipelineError) -> PipelineError {
@@ -368,6 +587,7 @@ fn runtime(e: PipelineError) -> PipelineError {
             range: "fit".into(),
             message: format!("{place}: {}", source.user_message()),
             user_error: false,
+            transient: false,
         },
         other => other,
     }
@@ -407,6 +627,8 @@ fn is_chunk_preserving(plan: &Arc<dyn ExecutionPlan>, chunks: &ChunkPlan) -> boo
     }
 }
 
+const CANCELLED: &str = "cancelled after another chunk failed";
+
 /// Counts of one committed chunk.
 #[derive(Debug, Clone, Default)]
 struct ChunkOutcome {
@@ -426,15 +648,21 @@ async fn score_chunk(
     schema: SchemaRef,
     stop: Arc<AtomicBool>,
 ) -> Result<ChunkOutcome> {
-    let fail = |message: String, user_error: bool| PipelineError::Chunk {
-        chunk,
-        range: describe.clone(),
-        message,
-        user_error,
+    // A sink that cannot write (disk, permissions, an injected fault) may work on a retry; a
+    // bad `where` cannot.
+    let write_error = |e: PipelineError| match e {
+        PipelineError::Invalid { .. } => e,
+        other => PipelineError::Chunk {
+            chunk,
+            range: describe.clone(),
+            message: other.user_message(),
+            user_error: false,
+            transient: true,
+        },
     };
     let mut stream = plan
         .execute(chunk, task_ctx)
-        .map_err(|e| fail(EngineError::DataFusion(e).user_message(), false))?;
+        .map_err(|e| chunk_error(chunk, &describe, e))?;
     let mut writers = sinks
         .iter()
         .map(|(t, staging)| ChunkWriter::new(t.clone(), staging.clone(), chunk, schema.clone()))
@@ -444,12 +672,15 @@ async fn score_chunk(
     let mut out = ChunkOutcome::default();
     while let Some(batch) = stream.next().await {
         if stop.load(Ordering::Relaxed) {
-            return Err(fail("cancelled after another chunk failed".into(), false));
+            return Err(PipelineError::Chunk {
+                chunk,
+                range: describe.clone(),
+                message: CANCELLED.into(),
+                user_error: false,
+                transient: false,
+            });
         }
-        let batch: RecordBatch = batch.map_err(|e| {
-            let user = nomaly_engine::error::is_user_datafusion_error(&e);
-            fail(EngineError::DataFusion(e).user_message(), user)
-        })?;
+        let batch: RecordBatch = batch.map_err(|e| chunk_error(chunk, &describe, e))?;
         out.rows += batch.num_rows() as u64;
         if let Some(i) = flag_idx {
             let flags = batch.column(i).as_boolean();
@@ -459,11 +690,11 @@ async fn score_chunk(
             out.missing += batch.column(i).null_count() as u64;
         }
         for w in writers.iter_mut() {
-            w.write(&batch)?;
+            w.write(&batch).map_err(write_error)?;
         }
     }
     for (s, w) in writers.into_iter().enumerate() {
-        for part in w.commit()? {
+        for part in w.commit().map_err(write_error)? {
             out.parts.push((s, part));
         }
     }
@@ -481,9 +712,7 @@ pub async fn run(
         Some(limit) => match tokio::time::timeout(limit, fut).await {
             Ok(r) => r,
             Err(_) => {
-                for s in &p.sinks {
-                    let _ = std::fs::remove_dir_all(staging_dir(&s.path));
-                }
+                discard_unless_resumable(p);
                 Err((
                     PipelineError::Timeout {
                         limit: p.timeout_text.clone().unwrap_or_default(),
@@ -550,9 +779,19 @@ async fn run_inner(
     report.spill_bytes = peak_spill.load(Ordering::Relaxed);
     report.peak_rss_bytes = peak_rss_bytes();
     report.seconds = started.elapsed().as_secs_f64();
-    let _ = std::fs::remove_dir_all(sibling_dir(&p.sinks[0].path, "work"));
     match result {
         Ok(()) => {
+            if report.status != RunStatus::DryRun {
+                RunDir::at(&staging_dir(&p.sinks[0].path))
+                    .append(
+                        &ManifestEvent::Complete {
+                            at_unix_ms: now_ms(),
+                        },
+                        true,
+                    )
+                    .map_err(|e| (e, None))?;
+                let _ = std::fs::remove_dir_all(sibling_dir(&p.sinks[0].path, "work"));
+            }
             let report_path = finish(p, &mut report).map_err(|e| (e, None))?;
             let warnings = notify_all(
                 &p.notifications,
@@ -568,8 +807,13 @@ async fn run_inner(
             Ok(report)
         }
         Err(e) => {
-            for s in &p.sinks {
-                let _ = std::fs::remove_dir_all(staging_dir(&s.path));
+            // Refusing to overwrite an unfinished run must not touch it.
+            if !matches!(e, PipelineError::UnfinishedRun { .. }) && discard_unless_resumable(p) {
+                report.warnings.push(format!(
+                    "committed chunks are kept in {}; `nomaly resume {}` continues from them",
+                    staging_dir(&p.sinks[0].path).display(),
+                    p.file.path.display()
+                ));
             }
             report.status = RunStatus::Failed;
             report.error = Some(e.user_message());
@@ -659,26 +903,38 @@ async fn scored_frame(
     p: &CompiledPipeline,
     input: &str,
     report: &mut RunReport,
-) -> Result<DataFrame> {
+) -> Result<(DataFrame, Option<FittedModels>)> {
     match &p.detect {
         Some(d) => {
             let t = Instant::now();
-            let (rows, missing, models) = fit_models(ctx, d, input, &reads(p)).await?;
-            report.input_rows = rows;
-            report.rows_with_missing_features = missing;
-            report.models = models;
+            let retry = FitRetry {
+                policy: p.retry,
+                parallel: p.cpus.unwrap_or_else(|| {
+                    std::thread::available_parallelism()
+                        .map(|n| n.get())
+                        .unwrap_or(1)
+                }),
+            };
+            let fitted = fit_models(ctx, d, input, &reads(p), &retry, report).await?;
+            report.input_rows = fitted.rows;
+            report.rows_with_missing_features = fitted.skipped;
+            report.models = fitted.models;
             report.steps.push(StepTiming {
                 step: "fit".into(),
                 seconds: t.elapsed().as_secs_f64(),
             });
-            ctx.sql(&score_sql(d, input))
+            let df = ctx
+                .sql(&score_sql(d, input))
                 .await
-                .map_err(|e| classify(d.place.clone(), e))
+                .map_err(|e| classify(d.place.clone(), e))?;
+            Ok((df, Some(fitted)))
         }
-        None => ctx
-            .sql(&format!("SELECT * FROM {input}"))
-            .await
-            .map_err(|e| classify(p.file.path.display().to_string(), e)),
+        None => Ok((
+            ctx.sql(&format!("SELECT * FROM {input}"))
+                .await
+                .map_err(|e| classify(p.file.path.display().to_string(), e))?,
+            None,
+        )),
     }
 }
 
@@ -705,7 +961,7 @@ async fn execute(
     if opts.dry_run {
         progress.on_event(&ProgressEvent::Phase("dry run on zero rows".into()));
         let empty = format!("(SELECT * FROM {input} LIMIT 0)");
-        let df = scored_frame(ctx, p, &empty, report).await?;
+        let (df, _) = scored_frame(ctx, p, &empty, report).await?;
         let sinks = compile_sinks(ctx, p, df.schema())?;
         let batches = df
             .collect()
@@ -723,167 +979,379 @@ async fn execute(
         return Ok(());
     }
 
-    progress.on_event(&ProgressEvent::Phase("fit".into()));
+    let staging: Vec<PathBuf> = p.sinks.iter().map(|s| staging_dir(&s.path)).collect();
+    let run_dir = RunDir::at(&staging[0]);
+    report.run_dir = Some(p.sinks[0].path.join(RUN_DIR).display().to_string());
+    let now_sources = fingerprint(ctx, &p.sources).await?;
+    let mut resumed: Option<(RunRecord, ManifestState)> = None;
+    match opts.mode {
+        RunMode::Run if is_unfinished(&run_dir) => return Err(unfinished_run(p, &run_dir)),
+        RunMode::Resume { refit } if is_unfinished(&run_dir) => {
+            let record = run_dir.read_record()?;
+            let change = pipeline_change(&run_dir.read_pipeline_text()?, &p.file.spec)
+                .map(|c| format!("the pipeline changed: {c}"))
+                .or_else(|| fingerprint_change(&record.sources, &now_sources));
+            match change {
+                Some(c) if !refit => {
+                    return Err(PipelineError::invalid(
+                        p.file.path.display().to_string(),
+                        format!(
+                            "cannot resume the unfinished run in {}: {c}. A resume continues the same pipeline on the same input; to start over, run `nomaly resume --refit {}` (or `nomaly run --restart {}`)",
+                            run_dir.path.display(),
+                            p.file.path.display(),
+                            p.file.path.display()
+                        ),
+                    ));
+                }
+                Some(c) => progress.on_event(&ProgressEvent::Warning(format!(
+                    "{c}; --refit: starting the run over"
+                ))),
+                None => resumed = Some((record, run_dir.read_manifest()?)),
+            }
+        }
+        _ => {}
+    }
+    // Fault injection (tests) starts once the inputs are planned.
+    if let Some(f) = FaultPlan::from_env() {
+        f.arm();
+    }
+
     let mut chunk_plan = prepared.chunks.clone();
-    let mut df = scored_frame(ctx, p, &input, report).await?;
-    if let Some(d) = &p.detect
-        && report.input_rows == 0
-    {
-        return Err(empty_input(d, &reads(p)));
-    }
-    let mut plan = df
-        .clone()
-        .create_physical_plan()
-        .await
-        .map_err(|e| classify(p.file.path.display().to_string(), e))?;
-    if !is_chunk_preserving(&plan, &chunk_plan) {
-        // The steps mix rows across chunks (aggregates, sorts, unions, partitioned joins): write the
-        // detect input once and chunk that.
-        progress.on_event(&ProgressEvent::Phase(
-            "materializing the detect input".into(),
-        ));
-        let t = Instant::now();
-        let work = sibling_dir(&p.sinks[0].path, "work");
-        let _ = std::fs::remove_dir_all(&work);
-        std::fs::create_dir_all(&work).map_err(|source| PipelineError::Io {
-            path: work.clone(),
-            source,
-        })?;
-        ctx.sql(&format!("SELECT * FROM {input}"))
-            .await
-            .map_err(|e| classify(p.file.path.display().to_string(), e))?
-            .write_parquet(
-                &format!("{}/", work.display()),
-                DataFrameWriteOptions::new(),
-                None,
-            )
-            .await
-            .map_err(|e| {
-                let user = nomaly_engine::error::is_user_datafusion_error(&e);
-                let err = classify("materializing the detect input".into(), e);
-                if user { err } else { runtime(err) }
-            })?;
-        let staged = SourceReader {
-            name: STAGED_INPUT.into(),
-            path: work.display().to_string(),
-            location: format!("{}/", work.display()),
-            format: FileFormat::Parquet,
-            has_header: true,
-            delimiter: b',',
-        };
-        chunk_plan = plan_chunks(ctx, &staged, p.chunk_rows).await?;
-        let _ = ctx.deregister_table(STAGED_INPUT);
-        ctx.register_table(STAGED_INPUT, Arc::new(ChunkTable::new(chunk_plan.clone())))
-            .map_err(|e| classify("materialized input".into(), e))?;
-        input = STAGED_INPUT.to_string();
-        report.chunking = "materialized".into();
-        report.chunks = chunk_plan.chunks.len();
-        report.steps.push(StepTiming {
-            step: "materialize".into(),
-            seconds: t.elapsed().as_secs_f64(),
-        });
-        let fit_time = report.steps.iter().position(|s| s.step == "fit");
-        if let Some(i) = fit_time {
-            report.steps.remove(i);
+    let (df, plan, models) = match &resumed {
+        Some((record, _)) => {
+            progress.on_event(&ProgressEvent::Phase("resume".into()));
+            let (schema, batches) = run_dir.read_models()?;
+            if p.detect.is_some() {
+                register_models(ctx, schema, batches)
+                    .map_err(|e| classify(run_dir.path.display().to_string(), e))?;
+            }
+            report.input_rows = record.input_rows;
+            report.rows_with_missing_features = record.rows_with_missing_features;
+            report.models = record.models;
+            report.recovery.model_reused = p.detect.is_some();
+            if record.chunking == "materialized" {
+                let work = sibling_dir(&p.sinks[0].path, "work");
+                if !work.is_dir() {
+                    return Err(PipelineError::invalid(
+                        p.file.path.display().to_string(),
+                        format!(
+                            "cannot resume: the run chunked its materialized input {}, which is gone; start over with `nomaly run --restart {}`",
+                            work.display(),
+                            p.file.path.display()
+                        ),
+                    ));
+                }
+                chunk_plan = chunk_materialized(ctx, p, &work).await?;
+                input = STAGED_INPUT.to_string();
+                report.chunking = "materialized".into();
+            }
+            let df = match &p.detect {
+                Some(d) => ctx
+                    .sql(&score_sql(d, &input))
+                    .await
+                    .map_err(|e| classify(d.place.clone(), e))?,
+                None => ctx
+                    .sql(&format!("SELECT * FROM {input}"))
+                    .await
+                    .map_err(|e| classify(p.file.path.display().to_string(), e))?,
+            };
+            let plan = df
+                .clone()
+                .create_physical_plan()
+                .await
+                .map_err(|e| classify(p.file.path.display().to_string(), e))?;
+            let now: Vec<ChunkEntry> = chunk_plan.chunks.iter().map(ChunkEntry::of).collect();
+            if now != record.chunks || !is_chunk_preserving(&plan, &chunk_plan) {
+                return Err(PipelineError::invalid(
+                    p.file.path.display().to_string(),
+                    format!(
+                        "cannot resume: the input now splits into {} chunks, the unfinished run had {} (or they differ); start over with `nomaly run --restart {}`",
+                        now.len(),
+                        record.chunks.len(),
+                        p.file.path.display()
+                    ),
+                ));
+            }
+            (df, plan, None)
         }
-        df = scored_frame(ctx, p, &input, report).await?;
-        plan = df
-            .clone()
-            .create_physical_plan()
-            .await
-            .map_err(|e| classify(p.file.path.display().to_string(), e))?;
-        if !is_chunk_preserving(&plan, &chunk_plan) {
-            return Err(PipelineError::Chunk {
-                chunk: 0,
-                range: "plan".into(),
-                message: format!(
-                    "the scoring plan does not keep chunks apart even over the materialized input; plan:\n{}",
-                    datafusion::physical_plan::displayable(plan.as_ref()).indent(false)
-                ),
-                user_error: false,
-            });
+        None => {
+            progress.on_event(&ProgressEvent::Phase("fit".into()));
+            let (mut df, mut models) = scored_frame(ctx, p, &input, report).await?;
+            if let Some(d) = &p.detect
+                && report.input_rows == 0
+            {
+                return Err(empty_input(d, &reads(p)));
+            }
+            let mut plan = df
+                .clone()
+                .create_physical_plan()
+                .await
+                .map_err(|e| classify(p.file.path.display().to_string(), e))?;
+            if !is_chunk_preserving(&plan, &chunk_plan) {
+                // The steps mix rows across chunks (aggregates, sorts, unions, partitioned
+                // joins): write the detect input once and chunk that.
+                progress.on_event(&ProgressEvent::Phase(
+                    "materializing the detect input".into(),
+                ));
+                let t = Instant::now();
+                let work = sibling_dir(&p.sinks[0].path, "work");
+                let _ = std::fs::remove_dir_all(&work);
+                std::fs::create_dir_all(&work).map_err(|source| PipelineError::Io {
+                    path: work.clone(),
+                    source,
+                })?;
+                ctx.sql(&format!("SELECT * FROM {input}"))
+                    .await
+                    .map_err(|e| classify(p.file.path.display().to_string(), e))?
+                    .write_parquet(
+                        &format!("{}/", work.display()),
+                        DataFrameWriteOptions::new(),
+                        None,
+                    )
+                    .await
+                    .map_err(|e| {
+                        let user = nomaly_engine::error::is_user_datafusion_error(&e);
+                        let err = classify("materializing the detect input".into(), e);
+                        if user { err } else { runtime(err) }
+                    })?;
+                chunk_plan = chunk_materialized(ctx, p, &work).await?;
+                input = STAGED_INPUT.to_string();
+                report.chunking = "materialized".into();
+                report.steps.push(StepTiming {
+                    step: "materialize".into(),
+                    seconds: t.elapsed().as_secs_f64(),
+                });
+                let fit_time = report.steps.iter().position(|s| s.step == "fit");
+                if let Some(i) = fit_time {
+                    report.steps.remove(i);
+                }
+                (df, models) = scored_frame(ctx, p, &input, report).await?;
+                plan = df
+                    .clone()
+                    .create_physical_plan()
+                    .await
+                    .map_err(|e| classify(p.file.path.display().to_string(), e))?;
+                if !is_chunk_preserving(&plan, &chunk_plan) {
+                    return Err(PipelineError::Chunk {
+                        chunk: 0,
+                        range: "plan".into(),
+                        message: format!(
+                            "the scoring plan does not keep chunks apart even over the materialized input; plan:\n{}",
+                            datafusion::physical_plan::displayable(plan.as_ref()).indent(false)
+                        ),
+                        user_error: false,
+                        transient: false,
+                    });
+                }
+            }
+            (df, plan, Some(models))
         }
-    }
+    };
+    report.chunks = chunk_plan.chunks.len();
     let sinks = compile_sinks(ctx, p, df.schema())?;
-    let staged: Vec<(Arc<SinkTarget>, PathBuf)> = sinks
-        .iter()
-        .map(|s| Ok((s.clone(), s.prepare_staging()?)))
-        .collect::<Result<_>>()?;
-    let staged = Arc::new(staged);
+    let n = chunk_plan.chunks.len();
+
+    // The run directory: a fresh run records itself; a resume checks what was committed.
+    let mut committed: BTreeMap<usize, CommitEntry> = BTreeMap::new();
+    match resumed {
+        None => {
+            for s in &sinks {
+                s.prepare_staging()?;
+            }
+            let models = models.flatten();
+            let (schema, batches) = match &models {
+                Some(m) => (m.schema.clone(), m.batches.clone()),
+                None => (Arc::new(Schema::empty()), vec![]),
+            };
+            let record = RunRecord {
+                format_version: 1,
+                pipeline: p.name.clone(),
+                pipeline_file: p.file.path.display().to_string(),
+                started_at_unix_ms: report.started_at_unix_ms as u64,
+                sources: now_sources,
+                chunking: report.chunking.clone(),
+                chunks: chunk_plan.chunks.iter().map(ChunkEntry::of).collect(),
+                input_rows: report.input_rows,
+                rows_with_missing_features: report.rows_with_missing_features,
+                models: report.models,
+            };
+            run_dir.create(&record, &p.file.text, &batches, &schema)?;
+        }
+        Some((_, state)) => {
+            let mut keep = BTreeSet::new();
+            for (id, c) in state.commits {
+                match verify_commit(&c, &staging) {
+                    Ok(()) if id < n => {
+                        for part in &c.parts {
+                            keep.insert(staging[part.sink].join(&part.path));
+                        }
+                        committed.insert(id, c);
+                    }
+                    Ok(()) => {}
+                    Err(why) => {
+                        report.recovery.chunks_invalid += 1;
+                        let w = format!("chunk {id} is redone: {why}");
+                        progress.on_event(&ProgressEvent::Warning(w.clone()));
+                        report.warnings.push(w);
+                    }
+                }
+            }
+            for dir in &staging {
+                std::fs::create_dir_all(dir).map_err(|source| PipelineError::Io {
+                    path: dir.clone(),
+                    source,
+                })?;
+                report.recovery.orphan_files_removed += remove_orphans(dir, &keep)?;
+            }
+            let redone: Vec<usize> = state
+                .in_flight
+                .iter()
+                .copied()
+                .filter(|c| !committed.contains_key(c))
+                .collect();
+            report.recovery.resumed = true;
+            report.recovery.chunks_reused = committed.len();
+            report.recovery.chunks_redone = redone.len();
+            if !committed.is_empty() {
+                let mean =
+                    committed.values().map(|c| c.seconds).sum::<f64>() / committed.len() as f64;
+                report.recovery.time_lost_seconds += mean * redone.len() as f64;
+            }
+            run_dir.append(
+                &ManifestEvent::Resume {
+                    at_unix_ms: now_ms(),
+                    committed: committed.len(),
+                    redone,
+                },
+                true,
+            )?;
+            progress.on_event(&ProgressEvent::Phase(format!(
+                "resuming: {} of {n} chunks already committed",
+                committed.len()
+            )));
+        }
+    }
+    let staged: Arc<Vec<(Arc<SinkTarget>, PathBuf)>> =
+        Arc::new(sinks.iter().cloned().zip(staging.iter().cloned()).collect());
+    let run_dir = Arc::new(run_dir);
 
     let t = Instant::now();
-    let n = chunk_plan.chunks.len();
     let known_rows: Option<u64> = chunk_plan.chunks.iter().map(|c| c.rows).sum();
     progress.on_event(&ProgressEvent::Phase("score".into()));
     progress.on_event(&ProgressEvent::ScoringStarted {
         chunks: n,
         rows: known_rows.or(Some(report.input_rows).filter(|r| *r > 0)),
     });
+    for c in committed.values() {
+        progress.on_event(&ProgressEvent::ChunkDone {
+            chunk: c.chunk,
+            rows: c.rows,
+            anomalies: c.anomalies,
+        });
+    }
     let task_ctx = Arc::new(df.task_ctx());
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
     let stop = Arc::new(AtomicBool::new(false));
     let limit = Arc::new(tokio::sync::Semaphore::new(prepared.partitions.max(1)));
+    let policy = p.retry;
     let mut tasks = tokio::task::JoinSet::new();
-    for c in &chunk_plan.chunks {
-        let (plan, task_ctx, staged, schema, stop, limit) = (
-            plan.clone(),
-            task_ctx.clone(),
-            staged.clone(),
-            schema.clone(),
-            stop.clone(),
-            limit.clone(),
-        );
-        let (id, describe) = (c.id, c.describe());
+    for c in chunk_plan
+        .chunks
+        .iter()
+        .filter(|c| !committed.contains_key(&c.id))
+    {
+        let job = ChunkJob {
+            chunk: c.id,
+            describe: c.describe(),
+            plan: plan.clone(),
+            task_ctx: task_ctx.clone(),
+            sinks: staged.clone(),
+            schema: schema.clone(),
+            stop: stop.clone(),
+            run_dir: run_dir.clone(),
+            policy,
+            progress: opts.progress.clone(),
+        };
+        let limit = limit.clone();
         tasks.spawn(async move {
             let _permit = limit.acquire_owned().await.expect("never closed");
-            if stop.load(Ordering::Relaxed) {
-                return (id, Ok(ChunkOutcome::default()));
+            let id = job.chunk;
+            if job.stop.load(Ordering::Relaxed) {
+                return (id, Err(None));
             }
-            let r = score_chunk(id, describe, plan, task_ctx, staged, schema, stop).await;
-            (id, r)
+            (id, job.run().await)
         });
     }
-    let mut outcomes: Vec<(usize, ChunkOutcome)> = Vec::with_capacity(n);
-    let mut first_error: Option<PipelineError> = None;
+    let mut failures: Vec<PipelineError> = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         match joined {
-            Ok((id, Ok(o))) => {
+            Ok((id, Ok((entry, lost)))) => {
                 progress.on_event(&ProgressEvent::ChunkDone {
                     chunk: id,
-                    rows: o.rows,
-                    anomalies: o.anomalies,
+                    rows: entry.rows,
+                    anomalies: entry.anomalies,
                 });
-                outcomes.push((id, o));
+                if entry.retries > 0 {
+                    report.retries += entry.retries as u64;
+                    report
+                        .recovery
+                        .retries
+                        .insert(format!("chunk {id}"), entry.retries);
+                }
+                report.recovery.time_lost_seconds += lost;
+                committed.insert(id, entry);
             }
-            Ok((_, Err(e))) => {
-                stop.store(true, Ordering::Relaxed);
-                // The first real failure wins over the cancellations it caused.
-                let cancelled = matches!(&e, PipelineError::Chunk { message, .. } if message.starts_with("cancelled"));
-                if first_error.is_none()
-                    || (!cancelled
-                        && matches!(&first_error, Some(PipelineError::Chunk { message, .. }) if message.starts_with("cancelled")))
-                {
-                    first_error = Some(e);
+            Ok((_, Err(None))) => {}
+            Ok((_, Err(Some((e, lost))))) => {
+                report.recovery.time_lost_seconds += lost;
+                // Bad data stops the run; a chunk that kept failing on I/O does not stop the
+                // others, so everything that can be committed is, and a resume redoes only it.
+                if e.is_user_error() {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                if !matches!(&e, PipelineError::Chunk { message, .. } if message == CANCELLED) {
+                    failures.push(e);
                 }
             }
             Err(join) => {
                 stop.store(true, Ordering::Relaxed);
-                first_error.get_or_insert(PipelineError::Chunk {
+                failures.push(PipelineError::Chunk {
                     chunk: 0,
                     range: "task".into(),
                     message: format!("a chunk task failed: {join}"),
                     user_error: false,
+                    transient: false,
                 });
             }
         }
     }
-    if let Some(e) = first_error {
-        return Err(e);
+    if !failures.is_empty() {
+        failures.sort_by_key(|e| match e {
+            PipelineError::Chunk { chunk, .. } => *chunk,
+            _ => usize::MAX,
+        });
+        let mut first = failures.remove(0);
+        if !failures.is_empty()
+            && let PipelineError::Chunk { message, .. } = &mut first
+        {
+            message.push_str(&format!(
+                " ({} more chunk(s) failed: {})",
+                failures.len(),
+                failures
+                    .iter()
+                    .filter_map(|e| match e {
+                        PipelineError::Chunk { chunk, .. } => Some(chunk.to_string()),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        return Err(first);
     }
-    outcomes.sort_by_key(|o| o.0);
-    for (_, o) in &outcomes {
-        report.output_rows += o.rows;
-        report.anomalies += o.anomalies;
+    for c in committed.values() {
+        report.output_rows += c.rows;
+        report.anomalies += c.anomalies;
     }
     if p.detect.is_none() {
         report.input_rows = report.output_rows;
@@ -898,9 +1366,9 @@ async fn execute(
         seconds: t.elapsed().as_secs_f64(),
     });
     for (i, s) in p.sinks.iter().enumerate() {
-        let parts: Vec<&WrittenPart> = outcomes
-            .iter()
-            .flat_map(|(_, o)| o.parts.iter().filter(|(si, _)| *si == i).map(|(_, w)| w))
+        let parts: Vec<&PartEntry> = committed
+            .values()
+            .flat_map(|c| c.parts.iter().filter(|w| w.sink == i))
             .collect();
         report.sinks.push(SinkReport {
             path: s.path.display().to_string(),
@@ -910,6 +1378,7 @@ async fn execute(
             bytes: parts.iter().map(|w| w.bytes).sum(),
         });
     }
+    check_consistency(p, &chunk_plan, &committed, report)?;
 
     progress.on_event(&ProgressEvent::Phase("validate".into()));
     let t = Instant::now();
@@ -1042,7 +1511,19 @@ pub async fn explain(p: &CompiledPipeline) -> Result<String> {
     }
     // Plan against the real input so the chunk partitions show; the model is fitted on zero rows.
     if let Some(d) = &p.detect {
-        fit_models(&prepared.ctx, d, &empty_input, &reads(p)).await?;
+        let retry = FitRetry {
+            policy: p.retry,
+            parallel: 1,
+        };
+        fit_models(
+            &prepared.ctx,
+            d,
+            &empty_input,
+            &reads(p),
+            &retry,
+            &mut report_stub,
+        )
+        .await?;
     }
     let df = match &p.detect {
         Some(d) => prepared
@@ -1050,7 +1531,11 @@ pub async fn explain(p: &CompiledPipeline) -> Result<String> {
             .sql(&score_sql(d, &input))
             .await
             .map_err(|e| classify(d.place.clone(), e))?,
-        None => scored_frame(&prepared.ctx, p, &input, &mut report_stub).await?,
+        None => {
+            scored_frame(&prepared.ctx, p, &input, &mut report_stub)
+                .await?
+                .0
+        }
     };
     let plan = df
         .create_physical_plan()
@@ -1096,6 +1581,8 @@ fn empty_report(p: &CompiledPipeline) -> RunReport {
         spill_bytes: 0,
         warnings: vec![],
         error: None,
+        run_dir: None,
+        recovery: Default::default(),
     }
 }
 
@@ -1110,7 +1597,7 @@ pub async fn validate(p: &CompiledPipeline) -> Result<String> {
         .unwrap_or_else(|| quote_ident(&p.sources[0].name));
     let empty = format!("(SELECT * FROM {input} LIMIT 0)");
     let mut stub = empty_report(p);
-    let df = scored_frame(&prepared.ctx, p, &empty, &mut stub).await?;
+    let (df, _) = scored_frame(&prepared.ctx, p, &empty, &mut stub).await?;
     compile_sinks(&prepared.ctx, p, df.schema())?;
     for (place, v) in &p.validations {
         if let ValidateSpec::Sql { name, sql } = v {
@@ -1149,6 +1636,257 @@ pub async fn validate(p: &CompiledPipeline) -> Result<String> {
         p.sinks.len(),
         p.validations.len()
     ))
+}
+
+/// One chunk's work: score, write, commit to the manifest — retried on transient failures.
+struct ChunkJob {
+    chunk: usize,
+    describe: String,
+    plan: Arc<dyn ExecutionPlan>,
+    task_ctx: Arc<TaskContext>,
+    sinks: Arc<Vec<(Arc<SinkTarget>, PathBuf)>>,
+    schema: SchemaRef,
+    stop: Arc<AtomicBool>,
+    run_dir: Arc<RunDir>,
+    policy: RetryPolicy,
+    progress: Arc<dyn ProgressObserver>,
+}
+
+/// A chunk's failure (`None`: skipped because the run was stopping) and the seconds it cost.
+type ChunkFailure = Option<(PipelineError, f64)>;
+
+impl ChunkJob {
+    async fn run(self) -> std::result::Result<(CommitEntry, f64), ChunkFailure> {
+        let span = tracing::info_span!("chunk", chunk = self.chunk, range = %self.describe);
+        self.run_attempts().instrument(span).await
+    }
+
+    async fn run_attempts(&self) -> std::result::Result<(CommitEntry, f64), ChunkFailure> {
+        let start = ManifestEvent::Start {
+            chunk: self.chunk,
+            at_unix_ms: now_ms(),
+        };
+        if let Err(e) = self.run_dir.append(&start, false) {
+            return Err(Some((e, 0.0)));
+        }
+        let mut retries = 0u32;
+        let mut lost = 0.0;
+        loop {
+            let t = Instant::now();
+            match self.attempt(retries, t).await {
+                Ok(entry) => return Ok((entry, lost)),
+                Err(e)
+                    if e.is_transient()
+                        && retries < self.policy.max_retries
+                        && !self.stop.load(Ordering::Relaxed) =>
+                {
+                    retries += 1;
+                    lost += t.elapsed().as_secs_f64();
+                    let delay = self.policy.delay(retries, jitter_unit());
+                    tracing::warn!(error = %e, retries, "chunk failed; retrying");
+                    self.progress.on_event(&ProgressEvent::Warning(format!(
+                        "{}; retry {retries} of {} in {:.2}s",
+                        e.user_message(),
+                        self.policy.max_retries,
+                        delay.as_secs_f64()
+                    )));
+                    tokio::time::sleep(delay).await;
+                }
+                Err(mut e) => {
+                    lost += t.elapsed().as_secs_f64();
+                    if let PipelineError::Chunk { message, .. } = &mut e
+                        && retries > 0
+                    {
+                        message.push_str(&format!(
+                            " (gave up after {retries} retries; the other chunks' output is kept — fix the cause and run `nomaly resume`)"
+                        ));
+                    }
+                    return Err(Some((e, lost)));
+                }
+            }
+        }
+    }
+
+    async fn attempt(&self, retries: u32, started: Instant) -> Result<CommitEntry> {
+        let o = score_chunk(
+            self.chunk,
+            self.describe.clone(),
+            self.plan.clone(),
+            self.task_ctx.clone(),
+            self.sinks.clone(),
+            self.schema.clone(),
+            self.stop.clone(),
+        )
+        .await?;
+        let parts = o
+            .parts
+            .iter()
+            .map(|(s, w)| {
+                let staging = &self.sinks[*s].1;
+                let rel = w.path.strip_prefix(staging).unwrap_or(&w.path);
+                PartEntry {
+                    sink: *s,
+                    path: rel.to_string_lossy().replace('\\', "/"),
+                    rows: w.rows,
+                    bytes: w.bytes,
+                    crc32: w.crc32,
+                }
+            })
+            .collect();
+        let entry = CommitEntry {
+            chunk: self.chunk,
+            range: self.describe.clone(),
+            rows: o.rows,
+            anomalies: o.anomalies,
+            missing: o.missing,
+            retries,
+            seconds: started.elapsed().as_secs_f64(),
+            committed_at_unix_ms: now_ms(),
+            parts,
+        };
+        // The chunk is done only once this line is on disk.
+        self.run_dir
+            .append(&ManifestEvent::Commit(entry.clone()), true)?;
+        Ok(entry)
+    }
+}
+
+/// Chunks the materialized detect input in `work` and registers it as the staged input table.
+async fn chunk_materialized(
+    ctx: &SessionContext,
+    p: &CompiledPipeline,
+    work: &std::path::Path,
+) -> Result<ChunkPlan> {
+    let staged = SourceReader {
+        name: STAGED_INPUT.into(),
+        path: work.display().to_string(),
+        location: format!("{}/", work.display()),
+        format: FileFormat::Parquet,
+        has_header: true,
+        delimiter: b',',
+    };
+    let plan = plan_chunks(ctx, &staged, p.chunk_rows).await?;
+    let _ = ctx.deregister_table(STAGED_INPUT);
+    ctx.register_table(STAGED_INPUT, Arc::new(ChunkTable::new(plan.clone())))
+        .map_err(|e| classify("materialized input".into(), e))?;
+    Ok(plan)
+}
+
+/// True when `dir` holds a recorded run that did not complete.
+fn is_unfinished(run_dir: &RunDir) -> bool {
+    run_dir.exists() && !run_dir.read_manifest().map(|m| m.complete).unwrap_or(false)
+}
+
+fn unfinished_run(p: &CompiledPipeline, run_dir: &RunDir) -> PipelineError {
+    let (committed, chunks) = match (run_dir.read_manifest(), run_dir.read_record()) {
+        (Ok(m), Ok(r)) => (m.commits.len(), r.chunks.len()),
+        _ => (0, 0),
+    };
+    PipelineError::UnfinishedRun {
+        output: p.sinks[0].path.clone(),
+        run_dir: run_dir.path.clone(),
+        committed,
+        chunks,
+        file: p.file.path.clone(),
+    }
+}
+
+/// The end-of-run check: every chunk committed, rows in = rows out in total, and per chunk where
+/// the chunk's rows are known before reading (Parquet row groups of the detect input itself).
+fn check_consistency(
+    p: &CompiledPipeline,
+    chunks: &ChunkPlan,
+    committed: &BTreeMap<usize, CommitEntry>,
+    report: &RunReport,
+) -> Result<()> {
+    let fail = |chunk: usize, message: String| PipelineError::Chunk {
+        chunk,
+        range: "consistency check".into(),
+        message,
+        user_error: false,
+        transient: false,
+    };
+    if let Some(c) = chunks
+        .chunks
+        .iter()
+        .find(|c| !committed.contains_key(&c.id))
+    {
+        return Err(fail(c.id, "has no committed output".into()));
+    }
+    if p.detect.is_some() && report.output_rows != report.input_rows {
+        return Err(fail(
+            0,
+            format!(
+                "the fit read {} rows but the chunks wrote {} rows; the run is not marked complete",
+                report.input_rows, report.output_rows
+            ),
+        ));
+    }
+    let reads_source_directly = report.chunking == "materialized"
+        || p.detect
+            .as_ref()
+            .map(|d| d.input.as_str())
+            .unwrap_or_else(|| {
+                p.steps
+                    .last()
+                    .map(|s| s.name.as_str())
+                    .unwrap_or(p.sources[0].name.as_str())
+            })
+            == p.sources[0].name;
+    if reads_source_directly {
+        for c in &chunks.chunks {
+            if let (Some(expected), Some(got)) = (c.rows, committed.get(&c.id))
+                && got.rows != expected
+            {
+                return Err(fail(
+                    c.id,
+                    format!("holds {expected} input rows but {} were written", got.rows),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes what a failed run wrote unless a resume can use it (some chunk is committed).
+fn discard_unless_resumable(p: &CompiledPipeline) -> bool {
+    let run_dir = RunDir::at(&staging_dir(&p.sinks[0].path));
+    // A manifest that cannot be read is kept for a person to look at (or --restart).
+    let resumable = run_dir.exists()
+        && run_dir
+            .read_manifest()
+            .map(|m| !m.commits.is_empty())
+            .unwrap_or(true);
+    if !resumable {
+        for s in &p.sinks {
+            let _ = std::fs::remove_dir_all(staging_dir(&s.path));
+        }
+        let _ = std::fs::remove_dir_all(sibling_dir(&p.sinks[0].path, "work"));
+    }
+    resumable
+}
+
+/// The report of a completed, published run of this same pipeline on this same input, if the
+/// output holds one (`nomaly resume` on a finished run prints it and exits 0).
+pub async fn completed_run(p: &CompiledPipeline) -> Result<Option<String>> {
+    let Some(first) = p.sinks.first() else {
+        return Ok(None);
+    };
+    let run_dir = RunDir::at(&first.path);
+    if !run_dir.exists() || is_unfinished(&RunDir::at(&staging_dir(&first.path))) {
+        return Ok(None);
+    }
+    let manifest = run_dir.read_manifest()?;
+    let record = run_dir.read_record()?;
+    if !manifest.complete || pipeline_change(&run_dir.read_pipeline_text()?, &p.file.spec).is_some()
+    {
+        return Ok(None);
+    }
+    let ctx = SessionContext::new();
+    if fingerprint_change(&record.sources, &fingerprint(&ctx, &p.sources).await?).is_some() {
+        return Ok(None);
+    }
+    Ok(std::fs::read_to_string(first.path.join(REPORT_FILE)).ok())
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! half-written output, and a previous output stays until the new one is complete.
 
 use crate::error::{PipelineError, Result};
+use crate::faults::FaultPlan;
 use crate::spec::{FileFormat, WriteMode};
 use datafusion::arrow::array::{Array, BooleanArray, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{filter_record_batch, take_record_batch};
@@ -192,11 +193,40 @@ fn arrow_err(path: &Path, e: impl std::fmt::Display) -> PipelineError {
     }
 }
 
+/// A part file on disk that checksums what goes through it (for the manifest) and fails writes
+/// when fault injection says so.
+struct CheckedFile {
+    file: File,
+    crc: crc32fast::Hasher,
+    len: u64,
+    faults: Option<(Arc<FaultPlan>, usize)>,
+}
+
+impl Write for CheckedFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some((plan, chunk)) = &self.faults
+            && let Some(e) = plan.write_fault(*chunk)
+        {
+            return Err(e);
+        }
+        let n = self.file.write(buf)?;
+        self.crc.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+type PartSink = BufWriter<CheckedFile>;
+
 enum FormatWriter {
-    Parquet(ArrowWriter<BufWriter<File>>),
-    Csv(datafusion::arrow::csv::Writer<BufWriter<File>>),
-    Ndjson(LineDelimitedWriter<BufWriter<File>>),
-    Arrow(IpcFileWriter<BufWriter<File>>),
+    Parquet(ArrowWriter<PartSink>),
+    Csv(datafusion::arrow::csv::Writer<PartSink>),
+    Ndjson(LineDelimitedWriter<PartSink>),
+    Arrow(IpcFileWriter<PartSink>),
 }
 
 /// One part file being written.
@@ -208,7 +238,12 @@ struct PartFile {
 }
 
 impl PartFile {
-    fn create(path: PathBuf, format: FileFormat, schema: &SchemaRef) -> Result<Self> {
+    fn create(
+        path: PathBuf,
+        format: FileFormat,
+        schema: &SchemaRef,
+        faults: Option<(Arc<FaultPlan>, usize)>,
+    ) -> Result<Self> {
         let dir = path.parent().expect("part files live in a directory");
         std::fs::create_dir_all(dir).map_err(|source| PipelineError::Io {
             path: dir.to_path_buf(),
@@ -222,6 +257,12 @@ impl PartFile {
             path: tmp.clone(),
             source,
         })?;
+        let file = CheckedFile {
+            file,
+            crc: crc32fast::Hasher::new(),
+            len: 0,
+            faults,
+        };
         let w = BufWriter::with_capacity(1 << 20, file);
         let writer = match format {
             FileFormat::Parquet => {
@@ -289,11 +330,11 @@ impl PartFile {
                 inner.into_inner().map_err(|e| arrow_err(&tmp, e))?
             }
         };
+        let CheckedFile { file, crc, len, .. } = file;
         file.sync_all().map_err(|source| PipelineError::Io {
             path: tmp.clone(),
             source,
         })?;
-        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
         drop(file);
         std::fs::rename(&tmp, &self.path).map_err(|source| PipelineError::Io {
             path: self.path.clone(),
@@ -302,7 +343,8 @@ impl PartFile {
         Ok(WrittenPart {
             path: self.path,
             rows: self.rows,
-            bytes,
+            bytes: len,
+            crc32: crc.finalize(),
         })
     }
 }
@@ -313,6 +355,8 @@ pub struct WrittenPart {
     pub path: PathBuf,
     pub rows: u64,
     pub bytes: u64,
+    /// CRC-32 of the file's bytes, as written.
+    pub crc32: u32,
 }
 
 /// Writes one chunk's rows into one sink: one part file, or one per partition directory.
@@ -323,6 +367,16 @@ pub struct ChunkWriter {
     schema: SchemaRef,
     parts: BTreeMap<String, PartFile>,
     key_columns: Vec<usize>,
+    faults: Option<Arc<FaultPlan>>,
+}
+
+impl Drop for ChunkWriter {
+    /// A chunk that did not commit leaves no temp files behind.
+    fn drop(&mut self) {
+        for part in self.parts.values() {
+            let _ = std::fs::remove_file(&part.tmp);
+        }
+    }
 }
 
 impl ChunkWriter {
@@ -351,6 +405,7 @@ impl ChunkWriter {
             schema,
             parts: BTreeMap::new(),
             key_columns,
+            faults: FaultPlan::from_env(),
         })
     }
 
@@ -362,7 +417,8 @@ impl ChunkWriter {
             } else {
                 self.staging.join(&dir).join(name)
             };
-            let part = PartFile::create(path, self.target.format, &self.schema)?;
+            let faults = self.faults.clone().map(|f| (f, self.chunk));
+            let part = PartFile::create(path, self.target.format, &self.schema, faults)?;
             self.parts.insert(dir.clone(), part);
         }
         Ok(self.parts.get_mut(&dir).expect("inserted"))
@@ -437,7 +493,10 @@ impl ChunkWriter {
         if self.key_columns.is_empty() && self.parts.is_empty() {
             self.part(String::new())?;
         }
-        self.parts.into_values().map(PartFile::commit).collect()
+        std::mem::take(&mut self.parts)
+            .into_values()
+            .map(PartFile::commit)
+            .collect()
     }
 }
 

@@ -55,6 +55,8 @@ pub struct PipelineSpec {
     pub resources: ResourcesSpec,
     #[serde(default)]
     pub run: RunSpec,
+    #[serde(default)]
+    pub retry: RetrySpec,
 }
 
 /// File formats, for sources and sinks.
@@ -297,6 +299,23 @@ pub struct RunSpec {
     /// "local" (default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine: Option<String>,
+}
+
+/// Retries of a chunk (and of each fit partition) after a transient failure: I/O errors,
+/// object-store errors, memory exhaustion. Bad data and schema errors never retry. Waits grow
+/// exponentially from `initial_delay` up to `max_delay`, with full jitter.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Retries after the first attempt, 0–100 (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    /// First wait, e.g. "200ms", "1s" (default 200ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_delay: Option<String>,
+    /// Longest wait, e.g. "30s" (default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_delay: Option<String>,
 }
 
 pub const DEFAULT_CHUNK_ROWS: u64 = 100_000;

@@ -78,7 +78,14 @@ fn minimal_pipeline_scores_every_row_like_the_sql_function() {
     let out = tmp.path().join("minimal");
     assert_eq!(
         files_in(&out),
-        vec!["_nomaly_report.json", "part-00000.parquet"]
+        vec![
+            "_nomaly/manifest.jsonl",
+            "_nomaly/models.ipc",
+            "_nomaly/pipeline.toml",
+            "_nomaly/run.json",
+            "_nomaly_report.json",
+            "part-00000.parquet"
+        ]
     );
     // Same plan as the SQL function: bit-identical scores and flags for every id.
     let tx = root().join("examples/data/tx.csv");

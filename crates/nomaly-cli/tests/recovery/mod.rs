@@ -1,0 +1,381 @@
+//! Crashes, faults and resume through the real binary: `nomaly run` killed with SIGKILL at random
+//! instants and resumed gives byte-identical output; injected transient read/write failures are
+//! retried away; a permanent failure names its chunk and keeps every other chunk for `resume`.
+//!
+//! The longer soak (≥ 20 kills, release build) is `benchmarks/crash_soak.py`.
+
+use super::{nomaly, stderr};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const ROWS: u64 = 400_000;
+const CHUNK_ROWS: u64 = 5_000;
+const CHUNKS: usize = (ROWS / CHUNK_ROWS) as usize;
+
+/// Writes the input: `rows` rows in 5000-row row groups.
+fn write_input(dir: &Path, rows: u64) {
+    let input = dir.join("tx.parquet");
+    let o = nomaly(&[
+        "sql",
+        "-e",
+        &format!(
+            "COPY (SELECT value AS id, 100.0 + ((value * 7919) % 1000) / 50.0 AS amount, \
+             CAST((value * 104729) % 977 AS DOUBLE) AS latency_ms FROM generate_series(0, {})) \
+             TO '{}' STORED AS PARQUET OPTIONS ('format.max_row_group_size' '{CHUNK_ROWS}')",
+            rows - 1,
+            input.display()
+        ),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+/// A 400k-row Parquet input with 5000-row row groups (80 chunks) and its pipeline.
+fn job(dir: &Path) -> PathBuf {
+    write_input(dir, ROWS);
+    let pipeline = dir.join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "input = \"tx.parquet\"\noutput = \"out/scored/\"\n[detect]\nalgorithm = \"iforest\"\n\
+             columns = [\"amount\", \"latency_ms\"]\n[run]\nchunk_rows = {CHUNK_ROWS}\n\
+             [resources]\ncpus = 2\n[retry]\ninitial_delay = \"5ms\"\nmax_delay = \"50ms\"\nmax_retries = 8\n"
+        ),
+    )
+    .unwrap();
+    pipeline
+}
+
+fn cli(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_nomaly"));
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run nomaly")
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("--json prints the report ({e}): {}", stderr(o)))
+}
+
+/// Every file under `dir` (relative path → bytes), hidden files included.
+fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().display().to_string();
+                out.push((rel, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The part files of an output, by name.
+fn parts(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    tree(dir)
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("part-"))
+        .collect()
+}
+
+/// The reference: one uninterrupted run of the same job in another directory.
+fn reference(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let p = job(dir);
+    let o = cli(&["run", p.to_str().unwrap(), "--no-progress"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let parts = parts(&dir.join("out/scored"));
+    assert_eq!(parts.len(), CHUNKS);
+    parts
+}
+
+fn manifest_lines(run_dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run_dir.join("manifest.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every manifest line is JSON"))
+        .collect()
+}
+
+/// Checks a published output: every chunk committed once, each part file's size and CRC-32 as the
+/// manifest says, ids 0..ROWS each exactly once, no temp files, no staging directory left.
+fn check_output(dir: &Path) {
+    let out = dir.join("out/scored");
+    let lines = manifest_lines(&out.join("_nomaly"));
+    let commits: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["event"] == "commit").collect();
+    let chunks: BTreeSet<u64> = commits
+        .iter()
+        .map(|c| c["chunk"].as_u64().unwrap())
+        .collect();
+    assert_eq!(chunks.len(), CHUNKS, "each chunk committed");
+    assert_eq!(lines.last().unwrap()["event"], "complete");
+    for c in &commits {
+        for part in c["parts"].as_array().unwrap() {
+            let bytes = std::fs::read(out.join(part["path"].as_str().unwrap())).unwrap();
+            assert_eq!(bytes.len() as u64, part["bytes"].as_u64().unwrap());
+            let mut h = crc32fast::Hasher::new();
+            h.update(&bytes);
+            assert_eq!(h.finalize() as u64, part["crc32"].as_u64().unwrap());
+        }
+    }
+    let temp: Vec<String> = tree(dir)
+        .into_iter()
+        .map(|(n, _)| n)
+        .filter(|n| {
+            n.ends_with(".tmp") || n.contains("nomaly-staging") || n.contains("nomaly-work")
+        })
+        .collect();
+    assert!(temp.is_empty(), "left behind: {temp:?}");
+    let o = nomaly(&[
+        "sql",
+        "--format",
+        "csv",
+        "--table",
+        &format!("o={}", out.display()),
+        "-e",
+        "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM o",
+    ]);
+    let rows: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .skip(1)
+        .map(str::to_string)
+        .collect();
+    assert_eq!(rows, vec![format!("{ROWS},{ROWS},0,{}", ROWS - 1)]);
+}
+
+/// A small deterministic generator for kill instants (seed from NOMALY_CRASH_SEED to replay).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next_unit(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[test]
+fn killed_runs_resume_to_byte_identical_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let expected = reference(&tmp.path().join("ref"));
+    let dir = tmp.path().join("crash");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pipeline = job(&dir);
+    let p = pipeline.to_str().unwrap();
+    let seed = std::env::var("NOMALY_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20261123);
+    let mut rng = Lcg(seed);
+    let kills = 6;
+    let mut killed_while_running = 0;
+    for k in 0..kills {
+        // `resume` starts a run when there is none, so every attempt is the same command.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nomaly"))
+            .args(["resume", p, "--no-progress"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // The first kill lands anywhere early (often during the fit, before the run is recorded);
+        // later ones within a second after the run directory exists, so each attempt makes some
+        // progress and the job is still running at every kill.
+        let recorded = dir.join("out/.scored.nomaly-staging/_nomaly/run.json");
+        if k > 0 {
+            let waiting = Instant::now();
+            while !recorded.exists()
+                && child.try_wait().unwrap().is_none()
+                && waiting.elapsed() < Duration::from_secs(120)
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let delay = Duration::from_secs_f64(0.1 + 0.9 * rng.next_unit());
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_none() {
+            killed_while_running += 1;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        eprintln!("kill {k} after {delay:?}");
+    }
+    assert!(
+        killed_while_running >= 5,
+        "only {killed_while_running} kills landed mid-run"
+    );
+    // Finish, timing from the command to its first new commit.
+    let started_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let o = cli(&["resume", p, "--no-progress", "--json"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let r = json(&o);
+    assert_eq!(r["status"], "succeeded");
+    assert_eq!(r["output_rows"], ROWS);
+    assert_eq!(r["input_rows"], ROWS);
+    let rec = &r["recovery"];
+    eprintln!("final resume: {rec}");
+    assert!(
+        !stderr(&o).contains("already complete"),
+        "the kills came too late"
+    );
+    assert_eq!(rec["resumed"], true, "{rec}");
+    {
+        assert_eq!(rec["model_reused"], true);
+        // Two cpus: at most two chunks were in flight at the kill.
+        assert!(rec["chunks_redone"].as_u64().unwrap() <= 2, "{rec}");
+        let lines = manifest_lines(&dir.join("out/scored/_nomaly"));
+        let last_resume = lines
+            .iter()
+            .rposition(|l| l["event"] == "resume")
+            .expect("a resume event");
+        if let Some(first) = lines[last_resume..].iter().find(|l| l["event"] == "commit") {
+            let waited = first["committed_at_unix_ms"]
+                .as_u64()
+                .unwrap()
+                .saturating_sub(started_ms);
+            eprintln!("resume to first new commit: {waited} ms");
+            assert!(
+                waited < 5000,
+                "{waited} ms to the first commit after resume"
+            );
+        }
+    }
+    assert_eq!(
+        parts(&dir.join("out/scored")),
+        expected,
+        "part files identical to an uninterrupted run"
+    );
+    check_output(&dir);
+    // Resume is idempotent: on a completed run it prints the report and exits 0.
+    let again = cli(&["resume", p, "--json"], &[]);
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("already complete"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(json(&again)["output_rows"], ROWS);
+}
+
+#[test]
+fn transient_faults_are_retried_and_a_permanent_one_names_its_chunk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let expected = reference(&tmp.path().join("ref"));
+
+    // 10% of reads and 10% of writes fail: the job completes with identical output.
+    let flaky = tmp.path().join("flaky");
+    std::fs::create_dir_all(&flaky).unwrap();
+    let p = job(&flaky);
+    let o = cli(
+        &["run", p.to_str().unwrap(), "--no-progress", "--json"],
+        &[("NOMALY_FAULTS", "read=0.1,write=0.1,seed=11")],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let r = json(&o);
+    assert!(
+        r["retries"].as_u64().unwrap() >= 3,
+        "faults were injected: {r}"
+    );
+    assert_eq!(parts(&flaky.join("out/scored")), expected);
+    check_output(&flaky);
+
+    // Chunk 3 can never be written: the run fails naming it, every other chunk is kept.
+    let broken = tmp.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    let p = job(&broken);
+    let p = p.to_str().unwrap();
+    let o = cli(
+        &["run", p, "--no-progress"],
+        &[("NOMALY_FAULTS", "fail_chunk=3")],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("error: chunk 3 (") && err.contains("gave up after 8 retries"),
+        "{err}"
+    );
+    assert!(err.contains("nomaly resume"), "{err}");
+    let staging = broken.join("out/.scored.nomaly-staging");
+    let commits = manifest_lines(&staging.join("_nomaly"))
+        .into_iter()
+        .filter(|l| l["event"] == "commit")
+        .count();
+    assert_eq!(commits, CHUNKS - 1);
+    assert_eq!(parts(&staging).len(), CHUNKS - 1);
+    assert!(!broken.join("out/scored").exists(), "nothing published");
+
+    // `run` will not silently start over; `resume` finishes with only chunk 3 to do.
+    let o = cli(&["run", p, "--no-progress"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains(&format!(
+            "unfinished run ({} of {CHUNKS} chunks committed",
+            CHUNKS - 1
+        )),
+        "{}",
+        stderr(&o)
+    );
+    let started = Instant::now();
+    let o = cli(&["resume", p, "--no-progress", "--json"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    eprintln!("resume with one chunk left: {:?}", started.elapsed());
+    let r = json(&o);
+    assert_eq!(r["recovery"]["chunks_reused"], CHUNKS - 1);
+    assert_eq!(r["recovery"]["model_reused"], true);
+    assert_eq!(parts(&broken.join("out/scored")), expected);
+    check_output(&broken);
+}
+
+#[test]
+fn resume_refuses_a_changed_input_and_restart_starts_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let p = job(dir);
+    let p = p.to_str().unwrap();
+    let o = cli(
+        &["run", p, "--no-progress"],
+        &[("NOMALY_FAULTS", "fail_chunk=0")],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    // The input changes under the unfinished run: one row fewer.
+    write_input(dir, ROWS - 1);
+    let o = cli(&["resume", p, "--no-progress"], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("cannot resume")
+            && err.contains("tx.parquet changed size")
+            && err.contains("--refit"),
+        "{err}"
+    );
+    // A changed [run] setting is refused too, naming it; [resources]/[retry] may change.
+    let o = cli(
+        &["resume", p, "--no-progress", "--set", "run.chunk_rows=6000"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("`run` is now {\"chunk_rows\":6000}"),
+        "{}",
+        stderr(&o)
+    );
+    write_input(dir, ROWS);
+    let o = cli(&["run", p, "--restart", "--no-progress", "--json"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(json(&o)["recovery"]["resumed"], false);
+    check_output(dir);
+}

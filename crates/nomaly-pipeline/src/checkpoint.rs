@@ -1,0 +1,665 @@
+//! The run directory: what a killed run needs to resume and to prove nothing was lost.
+//!
+//! It lives at `_nomaly/` inside the first sink's staging directory while the run lasts, so it is
+//! published with the output as `<output>/_nomaly/` (DataFusion's listing tables skip
+//! subdirectories, so readers of the output never see it). It holds:
+//!
+//! - `pipeline.toml`: the pipeline as run (after `${VAR}` substitution and `--set`);
+//! - `run.json`: the input fingerprint (files, sizes, modification times, schemas), the chunk list
+//!   and the fit's counts — written once, atomically, after the fit; its presence makes the
+//!   directory a resumable run;
+//! - `models.ipc`: the fitted model(s) as an Arrow IPC file, so a resume does not refit;
+//! - `manifest.jsonl`: append-only, one JSON line per event: `start` (a chunk began), `commit` (a
+//!   chunk's part files are renamed into place; with rows, anomalies and each file's size and
+//!   CRC-32), `resume`, `complete`. Commit lines are fsynced before the chunk counts as done.
+//!
+//! A crash can tear only the last manifest line (it is then ignored); every other file is written
+//! to a temp name, fsynced and renamed, so at any instant the directory is consistent.
+
+use crate::chunks::{Chunk, SourceReader};
+use crate::error::{PipelineError, Result};
+use crate::sink::write_atomic;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::ipc::reader::FileReader as IpcFileReader;
+use datafusion::arrow::ipc::writer::FileWriter as IpcFileWriter;
+use datafusion::prelude::SessionContext;
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Name of the run directory inside an output (or its staging directory).
+pub const RUN_DIR: &str = "_nomaly";
+const RUN_FILE: &str = "run.json";
+const MANIFEST_FILE: &str = "manifest.jsonl";
+const MODELS_FILE: &str = "models.ipc";
+const PIPELINE_FILE: &str = "pipeline.toml";
+/// Bumped when the layout changes; an older run directory is refused, not misread.
+const FORMAT_VERSION: u32 = 1;
+
+/// Milliseconds since the epoch (u64: serde's tagged enums cannot hold u128).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// One input file as it was when the run started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileFingerprint {
+    pub path: String,
+    pub size: u64,
+    pub modified_unix_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e_tag: Option<String>,
+}
+
+/// One source's files and schema.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceFingerprint {
+    pub name: String,
+    pub location: String,
+    pub schema: String,
+    pub files: Vec<FileFingerprint>,
+}
+
+/// Lists each source's files (path order) with size, modification time and ETag.
+pub async fn fingerprint(
+    ctx: &SessionContext,
+    sources: &[SourceReader],
+) -> Result<Vec<SourceFingerprint>> {
+    let mut out = Vec::new();
+    for s in sources {
+        let place = || format!("source '{}' ({})", s.name, s.path);
+        let url = s.url()?;
+        let state = ctx.state();
+        let store = state
+            .runtime_env()
+            .object_store(&url)
+            .map_err(|e| PipelineError::engine(place(), e))?;
+        let mut files: Vec<FileFingerprint> = url
+            .list_all_files(&state, store.as_ref(), &s.extension_filter())
+            .await
+            .map_err(|e| PipelineError::engine(place(), e))?
+            .map_ok(|m| FileFingerprint {
+                path: m.location.to_string(),
+                size: m.size,
+                modified_unix_ms: m.last_modified.timestamp_millis(),
+                e_tag: m.e_tag,
+            })
+            .try_collect()
+            .await
+            .map_err(|e| PipelineError::engine(place(), e))?;
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        let schema = s.infer_schema(ctx).await?;
+        out.push(SourceFingerprint {
+            name: s.name.clone(),
+            location: s.location.clone(),
+            schema: schema
+                .fields()
+                .iter()
+                .map(|f| format!("{}: {}", f.name(), f.data_type()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            files,
+        });
+    }
+    Ok(out)
+}
+
+/// Says what differs between the fingerprint a run started with and the input now.
+pub fn fingerprint_change(
+    before: &[SourceFingerprint],
+    now: &[SourceFingerprint],
+) -> Option<String> {
+    for b in before {
+        let Some(n) = now.iter().find(|n| n.name == b.name) else {
+            return Some(format!("source '{}' is no longer in the pipeline", b.name));
+        };
+        if b.location != n.location {
+            return Some(format!(
+                "source '{}' now reads {} (was {})",
+                b.name, n.location, b.location
+            ));
+        }
+        if b.schema != n.schema {
+            return Some(format!(
+                "the schema of source '{}' changed: now [{}], was [{}]",
+                b.name, n.schema, b.schema
+            ));
+        }
+        let old: BTreeMap<&str, &FileFingerprint> =
+            b.files.iter().map(|f| (f.path.as_str(), f)).collect();
+        let new: BTreeMap<&str, &FileFingerprint> =
+            n.files.iter().map(|f| (f.path.as_str(), f)).collect();
+        for (path, f) in &old {
+            match new.get(path) {
+                None => return Some(format!("input file /{path} was removed")),
+                Some(g) if g.size != f.size => {
+                    return Some(format!(
+                        "input file /{path} changed size: {} bytes, was {}",
+                        g.size, f.size
+                    ));
+                }
+                Some(g) if g.modified_unix_ms != f.modified_unix_ms || g.e_tag != f.e_tag => {
+                    return Some(format!(
+                        "input file /{path} was modified since the run started"
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(path) = new.keys().find(|p| !old.contains_key(*p)) {
+            return Some(format!(
+                "input file /{path} was added since the run started"
+            ));
+        }
+    }
+    now.iter()
+        .find(|n| !before.iter().any(|b| b.name == n.name))
+        .map(|n| format!("source '{}' was added to the pipeline", n.name))
+}
+
+/// What changed in the pipeline between the text a run started with and now, counting only
+/// what shapes the output: `[resources]`, `[retry]`, `[[notify]]` and `name` may change between
+/// a run and its resume (more memory, more patience, another webhook).
+pub fn pipeline_change(before_text: &str, now: &crate::spec::PipelineSpec) -> Option<String> {
+    let before: crate::spec::PipelineSpec = match toml::from_str(before_text) {
+        Ok(s) => s,
+        Err(e) => return Some(format!("the recorded pipeline does not parse: {e}")),
+    };
+    let shape = |s: &crate::spec::PipelineSpec| {
+        let mut s = s.clone();
+        s.name = None;
+        s.resources = Default::default();
+        s.retry = Default::default();
+        s.notifications.clear();
+        serde_json::to_value(&s).unwrap_or_default()
+    };
+    let (b, n) = (shape(&before), shape(now));
+    if b == n {
+        return None;
+    }
+    let keys: BTreeSet<&String> = b
+        .as_object()
+        .into_iter()
+        .chain(n.as_object())
+        .flat_map(|o| o.keys())
+        .collect();
+    let changed: Vec<String> = keys
+        .into_iter()
+        .filter(|k| b.get(k.as_str()) != n.get(k.as_str()))
+        .map(|k| match (b.get(k.as_str()), n.get(k.as_str())) {
+            (Some(x), Some(y)) => format!("`{k}` is now {y}, was {x}"),
+            (None, Some(y)) => format!("`{k}` = {y} was added"),
+            (Some(x), None) => format!("`{k}` = {x} was removed"),
+            (None, None) => unreachable!("a key of one of them"),
+        })
+        .collect();
+    Some(changed.join("; "))
+}
+
+/// A chunk as recorded in `run.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkEntry {
+    pub id: usize,
+    pub range: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+}
+
+impl ChunkEntry {
+    pub fn of(c: &Chunk) -> Self {
+        ChunkEntry {
+            id: c.id,
+            range: c.describe(),
+            rows: c.rows,
+        }
+    }
+}
+
+/// `run.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub format_version: u32,
+    pub pipeline: String,
+    pub pipeline_file: String,
+    pub started_at_unix_ms: u64,
+    pub sources: Vec<SourceFingerprint>,
+    /// "source" or "materialized".
+    pub chunking: String,
+    pub chunks: Vec<ChunkEntry>,
+    /// The fit's counts (the model is in `models.ipc`).
+    pub input_rows: u64,
+    pub rows_with_missing_features: u64,
+    pub models: usize,
+}
+
+/// One written part file, relative to its sink's staging directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartEntry {
+    pub sink: usize,
+    pub path: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub crc32: u32,
+}
+
+/// A committed chunk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommitEntry {
+    pub chunk: usize,
+    pub range: String,
+    pub rows: u64,
+    pub anomalies: u64,
+    pub missing: u64,
+    pub retries: u32,
+    pub seconds: f64,
+    pub committed_at_unix_ms: u64,
+    pub parts: Vec<PartEntry>,
+}
+
+/// A manifest line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ManifestEvent {
+    Start {
+        chunk: usize,
+        at_unix_ms: u64,
+    },
+    Commit(CommitEntry),
+    Resume {
+        at_unix_ms: u64,
+        committed: usize,
+        redone: Vec<usize>,
+    },
+    Complete {
+        at_unix_ms: u64,
+    },
+}
+
+/// What a manifest says, read back.
+#[derive(Debug, Clone, Default)]
+pub struct ManifestState {
+    pub commits: BTreeMap<usize, CommitEntry>,
+    /// Chunks that started but did not commit: in flight when the run stopped.
+    pub in_flight: BTreeSet<usize>,
+    pub resumes: usize,
+    pub complete: bool,
+    /// Lines read; a torn last line is not counted.
+    pub lines: usize,
+}
+
+/// The run directory of one run.
+#[derive(Debug)]
+pub struct RunDir {
+    pub path: PathBuf,
+    manifest: Mutex<Option<File>>,
+}
+
+impl RunDir {
+    /// The run directory inside a (staging or published) output directory.
+    pub fn at(output_dir: &Path) -> RunDir {
+        RunDir {
+            path: output_dir.join(RUN_DIR),
+            manifest: Mutex::new(None),
+        }
+    }
+
+    /// True when a run was recorded here (`run.json` exists).
+    pub fn exists(&self) -> bool {
+        self.path.join(RUN_FILE).is_file()
+    }
+
+    fn io(&self, file: &str) -> impl Fn(std::io::Error) -> PipelineError {
+        let path = self.path.join(file);
+        move |source| PipelineError::Io {
+            path: path.clone(),
+            source,
+        }
+    }
+
+    fn corrupt(&self, file: &str, what: String) -> PipelineError {
+        PipelineError::Output {
+            path: self.path.join(file),
+            reason: format!(
+                "{what}; the run directory is damaged — start over with `nomaly run --restart`"
+            ),
+        }
+    }
+
+    /// Records a new run: the pipeline text, the models, then `run.json` (last, so its presence
+    /// means the rest is there), and an empty manifest.
+    pub fn create(
+        &self,
+        record: &RunRecord,
+        pipeline_text: &str,
+        models: &[RecordBatch],
+        models_schema: &SchemaRef,
+    ) -> Result<()> {
+        std::fs::create_dir_all(&self.path).map_err(self.io(""))?;
+        write_atomic(&self.path.join(PIPELINE_FILE), pipeline_text.as_bytes())?;
+        let cannot = |e: datafusion::arrow::error::ArrowError| PipelineError::Output {
+            path: self.path.join(MODELS_FILE),
+            reason: format!("cannot save the fitted models: {e}"),
+        };
+        // One batch: an IPC file allows one dictionary per field (segment keys may be dictionaries).
+        let one =
+            datafusion::arrow::compute::concat_batches(models_schema, models).map_err(cannot)?;
+        let mut buf = Vec::new();
+        {
+            let mut w = IpcFileWriter::try_new(&mut buf, models_schema).map_err(cannot)?;
+            w.write(&one).map_err(cannot)?;
+            w.finish().map_err(cannot)?;
+        }
+        write_atomic(&self.path.join(MODELS_FILE), &buf)?;
+        write_atomic(&self.path.join(MANIFEST_FILE), b"")?;
+        let body = serde_json::to_vec_pretty(record).expect("a run record is JSON");
+        write_atomic(&self.path.join(RUN_FILE), &body)
+    }
+
+    pub fn read_record(&self) -> Result<RunRecord> {
+        let text = std::fs::read(self.path.join(RUN_FILE)).map_err(self.io(RUN_FILE))?;
+        let record: RunRecord = serde_json::from_slice(&text)
+            .map_err(|e| self.corrupt(RUN_FILE, format!("not a run record: {e}")))?;
+        if record.format_version != FORMAT_VERSION {
+            return Err(self.corrupt(
+                RUN_FILE,
+                format!(
+                    "written by another Nomaly version (run directory format {}, this one reads {FORMAT_VERSION})",
+                    record.format_version
+                ),
+            ));
+        }
+        Ok(record)
+    }
+
+    pub fn read_pipeline_text(&self) -> Result<String> {
+        std::fs::read_to_string(self.path.join(PIPELINE_FILE)).map_err(self.io(PIPELINE_FILE))
+    }
+
+    pub fn read_models(&self) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let file = File::open(self.path.join(MODELS_FILE)).map_err(self.io(MODELS_FILE))?;
+        let reader = IpcFileReader::try_new(file, None)
+            .map_err(|e| self.corrupt(MODELS_FILE, e.to_string()))?;
+        let schema = reader.schema();
+        let batches = reader
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| self.corrupt(MODELS_FILE, e.to_string()))?;
+        Ok((schema, batches))
+    }
+
+    /// Reads the manifest. A torn last line (a crash during an append) is cut off; a bad line
+    /// before the last is damage and an error.
+    pub fn read_manifest(&self) -> Result<ManifestState> {
+        let path = self.path.join(MANIFEST_FILE);
+        let file = File::open(&path).map_err(self.io(MANIFEST_FILE))?;
+        let mut state = ManifestState::default();
+        let mut good_bytes = 0u64;
+        let mut reader = BufReader::new(file);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = reader
+                .read_line(&mut line)
+                .map_err(self.io(MANIFEST_FILE))?;
+            if n == 0 {
+                break;
+            }
+            let complete_line = line.ends_with('\n');
+            let event: Option<ManifestEvent> = serde_json::from_str(line.trim_end()).ok();
+            match (event, complete_line) {
+                (Some(event), true) => {
+                    good_bytes += n as u64;
+                    state.lines += 1;
+                    match event {
+                        ManifestEvent::Start { chunk, .. } => {
+                            if !state.commits.contains_key(&chunk) {
+                                state.in_flight.insert(chunk);
+                            }
+                        }
+                        ManifestEvent::Commit(c) => {
+                            state.in_flight.remove(&c.chunk);
+                            state.commits.insert(c.chunk, c);
+                        }
+                        ManifestEvent::Resume { .. } => {
+                            state.resumes += 1;
+                            // Whatever was in flight before this resume was redone or is again.
+                            state.in_flight.clear();
+                        }
+                        ManifestEvent::Complete { .. } => state.complete = true,
+                    }
+                }
+                _ => {
+                    // Only the last line may be torn; anything after it is damage.
+                    let mut rest = String::new();
+                    reader
+                        .read_to_string(&mut rest)
+                        .map_err(self.io(MANIFEST_FILE))?;
+                    if !rest.trim().is_empty() {
+                        return Err(self.corrupt(
+                            MANIFEST_FILE,
+                            format!("line {} is not a manifest event", state.lines + 1),
+                        ));
+                    }
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(self.io(MANIFEST_FILE))?;
+                    f.set_len(good_bytes).map_err(self.io(MANIFEST_FILE))?;
+                    f.sync_all().map_err(self.io(MANIFEST_FILE))?;
+                    break;
+                }
+            }
+        }
+        Ok(state)
+    }
+
+    /// Appends one event; `durable` events (commits, completion) are fsynced before returning.
+    pub fn append(&self, event: &ManifestEvent, durable: bool) -> Result<()> {
+        let mut line = serde_json::to_string(event).expect("an event is JSON");
+        line.push('\n');
+        let mut guard = self.manifest.lock().expect("not poisoned");
+        if guard.is_none() {
+            *guard = Some(
+                OpenOptions::new()
+                    .append(true)
+                    .open(self.path.join(MANIFEST_FILE))
+                    .map_err(self.io(MANIFEST_FILE))?,
+            );
+        }
+        let f = guard.as_mut().expect("opened");
+        // One write call per line: an append either lands whole or tears only this last line.
+        f.write_all(line.as_bytes())
+            .map_err(self.io(MANIFEST_FILE))?;
+        if durable {
+            f.sync_data().map_err(self.io(MANIFEST_FILE))?;
+        }
+        Ok(())
+    }
+}
+
+/// CRC-32 and length of a file, read back from disk.
+pub fn file_crc32(path: &Path) -> std::io::Result<(u64, u32)> {
+    let mut f = File::open(path)?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok((len, hasher.finalize()))
+}
+
+/// Checks a committed chunk's files against the manifest: each exists with its size and CRC-32.
+pub fn verify_commit(commit: &CommitEntry, staging: &[PathBuf]) -> std::result::Result<(), String> {
+    for p in &commit.parts {
+        let Some(dir) = staging.get(p.sink) else {
+            return Err(format!(
+                "names sink {} which the pipeline no longer has",
+                p.sink
+            ));
+        };
+        let path = dir.join(&p.path);
+        match file_crc32(&path) {
+            Ok((len, crc)) if len == p.bytes && crc == p.crc32 => {}
+            Ok((len, crc)) => {
+                return Err(format!(
+                    "{} is {len} bytes with CRC-32 {crc:08x}, the manifest says {} bytes, {:08x}",
+                    path.display(),
+                    p.bytes,
+                    p.crc32
+                ));
+            }
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+    }
+    Ok(())
+}
+
+/// Removes what a killed run left that the manifest does not vouch for: temp files and part files
+/// of chunks not committed. Returns how many files were removed.
+pub fn remove_orphans(staging: &Path, keep: &BTreeSet<PathBuf>) -> Result<usize> {
+    let mut removed = 0;
+    let mut stack = vec![staging.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(PipelineError::Io { path: dir, source }),
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().to_string();
+            if path.is_dir() {
+                if name != RUN_DIR {
+                    stack.push(path);
+                }
+                continue;
+            }
+            let is_temp = name.starts_with('.') && name.ends_with(".tmp");
+            let is_part = name.starts_with("part-");
+            if is_temp || (is_part && !keep.contains(&path)) {
+                std::fs::remove_file(&path).map_err(|source| PipelineError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit(chunk: usize) -> ManifestEvent {
+        ManifestEvent::Commit(CommitEntry {
+            chunk,
+            range: format!("/f bytes {chunk}..{}", chunk + 1),
+            rows: 10,
+            anomalies: 1,
+            missing: 0,
+            retries: 0,
+            seconds: 0.1,
+            committed_at_unix_ms: 3,
+            parts: vec![],
+        })
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_and_earlier_damage_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::at(dir.path());
+        std::fs::create_dir_all(&run.path).unwrap();
+        std::fs::write(run.path.join(MANIFEST_FILE), b"").unwrap();
+        run.append(
+            &ManifestEvent::Start {
+                chunk: 0,
+                at_unix_ms: 1,
+            },
+            false,
+        )
+        .unwrap();
+        run.append(&commit(0), true).unwrap();
+        run.append(
+            &ManifestEvent::Start {
+                chunk: 1,
+                at_unix_ms: 2,
+            },
+            false,
+        )
+        .unwrap();
+        let whole = std::fs::read(run.path.join(MANIFEST_FILE)).unwrap();
+        // A crash in the middle of appending chunk 1's commit.
+        let torn = serde_json::to_string(&commit(1)).unwrap();
+        let mut damaged = whole.clone();
+        damaged.extend_from_slice(&torn.as_bytes()[..torn.len() / 2]);
+        std::fs::write(run.path.join(MANIFEST_FILE), &damaged).unwrap();
+        let state = RunDir::at(dir.path()).read_manifest().unwrap();
+        assert_eq!(state.commits.keys().copied().collect::<Vec<_>>(), vec![0]);
+        assert_eq!(state.in_flight.iter().copied().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(std::fs::read(run.path.join(MANIFEST_FILE)).unwrap(), whole);
+
+        let mut middle = b"{not json}\n".to_vec();
+        middle.extend_from_slice(&whole);
+        std::fs::write(run.path.join(MANIFEST_FILE), &middle).unwrap();
+        let err = RunDir::at(dir.path()).read_manifest().unwrap_err();
+        assert!(
+            err.to_string().contains("line 1 is not a manifest event"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn changes_are_named() {
+        let f = |size, m| FileFingerprint {
+            path: "d/a.parquet".into(),
+            size,
+            modified_unix_ms: m,
+            e_tag: None,
+        };
+        let src = |files| SourceFingerprint {
+            name: "tx".into(),
+            location: "/d/".into(),
+            schema: "id: Int64".into(),
+            files,
+        };
+        assert_eq!(
+            fingerprint_change(&[src(vec![f(1, 1)])], &[src(vec![f(1, 1)])]),
+            None
+        );
+        assert_eq!(
+            fingerprint_change(&[src(vec![f(1, 1)])], &[src(vec![f(2, 1)])]).unwrap(),
+            "input file /d/a.parquet changed size: 2 bytes, was 1"
+        );
+        assert!(
+            fingerprint_change(&[src(vec![f(1, 1)])], &[src(vec![f(1, 5)])])
+                .unwrap()
+                .contains("was modified")
+        );
+        let spec = |t: &str| toml::from_str::<crate::spec::PipelineSpec>(t).unwrap();
+        let base = "input = \"a.csv\"\noutput = \"out/\"\n[run]\nchunk_rows = 5000\n";
+        // Memory and retries may change between a run and its resume; chunking may not.
+        let patient =
+            format!("{base}[retry]\nmax_retries = 9\n[resources]\nmemory_limit = \"1GB\"\n");
+        assert_eq!(pipeline_change(base, &spec(&patient)), None);
+        assert_eq!(
+            pipeline_change(base, &spec(&base.replace("5000", "6000"))).unwrap(),
+            "`run` is now {\"chunk_rows\":6000}, was {\"chunk_rows\":5000}"
+        );
+    }
+}

@@ -1,0 +1,207 @@
+//! Fault injection for the recovery tests: the real run, with reads and writes that fail.
+//!
+//! Off unless the environment variable `NOMALY_FAULTS` is set, e.g.
+//! `NOMALY_FAULTS="read=0.1,write=0.1,seed=7"` (10% of object-store reads and 10% of part-file
+//! writes fail with a transient I/O error) or `NOMALY_FAULTS="fail_chunk=3"` (every write of chunk
+//! 3's part files fails: a permanent fault). Reads fail inside an [`ObjectStore`] wrapper that
+//! replaces the `file://` store, so they take DataFusion's real read path and error wrapping;
+//! writes fail inside the part-file writer. Faults are armed once the run's inputs are planned, so
+//! they hit the fit and the chunks, the parts that retry. Draws come from a seeded counter, so a
+//! failing run can be replayed.
+
+use datafusion::object_store::path::Path as StorePath;
+use datafusion::object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult, Result as StoreResult,
+};
+use futures::stream::BoxStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+/// The environment variable that turns fault injection on.
+pub const FAULTS_ENV: &str = "NOMALY_FAULTS";
+
+/// What to break, parsed from [`FAULTS_ENV`].
+#[derive(Debug, Default)]
+pub struct FaultPlan {
+    pub read_rate: f64,
+    pub write_rate: f64,
+    pub fail_chunk: Option<usize>,
+    seed: u64,
+    draws: AtomicU64,
+    armed: AtomicBool,
+    pub reads_failed: AtomicU64,
+    pub writes_failed: AtomicU64,
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+impl FaultPlan {
+    pub fn parse(text: &str) -> Result<FaultPlan, String> {
+        let mut plan = FaultPlan::default();
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (key, value) = item
+                .split_once('=')
+                .ok_or_else(|| format!("{FAULTS_ENV}: '{item}' is not key=value"))?;
+            let bad = || format!("{FAULTS_ENV}: '{item}' has a bad value");
+            match key.trim() {
+                "read" => plan.read_rate = value.parse().map_err(|_| bad())?,
+                "write" => plan.write_rate = value.parse().map_err(|_| bad())?,
+                "seed" => plan.seed = value.parse().map_err(|_| bad())?,
+                "fail_chunk" => plan.fail_chunk = Some(value.parse().map_err(|_| bad())?),
+                other => {
+                    return Err(format!(
+                        "{FAULTS_ENV}: unknown key '{other}'; keys are read, write, seed, fail_chunk"
+                    ));
+                }
+            }
+        }
+        Ok(plan)
+    }
+
+    /// The plan from the environment, read once per process.
+    pub fn from_env() -> Option<Arc<FaultPlan>> {
+        static PLAN: OnceLock<Option<Arc<FaultPlan>>> = OnceLock::new();
+        PLAN.get_or_init(|| {
+            let text = std::env::var(FAULTS_ENV).ok()?;
+            match FaultPlan::parse(&text) {
+                Ok(p) => Some(Arc::new(p)),
+                Err(e) => {
+                    // A test knob, not user input: say so loudly and run without faults.
+                    eprintln!("warning: {e}; running without fault injection");
+                    None
+                }
+            }
+        })
+        .clone()
+    }
+
+    pub fn arm(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    fn draw(&self) -> f64 {
+        let n = self.draws.fetch_add(1, Ordering::Relaxed);
+        (splitmix(self.seed ^ splitmix(n)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn read_fails(&self) -> bool {
+        self.armed.load(Ordering::Relaxed) && self.read_rate > 0.0 && self.draw() < self.read_rate
+    }
+
+    /// The error for a write of `chunk`'s part file, if one is to fail now.
+    pub fn write_fault(&self, chunk: usize) -> Option<std::io::Error> {
+        if !self.armed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let fail = self.fail_chunk == Some(chunk)
+            || (self.write_rate > 0.0 && self.draw() < self.write_rate);
+        fail.then(|| {
+            self.writes_failed.fetch_add(1, Ordering::Relaxed);
+            std::io::Error::other(format!("injected write failure ({FAULTS_ENV})"))
+        })
+    }
+}
+
+/// An object store whose reads fail at the plan's rate.
+#[derive(Debug)]
+pub struct FaultyStore {
+    inner: Arc<dyn ObjectStore>,
+    plan: Arc<FaultPlan>,
+}
+
+impl FaultyStore {
+    pub fn new(inner: Arc<dyn ObjectStore>, plan: Arc<FaultPlan>) -> Self {
+        FaultyStore { inner, plan }
+    }
+}
+
+impl std::fmt::Display for FaultyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FaultyStore({})", self.inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for FaultyStore {
+    async fn put_opts(
+        &self,
+        location: &StorePath,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> StoreResult<PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &StorePath,
+        opts: PutMultipartOptions,
+    ) -> StoreResult<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &StorePath, options: GetOptions) -> StoreResult<GetResult> {
+        if self.plan.read_fails() {
+            self.plan.reads_failed.fetch_add(1, Ordering::Relaxed);
+            return Err(datafusion::object_store::Error::Generic {
+                store: "fault-injection",
+                source: format!("injected read failure of {location} ({FAULTS_ENV})").into(),
+            });
+        }
+        self.inner.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, StoreResult<StorePath>>,
+    ) -> BoxStream<'static, StoreResult<StorePath>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&StorePath>) -> BoxStream<'static, StoreResult<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&StorePath>) -> StoreResult<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &StorePath,
+        to: &StorePath,
+        options: CopyOptions,
+    ) -> StoreResult<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_parse_and_draw_at_their_rate() {
+        let p = FaultPlan::parse("read=0.1, write=0.25,seed=7,fail_chunk=3").unwrap();
+        assert_eq!(
+            (p.read_rate, p.write_rate, p.fail_chunk),
+            (0.1, 0.25, Some(3))
+        );
+        assert!(
+            FaultPlan::parse("reed=1")
+                .unwrap_err()
+                .contains("unknown key 'reed'")
+        );
+        assert!(p.write_fault(3).is_none(), "not armed yet");
+        p.arm();
+        assert!(p.write_fault(3).is_some());
+        let fails = (0..10_000).filter(|_| p.read_fails()).count();
+        assert!((800..1200).contains(&fails), "{fails} of 10000 at rate 0.1");
+    }
+}
