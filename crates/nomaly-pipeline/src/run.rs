@@ -735,6 +735,9 @@ async fn run_inner(
         .map(|d| d.as_millis())
         .unwrap_or(0);
     let progress = opts.progress.as_ref();
+    if opts.mode != RunMode::Restart && !opts.dry_run {
+        publish_interrupted(p).map_err(|e| (e, None))?;
+    }
     let prepared = prepare(p, progress).await.map_err(|e| (e, None))?;
     let mut report = RunReport {
         status: RunStatus::Failed,
@@ -782,14 +785,6 @@ async fn run_inner(
     match result {
         Ok(()) => {
             if report.status != RunStatus::DryRun {
-                RunDir::at(&staging_dir(&p.sinks[0].path))
-                    .append(
-                        &ManifestEvent::Complete {
-                            at_unix_ms: now_ms(),
-                        },
-                        true,
-                    )
-                    .map_err(|e| (e, None))?;
                 let _ = std::fs::remove_dir_all(sibling_dir(&p.sinks[0].path, "work"));
             }
             let report_path = finish(p, &mut report).map_err(|e| (e, None))?;
@@ -834,6 +829,14 @@ fn finish(p: &CompiledPipeline, report: &mut RunReport) -> Result<Option<PathBuf
         let staging = staging_dir(&s.path);
         write_atomic(&staging.join(REPORT_FILE), &body)?;
     }
+    // Complete once the reports are in place: a crash from here on is finished by
+    // `publish_interrupted`, not redone.
+    RunDir::at(&staging_dir(&p.sinks[0].path)).append(
+        &ManifestEvent::Complete {
+            at_unix_ms: now_ms(),
+        },
+        true,
+    )?;
     if report.status == RunStatus::Succeeded {
         for s in &p.sinks {
             let target = sink_target(s, None);
@@ -1106,7 +1109,7 @@ async fn execute(
                     .write_parquet(
                         &format!("{}/", work.display()),
                         DataFrameWriteOptions::new(),
-                        None,
+                        Some(work_file_options(p.chunk_rows)),
                     )
                     .await
                     .map_err(|e| {
@@ -1751,6 +1754,13 @@ impl ChunkJob {
     }
 }
 
+/// Row groups of `chunk_rows`, so the materialized input splits into chunks of that size.
+fn work_file_options(chunk_rows: u64) -> datafusion::config::TableParquetOptions {
+    let mut o = datafusion::config::TableParquetOptions::default();
+    o.global.max_row_group_size = chunk_rows as usize;
+    o
+}
+
 /// Chunks the materialized detect input in `work` and registers it as the staged input table.
 async fn chunk_materialized(
     ctx: &SessionContext,
@@ -1866,12 +1876,39 @@ fn discard_unless_resumable(p: &CompiledPipeline) -> bool {
     resumable
 }
 
+/// Finishes publishing a run that completed (its reports written, `complete` in the manifest)
+/// but was killed while renaming its staging directories into place. Returns true if it did.
+pub fn publish_interrupted(p: &CompiledPipeline) -> Result<bool> {
+    let Some(first) = p.sinks.first() else {
+        return Ok(false);
+    };
+    let staging = staging_dir(&first.path);
+    let run_dir = RunDir::at(&staging);
+    if !run_dir.exists() || !run_dir.read_manifest().map(|m| m.complete).unwrap_or(false) {
+        return Ok(false);
+    }
+    let succeeded = std::fs::read(staging.join(REPORT_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|r| r["status"] == "succeeded");
+    if !succeeded {
+        return Ok(false);
+    }
+    for s in &p.sinks {
+        if staging_dir(&s.path).is_dir() {
+            sink_target(s, None).publish()?;
+        }
+    }
+    Ok(true)
+}
+
 /// The report of a completed, published run of this same pipeline on this same input, if the
 /// output holds one (`nomaly resume` on a finished run prints it and exits 0).
 pub async fn completed_run(p: &CompiledPipeline) -> Result<Option<String>> {
     let Some(first) = p.sinks.first() else {
         return Ok(None);
     };
+    publish_interrupted(p)?;
     let run_dir = RunDir::at(&first.path);
     if !run_dir.exists() || is_unfinished(&RunDir::at(&staging_dir(&first.path))) {
         return Ok(None);

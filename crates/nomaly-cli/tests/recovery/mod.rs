@@ -269,6 +269,15 @@ fn killed_runs_resume_to_byte_identical_output() {
         stderr(&again)
     );
     assert_eq!(json(&again)["output_rows"], ROWS);
+
+    // A kill after `complete` but before the publishing rename: resume finishes the publish.
+    let out = dir.join("out/scored");
+    std::fs::rename(&out, dir.join("out/.scored.nomaly-staging")).unwrap();
+    let o = cli(&["resume", p, "--json"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("already complete"), "{}", stderr(&o));
+    assert_eq!(parts(&out), expected);
+    check_output(&dir);
 }
 
 #[test]
