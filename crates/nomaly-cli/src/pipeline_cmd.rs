@@ -247,6 +247,13 @@ fn summary(r: &RunReport) -> String {
             r.rows_with_missing_features
         ));
     }
+    if r.quarantined_rows > 0 {
+        s.push_str(&format!(
+            "\n  {} input lines could not be parsed and were quarantined in {}",
+            r.quarantined_rows,
+            r.quarantine_dir.as_deref().unwrap_or("_nomaly/quarantine")
+        ));
+    }
     for sink in &r.sinks {
         s.push_str(&format!(
             "\n  wrote {} ({} files, {} rows, {} bytes)",

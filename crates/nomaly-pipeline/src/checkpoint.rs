@@ -239,6 +239,9 @@ pub struct RunRecord {
     pub input_rows: u64,
     pub rows_with_missing_features: u64,
     pub models: usize,
+    /// Bad lines set aside while materializing the detect input (not per chunk then).
+    #[serde(default)]
+    pub quarantined_rows: u64,
 }
 
 /// One written part file, relative to its sink's staging directory.
@@ -263,6 +266,12 @@ pub struct CommitEntry {
     pub seconds: f64,
     pub committed_at_unix_ms: u64,
     pub parts: Vec<PartEntry>,
+    /// Lines set aside under `on_bad_rows = "quarantine"` (in `quarantine/part-<chunk>.ndjson`).
+    #[serde(default)]
+    pub quarantined: u64,
+    /// Lines the chunk held, when read line by line (quarantine): = rows + quarantined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_lines: Option<u64>,
 }
 
 /// A manifest line.
@@ -485,6 +494,32 @@ impl RunDir {
     }
 }
 
+/// Where quarantined lines go: `quarantine/` in the run directory.
+pub const QUARANTINE_DIR: &str = "quarantine";
+
+/// Writes a chunk's bad lines as NDJSON (atomically); returns how many.
+pub fn write_quarantine(
+    run_dir: &Path,
+    chunk: usize,
+    rows: &[crate::quarantine::BadRow],
+) -> Result<u64> {
+    let mut body = Vec::new();
+    for r in rows {
+        serde_json::to_writer(&mut body, r).expect("a bad row is JSON");
+        body.push(b'\n');
+    }
+    let path = run_dir
+        .join(QUARANTINE_DIR)
+        .join(format!("part-{chunk:05}.ndjson"));
+    if rows.is_empty() {
+        // No file for a clean chunk, and none left from an earlier attempt.
+        let _ = std::fs::remove_file(&path);
+        return Ok(0);
+    }
+    write_atomic(&path, &body)?;
+    Ok(rows.len() as u64)
+}
+
 /// CRC-32 and length of a file, read back from disk.
 pub fn file_crc32(path: &Path) -> std::io::Result<(u64, u32)> {
     let mut f = File::open(path)?;
@@ -577,6 +612,8 @@ mod tests {
             seconds: 0.1,
             committed_at_unix_ms: 3,
             parts: vec![],
+            quarantined: 0,
+            source_lines: None,
         })
     }
 

@@ -10,6 +10,7 @@
 //! [`ChunkTable`] scans the chunks as one file group each: partition `i` of its scan is chunk `i`.
 
 use crate::error::{PipelineError, Result};
+use crate::quarantine::{QuarantineLog, QuarantineScanExec};
 use crate::spec::FileFormat;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -335,11 +336,23 @@ fn estimate_row_bytes(path: &PathBuf) -> Result<u64> {
 #[derive(Debug)]
 pub struct ChunkTable {
     plan: ChunkPlan,
+    /// Set under `on_bad_rows = "quarantine"`: scan with [`QuarantineScanExec`].
+    quarantine: Option<Arc<QuarantineLog>>,
 }
 
 impl ChunkTable {
     pub fn new(plan: ChunkPlan) -> Self {
-        Self { plan }
+        Self {
+            plan,
+            quarantine: None,
+        }
+    }
+
+    pub fn with_quarantine(plan: ChunkPlan, log: Arc<QuarantineLog>) -> Self {
+        Self {
+            plan,
+            quarantine: Some(log),
+        }
     }
 
     pub fn plan(&self) -> &ChunkPlan {
@@ -364,6 +377,21 @@ impl TableProvider for ChunkTable {
         _filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if let Some(log) = &self.quarantine {
+            // Object-store paths of local files are relative to the filesystem root.
+            let files = self
+                .plan
+                .chunks
+                .iter()
+                .map(|c| PathBuf::from("/").join(&c.file))
+                .collect();
+            return Ok(Arc::new(QuarantineScanExec::new(
+                self.plan.clone(),
+                files,
+                projection.cloned(),
+                log.clone(),
+            )?));
+        }
         let format = self.plan.source.df_format();
         let source = format.file_source(TableSchema::from(self.plan.schema.clone()));
         let groups: Vec<FileGroup> = self

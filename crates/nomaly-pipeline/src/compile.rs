@@ -61,6 +61,8 @@ pub struct CompiledPipeline {
     pub timeout: Option<Duration>,
     pub timeout_text: Option<String>,
     pub retry: RetryPolicy,
+    /// `on_bad_rows = "quarantine"`: the chunked source is read line by line, bad lines set aside.
+    pub quarantine: bool,
 }
 
 /// How transient failures are retried (`[retry]`).
@@ -663,6 +665,17 @@ pub fn compile(file: PipelineFile) -> Result<CompiledPipeline> {
         }
         policy
     };
+    let quarantine = spec.run.on_bad_rows == Some(crate::spec::OnBadRows::Quarantine);
+    if quarantine && !matches!(sources[0].format, FileFormat::Csv | FileFormat::Ndjson) {
+        return Err(PipelineError::invalid(
+            place(&file, "[run]", 0, Some("on_bad_rows")),
+            format!(
+                "on_bad_rows = \"quarantine\" reads the first source line by line, so it must be CSV or NDJSON; '{}' is {} (typed columns, no bad lines to set aside) — remove the setting",
+                sources[0].name,
+                sources[0].format.extension()
+            ),
+        ));
+    }
     let name = spec.name.clone().unwrap_or_else(|| {
         file.path
             .file_stem()
@@ -683,6 +696,7 @@ pub fn compile(file: PipelineFile) -> Result<CompiledPipeline> {
         timeout,
         timeout_text: spec.resources.timeout.clone(),
         retry,
+        quarantine,
         file,
     })
 }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod faults;
 pub mod notify;
 pub mod progress;
+pub mod quarantine;
 pub mod report;
 pub mod run;
 pub mod sink;

@@ -53,6 +53,10 @@ pub struct RunReport {
     pub anomaly_rate: f64,
     /// Rows with a null/NaN/±Inf feature: skipped by the fit, scored null (the documented policy).
     pub rows_with_missing_features: u64,
+    /// Lines of the input that could not be parsed, set aside under `on_bad_rows = "quarantine"`.
+    pub quarantined_rows: u64,
+    /// Where they are: `<output>/_nomaly/quarantine/` (NDJSON: chunk, byte offset, reason, line).
+    pub quarantine_dir: Option<String>,
     pub models: usize,
     pub chunks: usize,
     /// "source" (chunks are slices of the first source) or "materialized" (the detect input was

@@ -9,8 +9,9 @@
 //! directory and that is chunked ("materialized").
 
 use crate::checkpoint::{
-    ChunkEntry, CommitEntry, ManifestEvent, ManifestState, PartEntry, RUN_DIR, RunDir, RunRecord,
-    fingerprint, fingerprint_change, now_ms, pipeline_change, remove_orphans, verify_commit,
+    ChunkEntry, CommitEntry, ManifestEvent, ManifestState, PartEntry, QUARANTINE_DIR, RUN_DIR,
+    RunDir, RunRecord, fingerprint, fingerprint_change, now_ms, pipeline_change, remove_orphans,
+    verify_commit, write_quarantine,
 };
 use crate::chunks::{ChunkPlan, ChunkTable, SourceReader, plan_chunks};
 use crate::compile::{CompiledPipeline, Detect, RetryPolicy};
@@ -18,6 +19,7 @@ use crate::error::{PipelineError, Result};
 use crate::faults::FaultPlan;
 use crate::notify::notify_all;
 use crate::progress::{ProgressEvent, ProgressObserver};
+use crate::quarantine::{ChunkBadRows, QuarantineLog, QuarantineScanExec};
 use crate::report::{CheckResult, RunReport, RunStatus, SinkReport, StepTiming, peak_rss_bytes};
 use crate::sink::{
     ChunkWriter, REPORT_FILE, SinkTarget, WrittenPart, sibling_dir, staging_dir, write_atomic,
@@ -113,6 +115,8 @@ fn quote_str(s: &str) -> String {
 /// A session with the pipeline's sources and steps registered.
 pub struct PreparedSession {
     pub ctx: SessionContext,
+    /// Bad lines of the chunked source, under `on_bad_rows = "quarantine"`.
+    pub quarantine: Option<Arc<QuarantineLog>>,
     pub chunks: ChunkPlan,
     pub memory_limit: usize,
     pub partitions: usize,
@@ -161,11 +165,29 @@ pub async fn prepare(
     let started = Instant::now();
     progress.on_event(&ProgressEvent::Phase("reading sources".into()));
     let first = &p.sources[0];
-    let chunks = plan_chunks(&ctx, first, p.chunk_rows).await?;
+    let mut chunks = plan_chunks(&ctx, first, p.chunk_rows).await?;
+    if p.quarantine
+        && first.format == FileFormat::Csv
+        && let Some(c) = chunks.chunks.first()
+    {
+        let path = PathBuf::from("/").join(&c.file);
+        chunks.schema = crate::quarantine::tolerant_csv_schema(
+            &path,
+            &chunks.schema,
+            first.has_header,
+            first.delimiter,
+        )
+        .map_err(|source| PipelineError::Io { path, source })?;
+    }
     for w in &chunks.warnings {
         progress.on_event(&ProgressEvent::Warning(w.clone()));
     }
-    ctx.register_table(&first.name, Arc::new(ChunkTable::new(chunks.clone())))
+    let quarantine = p.quarantine.then(|| Arc::new(QuarantineLog::default()));
+    let table = match &quarantine {
+        Some(log) => ChunkTable::with_quarantine(chunks.clone(), log.clone()),
+        None => ChunkTable::new(chunks.clone()),
+    };
+    ctx.register_table(&first.name, Arc::new(table))
         .map_err(|e| classify(format!("source '{}'", first.name), e))?;
     for s in &p.sources[1..] {
         register_listing(&ctx, s).await?;
@@ -188,10 +210,12 @@ pub async fn prepare(
         });
     }
     if let Some(d) = &p.detect {
-        check_detect_columns(&ctx, d, &reads(p)).await?;
+        let text_input = matches!(p.sources[0].format, FileFormat::Csv | FileFormat::Ndjson);
+        check_detect_columns(&ctx, d, &reads(p), text_input).await?;
     }
     Ok(PreparedSession {
         ctx,
+        quarantine,
         chunks,
         memory_limit: config.memory_budget(),
         partitions: config.partitions(),
@@ -218,7 +242,12 @@ async fn register_listing(ctx: &SessionContext, s: &SourceReader) -> Result<()> 
     Ok(())
 }
 
-async fn check_detect_columns(ctx: &SessionContext, d: &Detect, reads: &str) -> Result<()> {
+async fn check_detect_columns(
+    ctx: &SessionContext,
+    d: &Detect,
+    reads: &str,
+    text_input: bool,
+) -> Result<()> {
     let df = ctx
         .table(&d.input)
         .await
@@ -254,9 +283,14 @@ async fn check_detect_columns(ctx: &SessionContext, d: &Detect, reads: &str) -> 
             return Err(PipelineError::invalid(
                 &d.place,
                 format!(
-                    "column '{c}' of '{}' is {}, not numeric; detectors take numeric columns — cast it in a [[step]] (e.g. CAST({c} AS DOUBLE)) or drop it from columns",
+                    "column '{c}' of '{}' is {}, not numeric; detectors take numeric columns — cast it in a [[step]] (e.g. CAST({c} AS DOUBLE)) or drop it from columns{}",
                     d.input,
-                    field.data_type()
+                    field.data_type(),
+                    if text_input {
+                        "; if only a few lines hold text where numbers belong, set [run] on_bad_rows = \"quarantine\" to set those lines aside"
+                    } else {
+                        ""
+                    }
                 ),
             ));
         }
@@ -600,6 +634,9 @@ fn is_chunk_preserving(plan: &Arc<dyn ExecutionPlan>, chunks: &ChunkPlan) -> boo
         return false;
     }
     let name = plan.name();
+    if let Some(q) = plan.as_ref().downcast_ref::<QuarantineScanExec>() {
+        return q.chunk_count() == n;
+    }
     if let Some(ds) = plan.as_ref().downcast_ref::<DataSourceExec>() {
         let Some(config) = ds.data_source().as_ref().downcast_ref::<FileScanConfig>() else {
             return false;
@@ -635,6 +672,8 @@ struct ChunkOutcome {
     rows: u64,
     anomalies: u64,
     missing: u64,
+    quarantined: u64,
+    source_lines: Option<u64>,
     parts: Vec<(usize, WrittenPart)>,
 }
 
@@ -647,6 +686,7 @@ async fn score_chunk(
     sinks: Arc<Vec<(Arc<SinkTarget>, PathBuf)>>,
     schema: SchemaRef,
     stop: Arc<AtomicBool>,
+    quarantine: Option<(Arc<QuarantineLog>, PathBuf)>,
 ) -> Result<ChunkOutcome> {
     // A sink that cannot write (disk, permissions, an injected fault) may work on a retry; a
     // bad `where` cannot.
@@ -692,6 +732,11 @@ async fn score_chunk(
         for w in writers.iter_mut() {
             w.write(&batch).map_err(write_error)?;
         }
+    }
+    if let Some((log, run_dir)) = &quarantine {
+        let found = log.get(chunk);
+        out.quarantined = write_quarantine(run_dir, chunk, &found.bad).map_err(write_error)?;
+        out.source_lines = Some(found.lines);
     }
     for (s, w) in writers.into_iter().enumerate() {
         for part in w.commit().map_err(write_error)? {
@@ -1020,6 +1065,7 @@ async fn execute(
     }
 
     let mut chunk_plan = prepared.chunks.clone();
+    let mut materialized_bad = None;
     let (df, plan, models) = match &resumed {
         Some((record, _)) => {
             progress.on_event(&ProgressEvent::Phase("resume".into()));
@@ -1032,6 +1078,7 @@ async fn execute(
             report.rows_with_missing_features = record.rows_with_missing_features;
             report.models = record.models;
             report.recovery.model_reused = p.detect.is_some();
+            report.quarantined_rows = record.quarantined_rows;
             if record.chunking == "materialized" {
                 let work = sibling_dir(&p.sinks[0].path, "work");
                 if !work.is_dir() {
@@ -1118,6 +1165,8 @@ async fn execute(
                         if user { err } else { runtime(err) }
                     })?;
                 chunk_plan = chunk_materialized(ctx, p, &work).await?;
+                // The source was read whole: its bad lines are known now, not per chunk.
+                materialized_bad = prepared.quarantine.as_ref().map(|log| log.all());
                 input = STAGED_INPUT.to_string();
                 report.chunking = "materialized".into();
                 report.steps.push(StepTiming {
@@ -1177,8 +1226,18 @@ async fn execute(
                 input_rows: report.input_rows,
                 rows_with_missing_features: report.rows_with_missing_features,
                 models: report.models,
+                quarantined_rows: materialized_bad
+                    .as_ref()
+                    .map(|all: &BTreeMap<usize, ChunkBadRows>| {
+                        all.values().map(|c| c.bad.len() as u64).sum()
+                    })
+                    .unwrap_or(0),
             };
             run_dir.create(&record, &p.file.text, &batches, &schema)?;
+            for (chunk, found) in materialized_bad.iter().flatten() {
+                write_quarantine(&run_dir.path, *chunk, &found.bad)?;
+            }
+            report.quarantined_rows = record.quarantined_rows;
         }
         Some((_, state)) => {
             let mut keep = BTreeSet::new();
@@ -1257,6 +1316,20 @@ async fn execute(
     let stop = Arc::new(AtomicBool::new(false));
     let limit = Arc::new(tokio::sync::Semaphore::new(prepared.partitions.max(1)));
     let policy = p.retry;
+    let chunk_quarantine = prepared
+        .quarantine
+        .clone()
+        .filter(|_| report.chunking == "source");
+    if p.quarantine {
+        report.quarantine_dir = Some(
+            p.sinks[0]
+                .path
+                .join(RUN_DIR)
+                .join(QUARANTINE_DIR)
+                .display()
+                .to_string(),
+        );
+    }
     let mut tasks = tokio::task::JoinSet::new();
     for c in chunk_plan
         .chunks
@@ -1274,6 +1347,7 @@ async fn execute(
             run_dir: run_dir.clone(),
             policy,
             progress: opts.progress.clone(),
+            quarantine: chunk_quarantine.clone(),
         };
         let limit = limit.clone();
         tasks.spawn(async move {
@@ -1355,6 +1429,7 @@ async fn execute(
     for c in committed.values() {
         report.output_rows += c.rows;
         report.anomalies += c.anomalies;
+        report.quarantined_rows += c.quarantined;
     }
     if p.detect.is_none() {
         report.input_rows = report.output_rows;
@@ -1570,6 +1645,8 @@ fn empty_report(p: &CompiledPipeline) -> RunReport {
         anomalies: 0,
         anomaly_rate: 0.0,
         rows_with_missing_features: 0,
+        quarantined_rows: 0,
+        quarantine_dir: None,
         models: 0,
         chunks: 0,
         chunking: "source".into(),
@@ -1653,6 +1730,8 @@ struct ChunkJob {
     run_dir: Arc<RunDir>,
     policy: RetryPolicy,
     progress: Arc<dyn ProgressObserver>,
+    /// Set when the chunk reads the quarantining source directly.
+    quarantine: Option<Arc<QuarantineLog>>,
 }
 
 /// A chunk's failure (`None`: skipped because the run was stopping) and the seconds it cost.
@@ -1719,6 +1798,9 @@ impl ChunkJob {
             self.sinks.clone(),
             self.schema.clone(),
             self.stop.clone(),
+            self.quarantine
+                .clone()
+                .map(|log| (log, self.run_dir.path.clone())),
         )
         .await?;
         let parts = o
@@ -1746,6 +1828,8 @@ impl ChunkJob {
             seconds: started.elapsed().as_secs_f64(),
             committed_at_unix_ms: now_ms(),
             parts,
+            quarantined: o.quarantined,
+            source_lines: o.source_lines,
         };
         // The chunk is done only once this line is on disk.
         self.run_dir
@@ -1844,6 +1928,19 @@ fn check_consistency(
             })
             == p.sources[0].name;
     if reads_source_directly {
+        for c in committed.values() {
+            if let Some(lines) = c.source_lines
+                && lines != c.rows + c.quarantined
+            {
+                return Err(fail(
+                    c.chunk,
+                    format!(
+                        "held {lines} lines but {} rows were written and {} quarantined",
+                        c.rows, c.quarantined
+                    ),
+                ));
+            }
+        }
         for c in &chunks.chunks {
             if let (Some(expected), Some(got)) = (c.rows, committed.get(&c.id))
                 && got.rows != expected

@@ -299,6 +299,19 @@ pub struct RunSpec {
     /// "local" (default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine: Option<String>,
+    /// What a line of the chunked CSV/NDJSON source that cannot be parsed (wrong number of
+    /// fields, text in a numeric column) does: "fail" (default) stops the run naming it;
+    /// "quarantine" sets it aside in `<output>/_nomaly/quarantine/` and counts it in the report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_bad_rows: Option<OnBadRows>,
+}
+
+/// See [`RunSpec::on_bad_rows`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBadRows {
+    Fail,
+    Quarantine,
 }
 
 /// Retries of a chunk (and of each fit partition) after a transient failure: I/O errors,

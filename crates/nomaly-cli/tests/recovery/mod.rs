@@ -388,3 +388,153 @@ fn resume_refuses_a_changed_input_and_restart_starts_over() {
     assert_eq!(json(&o)["recovery"]["resumed"], false);
     check_output(dir);
 }
+
+#[test]
+fn bad_rows_are_quarantined_with_their_place_or_fail_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // 30000 rows, 4 bad: text in a numeric column (one among the first lines, where the schema is
+    // inferred) and a short row.
+    let bad = [5u64, 12000, 20000, 29999];
+    let mut csv = String::from("id,amount,latency_ms\n");
+    for i in 0..30000u64 {
+        match i {
+            20000 => csv.push_str("20000,1.0\n"),
+            _ if bad.contains(&i) => csv.push_str(&format!("{i},oops,{i}\n")),
+            _ => csv.push_str(&format!(
+                "{i},{},{}\n",
+                100.0 + ((i * 7919) % 1000) as f64 / 50.0,
+                ((i * 104729) % 977) as f64
+            )),
+        }
+    }
+    std::fs::write(dir.join("tx.csv"), &csv).unwrap();
+    let pipeline = |mode: &str| {
+        format!(
+            "input = \"tx.csv\"\noutput = \"out/{mode}/\"\n[detect]\nalgorithm = \"ecod\"\n\
+             columns = [\"amount\", \"latency_ms\"]\n[run]\nchunk_rows = 5000\non_bad_rows = \"{mode}\"\n"
+        )
+    };
+    std::fs::write(dir.join("q.toml"), pipeline("quarantine")).unwrap();
+    std::fs::write(dir.join("f.toml"), pipeline("fail")).unwrap();
+
+    let o = cli(
+        &[
+            "run",
+            dir.join("q.toml").to_str().unwrap(),
+            "--no-progress",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let r = json(&o);
+    assert_eq!(r["quarantined_rows"], 4);
+    assert_eq!(r["input_rows"], 29996);
+    assert_eq!(r["output_rows"], 29996);
+    let qdir = dir.join("out/quarantine/_nomaly/quarantine");
+    assert_eq!(r["quarantine_dir"], qdir.display().to_string());
+    let mut set_aside = Vec::new();
+    for (name, bytes) in tree(&qdir) {
+        for line in String::from_utf8(bytes).unwrap().lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let offset = v["byte_offset"].as_u64().unwrap() as usize;
+            // The byte offset points at the line in the input file.
+            assert!(
+                csv[offset..].starts_with(v["line"].as_str().unwrap()),
+                "{v}"
+            );
+            assert!(name.ends_with(&format!("{:05}.ndjson", v["chunk"].as_u64().unwrap())));
+            set_aside.push((
+                v["line"].as_str().unwrap().to_string(),
+                v["reason"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    set_aside.sort();
+    assert_eq!(
+        set_aside
+            .iter()
+            .map(|(l, _)| l.as_str())
+            .collect::<Vec<_>>(),
+        vec![
+            "12000,oops,12000",
+            "20000,1.0",
+            "29999,oops,29999",
+            "5,oops,5"
+        ]
+    );
+    assert!(
+        set_aside[1].1.contains("incorrect number of fields"),
+        "{set_aside:?}"
+    );
+    assert!(set_aside[0].1.contains("'oops'"), "{set_aside:?}");
+    // Every other id is scored once; each chunk's lines = rows written + quarantined.
+    let o = nomaly(&[
+        "sql",
+        "--format",
+        "csv",
+        "--table",
+        &format!("o={}", dir.join("out/quarantine").display()),
+        "-e",
+        "SELECT count(*), count(DISTINCT id), sum(CASE WHEN id IN (5, 12000, 20000, 29999) THEN 1 ELSE 0 END) FROM o",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).lines().nth(1),
+        Some("29996,29996,0")
+    );
+    for c in manifest_lines(&dir.join("out/quarantine/_nomaly"))
+        .iter()
+        .filter(|l| l["event"] == "commit")
+    {
+        assert_eq!(
+            c["source_lines"].as_u64().unwrap(),
+            c["rows"].as_u64().unwrap() + c["quarantined"].as_u64().unwrap()
+        );
+    }
+
+    // The default fails with exit 2, writes nothing, and says how to set bad lines aside; a bad
+    // line past the sampled first lines is named.
+    let o = cli(
+        &["run", dir.join("f.toml").to_str().unwrap(), "--no-progress"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("on_bad_rows = \"quarantine\""),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!dir.join("out/fail").exists());
+    std::fs::write(dir.join("tx.csv"), csv.replace("5,oops,5\n", "5,1.5,2.5\n")).unwrap();
+    let o = cli(
+        &["run", dir.join("f.toml").to_str().unwrap(), "--no-progress"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("12000,oops,12000"), "{}", stderr(&o));
+    assert!(!dir.join("out/fail").exists());
+
+    // On clean data the line reader gives the same bytes as DataFusion's reader.
+    let clean = dir.join("clean");
+    std::fs::create_dir_all(&clean).unwrap();
+    let good: String = csv
+        .lines()
+        .filter(|l| !l.contains("oops") && *l != "20000,1.0")
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(clean.join("tx.csv"), good).unwrap();
+    std::fs::write(clean.join("q.toml"), pipeline("quarantine")).unwrap();
+    std::fs::write(clean.join("f.toml"), pipeline("fail")).unwrap();
+    for f in ["q.toml", "f.toml"] {
+        let o = cli(
+            &["run", clean.join(f).to_str().unwrap(), "--no-progress"],
+            &[],
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+    assert_eq!(
+        parts(&clean.join("out/quarantine")),
+        parts(&clean.join("out/fail"))
+    );
+}
