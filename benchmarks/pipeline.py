@@ -7,8 +7,8 @@ In one invocation it times
   1. `nomaly run` of a minimal pipeline (input -> detect -> Parquet part files), and
   2. the equivalent single statement `COPY (SELECT *, detect_anomalies(...) ...) TO 'x.parquet'`,
 and prints the ratio (target <= 1.5); then
-  3. the pipeline under --memory-limit with a sorting step (forces the detect input to be
-     materialized and the sort to spill), checking the run completes, its report shows spilled bytes,
+  3. the pipeline under --memory-limit with a step numbering rows in f1 order (a global sort: forces
+     the detect input to be materialized and the sort to spill), checking the run completes, its report shows spilled bytes,
      and the process's peak RSS, measured from outside (wait4), stays under limit + overhead.
 """
 import argparse
@@ -80,7 +80,7 @@ def main():
     limit = parse_size(a.memory_limit)
     spill = os.path.join(work, "spill.toml")
     with open(spill, "w") as f:
-        f.write(f'input = "{data}"\n[[step]]\nname = "sorted"\nsql = "SELECT * FROM input ORDER BY f1"\n'
+        f.write(f'input = "{data}"\n[[step]]\nname = "sorted"\nsql = "SELECT *, row_number() OVER (ORDER BY f1) AS rn FROM input"\n'
                 f'[detect]\nalgorithm = "{a.algorithm}"\ncolumns = {json.dumps(feats)}\n'
                 f'[[sink]]\npath = "{work}/sorted_out/"\n[run]\nchunk_rows = {a.chunk_rows}\n')
     t_spill, rss_spill, out = timed([NOMALY, "run", spill, "--json", "--no-progress",

@@ -546,7 +546,8 @@ async fn collect_fit(
     let results: Vec<_> = futures::stream::iter(0..n)
         .map(|i| {
             let (df, task_ctx, first) = (df.clone(), task_ctx.clone(), partial.clone());
-            async move {
+            // A task per partition: `buffered` alone would poll them all on this one thread.
+            tokio::spawn(async move {
                 let mut node = first;
                 let mut retries = 0u32;
                 let mut lost = 0.0;
@@ -582,14 +583,15 @@ async fn collect_fit(
                         Err(e) => return Err(e),
                     }
                 }
-            }
+            })
         })
         .buffered(retry.parallel.max(1))
         .collect()
         .await;
     let mut states = Vec::with_capacity(n);
     for (i, r) in results.into_iter().enumerate() {
-        let (batches, retries, lost, warnings) = r?;
+        let (batches, retries, lost, warnings) =
+            r.map_err(|e| DataFusionError::External(Box::new(e)))??;
         if retries > 0 {
             report.retries += retries as u64;
             report.recovery.retries.insert(format!("fit {i}"), retries);
@@ -1125,65 +1127,70 @@ async fn execute(
             (df, plan, None)
         }
         None => {
-            progress.on_event(&ProgressEvent::Phase("fit".into()));
-            let (mut df, mut models) = scored_frame(ctx, p, &input, report).await?;
-            if let Some(d) = &p.detect
-                && report.input_rows == 0
-            {
-                return Err(empty_input(d, &reads(p)));
-            }
-            let mut plan = df
-                .clone()
+            // Steps that mix rows across chunks (aggregates, sorts, unions, partitioned joins)
+            // are seen in the detect input's own plan: then write that input once and chunk it,
+            // before fitting, so the steps run once, not once for the fit and again to write.
+            let input_plan = ctx
+                .sql(&format!("SELECT * FROM {input}"))
+                .await
+                .map_err(|e| classify(p.file.path.display().to_string(), e))?
                 .create_physical_plan()
                 .await
                 .map_err(|e| classify(p.file.path.display().to_string(), e))?;
-            if !is_chunk_preserving(&plan, &chunk_plan) {
-                // The steps mix rows across chunks (aggregates, sorts, unions, partitioned
-                // joins): write the detect input once and chunk that.
-                progress.on_event(&ProgressEvent::Phase(
-                    "materializing the detect input".into(),
-                ));
-                let t = Instant::now();
-                let work = sibling_dir(&p.sinks[0].path, "work");
-                let _ = std::fs::remove_dir_all(&work);
-                std::fs::create_dir_all(&work).map_err(|source| PipelineError::Io {
-                    path: work.clone(),
-                    source,
-                })?;
-                ctx.sql(&format!("SELECT * FROM {input}"))
-                    .await
-                    .map_err(|e| classify(p.file.path.display().to_string(), e))?
-                    .write_parquet(
-                        &format!("{}/", work.display()),
-                        DataFrameWriteOptions::new(),
-                        Some(work_file_options(p.chunk_rows)),
-                    )
-                    .await
-                    .map_err(|e| {
-                        let user = nomaly_engine::error::is_user_datafusion_error(&e);
-                        let err = classify("materializing the detect input".into(), e);
-                        if user { err } else { runtime(err) }
+            let mut materialize = !is_chunk_preserving(&input_plan, &chunk_plan);
+            loop {
+                if materialize {
+                    progress.on_event(&ProgressEvent::Phase(
+                        "materializing the detect input".into(),
+                    ));
+                    let t = Instant::now();
+                    let work = sibling_dir(&p.sinks[0].path, "work");
+                    let _ = std::fs::remove_dir_all(&work);
+                    std::fs::create_dir_all(&work).map_err(|source| PipelineError::Io {
+                        path: work.clone(),
+                        source,
                     })?;
-                chunk_plan = chunk_materialized(ctx, p, &work).await?;
-                // The source was read whole: its bad lines are known now, not per chunk.
-                materialized_bad = prepared.quarantine.as_ref().map(|log| log.all());
-                input = STAGED_INPUT.to_string();
-                report.chunking = "materialized".into();
-                report.steps.push(StepTiming {
-                    step: "materialize".into(),
-                    seconds: t.elapsed().as_secs_f64(),
-                });
-                let fit_time = report.steps.iter().position(|s| s.step == "fit");
-                if let Some(i) = fit_time {
-                    report.steps.remove(i);
+                    ctx.sql(&format!("SELECT * FROM {input}"))
+                        .await
+                        .map_err(|e| classify(p.file.path.display().to_string(), e))?
+                        .write_parquet(
+                            &format!("{}/", work.display()),
+                            DataFrameWriteOptions::new(),
+                            Some(work_file_options(p.chunk_rows)),
+                        )
+                        .await
+                        .map_err(|e| {
+                            let user = nomaly_engine::error::is_user_datafusion_error(&e);
+                            let err = classify("materializing the detect input".into(), e);
+                            if user { err } else { runtime(err) }
+                        })?;
+                    chunk_plan = chunk_materialized(ctx, p, &work).await?;
+                    // The source was read whole: its bad lines are known now, not per chunk.
+                    materialized_bad = prepared.quarantine.as_ref().map(|log| log.all());
+                    input = STAGED_INPUT.to_string();
+                    report.chunking = "materialized".into();
+                    report.steps.retain(|s| s.step != "fit");
+                    report.steps.push(StepTiming {
+                        step: "materialize".into(),
+                        seconds: t.elapsed().as_secs_f64(),
+                    });
                 }
-                (df, models) = scored_frame(ctx, p, &input, report).await?;
-                plan = df
+                progress.on_event(&ProgressEvent::Phase("fit".into()));
+                let (df, models) = scored_frame(ctx, p, &input, report).await?;
+                if let Some(d) = &p.detect
+                    && report.input_rows == 0
+                {
+                    return Err(empty_input(d, &reads(p)));
+                }
+                let plan = df
                     .clone()
                     .create_physical_plan()
                     .await
                     .map_err(|e| classify(p.file.path.display().to_string(), e))?;
-                if !is_chunk_preserving(&plan, &chunk_plan) {
+                if is_chunk_preserving(&plan, &chunk_plan) {
+                    break (df, plan, Some(models));
+                }
+                if materialize {
                     return Err(PipelineError::Chunk {
                         chunk: 0,
                         range: "plan".into(),
@@ -1195,8 +1202,9 @@ async fn execute(
                         transient: false,
                     });
                 }
+                // The input keeps chunks apart but the scoring join does not: materialize.
+                materialize = true;
             }
-            (df, plan, Some(models))
         }
     };
     report.chunks = chunk_plan.chunks.len();
@@ -1842,6 +1850,8 @@ impl ChunkJob {
 fn work_file_options(chunk_rows: u64) -> datafusion::config::TableParquetOptions {
     let mut o = datafusion::config::TableParquetOptions::default();
     o.global.max_row_group_size = chunk_rows as usize;
+    // The parallel row-group encoder buffers whole row groups outside the memory pool.
+    o.global.allow_single_file_parallelism = false;
     o
 }
 

@@ -25,6 +25,9 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Rows per row group of a Parquet part file (memory held per open writer).
+const PART_ROW_GROUP_ROWS: usize = 128 * 1024;
+
 /// Name of the run report inside an output directory.
 pub const REPORT_FILE: &str = "_nomaly_report.json";
 
@@ -270,6 +273,9 @@ impl PartFile {
                     .set_compression(Compression::ZSTD(
                         ZstdLevel::try_new(1).map_err(|e| arrow_err(&tmp, e))?,
                     ))
+                    // The writer holds a row group in memory until it is full: bound it, so a
+                    // 1M-row chunk does not hold its whole encoded output per concurrent chunk.
+                    .set_max_row_group_row_count(Some(PART_ROW_GROUP_ROWS))
                     .build();
                 FormatWriter::Parquet(
                     ArrowWriter::try_new(w, schema.clone(), Some(props))
