@@ -196,19 +196,7 @@ pub async fn prepare(
         step: "sources".into(),
         seconds: started.elapsed().as_secs_f64(),
     });
-    for step in &p.steps {
-        let t = Instant::now();
-        let df = ctx
-            .sql(&step.sql)
-            .await
-            .map_err(|e| classify(format!("{} (step '{}')", step.place, step.name), e))?;
-        ctx.register_table(&step.name, df.into_view())
-            .map_err(|e| classify(step.place.clone(), e))?;
-        timings.push(StepTiming {
-            step: format!("step {}", step.name),
-            seconds: t.elapsed().as_secs_f64(),
-        });
-    }
+    timings.extend(register_steps(&ctx, p).await?);
     if let Some(d) = &p.detect {
         let text_input = matches!(p.sources[0].format, FileFormat::Csv | FileFormat::Ndjson);
         check_detect_columns(&ctx, d, &reads(p), text_input).await?;
@@ -221,6 +209,26 @@ pub async fn prepare(
         partitions: config.partitions(),
         timings,
     })
+}
+
+/// Registers the `[[step]]` views in order (replacing earlier registrations of the same names).
+async fn register_steps(ctx: &SessionContext, p: &CompiledPipeline) -> Result<Vec<StepTiming>> {
+    let mut timings = Vec::new();
+    for step in &p.steps {
+        let t = Instant::now();
+        let df = ctx
+            .sql(&step.sql)
+            .await
+            .map_err(|e| classify(format!("{} (step '{}')", step.place, step.name), e))?;
+        let _ = ctx.deregister_table(&step.name);
+        ctx.register_table(&step.name, df.into_view())
+            .map_err(|e| classify(step.place.clone(), e))?;
+        timings.push(StepTiming {
+            step: format!("step {}", step.name),
+            seconds: t.elapsed().as_secs_f64(),
+        });
+    }
+    Ok(timings)
 }
 
 async fn register_listing(ctx: &SessionContext, s: &SourceReader) -> Result<()> {
@@ -1150,6 +1158,16 @@ async fn execute(
                         path: work.clone(),
                         source,
                     })?;
+                    if !p.quarantine {
+                        // Chunks are of no use to a plan that mixes them, and a scan of one
+                        // partition per chunk would read every chunk at once (a sort starts all
+                        // its inputs), each holding a row group outside the memory pool: read the
+                        // source as a plain table, steps and all.
+                        let first = &p.sources[0];
+                        let _ = ctx.deregister_table(&first.name);
+                        register_listing(ctx, first).await?;
+                        register_steps(ctx, p).await?;
+                    }
                     ctx.sql(&format!("SELECT * FROM {input}"))
                         .await
                         .map_err(|e| classify(p.file.path.display().to_string(), e))?
