@@ -538,3 +538,43 @@ fn bad_rows_are_quarantined_with_their_place_or_fail_the_run() {
         parts(&clean.join("out/fail"))
     );
 }
+
+#[test]
+fn a_materialized_run_resumes_over_the_same_materialized_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_input(dir, 50_000);
+    // DISTINCT mixes rows across chunks: the detect input is written once and chunked.
+    let p = dir.join("m.toml");
+    std::fs::write(
+        &p,
+        "input = \"tx.parquet\"\noutput = \"out/m/\"\n[[step]]\nname = \"d\"\n\
+         sql = \"SELECT DISTINCT id, amount, latency_ms FROM input\"\n[detect]\nalgorithm = \"hbos\"\n\
+         columns = [\"amount\", \"latency_ms\"]\n[run]\nchunk_rows = 5000\n[retry]\ninitial_delay = \"5ms\"\n",
+    )
+    .unwrap();
+    let p = p.to_str().unwrap();
+    let o = cli(&["run", p, "--no-progress"], &[("NOMALY_FAULTS", "fail_chunk=2")]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("error: chunk 2 ("), "{}", stderr(&o));
+    assert!(dir.join("out/.m.nomaly-work").is_dir(), "the materialized input is kept");
+    let o = cli(&["resume", p, "--no-progress", "--json"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let r = json(&o);
+    assert_eq!(r["chunking"], "materialized");
+    let chunks = r["chunks"].as_u64().unwrap();
+    assert!(chunks >= 10, "{r}");
+    assert_eq!(r["recovery"]["chunks_reused"], chunks - 1);
+    assert_eq!(r["output_rows"], 50_000);
+    assert!(!dir.join("out/.m.nomaly-work").exists(), "removed once complete");
+    let o = nomaly(&[
+        "sql",
+        "--format",
+        "csv",
+        "--table",
+        &format!("o={}", dir.join("out/m").display()),
+        "-e",
+        "SELECT count(*), count(DISTINCT id) FROM o",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().nth(1), Some("50000,50000"));
+}
