@@ -111,7 +111,12 @@ fn fail(e: &PipelineError) -> i32 {
 struct CliProgress {
     bar: Option<ProgressBar>,
     started: Instant,
+    /// Rate and ETA count from here: the start of scoring, not of the process.
+    scoring_started: Mutex<Option<Instant>>,
     rows: AtomicU64,
+    /// Rows and chunks a resume kept: progress, but not work done at this speed.
+    reused_rows: AtomicU64,
+    reused_chunks: AtomicU64,
     chunks_done: AtomicU64,
     chunks_total: AtomicU64,
     last_line: Mutex<Instant>,
@@ -134,7 +139,10 @@ impl CliProgress {
         Self {
             bar,
             started: Instant::now(),
+            scoring_started: Mutex::new(None),
             rows: AtomicU64::new(0),
+            reused_rows: AtomicU64::new(0),
+            reused_chunks: AtomicU64::new(0),
             chunks_done: AtomicU64::new(0),
             chunks_total: AtomicU64::new(0),
             last_line: Mutex::new(Instant::now()),
@@ -145,10 +153,19 @@ impl CliProgress {
         let rows = self.rows.load(Ordering::Relaxed);
         let done = self.chunks_done.load(Ordering::Relaxed);
         let total = self.chunks_total.load(Ordering::Relaxed);
-        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
-        let rate = rows as f64 / secs;
-        let eta = if done > 0 && total > done {
-            let per_chunk = secs / done as f64;
+        let secs = self
+            .scoring_started
+            .lock()
+            .expect("not poisoned")
+            .unwrap_or(self.started)
+            .elapsed()
+            .as_secs_f64()
+            .max(1e-3);
+        let worked_rows = rows - self.reused_rows.load(Ordering::Relaxed);
+        let worked_chunks = done - self.reused_chunks.load(Ordering::Relaxed);
+        let rate = worked_rows as f64 / secs;
+        let eta = if worked_chunks > 0 && total > done {
+            let per_chunk = secs / worked_chunks as f64;
             format!("ETA {:.0}s", per_chunk * (total - done) as f64)
         } else {
             "ETA -".into()
@@ -174,6 +191,7 @@ impl ProgressObserver for CliProgress {
                 None => eprintln!("[{:7.1}s] {p}", self.started.elapsed().as_secs_f64()),
             },
             ProgressEvent::ScoringStarted { chunks, rows } => {
+                *self.scoring_started.lock().expect("not poisoned") = Some(Instant::now());
                 self.chunks_total.store(*chunks as u64, Ordering::Relaxed);
                 match &self.bar {
                     Some(b) => b.set_length(*chunks as u64),
@@ -182,6 +200,15 @@ impl ProgressObserver for CliProgress {
                         self.started.elapsed().as_secs_f64(),
                         rows.map(|r| format!(" (~{r} rows)")).unwrap_or_default()
                     ),
+                }
+            }
+            ProgressEvent::ChunkReused { rows, .. } => {
+                self.rows.fetch_add(*rows, Ordering::Relaxed);
+                self.reused_rows.fetch_add(*rows, Ordering::Relaxed);
+                self.reused_chunks.fetch_add(1, Ordering::Relaxed);
+                let done = self.chunks_done.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(b) = &self.bar {
+                    b.set_position(done);
                 }
             }
             ProgressEvent::ChunkDone { rows, .. } => {

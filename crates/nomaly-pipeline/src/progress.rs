@@ -17,6 +17,11 @@ pub enum ProgressEvent {
         rows: u64,
         anomalies: u64,
     },
+    /// A chunk an interrupted run committed, kept by `resume` (counts toward progress, not speed).
+    ChunkReused {
+        chunk: usize,
+        rows: u64,
+    },
     /// Periodic sample (at least once a second while scoring).
     Tick {
         elapsed: Duration,

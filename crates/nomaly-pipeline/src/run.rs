@@ -1331,10 +1331,9 @@ async fn execute(
         rows: known_rows.or(Some(report.input_rows).filter(|r| *r > 0)),
     });
     for c in committed.values() {
-        progress.on_event(&ProgressEvent::ChunkDone {
+        progress.on_event(&ProgressEvent::ChunkReused {
             chunk: c.chunk,
             rows: c.rows,
-            anomalies: c.anomalies,
         });
     }
     let task_ctx = Arc::new(df.task_ctx());

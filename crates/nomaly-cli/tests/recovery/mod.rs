@@ -554,10 +554,16 @@ fn a_materialized_run_resumes_over_the_same_materialized_input() {
     )
     .unwrap();
     let p = p.to_str().unwrap();
-    let o = cli(&["run", p, "--no-progress"], &[("NOMALY_FAULTS", "fail_chunk=2")]);
+    let o = cli(
+        &["run", p, "--no-progress"],
+        &[("NOMALY_FAULTS", "fail_chunk=2")],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("error: chunk 2 ("), "{}", stderr(&o));
-    assert!(dir.join("out/.m.nomaly-work").is_dir(), "the materialized input is kept");
+    assert!(
+        dir.join("out/.m.nomaly-work").is_dir(),
+        "the materialized input is kept"
+    );
     let o = cli(&["resume", p, "--no-progress", "--json"], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let r = json(&o);
@@ -566,7 +572,10 @@ fn a_materialized_run_resumes_over_the_same_materialized_input() {
     assert!(chunks >= 10, "{r}");
     assert_eq!(r["recovery"]["chunks_reused"], chunks - 1);
     assert_eq!(r["output_rows"], 50_000);
-    assert!(!dir.join("out/.m.nomaly-work").exists(), "removed once complete");
+    assert!(
+        !dir.join("out/.m.nomaly-work").exists(),
+        "removed once complete"
+    );
     let o = nomaly(&[
         "sql",
         "--format",
@@ -576,5 +585,8 @@ fn a_materialized_run_resumes_over_the_same_materialized_input() {
         "-e",
         "SELECT count(*), count(DISTINCT id) FROM o",
     ]);
-    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().nth(1), Some("50000,50000"));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).lines().nth(1),
+        Some("50000,50000")
+    );
 }
