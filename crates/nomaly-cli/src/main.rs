@@ -2,6 +2,7 @@
 
 mod output;
 mod pipeline_cmd;
+mod query_progress;
 mod sql_cmd;
 
 use clap::{Parser, Subcommand};

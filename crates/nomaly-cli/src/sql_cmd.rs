@@ -4,6 +4,7 @@
 //! or SQL, 1 for runtime failures; `--format csv` prints a header line then rows.
 
 use crate::output::{OutputFormat, print_batches, write_output};
+use crate::query_progress::QueryProgress;
 use clap::Args;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
@@ -12,7 +13,9 @@ use nomaly_engine::{
     EngineConfig, EngineError, EngineKind, build_context, parse_byte_size, parse_table_spec,
     register_table,
 };
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Args, Debug)]
 #[command(
@@ -63,6 +66,11 @@ pub struct SqlArgs {
     /// File of ;-separated SQL statements to run
     #[arg(short = 'f', long = "file", value_name = "FILE.sql")]
     file: Option<PathBuf>,
+
+    /// Never draw the progress bar (drawn on a terminal for statements running over a second:
+    /// rows read of the total, rows/s, ETA, memory)
+    #[arg(long)]
+    no_progress: bool,
 }
 
 fn report(e: &EngineError) -> i32 {
@@ -139,7 +147,16 @@ async fn run_statement(
     match (&args.output, is_last) {
         (Some(path), true) => write_output(df, path).await,
         _ => {
-            let batches = df.collect().await?;
+            let batches = if !args.no_progress && std::io::stderr().is_terminal() {
+                let task_ctx = Arc::new(df.task_ctx());
+                let physical = df.create_physical_plan().await?;
+                let progress = QueryProgress::start(physical.clone(), ctx.runtime_env());
+                let result = datafusion::physical_plan::collect(physical, task_ctx).await;
+                progress.finish().await;
+                result?
+            } else {
+                df.collect().await?
+            };
             if produces_rows {
                 print_batches(&batches, args.format)?;
             }

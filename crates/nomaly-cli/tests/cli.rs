@@ -227,3 +227,47 @@ fn standalone_engine_gives_the_same_answer() {
     assert_eq!(standalone.status.code(), Some(0), "{}", stderr(&standalone));
     assert_eq!(stdout(&local), stdout(&standalone));
 }
+
+/// On a terminal a statement running over a second draws rows read / total, rate, ETA and memory
+/// (`script` gives the command a pseudo-terminal); piped, nothing is drawn.
+#[test]
+fn long_statements_draw_progress_on_a_terminal_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("t.parquet");
+    let o = nomaly(&[
+        "sql",
+        "-e",
+        &format!(
+            "COPY (SELECT value AS id, CAST(value % 977 AS DOUBLE) AS a, CAST(value % 101 AS DOUBLE) AS b \
+             FROM generate_series(1, 2000000)) TO '{}' STORED AS PARQUET",
+            data.display()
+        ),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let query = "SELECT count(*) FROM (SELECT detect_anomalies('hbos', a, b)['score'] AS s FROM t) WHERE s > 0.5";
+    let command = format!(
+        "{} sql --table t={} -e \"{query}\"",
+        env!("CARGO_BIN_EXE_nomaly"),
+        data.display()
+    );
+    let o = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .expect("script (util-linux) runs the command on a pseudo-terminal");
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{shown}");
+    // The table is read twice: by the fit aggregate and by the scoring scan.
+    assert!(shown.contains("/4,000,000 rows read"), "{shown}");
+    assert!(
+        shown.contains("rows/s") && shown.contains("mem "),
+        "{shown}"
+    );
+    let piped = nomaly(&[
+        "sql",
+        "--table",
+        &format!("t={}", data.display()),
+        "-e",
+        query,
+    ]);
+    assert!(!stderr(&piped).contains("rows read"), "{}", stderr(&piped));
+}
