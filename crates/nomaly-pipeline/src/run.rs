@@ -132,10 +132,17 @@ pub async fn prepare(
     p: &CompiledPipeline,
     progress: &dyn ProgressObserver,
 ) -> Result<PreparedSession> {
+    let budget = EngineConfig {
+        memory_limit: p.memory_limit,
+        ..Default::default()
+    }
+    .memory_budget();
     let config = EngineConfig {
         engine: EngineKind::Local,
         target_partitions: p.cpus,
-        memory_limit: p.memory_limit,
+        // The budget is the process's: operators reserve from the pool, but file readers and
+        // part writers hold row groups DataFusion does not track, so they get a share of it.
+        memory_limit: Some(pool_share(budget)),
         spill_dir: None,
         batch_size: 8192,
     };
@@ -205,10 +212,16 @@ pub async fn prepare(
         ctx,
         quarantine,
         chunks,
-        memory_limit: config.memory_budget(),
+        memory_limit: budget,
         partitions: config.partitions(),
         timings,
     })
+}
+
+/// The part of a memory budget given to the operators' pool; the rest (a quarter) is headroom for
+/// untracked file reader and writer buffers.
+pub fn pool_share(budget: usize) -> usize {
+    budget / 4 * 3
 }
 
 /// Registers the `[[step]]` views in order (replacing earlier registrations of the same names).
@@ -1863,10 +1876,11 @@ impl ChunkJob {
     }
 }
 
-/// Row groups of `chunk_rows`, so the materialized input splits into chunks of that size.
+/// Row groups of at most `chunk_rows` (chunks are runs of whole row groups) and at most 128Ki
+/// rows: the writer, and later each chunk's reader, hold one row group outside the memory pool.
 fn work_file_options(chunk_rows: u64) -> datafusion::config::TableParquetOptions {
     let mut o = datafusion::config::TableParquetOptions::default();
-    o.global.max_row_group_size = chunk_rows as usize;
+    o.global.max_row_group_size = (chunk_rows as usize).min(128 * 1024);
     // The parallel row-group encoder buffers whole row groups outside the memory pool.
     o.global.allow_single_file_parallelism = false;
     o
