@@ -24,7 +24,6 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::reader::FileReader as IpcFileReader;
 use datafusion::arrow::ipc::writer::FileWriter as IpcFileWriter;
 use datafusion::prelude::SessionContext;
-use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
@@ -69,34 +68,25 @@ pub struct SourceFingerprint {
     pub files: Vec<FileFingerprint>,
 }
 
-/// Lists each source's files (path order) with size, modification time and ETag.
+/// Lists each source's files (path order) with size, modification time and ETag, and its schema.
 pub async fn fingerprint(
     ctx: &SessionContext,
     sources: &[SourceReader],
 ) -> Result<Vec<SourceFingerprint>> {
     let mut out = Vec::new();
     for s in sources {
-        let place = || format!("source '{}' ({})", s.name, s.path);
-        let url = s.url()?;
-        let state = ctx.state();
-        let store = state
-            .runtime_env()
-            .object_store(&url)
-            .map_err(|e| PipelineError::engine(place(), e))?;
-        let mut files: Vec<FileFingerprint> = url
-            .list_all_files(&state, store.as_ref(), &s.extension_filter())
-            .await
-            .map_err(|e| PipelineError::engine(place(), e))?
-            .map_ok(|m| FileFingerprint {
+        let files = s
+            .list_objects(ctx)
+            .await?
+            .into_iter()
+            .map(|m| FileFingerprint {
                 path: m.location.to_string(),
                 size: m.size,
                 modified_unix_ms: m.last_modified.timestamp_millis(),
                 e_tag: m.e_tag,
             })
-            .try_collect()
-            .await
-            .map_err(|e| PipelineError::engine(place(), e))?;
-        files.sort_by(|a, b| a.path.cmp(&b.path));
+            .collect();
+        // Inferred, not taken from the session: `completed_run` compares from a bare session.
         let schema = s.infer_schema(ctx).await?;
         out.push(SourceFingerprint {
             name: s.name.clone(),

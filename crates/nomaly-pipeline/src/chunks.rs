@@ -28,6 +28,7 @@ use datafusion::datasource::table_schema::TableSchema;
 use datafusion::error::Result as DfResult;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::{Expr, TableType};
+use datafusion::object_store::ObjectMeta;
 use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
@@ -82,8 +83,8 @@ impl SourceReader {
         })
     }
 
-    /// The files of this source in path order, with their sizes.
-    pub async fn list_files(&self, ctx: &SessionContext) -> Result<Vec<(String, u64)>> {
+    /// The files of this source in path order, as the store describes them.
+    pub async fn list_objects(&self, ctx: &SessionContext) -> Result<Vec<ObjectMeta>> {
         let place = || format!("source '{}' ({})", self.name, self.path);
         let url = self.url()?;
         let state = ctx.state();
@@ -91,16 +92,25 @@ impl SourceReader {
             .runtime_env()
             .object_store(&url)
             .map_err(|e| PipelineError::engine(place(), e))?;
-        let mut files: Vec<(String, u64)> = url
+        let mut files: Vec<ObjectMeta> = url
             .list_all_files(&state, store.as_ref(), &self.extension_filter())
             .await
             .map_err(|e| PipelineError::engine(place(), e))?
-            .map_ok(|m| (m.location.to_string(), m.size))
             .try_collect()
             .await
             .map_err(|e| PipelineError::engine(place(), e))?;
-        files.sort();
+        files.sort_by(|a, b| a.location.cmp(&b.location));
         Ok(files)
+    }
+
+    /// The files of this source in path order, with their sizes.
+    pub async fn list_files(&self, ctx: &SessionContext) -> Result<Vec<(String, u64)>> {
+        Ok(self
+            .list_objects(ctx)
+            .await?
+            .into_iter()
+            .map(|m| (m.location.to_string(), m.size))
+            .collect())
     }
 
     /// The schema the files share (inferred like DataFusion's listing tables).

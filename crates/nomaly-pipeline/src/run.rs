@@ -500,6 +500,56 @@ fn register_models(
     Ok(())
 }
 
+/// The attempts at one unit of work (a chunk, a fit partition, the fit): whether a failure may be
+/// retried and after what wait, how many retries it took and the time the failures cost.
+struct Attempts {
+    policy: RetryPolicy,
+    retries: u32,
+    lost_seconds: f64,
+    warnings: Vec<String>,
+}
+
+impl Attempts {
+    fn new(policy: RetryPolicy) -> Self {
+        Attempts {
+            policy,
+            retries: 0,
+            lost_seconds: 0.0,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// After an attempt begun at `started` failed with `error` (a message naming the unit): the
+    /// wait before the next attempt, or `None` when the error is not `transient` or the retries
+    /// are used up.
+    fn retry_after(&mut self, error: &str, transient: bool, started: Instant) -> Option<Duration> {
+        self.lost_seconds += started.elapsed().as_secs_f64();
+        if !transient || self.retries >= self.policy.max_retries {
+            return None;
+        }
+        self.retries += 1;
+        let wait = self.policy.delay(self.retries, jitter_unit());
+        tracing::warn!(error, retries = self.retries, "retrying");
+        self.warnings.push(format!(
+            "{error}; retry {} of {} in {:.2}s",
+            self.retries,
+            self.policy.max_retries,
+            wait.as_secs_f64()
+        ));
+        Some(wait)
+    }
+
+    /// Adds these attempts to the report under `key` ("fit 3", "chunk 7").
+    fn record(self, key: String, report: &mut RunReport) {
+        report.recovery.time_lost_seconds += self.lost_seconds;
+        if self.retries > 0 {
+            report.retries += self.retries as u64;
+            report.recovery.retries.insert(key, self.retries);
+            report.warnings.extend(self.warnings);
+        }
+    }
+}
+
 /// How the fit retries: the policy and how many partitions run at once.
 struct FitRetry {
     policy: RetryPolicy,
@@ -538,29 +588,22 @@ async fn collect_fit(
     let partial = find_partial_aggregate(&plan)
         .filter(|p| p.children().into_iter().all(partitions_are_independent));
     let Some(partial) = partial else {
-        let mut retries = 0u32;
-        loop {
+        let mut attempts = Attempts::new(retry.policy);
+        let result = loop {
             let t = Instant::now();
             match df.clone().collect().await {
-                Ok(b) => return Ok(b),
-                Err(e)
-                    if retries < retry.policy.max_retries
-                        && nomaly_engine::error::is_transient_datafusion_error(&e) =>
-                {
-                    retries += 1;
-                    report.retries += 1;
-                    report.recovery.retries.insert("fit".into(), retries);
-                    report.recovery.time_lost_seconds += t.elapsed().as_secs_f64();
-                    report.warnings.push(format!(
-                        "fit: {}; retry {retries} of {}",
-                        e.find_root(),
-                        retry.policy.max_retries
-                    ));
-                    tokio::time::sleep(retry.policy.delay(retries, jitter_unit())).await;
+                Ok(b) => break Ok(b),
+                Err(e) => {
+                    let transient = nomaly_engine::error::is_transient_datafusion_error(&e);
+                    match attempts.retry_after(&format!("fit: {}", e.find_root()), transient, t) {
+                        Some(wait) => tokio::time::sleep(wait).await,
+                        None => break Err(e),
+                    }
                 }
-                Err(e) => return Err(e),
             }
-        }
+        };
+        attempts.record("fit".into(), report);
+        return result;
     };
     let n = partial.output_partitioning().partition_count();
     let policy = retry.policy;
@@ -570,39 +613,28 @@ async fn collect_fit(
             // A task per partition: `buffered` alone would poll them all on this one thread.
             tokio::spawn(async move {
                 let mut node = first;
-                let mut retries = 0u32;
-                let mut lost = 0.0;
-                let mut warnings = Vec::new();
+                let mut attempts = Attempts::new(policy);
                 loop {
                     let t = Instant::now();
                     let attempt = match node.execute(i, task_ctx.clone()) {
                         Ok(stream) => datafusion::physical_plan::common::collect(stream).await,
                         Err(e) => Err(e),
                     };
-                    match attempt {
-                        Ok(b) => return Ok((b, retries, lost, warnings)),
-                        Err(e)
-                            if retries < policy.max_retries
-                                && nomaly_engine::error::is_transient_datafusion_error(&e) =>
-                        {
-                            retries += 1;
-                            lost += t.elapsed().as_secs_f64();
-                            warnings.push(format!(
-                                "fit partition {i}: {}; retry {retries} of {}",
-                                e.find_root(),
-                                policy.max_retries
-                            ));
-                            tokio::time::sleep(policy.delay(retries, jitter_unit())).await;
-                            // A fresh plan: nothing of the failed attempt is reused.
-                            let fresh = df.clone().create_physical_plan().await?;
-                            node = find_partial_aggregate(&fresh).ok_or_else(|| {
-                                DataFusionError::Internal(
-                                    "the fit plan changed between attempts".into(),
-                                )
-                            })?;
-                        }
-                        Err(e) => return Err(e),
-                    }
+                    let e = match attempt {
+                        Ok(b) => return Ok((b, attempts)),
+                        Err(e) => e,
+                    };
+                    let transient = nomaly_engine::error::is_transient_datafusion_error(&e);
+                    let error = format!("fit partition {i}: {}", e.find_root());
+                    let Some(wait) = attempts.retry_after(&error, transient, t) else {
+                        return Err(e);
+                    };
+                    tokio::time::sleep(wait).await;
+                    // A fresh plan: nothing of the failed attempt is reused.
+                    let fresh = df.clone().create_physical_plan().await?;
+                    node = find_partial_aggregate(&fresh).ok_or_else(|| {
+                        DataFusionError::Internal("the fit plan changed between attempts".into())
+                    })?;
                 }
             })
         })
@@ -611,14 +643,8 @@ async fn collect_fit(
         .await;
     let mut states = Vec::with_capacity(n);
     for (i, r) in results.into_iter().enumerate() {
-        let (batches, retries, lost, warnings) =
-            r.map_err(|e| DataFusionError::External(Box::new(e)))??;
-        if retries > 0 {
-            report.retries += retries as u64;
-            report.recovery.retries.insert(format!("fit {i}"), retries);
-            report.recovery.time_lost_seconds += lost;
-            report.warnings.extend(warnings);
-        }
+        let (batches, attempts) = r.map_err(|e| DataFusionError::External(Box::new(e)))??;
+        attempts.record(format!("fit {i}"), report);
         states.push(batches);
     }
     let memory = MemorySourceConfig::try_new_exec(&states, partial.schema(), None)?;
@@ -698,75 +724,6 @@ struct ChunkOutcome {
     quarantined: u64,
     source_lines: Option<u64>,
     parts: Vec<(usize, WrittenPart)>,
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn score_chunk(
-    chunk: usize,
-    describe: String,
-    plan: Arc<dyn ExecutionPlan>,
-    task_ctx: Arc<TaskContext>,
-    sinks: Arc<Vec<(Arc<SinkTarget>, PathBuf)>>,
-    schema: SchemaRef,
-    stop: Arc<AtomicBool>,
-    quarantine: Option<(Arc<QuarantineLog>, PathBuf)>,
-) -> Result<ChunkOutcome> {
-    // A sink that cannot write (disk, permissions, an injected fault) may work on a retry; a
-    // bad `where` cannot.
-    let write_error = |e: PipelineError| match e {
-        PipelineError::Invalid { .. } => e,
-        other => PipelineError::Chunk {
-            chunk,
-            range: describe.clone(),
-            message: other.user_message(),
-            user_error: false,
-            transient: true,
-        },
-    };
-    let mut stream = plan
-        .execute(chunk, task_ctx)
-        .map_err(|e| chunk_error(chunk, &describe, e))?;
-    let mut writers = sinks
-        .iter()
-        .map(|(t, staging)| ChunkWriter::new(t.clone(), staging.clone(), chunk, schema.clone()))
-        .collect::<Result<Vec<_>>>()?;
-    let score_idx = schema.index_of("anomaly_score").ok();
-    let flag_idx = schema.index_of("is_anomaly").ok();
-    let mut out = ChunkOutcome::default();
-    while let Some(batch) = stream.next().await {
-        if stop.load(Ordering::Relaxed) {
-            return Err(PipelineError::Chunk {
-                chunk,
-                range: describe.clone(),
-                message: CANCELLED.into(),
-                user_error: false,
-                transient: false,
-            });
-        }
-        let batch: RecordBatch = batch.map_err(|e| chunk_error(chunk, &describe, e))?;
-        out.rows += batch.num_rows() as u64;
-        if let Some(i) = flag_idx {
-            let flags = batch.column(i).as_boolean();
-            out.anomalies += flags.true_count() as u64;
-        }
-        if let Some(i) = score_idx {
-            out.missing += batch.column(i).null_count() as u64;
-        }
-        for w in writers.iter_mut() {
-            w.write(&batch).map_err(write_error)?;
-        }
-    }
-    if let Some((log, run_dir)) = &quarantine {
-        let found = log.get(chunk);
-        out.quarantined = write_quarantine(run_dir, chunk, &found.bad).map_err(write_error)?;
-        out.source_lines = Some(found.lines);
-    }
-    for (s, w) in writers.into_iter().enumerate() {
-        for part in w.commit().map_err(write_error)? {
-            out.parts.push((s, part));
-        }
-    }
-    Ok(out)
 }
 
 /// Runs a compiled pipeline. `Err` only for failures before a report exists; a run that fails later
@@ -980,11 +937,11 @@ async fn scored_frame(
             let t = Instant::now();
             let retry = FitRetry {
                 policy: p.retry,
-                parallel: p.cpus.unwrap_or_else(|| {
-                    std::thread::available_parallelism()
-                        .map(|n| n.get())
-                        .unwrap_or(1)
-                }),
+                parallel: EngineConfig {
+                    target_partitions: p.cpus,
+                    ..Default::default()
+                }
+                .partitions(),
             };
             let fitted = fit_models(ctx, d, input, &reads(p), &retry, report).await?;
             report.input_rows = fitted.rows;
@@ -1055,9 +1012,20 @@ async fn execute(
     report.run_dir = Some(p.sinks[0].path.join(RUN_DIR).display().to_string());
     let now_sources = fingerprint(ctx, &p.sources).await?;
     let mut resumed: Option<(RunRecord, ManifestState)> = None;
+    // The manifest of an earlier run of this output, read once; unreadable counts as unfinished.
+    let mut earlier = run_dir.exists().then(|| run_dir.read_manifest());
+    let unfinished = earlier
+        .as_ref()
+        .is_some_and(|m| !m.as_ref().is_ok_and(|m| m.complete));
     match opts.mode {
-        RunMode::Run if is_unfinished(&run_dir) => return Err(unfinished_run(p, &run_dir)),
-        RunMode::Resume { refit } if is_unfinished(&run_dir) => {
+        RunMode::Run if unfinished => {
+            let committed = earlier
+                .as_ref()
+                .and_then(|m| m.as_ref().ok())
+                .map_or(0, |m| m.commits.len());
+            return Err(unfinished_run(p, &run_dir, committed));
+        }
+        RunMode::Resume { refit } if unfinished => {
             let record = run_dir.read_record()?;
             let change = pipeline_change(&run_dir.read_pipeline_text()?, &p.file.spec)
                 .map(|c| format!("the pipeline changed: {c}"))
@@ -1077,7 +1045,10 @@ async fn execute(
                 Some(c) => progress.on_event(&ProgressEvent::Warning(format!(
                     "{c}; --refit: starting the run over"
                 ))),
-                None => resumed = Some((record, run_dir.read_manifest()?)),
+                None => {
+                    let manifest = earlier.take().expect("an unfinished run has a manifest")?;
+                    resumed = Some((record, manifest));
+                }
             }
         }
         _ => {}
@@ -1789,58 +1760,102 @@ impl ChunkJob {
         if let Err(e) = self.run_dir.append(&start, false) {
             return Err(Some((e, 0.0)));
         }
-        let mut retries = 0u32;
-        let mut lost = 0.0;
+        let mut attempts = Attempts::new(self.policy);
         loop {
             let t = Instant::now();
-            match self.attempt(retries, t).await {
-                Ok(entry) => return Ok((entry, lost)),
-                Err(e)
-                    if e.is_transient()
-                        && retries < self.policy.max_retries
-                        && !self.stop.load(Ordering::Relaxed) =>
-                {
-                    retries += 1;
-                    lost += t.elapsed().as_secs_f64();
-                    let delay = self.policy.delay(retries, jitter_unit());
-                    tracing::warn!(error = %e, retries, "chunk failed; retrying");
-                    self.progress.on_event(&ProgressEvent::Warning(format!(
-                        "{}; retry {retries} of {} in {:.2}s",
-                        e.user_message(),
-                        self.policy.max_retries,
-                        delay.as_secs_f64()
-                    )));
-                    tokio::time::sleep(delay).await;
+            let mut e = match self.attempt(attempts.retries, t).await {
+                Ok(entry) => return Ok((entry, attempts.lost_seconds)),
+                Err(e) => e,
+            };
+            let transient = e.is_transient() && !self.stop.load(Ordering::Relaxed);
+            match attempts.retry_after(&e.user_message(), transient, t) {
+                Some(wait) => {
+                    if let Some(w) = attempts.warnings.last() {
+                        self.progress.on_event(&ProgressEvent::Warning(w.clone()));
+                    }
+                    tokio::time::sleep(wait).await;
                 }
-                Err(mut e) => {
-                    lost += t.elapsed().as_secs_f64();
+                None => {
                     if let PipelineError::Chunk { message, .. } = &mut e
-                        && retries > 0
+                        && attempts.retries > 0
                     {
                         message.push_str(&format!(
-                            " (gave up after {retries} retries; the other chunks' output is kept — fix the cause and run `nomaly resume`)"
+                            " (gave up after {} retries; the other chunks' output is kept — fix the cause and run `nomaly resume`)",
+                            attempts.retries
                         ));
                     }
-                    return Err(Some((e, lost)));
+                    return Err(Some((e, attempts.lost_seconds)));
                 }
             }
         }
     }
 
+    /// Executes partition `chunk` of the scoring plan and writes it to every sink's part files.
+    async fn score(&self) -> Result<ChunkOutcome> {
+        let (chunk, describe, schema) = (self.chunk, &self.describe, &self.schema);
+        // A sink that cannot write (disk, permissions, an injected fault) may work on a retry; a
+        // bad `where` cannot.
+        let write_error = |e: PipelineError| match e {
+            PipelineError::Invalid { .. } => e,
+            other => PipelineError::Chunk {
+                chunk,
+                range: describe.clone(),
+                message: other.user_message(),
+                user_error: false,
+                transient: true,
+            },
+        };
+        let mut stream = self
+            .plan
+            .execute(chunk, self.task_ctx.clone())
+            .map_err(|e| chunk_error(chunk, describe, e))?;
+        let mut writers = self
+            .sinks
+            .iter()
+            .map(|(t, staging)| ChunkWriter::new(t.clone(), staging.clone(), chunk, schema.clone()))
+            .collect::<Result<Vec<_>>>()?;
+        let score_idx = schema.index_of("anomaly_score").ok();
+        let flag_idx = schema.index_of("is_anomaly").ok();
+        let mut out = ChunkOutcome::default();
+        while let Some(batch) = stream.next().await {
+            if self.stop.load(Ordering::Relaxed) {
+                return Err(PipelineError::Chunk {
+                    chunk,
+                    range: describe.clone(),
+                    message: CANCELLED.into(),
+                    user_error: false,
+                    transient: false,
+                });
+            }
+            let batch: RecordBatch = batch.map_err(|e| chunk_error(chunk, describe, e))?;
+            out.rows += batch.num_rows() as u64;
+            if let Some(i) = flag_idx {
+                let flags = batch.column(i).as_boolean();
+                out.anomalies += flags.true_count() as u64;
+            }
+            if let Some(i) = score_idx {
+                out.missing += batch.column(i).null_count() as u64;
+            }
+            for w in writers.iter_mut() {
+                w.write(&batch).map_err(write_error)?;
+            }
+        }
+        if let Some(log) = &self.quarantine {
+            let found = log.get(chunk);
+            out.quarantined =
+                write_quarantine(&self.run_dir.path, chunk, &found.bad).map_err(write_error)?;
+            out.source_lines = Some(found.lines);
+        }
+        for (s, w) in writers.into_iter().enumerate() {
+            for part in w.commit().map_err(write_error)? {
+                out.parts.push((s, part));
+            }
+        }
+        Ok(out)
+    }
+
     async fn attempt(&self, retries: u32, started: Instant) -> Result<CommitEntry> {
-        let o = score_chunk(
-            self.chunk,
-            self.describe.clone(),
-            self.plan.clone(),
-            self.task_ctx.clone(),
-            self.sinks.clone(),
-            self.schema.clone(),
-            self.stop.clone(),
-            self.quarantine
-                .clone()
-                .map(|log| (log, self.run_dir.path.clone())),
-        )
-        .await?;
+        let o = self.score().await?;
         let parts = o
             .parts
             .iter()
@@ -1912,11 +1927,8 @@ fn is_unfinished(run_dir: &RunDir) -> bool {
     run_dir.exists() && !run_dir.read_manifest().map(|m| m.complete).unwrap_or(false)
 }
 
-fn unfinished_run(p: &CompiledPipeline, run_dir: &RunDir) -> PipelineError {
-    let (committed, chunks) = match (run_dir.read_manifest(), run_dir.read_record()) {
-        (Ok(m), Ok(r)) => (m.commits.len(), r.chunks.len()),
-        _ => (0, 0),
-    };
+fn unfinished_run(p: &CompiledPipeline, run_dir: &RunDir, committed: usize) -> PipelineError {
+    let chunks = run_dir.read_record().map_or(0, |r| r.chunks.len());
     PipelineError::UnfinishedRun {
         output: p.sinks[0].path.clone(),
         run_dir: run_dir.path.clone(),

@@ -16,7 +16,7 @@ fn nomaly_env(args: &[&str], env: &[(&str, &str)]) -> Output {
 }
 
 /// Runs a query on the written output through `nomaly sql`, returning CSV lines without header.
-fn query(tables: &[(&str, &Path)], sql: &str) -> Vec<String> {
+pub(crate) fn query(tables: &[(&str, &Path)], sql: &str) -> Vec<String> {
     let mut args: Vec<String> = vec!["sql".into(), "--format".into(), "csv".into()];
     for (name, path) in tables {
         args.push("--table".into());

@@ -4,6 +4,7 @@
 //!
 //! The longer soak (≥ 20 kills, release build) is `benchmarks/crash_soak.py`.
 
+use super::pipeline::query;
 use super::{nomaly, stderr};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -136,20 +137,10 @@ fn check_output(dir: &Path) {
         })
         .collect();
     assert!(temp.is_empty(), "left behind: {temp:?}");
-    let o = nomaly(&[
-        "sql",
-        "--format",
-        "csv",
-        "--table",
-        &format!("o={}", out.display()),
-        "-e",
+    let rows = query(
+        &[("o", &out)],
         "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM o",
-    ]);
-    let rows: Vec<String> = String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .skip(1)
-        .map(str::to_string)
-        .collect();
+    );
     assert_eq!(rows, vec![format!("{ROWS},{ROWS},0,{}", ROWS - 1)]);
 }
 
@@ -470,18 +461,12 @@ fn bad_rows_are_quarantined_with_their_place_or_fail_the_run() {
     );
     assert!(set_aside[0].1.contains("'oops'"), "{set_aside:?}");
     // Every other id is scored once; each chunk's lines = rows written + quarantined.
-    let o = nomaly(&[
-        "sql",
-        "--format",
-        "csv",
-        "--table",
-        &format!("o={}", dir.join("out/quarantine").display()),
-        "-e",
-        "SELECT count(*), count(DISTINCT id), sum(CASE WHEN id IN (5, 12000, 20000, 29999) THEN 1 ELSE 0 END) FROM o",
-    ]);
     assert_eq!(
-        String::from_utf8_lossy(&o.stdout).lines().nth(1),
-        Some("29996,29996,0")
+        query(
+            &[("o", &dir.join("out/quarantine"))],
+            "SELECT count(*), count(DISTINCT id), sum(CASE WHEN id IN (5, 12000, 20000, 29999) THEN 1 ELSE 0 END) FROM o",
+        ),
+        vec!["29996,29996,0"]
     );
     for c in manifest_lines(&dir.join("out/quarantine/_nomaly"))
         .iter()
@@ -576,17 +561,11 @@ fn a_materialized_run_resumes_over_the_same_materialized_input() {
         !dir.join("out/.m.nomaly-work").exists(),
         "removed once complete"
     );
-    let o = nomaly(&[
-        "sql",
-        "--format",
-        "csv",
-        "--table",
-        &format!("o={}", dir.join("out/m").display()),
-        "-e",
-        "SELECT count(*), count(DISTINCT id) FROM o",
-    ]);
     assert_eq!(
-        String::from_utf8_lossy(&o.stdout).lines().nth(1),
-        Some("50000,50000")
+        query(
+            &[("o", &dir.join("out/m"))],
+            "SELECT count(*), count(DISTINCT id) FROM o",
+        ),
+        vec!["50000,50000"]
     );
 }
