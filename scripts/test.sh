@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, the SQL contract (sql/*.slt on local DataFusion and Ballista
-# standalone), end-to-end CLI tests and the accuracy fixtures. Needs only cargo.
+# standalone), end-to-end CLI tests (remote inputs against S3/Azure servers on 127.0.0.1, which
+# scripts/test-services.sh installs under ~/.cache the first time) and the accuracy fixtures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/nomaly-target}"
+./scripts/test-services.sh
+cache="${NOMALY_TEST_CACHE:-$HOME/.cache}"
+export NOMALY_TEST_PYTHON="${NOMALY_TEST_PYTHON:-$cache/nomaly-py/bin/python}"
+export NOMALY_TEST_MOTO="${NOMALY_TEST_MOTO:-$cache/nomaly-py/bin/moto_server}"
+export NOMALY_TEST_AZURITE="${NOMALY_TEST_AZURITE:-$cache/nomaly-node/node_modules/.bin/azurite-blob}"
 cargo test --workspace --locked "$@"

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Examples:\n  nomaly sql -f examples/quickstart.sql\n  nomaly sql --table tx=data/tx/*.parquet --format csv \\\n      -e \"SELECT id, detect_anomalies('iforest', amount, latency_ms)['score'] AS s FROM tx\"\n  nomaly sql --engine standalone --memory-limit 512MB --table tx=tx.csv \\\n      -e \"SELECT * FROM detect_anomalies('tx', 'hbos', 'amount, latency_ms')\" --output scored.parquet"
+    after_help = "Examples:\n  nomaly sql -f examples/quickstart.sql\n  nomaly sql --table tx=data/tx/*.parquet --format csv \\\n      -e \"SELECT id, detect_anomalies('iforest', amount, latency_ms)['score'] AS s FROM tx\"\n  nomaly sql --engine standalone --memory-limit 512MB --table tx=tx.csv \\\n      -e \"SELECT * FROM detect_anomalies('tx', 'hbos', 'amount, latency_ms')\" --output scored.parquet\n  AWS_ENDPOINT_URL=http://127.0.0.1:9000 nomaly sql --table tx='s3://bucket/tx/*.parquet' -e \"SELECT count(*) FROM tx\""
 )]
 pub struct SqlArgs {
     /// Where to run: local (DataFusion in this process) or standalone (in-process Ballista cluster)
@@ -40,7 +40,9 @@ pub struct SqlArgs {
     spill_dir: Option<PathBuf>,
 
     /// Register a table: NAME=PATH_OR_GLOB; the format comes from the extension
-    /// (.csv .tsv .parquet .json/.ndjson/.jsonl .arrow/.feather/.ipc .avro). Repeatable
+    /// (.csv .tsv .parquet .json/.ndjson/.jsonl .arrow/.feather/.ipc .avro). Repeatable.
+    /// Object stores too: s3://bucket/key, gs://, az://, http(s)://, with settings and
+    /// credentials from the environment (AWS_*, GOOGLE_*, AZURE_*; see the README)
     #[arg(long = "table", value_name = "NAME=PATH")]
     tables: Vec<String>,
 

@@ -4,6 +4,8 @@
 mod pipeline;
 #[path = "recovery/mod.rs"]
 mod recovery;
+#[path = "stores/mod.rs"]
+mod stores;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -29,6 +29,13 @@ pub enum EngineError {
     #[error("output {path}: {reason}")]
     Output { path: PathBuf, reason: String },
 
+    #[error("{location}: {reason}. {hint}")]
+    ObjectStore {
+        location: String,
+        reason: String,
+        hint: String,
+    },
+
     #[error("could not start the Ballista standalone cluster: {0}")]
     Ballista(String),
 

@@ -6,10 +6,12 @@
 
 pub mod error;
 pub mod memory;
+pub mod object_stores;
 pub mod session;
 pub mod tables;
 
 pub use error::{EngineError, Result};
 pub use memory::{default_budget, parse_byte_size};
+pub use object_stores::{RemoteStore, register_object_store};
 pub use session::{EngineConfig, EngineKind, build_context};
 pub use tables::{parse_table_spec, register_table};

@@ -1,11 +1,15 @@
 //! Registering input files as tables, with the format taken from the extension.
 
 use crate::error::{EngineError, Result};
+use crate::object_stores::{self, RemoteStore, listing_url, register_object_store};
+use datafusion::datasource::file_format::options::ReadOptions;
 use datafusion::datasource::file_format::options::{
     ArrowReadOptions, AvroReadOptions, CsvReadOptions, JsonReadOptions, ParquetReadOptions,
 };
+use datafusion::datasource::listing::{ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::prelude::SessionContext;
 use std::path::Path;
+use std::sync::Arc;
 
 /// Input formats recognised by extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +107,16 @@ pub async fn register_table(ctx: &SessionContext, name: &str, path: &str) -> Res
                 location.push('/');
             }
         }
+    } else if let Some(kind) = RemoteStore::of(path) {
+        register_object_store(ctx, path)?;
+        let last = path.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+        if !last.contains('.') && !has_glob(path) {
+            // A prefix ("directory"): the format of its first data file decides.
+            format_source = first_remote_file(ctx, path, kind).await?;
+            if !location.ends_with('/') {
+                location.push('/');
+            }
+        }
     } else if local && has_glob(path) {
         let dir = Path::new(path)
             .ancestors()
@@ -122,54 +136,115 @@ pub async fn register_table(ctx: &SessionContext, name: &str, path: &str) -> Res
     }
     let (format, ext) = InputFormat::from_extension(&format_source)?;
     let ext = format!(".{ext}");
-    match format {
+    register_by_format(ctx, name, &location, format, &ext)
+        .await
+        .map_err(|e| remote_registration_error(path, e))
+}
+
+/// A failure to register a remote location, said in terms of the store and its settings.
+fn remote_registration_error(path: &str, e: EngineError) -> EngineError {
+    let (EngineError::DataFusion(df), Some(kind)) = (&e, RemoteStore::of(path)) else {
+        return e;
+    };
+    if let Some(store_error) = object_stores::planning_error(path, df) {
+        return store_error;
+    }
+    if df.find_root().to_string().contains("No files found") {
+        return EngineError::ObjectStore {
+            location: path.to_string(),
+            reason: "nothing there: the object does not exist or the prefix holds no files"
+                .to_string(),
+            hint: kind.settings_hint().to_string(),
+        };
+    }
+    e
+}
+
+async fn register_by_format(
+    ctx: &SessionContext,
+    name: &str,
+    location: &str,
+    format: InputFormat,
+    ext: &str,
+) -> Result<()> {
+    let config = ctx.copied_config();
+    let table_options = ctx.copied_table_options();
+    let options = match format {
         InputFormat::Csv => {
-            let mut opts = CsvReadOptions::new().file_extension(&ext);
+            let mut opts = CsvReadOptions::new().file_extension(ext);
             if ext == ".tsv" {
                 opts = opts.delimiter(b'\t');
             }
-            ctx.register_csv(name, &location, opts).await?
+            opts.to_listing_options(&config, table_options)
         }
-        InputFormat::Parquet => {
-            ctx.register_parquet(
-                name,
-                &location,
-                ParquetReadOptions::default().file_extension(&ext),
-            )
-            .await?
+        InputFormat::Parquet => ParquetReadOptions::default()
+            .file_extension(ext)
+            .to_listing_options(&config, table_options),
+        InputFormat::NdJson => JsonReadOptions::default()
+            .file_extension(ext)
+            .to_listing_options(&config, table_options),
+        InputFormat::Arrow => ArrowReadOptions {
+            file_extension: ext,
+            ..Default::default()
         }
-        InputFormat::NdJson => {
-            ctx.register_json(
-                name,
-                &location,
-                JsonReadOptions::default().file_extension(&ext),
-            )
-            .await?
+        .to_listing_options(&config, table_options),
+        InputFormat::Avro => AvroReadOptions {
+            file_extension: ext,
+            ..Default::default()
         }
-        InputFormat::Arrow => {
-            ctx.register_arrow(
-                name,
-                &location,
-                ArrowReadOptions {
-                    file_extension: &ext,
-                    ..Default::default()
-                },
-            )
-            .await?
-        }
-        InputFormat::Avro => {
-            ctx.register_avro(
-                name,
-                &location,
-                AvroReadOptions {
-                    file_extension: &ext,
-                    ..Default::default()
-                },
-            )
-            .await?
-        }
-    }
+        .to_listing_options(&config, table_options),
+    };
+    // As `SessionContext::register_listing_table`, with our URL (globs in object stores).
+    let url = listing_url(location)?;
+    let schema = options.infer_schema(&ctx.state(), &url).await?;
+    let table = ListingTable::try_new(
+        ListingTableConfig::new(url)
+            .with_listing_options(options)
+            .with_schema(schema),
+    )?
+    .with_cache(ctx.runtime_env().cache_manager.get_file_statistic_cache());
+    ctx.register_table(name, Arc::new(table))?;
     Ok(())
+}
+
+/// The first data file under a remote prefix (its extension decides the format).
+async fn first_remote_file(ctx: &SessionContext, path: &str, kind: RemoteStore) -> Result<String> {
+    use futures::TryStreamExt;
+    let fail = |e: &(dyn std::error::Error + 'static)| {
+        object_stores::planning_error(path, e).unwrap_or_else(|| EngineError::ObjectStore {
+            location: path.to_string(),
+            reason: object_stores::root_message(e),
+            hint: kind.settings_hint().to_string(),
+        })
+    };
+    let url =
+        ListingTableUrl::parse(format!("{}/", path.trim_end_matches('/'))).map_err(|e| fail(&e))?;
+    let state = ctx.state();
+    let store = state
+        .runtime_env()
+        .object_store(&url)
+        .map_err(|e| fail(&e))?;
+    let mut files: Vec<String> = url
+        .list_all_files(&state, store.as_ref(), "")
+        .await
+        .map_err(|e| fail(&e))?
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .map_err(|e| fail(&e))?;
+    files.retain(|f| {
+        let n = f.rsplit('/').next().unwrap_or(f);
+        !n.starts_with('.') && !n.starts_with('_')
+    });
+    files.sort();
+    files
+        .into_iter()
+        .next()
+        .ok_or_else(|| EngineError::ObjectStore {
+            location: path.to_string(),
+            reason: "no files under this prefix".to_string(),
+            hint: kind.settings_hint().to_string(),
+        })
 }
 
 /// Parses `NAME=PATH`.

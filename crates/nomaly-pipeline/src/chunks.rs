@@ -25,10 +25,13 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTableUrl, PartitionedFile};
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
 use datafusion::datasource::table_schema::TableSchema;
+use datafusion::error::DataFusionError;
 use datafusion::error::Result as DfResult;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::{Expr, TableType};
-use datafusion::object_store::ObjectMeta;
+use datafusion::object_store::path::Path as StorePath;
+use datafusion::object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+use datafusion::parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
@@ -78,29 +81,38 @@ impl SourceReader {
     }
 
     pub fn url(&self) -> Result<ListingTableUrl> {
-        ListingTableUrl::parse(&self.location).map_err(|e| {
+        nomaly_engine::object_stores::listing_url(&self.location).map_err(|e| {
             PipelineError::engine(format!("source '{}' ({})", self.name, self.path), e)
         })
     }
 
     /// The files of this source in path order, as the store describes them.
     pub async fn list_objects(&self, ctx: &SessionContext) -> Result<Vec<ObjectMeta>> {
-        let place = || format!("source '{}' ({})", self.name, self.path);
         let url = self.url()?;
         let state = ctx.state();
         let store = state
             .runtime_env()
             .object_store(&url)
-            .map_err(|e| PipelineError::engine(place(), e))?;
+            .map_err(|e| self.read_error(e))?;
         let mut files: Vec<ObjectMeta> = url
             .list_all_files(&state, store.as_ref(), &self.extension_filter())
             .await
-            .map_err(|e| PipelineError::engine(place(), e))?
+            .map_err(|e| self.read_error(e))?
             .try_collect()
             .await
-            .map_err(|e| PipelineError::engine(place(), e))?;
+            .map_err(|e| self.read_error(e))?;
         files.sort_by(|a, b| a.location.cmp(&b.location));
         Ok(files)
+    }
+
+    /// A failure to list or read the source while planning. For an object store it names the URL
+    /// and the environment variables its settings come from, and is the user's to fix (exit 2).
+    pub fn read_error(&self, e: DataFusionError) -> PipelineError {
+        let place = format!("source '{}' ({})", self.name, self.path);
+        match nomaly_engine::object_stores::planning_error(&self.location, &e) {
+            Some(err) => PipelineError::engine(place, err),
+            None => PipelineError::engine(place, e),
+        }
     }
 
     /// The files of this source in path order, with their sizes.
@@ -120,9 +132,7 @@ impl SourceReader {
             .with_file_extension(self.extension_filter())
             .infer_schema(&ctx.state(), &url)
             .await
-            .map_err(|e| {
-                PipelineError::engine(format!("source '{}' ({})", self.name, self.path), e)
-            })
+            .map_err(|e| self.read_error(e))
     }
 }
 
@@ -191,25 +201,42 @@ pub async fn plan_chunks(
     let url = source.url()?;
     let mut chunks = Vec::new();
     let mut warnings = Vec::new();
+    let store = ctx
+        .state()
+        .runtime_env()
+        .object_store(&url)
+        .map_err(|e| PipelineError::engine(place.clone(), e))?;
     for (file, size) in files {
         let local = local_path(&url, &file);
+        let shown = local
+            .as_ref()
+            .map(|l| l.display().to_string())
+            .unwrap_or_else(|| {
+                format!(
+                    "{}/{file}",
+                    url.object_store().as_str().trim_end_matches('/')
+                )
+            });
         match source.format {
-            FileFormat::Parquet if local.is_some() => {
-                let local = local.expect("checked");
-                let reader = std::fs::File::open(&local)
-                    .map_err(|e| PipelineError::Io {
-                        path: local.clone(),
-                        source: e,
-                    })
-                    .and_then(|f| {
-                        SerializedFileReader::new(f).map_err(|e| {
-                            PipelineError::invalid(
-                                format!("{place}: {}", local.display()),
-                                format!("not a readable Parquet file: {e}"),
-                            )
+            FileFormat::Parquet => {
+                let meta = match &local {
+                    Some(local) => std::fs::File::open(local)
+                        .map_err(|e| PipelineError::Io {
+                            path: local.clone(),
+                            source: e,
                         })
-                    })?;
-                let meta = reader.metadata();
+                        .and_then(|f| {
+                            SerializedFileReader::new(f)
+                                .map(|r| r.metadata().clone())
+                                .map_err(|e| not_parquet(&place, &shown, e))
+                        })?,
+                    None => remote_parquet_metadata(store.as_ref(), &file, size)
+                        .await
+                        .map_err(|e| match e {
+                            RemoteRead::Store(e) => remote_error(source, &place, e),
+                            RemoteRead::Parquet(e) => not_parquet(&place, &shown, e),
+                        })?,
+                };
                 let groups: Vec<(u64, u64)> = meta
                     .row_groups()
                     .iter()
@@ -223,8 +250,7 @@ pub async fn plan_chunks(
                     .collect();
                 if groups.iter().any(|g| g.1 > chunk_rows) {
                     warnings.push(format!(
-                        "{}: row groups of up to {} rows are larger than chunk_rows = {chunk_rows}; a chunk is at least one row group",
-                        local.display(),
+                        "{shown}: row groups of up to {} rows are larger than chunk_rows = {chunk_rows}; a chunk is at least one row group",
                         groups.iter().map(|g| g.1).max().unwrap_or(0)
                     ));
                 }
@@ -265,9 +291,16 @@ pub async fn plan_chunks(
                     });
                 }
             }
-            FileFormat::Csv | FileFormat::Ndjson if local.is_some() && !is_compressed(&file) => {
-                let local = local.expect("checked");
-                let row_bytes = estimate_row_bytes(&local)?;
+            FileFormat::Csv | FileFormat::Ndjson if !is_compressed(&file) => {
+                let head = match &local {
+                    Some(local) => read_head(local)?,
+                    None => store
+                        .get_range(&StorePath::from(file.as_str()), 0..size.min(HEAD_BYTES))
+                        .await
+                        .map_err(|e| remote_error(source, &place, e))?
+                        .to_vec(),
+                };
+                let row_bytes = average_line_bytes(&head);
                 let chunk_bytes = (row_bytes * chunk_rows).max(1);
                 let n = size.div_ceil(chunk_bytes).max(1);
                 for i in 0..n {
@@ -315,31 +348,77 @@ fn local_path(url: &ListingTableUrl, file: &str) -> Option<PathBuf> {
     (url.scheme() == "file").then(|| PathBuf::from(format!("/{file}")))
 }
 
-/// Average bytes per line in the first MiB (at least 1).
-fn estimate_row_bytes(path: &PathBuf) -> Result<u64> {
-    let mut buf = vec![0u8; 1 << 20];
-    let mut f = std::fs::File::open(path).map_err(|source| PipelineError::Io {
+/// How much of a CSV/NDJSON file's start estimates its row width.
+const HEAD_BYTES: u64 = 1 << 20;
+
+/// The first MiB of a local file.
+fn read_head(path: &PathBuf) -> Result<Vec<u8>> {
+    let io = |source| PipelineError::Io {
         path: path.clone(),
         source,
-    })?;
-    let mut filled = 0;
+    };
+    let mut buf = Vec::with_capacity(HEAD_BYTES as usize);
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(HEAD_BYTES)
+        .read_to_end(&mut buf)
+        .map_err(io)?;
+    Ok(buf)
+}
+
+/// Average bytes per line (at least 1).
+fn average_line_bytes(head: &[u8]) -> u64 {
+    let lines = head.iter().filter(|b| **b == b'\n').count() as u64;
+    (head.len() as u64 / lines.max(1)).max(1)
+}
+
+enum RemoteRead {
+    Store(datafusion::object_store::Error),
+    Parquet(datafusion::parquet::errors::ParquetError),
+}
+
+/// A remote Parquet file's footer, fetched from its tail (64 KiB first; more if the footer says so).
+async fn remote_parquet_metadata(
+    store: &dyn ObjectStore,
+    file: &str,
+    size: u64,
+) -> std::result::Result<ParquetMetaData, RemoteRead> {
+    use datafusion::parquet::errors::ParquetError;
+    let path = StorePath::from(file);
+    let mut want = size.min(64 << 10);
     loop {
-        let n = f
-            .read(&mut buf[filled..])
-            .map_err(|source| PipelineError::Io {
-                path: path.clone(),
-                source,
-            })?;
-        if n == 0 {
-            break;
-        }
-        filled += n;
-        if filled == buf.len() {
-            break;
+        let tail = store
+            .get_range(&path, size - want..size)
+            .await
+            .map_err(RemoteRead::Store)?;
+        let mut reader = ParquetMetaDataReader::new();
+        match reader.try_parse_sized(&tail, size) {
+            Ok(()) => return reader.finish().map_err(RemoteRead::Parquet),
+            Err(ParquetError::NeedMoreData(n)) if (n as u64) > want && (n as u64) <= size => {
+                want = n as u64;
+            }
+            Err(e) => return Err(RemoteRead::Parquet(e)),
         }
     }
-    let lines = buf[..filled].iter().filter(|b| **b == b'\n').count() as u64;
-    Ok((filled as u64 / lines.max(1)).max(1))
+}
+
+fn not_parquet(place: &str, shown: &str, e: impl std::fmt::Display) -> PipelineError {
+    PipelineError::invalid(
+        format!("{place}: {shown}"),
+        format!("not a readable Parquet file: {e}"),
+    )
+}
+
+/// A store failure while planning: the input cannot be read, which is the user's to fix.
+fn remote_error(
+    source: &SourceReader,
+    place: &str,
+    e: datafusion::object_store::Error,
+) -> PipelineError {
+    match nomaly_engine::object_stores::planning_error(&source.location, &e) {
+        Some(err) => PipelineError::engine(place.to_string(), err),
+        None => PipelineError::engine(place.to_string(), DataFusionError::ObjectStore(Box::new(e))),
+    }
 }
 
 /// A table whose scan has one partition per chunk.

@@ -342,11 +342,14 @@ pub fn compile(file: PipelineFile) -> Result<CompiledPipeline> {
                     ),
                 ));
             }
-        } else if !location.starts_with("file://") {
+        } else if !location.starts_with("file://")
+            && nomaly_engine::RemoteStore::of(&location).is_none()
+        {
+            let scheme = location.split("://").next().unwrap_or_default();
             return Err(PipelineError::invalid(
                 at,
                 format!(
-                    "{path}: only local paths and file:// URLs are supported in this version; object stores (s3://, gs://, az://, http://) are planned — copy the data locally for now"
+                    "{path}: '{scheme}://' is not a store Nomaly reads; use a local path, file://, s3:// (or s3a://), gs://, az:// (or abfss://), http:// or https://"
                 ),
             ));
         }
@@ -673,6 +676,15 @@ pub fn compile(file: PipelineFile) -> Result<CompiledPipeline> {
                 "on_bad_rows = \"quarantine\" reads the first source line by line, so it must be CSV or NDJSON; '{}' is {} (typed columns, no bad lines to set aside) — remove the setting",
                 sources[0].name,
                 sources[0].format.extension()
+            ),
+        ));
+    }
+    if quarantine && nomaly_engine::RemoteStore::of(&sources[0].location).is_some() {
+        return Err(PipelineError::invalid(
+            place(&file, "[run]", 0, Some("on_bad_rows")),
+            format!(
+                "on_bad_rows = \"quarantine\" reads the first source line by line from local files; '{}' is in an object store ({}) — copy it locally, or remove the setting so bad rows fail the run",
+                sources[0].name, sources[0].path
             ),
         ));
     }

@@ -157,6 +157,7 @@ pub async fn prepare(
         );
         ctx.register_object_store(local.as_ref(), Arc::new(store));
     }
+    register_stores(&ctx, p)?;
     // Partition i of a scan must stay chunk i: no re-splitting of file groups, no round-robin.
     for setting in [
         "SET datafusion.optimizer.repartition_file_scans = false",
@@ -220,6 +221,15 @@ pub async fn prepare(
 
 /// The part of a memory budget given to the operators' pool; the rest (a quarter) is headroom for
 /// untracked file reader and writer buffers.
+/// Registers the object store of every remote source (s3://, gs://, az://, http(s)://).
+fn register_stores(ctx: &SessionContext, p: &CompiledPipeline) -> Result<()> {
+    for s in &p.sources {
+        nomaly_engine::register_object_store(ctx, &s.location)
+            .map_err(|e| PipelineError::engine(format!("source '{}' ({})", s.name, s.path), e))?;
+    }
+    Ok(())
+}
+
 pub fn pool_share(budget: usize) -> usize {
     budget / 4 * 3
 }
@@ -2070,6 +2080,7 @@ pub async fn completed_run(p: &CompiledPipeline) -> Result<Option<String>> {
         return Ok(None);
     }
     let ctx = SessionContext::new();
+    register_stores(&ctx, p)?;
     if fingerprint_change(&record.sources, &fingerprint(&ctx, &p.sources).await?).is_some() {
         return Ok(None);
     }

@@ -484,11 +484,11 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             expect: &["p.toml:1:10", "not a variable reference"],
         },
         Case {
-            name: "object store not reachable here",
-            pipeline: "input = \"s3://bucket/tx.parquet\"\n{OUT}{DETECT}",
+            name: "a scheme no store reads",
+            pipeline: "input = \"ftp://host/tx.parquet\"\n{OUT}{DETECT}",
             files: &[],
             args: &[],
-            expect: &["s3://bucket/tx.parquet", "local paths"],
+            expect: &["p.toml:1:1", "'ftp://' is not a store", "s3://"],
         },
         Case {
             name: "pickle refused",

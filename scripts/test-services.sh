@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the servers the tests of remote inputs start on 127.0.0.1, once, under ~/.cache:
+#   ~/.cache/nomaly-py    a Python venv with moto_server (S3-compatible) and the upload clients
+#   ~/.cache/nomaly-node  Azurite (Azure Blob emulator)
+# Re-running is cheap: each part is skipped when its pinned versions are already installed.
+# Needs python3 (with venv) and npm, both on these machines; nothing else.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cache="${NOMALY_TEST_CACHE:-$HOME/.cache}"
+py="$cache/nomaly-py"
+node="$cache/nomaly-node"
+
+stamp_py="$py/.nomaly-$(sha1sum scripts/test-services/requirements.txt | cut -c1-12)"
+if [ ! -f "$stamp_py" ]; then
+    echo "test-services: installing moto and azure-storage-blob into $py" >&2
+    python3 -m venv "$py"
+    "$py/bin/pip" install --quiet --disable-pip-version-check -r scripts/test-services/requirements.txt
+    touch "$stamp_py"
+fi
+
+stamp_node="$node/.nomaly-$(sha1sum scripts/test-services/package.json | cut -c1-12)"
+if [ ! -f "$stamp_node" ]; then
+    echo "test-services: installing Azurite into $node" >&2
+    mkdir -p "$node"
+    cp scripts/test-services/package.json "$node/package.json"
+    (cd "$node" && npm install --no-audit --no-fund --silent)
+    touch "$stamp_node"
+fi
