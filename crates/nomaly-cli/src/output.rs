@@ -1,12 +1,16 @@
 //! Printing results and writing output files atomically.
 
+use crate::query_progress::QueryProgress;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::csv::WriterBuilder as CsvWriterBuilder;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::writer::FileWriter as IpcFileWriter;
 use datafusion::arrow::json::LineDelimitedWriter;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::dataframe::DataFrame;
 use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
@@ -16,6 +20,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputFormat {
@@ -139,10 +144,12 @@ fn temp_path(path: &Path) -> PathBuf {
 }
 
 /// Streams a result into `path` (temp file, fsync, rename): readers never see a partial file.
-pub async fn write_output(df: DataFrame, path: &Path) -> Result<(), EngineError> {
+/// Writes the statement's rows to `path` (temp name, then rename); `progress` draws the bar.
+pub async fn write_output(df: DataFrame, path: &Path, progress: bool) -> Result<(), EngineError> {
     let kind = file_kind(path)?;
     let tmp = temp_path(path);
-    let result = write_stream(df, &tmp, kind).await;
+    let runtime = df.task_ctx().runtime_env();
+    let result = write_stream(df, &tmp, kind, progress.then_some(runtime)).await;
     match result {
         Ok(()) => std::fs::rename(&tmp, path).map_err(|source| EngineError::Io {
             path: path.to_path_buf(),
@@ -155,9 +162,35 @@ pub async fn write_output(df: DataFrame, path: &Path) -> Result<(), EngineError>
     }
 }
 
-async fn write_stream(df: DataFrame, tmp: &Path, kind: FileKind) -> Result<(), EngineError> {
+async fn write_stream(
+    df: DataFrame,
+    tmp: &Path,
+    kind: FileKind,
+    progress: Option<Arc<RuntimeEnv>>,
+) -> Result<(), EngineError> {
     let schema = df.schema().inner().clone();
-    let mut stream = df.execute_stream().await?;
+    let task_ctx = Arc::new(df.task_ctx());
+    let physical = df.create_physical_plan().await?;
+    let bar = progress.map(|runtime| QueryProgress::start(physical.clone(), runtime));
+    let result = write_batches(
+        datafusion::physical_plan::execute_stream(physical, task_ctx)?,
+        schema,
+        tmp,
+        kind,
+    )
+    .await;
+    if let Some(bar) = bar {
+        bar.finish().await;
+    }
+    result
+}
+
+async fn write_batches(
+    mut stream: SendableRecordBatchStream,
+    schema: SchemaRef,
+    tmp: &Path,
+    kind: FileKind,
+) -> Result<(), EngineError> {
     let io = |source| EngineError::Io {
         path: tmp.to_path_buf(),
         source,

@@ -136,6 +136,11 @@ async fn run_inner(args: SqlArgs) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// The bar is drawn on a terminal unless `--no-progress`.
+fn draw_progress(args: &SqlArgs) -> bool {
+    !args.no_progress && std::io::stderr().is_terminal()
+}
+
 async fn run_statement(
     ctx: &SessionContext,
     statement: Statement,
@@ -147,9 +152,9 @@ async fn run_statement(
     let df = ctx.execute_logical_plan(plan).await?;
     let produces_rows = !df.schema().fields().is_empty();
     match (&args.output, is_last) {
-        (Some(path), true) => write_output(df, path).await,
+        (Some(path), true) => write_output(df, path, draw_progress(args)).await,
         _ => {
-            let batches = if !args.no_progress && std::io::stderr().is_terminal() {
+            let batches = if draw_progress(args) {
                 let task_ctx = Arc::new(df.task_ctx());
                 let physical = df.create_physical_plan().await?;
                 let progress = QueryProgress::start(physical.clone(), ctx.runtime_env());

@@ -272,4 +272,37 @@ fn long_statements_draw_progress_on_a_terminal_only() {
         query,
     ]);
     assert!(!stderr(&piped).contains("rows read"), "{}", stderr(&piped));
+
+    // The same bar while the last statement's rows go to --output.
+    let out = tmp.path().join("scored.parquet");
+    let command = format!(
+        "{} sql --table t={} --output {} -e \"SELECT id, detect_anomalies('hbos', a, b)['score'] AS s FROM t\"",
+        env!("CARGO_BIN_EXE_nomaly"),
+        data.display(),
+        out.display()
+    );
+    let o = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .expect("script runs the command on a pseudo-terminal");
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{shown}");
+    assert!(shown.contains("/4,000,000 rows read"), "{shown}");
+    let rows = count_rows(&out);
+    assert_eq!(rows, "2000000");
+}
+
+/// Rows in a Parquet file, counted by `nomaly sql`.
+fn count_rows(path: &Path) -> String {
+    let o = nomaly(&[
+        "sql",
+        "--format",
+        "csv",
+        "--table",
+        &format!("o={}", path.display()),
+        "-e",
+        "SELECT count(*) AS n FROM o",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    stdout(&o).lines().nth(1).unwrap_or_default().to_string()
 }
