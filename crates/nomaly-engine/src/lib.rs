@@ -4,12 +4,14 @@
 //! function, the `detect_anomalies` rewrite rule, a memory pool sized to the budget (default 80% of
 //! RAM or the cgroup limit) and a spill directory; registers input files as tables by extension.
 
+pub mod cluster;
 pub mod error;
 pub mod memory;
 pub mod object_stores;
 pub mod session;
 pub mod tables;
 
+pub use cluster::{StandaloneCluster, narrow_to_partition};
 pub use error::{EngineError, Result};
 pub use memory::{default_budget, parse_byte_size};
 pub use object_stores::{RemoteStore, register_object_store};

@@ -8,6 +8,7 @@ use crate::spec::{
     SourceSpec, ValidateSpec, WriteMode,
 };
 use nomaly_detectors::{Algorithm, DetectorParams};
+use nomaly_engine::EngineKind;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -63,6 +64,8 @@ pub struct CompiledPipeline {
     pub retry: RetryPolicy,
     /// `on_bad_rows = "quarantine"`: the chunked source is read line by line, bad lines set aside.
     pub quarantine: bool,
+    /// Where chunks and the fit run: DataFusion here, or a Ballista cluster in this process.
+    pub engine: EngineKind,
 }
 
 /// How transient failures are retried (`[retry]`).
@@ -607,16 +610,18 @@ pub fn compile(file: PipelineFile) -> Result<CompiledPipeline> {
             ),
         ));
     }
-    if let Some(e) = &spec.run.engine
-        && e != "local"
-    {
-        return Err(PipelineError::invalid(
-            place(&file, "[run]", 0, Some("engine")),
-            format!(
-                "engine = \"{e}\" is not available for pipelines in this version; use \"local\" (Ballista runs are planned; `nomaly sql --engine standalone` runs SQL on Ballista)"
-            ),
-        ));
-    }
+    let engine = match spec.run.engine.as_deref() {
+        None | Some("local") => EngineKind::Local,
+        Some("standalone") => EngineKind::Standalone,
+        Some(e) => {
+            return Err(PipelineError::invalid(
+                place(&file, "[run]", 0, Some("engine")),
+                format!(
+                    "engine = \"{e}\" is not an engine; use \"local\" (DataFusion in this process) or \"standalone\" (a Ballista scheduler and executor in this process)"
+                ),
+            ));
+        }
+    };
     let memory_limit = match &spec.resources.memory_limit {
         Some(m) => Some(nomaly_engine::parse_byte_size(m).map_err(|e| {
             PipelineError::invalid(
@@ -679,6 +684,12 @@ pub fn compile(file: PipelineFile) -> Result<CompiledPipeline> {
             ),
         ));
     }
+    if quarantine && engine == EngineKind::Standalone {
+        return Err(PipelineError::invalid(
+            place(&file, "[run]", 0, Some("on_bad_rows")),
+            "on_bad_rows = \"quarantine\" reads lines with an operator of Nomaly's own, which runs in this process only; use engine = \"local\" with it, or remove the setting so bad rows fail the run",
+        ));
+    }
     if quarantine && nomaly_engine::RemoteStore::of(&sources[0].location).is_some() {
         return Err(PipelineError::invalid(
             place(&file, "[run]", 0, Some("on_bad_rows")),
@@ -709,6 +720,7 @@ pub fn compile(file: PipelineFile) -> Result<CompiledPipeline> {
         timeout_text: spec.resources.timeout.clone(),
         retry,
         quarantine,
+        engine,
         file,
     })
 }

@@ -62,6 +62,10 @@ pub struct RunReport {
     /// "source" (chunks are slices of the first source) or "materialized" (the detect input was
     /// written once and chunked, because the steps mix rows across chunks).
     pub chunking: String,
+    /// "local" (DataFusion in this process) or "standalone" (Ballista scheduler and executor).
+    pub engine: String,
+    /// Ballista jobs the run submitted (engine "standalone": the fit, then one per chunk).
+    pub ballista_jobs: usize,
     pub chunk_rows: u64,
     pub retries: u64,
     pub steps: Vec<StepTiming>,

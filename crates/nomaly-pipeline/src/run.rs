@@ -35,14 +35,17 @@ use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTable
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
-use datafusion::error::DataFusionError;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
-use nomaly_engine::{EngineConfig, EngineError, EngineKind, build_context};
+use nomaly_engine::{
+    EngineConfig, EngineError, EngineKind, StandaloneCluster, build_context, narrow_to_partition,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -168,6 +171,18 @@ pub async fn prepare(
         ctx.sql(setting)
             .await
             .map_err(|e| classify("session settings".into(), e))?;
+    }
+    if p.engine == EngineKind::Standalone {
+        // Started from the session as configured above; the executor shares its runtime (memory
+        // pool, object stores). Jobs find it in the session config (see `cluster_of`).
+        progress.on_event(&ProgressEvent::Phase("starting Ballista".into()));
+        let cluster = StandaloneCluster::start(&ctx.state(), config.partitions())
+            .await
+            .map_err(|e| PipelineError::engine("engine = \"standalone\"", e))?;
+        ctx.state_ref()
+            .write()
+            .config_mut()
+            .set_extension(Arc::new(cluster));
     }
     let mut timings = Vec::new();
     let started = Instant::now();
@@ -594,6 +609,9 @@ async fn collect_fit(
     report: &mut RunReport,
 ) -> std::result::Result<Vec<RecordBatch>, DataFusionError> {
     let task_ctx = Arc::new(df.task_ctx());
+    if let Some(cluster) = cluster_of(&task_ctx) {
+        return fit_on_cluster(df, &cluster, retry.policy, report).await;
+    }
     let plan = df.clone().create_physical_plan().await?;
     let partial = find_partial_aggregate(&plan)
         .filter(|p| p.children().into_iter().all(partitions_are_independent));
@@ -670,6 +688,43 @@ async fn collect_fit(
         })?
         .data;
     datafusion::physical_plan::collect(merged, task_ctx).await
+}
+
+/// The Ballista cluster the session runs jobs on (`engine = "standalone"`), if any.
+fn cluster_of(task_ctx: &TaskContext) -> Option<Arc<StandaloneCluster>> {
+    task_ctx
+        .session_config()
+        .get_extension::<StandaloneCluster>()
+}
+
+/// The fit as one Ballista job (the scheduler spreads the partial aggregates over the executor's
+/// slots and retries failed tasks); the whole job is retried on a transient failure.
+async fn fit_on_cluster(
+    df: DataFrame,
+    cluster: &StandaloneCluster,
+    policy: RetryPolicy,
+    report: &mut RunReport,
+) -> std::result::Result<Vec<RecordBatch>, DataFusionError> {
+    let mut attempts = Attempts::new(policy);
+    let result = loop {
+        let t = Instant::now();
+        let attempt = async {
+            let plan = df.clone().create_physical_plan().await?;
+            datafusion::physical_plan::common::collect(cluster.execute(plan).await?).await
+        };
+        match attempt.await {
+            Ok(b) => break Ok(b),
+            Err(e) => {
+                let transient = nomaly_engine::error::is_transient_datafusion_error(&e);
+                match attempts.retry_after(&format!("fit: {}", e.find_root()), transient, t) {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => break Err(e),
+                }
+            }
+        }
+    };
+    attempts.record("fit".into(), report);
+    result
 }
 
 fn runtime(e: PipelineError) -> PipelineError {
@@ -816,6 +871,14 @@ async fn run_inner(
     report.peak_pool_bytes = peak_pool.load(Ordering::Relaxed);
     report.spill_bytes = peak_spill.load(Ordering::Relaxed);
     report.peak_rss_bytes = peak_rss_bytes();
+    if let Some(cluster) = prepared
+        .ctx
+        .state()
+        .config()
+        .get_extension::<StandaloneCluster>()
+    {
+        report.ballista_jobs = cluster.jobs();
+    }
     report.seconds = started.elapsed().as_secs_f64();
     match result {
         Ok(()) => {
@@ -1349,6 +1412,13 @@ async fn execute(
                 .to_string(),
         );
     }
+    let chunk_files = Arc::new(
+        chunk_plan
+            .chunks
+            .iter()
+            .map(|c| c.file.clone())
+            .collect::<Vec<_>>(),
+    );
     let mut tasks = tokio::task::JoinSet::new();
     for c in chunk_plan
         .chunks
@@ -1359,6 +1429,7 @@ async fn execute(
             chunk: c.id,
             describe: c.describe(),
             plan: plan.clone(),
+            chunk_files: chunk_files.clone(),
             task_ctx: task_ctx.clone(),
             sinks: staged.clone(),
             schema: schema.clone(),
@@ -1669,6 +1740,11 @@ fn empty_report(p: &CompiledPipeline) -> RunReport {
         models: 0,
         chunks: 0,
         chunking: "source".into(),
+        engine: match p.engine {
+            EngineKind::Local => "local".into(),
+            EngineKind::Standalone => "standalone".into(),
+        },
+        ballista_jobs: 0,
         chunk_rows: p.chunk_rows,
         retries: 0,
         steps: vec![],
@@ -1742,6 +1818,8 @@ struct ChunkJob {
     chunk: usize,
     describe: String,
     plan: Arc<dyn ExecutionPlan>,
+    /// The first file of every chunk, by id: picks the chunk scan out of the plan on Ballista.
+    chunk_files: Arc<Vec<String>>,
     task_ctx: Arc<TaskContext>,
     sinks: Arc<Vec<(Arc<SinkTarget>, PathBuf)>>,
     schema: SchemaRef,
@@ -1800,6 +1878,25 @@ impl ChunkJob {
         }
     }
 
+    /// Partition `chunk` of the scoring plan: executed here, or on Ballista as a job of its own
+    /// (the plan narrowed to the chunk's file group).
+    async fn execute(&self) -> DfResult<SendableRecordBatchStream> {
+        let Some(cluster) = cluster_of(&self.task_ctx) else {
+            return self.plan.execute(self.chunk, self.task_ctx.clone());
+        };
+        let files = &self.chunk_files;
+        let is_chunk_scan = |config: &FileScanConfig| {
+            config.file_groups.len() == files.len()
+                && config.file_groups.iter().zip(files.iter()).all(|(g, f)| {
+                    g.files()
+                        .first()
+                        .is_some_and(|pf| pf.object_meta.location.as_ref() == f)
+                })
+        };
+        let one = narrow_to_partition(self.plan.clone(), self.chunk, is_chunk_scan)?;
+        cluster.execute(one).await
+    }
+
     /// Executes partition `chunk` of the scoring plan and writes it to every sink's part files.
     async fn score(&self) -> Result<ChunkOutcome> {
         let (chunk, describe, schema) = (self.chunk, &self.describe, &self.schema);
@@ -1816,8 +1913,8 @@ impl ChunkJob {
             },
         };
         let mut stream = self
-            .plan
-            .execute(chunk, self.task_ctx.clone())
+            .execute()
+            .await
             .map_err(|e| chunk_error(chunk, describe, e))?;
         let mut writers = self
             .sinks

@@ -296,7 +296,9 @@ pub struct RunSpec {
     /// Rows per chunk, 1000–1000000 (default 100000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk_rows: Option<u64>,
-    /// "local" (default).
+    /// Where the fit and the chunks run: "local" (default; DataFusion in this process) or
+    /// "standalone" (a Ballista scheduler and executor in this process: the fit is one Ballista
+    /// job, each chunk another). Same output either way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine: Option<String>,
     /// What a line of the chunked CSV/NDJSON source that cannot be parsed (wrong number of

@@ -129,6 +129,103 @@ fn chunks_are_slices_of_the_input_in_order() {
     assert_eq!(total, 2000);
 }
 
+/// Part files of an output directory, by name.
+fn part_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut parts: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("part-")
+        })
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            (name, std::fs::read(&p).unwrap())
+        })
+        .collect();
+    parts.sort();
+    parts
+}
+
+#[test]
+fn standalone_engine_writes_what_local_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let o = nomaly(&[
+        "sql",
+        "-e",
+        &format!(
+            "COPY (SELECT value AS id, 100.0 + ((value * 7919) % 1000) / 50.0 AS amount, \
+             CAST((value * 104729) % 977 AS DOUBLE) AS latency_ms FROM generate_series(0, 39999)) \
+             TO '{}' STORED AS PARQUET OPTIONS ('format.max_row_group_size' '5000')",
+            dir.join("tx.parquet").display()
+        ),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // Chunks straight from the source (iforest), and chunks of a materialized DISTINCT (hbos).
+    let source = "input = \"tx.parquet\"\noutput = \"out_{engine}/\"\n[detect]\nalgorithm = \"iforest\"\n\
+                  columns = [\"amount\", \"latency_ms\"]\n[run]\nchunk_rows = 5000\nengine = \"{engine}\"\n";
+    let materialized = "output = \"m_{engine}/\"\n[[source]]\nname = \"tx\"\npath = \"tx.parquet\"\n\
+                        [[step]]\nname = \"d\"\nsql = \"SELECT DISTINCT id, amount, latency_ms FROM tx\"\n\
+                        [detect]\ninput = \"d\"\nalgorithm = \"hbos\"\ncolumns = [\"amount\", \"latency_ms\"]\n\
+                        [run]\nchunk_rows = 5000\nengine = \"{engine}\"\n";
+    for (kind, template, out, chunking) in [
+        ("source", source, "out", "source"),
+        ("materialized", materialized, "m", "materialized"),
+    ] {
+        let mut reports = Vec::new();
+        for engine in ["local", "standalone"] {
+            let file = dir.join(format!("{kind}_{engine}.toml"));
+            std::fs::write(&file, template.replace("{engine}", engine)).unwrap();
+            let o = nomaly(&["run", file.to_str().unwrap(), "--json"]);
+            assert_eq!(o.status.code(), Some(0), "{kind} {engine}: {}", stderr(&o));
+            reports.push(report(&o));
+        }
+        let (local, standalone) = (&reports[0], &reports[1]);
+        assert_eq!(local["engine"], "local");
+        assert_eq!(local["ballista_jobs"], 0);
+        assert_eq!(standalone["engine"], "standalone");
+        assert_eq!(standalone["chunking"], chunking, "{standalone}");
+        let chunks = standalone["chunks"].as_u64().unwrap();
+        assert!(chunks >= 8, "{standalone}");
+        // The fit is one Ballista job, each chunk another.
+        assert_eq!(standalone["ballista_jobs"], chunks + 1, "{standalone}");
+        for key in ["input_rows", "output_rows", "anomalies", "chunks"] {
+            assert_eq!(local[key], standalone[key], "{kind}: {key}");
+        }
+        let (a_dir, b_dir) = (
+            dir.join(format!("{out}_local")),
+            dir.join(format!("{out}_standalone")),
+        );
+        let (a, b) = (part_files(&a_dir), part_files(&b_dir));
+        assert_eq!(a.len() as u64, chunks);
+        assert_eq!(
+            a.iter().map(|p| &p.0).collect::<Vec<_>>(),
+            b.iter().map(|p| &p.0).collect::<Vec<_>>()
+        );
+        if kind == "source" {
+            for ((name, x), (_, y)) in a.iter().zip(&b) {
+                assert!(
+                    x == y,
+                    "{kind}: {name} differs between local and standalone"
+                );
+            }
+        } else {
+            // DISTINCT's output order is not fixed, so compare row by row: every id once, the
+            // same score bits and flag on both engines.
+            let same = query(
+                &[("a", &a_dir), ("b", &b_dir)],
+                "SELECT count(*), count(DISTINCT a.id), \
+                 sum(CASE WHEN a.anomaly_score = b.anomaly_score AND a.is_anomaly = b.is_anomaly THEN 1 ELSE 0 END) \
+                 FROM a JOIN b ON a.id = b.id",
+            );
+            assert_eq!(same, vec!["40000,40000,40000".to_string()], "{kind}");
+        }
+    }
+}
+
 #[test]
 fn multi_source_join_pipeline_enriches_then_detects() {
     let tmp = tempfile::tempdir().unwrap();
@@ -610,11 +707,18 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             expect: &["anomaly_score", "rename it"],
         },
         Case {
-            name: "engine not available",
+            name: "unknown engine",
             pipeline: "input = \"{tx}\"\n{OUT}{DETECT}[run]\nengine = \"spark\"\n",
             files: &[],
             args: &[],
-            expect: &["[run] engine", "local"],
+            expect: &["[run] engine", "\"local\"", "\"standalone\""],
+        },
+        Case {
+            name: "quarantine on Ballista",
+            pipeline: "input = \"{tx}\"\n{OUT}{DETECT}[run]\nengine = \"standalone\"\non_bad_rows = \"quarantine\"\n",
+            files: &[],
+            args: &[],
+            expect: &["[run] on_bad_rows", "engine = \"local\""],
         },
     ];
     assert!(cases.len() >= 25);

@@ -1,0 +1,169 @@
+//! A Ballista cluster that runs physical plans built by a local session.
+//!
+//! Pipelines plan on a local `SessionContext` (chunk tables, steps, the fit and score plans) and
+//! need each chunk's rows back as one stream to write part `i`. Ballista 55 accepts an
+//! already-built physical plan (`execute_physical_plan`), so a pipeline on Ballista submits the
+//! fit plan as one job and, per chunk, the scoring plan narrowed to that chunk's file group as
+//! another: every operator in them is a standard DataFusion one that Ballista's codec carries, and
+//! our functions travel by name (the scheduler and executors are built from the same state, so
+//! they have them).
+
+use crate::error::{EngineError, Result};
+use ballista_core::config::BallistaConfig;
+use ballista_core::execution_plans::execute_physical_plan;
+use ballista_core::extension::SessionConfigExt;
+use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::datasource::physical_plan::{FileScanConfig, FileScanConfigBuilder};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::session_state::SessionState;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use datafusion::prelude::SessionConfig;
+use datafusion_proto::protobuf::PhysicalPlanNode;
+use futures::StreamExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// A scheduler and an executor started in this process, from one session state.
+pub struct StandaloneCluster {
+    scheduler_url: String,
+    session_id: String,
+    config: SessionConfig,
+    ballista: BallistaConfig,
+    /// Jobs submitted so far (reported, so a run shows it really ran on Ballista).
+    jobs: AtomicUsize,
+}
+
+impl std::fmt::Debug for StandaloneCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StandaloneCluster")
+            .field("scheduler_url", &self.scheduler_url)
+            .finish()
+    }
+}
+
+impl StandaloneCluster {
+    /// Starts the scheduler and an executor with `task_slots` slots. The executor shares the
+    /// state's runtime (memory pool, object stores, spill directory); the scheduler and executor
+    /// know the state's functions. The state's config must carry Ballista's settings
+    /// (`SessionConfig::new_with_ballista`).
+    pub async fn start(state: &SessionState, task_slots: usize) -> Result<StandaloneCluster> {
+        let fail = |what: &str, e: String| EngineError::Ballista(format!("{what}: {e}"));
+        let addr = ballista_scheduler::standalone::new_standalone_scheduler_from_state(state)
+            .await
+            .map_err(|e| fail("scheduler", e.to_string()))?;
+        let scheduler_url = format!("http://127.0.0.1:{}", addr.port());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = loop {
+            match SchedulerGrpcClient::connect(scheduler_url.clone()).await {
+                Ok(c) => break c,
+                Err(e) if Instant::now() > deadline => {
+                    return Err(fail("connecting to the scheduler", e.to_string()));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        ballista_executor::new_standalone_executor_from_state(client, task_slots.max(1), state)
+            .await
+            .map_err(|e| fail("executor", e.to_string()))?;
+        let config = state.config().clone();
+        Ok(StandaloneCluster {
+            scheduler_url,
+            session_id: state.session_id().to_string(),
+            ballista: config.ballista_config(),
+            config,
+            jobs: AtomicUsize::new(0),
+        })
+    }
+
+    /// Jobs submitted so far.
+    pub fn jobs(&self) -> usize {
+        self.jobs.load(Ordering::Relaxed)
+    }
+
+    /// Runs `plan` as one Ballista job; the stream yields its output partitions' rows, in the
+    /// plan's own schema (rows come back through shuffle files, whose schema may differ in field
+    /// nullability and metadata; the data types are the plan's).
+    pub async fn execute(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let codec = self.config.ballista_physical_extension_codec();
+        let schema = plan.schema();
+        self.jobs.fetch_add(1, Ordering::Relaxed);
+        let stream = execute_physical_plan::<PhysicalPlanNode>(
+            self.scheduler_url.clone(),
+            &self.ballista,
+            plan,
+            codec.as_ref(),
+            self.session_id.clone(),
+            self.config.clone(),
+        )
+        .await?;
+        let target = schema.clone();
+        let conformed = stream.map(move |batch| {
+            let batch = batch?;
+            // Shuffle files may also hydrate dictionary columns: cast back to the plan's types.
+            let columns = batch
+                .columns()
+                .iter()
+                .zip(target.fields())
+                .map(|(c, f)| {
+                    if c.data_type() == f.data_type() {
+                        Ok(c.clone())
+                    } else {
+                        datafusion::arrow::compute::cast(c, f.data_type())
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(RecordBatch::try_new_with_options(
+                target.clone(),
+                columns,
+                &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+            )?)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, conformed)))
+    }
+}
+
+/// `plan` narrowed to partition `partition` of the file scan `is_target` picks: that scan keeps
+/// file group `partition` only. For plans whose partitions never mix (a pipeline's scoring plan
+/// over its chunks), partition 0 of the result is partition `partition` of `plan`.
+pub fn narrow_to_partition(
+    plan: Arc<dyn ExecutionPlan>,
+    partition: usize,
+    is_target: impl Fn(&FileScanConfig) -> bool,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let narrowed = plan
+        .transform_up(|node| {
+            let Some(scan) = node.as_ref().downcast_ref::<DataSourceExec>() else {
+                return Ok(Transformed::no(node));
+            };
+            let Some(config) = scan.data_source().as_ref().downcast_ref::<FileScanConfig>() else {
+                return Ok(Transformed::no(node));
+            };
+            if !is_target(config) || partition >= config.file_groups.len() {
+                return Ok(Transformed::no(node));
+            }
+            let group = config.file_groups[partition].clone();
+            let one = FileScanConfigBuilder::from(config.clone())
+                .with_file_groups(vec![group])
+                .build();
+            Ok(Transformed::yes(
+                DataSourceExec::from_data_source(one) as Arc<dyn ExecutionPlan>
+            ))
+        })?
+        .data;
+    let n = narrowed.output_partitioning().partition_count();
+    if n != 1 {
+        return Err(DataFusionError::Internal(format!(
+            "narrowing the plan to partition {partition} left {n} partitions"
+        )));
+    }
+    Ok(narrowed)
+}
