@@ -2,6 +2,7 @@
 # Installs the servers the tests of remote inputs start on 127.0.0.1, once, under ~/.cache:
 #   ~/.cache/nomaly-py    a Python venv with moto_server (S3-compatible) and the upload clients
 #   ~/.cache/nomaly-node  Azurite (Azure Blob emulator)
+# and Debian's libhdf5-dev (for the `hdf5` feature) when it is missing and apt-get can run.
 # Re-running is cheap: each part is skipped when its pinned versions are already installed.
 # Needs python3 (with venv) and npm, both on these machines; nothing else.
 set -euo pipefail
@@ -25,4 +26,14 @@ if [ ! -f "$stamp_node" ]; then
     cp scripts/test-services/package.json "$node/package.json"
     (cd "$node" && npm install --no-audit --no-fund --silent)
     touch "$stamp_node"
+fi
+
+if ! pkg-config --exists hdf5 2>/dev/null; then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo -n"
+    if command -v apt-get >/dev/null; then
+        echo "test-services: installing libhdf5-dev (HDF5 inputs)" >&2
+        { $sudo apt-get update -q && $sudo apt-get install -y -q libhdf5-dev pkg-config; } >/dev/null 2>&1 \
+            || echo "test-services: could not install libhdf5-dev; HDF5 tests run without the feature" >&2
+    fi
 fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, the SQL contract (sql/*.slt on local DataFusion and Ballista
 # standalone), end-to-end CLI tests (remote inputs against S3/Azure servers on 127.0.0.1, which
-# scripts/test-services.sh installs under ~/.cache the first time) and the accuracy fixtures.
+# scripts/test-services.sh installs under ~/.cache the first time), HDF5 inputs (with the `hdf5`
+# feature when libhdf5 is present) and the accuracy fixtures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/nomaly-target}"
@@ -10,4 +11,10 @@ cache="${NOMALY_TEST_CACHE:-$HOME/.cache}"
 export NOMALY_TEST_PYTHON="${NOMALY_TEST_PYTHON:-$cache/nomaly-py/bin/python}"
 export NOMALY_TEST_MOTO="${NOMALY_TEST_MOTO:-$cache/nomaly-py/bin/moto_server}"
 export NOMALY_TEST_AZURITE="${NOMALY_TEST_AZURITE:-$cache/nomaly-node/node_modules/.bin/azurite-blob}"
-cargo test --workspace --locked "$@"
+features=()
+if pkg-config --exists hdf5 2>/dev/null; then
+    features=(--features nomaly-cli/hdf5)
+else
+    echo "test.sh: no libhdf5 here; HDF5 inputs are tested for their refusal only" >&2
+fi
+cargo test --workspace --locked "${features[@]}" "$@"

@@ -306,3 +306,97 @@ fn count_rows(path: &Path) -> String {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     stdout(&o).lines().nth(1).unwrap_or_default().to_string()
 }
+
+/// HDF5 inputs (feature `hdf5`): both layouts read as tables equal to the CSV they came from
+/// (benchmarks/reference/make_hdf5_fixtures.py), and a pipeline scores them like the CSV.
+#[cfg(feature = "hdf5")]
+#[test]
+fn hdf5_inputs_read_like_the_csv_they_came_from() {
+    let o = nomaly(&[
+        "sql",
+        "--format",
+        "csv",
+        "--table",
+        "a=examples/data/tx_columns.h5",
+        "--table",
+        "b=examples/data/tx_pandas.h5",
+        "--table",
+        TX,
+        "-e",
+        "SELECT count(*) AS n, \
+         sum(CASE WHEN a.amount = tx.amount AND a.latency_ms = tx.latency_ms AND a.merchant = tx.merchant \
+             AND a.label = tx.label THEN 1 ELSE 0 END) AS same_a, \
+         sum(CASE WHEN b.amount = tx.amount AND b.latency_ms = tx.latency_ms AND b.label = tx.label \
+             THEN 1 ELSE 0 END) AS same_b \
+         FROM tx JOIN a ON a.id = tx.id JOIN b ON b.id = tx.id",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "n,same_a,same_b\n2000,2000,2000\n");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut outputs = Vec::new();
+    for (name, input) in [("h5", "tx_pandas.h5"), ("csv", "tx.csv")] {
+        let file = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "input = \"{}\"\noutput = \"out_{name}/\"\n[detect]\nalgorithm = \"hbos\"\n\
+                 columns = [\"amount\", \"latency_ms\"]\n[run]\nchunk_rows = 1000\n",
+                root().join("examples/data").join(input).display()
+            ),
+        )
+        .unwrap();
+        let o = nomaly(&["run", file.to_str().unwrap(), "--json"]);
+        assert_eq!(o.status.code(), Some(0), "{name}: {}", stderr(&o));
+        let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(report["input_rows"], 2000, "{report}");
+        outputs.push(tmp.path().join(format!("out_{name}")));
+    }
+    // The HDF5 file was converted to Parquet row groups of 1000 rows: 2 chunks; the work
+    // directory is gone after the run.
+    let parts = std::fs::read_dir(&outputs[0])
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("part-")
+        })
+        .count();
+    assert_eq!(parts, 2);
+    assert!(!tmp.path().join(".out_h5.nomaly-hdf5").exists());
+    let same = pipeline::query(
+        &[("a", &outputs[0]), ("b", &outputs[1])],
+        "SELECT count(*), sum(CASE WHEN a.anomaly_score = b.anomaly_score THEN 1 ELSE 0 END) \
+         FROM a JOIN b ON a.id = b.id",
+    );
+    assert_eq!(same, vec!["2000,2000".to_string()]);
+
+    // A glob of HDF5 files is refused: one table per file.
+    std::fs::write(
+        tmp.path().join("g.toml"),
+        "input = \"data/*.h5\"\noutput = \"g/\"\n[detect]\nalgorithm = \"zscore\"\ncolumns = [\"amount\"]\n",
+    )
+    .unwrap();
+    let o = nomaly(&["run", tmp.path().join("g.toml").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("one local file"), "{}", stderr(&o));
+}
+
+/// Without the `hdf5` feature an HDF5 input is refused with how to get it or convert it.
+#[cfg(not(feature = "hdf5"))]
+#[test]
+fn hdf5_inputs_say_how_to_build_or_convert() {
+    let o = nomaly(&[
+        "sql",
+        "--table",
+        "t=examples/data/tx_pandas.h5",
+        "-e",
+        "SELECT 1",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    for part in ["tx_pandas.h5", "--features hdf5", "libhdf5", "to_parquet"] {
+        assert!(stderr(&o).contains(part), "missing {part}: {}", stderr(&o));
+    }
+}

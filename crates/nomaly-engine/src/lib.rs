@@ -6,6 +6,8 @@
 
 pub mod cluster;
 pub mod error;
+#[cfg(feature = "hdf5")]
+pub mod hdf5;
 pub mod memory;
 pub mod object_stores;
 pub mod session;

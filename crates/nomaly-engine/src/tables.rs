@@ -19,6 +19,8 @@ pub enum InputFormat {
     NdJson,
     Arrow,
     Avro,
+    /// HDF5 (feature `hdf5`): read whole into memory, see [`crate::hdf5`].
+    Hdf5,
 }
 
 impl InputFormat {
@@ -41,11 +43,13 @@ impl InputFormat {
                         .to_string(),
                 });
             }
+            "h5" | "hdf5" if cfg!(feature = "hdf5") => InputFormat::Hdf5,
             "h5" | "hdf5" => {
                 return Err(EngineError::UnsupportedFormat {
                     path: path.to_string(),
-                    reason: "HDF5 input is not built into this binary; convert it, e.g. \
-                             pandas.read_hdf(p).to_parquet('data.parquet')"
+                    reason: "HDF5 input is not built into this binary (build with --features hdf5, \
+                             which needs the system's libhdf5, e.g. Debian's libhdf5-dev); or convert it, \
+                             e.g. pandas.read_hdf(p).to_parquet('data.parquet')"
                         .to_string(),
                 });
             }
@@ -136,9 +140,32 @@ pub async fn register_table(ctx: &SessionContext, name: &str, path: &str) -> Res
     }
     let (format, ext) = InputFormat::from_extension(&format_source)?;
     let ext = format!(".{ext}");
+    if format == InputFormat::Hdf5 {
+        return register_hdf5(ctx, name, path);
+    }
     register_by_format(ctx, name, &location, format, &ext)
         .await
         .map_err(|e| remote_registration_error(path, e))
+}
+
+/// An HDF5 file as an in-memory table.
+#[cfg(feature = "hdf5")]
+fn register_hdf5(ctx: &SessionContext, name: &str, path: &str) -> Result<()> {
+    if path.contains("://") || has_glob(path) || Path::new(path).is_dir() {
+        return Err(EngineError::UnsupportedFormat {
+            path: path.to_string(),
+            reason: "HDF5 is read from one local file; name the file".to_string(),
+        });
+    }
+    let (schema, batches) = crate::hdf5::read_table(path)?;
+    let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
+    ctx.register_table(name, Arc::new(table))?;
+    Ok(())
+}
+
+#[cfg(not(feature = "hdf5"))]
+fn register_hdf5(_: &SessionContext, _: &str, path: &str) -> Result<()> {
+    unreachable!("{path}: HDF5 is recognised only with the hdf5 feature")
 }
 
 /// A failure to register a remote location, said in terms of the store and its settings.
@@ -193,6 +220,12 @@ async fn register_by_format(
             ..Default::default()
         }
         .to_listing_options(&config, table_options),
+        InputFormat::Hdf5 => {
+            return Err(EngineError::UnsupportedFormat {
+                path: location.to_string(),
+                reason: "HDF5 is not a listing format".to_string(),
+            });
+        }
     };
     // As `SessionContext::register_listing_table`, with our URL (globs in object stores).
     let url = listing_url(location)?;

@@ -66,6 +66,9 @@ impl SourceReader {
             FileFormat::Ndjson => Arc::new(JsonFormat::default()),
             FileFormat::Arrow => Arc::new(ArrowFormat),
             FileFormat::Avro => Arc::new(AvroFormat),
+            // HDF5 sources are read through their Parquet conversion (`hdf5_source`); this
+            // format is never asked to read one.
+            FileFormat::Hdf5 => Arc::new(ParquetFormat::default()),
         }
     }
 

@@ -317,11 +317,20 @@ pub fn compile(file: PipelineFile) -> Result<CompiledPipeline> {
                     ),
                 ));
             }
-            Some("h5") | Some("hdf5") => {
+            Some("h5") | Some("hdf5")
+                if cfg!(feature = "hdf5")
+                    && (path.contains("://") || path.contains(['*', '?', '['])) =>
+            {
+                return Err(PipelineError::invalid(
+                    at,
+                    format!("{path}: HDF5 is read from one local file; name the file"),
+                ));
+            }
+            Some("h5") | Some("hdf5") if !cfg!(feature = "hdf5") => {
                 return Err(PipelineError::invalid(
                     at,
                     format!(
-                        "{path}: HDF5 input is not built into this binary; convert it, e.g. pandas.read_hdf(p).to_parquet('data.parquet')"
+                        "{path}: HDF5 input is not built into this binary (build with --features hdf5, which needs the system's libhdf5, e.g. Debian's libhdf5-dev); or convert it, e.g. pandas.read_hdf(p).to_parquet('data.parquet')"
                     ),
                 ));
             }
@@ -371,6 +380,14 @@ pub fn compile(file: PipelineFile) -> Result<CompiledPipeline> {
                 })?
             }
         };
+        if format == FileFormat::Hdf5 && !cfg!(feature = "hdf5") {
+            return Err(PipelineError::invalid(
+                &at,
+                format!(
+                    "{path}: HDF5 input is not built into this binary (build with --features hdf5, which needs the system's libhdf5, e.g. Debian's libhdf5-dev); or convert it, e.g. pandas.read_hdf(p).to_parquet('data.parquet')"
+                ),
+            ));
+        }
         let delimiter = match delimiter.as_deref() {
             None => {
                 if path.ends_with(".tsv") {

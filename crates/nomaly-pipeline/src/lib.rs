@@ -11,6 +11,8 @@ pub mod chunks;
 pub mod compile;
 pub mod error;
 pub mod faults;
+#[cfg(feature = "hdf5")]
+pub mod hdf5_source;
 pub mod notify;
 pub mod progress;
 pub mod quarantine;

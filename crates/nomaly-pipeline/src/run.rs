@@ -187,7 +187,7 @@ pub async fn prepare(
     let mut timings = Vec::new();
     let started = Instant::now();
     progress.on_event(&ProgressEvent::Phase("reading sources".into()));
-    let first = &p.sources[0];
+    let first = &readable_source(p, &p.sources[0])?;
     let mut chunks = plan_chunks(&ctx, first, p.chunk_rows).await?;
     if p.quarantine
         && first.format == FileFormat::Csv
@@ -213,7 +213,7 @@ pub async fn prepare(
     ctx.register_table(&first.name, Arc::new(table))
         .map_err(|e| classify(format!("source '{}'", first.name), e))?;
     for s in &p.sources[1..] {
-        register_listing(&ctx, s).await?;
+        register_listing(&ctx, &readable_source(p, s)?).await?;
     }
     timings.push(StepTiming {
         step: "sources".into(),
@@ -267,6 +267,26 @@ async fn register_steps(ctx: &SessionContext, p: &CompiledPipeline) -> Result<Ve
         });
     }
     Ok(timings)
+}
+
+/// The reader a source is chunked or listed through: itself, or for HDF5 its Parquet conversion
+/// in the run's `hdf5` work directory beside the output.
+fn readable_source(p: &CompiledPipeline, s: &SourceReader) -> Result<SourceReader> {
+    if s.format != FileFormat::Hdf5 {
+        return Ok(s.clone());
+    }
+    #[cfg(feature = "hdf5")]
+    {
+        crate::hdf5_source::convert(s, &sibling_dir(&p.sinks[0].path, "hdf5"), p.chunk_rows)
+    }
+    #[cfg(not(feature = "hdf5"))]
+    {
+        let _ = p;
+        Err(PipelineError::invalid(
+            format!("source '{}' ({})", s.name, s.path),
+            "HDF5 input is not built into this binary (build with --features hdf5)",
+        ))
+    }
 }
 
 async fn register_listing(ctx: &SessionContext, s: &SourceReader) -> Result<()> {
@@ -885,6 +905,7 @@ async fn run_inner(
             if report.status != RunStatus::DryRun {
                 let _ = std::fs::remove_dir_all(sibling_dir(&p.sinks[0].path, "work"));
             }
+            let _ = std::fs::remove_dir_all(sibling_dir(&p.sinks[0].path, "hdf5"));
             let report_path = finish(p, &mut report).map_err(|e| (e, None))?;
             let warnings = notify_all(
                 &p.notifications,
@@ -2129,6 +2150,7 @@ fn discard_unless_resumable(p: &CompiledPipeline) -> bool {
             let _ = std::fs::remove_dir_all(staging_dir(&s.path));
         }
         let _ = std::fs::remove_dir_all(sibling_dir(&p.sinks[0].path, "work"));
+        let _ = std::fs::remove_dir_all(sibling_dir(&p.sinks[0].path, "hdf5"));
     }
     resumable
 }

@@ -73,10 +73,15 @@ impl SinkTarget {
             path: self.path.clone(),
             reason,
         };
-        if self.format == FileFormat::Avro {
-            return Err(out(
-                "Avro output is not supported; use format = \"parquet\", \"csv\", \"ndjson\" or \"arrow\"".into(),
-            ));
+        if matches!(self.format, FileFormat::Avro | FileFormat::Hdf5) {
+            return Err(out(format!(
+                "{} output is not supported; use format = \"parquet\", \"csv\", \"ndjson\" or \"arrow\"",
+                if self.format == FileFormat::Avro {
+                    "Avro"
+                } else {
+                    "HDF5"
+                }
+            )));
         }
         if self.path.exists() {
             if !self.path.is_dir() {
@@ -332,7 +337,7 @@ impl PartFile {
             FileFormat::Arrow => FormatWriter::Arrow(
                 IpcFileWriter::try_new(w, schema).map_err(|e| arrow_err(&tmp, e))?,
             ),
-            FileFormat::Avro => unreachable!("rejected by check_writable"),
+            FileFormat::Avro | FileFormat::Hdf5 => unreachable!("rejected by check_writable"),
         };
         Ok(PartFile {
             tmp,

@@ -72,6 +72,9 @@ pub enum FileFormat {
     #[serde(alias = "feather", alias = "ipc")]
     Arrow,
     Avro,
+    /// HDF5 (inputs only, with the `hdf5` feature): read once into a Parquet work file.
+    #[serde(alias = "h5")]
+    Hdf5,
 }
 
 impl FileFormat {
@@ -82,6 +85,7 @@ impl FileFormat {
             FileFormat::Ndjson => "ndjson",
             FileFormat::Arrow => "arrow",
             FileFormat::Avro => "avro",
+            FileFormat::Hdf5 => "h5",
         }
     }
 
@@ -93,6 +97,7 @@ impl FileFormat {
             "json" | "ndjson" | "jsonl" => FileFormat::Ndjson,
             "arrow" | "feather" | "ipc" => FileFormat::Arrow,
             "avro" => FileFormat::Avro,
+            "h5" | "hdf5" => FileFormat::Hdf5,
             _ => return None,
         })
     }
