@@ -377,6 +377,8 @@ struct Case {
     pipeline: &'static str,
     files: &'static [(&'static str, &'static str)],
     args: &'static [&'static str],
+    /// Environment for the run (e.g. an object store's endpoint).
+    env: &'static [(&'static str, &'static str)],
     expect: &'static [&'static str],
 }
 
@@ -409,6 +411,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"{tx}\"\noutptu = \"out/\"\n",
             files: &[],
             args: &[],
+            env: &[],
             expect: &["p.toml:2:1", "unknown field `outptu`", "output"],
         },
         Case {
@@ -416,6 +419,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"{tx}\"\n{OUT}{DETECT}[run]\nchunk_rows = \"big\"\n",
             files: &[],
             args: &[],
+            env: &[],
             expect: &["p.toml:7:14", "invalid type"],
         },
         Case {
@@ -423,6 +427,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"{tx}\n{OUT}",
             files: &[],
             args: &[],
+            env: &[],
             expect: &["p.toml:1:"],
         },
         Case {
@@ -430,6 +435,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"{tx}\"\n{OUT}[detect]\nalgorithm = \"zscore\"\ncolumns = [\"amnt\"]\n",
             files: &[],
             args: &[],
+            env: &[],
             expect: &[
                 "p.toml:5:1 [detect] columns",
                 "column 'amnt' is not in 'input'",
@@ -441,6 +447,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"data/*.parquet\"\n{OUT}{DETECT}",
             files: &[("data/readme.txt", "x")],
             args: &[],
+            env: &[],
             expect: &["no parquet files match", "relative to the pipeline file"],
         },
         Case {
@@ -448,6 +455,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"nope/*.csv\"\n{OUT}{DETECT}",
             files: &[],
             args: &[],
+            env: &[],
             expect: &["p.toml:1:1", "does not exist"],
         },
         Case {
@@ -455,6 +463,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"empty.csv\"\n{OUT}{DETECT}",
             files: &[("empty.csv", "")],
             args: &[],
+            env: &[],
             expect: &["has no rows", "empty.csv"],
         },
         Case {
@@ -462,6 +471,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"h.csv\"\n{OUT}{DETECT}",
             files: &[("h.csv", "id,amount\n")],
             args: &[],
+            env: &[],
             expect: &["has no rows", "header-only", "h.csv"],
         },
         Case {
@@ -469,6 +479,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"r.csv\"\n{OUT}{DETECT}",
             files: &[("r.csv", "RAGGED")],
             args: &[],
+            env: &[],
             expect: &["r.csv", "found 3 records at line 52"],
         },
         Case {
@@ -476,6 +487,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"t.csv\"\n{OUT}{DETECT}",
             files: &[("t.csv", "LATE")],
             args: &[],
+            env: &[],
             expect: &["t.csv", "'abc'", "line 1501"],
         },
         Case {
@@ -483,6 +495,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"{tx}\"\n{OUT}[detect]\nalgorithm = \"zscore\"\ncolumns = [\"merchant\"]\n",
             files: &[],
             args: &[],
+            env: &[],
             expect: &[
                 "column 'merchant'",
                 "not numeric",
@@ -494,6 +507,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"{tx}\"\n{OUT}[detect]\nalgorithm = \"isoforest\"\ncolumns = [\"amount\"]\n",
             files: &[],
             args: &[],
+            env: &[],
             expect: &["p.toml:4:1 [detect] algorithm", "iforest", "ecod"],
         },
         Case {
@@ -501,6 +515,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"{tx}\"\n{OUT}[detect]\nalgorithm = \"iforest\"\ncolumns = [\"amount\"]\noptions = { n_tres = 5 }\n",
             files: &[],
             args: &[],
+            env: &[],
             expect: &["[detect] options", "n_tres", "n_trees"],
         },
         Case {
@@ -508,6 +523,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"{tx}\"\n{OUT}{DETECT}[run]\nchunk_rows = 10\n",
             files: &[],
             args: &[],
+            env: &[],
             expect: &["p.toml:7:1 [run] chunk_rows", "1000 to 1000000"],
         },
         Case {
@@ -515,6 +531,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"in.arrow\"\n{OUT}{DETECT}[run]\non_bad_rows = \"quarantine\"\n",
             files: &[("in.arrow", "x")],
             args: &[],
+            env: &[],
             expect: &["[run] on_bad_rows", "CSV or NDJSON"],
         },
         Case {
@@ -522,6 +539,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"{tx}\"\n{OUT}{DETECT}[run]\non_bad_rows = \"skip\"\n",
             files: &[],
             args: &[],
+            env: &[],
             expect: &["p.toml:7:", "unknown variant `skip`", "quarantine"],
         },
         Case {
@@ -529,6 +547,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"{tx}\"\n{OUT}{DETECT}[retry]\nmax_retries = 1000\n",
             files: &[],
             args: &[],
+            env: &[],
             expect: &["[retry] max_retries", "0 (never retry) to 100"],
         },
         Case {
@@ -536,6 +555,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"{tx}\"\n{OUT}{DETECT}[retry]\ninitial_delay = \"soon\"\n",
             files: &[],
             args: &[],
+            env: &[],
             expect: &["[retry] initial_delay", "not a duration"],
         },
         Case {
@@ -543,6 +563,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"{tx}\"\noutput = \"/proc/nomaly-out/\"\n{DETECT}",
             files: &[],
             args: &[],
+            env: &[],
             expect: &["/proc/nomaly-out", "writ"],
         },
         Case {
@@ -550,6 +571,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"{tx}\"\noutput = \"f.txt/out/\"\n{DETECT}",
             files: &[("f.txt", "x")],
             args: &[],
+            env: &[],
             expect: &["f.txt", "not a directory"],
         },
         Case {
@@ -557,6 +579,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"{tx}\"\n{DETECT}[[sink]]\npath = \"taken/\"\nmode = \"error_if_exists\"\n",
             files: &[("taken/x.parquet", "x")],
             args: &[],
+            env: &[],
             expect: &["taken", "error_if_exists", "overwrite"],
         },
         Case {
@@ -564,6 +587,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"{tx}\"\noutput = \"mine/\"\n{DETECT}",
             files: &[("mine/thesis.docx", "x")],
             args: &[],
+            env: &[],
             expect: &["mine", "did not write"],
         },
         Case {
@@ -571,6 +595,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"${NOMALY_TEST_UNSET_VAR}/tx.csv\"\n{OUT}{DETECT}",
             files: &[],
             args: &[],
+            env: &[],
             expect: &["p.toml:1:10", "NOMALY_TEST_UNSET_VAR is not set", ":-"],
         },
         Case {
@@ -578,13 +603,32 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"${1BAD}\"\n{OUT}{DETECT}",
             files: &[],
             args: &[],
+            env: &[],
             expect: &["p.toml:1:10", "not a variable reference"],
+        },
+        Case {
+            name: "unreachable object store",
+            pipeline: "input = \"s3://bucket/tx.parquet\"\n{OUT}{DETECT}",
+            files: &[],
+            args: &[],
+            env: &[
+                ("AWS_ENDPOINT_URL", "http://127.0.0.1:1"),
+                ("AWS_ACCESS_KEY_ID", "k"),
+                ("AWS_SECRET_ACCESS_KEY", "s"),
+                ("AWS_REGION", "us-east-1"),
+            ],
+            expect: &[
+                "s3://bucket/tx.parquet",
+                "Connection refused",
+                "AWS_ENDPOINT_URL",
+            ],
         },
         Case {
             name: "a scheme no store reads",
             pipeline: "input = \"ftp://host/tx.parquet\"\n{OUT}{DETECT}",
             files: &[],
             args: &[],
+            env: &[],
             expect: &["p.toml:1:1", "'ftp://' is not a store", "s3://"],
         },
         Case {
@@ -592,6 +636,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"d.pkl\"\n{OUT}{DETECT}",
             files: &[("d.pkl", "x")],
             args: &[],
+            env: &[],
             expect: &["Pickle", "arbitrary code", "to_parquet"],
         },
         Case {
@@ -599,6 +644,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"{tx}\"\n{OUT}{DETECT}[[source]]\nname = \"a\"\npath = \"{tx}\"\n",
             files: &[],
             args: &[],
+            env: &[],
             expect: &["p.toml:1:1", "not both"],
         },
         Case {
@@ -606,6 +652,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"{tx}\"\n{DETECT}",
             files: &[],
             args: &[],
+            env: &[],
             expect: &["no output", "[[sink]]"],
         },
         Case {
@@ -613,6 +660,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "{OUT}[[source]]\nname = \"tx\"\npath = \"{tx}\"\n[[step]]\nname = \"s\"\nsql = \"SELEC * FROM tx\"\n{DETECT}",
             files: &[],
             args: &[],
+            env: &[],
             expect: &["p.toml:7:1 [[step]] #1 sql", "step 's'", "SELEC"],
         },
         Case {
@@ -620,6 +668,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "{OUT}[[source]]\nname = \"tx\"\npath = \"{tx}\"\n[[step]]\nname = \"s\"\nsql = \"SELECT * FROM txx\"\n{DETECT}",
             files: &[],
             args: &[],
+            env: &[],
             expect: &["step 's'", "txx"],
         },
         Case {
@@ -627,6 +676,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "{OUT}[[source]]\nname = \"tx\"\npath = \"{tx}\"\n[[step]]\nname = \"s\"\n{DETECT}",
             files: &[],
             args: &[],
+            env: &[],
             expect: &["p.toml:6:1 [[step]] #1 name", "sql_file"],
         },
         Case {
@@ -634,6 +684,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"{tx}\"\n{OUT}{DETECT}input = \"nothere\"\n",
             files: &[],
             args: &[],
+            env: &[],
             expect: &["[detect] input", "'nothere'", "defined are: input"],
         },
         Case {
@@ -641,6 +692,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"{tx}\"\n{OUT}{DETECT}[[validate]]\ncheck = \"anomaly_rate\"\nmin = 0.5\nmax = 0.1\n",
             files: &[],
             args: &[],
+            env: &[],
             expect: &["[[validate]] #1 check", "min <= max"],
         },
         Case {
@@ -648,6 +700,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"{tx}\"\n{OUT}{DETECT}[resources]\nmemory_limit = \"lots\"\n",
             files: &[],
             args: &[],
+            env: &[],
             expect: &["[resources] memory_limit", "lots", "512MB"],
         },
         Case {
@@ -655,6 +708,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"{tx}\"\n{OUT}{DETECT}[resources]\ntimeout = \"5 minutes\"\n",
             files: &[],
             args: &[],
+            env: &[],
             expect: &["[resources] timeout", "30m"],
         },
         Case {
@@ -662,6 +716,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"{tx}\"\n{OUT}{DETECT}[[notify]]\ntype = \"webhook\"\nurl = \"https://hooks.example/x\"\n",
             files: &[],
             args: &[],
+            env: &[],
             expect: &["[[notify]] #1 url", "http://", "curl"],
         },
         Case {
@@ -669,6 +724,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "{OUT}[[source]]\nname = \"a\"\npath = \"{tx}\"\n[[source]]\nname = \"a\"\npath = \"{tx}\"\n{DETECT}",
             files: &[],
             args: &[],
+            env: &[],
             expect: &["defined twice"],
         },
         Case {
@@ -676,6 +732,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"{tx}\"\n{DETECT}[[sink]]\npath = \"o/\"\npartition_by = [\"shop\"]\n",
             files: &[],
             args: &[],
+            env: &[],
             expect: &["[[sink]] #1 path", "'shop'", "merchant"],
         },
         Case {
@@ -683,6 +740,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"{tx}\"\n{DETECT}[[sink]]\npath = \"o/\"\nwhere = \"is_anomalous\"\n",
             files: &[],
             args: &[],
+            env: &[],
             expect: &["[[sink]] #1 path where", "is_anomalous"],
         },
         Case {
@@ -690,6 +748,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"{tx}\"\n{OUT}{DETECT}",
             files: &[],
             args: &["--set", "run.chunk_rows"],
+            env: &[],
             expect: &["--set run.chunk_rows", "KEY=VALUE"],
         },
         Case {
@@ -697,6 +756,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "{OUT}[[source]]\nname = \"tx\"\npath = \"{tx}\"\ndelimiter = \";;\"\n{DETECT}",
             files: &[],
             args: &[],
+            env: &[],
             expect: &["p.toml:5:1 [[source]] #1 delimiter", "one character"],
         },
         Case {
@@ -704,6 +764,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"s.csv\"\n{OUT}[detect]\nalgorithm = \"zscore\"\ncolumns = [\"x\"]\n",
             files: &[("s.csv", "x,anomaly_score\n1,2\n3,4\n")],
             args: &[],
+            env: &[],
             expect: &["anomaly_score", "rename it"],
         },
         Case {
@@ -711,6 +772,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"{tx}\"\n{OUT}{DETECT}[run]\nengine = \"spark\"\n",
             files: &[],
             args: &[],
+            env: &[],
             expect: &["[run] engine", "\"local\"", "\"standalone\""],
         },
         Case {
@@ -718,6 +780,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
             pipeline: "input = \"{tx}\"\n{OUT}{DETECT}[run]\nengine = \"standalone\"\non_bad_rows = \"quarantine\"\n",
             files: &[],
             args: &[],
+            env: &[],
             expect: &["[run] on_bad_rows", "engine = \"local\""],
         },
     ];
@@ -747,7 +810,7 @@ fn malformed_pipelines_and_inputs_fail_clearly_with_no_output() {
         let before = files_in(dir);
         let mut args = vec!["run", file.to_str().unwrap()];
         args.extend(case.args);
-        let o = nomaly(&args);
+        let o = nomaly_env(&args, case.env);
         let err = stderr(&o);
         let mut problems = Vec::new();
         if o.status.code() != Some(2) {
