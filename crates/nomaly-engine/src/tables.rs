@@ -165,7 +165,11 @@ fn register_hdf5(ctx: &SessionContext, name: &str, path: &str) -> Result<()> {
 
 #[cfg(not(feature = "hdf5"))]
 fn register_hdf5(_: &SessionContext, _: &str, path: &str) -> Result<()> {
-    unreachable!("{path}: HDF5 is recognised only with the hdf5 feature")
+    // `from_extension` names HDF5 only with the feature; kept an error, not a panic.
+    Err(EngineError::UnsupportedFormat {
+        path: path.to_string(),
+        reason: "HDF5 input is not built into this binary (build with --features hdf5)".into(),
+    })
 }
 
 /// A failure to register a remote location, said in terms of the store and its settings.

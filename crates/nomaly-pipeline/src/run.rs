@@ -1688,6 +1688,12 @@ pub async fn explain(p: &CompiledPipeline) -> Result<String> {
     if c.chunks.len() > 20 {
         out.push_str(&format!("  ... {} more\n", c.chunks.len() - 20));
     }
+    out.push_str(match p.engine {
+        EngineKind::Local => "engine: local (DataFusion in this process)\n",
+        EngineKind::Standalone => {
+            "engine: standalone (Ballista in this process; the fit is one job, and each chunk one job running the plan below narrowed to that chunk's file group)\n"
+        }
+    });
     let mut report_stub = empty_report(p);
     let input = p
         .detect

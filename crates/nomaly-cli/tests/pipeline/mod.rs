@@ -183,6 +183,17 @@ fn standalone_engine_writes_what_local_writes() {
             assert_eq!(o.status.code(), Some(0), "{kind} {engine}: {}", stderr(&o));
             reports.push(report(&o));
         }
+        let explained = nomaly(&[
+            "explain",
+            dir.join(format!("{kind}_standalone.toml"))
+                .to_str()
+                .unwrap(),
+        ]);
+        assert!(
+            stdout(&explained).contains("engine: standalone (Ballista"),
+            "{}",
+            stdout(&explained)
+        );
         let (local, standalone) = (&reports[0], &reports[1]);
         assert_eq!(local["engine"], "local");
         assert_eq!(local["ballista_jobs"], 0);
