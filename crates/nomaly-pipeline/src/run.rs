@@ -234,8 +234,6 @@ pub async fn prepare(
     })
 }
 
-/// The part of a memory budget given to the operators' pool; the rest (a quarter) is headroom for
-/// untracked file reader and writer buffers.
 /// Registers the object store of every remote source (s3://, gs://, az://, http(s)://).
 fn register_stores(ctx: &SessionContext, p: &CompiledPipeline) -> Result<()> {
     for s in &p.sources {
@@ -245,6 +243,8 @@ fn register_stores(ctx: &SessionContext, p: &CompiledPipeline) -> Result<()> {
     Ok(())
 }
 
+/// The part of a memory budget given to the operators' pool; the rest (a quarter) is headroom for
+/// untracked file reader and writer buffers.
 pub fn pool_share(budget: usize) -> usize {
     budget / 4 * 3
 }
@@ -636,22 +636,7 @@ async fn collect_fit(
     let partial = find_partial_aggregate(&plan)
         .filter(|p| p.children().into_iter().all(partitions_are_independent));
     let Some(partial) = partial else {
-        let mut attempts = Attempts::new(retry.policy);
-        let result = loop {
-            let t = Instant::now();
-            match df.clone().collect().await {
-                Ok(b) => break Ok(b),
-                Err(e) => {
-                    let transient = nomaly_engine::error::is_transient_datafusion_error(&e);
-                    match attempts.retry_after(&format!("fit: {}", e.find_root()), transient, t) {
-                        Some(wait) => tokio::time::sleep(wait).await,
-                        None => break Err(e),
-                    }
-                }
-            }
-        };
-        attempts.record("fit".into(), report);
-        return result;
+        return whole_fit(retry.policy, report, || df.clone().collect()).await;
     };
     let n = partial.output_partitioning().partition_count();
     let policy = retry.policy;
@@ -725,14 +710,27 @@ async fn fit_on_cluster(
     policy: RetryPolicy,
     report: &mut RunReport,
 ) -> std::result::Result<Vec<RecordBatch>, DataFusionError> {
+    whole_fit(policy, report, || async {
+        let plan = df.clone().create_physical_plan().await?;
+        datafusion::physical_plan::common::collect(cluster.execute(plan).await?).await
+    })
+    .await
+}
+
+/// Runs the whole fit, again after a transient failure, and records its retries as "fit".
+async fn whole_fit<F, Fut>(
+    policy: RetryPolicy,
+    report: &mut RunReport,
+    mut fit: F,
+) -> std::result::Result<Vec<RecordBatch>, DataFusionError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<Vec<RecordBatch>, DataFusionError>>,
+{
     let mut attempts = Attempts::new(policy);
     let result = loop {
         let t = Instant::now();
-        let attempt = async {
-            let plan = df.clone().create_physical_plan().await?;
-            datafusion::physical_plan::common::collect(cluster.execute(plan).await?).await
-        };
-        match attempt.await {
+        match fit().await {
             Ok(b) => break Ok(b),
             Err(e) => {
                 let transient = nomaly_engine::error::is_transient_datafusion_error(&e);
