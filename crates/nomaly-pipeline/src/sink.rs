@@ -9,7 +9,7 @@ use crate::error::{PipelineError, Result};
 use crate::faults::FaultPlan;
 use crate::spec::{FileFormat, WriteMode};
 use datafusion::arrow::array::{Array, BooleanArray, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{filter_record_batch, take_record_batch};
+use datafusion::arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
 use datafusion::arrow::csv::WriterBuilder as CsvWriterBuilder;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::writer::FileWriter as IpcFileWriter;
@@ -20,7 +20,7 @@ use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::parquet::schema::types::ColumnPath;
 use datafusion::physical_plan::PhysicalExpr;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -274,7 +274,18 @@ struct PartFile {
     path: PathBuf,
     writer: FormatWriter,
     rows: u64,
+    schema: SchemaRef,
+    /// Rows not yet handed to the writer (fewer than [`WRITE_GRID`] once `write` returns).
+    pending: VecDeque<RecordBatch>,
+    pending_rows: usize,
 }
+
+/// Rows reach the format writer in slices of exactly this many rows (the last one shorter):
+/// Parquet pages and IPC record batches then start at the same rows whatever batch sizes the plan
+/// produced — Ballista's shuffle reads return other batches than a local scan — so the same rows
+/// give the same bytes on every engine. A divisor of the part row group size, a multiple of the
+/// Parquet writer's 1024-row write batches.
+const WRITE_GRID: usize = 8192;
 
 impl PartFile {
     fn create(
@@ -344,10 +355,54 @@ impl PartFile {
             path,
             writer,
             rows: 0,
+            schema: schema.clone(),
+            pending: VecDeque::new(),
+            pending_rows: 0,
         })
     }
 
     fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.pending_rows += batch.num_rows();
+        self.pending.push_back(batch.clone());
+        while self.pending_rows >= WRITE_GRID {
+            let slice = self.take_pending(WRITE_GRID)?;
+            self.write_now(&slice)?;
+        }
+        Ok(())
+    }
+
+    /// The first `n` pending rows as one batch (a slice when one batch holds them, else a copy).
+    fn take_pending(&mut self, n: usize) -> Result<RecordBatch> {
+        let mut parts = Vec::new();
+        let mut need = n;
+        while need > 0 {
+            let Some(b) = self.pending.pop_front() else {
+                break;
+            };
+            if b.num_rows() <= need {
+                need -= b.num_rows();
+                parts.push(b);
+            } else {
+                parts.push(b.slice(0, need));
+                self.pending.push_front(b.slice(need, b.num_rows() - need));
+                need = 0;
+            }
+        }
+        self.pending_rows -= n - need;
+        if parts.len() == 1 {
+            return Ok(parts.pop().expect("one"));
+        }
+        let schema = parts
+            .first()
+            .map(|b| b.schema())
+            .unwrap_or(self.schema.clone());
+        concat_batches(&schema, &parts).map_err(|e| arrow_err(&self.tmp, e))
+    }
+
+    fn write_now(&mut self, batch: &RecordBatch) -> Result<()> {
         let tmp = &self.tmp;
         match &mut self.writer {
             FormatWriter::Parquet(w) => w.write(batch).map_err(|e| arrow_err(tmp, e))?,
@@ -359,7 +414,11 @@ impl PartFile {
         Ok(())
     }
 
-    fn commit(self) -> Result<WrittenPart> {
+    fn commit(mut self) -> Result<WrittenPart> {
+        if self.pending_rows > 0 {
+            let rest = self.take_pending(self.pending_rows)?;
+            self.write_now(&rest)?;
+        }
         let tmp = self.tmp.clone();
         let file = match self.writer {
             FormatWriter::Parquet(w) => w
@@ -597,6 +656,51 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The same rows in differently sized batches (a local scan vs Ballista's shuffle reads) give
+    /// byte-identical part files, in every format.
+    #[test]
+    fn part_bytes_do_not_depend_on_batch_sizes() {
+        use datafusion::arrow::array::{Float64Array, Int64Array};
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("score", DataType::Float64, true),
+        ]));
+        let rows = 50_000;
+        let all = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from_iter_values(0..rows as i64)),
+                Arc::new(Float64Array::from_iter_values(
+                    (0..rows).map(|i| ((i * 7919) % 10007) as f64 / 3.0),
+                )),
+            ],
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for format in [FileFormat::Parquet, FileFormat::Arrow, FileFormat::Csv] {
+            let mut files = Vec::new();
+            for (k, sizes) in [vec![8192usize], vec![1000, 7000, 333], vec![50_000]]
+                .iter()
+                .enumerate()
+            {
+                let path = dir.path().join(format!("{k}.{}", format.extension()));
+                let mut part = PartFile::create(path.clone(), format, &schema, None).unwrap();
+                let (mut at, mut i) = (0, 0);
+                while at < rows {
+                    let n = sizes[i % sizes.len()].min(rows - at);
+                    part.write(&all.slice(at, n)).unwrap();
+                    at += n;
+                    i += 1;
+                }
+                let written = part.commit().unwrap();
+                assert_eq!(written.rows, rows as u64);
+                files.push(std::fs::read(&path).unwrap());
+            }
+            assert!(files[0] == files[1] && files[1] == files[2], "{format:?}");
+        }
+    }
 
     #[test]
     fn partition_values_are_escaped() {
