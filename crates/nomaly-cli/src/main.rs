@@ -41,7 +41,19 @@ enum Command {
     Schema,
 }
 
+/// glibc gives each thread that allocates its own arena (up to 8 per core); with tokio's and
+/// DataFusion's threads each keeping freed row-group buffers, the process's resident set grows far
+/// past what it holds. Two arenas keep RSS near the memory budget at no measurable speed cost.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("NOMALY_LOG")
