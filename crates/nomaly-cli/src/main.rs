@@ -43,13 +43,22 @@ enum Command {
 
 /// glibc gives each thread that allocates its own arena (up to 8 per core); with tokio's and
 /// DataFusion's threads each keeping freed row-group buffers, the process's resident set grows far
-/// past what it holds. Two arenas keep RSS near the memory budget at no measurable speed cost.
+/// past what it holds. Two arenas keep RSS near the memory budget. `NOMALY_MALLOC_ARENAS=N` sets
+/// another limit (0: glibc's default).
 fn limit_malloc_arenas() {
+    let arenas: i32 = std::env::var("NOMALY_MALLOC_ARENAS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(2);
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+    if arenas > 0 {
+        // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, arenas);
+        }
     }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = arenas;
 }
 
 fn main() -> ExitCode {
