@@ -15,11 +15,55 @@ fn root() -> PathBuf {
 }
 
 fn nomaly(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nomaly"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("run nomaly")
+    nomaly_env(args, &[])
+}
+
+/// Runs the binary from the repository root with `env` added. A developer's own cloud settings
+/// (`AWS_*`, `AZURE_*`, `GOOGLE_*`) never leak into a test.
+fn nomaly_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_nomaly"));
+    c.args(args).current_dir(root());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") || k.starts_with("AZURE_") || k.starts_with("GOOGLE_") {
+            c.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run nomaly")
+}
+
+/// The part files directly in an output directory, by name, with their bytes.
+fn part_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut parts: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| (p.file_name().unwrap().to_string_lossy().to_string(), p))
+        .filter(|(name, _)| name.starts_with("part-"))
+        .map(|(name, p)| (name, std::fs::read(&p).unwrap()))
+        .collect();
+    parts.sort();
+    parts
+}
+
+/// Writes ids `first..first + rows` with deterministic `amount` and `latency_ms` to a Parquet file
+/// in row groups of `row_group_rows` (so chunks of that many rows).
+fn write_tx_parquet(path: &Path, first: u64, rows: u64, row_group_rows: u64) {
+    let o = nomaly(&[
+        "sql",
+        "-e",
+        &format!(
+            "COPY (SELECT value AS id, 100.0 + ((value * 7919) % 1000) / 50.0 AS amount, \
+             CAST((value * 104729) % 977 AS DOUBLE) AS latency_ms \
+             FROM generate_series({first}, {})) TO '{}' STORED AS PARQUET \
+             OPTIONS ('format.max_row_group_size' '{row_group_rows}')",
+            first + rows - 1,
+            path.display()
+        ),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
 
 fn stdout(o: &Output) -> String {
@@ -354,17 +398,7 @@ fn hdf5_inputs_read_like_the_csv_they_came_from() {
     }
     // The HDF5 file was converted to Parquet row groups of 1000 rows: 2 chunks; the work
     // directory is gone after the run.
-    let parts = std::fs::read_dir(&outputs[0])
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with("part-")
-        })
-        .count();
-    assert_eq!(parts, 2);
+    assert_eq!(part_files(&outputs[0]).len(), 2);
     assert!(!tmp.path().join(".out_h5.nomaly-hdf5").exists());
     let same = pipeline::query(
         &[("a", &outputs[0]), ("b", &outputs[1])],

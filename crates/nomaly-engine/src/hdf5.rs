@@ -220,33 +220,42 @@ fn pandas_fixed(path: &str, group: &Group) -> Result<Vec<(String, ArrayRef)>> {
             ));
         }
         let read_err = |e| h5(path, &format!("reading {values_name}"), e);
-        for (j, name) in items.iter().enumerate() {
-            let array: ArrayRef = match ty {
-                TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_) => {
-                    let all = ds.read_2d::<i64>().map_err(read_err)?;
-                    Arc::new(Int64Array::from(all.column(j).to_vec()))
-                }
-                TypeDescriptor::Float(_) => {
-                    let all = ds.read_2d::<f64>().map_err(read_err)?;
-                    Arc::new(Float64Array::from(all.column(j).to_vec()))
-                }
-                TypeDescriptor::Boolean => {
-                    let all = ds.read_2d::<bool>().map_err(read_err)?;
-                    Arc::new(BooleanArray::from(all.column(j).to_vec()))
-                }
-                ref other => {
-                    return Err(bad(
-                        path,
-                        format!(
-                            "column '{name}' ({values_name}) has type {other}; pandas stores text columns \
-                             pickled in the fixed format, which is not read (it runs code). Write it with \
-                             to_parquet instead"
-                        ),
-                    ));
-                }
-            };
-            found.push((name.clone(), array));
-        }
+        // One read of the block; its columns are the items, in order.
+        let columns: Vec<ArrayRef> = match ty {
+            TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_) => {
+                let all = ds.read_2d::<i64>().map_err(read_err)?;
+                all.columns()
+                    .into_iter()
+                    .map(|c| Arc::new(Int64Array::from(c.to_vec())) as ArrayRef)
+                    .collect()
+            }
+            TypeDescriptor::Float(_) => {
+                let all = ds.read_2d::<f64>().map_err(read_err)?;
+                all.columns()
+                    .into_iter()
+                    .map(|c| Arc::new(Float64Array::from(c.to_vec())) as ArrayRef)
+                    .collect()
+            }
+            TypeDescriptor::Boolean => {
+                let all = ds.read_2d::<bool>().map_err(read_err)?;
+                all.columns()
+                    .into_iter()
+                    .map(|c| Arc::new(BooleanArray::from(c.to_vec())) as ArrayRef)
+                    .collect()
+            }
+            other => {
+                return Err(bad(
+                    path,
+                    format!(
+                        "columns {} ({values_name}) have type {other}; pandas stores text columns \
+                         pickled in the fixed format, which is not read (it runs code). Write them with \
+                         to_parquet instead",
+                        items.join(", ")
+                    ),
+                ));
+            }
+        };
+        found.extend(items.into_iter().zip(columns));
         block += 1;
     }
     let mut columns = Vec::with_capacity(order.len());

@@ -18,4 +18,4 @@ pub use error::{EngineError, Result};
 pub use memory::{default_budget, parse_byte_size};
 pub use object_stores::{RemoteStore, register_object_store};
 pub use session::{EngineConfig, EngineKind, build_context};
-pub use tables::{parse_table_spec, register_table};
+pub use tables::{HDF5_NOT_BUILT, parse_table_spec, register_table};

@@ -11,6 +11,11 @@ use datafusion::prelude::SessionContext;
 use std::path::Path;
 use std::sync::Arc;
 
+/// Why an HDF5 input is refused by a binary built without the `hdf5` feature, and the ways out.
+pub const HDF5_NOT_BUILT: &str = "HDF5 input is not built into this binary (build with --features \
+    hdf5, which needs the system's libhdf5, e.g. Debian's libhdf5-dev); or convert it, e.g. \
+    pandas.read_hdf(p).to_parquet('data.parquet')";
+
 /// Input formats recognised by extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InputFormat {
@@ -47,10 +52,7 @@ impl InputFormat {
             "h5" | "hdf5" => {
                 return Err(EngineError::UnsupportedFormat {
                     path: path.to_string(),
-                    reason: "HDF5 input is not built into this binary (build with --features hdf5, \
-                             which needs the system's libhdf5, e.g. Debian's libhdf5-dev); or convert it, \
-                             e.g. pandas.read_hdf(p).to_parquet('data.parquet')"
-                        .to_string(),
+                    reason: HDF5_NOT_BUILT.to_string(),
                 });
             }
             _ => {
@@ -168,7 +170,7 @@ fn register_hdf5(_: &SessionContext, _: &str, path: &str) -> Result<()> {
     // `from_extension` names HDF5 only with the feature; kept an error, not a panic.
     Err(EngineError::UnsupportedFormat {
         path: path.to_string(),
-        reason: "HDF5 input is not built into this binary (build with --features hdf5)".into(),
+        reason: HDF5_NOT_BUILT.to_string(),
     })
 }
 

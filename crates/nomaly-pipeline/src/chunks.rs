@@ -236,7 +236,7 @@ pub async fn plan_chunks(
                     None => remote_parquet_metadata(store.as_ref(), &file, size)
                         .await
                         .map_err(|e| match e {
-                            RemoteRead::Store(e) => remote_error(source, &place, e),
+                            RemoteRead::Store(e) => source.read_error(e.into()),
                             RemoteRead::Parquet(e) => not_parquet(&place, &shown, e),
                         })?,
                 };
@@ -300,7 +300,7 @@ pub async fn plan_chunks(
                     None => store
                         .get_range(&StorePath::from(file.as_str()), 0..size.min(HEAD_BYTES))
                         .await
-                        .map_err(|e| remote_error(source, &place, e))?
+                        .map_err(|e| source.read_error(e.into()))?
                         .to_vec(),
                 };
                 let row_bytes = average_line_bytes(&head);
@@ -410,18 +410,6 @@ fn not_parquet(place: &str, shown: &str, e: impl std::fmt::Display) -> PipelineE
         format!("{place}: {shown}"),
         format!("not a readable Parquet file: {e}"),
     )
-}
-
-/// A store failure while planning: the input cannot be read, which is the user's to fix.
-fn remote_error(
-    source: &SourceReader,
-    place: &str,
-    e: datafusion::object_store::Error,
-) -> PipelineError {
-    match nomaly_engine::object_stores::planning_error(&source.location, &e) {
-        Some(err) => PipelineError::engine(place.to_string(), err),
-        None => PipelineError::engine(place.to_string(), DataFusionError::ObjectStore(Box::new(e))),
-    }
 }
 
 /// A table whose scan has one partition per chunk.

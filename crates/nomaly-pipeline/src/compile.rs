@@ -326,14 +326,6 @@ pub fn compile(file: PipelineFile) -> Result<CompiledPipeline> {
                     format!("{path}: HDF5 is read from one local file; name the file"),
                 ));
             }
-            Some("h5") | Some("hdf5") if !cfg!(feature = "hdf5") => {
-                return Err(PipelineError::invalid(
-                    at,
-                    format!(
-                        "{path}: HDF5 input is not built into this binary (build with --features hdf5, which needs the system's libhdf5, e.g. Debian's libhdf5-dev); or convert it, e.g. pandas.read_hdf(p).to_parquet('data.parquet')"
-                    ),
-                ));
-            }
             _ => {}
         }
         let location = resolve_path(&base, &path);
@@ -383,9 +375,7 @@ pub fn compile(file: PipelineFile) -> Result<CompiledPipeline> {
         if format == FileFormat::Hdf5 && !cfg!(feature = "hdf5") {
             return Err(PipelineError::invalid(
                 &at,
-                format!(
-                    "{path}: HDF5 input is not built into this binary (build with --features hdf5, which needs the system's libhdf5, e.g. Debian's libhdf5-dev); or convert it, e.g. pandas.read_hdf(p).to_parquet('data.parquet')"
-                ),
+                format!("{path}: {}", nomaly_engine::HDF5_NOT_BUILT),
             ));
         }
         let delimiter = match delimiter.as_deref() {

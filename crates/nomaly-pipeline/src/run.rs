@@ -172,18 +172,6 @@ pub async fn prepare(
             .await
             .map_err(|e| classify("session settings".into(), e))?;
     }
-    if p.engine == EngineKind::Standalone {
-        // Started from the session as configured above; the executor shares its runtime (memory
-        // pool, object stores). Jobs find it in the session config (see `cluster_of`).
-        progress.on_event(&ProgressEvent::Phase("starting Ballista".into()));
-        let cluster = StandaloneCluster::start(&ctx.state(), config.partitions())
-            .await
-            .map_err(|e| PipelineError::engine("engine = \"standalone\"", e))?;
-        ctx.state_ref()
-            .write()
-            .config_mut()
-            .set_extension(Arc::new(cluster));
-    }
     let mut timings = Vec::new();
     let started = Instant::now();
     progress.on_event(&ProgressEvent::Phase("reading sources".into()));
@@ -232,6 +220,30 @@ pub async fn prepare(
         partitions: config.partitions(),
         timings,
     })
+}
+
+/// For `engine = "standalone"`: starts the Ballista scheduler and executor a run submits its jobs
+/// to (`validate` and `explain` do not need one). They are built from the prepared session, so the
+/// executor shares its runtime (memory pool, object stores); jobs find the cluster in the session
+/// config (see `cluster_of`).
+async fn start_cluster(
+    p: &CompiledPipeline,
+    prepared: &PreparedSession,
+    progress: &dyn ProgressObserver,
+) -> Result<()> {
+    if p.engine != EngineKind::Standalone {
+        return Ok(());
+    }
+    progress.on_event(&ProgressEvent::Phase("starting Ballista".into()));
+    let ctx = &prepared.ctx;
+    let cluster = StandaloneCluster::start(&ctx.state(), prepared.partitions)
+        .await
+        .map_err(|e| PipelineError::engine("engine = \"standalone\"", e))?;
+    ctx.state_ref()
+        .write()
+        .config_mut()
+        .set_extension(Arc::new(cluster));
+    Ok(())
 }
 
 /// Registers the object store of every remote source (s3://, gs://, az://, http(s)://).
@@ -284,7 +296,7 @@ fn readable_source(p: &CompiledPipeline, s: &SourceReader) -> Result<SourceReade
         let _ = p;
         Err(PipelineError::invalid(
             format!("source '{}' ({})", s.name, s.path),
-            "HDF5 input is not built into this binary (build with --features hdf5)",
+            nomaly_engine::HDF5_NOT_BUILT,
         ))
     }
 }
@@ -847,6 +859,9 @@ async fn run_inner(
         publish_interrupted(p).map_err(|e| (e, None))?;
     }
     let prepared = prepare(p, progress).await.map_err(|e| (e, None))?;
+    start_cluster(p, &prepared, progress)
+        .await
+        .map_err(|e| (e, None))?;
     let mut report = RunReport {
         status: RunStatus::Failed,
         started_at_unix_ms: started_at,

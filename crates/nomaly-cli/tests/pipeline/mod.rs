@@ -2,18 +2,9 @@
 //! their outputs are checked; malformed files and inputs fail with exit code 2, a message naming the
 //! place and the fix, and no output at all.
 
-use super::{nomaly, root, stderr, stdout};
+use super::{nomaly, nomaly_env, part_files, root, stderr, stdout, write_tx_parquet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn nomaly_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_nomaly"));
-    c.args(args).current_dir(root());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("run nomaly")
-}
+use std::process::Output;
 
 /// Runs a query on the written output through `nomaly sql`, returning CSV lines without header.
 pub(crate) fn query(tables: &[(&str, &Path)], sql: &str) -> Vec<String> {
@@ -129,41 +120,11 @@ fn chunks_are_slices_of_the_input_in_order() {
     assert_eq!(total, 2000);
 }
 
-/// Part files of an output directory, by name.
-fn part_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut parts: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("part-")
-        })
-        .map(|p| {
-            let name = p.file_name().unwrap().to_string_lossy().to_string();
-            (name, std::fs::read(&p).unwrap())
-        })
-        .collect();
-    parts.sort();
-    parts
-}
-
 #[test]
 fn standalone_engine_writes_what_local_writes() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let o = nomaly(&[
-        "sql",
-        "-e",
-        &format!(
-            "COPY (SELECT value AS id, 100.0 + ((value * 7919) % 1000) / 50.0 AS amount, \
-             CAST((value * 104729) % 977 AS DOUBLE) AS latency_ms FROM generate_series(0, 39999)) \
-             TO '{}' STORED AS PARQUET OPTIONS ('format.max_row_group_size' '5000')",
-            dir.join("tx.parquet").display()
-        ),
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    write_tx_parquet(&dir.join("tx.parquet"), 0, 40_000, 5_000);
     // Chunks straight from the source (iforest), and chunks of a materialized DISTINCT (hbos).
     let source = "input = \"tx.parquet\"\noutput = \"out_{engine}/\"\n[detect]\nalgorithm = \"iforest\"\n\
                   columns = [\"amount\", \"latency_ms\"]\n[run]\nchunk_rows = 5000\nengine = \"{engine}\"\n";

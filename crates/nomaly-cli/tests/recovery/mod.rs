@@ -5,7 +5,7 @@
 //! The longer soak (≥ 20 kills, release build) is `benchmarks/crash_soak.py`.
 
 use super::pipeline::query;
-use super::{nomaly, stderr};
+use super::{nomaly_env, part_files, stderr, write_tx_parquet};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -17,19 +17,7 @@ const CHUNKS: usize = (ROWS / CHUNK_ROWS) as usize;
 
 /// Writes the input: `rows` rows in 5000-row row groups.
 fn write_input(dir: &Path, rows: u64) {
-    let input = dir.join("tx.parquet");
-    let o = nomaly(&[
-        "sql",
-        "-e",
-        &format!(
-            "COPY (SELECT value AS id, 100.0 + ((value * 7919) % 1000) / 50.0 AS amount, \
-             CAST((value * 104729) % 977 AS DOUBLE) AS latency_ms FROM generate_series(0, {})) \
-             TO '{}' STORED AS PARQUET OPTIONS ('format.max_row_group_size' '{CHUNK_ROWS}')",
-            rows - 1,
-            input.display()
-        ),
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    write_tx_parquet(&dir.join("tx.parquet"), 0, rows, CHUNK_ROWS);
 }
 
 /// A 400k-row Parquet input with 5000-row row groups (80 chunks) and its pipeline.
@@ -46,15 +34,6 @@ fn job(dir: &Path) -> PathBuf {
     )
     .unwrap();
     pipeline
-}
-
-fn cli(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_nomaly"));
-    c.args(args);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("run nomaly")
 }
 
 fn json(o: &Output) -> serde_json::Value {
@@ -81,20 +60,12 @@ fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-/// The part files of an output, by name.
-fn parts(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    tree(dir)
-        .into_iter()
-        .filter(|(name, _)| name.starts_with("part-"))
-        .collect()
-}
-
 /// The reference: one uninterrupted run of the same job in another directory.
 fn reference(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let p = job(dir);
-    let o = cli(&["run", p.to_str().unwrap(), "--no-progress"], &[]);
+    let o = nomaly_env(&["run", p.to_str().unwrap(), "--no-progress"], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let parts = parts(&dir.join("out/scored"));
+    let parts = part_files(&dir.join("out/scored"));
     assert_eq!(parts.len(), CHUNKS);
     parts
 }
@@ -211,7 +182,7 @@ fn killed_runs_resume_to_byte_identical_output() {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    let o = cli(&["resume", p, "--no-progress", "--json"], &[]);
+    let o = nomaly_env(&["resume", p, "--no-progress", "--json"], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let r = json(&o);
     assert_eq!(r["status"], "succeeded");
@@ -246,13 +217,13 @@ fn killed_runs_resume_to_byte_identical_output() {
         }
     }
     assert_eq!(
-        parts(&dir.join("out/scored")),
+        part_files(&dir.join("out/scored")),
         expected,
         "part files identical to an uninterrupted run"
     );
     check_output(&dir);
     // Resume is idempotent: on a completed run it prints the report and exits 0.
-    let again = cli(&["resume", p, "--json"], &[]);
+    let again = nomaly_env(&["resume", p, "--json"], &[]);
     assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
     assert!(
         stderr(&again).contains("already complete"),
@@ -264,10 +235,10 @@ fn killed_runs_resume_to_byte_identical_output() {
     // A kill after `complete` but before the publishing rename: resume finishes the publish.
     let out = dir.join("out/scored");
     std::fs::rename(&out, dir.join("out/.scored.nomaly-staging")).unwrap();
-    let o = cli(&["resume", p, "--json"], &[]);
+    let o = nomaly_env(&["resume", p, "--json"], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stderr(&o).contains("already complete"), "{}", stderr(&o));
-    assert_eq!(parts(&out), expected);
+    assert_eq!(part_files(&out), expected);
     check_output(&dir);
 }
 
@@ -280,7 +251,7 @@ fn transient_faults_are_retried_and_a_permanent_one_names_its_chunk() {
     let flaky = tmp.path().join("flaky");
     std::fs::create_dir_all(&flaky).unwrap();
     let p = job(&flaky);
-    let o = cli(
+    let o = nomaly_env(
         &["run", p.to_str().unwrap(), "--no-progress", "--json"],
         &[("NOMALY_FAULTS", "read=0.1,write=0.1,seed=11")],
     );
@@ -290,7 +261,7 @@ fn transient_faults_are_retried_and_a_permanent_one_names_its_chunk() {
         r["retries"].as_u64().unwrap() >= 3,
         "faults were injected: {r}"
     );
-    assert_eq!(parts(&flaky.join("out/scored")), expected);
+    assert_eq!(part_files(&flaky.join("out/scored")), expected);
     check_output(&flaky);
 
     // Chunk 3 can never be written: the run fails naming it, every other chunk is kept.
@@ -298,7 +269,7 @@ fn transient_faults_are_retried_and_a_permanent_one_names_its_chunk() {
     std::fs::create_dir_all(&broken).unwrap();
     let p = job(&broken);
     let p = p.to_str().unwrap();
-    let o = cli(
+    let o = nomaly_env(
         &["run", p, "--no-progress"],
         &[("NOMALY_FAULTS", "fail_chunk=3")],
     );
@@ -315,11 +286,11 @@ fn transient_faults_are_retried_and_a_permanent_one_names_its_chunk() {
         .filter(|l| l["event"] == "commit")
         .count();
     assert_eq!(commits, CHUNKS - 1);
-    assert_eq!(parts(&staging).len(), CHUNKS - 1);
+    assert_eq!(part_files(&staging).len(), CHUNKS - 1);
     assert!(!broken.join("out/scored").exists(), "nothing published");
 
     // `run` will not silently start over; `resume` finishes with only chunk 3 to do.
-    let o = cli(&["run", p, "--no-progress"], &[]);
+    let o = nomaly_env(&["run", p, "--no-progress"], &[]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
         stderr(&o).contains(&format!(
@@ -330,13 +301,13 @@ fn transient_faults_are_retried_and_a_permanent_one_names_its_chunk() {
         stderr(&o)
     );
     let started = Instant::now();
-    let o = cli(&["resume", p, "--no-progress", "--json"], &[]);
+    let o = nomaly_env(&["resume", p, "--no-progress", "--json"], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     eprintln!("resume with one chunk left: {:?}", started.elapsed());
     let r = json(&o);
     assert_eq!(r["recovery"]["chunks_reused"], CHUNKS - 1);
     assert_eq!(r["recovery"]["model_reused"], true);
-    assert_eq!(parts(&broken.join("out/scored")), expected);
+    assert_eq!(part_files(&broken.join("out/scored")), expected);
     check_output(&broken);
 }
 
@@ -346,14 +317,14 @@ fn resume_refuses_a_changed_input_and_restart_starts_over() {
     let dir = tmp.path();
     let p = job(dir);
     let p = p.to_str().unwrap();
-    let o = cli(
+    let o = nomaly_env(
         &["run", p, "--no-progress"],
         &[("NOMALY_FAULTS", "fail_chunk=0")],
     );
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     // The input changes under the unfinished run: one row fewer.
     write_input(dir, ROWS - 1);
-    let o = cli(&["resume", p, "--no-progress"], &[]);
+    let o = nomaly_env(&["resume", p, "--no-progress"], &[]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(
@@ -363,7 +334,7 @@ fn resume_refuses_a_changed_input_and_restart_starts_over() {
         "{err}"
     );
     // A changed [run] setting is refused too, naming it; [resources]/[retry] may change.
-    let o = cli(
+    let o = nomaly_env(
         &["resume", p, "--no-progress", "--set", "run.chunk_rows=6000"],
         &[],
     );
@@ -374,7 +345,7 @@ fn resume_refuses_a_changed_input_and_restart_starts_over() {
         stderr(&o)
     );
     write_input(dir, ROWS);
-    let o = cli(&["run", p, "--restart", "--no-progress", "--json"], &[]);
+    let o = nomaly_env(&["run", p, "--restart", "--no-progress", "--json"], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(json(&o)["recovery"]["resumed"], false);
     check_output(dir);
@@ -409,7 +380,7 @@ fn bad_rows_are_quarantined_with_their_place_or_fail_the_run() {
     std::fs::write(dir.join("q.toml"), pipeline("quarantine")).unwrap();
     std::fs::write(dir.join("f.toml"), pipeline("fail")).unwrap();
 
-    let o = cli(
+    let o = nomaly_env(
         &[
             "run",
             dir.join("q.toml").to_str().unwrap(),
@@ -480,7 +451,7 @@ fn bad_rows_are_quarantined_with_their_place_or_fail_the_run() {
 
     // The default fails with exit 2, writes nothing, and says how to set bad lines aside; a bad
     // line past the sampled first lines is named.
-    let o = cli(
+    let o = nomaly_env(
         &["run", dir.join("f.toml").to_str().unwrap(), "--no-progress"],
         &[],
     );
@@ -492,7 +463,7 @@ fn bad_rows_are_quarantined_with_their_place_or_fail_the_run() {
     );
     assert!(!dir.join("out/fail").exists());
     std::fs::write(dir.join("tx.csv"), csv.replace("5,oops,5\n", "5,1.5,2.5\n")).unwrap();
-    let o = cli(
+    let o = nomaly_env(
         &["run", dir.join("f.toml").to_str().unwrap(), "--no-progress"],
         &[],
     );
@@ -512,15 +483,15 @@ fn bad_rows_are_quarantined_with_their_place_or_fail_the_run() {
     std::fs::write(clean.join("q.toml"), pipeline("quarantine")).unwrap();
     std::fs::write(clean.join("f.toml"), pipeline("fail")).unwrap();
     for f in ["q.toml", "f.toml"] {
-        let o = cli(
+        let o = nomaly_env(
             &["run", clean.join(f).to_str().unwrap(), "--no-progress"],
             &[],
         );
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     }
     assert_eq!(
-        parts(&clean.join("out/quarantine")),
-        parts(&clean.join("out/fail"))
+        part_files(&clean.join("out/quarantine")),
+        part_files(&clean.join("out/fail"))
     );
 }
 
@@ -539,7 +510,7 @@ fn a_materialized_run_resumes_over_the_same_materialized_input() {
     )
     .unwrap();
     let p = p.to_str().unwrap();
-    let o = cli(
+    let o = nomaly_env(
         &["run", p, "--no-progress"],
         &[("NOMALY_FAULTS", "fail_chunk=2")],
     );
@@ -549,7 +520,7 @@ fn a_materialized_run_resumes_over_the_same_materialized_input() {
         dir.join("out/.m.nomaly-work").is_dir(),
         "the materialized input is kept"
     );
-    let o = cli(&["resume", p, "--no-progress", "--json"], &[]);
+    let o = nomaly_env(&["resume", p, "--no-progress", "--json"], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let r = json(&o);
     assert_eq!(r["chunking"], "materialized");

@@ -9,7 +9,7 @@
 //! Every remote run must write part files byte-identical to the same pipeline on the local copy.
 //! `scripts/test-services.sh` (run by `scripts/test.sh`) installs moto and Azurite under ~/.cache.
 
-use super::stderr;
+use super::{nomaly_env, part_files, stderr, write_tx_parquet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -128,19 +128,10 @@ fn upload(kind: &str, endpoint: &str, dir: &Path) {
     assert!(o.status.success(), "upload to {kind}: {}", stderr(&o));
 }
 
+/// Runs the binary with an environment of owned values.
 fn cli(args: &[&str], env: &[(&str, String)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_nomaly"));
-    c.args(args);
-    // A developer's own cloud settings must not leak into the tests.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("AWS_") || k.starts_with("AZURE_") || k.starts_with("GOOGLE_") {
-            c.env_remove(k);
-        }
-    }
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("run nomaly")
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    nomaly_env(args, &env)
 }
 
 /// The fixtures: `<dir>/<BUCKET>/tx/{a,b}.parquet` (ids 0..20000 over both) and
@@ -149,17 +140,8 @@ fn write_fixtures(dir: &Path) -> PathBuf {
     let root = dir.join(BUCKET);
     std::fs::create_dir_all(root.join("tx")).unwrap();
     for (i, name) in ["a", "b"].iter().enumerate() {
-        let first = i as u64 * FILE_ROWS;
-        let sql = format!(
-            "COPY (SELECT value AS id, 100.0 + ((value * 7919) % 1000) / 50.0 AS amount, \
-             CAST((value * 104729) % 977 AS DOUBLE) AS latency_ms \
-             FROM generate_series({first}, {})) TO '{}' STORED AS PARQUET \
-             OPTIONS ('format.max_row_group_size' '{CHUNK_ROWS}')",
-            first + FILE_ROWS - 1,
-            root.join(format!("tx/{name}.parquet")).display()
-        );
-        let o = cli(&["sql", "-e", &sql], &[]);
-        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let path = root.join(format!("tx/{name}.parquet"));
+        write_tx_parquet(&path, i as u64 * FILE_ROWS, FILE_ROWS, CHUNK_ROWS);
     }
     let sql = format!(
         "COPY (SELECT * FROM t ORDER BY id) TO '{}' STORED AS CSV",
@@ -195,23 +177,7 @@ fn run(
     );
     assert_eq!(o.status.code(), Some(0), "{input}: {}", stderr(&o));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("report");
-    let mut parts: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir.join("out"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("part-")
-        })
-        .map(|p| {
-            (
-                p.file_name().unwrap().to_string_lossy().to_string(),
-                std::fs::read(&p).unwrap(),
-            )
-        })
-        .collect();
-    parts.sort();
+    let parts = part_files(&dir.join("out"));
     (report, parts)
 }
 
