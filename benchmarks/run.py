@@ -3,12 +3,15 @@ invocation, and prints throughput ratios. Not part of CI.
 
     pip install -r benchmarks/requirements.txt
     python3 benchmarks/generate.py --rows 10000000 --features 8 --out benchmarks/data/tx_10m.parquet
-    python3 benchmarks/run.py benchmarks/data/tx_10m.parquet [--only iforest,ecod] [--memory-limit 256MB]
+    python3 benchmarks/run.py benchmarks/data/tx_10m.parquet [--only iforest,ecod] [--memory-limit 256MB] [--repeat 3]
 
 Every Nomaly run is `nomaly sql` writing scores to Parquet (COPY ... TO), i.e. scan + fit + score +
 write; references time fit + score on arrays already in memory (their reading is not charged).
 Peak RSS of each Nomaly process is measured from outside (/proc wait4 rusage), not self-reported.
+Each measurement runs --repeat times (default 3, both sides) and the median is used: on a shared
+2-core machine one run of the same command varies by 20% or more, enough to flip a ratio's verdict.
 """
+import statistics
 import argparse
 import os
 import resource
@@ -54,6 +57,7 @@ def main():
     p.add_argument("--memory-limit", default=None)
     p.add_argument("--no-build", action="store_true")
     p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median counts")
     a = p.parse_args()
     only = a.only.split(",")
     if not a.no_build:
@@ -70,9 +74,13 @@ def main():
 
     def nomaly(name, select):
         sql = f"COPY ({select}) TO '{out}/{name}.parquet' STORED AS PARQUET"
-        t, rss = run_nomaly(a.data, sql, a.memory_limit)
+        runs = [run_nomaly(a.data, sql, a.memory_limit) for _ in range(a.repeat)]
+        t = statistics.median(r[0] for r in runs)
+        rss = max(r[1] for r in runs)
         results[name] = t
-        print(f"nomaly {name:10} {t:8.2f} s  {rows / t / 1e6:7.2f} M rows/s  peak RSS {rss / 2**20:7.0f} MiB", flush=True)
+        each = " ".join(f"{r[0]:.2f}" for r in runs)
+        print(f"nomaly {name:10} {t:8.2f} s  {rows / t / 1e6:7.2f} M rows/s  peak RSS {rss / 2**20:7.0f} MiB  (runs: {each})",
+              flush=True)
         return t
 
     floor = nomaly("floor", "SELECT id, f1 * 2 AS s FROM t") if "floor" in only else None
@@ -89,10 +97,14 @@ def main():
     ref = {}
 
     def timed(name, fn):
-        start = time.perf_counter()
-        fn()
-        ref[name] = time.perf_counter() - start
-        print(f"ref    {name:10} {ref[name]:8.2f} s  {rows / ref[name] / 1e6:7.2f} M rows/s", flush=True)
+        runs = []
+        for _ in range(a.repeat):
+            start = time.perf_counter()
+            fn()
+            runs.append(time.perf_counter() - start)
+        ref[name] = statistics.median(runs)
+        each = " ".join(f"{r:.2f}" for r in runs)
+        print(f"ref    {name:10} {ref[name]:8.2f} s  {rows / ref[name] / 1e6:7.2f} M rows/s  (runs: {each})", flush=True)
 
     if "iforest" in only:
         from sklearn.ensemble import IsolationForest
@@ -110,7 +122,7 @@ def main():
         timed("zscore", lambda: con.execute(
             f"COPY (SELECT id, greatest({z}) AS s FROM read_parquet('{a.data}')) TO '{out}/duckdb_z.parquet' (FORMAT parquet)"))
 
-    print("\nratios (higher = Nomaly faster; floor = scan + write of the same file)")
+    print(f"\nratios of medians over {a.repeat} runs (higher = Nomaly faster; floor = scan + write of the same file)")
     for alg in ["iforest", "ecod", "copod", "zscore"]:
         if alg in results and alg in ref:
             print(f"  {alg:8} Nomaly vs reference: {ref[alg] / results[alg]:6.2f}x")

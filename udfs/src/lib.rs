@@ -45,6 +45,7 @@ pub mod docs;
 pub mod fit_detector;
 pub mod is_anomaly;
 pub mod model_column;
+pub mod one_pass;
 pub mod rewrite;
 pub mod window_score;
 
@@ -97,6 +98,13 @@ pub fn window_functions() -> Vec<Arc<WindowUDF>> {
 /// The analyzer rule that plans `detect_anomalies`.
 pub fn analyzer_rule() -> Arc<dyn AnalyzerRule + Send + Sync> {
     Arc::new(rewrite::DetectAnomaliesRewrite::default())
+}
+
+/// The physical rule that fits and scores in one pass over the input: for local sessions only
+/// (see [`one_pass`]).
+pub fn one_pass_rule()
+-> Arc<dyn datafusion::physical_optimizer::PhysicalOptimizerRule + Send + Sync> {
+    Arc::new(one_pass::FuseFitAndScore)
 }
 
 /// Registers every function on `ctx` (additive: call it again after anything that replaces the

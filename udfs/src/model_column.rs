@@ -99,6 +99,14 @@ pub fn resolve_models(arg: &ColumnarValue, cache: &ModelCache) -> Result<Resolve
     // Dictionary: decode each referenced value once.
     if let DataType::Dictionary(_, _) = array.data_type() {
         let dict = array.as_any_dictionary();
+        if dict.values().is_empty() {
+            // No values: every row is null (or there are no rows; Ballista's shuffle reads give
+            // such arrays for batches a filter emptied).
+            return Ok(ResolvedModels {
+                models: vec![],
+                per_row: Some(vec![None; n]),
+            });
+        }
         let keys = dict.normalized_keys();
         let values = dict.values();
         let mut slot_of_value: Vec<Option<u32>> = vec![None; values.len()];

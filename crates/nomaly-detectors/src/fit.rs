@@ -9,7 +9,7 @@
 use crate::error::{DetectorError, Result};
 use crate::exact_sum::{ExactSum, SparseExactSum};
 use crate::features::Features;
-use crate::hashing::{row_hash_start, row_hash_step};
+use crate::hashing::{hash_column, row_hash_start};
 use crate::model::Model;
 use crate::params::{Algorithm, DetectorParams};
 use crate::quantile::QuantileSketch;
@@ -76,6 +76,32 @@ impl FeatureStats {
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
     }
+}
+
+/// Minimum and maximum of finite values, in eight independent lanes: one running `min` is a chain
+/// of dependent instructions, eight are a vector. The result is the same (min and max of a set of
+/// finite values do not depend on order; ±0 is made canonical by the caller).
+fn min_max(values: &[f64]) -> (f64, f64) {
+    let mut lo = [f64::INFINITY; 8];
+    let mut hi = [f64::NEG_INFINITY; 8];
+    let chunks = values.chunks_exact(8);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for k in 0..8 {
+            lo[k] = if chunk[k] < lo[k] { chunk[k] } else { lo[k] };
+            hi[k] = if chunk[k] > hi[k] { chunk[k] } else { hi[k] };
+        }
+    }
+    let (mut min, mut max) = (f64::INFINITY, f64::NEG_INFINITY);
+    for k in 0..8 {
+        min = min.min(lo[k]);
+        max = max.max(hi[k]);
+    }
+    for &x in rest {
+        min = min.min(x);
+        max = max.max(x);
+    }
+    (min, max)
 }
 
 /// Partial fit of one detector over some rows.
@@ -150,24 +176,30 @@ impl FitState {
             };
             let (mut min, mut max) = (stats.min, stats.max);
             if all_valid {
-                for &x in col.iter() {
-                    min = min.min(x);
-                    max = max.max(x);
-                }
+                let (lo, hi) = min_max(col);
+                min = min.min(lo);
+                max = max.max(hi);
             } else {
                 for x in values() {
                     min = min.min(x);
                     max = max.max(x);
                 }
             }
-            if let Some(s) = &mut stats.sum {
-                values().for_each(|x| s.0.add(x));
-            }
-            if let Some(s) = &mut stats.sum_sq {
-                values().for_each(|x| s.0.add_square(x));
-            }
-            if let Some(s) = &mut stats.sketch {
-                values().for_each(|x| s.add(x));
+            if stats.sum.is_some() || stats.sum_sq.is_some() || stats.sketch.is_some() {
+                let valid: std::borrow::Cow<[f64]> = if all_valid {
+                    std::borrow::Cow::Borrowed(col)
+                } else {
+                    std::borrow::Cow::Owned(values().collect())
+                };
+                if let Some(s) = &mut stats.sum {
+                    s.0.add_slice(&valid);
+                }
+                if let Some(s) = &mut stats.sum_sq {
+                    s.0.add_squares_slice(&valid);
+                }
+                if let Some(s) = &mut stats.sketch {
+                    s.add_slice(&valid);
+                }
             }
             // -0.0 and 0.0 compare equal; keep min/max canonical so merges give the same bits.
             stats.min = if min == 0.0 { 0.0 } else { min };
@@ -177,9 +209,7 @@ impl FitState {
         // chains the CPU overlaps, and only the rare rows under the cutoff are gathered.
         let mut hashes = vec![row_hash_start(self.sample.seed()); f.len];
         for col in &f.columns {
-            for (h, &x) in hashes.iter_mut().zip(col.iter()) {
-                *h = row_hash_step(*h, x);
-            }
+            hash_column(&mut hashes, col);
         }
         let mut row = vec![0.0; self.n_features];
         for (i, &h) in hashes.iter().enumerate() {

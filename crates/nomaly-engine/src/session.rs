@@ -48,6 +48,9 @@ pub struct EngineConfig {
     /// Spill directory; default: the OS temp directory.
     pub spill_dir: Option<PathBuf>,
     pub batch_size: usize,
+    /// Local engine: fit and score `detect_anomalies` in one pass over the input (kept in memory
+    /// up to half the budget). Off where plans are cut into chunks after planning (pipelines).
+    pub one_pass: bool,
 }
 
 impl Default for EngineConfig {
@@ -58,6 +61,7 @@ impl Default for EngineConfig {
             memory_limit: None,
             spill_dir: None,
             batch_size: 8192,
+            one_pass: true,
         }
     }
 }
@@ -109,14 +113,16 @@ impl EngineConfig {
 pub async fn build_context(config: &EngineConfig) -> Result<SessionContext> {
     match config.engine {
         EngineKind::Local => {
-            let state = nomaly_udfs::with_nomaly(
+            let mut builder = nomaly_udfs::with_nomaly(
                 SessionStateBuilder::new()
                     .with_config(config.session_config(SessionConfig::new()))
                     .with_runtime_env(config.runtime()?)
                     .with_default_features(),
-            )
-            .build();
-            Ok(SessionContext::new_with_state(state))
+            );
+            if config.one_pass {
+                builder = builder.with_physical_optimizer_rule(nomaly_udfs::one_pass_rule());
+            }
+            Ok(SessionContext::new_with_state(builder.build()))
         }
         EngineKind::Standalone => {
             let session_config = config

@@ -148,6 +148,9 @@ pub async fn prepare(
         memory_limit: Some(pool_share(budget)),
         spill_dir: None,
         batch_size: 8192,
+        // Chunk jobs run partitions of a plan one by one (or narrowed, on Ballista): a fused fit
+        // would span all of them.
+        one_pass: false,
     };
     let ctx = build_context(&config)
         .await

@@ -1,0 +1,181 @@
+//! The local engine's one-pass fit and score (`FitScoreExec`): where it applies and that it scores
+//! exactly like the two-pass plan.
+
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::display::DisplayableExecutionPlan;
+use datafusion::prelude::SessionContext;
+use nomaly_engine::{EngineConfig, build_context, register_table};
+use nomaly_tests::data::write_parquet_dataset;
+use std::sync::Arc;
+
+async fn physical(ctx: &SessionContext, sql: &str) -> String {
+    let plan = ctx
+        .sql(sql)
+        .await
+        .unwrap()
+        .create_physical_plan()
+        .await
+        .unwrap();
+    DisplayableExecutionPlan::new(plan.as_ref())
+        .indent(false)
+        .to_string()
+}
+
+/// Fused only where both sides read the same rows: not when a filter on the result was pushed
+/// into the scored side alone.
+#[tokio::test]
+async fn fuses_only_joins_over_the_same_rows() {
+    // A file sorted by id: the scored side, which reads id, shows an output ordering the fit side
+    // (reading a, b) does not; the rows are the same.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.parquet");
+    let ctx = build_context(&EngineConfig::default()).await.unwrap();
+    ctx.sql(&format!(
+        "COPY (SELECT value AS id, CAST(value AS DOUBLE) AS a, CAST(value % 7 AS DOUBLE) AS b \
+         FROM generate_series(1, 100)) TO '{}' STORED AS PARQUET",
+        file.display()
+    ))
+    .await
+    .unwrap()
+    .collect()
+    .await
+    .unwrap();
+    register_table(&ctx, "t", &file.to_string_lossy())
+        .await
+        .unwrap();
+    let sorted = physical(&ctx, "SELECT id, detect_anomalies('hbos', a, b) FROM t").await;
+    assert!(sorted.contains("output_ordering=[id@0"), "{sorted}");
+    assert!(sorted.contains("FitScoreExec"), "{sorted}");
+    let plain = physical(&ctx, "SELECT a, detect_anomalies('zscore', a, b) FROM t").await;
+    assert!(plain.contains("FitScoreExec"), "{plain}");
+    assert!(!plain.contains("CrossJoinExec"), "{plain}");
+    let inner_filter = physical(
+        &ctx,
+        "SELECT a, detect_anomalies('zscore', a, b) FROM t WHERE b > 1",
+    )
+    .await;
+    assert!(inner_filter.contains("FitScoreExec"), "{inner_filter}");
+    // The score filter becomes the join's filter: still one pass.
+    let on_scores = physical(
+        &ctx,
+        "SELECT * FROM (SELECT a, detect_anomalies('zscore', a, b) AS d FROM t) WHERE d.is_anomaly",
+    )
+    .await;
+    assert!(on_scores.contains("FitScoreExec"), "{on_scores}");
+    // `a > 50` applies to the output only, so it reaches the scored side but not the fit.
+    let outer = physical(
+        &ctx,
+        "SELECT * FROM (SELECT a, detect_anomalies('zscore', a, b) AS d FROM t) WHERE a > 50",
+    )
+    .await;
+    assert!(!outer.contains("FitScoreExec"), "{outer}");
+    // Ballista sessions and pipelines keep the standard plan.
+    let two_pass = build_context(&EngineConfig {
+        one_pass: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    two_pass
+        .sql("CREATE TABLE t AS SELECT CAST(value AS DOUBLE) AS a FROM generate_series(1, 10)")
+        .await
+        .unwrap();
+    let plan = physical(&two_pass, "SELECT detect_anomalies('zscore', a) FROM t").await;
+    assert!(plan.contains("CrossJoinExec"), "{plan}");
+}
+
+fn find<'a>(plan: &'a Arc<dyn ExecutionPlan>, name: &str) -> Option<&'a Arc<dyn ExecutionPlan>> {
+    if plan.name() == name {
+        return Some(plan);
+    }
+    plan.children().into_iter().find_map(|c| find(c, name))
+}
+
+/// The local engine fits and scores in one pass (FitScoreExec), keeping the input in memory up to
+/// half the budget; a partition that outgrows it is read again. Both ways give the two-pass plan's
+/// scores bit for bit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_pass_scores_like_two_passes_whether_kept_or_read_again() {
+    use datafusion::physical_plan::collect;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("t");
+    write_parquet_dataset(&data, 12_000, 5, 1_000, 5);
+    let session = |one_pass: bool, memory_limit: Option<usize>| {
+        let data = data.clone();
+        async move {
+            let ctx = build_context(&EngineConfig {
+                target_partitions: Some(3),
+                memory_limit,
+                one_pass,
+                ..Default::default()
+            })
+            .await
+            .expect("session");
+            register_table(&ctx, "t", &data.to_string_lossy())
+                .await
+                .expect("register");
+            ctx
+        }
+    };
+    let sql = "SELECT id, detect_anomalies('hbos', f1, f2, f3) AS a, detect_anomalies('iforest', f1, f2, 'n_trees=10') AS b FROM t";
+    let run = |ctx: SessionContext| async move {
+        let df = ctx.sql(sql).await.expect("plan");
+        let plan = df.create_physical_plan().await.expect("physical plan");
+        let batches = collect(plan.clone(), ctx.task_ctx()).await.expect("run");
+        let mut rows: Vec<String> = Vec::new();
+        for b in &batches {
+            for i in 0..b.num_rows() {
+                let cells: Vec<String> = (0..b.num_columns())
+                    .map(|c| {
+                        datafusion::arrow::util::display::array_value_to_string(b.column(c), i)
+                            .unwrap()
+                    })
+                    .collect();
+                rows.push(cells.join("|"));
+            }
+        }
+        rows.sort();
+        (plan, rows)
+    };
+    let (two_plan, two) = run(session(false, None).await).await;
+    assert!(find(&two_plan, "FitScoreExec").is_none());
+    assert!(find(&two_plan, "CrossJoinExec").is_some());
+    assert_eq!(two.len(), 12_000);
+
+    let (kept_plan, kept) = run(session(true, None).await).await;
+    let fused = find(&kept_plan, "FitScoreExec").expect("local plans fuse fit and score");
+    let metrics = fused.metrics().unwrap();
+    assert_eq!(
+        metrics.sum_by_name("kept_rows").map(|m| m.as_usize()),
+        Some(12_000)
+    );
+    assert_eq!(
+        metrics
+            .sum_by_name("partitions_read_again")
+            .map(|m| m.as_usize()),
+        None
+    );
+    assert!(
+        kept == two,
+        "one pass (kept in memory) differs from two passes"
+    );
+
+    // 12,000 rows of 7 columns are ~700 KB: a 400 KB budget keeps at most 200 KB of them.
+    let (again_plan, again) = run(session(true, Some(400 * 1024)).await).await;
+    let fused = find(&again_plan, "FitScoreExec").unwrap();
+    let read_again = fused
+        .metrics()
+        .unwrap()
+        .sum_by_name("partitions_read_again")
+        .map(|m| m.as_usize())
+        .unwrap_or(0);
+    assert!(
+        read_again >= 1,
+        "no partition was read again under a 400 KB budget"
+    );
+    assert_eq!(again.len(), two.len());
+    assert!(
+        again == two,
+        "one pass (read again) differs from two passes"
+    );
+}

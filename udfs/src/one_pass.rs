@@ -1,0 +1,659 @@
+//! One-pass fit and score on a local session: [`FuseFitAndScore`] turns the rewrite's
+//! `CrossJoin(fit aggregate over T, T)` into a [`FitScoreExec`] that reads `T` once.
+//!
+//! ```text
+//! CrossJoinExec                                        FitScoreExec: fits=[__nomaly_model_0]
+//!   AggregateExec: mode=Final, fit_detector(...)   ==>   DataSourceExec: projection=[id, f1, f2]
+//!     CoalescePartitionsExec
+//!       AggregateExec: mode=Partial, fit_detector(...)
+//!         DataSourceExec: projection=[f1, f2]
+//!   DataSourceExec: projection=[id, f1, f2]
+//! ```
+//! The cross join reads the table twice: once to fit, once to score. The fused operator reads every
+//! input partition once, feeding each batch to the same `fit_detector` accumulators the aggregate
+//! would use (so the model is the same bits) while keeping the batch; when all partitions are fitted
+//! it emits the kept batches with the model columns in front, exactly the rows and columns the cross
+//! join would have produced. Kept batches are reserved in the memory pool and capped at half the
+//! budget; when the input does not fit, every partition drops what it kept and the input is read
+//! again for scoring — the two-pass plan — so the budget holds on any input size.
+//!
+//! Local only: the operator spans all partitions of its input, which a Ballista stage (one task per
+//! partition, possibly on other executors) cannot do, so Ballista sessions keep the standard plan.
+
+use crate::fit_detector::FitDetector;
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::runtime::SpawnedTask;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{DataFusionError, Result, ScalarValue, internal_err};
+use datafusion::common::{JoinSide, JoinType};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryReservation};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::projection::ProjectionExpr;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::display::DisplayableExecutionPlan;
+use datafusion::physical_plan::execution_plan::reset_plan_states;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::joins::{CrossJoinExec, NestedLoopJoinExec};
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties,
+    PlanProperties, ReplaceChildrenOptions,
+};
+use futures::{StreamExt, TryStreamExt};
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::OnceCell;
+
+/// The prefix the rewrite gives model columns; the rule fuses only joins it made.
+pub const MODEL_PREFIX: &str = "__nomaly_model_";
+
+/// The physical optimizer rule; add it to local sessions only (see the module docs).
+#[derive(Debug, Default)]
+pub struct FuseFitAndScore;
+
+impl PhysicalOptimizerRule for FuseFitAndScore {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| {
+            let fused = if let Some(join) = node.as_ref().downcast_ref::<CrossJoinExec>() {
+                FitScoreExec::try_fuse(join.left(), join.right())?
+                    .map(|f| Arc::new(f) as Arc<dyn ExecutionPlan>)
+            } else if let Some(join) = node.as_ref().downcast_ref::<NestedLoopJoinExec>() {
+                fuse_filtered_join(join)?
+            } else {
+                None
+            };
+            match fused {
+                // Only a replacement with exactly the join's output schema (the optimizer checks too).
+                Some(f) if f.schema() == node.schema() => Ok(Transformed::yes(f)),
+                _ => Ok(Transformed::no(node)),
+            }
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "nomaly_fuse_fit_and_score"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// One fit: the aggregate expression (for its accumulators) and its arguments bound to the
+/// scored input's schema.
+#[derive(Debug, Clone)]
+struct Fit {
+    aggregate: Arc<AggregateFunctionExpr>,
+    args: Vec<Arc<dyn PhysicalExpr>>,
+}
+
+/// Reads its input once, fits, then emits `model columns ++ input columns` (see the module docs).
+#[derive(Debug)]
+pub struct FitScoreExec {
+    /// The fit side of the cross join it replaces (its properties follow from both sides).
+    fit_side: Arc<dyn ExecutionPlan>,
+    input: Arc<dyn ExecutionPlan>,
+    fits: Vec<Fit>,
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+    state: Arc<OnceCell<std::result::Result<Arc<Fitted>, Arc<DataFusionError>>>>,
+    /// `kept_rows` (served from memory) and `partitions_read_again`.
+    metrics: ExecutionPlanMetricsSet,
+}
+
+/// What the first pass leaves: the model values and each partition's kept batches, or the input
+/// to read again.
+#[derive(Debug)]
+struct Fitted {
+    models: Vec<ScalarValue>,
+    kept: Vec<Mutex<Option<KeptBatches>>>,
+    /// Set when the input did not fit: a fresh instance of the input plan, whose partitions are
+    /// all read again. All or none: sibling file streams may steal each other's files
+    /// (`enable_file_stream_work_stealing`), so which rows a partition holds is only fixed within
+    /// one execution of the plan.
+    read_again: Option<Arc<dyn ExecutionPlan>>,
+}
+
+#[derive(Debug)]
+struct KeptBatches {
+    batches: VecDeque<RecordBatch>,
+    reservation: MemoryReservation,
+}
+
+impl FitScoreExec {
+    /// `Some` when `join` is a rewrite's fit-and-score join whose fit reads the same rows as the
+    /// scored side.
+    fn try_fuse(
+        left: &Arc<dyn ExecutionPlan>,
+        right: &Arc<dyn ExecutionPlan>,
+    ) -> Result<Option<FitScoreExec>> {
+        let Some((aggregates, fit_input)) = fit_aggregates(left) else {
+            return Ok(None);
+        };
+        let input = Arc::clone(right);
+        if !same_rows(&fit_input, &input) {
+            return Ok(None);
+        }
+        let schema = input.schema();
+        let mut fits = Vec::with_capacity(aggregates.len());
+        for aggregate in aggregates {
+            let mut args = Vec::new();
+            for arg in aggregate.expressions() {
+                match rebind(&arg, &fit_input.schema(), &schema)? {
+                    Some(a) => args.push(a),
+                    None => return Ok(None),
+                }
+            }
+            fits.push(Fit { aggregate, args });
+        }
+        // The cross join's schema and properties: its rows, in its partitions and order.
+        let join = CrossJoinExec::new(Arc::clone(left), Arc::clone(&input));
+        Ok(Some(FitScoreExec {
+            fit_side: Arc::clone(left),
+            schema: join.schema(),
+            properties: Arc::clone(join.properties()),
+            input,
+            fits,
+            state: Arc::new(OnceCell::new()),
+            metrics: ExecutionPlanMetricsSet::new(),
+        }))
+    }
+
+    fn with_input(&self, input: Arc<dyn ExecutionPlan>, recompute: bool) -> Result<FitScoreExec> {
+        let properties = if recompute {
+            let join = CrossJoinExec::new(Arc::clone(&self.fit_side), Arc::clone(&input));
+            Arc::clone(join.properties())
+        } else {
+            Arc::clone(&self.properties)
+        };
+        Ok(FitScoreExec {
+            fit_side: Arc::clone(&self.fit_side),
+            input,
+            fits: self.fits.clone(),
+            schema: Arc::clone(&self.schema),
+            properties,
+            state: Arc::new(OnceCell::new()),
+            metrics: ExecutionPlanMetricsSet::new(),
+        })
+    }
+
+    /// The first pass: every input partition at once, each in its own task.
+    async fn fit_all(
+        input: Arc<dyn ExecutionPlan>,
+        fits: Vec<Fit>,
+        context: Arc<TaskContext>,
+        metrics: ExecutionPlanMetricsSet,
+    ) -> Result<Arc<Fitted>> {
+        let partitions = input.output_partitioning().partition_count();
+        let pool = context.memory_pool();
+        // Kept batches may use half the budget; the other half is for the operators above (the
+        // scores, the writer), which would fail if this operator had taken it all.
+        let cap = match pool.memory_limit() {
+            MemoryLimit::Finite(n) => n / 2,
+            MemoryLimit::Infinite | MemoryLimit::Unknown => usize::MAX,
+        };
+        let kept_total = Arc::new(AtomicUsize::new(0));
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::with_capacity(partitions);
+        for p in 0..partitions {
+            let stream = input.execute(p, Arc::clone(&context))?;
+            let reservation = MemoryConsumer::new(format!("FitScoreExec[{p}]")).register(pool);
+            let fits = fits.clone();
+            let budget = KeepBudget {
+                kept_total: Arc::clone(&kept_total),
+                overflowed: Arc::clone(&overflowed),
+                cap,
+            };
+            tasks.push(SpawnedTask::spawn(first_pass(
+                stream,
+                fits,
+                reservation,
+                budget,
+            )));
+        }
+        let mut states: Vec<Vec<Vec<ScalarValue>>> = Vec::with_capacity(partitions);
+        let mut kept = Vec::with_capacity(partitions);
+        for task in tasks {
+            let (state, batches) = task
+                .join_unwind()
+                .await
+                .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))??;
+            states.push(state);
+            kept.push(Mutex::new(Some(batches)));
+        }
+        let read_again = if overflowed.load(Ordering::Relaxed) {
+            // Dropping the kept batches returns their memory.
+            kept.iter_mut().for_each(|k| *k = Mutex::new(None));
+            MetricBuilder::new(&metrics)
+                .global_counter("partitions_read_again")
+                .add(partitions);
+            Some(reset_plan_states(Arc::clone(&input))?)
+        } else {
+            let rows = kept
+                .iter_mut()
+                .filter_map(|k| k.get_mut().ok()?.as_ref())
+                .flat_map(|k| k.batches.iter().map(|b| b.num_rows()))
+                .sum();
+            MetricBuilder::new(&metrics)
+                .global_counter("kept_rows")
+                .add(rows);
+            None
+        };
+        // The Final aggregate's merge, in partition order (fit states merge to the same bits in
+        // any order, so this equals the two-pass plan's model).
+        let mut models = Vec::with_capacity(fits.len());
+        for (i, fit) in fits.iter().enumerate() {
+            let mut acc = fit.aggregate.create_accumulator()?;
+            for state in &states {
+                let arrays = state[i]
+                    .iter()
+                    .map(|v| v.to_array())
+                    .collect::<Result<Vec<ArrayRef>>>()?;
+                acc.merge_batch(&arrays)?;
+            }
+            models.push(acc.evaluate()?);
+        }
+        Ok(Arc::new(Fitted {
+            models,
+            kept,
+            read_again,
+        }))
+    }
+}
+
+/// How much the first pass may keep, shared by its partitions.
+struct KeepBudget {
+    kept_total: Arc<AtomicUsize>,
+    /// Set by the first partition that does not fit; then none keeps anything.
+    overflowed: Arc<AtomicBool>,
+    cap: usize,
+}
+
+/// Fits one partition, keeping its batches while they fit in the cap and the pool.
+async fn first_pass(
+    mut stream: SendableRecordBatchStream,
+    fits: Vec<Fit>,
+    reservation: MemoryReservation,
+    budget: KeepBudget,
+) -> Result<(Vec<Vec<ScalarValue>>, KeptBatches)> {
+    let mut accumulators = fits
+        .iter()
+        .map(|f| f.aggregate.create_accumulator())
+        .collect::<Result<Vec<_>>>()?;
+    let mut kept = VecDeque::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        for (fit, acc) in fits.iter().zip(accumulators.iter_mut()) {
+            let values = fit
+                .args
+                .iter()
+                .map(|e| e.evaluate(&batch)?.into_array(batch.num_rows()))
+                .collect::<Result<Vec<_>>>()?;
+            acc.update_batch(&values)?;
+        }
+        if budget.overflowed.load(Ordering::Relaxed) {
+            if !kept.is_empty() {
+                budget
+                    .kept_total
+                    .fetch_sub(reservation.size(), Ordering::Relaxed);
+                kept.clear();
+                reservation.free();
+            }
+            continue;
+        }
+        let size = batch.get_array_memory_size();
+        let within_cap = budget.kept_total.fetch_add(size, Ordering::Relaxed) + size <= budget.cap;
+        if within_cap && reservation.try_grow(size).is_ok() {
+            kept.push_back(batch);
+        } else {
+            budget
+                .kept_total
+                .fetch_sub(size + reservation.size(), Ordering::Relaxed);
+            kept.clear();
+            reservation.free();
+            budget.overflowed.store(true, Ordering::Relaxed);
+        }
+    }
+    let states = accumulators
+        .iter_mut()
+        .map(|acc| acc.state())
+        .collect::<Result<Vec<_>>>()?;
+    Ok((
+        states,
+        KeptBatches {
+            batches: kept,
+            reservation,
+        },
+    ))
+}
+
+/// The optimizer turns `WHERE` on a score into the join's filter (a nested-loop join on the model
+/// row): fuse it as FitScoreExec → FilterExec → ProjectionExec with the join's filter and projection.
+fn fuse_filtered_join(join: &NestedLoopJoinExec) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+    if join.join_type() != &JoinType::Inner {
+        return Ok(None);
+    }
+    let Some(fused) = FitScoreExec::try_fuse(join.left(), join.right())? else {
+        return Ok(None);
+    };
+    let n_left = join.left().schema().fields().len();
+    let schema = Arc::clone(&fused.schema);
+    let mut plan: Arc<dyn ExecutionPlan> = Arc::new(fused);
+    if let Some(filter) = join.filter() {
+        let indices = filter.column_indices();
+        let expr = Arc::clone(filter.expression())
+            .transform(|e| {
+                let Some(c) = e.as_ref().downcast_ref::<Column>() else {
+                    return Ok(Transformed::no(e));
+                };
+                let Some(ci) = indices.get(c.index()) else {
+                    return internal_err!("join filter column {} out of range", c.index());
+                };
+                let at = match ci.side {
+                    JoinSide::Left => ci.index,
+                    JoinSide::Right => n_left + ci.index,
+                    JoinSide::None => return internal_err!("join filter column on no side"),
+                };
+                Ok(Transformed::yes(
+                    Arc::new(Column::new(schema.field(at).name(), at)) as Arc<dyn PhysicalExpr>,
+                ))
+            })?
+            .data;
+        plan = Arc::new(FilterExec::try_new(expr, plan)?);
+    }
+    if let Some(projection) = join.projection() {
+        let exprs: Vec<ProjectionExpr> = projection
+            .iter()
+            .map(|&i| {
+                let name = schema.field(i).name();
+                ProjectionExpr {
+                    expr: Arc::new(Column::new(name, i)),
+                    alias: name.clone(),
+                }
+            })
+            .collect();
+        plan = Arc::new(ProjectionExec::try_new(exprs, plan)?);
+    }
+    Ok(Some(plan))
+}
+
+/// A rewrite's fit aggregates and the plan they read.
+type FitSide = (Vec<Arc<AggregateFunctionExpr>>, Arc<dyn ExecutionPlan>);
+
+/// The fit aggregates of a rewrite's model side and the plan they read, or `None`.
+fn fit_aggregates(left: &Arc<dyn ExecutionPlan>) -> Option<FitSide> {
+    let top = left.as_ref().downcast_ref::<AggregateExec>()?;
+    let is_fit = |a: &AggregateExec| {
+        a.group_expr().is_empty()
+            && a.filter_expr().iter().all(Option::is_none)
+            && !a.aggr_expr().is_empty()
+            && a.aggr_expr()
+                .iter()
+                .all(|e| e.fun().inner().is::<FitDetector>() && e.name().starts_with(MODEL_PREFIX))
+    };
+    if !is_fit(top) {
+        return None;
+    }
+    match top.mode() {
+        AggregateMode::Single => Some((top.aggr_expr().to_vec(), Arc::clone(top.input()))),
+        AggregateMode::Final => {
+            let coalesce = top
+                .input()
+                .as_ref()
+                .downcast_ref::<CoalescePartitionsExec>()?;
+            let partial = coalesce.input().as_ref().downcast_ref::<AggregateExec>()?;
+            (partial.mode() == &AggregateMode::Partial && is_fit(partial))
+                .then(|| (partial.aggr_expr().to_vec(), Arc::clone(partial.input())))
+        }
+        _ => None,
+    }
+}
+
+/// Whether two plans read the same rows in the same partitions: the same operators with the same
+/// settings, apart from which columns they carry (the rewrite's two sides differ only there, but
+/// the optimizer may push a filter on the scores' query into the scored side alone).
+fn same_rows(a: &Arc<dyn ExecutionPlan>, b: &Arc<dyn ExecutionPlan>) -> bool {
+    let (a, b) = (skip_projections(a), skip_projections(b));
+    if row_signature(a) != row_signature(b)
+        || a.output_partitioning().partition_count() != b.output_partitioning().partition_count()
+    {
+        return false;
+    }
+    let (ca, cb) = (a.children(), b.children());
+    ca.len() == cb.len() && ca.iter().zip(&cb).all(|(x, y)| same_rows(x, y))
+}
+
+/// A node's one-line description without what only selects or orders columns: `projection=[..]`,
+/// `output_ordering=[..]` and column positions (`f1@3` becomes `f1`). Filters, predicates, file
+/// ranges and limits stay.
+fn row_signature(plan: &Arc<dyn ExecutionPlan>) -> String {
+    strip_columns(
+        &DisplayableExecutionPlan::new(plan.as_ref())
+            .one_line()
+            .to_string(),
+    )
+}
+
+fn strip_columns(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    'scan: while !rest.is_empty() {
+        for key in ["projection=[", "output_ordering=["] {
+            if let Some(tail) = rest.strip_prefix(key) {
+                // Skip to the matching bracket.
+                let mut depth = 1;
+                for (i, c) in tail.char_indices() {
+                    match c {
+                        '[' => depth += 1,
+                        ']' => depth -= 1,
+                        _ => {}
+                    }
+                    if depth == 0 {
+                        let after = &tail[i + 1..];
+                        rest = after.strip_prefix(", ").unwrap_or(after);
+                        continue 'scan;
+                    }
+                }
+                break 'scan;
+            }
+        }
+        let mut chars = rest.chars();
+        let c = chars.next().expect("non-empty");
+        if c == '@' && rest[1..].starts_with(|d: char| d.is_ascii_digit()) {
+            rest = rest[1..].trim_start_matches(|d: char| d.is_ascii_digit());
+            continue;
+        }
+        out.push(c);
+        rest = chars.as_str();
+    }
+    out
+}
+
+fn skip_projections(plan: &Arc<dyn ExecutionPlan>) -> &Arc<dyn ExecutionPlan> {
+    match plan.as_ref().downcast_ref::<ProjectionExec>() {
+        Some(p) => skip_projections(p.input()),
+        None => plan,
+    }
+}
+
+/// `expr` with its columns looked up by name in `to` (`None` if a name is missing or ambiguous).
+fn rebind(
+    expr: &Arc<dyn PhysicalExpr>,
+    from: &SchemaRef,
+    to: &SchemaRef,
+) -> Result<Option<Arc<dyn PhysicalExpr>>> {
+    let mut missing = false;
+    let rebound = Arc::clone(expr)
+        .transform(|e| {
+            let Some(c) = e.as_ref().downcast_ref::<Column>() else {
+                return Ok(Transformed::no(e));
+            };
+            let name = from.field(c.index()).name();
+            let matches: Vec<usize> = to
+                .fields()
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f.name() == name)
+                .map(|(i, _)| i)
+                .collect();
+            match matches.as_slice() {
+                [i] => Ok(Transformed::yes(
+                    Arc::new(Column::new(name, *i)) as Arc<dyn PhysicalExpr>
+                )),
+                _ => {
+                    missing = true;
+                    Ok(Transformed::no(e))
+                }
+            }
+        })?
+        .data;
+    Ok((!missing).then_some(rebound))
+}
+
+impl DisplayAs for FitScoreExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let names: Vec<&str> = self.fits.iter().map(|x| x.aggregate.name()).collect();
+        write!(
+            f,
+            "FitScoreExec: fits=[{}], one pass (input kept in memory up to half the budget, else read again)",
+            names.join(", ")
+        )
+    }
+}
+
+impl ExecutionPlan for FitScoreExec {
+    fn name(&self) -> &'static str {
+        "FitScoreExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        for arg in self.fits.iter().flat_map(|x| &x.args) {
+            if f(arg)? == TreeNodeRecursion::Stop {
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        options: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return internal_err!("FitScoreExec takes one child, got {}", children.len());
+        }
+        let recompute = options.children_properties == ChildrenPropertiesMode::Recompute;
+        Ok(Arc::new(self.with_input(children.remove(0), recompute)?))
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn reset_state(self: Arc<Self>) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(self.with_input(Arc::clone(&self.input), false)?))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let state = Arc::clone(&self.state);
+        let metrics = self.metrics.clone();
+        let (input, fits, schema) = (
+            Arc::clone(&self.input),
+            self.fits.clone(),
+            Arc::clone(&self.schema),
+        );
+        let out_schema = Arc::clone(&schema);
+        let stream = futures::stream::once(async move {
+            let fitted = state
+                .get_or_init(|| {
+                    let (input, context) = (Arc::clone(&input), Arc::clone(&context));
+                    async move {
+                        FitScoreExec::fit_all(input, fits, context, metrics)
+                            .await
+                            .map_err(Arc::new)
+                    }
+                })
+                .await
+                .clone()
+                .map_err(DataFusionError::Shared)?;
+            let rows: SendableRecordBatchStream = match &fitted.read_again {
+                Some(fresh) => fresh.execute(partition, context)?,
+                None => {
+                    let kept = fitted
+                        .kept
+                        .get(partition)
+                        .and_then(|k| k.lock().ok()?.take())
+                        .ok_or_else(|| {
+                            DataFusionError::Internal(format!(
+                                "FitScoreExec: partition {partition} executed twice; reset the plan's state first"
+                            ))
+                        })?;
+                    Box::pin(RecordBatchStreamAdapter::new(input.schema(), kept_stream(kept)))
+                }
+            };
+            let models = fitted.models.clone();
+            Ok::<_, DataFusionError>(rows.map(move |batch| {
+                let batch = batch?;
+                let mut columns = models
+                    .iter()
+                    .map(|m| m.to_array_of_size(batch.num_rows()))
+                    .collect::<Result<Vec<ArrayRef>>>()?;
+                columns.extend(batch.columns().iter().cloned());
+                Ok(RecordBatch::try_new(Arc::clone(&schema), columns)?)
+            }))
+        })
+        .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, stream)))
+    }
+}
+
+/// Emits kept batches, returning each one's memory as it leaves.
+fn kept_stream(kept: KeptBatches) -> impl futures::Stream<Item = Result<RecordBatch>> + Send {
+    futures::stream::unfold(kept, |mut k| async move {
+        let batch = k.batches.pop_front()?;
+        k.reservation.shrink(batch.get_array_memory_size());
+        Some((Ok(batch), k))
+    })
+}
