@@ -4,7 +4,7 @@
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::display::DisplayableExecutionPlan;
 use datafusion::prelude::SessionContext;
-use nomaly_engine::{EngineConfig, build_context, register_table};
+use nomaly_engine::{EngineConfig, EngineKind, build_context, register_table};
 use nomaly_tests::data::write_parquet_dataset;
 use std::sync::Arc;
 
@@ -178,4 +178,37 @@ async fn one_pass_scores_like_two_passes_whether_kept_or_read_again() {
         again == two,
         "one pass (read again) differs from two passes"
     );
+}
+
+/// On Ballista a filter on the output that no row passes reaches the scores as batches whose model
+/// column is a dictionary without values (shuffle files): such rows score NULL, never a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_output_filter_nothing_passes_is_an_empty_result_on_every_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("t");
+    write_parquet_dataset(&data, 4_000, 2, 500, 3);
+    for engine in [EngineKind::Local, EngineKind::Standalone] {
+        let ctx = build_context(&EngineConfig {
+            engine: engine.clone(),
+            target_partitions: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        register_table(&ctx, "t", &data.to_string_lossy())
+            .await
+            .unwrap();
+        let batches = ctx
+            .sql(
+                "SELECT * FROM (SELECT id, f1, detect_anomalies('hbos', f1, f2) AS d FROM t) \
+                 WHERE d.is_anomaly AND f1 > 1e12",
+            )
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("{engine:?}: {e}"));
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        assert_eq!(rows, 0, "{engine:?}");
+    }
 }
