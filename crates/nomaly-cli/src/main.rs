@@ -3,6 +3,7 @@
 mod output;
 mod pipeline_cmd;
 mod query_progress;
+mod repl;
 mod sql_cmd;
 
 use clap::{Parser, Subcommand};

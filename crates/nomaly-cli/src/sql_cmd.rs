@@ -1,7 +1,8 @@
 //! `nomaly sql`: run statements and print or write their results.
 //!
 //! Contract (scripts depend on it): results go to stdout, errors to stderr; exit code 2 for bad input
-//! or SQL, 1 for runtime failures; `--format csv` prints a header line then rows.
+//! or SQL, 1 for runtime failures; `--format csv` prints a header line then rows. Without `-e`/`-f`
+//! the statements come from stdin, or, on a terminal, from an interactive prompt ([`crate::repl`]).
 
 use crate::output::{OutputFormat, print_batches, write_output};
 use crate::query_progress::QueryProgress;
@@ -19,9 +20,9 @@ use std::sync::Arc;
 
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Examples:\n  nomaly sql -f examples/quickstart.sql\n  nomaly sql --table tx=data/tx/*.parquet --format csv \\\n      -e \"SELECT id, detect_anomalies('iforest', amount, latency_ms)['score'] AS s FROM tx\"\n  nomaly sql --engine standalone --memory-limit 512MB --table tx=tx.csv \\\n      -e \"SELECT * FROM detect_anomalies('tx', 'hbos', 'amount, latency_ms')\" --output scored.parquet\n  AWS_ENDPOINT_URL=http://127.0.0.1:9000 nomaly sql --table tx='s3://bucket/tx/*.parquet' -e \"SELECT count(*) FROM tx\""
+    after_help = "Without -e or -f, statements are read from stdin; on a terminal an interactive prompt opens\n(statements end with ';' and may span lines; history in ~/.local/state/nomaly/history; \\q quits).\n\nExamples:\n  nomaly sql -f examples/quickstart.sql\n  nomaly sql --table tx=tx.parquet          (interactive)\n  echo \"SELECT count(*) FROM tx;\" | nomaly sql --table tx=tx.parquet\n  nomaly sql --table tx=data/tx/*.parquet --format csv \\\n      -e \"SELECT id, detect_anomalies('iforest', amount, latency_ms)['score'] AS s FROM tx\"\n  nomaly sql --engine standalone --memory-limit 512MB --table tx=tx.csv \\\n      -e \"SELECT * FROM detect_anomalies('tx', 'hbos', 'amount, latency_ms')\" --output scored.parquet\n  AWS_ENDPOINT_URL=http://127.0.0.1:9000 nomaly sql --table tx='s3://bucket/tx/*.parquet' -e \"SELECT count(*) FROM tx\""
 )]
-pub struct SqlArgs {
+pub(crate) struct SqlArgs {
     /// Where to run: local (DataFusion in this process) or standalone (in-process Ballista cluster)
     #[arg(long, default_value = "local", value_parser = clap::value_parser!(EngineKind))]
     engine: EngineKind,
@@ -55,13 +56,12 @@ pub struct SqlArgs {
     #[arg(long, short = 'o', value_name = "FILE")]
     output: Option<PathBuf>,
 
-    /// SQL to run
+    /// SQL to run [default: statements from stdin, or an interactive prompt on a terminal]
     #[arg(
         short = 'e',
         long = "execute",
         value_name = "QUERY",
-        conflicts_with = "file",
-        required_unless_present = "file"
+        conflicts_with = "file"
     )]
     query: Option<String>,
 
@@ -97,7 +97,17 @@ async fn run_inner(args: SqlArgs) -> Result<(), EngineError> {
             })?;
             (text, f.display().to_string())
         }
-        (None, None) => unreachable!("clap requires -e or -f"),
+        (None, None) if std::io::stdin().is_terminal() => return interactive(&args).await,
+        (None, None) => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|e| {
+                EngineError::InvalidTableSpec {
+                    spec: "stdin".into(),
+                    reason: format!("cannot read SQL from stdin: {e}"),
+                }
+            })?;
+            (text, "stdin".to_string())
+        }
     };
     let memory_limit = args
         .memory_limit
@@ -117,6 +127,19 @@ async fn run_inner(args: SqlArgs) -> Result<(), EngineError> {
             "{source}: no SQL statement found"
         ))));
     }
+    let ctx = session(&args, memory_limit).await?;
+    let last = statements.len() - 1;
+    for (i, statement) in statements.into_iter().enumerate() {
+        run_statement(&ctx, statement, i == last, &args).await?;
+    }
+    Ok(())
+}
+
+/// The session with the `--table` tables registered.
+async fn session(
+    args: &SqlArgs,
+    memory_limit: Option<usize>,
+) -> Result<SessionContext, EngineError> {
     let config = EngineConfig {
         engine: args.engine.clone(),
         target_partitions: args.partitions,
@@ -129,11 +152,30 @@ async fn run_inner(args: SqlArgs) -> Result<(), EngineError> {
         let (name, path) = parse_table_spec(spec)?;
         register_table(&ctx, &name, &path).await?;
     }
-    let last = statements.len() - 1;
-    for (i, statement) in statements.into_iter().enumerate() {
-        run_statement(&ctx, statement, i == last, &args).await?;
+    Ok(ctx)
+}
+
+/// The interactive prompt: results print; errors print and the prompt returns.
+async fn interactive(args: &SqlArgs) -> Result<(), EngineError> {
+    if args.output.is_some() {
+        return Err(EngineError::DataFusion(DataFusionError::Plan(
+            "--output writes the last statement of -e, -f or stdin; at the interactive prompt use \
+             COPY (SELECT ...) TO 'file.parquet' instead"
+                .into(),
+        )));
     }
-    Ok(())
+    let memory_limit = args
+        .memory_limit
+        .as_deref()
+        .map(parse_byte_size)
+        .transpose()?;
+    let ctx = session(args, memory_limit).await?;
+    match crate::repl::run(&ctx, args).await {
+        0 => Ok(()),
+        _ => Err(EngineError::DataFusion(DataFusionError::Execution(
+            "the interactive prompt stopped".into(),
+        ))),
+    }
 }
 
 /// The bar is drawn on a terminal unless `--no-progress`.
@@ -141,7 +183,7 @@ fn draw_progress(args: &SqlArgs) -> bool {
     !args.no_progress && std::io::stderr().is_terminal()
 }
 
-async fn run_statement(
+pub(crate) async fn run_statement(
     ctx: &SessionContext,
     statement: Statement,
     is_last: bool,

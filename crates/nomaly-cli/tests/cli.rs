@@ -434,3 +434,56 @@ fn hdf5_inputs_say_how_to_build_or_convert() {
         assert!(stderr(&o).contains(part), "missing {part}: {}", stderr(&o));
     }
 }
+
+/// Without -e or -f the statements come from stdin; on a terminal an interactive prompt opens:
+/// statements span lines until `;`, an error is printed and the prompt comes back, history is kept.
+#[test]
+fn sql_reads_stdin_or_prompts_on_a_terminal() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nomaly"))
+        .args(["sql", "--format", "csv"])
+        .current_dir(root())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"SELECT 1 +\n  2 AS x;\nSELECT 'a;b' AS s;\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "x\n3\ns\na;b\n");
+    let empty = nomaly(&["sql"]);
+    assert_eq!(empty.status.code(), Some(2));
+    assert!(
+        stderr(&empty).contains("stdin: no SQL statement found"),
+        "{}",
+        stderr(&empty)
+    );
+
+    // A terminal (`script` gives one); lines are typed with pauses, as a person would: the line
+    // editor discards input that arrives before it has set the terminal up.
+    let home = tempfile::tempdir().unwrap();
+    let typed = "(sleep 1; printf 'SELECT 40 +\\n'; sleep 0.5; printf '2 AS answer;\\n'; sleep 1; \
+                 printf 'SELECT nope;\\n'; sleep 1; printf '\\\\q\\n'; sleep 0.5)";
+    let command = format!(
+        "{typed} | script -qec '{} sql' /dev/null",
+        env!("CARGO_BIN_EXE_nomaly")
+    );
+    let o = Command::new("sh")
+        .args(["-c", &command])
+        .env("HOME", home.path())
+        .env_remove("XDG_STATE_HOME")
+        .output()
+        .expect("script (util-linux) runs the prompt on a pseudo-terminal");
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{shown}");
+    assert!(shown.contains("| 42     |"), "{shown}");
+    assert!(shown.contains("No field named nope"), "{shown}");
+    let history = std::fs::read_to_string(home.path().join(".local/state/nomaly/history")).unwrap();
+    assert!(history.contains("SELECT nope;"), "{history}");
+}
