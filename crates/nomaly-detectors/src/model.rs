@@ -9,7 +9,8 @@ use crate::features::Features;
 use crate::fit::FitState;
 use crate::params::{Algorithm, Combine, DetectorParams};
 use crate::quantile::quantile_linear;
-use arrow_array::{ArrayRef, BooleanArray, Float64Array};
+use arrow_array::{Array, ArrayRef, BooleanArray, Float64Array};
+use arrow_buffer::{BooleanBuffer, NullBuffer, ScalarBuffer};
 use serde::{Deserialize, Serialize};
 
 /// Version of the serialised model format; bumped on any incompatible change.
@@ -149,19 +150,22 @@ impl Model {
         }
         let cols: Vec<&[f64]> = f.columns.iter().map(|c| c.as_ref()).collect();
         let scores = self.raw_scores(&cols, f.len);
-        scores
-            .into_iter()
-            .zip(&f.valid)
-            .map(|(s, &ok)| ok.then_some(s))
-            .collect()
+        // The scores vector becomes the array's buffer; invalid rows are masked, not rewritten.
+        let nulls = f
+            .valid
+            .iter()
+            .any(|ok| !ok)
+            .then(|| NullBuffer::from(f.valid.as_slice()));
+        Float64Array::new(ScalarBuffer::from(scores), nulls)
     }
 
     /// `score > threshold`, null where the score is null.
     pub fn flags(&self, scores: &Float64Array) -> BooleanArray {
-        scores
-            .iter()
-            .map(|s| s.map(|s| s > self.threshold))
-            .collect()
+        let values = scores.values();
+        BooleanArray::new(
+            BooleanBuffer::collect_bool(values.len(), |i| values[i] > self.threshold),
+            scores.nulls().cloned(),
+        )
     }
 
     /// Per-feature contributions, one array per feature. For additive detectors (HBOS, ECOD, COPOD,
