@@ -3,7 +3,7 @@
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{Float64Type, Int64Type};
 use datafusion::prelude::SessionContext;
-use nomaly_engine::{EngineConfig, EngineKind, build_context, register_table};
+use nomaly_engine::{EngineConfig, EngineKind};
 use nomaly_tests::data::write_parquet_dataset;
 use std::path::Path;
 
@@ -18,17 +18,12 @@ const ALGORITHMS: [(&str, &str); 7] = [
 ];
 
 async fn context(engine: EngineKind, partitions: usize, data: &Path) -> SessionContext {
-    let ctx = build_context(&EngineConfig {
+    let config = EngineConfig {
         engine,
         target_partitions: Some(partitions),
         ..Default::default()
-    })
-    .await
-    .expect("session");
-    register_table(&ctx, "t", &data.to_string_lossy())
-        .await
-        .expect("register");
-    ctx
+    };
+    crate::session_with_table(config, data).await
 }
 
 /// (id, score bits, is_anomaly) ordered by id, for each algorithm.

@@ -2,3 +2,16 @@
 
 mod determinism;
 mod one_pass;
+
+use datafusion::prelude::SessionContext;
+use nomaly_engine::{EngineConfig, build_context, register_table};
+use std::path::Path;
+
+/// A session built from `config` with the Parquet dataset at `data` registered as `t`.
+async fn session_with_table(config: EngineConfig, data: &Path) -> SessionContext {
+    let ctx = build_context(&config).await.expect("session");
+    register_table(&ctx, "t", &data.to_string_lossy())
+        .await
+        .expect("register");
+    ctx
+}

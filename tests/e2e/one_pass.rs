@@ -101,21 +101,13 @@ async fn one_pass_scores_like_two_passes_whether_kept_or_read_again() {
     let data = dir.path().join("t");
     write_parquet_dataset(&data, 12_000, 5, 1_000, 5);
     let session = |one_pass: bool, memory_limit: Option<usize>| {
-        let data = data.clone();
-        async move {
-            let ctx = build_context(&EngineConfig {
-                target_partitions: Some(3),
-                memory_limit,
-                one_pass,
-                ..Default::default()
-            })
-            .await
-            .expect("session");
-            register_table(&ctx, "t", &data.to_string_lossy())
-                .await
-                .expect("register");
-            ctx
-        }
+        let config = EngineConfig {
+            target_partitions: Some(3),
+            memory_limit,
+            one_pass,
+            ..Default::default()
+        };
+        crate::session_with_table(config, &data)
     };
     let sql = "SELECT id, detect_anomalies('hbos', f1, f2, f3) AS a, detect_anomalies('iforest', f1, f2, 'n_trees=10') AS b FROM t";
     let run = |ctx: SessionContext| async move {
@@ -188,16 +180,12 @@ async fn an_output_filter_nothing_passes_is_an_empty_result_on_every_engine() {
     let data = dir.path().join("t");
     write_parquet_dataset(&data, 4_000, 2, 500, 3);
     for engine in [EngineKind::Local, EngineKind::Standalone] {
-        let ctx = build_context(&EngineConfig {
+        let config = EngineConfig {
             engine: engine.clone(),
             target_partitions: Some(2),
             ..Default::default()
-        })
-        .await
-        .unwrap();
-        register_table(&ctx, "t", &data.to_string_lossy())
-            .await
-            .unwrap();
+        };
+        let ctx = crate::session_with_table(config, &data).await;
         let batches = ctx
             .sql(
                 "SELECT * FROM (SELECT id, f1, detect_anomalies('hbos', f1, f2) AS d FROM t) \

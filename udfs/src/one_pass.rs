@@ -21,6 +21,7 @@
 //! partition, possibly on other executors) cannot do, so Ballista sessions keep the standard plan.
 
 use crate::fit_detector::FitDetector;
+use crate::rewrite::MODEL_PREFIX;
 use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::config::ConfigOptions;
@@ -54,9 +55,6 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
-
-/// The prefix the rewrite gives model columns; the rule fuses only joins it made.
-pub const MODEL_PREFIX: &str = "__nomaly_model_";
 
 /// The physical optimizer rule; add it to local sessions only (see the module docs).
 #[derive(Debug, Default)]
@@ -110,24 +108,29 @@ pub struct FitScoreExec {
     fit_side: Arc<dyn ExecutionPlan>,
     input: Arc<dyn ExecutionPlan>,
     fits: Vec<Fit>,
-    schema: SchemaRef,
+    /// The cross join's properties: its schema, partitions and order.
     properties: Arc<PlanProperties>,
     state: Arc<OnceCell<std::result::Result<Arc<Fitted>, Arc<DataFusionError>>>>,
     /// `kept_rows` (served from memory) and `partitions_read_again`.
     metrics: ExecutionPlanMetricsSet,
 }
 
-/// What the first pass leaves: the model values and each partition's kept batches, or the input
-/// to read again.
+/// What the first pass leaves: the model values and where the rows to score come from.
 #[derive(Debug)]
 struct Fitted {
     models: Vec<ScalarValue>,
-    kept: Vec<Mutex<Option<KeptBatches>>>,
-    /// Set when the input did not fit: a fresh instance of the input plan, whose partitions are
-    /// all read again. All or none: sibling file streams may steal each other's files
+    rows: ScoredRows,
+}
+
+#[derive(Debug)]
+enum ScoredRows {
+    /// Each partition's batches, taken by the stream that emits them.
+    Kept(Vec<Mutex<Option<KeptBatches>>>),
+    /// The input did not fit: a fresh instance of the input plan, whose partitions are all read
+    /// again. All or none: sibling file streams may steal each other's files
     /// (`enable_file_stream_work_stealing`), so which rows a partition holds is only fixed within
     /// one execution of the plan.
-    read_again: Option<Arc<dyn ExecutionPlan>>,
+    ReadAgain(Arc<dyn ExecutionPlan>),
 }
 
 #[derive(Debug)]
@@ -162,12 +165,9 @@ impl FitScoreExec {
             }
             fits.push(Fit { aggregate, args });
         }
-        // The cross join's schema and properties: its rows, in its partitions and order.
-        let join = CrossJoinExec::new(Arc::clone(left), Arc::clone(&input));
         Ok(Some(FitScoreExec {
+            properties: cross_join_properties(left, &input),
             fit_side: Arc::clone(left),
-            schema: join.schema(),
-            properties: Arc::clone(join.properties()),
             input,
             fits,
             state: Arc::new(OnceCell::new()),
@@ -175,22 +175,20 @@ impl FitScoreExec {
         }))
     }
 
-    fn with_input(&self, input: Arc<dyn ExecutionPlan>, recompute: bool) -> Result<FitScoreExec> {
-        let properties = if recompute {
-            let join = CrossJoinExec::new(Arc::clone(&self.fit_side), Arc::clone(&input));
-            Arc::clone(join.properties())
-        } else {
-            Arc::clone(&self.properties)
-        };
-        Ok(FitScoreExec {
+    /// A fresh operator (no fit yet) over `input`.
+    fn with_input(&self, input: Arc<dyn ExecutionPlan>, recompute: bool) -> FitScoreExec {
+        FitScoreExec {
+            properties: if recompute {
+                cross_join_properties(&self.fit_side, &input)
+            } else {
+                Arc::clone(&self.properties)
+            },
             fit_side: Arc::clone(&self.fit_side),
             input,
             fits: self.fits.clone(),
-            schema: Arc::clone(&self.schema),
-            properties,
             state: Arc::new(OnceCell::new()),
             metrics: ExecutionPlanMetricsSet::new(),
-        })
+        }
     }
 
     /// The first pass: every input partition at once, each in its own task.
@@ -214,7 +212,6 @@ impl FitScoreExec {
         for p in 0..partitions {
             let stream = input.execute(p, Arc::clone(&context))?;
             let reservation = MemoryConsumer::new(format!("FitScoreExec[{p}]")).register(pool);
-            let fits = fits.clone();
             let budget = KeepBudget {
                 kept_total: Arc::clone(&kept_total),
                 overflowed: Arc::clone(&overflowed),
@@ -222,7 +219,7 @@ impl FitScoreExec {
             };
             tasks.push(SpawnedTask::spawn(first_pass(
                 stream,
-                fits,
+                fits.clone(),
                 reservation,
                 budget,
             )));
@@ -235,25 +232,24 @@ impl FitScoreExec {
                 .await
                 .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))??;
             states.push(state);
-            kept.push(Mutex::new(Some(batches)));
+            kept.push(batches);
         }
-        let read_again = if overflowed.load(Ordering::Relaxed) {
+        let rows = if overflowed.load(Ordering::Relaxed) {
             // Dropping the kept batches returns their memory.
-            kept.iter_mut().for_each(|k| *k = Mutex::new(None));
+            drop(kept);
             MetricBuilder::new(&metrics)
                 .global_counter("partitions_read_again")
                 .add(partitions);
-            Some(reset_plan_states(Arc::clone(&input))?)
+            ScoredRows::ReadAgain(reset_plan_states(Arc::clone(&input))?)
         } else {
             let rows = kept
-                .iter_mut()
-                .filter_map(|k| k.get_mut().ok()?.as_ref())
+                .iter()
                 .flat_map(|k| k.batches.iter().map(|b| b.num_rows()))
                 .sum();
             MetricBuilder::new(&metrics)
                 .global_counter("kept_rows")
                 .add(rows);
-            None
+            ScoredRows::Kept(kept.into_iter().map(|k| Mutex::new(Some(k))).collect())
         };
         // The Final aggregate's merge, in partition order (fit states merge to the same bits in
         // any order, so this equals the two-pass plan's model).
@@ -269,11 +265,7 @@ impl FitScoreExec {
             }
             models.push(acc.evaluate()?);
         }
-        Ok(Arc::new(Fitted {
-            models,
-            kept,
-            read_again,
-        }))
+        Ok(Arc::new(Fitted { models, rows }))
     }
 }
 
@@ -285,7 +277,7 @@ struct KeepBudget {
     cap: usize,
 }
 
-/// Fits one partition, keeping its batches while they fit in the cap and the pool.
+/// Fits one partition, keeping its batches while all partitions' fit in the cap and the pool.
 async fn first_pass(
     mut stream: SendableRecordBatchStream,
     fits: Vec<Fit>,
@@ -307,27 +299,19 @@ async fn first_pass(
                 .collect::<Result<Vec<_>>>()?;
             acc.update_batch(&values)?;
         }
-        if budget.overflowed.load(Ordering::Relaxed) {
-            if !kept.is_empty() {
-                budget
-                    .kept_total
-                    .fetch_sub(reservation.size(), Ordering::Relaxed);
-                kept.clear();
-                reservation.free();
+        if !budget.overflowed.load(Ordering::Relaxed) {
+            let size = batch.get_array_memory_size();
+            let total = budget.kept_total.fetch_add(size, Ordering::Relaxed) + size;
+            if total <= budget.cap && reservation.try_grow(size).is_ok() {
+                kept.push_back(batch);
+                continue;
             }
-            continue;
+            // Past overflow the total no longer matters: nothing is kept any more.
+            budget.overflowed.store(true, Ordering::Relaxed);
         }
-        let size = batch.get_array_memory_size();
-        let within_cap = budget.kept_total.fetch_add(size, Ordering::Relaxed) + size <= budget.cap;
-        if within_cap && reservation.try_grow(size).is_ok() {
-            kept.push_back(batch);
-        } else {
-            budget
-                .kept_total
-                .fetch_sub(size + reservation.size(), Ordering::Relaxed);
+        if !kept.is_empty() {
             kept.clear();
             reservation.free();
-            budget.overflowed.store(true, Ordering::Relaxed);
         }
     }
     let states = accumulators
@@ -343,6 +327,15 @@ async fn first_pass(
     ))
 }
 
+/// The properties of `CrossJoin(fit_side, input)`: the fused operator's rows are the join's, in
+/// the same partitions and order.
+fn cross_join_properties(
+    fit_side: &Arc<dyn ExecutionPlan>,
+    input: &Arc<dyn ExecutionPlan>,
+) -> Arc<PlanProperties> {
+    Arc::clone(CrossJoinExec::new(Arc::clone(fit_side), Arc::clone(input)).properties())
+}
+
 /// The optimizer turns `WHERE` on a score into the join's filter (a nested-loop join on the model
 /// row): fuse it as FitScoreExec → FilterExec → ProjectionExec with the join's filter and projection.
 fn fuse_filtered_join(join: &NestedLoopJoinExec) -> Result<Option<Arc<dyn ExecutionPlan>>> {
@@ -353,7 +346,7 @@ fn fuse_filtered_join(join: &NestedLoopJoinExec) -> Result<Option<Arc<dyn Execut
         return Ok(None);
     };
     let n_left = join.left().schema().fields().len();
-    let schema = Arc::clone(&fused.schema);
+    let schema = fused.schema();
     let mut plan: Arc<dyn ExecutionPlan> = Arc::new(fused);
     if let Some(filter) = join.filter() {
         let indices = filter.column_indices();
@@ -571,7 +564,7 @@ impl ExecutionPlan for FitScoreExec {
             return internal_err!("FitScoreExec takes one child, got {}", children.len());
         }
         let recompute = options.children_properties == ChildrenPropertiesMode::Recompute;
-        Ok(Arc::new(self.with_input(children.remove(0), recompute)?))
+        Ok(Arc::new(self.with_input(children.remove(0), recompute)))
     }
 
     fn with_new_children(
@@ -589,7 +582,7 @@ impl ExecutionPlan for FitScoreExec {
     }
 
     fn reset_state(self: Arc<Self>) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(self.with_input(Arc::clone(&self.input), false)?))
+        Ok(Arc::new(self.with_input(Arc::clone(&self.input), false)))
     }
 
     fn execute(
@@ -599,11 +592,7 @@ impl ExecutionPlan for FitScoreExec {
     ) -> Result<SendableRecordBatchStream> {
         let state = Arc::clone(&self.state);
         let metrics = self.metrics.clone();
-        let (input, fits, schema) = (
-            Arc::clone(&self.input),
-            self.fits.clone(),
-            Arc::clone(&self.schema),
-        );
+        let (input, fits, schema) = (Arc::clone(&self.input), self.fits.clone(), self.schema());
         let out_schema = Arc::clone(&schema);
         let stream = futures::stream::once(async move {
             let fitted = state
@@ -618,11 +607,10 @@ impl ExecutionPlan for FitScoreExec {
                 .await
                 .clone()
                 .map_err(DataFusionError::Shared)?;
-            let rows: SendableRecordBatchStream = match &fitted.read_again {
-                Some(fresh) => fresh.execute(partition, context)?,
-                None => {
-                    let kept = fitted
-                        .kept
+            let rows: SendableRecordBatchStream = match &fitted.rows {
+                ScoredRows::ReadAgain(fresh) => fresh.execute(partition, context)?,
+                ScoredRows::Kept(kept) => {
+                    let kept = kept
                         .get(partition)
                         .and_then(|k| k.lock().ok()?.take())
                         .ok_or_else(|| {

@@ -29,6 +29,10 @@ use datafusion::optimizer::AnalyzerRule;
 use std::cell::Cell;
 use std::sync::Arc;
 
+/// The prefix of the model columns the rewrite makes (`__nomaly_model_0`, ...); the one-pass rule
+/// recognises the rewrite's joins by it.
+pub const MODEL_PREFIX: &str = "__nomaly_model_";
+
 /// Rewrites `detect_anomalies` calls into fit-aggregate → join → score plans.
 #[derive(Debug)]
 pub struct DetectAnomaliesRewrite {
@@ -189,7 +193,7 @@ impl DetectAnomaliesRewrite {
                     calls.push((
                         x.clone(),
                         call.has_options,
-                        format!("__nomaly_model_{}", fresh_id()),
+                        format!("{MODEL_PREFIX}{}", fresh_id()),
                     ));
                 }
                 Ok(TreeNodeRecursion::Continue)
@@ -266,7 +270,7 @@ impl DetectAnomaliesRewrite {
                 .collect::<Result<_>>()?;
             let call = parse_detector_call_exprs(DETECT, &params.args, &types)?;
             let id = fresh_id();
-            let model_name = format!("__nomaly_model_{id}");
+            let model_name = format!("{MODEL_PREFIX}{id}");
             let keys: Vec<(String, Expr)> = params
                 .partition_by
                 .iter()

@@ -2,9 +2,9 @@
 //! statement ends with `;` (outside strings and comments), so statements span lines; history is
 //! kept across sessions; an error is printed and the prompt comes back.
 
-use crate::sql_cmd::{SqlArgs, run_statement};
+use crate::sql_cmd::{SqlArgs, parse_statements, run_statement};
+use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
-use datafusion::sql::parser::DFParser;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
 use nomaly_engine::EngineError;
@@ -32,7 +32,7 @@ fn history_path() -> Option<PathBuf> {
 
 /// Whether `buffer` holds complete statements: its last token is `;` and no string or comment is
 /// left open.
-pub fn is_complete(buffer: &str) -> bool {
+fn is_complete(buffer: &str) -> bool {
     let Ok(tokens) = Tokenizer::new(&GenericDialect {}, buffer).tokenize() else {
         return false; // e.g. an unterminated string: keep reading
     };
@@ -54,15 +54,13 @@ pub fn is_complete(buffer: &str) -> bool {
         .is_some_and(|t| matches!(t, Token::SemiColon))
 }
 
-/// Runs the prompt until `\q` or end of input. Returns the exit code.
-pub async fn run(ctx: &SessionContext, args: &SqlArgs) -> i32 {
-    let mut editor = match DefaultEditor::new() {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("error: cannot start the interactive prompt: {e}");
-            return 1;
-        }
-    };
+/// Runs the prompt until `\q` or end of input.
+pub async fn run(ctx: &SessionContext, args: &SqlArgs) -> Result<(), EngineError> {
+    let mut editor = DefaultEditor::new().map_err(|e| {
+        EngineError::DataFusion(DataFusionError::Execution(format!(
+            "cannot start the interactive prompt: {e}"
+        )))
+    })?;
     let history = history_path();
     if let Some(h) = &history {
         let _ = editor.load_history(h);
@@ -114,16 +112,11 @@ pub async fn run(ctx: &SessionContext, args: &SqlArgs) -> i32 {
         }
         let _ = editor.save_history(h);
     }
-    0
+    Ok(())
 }
 
 async fn run_text(ctx: &SessionContext, text: &str, args: &SqlArgs) -> Result<(), EngineError> {
-    let statements = DFParser::parse_sql(text).map_err(|e| {
-        EngineError::DataFusion(datafusion::error::DataFusionError::Plan(format!(
-            "cannot parse SQL: {e}"
-        )))
-    })?;
-    for statement in statements {
+    for statement in parse_statements(text, "input")? {
         run_statement(ctx, statement, false, args).await?;
     }
     Ok(())

@@ -109,19 +109,11 @@ async fn run_inner(args: SqlArgs) -> Result<(), EngineError> {
             (text, "stdin".to_string())
         }
     };
-    let memory_limit = args
-        .memory_limit
-        .as_deref()
-        .map(parse_byte_size)
-        .transpose()?;
+    let memory_limit = memory_limit(&args)?;
     if let Some(out) = &args.output {
         crate::output::check_output_path(out)?;
     }
-    let statements = DFParser::parse_sql(&sql).map_err(|e| {
-        EngineError::DataFusion(DataFusionError::Plan(format!(
-            "{source}: cannot parse SQL: {e}"
-        )))
-    })?;
+    let statements = parse_statements(&sql, &source)?;
     if statements.is_empty() {
         return Err(EngineError::DataFusion(DataFusionError::Plan(format!(
             "{source}: no SQL statement found"
@@ -133,6 +125,25 @@ async fn run_inner(args: SqlArgs) -> Result<(), EngineError> {
         run_statement(&ctx, statement, i == last, &args).await?;
     }
     Ok(())
+}
+
+fn memory_limit(args: &SqlArgs) -> Result<Option<usize>, EngineError> {
+    args.memory_limit
+        .as_deref()
+        .map(parse_byte_size)
+        .transpose()
+}
+
+/// The statements of `sql`; `source` (`-e`, the file, `stdin`, `input`) names it in errors.
+pub(crate) fn parse_statements(
+    sql: &str,
+    source: &str,
+) -> Result<std::collections::VecDeque<Statement>, EngineError> {
+    DFParser::parse_sql(sql).map_err(|e| {
+        EngineError::DataFusion(DataFusionError::Plan(format!(
+            "{source}: cannot parse SQL: {e}"
+        )))
+    })
 }
 
 /// The session with the `--table` tables registered.
@@ -164,18 +175,8 @@ async fn interactive(args: &SqlArgs) -> Result<(), EngineError> {
                 .into(),
         )));
     }
-    let memory_limit = args
-        .memory_limit
-        .as_deref()
-        .map(parse_byte_size)
-        .transpose()?;
-    let ctx = session(args, memory_limit).await?;
-    match crate::repl::run(&ctx, args).await {
-        0 => Ok(()),
-        _ => Err(EngineError::DataFusion(DataFusionError::Execution(
-            "the interactive prompt stopped".into(),
-        ))),
-    }
+    let ctx = session(args, memory_limit(args)?).await?;
+    crate::repl::run(&ctx, args).await
 }
 
 /// The bar is drawn on a terminal unless `--no-progress`.

@@ -330,8 +330,7 @@ mod tests {
     #[test]
     fn slices_sum_like_single_adds() {
         let mut rng = crate::hashing::DeterministicRng::new(7);
-        // Wide exponents (values far below their block's largest take the per-value path), zeros,
-        // signed zeros, subnormals and huge values (blocks outside the fast range).
+        // Wide exponents, zeros, signed zeros, subnormals and huge values.
         let mut values: Vec<f64> = (0..5_000)
             .map(|i| {
                 let x = rng.next_f64() - 0.5;
@@ -358,7 +357,7 @@ mod tests {
         many_sq.add_squares_slice(&small);
         assert_eq!(one.to_double_double(), many.to_double_double());
         assert_eq!(one_sq.to_double_double(), many_sq.to_double_double());
-        // Tiny-only blocks (below the fast range) too.
+        // Subnormals only.
         let tiny: Vec<f64> = (1..200).map(|i| i as f64 * 1e-310).collect();
         let (mut a, mut b) = (ExactSum::new(), ExactSum::new());
         tiny.iter().for_each(|&v| a.add(v));

@@ -259,20 +259,11 @@ impl BucketStore {
             let (mut pos_min, mut pos_max, mut neg_min, mut neg_max) = (u32::MAX, 0, u32::MAX, 0);
             for ((key, class), &v) in keys.iter_mut().zip(classes.iter_mut()).zip(chunk) {
                 debug_assert!(v.is_finite());
-                let bits = v.to_bits();
-                let abs = bits & !(1u64 << 63);
-                let k = if abs >= MAX_EXP_BITS {
-                    MAX_KEY
-                } else {
-                    (abs >> SHIFT) as u32
-                }
-                .saturating_sub(MIN_KEY);
-                let c = if abs < MIN_EXP_BITS {
-                    ZERO
-                } else if bits >> 63 == 0 {
-                    POSITIVE
-                } else {
-                    NEGATIVE
+                // The same key and sign as `add`, kept per value for the counting loop below.
+                let (k, c) = match magnitude_key(v.abs()) {
+                    None => (0, ZERO),
+                    Some(k) if v > 0.0 => (k - MIN_KEY, POSITIVE),
+                    Some(k) => (k - MIN_KEY, NEGATIVE),
                 };
                 *key = k;
                 *class = c;

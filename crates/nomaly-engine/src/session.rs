@@ -24,6 +24,16 @@ pub enum EngineKind {
     Standalone,
 }
 
+impl EngineKind {
+    /// The name `--engine` and `[run] engine` take.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EngineKind::Local => "local",
+            EngineKind::Standalone => "standalone",
+        }
+    }
+}
+
 impl FromStr for EngineKind {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {

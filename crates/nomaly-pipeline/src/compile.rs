@@ -618,16 +618,15 @@ pub fn compile(file: PipelineFile) -> Result<CompiledPipeline> {
         ));
     }
     let engine = match spec.run.engine.as_deref() {
-        None | Some("local") => EngineKind::Local,
-        Some("standalone") => EngineKind::Standalone,
-        Some(e) => {
-            return Err(PipelineError::invalid(
+        None => EngineKind::Local,
+        Some(e) => e.parse::<EngineKind>().map_err(|_| {
+            PipelineError::invalid(
                 place(&file, "[run]", 0, Some("engine")),
                 format!(
                     "engine = \"{e}\" is not an engine; use \"local\" (DataFusion in this process) or \"standalone\" (a Ballista scheduler and executor in this process)"
                 ),
-            ));
-        }
+            )
+        })?,
     };
     let memory_limit = match &spec.resources.memory_limit {
         Some(m) => Some(nomaly_engine::parse_byte_size(m).map_err(|e| {

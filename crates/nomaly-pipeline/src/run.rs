@@ -41,7 +41,7 @@ use datafusion::execution::TaskContext;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
 use nomaly_engine::{
     EngineConfig, EngineError, EngineKind, StandaloneCluster, build_context, narrow_to_partition,
@@ -644,7 +644,7 @@ async fn collect_fit(
     report: &mut RunReport,
 ) -> std::result::Result<Vec<RecordBatch>, DataFusionError> {
     let task_ctx = Arc::new(df.task_ctx());
-    if let Some(cluster) = cluster_of(&task_ctx) {
+    if let Some(cluster) = cluster_of(task_ctx.session_config()) {
         return fit_on_cluster(df, &cluster, retry.policy, report).await;
     }
     let plan = df.clone().create_physical_plan().await?;
@@ -711,10 +711,8 @@ async fn collect_fit(
 }
 
 /// The Ballista cluster the session runs jobs on (`engine = "standalone"`), if any.
-fn cluster_of(task_ctx: &TaskContext) -> Option<Arc<StandaloneCluster>> {
-    task_ctx
-        .session_config()
-        .get_extension::<StandaloneCluster>()
+fn cluster_of(config: &SessionConfig) -> Option<Arc<StandaloneCluster>> {
+    config.get_extension::<StandaloneCluster>()
 }
 
 /// The fit as one Ballista job (the scheduler spreads the partial aggregates over the executor's
@@ -907,12 +905,7 @@ async fn run_inner(
     report.peak_pool_bytes = peak_pool.load(Ordering::Relaxed);
     report.spill_bytes = peak_spill.load(Ordering::Relaxed);
     report.peak_rss_bytes = peak_rss_bytes();
-    if let Some(cluster) = prepared
-        .ctx
-        .state()
-        .config()
-        .get_extension::<StandaloneCluster>()
-    {
+    if let Some(cluster) = cluster_of(prepared.ctx.state().config()) {
         report.ballista_jobs = cluster.jobs();
     }
     report.seconds = started.elapsed().as_secs_f64();
@@ -1783,10 +1776,7 @@ fn empty_report(p: &CompiledPipeline) -> RunReport {
         models: 0,
         chunks: 0,
         chunking: "source".into(),
-        engine: match p.engine {
-            EngineKind::Local => "local".into(),
-            EngineKind::Standalone => "standalone".into(),
-        },
+        engine: p.engine.name().into(),
         ballista_jobs: 0,
         chunk_rows: p.chunk_rows,
         retries: 0,
@@ -1924,7 +1914,7 @@ impl ChunkJob {
     /// Partition `chunk` of the scoring plan: executed here, or on Ballista as a job of its own
     /// (the plan narrowed to the chunk's file group).
     async fn execute(&self) -> DfResult<SendableRecordBatchStream> {
-        let Some(cluster) = cluster_of(&self.task_ctx) else {
+        let Some(cluster) = cluster_of(self.task_ctx.session_config()) else {
             return self.plan.execute(self.chunk, self.task_ctx.clone());
         };
         let files = &self.chunk_files;
