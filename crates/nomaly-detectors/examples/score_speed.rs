@@ -1,5 +1,5 @@
 //! Scoring throughput of each detector on synthetic data, without DataFusion:
-//! `cargo run --release -p nomaly-detectors --example score_speed [rows] [alg,alg...]`.
+//! `cargo run --release -p nomaly-detectors --example score_speed [rows] [alg,alg...] [batch rows]`.
 
 use arrow_array::{ArrayRef, Float64Array};
 use nomaly_detectors::hashing::DeterministicRng;
@@ -16,11 +16,17 @@ fn main() {
     let cols: Vec<ArrayRef> = (0..8)
         .map(|_| {
             Arc::new(Float64Array::from_iter_values(
-                (0..rows).map(|_| rng.next_f64() * 10.0),
+                // centred like the benchmark generator's features: signs mix, as in real data
+                (0..rows).map(|_| (rng.next_f64() - 0.5) * 10.0),
             )) as ArrayRef
         })
         .collect();
     let only: Option<String> = std::env::args().nth(2);
+    // rows per batch, as DataFusion's `batch_size` would hand them over
+    let batch_rows: usize = std::env::args()
+        .nth(3)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(8192);
     for alg in Algorithm::ALL {
         if only
             .as_deref()
@@ -30,8 +36,8 @@ fn main() {
         }
         let started = Instant::now();
         let mut fit = FitState::new(DetectorParams::new(alg), cols.len());
-        for chunk in (0..rows).step_by(8192) {
-            let n = 8192.min(rows - chunk);
+        for chunk in (0..rows).step_by(batch_rows) {
+            let n = batch_rows.min(rows - chunk);
             let batch: Vec<ArrayRef> = cols.iter().map(|c| c.slice(chunk, n)).collect();
             fit.update(&batch).unwrap();
         }
@@ -39,8 +45,8 @@ fn main() {
         let model = fit.finish();
         let finish_time = started.elapsed() - fit_time;
         let started = Instant::now();
-        for chunk in (0..rows).step_by(8192) {
-            let n = 8192.min(rows - chunk);
+        for chunk in (0..rows).step_by(batch_rows) {
+            let n = batch_rows.min(rows - chunk);
             let batch: Vec<ArrayRef> = cols.iter().map(|c| c.slice(chunk, n)).collect();
             std::hint::black_box(model.score(&batch).unwrap());
         }

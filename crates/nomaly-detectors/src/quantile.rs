@@ -259,11 +259,18 @@ impl BucketStore {
             let (mut pos_min, mut pos_max, mut neg_min, mut neg_max) = (u32::MAX, 0, u32::MAX, 0);
             for ((key, class), &v) in keys.iter_mut().zip(classes.iter_mut()).zip(chunk) {
                 debug_assert!(v.is_finite());
-                // The same key and sign as `add`, kept per value for the counting loop below.
-                let (k, c) = match magnitude_key(v.abs()) {
-                    None => (0, ZERO),
-                    Some(k) if v > 0.0 => (k - MIN_KEY, POSITIVE),
-                    Some(k) => (k - MIN_KEY, NEGATIVE),
+                // The same key and sign as `add`, kept per value for the counting loop below, in
+                // arithmetic rather than a match: the compiler branched on the sign, which centred
+                // data mispredicts half the time (it doubled the fit time).
+                let bits = v.to_bits();
+                let abs = bits & !(1u64 << 63);
+                let zero = abs < MIN_EXP_BITS;
+                let k = ((abs.min(MAX_EXP_BITS) >> SHIFT) as u32).wrapping_sub(MIN_KEY);
+                let k = if zero { 0 } else { k };
+                let c = if zero {
+                    ZERO
+                } else {
+                    POSITIVE + (bits >> 63) as u8
                 };
                 *key = k;
                 *class = c;
@@ -274,25 +281,30 @@ impl BucketStore {
                 neg_max = neg_max.max(if q { k } else { 0 });
             }
             let (keys, classes) = (&keys[..n], &classes[..n]);
-            self.zero += classes.iter().filter(|&&c| c == ZERO).count() as u64;
-            for (store, class, lo, hi) in [
-                (&mut self.positive, POSITIVE, pos_min, pos_max),
-                (&mut self.negative, NEGATIVE, neg_min, neg_max),
+            for (store, lo, hi) in [
+                (&mut self.positive, pos_min, pos_max),
+                (&mut self.negative, neg_min, neg_max),
             ] {
-                if lo > hi {
-                    continue;
-                }
-                // Grow once to the chunk's key range (the range one-by-one adds would reach).
-                store.add(lo, 0);
-                store.add(hi, 0);
-                let offset = store.offset;
-                let counts = &mut store.counts;
-                for (&k, &c) in keys.iter().zip(classes) {
-                    let member = c == class;
-                    let idx = if member { (k - offset) as usize } else { 0 };
-                    counts[idx] += u64::from(member);
+                if lo <= hi {
+                    // Grow once to the chunk's key range (the range one-by-one adds would reach).
+                    store.add(lo, 0);
+                    store.add(hi, 0);
                 }
             }
+            // One increment per value into its class's counts, chosen by indexing rather than by
+            // a branch; zeros count in a one-slot sink (their key is 0).
+            let mut zeros = [0u64; 1];
+            let offsets = [0, self.positive.offset, self.negative.offset];
+            let mut sinks: [&mut [u64]; 3] = [
+                &mut zeros,
+                &mut self.positive.counts,
+                &mut self.negative.counts,
+            ];
+            for (&k, &c) in keys.iter().zip(classes) {
+                let c = usize::from(c);
+                sinks[c][(k - offsets[c]) as usize] += 1;
+            }
+            self.zero += zeros[0];
         }
     }
 
