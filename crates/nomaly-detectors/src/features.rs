@@ -32,13 +32,17 @@ impl<'a> Features<'a> {
                 });
             }
             let col = to_f64(index, array.as_ref())?;
-            if let Some(nulls) = array.logical_nulls() {
-                for (i, v) in valid.iter_mut().enumerate() {
-                    *v &= nulls.is_valid(i);
+            if let Some(nulls) = array.logical_nulls().filter(|n| n.null_count() > 0) {
+                for (v, ok) in valid.iter_mut().zip(nulls.iter()) {
+                    *v &= ok;
                 }
             }
-            for (v, x) in valid.iter_mut().zip(col.iter()) {
-                *v &= x.is_finite();
+            // A read-only check first (a fold, so it vectorises): columns are almost always all
+            // finite, and then the mask is not rewritten.
+            if !col.iter().fold(true, |all, x| all & x.is_finite()) {
+                for (v, x) in valid.iter_mut().zip(col.iter()) {
+                    *v &= x.is_finite();
+                }
             }
             columns.push(col);
         }

@@ -295,7 +295,7 @@ impl BucketStore {
             // a branch; zeros count in a one-slot sink (their key is 0).
             let mut zeros = [0u64; 1];
             let offsets = [0, self.positive.offset, self.negative.offset];
-            let mut sinks: [&mut [u64]; 3] = [
+            let sinks: [&mut [u64]; 3] = [
                 &mut zeros,
                 &mut self.positive.counts,
                 &mut self.negative.counts,

@@ -304,6 +304,7 @@ fn select_feature<const P: usize>(
 /// `out[r] += trees[k].leaf_values[leaves[k][r]]` for k in order, one row at a time with the row's
 /// sum in a register. Kept out of the AVX-512 functions on purpose: there the compiler turns it
 /// into 8-wide gathers, several times slower than scalar loads on the CPUs measured.
+#[cfg(target_arch = "x86_64")]
 #[inline(never)]
 fn add_leaf_values<const K: usize>(
     out: &mut [f64],
@@ -323,6 +324,7 @@ fn add_leaf_values<const K: usize>(
 /// Each lane's entry `j` of level `level` of a heap-ordered table of 256.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
 fn level_lookup(
     table: &[u16; 256],
     level: usize,
@@ -331,7 +333,7 @@ fn level_lookup(
     use std::arch::x86_64::*;
     let base = (1usize << level) - 1;
     let load = |at: usize| {
-        // SAFETY: at + 32 ≤ 255 for every call below (level ≤ 7), inside the 256-entry table.
+        // SAFETY: the (bounds-checked) slice holds the 32 values read; at + 32 ≤ 255 below.
         unsafe { _mm512_loadu_si512(table[at..at + 32].as_ptr().cast()) }
     };
     match level {
