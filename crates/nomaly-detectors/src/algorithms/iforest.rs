@@ -459,18 +459,21 @@ mod tests {
     use arrow_array::{ArrayRef, Float64Array};
     use std::sync::Arc;
 
+    /// A forest of `n_trees` over `width` random features (the last one constant on every third
+    /// row, so some nodes see it constant), and the columns it was fitted on.
     fn forest(
         max_depth: Option<usize>,
         sample_size: usize,
         rows: usize,
+        width: usize,
+        n_trees: usize,
     ) -> (IsolationForestModel, Vec<Vec<f64>>) {
         let mut rng = DeterministicRng::new(5);
-        let cols: Vec<Vec<f64>> = (0..3)
+        let cols: Vec<Vec<f64>> = (0..width)
             .map(|j| {
                 (0..rows)
                     .map(|i| {
-                        // a constant stretch makes some features constant at some nodes
-                        if j == 2 && i % 3 == 0 {
+                        if width > 1 && j + 1 == width && i % 3 == 0 {
                             1.0
                         } else {
                             rng.next_f64() * (j + 1) as f64
@@ -481,9 +484,9 @@ mod tests {
             .collect();
         let mut params = DetectorParams::new(Algorithm::IsolationForest);
         params.max_depth = max_depth;
-        params.n_trees = 20;
+        params.n_trees = n_trees;
         params.sample_size = sample_size;
-        let mut fit = FitState::new(params, 3);
+        let mut fit = FitState::new(params, width);
         let arrays: Vec<ArrayRef> = cols
             .iter()
             .map(|c| Arc::new(Float64Array::from(c.clone())) as ArrayRef)
@@ -514,11 +517,26 @@ mod tests {
 
     #[test]
     fn every_layout_scores_the_same_bits() {
-        for max_depth in [None, Some(3), Some(11)] {
-            let (model, mut cols) = forest(max_depth, 256, 5_000);
+        // (max_depth, sample_size, width, n_trees): every feature-choice width the rank walk
+        // compiles (1, 2, 4, 8, 16, 32 lanes of features), tree counts with and without a group
+        // of four left over, trees of mixed depths, and trees too deep for the rank walk
+        let cases = [
+            (None, 256, 3, 20),
+            (Some(3), 256, 3, 20),
+            (Some(11), 256, 3, 20),
+            (None, 256, 1, 7),
+            (None, 16, 2, 5),
+            (Some(5), 256, 6, 9),
+            (None, 256, 9, 6),
+            (None, 64, 20, 3),
+        ];
+        for (max_depth, sample_size, width, n_trees) in cases {
+            let case =
+                format!("max_depth {max_depth:?}, ψ {sample_size}, width {width}, {n_trees} trees");
+            let (model, mut cols) = forest(max_depth, sample_size, 5_000, width, n_trees);
             // 1_234 random rows: a partial last block
             cols.iter_mut().for_each(|c| c.truncate(1_234));
-            let edges = rows_on_thresholds(&model, 3);
+            let edges = rows_on_thresholds(&model, width);
             for (col, extra) in cols.iter_mut().zip(edges) {
                 col.extend(extra);
             }
@@ -529,27 +547,26 @@ mod tests {
                 scores.iter().map(|v| v.to_bits()).collect()
             };
             let plain = bits(&ScoringLayout::Pointer);
+            // the first row whose score differs, not two vectors of thousands of bits
+            let same = |layout: &ScoringLayout, name: &str| {
+                let got = bits(layout);
+                let first = got.iter().zip(&plain).position(|(a, b)| a != b);
+                assert!(
+                    first.is_none(),
+                    "{name}, {case}: row {first:?} differs from the pointer walk"
+                );
+            };
             let heap: Vec<HeapTree> = model
                 .trees
                 .iter()
-                .map(|t| HeapTree::from_flat(t, 3).expect("shallow enough"))
+                .map(|t| HeapTree::from_flat(t, width).expect("shallow enough"))
                 .collect();
-            assert_eq!(
-                bits(&ScoringLayout::Heap(heap.clone())),
-                plain,
-                "heap, max_depth {max_depth:?}"
-            );
-            match RankForest::new(&heap, 3) {
-                Some(ranked) => {
-                    assert_eq!(
-                        bits(&ScoringLayout::Ranked(ranked)),
-                        plain,
-                        "ranks, max_depth {max_depth:?}"
-                    )
-                }
+            same(&ScoringLayout::Heap(heap.clone()), "heap");
+            match RankForest::new(&heap, width) {
+                Some(ranked) => same(&ScoringLayout::Ranked(ranked), "ranks"),
                 None => assert!(
                     max_depth == Some(11) || !std::arch::is_x86_feature_detected!("avx512bw"),
-                    "ranks refused a forest of depth {max_depth:?} on an AVX-512BW CPU"
+                    "ranks refused {case} on an AVX-512BW CPU"
                 ),
             }
         }
@@ -557,7 +574,7 @@ mod tests {
 
     #[test]
     fn deep_trees_fall_back_and_bad_structure_is_rejected() {
-        let (model, _) = forest(Some(14), 4096, 40_000);
+        let (model, _) = forest(Some(14), 4096, 40_000, 3, 20);
         assert!(model.trees.iter().any(|t| t.depth > MAX_HEAP_DEPTH));
         assert!(model.validate(3).is_ok());
         assert!(model.validate(2).is_err(), "feature 2 is outside width 2");
