@@ -565,7 +565,7 @@ mod tests {
             match RankForest::new(&heap, width) {
                 Some(ranked) => same(&ScoringLayout::Ranked(ranked), "ranks"),
                 None => assert!(
-                    max_depth == Some(11) || !std::arch::is_x86_feature_detected!("avx512bw"),
+                    max_depth == Some(11) || !rank_walk::cpu_has_avx512bw(),
                     "ranks refused {case} on an AVX-512BW CPU"
                 ),
             }

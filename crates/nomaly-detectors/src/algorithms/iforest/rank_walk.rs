@@ -348,7 +348,7 @@ fn level_lookup(
     }
 }
 
-fn cpu_has_avx512bw() -> bool {
+pub(super) fn cpu_has_avx512bw() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512f")
