@@ -563,7 +563,12 @@ mod tests {
                 .collect();
             same(&ScoringLayout::Heap(heap.clone()), "heap");
             match RankForest::new(&heap, width) {
-                Some(ranked) => same(&ScoringLayout::Ranked(ranked), "ranks"),
+                Some(ranked) => {
+                    if let Some(avx2) = ranked.clone().with_avx2() {
+                        same(&ScoringLayout::Ranked(avx2), "ranks with AVX2");
+                    }
+                    same(&ScoringLayout::Ranked(ranked), "ranks");
+                }
                 None => assert!(
                     max_depth == Some(11) || !rank_walk::cpu_has_avx512bw(),
                     "ranks refused {case} on an AVX-512BW CPU"
