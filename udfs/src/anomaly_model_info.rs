@@ -14,7 +14,7 @@ use std::sync::{Arc, LazyLock};
 static DOC: LazyLock<Documentation> = LazyLock::new(|| {
     Documentation::builder(
         DOC_SECTION_ANOMALY,
-        "Describes a model: algorithm, feature count, options, training rows, skipped rows and threshold.",
+        "Describes a model: algorithm, feature count, options, training rows, skipped rows, threshold and its size in bytes.",
         "anomaly_model_info(model)",
     )
     .with_argument("model", MODEL_ARG)
@@ -59,14 +59,13 @@ impl ScalarUDFImpl for AnomalyModelInfo {
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let resolved = resolve_models(&args.args[0], &self.cache)?;
+        // once per distinct model, not per row: describing encodes the model to report its size
+        let texts: Vec<String> = resolved.models.iter().map(|m| m.describe()).collect();
         let out: StringArray = match &resolved.per_row {
-            None => {
-                let text = resolved.models.first().map(|m| m.describe());
-                std::iter::repeat_n(text, args.number_rows).collect()
-            }
+            None => std::iter::repeat_n(texts.first(), args.number_rows).collect(),
             Some(per_row) => per_row
                 .iter()
-                .map(|s| s.map(|s| resolved.models[s as usize].describe()))
+                .map(|s| s.map(|s| &texts[s as usize]))
                 .collect(),
         };
         Ok(ColumnarValue::Array(Arc::new(out)))

@@ -263,15 +263,18 @@ impl Model {
     }
 
     /// A human-readable summary (what `anomaly_model_info` returns).
+    /// One line for people: what was fitted on what, and how big the stored model is (SQL has no
+    /// length function for the model's binary type).
     pub fn describe(&self) -> String {
         format!(
-            "{} on {} features [{}], trained on {} rows ({} skipped), threshold {}",
+            "{} on {} features [{}], trained on {} rows ({} skipped), threshold {}, {} bytes",
             self.params.algorithm,
             self.n_features,
             self.params.to_options_string(),
             self.training_rows,
             self.skipped_rows,
-            self.threshold
+            self.threshold,
+            self.to_bytes().len()
         )
     }
 }
