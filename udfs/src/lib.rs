@@ -8,7 +8,7 @@
 //! | `detect_anomalies('<table>', alg, 'c1, c2' [, opts])` | table function | the rows + `anomaly_score`, `is_anomaly` |
 //! | `fit_detector(alg, f, ... [, opts])` | aggregate | a model (BINARY) |
 //! | `anomaly_score` / `is_anomaly` / `anomaly_detect` / `anomaly_explain` `(model, f, ...)` | scalar | score with a model |
-//! | `anomaly_model_info(model)` | scalar | describe a model |
+//! | `anomaly_model_info(model)` | scalar | describe a model (options, rows, threshold, size) |
 //! | `anomaly_score_zscore` / `_mad` / `_iqr` `(v) OVER (...)` | window | score against the frame |
 //!
 //! [`register_all`] installs everything — functions and the [`rewrite::DetectAnomaliesRewrite`]
