@@ -23,7 +23,6 @@ const SHIFT: u32 = 52 - MANTISSA_BITS;
 const MIN_EXP_BITS: u64 = (1023 - 64) << 52;
 const MAX_EXP_BITS: u64 = (1023 + 64) << 52;
 const MIN_KEY: u32 = (MIN_EXP_BITS >> SHIFT) as u32;
-const MAX_KEY: u32 = (MAX_EXP_BITS >> SHIFT) as u32;
 
 /// Relative error bound of a value read back from a bucket.
 pub const RELATIVE_ERROR: f64 = 1.0 / (1u64 << (MANTISSA_BITS + 1)) as f64 * 1.0001;
@@ -88,13 +87,14 @@ impl DenseCounts {
 #[inline]
 fn magnitude_key(abs: f64) -> Option<u32> {
     let bits = abs.to_bits();
-    if bits < MIN_EXP_BITS {
-        None
-    } else if bits >= MAX_EXP_BITS {
-        Some(MAX_KEY)
-    } else {
-        Some((bits >> SHIFT) as u32)
-    }
+    (bits >= MIN_EXP_BITS).then(|| key_of_bits(bits))
+}
+
+/// The bucket key of a magnitude's bits at or above `MIN_EXP_BITS`; from 2^64 up all share the top
+/// key. Without a branch, for the slice path.
+#[inline]
+fn key_of_bits(abs_bits: u64) -> u32 {
+    (abs_bits.min(MAX_EXP_BITS) >> SHIFT) as u32
 }
 
 /// Midpoint of a magnitude bucket.
@@ -265,8 +265,11 @@ impl BucketStore {
                 let bits = v.to_bits();
                 let abs = bits & !(1u64 << 63);
                 let zero = abs < MIN_EXP_BITS;
-                let k = ((abs.min(MAX_EXP_BITS) >> SHIFT) as u32).wrapping_sub(MIN_KEY);
-                let k = if zero { 0 } else { k };
+                let k = if zero {
+                    0
+                } else {
+                    key_of_bits(abs).wrapping_sub(MIN_KEY)
+                };
                 let c = if zero {
                     ZERO
                 } else {

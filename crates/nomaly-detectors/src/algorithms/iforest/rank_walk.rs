@@ -284,13 +284,12 @@ impl RankForest {
             }
             let n = LANES.min(len - start);
             let out = &mut out[start..start + n];
-            let (groups, rest) = self.trees.as_chunks::<4>();
-            for group in groups {
-                walk_trees_avx2::<P, 4>(group, &values, self.depth, out);
-            }
-            for tree in rest {
-                walk_trees_avx2::<P, 1>(std::array::from_ref(tree), &values, self.depth, out);
-            }
+            in_groups_of_four(
+                &self.trees,
+                out,
+                |four, out| walk_trees_avx2::<P, 4>(four, &values, self.depth, out),
+                |one, out| walk_trees_avx2::<P, 1>(one, &values, self.depth, out),
+            );
         }
     }
 
@@ -314,14 +313,31 @@ impl RankForest {
             }
             let n = LANES.min(len - start);
             let out = &mut out[start..start + n];
-            let (groups, rest) = self.trees.as_chunks::<4>();
-            for group in groups {
-                walk_trees::<P, 4>(group, &values, self.depth, out);
-            }
-            for tree in rest {
-                walk_trees::<P, 1>(std::array::from_ref(tree), &values, self.depth, out);
-            }
+            in_groups_of_four(
+                &self.trees,
+                out,
+                |four, out| walk_trees::<P, 4>(four, &values, self.depth, out),
+                |one, out| walk_trees::<P, 1>(one, &values, self.depth, out),
+            );
         }
+    }
+}
+
+/// Calls `four` on each group of four trees, then `one` on each tree left over: tree order, which
+/// the path-length sums keep. Always inlined, so the kernels' closures stay in their instruction set.
+#[inline(always)]
+fn in_groups_of_four(
+    trees: &[RankTree],
+    out: &mut [f64],
+    four: impl Fn(&[RankTree; 4], &mut [f64]),
+    one: impl Fn(&[RankTree; 1], &mut [f64]),
+) {
+    let (groups, rest) = trees.as_chunks::<4>();
+    for group in groups {
+        four(group, out);
+    }
+    for tree in rest {
+        one(std::array::from_ref(tree), out);
     }
 }
 
