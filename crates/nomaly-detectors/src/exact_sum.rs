@@ -47,7 +47,8 @@ impl ExactSum {
         }
     }
 
-    /// Adds finite values.
+    /// Adds finite values. (One read-modify-write of the value's bin each: summing a block on a
+    /// common scale in a register first was measured slower, 55 -> 75 ns/row for zscore's fit.)
     pub fn add_slice(&mut self, values: &[f64]) {
         values.iter().for_each(|&v| self.add(v));
     }
@@ -170,18 +171,21 @@ impl BigFixed {
             if v == 0 {
                 continue;
             }
-            let shift = i; // bin i has scale 2^(i+1-1075) = 2^i · 2^-1074
-            let mut d = shift / 32;
-            let mut w = v << (shift % 32);
+            // Bin i has scale 2^(i+1-1075) = 2^i · 2^-1074. A bin may use all 128 bits, so its
+            // 32-bit digits are shifted one at a time (each < 2^63) rather than the whole value.
+            let (mut d, r) = (i / 32, i % 32);
+            let mut w = v;
             loop {
                 if w == 0 {
                     break;
                 }
                 if w == -1 {
-                    digits[d] -= 1;
+                    digits[d] -= 1i64 << r;
                     break;
                 }
-                digits[d] += (w & 0xFFFF_FFFF) as i64;
+                let c = ((w & 0xFFFF_FFFF) as i64) << r;
+                digits[d] += c & 0xFFFF_FFFF;
+                digits[d + 1] += c >> 32;
                 w >>= 32;
                 d += 1;
             }
@@ -363,6 +367,19 @@ mod tests {
         tiny.iter().for_each(|&v| a.add(v));
         b.add_slice(&tiny);
         assert_eq!(a.to_f64(), b.to_f64());
+    }
+
+    #[test]
+    fn bins_may_use_all_128_bits() {
+        let mut s = ExactSum::new();
+        s.bins[1074] = (1i128 << 100) + 3; // scale 2^0
+        assert_eq!(s.to_f64(), 2f64.powi(100));
+        s.bins[1074] = -(1i128 << 120) - (1i128 << 70);
+        s.bins[1000] = 1 << 90; // 2^16
+        assert_eq!(s.to_f64(), -(2f64.powi(120) + 2f64.powi(70)) + 2f64.powi(16));
+        s.bins[1074] = i128::MAX;
+        s.bins[1000] = 0;
+        assert_eq!(s.to_f64(), 2f64.powi(127));
     }
 
     #[test]
