@@ -6,13 +6,22 @@ use thiserror::Error;
 /// Everything that can go wrong while configuring, fitting or applying a detector.
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum DetectorError {
-    #[error("unknown algorithm '{name}'; valid algorithms are: {valid}")]
-    UnknownAlgorithm { name: String, valid: String },
+    /// `hint` is empty or a parenthesised suggestion, e.g. ` (did you mean 'ecod'?)`.
+    #[error("unknown algorithm '{name}'{hint}; valid algorithms are: {valid}")]
+    UnknownAlgorithm {
+        name: String,
+        hint: String,
+        valid: String,
+    },
 
-    #[error("unknown option '{name}' for algorithm '{algorithm}'; valid options are: {valid}")]
+    /// `hint` is empty, ` (did you mean 'n_trees'?)`, or names the algorithms the option belongs to.
+    #[error(
+        "unknown option '{name}' for algorithm '{algorithm}'{hint}; valid options are: {valid}"
+    )]
     UnknownOption {
         algorithm: String,
         name: String,
+        hint: String,
         valid: String,
     },
 

@@ -376,7 +376,10 @@ mod tests {
         assert_eq!(s.to_f64(), 2f64.powi(100));
         s.bins[1074] = -(1i128 << 120) - (1i128 << 70);
         s.bins[1000] = 1 << 90; // 2^16
-        assert_eq!(s.to_f64(), -(2f64.powi(120) + 2f64.powi(70)) + 2f64.powi(16));
+        assert_eq!(
+            s.to_f64(),
+            -(2f64.powi(120) + 2f64.powi(70)) + 2f64.powi(16)
+        );
         s.bins[1074] = i128::MAX;
         s.bins[1000] = 0;
         assert_eq!(s.to_f64(), 2f64.powi(127));

@@ -38,6 +38,7 @@ pub mod model;
 pub mod params;
 pub mod quantile;
 pub mod sample;
+pub mod suggest;
 
 pub use error::{DetectorError, Result};
 pub use features::{Features, is_numeric};

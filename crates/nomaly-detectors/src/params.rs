@@ -56,25 +56,51 @@ impl Algorithm {
             .join(", ")
     }
 
+    /// Every name [`Algorithm::parse`] accepts: the canonical names, then aliases.
+    const NAMES: [(&'static str, Algorithm); 12] = [
+        ("zscore", Algorithm::ZScore),
+        ("robust_zscore", Algorithm::RobustZScore),
+        ("iqr", Algorithm::Iqr),
+        ("hbos", Algorithm::Hbos),
+        ("ecod", Algorithm::Ecod),
+        ("copod", Algorithm::Copod),
+        ("iforest", Algorithm::IsolationForest),
+        ("z_score", Algorithm::ZScore),
+        ("mad", Algorithm::RobustZScore),
+        ("modified_zscore", Algorithm::RobustZScore),
+        ("tukey", Algorithm::Iqr),
+        ("isolation_forest", Algorithm::IsolationForest),
+    ];
+
     /// Parses a name, case-insensitively; a few common aliases are accepted.
     pub fn parse(name: &str) -> Result<Self> {
         let lower = name.trim().to_ascii_lowercase();
-        let alg = match lower.as_str() {
-            "zscore" | "z_score" => Algorithm::ZScore,
-            "robust_zscore" | "mad" | "modified_zscore" => Algorithm::RobustZScore,
-            "iqr" | "tukey" => Algorithm::Iqr,
-            "hbos" => Algorithm::Hbos,
-            "ecod" => Algorithm::Ecod,
-            "copod" => Algorithm::Copod,
-            "iforest" | "isolation_forest" => Algorithm::IsolationForest,
-            _ => {
-                return Err(DetectorError::UnknownAlgorithm {
-                    name: name.to_string(),
-                    valid: Self::valid_names(),
-                });
-            }
-        };
-        Ok(alg)
+        match Self::NAMES.iter().find(|(n, _)| *n == lower) {
+            Some(&(_, alg)) => Ok(alg),
+            None => Err(DetectorError::UnknownAlgorithm {
+                name: name.to_string(),
+                hint: crate::suggest::closest(&lower, Self::NAMES.iter().map(|(n, _)| *n))
+                    .map(|n| format!(" (did you mean '{n}'?)"))
+                    .unwrap_or_default(),
+                valid: Self::valid_names(),
+            }),
+        }
+    }
+
+    /// For a name that is not an option of `self`: the algorithms it is an option of, else the
+    /// nearest option of `self`, as the parenthesised hint of [`DetectorError::UnknownOption`].
+    fn option_hint(self, key: &str) -> String {
+        let owners: Vec<&str> = Self::ALL
+            .iter()
+            .filter(|a| a.specific_options().contains(&key))
+            .map(|a| a.name())
+            .collect();
+        if !owners.is_empty() {
+            return format!(" ('{key}' is an option of {})", owners.join(", "));
+        }
+        crate::suggest::closest(key, self.valid_options())
+            .map(|n| format!(" (did you mean '{n}'?)"))
+            .unwrap_or_default()
     }
 
     fn specific_options(self) -> &'static [&'static str] {
@@ -178,6 +204,7 @@ impl DetectorParams {
             return Err(DetectorError::UnknownOption {
                 algorithm: self.algorithm.name().to_string(),
                 name: key.to_string(),
+                hint: self.algorithm.option_hint(&key_lower),
                 valid: self.algorithm.valid_options().join(", "),
             });
         }
@@ -295,7 +322,17 @@ mod tests {
         let e = DetectorParams::parse(Algorithm::Ecod, "n_trees=5").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unknown option 'n_trees' for algorithm 'ecod'; valid options are: contamination, threshold, seed, sample_rows"
+            "unknown option 'n_trees' for algorithm 'ecod' ('n_trees' is an option of iforest); valid options are: contamination, threshold, seed, sample_rows"
+        );
+        let e = DetectorParams::parse(Algorithm::IsolationForest, "ntrees=5").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unknown option 'ntrees' for algorithm 'iforest' (did you mean 'n_trees'?); valid options are: contamination, threshold, seed, sample_rows, n_trees, sample_size, max_depth"
+        );
+        let e = DetectorParams::parse(Algorithm::ZScore, "combine=max, colour=red").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unknown option 'colour' for algorithm 'zscore'; valid options are: contamination, threshold, seed, sample_rows, combine"
         );
         let e = DetectorParams::parse(Algorithm::Hbos, "contamination=0.9").unwrap_err();
         assert_eq!(
@@ -310,6 +347,13 @@ mod tests {
             Algorithm::parse("nope").unwrap_err().to_string(),
             "unknown algorithm 'nope'; valid algorithms are: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest"
         );
+        assert_eq!(
+            Algorithm::parse("IsolationForest").unwrap_err().to_string(),
+            "unknown algorithm 'IsolationForest' (did you mean 'isolation_forest'?); valid algorithms are: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest"
+        );
+        for (name, alg) in Algorithm::NAMES {
+            assert_eq!(Algorithm::parse(&name.to_uppercase()).unwrap(), alg);
+        }
         assert_eq!(
             Algorithm::parse("IForest").unwrap(),
             Algorithm::IsolationForest
