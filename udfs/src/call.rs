@@ -86,8 +86,11 @@ pub fn coerce_detector_args(function: &str, arg_types: &[DataType]) -> Result<Ve
     for (i, dt) in arg_types.iter().enumerate().skip(1) {
         if i == last && is_string(dt) {
             if i == 1 {
+                // Either a text column meant as a feature or options with no feature before them.
                 return plan_err!(
-                    "{function}: at least one numeric feature column is required before the options string"
+                    "{function}: argument 2 has type {dt}, but features must be numeric (cast a \
+                     text column, e.g. CAST(col AS DOUBLE)) and an options string may only follow \
+                     at least one feature"
                 );
             }
             out.push(dt.clone());
@@ -154,13 +157,22 @@ pub fn parse_detector_call(
     let last = arg_types.len() - 1;
     let has_options = is_string(&arg_types[last]);
     let params = if has_options {
-        let text = literal_str(
-            function,
-            last + 1,
-            "options",
-            scalars.get(last).copied().flatten(),
-        )?;
-        DetectorParams::parse(algorithm, &text)
+        let Some(Some(text)) = scalars
+            .get(last)
+            .copied()
+            .flatten()
+            .and_then(|v| v.try_as_str())
+        else {
+            // A string-typed last argument that is not a literal is most likely a text column.
+            return plan_err!(
+                "{function}: argument {} has type {}: the last argument is either the options \
+                 string literal ('key=value, ...') or a numeric feature; cast a text column to use \
+                 it as a feature (CAST(col AS DOUBLE))",
+                last + 1,
+                arg_types[last]
+            );
+        };
+        DetectorParams::parse(algorithm, text)
             .map_err(|e| plan_datafusion_err!("{function}: {e}"))?
     } else {
         DetectorParams::new(algorithm)
