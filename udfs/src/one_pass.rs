@@ -621,19 +621,49 @@ impl ExecutionPlan for FitScoreExec {
                     Box::pin(RecordBatchStreamAdapter::new(input.schema(), kept_stream(kept)))
                 }
             };
-            let models = fitted.models.clone();
+            let mut model_columns = ModelColumns::new(fitted.models.clone());
             Ok::<_, DataFusionError>(rows.map(move |batch| {
                 let batch = batch?;
-                let mut columns = models
-                    .iter()
-                    .map(|m| m.to_array_of_size(batch.num_rows()))
-                    .collect::<Result<Vec<ArrayRef>>>()?;
+                let mut columns = model_columns.sized(batch.num_rows())?;
                 columns.extend(batch.columns().iter().cloned());
                 Ok(RecordBatch::try_new(Arc::clone(&schema), columns)?)
             }))
         })
         .try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, stream)))
+    }
+}
+
+/// The model columns of a partition's output, built once and sliced for each batch: building them
+/// per batch copied every model's bytes into a fresh array each time (megabytes for ECOD), and
+/// slices share one values buffer, which the scoring functions' model cache recognises without
+/// comparing bytes.
+struct ModelColumns {
+    models: Vec<ScalarValue>,
+    columns: Vec<ArrayRef>,
+    rows: usize,
+}
+
+impl ModelColumns {
+    fn new(models: Vec<ScalarValue>) -> Self {
+        Self {
+            models,
+            columns: Vec::new(),
+            rows: 0,
+        }
+    }
+
+    fn sized(&mut self, rows: usize) -> Result<Vec<ArrayRef>> {
+        if rows > self.rows || self.columns.len() != self.models.len() {
+            // the usual batch size, so later batches fit
+            self.rows = rows.max(8192);
+            self.columns = self
+                .models
+                .iter()
+                .map(|m| m.to_array_of_size(self.rows))
+                .collect::<Result<_>>()?;
+        }
+        Ok(self.columns.iter().map(|c| c.slice(0, rows)).collect())
     }
 }
 
