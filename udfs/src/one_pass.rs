@@ -118,7 +118,8 @@ pub struct FitScoreExec {
 /// What the first pass leaves: the model values and where the rows to score come from.
 #[derive(Debug)]
 struct Fitted {
-    models: Vec<ScalarValue>,
+    /// The model values as columns, shared by every partition's output.
+    models: Mutex<ModelColumns>,
     rows: ScoredRows,
 }
 
@@ -265,7 +266,10 @@ impl FitScoreExec {
             }
             models.push(acc.evaluate()?);
         }
-        Ok(Arc::new(Fitted { models, rows }))
+        Ok(Arc::new(Fitted {
+            models: Mutex::new(ModelColumns::new(models)),
+            rows,
+        }))
     }
 }
 
@@ -621,10 +625,13 @@ impl ExecutionPlan for FitScoreExec {
                     Box::pin(RecordBatchStreamAdapter::new(input.schema(), kept_stream(kept)))
                 }
             };
-            let mut model_columns = ModelColumns::new(fitted.models.clone());
             Ok::<_, DataFusionError>(rows.map(move |batch| {
                 let batch = batch?;
-                let mut columns = model_columns.sized(batch.num_rows())?;
+                let mut columns = fitted
+                    .models
+                    .lock()
+                    .map_err(|_| DataFusionError::Internal("model columns poisoned".into()))?
+                    .sized(batch.num_rows())?;
                 columns.extend(batch.columns().iter().cloned());
                 Ok(RecordBatch::try_new(Arc::clone(&schema), columns)?)
             }))
@@ -634,10 +641,11 @@ impl ExecutionPlan for FitScoreExec {
     }
 }
 
-/// The model columns of a partition's output, built once and sliced for each batch: building them
-/// per batch copied every model's bytes into a fresh array each time (megabytes for ECOD), and
-/// slices share one values buffer, which the scoring functions' model cache recognises without
-/// comparing bytes.
+/// The model columns of the output, built once and sliced for each batch of every partition:
+/// building them per batch copied every model's bytes into a fresh array each time (megabytes for
+/// ECOD), and slices share one values buffer, which the scoring functions' model cache recognises
+/// without comparing bytes.
+#[derive(Debug)]
 struct ModelColumns {
     models: Vec<ScalarValue>,
     columns: Vec<ArrayRef>,
