@@ -65,9 +65,7 @@ impl ModelCache {
         let mut entry = match pos {
             Some(p) => entries.remove(p),
             None => CachedModel {
-                model: Arc::new(
-                    Model::from_bytes(bytes).map_err(|e| exec_datafusion_err!("{e}"))?,
-                ),
+                model: Arc::new(Model::from_bytes(bytes).map_err(|e| exec_datafusion_err!("{e}"))?),
                 bytes: bytes.to_vec(),
                 found_in: None,
             },

@@ -445,20 +445,43 @@ pub fn tail_scores(lt: u64, le: u64, n: u64) -> (f64, f64) {
     (-left.ln(), -right.ln())
 }
 
-/// [`tail_scores`] precomputed per bucket of a bucket-mode [`Ecdf`], so scoring a value costs a
-/// key computation and a load instead of two logarithms.
+/// A value per bucket of a bucket-mode [`Ecdf`], computed from the bucket's [`tail_scores`], so
+/// scoring a value costs a key computation and a load instead of two logarithms.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TailTable {
-    zero: (f64, f64),
+pub struct BucketTable<T> {
+    zero: T,
     positive_offset: u32,
-    positive: Vec<(f64, f64)>,
+    positive: Vec<T>,
     negative_offset: u32,
-    negative: Vec<(f64, f64)>,
+    negative: Vec<T>,
+}
+
+impl<T: Copy> BucketTable<T> {
+    /// The entry of `x`'s bucket, or None where the table does not reach (outside the training
+    /// range, non-finite values): there [`Ecdf::tails`] counts.
+    #[inline]
+    pub fn get(&self, x: f64) -> Option<T> {
+        let Some(k) = magnitude_key(x.abs()) else {
+            return Some(self.zero);
+        };
+        let key = k - MIN_KEY;
+        let (offset, entries) = if x > 0.0 {
+            (self.positive_offset, &self.positive)
+        } else {
+            (self.negative_offset, &self.negative)
+        };
+        key.checked_sub(offset)
+            .and_then(|i| entries.get(i as usize))
+            .copied()
+    }
 }
 
 impl Ecdf {
-    /// The per-bucket table (None in exact mode, where values are looked up by binary search).
-    pub fn tail_table(&self) -> Option<TailTable> {
+    /// `entry(-ln F(x), -ln F̄(x))` per bucket (None in exact mode, where values are looked up by
+    /// binary search). Scorers store their per-feature term directly: one load per value, and half
+    /// the memory of storing both tails (the tables of a 10M-row feature are megabytes, so their
+    /// size is what a lookup costs).
+    pub fn bucket_table<T>(&self, entry: impl Fn(f64, f64) -> T) -> Option<BucketTable<T>> {
         let Ecdf::Buckets {
             n,
             zero,
@@ -469,18 +492,18 @@ impl Ecdf {
             return None;
         };
         let neg_total = negative.total();
-        let buckets =
-            |c: &CumulativeCounts, f: &dyn Fn(u64, u64) -> (u64, u64)| -> Vec<(f64, f64)> {
-                c.cumulative
-                    .windows(2)
-                    .map(|w| {
-                        let (lt, le) = f(w[0], w[1] - w[0]);
-                        tail_scores(lt, le, *n)
-                    })
-                    .collect()
-            };
-        Some(TailTable {
-            zero: tail_scores(neg_total, neg_total + zero, *n),
+        let of_counts = |(lt, le): (u64, u64)| {
+            let (u_l, u_r) = tail_scores(lt, le, *n);
+            entry(u_l, u_r)
+        };
+        let buckets = |c: &CumulativeCounts, f: &dyn Fn(u64, u64) -> (u64, u64)| -> Vec<T> {
+            c.cumulative
+                .windows(2)
+                .map(|w| of_counts(f(w[0], w[1] - w[0])))
+                .collect()
+        };
+        Some(BucketTable {
+            zero: of_counts((neg_total, neg_total + zero)),
             positive_offset: positive.offset,
             positive: buckets(positive, &|below, at| {
                 let lt = neg_total + zero + below;
@@ -494,28 +517,9 @@ impl Ecdf {
         })
     }
 
-    /// `(-ln F(x), -ln F̄(x))`, from the table when it covers `x`.
+    /// `(-ln F(x), -ln F̄(x))`.
     #[inline]
-    pub fn tails(&self, x: f64, table: Option<&TailTable>) -> (f64, f64) {
-        if let Some(t) = table {
-            match magnitude_key(x.abs()) {
-                None => return t.zero,
-                Some(k) => {
-                    let key = k - MIN_KEY;
-                    let (offset, entries) = if x > 0.0 {
-                        (t.positive_offset, &t.positive)
-                    } else {
-                        (t.negative_offset, &t.negative)
-                    };
-                    if let Some(e) = key
-                        .checked_sub(offset)
-                        .and_then(|i| entries.get(i as usize))
-                    {
-                        return *e;
-                    }
-                }
-            }
-        }
+    pub fn tails(&self, x: f64) -> (f64, f64) {
         let (lt, le) = self.counts_lt_le(x);
         tail_scores(lt, le, self.n())
     }

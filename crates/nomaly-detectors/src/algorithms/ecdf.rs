@@ -11,7 +11,7 @@
 //! as half an observation in its tail (F = 0.5/n), so it scores above every training value.
 
 use crate::fit::FitState;
-use crate::quantile::{Ecdf, TailTable};
+use crate::quantile::{BucketTable, Ecdf};
 use serde::{Deserialize, Serialize};
 use std::sync::OnceLock;
 
@@ -27,9 +27,9 @@ pub struct EcdfModel {
     pub ecdfs: Vec<Ecdf>,
     /// Sign of the skewness per feature: -1, 0 or 1.
     pub skew_sign: Vec<i8>,
-    /// Per-bucket tail scores, built on first use (not serialised: derived from `ecdfs`).
+    /// Per-bucket terms, built on first use (not serialised: derived from `ecdfs`).
     #[serde(skip)]
-    pub tables: OnceLock<Vec<Option<TailTable>>>,
+    pub tables: OnceLock<Vec<Option<BucketTable<f64>>>>,
 }
 
 impl PartialEq for EcdfModel {
@@ -74,25 +74,107 @@ impl EcdfModel {
         }
     }
 
+    /// Feature `j`'s term from its two tail scores.
+    #[inline]
+    fn term(&self, j: usize, u_l: f64, u_r: f64) -> f64 {
+        let u_skew = match self.skew_sign[j] {
+            -1 => u_l,
+            1 => u_r,
+            _ => u_l + u_r,
+        };
+        match self.variant {
+            EcdfVariant::Ecod => u_l.max(u_r).max(u_skew),
+            EcdfVariant::Copod => u_skew.max((u_l + u_r) / 2.0),
+        }
+    }
+
     pub fn terms(&self, j: usize, col: &[f64], out: &mut [f64]) {
         let ecdf = &self.ecdfs[j];
         let table = self
             .tables
-            .get_or_init(|| self.ecdfs.iter().map(Ecdf::tail_table).collect())
+            .get_or_init(|| {
+                (0..self.ecdfs.len())
+                    .map(|f| self.ecdfs[f].bucket_table(|u_l, u_r| self.term(f, u_l, u_r)))
+                    .collect()
+            })
             .get(j)
             .and_then(|t| t.as_ref());
-        let s = self.skew_sign[j];
         for (o, &x) in out.iter_mut().zip(col) {
-            let (u_l, u_r) = ecdf.tails(x, table);
-            let u_skew = match s {
-                -1 => u_l,
-                1 => u_r,
-                _ => u_l + u_r,
+            *o = match table.and_then(|t| t.get(x)) {
+                Some(term) => term,
+                None => {
+                    let (u_l, u_r) = ecdf.tails(x);
+                    self.term(j, u_l, u_r)
+                }
             };
-            *o = match self.variant {
-                EcdfVariant::Ecod => u_l.max(u_r).max(u_skew),
-                EcdfVariant::Copod => u_skew.max((u_l + u_r) / 2.0),
-            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hashing::DeterministicRng;
+    use crate::params::{Algorithm, DetectorParams};
+    use arrow_array::{ArrayRef, Float64Array};
+    use std::sync::Arc;
+
+    /// The per-bucket term tables give exactly the terms computed from the counts, for values in
+    /// every kind of bucket: occupied, empty gaps, zero, below the smallest bucket, outside the
+    /// training range, on both signs.
+    #[test]
+    fn bucket_tables_give_the_counted_terms() {
+        let mut rng = DeterministicRng::new(11);
+        // Past the exact capacity, so the sketch is in bucket mode; centred, skewed right, left.
+        let n = 100_000;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Float64Array::from_iter_values(
+                (0..n).map(|_| (rng.next_f64() - 0.5) * 10.0),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                (0..n).map(|_| rng.next_f64().powi(4) * 1e3),
+            )),
+            Arc::new(Float64Array::from_iter_values((0..n).map(|i| {
+                if i % 3 == 0 {
+                    0.0
+                } else {
+                    -rng.next_f64().powi(3)
+                }
+            }))),
+        ];
+        let mut probes: Vec<f64> = (0..5_000).map(|_| (rng.next_f64() - 0.5) * 30.0).collect();
+        probes.extend([
+            0.0, -0.0, 1e-30, -1e-30, 1e-300, 5e-324, 1e30, -1e30, 999.9, 1e3, 2e3, -2.0, -1.0,
+        ]);
+        for variant in [Algorithm::Ecod, Algorithm::Copod] {
+            let mut fit = FitState::new(DetectorParams::new(variant), columns.len());
+            fit.update(&columns).unwrap();
+            let model = EcdfModel::fit(
+                &fit,
+                if variant == Algorithm::Ecod {
+                    EcdfVariant::Ecod
+                } else {
+                    EcdfVariant::Copod
+                },
+            );
+            assert!(matches!(
+                model.ecdfs[0],
+                crate::quantile::Ecdf::Buckets { .. }
+            ));
+            assert_eq!(model.skew_sign[1..], [1, -1]);
+            for j in 0..columns.len() {
+                let mut looked_up = vec![0.0; probes.len()];
+                model.terms(j, &probes, &mut looked_up);
+                for (x, got) in probes.iter().zip(&looked_up) {
+                    let (u_l, u_r) = model.ecdfs[j].tails(*x);
+                    let counted = model.term(j, u_l, u_r);
+                    assert_eq!(
+                        got.to_bits(),
+                        counted.to_bits(),
+                        "{variant:?} feature {j} at {x}: table {got}, counts {counted}"
+                    );
+                }
+            }
         }
     }
 }
