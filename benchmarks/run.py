@@ -10,6 +10,7 @@ write; references time fit + score on arrays already in memory (their reading is
 Peak RSS of each Nomaly process is measured from outside (/proc wait4 rusage), not self-reported.
 Each measurement runs --repeat times (default 3, both sides) and the median is used: on a shared
 2-core machine one run of the same command varies by 20% or more, enough to flip a ratio's verdict.
+Nomaly's queries run in rounds (each query once per round), so drift hits every query alike.
 """
 import statistics
 import argparse
@@ -72,24 +73,29 @@ def main():
     out = tempfile.mkdtemp(prefix="nomaly-bench-")
     results = {}
 
-    def nomaly(name, select):
-        sql = f"COPY ({select}) TO '{out}/{name}.parquet' STORED AS PARQUET"
-        runs = [run_nomaly(a.data, sql, a.memory_limit) for _ in range(a.repeat)]
-        t = statistics.median(r[0] for r in runs)
-        rss = max(r[1] for r in runs)
-        results[name] = t
-        each = " ".join(f"{r[0]:.2f}" for r in runs)
-        print(f"nomaly {name:10} {t:8.2f} s  {rows / t / 1e6:7.2f} M rows/s  peak RSS {rss / 2**20:7.0f} MiB  (runs: {each})",
-              flush=True)
-        return t
-
-    floor = nomaly("floor", "SELECT id, f1 * 2 AS s FROM t") if "floor" in only else None
-    # The same scan + write reading every feature once: what a one-pass detector could not beat.
-    floor8 = nomaly("floor8", f"SELECT id, {' + '.join(f'f{j + 1}' for j in range(d))} AS s FROM t") \
-        if "floor" in only else None
+    queries = []
+    if "floor" in only:
+        queries.append(("floor", "SELECT id, f1 * 2 AS s FROM t"))
+        # The same scan + write reading every feature once: what a one-pass detector could not beat.
+        queries.append(("floor8", f"SELECT id, {' + '.join(f'f{j + 1}' for j in range(d))} AS s FROM t"))
     for alg in ["zscore", "hbos", "ecod", "copod", "iforest"]:
         if alg in only:
-            nomaly(alg, f"SELECT id, detect_anomalies('{alg}', {feats})['score'] AS s FROM t")
+            queries.append((alg, f"SELECT id, detect_anomalies('{alg}', {feats})['score'] AS s FROM t"))
+    # Rounds of every query rather than each query's runs back to back, so a slow spell of the
+    # machine lands on all of them alike instead of on one side of a ratio.
+    runs = {name: [] for name, _ in queries}
+    for _ in range(a.repeat):
+        for name, select in queries:
+            sql = f"COPY ({select}) TO '{out}/{name}.parquet' STORED AS PARQUET"
+            runs[name].append(run_nomaly(a.data, sql, a.memory_limit))
+    for name, _ in queries:
+        t = statistics.median(r[0] for r in runs[name])
+        rss = max(r[1] for r in runs[name])
+        results[name] = t
+        each = " ".join(f"{r[0]:.2f}" for r in runs[name])
+        print(f"nomaly {name:10} {t:8.2f} s  {rows / t / 1e6:7.2f} M rows/s  peak RSS {rss / 2**20:7.0f} MiB  (runs: {each})",
+              flush=True)
+    floor, floor8 = results.get("floor"), results.get("floor8")
 
     if a.skip_reference:
         return
