@@ -71,6 +71,28 @@ impl ExactSum {
         }
     }
 
+    /// The sum times 2^-k. Exact unless the result reaches below 2^-1074 (those bits are dropped,
+    /// rounding towards -∞) or above the largest double (it saturates; the value reads as ±∞).
+    pub fn scaled(&self, k: i32) -> ExactSum {
+        let mut out = ExactSum::new();
+        let top = EXPONENT_BINS - 1;
+        for (i, &v) in self.bins.iter().enumerate() {
+            if v == 0 {
+                continue;
+            }
+            // bin i has scale 2^(i-1074); times 2^-k it belongs in bin i - k
+            let j = i as i64 - k as i64;
+            if j < 0 {
+                out.bins[0] += v >> (-j).min(127);
+            } else if j as usize > top {
+                out.bins[top] = out.bins[top].saturating_add(v.signum() << 100);
+            } else {
+                out.bins[j as usize] += v;
+            }
+        }
+        out
+    }
+
     /// The exact sum rounded to the nearest double (ties away from subnormal corner cases aside).
     pub fn to_f64(&self) -> f64 {
         BigFixed::from_bins(&self.bins).to_f64()
@@ -150,6 +172,116 @@ fn square_pairs_portable(values: &[f64], hi: &mut [f64], lo: &mut [f64]) {
 #[target_feature(enable = "fma")]
 unsafe fn square_pairs_fma(values: &[f64], hi: &mut [f64], lo: &mut [f64]) {
     square_pairs_portable(values, hi, lo);
+}
+
+/// Squares of values outside [2^-400, 2^500) are summed after scaling the value by 2^±600: a
+/// square overflows from 2^512 up and loses bits below 2^-511.
+const SQUARE_SCALE: i32 = 600;
+const SMALLEST_PLAIN_SQUARED: f64 = f64::from_bits((1023 - 400) << 52); // 2^-400
+const LARGEST_PLAIN_SQUARED: f64 = f64::from_bits((1023 + 500) << 52); // 2^500
+
+/// The exact sum of the squares of any finite doubles.
+///
+/// Squaring in `f64` overflows for |x| ≥ 2^512 and underflows (losing the exact remainder) for
+/// |x| < 2^-511, so a z-score of data in the 1e170s or 1e-200s came out infinite. Values in
+/// [2^-400, 2^500) (and zero) are squared as they are; smaller ones are scaled up by 2^600 and
+/// larger ones down by 2^600 first, each into its own exact sum, and [`ExactSquareSum::scaled`]
+/// reads the total at whatever power-of-two scale keeps it finite.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(from = "SparseSquareSum", into = "SparseSquareSum")]
+pub struct ExactSquareSum {
+    plain: ExactSum,
+    /// Σ (x·2^600)² over 0 < |x| < 2^-400.
+    tiny: Option<ExactSum>,
+    /// Σ (x·2^-600)² over |x| ≥ 2^500.
+    huge: Option<ExactSum>,
+}
+
+impl ExactSquareSum {
+    /// Adds the squares of finite values.
+    pub fn add_slice(&mut self, values: &[f64]) {
+        let outside = |v: f64| {
+            let a = v.abs();
+            (a < SMALLEST_PLAIN_SQUARED && a != 0.0) || a >= LARGEST_PLAIN_SQUARED
+        };
+        // without a short-circuit, so the check vectorises: it runs on every batch
+        if !values.iter().fold(false, |any, &v| any | outside(v)) {
+            self.plain.add_squares_slice(values);
+            return;
+        }
+        let (mut plain, mut tiny, mut huge) = (Vec::new(), Vec::new(), Vec::new());
+        for &v in values {
+            let a = v.abs();
+            if a >= LARGEST_PLAIN_SQUARED {
+                huge.push(scale_by_pow2(v, -SQUARE_SCALE));
+            } else if a < SMALLEST_PLAIN_SQUARED && a != 0.0 {
+                tiny.push(scale_by_pow2(v, SQUARE_SCALE));
+            } else {
+                plain.push(v);
+            }
+        }
+        self.plain.add_squares_slice(&plain);
+        if !tiny.is_empty() {
+            self.tiny
+                .get_or_insert_with(ExactSum::new)
+                .add_squares_slice(&tiny);
+        }
+        if !huge.is_empty() {
+            self.huge
+                .get_or_insert_with(ExactSum::new)
+                .add_squares_slice(&huge);
+        }
+    }
+
+    pub fn merge(&mut self, other: &ExactSquareSum) {
+        self.plain.merge(&other.plain);
+        for (mine, theirs) in [(&mut self.tiny, &other.tiny), (&mut self.huge, &other.huge)] {
+            if let Some(t) = theirs {
+                mine.get_or_insert_with(ExactSum::new).merge(t);
+            }
+        }
+    }
+
+    /// The sum of squares times 2^-k (see [`ExactSum::scaled`]).
+    pub fn scaled(&self, k: i32) -> ExactSum {
+        let mut total = self.plain.scaled(k);
+        if let Some(t) = &self.tiny {
+            // t = S·2^1200, so S·2^-k = t·2^-(k+1200)
+            total.merge(&t.scaled(k + 2 * SQUARE_SCALE));
+        }
+        if let Some(h) = &self.huge {
+            total.merge(&h.scaled(k - 2 * SQUARE_SCALE));
+        }
+        total
+    }
+}
+
+/// Serialised form of an [`ExactSquareSum`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct SparseSquareSum {
+    plain: SparseExactSum,
+    tiny: Option<SparseExactSum>,
+    huge: Option<SparseExactSum>,
+}
+
+impl From<SparseSquareSum> for ExactSquareSum {
+    fn from(s: SparseSquareSum) -> Self {
+        Self {
+            plain: ExactSum::from_sparse(&s.plain),
+            tiny: s.tiny.as_ref().map(ExactSum::from_sparse),
+            huge: s.huge.as_ref().map(ExactSum::from_sparse),
+        }
+    }
+}
+
+impl From<ExactSquareSum> for SparseSquareSum {
+    fn from(s: ExactSquareSum) -> Self {
+        Self {
+            plain: s.plain.to_sparse(),
+            tiny: s.tiny.as_ref().map(ExactSum::to_sparse),
+            huge: s.huge.as_ref().map(ExactSum::to_sparse),
+        }
+    }
 }
 
 /// Serialised form of an [`ExactSum`].
@@ -383,6 +515,49 @@ mod tests {
         s.bins[1074] = i128::MAX;
         s.bins[1000] = 0;
         assert_eq!(s.to_f64(), 2f64.powi(127));
+    }
+
+    #[test]
+    fn square_sums_cover_every_finite_double() {
+        let p = |k: i32| 2f64.powi(k);
+        let mut s = ExactSquareSum::default();
+        s.add_slice(&[p(600), p(3), -p(-600), 0.0]);
+        assert_eq!(s.scaled(1200).to_double_double(), (1.0, p(-1194)));
+        assert_eq!(s.scaled(0).to_f64(), f64::INFINITY);
+        // read at the small end, the huge square saturates and the tiny one is exact
+        let mut small = ExactSquareSum::default();
+        small.add_slice(&[p(-600), 3.0 * p(-601)]);
+        assert_eq!(small.scaled(-1200).to_f64(), 1.0 + 9.0 / 4.0);
+        assert_eq!(small.scaled(0).to_f64(), 0.0);
+        // split and merged in any order, the same bits; plain values keep the plain sum's bits
+        let values: Vec<f64> = (0..3000)
+            .map(|i| ((i as f64) * 0.37).sin() * 10f64.powi((i % 41) * 15 - 300))
+            .collect();
+        let mut whole = ExactSquareSum::default();
+        whole.add_slice(&values);
+        let mut parts = ExactSquareSum::default();
+        for chunk in values.rchunks(77) {
+            let mut part = ExactSquareSum::default();
+            part.add_slice(chunk);
+            parts.merge(&part);
+        }
+        for k in [-1200, -600, 0, 600, 1200] {
+            assert_eq!(
+                whole.scaled(k).to_double_double(),
+                parts.scaled(k).to_double_double()
+            );
+        }
+        // values whose squares are exact doubles: the same bins as squaring them directly
+        let ordinary: Vec<f64> = values
+            .iter()
+            .copied()
+            .filter(|v| *v == 0.0 || (v.abs() >= p(-400) && v.abs() < p(500)))
+            .collect();
+        let mut plain = ExactSum::new();
+        plain.add_squares_slice(&ordinary);
+        let mut squares = ExactSquareSum::default();
+        squares.add_slice(&ordinary);
+        assert!(squares.scaled(0) == plain, "plain squares changed");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! states were merged.
 
 use crate::error::{DetectorError, Result};
-use crate::exact_sum::{ExactSum, SparseExactSum};
+use crate::exact_sum::{ExactSquareSum, ExactSum, SparseExactSum};
 use crate::features::Features;
 use crate::hashing::{hash_column, row_hash_start};
 use crate::model::Model;
@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeatureStats {
     pub(crate) sum: Option<SparseOrDense>,
-    pub(crate) sum_sq: Option<SparseOrDense>,
+    pub(crate) sum_sq: Option<ExactSquareSum>,
     pub(crate) sketch: Option<QuantileSketch>,
     pub(crate) min: f64,
     pub(crate) max: f64,
@@ -56,7 +56,7 @@ impl FeatureStats {
         };
         Self {
             sum: moments.then(|| SparseOrDense(ExactSum::new())),
-            sum_sq: moments.then(|| SparseOrDense(ExactSum::new())),
+            sum_sq: moments.then(ExactSquareSum::default),
             sketch: sketch.then(QuantileSketch::new),
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
@@ -68,7 +68,7 @@ impl FeatureStats {
             a.0.merge(&b.0);
         }
         if let (Some(a), Some(b)) = (&mut self.sum_sq, &other.sum_sq) {
-            a.0.merge(&b.0);
+            a.merge(b);
         }
         if let (Some(a), Some(b)) = (&mut self.sketch, &other.sketch) {
             a.merge(b);
@@ -195,7 +195,7 @@ impl FitState {
                     s.0.add_slice(&valid);
                 }
                 if let Some(s) = &mut stats.sum_sq {
-                    s.0.add_squares_slice(&valid);
+                    s.add_slice(&valid);
                 }
                 if let Some(s) = &mut stats.sketch {
                     s.add_slice(&valid);

@@ -10,7 +10,7 @@
 //! Terms combine by `combine = max` (default: the worst feature decides) or `sum`. A feature with zero
 //! spread scores 0 at its centre and +Infinity anywhere else (it never varied in training).
 
-use crate::exact_sum::dd;
+use crate::exact_sum::{dd, scale_by_pow2};
 use crate::fit::FitState;
 use crate::params::Algorithm;
 use crate::quantile::quantile_linear;
@@ -35,24 +35,38 @@ impl CentreScaleModel {
         for f in &state.features {
             match state.params.algorithm {
                 Algorithm::ZScore => {
+                    // Sums are read at a power-of-two scale that keeps S1² and S2 finite and
+                    // normal (1e170s square past f64::MAX, 1e-200s to zero); scaling by a power
+                    // of two is exact, so ordinary data gets the same bits as unscaled.
+                    let largest = f.min.abs().max(f.max.abs());
+                    let k = if !largest.is_finite() || largest == 0.0 {
+                        0
+                    } else if largest >= 2f64.powi(400) {
+                        600
+                    } else if largest < 2f64.powi(-300) {
+                        -600
+                    } else {
+                        0
+                    };
                     let s1 = f
                         .sum
                         .as_ref()
-                        .map(|s| s.0.to_double_double())
+                        .map(|s| s.0.scaled(k).to_double_double())
                         .unwrap_or((0.0, 0.0));
                     let s2 = f
                         .sum_sq
                         .as_ref()
-                        .map(|s| s.0.to_double_double())
+                        .map(|s| s.scaled(2 * k).to_double_double())
                         .unwrap_or((0.0, 0.0));
                     let mean = dd::div_f64(s1, n);
                     // n·var = S2 - S1²/n, in double-double so a large offset does not cancel digits.
                     let s1_sq_over_n = dd::div_f64(dd::mul(s1, s1), n);
                     let m2 = dd::add(s2, (-s1_sq_over_n.0, -s1_sq_over_n.1));
                     let var = (m2.0 + m2.1) / n;
-                    centre.push(mean.0 + mean.1);
-                    upper.push(mean.0 + mean.1);
-                    scale.push(var.max(0.0).sqrt());
+                    let centre_j = scale_by_pow2(mean.0 + mean.1, k);
+                    centre.push(centre_j);
+                    upper.push(centre_j);
+                    scale.push(scale_by_pow2(var.max(0.0).sqrt(), k));
                 }
                 Algorithm::RobustZScore => {
                     let wv = f
@@ -129,5 +143,41 @@ pub fn scaled_distance(distance: f64, scale: f64) -> f64 {
         0.0
     } else {
         f64::INFINITY
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::DetectorParams;
+    use arrow_array::{ArrayRef, Float64Array};
+    use std::sync::Arc;
+
+    fn zscores(values: &[f64]) -> Vec<f64> {
+        let col: ArrayRef = Arc::new(Float64Array::from(values.to_vec()));
+        let mut fit = FitState::new(DetectorParams::new(Algorithm::ZScore), 1);
+        fit.update(std::slice::from_ref(&col)).unwrap();
+        let model = CentreScaleModel::fit(&fit);
+        let mut out = vec![0.0; values.len()];
+        model.terms(0, values, &mut out);
+        out
+    }
+
+    /// Squares of 1e170 overflow and of 1e-200 vanish; the z-scores must not notice.
+    #[test]
+    fn zscore_holds_at_the_ends_of_the_double_range() {
+        let unit = zscores(&[1.0, 2.0, 3.0, 10.0]);
+        assert!((unit[3] - 1.697056274847714).abs() < 1e-15, "{unit:?}");
+        for scale in [1e170, 1e-200, 1e300, -1e-300, 1e-310] {
+            let scaled: Vec<f64> = [1.0, 2.0, 3.0, 10.0].iter().map(|v| v * scale).collect();
+            let got = zscores(&scaled);
+            for (g, u) in got.iter().zip(&unit) {
+                assert!((g - u).abs() < 1e-9, "scale {scale}: {got:?} vs {unit:?}");
+            }
+        }
+        // a huge outlier among ordinary values: finite, and it ranks first
+        let mixed = zscores(&[1.0, 2.0, 3.0, 1e200]);
+        assert!(mixed.iter().all(|z| z.is_finite()), "{mixed:?}");
+        assert!(mixed[3] > mixed[0]);
     }
 }
