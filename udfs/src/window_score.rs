@@ -8,8 +8,8 @@
 //!
 //! NULL/NaN/±Inf values are ignored in the frame and score NULL; too few valid values score NULL;
 //! a zero spread scores 0 at the centre (inside the fences) and +Infinity elsewhere. For whole-table
-//! detection use `detect_anomalies`, which scales; these functions recompute each frame (O(frame) per
-//! row), so use them with bounded frames.
+//! detection use `detect_anomalies`, which scales; these functions compute each distinct frame
+//! (O(frame) per row; rows sharing a frame, as with `OVER (PARTITION BY k)`, share the work).
 
 use crate::docs::DOC_SECTION_ANOMALY;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
@@ -167,6 +167,7 @@ impl WindowUDFImpl for AnomalyScoreWindow {
             k,
             current_row: 0,
             values: None,
+            last_frame: None,
         }))
     }
     fn documentation(&self) -> Option<&Documentation> {
@@ -181,6 +182,81 @@ struct FrameEvaluator {
     /// evaluate() is called once per row, in order: this is the row being scored.
     current_row: usize,
     values: Option<(usize, Vec<Option<f64>>)>,
+    /// The last frame and its fence, for rows that share a frame.
+    last_frame: Option<(Range<usize>, Option<Fence>)>,
+}
+
+/// What a row is scored against: its distance outside [lo, hi] in units of `spread`, all computed
+/// on the frame's values times `factor` (a power of two; see [`FrameScore::fence`]).
+#[derive(Debug, Clone, Copy)]
+struct Fence {
+    factor: f64,
+    lo: f64,
+    hi: f64,
+    spread: f64,
+}
+
+impl FrameScore {
+    /// The fence of a frame's valid values; None below the minimum sample count.
+    fn fence(self, mut frame: Vec<f64>, k: f64) -> Option<Fence> {
+        if frame.len() < self.min_samples() {
+            return None;
+        }
+        // Squared deviations overflow from about 1e154 and vanish below 1e-162: such frames are
+        // scored on their values times 2^-+600 (exact; ordinary frames keep factor 1 and their bits).
+        let largest = frame.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let factor = if largest >= 2f64.powi(400) {
+            2f64.powi(-600)
+        } else if largest > 0.0 && largest < 2f64.powi(-300) {
+            2f64.powi(600)
+        } else {
+            1.0
+        };
+        if factor != 1.0 {
+            frame.iter_mut().for_each(|v| *v *= factor);
+        }
+        let fence = match self {
+            FrameScore::ZScore => {
+                let n = frame.len() as f64;
+                let mean = frame.iter().sum::<f64>() / n;
+                let var = frame.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+                Fence {
+                    factor,
+                    lo: mean,
+                    hi: mean,
+                    spread: var.sqrt(),
+                }
+            }
+            FrameScore::Mad => {
+                frame.sort_by(f64::total_cmp);
+                let wv: Vec<(f64, u64)> = frame.iter().map(|&v| (v, 1)).collect();
+                let med = quantile_linear(&wv, 0.5);
+                let mut dev: Vec<(f64, u64)> =
+                    frame.iter().map(|&v| ((v - med).abs(), 1)).collect();
+                dev.sort_by(|a, b| a.0.total_cmp(&b.0));
+                Fence {
+                    factor,
+                    lo: med,
+                    hi: med,
+                    spread: 1.4826 * quantile_linear(&dev, 0.5),
+                }
+            }
+            FrameScore::Iqr => {
+                frame.sort_by(f64::total_cmp);
+                let wv: Vec<(f64, u64)> = frame.iter().map(|&v| (v, 1)).collect();
+                let q1 = quantile_linear(&wv, 0.25);
+                let q3 = quantile_linear(&wv, 0.75);
+                let iqr = q3 - q1;
+                Fence {
+                    factor,
+                    lo: q1 - k * iqr,
+                    hi: q3 + k * iqr,
+                    spread: iqr,
+                }
+            }
+        };
+        Some(fence)
+    }
 }
 
 impl PartitionEvaluator for FrameEvaluator {
@@ -202,6 +278,7 @@ impl PartitionEvaluator for FrameEvaluator {
                 .map(|i| (f.is_valid(i) && f.value(i).is_finite()).then(|| f.value(i)))
                 .collect();
             self.values = Some((array.len(), v));
+            self.last_frame = None;
         }
         let (_, vals) = self.values.as_ref().expect("set above");
         let row = self.current_row;
@@ -209,37 +286,24 @@ impl PartitionEvaluator for FrameEvaluator {
         let Some(x) = vals.get(row).copied().flatten() else {
             return Ok(ScalarValue::Float64(None));
         };
-        let mut frame: Vec<f64> = vals[range.clone()].iter().flatten().copied().collect();
-        if frame.len() < self.kind.min_samples() {
-            return Ok(ScalarValue::Float64(None));
-        }
-        let score = match self.kind {
-            FrameScore::ZScore => {
-                let n = frame.len() as f64;
-                let mean = frame.iter().sum::<f64>() / n;
-                let var = frame.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
-                scaled_distance((x - mean).abs(), var.sqrt())
-            }
-            FrameScore::Mad => {
-                frame.sort_by(f64::total_cmp);
-                let wv: Vec<(f64, u64)> = frame.iter().map(|&v| (v, 1)).collect();
-                let med = quantile_linear(&wv, 0.5);
-                let mut dev: Vec<(f64, u64)> =
-                    frame.iter().map(|&v| ((v - med).abs(), 1)).collect();
-                dev.sort_by(|a, b| a.0.total_cmp(&b.0));
-                scaled_distance((x - med).abs(), 1.4826 * quantile_linear(&dev, 0.5))
-            }
-            FrameScore::Iqr => {
-                frame.sort_by(f64::total_cmp);
-                let wv: Vec<(f64, u64)> = frame.iter().map(|&v| (v, 1)).collect();
-                let q1 = quantile_linear(&wv, 0.25);
-                let q3 = quantile_linear(&wv, 0.75);
-                let iqr = q3 - q1;
-                let lo = q1 - self.k * iqr;
-                let hi = q3 + self.k * iqr;
-                scaled_distance(distance_outside(x, lo, hi), iqr)
+        // Rows whose frame is the previous row's (OVER () or a whole-partition frame) reuse its
+        // statistics: recomputing them made such a window O(rows²).
+        let fence = match &self.last_frame {
+            Some((r, fence)) if r == range => *fence,
+            _ => {
+                let frame: Vec<f64> = vals[range.clone()].iter().flatten().copied().collect();
+                let fence = self.kind.fence(frame, self.k);
+                self.last_frame = Some((range.clone(), fence));
+                fence
             }
         };
+        let Some(fence) = fence else {
+            return Ok(ScalarValue::Float64(None));
+        };
+        let score = scaled_distance(
+            distance_outside(x * fence.factor, fence.lo, fence.hi),
+            fence.spread,
+        );
         Ok(ScalarValue::Float64(Some(score)))
     }
 }
