@@ -22,7 +22,16 @@ pub struct HbosModel {
 /// NumPy's `linspace(first, last, n + 1)`.
 fn linspace(first: f64, last: f64, n: usize) -> Vec<f64> {
     let step = (last - first) / n as f64;
-    let mut e: Vec<f64> = (0..=n).map(|i| i as f64 * step + first).collect();
+    let mut e: Vec<f64> = if step.is_finite() {
+        (0..=n).map(|i| i as f64 * step + first).collect()
+    } else {
+        // A range wider than f64::MAX (NumPy gives NaN edges): the same formula on halves, doubled
+        // (exact), so every edge is finite and bins keep their order.
+        let half_step = (last / 2.0 - first / 2.0) / n as f64;
+        (0..=n)
+            .map(|i| (i as f64 * half_step + first / 2.0) * 2.0)
+            .collect()
+    };
     e[n] = last;
     e
 }
@@ -102,5 +111,34 @@ impl HbosModel {
             };
             *o = -s;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::{Algorithm, DetectorParams};
+    use arrow_array::{ArrayRef, Float64Array};
+    use std::sync::Arc;
+
+    #[test]
+    fn a_range_wider_than_the_largest_double_has_finite_edges() {
+        let values = [-1.7e308, 1.7e308, 0.0, 1.0, 2.0, 1.5];
+        let col: ArrayRef = Arc::new(Float64Array::from(values.to_vec()));
+        let mut fit = FitState::new(DetectorParams::new(Algorithm::Hbos), 1);
+        fit.update(std::slice::from_ref(&col)).unwrap();
+        let model = HbosModel::fit(&fit);
+        assert!(
+            model.edges[0].iter().all(|e| e.is_finite()),
+            "{:?}",
+            model.edges[0]
+        );
+        assert!(model.edges[0].windows(2).all(|w| w[0] < w[1]));
+        let mut terms = vec![0.0; values.len()];
+        model.terms(0, &values, &mut terms);
+        // Densities (count / width / rows) this wide are ~1e-308, far below alpha: by HBOS's
+        // definition (PyOD's too) every term is then -log2(alpha).
+        assert!(terms.iter().all(|t| *t == -(0.1f64.log2())), "{terms:?}");
+        assert_eq!(linspace(0.0, 1.0, 4), [0.0, 0.25, 0.5, 0.75, 1.0]);
     }
 }
