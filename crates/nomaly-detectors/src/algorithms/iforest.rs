@@ -459,7 +459,14 @@ fn build(
         return me;
     }
     let (f, lo, hi) = candidates[rng.next_below(candidates.len())];
-    let mut threshold = lo + (hi - lo) * rng.next_f64();
+    let u = rng.next_f64();
+    let mut threshold = if (hi - lo).is_finite() {
+        lo + (hi - lo) * u
+    } else {
+        // a range wider than f64::MAX: the same draw on halves, doubled (exact), instead of
+        // ∞ (every split at the minimum) or NaN (no row goes left)
+        (lo / 2.0 + (hi / 2.0 - lo / 2.0) * u) * 2.0
+    };
     if threshold >= hi {
         threshold = lo;
     }
@@ -608,6 +615,32 @@ mod tests {
                 ),
             }
         }
+    }
+
+    #[test]
+    fn splits_are_drawn_across_ranges_wider_than_the_largest_double() {
+        let mut rng = DeterministicRng::new(9);
+        let values: Vec<f64> = (0..2_000)
+            .map(|_| (rng.next_f64() * 2.0 - 1.0) * 1.7e308)
+            .collect();
+        let mut fit = FitState::new(DetectorParams::new(Algorithm::IsolationForest), 1);
+        let column: ArrayRef = Arc::new(Float64Array::from(values.clone()));
+        fit.update(&[column]).unwrap();
+        let model = IsolationForestModel::fit(&fit);
+        let thresholds: Vec<f64> = model
+            .trees
+            .iter()
+            .flat_map(|t| t.nodes.iter().map(|n| n.threshold))
+            .filter(|t| !t.is_infinite())
+            .collect();
+        assert!(thresholds.iter().all(|t| !t.is_nan()));
+        // drawn between values, not pinned to each node's minimum (what an infinite range gave)
+        let at_a_value = thresholds.iter().filter(|t| values.contains(t)).count();
+        assert!(
+            at_a_value * 10 < thresholds.len(),
+            "{at_a_value} of {} thresholds sit on a value",
+            thresholds.len()
+        );
     }
 
     #[test]
