@@ -17,26 +17,39 @@ use datafusion::logical_expr::{
     ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 use nomaly_detectors::Model;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
-const CACHE_ENTRIES: usize = 16;
+/// Model bytes the cache may hold before it starts over. Per-group models (`OVER (PARTITION BY
+/// k)`, or a table of models joined by key) arrive interleaved, a batch naming thousands of them;
+/// a cache smaller than that working set decoded every model again in every batch (100 ECOD groups
+/// over 2M rows took 18 s).
+const CACHE_BYTES: usize = 256 << 20;
 
-/// Small most-recently-used cache of decoded models, keyed by their bytes.
+/// Decoded models, found by where their bytes are or, failing that, by the bytes themselves.
 #[derive(Debug, Default)]
 pub struct ModelCache {
-    entries: Mutex<Vec<CachedModel>>,
+    inner: Mutex<CacheEntries>,
 }
 
-#[derive(Debug)]
-struct CachedModel {
-    bytes: Vec<u8>,
-    model: Arc<Model>,
-    /// The dictionary values the bytes were last found in, with their address and length. Holding
-    /// the array keeps that memory from being freed and reused (Arrow buffers are immutable), so
-    /// the same address and length are the same bytes: a batch that shares the values array costs
-    /// no byte comparison (an ECOD model is megabytes; compared per batch it cost ~3% of a run).
-    found_in: Option<(ArrayRef, usize, usize)>,
+#[derive(Debug, Default)]
+struct CacheEntries {
+    /// Content hash → (bytes, model).
+    by_content: HashMap<u64, Vec<(Vec<u8>, Arc<Model>)>>,
+    /// (address, length) of bytes inside a held array → model. Holding the arrays keeps that
+    /// memory from being freed and reused (Arrow buffers are immutable), so the same address and
+    /// length are the same bytes: batches that share a dictionary's values array cost no hashing
+    /// or comparison (an ECOD model is megabytes; compared per batch it cost ~3% of a run).
+    by_address: HashMap<(usize, usize), Arc<Model>>,
+    /// The held arrays, newest last, each with the addresses registered under it. Only a few are
+    /// kept: a plan that copies the model into every batch (a cross join) would otherwise pile up
+    /// one copy per batch.
+    holders: VecDeque<(ArrayRef, Vec<(usize, usize)>)>,
+    bytes: usize,
 }
+
+const HELD_ARRAYS: usize = 4;
 
 impl ModelCache {
     /// The model stored in `bytes`, decoded once.
@@ -50,32 +63,61 @@ impl ModelCache {
     }
 
     fn lookup(&self, bytes: &[u8], holder: Option<&ArrayRef>) -> Result<Arc<Model>> {
-        let mut entries = self
-            .entries
+        let mut cache = self
+            .inner
             .lock()
             .map_err(|_| exec_datafusion_err!("model cache poisoned"))?;
         let address = (bytes.as_ptr() as usize, bytes.len());
-        let same_memory = |e: &CachedModel| {
-            holder.is_some() && e.found_in.as_ref().is_some_and(|f| (f.1, f.2) == address)
+        if holder.is_some()
+            && let Some(m) = cache.by_address.get(&address)
+        {
+            return Ok(Arc::clone(m));
+        }
+        let hash = {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            bytes.hash(&mut h);
+            h.finish()
         };
-        let pos = match entries.iter().position(same_memory) {
-            Some(p) => Some(p),
-            None => entries.iter().position(|e| e.bytes.as_slice() == bytes),
-        };
-        let mut entry = match pos {
-            Some(p) => entries.remove(p),
-            None => CachedModel {
-                model: Arc::new(Model::from_bytes(bytes).map_err(|e| exec_datafusion_err!("{e}"))?),
-                bytes: bytes.to_vec(),
-                found_in: None,
-            },
+        let found = cache.by_content.get(&hash).and_then(|same_hash| {
+            same_hash
+                .iter()
+                .find(|(b, _)| b.as_slice() == bytes)
+                .map(|(_, m)| Arc::clone(m))
+        });
+        let model = match found {
+            Some(m) => m,
+            None => {
+                let m = Arc::new(Model::from_bytes(bytes).map_err(|e| exec_datafusion_err!("{e}"))?);
+                if cache.bytes + bytes.len() > CACHE_BYTES {
+                    *cache = CacheEntries::default();
+                }
+                cache.bytes += bytes.len();
+                cache
+                    .by_content
+                    .entry(hash)
+                    .or_default()
+                    .push((bytes.to_vec(), Arc::clone(&m)));
+                m
+            }
         };
         if let Some(h) = holder {
-            entry.found_in = Some((Arc::clone(h), address.0, address.1));
+            let held = match cache.holders.iter().position(|(x, _)| Arc::ptr_eq(x, h)) {
+                Some(i) => i,
+                None => {
+                    if cache.holders.len() == HELD_ARRAYS
+                        && let Some((_, addresses)) = cache.holders.pop_front()
+                    {
+                        for a in addresses {
+                            cache.by_address.remove(&a);
+                        }
+                    }
+                    cache.holders.push_back((Arc::clone(h), Vec::new()));
+                    cache.holders.len() - 1
+                }
+            };
+            cache.holders[held].1.push(address);
+            cache.by_address.insert(address, Arc::clone(&model));
         }
-        let model = Arc::clone(&entry.model);
-        entries.insert(0, entry);
-        entries.truncate(CACHE_ENTRIES);
         Ok(model)
     }
 }
