@@ -87,7 +87,8 @@ impl ModelCache {
         let model = match found {
             Some(m) => m,
             None => {
-                let m = Arc::new(Model::from_bytes(bytes).map_err(|e| exec_datafusion_err!("{e}"))?);
+                let m =
+                    Arc::new(Model::from_bytes(bytes).map_err(|e| exec_datafusion_err!("{e}"))?);
                 if cache.bytes + bytes.len() > CACHE_BYTES {
                     *cache = CacheEntries::default();
                 }

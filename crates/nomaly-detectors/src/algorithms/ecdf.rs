@@ -11,7 +11,7 @@
 //! as half an observation in its tail (F = 0.5/n), so it scores above every training value.
 
 use crate::fit::FitState;
-use crate::quantile::{BucketTable, Ecdf};
+use crate::quantile::{Ecdf, TermTable};
 use serde::{Deserialize, Serialize};
 use std::sync::OnceLock;
 
@@ -29,7 +29,7 @@ pub struct EcdfModel {
     pub skew_sign: Vec<i8>,
     /// Per-bucket terms, built on first use (not serialised: derived from `ecdfs`).
     #[serde(skip)]
-    pub tables: OnceLock<Vec<Option<BucketTable<f64>>>>,
+    pub tables: OnceLock<Vec<TermTable<f64>>>,
 }
 
 impl PartialEq for EcdfModel {
@@ -94,11 +94,10 @@ impl EcdfModel {
             .tables
             .get_or_init(|| {
                 (0..self.ecdfs.len())
-                    .map(|f| self.ecdfs[f].bucket_table(|u_l, u_r| self.term(f, u_l, u_r)))
+                    .map(|f| self.ecdfs[f].term_table(|u_l, u_r| self.term(f, u_l, u_r)))
                     .collect()
             })
-            .get(j)
-            .and_then(|t| t.as_ref());
+            .get(j);
         for (o, &x) in out.iter_mut().zip(col) {
             *o = match table.and_then(|t| t.get(x)) {
                 Some(term) => term,
@@ -119,60 +118,63 @@ mod tests {
     use arrow_array::{ArrayRef, Float64Array};
     use std::sync::Arc;
 
-    /// The per-bucket term tables give exactly the terms computed from the counts, for values in
-    /// every kind of bucket: occupied, empty gaps, zero, below the smallest bucket, outside the
-    /// training range, on both signs.
+    /// The term tables give exactly the terms computed from the counts, for values in every kind
+    /// of place: in bucket mode occupied and empty buckets, zero, below the smallest bucket, outside
+    /// the training range, on both signs; in exact mode on a training value, between two, beyond.
     #[test]
-    fn bucket_tables_give_the_counted_terms() {
-        let mut rng = DeterministicRng::new(11);
-        // Past the exact capacity, so the sketch is in bucket mode; centred, skewed right, left.
-        let n = 100_000;
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(Float64Array::from_iter_values(
-                (0..n).map(|_| (rng.next_f64() - 0.5) * 10.0),
-            )),
-            Arc::new(Float64Array::from_iter_values(
-                (0..n).map(|_| rng.next_f64().powi(4) * 1e3),
-            )),
-            Arc::new(Float64Array::from_iter_values((0..n).map(|i| {
-                if i % 3 == 0 {
-                    0.0
-                } else {
-                    -rng.next_f64().powi(3)
-                }
-            }))),
-        ];
-        let mut probes: Vec<f64> = (0..5_000).map(|_| (rng.next_f64() - 0.5) * 30.0).collect();
-        probes.extend([
-            0.0, -0.0, 1e-30, -1e-30, 1e-300, 5e-324, 1e30, -1e30, 999.9, 1e3, 2e3, -2.0, -1.0,
-        ]);
-        for variant in [Algorithm::Ecod, Algorithm::Copod] {
-            let mut fit = FitState::new(DetectorParams::new(variant), columns.len());
-            fit.update(&columns).unwrap();
-            let model = EcdfModel::fit(
-                &fit,
-                if variant == Algorithm::Ecod {
-                    EcdfVariant::Ecod
-                } else {
-                    EcdfVariant::Copod
-                },
-            );
-            assert!(matches!(
-                model.ecdfs[0],
-                crate::quantile::Ecdf::Buckets { .. }
-            ));
-            assert_eq!(model.skew_sign[1..], [1, -1]);
-            for j in 0..columns.len() {
-                let mut looked_up = vec![0.0; probes.len()];
-                model.terms(j, &probes, &mut looked_up);
-                for (x, got) in probes.iter().zip(&looked_up) {
-                    let (u_l, u_r) = model.ecdfs[j].tails(*x);
-                    let counted = model.term(j, u_l, u_r);
-                    assert_eq!(
-                        got.to_bits(),
-                        counted.to_bits(),
-                        "{variant:?} feature {j} at {x}: table {got}, counts {counted}"
-                    );
+    fn term_tables_give_the_counted_terms() {
+        for n in [100_000, 1_000] {
+            let mut rng = DeterministicRng::new(11);
+            // centred, skewed right, skewed left (with ties at zero)
+            let columns: Vec<Vec<f64>> = vec![
+                (0..n).map(|_| (rng.next_f64() - 0.5) * 10.0).collect(),
+                (0..n).map(|_| rng.next_f64().powi(4) * 1e3).collect(),
+                (0..n)
+                    .map(|i| {
+                        if i % 3 == 0 {
+                            if i % 2 == 0 { 0.0 } else { -0.0 }
+                        } else {
+                            -rng.next_f64().powi(3)
+                        }
+                    })
+                    .collect(),
+            ];
+            let arrays: Vec<ArrayRef> = columns
+                .iter()
+                .map(|c| Arc::new(Float64Array::from(c.clone())) as ArrayRef)
+                .collect();
+            let mut probes: Vec<f64> = (0..5_000).map(|_| (rng.next_f64() - 0.5) * 30.0).collect();
+            probes.extend([
+                0.0, -0.0, 1e-30, -1e-30, 1e-300, 5e-324, 1e30, -1e30, 999.9, 1e3, 2e3, -2.0, -1.0,
+            ]);
+            // and every training value, where exact mode's ties live
+            probes.extend(columns.iter().flat_map(|c| c.iter().step_by(7).copied()));
+            for variant in [Algorithm::Ecod, Algorithm::Copod] {
+                let mut fit = FitState::new(DetectorParams::new(variant), arrays.len());
+                fit.update(&arrays).unwrap();
+                let model = EcdfModel::fit(
+                    &fit,
+                    if variant == Algorithm::Ecod {
+                        EcdfVariant::Ecod
+                    } else {
+                        EcdfVariant::Copod
+                    },
+                );
+                let bucketed = matches!(model.ecdfs[0], crate::quantile::Ecdf::Buckets { .. });
+                assert_eq!(bucketed, n > 65_536);
+                assert_eq!(model.skew_sign[1..], [1, -1]);
+                for j in 0..arrays.len() {
+                    let mut looked_up = vec![0.0; probes.len()];
+                    model.terms(j, &probes, &mut looked_up);
+                    for (x, got) in probes.iter().zip(&looked_up) {
+                        let (u_l, u_r) = model.ecdfs[j].tails(*x);
+                        let counted = model.term(j, u_l, u_r);
+                        assert_eq!(
+                            got.to_bits(),
+                            counted.to_bits(),
+                            "{variant:?} n {n} feature {j} at {x}: table {got}, counts {counted}"
+                        );
+                    }
                 }
             }
         }
