@@ -11,9 +11,22 @@ use serde::{Deserialize, Serialize};
 
 const EXPONENT_BINS: usize = 2047;
 
-#[derive(Debug, Clone, PartialEq)]
+/// Only the bins between the lowest and highest exponent seen are allocated: all 2047 are 32 KB,
+/// and a fit per group (`OVER (PARTITION BY k)`) keeps two per feature per group (10,000 groups
+/// of 8 features took 13 GB); real data spans a few dozen exponents.
+#[derive(Debug, Clone)]
 pub struct ExactSum {
+    /// `bins[i]` holds exponent bin `first + i`.
+    first: usize,
     bins: Vec<i128>,
+}
+
+impl PartialEq for ExactSum {
+    /// Equal when the same bins hold the same values (where the allocated ranges differ, the
+    /// extra bins hold zero).
+    fn eq(&self, other: &Self) -> bool {
+        self.to_sparse() == other.to_sparse()
+    }
 }
 
 impl Default for ExactSum {
@@ -25,15 +38,55 @@ impl Default for ExactSum {
 impl ExactSum {
     pub fn new() -> Self {
         Self {
-            bins: vec![0; EXPONENT_BINS],
+            first: 0,
+            bins: Vec::new(),
         }
+    }
+
+    /// Memory held, for the aggregate's accounting.
+    pub fn size_bytes(&self) -> usize {
+        self.bins.capacity() * std::mem::size_of::<i128>()
+    }
+
+    /// The counter of exponent bin `bin` (< [`EXPONENT_BINS`]), allocating up to it.
+    #[inline]
+    fn slot(&mut self, bin: usize) -> &mut i128 {
+        let i = bin.wrapping_sub(self.first);
+        if i >= self.bins.len() {
+            self.grow_to(bin);
+            return &mut self.bins[bin - self.first];
+        }
+        &mut self.bins[i]
+    }
+
+    #[cold]
+    fn grow_to(&mut self, bin: usize) {
+        if self.bins.is_empty() {
+            self.first = bin;
+            self.bins.push(0);
+        } else if bin < self.first {
+            let extra = self.first - bin;
+            self.bins.splice(0..0, std::iter::repeat_n(0, extra));
+            self.first = bin;
+        } else {
+            self.bins.resize(bin - self.first + 1, 0);
+        }
+    }
+
+    /// Non-zero bins as (exponent bin, value).
+    fn nonzero(&self) -> impl Iterator<Item = (usize, i128)> + '_ {
+        self.bins
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| **v != 0)
+            .map(|(i, v)| (self.first + i, *v))
     }
 
     /// Adds a finite value; non-finite values are the caller's responsibility to filter.
     #[inline]
     pub fn add(&mut self, v: f64) {
         let (bin, mant) = bin_of(v);
-        self.bins[bin] += mant;
+        *self.slot(bin) += mant;
     }
 
     /// Adds `v * v` exactly, as the error-free pair (hi, lo) from a fused multiply-add.
@@ -66,8 +119,8 @@ impl ExactSum {
     }
 
     pub fn merge(&mut self, other: &ExactSum) {
-        for (a, b) in self.bins.iter_mut().zip(&other.bins) {
-            *a += *b;
+        for (bin, v) in other.nonzero() {
+            *self.slot(bin) += v;
         }
     }
 
@@ -76,18 +129,16 @@ impl ExactSum {
     pub fn scaled(&self, k: i32) -> ExactSum {
         let mut out = ExactSum::new();
         let top = EXPONENT_BINS - 1;
-        for (i, &v) in self.bins.iter().enumerate() {
-            if v == 0 {
-                continue;
-            }
+        for (i, v) in self.nonzero() {
             // bin i has scale 2^(i-1074); times 2^-k it belongs in bin i - k
             let j = i as i64 - k as i64;
             if j < 0 {
-                out.bins[0] += v >> (-j).min(127);
+                *out.slot(0) += v >> (-j).min(127);
             } else if j as usize > top {
-                out.bins[top] = out.bins[top].saturating_add(v.signum() << 100);
+                let t = out.slot(top);
+                *t = t.saturating_add(v.signum() << 100);
             } else {
-                out.bins[j as usize] += v;
+                *out.slot(j as usize) += v;
             }
         }
         out
@@ -95,7 +146,7 @@ impl ExactSum {
 
     /// The exact sum rounded to the nearest double (ties away from subnormal corner cases aside).
     pub fn to_f64(&self) -> f64 {
-        BigFixed::from_bins(&self.bins).to_f64()
+        BigFixed::from_bins(self.nonzero()).to_f64()
     }
 
     /// The exact sum as an unevaluated pair `hi + lo` (double-double), for accurate variances.
@@ -112,21 +163,15 @@ impl ExactSum {
     /// Sparse form for serialisation: only non-zero bins.
     pub fn to_sparse(&self) -> SparseExactSum {
         SparseExactSum {
-            bins: self
-                .bins
-                .iter()
-                .enumerate()
-                .filter(|(_, v)| **v != 0)
-                .map(|(i, v)| (i as u16, *v))
-                .collect(),
+            bins: self.nonzero().map(|(i, v)| (i as u16, v)).collect(),
         }
     }
 
     pub fn from_sparse(sparse: &SparseExactSum) -> Self {
         let mut s = Self::new();
         for &(i, v) in &sparse.bins {
-            if let Some(slot) = s.bins.get_mut(i as usize) {
-                *slot = v;
+            if (i as usize) < EXPONENT_BINS {
+                *s.slot(i as usize) = v;
             }
         }
         s
@@ -198,6 +243,13 @@ pub struct ExactSquareSum {
 }
 
 impl ExactSquareSum {
+    /// Memory held, for the aggregate's accounting.
+    pub fn size_bytes(&self) -> usize {
+        self.plain.size_bytes()
+            + self.tiny.as_ref().map_or(0, ExactSum::size_bytes)
+            + self.huge.as_ref().map_or(0, ExactSum::size_bytes)
+    }
+
     /// Adds the squares of finite values.
     pub fn add_slice(&mut self, values: &[f64]) {
         let outside = |v: f64| {
@@ -296,13 +348,11 @@ struct BigFixed {
 }
 
 impl BigFixed {
-    fn from_bins(bins: &[i128]) -> Self {
+    /// From non-zero (exponent bin, value) pairs.
+    fn from_bins(bins: impl Iterator<Item = (usize, i128)>) -> Self {
         // 2046 exponent bits + 128 bits of bin headroom, in 32-bit digits, plus carry room.
         let mut digits = vec![0i64; 72];
-        for (i, &v) in bins.iter().enumerate() {
-            if v == 0 {
-                continue;
-            }
+        for (i, v) in bins {
             // Bin i has scale 2^(i+1-1075) = 2^i · 2^-1074. A bin may use all 128 bits, so its
             // 32-bit digits are shifted one at a time (each < 2^63) rather than the whole value.
             let (mut d, r) = (i / 32, i % 32);
@@ -504,16 +554,16 @@ mod tests {
     #[test]
     fn bins_may_use_all_128_bits() {
         let mut s = ExactSum::new();
-        s.bins[1074] = (1i128 << 100) + 3; // scale 2^0
+        *s.slot(1074) = (1i128 << 100) + 3; // scale 2^0
         assert_eq!(s.to_f64(), 2f64.powi(100));
-        s.bins[1074] = -(1i128 << 120) - (1i128 << 70);
-        s.bins[1000] = 1 << 90; // 2^16
+        *s.slot(1074) = -(1i128 << 120) - (1i128 << 70);
+        *s.slot(1000) = 1 << 90; // 2^16
         assert_eq!(
             s.to_f64(),
             -(2f64.powi(120) + 2f64.powi(70)) + 2f64.powi(16)
         );
-        s.bins[1074] = i128::MAX;
-        s.bins[1000] = 0;
+        *s.slot(1074) = i128::MAX;
+        *s.slot(1000) = 0;
         assert_eq!(s.to_f64(), 2f64.powi(127));
     }
 

@@ -280,9 +280,8 @@ impl FitState {
         let mut total = std::mem::size_of::<Self>();
         for f in &self.features {
             total += std::mem::size_of::<FeatureStats>();
-            if f.sum.is_some() {
-                total += 2 * 2047 * 16;
-            }
+            total += f.sum.as_ref().map_or(0, |s| s.0.size_bytes());
+            total += f.sum_sq.as_ref().map_or(0, ExactSquareSum::size_bytes);
             if let Some(s) = &f.sketch {
                 total += s.size_bytes();
             }
