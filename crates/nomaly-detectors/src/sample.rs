@@ -96,9 +96,12 @@ impl RowSample {
                     .cmp(rb.iter().map(|v| canonical_bits(*v)))
             })
         });
-        let mut hashes = Vec::with_capacity(self.k + 1);
-        let mut counts: Vec<u64> = Vec::with_capacity(self.k + 1);
-        let mut values = Vec::with_capacity((self.k + 1) * self.width);
+        // At most min(n, k) rows stay (plus one while deciding): capacity for k whatever the
+        // sample's size made every per-group sample of a PARTITION BY fit a megabyte.
+        let keep = n.min(self.k) + 1;
+        let mut hashes = Vec::with_capacity(keep);
+        let mut counts: Vec<u64> = Vec::with_capacity(keep);
+        let mut values = Vec::with_capacity(keep * self.width);
         for &i in &order {
             let same_as_last = hashes.last() == Some(&self.hashes[i]) && {
                 let last = hashes.len() - 1;
