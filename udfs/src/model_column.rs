@@ -33,10 +33,13 @@ pub struct ModelCache {
     inner: Mutex<CacheEntries>,
 }
 
+/// A decoded model with the bytes it was decoded from.
+type StoredModel = (Vec<u8>, Arc<Model>);
+
 #[derive(Debug, Default)]
 struct CacheEntries {
-    /// Content hash → (bytes, model).
-    by_content: HashMap<u64, Vec<(Vec<u8>, Arc<Model>)>>,
+    /// Content hash → the models with that hash.
+    by_content: HashMap<u64, Vec<StoredModel>>,
     /// (address, length) of bytes inside a held array → model. Holding the arrays keeps that
     /// memory from being freed and reused (Arrow buffers are immutable), so the same address and
     /// length are the same bytes: batches that share a dictionary's values array cost no hashing
