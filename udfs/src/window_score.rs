@@ -21,7 +21,7 @@ use datafusion::logical_expr::{
     Documentation, PartitionEvaluator, Signature, Volatility, WindowUDFImpl,
 };
 use datafusion::physical_expr::expressions::Literal;
-use nomaly_detectors::algorithms::moments::{distance_outside, scaled_distance};
+use nomaly_detectors::algorithms::moments::{distance_outside, scaled_distance, squares_scale};
 use nomaly_detectors::quantile::quantile_linear;
 use std::ops::Range;
 use std::sync::{Arc, LazyLock};
@@ -205,13 +205,7 @@ impl FrameScore {
         // Squared deviations overflow from about 1e154 and vanish below 1e-162: such frames are
         // scored on their values times 2^-+600 (exact; ordinary frames keep factor 1 and their bits).
         let largest = frame.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        let factor = if largest >= 2f64.powi(400) {
-            2f64.powi(-600)
-        } else if largest > 0.0 && largest < 2f64.powi(-300) {
-            2f64.powi(600)
-        } else {
-            1.0
-        };
+        let factor = 2f64.powi(-squares_scale(largest));
         if factor != 1.0 {
             frame.iter_mut().for_each(|v| *v *= factor);
         }

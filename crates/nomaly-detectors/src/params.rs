@@ -56,15 +56,8 @@ impl Algorithm {
             .join(", ")
     }
 
-    /// Every name [`Algorithm::parse`] accepts: the canonical names, then aliases.
-    const NAMES: [(&'static str, Algorithm); 12] = [
-        ("zscore", Algorithm::ZScore),
-        ("robust_zscore", Algorithm::RobustZScore),
-        ("iqr", Algorithm::Iqr),
-        ("hbos", Algorithm::Hbos),
-        ("ecod", Algorithm::Ecod),
-        ("copod", Algorithm::Copod),
-        ("iforest", Algorithm::IsolationForest),
+    /// Other names [`Algorithm::parse`] accepts besides each algorithm's [`Algorithm::name`].
+    const ALIASES: [(&'static str, Algorithm); 5] = [
         ("z_score", Algorithm::ZScore),
         ("mad", Algorithm::RobustZScore),
         ("modified_zscore", Algorithm::RobustZScore),
@@ -72,14 +65,22 @@ impl Algorithm {
         ("isolation_forest", Algorithm::IsolationForest),
     ];
 
+    /// Every accepted name with its algorithm: the canonical names, then the aliases.
+    fn names() -> impl Iterator<Item = (&'static str, Algorithm)> {
+        Self::ALL
+            .iter()
+            .map(|&a| (a.name(), a))
+            .chain(Self::ALIASES)
+    }
+
     /// Parses a name, case-insensitively; a few common aliases are accepted.
     pub fn parse(name: &str) -> Result<Self> {
         let lower = name.trim().to_ascii_lowercase();
-        match Self::NAMES.iter().find(|(n, _)| *n == lower) {
-            Some(&(_, alg)) => Ok(alg),
+        match Self::names().find(|(n, _)| *n == lower) {
+            Some((_, alg)) => Ok(alg),
             None => Err(DetectorError::UnknownAlgorithm {
                 name: name.to_string(),
-                hint: crate::suggest::closest(&lower, Self::NAMES.iter().map(|(n, _)| *n))
+                hint: crate::suggest::closest(&lower, Self::names().map(|(n, _)| n))
                     .map(|n| format!(" (did you mean '{n}'?)"))
                     .unwrap_or_default(),
                 valid: Self::valid_names(),
@@ -351,7 +352,7 @@ mod tests {
             Algorithm::parse("IsolationForest").unwrap_err().to_string(),
             "unknown algorithm 'IsolationForest' (did you mean 'isolation_forest'?); valid algorithms are: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest"
         );
-        for (name, alg) in Algorithm::NAMES {
+        for (name, alg) in Algorithm::names() {
             assert_eq!(Algorithm::parse(&name.to_uppercase()).unwrap(), alg);
         }
         assert_eq!(

@@ -38,16 +38,7 @@ impl CentreScaleModel {
                     // Sums are read at a power-of-two scale that keeps S1² and S2 finite and
                     // normal (1e170s square past f64::MAX, 1e-200s to zero); scaling by a power
                     // of two is exact, so ordinary data gets the same bits as unscaled.
-                    let largest = f.min.abs().max(f.max.abs());
-                    let k = if !largest.is_finite() || largest == 0.0 {
-                        0
-                    } else if largest >= 2f64.powi(400) {
-                        600
-                    } else if largest < 2f64.powi(-300) {
-                        -600
-                    } else {
-                        0
-                    };
+                    let k = squares_scale(f.min.abs().max(f.max.abs()));
                     let s1 = f
                         .sum
                         .as_ref()
@@ -118,6 +109,21 @@ impl CentreScaleModel {
         for (o, &x) in out.iter_mut().zip(col) {
             *o = scaled_distance(distance_outside(x, lo, hi), s);
         }
+    }
+}
+
+/// The power of two `k` at which sums of squares of values up to `largest` in magnitude stay
+/// finite and normal: work with values times 2^-k. 600 from 2^400 up, -600 below 2^-300, else 0
+/// (ordinary data: scaling by 1 keeps its bits). Non-finite or zero `largest` gives 0.
+pub fn squares_scale(largest: f64) -> i32 {
+    if !largest.is_finite() || largest == 0.0 {
+        0
+    } else if largest >= 2f64.powi(400) {
+        600
+    } else if largest < 2f64.powi(-300) {
+        -600
+    } else {
+        0
     }
 }
 
