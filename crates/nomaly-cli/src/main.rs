@@ -45,7 +45,9 @@ enum Command {
 /// glibc gives each thread that allocates its own arena (up to 8 per core); with tokio's and
 /// DataFusion's threads each keeping freed row-group buffers, the process's resident set grows far
 /// past what it holds. Two arenas keep RSS near the memory budget. `NOMALY_MALLOC_ARENAS=N` sets
-/// another limit (0: glibc's default).
+/// another limit (0: glibc's default). Process-wide by nature: it is the binary's choice, made
+/// before any thread starts, and holds for every run in the process; the pipeline library does not
+/// touch the allocator.
 fn limit_malloc_arenas() {
     let arenas: i32 = std::env::var("NOMALY_MALLOC_ARENAS")
         .ok()

@@ -6,13 +6,13 @@
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use nomaly_pipeline::checkpoint::{RUN_DIR, RunDir};
+use nomaly_pipeline::faults::FaultPlan;
 use nomaly_pipeline::{
-    CompiledPipeline, PipelineError, PipelineFile, ProgressEvent, ProgressObserver, RunMode,
-    RunOptions, RunReport, RunStatus, compile,
+    CompiledPipeline, PipelineError, PipelineFile, Run, RunEvent, RunFailure, RunMode, RunOptions,
+    RunReport, RunStatus, compile,
 };
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -183,14 +183,14 @@ impl CliProgress {
     }
 }
 
-impl ProgressObserver for CliProgress {
-    fn on_event(&self, event: &ProgressEvent) {
+impl CliProgress {
+    fn on_event(&self, event: &RunEvent) {
         match event {
-            ProgressEvent::Phase(p) => match &self.bar {
+            RunEvent::Phase(p) => match &self.bar {
                 Some(b) => b.set_message(p.clone()),
                 None => eprintln!("[{:7.1}s] {p}", self.started.elapsed().as_secs_f64()),
             },
-            ProgressEvent::ScoringStarted { chunks, rows } => {
+            RunEvent::ScoringStarted { chunks, rows } => {
                 *self.scoring_started.lock().expect("not poisoned") = Some(Instant::now());
                 self.chunks_total.store(*chunks as u64, Ordering::Relaxed);
                 match &self.bar {
@@ -202,7 +202,7 @@ impl ProgressObserver for CliProgress {
                     ),
                 }
             }
-            ProgressEvent::ChunkReused { rows, .. } => {
+            RunEvent::ChunkReused { rows, .. } => {
                 self.rows.fetch_add(*rows, Ordering::Relaxed);
                 self.reused_rows.fetch_add(*rows, Ordering::Relaxed);
                 self.reused_chunks.fetch_add(1, Ordering::Relaxed);
@@ -211,7 +211,7 @@ impl ProgressObserver for CliProgress {
                     b.set_position(done);
                 }
             }
-            ProgressEvent::ChunkDone { rows, .. } => {
+            RunEvent::ChunkCommitted { rows, .. } => {
                 self.rows.fetch_add(*rows, Ordering::Relaxed);
                 let done = self.chunks_done.fetch_add(1, Ordering::Relaxed) + 1;
                 match &self.bar {
@@ -234,17 +234,16 @@ impl ProgressObserver for CliProgress {
                     }
                 }
             }
-            ProgressEvent::Tick {
-                memory_reserved, ..
-            } => {
+            RunEvent::Progress { memory, .. } => {
                 if let Some(b) = &self.bar {
-                    b.set_prefix(self.status(Some(*memory_reserved)));
+                    b.set_prefix(self.status(Some(*memory)));
                 }
             }
-            ProgressEvent::Warning(w) => match &self.bar {
+            RunEvent::Warning(w) => match &self.bar {
                 Some(b) => b.println(format!("warning: {w}")),
                 None => eprintln!("warning: {w}"),
             },
+            _ => {}
         }
     }
 }
@@ -253,10 +252,7 @@ fn summary(r: &RunReport) -> String {
     let mut s = format!(
         "{}: {} in {:.1}s — {} rows in, {} rows out, {} anomalies ({:.2}%), {} chunks ({}), peak memory {:.0} MiB pool / {:.0} MiB RSS, spilled {} bytes",
         r.pipeline,
-        serde_json::to_value(r.status)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default(),
+        r.status.name(),
         r.seconds,
         r.input_rows,
         r.output_rows,
@@ -381,6 +377,9 @@ pub async fn resume(args: ResumeArgs) -> i32 {
     execute(&p, mode, false, args.json, args.no_progress).await
 }
 
+/// Runs through the library's [`Run`] handle: its events drive the progress bar, Ctrl-C (or
+/// SIGTERM) cancels it — in-flight chunks stop, committed chunks stay for `nomaly resume` — and a
+/// second Ctrl-C exits at once.
 async fn execute(
     p: &CompiledPipeline,
     mode: RunMode,
@@ -389,54 +388,98 @@ async fn execute(
     no_progress: bool,
 ) -> i32 {
     let draw = !no_progress && std::io::stderr().is_terminal();
-    let progress = Arc::new(CliProgress::new(draw));
+    let progress = CliProgress::new(draw);
+    let faults = FaultPlan::from_env().unwrap_or_else(|e| {
+        // A test knob, not user input: say so loudly and run without faults.
+        eprintln!("warning: {e}; running without fault injection");
+        None
+    });
     let opts = RunOptions {
         dry_run,
         mode,
-        progress: progress.clone(),
+        faults,
+        ..Default::default()
     };
-    let result = nomaly_pipeline::run(p, &opts).await;
+    let mut run = Run::start(p.clone(), opts);
+    let signals = tokio::spawn(cancel_on_signal(run.cancellation()));
+    while let Some(event) = run.next_event().await {
+        progress.on_event(&event);
+    }
+    signals.abort();
+    let result = run.wait().await;
     progress.finish();
     match result {
-        Ok(report) => {
+        Ok(report) => succeeded(p, &report, json),
+        Err(RunFailure { error, report }) => {
             if json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&report).expect("a report is JSON")
                 );
             }
-            eprintln!("{}", summary(&report));
-            match report.status {
-                RunStatus::ValidationFailed => {
-                    eprintln!(
-                        "error: a [[validate]] check failed; the output was not published (the run's files are in {})",
-                        p.sinks
-                            .first()
-                            .map(|s| nomaly_pipeline::sink::staging_dir(&s.path)
-                                .display()
-                                .to_string())
-                            .unwrap_or_default()
-                    );
-                    3
-                }
-                _ => 0,
+            for w in &report.warnings {
+                eprintln!("warning: {w}");
             }
-        }
-        Err((e, report)) => {
-            if let (true, Some(r)) = (json, &report) {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(r).expect("a report is JSON")
-                );
-            }
-            if let Some(r) = &report {
-                for w in &r.warnings {
-                    eprintln!("warning: {w}");
-                }
-            }
-            fail(&e)
+            fail(&error)
         }
     }
+}
+
+/// Cancels the run on the first Ctrl-C or SIGTERM; exits with 130 on a second Ctrl-C.
+async fn cancel_on_signal(cancel: tokio_util::sync::CancellationToken) {
+    let interrupted = async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => tokio::select! {
+                    r = tokio::signal::ctrl_c() => r.is_ok(),
+                    _ = term.recv() => true,
+                },
+                Err(_) => tokio::signal::ctrl_c().await.is_ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            tokio::signal::ctrl_c().await.is_ok()
+        }
+    };
+    if !interrupted.await {
+        return;
+    }
+    eprintln!(
+        "\ninterrupted: stopping the run; committed chunks are kept (Ctrl-C again to exit at once)"
+    );
+    cancel.cancel();
+    if tokio::signal::ctrl_c().await.is_ok() {
+        eprintln!(
+            "interrupted again: exiting; `nomaly resume` continues from the committed chunks"
+        );
+        std::process::exit(130);
+    }
+}
+
+fn succeeded(p: &CompiledPipeline, report: &RunReport, json: bool) -> i32 {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).expect("a report is JSON")
+        );
+    }
+    eprintln!("{}", summary(report));
+    if report.status != RunStatus::ValidationFailed {
+        return 0;
+    }
+    eprintln!(
+        "error: a [[validate]] check failed; the output was not published (the run's files are in {})",
+        p.sinks
+            .first()
+            .map(|s| nomaly_pipeline::sink::staging_dir(&s.path)
+                .display()
+                .to_string())
+            .unwrap_or_default()
+    );
+    3
 }
 
 pub async fn validate(args: FileArgs) -> i32 {

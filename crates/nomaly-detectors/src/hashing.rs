@@ -11,6 +11,13 @@ pub fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The top 53 bits of `bits` as a uniform value in [0, 1). The one place random bits become a
+/// fraction (the detectors' RNG, retry jitter, fault injection draws).
+#[inline]
+pub fn unit_f64(bits: u64) -> f64 {
+    (bits >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
 /// Canonical bits of a finite value: +0.0 and -0.0 hash alike so equal rows hash alike.
 #[inline]
 pub fn canonical_bits(v: f64) -> u64 {
@@ -101,7 +108,7 @@ impl DeterministicRng {
     /// Uniform in [0, 1) with 53 random bits.
     #[inline]
     pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+        unit_f64(self.next_u64())
     }
 
     /// Uniform integer in [0, n); n > 0. Lemire's multiply-shift without the rejection step: the

@@ -222,77 +222,24 @@ pub async fn plan_chunks(
             });
         match source.format {
             FileFormat::Parquet => {
-                let meta = match &local {
-                    Some(local) => std::fs::File::open(local)
-                        .map_err(|e| PipelineError::Io {
-                            path: local.clone(),
-                            source: e,
-                        })
-                        .and_then(|f| {
-                            SerializedFileReader::new(f)
-                                .map(|r| r.metadata().clone())
-                                .map_err(|e| not_parquet(&place, &shown, e))
-                        })?,
-                    None => remote_parquet_metadata(store.as_ref(), &file, size)
-                        .await
-                        .map_err(|e| match e {
-                            RemoteRead::Store(e) => source.read_error(e.into()),
-                            RemoteRead::Parquet(e) => not_parquet(&place, &shown, e),
-                        })?,
+                let meta = parquet_metadata(
+                    source,
+                    store.as_ref(),
+                    &place,
+                    &shown,
+                    &file,
+                    size,
+                    local.as_ref(),
+                )
+                .await?;
+                let groups = row_group_starts(&meta);
+                let split = RowGroupSplit {
+                    file: &file,
+                    size,
+                    shown: &shown,
+                    chunk_rows,
                 };
-                let groups: Vec<(u64, u64)> = meta
-                    .row_groups()
-                    .iter()
-                    .map(|rg| {
-                        let col = rg.column(0);
-                        let start = col
-                            .dictionary_page_offset()
-                            .unwrap_or_else(|| col.data_page_offset());
-                        (start.max(0) as u64, rg.num_rows().max(0) as u64)
-                    })
-                    .collect();
-                if groups.iter().any(|g| g.1 > chunk_rows) {
-                    warnings.push(format!(
-                        "{shown}: row groups of up to {} rows are larger than chunk_rows = {chunk_rows}; a chunk is at least one row group",
-                        groups.iter().map(|g| g.1).max().unwrap_or(0)
-                    ));
-                }
-                let mut at = 0;
-                while at < groups.len() {
-                    let first = at;
-                    let mut rows = 0;
-                    while at < groups.len() && (at == first || rows + groups[at].1 <= chunk_rows) {
-                        rows += groups[at].1;
-                        at += 1;
-                    }
-                    // The range starts at the first row group's first page and ends where the next
-                    // chunk's starts (or at the end of the file, footer included).
-                    let start = if first == 0 { 0 } else { groups[first].0 };
-                    let end = if at < groups.len() {
-                        groups[at].0
-                    } else {
-                        size
-                    };
-                    if rows == 0 && groups.len() > 1 {
-                        continue;
-                    }
-                    chunks.push(Chunk {
-                        id: chunks.len(),
-                        file: file.clone(),
-                        file_size: size,
-                        range: Some((start, end)),
-                        rows: Some(rows),
-                    });
-                }
-                if groups.is_empty() {
-                    chunks.push(Chunk {
-                        id: chunks.len(),
-                        file: file.clone(),
-                        file_size: size,
-                        range: None,
-                        rows: Some(0),
-                    });
-                }
+                split.chunks(&groups, &mut chunks, &mut warnings);
             }
             FileFormat::Csv | FileFormat::Ndjson if !is_compressed(&file) => {
                 let head = match &local {
@@ -338,6 +285,108 @@ pub async fn plan_chunks(
         chunks,
         warnings,
     })
+}
+
+/// The Parquet footer of one file, local or in an object store.
+async fn parquet_metadata(
+    source: &SourceReader,
+    store: &dyn ObjectStore,
+    place: &str,
+    shown: &str,
+    file: &str,
+    size: u64,
+    local: Option<&PathBuf>,
+) -> Result<ParquetMetaData> {
+    let meta = match local {
+        Some(local) => std::fs::File::open(local)
+            .map_err(|e| PipelineError::Io {
+                path: local.to_path_buf(),
+                source: e,
+            })
+            .and_then(|f| {
+                SerializedFileReader::new(f)
+                    .map(|r| r.metadata().clone())
+                    .map_err(|e| not_parquet(place, shown, e))
+            })?,
+        None => remote_parquet_metadata(store, file, size)
+            .await
+            .map_err(|e| match e {
+                RemoteRead::Store(e) => source.read_error(e.into()),
+                RemoteRead::Parquet(e) => not_parquet(place, shown, e),
+            })?,
+    };
+    Ok(meta)
+}
+
+/// (byte offset of the first page, rows) of every row group.
+fn row_group_starts(meta: &ParquetMetaData) -> Vec<(u64, u64)> {
+    meta.row_groups()
+        .iter()
+        .map(|rg| {
+            let col = rg.column(0);
+            let start = col
+                .dictionary_page_offset()
+                .unwrap_or_else(|| col.data_page_offset());
+            (start.max(0) as u64, rg.num_rows().max(0) as u64)
+        })
+        .collect()
+}
+
+/// How one Parquet file splits into chunks of whole row groups.
+struct RowGroupSplit<'a> {
+    file: &'a str,
+    size: u64,
+    shown: &'a str,
+    chunk_rows: u64,
+}
+
+impl RowGroupSplit<'_> {
+    /// Appends runs of row groups of about `chunk_rows` rows (at least one row group each).
+    fn chunks(&self, groups: &[(u64, u64)], chunks: &mut Vec<Chunk>, warnings: &mut Vec<String>) {
+        let (file, size, shown, chunk_rows) = (self.file, self.size, self.shown, self.chunk_rows);
+        if groups.iter().any(|g| g.1 > chunk_rows) {
+            warnings.push(format!(
+                        "{shown}: row groups of up to {} rows are larger than chunk_rows = {chunk_rows}; a chunk is at least one row group",
+                        groups.iter().map(|g| g.1).max().unwrap_or(0)
+                    ));
+        }
+        let mut at = 0;
+        while at < groups.len() {
+            let first = at;
+            let mut rows = 0;
+            while at < groups.len() && (at == first || rows + groups[at].1 <= chunk_rows) {
+                rows += groups[at].1;
+                at += 1;
+            }
+            // The range starts at the first row group's first page and ends where the next
+            // chunk's starts (or at the end of the file, footer included).
+            let start = if first == 0 { 0 } else { groups[first].0 };
+            let end = if at < groups.len() {
+                groups[at].0
+            } else {
+                size
+            };
+            if rows == 0 && groups.len() > 1 {
+                continue;
+            }
+            chunks.push(Chunk {
+                id: chunks.len(),
+                file: file.to_string(),
+                file_size: size,
+                range: Some((start, end)),
+                rows: Some(rows),
+            });
+        }
+        if groups.is_empty() {
+            chunks.push(Chunk {
+                id: chunks.len(),
+                file: file.to_string(),
+                file_size: size,
+                range: None,
+                rows: Some(0),
+            });
+        }
+    }
 }
 
 fn is_compressed(file: &str) -> bool {

@@ -8,6 +8,10 @@
 //! writes fail inside the part-file writer. Faults are armed once the run's inputs are planned, so
 //! they hit the fit and the chunks, the parts that retry. Draws come from a seeded counter, so a
 //! failing run can be replayed.
+//!
+//! A plan belongs to one run ([`crate::RunOptions::faults`]); the CLI reads it from the environment
+//! for each run. It is compiled into release builds too, so that the recovery tests exercise the
+//! binary users run; without `NOMALY_FAULTS` (or a plan in the options) nothing is injected.
 
 use datafusion::object_store::path::Path as StorePath;
 use datafusion::object_store::{
@@ -15,8 +19,9 @@ use datafusion::object_store::{
     PutMultipartOptions, PutOptions, PutPayload, PutResult, Result as StoreResult,
 };
 use futures::stream::BoxStream;
+use nomaly_detectors::hashing::{mix64, unit_f64};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 
 /// The environment variable that turns fault injection on.
 pub const FAULTS_ENV: &str = "NOMALY_FAULTS";
@@ -34,51 +39,40 @@ pub struct FaultPlan {
     pub writes_failed: AtomicU64,
 }
 
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
+/// A fault plan that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("{FAULTS_ENV}: {0}")]
+pub struct FaultPlanError(String);
 
 impl FaultPlan {
-    pub fn parse(text: &str) -> Result<FaultPlan, String> {
+    pub fn parse(text: &str) -> Result<FaultPlan, FaultPlanError> {
         let mut plan = FaultPlan::default();
         for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let (key, value) = item
                 .split_once('=')
-                .ok_or_else(|| format!("{FAULTS_ENV}: '{item}' is not key=value"))?;
-            let bad = || format!("{FAULTS_ENV}: '{item}' has a bad value");
+                .ok_or_else(|| FaultPlanError(format!("'{item}' is not key=value")))?;
+            let bad = || FaultPlanError(format!("'{item}' has a bad value"));
             match key.trim() {
                 "read" => plan.read_rate = value.parse().map_err(|_| bad())?,
                 "write" => plan.write_rate = value.parse().map_err(|_| bad())?,
                 "seed" => plan.seed = value.parse().map_err(|_| bad())?,
                 "fail_chunk" => plan.fail_chunk = Some(value.parse().map_err(|_| bad())?),
                 other => {
-                    return Err(format!(
-                        "{FAULTS_ENV}: unknown key '{other}'; keys are read, write, seed, fail_chunk"
-                    ));
+                    return Err(FaultPlanError(format!(
+                        "unknown key '{other}'; keys are read, write, seed, fail_chunk"
+                    )));
                 }
             }
         }
         Ok(plan)
     }
 
-    /// The plan from the environment, read once per process.
-    pub fn from_env() -> Option<Arc<FaultPlan>> {
-        static PLAN: OnceLock<Option<Arc<FaultPlan>>> = OnceLock::new();
-        PLAN.get_or_init(|| {
-            let text = std::env::var(FAULTS_ENV).ok()?;
-            match FaultPlan::parse(&text) {
-                Ok(p) => Some(Arc::new(p)),
-                Err(e) => {
-                    // A test knob, not user input: say so loudly and run without faults.
-                    eprintln!("warning: {e}; running without fault injection");
-                    None
-                }
-            }
-        })
-        .clone()
+    /// A fresh plan from the environment (for one run), if [`FAULTS_ENV`] is set.
+    pub fn from_env() -> Result<Option<Arc<FaultPlan>>, FaultPlanError> {
+        match std::env::var(FAULTS_ENV) {
+            Ok(text) => Ok(Some(Arc::new(FaultPlan::parse(&text)?))),
+            Err(_) => Ok(None),
+        }
     }
 
     pub fn arm(&self) {
@@ -87,7 +81,7 @@ impl FaultPlan {
 
     fn draw(&self) -> f64 {
         let n = self.draws.fetch_add(1, Ordering::Relaxed);
-        (splitmix(self.seed ^ splitmix(n)) >> 11) as f64 / (1u64 << 53) as f64
+        unit_f64(mix64(self.seed ^ mix64(n)))
     }
 
     fn read_fails(&self) -> bool {
@@ -196,6 +190,7 @@ mod tests {
         assert!(
             FaultPlan::parse("reed=1")
                 .unwrap_err()
+                .to_string()
                 .contains("unknown key 'reed'")
         );
         assert!(p.write_fault(3).is_none(), "not armed yet");

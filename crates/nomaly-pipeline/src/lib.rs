@@ -2,7 +2,8 @@
 //!
 //! Pipeline files (TOML) run by the `nomaly` CLI: sources → SQL steps → detect → validate → sinks →
 //! notify. A file is parsed ([`spec`]), resolved and checked without touching data ([`compile`]),
-//! then checked against the data, explained, dry-run or run ([`run`]). Inputs split into
+//! then checked against the data, explained, dry-run or run ([`run`], or [`Run`] for a handle with
+//! events ([`events`]) and cancellation). Inputs split into
 //! deterministic chunks ([`chunks`]) that are the partitions of the scan; each chunk's output is one
 //! part file per sink ([`sink`]), committed by rename and published when the run succeeds.
 
@@ -10,11 +11,11 @@ pub mod checkpoint;
 pub mod chunks;
 pub mod compile;
 pub mod error;
+pub mod events;
 pub mod faults;
 #[cfg(feature = "hdf5")]
 pub mod hdf5_source;
 pub mod notify;
-pub mod progress;
 pub mod quarantine;
 pub mod report;
 pub mod run;
@@ -22,8 +23,10 @@ pub mod sink;
 pub mod spec;
 
 pub use compile::{CompiledPipeline, compile};
-pub use error::{PipelineError, Result};
-pub use progress::{NoProgress, ProgressEvent, ProgressObserver};
-pub use report::{RunReport, RunStatus};
-pub use run::{RunMode, RunOptions, completed_run, explain, run, validate};
+pub use error::{ErrorKind, PipelineError, Result, RunPlace};
+pub use events::{NoObserver, RunEvent, RunObserver};
+pub use report::{ChunkingMode, RunReport, RunStatus};
+pub use run::{
+    Run, RunFailure, RunMode, RunOptions, RunOutcome, completed_run, explain, run, validate,
+};
 pub use spec::{PipelineFile, json_schema};

@@ -8,11 +8,28 @@ use std::path::Path;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// Why a notification could not be sent (a warning in the report, not a failed run).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotifyError(String);
+
+impl From<String> for NotifyError {
+    fn from(s: String) -> Self {
+        NotifyError(s)
+    }
+}
+
 fn fires(on: NotifyWhen, status: RunStatus) -> bool {
     match on {
         NotifyWhen::Always => true,
         NotifyWhen::Success => matches!(status, RunStatus::Succeeded | RunStatus::DryRun),
-        NotifyWhen::Failure => matches!(status, RunStatus::Failed | RunStatus::ValidationFailed),
+        NotifyWhen::Failure => matches!(
+            status,
+            RunStatus::Failed
+                | RunStatus::ValidationFailed
+                | RunStatus::Cancelled
+                | RunStatus::TimedOut
+        ),
     }
 }
 
@@ -49,10 +66,10 @@ pub async fn notify_all(
 }
 
 /// POSTs JSON to an http:// URL (HTTP/1.1, one request, 10 s timeout); any 2xx is success.
-async fn post_json(url: &str, body: &[u8]) -> Result<(), String> {
+async fn post_json(url: &str, body: &[u8]) -> Result<(), NotifyError> {
     let rest = url
         .strip_prefix("http://")
-        .ok_or("only http:// URLs are supported")?;
+        .ok_or_else(|| NotifyError("only http:// URLs are supported".into()))?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -98,9 +115,10 @@ async fn post_json(url: &str, body: &[u8]) -> Result<(), String> {
             Err(format!("the server answered HTTP {code}"))
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), exchange)
+    let answered: Result<(), String> = tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
-        .map_err(|_| "no answer within 10 s".to_string())?
+        .map_err(|_| "no answer within 10 s".to_string())?;
+    Ok(answered?)
 }
 
 async fn run_command(
@@ -109,11 +127,8 @@ async fn run_command(
     report_path: Option<&Path>,
     body: &[u8],
     base: &Path,
-) -> Result<(), String> {
-    let status = serde_json::to_value(report.status)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
+) -> Result<(), NotifyError> {
+    let status = report.status.name();
     let mut child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
@@ -140,6 +155,6 @@ async fn run_command(
     if status.success() {
         Ok(())
     } else {
-        Err(format!("exited with {status}"))
+        Err(format!("exited with {status}").into())
     }
 }

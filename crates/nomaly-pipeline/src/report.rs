@@ -1,33 +1,75 @@
 //! The run report (JSON): what went in, what came out, how long each part took, what it cost.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
+    /// Not finished yet (the report of a run in progress).
+    #[default]
+    Running,
     Succeeded,
     /// The run finished but a `[[validate]]` check failed (exit code 3).
     ValidationFailed,
     Failed,
     /// `--dry-run`: every step planned and run on zero rows.
     DryRun,
+    /// Cancelled (Ctrl-C, or the run's handle): committed chunks are kept for `nomaly resume`.
+    Cancelled,
+    /// Stopped at its `[resources] timeout`; committed chunks are kept for `nomaly resume`.
+    TimedOut,
 }
 
-#[derive(Debug, Clone, Serialize)]
+impl RunStatus {
+    /// The name used in reports and messages ("succeeded", "validation_failed", ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::ValidationFailed => "validation_failed",
+            RunStatus::Failed => "failed",
+            RunStatus::DryRun => "dry_run",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::TimedOut => "timed_out",
+        }
+    }
+}
+
+/// How a run's input splits into chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChunkingMode {
+    /// Chunks are slices of the first source; partition i of the scoring plan is chunk i.
+    #[default]
+    Source,
+    /// The steps mix rows across chunks, so the detect input was written once and that is chunked.
+    Materialized,
+}
+
+impl std::fmt::Display for ChunkingMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ChunkingMode::Source => "source",
+            ChunkingMode::Materialized => "materialized",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepTiming {
     pub step: String,
     pub seconds: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CheckResult {
     pub check: String,
     pub passed: bool,
     pub detail: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SinkReport {
     pub path: String,
     pub format: String,
@@ -36,7 +78,7 @@ pub struct SinkReport {
     pub bytes: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunReport {
     pub pipeline: String,
     pub file: String,
@@ -61,7 +103,7 @@ pub struct RunReport {
     pub chunks: usize,
     /// "source" (chunks are slices of the first source) or "materialized" (the detect input was
     /// written once and chunked, because the steps mix rows across chunks).
-    pub chunking: String,
+    pub chunking: ChunkingMode,
     /// "local" (DataFusion in this process) or "standalone" (Ballista scheduler and executor).
     pub engine: String,
     /// Ballista jobs the run submitted (engine "standalone": the fit, then one per chunk).
@@ -86,7 +128,7 @@ pub struct RunReport {
 }
 
 /// What it took to get here: retries, and what a resume reused and redid.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Recovery {
     /// This run continued an interrupted one (`nomaly resume`).
     pub resumed: bool,

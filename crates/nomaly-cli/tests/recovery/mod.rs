@@ -540,3 +540,61 @@ fn a_materialized_run_resumes_over_the_same_materialized_input() {
         vec!["50000,50000"]
     );
 }
+
+/// Ctrl-C (SIGINT) cancels a run through the library's cancellation: in-flight chunks stop,
+/// committed ones stay, the process exits 130 naming `nomaly resume`, and the resumed output is
+/// the uninterrupted run's, byte for byte.
+#[test]
+fn sigint_cancels_and_resume_finishes_the_same_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let expected = reference(&tmp.path().join("ref"));
+    let dir = tmp.path().join("interrupted");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pipeline = job(&dir);
+    let p = pipeline.to_str().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nomaly"))
+        .args(["run", p, "--no-progress"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run_dir = dir.join("out/.scored.nomaly-staging/_nomaly");
+    let waiting = Instant::now();
+    // The manifest is being appended to: look for a commit line without parsing a torn one.
+    let committed = |run_dir: &Path| {
+        std::fs::read_to_string(run_dir.join("manifest.jsonl"))
+            .is_ok_and(|t| t.contains("\"event\":\"commit\""))
+    };
+    while !committed(&run_dir) {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended first");
+        assert!(waiting.elapsed() < Duration::from_secs(120), "no commit");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: sends a signal to our own child process, which is still running.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(err.contains("the run was cancelled"), "{err}");
+    assert!(err.contains(&format!("`nomaly resume {p}`")), "{err}");
+    let lines = manifest_lines(&run_dir);
+    let commits = lines.iter().filter(|l| l["event"] == "commit").count();
+    assert!(
+        (1..CHUNKS).contains(&commits),
+        "{commits} of {CHUNKS} chunks committed"
+    );
+    assert_eq!(lines.last().unwrap()["event"], "stopped");
+    assert_eq!(lines.last().unwrap()["status"], "cancelled");
+    assert!(
+        err.contains(&format!("{commits} of {CHUNKS} chunks are committed")),
+        "{err}"
+    );
+
+    let o = nomaly_env(&["resume", p, "--no-progress", "--json"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let r = json(&o);
+    assert_eq!(r["recovery"]["chunks_reused"], commits as u64);
+    assert_eq!(part_files(&dir.join("out/scored")), expected);
+    check_output(&dir);
+}

@@ -16,14 +16,13 @@
 //! A crash can tear only the last manifest line (it is then ignored); every other file is written
 //! to a temp name, fsynced and renamed, so at any instant the directory is consistent.
 
-use crate::chunks::{Chunk, SourceReader};
+use crate::chunks::Chunk;
 use crate::error::{PipelineError, Result};
 use crate::sink::write_atomic;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::reader::FileReader as IpcFileReader;
 use datafusion::arrow::ipc::writer::FileWriter as IpcFileWriter;
-use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
@@ -32,10 +31,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+mod fingerprint;
+
+pub use fingerprint::{
+    FileFingerprint, SourceFingerprint, fingerprint, fingerprint_change, pipeline_change,
+};
+
 /// Name of the run directory inside an output (or its staging directory).
 pub const RUN_DIR: &str = "_nomaly";
 const RUN_FILE: &str = "run.json";
-const MANIFEST_FILE: &str = "manifest.jsonl";
+pub const MANIFEST_FILE: &str = "manifest.jsonl";
 const MODELS_FILE: &str = "models.ipc";
 const PIPELINE_FILE: &str = "pipeline.toml";
 /// Bumped when the layout changes; an older run directory is refused, not misread.
@@ -47,158 +52,6 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// One input file as it was when the run started.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileFingerprint {
-    pub path: String,
-    pub size: u64,
-    pub modified_unix_ms: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub e_tag: Option<String>,
-}
-
-/// One source's files and schema.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SourceFingerprint {
-    pub name: String,
-    pub location: String,
-    pub schema: String,
-    pub files: Vec<FileFingerprint>,
-}
-
-/// Lists each source's files (path order) with size, modification time and ETag, and its schema.
-pub async fn fingerprint(
-    ctx: &SessionContext,
-    sources: &[SourceReader],
-) -> Result<Vec<SourceFingerprint>> {
-    let mut out = Vec::new();
-    for s in sources {
-        let files = s
-            .list_objects(ctx)
-            .await?
-            .into_iter()
-            .map(|m| FileFingerprint {
-                path: m.location.to_string(),
-                size: m.size,
-                modified_unix_ms: m.last_modified.timestamp_millis(),
-                e_tag: m.e_tag,
-            })
-            .collect();
-        // Inferred, not taken from the session: `completed_run` compares from a bare session.
-        // An HDF5 file's schema would take reading it whole; its size and mtime stand for it.
-        let schema = if s.format == crate::spec::FileFormat::Hdf5 {
-            "(hdf5)".to_string()
-        } else {
-            s.infer_schema(ctx)
-                .await?
-                .fields()
-                .iter()
-                .map(|f| format!("{}: {}", f.name(), f.data_type()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        out.push(SourceFingerprint {
-            name: s.name.clone(),
-            location: s.location.clone(),
-            schema,
-            files,
-        });
-    }
-    Ok(out)
-}
-
-/// Says what differs between the fingerprint a run started with and the input now.
-pub fn fingerprint_change(
-    before: &[SourceFingerprint],
-    now: &[SourceFingerprint],
-) -> Option<String> {
-    for b in before {
-        let Some(n) = now.iter().find(|n| n.name == b.name) else {
-            return Some(format!("source '{}' is no longer in the pipeline", b.name));
-        };
-        if b.location != n.location {
-            return Some(format!(
-                "source '{}' now reads {} (was {})",
-                b.name, n.location, b.location
-            ));
-        }
-        if b.schema != n.schema {
-            return Some(format!(
-                "the schema of source '{}' changed: now [{}], was [{}]",
-                b.name, n.schema, b.schema
-            ));
-        }
-        let old: BTreeMap<&str, &FileFingerprint> =
-            b.files.iter().map(|f| (f.path.as_str(), f)).collect();
-        let new: BTreeMap<&str, &FileFingerprint> =
-            n.files.iter().map(|f| (f.path.as_str(), f)).collect();
-        for (path, f) in &old {
-            match new.get(path) {
-                None => return Some(format!("input file /{path} was removed")),
-                Some(g) if g.size != f.size => {
-                    return Some(format!(
-                        "input file /{path} changed size: {} bytes, was {}",
-                        g.size, f.size
-                    ));
-                }
-                Some(g) if g.modified_unix_ms != f.modified_unix_ms || g.e_tag != f.e_tag => {
-                    return Some(format!(
-                        "input file /{path} was modified since the run started"
-                    ));
-                }
-                Some(_) => {}
-            }
-        }
-        if let Some(path) = new.keys().find(|p| !old.contains_key(*p)) {
-            return Some(format!(
-                "input file /{path} was added since the run started"
-            ));
-        }
-    }
-    now.iter()
-        .find(|n| !before.iter().any(|b| b.name == n.name))
-        .map(|n| format!("source '{}' was added to the pipeline", n.name))
-}
-
-/// What changed in the pipeline between the text a run started with and now, counting only
-/// what shapes the output: `[resources]`, `[retry]`, `[[notify]]` and `name` may change between
-/// a run and its resume (more memory, more patience, another webhook).
-pub fn pipeline_change(before_text: &str, now: &crate::spec::PipelineSpec) -> Option<String> {
-    let before: crate::spec::PipelineSpec = match toml::from_str(before_text) {
-        Ok(s) => s,
-        Err(e) => return Some(format!("the recorded pipeline does not parse: {e}")),
-    };
-    let shape = |s: &crate::spec::PipelineSpec| {
-        let mut s = s.clone();
-        s.name = None;
-        s.resources = Default::default();
-        s.retry = Default::default();
-        s.notifications.clear();
-        serde_json::to_value(&s).unwrap_or_default()
-    };
-    let (b, n) = (shape(&before), shape(now));
-    if b == n {
-        return None;
-    }
-    let keys: BTreeSet<&String> = b
-        .as_object()
-        .into_iter()
-        .chain(n.as_object())
-        .flat_map(|o| o.keys())
-        .collect();
-    let changed: Vec<String> = keys
-        .into_iter()
-        .filter(|k| b.get(k.as_str()) != n.get(k.as_str()))
-        .map(|k| match (b.get(k.as_str()), n.get(k.as_str())) {
-            (Some(x), Some(y)) => format!("`{k}` is now {y}, was {x}"),
-            (None, Some(y)) => format!("`{k}` = {y} was added"),
-            (Some(x), None) => format!("`{k}` = {x} was removed"),
-            (None, None) => unreachable!("a key of one of them"),
-        })
-        .collect();
-    Some(changed.join("; "))
 }
 
 /// A chunk as recorded in `run.json`.
@@ -228,8 +81,7 @@ pub struct RunRecord {
     pub pipeline_file: String,
     pub started_at_unix_ms: u64,
     pub sources: Vec<SourceFingerprint>,
-    /// "source" or "materialized".
-    pub chunking: String,
+    pub chunking: crate::report::ChunkingMode,
     pub chunks: Vec<ChunkEntry>,
     /// The fit's counts (the model is in `models.ipc`).
     pub input_rows: u64,
@@ -287,6 +139,13 @@ pub enum ManifestEvent {
     Complete {
         at_unix_ms: u64,
     },
+    /// The run stopped before completing: cancelled, timed out or failed. `resume` continues it.
+    Stopped {
+        at_unix_ms: u64,
+        /// "cancelled", "timed_out" or "failed" (a [`crate::RunStatus`] name).
+        status: String,
+        error: String,
+    },
 }
 
 /// What a manifest says, read back.
@@ -297,6 +156,8 @@ pub struct ManifestState {
     pub in_flight: BTreeSet<usize>,
     pub resumes: usize,
     pub complete: bool,
+    /// How the last attempt stopped ("cancelled", "timed_out", "failed"), unless resumed since.
+    pub stopped: Option<String>,
     /// Lines read; a torn last line is not counted.
     pub lines: usize,
 }
@@ -433,8 +294,10 @@ impl RunDir {
                             state.in_flight.remove(&c.chunk);
                             state.commits.insert(c.chunk, c);
                         }
+                        ManifestEvent::Stopped { status, .. } => state.stopped = Some(status),
                         ManifestEvent::Resume { .. } => {
                             state.resumes += 1;
+                            state.stopped = None;
                             // Whatever was in flight before this resume was redone or is again.
                             state.in_flight.clear();
                         }
@@ -468,6 +331,17 @@ impl RunDir {
 
     /// Appends one event; `durable` events (commits, completion) are fsynced before returning.
     pub fn append(&self, event: &ManifestEvent, durable: bool) -> Result<()> {
+        self.append_then(event, durable, || {})
+    }
+
+    /// Appends one event, then calls `after` before another append can start: whatever `after`
+    /// sends (a run's `ChunkCommitted` event) goes out in the manifest's order.
+    pub fn append_then(
+        &self,
+        event: &ManifestEvent,
+        durable: bool,
+        after: impl FnOnce(),
+    ) -> Result<()> {
         let mut line = serde_json::to_string(event).expect("an event is JSON");
         line.push('\n');
         let mut guard = self.manifest.lock().expect("not poisoned");
@@ -486,6 +360,7 @@ impl RunDir {
         if durable {
             f.sync_data().map_err(self.io(MANIFEST_FILE))?;
         }
+        after();
         Ok(())
     }
 }
@@ -533,27 +408,35 @@ pub fn file_crc32(path: &Path) -> std::io::Result<(u64, u32)> {
     Ok((len, hasher.finalize()))
 }
 
+/// Why a committed chunk's files no longer match the manifest.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CommitMismatch(String);
+
 /// Checks a committed chunk's files against the manifest: each exists with its size and CRC-32.
-pub fn verify_commit(commit: &CommitEntry, staging: &[PathBuf]) -> std::result::Result<(), String> {
+pub fn verify_commit(
+    commit: &CommitEntry,
+    staging: &[PathBuf],
+) -> std::result::Result<(), CommitMismatch> {
     for p in &commit.parts {
         let Some(dir) = staging.get(p.sink) else {
-            return Err(format!(
+            return Err(CommitMismatch(format!(
                 "names sink {} which the pipeline no longer has",
                 p.sink
-            ));
+            )));
         };
         let path = dir.join(&p.path);
         match file_crc32(&path) {
             Ok((len, crc)) if len == p.bytes && crc == p.crc32 => {}
             Ok((len, crc)) => {
-                return Err(format!(
+                return Err(CommitMismatch(format!(
                     "{} is {len} bytes with CRC-32 {crc:08x}, the manifest says {} bytes, {:08x}",
                     path.display(),
                     p.bytes,
                     p.crc32
-                ));
+                )));
             }
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Err(e) => return Err(CommitMismatch(format!("{}: {e}", path.display()))),
         }
     }
     Ok(())

@@ -1,0 +1,160 @@
+//! The input fingerprint a run records (files, sizes, modification times, schemas) and the checks
+//! a resume makes against it and against the pipeline as run.
+
+use crate::chunks::SourceReader;
+use crate::error::Result;
+use datafusion::prelude::SessionContext;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// One input file as it was when the run started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileFingerprint {
+    pub path: String,
+    pub size: u64,
+    pub modified_unix_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e_tag: Option<String>,
+}
+
+/// One source's files and schema.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceFingerprint {
+    pub name: String,
+    pub location: String,
+    pub schema: String,
+    pub files: Vec<FileFingerprint>,
+}
+
+/// Lists each source's files (path order) with size, modification time and ETag, and its schema.
+pub async fn fingerprint(
+    ctx: &SessionContext,
+    sources: &[SourceReader],
+) -> Result<Vec<SourceFingerprint>> {
+    let mut out = Vec::new();
+    for s in sources {
+        let files = s
+            .list_objects(ctx)
+            .await?
+            .into_iter()
+            .map(|m| FileFingerprint {
+                path: m.location.to_string(),
+                size: m.size,
+                modified_unix_ms: m.last_modified.timestamp_millis(),
+                e_tag: m.e_tag,
+            })
+            .collect();
+        // Inferred, not taken from the session: `completed_run` compares from a bare session.
+        // An HDF5 file's schema would take reading it whole; its size and mtime stand for it.
+        let schema = if s.format == crate::spec::FileFormat::Hdf5 {
+            "(hdf5)".to_string()
+        } else {
+            s.infer_schema(ctx)
+                .await?
+                .fields()
+                .iter()
+                .map(|f| format!("{}: {}", f.name(), f.data_type()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.push(SourceFingerprint {
+            name: s.name.clone(),
+            location: s.location.clone(),
+            schema,
+            files,
+        });
+    }
+    Ok(out)
+}
+
+/// Says what differs between the fingerprint a run started with and the input now.
+pub fn fingerprint_change(
+    before: &[SourceFingerprint],
+    now: &[SourceFingerprint],
+) -> Option<String> {
+    for b in before {
+        let Some(n) = now.iter().find(|n| n.name == b.name) else {
+            return Some(format!("source '{}' is no longer in the pipeline", b.name));
+        };
+        if b.location != n.location {
+            return Some(format!(
+                "source '{}' now reads {} (was {})",
+                b.name, n.location, b.location
+            ));
+        }
+        if b.schema != n.schema {
+            return Some(format!(
+                "the schema of source '{}' changed: now [{}], was [{}]",
+                b.name, n.schema, b.schema
+            ));
+        }
+        let old: BTreeMap<&str, &FileFingerprint> =
+            b.files.iter().map(|f| (f.path.as_str(), f)).collect();
+        let new: BTreeMap<&str, &FileFingerprint> =
+            n.files.iter().map(|f| (f.path.as_str(), f)).collect();
+        for (path, f) in &old {
+            match new.get(path) {
+                None => return Some(format!("input file /{path} was removed")),
+                Some(g) if g.size != f.size => {
+                    return Some(format!(
+                        "input file /{path} changed size: {} bytes, was {}",
+                        g.size, f.size
+                    ));
+                }
+                Some(g) if g.modified_unix_ms != f.modified_unix_ms || g.e_tag != f.e_tag => {
+                    return Some(format!(
+                        "input file /{path} was modified since the run started"
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(path) = new.keys().find(|p| !old.contains_key(*p)) {
+            return Some(format!(
+                "input file /{path} was added since the run started"
+            ));
+        }
+    }
+    now.iter()
+        .find(|n| !before.iter().any(|b| b.name == n.name))
+        .map(|n| format!("source '{}' was added to the pipeline", n.name))
+}
+
+/// What changed in the pipeline between the text a run started with and now, counting only
+/// what shapes the output: `[resources]`, `[retry]`, `[[notify]]` and `name` may change between
+/// a run and its resume (more memory, more patience, another webhook).
+pub fn pipeline_change(before_text: &str, now: &crate::spec::PipelineSpec) -> Option<String> {
+    let before: crate::spec::PipelineSpec = match toml::from_str(before_text) {
+        Ok(s) => s,
+        Err(e) => return Some(format!("the recorded pipeline does not parse: {e}")),
+    };
+    let shape = |s: &crate::spec::PipelineSpec| {
+        let mut s = s.clone();
+        s.name = None;
+        s.resources = Default::default();
+        s.retry = Default::default();
+        s.notifications.clear();
+        serde_json::to_value(&s).unwrap_or_default()
+    };
+    let (b, n) = (shape(&before), shape(now));
+    if b == n {
+        return None;
+    }
+    let keys: BTreeSet<&String> = b
+        .as_object()
+        .into_iter()
+        .chain(n.as_object())
+        .flat_map(|o| o.keys())
+        .collect();
+    let changed: Vec<String> = keys
+        .into_iter()
+        .filter(|k| b.get(k.as_str()) != n.get(k.as_str()))
+        .map(|k| match (b.get(k.as_str()), n.get(k.as_str())) {
+            (Some(x), Some(y)) => format!("`{k}` is now {y}, was {x}"),
+            (None, Some(y)) => format!("`{k}` = {y} was added"),
+            (Some(x), None) => format!("`{k}` = {x} was removed"),
+            (None, None) => unreachable!("a key of one of them"),
+        })
+        .collect();
+    Some(changed.join("; "))
+}

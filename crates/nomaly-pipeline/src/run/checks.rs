@@ -1,0 +1,136 @@
+//! `[[validate]]` checks over the run's output, before it is published: row counts, the anomaly
+//! rate, and SQL queries over `output` (the first sink's data as written) that return failing rows.
+
+use super::session::register_listing;
+use super::{PreparedSession, RunScope, classify};
+use crate::chunks::SourceReader;
+use crate::compile::CompiledPipeline;
+use crate::error::Result;
+use crate::events::RunEvent;
+use crate::report::{CheckResult, RunReport, RunStatus, StepTiming};
+use crate::sink::staging_dir;
+use crate::spec::ValidateSpec;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::prelude::SessionContext;
+use std::time::Instant;
+
+/// Failing rows a SQL check shows.
+const SHOWN_FAILING_ROWS: usize = 5;
+
+/// Runs the checks and sets the status: succeeded, or validation failed.
+pub(crate) async fn validate_output(
+    scope: &RunScope<'_>,
+    session: &PreparedSession,
+    report: &mut RunReport,
+) -> Result<()> {
+    scope.emit(RunEvent::Phase("validate".into()));
+    let t = Instant::now();
+    report.checks = run_checks(scope, &session.ctx, report).await?;
+    report.steps.push(StepTiming {
+        step: "validate".into(),
+        seconds: t.elapsed().as_secs_f64(),
+    });
+    report.status = if report.checks.iter().all(|c| c.passed) {
+        RunStatus::Succeeded
+    } else {
+        RunStatus::ValidationFailed
+    };
+    Ok(())
+}
+
+async fn run_checks(
+    scope: &RunScope<'_>,
+    ctx: &SessionContext,
+    report: &RunReport,
+) -> Result<Vec<CheckResult>> {
+    let p = scope.p;
+    let mut results = Vec::new();
+    let mut output_registered = false;
+    for (place, v) in &p.validations {
+        let result = match v {
+            ValidateSpec::RowCount => CheckResult {
+                check: "row_count".into(),
+                passed: report.input_rows == report.output_rows,
+                detail: format!(
+                    "{} rows into detect, {} rows scored",
+                    report.input_rows, report.output_rows
+                ),
+            },
+            ValidateSpec::AnomalyRate { min, max } => {
+                let (lo, hi) = (min.unwrap_or(0.0), max.unwrap_or(1.0));
+                CheckResult {
+                    check: "anomaly_rate".into(),
+                    passed: (lo..=hi).contains(&report.anomaly_rate),
+                    detail: format!(
+                        "rate {:.6} ({} of {} rows), allowed [{lo}, {hi}]",
+                        report.anomaly_rate, report.anomalies, report.output_rows
+                    ),
+                }
+            }
+            ValidateSpec::Sql { name, sql } => {
+                if !output_registered {
+                    register_output(ctx, p).await?;
+                    output_registered = true;
+                }
+                sql_check(ctx, &format!("{place} '{name}'"), name, sql).await?
+            }
+        };
+        scope.emit(RunEvent::CheckResult(result.clone()));
+        results.push(result);
+    }
+    Ok(results)
+}
+
+/// `output`: the first sink's data, as written (still in its staging directory).
+async fn register_output(ctx: &SessionContext, p: &CompiledPipeline) -> Result<()> {
+    let s = &p.sinks[0];
+    let reader = SourceReader {
+        name: "output".into(),
+        path: s.path.display().to_string(),
+        location: format!("{}/", staging_dir(&s.path).display()),
+        format: s.format,
+        has_header: true,
+        delimiter: b',',
+    };
+    register_listing(ctx, &reader).await
+}
+
+/// A SQL check passes when its query returns no rows. The failing rows are counted, and only the
+/// first few are fetched to show.
+async fn sql_check(
+    ctx: &SessionContext,
+    place: &str,
+    name: &str,
+    sql: &str,
+) -> Result<CheckResult> {
+    let df = ctx
+        .sql(sql)
+        .await
+        .map_err(|e| classify(place.to_string(), e))?;
+    let rows = df
+        .clone()
+        .count()
+        .await
+        .map_err(|e| classify(place.to_string(), e))?;
+    let detail = if rows == 0 {
+        "no failing rows".to_string()
+    } else {
+        let shown = df
+            .limit(0, Some(SHOWN_FAILING_ROWS))
+            .map_err(|e| classify(place.to_string(), e))?
+            .collect()
+            .await
+            .map_err(|e| classify(place.to_string(), e))?;
+        format!(
+            "{rows} failing rows, first ones:\n{}",
+            pretty_format_batches(&shown)
+                .map(|t| t.to_string())
+                .unwrap_or_default()
+        )
+    };
+    Ok(CheckResult {
+        check: format!("sql: {name}"),
+        passed: rows == 0,
+        detail,
+    })
+}

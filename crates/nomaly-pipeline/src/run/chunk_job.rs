@@ -1,0 +1,332 @@
+//! One chunk's work: execute partition `chunk` of the scoring plan, write it to every sink's part
+//! files, commit it to the manifest — retried on transient failures, stopped when the run stops.
+
+use super::retry::Attempts;
+use super::scope::Counters;
+use super::session::cluster_of;
+use crate::checkpoint::{CommitEntry, ManifestEvent, PartEntry, RunDir, now_ms, write_quarantine};
+use crate::compile::RetryPolicy;
+use crate::error::{ErrorKind, PipelineError, Result, Resumable, RunPlace};
+use crate::events::{RunEvent, RunObserver};
+use crate::faults::FaultPlan;
+use crate::quarantine::QuarantineLog;
+use crate::sink::{ChunkWriter, SinkTarget, WrittenPart};
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::ExecutionPlan;
+use futures::StreamExt;
+use nomaly_engine::{EngineError, narrow_to_partition};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// What every chunk of a run shares.
+pub(crate) struct ChunkContext {
+    pub plan: Arc<dyn ExecutionPlan>,
+    /// The first file of every chunk, by id: picks the chunk scan out of the plan on Ballista.
+    pub chunk_files: Vec<String>,
+    pub task_ctx: Arc<TaskContext>,
+    pub sinks: Vec<(Arc<SinkTarget>, PathBuf)>,
+    pub schema: SchemaRef,
+    /// Cancelled when the run is cancelled, or when a chunk fails on its input (bad data stops
+    /// the run).
+    pub stop: CancellationToken,
+    pub run_dir: RunDir,
+    pub policy: RetryPolicy,
+    pub observer: Arc<dyn RunObserver>,
+    /// Set when chunks read the quarantining source directly.
+    pub quarantine: Option<Arc<QuarantineLog>>,
+    pub faults: Option<Arc<FaultPlan>>,
+    pub counters: Arc<Counters>,
+}
+
+/// How a chunk's work ended, with the seconds its failed attempts cost.
+pub(crate) enum ChunkEnd {
+    Committed {
+        entry: CommitEntry,
+        lost: f64,
+    },
+    Failed {
+        error: PipelineError,
+        lost: f64,
+    },
+    /// Stopped because the run is stopping (cancelled, or another chunk's input was bad).
+    Stopped {
+        lost: f64,
+    },
+}
+
+pub(crate) struct ChunkJob {
+    pub chunk: usize,
+    pub describe: String,
+    pub shared: Arc<ChunkContext>,
+}
+
+/// Counts each attempt's rows into the run's progress and takes them back if it does not commit.
+struct RowsInFlight<'a> {
+    counters: &'a Counters,
+    rows: u64,
+}
+
+impl RowsInFlight<'_> {
+    fn add(&mut self, rows: u64) {
+        self.rows += rows;
+        self.counters.rows_done.fetch_add(rows, Ordering::Relaxed);
+    }
+}
+
+impl Drop for RowsInFlight<'_> {
+    fn drop(&mut self) {
+        self.counters
+            .rows_done
+            .fetch_sub(self.rows, Ordering::Relaxed);
+    }
+}
+
+/// Counts of one chunk's output, before its commit.
+#[derive(Debug, Default)]
+struct ChunkOutcome {
+    rows: u64,
+    anomalies: u64,
+    missing: u64,
+    quarantined: u64,
+    source_lines: Option<u64>,
+    parts: Vec<(usize, WrittenPart)>,
+}
+
+impl ChunkJob {
+    fn place(&self) -> RunPlace {
+        RunPlace::Chunk {
+            id: self.chunk,
+            range: self.describe.clone(),
+        }
+    }
+
+    fn stopped() -> PipelineError {
+        PipelineError::Cancelled {
+            resume: Resumable::default(),
+        }
+    }
+
+    pub async fn run(self) -> ChunkEnd {
+        let span = tracing::info_span!("chunk", chunk = self.chunk, range = %self.describe);
+        self.run_attempts().instrument(span).await
+    }
+
+    async fn run_attempts(&self) -> ChunkEnd {
+        let shared = &self.shared;
+        if shared.stop.is_cancelled() {
+            return ChunkEnd::Stopped { lost: 0.0 };
+        }
+        let start = ManifestEvent::Start {
+            chunk: self.chunk,
+            at_unix_ms: now_ms(),
+        };
+        if let Err(error) = shared.run_dir.append(&start, false) {
+            return ChunkEnd::Failed { error, lost: 0.0 };
+        }
+        let mut attempts = Attempts::new(self.place(), shared.policy);
+        loop {
+            let t = Instant::now();
+            let mut error = match self.attempt(attempts.retries, t).await {
+                Ok(entry) => {
+                    let lost = attempts.lost_seconds;
+                    return ChunkEnd::Committed { entry, lost };
+                }
+                Err(PipelineError::Cancelled { .. }) => {
+                    let lost = attempts.lost_seconds + t.elapsed().as_secs_f64();
+                    return ChunkEnd::Stopped { lost };
+                }
+                Err(e) => e,
+            };
+            let transient = error.is_transient() && !shared.stop.is_cancelled();
+            match attempts.retry_after(&error.user_message(), transient, t) {
+                Some((wait, event)) => {
+                    shared.observer.on_event(&event);
+                    if let Some(w) = attempts.warnings.last() {
+                        shared.observer.on_event(&RunEvent::Warning(w.clone()));
+                    }
+                    tokio::select! {
+                        _ = shared.stop.cancelled() => {
+                            return ChunkEnd::Stopped { lost: attempts.lost_seconds };
+                        }
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+                None => {
+                    if let PipelineError::Run { message, .. } = &mut error
+                        && attempts.retries > 0
+                    {
+                        message.push_str(&format!(
+                            " (gave up after {} retries; the other chunks' output is kept — fix the cause and run `nomaly resume`)",
+                            attempts.retries
+                        ));
+                    }
+                    let lost = attempts.lost_seconds;
+                    return ChunkEnd::Failed { error, lost };
+                }
+            }
+        }
+    }
+
+    /// Partition `chunk` of the scoring plan: executed here, or on Ballista as a job of its own
+    /// (the plan narrowed to the chunk's file group).
+    async fn execute(&self) -> DfResult<SendableRecordBatchStream> {
+        let shared = &self.shared;
+        let Some(cluster) = cluster_of(shared.task_ctx.session_config()) else {
+            return shared.plan.execute(self.chunk, shared.task_ctx.clone());
+        };
+        let files = &shared.chunk_files;
+        let is_chunk_scan = |config: &FileScanConfig| {
+            config.file_groups.len() == files.len()
+                && config.file_groups.iter().zip(files.iter()).all(|(g, f)| {
+                    g.files()
+                        .first()
+                        .is_some_and(|pf| pf.object_meta.location.as_ref() == f)
+                })
+        };
+        let one = narrow_to_partition(shared.plan.clone(), self.chunk, is_chunk_scan)?;
+        cluster.execute(one).await
+    }
+
+    /// The root cause of a DataFusion error as a retry-aware chunk error.
+    fn chunk_error(&self, e: DataFusionError) -> PipelineError {
+        let kind = if nomaly_engine::error::is_user_datafusion_error(&e) {
+            ErrorKind::User
+        } else if nomaly_engine::error::is_transient_datafusion_error(&e) {
+            ErrorKind::Transient
+        } else {
+            ErrorKind::Permanent
+        };
+        PipelineError::at(
+            self.place(),
+            kind,
+            EngineError::DataFusion(e).user_message(),
+        )
+    }
+
+    /// A sink that cannot write (disk, permissions, an injected fault) may work on a retry; a bad
+    /// `where` cannot.
+    fn write_error(&self, e: PipelineError) -> PipelineError {
+        match e {
+            PipelineError::Invalid { .. } => e,
+            other => PipelineError::at(self.place(), ErrorKind::Transient, other.user_message()),
+        }
+    }
+
+    /// Executes partition `chunk` of the scoring plan and writes it to every sink's part files.
+    async fn score(&self, rows: &mut RowsInFlight<'_>) -> Result<ChunkOutcome> {
+        let shared = &self.shared;
+        let schema = &shared.schema;
+        let mut stream = self.execute().await.map_err(|e| self.chunk_error(e))?;
+        let mut writers = shared
+            .sinks
+            .iter()
+            .map(|(t, staging)| {
+                let faults = shared.faults.clone();
+                ChunkWriter::new(
+                    t.clone(),
+                    staging.clone(),
+                    self.chunk,
+                    schema.clone(),
+                    faults,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let score_idx = schema.index_of("anomaly_score").ok();
+        let flag_idx = schema.index_of("is_anomaly").ok();
+        let mut out = ChunkOutcome::default();
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = shared.stop.cancelled() => return Err(Self::stopped()),
+                next = stream.next() => next,
+            };
+            let Some(batch) = next else { break };
+            let batch: RecordBatch = batch.map_err(|e| self.chunk_error(e))?;
+            out.rows += batch.num_rows() as u64;
+            rows.add(batch.num_rows() as u64);
+            if let Some(i) = flag_idx {
+                out.anomalies += batch.column(i).as_boolean().true_count() as u64;
+            }
+            if let Some(i) = score_idx {
+                out.missing += batch.column(i).null_count() as u64;
+            }
+            for w in writers.iter_mut() {
+                w.write(&batch).map_err(|e| self.write_error(e))?;
+            }
+        }
+        if let Some(log) = &shared.quarantine {
+            let found = log.get(self.chunk);
+            out.quarantined = write_quarantine(&shared.run_dir.path, self.chunk, &found.bad)
+                .map_err(|e| self.write_error(e))?;
+            out.source_lines = Some(found.lines);
+        }
+        for (s, w) in writers.into_iter().enumerate() {
+            for part in w.commit().map_err(|e| self.write_error(e))? {
+                out.parts.push((s, part));
+            }
+        }
+        Ok(out)
+    }
+
+    /// One attempt: score and write, then commit (the chunk is done once its manifest line is on
+    /// disk; its `ChunkCommitted` event goes out in manifest order).
+    async fn attempt(&self, retries: u32, started: Instant) -> Result<CommitEntry> {
+        let shared = &self.shared;
+        let mut rows = RowsInFlight {
+            counters: &shared.counters,
+            rows: 0,
+        };
+        let o = self.score(&mut rows).await?;
+        let parts: Vec<PartEntry> = o
+            .parts
+            .iter()
+            .map(|(s, w)| {
+                let staging = &shared.sinks[*s].1;
+                let rel = w.path.strip_prefix(staging).unwrap_or(&w.path);
+                PartEntry {
+                    sink: *s,
+                    path: rel.to_string_lossy().replace('\\', "/"),
+                    rows: w.rows,
+                    bytes: w.bytes,
+                    crc32: w.crc32,
+                }
+            })
+            .collect();
+        let entry = CommitEntry {
+            chunk: self.chunk,
+            range: self.describe.clone(),
+            rows: o.rows,
+            anomalies: o.anomalies,
+            missing: o.missing,
+            retries,
+            seconds: started.elapsed().as_secs_f64(),
+            committed_at_unix_ms: now_ms(),
+            parts,
+            quarantined: o.quarantined,
+            source_lines: o.source_lines,
+        };
+        let committed = RunEvent::ChunkCommitted {
+            chunk: self.chunk,
+            rows: entry.rows,
+            anomalies: entry.anomalies,
+        };
+        shared
+            .run_dir
+            .append_then(&ManifestEvent::Commit(entry.clone()), true, || {
+                shared.observer.on_event(&committed)
+            })?;
+        // Committed: these rows stay counted.
+        rows.rows = 0;
+        let bytes: u64 = entry.parts.iter().map(|p| p.bytes).sum();
+        shared.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok(entry)
+    }
+}

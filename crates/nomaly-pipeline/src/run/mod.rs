@@ -1,0 +1,252 @@
+//! Running a pipeline: register → steps → fit once → score chunk by chunk → check → publish → notify.
+//!
+//! The detect step is the same plan the SQL functions build: `fit_detector` as an aggregate over
+//! the detect input, then `anomaly_detect(model, ...)` with the one-row model table as the build
+//! side of a cross join (a join on the segment keys with `partition_by`). The chunked source's scan
+//! has one partition per chunk; when the steps keep rows within their partition (filters,
+//! projections, joins against broadcast lookups) partition `i` of the scoring plan *is* chunk `i`
+//! and is executed and written on its own. Otherwise the detect input is written once to a work
+//! directory and that is chunked ("materialized").
+//!
+//! One module per step of a run, in the order [`execute`] calls them: [`session`] (stores,
+//! listings, steps), [`preflight`] (the detect input and its columns), [`resume`] (whether to
+//! continue an unfinished run, and what of it is still good), [`chunking`] and [`fit`] (the
+//! scoring plan over chunks, with the fit and its retries), [`record`] (the run directory),
+//! [`chunk_jobs`] and [`chunk_job`] (score and commit each chunk), [`tally`] (counts and the
+//! consistency check), [`checks`] (`[[validate]]`), [`publish`]. [`inspect`] holds explain,
+//! validate and the dry run; [`handle`] the [`Run`] handle a caller starts, watches and cancels.
+
+mod checks;
+mod chunk_job;
+mod chunk_jobs;
+mod chunking;
+mod detect_sql;
+mod fit;
+mod handle;
+mod inspect;
+mod preflight;
+mod publish;
+mod record;
+mod resume;
+mod retry;
+mod sampler;
+mod scope;
+mod session;
+mod sinks;
+mod tally;
+#[cfg(test)]
+mod tests;
+
+pub use handle::Run;
+pub use inspect::{explain, validate};
+pub use publish::{completed_run, publish_interrupted};
+pub use session::{PreparedSession, pool_share, prepare};
+
+use crate::checkpoint::{RUN_DIR, RunDir, fingerprint};
+use crate::compile::CompiledPipeline;
+use crate::error::{PipelineError, Result};
+use crate::events::{NoObserver, RunEvent, RunObserver};
+use crate::faults::FaultPlan;
+use crate::report::{RunReport, RunStatus, StepTiming};
+use crate::sink::staging_dir;
+use scope::RunScope;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// Whether a run starts fresh or continues an interrupted one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RunMode {
+    /// A new run; refused when an unfinished run of the same output exists.
+    #[default]
+    Run,
+    /// Discard an unfinished run, then run.
+    Restart,
+    /// Continue an unfinished run (skip committed chunks, reuse the model); start one when there
+    /// is none. With `refit`, a run whose pipeline or input changed starts over instead of
+    /// being refused.
+    Resume { refit: bool },
+}
+
+/// How to run.
+#[derive(Clone)]
+pub struct RunOptions {
+    /// Plan and run every step on zero rows; write nothing.
+    pub dry_run: bool,
+    pub mode: RunMode,
+    /// Receives the run's events (the [`Run`] handle puts a channel here).
+    pub observer: Arc<dyn RunObserver>,
+    /// Cancels the run: in-flight chunks stop, committed chunks stay, the run is resumable.
+    pub cancel: CancellationToken,
+    /// Faults to inject (recovery tests; see [`crate::faults`]). Per run, never process-wide.
+    pub faults: Option<Arc<FaultPlan>>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            dry_run: false,
+            mode: RunMode::Run,
+            observer: Arc::new(NoObserver),
+            cancel: CancellationToken::new(),
+            faults: None,
+        }
+    }
+}
+
+impl RunOptions {
+    pub fn with_mode(mode: RunMode) -> Self {
+        RunOptions {
+            mode,
+            ..Default::default()
+        }
+    }
+}
+
+/// A run that did not succeed: why, and its report (status failed, cancelled or timed out, the
+/// error inside).
+#[derive(Debug)]
+pub struct RunFailure {
+    pub error: PipelineError,
+    pub report: Box<RunReport>,
+}
+
+/// What a run ends with: its report (succeeded, validation failed, dry run), or a failure.
+pub type RunOutcome = std::result::Result<RunReport, RunFailure>;
+
+/// Runs a compiled pipeline to its end. The observer sees `Started` first and `Finished` (with
+/// the report) last, whatever the outcome.
+pub async fn run(p: &CompiledPipeline, opts: &RunOptions) -> RunOutcome {
+    let span = tracing::info_span!("run", pipeline = %p.name);
+    run_traced(p, opts).instrument(span).await
+}
+
+async fn run_traced(p: &CompiledPipeline, opts: &RunOptions) -> RunOutcome {
+    let scope = RunScope::new(p, opts);
+    scope.emit(RunEvent::Started {
+        pipeline: p.name.clone(),
+        resume: matches!(opts.mode, RunMode::Resume { .. }),
+    });
+    let started = Instant::now();
+    let mut report = RunReport {
+        started_at_unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0),
+        ..base_report(p)
+    };
+    let timer = scope.start_timeout();
+    let result = attempt(&scope, &mut report).await;
+    drop(timer);
+    report.seconds = started.elapsed().as_secs_f64();
+    let outcome = publish::conclude(&scope, report, result).await;
+    let report = match &outcome {
+        Ok(r) => r.clone(),
+        Err(f) => (*f.report).clone(),
+    };
+    scope.emit(RunEvent::Finished {
+        report: Box::new(report),
+    });
+    outcome
+}
+
+/// Everything of a run up to publishing: prepare the session, then [`execute`] with memory
+/// sampling around it.
+async fn attempt(scope: &RunScope<'_>, report: &mut RunReport) -> Result<()> {
+    let p = scope.p;
+    if scope.opts.mode != RunMode::Restart && !scope.opts.dry_run {
+        publish_interrupted(p)?;
+    }
+    let observer = scope.opts.observer.as_ref();
+    let session = scope
+        .guard(prepare(p, observer, scope.opts.faults.clone()))
+        .await?;
+    scope
+        .guard(session::start_cluster(p, &session, scope))
+        .await?;
+    report.chunks = session.chunks.chunks.len();
+    report.steps = session.timings.clone();
+    report.memory_limit_bytes = session.memory_limit;
+    report.warnings = session.chunks.warnings.clone();
+    let sampler = sampler::Sampler::start(&session, scope);
+    let result = execute(scope, &session, report).await;
+    sampler.stop(report).await;
+    if let Some(cluster) = session::cluster_of(session.ctx.state().config()) {
+        report.ballista_jobs = cluster.jobs();
+    }
+    result
+}
+
+/// The run's steps in order, over a prepared session.
+async fn execute(
+    scope: &RunScope<'_>,
+    session: &PreparedSession,
+    report: &mut RunReport,
+) -> Result<()> {
+    let p = scope.p;
+    if scope.opts.dry_run {
+        return inspect::dry_run(scope, session, report).await;
+    }
+    let run_dir = RunDir::at(&staging_dir(&p.sinks[0].path));
+    report.run_dir = Some(p.sinks[0].path.join(RUN_DIR).display().to_string());
+    let sources_now = scope.guard(fingerprint(&session.ctx, &p.sources)).await?;
+    let earlier = resume::decide(scope, &run_dir, &sources_now)?;
+    scope.arm_faults();
+    let scoring = match &earlier {
+        Some(e) => resume::scoring_plan(scope, session, &run_dir, &e.record, report).await?,
+        None => chunking::scoring_plan(scope, session, report).await?,
+    };
+    report.chunks = scoring.chunks.chunks.len();
+    report.chunking = scoring.chunking;
+    let sinks = sinks::compile_sinks(&session.ctx, p, scoring.df.schema())?;
+    scope.touch_output();
+    let committed = match earlier {
+        None => record::create(scope, &run_dir, &sinks, &scoring, sources_now, report)?,
+        Some(e) => resume::keep_verified(scope, &run_dir, e.manifest, &scoring, report)?,
+    };
+    let t = Instant::now();
+    let jobs = chunk_jobs::ChunkJobs::new(scope, session, &scoring, sinks, run_dir);
+    let committed = jobs.run(committed, report).await?;
+    report.steps.push(StepTiming {
+        step: "score and write".into(),
+        seconds: t.elapsed().as_secs_f64(),
+    });
+    tally::tally(p, &scoring, &committed, report)?;
+    checks::validate_output(scope, session, report).await
+}
+
+/// A report with what is known before running: the pipeline, its detector, its settings.
+fn base_report(p: &CompiledPipeline) -> RunReport {
+    RunReport {
+        pipeline: p.name.clone(),
+        file: p.file.path.display().to_string(),
+        algorithm: p.detect.as_ref().map(|d| d.algorithm.name().to_string()),
+        options: p.detect.as_ref().map(|d| d.options.clone()),
+        engine: p.engine.name().into(),
+        chunk_rows: p.chunk_rows,
+        ..Default::default()
+    }
+}
+
+/// Maps a DataFusion error to a pipeline error at `place`.
+fn classify(place: String, e: datafusion::error::DataFusionError) -> PipelineError {
+    PipelineError::engine(place, nomaly_engine::EngineError::DataFusion(e))
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn quote_str(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The status a run that stopped with `e` ends with.
+fn status_of(e: &PipelineError) -> RunStatus {
+    match e {
+        PipelineError::Cancelled { .. } => RunStatus::Cancelled,
+        PipelineError::Timeout { .. } => RunStatus::TimedOut,
+        _ => RunStatus::Failed,
+    }
+}

@@ -1,0 +1,254 @@
+//! Session preparation: the engine session with its memory budget and object stores, the first
+//! source registered as chunks, the other sources as listings, the `[[step]]` views, and for
+//! `engine = "standalone"` the Ballista cluster the run submits its jobs to.
+
+use super::classify;
+use super::preflight::check_detect_columns;
+use crate::chunks::{ChunkPlan, ChunkTable, SourceReader, plan_chunks};
+use crate::compile::CompiledPipeline;
+use crate::error::{PipelineError, Result};
+use crate::events::{RunEvent, RunObserver};
+use crate::faults::FaultPlan;
+use crate::quarantine::QuarantineLog;
+use crate::report::StepTiming;
+use crate::spec::FileFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use nomaly_engine::{EngineConfig, EngineKind, StandaloneCluster, build_context};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A session with the pipeline's sources and steps registered.
+pub struct PreparedSession {
+    pub ctx: SessionContext,
+    /// Bad lines of the chunked source, under `on_bad_rows = "quarantine"`.
+    pub quarantine: Option<Arc<QuarantineLog>>,
+    pub chunks: ChunkPlan,
+    pub memory_limit: usize,
+    pub partitions: usize,
+    pub timings: Vec<StepTiming>,
+}
+
+/// Builds the session and registers sources (the first as chunks) and steps. `faults` replaces
+/// the local file store with one that fails reads (recovery tests).
+pub async fn prepare(
+    p: &CompiledPipeline,
+    observer: &dyn RunObserver,
+    faults: Option<Arc<FaultPlan>>,
+) -> Result<PreparedSession> {
+    let budget = EngineConfig {
+        memory_limit: p.memory_limit,
+        ..Default::default()
+    }
+    .memory_budget();
+    let config = EngineConfig {
+        engine: EngineKind::Local,
+        target_partitions: p.cpus,
+        // The budget is the process's: operators reserve from the pool, but file readers and
+        // part writers hold row groups DataFusion does not track, so they get a share of it.
+        memory_limit: Some(pool_share(budget)),
+        spill_dir: None,
+        batch_size: 8192,
+        // Chunk jobs run partitions of a plan one by one (or narrowed, on Ballista): a fused fit
+        // would span all of them.
+        one_pass: false,
+    };
+    let ctx = build_context(&config)
+        .await
+        .map_err(|e| PipelineError::engine(p.file.path.display().to_string(), e))?;
+    if let Some(plan) = faults {
+        let local = datafusion::execution::object_store::ObjectStoreUrl::local_filesystem();
+        let store = crate::faults::FaultyStore::new(
+            Arc::new(datafusion::object_store::local::LocalFileSystem::new()),
+            plan,
+        );
+        ctx.register_object_store(local.as_ref(), Arc::new(store));
+    }
+    register_stores(&ctx, p)?;
+    keep_partitions_as_chunks(&ctx).await?;
+    let started = Instant::now();
+    observer.on_event(&RunEvent::Phase("reading sources".into()));
+    let (chunks, quarantine) = register_chunked_source(&ctx, p, observer).await?;
+    for s in &p.sources[1..] {
+        register_listing(&ctx, &readable_source(p, s)?).await?;
+    }
+    let mut timings = vec![StepTiming {
+        step: "sources".into(),
+        seconds: started.elapsed().as_secs_f64(),
+    }];
+    timings.extend(register_steps(&ctx, p).await?);
+    if let Some(d) = &p.detect {
+        let text_input = matches!(p.sources[0].format, FileFormat::Csv | FileFormat::Ndjson);
+        check_detect_columns(&ctx, d, &super::preflight::reads(p), text_input).await?;
+    }
+    Ok(PreparedSession {
+        ctx,
+        quarantine,
+        chunks,
+        memory_limit: budget,
+        partitions: config.partitions(),
+        timings,
+    })
+}
+
+/// Partition i of a scan must stay chunk i: no re-splitting of file groups, no round-robin.
+async fn keep_partitions_as_chunks(ctx: &SessionContext) -> Result<()> {
+    for setting in [
+        "SET datafusion.optimizer.repartition_file_scans = false",
+        "SET datafusion.optimizer.enable_round_robin_repartition = false",
+        "SET datafusion.optimizer.repartition_joins = false",
+        "SET datafusion.execution.enable_file_stream_work_stealing = false",
+    ] {
+        ctx.sql(setting)
+            .await
+            .map_err(|e| classify("session settings".into(), e))?;
+    }
+    Ok(())
+}
+
+/// Registers the first source as a table of chunks (one scan partition per chunk), reading bad
+/// lines aside under `on_bad_rows = "quarantine"`.
+async fn register_chunked_source(
+    ctx: &SessionContext,
+    p: &CompiledPipeline,
+    observer: &dyn RunObserver,
+) -> Result<(ChunkPlan, Option<Arc<QuarantineLog>>)> {
+    let first = &readable_source(p, &p.sources[0])?;
+    let mut chunks = plan_chunks(ctx, first, p.chunk_rows).await?;
+    if p.quarantine
+        && first.format == FileFormat::Csv
+        && let Some(c) = chunks.chunks.first()
+    {
+        let path = PathBuf::from("/").join(&c.file);
+        chunks.schema = crate::quarantine::tolerant_csv_schema(
+            &path,
+            &chunks.schema,
+            first.has_header,
+            first.delimiter,
+        )
+        .map_err(|source| PipelineError::Io { path, source })?;
+    }
+    for w in &chunks.warnings {
+        observer.on_event(&RunEvent::Warning(w.clone()));
+    }
+    let quarantine = p.quarantine.then(|| Arc::new(QuarantineLog::default()));
+    let table = match &quarantine {
+        Some(log) => ChunkTable::with_quarantine(chunks.clone(), log.clone()),
+        None => ChunkTable::new(chunks.clone()),
+    };
+    ctx.register_table(&first.name, Arc::new(table))
+        .map_err(|e| classify(format!("source '{}'", first.name), e))?;
+    Ok((chunks, quarantine))
+}
+
+/// For `engine = "standalone"`: starts the Ballista scheduler and executor a run submits its jobs
+/// to (`validate` and `explain` do not need one). They are built from the prepared session, so the
+/// executor shares its runtime (memory pool, object stores); jobs find the cluster in the session
+/// config (see [`cluster_of`]).
+pub(super) async fn start_cluster(
+    p: &CompiledPipeline,
+    prepared: &PreparedSession,
+    scope: &super::RunScope<'_>,
+) -> Result<()> {
+    if p.engine != EngineKind::Standalone {
+        return Ok(());
+    }
+    scope.emit(RunEvent::Phase("starting Ballista".into()));
+    let ctx = &prepared.ctx;
+    let cluster = StandaloneCluster::start(&ctx.state(), prepared.partitions)
+        .await
+        .map_err(|e| PipelineError::engine("engine = \"standalone\"", e))?;
+    ctx.state_ref()
+        .write()
+        .config_mut()
+        .set_extension(Arc::new(cluster));
+    Ok(())
+}
+
+/// The Ballista cluster the session runs jobs on (`engine = "standalone"`), if any.
+pub(super) fn cluster_of(config: &SessionConfig) -> Option<Arc<StandaloneCluster>> {
+    config.get_extension::<StandaloneCluster>()
+}
+
+/// Registers the object store of every remote source (s3://, gs://, az://, http(s)://).
+pub(super) fn register_stores(ctx: &SessionContext, p: &CompiledPipeline) -> Result<()> {
+    for s in &p.sources {
+        nomaly_engine::register_object_store(ctx, &s.location)
+            .map_err(|e| PipelineError::engine(format!("source '{}' ({})", s.name, s.path), e))?;
+    }
+    Ok(())
+}
+
+/// The part of a memory budget given to the operators' pool; the rest (a quarter) is headroom for
+/// untracked file reader and writer buffers.
+pub fn pool_share(budget: usize) -> usize {
+    budget / 4 * 3
+}
+
+/// Registers the `[[step]]` views in order (replacing earlier registrations of the same names).
+pub(super) async fn register_steps(
+    ctx: &SessionContext,
+    p: &CompiledPipeline,
+) -> Result<Vec<StepTiming>> {
+    let mut timings = Vec::new();
+    for step in &p.steps {
+        let t = Instant::now();
+        let df = ctx
+            .sql(&step.sql)
+            .await
+            .map_err(|e| classify(format!("{} (step '{}')", step.place, step.name), e))?;
+        let _ = ctx.deregister_table(&step.name);
+        ctx.register_table(&step.name, df.into_view())
+            .map_err(|e| classify(step.place.clone(), e))?;
+        timings.push(StepTiming {
+            step: format!("step {}", step.name),
+            seconds: t.elapsed().as_secs_f64(),
+        });
+    }
+    Ok(timings)
+}
+
+/// The reader a source is chunked or listed through: itself, or for HDF5 its Parquet conversion
+/// in the run's `hdf5` work directory beside the output.
+fn readable_source(p: &CompiledPipeline, s: &SourceReader) -> Result<SourceReader> {
+    if s.format != FileFormat::Hdf5 {
+        return Ok(s.clone());
+    }
+    #[cfg(feature = "hdf5")]
+    {
+        crate::hdf5_source::convert(
+            s,
+            &crate::sink::sibling_dir(&p.sinks[0].path, "hdf5"),
+            p.chunk_rows,
+        )
+    }
+    #[cfg(not(feature = "hdf5"))]
+    {
+        let _ = p;
+        Err(PipelineError::invalid(
+            format!("source '{}' ({})", s.name, s.path),
+            nomaly_engine::HDF5_NOT_BUILT,
+        ))
+    }
+}
+
+/// Registers a source read whole (every file of its path or glob) as a listing table.
+pub(super) async fn register_listing(ctx: &SessionContext, s: &SourceReader) -> Result<()> {
+    let place = format!("source '{}' ({})", s.name, s.path);
+    if s.list_files(ctx).await?.is_empty() {
+        return Err(PipelineError::invalid(
+            place,
+            "no files match this path; check the path or glob (relative paths are relative to the pipeline file)",
+        ));
+    }
+    let schema = s.infer_schema(ctx).await?;
+    let options = ListingOptions::new(s.df_format()).with_file_extension(s.extension_filter());
+    let config = ListingTableConfig::new(s.url()?)
+        .with_listing_options(options)
+        .with_schema(schema);
+    let table = ListingTable::try_new(config).map_err(|e| classify(place.clone(), e))?;
+    ctx.register_table(&s.name, Arc::new(table))
+        .map_err(|e| classify(place, e))?;
+    Ok(())
+}
