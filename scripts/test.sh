@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs every test: unit tests, the SQL contract (sql/*.slt on local DataFusion and Ballista
-# standalone), end-to-end CLI tests (remote inputs against S3/Azure servers on 127.0.0.1, which
-# scripts/test-services.sh installs under ~/.cache the first time), HDF5 inputs (with the `hdf5`
-# feature when libhdf5 is present) and the accuracy fixtures.
+# Runs every check and test: formatting, file and function sizes of the pipeline crate, unit tests,
+# the SQL contract (sql/*.slt on local DataFusion and Ballista standalone), end-to-end CLI tests
+# (remote inputs against S3/Azure servers on 127.0.0.1, which scripts/test-services.sh installs
+# under ~/.cache the first time), HDF5 inputs (with the `hdf5` feature when libhdf5 is present),
+# the accuracy fixtures, and clippy with warnings as errors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/nomaly-target}"
@@ -17,4 +18,7 @@ if pkg-config --exists hdf5 2>/dev/null; then
 else
     echo "test.sh: no libhdf5 here; HDF5 inputs are tested for their refusal only" >&2
 fi
+cargo fmt --all --check
+python3 scripts/check-sizes.py crates/nomaly-pipeline/src
 cargo test --workspace --locked "${features[@]}" "$@"
+cargo clippy --workspace --all-targets --locked "${features[@]}" -- -D warnings

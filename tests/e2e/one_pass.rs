@@ -8,6 +8,18 @@ use nomaly_engine::{EngineConfig, EngineKind, build_context, register_table};
 use nomaly_tests::data::write_parquet_dataset;
 use std::sync::Arc;
 
+/// A local session with table `name`: the rows of `select` written to a Parquet file in `dir`.
+async fn session_with_table(dir: &std::path::Path, name: &str, select: &str) -> SessionContext {
+    let file = dir.join(format!("{name}.parquet"));
+    let ctx = build_context(&EngineConfig::default()).await.unwrap();
+    let copy = format!("COPY ({select}) TO '{}' STORED AS PARQUET", file.display());
+    ctx.sql(&copy).await.unwrap().collect().await.unwrap();
+    register_table(&ctx, name, &file.to_string_lossy())
+        .await
+        .unwrap();
+    ctx
+}
+
 async fn physical(ctx: &SessionContext, sql: &str) -> String {
     let plan = ctx
         .sql(sql)
@@ -28,21 +40,13 @@ async fn fuses_only_joins_over_the_same_rows() {
     // A file sorted by id: the scored side, which reads id, shows an output ordering the fit side
     // (reading a, b) does not; the rows are the same.
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("t.parquet");
-    let ctx = build_context(&EngineConfig::default()).await.unwrap();
-    ctx.sql(&format!(
-        "COPY (SELECT value AS id, CAST(value AS DOUBLE) AS a, CAST(value % 7 AS DOUBLE) AS b \
-         FROM generate_series(1, 100)) TO '{}' STORED AS PARQUET",
-        file.display()
-    ))
-    .await
-    .unwrap()
-    .collect()
-    .await
-    .unwrap();
-    register_table(&ctx, "t", &file.to_string_lossy())
-        .await
-        .unwrap();
+    let ctx = session_with_table(
+        dir.path(),
+        "t",
+        "SELECT value AS id, CAST(value AS DOUBLE) AS a, CAST(value % 7 AS DOUBLE) AS b \
+         FROM generate_series(1, 100)",
+    )
+    .await;
     let sorted = physical(&ctx, "SELECT id, detect_anomalies('hbos', a, b) FROM t").await;
     assert!(sorted.contains("output_ordering=[id@0"), "{sorted}");
     assert!(sorted.contains("FitScoreExec"), "{sorted}");
@@ -199,4 +203,58 @@ async fn an_output_filter_nothing_passes_is_an_empty_result_on_every_engine() {
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         assert_eq!(rows, 0, "{engine:?}");
     }
+}
+
+/// The table form is the rewrite's plan (one builder): on the local engine it reads its input
+/// once (one scan, fused) and scores each row once (one `anomaly_detect` call, its struct split
+/// into columns afterwards), and it scores like the scalar form.
+#[tokio::test]
+async fn the_table_form_reads_once_and_scores_each_row_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = session_with_table(
+        dir.path(),
+        "tx",
+        "SELECT value AS id, CAST(value % 101 AS DOUBLE) AS amount, \
+         CAST((value * 7) % 13 AS DOUBLE) AS latency_ms FROM generate_series(1, 500)",
+    )
+    .await;
+    for explain in ["", ", 'explain=true'"] {
+        let sql =
+            format!("SELECT * FROM detect_anomalies('tx', 'hbos', 'amount, latency_ms'{explain})");
+        let plan = physical(&ctx, &sql).await;
+        assert_eq!(
+            plan.matches("DataSourceExec").count(),
+            1,
+            "one scan:\n{plan}"
+        );
+        assert!(plan.contains("FitScoreExec"), "{plan}");
+        assert_eq!(
+            plan.matches("anomaly_detect(").count(),
+            1,
+            "one score per row:\n{plan}"
+        );
+    }
+    let table = ctx
+        .sql("SELECT sum(anomaly_score), sum(CAST(is_anomaly AS INT)) FROM detect_anomalies('tx', 'hbos', 'amount, latency_ms')")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let scalar = ctx
+        .sql("SELECT sum(d['score']), sum(CAST(d['is_anomaly'] AS INT)) FROM (SELECT detect_anomalies('hbos', amount, latency_ms) AS d FROM tx)")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    // The one row of values, without the header (the column names differ).
+    let values = |batches: &[datafusion::arrow::array::RecordBatch]| {
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(batches)
+            .unwrap()
+            .to_string();
+        let row = text.lines().nth(3).unwrap();
+        row.split('|').map(str::trim).collect::<Vec<_>>().join("|")
+    };
+    assert_eq!(values(&table), values(&scalar));
 }

@@ -2,23 +2,21 @@
 //! table form. Returns the table's rows plus `anomaly_score` and `is_anomaly` (and
 //! `anomaly_explanation` with the option `explain=true`).
 //!
-//! The function builds the same fit → cross join → score plan as the rewrite rule and returns it as
-//! a view, which DataFusion inlines while planning: no custom table provider reaches the physical
-//! plan, so nothing needs a codec to run on Ballista.
+//! The function builds the same fit → cross join → score plan as the rewrite rule
+//! ([`crate::fit_score_plan`]) and returns it as a view, which DataFusion inlines while planning: no
+//! custom table provider reaches the physical plan, so nothing needs a codec to run on Ballista. On
+//! the local engine the one-pass rule fuses it, so the table is read once, and each row is scored
+//! once (the score struct is split into columns in a second projection).
 
-use crate::anomaly_detect::AnomalyDetect;
-use crate::anomaly_explain::AnomalyExplain;
 use crate::call::coerce_feature;
-use crate::fit_detector::FitDetector;
+use crate::fit_score_plan::{Detector, FitScorePlan, SCORE_COLUMNS};
 use datafusion::catalog::view::ViewTable;
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::{
     Column, Result, ScalarValue, TableReference, plan_datafusion_err, plan_err,
 };
 use datafusion::datasource::provider_as_source;
-use datafusion::functions::core::expr_fn::get_field;
-use datafusion::logical_expr::expr::{AggregateFunction, ScalarFunction};
-use datafusion::logical_expr::{AggregateUDF, Expr, LogicalPlanBuilder, ScalarUDF, lit};
+use datafusion::logical_expr::{Expr, LogicalPlanBuilder, lit};
 use nomaly_detectors::{Algorithm, DetectorParams};
 use std::sync::Arc;
 
@@ -162,13 +160,10 @@ impl TableFunctionImpl for DetectAnomaliesTable {
                 field.name(),
             )));
         }
-        for reserved in [
-            "anomaly_score",
-            "is_anomaly",
-            "anomaly_explanation",
-            "__nomaly_model",
-        ] {
-            if schema.fields().iter().any(|f| f.name() == reserved) {
+        for f in schema.fields() {
+            let name = f.name().as_str();
+            if SCORE_COLUMNS.contains(&name) || name.starts_with("__nomaly_") {
+                let reserved = name;
                 return plan_err!(
                     "detect_anomalies: table '{table}' already has a column named '{reserved}'; rename it in a view first"
                 );
@@ -186,42 +181,19 @@ impl TableFunctionImpl for DetectAnomaliesTable {
         if !detector_options.is_empty() {
             fit_args.push(lit(detector_options));
         }
-        let fit = Expr::AggregateFunction(AggregateFunction::new_udf(
-            Arc::new(AggregateUDF::from(FitDetector::default())),
+        let detector = Detector {
+            id: 0,
             fit_args,
-            false,
-            None,
-            vec![],
-            None,
-        ))
-        .alias("__nomaly_model");
-        let model = LogicalPlanBuilder::from(scan.clone())
-            .aggregate(Vec::<Expr>::new(), vec![fit])?
-            .build()?;
-        let joined = LogicalPlanBuilder::from(model).cross_join(scan)?.build()?;
-        let mut score_args = vec![Expr::Column(Column::from_name("__nomaly_model"))];
-        score_args.extend(features.iter().cloned());
-        let detect = Expr::ScalarFunction(ScalarFunction::new_udf(
-            Arc::new(ScalarUDF::from(AnomalyDetect::default())),
-            score_args.clone(),
-        ));
-        let mut out: Vec<Expr> = schema
-            .fields()
-            .iter()
-            .map(|f| Expr::Column(Column::new(Some(reference.clone()), f.name())))
+            features,
+            keys: vec![],
+        };
+        let columns: Vec<Expr> = scan
+            .schema()
+            .columns()
+            .into_iter()
+            .map(Expr::Column)
             .collect();
-        out.push(get_field(detect.clone(), "score").alias("anomaly_score"));
-        out.push(get_field(detect, "is_anomaly").alias("is_anomaly"));
-        if explain {
-            out.push(
-                Expr::ScalarFunction(ScalarFunction::new_udf(
-                    Arc::new(ScalarUDF::from(AnomalyExplain::default())),
-                    score_args,
-                ))
-                .alias("anomaly_explanation"),
-            );
-        }
-        let plan = LogicalPlanBuilder::from(joined).project(out)?.build()?;
+        let plan = FitScorePlan::default().scored_rows(scan, columns, &detector, explain)?;
         Ok(Arc::new(ViewTable::new(plan, None)))
     }
 }

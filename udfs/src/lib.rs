@@ -43,6 +43,7 @@ pub mod detect_anomalies;
 pub mod detect_anomalies_table;
 pub mod docs;
 pub mod fit_detector;
+pub mod fit_score_plan;
 pub mod is_anomaly;
 pub mod model_column;
 pub mod one_pass;

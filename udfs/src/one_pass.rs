@@ -21,7 +21,7 @@
 //! partition, possibly on other executors) cannot do, so Ballista sessions keep the standard plan.
 
 use crate::fit_detector::FitDetector;
-use crate::rewrite::MODEL_PREFIX;
+use crate::fit_score_plan::MODEL_PREFIX;
 use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::config::ConfigOptions;
@@ -596,6 +596,9 @@ impl ExecutionPlan for FitScoreExec {
     ) -> Result<SendableRecordBatchStream> {
         let state = Arc::clone(&self.state);
         let metrics = self.metrics.clone();
+        // Rows scored so far: progress reporting adds them to the rows read (the input is read
+        // once, during the fit, so rows read alone reach 100% long before the end).
+        let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
         let (input, fits, schema) = (Arc::clone(&self.input), self.fits.clone(), self.schema());
         let out_schema = Arc::clone(&schema);
         let stream = futures::stream::once(async move {
@@ -633,6 +636,7 @@ impl ExecutionPlan for FitScoreExec {
                     .map_err(|_| DataFusionError::Internal("model columns poisoned".into()))?
                     .sized(batch.num_rows())?;
                 columns.extend(batch.columns().iter().cloned());
+                output_rows.add(batch.num_rows());
                 Ok(RecordBatch::try_new(Arc::clone(&schema), columns)?)
             }))
         })

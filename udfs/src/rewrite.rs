@@ -16,41 +16,26 @@
 
 use crate::call::parse_detector_call_exprs;
 use crate::detect_anomalies::NAME as DETECT;
+use crate::fit_score_plan::{Detector, FitScorePlan};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{Column, Result, plan_err};
-use datafusion::logical_expr::expr::{AggregateFunction, ScalarFunction, WindowFunction};
+use datafusion::common::{Result, plan_err};
+use datafusion::logical_expr::expr::WindowFunction;
 use datafusion::logical_expr::{
-    AggregateUDF, BinaryExpr, Expr, ExprSchemable, JoinType, LogicalPlan, LogicalPlanBuilder,
-    Operator, Projection, ScalarUDF, Window, WindowFunctionDefinition,
+    Expr, ExprSchemable, LogicalPlan, Projection, Window, WindowFunctionDefinition,
 };
 use datafusion::optimizer::AnalyzerRule;
 use std::cell::Cell;
 use std::sync::Arc;
 
-/// The prefix of the model columns the rewrite makes (`__nomaly_model_0`, ...); the one-pass rule
-/// recognises the rewrite's joins by it.
-pub const MODEL_PREFIX: &str = "__nomaly_model_";
+pub use crate::fit_score_plan::MODEL_PREFIX;
 
-/// Rewrites `detect_anomalies` calls into fit-aggregate → join → score plans.
-#[derive(Debug)]
+/// Rewrites `detect_anomalies` calls into fit-aggregate → join → score plans (built by
+/// [`FitScorePlan`]).
+#[derive(Debug, Default)]
 pub struct DetectAnomaliesRewrite {
-    fit: Arc<AggregateUDF>,
-    score: Arc<ScalarUDF>,
-}
-
-impl Default for DetectAnomaliesRewrite {
-    fn default() -> Self {
-        Self {
-            fit: Arc::new(AggregateUDF::from(
-                crate::fit_detector::FitDetector::default(),
-            )),
-            score: Arc::new(ScalarUDF::from(
-                crate::anomaly_detect::AnomalyDetect::default(),
-            )),
-        }
-    }
+    plan: FitScorePlan,
 }
 
 fn is_detect_scalar(e: &Expr) -> bool {
@@ -150,23 +135,15 @@ impl DetectAnomaliesRewrite {
         }
     }
 
-    fn fit_expr(&self, args: Vec<Expr>, name: &str) -> Expr {
-        Expr::AggregateFunction(AggregateFunction::new_udf(
-            Arc::clone(&self.fit),
-            args,
-            false,
-            None,
-            vec![],
-            None,
-        ))
-        .alias(name)
-    }
-
-    fn score_expr(&self, model: &str, args: &[Expr], has_options: bool) -> Expr {
+    /// The detector a `detect_anomalies(alg, f1, ... [, opts])` call fits as number `id`.
+    fn detector(id: usize, args: &[Expr], has_options: bool, keys: Vec<Expr>) -> Detector {
         let n = args.len() - usize::from(has_options);
-        let mut score_args = vec![Expr::Column(Column::from_name(model))];
-        score_args.extend_from_slice(&args[1..n]);
-        Expr::ScalarFunction(ScalarFunction::new_udf(Arc::clone(&self.score), score_args))
+        Detector {
+            id,
+            fit_args: args.to_vec(),
+            features: args[1..n].to_vec(),
+            keys,
+        }
     }
 
     fn rewrite_projection(
@@ -177,12 +154,12 @@ impl DetectAnomaliesRewrite {
         let input = Arc::clone(&p.input);
         let schema = input.schema();
         // Distinct calls, in order of appearance.
-        let mut calls: Vec<(Expr, bool, String)> = Vec::new();
+        let mut calls: Vec<(Expr, Detector)> = Vec::new();
         for e in &p.expr {
             e.apply(|x| {
                 if let Expr::ScalarFunction(f) = x
                     && f.func.name() == DETECT
-                    && !calls.iter().any(|(c, _, _)| c == x)
+                    && !calls.iter().any(|(c, _)| c == x)
                 {
                     let types: Vec<DataType> = f
                         .args
@@ -190,28 +167,18 @@ impl DetectAnomaliesRewrite {
                         .map(|a| a.get_type(schema.as_ref()))
                         .collect::<Result<_>>()?;
                     let call = parse_detector_call_exprs(DETECT, &f.args, &types)?;
-                    calls.push((
-                        x.clone(),
-                        call.has_options,
-                        format!("{MODEL_PREFIX}{}", fresh_id()),
-                    ));
+                    let detector = Self::detector(fresh_id(), &f.args, call.has_options, vec![]);
+                    calls.push((x.clone(), detector));
                 }
                 Ok(TreeNodeRecursion::Continue)
             })?;
         }
-        let fits: Vec<Expr> = calls
-            .iter()
-            .map(|(c, _, name)| match c {
-                Expr::ScalarFunction(f) => self.fit_expr(f.args.clone(), name),
-                _ => unreachable!("collected scalar calls only"),
-            })
-            .collect();
-        let model = LogicalPlanBuilder::from(input.as_ref().clone())
-            .aggregate(Vec::<Expr>::new(), fits)?
-            .build()?;
-        let joined = LogicalPlanBuilder::from(model)
-            .cross_join(input.as_ref().clone())?
-            .build()?;
+        // One aggregate fits every call: one extra scan (none with the one-pass rule).
+        let detectors: Vec<Detector> = calls.iter().map(|(_, d)| d.clone()).collect();
+        let models = self.plan.models(input.as_ref().clone(), &detectors)?;
+        let joined = self
+            .plan
+            .join(models, input.as_ref().clone(), &detectors[0])?;
         let exprs = p
             .expr
             .into_iter()
@@ -219,16 +186,9 @@ impl DetectAnomaliesRewrite {
                 let original = e.schema_name().to_string();
                 let rewritten = e
                     .transform_up(|x| {
-                        if let Some((_, has_options, name)) = calls.iter().find(|(c, _, _)| c == &x)
-                        {
-                            let Expr::ScalarFunction(f) = &x else {
-                                unreachable!()
-                            };
-                            return Ok(Transformed::yes(self.score_expr(
-                                name,
-                                &f.args,
-                                *has_options,
-                            )));
+                        if let Some((_, d)) = calls.iter().find(|(c, _)| c == &x) {
+                            let score = self.plan.detect_expr(&d.model(), &d.features);
+                            return Ok(Transformed::yes(score));
                         }
                         Ok(Transformed::no(x))
                     })?
@@ -269,37 +229,16 @@ impl DetectAnomaliesRewrite {
                 .map(|a| a.get_type(schema.as_ref()))
                 .collect::<Result<_>>()?;
             let call = parse_detector_call_exprs(DETECT, &params.args, &types)?;
-            let id = fresh_id();
-            let model_name = format!("{MODEL_PREFIX}{id}");
-            let keys: Vec<(String, Expr)> = params
-                .partition_by
-                .iter()
-                .enumerate()
-                .map(|(i, k)| (format!("__nomaly_key_{id}_{i}"), k.clone()))
-                .collect();
-            let group: Vec<Expr> = keys.iter().map(|(n, k)| k.clone().alias(n)).collect();
-            let model = LogicalPlanBuilder::from(input.as_ref().clone())
-                .aggregate(group, vec![self.fit_expr(params.args.clone(), &model_name)])?
-                .build()?;
-            let joined = if keys.is_empty() {
-                LogicalPlanBuilder::from(model)
-                    .cross_join(current.clone())?
-                    .build()?
-            } else {
-                let on: Vec<Expr> = keys
-                    .iter()
-                    .map(|(n, k)| {
-                        Expr::BinaryExpr(BinaryExpr::new(
-                            Box::new(Expr::Column(Column::from_name(n))),
-                            Operator::IsNotDistinctFrom,
-                            Box::new(k.clone()),
-                        ))
-                    })
-                    .collect();
-                LogicalPlanBuilder::from(model)
-                    .join_on(current.clone(), JoinType::Inner, on)?
-                    .build()?
-            };
+            let detector = Self::detector(
+                fresh_id(),
+                &params.args,
+                call.has_options,
+                params.partition_by.clone(),
+            );
+            let models = self
+                .plan
+                .models(input.as_ref().clone(), std::slice::from_ref(&detector))?;
+            let joined = self.plan.join(models, current.clone(), &detector)?;
             let mut exprs: Vec<Expr> = current
                 .schema()
                 .columns()
@@ -307,7 +246,8 @@ impl DetectAnomaliesRewrite {
                 .map(Expr::Column)
                 .collect();
             exprs.push(
-                self.score_expr(&model_name, &params.args, call.has_options)
+                self.plan
+                    .detect_expr(&detector.model(), &detector.features)
                     .alias(output_name),
             );
             current = LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(joined))?);

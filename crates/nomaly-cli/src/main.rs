@@ -19,7 +19,7 @@ Detectors are SQL functions: detect_anomalies('iforest', amount, latency_ms) sco
 fit_detector(...) / anomaly_score(model, ...) fit once and score many.\n\
 Algorithms: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest.",
     after_help = "Examples:\n  nomaly sql -f examples/quickstart.sql\n  nomaly run examples/pipelines/minimal.toml\n  nomaly sql --table tx=data/tx.parquet -e \"SELECT id, detect_anomalies('ecod', amount) AS a FROM tx\"\n\n\
-Exit codes: 0 success, 1 runtime failure, 2 invalid input (SQL, options, files, pipeline), 3 a pipeline [[validate]] check failed."
+Exit codes: 0 success, 1 runtime failure, 2 invalid input (SQL, options, files, pipeline), 3 a pipeline [[validate]] check failed, 130 a pipeline run cancelled by Ctrl-C."
 )]
 struct Cli {
     #[command(subcommand)]

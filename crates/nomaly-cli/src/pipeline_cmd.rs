@@ -1,7 +1,8 @@
 //! `nomaly run | validate | explain | schema`: pipeline files.
 //!
 //! Exit codes: 0 ok, 1 the run failed (a retry may help), 2 invalid pipeline file or input,
-//! 3 the run finished but a `[[validate]]` check failed.
+//! 3 the run finished but a `[[validate]]` check failed, 130 cancelled (Ctrl-C; `nomaly resume`
+//! continues from the committed chunks).
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -32,7 +33,8 @@ pub struct FileArgs {
 #[derive(Args, Debug)]
 #[command(
     after_help = "Examples:\n  nomaly run examples/pipelines/minimal.toml\n  nomaly run pipeline.toml --set run.chunk_rows=50000 --json > report.json\n  nomaly run --dry-run pipeline.toml      # every step on zero rows: SQL and schema errors in a second\n\n\
-Exit codes: 0 ok, 1 run failed, 2 invalid pipeline file or input, 3 a [[validate]] check failed.\n\
+Exit codes: 0 ok, 1 run failed, 2 invalid pipeline file or input, 3 a [[validate]] check failed,\n\
+130 cancelled by Ctrl-C (committed chunks are kept: `nomaly resume` continues).\n\
 The run report (JSON) is written to <output>/_nomaly_report.json."
 )]
 pub struct RunArgs {

@@ -2,12 +2,15 @@
 //!
 //! DataFusion updates operators' metrics while they run: the rows the leaf scans have produced,
 //! against the rows their statistics promise (exact for Parquet), give a percentage, a rate and an
-//! ETA; the memory pool gives the memory held. Nothing is drawn for statements that finish within
-//! a second, so quick queries print exactly what they printed before.
+//! ETA; the memory pool gives the memory held. A one-pass fit and score (`FitScoreExec`) reads its
+//! input once while fitting, then scores: its rows count twice, read and scored, so the bar covers
+//! the scoring and writing too. Nothing is drawn for statements that finish within a second, so
+//! quick queries print exactly what they printed before.
 
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::physical_plan::{ExecutionPlan, StatisticsArgs, StatisticsContext};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use nomaly_udfs::one_pass::FitScoreExec;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -48,14 +51,58 @@ fn rows_read(leaves: &[Arc<dyn ExecutionPlan>]) -> u64 {
         .sum::<usize>() as u64
 }
 
+/// The one-pass fit-and-score operators of a plan.
+fn fit_and_score(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<Arc<dyn ExecutionPlan>>) {
+    if plan.as_ref().is::<FitScoreExec>() {
+        out.push(plan.clone());
+    }
+    for c in plan.children() {
+        fit_and_score(c, out);
+    }
+}
+
+/// What the bar counts: rows read by the scans, plus rows scored by one-pass operators (whose
+/// scans are read before any row is scored).
+struct Work {
+    scans: Vec<Arc<dyn ExecutionPlan>>,
+    scorers: Vec<Arc<dyn ExecutionPlan>>,
+}
+
+impl Work {
+    fn of(plan: &Arc<dyn ExecutionPlan>) -> Work {
+        let mut scans = Vec::new();
+        leaves(plan, &mut scans);
+        let mut scorers = Vec::new();
+        fit_and_score(plan, &mut scorers);
+        Work { scans, scorers }
+    }
+
+    /// All of it, when the statistics know: each scorer adds the rows its own scans read.
+    fn total(&self) -> Option<u64> {
+        let scored: Option<u64> = self
+            .scorers
+            .iter()
+            .map(|s| {
+                let mut scans = Vec::new();
+                leaves(s, &mut scans);
+                total_rows(&scans)
+            })
+            .sum();
+        Some(total_rows(&self.scans)? + scored?)
+    }
+
+    fn done(&self) -> u64 {
+        rows_read(&self.scans) + rows_read(&self.scorers)
+    }
+}
+
 impl QueryProgress {
     /// Starts watching `plan` (already executing or about to).
     pub fn start(plan: Arc<dyn ExecutionPlan>, runtime: Arc<RuntimeEnv>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let mut scans = Vec::new();
-        leaves(&plan, &mut scans);
-        let total = total_rows(&scans);
+        let work = Work::of(&plan);
+        let total = work.total();
         let task = tokio::spawn(async move {
             let started = Instant::now();
             let mut bar: Option<ProgressBar> = None;
@@ -67,7 +114,7 @@ impl QueryProgress {
                 let b = bar.get_or_insert_with(|| {
                     let b = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
                     let template = if total.is_some() {
-                        "{spinner} [{bar:30}] {percent:>3}%  {human_pos}/{human_len} rows read  {msg}"
+                        "{spinner} [{bar:30}] {percent:>3}%  {human_pos}/{human_len} rows  {msg}"
                     } else {
                         "{spinner} {elapsed}  {human_pos} rows read  {msg}"
                     };
@@ -80,7 +127,7 @@ impl QueryProgress {
                 });
                 // Rate and ETA from the statement's start (indicatif's own would start at the
                 // first draw, a second in).
-                let read = rows_read(&scans);
+                let read = work.done();
                 let rate = read as f64 / started.elapsed().as_secs_f64();
                 let eta = match total {
                     Some(t) if rate > 0.0 && t > read => {

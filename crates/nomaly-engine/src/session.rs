@@ -113,9 +113,19 @@ impl EngineConfig {
     }
 
     fn session_config(&self, base: SessionConfig) -> SessionConfig {
-        base.with_target_partitions(self.partitions())
+        let mut config = base
+            .with_target_partitions(self.partitions())
             .with_batch_size(self.batch_size)
-            .with_information_schema(true)
+            .with_information_schema(true);
+        // Leaf-expression pushdown moves `get_field(d, 'score')` below the projection that
+        // computes `d = anomaly_detect(...)` and substitutes it there, once per field read: a
+        // query reading both fields of a detection would score every row twice. Struct-field
+        // pushdown into scans is worth less here than scoring once.
+        config
+            .options_mut()
+            .optimizer
+            .enable_leaf_expression_pushdown = false;
+        config
     }
 }
 

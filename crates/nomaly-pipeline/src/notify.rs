@@ -13,12 +13,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[error("{0}")]
 pub struct NotifyError(String);
 
-impl From<String> for NotifyError {
-    fn from(s: String) -> Self {
-        NotifyError(s)
-    }
-}
-
 fn fires(on: NotifyWhen, status: RunStatus) -> bool {
     match on {
         NotifyWhen::Always => true,
@@ -82,7 +76,7 @@ async fn post_json(url: &str, body: &[u8]) -> Result<(), NotifyError> {
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(&addr)
             .await
-            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+            .map_err(|e| NotifyError(format!("cannot connect to {addr}: {e}")))?;
         let head = format!(
             "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nUser-Agent: nomaly/{}\r\nConnection: close\r\n\r\n",
             body.len(),
@@ -91,13 +85,19 @@ async fn post_json(url: &str, body: &[u8]) -> Result<(), NotifyError> {
         stream
             .write_all(head.as_bytes())
             .await
-            .map_err(|e| e.to_string())?;
-        stream.write_all(body).await.map_err(|e| e.to_string())?;
+            .map_err(|e| NotifyError(e.to_string()))?;
+        stream
+            .write_all(body)
+            .await
+            .map_err(|e| NotifyError(e.to_string()))?;
         let mut response = Vec::new();
         let mut buf = [0u8; 1024];
         // The status line is enough.
         while !response.windows(2).any(|w| w == b"\r\n") {
-            let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
+            let n = stream
+                .read(&mut buf)
+                .await
+                .map_err(|e| NotifyError(e.to_string()))?;
             if n == 0 {
                 break;
             }
@@ -108,17 +108,16 @@ async fn post_json(url: &str, body: &[u8]) -> Result<(), NotifyError> {
             .split_whitespace()
             .nth(1)
             .and_then(|c| c.parse::<u16>().ok())
-            .ok_or_else(|| "no HTTP status in the response".to_string())?;
+            .ok_or_else(|| NotifyError("no HTTP status in the response".into()))?;
         if (200..300).contains(&code) {
             Ok(())
         } else {
-            Err(format!("the server answered HTTP {code}"))
+            Err(NotifyError(format!("the server answered HTTP {code}")))
         }
     };
-    let answered: Result<(), String> = tokio::time::timeout(Duration::from_secs(10), exchange)
+    tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
-        .map_err(|_| "no answer within 10 s".to_string())?;
-    Ok(answered?)
+        .map_err(|_| NotifyError("no answer within 10 s".into()))?
 }
 
 async fn run_command(
@@ -143,18 +142,18 @@ async fn run_command(
         )
         .stdin(std::process::Stdio::piped())
         .spawn()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| NotifyError(e.to_string()))?;
     if let Some(mut stdin) = child.stdin.take() {
         // The report is also on stdin; a command that does not read it is fine.
         let _ = stdin.write_all(body).await;
     }
     let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
         .await
-        .map_err(|_| "still running after 60 s".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| NotifyError("still running after 60 s".into()))?
+        .map_err(|e| NotifyError(e.to_string()))?;
     if status.success() {
         Ok(())
     } else {
-        Err(format!("exited with {status}").into())
+        Err(NotifyError(format!("exited with {status}")))
     }
 }

@@ -43,8 +43,9 @@ const RUN_FILE: &str = "run.json";
 pub const MANIFEST_FILE: &str = "manifest.jsonl";
 const MODELS_FILE: &str = "models.ipc";
 const PIPELINE_FILE: &str = "pipeline.toml";
-/// Bumped when the layout changes; an older run directory is refused, not misread.
-const FORMAT_VERSION: u32 = 1;
+/// Bumped when the layout changes; an older run directory is refused, not misread. 2: the models
+/// table has the plan builder's column names (`__nomaly_key_0_<i>`, `__nomaly_model_0`).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Milliseconds since the epoch (u64: serde's tagged enums cannot hold u128).
 pub fn now_ms() -> u64 {

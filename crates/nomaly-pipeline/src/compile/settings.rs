@@ -173,10 +173,6 @@ pub struct DurationError(String);
 
 /// Parses "90s", "30m", "2h", "1h30m" or plain seconds.
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, DurationError> {
-    parse_duration_text(text).map_err(DurationError)
-}
-
-fn parse_duration_text(text: &str) -> std::result::Result<Duration, String> {
     let t = text.trim();
     if let Ok(secs) = t.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
@@ -193,9 +189,11 @@ fn parse_duration_text(text: &str) -> std::result::Result<Duration, String> {
             num.push(c);
             continue;
         }
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("'{text}' is not a duration; write e.g. 90s, 30m, 2h or 1h30m"))?;
+        let n: u64 = num.parse().map_err(|_| {
+            DurationError(format!(
+                "'{text}' is not a duration; write e.g. 90s, 30m, 2h or 1h30m"
+            ))
+        })?;
         num.clear();
         total += n
             * match c {
@@ -204,16 +202,16 @@ fn parse_duration_text(text: &str) -> std::result::Result<Duration, String> {
                 'h' => 3600,
                 'd' => 86400,
                 _ => {
-                    return Err(format!(
+                    return Err(DurationError(format!(
                         "'{text}': unknown unit '{c}'; write e.g. 90s, 30m, 2h or 1h30m (units s, m, h, d)"
-                    ));
+                    )));
                 }
             };
     }
     if !num.is_empty() || total == 0 {
-        return Err(format!(
+        return Err(DurationError(format!(
             "'{text}' is not a duration; write e.g. 90s, 30m, 2h or 1h30m"
-        ));
+        )));
     }
     Ok(Duration::from_secs(total))
 }

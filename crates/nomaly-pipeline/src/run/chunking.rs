@@ -3,7 +3,7 @@
 //! input is written once to a work directory ("materialized") and that is chunked, before the fit,
 //! so the steps run once rather than once for the fit and again per chunk.
 
-use super::detect_sql::score_sql;
+use super::detect_plan::score_frame;
 use super::fit::{FitRetry, FittedModels, fit_models, runtime};
 use super::preflight::{empty_input, reads, scored_input};
 use super::session::{register_listing, register_steps};
@@ -160,8 +160,7 @@ pub(crate) async fn scored_frame(
         models: fitted.models,
         reused: false,
     });
-    let df = ctx
-        .sql(&score_sql(d, input))
+    let df = score_frame(ctx, d, input)
         .await
         .map_err(|e| classify(d.place.clone(), e))?;
     Ok((df, Some(fitted)))

@@ -3,7 +3,7 @@
 //! merges the partial states — so a flaky read costs one partition, not the fit. When partitions
 //! are not independent, or on Ballista (one job), the whole fit is retried.
 
-use super::detect_sql::{MODELS, fit_sql};
+use super::detect_plan::{MODELS, fit_frame};
 use super::retry::Attempts;
 use super::session::cluster_of;
 use super::{RunScope, classify};
@@ -63,8 +63,7 @@ pub(crate) async fn fit_models(
     retry: &FitRetry,
     report: &mut RunReport,
 ) -> Result<FittedModels> {
-    let fit = ctx
-        .sql(&fit_sql(d, input))
+    let fit = fit_frame(ctx, d, input)
         .await
         .map_err(|e| classify(d.place.clone(), e))?;
     // The plan's schema, not the first batch's: an empty input has no batches.

@@ -3,7 +3,7 @@
 //! All three score the same table a run does ([`super::preflight::scored_table`]).
 
 use super::chunking::{is_chunk_preserving, scored_frame};
-use super::detect_sql::{fit_sql, score_sql};
+use super::detect_plan::{fit_frame, score_frame};
 use super::fit::{FitRetry, fit_models};
 use super::preflight::{reads, scored_input};
 use super::sinks::compile_sinks;
@@ -28,26 +28,30 @@ pub async fn explain(p: &CompiledPipeline) -> Result<String> {
         }
     });
     let input = scored_input(p);
-    let sql = match &p.detect {
+    let ctx = &prepared.ctx;
+    let place = || p.file.path.display().to_string();
+    let df = match &p.detect {
         Some(d) => {
-            out.push_str(&format!("\nfit:\n  {}\n", fit_sql(d, &input)));
+            let fit = fit_frame(ctx, d, &input)
+                .await
+                .map_err(|e| classify(place(), e))?;
+            out.push_str(&format!(
+                "\nfit:\n{}\n",
+                fit.logical_plan().display_indent()
+            ));
             // Plan against the real input so the chunk partitions show; the model is fitted on
             // zero rows.
             let opts = RunOptions::default();
             let retry = FitRetry::of(&RunScope::new(p, &opts), 1);
             let empty = format!("(SELECT * FROM {input} LIMIT 0)");
             let mut stub = base_report(p);
-            fit_models(&prepared.ctx, d, &empty, &reads(p), &retry, &mut stub).await?;
-            score_sql(d, &input)
+            fit_models(ctx, d, &empty, &reads(p), &retry, &mut stub).await?;
+            score_frame(ctx, d, &input).await
         }
-        None => format!("SELECT * FROM {input}"),
-    };
-    let place = || p.file.path.display().to_string();
-    let plan = prepared
-        .ctx
-        .sql(&sql)
-        .await
-        .map_err(|e| classify(place(), e))?
+        None => ctx.sql(&format!("SELECT * FROM {input}")).await,
+    }
+    .map_err(|e| classify(place(), e))?;
+    let plan = df
         .create_physical_plan()
         .await
         .map_err(|e| classify(place(), e))?;

@@ -20,7 +20,7 @@ mod checks;
 mod chunk_job;
 mod chunk_jobs;
 mod chunking;
-mod detect_sql;
+mod detect_plan;
 mod fit;
 mod handle;
 mod inspect;
@@ -236,10 +236,6 @@ fn classify(place: String, e: datafusion::error::DataFusionError) -> PipelineErr
 
 fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-fn quote_str(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// The status a run that stopped with `e` ends with.

@@ -36,7 +36,7 @@ pub(crate) fn create(
         .map(|all| all.values().map(|c| c.bad.len() as u64).sum())
         .unwrap_or(0);
     let record = RunRecord {
-        format_version: 1,
+        format_version: crate::checkpoint::FORMAT_VERSION,
         pipeline: p.name.clone(),
         pipeline_file: p.file.path.display().to_string(),
         started_at_unix_ms: report.started_at_unix_ms as u64,

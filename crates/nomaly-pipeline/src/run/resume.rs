@@ -3,7 +3,7 @@
 //! unchanged); and which of its committed chunks still match the manifest.
 
 use super::chunking::{STAGED_INPUT, ScoringPlan, chunk_materialized, is_chunk_preserving};
-use super::detect_sql::score_sql;
+use super::detect_plan::score_frame;
 use super::fit::register_models;
 use super::preflight::scored_input;
 use super::{PreparedSession, RunMode, RunScope, classify};
@@ -136,12 +136,12 @@ pub(crate) async fn scoring_plan(
             (STAGED_INPUT.to_string(), chunks)
         }
     };
-    let sql = match &p.detect {
-        Some(d) => score_sql(d, &input),
-        None => format!("SELECT * FROM {input}"),
-    };
     let place = || p.file.path.display().to_string();
-    let df = ctx.sql(&sql).await.map_err(|e| classify(place(), e))?;
+    let df = match &p.detect {
+        Some(d) => score_frame(ctx, d, &input).await,
+        None => ctx.sql(&format!("SELECT * FROM {input}")).await,
+    }
+    .map_err(|e| classify(place(), e))?;
     let plan = df
         .clone()
         .create_physical_plan()

@@ -200,11 +200,14 @@ async fn a_cancelled_run_resumes_to_the_uninterrupted_output() {
         !p.sinks[0].path.exists(),
         "a cancelled run is not published"
     );
-    let seen = observer.seen.lock().unwrap();
-    assert!(
-        matches!(seen.last(), Some(RunEvent::Finished { report }) if report.status == RunStatus::Cancelled)
-    );
-    drop(seen);
+    {
+        let seen = observer.seen.lock().unwrap();
+        let last = seen.last();
+        assert!(
+            matches!(last, Some(RunEvent::Finished { report }) if report.status == RunStatus::Cancelled),
+            "{last:?}"
+        );
+    }
     assert!(staging.is_dir());
 
     let report = crate::run(&p, &RunOptions::with_mode(RunMode::Resume { refit: false }))
