@@ -4,6 +4,7 @@ invocation, and prints throughput ratios. Not part of CI.
     pip install -r benchmarks/requirements.txt
     python3 benchmarks/generate.py --rows 10000000 --features 8 --out benchmarks/data/tx_10m.parquet
     python3 benchmarks/run.py benchmarks/data/tx_10m.parquet [--only iforest,ecod] [--memory-limit 256MB] [--repeat 3]
+    python3 benchmarks/run.py benchmarks/data/tx_10m.parquet --baseline /tmp/nomaly-before --skip-reference
 
 Every Nomaly run is `nomaly sql` writing scores to Parquet (COPY ... TO), i.e. scan + fit + score +
 write; references time fit + score on arrays already in memory (their reading is not charged).
@@ -11,6 +12,11 @@ Peak RSS of each Nomaly process is measured from outside (/proc wait4 rusage), n
 Each measurement runs --repeat times (default 3, both sides) and the median is used: on a shared
 2-core machine one run of the same command varies by 20% or more, enough to flip a ratio's verdict.
 Nomaly's queries run in rounds (each query once per round), so drift hits every query alike.
+
+--baseline BINARY times a second `nomaly` binary (say, one built from an earlier commit) in the same
+rounds, query by query right after the current one, and prints after/before ratios next to each
+side's run-to-run spread: a change is a regression only where the ratio is further from 1 than the
+spread. The CPU model and its vector extensions are printed first: no speed figure without them.
 """
 import statistics
 import argparse
@@ -31,8 +37,31 @@ def build():
                    env={**os.environ, "CARGO_TARGET_DIR": TARGET})
 
 
-def run_nomaly(data, sql, memory_limit=None, partitions=None):
-    args = [NOMALY, "sql", "--table", f"t={data}", "-e", sql]
+def cpu():
+    """The CPU model and the vector extensions the detectors' kernels choose between."""
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model == "unknown CPU":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+    except OSError:
+        pass
+    simd = [x for x in ("avx512bw", "avx512f", "avx2") if x in flags] or ["no AVX2"]
+    return f"{model}, {os.cpu_count()} cores, {' '.join(simd)}"
+
+
+def spread(values):
+    """(max - min) / median: how far one run of the same command strays."""
+    m = statistics.median(values)
+    return (max(values) - min(values)) / m if m else 0.0
+
+
+def run_nomaly(data, sql, memory_limit=None, partitions=None, binary=None):
+    args = [binary or NOMALY, "sql", "--table", f"t={data}", "-e", sql]
     if memory_limit:
         args += ["--memory-limit", memory_limit]
     if partitions:
@@ -59,7 +88,20 @@ def main():
     p.add_argument("--no-build", action="store_true")
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median counts")
+    p.add_argument("--nomaly", default=None,
+                   help=f"the nomaly binary to time (default {NOMALY}, built first unless --no-build)")
+    p.add_argument("--baseline", default=None,
+                   help="another nomaly binary to time in the same rounds (before/after comparisons)")
     a = p.parse_args()
+    current = a.nomaly or NOMALY
+    if a.nomaly:
+        a.no_build = True
+    for b in [current] + ([a.baseline] if a.baseline else []):
+        if b != NOMALY and not os.access(b, os.X_OK):
+            raise SystemExit(f"{b}: not an executable file")
+    if a.baseline and not os.access(a.baseline, os.X_OK):
+        raise SystemExit(f"--baseline {a.baseline}: not an executable file")
+    print(f"CPU: {cpu()}", flush=True)
     only = a.only.split(",")
     if not a.no_build:
         build()
@@ -84,10 +126,24 @@ def main():
     # Rounds of every query rather than each query's runs back to back, so a slow spell of the
     # machine lands on all of them alike instead of on one side of a ratio.
     runs = {name: [] for name, _ in queries}
+    before = {name: [] for name, _ in queries}
     for _ in range(a.repeat):
         for name, select in queries:
             sql = f"COPY ({select}) TO '{out}/{name}.parquet' STORED AS PARQUET"
-            runs[name].append(run_nomaly(a.data, sql, a.memory_limit))
+            runs[name].append(run_nomaly(a.data, sql, a.memory_limit, binary=current))
+            if a.baseline:
+                before[name].append(run_nomaly(a.data, sql, a.memory_limit, binary=a.baseline))
+    if a.baseline:
+        print(f"\nthis build vs --baseline {a.baseline}: medians of {a.repeat} runs, spread = (max - min) / median")
+        for name, _ in queries:
+            now = [r[0] for r in runs[name]]
+            then = [r[0] for r in before[name]]
+            ratio = statistics.median(now) / statistics.median(then)
+            print(f"  {name:10} now {statistics.median(now):6.2f} s (spread {spread(now):4.0%})  "
+                  f"before {statistics.median(then):6.2f} s (spread {spread(then):4.0%})  "
+                  f"now/before {ratio:5.2f}  peak RSS {max(r[1] for r in runs[name]) / 2**20:5.0f} / "
+                  f"{max(r[1] for r in before[name]) / 2**20:5.0f} MiB", flush=True)
+        print()
     for name, _ in queries:
         t = statistics.median(r[0] for r in runs[name])
         rss = max(r[1] for r in runs[name])

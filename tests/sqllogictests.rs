@@ -45,10 +45,7 @@ async fn run_file(path: &Path, engine: EngineKind, complete: bool) -> Result<(),
         let relative = relative.clone();
         async move { Ok(DataFusion::new(ctx, relative, ProgressBar::hidden())) }
     });
-    runner.add_label(match engine {
-        EngineKind::Local => "local",
-        EngineKind::Standalone => "standalone",
-    });
+    runner.add_label(engine.name());
     runner.set_var("DATA".to_string(), data_dir().to_string_lossy().to_string());
     runner.with_column_validator(strict_column_validator);
     runner.with_normalizer(value_normalizer);

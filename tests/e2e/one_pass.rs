@@ -73,6 +73,26 @@ async fn fuses_only_joins_over_the_same_rows() {
     )
     .await;
     assert!(!outer.contains("FitScoreExec"), "{outer}");
+    // In-memory inputs: a table's batches are shared by both sides, a VALUES list is built once
+    // per side and compared by value.
+    ctx.sql("CREATE TABLE m AS SELECT a, b FROM t")
+        .await
+        .unwrap();
+    let memory = physical(&ctx, "SELECT a, detect_anomalies('zscore', a, b) FROM m").await;
+    assert!(memory.contains("FitScoreExec"), "{memory}");
+    let values = physical(
+        &ctx,
+        "SELECT detect_anomalies('zscore', column1) FROM (VALUES (1.0), (2.0), (9.0))",
+    )
+    .await;
+    assert!(values.contains("FitScoreExec"), "{values}");
+    // A limit inside the input bounds both sides alike.
+    let limited = physical(
+        &ctx,
+        "SELECT a, detect_anomalies('zscore', a, b) FROM (SELECT * FROM t LIMIT 10)",
+    )
+    .await;
+    assert!(limited.contains("FitScoreExec"), "{limited}");
     // Ballista sessions and pipelines keep the standard plan.
     let two_pass = build_context(&EngineConfig {
         one_pass: false,

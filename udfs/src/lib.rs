@@ -48,6 +48,7 @@ pub mod is_anomaly;
 pub mod model_column;
 pub mod one_pass;
 pub mod rewrite;
+mod same_rows;
 pub mod window_score;
 
 use datafusion::execution::FunctionRegistry;

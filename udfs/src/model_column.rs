@@ -7,9 +7,7 @@
 //! decode.
 
 use crate::call::{coerce_model_args, lenient_coercion};
-use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Float64Array, UInt32Array, new_null_array,
-};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, UInt32Array};
 use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Result, ScalarValue, exec_datafusion_err, exec_err};
@@ -340,11 +338,6 @@ pub fn scatter_bool(len: usize, parts: &[(Vec<u32>, &BooleanArray)]) -> BooleanA
 /// Converts feature arguments to arrays of the batch length.
 pub fn feature_arrays(args: &[ColumnarValue], len: usize) -> Result<Vec<ArrayRef>> {
     args.iter().map(|a| a.to_array(len)).collect()
-}
-
-/// An all-null array of the given type.
-pub fn nulls_of(dt: &DataType, len: usize) -> ArrayRef {
-    new_null_array(dt, len)
 }
 
 /// What distinguishes the scalar functions of `(model, feature, ...)` — `anomaly_score`,

@@ -22,6 +22,7 @@
 
 use crate::fit_detector::FitDetector;
 use crate::fit_score_plan::MODEL_PREFIX;
+use crate::same_rows::same_rows;
 use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::config::ConfigOptions;
@@ -38,7 +39,6 @@ use datafusion::physical_expr::projection::ProjectionExpr;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
-use datafusion::physical_plan::display::DisplayableExecutionPlan;
 use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::joins::{CrossJoinExec, NestedLoopJoinExec};
@@ -419,73 +419,6 @@ fn fit_aggregates(left: &Arc<dyn ExecutionPlan>) -> Option<FitSide> {
                 .then(|| (partial.aggr_expr().to_vec(), Arc::clone(partial.input())))
         }
         _ => None,
-    }
-}
-
-/// Whether two plans read the same rows in the same partitions: the same operators with the same
-/// settings, apart from which columns they carry (the rewrite's two sides differ only there, but
-/// the optimizer may push a filter on the scores' query into the scored side alone).
-fn same_rows(a: &Arc<dyn ExecutionPlan>, b: &Arc<dyn ExecutionPlan>) -> bool {
-    let (a, b) = (skip_projections(a), skip_projections(b));
-    if row_signature(a) != row_signature(b)
-        || a.output_partitioning().partition_count() != b.output_partitioning().partition_count()
-    {
-        return false;
-    }
-    let (ca, cb) = (a.children(), b.children());
-    ca.len() == cb.len() && ca.iter().zip(&cb).all(|(x, y)| same_rows(x, y))
-}
-
-/// A node's one-line description without what only selects or orders columns: `projection=[..]`,
-/// `output_ordering=[..]` and column positions (`f1@3` becomes `f1`). Filters, predicates, file
-/// ranges and limits stay.
-fn row_signature(plan: &Arc<dyn ExecutionPlan>) -> String {
-    strip_columns(
-        &DisplayableExecutionPlan::new(plan.as_ref())
-            .one_line()
-            .to_string(),
-    )
-}
-
-fn strip_columns(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut rest = line;
-    'scan: while !rest.is_empty() {
-        for key in ["projection=[", "output_ordering=["] {
-            if let Some(tail) = rest.strip_prefix(key) {
-                // Skip to the matching bracket.
-                let mut depth = 1;
-                for (i, c) in tail.char_indices() {
-                    match c {
-                        '[' => depth += 1,
-                        ']' => depth -= 1,
-                        _ => {}
-                    }
-                    if depth == 0 {
-                        let after = &tail[i + 1..];
-                        rest = after.strip_prefix(", ").unwrap_or(after);
-                        continue 'scan;
-                    }
-                }
-                break 'scan;
-            }
-        }
-        let mut chars = rest.chars();
-        let c = chars.next().expect("non-empty");
-        if c == '@' && rest[1..].starts_with(|d: char| d.is_ascii_digit()) {
-            rest = rest[1..].trim_start_matches(|d: char| d.is_ascii_digit());
-            continue;
-        }
-        out.push(c);
-        rest = chars.as_str();
-    }
-    out
-}
-
-fn skip_projections(plan: &Arc<dyn ExecutionPlan>) -> &Arc<dyn ExecutionPlan> {
-    match plan.as_ref().downcast_ref::<ProjectionExec>() {
-        Some(p) => skip_projections(p.input()),
-        None => plan,
     }
 }
 

@@ -1,12 +1,13 @@
 //! `nomaly`: anomaly detection with SQL on DataFusion and Ballista.
 
+mod cluster_cmd;
 mod output;
 mod pipeline_cmd;
 mod query_progress;
 mod repl;
 mod sql_cmd;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -18,7 +19,7 @@ use std::process::ExitCode;
 Detectors are SQL functions: detect_anomalies('iforest', amount, latency_ms) scores every row;\n\
 fit_detector(...) / anomaly_score(model, ...) fit once and score many.\n\
 Algorithms: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest.",
-    after_help = "Examples:\n  nomaly sql -f examples/quickstart.sql\n  nomaly run examples/pipelines/minimal.toml\n  nomaly sql --table tx=data/tx.parquet -e \"SELECT id, detect_anomalies('ecod', amount) AS a FROM tx\"\n\n\
+    after_help = "Examples:\n  nomaly sql -f examples/quickstart.sql\n  nomaly run examples/pipelines/minimal.toml\n  nomaly sql --table tx=data/tx.parquet -e \"SELECT id, detect_anomalies('ecod', amount) AS a FROM tx\"\n  nomaly scheduler & nomaly executor & nomaly sql --engine ballista://127.0.0.1:50050 -f examples/quickstart.sql\n\n\
 Exit codes: 0 success, 1 runtime failure, 2 invalid input (SQL, options, files, pipeline), 3 a pipeline [[validate]] check failed, 130 a pipeline run cancelled by Ctrl-C."
 )]
 struct Cli {
@@ -40,6 +41,32 @@ enum Command {
     Explain(pipeline_cmd::FileArgs),
     /// Print the JSON Schema of pipeline files (for editor completion)
     Schema,
+    /// Start a Ballista scheduler that knows the Nomaly functions (flags as ballista-scheduler's)
+    Scheduler(cluster_cmd::SchedulerArgs),
+    /// Start a Ballista executor that knows the Nomaly functions (flags as ballista-executor's)
+    Executor(cluster_cmd::ExecutorArgs),
+    /// List a Ballista scheduler's jobs (with progress) and executors, from its REST API
+    Jobs(cluster_cmd::JobsArgs),
+    /// Show one Ballista job: its stages and their tasks
+    Job(cluster_cmd::JobArgs),
+}
+
+/// The command line, with the cluster processes bound to 127.0.0.1 unless told otherwise
+/// (Ballista's own binaries bind to 0.0.0.0).
+fn command_line() -> Cli {
+    let command = Cli::command()
+        .mut_subcommand("scheduler", |c| {
+            c.mut_arg("bind_host", |a| {
+                a.default_value(cluster_cmd::DEFAULT_BIND_HOST)
+            })
+        })
+        .mut_subcommand("executor", |c| {
+            c.mut_arg("bind_host", |a| {
+                a.default_value(cluster_cmd::DEFAULT_BIND_HOST)
+            })
+        });
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 /// glibc gives each thread that allocates its own arena (up to 8 per core); with tokio's and
@@ -66,14 +93,17 @@ fn limit_malloc_arenas() {
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
+    let cli = command_line();
+    // Commands log warnings only; the cluster's processes log what Ballista's binaries log.
+    let filter = match &cli.command {
+        Command::Scheduler(a) => cluster_cmd::log_filter(&a.flags.log_level_setting),
+        Command::Executor(a) => cluster_cmd::log_filter(&a.flags.log_level_setting),
+        _ => std::env::var("NOMALY_LOG").unwrap_or_else(|_| "warn".into()),
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("NOMALY_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     // Deep plans recurse; Ballista's binaries use 32 MiB stacks too.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -94,6 +124,10 @@ fn main() -> ExitCode {
             Command::Validate(args) => pipeline_cmd::validate(args).await,
             Command::Explain(args) => pipeline_cmd::explain(args).await,
             Command::Schema => pipeline_cmd::schema(),
+            Command::Scheduler(args) => cluster_cmd::scheduler(args).await,
+            Command::Executor(args) => cluster_cmd::executor(args).await,
+            Command::Jobs(args) => cluster_cmd::jobs(args).await,
+            Command::Job(args) => cluster_cmd::job(args).await,
         }
     });
     // Ballista's in-process cluster keeps background tasks; do not wait for them.

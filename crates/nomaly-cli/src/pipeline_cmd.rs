@@ -57,6 +57,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE")]
     memory_limit: Option<String>,
 
+    /// Where to run: local, standalone or ballista://HOST[:PORT] (same as --set run.engine=...)
+    #[arg(long, value_name = "ENGINE")]
+    engine: Option<String>,
+
     /// Discard an unfinished run of this output (its committed chunks) and start over
     #[arg(long, conflicts_with = "dry_run")]
     restart: bool,
@@ -98,6 +102,11 @@ pub struct ResumeArgs {
     /// Never draw a progress bar, log lines instead
     #[arg(long)]
     no_progress: bool,
+
+    /// Where to continue: local, standalone or ballista://HOST[:PORT]; any engine may continue
+    /// any run (they write the same bytes)
+    #[arg(long, value_name = "ENGINE")]
+    engine: Option<String>,
 }
 
 fn load(args: &FileArgs) -> Result<CompiledPipeline, PipelineError> {
@@ -305,6 +314,9 @@ pub async fn run(mut args: RunArgs) -> i32 {
             .overrides
             .push(format!("resources.memory_limit=\"{m}\""));
     }
+    if let Some(e) = &args.engine {
+        args.file.overrides.push(format!("run.engine=\"{e}\""));
+    }
     let p = match load(&args.file) {
         Ok(p) => p,
         Err(e) => return fail(&e),
@@ -351,7 +363,10 @@ fn resume_target(
     ))
 }
 
-pub async fn resume(args: ResumeArgs) -> i32 {
+pub async fn resume(mut args: ResumeArgs) -> i32 {
+    if let Some(e) = &args.engine {
+        args.overrides.push(format!("run.engine=\"{e}\""));
+    }
     let p = match resume_target(&args.target, &args.overrides).and_then(compile) {
         Ok(p) => p,
         Err(e) => return fail(&e),

@@ -23,7 +23,8 @@ use std::sync::Arc;
     after_help = "Without -e or -f, statements are read from stdin; on a terminal an interactive prompt opens\n(statements end with ';' and may span lines; history in ~/.local/state/nomaly/history; \\q quits).\n\nExamples:\n  nomaly sql -f examples/quickstart.sql\n  nomaly sql --table tx=tx.parquet          (interactive)\n  echo \"SELECT count(*) FROM tx;\" | nomaly sql --table tx=tx.parquet\n  nomaly sql --table tx=data/tx/*.parquet --format csv \\\n      -e \"SELECT id, detect_anomalies('iforest', amount, latency_ms)['score'] AS s FROM tx\"\n  nomaly sql --engine standalone --memory-limit 512MB --table tx=tx.csv \\\n      -e \"SELECT * FROM detect_anomalies('tx', 'hbos', 'amount, latency_ms')\" --output scored.parquet\n  AWS_ENDPOINT_URL=http://127.0.0.1:9000 nomaly sql --table tx='s3://bucket/tx/*.parquet' -e \"SELECT count(*) FROM tx\""
 )]
 pub(crate) struct SqlArgs {
-    /// Where to run: local (DataFusion in this process) or standalone (in-process Ballista cluster)
+    /// Where to run: local (DataFusion in this process), standalone (a Ballista scheduler and
+    /// executor in this process) or ballista://HOST[:PORT] (a cluster: `nomaly scheduler`)
     #[arg(long, default_value = "local", value_parser = clap::value_parser!(EngineKind))]
     engine: EngineKind,
 
@@ -190,6 +191,9 @@ pub(crate) async fn run_statement(
     is_last: bool,
     args: &SqlArgs,
 ) -> Result<(), EngineError> {
+    // On Ballista the job is named after the statement's first words.
+    let text: String = statement.to_string().chars().take(80).collect();
+    nomaly_engine::name_jobs(ctx, &text);
     let state = ctx.state();
     let plan = state.statement_to_plan(statement).await?;
     let df = ctx.execute_logical_plan(plan).await?;

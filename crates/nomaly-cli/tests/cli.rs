@@ -1,5 +1,7 @@
 //! The `nomaly sql` contract, through the real binary: output formats, exit codes, atomic output.
 
+#[path = "cluster/mod.rs"]
+mod cluster;
 #[path = "pipeline/mod.rs"]
 mod pipeline;
 #[path = "recovery/mod.rs"]
@@ -11,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    manifest_dir().join("../..")
 }
 
 fn nomaly(args: &[&str]) -> Output {
@@ -34,6 +36,15 @@ fn nomaly_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     c.output().expect("run nomaly")
 }
 
+/// A TCP port free on 127.0.0.1 right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The part files directly in an output directory, by name, with their bytes.
 fn part_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut parts: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
@@ -46,6 +57,36 @@ fn part_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
         .collect();
     parts.sort();
     parts
+}
+
+/// The run report a `--json` run prints on stdout.
+fn report(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("--json prints the report ({e}): {}", stderr(o)))
+}
+
+/// Every file under `dir` (relative path → bytes), hidden files included, sorted by path.
+fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().display().to_string();
+                out.push((rel, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The relative paths of every file under `dir`, sorted.
+fn files_in(dir: &Path) -> Vec<String> {
+    tree(dir).into_iter().map(|(name, _)| name).collect()
 }
 
 /// Writes ids `first..first + rows` with deterministic `amount` and `latency_ms` to a Parquet file
@@ -500,4 +541,13 @@ fn sql_reads_stdin_or_prompts_on_a_terminal() {
     assert!(shown.contains("No field named nope"), "{shown}");
     let history = std::fs::read_to_string(home.path().join(".local/state/nomaly/history")).unwrap();
     assert!(history.contains("SELECT nope;"), "{history}");
+}
+
+/// The package's directory, read when the test runs: cargo sets `CARGO_MANIFEST_DIR` for test
+/// processes. The compile-time `env!` would keep the path of whichever checkout first built the
+/// binary, and cargo reuses test binaries across checkouts that share a target directory.
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 fn fixture(name: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let path = manifest_dir()
         .join("../../benchmarks/reference/fixtures")
         .join(format!("{name}.json"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -128,4 +128,13 @@ fn agrees_with_reference_implementations() {
     }
     println!("{}", report.join("\n"));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The package's directory, read when the test runs: cargo sets `CARGO_MANIFEST_DIR` for test
+/// processes. The compile-time `env!` would keep the path of whichever checkout first built the
+/// binary, and cargo reuses test binaries across checkouts that share a target directory.
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

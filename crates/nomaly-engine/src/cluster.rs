@@ -29,8 +29,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// A scheduler and an executor started in this process, from one session state.
-pub struct StandaloneCluster {
+/// A Ballista scheduler that runs physical plans as jobs: one started in this process with an
+/// executor ([`ClusterClient::start`], `engine = "standalone"`) or the scheduler of a cluster of
+/// `nomaly scheduler` / `nomaly executor` processes ([`ClusterClient::connect`]).
+pub struct ClusterClient {
     scheduler_url: String,
     session_id: String,
     config: SessionConfig,
@@ -39,20 +41,20 @@ pub struct StandaloneCluster {
     jobs: AtomicUsize,
 }
 
-impl std::fmt::Debug for StandaloneCluster {
+impl std::fmt::Debug for ClusterClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StandaloneCluster")
+        f.debug_struct("ClusterClient")
             .field("scheduler_url", &self.scheduler_url)
             .finish()
     }
 }
 
-impl StandaloneCluster {
+impl ClusterClient {
     /// Starts the scheduler and an executor with `task_slots` slots. The executor shares the
     /// state's runtime (memory pool, object stores, spill directory); the scheduler and executor
     /// know the state's functions. The state's config must carry Ballista's settings
     /// (`SessionConfig::new_with_ballista`).
-    pub async fn start(state: &SessionState, task_slots: usize) -> Result<StandaloneCluster> {
+    pub async fn start(state: &SessionState, task_slots: usize) -> Result<ClusterClient> {
         let fail = |what: &str, e: String| EngineError::Ballista(format!("{what}: {e}"));
         let addr = ballista_scheduler::standalone::new_standalone_scheduler_from_state(state)
             .await
@@ -72,7 +74,7 @@ impl StandaloneCluster {
             .await
             .map_err(|e| fail("executor", e.to_string()))?;
         let config = state.config().clone();
-        Ok(StandaloneCluster {
+        Ok(ClusterClient {
             scheduler_url,
             session_id: state.session_id().to_string(),
             ballista: config.ballista_config(),
@@ -81,17 +83,38 @@ impl StandaloneCluster {
         })
     }
 
+    /// A client of the scheduler at `address` (`host:port`), submitting jobs in `state`'s session.
+    /// The executors must read the paths the plans name (a shared filesystem or object stores).
+    pub async fn connect(address: &str, state: &SessionState) -> Result<ClusterClient> {
+        check_scheduler(address).await?;
+        let config = state.config().clone();
+        Ok(ClusterClient {
+            scheduler_url: format!("http://{address}"),
+            session_id: state.session_id().to_string(),
+            ballista: config.ballista_config(),
+            config,
+            jobs: AtomicUsize::new(0),
+        })
+    }
+
+    /// The scheduler's gRPC (and REST API) address, `http://host:port`.
+    pub fn scheduler_url(&self) -> &str {
+        &self.scheduler_url
+    }
+
     /// Jobs submitted so far.
     pub fn jobs(&self) -> usize {
         self.jobs.load(Ordering::Relaxed)
     }
 
-    /// Runs `plan` as one Ballista job; the stream yields its output partitions' rows, in the
-    /// plan's own schema (rows come back through shuffle files, whose schema may differ in field
-    /// nullability and metadata; the data types are the plan's).
+    /// Runs `plan` as one Ballista job named `job_name` (what the scheduler's `/api/jobs` and
+    /// Ballista's TUI show); the stream yields its output partitions' rows, in the plan's own
+    /// schema (rows come back through shuffle files, whose schema may differ in field nullability
+    /// and metadata; the data types are the plan's).
     pub async fn execute(
         &self,
         plan: Arc<dyn ExecutionPlan>,
+        job_name: &str,
     ) -> DfResult<SendableRecordBatchStream> {
         let codec = self.config.ballista_physical_extension_codec();
         let schema = plan.schema();
@@ -102,7 +125,7 @@ impl StandaloneCluster {
             plan,
             codec.as_ref(),
             self.session_id.clone(),
-            self.config.clone(),
+            self.config.clone().with_ballista_job_name(job_name),
         )
         .await?;
         let target = schema.clone();
@@ -128,6 +151,36 @@ impl StandaloneCluster {
             )?)
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, conformed)))
+    }
+}
+
+/// Names the Ballista jobs `ctx` submits from now on (what the scheduler's `/api/jobs` and
+/// Ballista's TUI show); local sessions have no jobs and are left alone.
+pub fn name_jobs(ctx: &datafusion::prelude::SessionContext, name: &str) {
+    let state = ctx.state_ref();
+    let mut state = state.write();
+    let options = state.config_mut().options_mut();
+    if options.extensions.get::<BallistaConfig>().is_some() {
+        // A name is a label: a key the session does not know is not worth failing the query.
+        let _ = options.set(ballista_core::config::BALLISTA_JOB_NAME, name);
+    }
+}
+
+/// Fails with a message saying how to start one unless a scheduler answers at `address`
+/// (`host:port`) within 10 seconds: a session on an unreachable cluster would otherwise fail only
+/// at its first query, with a transport error.
+pub async fn check_scheduler(address: &str) -> Result<()> {
+    let url = format!("http://{address}");
+    let connect = SchedulerGrpcClient::connect(url);
+    match tokio::time::timeout(Duration::from_secs(10), connect).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(EngineError::Ballista(format!(
+            "no scheduler answers at ballista://{address} ({e}); start one with `nomaly scheduler --bind-port {port}` and executors with `nomaly executor --scheduler-port {port}`",
+            port = address.rsplit(':').next().unwrap_or("50050")
+        ))),
+        Err(_) => Err(EngineError::Ballista(format!(
+            "the scheduler at ballista://{address} did not answer within 10 s"
+        ))),
     }
 }
 

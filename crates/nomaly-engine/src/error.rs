@@ -36,7 +36,8 @@ pub enum EngineError {
         hint: String,
     },
 
-    #[error("could not start the Ballista standalone cluster: {0}")]
+    /// Starting or reaching a Ballista scheduler or executor failed (the text says which).
+    #[error("Ballista: {0}")]
     Ballista(String),
 
     #[error(transparent)]

@@ -1,6 +1,7 @@
 //! # nomaly-engine
 //!
-//! Builds the sessions Nomaly runs on — local DataFusion or Ballista standalone — with every Nomaly
+//! Builds the sessions Nomaly runs on — local DataFusion, Ballista standalone or a Ballista
+//! cluster (and that cluster's processes, `processes.rs`) — with every Nomaly
 //! function, the `detect_anomalies` rewrite rule, a memory pool sized to the budget (default 80% of
 //! RAM or the cgroup limit) and a spill directory; registers input files as tables by extension.
 
@@ -10,12 +11,13 @@ pub mod error;
 pub mod hdf5;
 pub mod memory;
 pub mod object_stores;
+pub mod processes;
 pub mod session;
 pub mod tables;
 
-pub use cluster::{StandaloneCluster, narrow_to_partition};
+pub use cluster::{ClusterClient, name_jobs, narrow_to_partition};
 pub use error::{EngineError, Result};
 pub use memory::{default_budget, parse_byte_size};
 pub use object_stores::{RemoteStore, register_object_store};
-pub use session::{EngineConfig, EngineKind, build_context};
+pub use session::{EngineConfig, EngineKind, build_context, tune_session_config};
 pub use tables::{HDF5_NOT_BUILT, parse_table_spec, register_table};

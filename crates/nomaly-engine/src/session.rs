@@ -1,4 +1,4 @@
-//! Building sessions: local DataFusion or Ballista standalone, with Nomaly's functions, the rewrite
+//! Building sessions: local DataFusion, Ballista standalone or a Ballista cluster, with Nomaly's functions, the rewrite
 //! rule, a bounded memory pool and a spill directory.
 
 use crate::error::{EngineError, Result};
@@ -22,14 +22,30 @@ pub enum EngineKind {
     Local,
     /// A Ballista scheduler and executor started in this process: the cluster code path, locally.
     Standalone,
+    /// A Ballista cluster of `nomaly scheduler` / `nomaly executor` processes: the scheduler's
+    /// `host:port` (written `ballista://host:port`; port 50050 when left out).
+    Cluster(String),
 }
 
+/// The scheduler port Ballista and `nomaly scheduler` use when none is given.
+pub const DEFAULT_SCHEDULER_PORT: u16 = 50050;
+
 impl EngineKind {
-    /// The name `--engine` and `[run] engine` take.
+    /// The engine's kind as `--engine` takes it, without a cluster's address.
     pub fn name(&self) -> &'static str {
         match self {
             EngineKind::Local => "local",
             EngineKind::Standalone => "standalone",
+            EngineKind::Cluster(_) => "ballista",
+        }
+    }
+}
+
+impl std::fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EngineKind::Cluster(address) => write!(f, "ballista://{address}"),
+            other => f.write_str(other.name()),
         }
     }
 }
@@ -37,12 +53,34 @@ impl EngineKind {
 impl FromStr for EngineKind {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
+        const VALID: &str =
+            "valid engines are: local, standalone, ballista://HOST[:PORT] (a `nomaly scheduler`)";
+        let lower = s.trim().to_ascii_lowercase();
+        if let Some(rest) = ["ballista://", "df://"]
+            .iter()
+            .find_map(|scheme| lower.strip_prefix(scheme))
+        {
+            let rest = rest.trim_end_matches('/');
+            let (host, port) = match rest.rsplit_once(':') {
+                Some((host, port)) => {
+                    let port: u16 = port.parse().map_err(|_| {
+                        format!("engine '{s}': the port '{port}' is not a number from 1 to 65535")
+                    })?;
+                    (host, port)
+                }
+                None => (rest, DEFAULT_SCHEDULER_PORT),
+            };
+            if host.is_empty() || host.contains('/') {
+                return Err(format!(
+                    "engine '{s}': expected ballista://HOST[:PORT], e.g. ballista://127.0.0.1:50050"
+                ));
+            }
+            return Ok(EngineKind::Cluster(format!("{host}:{port}")));
+        }
+        match lower.as_str() {
             "local" => Ok(EngineKind::Local),
             "standalone" => Ok(EngineKind::Standalone),
-            other => Err(format!(
-                "unknown engine '{other}'; valid engines are: local, standalone"
-            )),
+            other => Err(format!("unknown engine '{other}'; {VALID}")),
         }
     }
 }
@@ -113,25 +151,30 @@ impl EngineConfig {
     }
 
     fn session_config(&self, base: SessionConfig) -> SessionConfig {
-        let mut config = base
-            .with_target_partitions(self.partitions())
-            .with_batch_size(self.batch_size)
-            .with_information_schema(true);
-        // Leaf-expression pushdown moves `get_field(d, 'score')` below the projection that
-        // computes `d = anomaly_detect(...)` and substitutes it there, once per field read: a
-        // query reading both fields of a detection would score every row twice. Struct-field
-        // pushdown into scans is worth less here than scoring once.
-        config
-            .options_mut()
-            .optimizer
-            .enable_leaf_expression_pushdown = false;
-        config
+        tune_session_config(
+            base.with_target_partitions(self.partitions())
+                .with_batch_size(self.batch_size)
+                .with_information_schema(true),
+        )
     }
+}
+
+/// The settings every Nomaly session needs, on clients and on a cluster's scheduler alike.
+pub fn tune_session_config(mut config: SessionConfig) -> SessionConfig {
+    // Leaf-expression pushdown moves `get_field(d, 'score')` below the projection that computes
+    // `d = anomaly_detect(...)` and substitutes it there, once per field read: a query reading
+    // both fields of a detection would score every row twice. Struct-field pushdown into scans is
+    // worth less here than scoring once.
+    config
+        .options_mut()
+        .optimizer
+        .enable_leaf_expression_pushdown = false;
+    config
 }
 
 /// Builds a session with every Nomaly function and the `detect_anomalies` rewrite installed.
 pub async fn build_context(config: &EngineConfig) -> Result<SessionContext> {
-    match config.engine {
+    match &config.engine {
         EngineKind::Local => {
             let mut builder = nomaly_udfs::with_nomaly(
                 SessionStateBuilder::new()
@@ -161,6 +204,23 @@ pub async fn build_context(config: &EngineConfig) -> Result<SessionContext> {
             let ctx = SessionContext::standalone_with_state(state)
                 .await
                 .map_err(|e| EngineError::Ballista(e.to_string()))?;
+            nomaly_udfs::register_functions(&ctx);
+            Ok(ctx)
+        }
+        EngineKind::Cluster(address) => {
+            crate::cluster::check_scheduler(address).await?;
+            // The client plans (its analyzer rules and functions); the scheduler plans again
+            // with its own session builder, which has the same functions and rules.
+            let state = nomaly_udfs::with_nomaly(
+                SessionStateBuilder::new()
+                    .with_config(config.session_config(SessionConfig::new_with_ballista()))
+                    .with_runtime_env(config.runtime()?)
+                    .with_default_features(),
+            )
+            .build();
+            let ctx = SessionContext::remote_with_state(&format!("df://{address}"), state)
+                .await
+                .map_err(|e| EngineError::Ballista(format!("ballista://{address}: {e}")))?;
             nomaly_udfs::register_functions(&ctx);
             Ok(ctx)
         }

@@ -396,11 +396,6 @@ impl PipelineFile {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."))
     }
-
-    /// The 1-based line and column of the first occurrence of `needle` in the file, if any.
-    pub fn locate(&self, needle: &str) -> Option<(usize, usize)> {
-        self.text.find(needle).map(|at| line_column(&self.text, at))
-    }
 }
 
 /// 1-based (line, column) of a byte offset.

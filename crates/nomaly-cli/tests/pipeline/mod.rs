@@ -2,8 +2,10 @@
 //! their outputs are checked; malformed files and inputs fail with exit code 2, a message naming the
 //! place and the fix, and no output at all.
 
-use super::{nomaly, nomaly_env, part_files, root, stderr, stdout, write_tx_parquet};
-use std::path::{Path, PathBuf};
+use super::{
+    files_in, nomaly, nomaly_env, part_files, report, root, stderr, stdout, write_tx_parquet,
+};
+use std::path::Path;
 use std::process::Output;
 
 /// Runs a query on the written output through `nomaly sql`, returning CSV lines without header.
@@ -28,32 +30,6 @@ fn run_example(name: &str, out: &Path) -> Output {
     );
     assert_eq!(o.status.code(), Some(0), "{name}: {}", stderr(&o));
     o
-}
-
-fn report(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout).expect("--json prints the report")
-}
-
-fn files_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = walk(dir)
-        .into_iter()
-        .map(|p| p.strip_prefix(dir).unwrap().display().to_string())
-        .collect();
-    v.sort();
-    v
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]

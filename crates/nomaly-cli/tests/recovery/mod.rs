@@ -5,10 +5,10 @@
 //! The longer soak (≥ 20 kills, release build) is `benchmarks/crash_soak.py`.
 
 use super::pipeline::query;
-use super::{nomaly_env, part_files, stderr, write_tx_parquet};
+use super::{nomaly_env, part_files, report, stderr, tree, write_tx_parquet};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const ROWS: u64 = 400_000;
@@ -34,30 +34,6 @@ fn job(dir: &Path) -> PathBuf {
     )
     .unwrap();
     pipeline
-}
-
-fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("--json prints the report ({e}): {}", stderr(o)))
-}
-
-/// Every file under `dir` (relative path → bytes), hidden files included.
-fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(dir).unwrap().display().to_string();
-                out.push((rel, std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// The reference: one uninterrupted run of the same job in another directory.
@@ -184,7 +160,7 @@ fn killed_runs_resume_to_byte_identical_output() {
         .as_millis() as u64;
     let o = nomaly_env(&["resume", p, "--no-progress", "--json"], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let r = json(&o);
+    let r = report(&o);
     assert_eq!(r["status"], "succeeded");
     assert_eq!(r["output_rows"], ROWS);
     assert_eq!(r["input_rows"], ROWS);
@@ -230,7 +206,7 @@ fn killed_runs_resume_to_byte_identical_output() {
         "{}",
         stderr(&again)
     );
-    assert_eq!(json(&again)["output_rows"], ROWS);
+    assert_eq!(report(&again)["output_rows"], ROWS);
 
     // A kill after `complete` but before the publishing rename: resume finishes the publish.
     let out = dir.join("out/scored");
@@ -256,7 +232,7 @@ fn transient_faults_are_retried_and_a_permanent_one_names_its_chunk() {
         &[("NOMALY_FAULTS", "read=0.1,write=0.1,seed=11")],
     );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let r = json(&o);
+    let r = report(&o);
     assert!(
         r["retries"].as_u64().unwrap() >= 3,
         "faults were injected: {r}"
@@ -304,7 +280,7 @@ fn transient_faults_are_retried_and_a_permanent_one_names_its_chunk() {
     let o = nomaly_env(&["resume", p, "--no-progress", "--json"], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     eprintln!("resume with one chunk left: {:?}", started.elapsed());
-    let r = json(&o);
+    let r = report(&o);
     assert_eq!(r["recovery"]["chunks_reused"], CHUNKS - 1);
     assert_eq!(r["recovery"]["model_reused"], true);
     assert_eq!(part_files(&broken.join("out/scored")), expected);
@@ -347,7 +323,7 @@ fn resume_refuses_a_changed_input_and_restart_starts_over() {
     write_input(dir, ROWS);
     let o = nomaly_env(&["run", p, "--restart", "--no-progress", "--json"], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert_eq!(json(&o)["recovery"]["resumed"], false);
+    assert_eq!(report(&o)["recovery"]["resumed"], false);
     check_output(dir);
 }
 
@@ -390,7 +366,7 @@ fn bad_rows_are_quarantined_with_their_place_or_fail_the_run() {
         &[],
     );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let r = json(&o);
+    let r = report(&o);
     assert_eq!(r["quarantined_rows"], 4);
     assert_eq!(r["input_rows"], 29996);
     assert_eq!(r["output_rows"], 29996);
@@ -522,7 +498,7 @@ fn a_materialized_run_resumes_over_the_same_materialized_input() {
     );
     let o = nomaly_env(&["resume", p, "--no-progress", "--json"], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let r = json(&o);
+    let r = report(&o);
     assert_eq!(r["chunking"], "materialized");
     let chunks = r["chunks"].as_u64().unwrap();
     assert!(chunks >= 10, "{r}");
@@ -593,7 +569,7 @@ fn sigint_cancels_and_resume_finishes_the_same_output() {
 
     let o = nomaly_env(&["resume", p, "--no-progress", "--json"], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let r = json(&o);
+    let r = report(&o);
     assert_eq!(r["recovery"]["chunks_reused"], commits as u64);
     assert_eq!(part_files(&dir.join("out/scored")), expected);
     check_output(&dir);

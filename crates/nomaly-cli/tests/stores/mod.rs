@@ -9,7 +9,7 @@
 //! Every remote run must write part files byte-identical to the same pipeline on the local copy.
 //! `scripts/test-services.sh` (run by `scripts/test.sh`) installs moto and Azurite under ~/.cache.
 
-use super::{nomaly_env, part_files, stderr, write_tx_parquet};
+use super::{free_port, nomaly_env, part_files, report, stderr, write_tx_parquet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -104,14 +104,6 @@ impl Service {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn moto() -> Service {
     let port = free_port();
     let mut cmd = Command::new(tool(
@@ -200,9 +192,7 @@ fn run(
         env,
     );
     assert_eq!(o.status.code(), Some(0), "{input}: {}", stderr(&o));
-    let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("report");
-    let parts = part_files(&dir.join("out"));
-    (report, parts)
+    (report(&o), part_files(&dir.join("out")))
 }
 
 fn assert_same_output(

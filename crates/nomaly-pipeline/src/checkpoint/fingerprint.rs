@@ -134,6 +134,8 @@ pub fn pipeline_change(before_text: &str, now: &crate::spec::PipelineSpec) -> Op
         s.resources = Default::default();
         s.retry = Default::default();
         s.notifications.clear();
+        // Every engine writes the same bytes: a run started locally may resume on a cluster.
+        s.run.engine = None;
         serde_json::to_value(&s).unwrap_or_default()
     };
     let (b, n) = (shape(&before), shape(now));

@@ -70,7 +70,7 @@ pub(super) fn compile_settings(
         PipelineError::invalid(
             place(file, "[run]", 0, Some("engine")),
             format!(
-                "engine = \"{e}\" is not an engine; use \"local\" (DataFusion in this process) or \"standalone\" (a Ballista scheduler and executor in this process)"
+                "engine = \"{e}\" is not an engine; use \"local\" (DataFusion in this process), \"standalone\" (a Ballista scheduler and executor in this process) or \"ballista://HOST:PORT\" (a cluster started with `nomaly scheduler` and `nomaly executor`)"
             ),
         )
     })?,
@@ -141,7 +141,7 @@ pub(super) fn compile_settings(
             ),
         ));
     }
-    if quarantine && engine == EngineKind::Standalone {
+    if quarantine && engine != EngineKind::Local {
         return Err(PipelineError::invalid(
             place(file, "[run]", 0, Some("on_bad_rows")),
             "on_bad_rows = \"quarantine\" reads lines with an operator of Nomaly's own, which runs in this process only; use engine = \"local\" with it, or remove the setting so bad rows fail the run",

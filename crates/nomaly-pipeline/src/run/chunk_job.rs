@@ -28,6 +28,8 @@ use tracing::Instrument;
 
 /// What every chunk of a run shares.
 pub(crate) struct ChunkContext {
+    /// The pipeline's name: Ballista jobs are named after it and the chunk.
+    pub pipeline: String,
     pub plan: Arc<dyn ExecutionPlan>,
     /// The first file of every chunk, by id: picks the chunk scan out of the plan on Ballista.
     pub chunk_files: Vec<String>,
@@ -192,7 +194,8 @@ impl ChunkJob {
                 })
         };
         let one = narrow_to_partition(shared.plan.clone(), self.chunk, is_chunk_scan)?;
-        cluster.execute(one).await
+        let name = format!("{}: chunk {}", shared.pipeline, self.chunk);
+        cluster.execute(one, &name).await
     }
 
     /// The root cause of a DataFusion error as a retry-aware chunk error.

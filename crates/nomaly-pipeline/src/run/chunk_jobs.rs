@@ -34,6 +34,7 @@ impl<'a> ChunkJobs<'a> {
         let p = scope.p;
         let staging = p.sinks.iter().map(|s| staging_dir(&s.path));
         let shared = ChunkContext {
+            pipeline: p.name.clone(),
             plan: scoring.plan.clone(),
             chunk_files: scoring
                 .chunks

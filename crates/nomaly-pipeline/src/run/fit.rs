@@ -24,7 +24,7 @@ use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::SessionContext;
-use nomaly_engine::StandaloneCluster;
+use nomaly_engine::ClusterClient;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -167,7 +167,8 @@ async fn collect_fit(
 ) -> DfResult<Vec<RecordBatch>> {
     let task_ctx = Arc::new(df.task_ctx());
     if let Some(cluster) = cluster_of(task_ctx.session_config()) {
-        return fit_on_cluster(df, &cluster, retry, report).await;
+        let name = format!("{}: fit", report.pipeline);
+        return fit_on_cluster(df, &cluster, &name, retry, report).await;
     }
     let plan = df.clone().create_physical_plan().await?;
     let partial = find_partial_aggregate(&plan)
@@ -263,13 +264,14 @@ async fn fit_partition(
 /// slots and retries failed tasks); the whole job is retried on a transient failure.
 async fn fit_on_cluster(
     df: DataFrame,
-    cluster: &StandaloneCluster,
+    cluster: &ClusterClient,
+    job_name: &str,
     retry: &FitRetry,
     report: &mut RunReport,
 ) -> DfResult<Vec<RecordBatch>> {
     whole_fit(retry, report, || async {
         let plan = df.clone().create_physical_plan().await?;
-        datafusion::physical_plan::common::collect(cluster.execute(plan).await?).await
+        datafusion::physical_plan::common::collect(cluster.execute(plan, job_name).await?).await
     })
     .await
 }

@@ -21,11 +21,14 @@ use std::sync::Arc;
 pub async fn explain(p: &CompiledPipeline) -> Result<String> {
     let prepared = prepare(p, &NoObserver, None).await?;
     let mut out = describe_chunks(p, &prepared);
-    out.push_str(match p.engine {
-        EngineKind::Local => "engine: local (DataFusion in this process)\n",
+    out.push_str(&match &p.engine {
+        EngineKind::Local => "engine: local (DataFusion in this process)\n".to_string(),
         EngineKind::Standalone => {
-            "engine: standalone (Ballista in this process; the fit is one job, and each chunk one job running the plan below narrowed to that chunk's file group)\n"
+            "engine: standalone (Ballista in this process; the fit is one job, and each chunk one job running the plan below narrowed to that chunk's file group)\n".to_string()
         }
+        EngineKind::Cluster(address) => format!(
+            "engine: ballista://{address} (a Ballista cluster; the fit is one job, and each chunk one job running the plan below narrowed to that chunk's file group)\n"
+        ),
     });
     let input = scored_input(p);
     let ctx = &prepared.ctx;

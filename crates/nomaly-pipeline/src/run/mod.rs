@@ -223,7 +223,7 @@ fn base_report(p: &CompiledPipeline) -> RunReport {
         file: p.file.path.display().to_string(),
         algorithm: p.detect.as_ref().map(|d| d.algorithm.name().to_string()),
         options: p.detect.as_ref().map(|d| d.options.clone()),
-        engine: p.engine.name().into(),
+        engine: p.engine.to_string(),
         chunk_rows: p.chunk_rows,
         ..Default::default()
     }

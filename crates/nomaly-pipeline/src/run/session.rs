@@ -14,7 +14,7 @@ use crate::report::StepTiming;
 use crate::spec::FileFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use nomaly_engine::{EngineConfig, EngineKind, StandaloneCluster, build_context};
+use nomaly_engine::{ClusterClient, EngineConfig, EngineKind, build_context};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -143,22 +143,30 @@ async fn register_chunked_source(
 }
 
 /// For `engine = "standalone"`: starts the Ballista scheduler and executor a run submits its jobs
-/// to (`validate` and `explain` do not need one). They are built from the prepared session, so the
-/// executor shares its runtime (memory pool, object stores); jobs find the cluster in the session
-/// config (see [`cluster_of`]).
+/// to; for `engine = "ballista://host:port"`: connects to that cluster's scheduler (`validate` and
+/// `explain` need neither). A standalone cluster is built from the prepared session, so its
+/// executor shares the session's runtime (memory pool, object stores); jobs find the cluster in
+/// the session config (see [`cluster_of`]).
 pub(super) async fn start_cluster(
     p: &CompiledPipeline,
     prepared: &PreparedSession,
     scope: &super::RunScope<'_>,
 ) -> Result<()> {
-    if p.engine != EngineKind::Standalone {
-        return Ok(());
-    }
-    scope.emit(RunEvent::Phase("starting Ballista".into()));
     let ctx = &prepared.ctx;
-    let cluster = StandaloneCluster::start(&ctx.state(), prepared.partitions)
-        .await
-        .map_err(|e| PipelineError::engine("engine = \"standalone\"", e))?;
+    let cluster = match &p.engine {
+        EngineKind::Local => return Ok(()),
+        EngineKind::Standalone => {
+            scope.emit(RunEvent::Phase("starting Ballista".into()));
+            ClusterClient::start(&ctx.state(), prepared.partitions).await
+        }
+        EngineKind::Cluster(address) => {
+            scope.emit(RunEvent::Phase(format!(
+                "connecting to ballista://{address}"
+            )));
+            ClusterClient::connect(address, &ctx.state()).await
+        }
+    }
+    .map_err(|e| PipelineError::engine(format!("engine = \"{}\"", p.engine), e))?;
     ctx.state_ref()
         .write()
         .config_mut()
@@ -166,9 +174,9 @@ pub(super) async fn start_cluster(
     Ok(())
 }
 
-/// The Ballista cluster the session runs jobs on (`engine = "standalone"`), if any.
-pub(super) fn cluster_of(config: &SessionConfig) -> Option<Arc<StandaloneCluster>> {
-    config.get_extension::<StandaloneCluster>()
+/// The Ballista cluster the session runs jobs on (`standalone` or `ballista://`), if any.
+pub(super) fn cluster_of(config: &SessionConfig) -> Option<Arc<ClusterClient>> {
+    config.get_extension::<ClusterClient>()
 }
 
 /// Registers the object store of every remote source (s3://, gs://, az://, http(s)://).

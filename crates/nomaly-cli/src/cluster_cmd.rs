@@ -1,0 +1,246 @@
+//! `nomaly scheduler` and `nomaly executor`: the processes of a Ballista cluster that knows every
+//! Nomaly function. The flags are Ballista's own (`ballista-scheduler --help`,
+//! `ballista-executor --help`), except that both bind to 127.0.0.1 unless `--bind-host` says
+//! otherwise: a process started to try things out is not reachable from the network.
+
+use clap::Args;
+use nomaly_engine::processes::{ExecutorFlags, SchedulerFlags, run_executor, run_scheduler};
+
+/// The address both processes bind to when `--bind-host` is not given.
+pub const DEFAULT_BIND_HOST: &str = "127.0.0.1";
+
+#[derive(Args)]
+#[command(after_help = "Examples:\n  \
+nomaly scheduler                                  # 127.0.0.1:50050: gRPC, REST API (/api/jobs) and health\n  \
+nomaly scheduler --bind-host 0.0.0.0 --external-host sched.example\n  \
+nomaly sql --engine ballista://127.0.0.1:50050 -f examples/quickstart.sql\n\n\
+Logs: --log-level-setting (default INFO), or NOMALY_LOG.")]
+pub struct SchedulerArgs {
+    #[command(flatten)]
+    pub flags: SchedulerFlags,
+}
+
+#[derive(Args)]
+#[command(after_help = "Examples:\n  \
+nomaly executor                                   # joins 127.0.0.1:50050; ports 50051 (flight), 50052 (gRPC), 50053 (health)\n  \
+nomaly executor --scheduler-host sched.example --bind-port 50061 --bind-grpc-port 50062 --bind-health-port 50063\n\n\
+Every executor must read the inputs and write the outputs at the paths the client names: share the\n\
+filesystem (or use an object store). Logs: --log-level-setting (default INFO), or NOMALY_LOG.")]
+pub struct ExecutorArgs {
+    #[command(flatten)]
+    pub flags: ExecutorFlags,
+}
+
+/// The log filter for a cluster process: `NOMALY_LOG` if set, else the `--log-level-setting` flag.
+pub fn log_filter(args_filter: &str) -> String {
+    std::env::var("NOMALY_LOG").unwrap_or_else(|_| args_filter.to_string())
+}
+
+pub async fn scheduler(args: SchedulerArgs) -> i32 {
+    let addr = format!("{}:{}", args.flags.bind_host, args.flags.bind_port);
+    eprintln!("nomaly scheduler on {addr} (REST API: http://{addr}/api/jobs)");
+    report(run_scheduler(args.flags).await)
+}
+
+pub async fn executor(args: ExecutorArgs) -> i32 {
+    let f = &args.flags;
+    eprintln!(
+        "nomaly executor on {}:{} joining the scheduler at {}:{}",
+        f.bind_host, f.bind_port, f.scheduler_host, f.scheduler_port
+    );
+    report(run_executor(args.flags).await)
+}
+
+fn report(result: nomaly_engine::Result<()>) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {}", e.user_message());
+            e.exit_code()
+        }
+    }
+}
+
+#[derive(Args)]
+#[command(after_help = "Examples:\n  \
+nomaly jobs                                       # the scheduler at 127.0.0.1:50050\n  \
+nomaly jobs --scheduler ballista://sched.example:50050\n  \
+NOMALY_SCHEDULER=sched.example:50050 nomaly jobs --json\n\n\
+Finished jobs drop out of the scheduler's list after its --finished-job-state-clean-up-interval-seconds (3600).")]
+pub struct JobsArgs {
+    /// The scheduler: ballista://HOST:PORT, HOST:PORT or http://HOST:PORT
+    #[arg(
+        long,
+        env = "NOMALY_SCHEDULER",
+        default_value = "127.0.0.1:50050",
+        value_name = "ADDRESS"
+    )]
+    scheduler: String,
+
+    /// Print the scheduler's JSON (its REST API: /api/jobs, /api/job/ID/stages, /api/executors)
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct JobArgs {
+    /// The job's id (first column of `nomaly jobs`)
+    #[arg(value_name = "JOB_ID")]
+    id: String,
+
+    #[command(flatten)]
+    jobs: JobsArgs,
+}
+
+impl JobsArgs {
+    /// The REST API's base URL.
+    fn base_url(&self) -> String {
+        let s = self.scheduler.trim().trim_end_matches('/');
+        let host = ["ballista://", "df://", "http://"]
+            .iter()
+            .find_map(|p| s.strip_prefix(p))
+            .unwrap_or(s);
+        let host = if host.contains(':') {
+            host.to_string()
+        } else {
+            format!("{host}:{}", nomaly_engine::session::DEFAULT_SCHEDULER_PORT)
+        };
+        format!("http://{host}")
+    }
+
+    async fn get(&self, path: &str) -> Result<serde_json::Value, String> {
+        let url = format!("{}{path}", self.base_url());
+        let response = reqwest::get(&url).await.map_err(|e| {
+            format!(
+                "cannot reach the scheduler at {url} ({e}); is `nomaly scheduler` running there? (--scheduler or NOMALY_SCHEDULER)"
+            )
+        })?;
+        let status = response.status();
+        let body = response
+            .text()
+            .await
+            .map_err(|e| format!("{url}: reading the answer: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("{url}: {status} {}", body.trim()));
+        }
+        serde_json::from_str(&body).map_err(|e| format!("{url}: not JSON ({e})"))
+    }
+}
+
+fn text(v: &serde_json::Value, key: &str) -> String {
+    match &v[key] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// Milliseconds since the epoch to seconds elapsed (to `end`, or to now while running).
+fn elapsed(job: &serde_json::Value) -> String {
+    let start = job["start_time"].as_u64().unwrap_or(0);
+    let end = match job["end_time"].as_u64() {
+        Some(e) if e > 0 => e,
+        _ => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    };
+    if start == 0 {
+        return "-".into();
+    }
+    format!("{:.1} s", end.saturating_sub(start) as f64 / 1000.0)
+}
+
+pub async fn jobs(args: JobsArgs) -> i32 {
+    let (jobs, executors) = match (
+        args.get("/api/jobs").await,
+        args.get("/api/executors").await,
+    ) {
+        (Ok(j), Ok(e)) => (j, e),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "jobs": jobs, "executors": executors })
+        );
+        return 0;
+    }
+    let empty = Vec::new();
+    let jobs = jobs.as_array().unwrap_or(&empty);
+    println!(
+        "{:<10} {:<40} {:<10} {:>7} {:>9} {:>9}",
+        "JOB", "NAME", "STATUS", "STAGES", "PROGRESS", "ELAPSED"
+    );
+    for j in jobs {
+        let name: String = text(j, "job_name").chars().take(40).collect();
+        println!(
+            "{:<10} {:<40} {:<10} {:>7} {:>8}% {:>9}",
+            text(j, "job_id"),
+            name,
+            text(j, "status"),
+            format!("{}/{}", text(j, "completed_stages"), text(j, "num_stages")),
+            text(j, "percent_complete"),
+            elapsed(j)
+        );
+    }
+    let executors = executors.as_array().unwrap_or(&empty);
+    println!("\n{} job(s); {} executor(s):", jobs.len(), executors.len());
+    for e in executors {
+        println!(
+            "  {}  {}:{}  {} task slots",
+            text(e, "id"),
+            text(e, "host"),
+            text(e, "port"),
+            text(&e["specification"], "vcores")
+        );
+    }
+    0
+}
+
+pub async fn job(args: JobArgs) -> i32 {
+    let id = &args.id;
+    let (job, stages) = match (
+        args.jobs.get(&format!("/api/job/{id}")).await,
+        args.jobs.get(&format!("/api/job/{id}/stages")).await,
+    ) {
+        (Ok(j), Ok(s)) => (j, s),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    if args.jobs.json {
+        println!("{}", serde_json::json!({ "job": job, "stages": stages }));
+        return 0;
+    }
+    println!(
+        "job {} \"{}\": {} ({}), {} of {} stages, {}",
+        text(&job, "job_id"),
+        text(&job, "job_name"),
+        text(&job, "status"),
+        text(&job, "job_status"),
+        text(&job, "completed_stages"),
+        text(&job, "num_stages"),
+        elapsed(&job)
+    );
+    let empty = Vec::new();
+    for s in stages["stages"].as_array().unwrap_or(&empty) {
+        let tasks = s["tasks"].as_array().unwrap_or(&empty);
+        let done = tasks
+            .iter()
+            .filter(|t| t["status"] == "Successful" || t["status"]["Successful"].is_object())
+            .count();
+        println!(
+            "  stage {}: {}, {done}/{} tasks done, {} rows in, {} rows out",
+            text(s, "stage_id"),
+            text(s, "stage_status"),
+            tasks.len(),
+            text(s, "input_rows"),
+            text(s, "output_rows")
+        );
+    }
+    0
+}

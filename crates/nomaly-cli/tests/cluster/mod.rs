@@ -1,0 +1,338 @@
+//! A real Ballista cluster: `nomaly scheduler` and two `nomaly executor` processes on free loopback
+//! ports. SQL and pipelines on it give what the local engine gives, byte for byte, and no process
+//! outlives the test.
+
+use super::{free_port, nomaly, part_files, report, stderr, stdout, write_tx_parquet};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The scheduler and executors, killed (and reaped) when dropped, even when a test fails.
+pub(crate) struct Cluster {
+    children: Vec<Child>,
+    pub port: u16,
+    logs: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts a scheduler and `executors` executors (2 task slots each) and waits until every
+    /// executor has registered.
+    pub fn start(executors: usize) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().to_path_buf();
+        let port = free_port();
+        let mut cluster = Cluster {
+            children: Vec::new(),
+            port,
+            logs: logs.clone(),
+            _dir: dir,
+        };
+        let p = port.to_string();
+        cluster.spawn(
+            "scheduler",
+            &[
+                "scheduler",
+                "--bind-port",
+                &p,
+                "--log-level-setting",
+                "warn",
+            ],
+        );
+        cluster.wait_for(|c| c.http_get("/api/state").is_some_and(|(s, _)| s == 200));
+        for i in 0..executors {
+            let work = logs.join(format!("work{i}"));
+            std::fs::create_dir_all(&work).unwrap();
+            let ports: Vec<String> = (0..3).map(|_| free_port().to_string()).collect();
+            cluster.spawn(
+                &format!("executor{i}"),
+                &[
+                    "executor",
+                    "--scheduler-host",
+                    "127.0.0.1",
+                    "--scheduler-port",
+                    &p,
+                    "--bind-port",
+                    &ports[0],
+                    "--bind-grpc-port",
+                    &ports[1],
+                    "--bind-health-port",
+                    &ports[2],
+                    "--work-dir",
+                    work.to_str().unwrap(),
+                    "--vcores",
+                    "2",
+                    "--scheduler-connect-timeout-seconds",
+                    "30",
+                    "--log-level-setting",
+                    "warn",
+                ],
+            );
+        }
+        cluster.wait_for(|c| c.executors() == executors);
+        cluster
+    }
+
+    fn spawn(&mut self, name: &str, args: &[&str]) {
+        let log = |suffix: &str| std::fs::File::create(self.logs.join(format!("{name}.{suffix}")));
+        let child = Command::new(env!("CARGO_BIN_EXE_nomaly"))
+            .args(args)
+            .current_dir(super::root())
+            .stdin(Stdio::null())
+            .stdout(log("out").unwrap())
+            .stderr(log("err").unwrap())
+            .spawn()
+            .expect("start nomaly");
+        self.children.push(child);
+    }
+
+    /// Waits up to 60 s for `ready`, failing with the processes' logs.
+    fn wait_for(&mut self, ready: impl Fn(&Cluster) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ready(self) {
+            for c in &mut self.children {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("a cluster process exited ({status}):\n{}", self.logs());
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster was not ready in 60 s:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for e in std::fs::read_dir(&self.logs).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_file() {
+                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                out.push_str(&format!("--- {}\n{text}\n", p.display()));
+            }
+        }
+        out
+    }
+
+    pub fn engine(&self) -> String {
+        format!("ballista://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+
+    /// The scheduler's REST API: `(status, body)`, or `None` while it does not answer.
+    pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut response = Vec::new();
+        s.read_to_end(&mut response).ok()?;
+        let text = String::from_utf8_lossy(&response).to_string();
+        let status = text.split(' ').nth(1)?.parse().ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
+        Some((status, body))
+    }
+
+    /// The registered executors, from `/api/executors`.
+    fn executors(&self) -> usize {
+        self.json("/api/executors")
+            .and_then(|v| v.as_array().map(Vec::len))
+            .unwrap_or(0)
+    }
+
+    pub fn json(&self, path: &str) -> Option<serde_json::Value> {
+        let (status, body) = self.http_get(path)?;
+        (status == 200).then(|| serde_json::from_str(&body).ok())?
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// SQL and a pipeline on a scheduler and two executors (separate processes) give the local
+/// engine's answer and part files; the scheduler's REST API lists the jobs; no process survives.
+#[test]
+fn sql_and_pipelines_on_a_cluster_equal_local() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_tx_parquet(&dir.join("tx.parquet"), 0, 40_000, 5_000);
+    let cluster = Cluster::start(2);
+    let engine = cluster.engine();
+
+    let q = "SELECT id, detect_anomalies('ecod', amount, latency_ms)['score'] AS s FROM tx ORDER BY s DESC, id LIMIT 5";
+    let table = format!("tx={}", dir.join("tx.parquet").display());
+    let run_sql = |engine: &str| {
+        let o = nomaly(&[
+            "sql", "--engine", engine, "--table", &table, "--format", "csv", "-e", q,
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{engine}: {}", stderr(&o));
+        stdout(&o)
+    };
+    let local = run_sql("local");
+    assert_eq!(local.lines().count(), 6, "{local}");
+    assert_eq!(run_sql(&engine), local);
+
+    let pipeline = "input = \"tx.parquet\"\noutput = \"out_{name}/\"\n[detect]\nalgorithm = \"iforest\"\n\
+                    columns = [\"amount\", \"latency_ms\"]\n[run]\nchunk_rows = 5000\n";
+    let mut reports = Vec::new();
+    for (name, engine) in [("local", "local"), ("cluster", engine.as_str())] {
+        let file = dir.join(format!("{name}.toml"));
+        std::fs::write(&file, pipeline.replace("{name}", name)).unwrap();
+        let o = nomaly(&[
+            "run",
+            file.to_str().unwrap(),
+            "--engine",
+            engine,
+            "--json",
+            "--no-progress",
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{name}: {}", stderr(&o));
+        reports.push(report(&o));
+    }
+    let (local, remote) = (&reports[0], &reports[1]);
+    assert_eq!(remote["engine"], engine.as_str(), "{remote}");
+    assert_eq!(remote["chunks"], 8, "{remote}");
+    assert_eq!(
+        remote["ballista_jobs"], 9,
+        "the fit and one job per chunk: {remote}"
+    );
+    for key in ["input_rows", "output_rows", "anomalies", "chunks"] {
+        assert_eq!(local[key], remote[key], "{key}");
+    }
+    let (a, b) = (
+        part_files(&dir.join("out_local")),
+        part_files(&dir.join("out_cluster")),
+    );
+    assert_eq!(a.len(), 8);
+    assert_eq!(
+        a.iter().map(|p| &p.0).collect::<Vec<_>>(),
+        b.iter().map(|p| &p.0).collect::<Vec<_>>()
+    );
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(x == y, "{name} differs between local and the cluster");
+    }
+
+    // The scheduler saw the SQL query's job and the pipeline's nine.
+    let jobs = cluster.json("/api/jobs").expect("/api/jobs answers");
+    let completed = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["status"] == "Completed")
+        .count();
+    assert!(completed >= 10, "{jobs}");
+    // Jobs carry names: the pipeline's (the file's stem) with the fit or the chunk, and the SQL.
+    let names: Vec<String> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job_name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(names.iter().any(|n| n == "cluster: fit"), "{names:?}");
+    for chunk in 0..8 {
+        let name = format!("cluster: chunk {chunk}");
+        assert!(names.contains(&name), "{name} not in {names:?}");
+    }
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("SELECT id, detect_anomalies")),
+        "{names:?}"
+    );
+
+    // `nomaly jobs` and `nomaly job` print the same from the REST API.
+    let listed = nomaly(&["jobs", "--scheduler", &engine]);
+    assert_eq!(listed.status.code(), Some(0), "{}", stderr(&listed));
+    let listed = stdout(&listed);
+    assert!(listed.contains("cluster: chunk 7"), "{listed}");
+    assert!(listed.contains("2 executor(s)"), "{listed}");
+    let fit = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_name"] == "cluster: fit")
+        .unwrap();
+    let id = fit["job_id"].as_str().unwrap();
+    let shown = nomaly(&["job", id, "--scheduler", &engine]);
+    assert_eq!(shown.status.code(), Some(0), "{}", stderr(&shown));
+    let shown = stdout(&shown);
+    assert!(shown.contains("\"cluster: fit\": Completed"), "{shown}");
+    assert!(shown.contains("stage 1:"), "{shown}");
+
+    let pids = cluster.pids();
+    assert!(pids.iter().all(|&p| alive(p)));
+    drop(cluster);
+    let left: Vec<u32> = pids.into_iter().filter(|&p| alive(p)).collect();
+    assert!(left.is_empty(), "cluster processes left running: {left:?}");
+}
+
+/// An unreachable scheduler is a clear error naming the address and how to start one.
+#[test]
+fn an_unreachable_cluster_says_how_to_start_one() {
+    let port = free_port();
+    let o = nomaly(&[
+        "sql",
+        "--engine",
+        &format!("ballista://127.0.0.1:{port}"),
+        "-e",
+        "SELECT 1",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("ballista://127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(err.contains("nomaly scheduler"), "{err}");
+    let bad = nomaly(&[
+        "sql",
+        "--engine",
+        "ballista://host:notaport",
+        "-e",
+        "SELECT 1",
+    ]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(stderr(&bad).contains("not a number"), "{}", stderr(&bad));
+}

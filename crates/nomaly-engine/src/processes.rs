@@ -1,0 +1,90 @@
+//! The processes of a Ballista cluster that knows Nomaly's functions: `nomaly scheduler` and
+//! `nomaly executor`.
+//!
+//! Ballista carries function calls by name, so every process must have the functions: the client
+//! plans the SQL (its session comes from [`crate::build_context`]), the scheduler decodes the
+//! logical plan and plans it physically (its session comes from [`session_state`], through the
+//! scheduler's session builder) and the executors decode and run the stages (their function
+//! registry comes from the same state). The command-line flags are Ballista's own
+//! ([`SchedulerFlags`], [`ExecutorFlags`]) so that a Ballista user's deployment carries over.
+
+use crate::error::{EngineError, Result};
+use crate::session::tune_session_config;
+use ballista_core::extension::{
+    ballista_aggregate_functions, ballista_scalar_functions, ballista_window_functions,
+};
+use ballista_core::registry::BallistaFunctionRegistry;
+use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
+use ballista_scheduler::cluster::BallistaCluster;
+use ballista_scheduler::config::SchedulerConfig;
+use ballista_scheduler::scheduler_process::start_server;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionState;
+use datafusion::prelude::SessionConfig;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// `nomaly scheduler`'s flags: Ballista's scheduler flags.
+pub use ballista_scheduler::config::Config as SchedulerFlags;
+
+/// `nomaly executor`'s flags: Ballista's executor flags.
+pub use ballista_executor::config::Config as ExecutorFlags;
+
+/// A Ballista session state with Nomaly's functions and rules on top of Ballista's defaults (its
+/// optimizer rules and function lists), for the session `config`.
+pub fn session_state(config: SessionConfig) -> datafusion::common::Result<SessionState> {
+    let builder = SessionStateBuilder::new()
+        .with_default_features()
+        .with_config(tune_session_config(config))
+        .with_runtime_env(Arc::new(RuntimeEnvBuilder::new().build()?))
+        .with_optimizer_rules(ballista_core::optimizer::ballista_default_optimizer_rules())
+        .with_scalar_functions(ballista_scalar_functions())
+        .with_aggregate_functions(ballista_aggregate_functions())
+        .with_window_functions(ballista_window_functions());
+    Ok(nomaly_udfs::with_nomaly(builder).build())
+}
+
+fn failed(what: &str, e: impl std::fmt::Display) -> EngineError {
+    EngineError::Ballista(format!("{what}: {e}"))
+}
+
+/// Runs a scheduler until the process is stopped: gRPC, the REST API (`/api/jobs`, ...) and
+/// health checks on one port.
+pub async fn run_scheduler(flags: SchedulerFlags) -> Result<()> {
+    let addr: SocketAddr = format!("{}:{}", flags.bind_host, flags.bind_port)
+        .parse()
+        .map_err(|e| failed("--bind-host/--bind-port", e))?;
+    let config: SchedulerConfig = flags.try_into().map_err(|e| failed("scheduler flags", e))?;
+    // The cluster reads the session builder when it is created: set it first.
+    let config = config.with_override_session_builder(Arc::new(session_state));
+    let cluster = BallistaCluster::new_from_config(&config)
+        .await
+        .map_err(|e| failed("scheduler", e))?;
+    tracing::info!(%addr, "nomaly scheduler listening");
+    start_server(cluster, addr, Arc::new(config))
+        .await
+        .map_err(|e| failed(&format!("scheduler on {addr}"), e))
+}
+
+/// Runs an executor until the process is stopped (Ctrl-C or SIGTERM: it tells the scheduler and
+/// drains), with `/healthz` and `/readyz` on `--bind-health-port`.
+pub async fn run_executor(flags: ExecutorFlags) -> Result<()> {
+    let health_addr: SocketAddr = format!("{}:{}", flags.bind_host, flags.bind_health_port)
+        .parse()
+        .map_err(|e| failed("--bind-host/--bind-health-port", e))?;
+    let mut config: ExecutorProcessConfig =
+        flags.try_into().map_err(|e| failed("executor flags", e))?;
+    let state = session_state(SessionConfig::new())?;
+    config.override_function_registry = Some(Arc::new(BallistaFunctionRegistry::from(&state)));
+    let (stop_health, health_stopped) = tokio::sync::oneshot::channel();
+    let health = ballista_executor::health::spawn_health_server(
+        health_addr,
+        config.health.clone(),
+        health_stopped,
+    );
+    let result = start_executor_process(Arc::new(config)).await;
+    let _ = stop_health.send(());
+    let _ = health.await;
+    result.map_err(|e| failed("executor", e))
+}
