@@ -1,10 +1,12 @@
-//! Runs every `sql/*.slt` file on a local DataFusion session AND on a Ballista standalone cluster:
-//! the SQL contract must hold, with identical results, on both engines.
+//! Runs every `sql/*.slt` file on a local DataFusion session, on a Ballista standalone cluster and
+//! on a Ballista cluster (a `nomaly scheduler` and two `nomaly executor`s on loopback ports, started
+//! by this binary): the SQL contract must hold, with identical results, on every engine.
+//! `NOMALY_SLT_CLUSTER=host:port` runs the cluster part on a cluster that is already running.
 //!
 //! `NOMALY_SLT_COMPLETE=1 cargo test -p nomaly-tests --test sqllogictests` rewrites the expected
 //! results from the local engine (review the diff!). `NOMALY_SLT_FILTER=name` runs matching files.
 //! Files can use `$DATA` (examples/data) and `$__TEST_DIR__` after `control substitution on`, and
-//! `onlyif local` / `onlyif standalone` for engine-specific records.
+//! `onlyif local` / `onlyif standalone` / `onlyif ballista` for engine-specific records.
 
 use datafusion_sqllogictest::{DataFusion, df_value_validator, value_normalizer};
 use indicatif::ProgressBar;
@@ -12,6 +14,7 @@ use nomaly_engine::{EngineConfig, EngineKind, build_context};
 use nomaly_tests::{data_dir, workspace_root};
 use sqllogictest::{default_column_validator, strict_column_validator};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 fn slt_files() -> Vec<PathBuf> {
     let filter = std::env::var("NOMALY_SLT_FILTER").ok();
@@ -69,6 +72,95 @@ async fn run_file(path: &Path, engine: EngineKind, complete: bool) -> Result<(),
     }
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("its address")
+        .port()
+}
+
+/// The HTTP status of `GET path` on 127.0.0.1:`port`, `None` while nothing answers.
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    String::from_utf8_lossy(&head[9..12]).parse().ok()
+}
+
+/// Starts a scheduler and two executors with the same code and flags as `nomaly scheduler` /
+/// `nomaly executor`, serving gRPC, Flight and HTTP on free loopback ports (in this process; the
+/// CLI tests start them as separate processes), and waits until both executors are ready (their
+/// `/readyz` answers 200 after a heartbeat reached the scheduler). Returns `host:port` and the
+/// executors' work directory.
+async fn start_cluster() -> (String, PathBuf) {
+    use clap::Parser;
+    use nomaly_engine::processes::{ExecutorFlags, SchedulerFlags, run_executor, run_scheduler};
+    let port = free_port().to_string();
+    let scheduler = SchedulerFlags::parse_from([
+        "scheduler",
+        "--bind-host",
+        "127.0.0.1",
+        "--bind-port",
+        &port,
+    ]);
+    tokio::spawn(run_scheduler(scheduler));
+    let work = std::env::temp_dir().join(format!("nomaly-slt-cluster-{}", std::process::id()));
+    let mut health = Vec::new();
+    for i in 0..2 {
+        let dir = work.join(format!("executor{i}"));
+        std::fs::create_dir_all(&dir).expect("executor work dir");
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let (p, g, h) = (
+            ports[0].to_string(),
+            ports[1].to_string(),
+            ports[2].to_string(),
+        );
+        let flags = ExecutorFlags::parse_from([
+            "executor",
+            "--bind-host",
+            "127.0.0.1",
+            "--scheduler-host",
+            "127.0.0.1",
+            "--scheduler-port",
+            &port,
+            "--bind-port",
+            &p,
+            "--bind-grpc-port",
+            &g,
+            "--bind-health-port",
+            &h,
+            "--work-dir",
+            dir.to_str().expect("utf-8 path"),
+            "--vcores",
+            "2",
+            "--scheduler-connect-timeout-seconds",
+            "30",
+        ]);
+        tokio::spawn(run_executor(flags));
+        health.push(ports[2]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !health
+        .iter()
+        .all(|&h| http_status(h, "/readyz") == Some(200))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the test cluster was not ready in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (format!("127.0.0.1:{port}"), work)
+}
+
 fn main() {
     let complete = std::env::var("NOMALY_SLT_COMPLETE").is_ok_and(|v| v == "1");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -77,14 +169,25 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let files = slt_files();
+    let (cluster, work_dir) = if complete {
+        (None, None)
+    } else {
+        match std::env::var("NOMALY_SLT_CLUSTER") {
+            Ok(address) => (Some(address), None),
+            Err(_) => {
+                let (address, work) = runtime.block_on(start_cluster());
+                (Some(address), Some(work))
+            }
+        }
+    };
     let mut passed = 0;
     let mut failed = Vec::new();
     for file in &files {
-        let engines = if complete {
-            vec![EngineKind::Local]
-        } else {
-            vec![EngineKind::Local, EngineKind::Standalone]
-        };
+        let mut engines = vec![EngineKind::Local];
+        if let Some(address) = &cluster {
+            engines.push(EngineKind::Standalone);
+            engines.push(EngineKind::Cluster(address.clone()));
+        }
         for engine in engines {
             let name = format!(
                 "{} [{:?}]",
@@ -108,6 +211,9 @@ fn main() {
         }
     }
     runtime.shutdown_background();
+    if let Some(dir) = work_dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     println!();
     println!("sqllogictests: {passed} passed, {} failed", failed.len());
     if !failed.is_empty() {
