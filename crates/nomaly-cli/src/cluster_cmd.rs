@@ -94,22 +94,14 @@ pub struct JobArgs {
 
 impl JobsArgs {
     /// The REST API's base URL.
-    fn base_url(&self) -> String {
-        let s = self.scheduler.trim().trim_end_matches('/');
-        let host = ["ballista://", "df://", "http://"]
-            .iter()
-            .find_map(|p| s.strip_prefix(p))
-            .unwrap_or(s);
-        let host = if host.contains(':') {
-            host.to_string()
-        } else {
-            format!("{host}:{}", nomaly_engine::session::DEFAULT_SCHEDULER_PORT)
-        };
-        format!("http://{host}")
+    fn base_url(&self) -> Result<String, String> {
+        nomaly_engine::session::scheduler_address(&self.scheduler)
+            .map(|address| format!("http://{address}"))
+            .map_err(|e| format!("--scheduler {e}"))
     }
 
     async fn get(&self, path: &str) -> Result<serde_json::Value, String> {
-        let url = format!("{}{path}", self.base_url());
+        let url = format!("{}{path}", self.base_url()?);
         let response = reqwest::get(&url).await.map_err(|e| {
             format!(
                 "cannot reach the scheduler at {url} ({e}); is `nomaly scheduler` running there? (--scheduler or NOMALY_SCHEDULER)"

@@ -192,8 +192,10 @@ pub(crate) async fn run_statement(
     args: &SqlArgs,
 ) -> Result<(), EngineError> {
     // On Ballista the job is named after the statement's first words.
-    let text: String = statement.to_string().chars().take(80).collect();
-    nomaly_engine::name_jobs(ctx, &text);
+    if args.engine != EngineKind::Local {
+        let text: String = statement.to_string().chars().take(80).collect();
+        nomaly_engine::name_jobs(ctx, &text);
+    }
     let state = ctx.state();
     let plan = state.statement_to_plan(statement).await?;
     let df = ctx.execute_logical_plan(plan).await?;

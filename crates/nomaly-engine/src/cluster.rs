@@ -73,33 +73,25 @@ impl ClusterClient {
         ballista_executor::new_standalone_executor_from_state(client, task_slots.max(1), state)
             .await
             .map_err(|e| fail("executor", e.to_string()))?;
-        let config = state.config().clone();
-        Ok(ClusterClient {
-            scheduler_url,
-            session_id: state.session_id().to_string(),
-            ballista: config.ballista_config(),
-            config,
-            jobs: AtomicUsize::new(0),
-        })
+        Ok(ClusterClient::new(scheduler_url, state))
     }
 
     /// A client of the scheduler at `address` (`host:port`), submitting jobs in `state`'s session.
     /// The executors must read the paths the plans name (a shared filesystem or object stores).
     pub async fn connect(address: &str, state: &SessionState) -> Result<ClusterClient> {
         check_scheduler(address).await?;
+        Ok(ClusterClient::new(format!("http://{address}"), state))
+    }
+
+    fn new(scheduler_url: String, state: &SessionState) -> ClusterClient {
         let config = state.config().clone();
-        Ok(ClusterClient {
-            scheduler_url: format!("http://{address}"),
+        ClusterClient {
+            scheduler_url,
             session_id: state.session_id().to_string(),
             ballista: config.ballista_config(),
             config,
             jobs: AtomicUsize::new(0),
-        })
-    }
-
-    /// The scheduler's gRPC (and REST API) address, `http://host:port`.
-    pub fn scheduler_url(&self) -> &str {
-        &self.scheduler_url
+        }
     }
 
     /// Jobs submitted so far.

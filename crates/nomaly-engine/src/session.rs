@@ -53,36 +53,47 @@ impl std::fmt::Display for EngineKind {
 impl FromStr for EngineKind {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        const VALID: &str =
-            "valid engines are: local, standalone, ballista://HOST[:PORT] (a `nomaly scheduler`)";
         let lower = s.trim().to_ascii_lowercase();
-        if let Some(rest) = ["ballista://", "df://"]
+        if ["ballista://", "df://"]
             .iter()
-            .find_map(|scheme| lower.strip_prefix(scheme))
+            .any(|p| lower.starts_with(p))
         {
-            let rest = rest.trim_end_matches('/');
-            let (host, port) = match rest.rsplit_once(':') {
-                Some((host, port)) => {
-                    let port: u16 = port.parse().map_err(|_| {
-                        format!("engine '{s}': the port '{port}' is not a number from 1 to 65535")
-                    })?;
-                    (host, port)
-                }
-                None => (rest, DEFAULT_SCHEDULER_PORT),
-            };
-            if host.is_empty() || host.contains('/') {
-                return Err(format!(
-                    "engine '{s}': expected ballista://HOST[:PORT], e.g. ballista://127.0.0.1:50050"
-                ));
-            }
-            return Ok(EngineKind::Cluster(format!("{host}:{port}")));
+            return scheduler_address(s).map(EngineKind::Cluster);
         }
         match lower.as_str() {
             "local" => Ok(EngineKind::Local),
             "standalone" => Ok(EngineKind::Standalone),
-            other => Err(format!("unknown engine '{other}'; {VALID}")),
+            other => Err(format!(
+                "unknown engine '{other}'; valid engines are: local, standalone, ballista://HOST[:PORT] (a `nomaly scheduler`)"
+            )),
         }
     }
+}
+
+/// A scheduler's `host:port` from `ballista://HOST[:PORT]`, `df://...`, `http://...` or a bare
+/// `HOST[:PORT]` (port 50050 when left out).
+pub fn scheduler_address(text: &str) -> std::result::Result<String, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let rest = ["ballista://", "df://", "http://"]
+        .iter()
+        .find_map(|scheme| lower.strip_prefix(scheme))
+        .unwrap_or(&lower)
+        .trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) => {
+            let port: u16 = port.parse().map_err(|_| {
+                format!("'{text}': the port '{port}' is not a number from 1 to 65535")
+            })?;
+            (host, port)
+        }
+        None => (rest, DEFAULT_SCHEDULER_PORT),
+    };
+    if host.is_empty() || host.contains('/') {
+        return Err(format!(
+            "'{text}': expected ballista://HOST[:PORT], e.g. ballista://127.0.0.1:50050"
+        ));
+    }
+    Ok(format!("{host}:{port}"))
 }
 
 /// How to build a session.

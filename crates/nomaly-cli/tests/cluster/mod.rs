@@ -255,18 +255,12 @@ fn sql_and_pipelines_on_a_cluster_equal_local() {
     }
 
     // The scheduler saw the SQL query's job and the pipeline's nine.
-    let jobs = cluster.json("/api/jobs").expect("/api/jobs answers");
-    let completed = jobs
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|j| j["status"] == "Completed")
-        .count();
-    assert!(completed >= 10, "{jobs}");
+    let listing = cluster.json("/api/jobs").expect("/api/jobs answers");
+    let jobs = listing.as_array().expect("a list of jobs");
+    let completed = jobs.iter().filter(|j| j["status"] == "Completed").count();
+    assert!(completed >= 10, "{listing}");
     // Jobs carry names: the pipeline's (the file's stem) with the fit or the chunk, and the SQL.
     let names: Vec<String> = jobs
-        .as_array()
-        .unwrap()
         .iter()
         .map(|j| j["job_name"].as_str().unwrap_or_default().to_string())
         .collect();
@@ -289,8 +283,6 @@ fn sql_and_pipelines_on_a_cluster_equal_local() {
     assert!(listed.contains("cluster: chunk 7"), "{listed}");
     assert!(listed.contains("2 executor(s)"), "{listed}");
     let fit = jobs
-        .as_array()
-        .unwrap()
         .iter()
         .find(|j| j["job_name"] == "cluster: fit")
         .unwrap();
