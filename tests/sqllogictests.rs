@@ -111,7 +111,7 @@ async fn start_cluster() -> (String, PathBuf) {
         "--bind-port",
         &port,
     ]);
-    tokio::spawn(run_scheduler(scheduler));
+    tokio::spawn(run_scheduler(scheduler, nomaly_pipeline::physical_codec()));
     let work = std::env::temp_dir().join(format!("nomaly-slt-cluster-{}", std::process::id()));
     let mut health = Vec::new();
     for i in 0..2 {
@@ -144,7 +144,7 @@ async fn start_cluster() -> (String, PathBuf) {
             "--scheduler-connect-timeout-seconds",
             "30",
         ]);
-        tokio::spawn(run_executor(flags));
+        tokio::spawn(run_executor(flags, nomaly_pipeline::physical_codec()));
         health.push(ports[2]);
     }
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -39,7 +39,7 @@ pub fn log_filter(args_filter: &str) -> String {
 pub async fn scheduler(args: SchedulerArgs) -> i32 {
     let addr = format!("{}:{}", args.flags.bind_host, args.flags.bind_port);
     eprintln!("nomaly scheduler on {addr} (REST API: http://{addr}/api/jobs)");
-    report(run_scheduler(args.flags).await)
+    report(run_scheduler(args.flags, nomaly_pipeline::physical_codec()).await)
 }
 
 pub async fn executor(args: ExecutorArgs) -> i32 {
@@ -48,7 +48,7 @@ pub async fn executor(args: ExecutorArgs) -> i32 {
         "nomaly executor on {}:{} joining the scheduler at {}:{}",
         f.bind_host, f.bind_port, f.scheduler_host, f.scheduler_port
     );
-    report(run_executor(args.flags).await)
+    report(run_executor(args.flags, nomaly_pipeline::physical_codec()).await)
 }
 
 fn report(result: nomaly_engine::Result<()>) -> i32 {

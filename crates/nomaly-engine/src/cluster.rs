@@ -26,7 +26,7 @@ use datafusion::prelude::SessionConfig;
 use datafusion_proto::protobuf::PhysicalPlanNode;
 use futures::StreamExt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// A Ballista scheduler that runs physical plans as jobs: one started in this process with an
@@ -39,6 +39,8 @@ pub struct ClusterClient {
     ballista: BallistaConfig,
     /// Jobs submitted so far (reported, so a run shows it really ran on Ballista).
     jobs: AtomicUsize,
+    /// Bytes of Arrow data received from the jobs (what the client moved over the network).
+    received: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for ClusterClient {
@@ -91,12 +93,18 @@ impl ClusterClient {
             ballista: config.ballista_config(),
             config,
             jobs: AtomicUsize::new(0),
+            received: Arc::new(AtomicU64::new(0)),
         }
     }
 
     /// Jobs submitted so far.
     pub fn jobs(&self) -> usize {
         self.jobs.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of Arrow data received from jobs so far ([`batch_bytes`]).
+    pub fn bytes_received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
     }
 
     /// Runs `plan` as one Ballista job named `job_name` (what the scheduler's `/api/jobs` and
@@ -121,8 +129,10 @@ impl ClusterClient {
         )
         .await?;
         let target = schema.clone();
+        let received = self.received.clone();
         let conformed = stream.map(move |batch| {
             let batch = batch?;
+            received.fetch_add(batch_bytes(&batch), Ordering::Relaxed);
             // Shuffle files may also hydrate dictionary columns: cast back to the plan's types.
             let columns = batch
                 .columns()
@@ -144,6 +154,16 @@ impl ClusterClient {
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, conformed)))
     }
+}
+
+/// The bytes a batch's rows occupy in its Arrow buffers (values, offsets, validity; not the
+/// capacity of the allocations): what moving the rows costs, whatever the transport adds.
+pub fn batch_bytes(batch: &RecordBatch) -> u64 {
+    batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0) as u64)
+        .sum()
 }
 
 /// Names the Ballista jobs `ctx` submits from now on (what the scheduler's `/api/jobs` and

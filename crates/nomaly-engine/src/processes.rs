@@ -22,6 +22,7 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionState;
 use datafusion::prelude::SessionConfig;
+use datafusion_proto::physical_plan::PhysicalExtensionCodec;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -50,14 +51,19 @@ fn failed(what: &str, e: impl std::fmt::Display) -> EngineError {
 }
 
 /// Runs a scheduler until the process is stopped: gRPC, the REST API (`/api/jobs`, ...) and
-/// health checks on one port.
-pub async fn run_scheduler(flags: SchedulerFlags) -> Result<()> {
+/// health checks on one port. `codec` decodes the physical plans clients submit and encodes the
+/// stages (Ballista's, wrapped by one that knows the client's own operators).
+pub async fn run_scheduler(
+    flags: SchedulerFlags,
+    codec: Arc<dyn PhysicalExtensionCodec>,
+) -> Result<()> {
     let addr: SocketAddr = format!("{}:{}", flags.bind_host, flags.bind_port)
         .parse()
         .map_err(|e| failed("--bind-host/--bind-port", e))?;
     let config: SchedulerConfig = flags.try_into().map_err(|e| failed("scheduler flags", e))?;
     // The cluster reads the session builder when it is created: set it first.
-    let config = config.with_override_session_builder(Arc::new(session_state));
+    let mut config = config.with_override_session_builder(Arc::new(session_state));
+    config.override_physical_codec = Some(codec);
     let cluster = BallistaCluster::new_from_config(&config)
         .await
         .map_err(|e| failed("scheduler", e))?;
@@ -68,8 +74,12 @@ pub async fn run_scheduler(flags: SchedulerFlags) -> Result<()> {
 }
 
 /// Runs an executor until the process is stopped (Ctrl-C or SIGTERM: it tells the scheduler and
-/// drains), with `/healthz` and `/readyz` on `--bind-health-port`.
-pub async fn run_executor(flags: ExecutorFlags) -> Result<()> {
+/// drains), with `/healthz` and `/readyz` on `--bind-health-port`. `codec` decodes the stages (the
+/// scheduler's codec).
+pub async fn run_executor(
+    flags: ExecutorFlags,
+    codec: Arc<dyn PhysicalExtensionCodec>,
+) -> Result<()> {
     let health_addr: SocketAddr = format!("{}:{}", flags.bind_host, flags.bind_health_port)
         .parse()
         .map_err(|e| failed("--bind-host/--bind-health-port", e))?;
@@ -77,6 +87,7 @@ pub async fn run_executor(flags: ExecutorFlags) -> Result<()> {
         flags.try_into().map_err(|e| failed("executor flags", e))?;
     let state = session_state(SessionConfig::new())?;
     config.override_function_registry = Some(Arc::new(BallistaFunctionRegistry::from(&state)));
+    config.override_physical_codec = Some(codec);
     let (stop_health, health_stopped) = tokio::sync::oneshot::channel();
     let health = ballista_executor::health::spawn_health_server(
         health_addr,

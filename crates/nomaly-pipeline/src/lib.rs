@@ -9,6 +9,7 @@
 
 pub mod checkpoint;
 pub mod chunks;
+pub mod codec;
 pub mod compile;
 pub mod error;
 pub mod events;
@@ -22,6 +23,7 @@ pub mod run;
 pub mod sink;
 pub mod spec;
 
+pub use codec::{NomalyPhysicalCodec, physical_codec};
 pub use compile::{CompiledPipeline, compile};
 pub use error::{ErrorKind, PipelineError, Result, RunPlace};
 pub use events::{NoObserver, RunEvent, RunObserver};

@@ -104,10 +104,17 @@ pub struct RunReport {
     /// "source" (chunks are slices of the first source) or "materialized" (the detect input was
     /// written once and chunked, because the steps mix rows across chunks).
     pub chunking: ChunkingMode,
-    /// "local" (DataFusion in this process) or "standalone" (Ballista scheduler and executor).
+    /// "local" (DataFusion in this process), "standalone" (Ballista scheduler and executor in this
+    /// process) or "ballista://HOST:PORT" (a cluster).
     pub engine: String,
-    /// Ballista jobs the run submitted (engine "standalone": the fit, then one per chunk).
+    /// Ballista jobs the run submitted (the fit, then one per chunk).
     pub ballista_jobs: usize,
+    /// Bytes of Arrow data this process received from Ballista (the rows' buffers): the fit's
+    /// model states and each chunk's summary rows.
+    pub bytes_from_cluster: u64,
+    /// Of those, what the chunk jobs returned: a few rows per chunk naming its part files. The
+    /// executors write the part files, so scored rows never come back to this process.
+    pub chunk_bytes_from_cluster: u64,
     pub chunk_rows: u64,
     pub retries: u64,
     pub steps: Vec<StepTiming>,
@@ -142,6 +149,9 @@ pub struct Recovery {
     pub chunks_invalid: usize,
     /// Temp files and uncommitted part files an earlier attempt left, removed.
     pub orphan_files_removed: usize,
+    /// Part files of Ballista task attempts that were not published (a task Ballista re-ran after
+    /// losing its executor, or retried), removed.
+    pub task_attempt_files_removed: u64,
     /// Retries of chunks ("chunk 3") and fit partitions ("fit 3") that needed any.
     pub retries: BTreeMap<String, u32>,
     /// Work thrown away: failed attempts, plus the redone chunks at the mean chunk time.

@@ -2,7 +2,9 @@
 //! ports. SQL and pipelines on it give what the local engine gives, byte for byte, and no process
 //! outlives the test.
 
-use super::{free_port, nomaly, part_files, report, stderr, stdout, write_tx_parquet};
+use super::{
+    free_port, nomaly, nomaly_env, part_files, report, stderr, stdout, tree, write_tx_parquet,
+};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -252,6 +254,68 @@ fn sql_and_pipelines_on_a_cluster_equal_local() {
     );
     for ((name, x), (_, y)) in a.iter().zip(&b) {
         assert!(x == y, "{name} differs between local and the cluster");
+    }
+    // The executors wrote the part files: what came back to this process is the fit's states
+    // and the chunks' summaries.
+    let written: u64 = remote["sinks"][0]["bytes"].as_u64().unwrap();
+    let received = remote["chunk_bytes_from_cluster"].as_u64().unwrap();
+    assert!(remote["bytes_from_cluster"].as_u64().unwrap() > received);
+    assert!(
+        received > 0 && received * 100 <= written,
+        "received {received} of {written}"
+    );
+    assert_eq!(remote["recovery"]["task_attempt_files_removed"], 0);
+
+    // The example pipelines (CSV chunks, steps and a join, a filtered CSV sink, a sink
+    // partitioned into directories) write the same files on the cluster as here.
+    for example in [
+        "minimal",
+        "multi_source_join",
+        "per_segment",
+        "validate_notify",
+    ] {
+        let outputs: Vec<Vec<(String, Vec<u8>)>> = ["local", engine.as_str()]
+            .iter()
+            .enumerate()
+            .map(|(i, engine)| {
+                let out = dir.join(format!("{example}_{i}"));
+                let o = nomaly_env(
+                    &[
+                        "run",
+                        &format!("examples/pipelines/{example}.toml"),
+                        "--engine",
+                        engine,
+                        "--json",
+                    ],
+                    &[("NOMALY_OUT", out.to_str().unwrap())],
+                );
+                assert_eq!(
+                    o.status.code(),
+                    Some(0),
+                    "{example} {engine}: {}",
+                    stderr(&o)
+                );
+                let files = tree(&out);
+                assert!(
+                    !files.iter().any(|(f, _)| f.ends_with(".tmp")),
+                    "{example} {engine} left temp files: {:?}",
+                    files.iter().map(|f| &f.0).collect::<Vec<_>>()
+                );
+                files
+                    .into_iter()
+                    .filter(|(f, _)| f.contains("part-"))
+                    .collect()
+            })
+            .collect();
+        assert!(!outputs[0].is_empty(), "{example}");
+        let names = |o: &Vec<(String, Vec<u8>)>| o.iter().map(|f| f.0.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&outputs[0]), names(&outputs[1]), "{example}");
+        for ((name, x), (_, y)) in outputs[0].iter().zip(&outputs[1]) {
+            assert!(
+                x == y,
+                "{example}: {name} differs between local and the cluster"
+            );
+        }
     }
 
     // The scheduler saw the SQL query's job and the pipeline's nine.

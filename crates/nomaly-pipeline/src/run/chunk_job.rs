@@ -10,15 +10,18 @@ use crate::error::{ErrorKind, PipelineError, Result, Resumable, RunPlace};
 use crate::events::{RunEvent, RunObserver};
 use crate::faults::FaultPlan;
 use crate::quarantine::QuarantineLog;
-use crate::sink::{ChunkWriter, SinkTarget, WrittenPart};
+use crate::sink::{
+    ChunkSummary, ChunkWriter, PartWriteExec, SinkOnExecutor, SinkTarget, WrittenPart,
+    remove_attempt_files,
+};
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::execution::TaskContext;
 use datafusion::physical_plan::ExecutionPlan;
-use futures::StreamExt;
-use nomaly_engine::{EngineError, narrow_to_partition};
+use futures::{StreamExt, TryStreamExt};
+use nomaly_engine::{ClusterClient, EngineError, narrow_to_partition};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -177,13 +180,10 @@ impl ChunkJob {
         }
     }
 
-    /// Partition `chunk` of the scoring plan: executed here, or on Ballista as a job of its own
-    /// (the plan narrowed to the chunk's file group).
-    async fn execute(&self) -> DfResult<SendableRecordBatchStream> {
+    /// Partition `chunk` of the scoring plan narrowed to that chunk's file group, ending in the
+    /// executor-side writer of its part files: one Ballista job.
+    fn write_plan(&self) -> DfResult<PartWriteExec> {
         let shared = &self.shared;
-        let Some(cluster) = cluster_of(shared.task_ctx.session_config()) else {
-            return shared.plan.execute(self.chunk, shared.task_ctx.clone());
-        };
         let files = &shared.chunk_files;
         let is_chunk_scan = |config: &FileScanConfig| {
             config.file_groups.len() == files.len()
@@ -194,8 +194,17 @@ impl ChunkJob {
                 })
         };
         let one = narrow_to_partition(shared.plan.clone(), self.chunk, is_chunk_scan)?;
-        let name = format!("{}: chunk {}", shared.pipeline, self.chunk);
-        cluster.execute(one, &name).await
+        let sinks = shared
+            .sinks
+            .iter()
+            .map(|(target, staging)| {
+                Ok(SinkOnExecutor {
+                    target: target.clone(),
+                    staging: std::path::absolute(staging)?,
+                })
+            })
+            .collect::<DfResult<Vec<_>>>()?;
+        PartWriteExec::try_new(one, self.chunk, shared.schema.clone(), sinks)
     }
 
     /// The root cause of a DataFusion error as a retry-aware chunk error.
@@ -226,8 +235,14 @@ impl ChunkJob {
     /// Executes partition `chunk` of the scoring plan and writes it to every sink's part files.
     async fn score(&self, rows: &mut RowsInFlight<'_>) -> Result<ChunkOutcome> {
         let shared = &self.shared;
+        if let Some(cluster) = cluster_of(shared.task_ctx.session_config()) {
+            return self.score_on_cluster(&cluster, rows).await;
+        }
         let schema = &shared.schema;
-        let mut stream = self.execute().await.map_err(|e| self.chunk_error(e))?;
+        let mut stream = shared
+            .plan
+            .execute(self.chunk, shared.task_ctx.clone())
+            .map_err(|e| self.chunk_error(e))?;
         let mut writers = shared
             .sinks
             .iter()
@@ -276,6 +291,60 @@ impl ChunkJob {
                 out.parts.push((s, part));
             }
         }
+        Ok(out)
+    }
+
+    /// Scores the chunk as a Ballista job whose executor writes the part files (temp names), then
+    /// publishes them here: only the chunk's summary rows come back.
+    async fn score_on_cluster(
+        &self,
+        cluster: &ClusterClient,
+        rows: &mut RowsInFlight<'_>,
+    ) -> Result<ChunkOutcome> {
+        let shared = &self.shared;
+        let plan = self.write_plan().map_err(|e| self.chunk_error(e))?;
+        let name = format!("{}: chunk {}", shared.pipeline, self.chunk);
+        let run = async {
+            let stream = cluster.execute(Arc::new(plan), &name).await?;
+            stream.try_collect::<Vec<RecordBatch>>().await
+        };
+        let batches = tokio::select! {
+            biased;
+            _ = shared.stop.cancelled() => return Err(Self::stopped()),
+            batches = run => batches.map_err(|e| self.chunk_error(e))?,
+        };
+        let stagings = shared
+            .sinks
+            .iter()
+            .map(|(_, staging)| staging.clone())
+            .collect::<Vec<_>>();
+        let received: u64 = batches.iter().map(nomaly_engine::batch_bytes).sum();
+        shared
+            .counters
+            .scored_bytes_received
+            .fetch_add(received, Ordering::Relaxed);
+        let summary = ChunkSummary::from_batches(&batches, &stagings)
+            .map_err(|e| PipelineError::at(self.place(), ErrorKind::Permanent, e))?;
+        rows.add(summary.rows);
+        let mut out = ChunkOutcome {
+            rows: summary.rows,
+            anomalies: summary.anomalies,
+            missing: summary.missing,
+            ..ChunkOutcome::default()
+        };
+        for (s, staged) in summary.parts {
+            out.parts
+                .push((s, staged.publish().map_err(|e| self.write_error(e))?));
+        }
+        // Attempts Ballista gave up on (a lost executor, a retried task) may have left parts.
+        let discarded: usize = stagings
+            .iter()
+            .map(|staging| remove_attempt_files(staging, Some(self.chunk)))
+            .sum();
+        shared
+            .counters
+            .attempts_discarded
+            .fetch_add(discarded as u64, Ordering::Relaxed);
         Ok(out)
     }
 

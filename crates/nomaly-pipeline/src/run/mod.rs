@@ -51,6 +51,7 @@ use crate::report::{RunReport, RunStatus, StepTiming};
 use crate::sink::staging_dir;
 use scope::RunScope;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -174,7 +175,12 @@ async fn attempt(scope: &RunScope<'_>, report: &mut RunReport) -> Result<()> {
     sampler.stop(report).await;
     if let Some(cluster) = session::cluster_of(session.ctx.state().config()) {
         report.ballista_jobs = cluster.jobs();
+        report.bytes_from_cluster = cluster.bytes_received();
+        report.chunk_bytes_from_cluster =
+            scope.counters.scored_bytes_received.load(Ordering::Relaxed);
     }
+    report.recovery.task_attempt_files_removed =
+        scope.counters.attempts_discarded.load(Ordering::Relaxed);
     result
 }
 

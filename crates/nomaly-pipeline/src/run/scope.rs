@@ -19,6 +19,10 @@ pub(crate) struct Counters {
     pub rows_total: AtomicU64,
     /// Bytes of committed part files.
     pub bytes: AtomicU64,
+    /// Part files of Ballista task attempts that lost (re-run or retried tasks), removed.
+    pub attempts_discarded: AtomicU64,
+    /// Bytes of Arrow data the chunk jobs returned to this process (their summaries).
+    pub scored_bytes_received: AtomicU64,
 }
 
 pub(crate) struct RunScope<'a> {

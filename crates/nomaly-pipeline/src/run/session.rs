@@ -5,6 +5,7 @@
 use super::classify;
 use super::preflight::check_detect_columns;
 use crate::chunks::{ChunkPlan, ChunkTable, SourceReader, plan_chunks};
+use crate::codec::physical_codec;
 use crate::compile::CompiledPipeline;
 use crate::error::{PipelineError, Result};
 use crate::events::{RunEvent, RunObserver};
@@ -12,6 +13,7 @@ use crate::faults::FaultPlan;
 use crate::quarantine::QuarantineLog;
 use crate::report::StepTiming;
 use crate::spec::FileFormat;
+use ballista_core::extension::SessionConfigExt;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use nomaly_engine::{ClusterClient, EngineConfig, EngineKind, build_context};
@@ -153,8 +155,19 @@ pub(super) async fn start_cluster(
     scope: &super::RunScope<'_>,
 ) -> Result<()> {
     let ctx = &prepared.ctx;
+    if p.engine == EngineKind::Local {
+        return Ok(());
+    }
+    {
+        // Chunk jobs end in PartWriteExec: the plans are encoded (and, in process, decoded) with
+        // the codec that knows it. Cluster processes have it from `nomaly scheduler`/`executor`.
+        let state = ctx.state_ref();
+        let mut state = state.write();
+        let config = std::mem::take(state.config_mut());
+        *state.config_mut() = config.with_ballista_physical_extension_codec(physical_codec());
+    }
     let cluster = match &p.engine {
-        EngineKind::Local => return Ok(()),
+        EngineKind::Local => unreachable!("returned above"),
         EngineKind::Standalone => {
             scope.emit(RunEvent::Phase("starting Ballista".into()));
             ClusterClient::start(&ctx.state(), prepared.partitions).await

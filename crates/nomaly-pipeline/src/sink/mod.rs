@@ -14,8 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 mod part;
+mod write_exec;
 
-pub use part::{ChunkWriter, WrittenPart};
+pub use part::{ChunkWriter, StagedPart, WrittenPart, remove_attempt_files};
+pub use write_exec::{ChunkSummary, PartWriteExec, SinkOnExecutor};
 
 /// Name of the run report inside an output directory.
 pub const REPORT_FILE: &str = "_nomaly_report.json";
@@ -141,6 +143,8 @@ impl SinkTarget {
     /// Replaces the output with the staging directory.
     pub fn publish(&self) -> Result<()> {
         let staging = self.staging();
+        // A Ballista task attempt that outlived its chunk's commit may have written since.
+        part::remove_attempt_files(&staging, None);
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| PipelineError::Io { path, source }
@@ -238,7 +242,7 @@ mod tests {
                 .enumerate()
             {
                 let path = dir.path().join(format!("{k}.{}", format.extension()));
-                let mut part = PartFile::create(path.clone(), format, &schema, None).unwrap();
+                let mut part = PartFile::create(path.clone(), format, &schema, None, None).unwrap();
                 let (mut at, mut i) = (0, 0);
                 while at < rows {
                     let n = sizes[i % sizes.len()].min(rows - at);
@@ -246,7 +250,7 @@ mod tests {
                     at += n;
                     i += 1;
                 }
-                let written = part.commit().unwrap();
+                let written = part.finish().unwrap().publish().unwrap();
                 assert_eq!(written.rows, rows as u64);
                 files.push(std::fs::read(&path).unwrap());
             }

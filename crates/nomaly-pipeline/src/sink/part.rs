@@ -118,21 +118,26 @@ pub(super) struct PartFile {
 const WRITE_GRID: usize = 8192;
 
 impl PartFile {
+    /// A part to be published at `path`, written to a hidden temp name beside it: `.<name>.tmp`,
+    /// or `.<name>.<attempt>.tmp` when several attempts may write the same part at once (Ballista
+    /// retrying a task whose executor it lost while that executor still writes).
     pub(super) fn create(
         path: PathBuf,
         format: FileFormat,
         schema: &SchemaRef,
         faults: Option<(Arc<FaultPlan>, usize)>,
+        attempt: Option<&str>,
     ) -> Result<Self> {
         let dir = path.parent().expect("part files live in a directory");
         std::fs::create_dir_all(dir).map_err(|source| PipelineError::Io {
             path: dir.to_path_buf(),
             source,
         })?;
-        let tmp = dir.join(format!(
-            ".{}.tmp",
-            path.file_name().expect("named").to_string_lossy()
-        ));
+        let name = path.file_name().expect("named").to_string_lossy();
+        let tmp = match attempt {
+            Some(a) => dir.join(format!(".{name}.{a}.tmp")),
+            None => dir.join(format!(".{name}.tmp")),
+        };
         let file = File::create(&tmp).map_err(|source| PipelineError::Io {
             path: tmp.clone(),
             source,
@@ -244,7 +249,9 @@ impl PartFile {
         Ok(())
     }
 
-    pub(super) fn commit(mut self) -> Result<WrittenPart> {
+    /// Writes the rest, finishes the format and fsyncs the temp file; the part is complete but
+    /// not yet visible under its name.
+    pub(super) fn finish(mut self) -> Result<StagedPart> {
         if self.pending_rows > 0 {
             let rest = self.take_pending(self.pending_rows)?;
             self.write_now(&rest)?;
@@ -279,16 +286,46 @@ impl PartFile {
             source,
         })?;
         drop(file);
-        std::fs::rename(&tmp, &self.path).map_err(|source| PipelineError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
-        Ok(WrittenPart {
-            path: self.path,
-            rows: self.rows,
-            bytes: len,
-            crc32: crc.finalize(),
+        Ok(StagedPart {
+            temp: tmp,
+            part: WrittenPart {
+                path: self.path,
+                rows: self.rows,
+                bytes: len,
+                crc32: crc.finalize(),
+            },
         })
+    }
+}
+
+/// A complete part file under its temp name, waiting to be published (renamed to its name).
+#[derive(Debug, Clone)]
+pub struct StagedPart {
+    pub temp: PathBuf,
+    /// What it will be once published.
+    pub part: WrittenPart,
+}
+
+impl StagedPart {
+    /// Renames the temp file to the part's name, after checking that it is the file that was
+    /// written (its size): a part written by an executor must be on storage this process sees.
+    pub fn publish(self) -> Result<WrittenPart> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| PipelineError::Io { path, source }
+        };
+        let len = std::fs::metadata(&self.temp).map_err(io(&self.temp))?.len();
+        if len != self.part.bytes {
+            return Err(PipelineError::Output {
+                path: self.temp.clone(),
+                reason: format!(
+                    "holds {len} bytes, but {} were written; the output directory must be the same storage for this process and every executor",
+                    self.part.bytes
+                ),
+            });
+        }
+        std::fs::rename(&self.temp, &self.part.path).map_err(io(&self.part.path))?;
+        Ok(self.part)
     }
 }
 
@@ -311,6 +348,8 @@ pub struct ChunkWriter {
     parts: BTreeMap<String, PartFile>,
     key_columns: Vec<usize>,
     faults: Option<Arc<FaultPlan>>,
+    /// Set when parts are written by a task another attempt may race (see [`PartFile::create`]).
+    attempt: Option<String>,
 }
 
 impl Drop for ChunkWriter {
@@ -350,7 +389,15 @@ impl ChunkWriter {
             parts: BTreeMap::new(),
             key_columns,
             faults,
+            attempt: None,
         })
+    }
+
+    /// Temp names unique to this attempt (`.<part>.<attempt>.tmp`): for parts written on an
+    /// executor, which [`ChunkWriter::finish`] leaves unpublished.
+    pub fn with_attempt(mut self, attempt: String) -> Self {
+        self.attempt = Some(attempt);
+        self
     }
 
     fn part(&mut self, dir: String) -> Result<&mut PartFile> {
@@ -362,7 +409,13 @@ impl ChunkWriter {
                 self.staging.join(&dir).join(name)
             };
             let faults = self.faults.clone().map(|f| (f, self.chunk));
-            let part = PartFile::create(path, self.target.format, &self.schema, faults)?;
+            let part = PartFile::create(
+                path,
+                self.target.format,
+                &self.schema,
+                faults,
+                self.attempt.as_deref(),
+            )?;
             self.parts.insert(dir.clone(), part);
         }
         Ok(self.parts.get_mut(&dir).expect("inserted"))
@@ -433,15 +486,65 @@ impl ChunkWriter {
 
     /// Finishes every part of this chunk; an unpartitioned sink always gets a part (possibly
     /// empty, so readers still see the schema).
-    pub fn commit(mut self) -> Result<Vec<WrittenPart>> {
+    pub fn commit(self) -> Result<Vec<WrittenPart>> {
+        self.finish()?
+            .into_iter()
+            .map(StagedPart::publish)
+            .collect()
+    }
+
+    /// Finishes every part of this chunk under its temp name, unpublished.
+    pub fn finish(mut self) -> Result<Vec<StagedPart>> {
         if self.key_columns.is_empty() && self.parts.is_empty() {
             self.part(String::new())?;
         }
-        std::mem::take(&mut self.parts)
-            .into_values()
-            .map(PartFile::commit)
-            .collect()
+        let mut staged: Vec<StagedPart> = Vec::new();
+        while let Some((_, part)) = self.parts.pop_first() {
+            let temp = part.tmp.clone();
+            match part.finish() {
+                Ok(p) => staged.push(p),
+                Err(e) => {
+                    // Nothing of a chunk that failed stays behind (the rest go with the writer).
+                    let _ = std::fs::remove_file(&temp);
+                    for s in &staged {
+                        let _ = std::fs::remove_file(&s.temp);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(staged)
     }
+}
+
+/// Removes the temp files of unpublished attempts under `staging` (recursively, for partition
+/// directories): every `.part-*.tmp`, or only chunk `chunk`'s. Returns how many it removed.
+pub fn remove_attempt_files(staging: &Path, chunk: Option<usize>) -> usize {
+    let prefix = match chunk {
+        Some(c) => format!(".part-{c:05}."),
+        None => ".part-".to_string(),
+    };
+    let mut removed = 0;
+    let mut dirs = vec![staging.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let Ok(kind) = e.file_type() else { continue };
+            if kind.is_dir() && !name.starts_with('_') {
+                dirs.push(e.path());
+            } else if kind.is_file()
+                && name.starts_with(&prefix)
+                && name.ends_with(".tmp")
+                && std::fs::remove_file(e.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+    }
+    removed
 }
 
 /// Hive-style escaping of a partition value for a directory name.

@@ -1,0 +1,59 @@
+//! The physical plan codec every process of a Nomaly cluster uses: Ballista's, plus the operators
+//! of Nomaly's own that pipelines send to executors ([`PartWriteExec`]).
+//!
+//! The client encodes the plans it submits with it, the scheduler decodes them to split them into
+//! stages and encodes the stages, and the executors decode the stages: all three must have it
+//! (`nomaly scheduler`, `nomaly executor`, and the session of `engine = "standalone"` or
+//! `"ballista://..."`).
+
+use crate::sink::PartWriteExec;
+use ballista_core::serde::BallistaPhysicalExtensionCodec;
+use datafusion::error::Result as DfResult;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use std::sync::Arc;
+
+/// Marks a node of ours; Ballista's own nodes are protobuf messages, which never start with it.
+const PART_WRITE_TAG: &[u8] = b"nomaly.PartWriteExec.v1\0";
+
+/// Ballista's physical codec with Nomaly's operators.
+#[derive(Debug, Default)]
+pub struct NomalyPhysicalCodec {
+    ballista: BallistaPhysicalExtensionCodec,
+}
+
+/// The codec, shared.
+pub fn physical_codec() -> Arc<dyn PhysicalExtensionCodec> {
+    Arc::new(NomalyPhysicalCodec::default())
+}
+
+impl PhysicalExtensionCodec for NomalyPhysicalCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        match buf.strip_prefix(PART_WRITE_TAG) {
+            Some(rest) => Ok(Arc::new(PartWriteExec::decode(rest, inputs, ctx, self)?)),
+            None => self.ballista.try_decode(buf, inputs, ctx, proto_converter),
+        }
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<()> {
+        match node.as_ref().downcast_ref::<PartWriteExec>() {
+            Some(write) => {
+                buf.extend_from_slice(PART_WRITE_TAG);
+                write.encode(buf, self)
+            }
+            None => self.ballista.try_encode(node, buf, proto_converter),
+        }
+    }
+}
