@@ -1,6 +1,7 @@
 //! Engine errors. Each says whether the input is at fault (exit code 2: fix the query or the file)
 //! or the run failed (exit code 1: a retry may help).
 
+use ballista_core::error::BallistaError;
 use datafusion::error::DataFusionError;
 use std::path::PathBuf;
 use thiserror::Error;
@@ -125,10 +126,44 @@ pub fn is_transient_datafusion_error(e: &DataFusionError) -> bool {
                 if let Some(io) = err.downcast_ref::<std::io::Error>() {
                     return io.kind() != std::io::ErrorKind::NotFound;
                 }
+                if let Some(b) = err.downcast_ref::<BallistaError>() {
+                    return is_transient_ballista_error(b);
+                }
+                if let Some(status) = err.downcast_ref::<tonic::Status>() {
+                    return is_transient_status(status);
+                }
                 cur = err.source();
             }
             false
         }
+    }
+}
+
+/// A Ballista failure that another attempt may not meet: results that could not be fetched from
+/// an executor (lost since the job finished, or unreachable), transport failures.
+fn is_transient_ballista_error(e: &BallistaError) -> bool {
+    match e {
+        BallistaError::FetchFailed(..)
+        | BallistaError::TonicError(_)
+        | BallistaError::GrpcConnectionError(_) => true,
+        BallistaError::IoError(io) => io.kind() != std::io::ErrorKind::NotFound,
+        BallistaError::GrpcError(status) => is_transient_status(status),
+        _ => false,
+    }
+}
+
+/// A gRPC/Flight status another attempt may not meet: the peer unreachable or gone (an executor
+/// killed while its results stream, which tonic reports as `Unknown` with the transport error as
+/// its source), overloaded, or too slow.
+fn is_transient_status(status: &tonic::Status) -> bool {
+    use std::error::Error;
+    use tonic::Code;
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::ResourceExhausted => {
+            true
+        }
+        Code::Unknown | Code::Internal => status.source().is_some(),
+        _ => false,
     }
 }
 

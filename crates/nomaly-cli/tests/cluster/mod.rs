@@ -23,6 +23,15 @@ impl Cluster {
     /// Starts a scheduler and `executors` executors (2 task slots each) and waits until every
     /// executor has registered.
     pub fn start(executors: usize) -> Cluster {
+        Cluster::start_with(executors, &[], &[])
+    }
+
+    /// [`Cluster::start`] with more flags for the scheduler and for every executor.
+    pub fn start_with(
+        executors: usize,
+        scheduler_flags: &[&str],
+        executor_flags: &[&str],
+    ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let logs = dir.path().to_path_buf();
         let port = free_port();
@@ -33,45 +42,43 @@ impl Cluster {
             _dir: dir,
         };
         let p = port.to_string();
-        cluster.spawn(
+        let mut args = vec![
             "scheduler",
-            &[
-                "scheduler",
-                "--bind-port",
-                &p,
-                "--log-level-setting",
-                "warn",
-            ],
-        );
+            "--bind-port",
+            &p,
+            "--log-level-setting",
+            "warn",
+        ];
+        args.extend_from_slice(scheduler_flags);
+        cluster.spawn("scheduler", &args);
         cluster.wait_for(|c| c.http_get("/api/state").is_some_and(|(s, _)| s == 200));
         for i in 0..executors {
             let work = logs.join(format!("work{i}"));
             std::fs::create_dir_all(&work).unwrap();
             let ports: Vec<String> = (0..3).map(|_| free_port().to_string()).collect();
-            cluster.spawn(
-                &format!("executor{i}"),
-                &[
-                    "executor",
-                    "--scheduler-host",
-                    "127.0.0.1",
-                    "--scheduler-port",
-                    &p,
-                    "--bind-port",
-                    &ports[0],
-                    "--bind-grpc-port",
-                    &ports[1],
-                    "--bind-health-port",
-                    &ports[2],
-                    "--work-dir",
-                    work.to_str().unwrap(),
-                    "--vcores",
-                    "2",
-                    "--scheduler-connect-timeout-seconds",
-                    "30",
-                    "--log-level-setting",
-                    "warn",
-                ],
-            );
+            let mut args = vec![
+                "executor",
+                "--scheduler-host",
+                "127.0.0.1",
+                "--scheduler-port",
+                &p,
+                "--bind-port",
+                &ports[0],
+                "--bind-grpc-port",
+                &ports[1],
+                "--bind-health-port",
+                &ports[2],
+                "--work-dir",
+                work.to_str().unwrap(),
+                "--vcores",
+                "2",
+                "--scheduler-connect-timeout-seconds",
+                "30",
+                "--log-level-setting",
+                "warn",
+            ];
+            args.extend_from_slice(executor_flags);
+            cluster.spawn(&format!("executor{i}"), &args);
         }
         cluster.wait_for(|c| c.executors() == executors);
         cluster
@@ -126,6 +133,13 @@ impl Cluster {
 
     pub fn pids(&self) -> Vec<u32> {
         self.children.iter().map(Child::id).collect()
+    }
+
+    /// SIGKILLs executor `i` (no goodbye to the scheduler) and reaps it.
+    fn kill_executor(&mut self, i: usize) {
+        let child = &mut self.children[1 + i];
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
     }
 
     /// The scheduler's REST API: `(status, body)`, or `None` while it does not answer.
@@ -391,4 +405,125 @@ fn an_unreachable_cluster_says_how_to_start_one() {
     ]);
     assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
     assert!(stderr(&bad).contains("not a number"), "{}", stderr(&bad));
+}
+
+/// One of two executors SIGKILLed while a pipeline's chunk jobs run: Ballista notices (1 s
+/// heartbeats, a 3 s timeout) and re-runs its tasks on the other executor, the client retries a
+/// chunk whose result it could not fetch, and the output is byte-identical to the local engine's,
+/// with no partial or second part file.
+#[test]
+fn a_pipeline_survives_losing_an_executor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_tx_parquet(&dir.join("tx.parquet"), 0, 240_000, 10_000);
+    let mut cluster = Cluster::start_with(
+        2,
+        &[
+            "--executor-timeout-seconds",
+            "3",
+            "--expire-dead-executor-interval-seconds",
+            "1",
+        ],
+        &["--executor-heartbeat-interval-seconds", "1"],
+    );
+    let engine = cluster.engine();
+    let pipeline = "input = \"tx.parquet\"\noutput = \"out_{name}/\"\n[detect]\nalgorithm = \"iforest\"\n\
+                    columns = [\"amount\", \"latency_ms\"]\n[run]\nchunk_rows = 10000\n";
+    for name in ["local", "cluster"] {
+        std::fs::write(
+            dir.join(format!("{name}.toml")),
+            pipeline.replace("{name}", name),
+        )
+        .unwrap();
+    }
+    let local = nomaly(&[
+        "run",
+        dir.join("local.toml").to_str().unwrap(),
+        "--json",
+        "--no-progress",
+    ]);
+    assert_eq!(local.status.code(), Some(0), "{}", stderr(&local));
+
+    let run = Command::new(env!("CARGO_BIN_EXE_nomaly"))
+        .args([
+            "run",
+            dir.join("cluster.toml").to_str().unwrap(),
+            "--engine",
+            &engine,
+            "--json",
+            "--no-progress",
+        ])
+        .current_dir(super::root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill, once the fit and a first chunk are done, an executor that ran tasks (its work
+    // directory holds shuffle output) while a part file is being written.
+    let staging = dir.join(".out_cluster.nomaly-staging");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let victim = loop {
+        let jobs = cluster.json("/api/jobs").unwrap_or_default();
+        let done = jobs.as_array().map_or(0, |j| {
+            j.iter()
+                .filter(|j| {
+                    j["status"] == "Completed"
+                        && j["job_name"].as_str().is_some_and(|n| n.contains("chunk"))
+                })
+                .count()
+        });
+        let writing = std::fs::read_dir(&staging)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            })
+            .unwrap_or(false);
+        let busy = (0..2).find(|i| {
+            std::fs::read_dir(cluster.logs.join(format!("work{i}")))
+                .is_ok_and(|mut d| d.next().is_some())
+        });
+        if let (true, true, Some(i)) = (done >= 1, writing, busy) {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "no chunk completed: {jobs}");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    cluster.kill_executor(victim);
+    let o = run.wait_with_output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}\n{}",
+        stderr(&o),
+        cluster.logs()
+    );
+    let r = report(&o);
+    eprintln!(
+        "after the kill: {} chunk retries {:?}, {} task attempt files removed, {} s",
+        r["retries"],
+        r["recovery"]["retries"],
+        r["recovery"]["task_attempt_files_removed"],
+        r["seconds"]
+    );
+    assert_eq!(r["output_rows"], 240_000);
+    let (a, b) = (
+        part_files(&dir.join("out_local")),
+        part_files(&dir.join("out_cluster")),
+    );
+    assert_eq!(a.len(), 24);
+    assert_eq!(
+        a.iter().map(|p| &p.0).collect::<Vec<_>>(),
+        b.iter().map(|p| &p.0).collect::<Vec<_>>()
+    );
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(x == y, "{name} differs after losing an executor");
+    }
+    let files = tree(&dir.join("out_cluster"));
+    assert!(
+        !files.iter().any(|(f, _)| f.ends_with(".tmp")),
+        "{:?}",
+        files.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    // Only the survivor is left registered.
+    cluster.wait_for(|c| c.executors() == 1);
 }
