@@ -2,6 +2,8 @@
 //! ports. SQL and pipelines on it give what the local engine gives, byte for byte, and no process
 //! outlives the test.
 
+mod compose;
+
 use super::{
     free_port, nomaly, nomaly_env, part_files, report, stderr, stdout, tree, write_tx_parquet,
 };
@@ -32,15 +34,8 @@ impl Cluster {
         scheduler_flags: &[&str],
         executor_flags: &[&str],
     ) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let logs = dir.path().to_path_buf();
-        let port = free_port();
-        let mut cluster = Cluster {
-            children: Vec::new(),
-            port,
-            logs: logs.clone(),
-            _dir: dir,
-        };
+        let mut cluster = Cluster::empty(free_port());
+        let (port, logs) = (cluster.port, cluster.logs.clone());
         let p = port.to_string();
         let mut args = vec![
             "scheduler",
@@ -84,10 +79,27 @@ impl Cluster {
         cluster
     }
 
+    /// No processes yet; the scheduler will listen on `port`.
+    pub fn empty(port: u16) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        Cluster {
+            children: Vec::new(),
+            port,
+            logs: dir.path().to_path_buf(),
+            _dir: dir,
+        }
+    }
+
     fn spawn(&mut self, name: &str, args: &[&str]) {
+        self.spawn_env(name, args, &[]);
+    }
+
+    /// Starts `nomaly args` with `env` set, its output in the cluster's logs.
+    pub fn spawn_env(&mut self, name: &str, args: &[&str], env: &[(String, String)]) {
         let log = |suffix: &str| std::fs::File::create(self.logs.join(format!("{name}.{suffix}")));
         let child = Command::new(env!("CARGO_BIN_EXE_nomaly"))
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .current_dir(super::root())
             .stdin(Stdio::null())
             .stdout(log("out").unwrap())
@@ -98,7 +110,7 @@ impl Cluster {
     }
 
     /// Waits up to 60 s for `ready`, failing with the processes' logs.
-    fn wait_for(&mut self, ready: impl Fn(&Cluster) -> bool) {
+    pub fn wait_for(&mut self, ready: impl Fn(&Cluster) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !ready(self) {
             for c in &mut self.children {
@@ -115,7 +127,7 @@ impl Cluster {
         }
     }
 
-    fn logs(&self) -> String {
+    pub fn logs(&self) -> String {
         let mut out = String::new();
         for e in std::fs::read_dir(&self.logs).unwrap() {
             let p = e.unwrap().path();
@@ -168,7 +180,7 @@ impl Cluster {
     }
 
     /// The registered executors, from `/api/executors`.
-    fn executors(&self) -> usize {
+    pub fn executors(&self) -> usize {
         self.json("/api/executors")
             .and_then(|v| v.as_array().map(Vec::len))
             .unwrap_or(0)
@@ -203,7 +215,7 @@ fn dechunk(body: &str) -> String {
     out
 }
 
-fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
