@@ -111,7 +111,11 @@ async fn start_cluster() -> (String, PathBuf) {
         "--bind-port",
         &port,
     ]);
-    tokio::spawn(run_scheduler(scheduler, nomaly_pipeline::physical_codec()));
+    tokio::spawn(run_scheduler(
+        scheduler,
+        nomaly_pipeline::physical_codec(),
+        None,
+    ));
     let work = std::env::temp_dir().join(format!("nomaly-slt-cluster-{}", std::process::id()));
     let mut health = Vec::new();
     for i in 0..2 {

@@ -4,7 +4,9 @@
 //! otherwise: a process started to try things out is not reachable from the network.
 
 use clap::Args;
+use nomaly_engine::flight_auth::TokenAuthenticator;
 use nomaly_engine::processes::{ExecutorFlags, SchedulerFlags, run_executor, run_scheduler};
+use std::path::PathBuf;
 
 /// The address both processes bind to when `--bind-host` is not given.
 pub const DEFAULT_BIND_HOST: &str = "127.0.0.1";
@@ -13,11 +15,18 @@ pub const DEFAULT_BIND_HOST: &str = "127.0.0.1";
 #[command(after_help = "Examples:\n  \
 nomaly scheduler                                  # 127.0.0.1:50050: gRPC, REST API (/api/jobs) and health\n  \
 nomaly scheduler --bind-host 0.0.0.0 --external-host sched.example\n  \
+nomaly scheduler --flight-sql --flight-sql-token-file token.txt   # JDBC/ADBC clients: password = the token\n  \
 nomaly sql --engine ballista://127.0.0.1:50050 -f examples/quickstart.sql\n\n\
 Logs: --log-level-setting (default INFO), or NOMALY_LOG.")]
 pub struct SchedulerArgs {
     #[command(flatten)]
     pub flags: SchedulerFlags,
+
+    /// With --flight-sql: Flight SQL clients must present the token this file holds, as the
+    /// password of the handshake (JDBC/ADBC `password`, any user name) or as a bearer token.
+    /// Without it, any client that reaches the port may run queries.
+    #[arg(long, value_name = "FILE", requires = "flight_sql")]
+    pub flight_sql_token_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -37,9 +46,26 @@ pub fn log_filter(args_filter: &str) -> String {
 }
 
 pub async fn scheduler(args: SchedulerArgs) -> i32 {
+    let auth = match args
+        .flight_sql_token_file
+        .as_deref()
+        .map(TokenAuthenticator::from_file)
+    {
+        None => None,
+        Some(Ok(auth)) => Some(auth),
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
     let addr = format!("{}:{}", args.flags.bind_host, args.flags.bind_port);
-    eprintln!("nomaly scheduler on {addr} (REST API: http://{addr}/api/jobs)");
-    report(run_scheduler(args.flags, nomaly_pipeline::physical_codec()).await)
+    let flight = match (args.flags.flight_sql, &auth) {
+        (false, _) => String::new(),
+        (true, None) => format!(", Flight SQL on {addr} for any client"),
+        (true, Some(_)) => format!(", Flight SQL on {addr} with a token"),
+    };
+    eprintln!("nomaly scheduler on {addr} (REST API: http://{addr}/api/jobs{flight})");
+    report(run_scheduler(args.flags, nomaly_pipeline::physical_codec(), auth).await)
 }
 
 pub async fn executor(args: ExecutorArgs) -> i32 {

@@ -52,12 +52,20 @@ enum Command {
 }
 
 /// The command line, with the cluster processes bound to 127.0.0.1 unless told otherwise
-/// (Ballista's own binaries bind to 0.0.0.0).
+/// (Ballista's own binaries bind to 0.0.0.0), and Flight SQL's help naming our token flag.
 fn command_line() -> Cli {
     let command = Cli::command()
         .mut_subcommand("scheduler", |c| {
             c.mut_arg("bind_host", |a| {
                 a.default_value(cluster_cmd::DEFAULT_BIND_HOST)
+            })
+            .mut_arg("flight_sql", |a| {
+                a.long_help(
+                    "Serve Arrow Flight SQL on the scheduler port: JDBC/ODBC/ADBC clients run SQL \
+                     (detect_anomalies included) on the cluster. Any client that reaches the port \
+                     may, unless --flight-sql-token-file is given; the port has no TLS, so keep it \
+                     on a trusted network.",
+                )
             })
         })
         .mut_subcommand("executor", |c| {

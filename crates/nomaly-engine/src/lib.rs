@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod error;
+pub mod flight_auth;
 #[cfg(feature = "hdf5")]
 pub mod hdf5;
 pub mod memory;

@@ -9,6 +9,7 @@
 //! ([`SchedulerFlags`], [`ExecutorFlags`]) so that a Ballista user's deployment carries over.
 
 use crate::error::{EngineError, Result};
+use crate::flight_auth::TokenAuthenticator;
 use crate::session::tune_session_config;
 use ballista_core::extension::{
     ballista_aggregate_functions, ballista_scalar_functions, ballista_window_functions,
@@ -52,10 +53,12 @@ fn failed(what: &str, e: impl std::fmt::Display) -> EngineError {
 
 /// Runs a scheduler until the process is stopped: gRPC, the REST API (`/api/jobs`, ...) and
 /// health checks on one port. `codec` decodes the physical plans clients submit and encodes the
-/// stages (Ballista's, wrapped by one that knows the client's own operators).
+/// stages (Ballista's, wrapped by one that knows the client's own operators). With `--flight-sql`,
+/// `flight_sql_auth` (if any) decides which Flight SQL clients may run queries.
 pub async fn run_scheduler(
     flags: SchedulerFlags,
     codec: Arc<dyn PhysicalExtensionCodec>,
+    flight_sql_auth: Option<TokenAuthenticator>,
 ) -> Result<()> {
     let addr: SocketAddr = format!("{}:{}", flags.bind_host, flags.bind_port)
         .parse()
@@ -64,6 +67,9 @@ pub async fn run_scheduler(
     // The cluster reads the session builder when it is created: set it first.
     let mut config = config.with_override_session_builder(Arc::new(session_state));
     config.override_physical_codec = Some(codec);
+    if let Some(auth) = flight_sql_auth {
+        config = config.with_flight_sql_authenticator(Arc::new(auth));
+    }
     let cluster = BallistaCluster::new_from_config(&config)
         .await
         .map_err(|e| failed("scheduler", e))?;

@@ -3,6 +3,7 @@
 //! outlives the test.
 
 mod compose;
+mod flight_sql;
 
 use super::{
     free_port, nomaly, nomaly_env, part_files, report, stderr, stdout, tree, write_tx_parquet,
