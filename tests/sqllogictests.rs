@@ -1,6 +1,7 @@
 //! Runs every `sql/*.slt` file on a local DataFusion session, on a Ballista standalone cluster and
-//! on a Ballista cluster (a `nomaly scheduler` and two `nomaly executor`s on loopback ports, started
-//! by this binary): the SQL contract must hold, with identical results, on every engine.
+//! on a Ballista cluster (a scheduler and two executors on loopback ports, each a separate process:
+//! this binary re-run as `nomaly scheduler` / `nomaly executor` would run, same code and flags):
+//! the SQL contract must hold, with identical results, on every engine.
 //! `NOMALY_SLT_CLUSTER=host:port` runs the cluster part on a cluster that is already running.
 //!
 //! `NOMALY_SLT_COMPLETE=1 cargo test -p nomaly-tests --test sqllogictests` rewrites the expected
@@ -95,77 +96,144 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
     String::from_utf8_lossy(&head[9..12]).parse().ok()
 }
 
-/// Starts a scheduler and two executors with the same code and flags as `nomaly scheduler` /
-/// `nomaly executor`, serving gRPC, Flight and HTTP on free loopback ports (in this process; the
-/// CLI tests start them as separate processes), and waits until both executors are ready (their
-/// `/readyz` answers 200 after a heartbeat reached the scheduler). Returns `host:port` and the
-/// executors' work directory.
-async fn start_cluster() -> (String, PathBuf) {
+/// The environment variable that makes this binary a cluster process: `scheduler` or `executor`,
+/// with Ballista's flags as its arguments (see [`cluster_process`]).
+const PROCESS_ENV: &str = "NOMALY_SLT_PROCESS";
+
+/// Runs this binary as `nomaly scheduler` or `nomaly executor` would (the same code, codec and
+/// flags); returns the exit code.
+fn cluster_process(role: &str) -> i32 {
     use clap::Parser;
     use nomaly_engine::processes::{ExecutorFlags, SchedulerFlags, run_executor, run_scheduler};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match role {
+            "scheduler" => {
+                let flags = SchedulerFlags::parse();
+                run_scheduler(flags, nomaly_pipeline::physical_codec(), None).await
+            }
+            _ => {
+                let flags = ExecutorFlags::parse();
+                run_executor(flags, nomaly_pipeline::physical_codec()).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{role}: {e}");
+            1
+        }
+    }
+}
+
+/// A scheduler and two executors, each a separate OS process (this binary re-run with
+/// [`PROCESS_ENV`]), killed and reaped when dropped.
+struct ProcessCluster {
+    address: String,
+    children: Vec<std::process::Child>,
+    work: PathBuf,
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
+
+/// Starts the processes on free loopback ports and waits until both executors are ready (their
+/// `/readyz` answers 200 after a heartbeat reached the scheduler).
+fn start_cluster() -> ProcessCluster {
+    use std::process::{Command, Stdio};
     let port = free_port().to_string();
-    let scheduler = SchedulerFlags::parse_from([
-        "scheduler",
-        "--bind-host",
-        "127.0.0.1",
-        "--bind-port",
-        &port,
-    ]);
-    tokio::spawn(run_scheduler(
-        scheduler,
-        nomaly_pipeline::physical_codec(),
-        None,
-    ));
     let work = std::env::temp_dir().join(format!("nomaly-slt-cluster-{}", std::process::id()));
+    let mut cluster = ProcessCluster {
+        address: format!("127.0.0.1:{port}"),
+        children: Vec::new(),
+        work: work.clone(),
+    };
+    let exe = std::env::current_exe().expect("this test binary");
+    let mut spawn = |role: &str, args: &[&str]| {
+        let n = cluster.children.len();
+        let log = std::fs::File::create(work.join(format!("{n}-{role}.log"))).expect("log file");
+        let child = Command::new(&exe)
+            .args(args)
+            .env(PROCESS_ENV, role)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start a cluster process");
+        cluster.children.push(child);
+    };
+    std::fs::create_dir_all(&work).expect("cluster work dir");
+    spawn(
+        "scheduler",
+        &["--bind-host", "127.0.0.1", "--bind-port", &port],
+    );
     let mut health = Vec::new();
     for i in 0..2 {
         let dir = work.join(format!("executor{i}"));
         std::fs::create_dir_all(&dir).expect("executor work dir");
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let (p, g, h) = (
-            ports[0].to_string(),
-            ports[1].to_string(),
-            ports[2].to_string(),
-        );
-        let flags = ExecutorFlags::parse_from([
+        let ports: Vec<String> = (0..3).map(|_| free_port().to_string()).collect();
+        spawn(
             "executor",
-            "--bind-host",
-            "127.0.0.1",
-            "--scheduler-host",
-            "127.0.0.1",
-            "--scheduler-port",
-            &port,
-            "--bind-port",
-            &p,
-            "--bind-grpc-port",
-            &g,
-            "--bind-health-port",
-            &h,
-            "--work-dir",
-            dir.to_str().expect("utf-8 path"),
-            "--vcores",
-            "2",
-            "--scheduler-connect-timeout-seconds",
-            "30",
-        ]);
-        tokio::spawn(run_executor(flags, nomaly_pipeline::physical_codec()));
-        health.push(ports[2]);
+            &[
+                "--bind-host",
+                "127.0.0.1",
+                "--scheduler-host",
+                "127.0.0.1",
+                "--scheduler-port",
+                &port,
+                "--bind-port",
+                &ports[0],
+                "--bind-grpc-port",
+                &ports[1],
+                "--bind-health-port",
+                &ports[2],
+                "--work-dir",
+                dir.to_str().expect("utf-8 path"),
+                "--vcores",
+                "2",
+                "--scheduler-connect-timeout-seconds",
+                "30",
+            ],
+        );
+        health.push(ports[2].parse::<u16>().expect("a port"));
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     while !health
         .iter()
         .all(|&h| http_status(h, "/readyz") == Some(200))
     {
+        for c in &mut cluster.children {
+            if let Ok(Some(status)) = c.try_wait() {
+                panic!(
+                    "a cluster process exited ({status}); logs in {}",
+                    work.display()
+                );
+            }
+        }
         assert!(
             Instant::now() < deadline,
             "the test cluster was not ready in 60 s"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        std::thread::sleep(Duration::from_millis(100));
     }
-    (format!("127.0.0.1:{port}"), work)
+    cluster
 }
 
 fn main() {
+    if let Ok(role) = std::env::var(PROCESS_ENV) {
+        std::process::exit(cluster_process(&role));
+    }
     let complete = std::env::var("NOMALY_SLT_COMPLETE").is_ok_and(|v| v == "1");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -173,14 +241,14 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let files = slt_files();
-    let (cluster, work_dir) = if complete {
+    let (cluster, processes) = if complete {
         (None, None)
     } else {
         match std::env::var("NOMALY_SLT_CLUSTER") {
             Ok(address) => (Some(address), None),
             Err(_) => {
-                let (address, work) = runtime.block_on(start_cluster());
-                (Some(address), Some(work))
+                let processes = start_cluster();
+                (Some(processes.address.clone()), Some(processes))
             }
         }
     };
@@ -215,9 +283,7 @@ fn main() {
         }
     }
     runtime.shutdown_background();
-    if let Some(dir) = work_dir {
-        let _ = std::fs::remove_dir_all(dir);
-    }
+    drop(processes);
     println!();
     println!("sqllogictests: {passed} passed, {} failed", failed.len());
     if !failed.is_empty() {

@@ -367,6 +367,18 @@ fn sql_and_pipelines_on_a_cluster_equal_local() {
         "{names:?}"
     );
 
+    // Prometheus metrics count them too.
+    let (status, metrics) = cluster
+        .http_get("/api/metrics")
+        .expect("/api/metrics answers");
+    assert_eq!(status, 200);
+    let completed_metric: usize = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("job_completed_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no job_completed_total in {metrics}"));
+    assert!(completed_metric >= 10, "{metrics}");
+
     // `nomaly jobs` and `nomaly job` print the same from the REST API.
     let listed = nomaly(&["jobs", "--scheduler", &engine]);
     assert_eq!(listed.status.code(), Some(0), "{}", stderr(&listed));
