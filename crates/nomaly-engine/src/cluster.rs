@@ -41,6 +41,8 @@ pub struct ClusterClient {
     jobs: AtomicUsize,
     /// Bytes of Arrow data received from the jobs (what the client moved over the network).
     received: Arc<AtomicU64>,
+    /// Task slots of the cluster's executors when the client connected (0: unknown).
+    slots: usize,
 }
 
 impl std::fmt::Debug for ClusterClient {
@@ -75,17 +77,22 @@ impl ClusterClient {
         ballista_executor::new_standalone_executor_from_state(client, task_slots.max(1), state)
             .await
             .map_err(|e| fail("executor", e.to_string()))?;
-        Ok(ClusterClient::new(scheduler_url, state))
+        Ok(ClusterClient::new(scheduler_url, state, task_slots.max(1)))
     }
 
     /// A client of the scheduler at `address` (`host:port`), submitting jobs in `state`'s session.
     /// The executors must read the paths the plans name (a shared filesystem or object stores).
     pub async fn connect(address: &str, state: &SessionState) -> Result<ClusterClient> {
         check_scheduler(address).await?;
-        Ok(ClusterClient::new(format!("http://{address}"), state))
+        let slots = executor_slots(address).await;
+        Ok(ClusterClient::new(
+            format!("http://{address}"),
+            state,
+            slots,
+        ))
     }
 
-    fn new(scheduler_url: String, state: &SessionState) -> ClusterClient {
+    fn new(scheduler_url: String, state: &SessionState, slots: usize) -> ClusterClient {
         let config = state.config().clone();
         ClusterClient {
             scheduler_url,
@@ -94,12 +101,19 @@ impl ClusterClient {
             config,
             jobs: AtomicUsize::new(0),
             received: Arc::new(AtomicU64::new(0)),
+            slots,
         }
     }
 
     /// Jobs submitted so far.
     pub fn jobs(&self) -> usize {
         self.jobs.load(Ordering::Relaxed)
+    }
+
+    /// Tasks the cluster's executors run at once (summed over the executors registered when the
+    /// client connected; 0 when the scheduler did not say): how many single-task jobs keep it busy.
+    pub fn task_slots(&self) -> usize {
+        self.slots
     }
 
     /// Bytes of Arrow data received from jobs so far ([`batch_bytes`]).
@@ -175,6 +189,30 @@ pub fn name_jobs(ctx: &datafusion::prelude::SessionContext, name: &str) {
     if options.extensions.get::<BallistaConfig>().is_some() {
         // A name is a label: a key the session does not know is not worth failing the query.
         let _ = options.set(ballista_core::config::BALLISTA_JOB_NAME, name);
+    }
+}
+
+/// The task slots of the executors registered at the scheduler at `address`, from its REST API
+/// (`/api/executors`, each with `specification.vcores`); 0 if it cannot be read.
+async fn executor_slots(address: &str) -> usize {
+    let url = format!("http://{address}/api/executors");
+    let read = async {
+        let body = reqwest::get(&url).await.ok()?.text().await.ok()?;
+        let executors: serde_json::Value = serde_json::from_str(&body).ok()?;
+        Some(
+            executors
+                .as_array()?
+                .iter()
+                .filter_map(|e| e["specification"]["vcores"].as_u64())
+                .sum::<u64>() as usize,
+        )
+    };
+    match tokio::time::timeout(Duration::from_secs(10), read).await {
+        Ok(Some(slots)) => slots,
+        _ => {
+            tracing::warn!(%url, "could not read the cluster's task slots");
+            0
+        }
     }
 }
 

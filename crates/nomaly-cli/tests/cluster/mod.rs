@@ -487,8 +487,27 @@ fn a_pipeline_survives_losing_an_executor() {
     // directory holds shuffle output) while a part file is being written.
     let staging = dir.join(".out_cluster.nomaly-staging");
     let deadline = Instant::now() + Duration::from_secs(120);
+    let mut running_listed = None;
     let victim = loop {
         let jobs = cluster.json("/api/jobs").unwrap_or_default();
+        // While they run, the REST API lists the chunk jobs by name with their progress, and so
+        // does `nomaly jobs`.
+        if running_listed.is_none()
+            && let Some(job) = jobs.as_array().and_then(|j| {
+                j.iter().find(|j| {
+                    j["status"] == "Running"
+                        && j["job_name"]
+                            .as_str()
+                            .is_some_and(|n| n.starts_with("cluster: chunk"))
+                        && j["percent_complete"].is_number()
+                })
+            })
+        {
+            let listed = stdout(&nomaly(&["jobs", "--scheduler", &engine]));
+            if listed.contains("Running") {
+                running_listed = Some((job["job_name"].clone(), listed));
+            }
+        }
         let done = jobs.as_array().map_or(0, |j| {
             j.iter()
                 .filter(|j| {
@@ -507,13 +526,16 @@ fn a_pipeline_survives_losing_an_executor() {
             std::fs::read_dir(cluster.logs.join(format!("work{i}")))
                 .is_ok_and(|mut d| d.next().is_some())
         });
-        if let (true, true, Some(i)) = (done >= 1, writing, busy) {
+        if let (true, true, Some(i), true) = (done >= 1, writing, busy, running_listed.is_some()) {
             break i;
         }
         assert!(Instant::now() < deadline, "no chunk completed: {jobs}");
         std::thread::sleep(Duration::from_millis(5));
     };
     cluster.kill_executor(victim);
+    let (name, listed) = running_listed.expect("a chunk job was seen running");
+    assert!(listed.contains("Running"), "{name}: {listed}");
+    assert!(listed.contains("cluster: chunk"), "{listed}");
     let o = run.wait_with_output().unwrap();
     assert_eq!(
         o.status.code(),

@@ -5,6 +5,7 @@
 
 use super::chunk_job::{ChunkContext, ChunkEnd, ChunkJob};
 use super::chunking::ScoringPlan;
+use super::session::cluster_of;
 use super::{PreparedSession, RunScope};
 use crate::checkpoint::{CommitEntry, QUARANTINE_DIR, RUN_DIR, RunDir};
 use crate::error::{ErrorKind, PipelineError, Result, RunPlace};
@@ -66,7 +67,11 @@ impl<'a> ChunkJobs<'a> {
             scope,
             shared: Arc::new(shared),
             chunks,
-            parallel: session.partitions.max(1),
+            // One chunk job is one task: on a cluster, as many at once as it has task slots.
+            parallel: cluster_of(session.ctx.state().config())
+                .map_or(0, |c| c.task_slots())
+                .max(session.partitions)
+                .max(1),
         }
     }
 
