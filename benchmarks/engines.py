@@ -133,6 +133,15 @@ class Cluster:
                 raise SystemExit(f"{what} not ready in 60 s")
             time.sleep(0.1)
 
+    def executor_peak_rss(self):
+        """Each executor process's peak resident set so far (VmHWM, bytes)."""
+        peaks = []
+        for p in self.procs[1:]:
+            with open(f"/proc/{p.pid}/status") as f:
+                kb = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
+            peaks.append(kb * 1024)
+        return peaks
+
     def stop(self):
         for p in self.procs:
             p.kill()
@@ -174,6 +183,9 @@ def main():
             print(f"{name:10s} {t:7.2f} s  client CPU {cpu:6.2f} s  client peak RSS {rss / 2**20:5.0f} MiB  "
                   f"rows {r['output_rows']}  chunks {r['chunks']}  jobs {r['ballista_jobs']}  "
                   f"written {written / 2**20:.0f} MiB", flush=True)
+            if name == "cluster":
+                peaks = ", ".join(f"{p / 2**20:.0f} MiB" for p in cluster.executor_peak_rss())
+                print(f"{'':10s} executors' peak RSS: {peaks}", flush=True)
             if name != "local":
                 whole = r["bytes_from_cluster"]
                 chunks = r["chunk_bytes_from_cluster"]
