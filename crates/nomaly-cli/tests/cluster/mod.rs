@@ -246,17 +246,19 @@ fn sql_and_pipelines_on_a_cluster_equal_local() {
     let pipeline = "input = \"tx.parquet\"\noutput = \"out_{name}/\"\n[detect]\nalgorithm = \"iforest\"\n\
                     columns = [\"amount\", \"latency_ms\"]\n[run]\nchunk_rows = 5000\n";
     let mut reports = Vec::new();
-    for (name, engine) in [("local", "local"), ("cluster", engine.as_str())] {
+    // The cluster's pipeline names its engine in the file, from the environment.
+    let address = format!("127.0.0.1:{}", cluster.port);
+    for (name, engine_line) in [
+        ("local", "engine = \"local\"\n"),
+        ("cluster", "engine = \"ballista://${NOMALY_SCHEDULER}\"\n"),
+    ] {
         let file = dir.join(format!("{name}.toml"));
-        std::fs::write(&file, pipeline.replace("{name}", name)).unwrap();
-        let o = nomaly(&[
-            "run",
-            file.to_str().unwrap(),
-            "--engine",
-            engine,
-            "--json",
-            "--no-progress",
-        ]);
+        let text = format!("{}{engine_line}", pipeline.replace("{name}", name));
+        std::fs::write(&file, text).unwrap();
+        let o = nomaly_env(
+            &["run", file.to_str().unwrap(), "--json", "--no-progress"],
+            &[("NOMALY_SCHEDULER", &address)],
+        );
         assert_eq!(o.status.code(), Some(0), "{name}: {}", stderr(&o));
         reports.push(report(&o));
     }
