@@ -12,6 +12,7 @@ use crate::error::{EngineError, Result};
 use ballista_core::config::BallistaConfig;
 use ballista_core::execution_plans::execute_physical_plan;
 use ballista_core::extension::SessionConfigExt;
+use ballista_core::serde::protobuf::CancelJobParams;
 use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
 use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
 use datafusion::common::tree_node::{Transformed, TreeNode};
@@ -43,6 +44,9 @@ pub struct ClusterClient {
     received: Arc<AtomicU64>,
     /// Task slots of the cluster's executors when the client connected (0: unknown).
     slots: usize,
+    /// Ends the name of every job this client submits (`... [tag]`): tells one run's jobs from
+    /// another's in the scheduler's job list, and finds them to cancel.
+    tag: String,
 }
 
 impl std::fmt::Debug for ClusterClient {
@@ -102,6 +106,7 @@ impl ClusterClient {
             jobs: AtomicUsize::new(0),
             received: Arc::new(AtomicU64::new(0)),
             slots,
+            tag: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
         }
     }
 
@@ -121,8 +126,54 @@ impl ClusterClient {
         self.received.load(Ordering::Relaxed)
     }
 
-    /// Runs `plan` as one Ballista job named `job_name` (what the scheduler's `/api/jobs` and
-    /// Ballista's TUI show); the stream yields its output partitions' rows, in the plan's own
+    /// The tag that ends every job name this client submits.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// Cancels this client's jobs that are still queued or running (a run that stopped does not
+    /// leave work on the cluster); returns how many. Best effort: a scheduler that cannot be asked
+    /// (no REST API on an in-process scheduler) leaves them to finish.
+    pub async fn cancel_unfinished(&self) -> usize {
+        let url = format!("{}/api/jobs", self.scheduler_url);
+        let list = async {
+            let body = reqwest::get(&url).await.ok()?.text().await.ok()?;
+            serde_json::from_str::<serde_json::Value>(&body).ok()
+        };
+        let Ok(Some(jobs)) = tokio::time::timeout(Duration::from_secs(10), list).await else {
+            return 0;
+        };
+        let suffix = format!("[{}]", self.tag);
+        let unfinished: Vec<String> = jobs
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter(|j| {
+                j["job_name"].as_str().is_some_and(|n| n.ends_with(&suffix))
+                    && matches!(j["status"].as_str(), Some("Queued" | "Running"))
+            })
+            .filter_map(|j| j["job_id"].as_str().map(str::to_string))
+            .collect();
+        let Ok(mut client) = SchedulerGrpcClient::connect(self.scheduler_url.clone()).await else {
+            return 0;
+        };
+        let mut cancelled = 0;
+        for job_id in unfinished {
+            let request = CancelJobParams {
+                job_id: job_id.clone(),
+            };
+            match client.cancel_job(request).await {
+                Ok(r) if r.get_ref().cancelled => cancelled += 1,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%job_id, "could not cancel the job: {e}"),
+            }
+        }
+        cancelled
+    }
+
+    /// Runs `plan` as one Ballista job named `job_name [tag]` (what the scheduler's `/api/jobs`
+    /// and Ballista's TUI show); the stream yields its output partitions' rows, in the plan's own
     /// schema (rows come back through shuffle files, whose schema may differ in field nullability
     /// and metadata; the data types are the plan's).
     pub async fn execute(
@@ -139,7 +190,9 @@ impl ClusterClient {
             plan,
             codec.as_ref(),
             self.session_id.clone(),
-            self.config.clone().with_ballista_job_name(job_name),
+            self.config
+                .clone()
+                .with_ballista_job_name(&format!("{job_name} [{}]", self.tag)),
         )
         .await?;
         let target = schema.clone();

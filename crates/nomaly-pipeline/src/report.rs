@@ -109,6 +109,8 @@ pub struct RunReport {
     pub engine: String,
     /// Ballista jobs the run submitted (the fit, then one per chunk).
     pub ballista_jobs: usize,
+    /// What ends the names of this run's Ballista jobs (`<pipeline>: chunk 3 [tag]`).
+    pub ballista_job_tag: Option<String>,
     /// Bytes of Arrow data this process received from Ballista (the rows' buffers): the fit's
     /// model states and each chunk's summary rows.
     pub bytes_from_cluster: u64,

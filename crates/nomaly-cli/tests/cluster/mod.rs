@@ -357,9 +357,11 @@ fn sql_and_pipelines_on_a_cluster_equal_local() {
         .iter()
         .map(|j| j["job_name"].as_str().unwrap_or_default().to_string())
         .collect();
-    assert!(names.iter().any(|n| n == "cluster: fit"), "{names:?}");
+    let tag = remote["ballista_job_tag"].as_str().expect("a job tag");
+    let fit_name = format!("cluster: fit [{tag}]");
+    assert!(names.contains(&fit_name), "{names:?}");
     for chunk in 0..8 {
-        let name = format!("cluster: chunk {chunk}");
+        let name = format!("cluster: chunk {chunk} [{tag}]");
         assert!(names.contains(&name), "{name} not in {names:?}");
     }
     assert!(
@@ -389,13 +391,16 @@ fn sql_and_pipelines_on_a_cluster_equal_local() {
     assert!(listed.contains("2 executor(s)"), "{listed}");
     let fit = jobs
         .iter()
-        .find(|j| j["job_name"] == "cluster: fit")
+        .find(|j| j["job_name"] == fit_name.as_str())
         .unwrap();
     let id = fit["job_id"].as_str().unwrap();
     let shown = nomaly(&["job", id, "--scheduler", &engine]);
     assert_eq!(shown.status.code(), Some(0), "{}", stderr(&shown));
     let shown = stdout(&shown);
-    assert!(shown.contains("\"cluster: fit\": Completed"), "{shown}");
+    assert!(
+        shown.contains(&format!("\"{fit_name}\": Completed")),
+        "{shown}"
+    );
     assert!(shown.contains("stage 1:"), "{shown}");
 
     let pids = cluster.pids();
@@ -575,4 +580,87 @@ fn a_pipeline_survives_losing_an_executor() {
     );
     // Only the survivor is left registered.
     cluster.wait_for(|c| c.executors() == 1);
+}
+
+/// Ctrl-C during a run on a cluster: the run stops (exit 130), its jobs still in flight are
+/// cancelled on the cluster rather than left running, and `nomaly resume` on the cluster finishes
+/// the output byte-identical to a local run.
+#[test]
+fn an_interrupted_cluster_run_cancels_its_jobs_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_tx_parquet(&dir.join("tx.parquet"), 0, 240_000, 10_000);
+    let cluster = Cluster::start(2);
+    let engine = cluster.engine();
+    let pipeline = "input = \"tx.parquet\"\noutput = \"out_{name}/\"\n[detect]\nalgorithm = \"iforest\"\n\
+                    columns = [\"amount\", \"latency_ms\"]\n[run]\nchunk_rows = 10000\n";
+    for name in ["local", "cluster"] {
+        std::fs::write(
+            dir.join(format!("{name}.toml")),
+            pipeline.replace("{name}", name),
+        )
+        .unwrap();
+    }
+    let local = nomaly(&["run", dir.join("local.toml").to_str().unwrap()]);
+    assert_eq!(local.status.code(), Some(0), "{}", stderr(&local));
+
+    let file = dir.join("cluster.toml");
+    let child = Command::new(env!("CARGO_BIN_EXE_nomaly"))
+        .args([
+            "run",
+            file.to_str().unwrap(),
+            "--engine",
+            &engine,
+            "--no-progress",
+        ])
+        .current_dir(super::root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let manifest = dir.join(".out_cluster.nomaly-staging/_nomaly/manifest.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !std::fs::read_to_string(&manifest).is_ok_and(|t| t.contains("\"event\":\"commit\"")) {
+        assert!(Instant::now() < deadline, "no chunk committed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: a signal to our own child process, which is still running.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    // The run cancelled its jobs before it exited: none is left queued or running, and the
+    // scheduler lists as many cancelled as the run said.
+    let said: usize = err
+        .split("cancelled ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let jobs = cluster.json("/api/jobs").unwrap();
+    let jobs = jobs.as_array().unwrap();
+    let unfinished = jobs
+        .iter()
+        .filter(|j| matches!(j["status"].as_str(), Some("Queued" | "Running")))
+        .count();
+    assert_eq!(unfinished, 0, "{jobs:?}");
+    let cancelled = jobs
+        .iter()
+        .filter(|j| j["job_status"] == "Failed: Cancelled")
+        .count();
+    assert_eq!(cancelled, said, "{err}\n{jobs:?}");
+
+    let o = nomaly(&[
+        "resume",
+        file.to_str().unwrap(),
+        "--engine",
+        &engine,
+        "--json",
+        "--no-progress",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        part_files(&dir.join("out_local")),
+        part_files(&dir.join("out_cluster"))
+    );
 }

@@ -174,7 +174,17 @@ async fn attempt(scope: &RunScope<'_>, report: &mut RunReport) -> Result<()> {
     let result = execute(scope, &session, report).await;
     sampler.stop(report).await;
     if let Some(cluster) = session::cluster_of(session.ctx.state().config()) {
+        if result.is_err() {
+            // Chunk jobs in flight when the run stopped would go on running on the cluster.
+            let cancelled = cluster.cancel_unfinished().await;
+            if cancelled > 0 {
+                report.warnings.push(format!(
+                    "cancelled {cancelled} Ballista job(s) of this run still in flight"
+                ));
+            }
+        }
         report.ballista_jobs = cluster.jobs();
+        report.ballista_job_tag = Some(cluster.tag().to_string());
         report.bytes_from_cluster = cluster.bytes_received();
         report.chunk_bytes_from_cluster =
             scope.counters.scored_bytes_received.load(Ordering::Relaxed);
