@@ -192,6 +192,42 @@ pub fn listing_url(location: &str) -> datafusion::error::Result<ListingTableUrl>
     }
 }
 
+/// An object-store registry that builds the store a URL needs on first use, from the environment
+/// ([`build_remote_store`]): what an executor of a cluster uses, since no client registers stores
+/// on it. The plans name `s3://bucket/...`; the executor's own environment holds the credentials.
+#[derive(Debug, Default)]
+pub struct EnvObjectStoreRegistry {
+    known: datafusion::execution::object_store::DefaultObjectStoreRegistry,
+}
+
+impl datafusion::execution::object_store::ObjectStoreRegistry for EnvObjectStoreRegistry {
+    fn register_store(
+        &self,
+        url: &Url,
+        store: Arc<dyn ObjectStore>,
+    ) -> Option<Arc<dyn ObjectStore>> {
+        self.known.register_store(url, store)
+    }
+
+    fn deregister_store(&self, url: &Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
+        self.known.deregister_store(url)
+    }
+
+    fn get_store(&self, url: &Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
+        if let Ok(store) = self.known.get_store(url) {
+            return Ok(store);
+        }
+        match build_remote_store(url.as_str()) {
+            Ok(Some(built)) => {
+                self.known.register_store(&built.root, built.store.clone());
+                Ok(built.store)
+            }
+            Ok(None) => self.known.get_store(url),
+            Err(e) => Err(datafusion::error::DataFusionError::External(Box::new(e))),
+        }
+    }
+}
+
 /// Registers the store `location` needs on the session (no-op for local paths and `file://`).
 /// Registering the same bucket twice replaces the store with an identical one.
 pub fn register_object_store(ctx: &SessionContext, location: &str) -> Result<()> {

@@ -10,6 +10,7 @@
 
 use crate::error::{EngineError, Result};
 use crate::flight_auth::TokenAuthenticator;
+use crate::object_stores::EnvObjectStoreRegistry;
 use crate::session::tune_session_config;
 use ballista_core::extension::{
     ballista_aggregate_functions, ballista_scalar_functions, ballista_window_functions,
@@ -25,6 +26,7 @@ use datafusion::execution::session_state::SessionState;
 use datafusion::prelude::SessionConfig;
 use datafusion_proto::physical_plan::PhysicalExtensionCodec;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// `nomaly scheduler`'s flags: Ballista's scheduler flags.
@@ -39,7 +41,13 @@ pub fn session_state(config: SessionConfig) -> datafusion::common::Result<Sessio
     let builder = SessionStateBuilder::new()
         .with_default_features()
         .with_config(tune_session_config(config))
-        .with_runtime_env(Arc::new(RuntimeEnvBuilder::new().build()?))
+        // The scheduler plans queries over s3://... tables (listing, schemas): it builds the
+        // stores it needs from its environment, as executors do.
+        .with_runtime_env(Arc::new(
+            RuntimeEnvBuilder::new()
+                .with_object_store_registry(Arc::new(EnvObjectStoreRegistry::default()))
+                .build()?,
+        ))
         .with_optimizer_rules(ballista_core::optimizer::ballista_default_optimizer_rules())
         .with_scalar_functions(ballista_scalar_functions())
         .with_aggregate_functions(ballista_aggregate_functions())
@@ -91,6 +99,26 @@ pub async fn run_executor(
         .map_err(|e| failed("--bind-host/--bind-health-port", e))?;
     let mut config: ExecutorProcessConfig =
         flags.try_into().map_err(|e| failed("executor flags", e))?;
+    // Tasks read s3://, gs://, az:// and http(s):// inputs through stores built from this
+    // process's environment on first use; spill files go to the work directory, as Ballista's do.
+    let work_dir = match &config.work_dir {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let dir = std::env::temp_dir().join(format!("nomaly-executor-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).map_err(|e| failed(&dir.display().to_string(), e))?;
+            config.work_dir = Some(dir.display().to_string());
+            dir
+        }
+    };
+    let stores = Arc::new(EnvObjectStoreRegistry::default());
+    config.override_runtime_producer = Some(Arc::new(move |_: &SessionConfig| {
+        Ok(Arc::new(
+            RuntimeEnvBuilder::new()
+                .with_temp_file_path(work_dir.clone())
+                .with_object_store_registry(stores.clone())
+                .build()?,
+        ))
+    }));
     let state = session_state(SessionConfig::new())?;
     config.override_function_registry = Some(Arc::new(BallistaFunctionRegistry::from(&state)));
     config.override_physical_codec = Some(codec);

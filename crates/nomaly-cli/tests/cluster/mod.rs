@@ -35,6 +35,16 @@ impl Cluster {
         scheduler_flags: &[&str],
         executor_flags: &[&str],
     ) -> Cluster {
+        Cluster::start_with_env(executors, scheduler_flags, executor_flags, &[])
+    }
+
+    /// [`Cluster::start_with`], every process with `env` set (object-store credentials).
+    pub fn start_with_env(
+        executors: usize,
+        scheduler_flags: &[&str],
+        executor_flags: &[&str],
+        env: &[(String, String)],
+    ) -> Cluster {
         let mut cluster = Cluster::empty(free_port());
         let (port, logs) = (cluster.port, cluster.logs.clone());
         let p = port.to_string();
@@ -46,7 +56,7 @@ impl Cluster {
             "warn",
         ];
         args.extend_from_slice(scheduler_flags);
-        cluster.spawn("scheduler", &args);
+        cluster.spawn_env("scheduler", &args, env);
         cluster.wait_for(|c| c.http_get("/api/state").is_some_and(|(s, _)| s == 200));
         for i in 0..executors {
             let work = logs.join(format!("work{i}"));
@@ -74,7 +84,7 @@ impl Cluster {
                 "warn",
             ];
             args.extend_from_slice(executor_flags);
-            cluster.spawn(&format!("executor{i}"), &args);
+            cluster.spawn_env(&format!("executor{i}"), &args, env);
         }
         cluster.wait_for(|c| c.executors() == executors);
         cluster
@@ -89,10 +99,6 @@ impl Cluster {
             logs: dir.path().to_path_buf(),
             _dir: dir,
         }
-    }
-
-    fn spawn(&mut self, name: &str, args: &[&str]) {
-        self.spawn_env(name, args, &[]);
     }
 
     /// Starts `nomaly args` with `env` set, its output in the cluster's logs.

@@ -9,7 +9,7 @@
 //! Every remote run must write part files byte-identical to the same pipeline on the local copy.
 //! `scripts/test-services.sh` (run by `scripts/test.sh`) installs moto and Azurite under ~/.cache.
 
-use super::{free_port, nomaly_env, part_files, report, stderr, write_tx_parquet};
+use super::{free_port, nomaly_env, part_files, report, stderr, stdout, write_tx_parquet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -176,6 +176,17 @@ fn run(
     input: &str,
     env: &[(&str, String)],
 ) -> (serde_json::Value, Vec<(String, Vec<u8>)>) {
+    run_on(work, name, input, env, "local")
+}
+
+/// [`run`] on `engine`.
+fn run_on(
+    work: &Path,
+    name: &str,
+    input: &str,
+    env: &[(&str, String)],
+    engine: &str,
+) -> (serde_json::Value, Vec<(String, Vec<u8>)>) {
     let dir = work.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let pipeline = dir.join("p.toml");
@@ -188,7 +199,14 @@ fn run(
     )
     .unwrap();
     let o = cli(
-        &["run", pipeline.to_str().unwrap(), "--json", "--no-progress"],
+        &[
+            "run",
+            pipeline.to_str().unwrap(),
+            "--engine",
+            engine,
+            "--json",
+            "--no-progress",
+        ],
         env,
     );
     assert_eq!(o.status.code(), Some(0), "{input}: {}", stderr(&o));
@@ -247,6 +265,39 @@ fn s3_and_azure_inputs_score_like_their_local_copy() {
         &s3_env,
     );
     assert_same_output("s3 glob", &local, &remote);
+
+    // On a cluster the executors read the objects: they build the store from their own
+    // environment (the scheduler too, to plan SQL over an s3:// table).
+    let env: Vec<(String, String)> = s3_env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let cluster = crate::cluster::Cluster::start_with_env(2, &[], &[], &env);
+    let on_cluster = run_on(
+        work.path(),
+        "s3_cluster",
+        &format!("s3://{BUCKET}/tx/*.parquet"),
+        &s3_env,
+        &cluster.engine(),
+    );
+    assert_same_output("s3 glob on a cluster", &local, &on_cluster);
+    let o = cli(
+        &[
+            "sql",
+            "--engine",
+            &cluster.engine(),
+            "--format",
+            "csv",
+            "--table",
+            &format!("t=s3://{BUCKET}/tx/"),
+            "-e",
+            "SELECT count(*) AS n FROM t",
+        ],
+        &s3_env,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), format!("n\n{}", 2 * FILE_ROWS));
+    drop(cluster);
 
     let az_env = vec![
         ("AZURE_STORAGE_USE_EMULATOR", "true".to_string()),
