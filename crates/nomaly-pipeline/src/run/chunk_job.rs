@@ -333,8 +333,14 @@ impl ChunkJob {
             ..ChunkOutcome::default()
         };
         for (s, staged) in summary.parts {
-            out.parts
-                .push((s, staged.publish().map_err(|e| self.write_error(e))?));
+            let published = staged.publish().map_err(|e| match e {
+                // Storage the executors do not share with this process: a retry cannot help.
+                PipelineError::Output { .. } => {
+                    PipelineError::at(self.place(), ErrorKind::Permanent, e.user_message())
+                }
+                other => self.write_error(other),
+            })?;
+            out.parts.push((s, published));
         }
         // Attempts Ballista gave up on (a lost executor, a retried task) may have left parts.
         let discarded: usize = stagings

@@ -24,10 +24,10 @@ pub async fn explain(p: &CompiledPipeline) -> Result<String> {
     out.push_str(&match &p.engine {
         EngineKind::Local => "engine: local (DataFusion in this process)\n".to_string(),
         EngineKind::Standalone => {
-            "engine: standalone (Ballista in this process; the fit is one job, and each chunk one job running the plan below narrowed to that chunk's file group)\n".to_string()
+            "engine: standalone (Ballista in this process; the fit is one job, and each chunk one job running the plan below narrowed to that chunk's file group, ending in PartWriteExec: the executor writes the chunk's part files)\n".to_string()
         }
         EngineKind::Cluster(address) => format!(
-            "engine: ballista://{address} (a Ballista cluster; the fit is one job, and each chunk one job running the plan below narrowed to that chunk's file group)\n"
+            "engine: ballista://{address} (a Ballista cluster; the fit is one job, and each chunk one job running the plan below narrowed to that chunk's file group, ending in PartWriteExec: the executor writes the chunk's part files, so the output directory must be storage the executors share with this process)\n"
         ),
     });
     let input = scored_input(p);

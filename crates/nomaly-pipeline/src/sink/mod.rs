@@ -258,6 +258,59 @@ mod tests {
         }
     }
 
+    /// A part an executor wrote where this process cannot see it, or not whole, is not published,
+    /// and the error says why.
+    #[test]
+    fn a_staged_part_publishes_only_what_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let staged = |bytes: u64| StagedPart {
+            temp: dir.path().join(".part-00000.a1.tmp"),
+            part: WrittenPart {
+                path: dir.path().join("part-00000.csv"),
+                rows: 1,
+                bytes,
+                crc32: 0,
+            },
+        };
+        let missing = staged(4).publish().unwrap_err().user_message();
+        assert!(
+            missing.contains("storage this process and every executor share"),
+            "{missing}"
+        );
+        std::fs::write(dir.path().join(".part-00000.a1.tmp"), b"a\n1\n").unwrap();
+        let short = staged(9).publish().unwrap_err().user_message();
+        assert!(
+            short.contains("holds 4 bytes, but 9 were written"),
+            "{short}"
+        );
+        assert!(!dir.path().join("part-00000.csv").exists());
+        let done = staged(4).publish().unwrap();
+        assert_eq!(std::fs::read(&done.path).unwrap(), b"a\n1\n");
+        assert!(!dir.path().join(".part-00000.a1.tmp").exists());
+    }
+
+    /// Attempt files of a chunk go, in partition directories too; parts and the run directory stay.
+    #[test]
+    fn attempt_files_are_removed_by_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("k=v")).unwrap();
+        std::fs::create_dir_all(d.join("_nomaly")).unwrap();
+        for f in [
+            ".part-00003.a.tmp",
+            ".part-00004.b.tmp",
+            "k=v/.part-00003.c.tmp",
+            "part-00003.csv",
+            "_nomaly/.part-00003.d.tmp",
+        ] {
+            std::fs::write(d.join(f), b"x").unwrap();
+        }
+        assert_eq!(remove_attempt_files(d, Some(3)), 2);
+        assert_eq!(remove_attempt_files(d, None), 1);
+        assert!(d.join("part-00003.csv").exists());
+        assert!(d.join("_nomaly/.part-00003.d.tmp").exists());
+    }
+
     #[test]
     fn partition_values_are_escaped() {
         assert_eq!(escape_path_value("a/b"), "a%2Fb");

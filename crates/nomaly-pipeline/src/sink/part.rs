@@ -314,7 +314,19 @@ impl StagedPart {
             let path = path.to_path_buf();
             move |source| PipelineError::Io { path, source }
         };
-        let len = std::fs::metadata(&self.temp).map_err(io(&self.temp))?.len();
+        let len = match std::fs::metadata(&self.temp) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(PipelineError::Output {
+                    path: self.temp.clone(),
+                    reason: format!(
+                        "was written by an executor ({} bytes) but is not there for this process; the output directory must be storage this process and every executor share (the same path on a shared filesystem)",
+                        self.part.bytes
+                    ),
+                });
+            }
+            Err(e) => return Err(io(&self.temp)(e)),
+        };
         if len != self.part.bytes {
             return Err(PipelineError::Output {
                 path: self.temp.clone(),
