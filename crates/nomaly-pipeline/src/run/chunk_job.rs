@@ -11,10 +11,10 @@ use crate::events::{RunEvent, RunObserver};
 use crate::faults::FaultPlan;
 use crate::quarantine::QuarantineLog;
 use crate::sink::{
-    ChunkSummary, ChunkWriter, PartWriteExec, SinkOnExecutor, SinkTarget, WrittenPart,
-    remove_attempt_files,
+    ChunkCounter, ChunkCounts, ChunkSummary, ChunkWriter, PartWriteExec, SinkOnExecutor,
+    SinkTarget, WrittenPart, remove_attempt_files,
 };
-use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::error::{DataFusionError, Result as DfResult};
@@ -257,8 +257,7 @@ impl ChunkJob {
                 )
             })
             .collect::<Result<Vec<_>>>()?;
-        let score_idx = schema.index_of("anomaly_score").ok();
-        let flag_idx = schema.index_of("is_anomaly").ok();
+        let mut counter = ChunkCounter::new(schema);
         let mut out = ChunkOutcome::default();
         loop {
             let next = tokio::select! {
@@ -268,18 +267,18 @@ impl ChunkJob {
             };
             let Some(batch) = next else { break };
             let batch: RecordBatch = batch.map_err(|e| self.chunk_error(e))?;
-            out.rows += batch.num_rows() as u64;
+            counter.add(&batch);
             rows.add(batch.num_rows() as u64);
-            if let Some(i) = flag_idx {
-                out.anomalies += batch.column(i).as_boolean().true_count() as u64;
-            }
-            if let Some(i) = score_idx {
-                out.missing += batch.column(i).null_count() as u64;
-            }
             for w in writers.iter_mut() {
                 w.write(&batch).map_err(|e| self.write_error(e))?;
             }
         }
+        let ChunkCounts {
+            rows: n,
+            anomalies,
+            missing,
+        } = counter.counts;
+        (out.rows, out.anomalies, out.missing) = (n, anomalies, missing);
         if let Some(log) = &shared.quarantine {
             let found = log.get(self.chunk);
             out.quarantined = write_quarantine(&shared.run_dir.path, self.chunk, &found.bad)

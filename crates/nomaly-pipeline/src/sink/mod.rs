@@ -17,7 +17,7 @@ mod part;
 mod write_exec;
 
 pub use part::{ChunkWriter, StagedPart, WrittenPart, remove_attempt_files};
-pub use write_exec::{ChunkSummary, PartWriteExec, SinkOnExecutor};
+pub use write_exec::{ChunkCounter, ChunkCounts, ChunkSummary, PartWriteExec, SinkOnExecutor};
 
 /// Name of the run report inside an output directory.
 pub const REPORT_FILE: &str = "_nomaly_report.json";

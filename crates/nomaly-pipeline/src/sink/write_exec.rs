@@ -37,6 +37,7 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// One sink as an executor writes it.
 #[derive(Debug, Clone)]
@@ -281,7 +282,8 @@ impl ExecutionPlan for PartWriteExec {
             sinks: self.sinks.clone(),
             attempt: uuid::Uuid::new_v4().simple().to_string(),
         };
-        let stream = futures::stream::once(write.run(input));
+        let span = tracing::info_span!("write chunk", chunk = self.chunk, attempt = %write.attempt);
+        let stream = futures::stream::once(write.run(input).instrument(span));
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             summary_schema(),
             stream,
@@ -299,8 +301,6 @@ struct WriteChunk {
 
 impl WriteChunk {
     async fn run(self, mut input: SendableRecordBatchStream) -> DfResult<RecordBatch> {
-        let span = tracing::info_span!("write chunk", chunk = self.chunk, attempt = %self.attempt);
-        let _enter = span.enter();
         let mut writers = self
             .sinks
             .iter()
@@ -316,18 +316,10 @@ impl WriteChunk {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(to_datafusion)?;
-        let score_idx = self.schema.index_of("anomaly_score").ok();
-        let flag_idx = self.schema.index_of("is_anomaly").ok();
-        let mut totals = Totals::default();
+        let mut counter = ChunkCounter::new(&self.schema);
         while let Some(batch) = input.next().await {
             let batch = batch?;
-            totals.rows += batch.num_rows() as u64;
-            if let Some(i) = flag_idx {
-                totals.anomalies += batch.column(i).as_boolean().true_count() as u64;
-            }
-            if let Some(i) = score_idx {
-                totals.missing += batch.column(i).null_count() as u64;
-            }
+            counter.add(&batch);
             for w in writers.iter_mut() {
                 w.write(&batch).map_err(to_datafusion)?;
             }
@@ -338,7 +330,7 @@ impl WriteChunk {
                 parts.push((s, part));
             }
         }
-        summary_batch(&totals, &parts, &self.sinks)
+        summary_batch(&counter.counts, &parts, &self.sinks)
     }
 }
 
@@ -354,11 +346,41 @@ fn to_datafusion(e: PipelineError) -> DataFusionError {
     }
 }
 
+/// A chunk's scored rows counted: all, flagged (`is_anomaly`), scored null (`anomaly_score`: a
+/// missing feature).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Totals {
-    rows: u64,
-    anomalies: u64,
-    missing: u64,
+pub struct ChunkCounts {
+    pub rows: u64,
+    pub anomalies: u64,
+    pub missing: u64,
+}
+
+/// Counts batches of scored rows (the same on every engine: in the chunk job locally, in
+/// [`PartWriteExec`] on Ballista).
+pub struct ChunkCounter {
+    pub counts: ChunkCounts,
+    score: Option<usize>,
+    flag: Option<usize>,
+}
+
+impl ChunkCounter {
+    pub fn new(schema: &Schema) -> ChunkCounter {
+        ChunkCounter {
+            counts: ChunkCounts::default(),
+            score: schema.index_of("anomaly_score").ok(),
+            flag: schema.index_of("is_anomaly").ok(),
+        }
+    }
+
+    pub fn add(&mut self, batch: &RecordBatch) {
+        self.counts.rows += batch.num_rows() as u64;
+        if let Some(i) = self.flag {
+            self.counts.anomalies += batch.column(i).as_boolean().true_count() as u64;
+        }
+        if let Some(i) = self.score {
+            self.counts.missing += batch.column(i).null_count() as u64;
+        }
+    }
 }
 
 /// The rows a [`PartWriteExec`] yields: one per part file (`sink` set), then the chunk's totals
@@ -389,7 +411,7 @@ fn relative(path: &Path, staging: &Path) -> DfResult<String> {
 }
 
 fn summary_batch(
-    totals: &Totals,
+    totals: &ChunkCounts,
     parts: &[(usize, StagedPart)],
     sinks: &[SinkOnExecutor],
 ) -> DfResult<RecordBatch> {
@@ -456,21 +478,27 @@ impl ChunkSummary {
                 b.column_by_name(name)
                     .ok_or_else(|| format!("the chunk summary has no column '{name}'"))
             };
+            let not =
+                |name: &str, kind: &str| format!("the chunk summary's '{name}' is not {kind}");
             let sink = col("sink")?
                 .as_primitive_opt::<UInt32Type>()
-                .ok_or("sink")?;
-            let temp = col("temp")?.as_string_opt::<i32>().ok_or("temp")?;
-            let path = col("path")?.as_string_opt::<i32>().ok_or("path")?;
-            let u64s = |name: &str| -> Result<&datafusion::arrow::array::UInt64Array, String> {
+                .ok_or_else(|| not("sink", "UInt32"))?;
+            let temp = col("temp")?
+                .as_string_opt::<i32>()
+                .ok_or_else(|| not("temp", "Utf8"))?;
+            let path = col("path")?
+                .as_string_opt::<i32>()
+                .ok_or_else(|| not("path", "Utf8"))?;
+            let u64s = |name: &str| -> Result<&UInt64Array, String> {
                 col(name)?
                     .as_primitive_opt::<UInt64Type>()
-                    .ok_or_else(|| format!("the chunk summary's '{name}' is not UInt64"))
+                    .ok_or_else(|| not(name, "UInt64"))
             };
             let (rows, bytes) = (u64s("rows")?, u64s("bytes")?);
             let (anomalies, missing) = (u64s("anomalies")?, u64s("missing")?);
             let crc = col("crc32")?
                 .as_primitive_opt::<UInt32Type>()
-                .ok_or("crc32")?;
+                .ok_or_else(|| not("crc32", "UInt32"))?;
             for i in 0..b.num_rows() {
                 if sink.is_null(i) {
                     totals_rows += 1;
