@@ -18,7 +18,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -27,26 +26,11 @@ import threading
 import time
 import urllib.request
 
+from run import cpu  # benchmarks/run.py: the CPU model and its vector extensions
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/nomaly-target"))
 NOMALY = os.path.join(TARGET, "release", "nomaly")
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-            else:
-                name = platform.processor()
-        with open("/proc/cpuinfo") as f:
-            flags = next((l for l in f if l.startswith("flags")), "")
-        simd = "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "no AVX2")
-        return f"{name}, {os.cpu_count()} cores, {simd}"
-    except OSError:
-        return platform.processor()
 
 
 def free_port():
@@ -162,7 +146,7 @@ def main():
 
     feats = [c for c in pq.read_schema(data).names if c.startswith("f")]
     work = tempfile.mkdtemp(prefix="nomaly-engines-bench-", dir=os.path.join(ROOT, "benchmarks", "data"))
-    print(f"CPU: {cpu_name()}")
+    print(f"CPU: {cpu()}")
     print(f"data: {data} ({pq.ParquetFile(data).metadata.num_rows} rows), algorithm {a.algorithm}, "
           f"chunk_rows {a.chunk_rows}\n", flush=True)
 

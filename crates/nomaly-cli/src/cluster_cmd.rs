@@ -127,21 +127,9 @@ impl JobsArgs {
     }
 
     async fn get(&self, path: &str) -> Result<serde_json::Value, String> {
-        let url = format!("{}{path}", self.base_url()?);
-        let response = reqwest::get(&url).await.map_err(|e| {
-            format!(
-                "cannot reach the scheduler at {url} ({e}); is `nomaly scheduler` running there? (--scheduler or NOMALY_SCHEDULER)"
-            )
-        })?;
-        let status = response.status();
-        let body = response
-            .text()
+        nomaly_engine::scheduler_rest(&self.base_url()?, path)
             .await
-            .map_err(|e| format!("{url}: reading the answer: {e}"))?;
-        if !status.is_success() {
-            return Err(format!("{url}: {status} {}", body.trim()));
-        }
-        serde_json::from_str(&body).map_err(|e| format!("{url}: not JSON ({e})"))
+            .map_err(|e| format!("{e} (--scheduler or NOMALY_SCHEDULER)"))
     }
 }
 

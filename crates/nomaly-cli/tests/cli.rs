@@ -59,6 +59,27 @@ fn part_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     parts
 }
 
+/// Two outputs' part files have the same names and the same bytes (the first that differs is
+/// named; bytes are not printed).
+fn assert_same_parts(what: &str, a: &[(String, Vec<u8>)], b: &[(String, Vec<u8>)]) {
+    let names = |p: &[(String, Vec<u8>)]| p.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
+    assert_eq!(names(a), names(b), "{what}: part file names");
+    for ((name, x), (_, y)) in a.iter().zip(b) {
+        assert!(x == y, "{what}: {name} differs");
+    }
+}
+
+/// No temp file (`*.tmp`) is left anywhere under `dir`.
+fn assert_no_temp_files(dir: &Path) {
+    let files = tree(dir);
+    let names: Vec<&String> = files.iter().map(|f| &f.0).collect();
+    assert!(
+        !names.iter().any(|f| f.ends_with(".tmp")),
+        "temp files left in {}: {names:?}",
+        dir.display()
+    );
+}
+
 /// The run report a `--json` run prints on stdout.
 fn report(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout)

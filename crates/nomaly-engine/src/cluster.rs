@@ -135,13 +135,12 @@ impl ClusterClient {
     /// leave work on the cluster); returns how many. Best effort: a scheduler that cannot be asked
     /// (no REST API on an in-process scheduler) leaves them to finish.
     pub async fn cancel_unfinished(&self) -> usize {
-        let url = format!("{}/api/jobs", self.scheduler_url);
-        let list = async {
-            let body = reqwest::get(&url).await.ok()?.text().await.ok()?;
-            serde_json::from_str::<serde_json::Value>(&body).ok()
-        };
-        let Ok(Some(jobs)) = tokio::time::timeout(Duration::from_secs(10), list).await else {
-            return 0;
+        let jobs = match scheduler_rest(&self.scheduler_url, "/api/jobs").await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::warn!("could not list the jobs to cancel: {e}");
+                return 0;
+            }
         };
         let suffix = format!("[{}]", self.tag);
         let unfinished: Vec<String> = jobs
@@ -245,25 +244,47 @@ pub fn name_jobs(ctx: &datafusion::prelude::SessionContext, name: &str) {
     }
 }
 
+/// GETs `path` from the REST API of the scheduler at `base_url` (`http://host:port`) as JSON,
+/// within 10 s; the error names the URL and what failed.
+pub async fn scheduler_rest(
+    base_url: &str,
+    path: &str,
+) -> std::result::Result<serde_json::Value, String> {
+    let url = format!("{base_url}{path}");
+    let get = async {
+        let response = reqwest::get(&url).await.map_err(|e| {
+            format!(
+                "cannot reach the scheduler at {url} ({e}); is `nomaly scheduler` running there?"
+            )
+        })?;
+        let status = response.status();
+        let body = response
+            .text()
+            .await
+            .map_err(|e| format!("{url}: reading the answer: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("{url}: {status} {}", body.trim()));
+        }
+        serde_json::from_str(&body).map_err(|e| format!("{url}: not JSON ({e})"))
+    };
+    tokio::time::timeout(Duration::from_secs(10), get)
+        .await
+        .unwrap_or_else(|_| Err(format!("{url}: no answer within 10 s")))
+}
+
 /// The task slots of the executors registered at the scheduler at `address`, from its REST API
 /// (`/api/executors`, each with `specification.vcores`); 0 if it cannot be read.
 async fn executor_slots(address: &str) -> usize {
-    let url = format!("http://{address}/api/executors");
-    let read = async {
-        let body = reqwest::get(&url).await.ok()?.text().await.ok()?;
-        let executors: serde_json::Value = serde_json::from_str(&body).ok()?;
-        Some(
-            executors
-                .as_array()?
-                .iter()
-                .filter_map(|e| e["specification"]["vcores"].as_u64())
-                .sum::<u64>() as usize,
-        )
-    };
-    match tokio::time::timeout(Duration::from_secs(10), read).await {
-        Ok(Some(slots)) => slots,
-        _ => {
-            tracing::warn!(%url, "could not read the cluster's task slots");
+    match scheduler_rest(&format!("http://{address}"), "/api/executors").await {
+        Ok(executors) => executors
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|e| e["specification"]["vcores"].as_u64())
+            .sum::<u64>() as usize,
+        Err(e) => {
+            tracing::warn!("could not read the cluster's task slots: {e}");
             0
         }
     }

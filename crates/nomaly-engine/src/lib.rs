@@ -16,7 +16,7 @@ pub mod processes;
 pub mod session;
 pub mod tables;
 
-pub use cluster::{ClusterClient, batch_bytes, name_jobs, narrow_to_partition};
+pub use cluster::{ClusterClient, batch_bytes, name_jobs, narrow_to_partition, scheduler_rest};
 pub use error::{EngineError, Result};
 pub use memory::{default_budget, parse_byte_size};
 pub use object_stores::{RemoteStore, register_object_store};

@@ -217,7 +217,7 @@ fn the_compose_file_describes_a_working_cluster() {
         part_files(&out.join("minimal")),
     );
     assert!(!a.is_empty());
-    assert!(a == b, "the compose cluster's part files differ from local");
+    crate::assert_same_parts("the compose cluster vs local", &a, &b);
 
     let pids = cluster.pids();
     drop(cluster);

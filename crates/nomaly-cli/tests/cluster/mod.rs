@@ -6,7 +6,8 @@ mod compose;
 mod flight_sql;
 
 use super::{
-    free_port, nomaly, nomaly_env, part_files, report, stderr, stdout, tree, write_tx_parquet,
+    assert_no_temp_files, assert_same_parts, free_port, nomaly, nomaly_env, part_files, report,
+    stderr, stdout, tree, write_tx_parquet,
 };
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -283,13 +284,7 @@ fn sql_and_pipelines_on_a_cluster_equal_local() {
         part_files(&dir.join("out_cluster")),
     );
     assert_eq!(a.len(), 8);
-    assert_eq!(
-        a.iter().map(|p| &p.0).collect::<Vec<_>>(),
-        b.iter().map(|p| &p.0).collect::<Vec<_>>()
-    );
-    for ((name, x), (_, y)) in a.iter().zip(&b) {
-        assert!(x == y, "{name} differs between local and the cluster");
-    }
+    assert_same_parts("local vs the cluster", &a, &b);
     // The executors wrote the part files: what came back to this process is the fit's states
     // and the chunks' summaries.
     let written: u64 = remote["sinks"][0]["bytes"].as_u64().unwrap();
@@ -330,27 +325,15 @@ fn sql_and_pipelines_on_a_cluster_equal_local() {
                     "{example} {engine}: {}",
                     stderr(&o)
                 );
-                let files = tree(&out);
-                assert!(
-                    !files.iter().any(|(f, _)| f.ends_with(".tmp")),
-                    "{example} {engine} left temp files: {:?}",
-                    files.iter().map(|f| &f.0).collect::<Vec<_>>()
-                );
-                files
+                assert_no_temp_files(&out);
+                tree(&out)
                     .into_iter()
                     .filter(|(f, _)| f.contains("part-"))
                     .collect()
             })
             .collect();
         assert!(!outputs[0].is_empty(), "{example}");
-        let names = |o: &Vec<(String, Vec<u8>)>| o.iter().map(|f| f.0.clone()).collect::<Vec<_>>();
-        assert_eq!(names(&outputs[0]), names(&outputs[1]), "{example}");
-        for ((name, x), (_, y)) in outputs[0].iter().zip(&outputs[1]) {
-            assert!(
-                x == y,
-                "{example}: {name} differs between local and the cluster"
-            );
-        }
+        assert_same_parts(example, &outputs[0], &outputs[1]);
     }
 
     // The scheduler saw the SQL query's job and the pipeline's nine.
@@ -445,26 +428,11 @@ fn an_unreachable_cluster_says_how_to_start_one() {
     assert!(stderr(&bad).contains("not a number"), "{}", stderr(&bad));
 }
 
-/// One of two executors SIGKILLed while a pipeline's chunk jobs run: Ballista notices (1 s
-/// heartbeats, a 3 s timeout) and re-runs its tasks on the other executor, the client retries a
-/// chunk whose result it could not fetch, and the output is byte-identical to the local engine's,
-/// with no partial or second part file.
-#[test]
-fn a_pipeline_survives_losing_an_executor() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
+/// Writes `tx.parquet` (240,000 rows: 24 chunks of 10,000) and one iforest pipeline twice,
+/// `local.toml` (into `out_local/`) and `cluster.toml` (into `out_cluster/`); runs the local one
+/// and returns the cluster one's file.
+fn local_and_cluster_pipelines(dir: &Path) -> PathBuf {
     write_tx_parquet(&dir.join("tx.parquet"), 0, 240_000, 10_000);
-    let mut cluster = Cluster::start_with(
-        2,
-        &[
-            "--executor-timeout-seconds",
-            "3",
-            "--expire-dead-executor-interval-seconds",
-            "1",
-        ],
-        &["--executor-heartbeat-interval-seconds", "1"],
-    );
-    let engine = cluster.engine();
     let pipeline = "input = \"tx.parquet\"\noutput = \"out_{name}/\"\n[detect]\nalgorithm = \"iforest\"\n\
                     columns = [\"amount\", \"latency_ms\"]\n[run]\nchunk_rows = 10000\n";
     for name in ["local", "cluster"] {
@@ -477,15 +445,36 @@ fn a_pipeline_survives_losing_an_executor() {
     let local = nomaly(&[
         "run",
         dir.join("local.toml").to_str().unwrap(),
-        "--json",
         "--no-progress",
     ]);
     assert_eq!(local.status.code(), Some(0), "{}", stderr(&local));
+    dir.join("cluster.toml")
+}
 
+/// One of two executors SIGKILLed while a pipeline's chunk jobs run: Ballista notices (1 s
+/// heartbeats, a 3 s timeout) and re-runs its tasks on the other executor, the client retries a
+/// chunk whose result it could not fetch, and the output is byte-identical to the local engine's,
+/// with no partial or second part file.
+#[test]
+fn a_pipeline_survives_losing_an_executor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let file = local_and_cluster_pipelines(dir);
+    let mut cluster = Cluster::start_with(
+        2,
+        &[
+            "--executor-timeout-seconds",
+            "3",
+            "--expire-dead-executor-interval-seconds",
+            "1",
+        ],
+        &["--executor-heartbeat-interval-seconds", "1"],
+    );
+    let engine = cluster.engine();
     let run = Command::new(env!("CARGO_BIN_EXE_nomaly"))
         .args([
             "run",
-            dir.join("cluster.toml").to_str().unwrap(),
+            file.to_str().unwrap(),
             "--engine",
             &engine,
             "--json",
@@ -571,19 +560,8 @@ fn a_pipeline_survives_losing_an_executor() {
         part_files(&dir.join("out_cluster")),
     );
     assert_eq!(a.len(), 24);
-    assert_eq!(
-        a.iter().map(|p| &p.0).collect::<Vec<_>>(),
-        b.iter().map(|p| &p.0).collect::<Vec<_>>()
-    );
-    for ((name, x), (_, y)) in a.iter().zip(&b) {
-        assert!(x == y, "{name} differs after losing an executor");
-    }
-    let files = tree(&dir.join("out_cluster"));
-    assert!(
-        !files.iter().any(|(f, _)| f.ends_with(".tmp")),
-        "{:?}",
-        files.iter().map(|f| &f.0).collect::<Vec<_>>()
-    );
+    assert_same_parts("after losing an executor", &a, &b);
+    assert_no_temp_files(&dir.join("out_cluster"));
     // Only the survivor is left registered.
     cluster.wait_for(|c| c.executors() == 1);
 }
@@ -595,22 +573,9 @@ fn a_pipeline_survives_losing_an_executor() {
 fn an_interrupted_cluster_run_cancels_its_jobs_and_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    write_tx_parquet(&dir.join("tx.parquet"), 0, 240_000, 10_000);
+    let file = local_and_cluster_pipelines(dir);
     let cluster = Cluster::start(2);
     let engine = cluster.engine();
-    let pipeline = "input = \"tx.parquet\"\noutput = \"out_{name}/\"\n[detect]\nalgorithm = \"iforest\"\n\
-                    columns = [\"amount\", \"latency_ms\"]\n[run]\nchunk_rows = 10000\n";
-    for name in ["local", "cluster"] {
-        std::fs::write(
-            dir.join(format!("{name}.toml")),
-            pipeline.replace("{name}", name),
-        )
-        .unwrap();
-    }
-    let local = nomaly(&["run", dir.join("local.toml").to_str().unwrap()]);
-    assert_eq!(local.status.code(), Some(0), "{}", stderr(&local));
-
-    let file = dir.join("cluster.toml");
     let child = Command::new(env!("CARGO_BIN_EXE_nomaly"))
         .args([
             "run",

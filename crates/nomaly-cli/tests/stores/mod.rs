@@ -223,11 +223,7 @@ fn assert_same_output(
         assert_eq!(remote.0[key], local.0[key], "{what}: {key}");
     }
     assert_eq!(remote.0["chunks"], local.0["chunks"], "{what}: chunks");
-    let names = |p: &[(String, Vec<u8>)]| p.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
-    assert_eq!(names(&remote.1), names(&local.1), "{what}: part files");
-    for ((name, a), (_, b)) in local.1.iter().zip(&remote.1) {
-        assert!(a == b, "{what}: {name} differs from the local run's");
-    }
+    crate::assert_same_parts(what, &local.1, &remote.1);
 }
 
 #[test]

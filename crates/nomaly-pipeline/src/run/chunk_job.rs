@@ -12,7 +12,7 @@ use crate::faults::FaultPlan;
 use crate::quarantine::QuarantineLog;
 use crate::sink::{
     ChunkCounter, ChunkCounts, ChunkSummary, ChunkWriter, PartWriteExec, SinkOnExecutor,
-    SinkTarget, WrittenPart, remove_attempt_files,
+    SinkTarget, WrittenPart, remove_attempt_files_in,
 };
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -97,9 +97,7 @@ impl Drop for RowsInFlight<'_> {
 /// Counts of one chunk's output, before its commit.
 #[derive(Debug, Default)]
 struct ChunkOutcome {
-    rows: u64,
-    anomalies: u64,
-    missing: u64,
+    counts: ChunkCounts,
     quarantined: u64,
     source_lines: Option<u64>,
     parts: Vec<(usize, WrittenPart)>,
@@ -197,13 +195,11 @@ impl ChunkJob {
         let sinks = shared
             .sinks
             .iter()
-            .map(|(target, staging)| {
-                Ok(SinkOnExecutor {
-                    target: target.clone(),
-                    staging: std::path::absolute(staging)?,
-                })
+            .map(|(target, staging)| SinkOnExecutor {
+                target: target.clone(),
+                staging: staging.clone(),
             })
-            .collect::<DfResult<Vec<_>>>()?;
+            .collect();
         PartWriteExec::try_new(one, self.chunk, shared.schema.clone(), sinks)
     }
 
@@ -273,12 +269,7 @@ impl ChunkJob {
                 w.write(&batch).map_err(|e| self.write_error(e))?;
             }
         }
-        let ChunkCounts {
-            rows: n,
-            anomalies,
-            missing,
-        } = counter.counts;
-        (out.rows, out.anomalies, out.missing) = (n, anomalies, missing);
+        out.counts = counter.counts;
         if let Some(log) = &shared.quarantine {
             let found = log.get(self.chunk);
             out.quarantined = write_quarantine(&shared.run_dir.path, self.chunk, &found.bad)
@@ -324,11 +315,9 @@ impl ChunkJob {
             .fetch_add(received, Ordering::Relaxed);
         let summary = ChunkSummary::from_batches(&batches, &stagings)
             .map_err(|e| PipelineError::at(self.place(), ErrorKind::Permanent, e))?;
-        rows.add(summary.rows);
+        rows.add(summary.counts.rows);
         let mut out = ChunkOutcome {
-            rows: summary.rows,
-            anomalies: summary.anomalies,
-            missing: summary.missing,
+            counts: summary.counts,
             ..ChunkOutcome::default()
         };
         for (s, staged) in summary.parts {
@@ -341,10 +330,18 @@ impl ChunkJob {
             })?;
             out.parts.push((s, published));
         }
-        // Attempts Ballista gave up on (a lost executor, a retried task) may have left parts.
-        let discarded: usize = stagings
+        // Attempts Ballista gave up on (a lost executor, a retried task) may have left parts,
+        // beside the published ones (a chunk's rows, so its directories, are the same on every
+        // attempt): look in those directories only, not the whole output. Publishing the run
+        // sweeps the rest.
+        let dirs: std::collections::BTreeSet<&std::path::Path> = out
+            .parts
             .iter()
-            .map(|staging| remove_attempt_files(staging, Some(self.chunk)))
+            .filter_map(|(_, p)| p.path.parent())
+            .collect();
+        let discarded: usize = dirs
+            .into_iter()
+            .map(|dir| remove_attempt_files_in(dir, Some(self.chunk), None))
             .sum();
         shared
             .counters
@@ -380,9 +377,9 @@ impl ChunkJob {
         let entry = CommitEntry {
             chunk: self.chunk,
             range: self.describe.clone(),
-            rows: o.rows,
-            anomalies: o.anomalies,
-            missing: o.missing,
+            rows: o.counts.rows,
+            anomalies: o.counts.anomalies,
+            missing: o.counts.missing,
             retries,
             seconds: started.elapsed().as_secs_f64(),
             committed_at_unix_ms: now_ms(),

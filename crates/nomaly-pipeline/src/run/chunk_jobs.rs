@@ -33,7 +33,11 @@ impl<'a> ChunkJobs<'a> {
         run_dir: RunDir,
     ) -> Self {
         let p = scope.p;
-        let staging = p.sinks.iter().map(|s| staging_dir(&s.path));
+        // Absolute: on Ballista the executors write there, from working directories of their own.
+        let staging = p.sinks.iter().map(|s| {
+            let dir = staging_dir(&s.path);
+            std::path::absolute(&dir).unwrap_or(dir)
+        });
         let shared = ChunkContext {
             pipeline: p.name.clone(),
             plan: scoring.plan.clone(),

@@ -16,7 +16,9 @@ use std::sync::Arc;
 mod part;
 mod write_exec;
 
-pub use part::{ChunkWriter, StagedPart, WrittenPart, remove_attempt_files};
+pub use part::{
+    ChunkWriter, StagedPart, WrittenPart, remove_attempt_files, remove_attempt_files_in,
+};
 pub use write_exec::{ChunkCounter, ChunkCounts, ChunkSummary, PartWriteExec, SinkOnExecutor};
 
 /// Name of the run report inside an output directory.

@@ -532,28 +532,42 @@ impl ChunkWriter {
 /// Removes the temp files of unpublished attempts under `staging` (recursively, for partition
 /// directories): every `.part-*.tmp`, or only chunk `chunk`'s. Returns how many it removed.
 pub fn remove_attempt_files(staging: &Path, chunk: Option<usize>) -> usize {
+    let mut removed = 0;
+    let mut dirs = vec![staging.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        removed += remove_attempt_files_in(&dir, chunk, Some(&mut dirs));
+    }
+    removed
+}
+
+/// [`remove_attempt_files`] in `dir` only; its subdirectories (not the run directory, `_*`) are
+/// pushed to `subdirs` when given.
+pub fn remove_attempt_files_in(
+    dir: &Path,
+    chunk: Option<usize>,
+    mut subdirs: Option<&mut Vec<PathBuf>>,
+) -> usize {
     let prefix = match chunk {
         Some(c) => format!(".part-{c:05}."),
         None => ".part-".to_string(),
     };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
     let mut removed = 0;
-    let mut dirs = vec![staging.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            let Ok(kind) = e.file_type() else { continue };
-            if kind.is_dir() && !name.starts_with('_') {
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Ok(kind) = e.file_type() else { continue };
+        if kind.is_dir() && !name.starts_with('_') {
+            if let Some(dirs) = subdirs.as_deref_mut() {
                 dirs.push(e.path());
-            } else if kind.is_file()
-                && name.starts_with(&prefix)
-                && name.ends_with(".tmp")
-                && std::fs::remove_file(e.path()).is_ok()
-            {
-                removed += 1;
             }
+        } else if kind.is_file()
+            && name.starts_with(&prefix)
+            && name.ends_with(".tmp")
+            && std::fs::remove_file(e.path()).is_ok()
+        {
+            removed += 1;
         }
     }
     removed

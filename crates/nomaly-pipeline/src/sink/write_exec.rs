@@ -457,9 +457,7 @@ fn summary_batch(
 /// What an executor wrote for one chunk, as the client reads it from [`PartWriteExec`]'s rows.
 #[derive(Debug, Default)]
 pub struct ChunkSummary {
-    pub rows: u64,
-    pub anomalies: u64,
-    pub missing: u64,
+    pub counts: ChunkCounts,
     /// (sink, part) with paths under the client's staging directories.
     pub parts: Vec<(usize, StagedPart)>,
 }
@@ -502,9 +500,9 @@ impl ChunkSummary {
             for i in 0..b.num_rows() {
                 if sink.is_null(i) {
                     totals_rows += 1;
-                    out.rows += rows.value(i);
-                    out.anomalies += anomalies.value(i);
-                    out.missing += missing.value(i);
+                    out.counts.rows += rows.value(i);
+                    out.counts.anomalies += anomalies.value(i);
+                    out.counts.missing += missing.value(i);
                     continue;
                 }
                 let s = sink.value(i) as usize;
