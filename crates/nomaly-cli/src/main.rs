@@ -5,6 +5,7 @@ mod output;
 mod pipeline_cmd;
 mod query_progress;
 mod repl;
+mod serve_cmd;
 mod sql_cmd;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -19,7 +20,7 @@ use std::process::ExitCode;
 Detectors are SQL functions: detect_anomalies('iforest', amount, latency_ms) scores every row;\n\
 fit_detector(...) / anomaly_score(model, ...) fit once and score many.\n\
 Algorithms: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest.",
-    after_help = "Examples:\n  nomaly sql -f examples/quickstart.sql\n  nomaly run examples/pipelines/minimal.toml\n  nomaly sql --table tx=data/tx.parquet -e \"SELECT id, detect_anomalies('ecod', amount) AS a FROM tx\"\n  nomaly scheduler & nomaly executor & nomaly sql --engine ballista://127.0.0.1:50050 -f examples/quickstart.sql\n\n\
+    after_help = "Examples:\n  nomaly sql -f examples/quickstart.sql\n  nomaly run examples/pipelines/minimal.toml\n  nomaly sql --table tx=data/tx.parquet -e \"SELECT id, detect_anomalies('ecod', amount) AS a FROM tx\"\n  nomaly scheduler & nomaly executor & nomaly sql --engine ballista://127.0.0.1:50050 -f examples/quickstart.sql\n  nomaly serve & nomaly submit examples/pipelines/minimal.toml --follow\n\n\
 Exit codes: 0 success, 1 runtime failure, 2 invalid input (SQL, options, files, pipeline), 3 a pipeline [[validate]] check failed, 130 a pipeline run cancelled by Ctrl-C."
 )]
 struct Cli {
@@ -49,6 +50,20 @@ enum Command {
     Jobs(cluster_cmd::JobsArgs),
     /// Show one Ballista job: its stages and their tasks
     Job(cluster_cmd::JobArgs),
+    /// Serve runs as a service: a job store, a queue, schedules, and a REST/SSE API
+    Serve(serve_cmd::ServeArgs),
+    /// Submit a pipeline file to a nomaly server; prints the run id
+    Submit(serve_cmd::SubmitArgs),
+    /// List a nomaly server's runs with their state and progress
+    Runs(serve_cmd::RunsArgs),
+    /// Show a server run; --follow draws its progress until it ends
+    Status(serve_cmd::StatusArgs),
+    /// Cancel a server run (a queued one at once; a running one keeps its committed chunks)
+    Cancel(serve_cmd::RunIdArgs),
+    /// Queue an ended server run again (--resume: from its committed chunks)
+    Retry(serve_cmd::RetryArgs),
+    /// Register pipelines with a server: cron schedules and dependencies
+    Schedule(serve_cmd::ScheduleArgs),
 }
 
 /// The command line, with the cluster processes bound to 127.0.0.1 unless told otherwise
@@ -108,10 +123,21 @@ fn main() -> ExitCode {
         Command::Executor(a) => cluster_cmd::log_filter(&a.flags.log_level_setting),
         _ => std::env::var("NOMALY_LOG").unwrap_or_else(|_| "warn".into()),
     };
-    tracing_subscriber::fmt()
+    let json_logs =
+        matches!(&cli.command, Command::Serve(a) if a.log_format == serve_cmd::LogFormat::Json);
+    let filter = match &cli.command {
+        // The server logs what it does (runs admitted, requeued, finished) unless told otherwise.
+        Command::Serve(_) => std::env::var("NOMALY_LOG").unwrap_or_else(|_| "info".into()),
+        _ => filter,
+    };
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json_logs {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     // Deep plans recurse; Ballista's binaries use 32 MiB stacks too.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -136,6 +162,13 @@ fn main() -> ExitCode {
             Command::Executor(args) => cluster_cmd::executor(args).await,
             Command::Jobs(args) => cluster_cmd::jobs(args).await,
             Command::Job(args) => cluster_cmd::job(args).await,
+            Command::Serve(args) => serve_cmd::serve(args).await,
+            Command::Submit(args) => serve_cmd::submit(args).await,
+            Command::Runs(args) => serve_cmd::runs(args).await,
+            Command::Status(args) => serve_cmd::status(args).await,
+            Command::Cancel(args) => serve_cmd::cancel(args).await,
+            Command::Retry(args) => serve_cmd::retry(args).await,
+            Command::Schedule(args) => serve_cmd::schedule(args).await,
         }
     });
     // Ballista's in-process cluster keeps background tasks; do not wait for them.

@@ -1,5 +1,5 @@
 //! What a run tells while it runs: typed events, in the order things happen. The CLI draws them as
-//! a progress bar or log lines; `nomaly serve` will store and stream them.
+//! a progress bar or log lines; `nomaly serve` stores and streams them.
 //!
 //! Order guarantees: `Started` is first and `Finished` last (once, with the report, whatever the
 //! outcome); `ChunkCommitted` comes once per chunk this run committed, in the order of the
@@ -39,6 +39,10 @@ pub enum RunEvent {
         chunk: usize,
         rows: u64,
         anomalies: u64,
+        /// How long the committing attempt took.
+        seconds: f64,
+        /// The commit time written in the manifest line.
+        committed_at_unix_ms: u64,
     },
     /// A unit of work failed transiently and is tried again after `wait`.
     Retry {

@@ -3,7 +3,8 @@
 //! Off unless the environment variable `NOMALY_FAULTS` is set, e.g.
 //! `NOMALY_FAULTS="read=0.1,write=0.1,seed=7"` (10% of object-store reads and 10% of part-file
 //! writes fail with a transient I/O error) or `NOMALY_FAULTS="fail_chunk=3"` (every write of chunk
-//! 3's part files fails: a permanent fault). Reads fail inside an [`ObjectStore`] wrapper that
+//! 3's part files fails: a permanent fault) or `NOMALY_FAULTS="chunk_delay_ms=200"` (every chunk
+//! waits 200 ms before it scores, so a test can act while a run is in flight). Reads fail inside an [`ObjectStore`] wrapper that
 //! replaces the `file://` store, so they take DataFusion's real read path and error wrapping;
 //! writes fail inside the part-file writer. Faults are armed once the run's inputs are planned, so
 //! they hit the fit and the chunks, the parts that retry. Draws come from a seeded counter, so a
@@ -32,6 +33,8 @@ pub struct FaultPlan {
     pub read_rate: f64,
     pub write_rate: f64,
     pub fail_chunk: Option<usize>,
+    /// Each chunk waits this long (cancellably) before it scores.
+    pub chunk_delay: Option<std::time::Duration>,
     seed: u64,
     draws: AtomicU64,
     armed: AtomicBool,
@@ -57,9 +60,14 @@ impl FaultPlan {
                 "write" => plan.write_rate = value.parse().map_err(|_| bad())?,
                 "seed" => plan.seed = value.parse().map_err(|_| bad())?,
                 "fail_chunk" => plan.fail_chunk = Some(value.parse().map_err(|_| bad())?),
+                "chunk_delay_ms" => {
+                    plan.chunk_delay = Some(std::time::Duration::from_millis(
+                        value.parse().map_err(|_| bad())?,
+                    ))
+                }
                 other => {
                     return Err(FaultPlanError(format!(
-                        "unknown key '{other}'; keys are read, write, seed, fail_chunk"
+                        "unknown key '{other}'; keys are read, write, seed, fail_chunk, chunk_delay_ms"
                     )));
                 }
             }

@@ -57,6 +57,38 @@ pub struct PipelineSpec {
     pub run: RunSpec,
     #[serde(default)]
     pub retry: RetrySpec,
+    /// `nomaly serve`: when to run, as a 5-field cron expression (minute hour day-of-month month
+    /// day-of-week), e.g. `"0 */6 * * *"`. `nomaly run` ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// The time zone `schedule` is read in, e.g. `"Europe/Berlin"` (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Fire times missed while the server was down: "none" skips them, "latest" (default) runs
+    /// once for the newest, "all" runs once for each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up: Option<CatchUp>,
+    /// Whether a fire may start while this schedule's previous run is still queued or running
+    /// (default false: that fire is skipped and recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_overlap: Option<bool>,
+    /// `nomaly serve`: run this pipeline when every pipeline named here has succeeded since its
+    /// own last run (pipeline names, as in their `name`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+    /// `nomaly serve`: pipelines to run when a run of this one fails or times out (alerting).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_failure: Vec<String>,
+}
+
+/// See [`PipelineSpec::catch_up`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CatchUp {
+    None,
+    #[default]
+    Latest,
+    All,
 }
 
 /// File formats, for sources and sinks.

@@ -3,8 +3,10 @@
 
 mod settings;
 mod sources;
+mod trigger;
 
 pub use settings::{DurationError, RetryPolicy, parse_duration};
+pub use trigger::{CronSchedule, Trigger, parse_cron};
 
 use crate::chunks::SourceReader;
 use crate::error::{PipelineError, Result};
@@ -69,6 +71,8 @@ pub struct CompiledPipeline {
     pub quarantine: bool,
     /// Where chunks and the fit run: DataFusion here, or a Ballista cluster in this process.
     pub engine: EngineKind,
+    /// When `nomaly serve` runs it (schedule, `after`, `on_failure`).
+    pub trigger: Trigger,
 }
 
 fn is_identifier(s: &str) -> bool {
@@ -132,6 +136,7 @@ pub fn compile(file: PipelineFile) -> Result<CompiledPipeline> {
     let validations = compile_checks(&file, detect.is_some())?;
     check_notifications(&file)?;
     let settings = settings::compile_settings(&file, &sources)?;
+    let trigger = trigger::compile_trigger(&file)?;
     let spec = &file.spec;
     let name = spec.name.clone().unwrap_or_else(|| {
         file.path
@@ -155,6 +160,7 @@ pub fn compile(file: PipelineFile) -> Result<CompiledPipeline> {
         retry: settings.retry,
         quarantine: settings.quarantine,
         engine: settings.engine,
+        trigger,
         file,
     })
 }

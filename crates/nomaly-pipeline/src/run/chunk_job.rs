@@ -231,6 +231,12 @@ impl ChunkJob {
     /// Executes partition `chunk` of the scoring plan and writes it to every sink's part files.
     async fn score(&self, rows: &mut RowsInFlight<'_>) -> Result<ChunkOutcome> {
         let shared = &self.shared;
+        if let Some(delay) = shared.faults.as_ref().and_then(|f| f.chunk_delay) {
+            tokio::select! {
+                _ = shared.stop.cancelled() => return Err(Self::stopped()),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
         if let Some(cluster) = cluster_of(shared.task_ctx.session_config()) {
             return self.score_on_cluster(&cluster, rows).await;
         }
@@ -391,6 +397,8 @@ impl ChunkJob {
             chunk: self.chunk,
             rows: entry.rows,
             anomalies: entry.anomalies,
+            seconds: entry.seconds,
+            committed_at_unix_ms: entry.committed_at_unix_ms,
         };
         shared
             .run_dir

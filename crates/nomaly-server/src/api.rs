@@ -1,0 +1,377 @@
+//! The HTTP API: a thin axum shell over [`Server`]. Every route is in `openapi.json` (served at
+//! `/api/openapi.json`); errors are `{"error": "..."}` with a 4xx status that says whose fault it
+//! is. Off loopback every route but `/health` needs the bearer token.
+
+use crate::error::ServerError;
+use crate::metrics::Snapshot;
+use crate::server::{QueueEntry, Server, StreamEvent, SubmitRequest};
+use crate::store::{RunRecord, RunState, StartMode};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+
+/// The OpenAPI document of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+impl IntoResponse for ServerError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!("{self}");
+        }
+        (status, Json(serde_json::json!({"error": self.to_string()}))).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ServerError>;
+
+/// What the HTTP layer needs besides the server.
+#[derive(Clone)]
+pub struct HttpConfig {
+    /// Required as `Authorization: Bearer <token>` on every route but `/health`.
+    pub token: Option<Arc<String>>,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Clone)]
+struct AppState {
+    server: Server,
+    http: HttpConfig,
+}
+
+/// The router for a server.
+pub fn router(server: Server, http: HttpConfig) -> Router {
+    let state = AppState {
+        server,
+        http: http.clone(),
+    };
+    let api = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/api/openapi.json", get(openapi))
+        .route("/api/runs", post(submit).get(list_runs))
+        .route("/api/runs/{id}", get(get_run))
+        .route("/api/runs/{id}/chunks", get(chunks))
+        .route("/api/runs/{id}/history", get(history))
+        .route("/api/runs/{id}/report", get(report))
+        .route("/api/runs/{id}/events", get(run_events))
+        .route("/api/runs/{id}/cancel", post(cancel))
+        .route("/api/runs/{id}/retry", post(retry))
+        .route("/api/runs/{id}/resume", post(resume))
+        .route("/api/events", get(all_events))
+        .route("/api/queue", get(queue))
+        .route("/api/schedules", get(list_schedules).post(add_schedule))
+        .route(
+            "/api/schedules/{name}",
+            get(get_schedule).delete(remove_schedule),
+        )
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/health", get(health))
+        .merge(api)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(http.max_body_bytes))
+        .with_state(state)
+}
+
+async fn not_found() -> ServerError {
+    ServerError::NotFound("no such route; the API is described at /api/openapi.json".to_string())
+}
+
+/// Compares the bearer token in constant time.
+async fn require_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(token) = &state.http.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        use subtle::ConstantTimeEq;
+        let ok: bool = given.as_bytes().ct_eq(token.as_bytes()).into();
+        if !ok {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                Json(
+                    serde_json::json!({"error": "this server needs its token: send \
+                    `Authorization: Bearer <token>` (the CLI reads NOMALY_TOKEN)"}),
+                ),
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+async fn health(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "schema_version": state.server.store().schema_version()?,
+    })))
+}
+
+async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
+    let server = &state.server;
+    let q = server.queue()?;
+    let text = server.inner.metrics.render(&Snapshot {
+        runs_by_state: server.store().count_by_state()?,
+        queue_depth: q.queued.len(),
+        running: q.running.len(),
+        memory_budget: q.memory_budget_bytes,
+        memory_reserved: q.memory_reserved_bytes,
+    });
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// A run with its live progress and, while queued, its place in the queue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunView {
+    #[serde(flatten)]
+    pub run: RunRecord,
+    pub queue: Option<QueueEntry>,
+}
+
+fn view(server: &Server, mut run: RunRecord, queue: Option<&[QueueEntry]>) -> RunView {
+    if run.state == RunState::Running
+        && let Some(p) = server.progress(run.id)
+    {
+        run.progress = Some(p);
+    }
+    let queue = (run.state == RunState::Queued)
+        .then(|| queue.and_then(|q| q.iter().find(|e| e.id == run.id).cloned()))
+        .flatten();
+    RunView { run, queue }
+}
+
+fn parse_id(id: &str) -> ApiResult<i64> {
+    id.parse().map_err(|_| {
+        ServerError::BadRequest(format!("'{id}' is not a run id; run ids are numbers"))
+    })
+}
+
+/// Reads a JSON body with our error shape (axum's own rejections are plain text).
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return serde_json::from_slice(b"{}")
+            .map_err(|e| ServerError::BadRequest(format!("the request needs a JSON body: {e}")));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| ServerError::BadRequest(format!("the JSON body is not valid: {e}")))
+}
+
+async fn submit(
+    State(state): State<AppState>,
+    bytes: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<RunView>)> {
+    let req: SubmitRequest = body(&bytes)?;
+    let run = state.server.submit(req, "api")?;
+    let q = state.server.queue()?;
+    Ok((
+        StatusCode::CREATED,
+        Json(view(&state.server, run, Some(&q.queued))),
+    ))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_runs(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let filter = match q.state.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(RunState::parse(s).ok_or_else(|| {
+            ServerError::BadRequest(format!(
+                "state '{s}' is not one of {}",
+                RunState::ALL.map(|s| s.name()).join(", ")
+            ))
+        })?),
+    };
+    let runs = state
+        .server
+        .store()
+        .runs(filter, q.limit.unwrap_or(100).min(10_000))?;
+    let queue = state.server.queue()?;
+    let runs: Vec<RunView> = runs
+        .into_iter()
+        .map(|r| view(&state.server, r, Some(&queue.queued)))
+        .collect();
+    Ok(Json(serde_json::json!({"runs": runs})))
+}
+
+async fn get_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RunView>> {
+    let run = state.server.get(parse_id(&id)?)?;
+    let queue = state.server.queue()?;
+    Ok(Json(view(&state.server, run, Some(&queue.queued))))
+}
+
+async fn chunks(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let id = parse_id(&id)?;
+    state.server.get(id)?;
+    let chunks = state.server.store().chunks(id)?;
+    Ok(Json(serde_json::json!({"run": id, "chunks": chunks})))
+}
+
+async fn history(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let id = parse_id(&id)?;
+    state.server.get(id)?;
+    let events = state.server.store().events(id)?;
+    Ok(Json(serde_json::json!({"run": id, "events": events})))
+}
+
+async fn report(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    let run = state.server.get(id)?;
+    match state.server.store().report(id)? {
+        Some(r) => Ok(([(header::CONTENT_TYPE, "application/json")], r).into_response()),
+        None => Err(ServerError::NotFound(format!(
+            "run {id} has no report yet (it is {})",
+            run.state.name()
+        ))),
+    }
+}
+
+async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<RunView>> {
+    let run = state.server.cancel(parse_id(&id)?)?;
+    Ok(Json(view(&state.server, run, None)))
+}
+
+async fn retry(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<RunView>> {
+    let run = state.server.requeue(parse_id(&id)?, StartMode::Restart)?;
+    Ok(Json(view(&state.server, run, None)))
+}
+
+async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<RunView>> {
+    let run = state.server.requeue(parse_id(&id)?, StartMode::Resume)?;
+    Ok(Json(view(&state.server, run, None)))
+}
+
+async fn queue(State(state): State<AppState>) -> ApiResult<Json<crate::server::QueueView>> {
+    Ok(Json(state.server.queue()?))
+}
+
+fn sse_event(e: &StreamEvent) -> Event {
+    Event::default()
+        .event(e.kind.clone())
+        .data(serde_json::to_string(e).unwrap_or_default())
+}
+
+/// Every run's events.
+async fn all_events(
+    State(state): State<AppState>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let stream = BroadcastStream::new(state.server.subscribe())
+        .filter_map(|e| e.ok())
+        .map(|e| Ok(sse_event(&e)));
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
+}
+
+/// One run's events: a `snapshot` of the run first, then what happens, ending after `finished`.
+async fn run_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let id = parse_id(&id)?;
+    // Subscribe before reading the snapshot, so nothing falls between them.
+    let live = BroadcastStream::new(state.server.subscribe());
+    let run = state.server.get(id)?;
+    let finished = run.state.is_finished();
+    let snapshot = StreamEvent {
+        run: id,
+        kind: "snapshot".into(),
+        at_ms: crate::server::now_ms(),
+        data: serde_json::to_value(view(&state.server, run, None)).unwrap_or_default(),
+    };
+    let first = tokio_stream::iter(vec![Ok(sse_event(&snapshot))]);
+    let live = live.filter_map(move |e| e.ok().filter(|e| e.run == id));
+    // Ends right after the `finished` event (or at once when the run had already ended).
+    let rest = futures::stream::unfold((Box::pin(live), finished), |(mut live, done)| async move {
+        if done {
+            return None;
+        }
+        let e = live.next().await?;
+        let last = e.kind == "finished";
+        Some((Ok(sse_event(&e)), (live, last)))
+    });
+    Ok(Sse::new(first.chain(rest)).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleRequest {
+    path: String,
+    priority: Option<i64>,
+}
+
+async fn list_schedules(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(
+        serde_json::json!({"schedules": state.server.schedules()?}),
+    ))
+}
+
+async fn add_schedule(
+    State(state): State<AppState>,
+    bytes: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<crate::server::ScheduleView>)> {
+    let req: ScheduleRequest = body(&bytes)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(state.server.register(&req.path, req.priority)?),
+    ))
+}
+
+async fn get_schedule(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<crate::server::ScheduleView>> {
+    Ok(Json(state.server.schedule(&name)?))
+}
+
+async fn remove_schedule(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    state.server.unregister(&name)?;
+    Ok(StatusCode::NO_CONTENT)
+}

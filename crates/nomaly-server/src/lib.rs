@@ -1,0 +1,54 @@
+//! # nomaly-server
+//!
+//! `nomaly serve`: pipeline runs as a service. Runs are submitted (a pipeline file or its text),
+//! wait in a queue ordered by priority with aging, start when their memory budget fits what the
+//! server has left ([`queue`]), execute in-process through the pipeline run library (or on a
+//! Ballista cluster when their engine says so), and are recorded in a SQLite job store
+//! ([`store`]): state, per-chunk progress, events, reports. Registered pipelines fire on cron
+//! schedules ([`schedule`]) and after one another ([`deps`]). [`api`] is the REST/SSE shell,
+//! [`client`] the terminal side (`nomaly submit | runs | status | cancel`).
+//!
+//! A server killed at any instant restarts with its queue intact: queued runs stay queued and
+//! runs that were running go back to the queue to resume from their committed chunks.
+
+pub mod api;
+pub mod client;
+pub mod deps;
+pub mod error;
+pub mod metrics;
+pub mod queue;
+pub mod roots;
+pub mod schedule;
+pub mod server;
+pub mod store;
+
+pub use api::{HttpConfig, router};
+pub use error::{Result, ServerError};
+pub use roots::AllowedRoots;
+pub use server::{Server, ServerConfig, SubmitRequest};
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+
+/// Serves `server` on `addr` until `shutdown` completes; then stops the runs (they resume on the
+/// next start).
+pub async fn serve(
+    server: Server,
+    http: HttpConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(server.clone(), http);
+    // Not axum's graceful shutdown: event streams never end on their own, so it would wait
+    // forever. The runs are what must stop cleanly, and `Server::shutdown` sees to them.
+    let serving = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    );
+    let result = tokio::select! {
+        r = serving.into_future() => r,
+        _ = shutdown => Ok(()),
+    };
+    server.shutdown().await;
+    result
+}

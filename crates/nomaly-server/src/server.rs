@@ -1,0 +1,1210 @@
+//! The server's core: submit runs, admit them from the queue, run them through the pipeline
+//! library, record what they do in the store and stream it to subscribers, fire schedules and
+//! dependencies. The HTTP layer ([`crate::api`]) is a thin shell over [`Server`].
+
+use crate::deps;
+use crate::error::{Result, ServerError};
+use crate::metrics::Metrics;
+use crate::queue::{self, Busy, Capacity, Waiting};
+use crate::roots::AllowedRoots;
+use crate::schedule;
+use crate::store::{ChunkRecord, NewRun, PipelineRecord, RunRecord, RunState, StartMode, Store};
+use nomaly_pipeline::compile::parse_cron;
+use nomaly_pipeline::faults::FaultPlan;
+use nomaly_pipeline::spec::{CatchUp, NotifySpec};
+use nomaly_pipeline::{
+    CompiledPipeline, PipelineFile, Run, RunEvent, RunMode, RunOptions, RunStatus, compile,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub db: PathBuf,
+    /// What all running runs may reserve together (default 80% of RAM or the cgroup limit).
+    pub memory_budget: u64,
+    /// The most runs at once.
+    pub max_concurrent: usize,
+    /// The budget of a run whose pipeline sets no `[resources] memory_limit`.
+    pub default_run_memory: u64,
+    /// A queued run's priority rises by one per `aging` waited.
+    pub aging: Duration,
+    /// Where runs whose pipeline names no `[run] engine` execute (`local`, `standalone`,
+    /// `ballista://host:port`).
+    pub engine: Option<String>,
+    pub roots: AllowedRoots,
+    /// Whether `[[notify]] type = "command"` may run on the server.
+    pub allow_notify_commands: bool,
+    /// How often progress is sampled and streamed, schedules checked and the queue looked at.
+    pub tick: Duration,
+}
+
+/// One event on the stream (`/api/events`, `/api/runs/{id}/events`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamEvent {
+    pub run: i64,
+    /// `queued`, `started`, `phase`, `fit_done`, `scoring_started`, `chunk_committed`,
+    /// `chunk_reused`, `retry`, `progress`, `check`, `warning`, `finished`, `requeued`.
+    pub kind: String,
+    pub at_ms: i64,
+    pub data: serde_json::Value,
+}
+
+/// A submission: a pipeline file on the server (`path`) or its text (`toml`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    pub path: Option<String>,
+    pub toml: Option<String>,
+    /// With `toml`: the directory its relative paths are resolved against (default: the first
+    /// allowed root).
+    pub base_dir: Option<String>,
+    /// Higher runs first (default 0).
+    pub priority: Option<i64>,
+    /// The run's memory budget, e.g. "2GB" (default: the pipeline's, else the server's default).
+    pub memory_limit: Option<String>,
+    /// Wall-clock limit, e.g. "30m" (default: the pipeline's `[resources] timeout`).
+    pub timeout: Option<String>,
+    pub cpus: Option<u64>,
+    /// `KEY=VALUE` overrides, as `nomaly run --set`.
+    #[serde(default)]
+    pub set: Vec<String>,
+}
+
+/// What a live run shows: its progress as counted from its events.
+#[derive(Debug, Default)]
+struct Live {
+    phase: String,
+    rows_done: u64,
+    rows_total: Option<u64>,
+    reused_rows: u64,
+    /// Rows of chunks committed by this attempt (progress samples may lag them).
+    committed_rows: u64,
+    chunks_done: u64,
+    chunks_total: Option<u64>,
+    bytes: u64,
+    pool_bytes: u64,
+    retries: u64,
+    errors: Vec<String>,
+    scoring_started: Option<Instant>,
+}
+
+struct Active {
+    cancel: CancellationToken,
+    memory: u64,
+    pipeline: String,
+    started: Instant,
+    live: Arc<Mutex<Live>>,
+}
+
+pub(crate) struct Inner {
+    pub config: ServerConfig,
+    pub store: Store,
+    pub stream: broadcast::Sender<StreamEvent>,
+    pub metrics: Metrics,
+    active: Mutex<BTreeMap<i64, Active>>,
+    wake: Notify,
+    stop: CancellationToken,
+    /// Held while the queue is looked at, so two admissions never start the same memory twice.
+    admitting: tokio::sync::Mutex<()>,
+}
+
+/// The server: cheap to clone, shared by the HTTP handlers and the background loop.
+#[derive(Clone)]
+pub struct Server {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// A queued run's place in the queue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueEntry {
+    pub id: i64,
+    pub pipeline: String,
+    /// 1 = next to start.
+    pub position: usize,
+    pub priority: i64,
+    /// The priority after aging, which the queue orders by.
+    pub effective_priority: i64,
+    pub memory_bytes: u64,
+    pub waiting_seconds: f64,
+    /// When it is expected to start (ms since the epoch), if it can ever fit.
+    pub estimated_start_ms: Option<i64>,
+    /// Why it has not started: `memory` (its budget does not fit what is free), `slots` (the
+    /// concurrency limit), `ahead` (runs ahead of it go first).
+    pub waiting_for: String,
+}
+
+/// The queue and what the server has.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueView {
+    pub memory_budget_bytes: u64,
+    pub memory_reserved_bytes: u64,
+    pub max_concurrent: usize,
+    pub running: Vec<i64>,
+    pub queued: Vec<QueueEntry>,
+}
+
+/// A registered pipeline with its next fire times.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScheduleView {
+    #[serde(flatten)]
+    pub pipeline: PipelineRecord,
+    pub next_fires_ms: Vec<i64>,
+}
+
+impl Server {
+    /// Opens the store, puts runs a killed server left running back in the queue (to resume from
+    /// their checkpoints), and starts the background loop on the current runtime.
+    pub fn start(config: ServerConfig) -> Result<Server> {
+        let store = Store::open(&config.db)?;
+        let (stream, _) = broadcast::channel(4096);
+        let server = Server {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                stream,
+                metrics: Metrics::default(),
+                active: Mutex::new(BTreeMap::new()),
+                wake: Notify::new(),
+                stop: CancellationToken::new(),
+                admitting: tokio::sync::Mutex::new(()),
+            }),
+        };
+        let now = now_ms();
+        for id in server.inner.store.requeue_interrupted(now)? {
+            tracing::info!(
+                run = id,
+                "requeued after a restart; it resumes from its checkpoint"
+            );
+            server.event(
+                id,
+                "requeued",
+                serde_json::json!({"reason": "the server restarted while it ran; it resumes from its committed chunks"}),
+            );
+        }
+        let background = server.clone();
+        tokio::spawn(async move { background.background_loop().await });
+        Ok(server)
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<StreamEvent> {
+        self.inner.stream.subscribe()
+    }
+
+    /// Stops: running runs are cancelled (committed chunks kept) and go back to the queue as
+    /// `resume`, so the next server continues them.
+    pub async fn shutdown(&self) {
+        self.inner.stop.cancel();
+        let tokens: Vec<CancellationToken> =
+            self.active().values().map(|a| a.cancel.clone()).collect();
+        for t in tokens {
+            t.cancel();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.active().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn active(&self) -> std::sync::MutexGuard<'_, BTreeMap<i64, Active>> {
+        self.inner.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records an event (every kind but `progress` is stored) and sends it to subscribers.
+    fn event(&self, run: i64, kind: &str, data: serde_json::Value) {
+        let at_ms = now_ms();
+        if kind != "progress"
+            && let Err(e) = self.inner.store.add_event(run, kind, &data, at_ms)
+        {
+            tracing::warn!(run, "could not store an event: {e}");
+        }
+        let _ = self.inner.stream.send(StreamEvent {
+            run,
+            kind: kind.to_string(),
+            at_ms,
+            data,
+        });
+    }
+
+    // ---- submission ----------------------------------------------------------------------
+
+    /// Reads, checks and queues a pipeline. Everything that can be known without the data is
+    /// checked here, so a bad file is a 400 now rather than a failed run later.
+    pub fn submit(&self, req: SubmitRequest, trigger: &str) -> Result<RunRecord> {
+        let (path, text) = self.pipeline_source(&req)?;
+        let mut overrides = req.set.clone();
+        let file = self.parse(&path, &text, &overrides)?;
+        if file.spec.run.engine.is_none()
+            && let Some(engine) = &self.inner.config.engine
+        {
+            overrides.push(format!("run.engine={engine}"));
+        }
+        let compiled = self.compile_checked(&path, &text, &overrides)?;
+        let memory = match &req.memory_limit {
+            Some(m) => nomaly_engine::memory::parse_byte_size(m)
+                .map_err(|e| ServerError::BadRequest(format!("memory_limit: {e}")))?
+                as u64,
+            None => compiled
+                .memory_limit
+                .map(|m| m as u64)
+                .unwrap_or(self.inner.config.default_run_memory),
+        };
+        let budget = self.inner.config.memory_budget;
+        if memory > budget {
+            return Err(ServerError::BadRequest(format!(
+                "the run needs a {} memory budget but the server has {} in all; lower \
+                 [resources] memory_limit (or the request's memory_limit), or start the server \
+                 with a larger --memory-limit",
+                human_bytes(memory),
+                human_bytes(budget)
+            )));
+        }
+        let timeout_ms = match &req.timeout {
+            Some(t) => Some(
+                nomaly_pipeline::compile::parse_duration(t)
+                    .map_err(|e| ServerError::BadRequest(format!("timeout: {e}")))?
+                    .as_millis() as u64,
+            ),
+            None => None,
+        };
+        if req.cpus == Some(0) {
+            return Err(ServerError::BadRequest(
+                "cpus must be at least 1".to_string(),
+            ));
+        }
+        let new = NewRun {
+            pipeline: compiled.name.clone(),
+            file: path,
+            text,
+            overrides,
+            priority: req.priority.unwrap_or(0),
+            memory_bytes: memory,
+            timeout_ms,
+            cpus: req.cpus,
+            trigger: trigger.to_string(),
+        };
+        self.enqueue(new)
+    }
+
+    fn enqueue(&self, new: NewRun) -> Result<RunRecord> {
+        let id = self.inner.store.insert_run(&new, now_ms())?;
+        self.event(
+            id,
+            "queued",
+            serde_json::json!({"pipeline": new.pipeline, "priority": new.priority,
+                "memory_bytes": new.memory_bytes, "trigger": new.trigger}),
+        );
+        self.inner.wake.notify_one();
+        self.inner
+            .store
+            .run(id)?
+            .ok_or_else(|| ServerError::NotFound(format!("run {id}")))
+    }
+
+    /// The pipeline file's path (inside a root) and its text.
+    fn pipeline_source(&self, req: &SubmitRequest) -> Result<(PathBuf, String)> {
+        let roots = &self.inner.config.roots;
+        match (&req.path, &req.toml) {
+            (Some(p), None) => {
+                let path = roots.check(Path::new(p), "pipeline file")?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| ServerError::BadRequest(format!("{}: {e}", path.display())))?;
+                Ok((path, text))
+            }
+            (None, Some(text)) => {
+                let base = match &req.base_dir {
+                    Some(b) => roots.check(Path::new(b), "base_dir")?,
+                    None => roots.first().to_path_buf(),
+                };
+                Ok((base.join("submitted.toml"), text.clone()))
+            }
+            _ => Err(ServerError::BadRequest(
+                "give exactly one of \"path\" (a pipeline file on the server) or \"toml\" (its \
+                 text)"
+                    .to_string(),
+            )),
+        }
+    }
+
+    fn parse(&self, path: &Path, text: &str, overrides: &[String]) -> Result<PipelineFile> {
+        PipelineFile::parse(path, text, overrides, &|name| std::env::var(name).ok())
+            .map_err(|e| ServerError::BadRequest(e.user_message()))
+    }
+
+    /// Parses and compiles, then applies the server's rules: data paths inside the roots, no
+    /// command notifications unless allowed.
+    fn compile_checked(
+        &self,
+        path: &Path,
+        text: &str,
+        overrides: &[String],
+    ) -> Result<CompiledPipeline> {
+        let file = self.parse(path, text, overrides)?;
+        let compiled = compile(file).map_err(|e| ServerError::BadRequest(e.user_message()))?;
+        let roots = &self.inner.config.roots;
+        for s in &compiled.sources {
+            roots.check_location(&s.location, &format!("source '{}'", s.name))?;
+        }
+        for s in &compiled.sinks {
+            roots.check(&s.path, &format!("sink {}", s.label))?;
+        }
+        if !self.inner.config.allow_notify_commands
+            && compiled
+                .notifications
+                .iter()
+                .any(|n| matches!(n, NotifySpec::Command { .. }))
+        {
+            return Err(ServerError::Forbidden(
+                "[[notify]] type = \"command\" runs shell commands, which this server does not \
+                 allow; use type = \"webhook\" or \"file\", or start the server with \
+                 --allow-notify-commands"
+                    .to_string(),
+            ));
+        }
+        Ok(compiled)
+    }
+
+    // ---- run control ---------------------------------------------------------------------
+
+    pub fn cancel(&self, id: i64) -> Result<RunRecord> {
+        match self.inner.store.request_cancel(id, now_ms())? {
+            None => return Err(ServerError::NotFound(format!("no run {id}"))),
+            Some(RunState::Queued) => {
+                self.event(
+                    id,
+                    "finished",
+                    serde_json::json!({"state": "cancelled",
+                    "error": "cancelled before it started"}),
+                );
+                self.inner.metrics.finished(RunState::Cancelled);
+            }
+            Some(RunState::Running) => {
+                if let Some(a) = self.active().get(&id) {
+                    a.cancel.cancel();
+                }
+                self.event(id, "cancelling", serde_json::json!({}));
+            }
+            Some(state) => {
+                return Err(ServerError::Conflict(format!(
+                    "run {id} already ended ({}); nothing to cancel",
+                    state.name()
+                )));
+            }
+        }
+        self.get(id)
+    }
+
+    /// Queues a finished run again: `retry` starts it over, `resume` continues from its
+    /// committed chunks.
+    pub fn requeue(&self, id: i64, mode: StartMode) -> Result<RunRecord> {
+        let from: &[RunState] = match mode {
+            StartMode::Resume => &[RunState::Failed, RunState::Cancelled, RunState::TimedOut],
+            _ => &[
+                RunState::Failed,
+                RunState::Cancelled,
+                RunState::TimedOut,
+                RunState::ValidationFailed,
+                RunState::Succeeded,
+            ],
+        };
+        let run = self.get(id)?;
+        if !self.inner.store.requeue(id, mode, from, now_ms())? {
+            let verb = if mode == StartMode::Resume {
+                "resumed (only failed, cancelled or timed-out runs are)"
+            } else {
+                "retried until it has ended"
+            };
+            return Err(ServerError::Conflict(format!(
+                "run {id} is {}; it cannot be {verb}",
+                run.state.name()
+            )));
+        }
+        self.event(
+            id,
+            "requeued",
+            serde_json::json!({"mode": if mode == StartMode::Resume { "resume" } else { "retry" }}),
+        );
+        self.inner.wake.notify_one();
+        self.get(id)
+    }
+
+    pub fn get(&self, id: i64) -> Result<RunRecord> {
+        self.inner
+            .store
+            .run(id)?
+            .ok_or_else(|| ServerError::NotFound(format!("no run {id}")))
+    }
+
+    // ---- the background loop -------------------------------------------------------------
+
+    async fn background_loop(self) {
+        let mut ticker = tokio::time::interval(self.inner.config.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.inner.stop.cancelled() => return,
+                _ = ticker.tick() => {
+                    self.sample_progress();
+                    if let Err(e) = self.fire_schedules(now_ms()) {
+                        tracing::warn!("schedules: {e}");
+                    }
+                }
+                _ = self.inner.wake.notified() => {}
+            }
+            if let Err(e) = self.admit().await {
+                tracing::warn!("admission: {e}");
+            }
+        }
+    }
+
+    /// Starts what the queue's head allows.
+    async fn admit(&self) -> Result<()> {
+        let _guard = self.inner.admitting.lock().await;
+        if self.inner.stop.is_cancelled() {
+            return Ok(());
+        }
+        let queued = self.inner.store.runs(Some(RunState::Queued), 10_000)?;
+        if queued.is_empty() {
+            return Ok(());
+        }
+        let (reserved, running) = {
+            let active = self.active();
+            (active.values().map(|a| a.memory).sum::<u64>(), active.len())
+        };
+        let cfg = &self.inner.config;
+        let capacity = Capacity {
+            free_memory: cfg.memory_budget.saturating_sub(reserved),
+            free_slots: cfg.max_concurrent.saturating_sub(running),
+        };
+        let ordered = queue::order(waiting(&queued), now_ms(), cfg.aging);
+        for id in queue::admit(&ordered, capacity) {
+            if let Some(run) = queued.iter().find(|r| r.id == id) {
+                self.launch(run.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Compiles and starts one admitted run, and watches it to its end.
+    fn launch(&self, run: RunRecord) {
+        let id = run.id;
+        match self.inner.store.start(id, now_ms()) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(run = id, "could not start: {e}");
+                return;
+            }
+        }
+        let cancel = CancellationToken::new();
+        let live = Arc::new(Mutex::new(Live::default()));
+        self.active().insert(
+            id,
+            Active {
+                cancel: cancel.clone(),
+                memory: run.memory_bytes,
+                pipeline: run.pipeline.clone(),
+                started: Instant::now(),
+                live: live.clone(),
+            },
+        );
+        let server = self.clone();
+        let span = tracing::info_span!("served_run", run = id, pipeline = %run.pipeline);
+        tokio::spawn(
+            async move {
+                let end = server.execute(&run, cancel, live).await;
+                server.finish(&run, end);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Runs a started run to its end: its state, report and error.
+    async fn execute(
+        &self,
+        run: &RunRecord,
+        cancel: CancellationToken,
+        live: Arc<Mutex<Live>>,
+    ) -> RunEnd {
+        let id = run.id;
+        let prepared = self.prepare(run);
+        let mut compiled = match prepared {
+            Ok(c) => c,
+            Err(e) => {
+                return RunEnd {
+                    state: RunState::Failed,
+                    report: None,
+                    error: Some(e.to_string()),
+                    on_failure: Vec::new(),
+                };
+            }
+        };
+        compiled.memory_limit = Some(run.memory_bytes as usize);
+        if let Some(ms) = run.timeout_ms {
+            compiled.timeout = Some(Duration::from_millis(ms));
+            compiled.timeout_text = Some(format!("{}s", ms as f64 / 1000.0));
+        }
+        if let Some(c) = run.cpus {
+            compiled.cpus = Some(c as usize);
+        }
+        let on_failure = compiled.trigger.on_failure.clone();
+        let faults = match FaultPlan::from_env() {
+            Ok(f) => f,
+            Err(e) => {
+                return RunEnd {
+                    state: RunState::Failed,
+                    report: None,
+                    error: Some(e.to_string()),
+                    on_failure,
+                };
+            }
+        };
+        let mode = match run.mode {
+            StartMode::Run => RunMode::Run,
+            StartMode::Resume => RunMode::Resume { refit: false },
+            StartMode::Restart => RunMode::Restart,
+        };
+        // A cancel that came while the run was being compiled.
+        if self
+            .inner
+            .store
+            .run(id)
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.cancel_requested)
+        {
+            cancel.cancel();
+        }
+        let options = RunOptions {
+            mode,
+            cancel,
+            faults,
+            ..RunOptions::default()
+        };
+        let mut handle = Run::start(compiled, options);
+        while let Some(event) = handle.next_event().await {
+            self.on_run_event(id, &event, &live);
+        }
+        let outcome = handle.wait().await;
+        let (report, error) = match outcome {
+            Ok(r) => (Some(Box::new(r)), None),
+            Err(f) => (Some(f.report), Some(f.error.user_message())),
+        };
+        let state = match report.as_ref().map(|r| r.status) {
+            Some(RunStatus::Succeeded) | Some(RunStatus::DryRun) => RunState::Succeeded,
+            Some(RunStatus::ValidationFailed) => RunState::ValidationFailed,
+            Some(RunStatus::Cancelled) => RunState::Cancelled,
+            Some(RunStatus::TimedOut) => RunState::TimedOut,
+            _ => RunState::Failed,
+        };
+        RunEnd {
+            state,
+            report: report.and_then(|r| serde_json::to_string(&*r).ok()),
+            error,
+            on_failure,
+        }
+    }
+
+    fn prepare(&self, run: &RunRecord) -> Result<CompiledPipeline> {
+        let source = self
+            .inner
+            .store
+            .source(run.id)?
+            .ok_or_else(|| ServerError::NotFound(format!("run {}", run.id)))?;
+        self.compile_checked(&source.file, &source.text, &source.overrides)
+    }
+
+    /// Counts an event into the run's live progress, stores and streams it.
+    fn on_run_event(&self, id: i64, event: &RunEvent, live: &Mutex<Live>) {
+        let mut l = live.lock().unwrap_or_else(|p| p.into_inner());
+        let metrics = &self.inner.metrics;
+        let (kind, data) = match event {
+            RunEvent::Started { pipeline, resume } => (
+                "started",
+                serde_json::json!({"pipeline": pipeline, "resume": resume}),
+            ),
+            RunEvent::Phase(p) => {
+                l.phase = p.clone();
+                ("phase", serde_json::json!({"phase": p}))
+            }
+            RunEvent::FitDone {
+                input_rows,
+                models,
+                reused,
+            } => (
+                "fit_done",
+                serde_json::json!({"input_rows": input_rows, "models": models, "reused": reused}),
+            ),
+            RunEvent::ScoringStarted { chunks, rows } => {
+                l.chunks_total = Some(*chunks as u64);
+                l.rows_total = *rows;
+                l.scoring_started = Some(Instant::now());
+                (
+                    "scoring_started",
+                    serde_json::json!({"chunks": chunks, "rows": rows}),
+                )
+            }
+            RunEvent::ChunkReused { chunk, rows } => {
+                l.chunks_done += 1;
+                l.reused_rows += rows;
+                let record = ChunkRecord {
+                    chunk: *chunk as u64,
+                    state: "reused".into(),
+                    rows: *rows,
+                    anomalies: 0,
+                    at_ms: now_ms(),
+                };
+                let _ = self.inner.store.record_chunk(id, &record);
+                (
+                    "chunk_reused",
+                    serde_json::json!({"chunk": chunk, "rows": rows}),
+                )
+            }
+            RunEvent::ChunkCommitted {
+                chunk,
+                rows,
+                anomalies,
+                seconds,
+                committed_at_unix_ms,
+            } => {
+                l.chunks_done += 1;
+                l.committed_rows += rows;
+                metrics.chunk_committed(*rows, *seconds);
+                let record = ChunkRecord {
+                    chunk: *chunk as u64,
+                    state: "committed".into(),
+                    rows: *rows,
+                    anomalies: *anomalies,
+                    at_ms: *committed_at_unix_ms as i64,
+                };
+                if let Err(e) = self.inner.store.record_chunk(id, &record) {
+                    tracing::warn!(run = id, "could not store chunk {chunk}: {e}");
+                }
+                (
+                    "chunk_committed",
+                    serde_json::json!({"chunk": chunk, "rows": rows, "anomalies": anomalies,
+                        "seconds": seconds, "committed_at_ms": committed_at_unix_ms}),
+                )
+            }
+            RunEvent::Retry {
+                place,
+                attempt,
+                error,
+                wait,
+            } => {
+                l.retries += 1;
+                metrics.retry();
+                l.errors.push(format!("{place}: {error}"));
+                (
+                    "retry",
+                    serde_json::json!({"place": place.to_string(), "attempt": attempt,
+                        "error": error, "wait_seconds": wait.as_secs_f64()}),
+                )
+            }
+            RunEvent::Progress {
+                rows_done,
+                rows_total,
+                bytes,
+                memory,
+                ..
+            } => {
+                l.rows_done = *rows_done;
+                if rows_total.is_some() {
+                    l.rows_total = *rows_total;
+                }
+                l.bytes = *bytes;
+                l.pool_bytes = *memory as u64;
+                // Streamed by the server's own sampler (every tick), not twice per event.
+                return;
+            }
+            RunEvent::CheckResult(c) => (
+                "check",
+                serde_json::json!({"check": c.check, "passed": c.passed, "detail": c.detail}),
+            ),
+            RunEvent::Warning(w) => ("warning", serde_json::json!({"warning": w})),
+            // The run's end is recorded by `finish`, with the state the server gives it.
+            RunEvent::Finished { .. } => return,
+        };
+        drop(l);
+        self.event(id, kind, data);
+    }
+
+    /// Records a run's end, frees its memory, and fires what depends on it.
+    fn finish(&self, run: &RunRecord, end: RunEnd) {
+        let id = run.id;
+        let active = self.active().remove(&id);
+        let now = now_ms();
+        let user_cancelled = self
+            .inner
+            .store
+            .run(id)
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.cancel_requested);
+        // Stopped by the server's shutdown, not by a user: queued again to resume next time.
+        if self.inner.stop.is_cancelled() && end.state == RunState::Cancelled && !user_cancelled {
+            let _ = self
+                .inner
+                .store
+                .requeue(id, StartMode::Resume, &[RunState::Running], now);
+            return;
+        }
+        if let Some(a) = &active {
+            let snapshot = progress_json(&a.live, a.started, None);
+            let _ = self.inner.store.set_progress(id, &snapshot);
+        }
+        if let Err(e) = self.inner.store.finish(
+            id,
+            end.state,
+            end.report.as_deref(),
+            end.error.as_deref(),
+            now,
+        ) {
+            tracing::warn!(run = id, "could not record the end: {e}");
+        }
+        self.inner.metrics.finished(end.state);
+        self.event(
+            id,
+            "finished",
+            serde_json::json!({"state": end.state.name(), "error": end.error}),
+        );
+        self.inner.wake.notify_one();
+        let pipeline = active
+            .map(|a| a.pipeline)
+            .unwrap_or_else(|| run.pipeline.clone());
+        match end.state {
+            RunState::Succeeded => self.fire_dependents(&pipeline, id),
+            RunState::Failed | RunState::TimedOut => {
+                for name in &end.on_failure {
+                    self.queue_registered(name, &format!("on_failure:{id}"));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Samples every running run's progress: stored, and streamed as a `progress` event.
+    fn sample_progress(&self) {
+        let snapshots: Vec<(i64, serde_json::Value)> = {
+            let active = self.active();
+            active
+                .iter()
+                .map(|(id, a)| (*id, progress_json(&a.live, a.started, Some(a.memory))))
+                .collect()
+        };
+        let mut in_use = 0;
+        for (id, p) in snapshots {
+            in_use += p["memory_bytes"].as_u64().unwrap_or(0);
+            let _ = self.inner.store.set_progress(id, &p);
+            self.event(id, "progress", p);
+        }
+        self.inner.metrics.set_memory_in_use(in_use);
+    }
+
+    // ---- queue view ----------------------------------------------------------------------
+
+    pub fn queue(&self) -> Result<QueueView> {
+        let cfg = &self.inner.config;
+        let queued = self.inner.store.runs(Some(RunState::Queued), 10_000)?;
+        let now = now_ms();
+        let ordered = queue::order(waiting(&queued), now, cfg.aging);
+        let (busy, running, reserved) = {
+            let active = self.active();
+            let busy: Vec<Busy> = active
+                .values()
+                .map(|a| Busy {
+                    memory: a.memory,
+                    remaining_seconds: remaining_seconds(a),
+                })
+                .collect();
+            let reserved = active.values().map(|a| a.memory).sum::<u64>();
+            (busy, active.keys().copied().collect::<Vec<_>>(), reserved)
+        };
+        let mean = self.mean_run_seconds();
+        let starts =
+            queue::estimate_starts(&ordered, &busy, cfg.memory_budget, cfg.max_concurrent, mean);
+        let free_memory = cfg.memory_budget.saturating_sub(reserved);
+        let free_slots = cfg.max_concurrent.saturating_sub(running.len());
+        let entries = ordered
+            .iter()
+            .zip(starts)
+            .enumerate()
+            .map(|(i, (w, start))| {
+                let run = queued.iter().find(|r| r.id == w.id);
+                QueueEntry {
+                    id: w.id,
+                    pipeline: run.map(|r| r.pipeline.clone()).unwrap_or_default(),
+                    position: i + 1,
+                    priority: w.priority,
+                    effective_priority: queue::effective_priority(w, now, cfg.aging),
+                    memory_bytes: w.memory,
+                    waiting_seconds: (now - w.queued_ms).max(0) as f64 / 1000.0,
+                    estimated_start_ms: start.map(|s| now + (s * 1000.0) as i64),
+                    waiting_for: if i > 0 {
+                        "ahead".into()
+                    } else if free_slots == 0 {
+                        "slots".into()
+                    } else if w.memory > free_memory {
+                        "memory".into()
+                    } else {
+                        "admission".into()
+                    },
+                }
+            })
+            .collect();
+        Ok(QueueView {
+            memory_budget_bytes: cfg.memory_budget,
+            memory_reserved_bytes: reserved,
+            max_concurrent: cfg.max_concurrent,
+            running,
+            queued: entries,
+        })
+    }
+
+    /// The mean duration of recent finished runs (60 s when none has finished).
+    fn mean_run_seconds(&self) -> f64 {
+        let recent = self.inner.store.runs(None, 50).unwrap_or_default();
+        let durations: Vec<f64> = recent
+            .iter()
+            .filter(|r| r.state.is_finished())
+            .filter_map(|r| Some((r.finished_ms? - r.started_ms?) as f64 / 1000.0))
+            .collect();
+        if durations.is_empty() {
+            60.0
+        } else {
+            durations.iter().sum::<f64>() / durations.len() as f64
+        }
+    }
+
+    /// A run's progress now (live while it runs; its last sample after).
+    pub fn progress(&self, id: i64) -> Option<serde_json::Value> {
+        let active = self.active();
+        active
+            .get(&id)
+            .map(|a| progress_json(&a.live, a.started, Some(a.memory)))
+    }
+
+    // ---- schedules and dependencies ------------------------------------------------------
+
+    /// Registers (or updates) a pipeline file: its schedule and dependencies. A cycle through
+    /// `after` is refused, naming it.
+    pub fn register(&self, path: &str, priority: Option<i64>) -> Result<ScheduleView> {
+        let req = SubmitRequest {
+            path: Some(path.to_string()),
+            ..Default::default()
+        };
+        let (path, text) = self.pipeline_source(&req)?;
+        let compiled = self.compile_checked(&path, &text, &[])?;
+        let t = &compiled.trigger;
+        let mut graph: BTreeMap<String, Vec<String>> = self
+            .inner
+            .store
+            .pipelines()?
+            .into_iter()
+            .map(|p| (p.name, p.after))
+            .collect();
+        graph.insert(compiled.name.clone(), t.after.clone());
+        if let Some(cycle) = deps::find_cycle(&graph) {
+            return Err(ServerError::BadRequest(format!(
+                "`after` would make a cycle: {}; a pipeline cannot run after itself",
+                cycle.join(" -> ")
+            )));
+        }
+        let existing = self.inner.store.pipeline(&compiled.name)?;
+        let now = now_ms();
+        let record = PipelineRecord {
+            name: compiled.name.clone(),
+            file: path.to_string_lossy().to_string(),
+            text,
+            cron: t.schedule.as_ref().map(|s| s.expression.clone()),
+            timezone: t.schedule.as_ref().map(|s| s.timezone.name().to_string()),
+            catch_up: catch_up_name(t.catch_up).to_string(),
+            allow_overlap: t.allow_overlap,
+            after: t.after.clone(),
+            on_failure: t.on_failure.clone(),
+            priority: priority.unwrap_or(0),
+            added_ms: existing.as_ref().map_or(now, |e| e.added_ms),
+            last_fire_ms: existing.as_ref().and_then(|e| e.last_fire_ms),
+            fires: existing.as_ref().map_or(0, |e| e.fires),
+            skipped: existing.as_ref().map_or(0, |e| e.skipped),
+        };
+        self.inner.store.upsert_pipeline(&record)?;
+        self.schedule_view(record)
+    }
+
+    pub fn schedules(&self) -> Result<Vec<ScheduleView>> {
+        self.inner
+            .store
+            .pipelines()?
+            .into_iter()
+            .map(|p| self.schedule_view(p))
+            .collect()
+    }
+
+    pub fn schedule(&self, name: &str) -> Result<ScheduleView> {
+        let p = self
+            .inner
+            .store
+            .pipeline(name)?
+            .ok_or_else(|| ServerError::NotFound(format!("no registered pipeline '{name}'")))?;
+        self.schedule_view(p)
+    }
+
+    pub fn unregister(&self, name: &str) -> Result<()> {
+        if self.inner.store.remove_pipeline(name)? {
+            Ok(())
+        } else {
+            Err(ServerError::NotFound(format!(
+                "no registered pipeline '{name}'"
+            )))
+        }
+    }
+
+    fn schedule_view(&self, p: PipelineRecord) -> Result<ScheduleView> {
+        let next_fires_ms = match (&p.cron, &p.timezone) {
+            (Some(c), tz) => {
+                let cron = parse_cron(c).map_err(ServerError::BadRequest)?;
+                let tz = tz
+                    .as_deref()
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(chrono_tz::UTC);
+                schedule::next_fires(&cron, tz, now_ms(), 5)
+            }
+            _ => Vec::new(),
+        };
+        Ok(ScheduleView {
+            pipeline: p,
+            next_fires_ms,
+        })
+    }
+
+    /// Queues a run for every due fire of every schedule (the catch-up policy decides which).
+    pub fn fire_schedules(&self, now: i64) -> Result<()> {
+        for p in self.inner.store.pipelines()? {
+            let Some(expr) = &p.cron else { continue };
+            let Ok(cron) = parse_cron(expr) else { continue };
+            let tz = p
+                .timezone
+                .as_deref()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(chrono_tz::UTC);
+            let policy = match p.catch_up.as_str() {
+                "none" => CatchUp::None,
+                "all" => CatchUp::All,
+                _ => CatchUp::Latest,
+            };
+            let last = p.last_fire_ms.unwrap_or(p.added_ms);
+            let fires = schedule::due(&cron, tz, last, now, policy);
+            let Some(newest) = fires.last else { continue };
+            let mut skipped = fires.skipped as u64;
+            let mut queued = 0u64;
+            for fire in fires.run {
+                let busy = self
+                    .inner
+                    .store
+                    .runs_of(&p.name, 20)?
+                    .iter()
+                    .any(|r| !r.state.is_finished());
+                if busy && !p.allow_overlap {
+                    skipped += 1;
+                    tracing::info!(pipeline = %p.name, fire, "fire skipped: the previous run is still going");
+                    continue;
+                }
+                self.queue_registered(&p.name, &format!("schedule:{fire}"));
+                queued += 1;
+            }
+            self.inner
+                .store
+                .record_fires(&p.name, newest, queued, skipped)?;
+        }
+        Ok(())
+    }
+
+    /// Queues a run of a registered pipeline (its file as it is now, else as registered).
+    fn queue_registered(&self, name: &str, trigger: &str) {
+        let result = (|| -> Result<RunRecord> {
+            let p = self.inner.store.pipeline(name)?.ok_or_else(|| {
+                ServerError::NotFound(format!(
+                    "'{name}' is not a registered pipeline; register it with nomaly schedule add"
+                ))
+            })?;
+            let text = std::fs::read_to_string(&p.file).unwrap_or(p.text.clone());
+            let mut overrides = Vec::new();
+            let path = PathBuf::from(&p.file);
+            let file = self.parse(&path, &text, &[])?;
+            if file.spec.run.engine.is_none()
+                && let Some(engine) = &self.inner.config.engine
+            {
+                overrides.push(format!("run.engine={engine}"));
+            }
+            let compiled = self.compile_checked(&path, &text, &overrides)?;
+            let memory = compiled
+                .memory_limit
+                .map(|m| m as u64)
+                .unwrap_or(self.inner.config.default_run_memory)
+                .min(self.inner.config.memory_budget);
+            self.enqueue(NewRun {
+                pipeline: compiled.name,
+                file: path,
+                text,
+                overrides,
+                priority: p.priority,
+                memory_bytes: memory,
+                timeout_ms: None,
+                cpus: None,
+                trigger: trigger.to_string(),
+            })
+        })();
+        if let Err(e) = result {
+            tracing::warn!(pipeline = name, trigger, "could not queue: {e}");
+        }
+    }
+
+    /// After `pipeline` succeeded: queue the registered pipelines that run after it and whose
+    /// every upstream has now succeeded.
+    fn fire_dependents(&self, pipeline: &str, run_id: i64) {
+        let Ok(registered) = self.inner.store.pipelines() else {
+            return;
+        };
+        for p in registered
+            .iter()
+            .filter(|p| p.after.iter().any(|a| a == pipeline))
+        {
+            let mut succeeded = BTreeMap::new();
+            for up in &p.after {
+                let last_ok = self
+                    .inner
+                    .store
+                    .runs_of(up, 100)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|r| r.state == RunState::Succeeded)
+                    .filter_map(|r| r.finished_ms)
+                    .max();
+                if let Some(t) = last_ok {
+                    succeeded.insert(up.clone(), t);
+                }
+            }
+            let own = self
+                .inner
+                .store
+                .runs_of(&p.name, 1)
+                .unwrap_or_default()
+                .first()
+                .map(|r| r.submitted_ms);
+            if deps::ready(&p.after, &succeeded, own) {
+                self.queue_registered(&p.name, &format!("after:{run_id}"));
+            }
+        }
+    }
+}
+
+/// How a run ended.
+struct RunEnd {
+    state: RunState,
+    report: Option<String>,
+    error: Option<String>,
+    on_failure: Vec<String>,
+}
+
+fn catch_up_name(c: CatchUp) -> &'static str {
+    match c {
+        CatchUp::None => "none",
+        CatchUp::Latest => "latest",
+        CatchUp::All => "all",
+    }
+}
+
+fn waiting(queued: &[RunRecord]) -> Vec<Waiting> {
+    queued
+        .iter()
+        .map(|r| Waiting {
+            id: r.id,
+            priority: r.priority,
+            queued_ms: r.queued_ms,
+            memory: r.memory_bytes,
+        })
+        .collect()
+}
+
+/// Seconds a running run is expected to go on for: from its ETA, else a minute.
+fn remaining_seconds(a: &Active) -> f64 {
+    let p = progress_json(&a.live, a.started, None);
+    p["eta_seconds"].as_f64().unwrap_or(60.0)
+}
+
+/// A run's progress: percentage, rows/s, ETA, memory, retries, errors.
+fn progress_json(live: &Mutex<Live>, started: Instant, reserved: Option<u64>) -> serde_json::Value {
+    let l = live.lock().unwrap_or_else(|p| p.into_inner());
+    let rows_done = l.rows_done.max(l.committed_rows + l.reused_rows);
+    let percent = match (l.rows_total, l.chunks_total) {
+        (Some(t), _) if t > 0 => Some((rows_done as f64 / t as f64 * 100.0).min(100.0)),
+        (_, Some(c)) if c > 0 => Some(l.chunks_done as f64 / c as f64 * 100.0),
+        _ => None,
+    };
+    let scoring = l.scoring_started.map(|s| s.elapsed().as_secs_f64());
+    let worked = rows_done.saturating_sub(l.reused_rows);
+    let rate = scoring
+        .filter(|s| *s > 0.2)
+        .map(|s| worked as f64 / s)
+        .filter(|r| *r > 0.0);
+    let eta = match (rate, l.rows_total) {
+        (Some(r), Some(t)) => Some(t.saturating_sub(rows_done) as f64 / r),
+        _ => None,
+    };
+    serde_json::json!({
+        "phase": l.phase,
+        "percent": percent,
+        "rows_done": rows_done,
+        "rows_total": l.rows_total,
+        "chunks_done": l.chunks_done,
+        "chunks_total": l.chunks_total,
+        "rows_per_second": rate,
+        "eta_seconds": eta,
+        "elapsed_seconds": started.elapsed().as_secs_f64(),
+        "bytes_written": l.bytes,
+        "memory_bytes": l.pool_bytes,
+        "memory_budget_bytes": reserved,
+        "retries": l.retries,
+        "errors": l.errors,
+    })
+}
+
+/// `1.5 GiB`, `512 MiB`.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

@@ -1,0 +1,808 @@
+//! The job store: one SQLite file (WAL) holding runs, their chunks and events, and the registered
+//! pipelines with their schedules. Versioned migrations (`PRAGMA user_version`); every write is one
+//! statement or one transaction, so a server killed at any instant leaves a consistent store.
+
+use crate::error::{Result, ServerError};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Schema versions in order; `user_version` counts how many have been applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: runs, chunks, events, registered pipelines.
+    "CREATE TABLE runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        pipeline TEXT NOT NULL,
+        file TEXT NOT NULL,
+        text TEXT NOT NULL,
+        overrides TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        memory_bytes INTEGER NOT NULL,
+        timeout_ms INTEGER,
+        cpus INTEGER,
+        state TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        submitted_ms INTEGER NOT NULL,
+        queued_ms INTEGER NOT NULL,
+        started_ms INTEGER,
+        finished_ms INTEGER,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        progress TEXT,
+        report TEXT,
+        error TEXT
+    );
+    CREATE INDEX runs_by_state ON runs(state);
+    CREATE INDEX runs_by_pipeline ON runs(pipeline, id);
+    CREATE TABLE chunks (
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        chunk INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        rows INTEGER NOT NULL,
+        anomalies INTEGER NOT NULL,
+        at_ms INTEGER NOT NULL,
+        PRIMARY KEY (run_id, chunk)
+    );
+    CREATE TABLE events (
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        seq INTEGER NOT NULL,
+        at_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    );
+    CREATE TABLE pipelines (
+        name TEXT PRIMARY KEY,
+        file TEXT NOT NULL,
+        text TEXT NOT NULL,
+        cron TEXT,
+        timezone TEXT,
+        catch_up TEXT NOT NULL,
+        allow_overlap INTEGER NOT NULL,
+        after TEXT NOT NULL,
+        on_failure TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        added_ms INTEGER NOT NULL,
+        last_fire_ms INTEGER,
+        fires INTEGER NOT NULL DEFAULT 0,
+        skipped INTEGER NOT NULL DEFAULT 0
+    );",
+];
+
+/// Where a run is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Queued,
+    Running,
+    Succeeded,
+    /// Finished, but a `[[validate]]` check failed.
+    ValidationFailed,
+    Failed,
+    Cancelled,
+    TimedOut,
+}
+
+impl RunState {
+    pub const ALL: [RunState; 7] = [
+        RunState::Queued,
+        RunState::Running,
+        RunState::Succeeded,
+        RunState::ValidationFailed,
+        RunState::Failed,
+        RunState::Cancelled,
+        RunState::TimedOut,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RunState::Queued => "queued",
+            RunState::Running => "running",
+            RunState::Succeeded => "succeeded",
+            RunState::ValidationFailed => "validation_failed",
+            RunState::Failed => "failed",
+            RunState::Cancelled => "cancelled",
+            RunState::TimedOut => "timed_out",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RunState> {
+        RunState::ALL.into_iter().find(|s| s.name() == text)
+    }
+
+    pub fn is_finished(self) -> bool {
+        !matches!(self, RunState::Queued | RunState::Running)
+    }
+}
+
+/// How a run starts when admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartMode {
+    /// A new run (refused if an unfinished run of the same output exists).
+    Run,
+    /// Continue from the run directory's committed chunks (after a server restart, or `resume`).
+    Resume,
+    /// Discard an unfinished run of the output and start over (`retry`).
+    Restart,
+}
+
+impl StartMode {
+    fn name(self) -> &'static str {
+        match self {
+            StartMode::Run => "run",
+            StartMode::Resume => "resume",
+            StartMode::Restart => "restart",
+        }
+    }
+    fn parse(text: &str) -> StartMode {
+        match text {
+            "resume" => StartMode::Resume,
+            "restart" => StartMode::Restart,
+            _ => StartMode::Run,
+        }
+    }
+}
+
+/// A run as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: i64,
+    pub pipeline: String,
+    pub file: String,
+    pub priority: i64,
+    /// The memory budget the run was admitted with (its pool is this size).
+    pub memory_bytes: u64,
+    pub timeout_ms: Option<u64>,
+    pub cpus: Option<u64>,
+    pub state: RunState,
+    pub mode: StartMode,
+    /// What queued it: `api`, `schedule`, `after:<run id>`, `on_failure:<run id>`, `retry`, ...
+    pub trigger: String,
+    pub submitted_ms: i64,
+    /// When it last entered the queue (submission, retry, resume or a server restart).
+    pub queued_ms: i64,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    pub attempts: u32,
+    pub cancel_requested: bool,
+    /// The latest progress sample while it runs (and its last one after).
+    pub progress: Option<serde_json::Value>,
+    pub error: Option<String>,
+}
+
+/// What a new run needs.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub pipeline: String,
+    pub file: PathBuf,
+    pub text: String,
+    pub overrides: Vec<String>,
+    pub priority: i64,
+    pub memory_bytes: u64,
+    pub timeout_ms: Option<u64>,
+    pub cpus: Option<u64>,
+    pub trigger: String,
+}
+
+/// The pipeline text a run executes, as stored at submission.
+#[derive(Debug, Clone)]
+pub struct RunSource {
+    pub file: PathBuf,
+    pub text: String,
+    pub overrides: Vec<String>,
+}
+
+/// One chunk's state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkRecord {
+    pub chunk: u64,
+    /// `committed` (this attempt) or `reused` (an earlier attempt's, kept by resume).
+    pub state: String,
+    pub rows: u64,
+    pub anomalies: u64,
+    pub at_ms: i64,
+}
+
+/// A stored event of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub seq: i64,
+    pub at_ms: i64,
+    pub kind: String,
+    pub data: serde_json::Value,
+}
+
+/// A registered pipeline: its file, schedule and dependencies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineRecord {
+    pub name: String,
+    pub file: String,
+    #[serde(skip)]
+    pub text: String,
+    pub cron: Option<String>,
+    pub timezone: Option<String>,
+    pub catch_up: String,
+    pub allow_overlap: bool,
+    pub after: Vec<String>,
+    pub on_failure: Vec<String>,
+    pub priority: i64,
+    pub added_ms: i64,
+    pub last_fire_ms: Option<i64>,
+    /// Fires that queued a run, and fires skipped because the previous run was still going.
+    pub fires: u64,
+    pub skipped: u64,
+}
+
+pub struct Store {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+const RUN_COLUMNS: &str = "id, pipeline, file, priority, memory_bytes, timeout_ms, cpus, state, \
+     mode, trigger, submitted_ms, queued_ms, started_ms, finished_ms, attempts, cancel_requested, \
+     progress, error";
+
+fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
+    let state: String = r.get(7)?;
+    let mode: String = r.get(8)?;
+    let progress: Option<String> = r.get(16)?;
+    Ok(RunRecord {
+        id: r.get(0)?,
+        pipeline: r.get(1)?,
+        file: r.get(2)?,
+        priority: r.get(3)?,
+        memory_bytes: r.get::<_, i64>(4)? as u64,
+        timeout_ms: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+        cpus: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+        state: RunState::parse(&state).unwrap_or(RunState::Failed),
+        mode: StartMode::parse(&mode),
+        trigger: r.get(9)?,
+        submitted_ms: r.get(10)?,
+        queued_ms: r.get(11)?,
+        started_ms: r.get(12)?,
+        finished_ms: r.get(13)?,
+        attempts: r.get::<_, i64>(14)? as u32,
+        cancel_requested: r.get::<_, i64>(15)? != 0,
+        progress: progress.and_then(|p| serde_json::from_str(&p).ok()),
+        error: r.get(17)?,
+    })
+}
+
+fn pipeline_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PipelineRecord> {
+    let list = |i: usize| -> rusqlite::Result<Vec<String>> {
+        let text: String = r.get(i)?;
+        Ok(serde_json::from_str(&text).unwrap_or_default())
+    };
+    Ok(PipelineRecord {
+        name: r.get(0)?,
+        file: r.get(1)?,
+        text: r.get(2)?,
+        cron: r.get(3)?,
+        timezone: r.get(4)?,
+        catch_up: r.get(5)?,
+        allow_overlap: r.get::<_, i64>(6)? != 0,
+        after: list(7)?,
+        on_failure: list(8)?,
+        priority: r.get(9)?,
+        added_ms: r.get(10)?,
+        last_fire_ms: r.get(11)?,
+        fires: r.get::<_, i64>(12)? as u64,
+        skipped: r.get::<_, i64>(13)? as u64,
+    })
+}
+
+const PIPELINE_COLUMNS: &str = "name, file, text, cron, timezone, catch_up, allow_overlap, after, \
+     on_failure, priority, added_ms, last_fire_ms, fires, skipped";
+
+impl Store {
+    /// Opens (creating if needed) the store at `path` and applies pending migrations.
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| ServerError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let db = |source| ServerError::Store {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db)?;
+        // WAL: readers never wait for the writer; synchronous=FULL: a committed transition
+        // survives power loss, which restart safety rests on.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(db)?;
+        if version as usize > MIGRATIONS.len() {
+            return Err(ServerError::StoreTooNew {
+                path: path.to_path_buf(),
+                version,
+                known: MIGRATIONS.len(),
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.unchecked_transaction().map_err(db)?;
+            tx.execute_batch(sql).map_err(db)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)
+                .map_err(db)?;
+            tx.commit().map_err(db)?;
+        }
+        Ok(Store {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn).map_err(|source| ServerError::Store {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// The schema version (number of migrations applied).
+    pub fn schema_version(&self) -> Result<i64> {
+        self.with(|c| c.pragma_query_value(None, "user_version", |r| r.get(0)))
+    }
+
+    pub fn insert_run(&self, run: &NewRun, now_ms: i64) -> Result<i64> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO runs (pipeline, file, text, overrides, priority, memory_bytes, \
+                 timeout_ms, cpus, state, mode, trigger, submitted_ms, queued_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', 'run', ?9, ?10, ?10)",
+                params![
+                    run.pipeline,
+                    run.file.to_string_lossy(),
+                    run.text,
+                    serde_json::to_string(&run.overrides).unwrap_or_else(|_| "[]".into()),
+                    run.priority,
+                    run.memory_bytes as i64,
+                    run.timeout_ms.map(|v| v as i64),
+                    run.cpus.map(|v| v as i64),
+                    run.trigger,
+                    now_ms,
+                ],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+    }
+
+    pub fn run(&self, id: i64) -> Result<Option<RunRecord>> {
+        self.with(|c| {
+            c.query_row(
+                &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"),
+                [id],
+                run_from_row,
+            )
+            .optional()
+        })
+    }
+
+    /// Runs, newest first; only those in `state` when given.
+    pub fn runs(&self, state: Option<RunState>, limit: usize) -> Result<Vec<RunRecord>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE (?1 IS NULL OR state = ?1) \
+                 ORDER BY id DESC LIMIT ?2"
+            ))?;
+            stmt.query_map(params![state.map(|s| s.name()), limit as i64], run_from_row)?
+                .collect()
+        })
+    }
+
+    /// Runs of one pipeline, newest first.
+    pub fn runs_of(&self, pipeline: &str, limit: usize) -> Result<Vec<RunRecord>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE pipeline = ?1 ORDER BY id DESC LIMIT ?2"
+            ))?;
+            stmt.query_map(params![pipeline, limit as i64], run_from_row)?
+                .collect()
+        })
+    }
+
+    pub fn source(&self, id: i64) -> Result<Option<RunSource>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT file, text, overrides FROM runs WHERE id = ?1",
+                [id],
+                |r| {
+                    let overrides: String = r.get(2)?;
+                    Ok(RunSource {
+                        file: PathBuf::from(r.get::<_, String>(0)?),
+                        text: r.get(1)?,
+                        overrides: serde_json::from_str(&overrides).unwrap_or_default(),
+                    })
+                },
+            )
+            .optional()
+        })
+    }
+
+    pub fn count_by_state(&self) -> Result<Vec<(RunState, u64)>> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT state, COUNT(*) FROM runs GROUP BY state")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (s, n) = row?;
+                if let Some(s) = RunState::parse(&s) {
+                    out.push((s, n));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Marks a queued run running (one more attempt). False when it was no longer queued.
+    pub fn start(&self, id: i64, now_ms: i64) -> Result<bool> {
+        self.with(|c| {
+            let n = c.execute(
+                "UPDATE runs SET state = 'running', started_ms = ?2, finished_ms = NULL, \
+                 attempts = attempts + 1, error = NULL WHERE id = ?1 AND state = 'queued'",
+                params![id, now_ms],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    pub fn set_progress(&self, id: i64, progress: &serde_json::Value) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE runs SET progress = ?2 WHERE id = ?1",
+                params![id, progress.to_string()],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Records a run's end: its state, report and error.
+    pub fn finish(
+        &self,
+        id: i64,
+        state: RunState,
+        report: Option<&str>,
+        error: Option<&str>,
+        now_ms: i64,
+    ) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE runs SET state = ?2, report = COALESCE(?3, report), error = ?4, \
+                 finished_ms = ?5 WHERE id = ?1",
+                params![id, state.name(), report, error, now_ms],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Puts a run back in the queue (retry, resume, a server restart) with how it is to start.
+    /// False when the run is not in one of `from`.
+    pub fn requeue(
+        &self,
+        id: i64,
+        mode: StartMode,
+        from: &[RunState],
+        now_ms: i64,
+    ) -> Result<bool> {
+        self.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            let state: Option<String> = tx
+                .query_row("SELECT state FROM runs WHERE id = ?1", [id], |r| r.get(0))
+                .optional()?;
+            let ok = state
+                .and_then(|s| RunState::parse(&s))
+                .is_some_and(|s| from.contains(&s));
+            if ok {
+                tx.execute(
+                    "UPDATE runs SET state = 'queued', mode = ?2, queued_ms = ?3, \
+                     cancel_requested = 0, finished_ms = NULL WHERE id = ?1",
+                    params![id, mode.name(), now_ms],
+                )?;
+            }
+            tx.commit()?;
+            Ok(ok)
+        })
+    }
+
+    /// After a restart: runs that were running go back to the queue, to resume from their
+    /// checkpoints. Returns their ids.
+    pub fn requeue_interrupted(&self, now_ms: i64) -> Result<Vec<i64>> {
+        self.with(|c| {
+            let ids: Vec<i64> = c
+                .prepare("SELECT id FROM runs WHERE state = 'running' ORDER BY id")?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            // Keeps queued_ms: an interrupted run does not lose its place to later submissions.
+            c.execute(
+                "UPDATE runs SET state = 'queued', mode = 'resume' WHERE state = 'running'",
+                [],
+            )?;
+            let _ = now_ms;
+            Ok(ids)
+        })
+    }
+
+    /// Cancels a queued run at once (true), or flags a running one (false; its task stops it).
+    pub fn request_cancel(&self, id: i64, now_ms: i64) -> Result<Option<RunState>> {
+        self.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            let state: Option<String> = tx
+                .query_row("SELECT state FROM runs WHERE id = ?1", [id], |r| r.get(0))
+                .optional()?;
+            let Some(state) = state.and_then(|s| RunState::parse(&s)) else {
+                return Ok(None);
+            };
+            match state {
+                RunState::Queued => {
+                    tx.execute(
+                        "UPDATE runs SET state = 'cancelled', cancel_requested = 1, \
+                         finished_ms = ?2, error = 'cancelled before it started' WHERE id = ?1",
+                        params![id, now_ms],
+                    )?;
+                }
+                RunState::Running => {
+                    tx.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ?1", [id])?;
+                }
+                _ => {}
+            }
+            tx.commit()?;
+            Ok(Some(state))
+        })
+    }
+
+    pub fn report(&self, id: i64) -> Result<Option<String>> {
+        self.with(|c| {
+            c.query_row("SELECT report FROM runs WHERE id = ?1", [id], |r| r.get(0))
+                .optional()
+                .map(Option::flatten)
+        })
+    }
+
+    pub fn record_chunk(&self, id: i64, chunk: &ChunkRecord) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO chunks (run_id, chunk, state, rows, anomalies, at_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    id,
+                    chunk.chunk as i64,
+                    chunk.state,
+                    chunk.rows as i64,
+                    chunk.anomalies as i64,
+                    chunk.at_ms
+                ],
+            )
+            .map(|_| ())
+        })
+    }
+
+    pub fn chunks(&self, id: i64) -> Result<Vec<ChunkRecord>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT chunk, state, rows, anomalies, at_ms FROM chunks WHERE run_id = ?1 \
+                 ORDER BY chunk",
+            )?;
+            stmt.query_map([id], |r| {
+                Ok(ChunkRecord {
+                    chunk: r.get::<_, i64>(0)? as u64,
+                    state: r.get(1)?,
+                    rows: r.get::<_, i64>(2)? as u64,
+                    anomalies: r.get::<_, i64>(3)? as u64,
+                    at_ms: r.get(4)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
+    /// Appends an event; returns its sequence number within the run.
+    pub fn add_event(
+        &self,
+        id: i64,
+        kind: &str,
+        data: &serde_json::Value,
+        now_ms: i64,
+    ) -> Result<i64> {
+        self.with(|c| {
+            let seq: i64 = c.query_row(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id = ?1",
+                [id],
+                |r| r.get(0),
+            )?;
+            c.execute(
+                "INSERT INTO events (run_id, seq, at_ms, kind, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, seq, now_ms, kind, data.to_string()],
+            )?;
+            Ok(seq)
+        })
+    }
+
+    pub fn events(&self, id: i64) -> Result<Vec<EventRecord>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT seq, at_ms, kind, data FROM events WHERE run_id = ?1 ORDER BY seq",
+            )?;
+            stmt.query_map([id], |r| {
+                let data: String = r.get(3)?;
+                Ok(EventRecord {
+                    seq: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    kind: r.get(2)?,
+                    data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
+                })
+            })?
+            .collect()
+        })
+    }
+
+    pub fn upsert_pipeline(&self, p: &PipelineRecord) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                &format!(
+                    "INSERT INTO pipelines ({PIPELINE_COLUMNS}) VALUES \
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+                     ON CONFLICT(name) DO UPDATE SET file = ?2, text = ?3, cron = ?4, \
+                     timezone = ?5, catch_up = ?6, allow_overlap = ?7, after = ?8, \
+                     on_failure = ?9, priority = ?10"
+                ),
+                params![
+                    p.name,
+                    p.file,
+                    p.text,
+                    p.cron,
+                    p.timezone,
+                    p.catch_up,
+                    p.allow_overlap as i64,
+                    serde_json::to_string(&p.after).unwrap_or_else(|_| "[]".into()),
+                    serde_json::to_string(&p.on_failure).unwrap_or_else(|_| "[]".into()),
+                    p.priority,
+                    p.added_ms,
+                    p.last_fire_ms,
+                    p.fires as i64,
+                    p.skipped as i64,
+                ],
+            )
+            .map(|_| ())
+        })
+    }
+
+    pub fn pipelines(&self) -> Result<Vec<PipelineRecord>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {PIPELINE_COLUMNS} FROM pipelines ORDER BY name"
+            ))?;
+            stmt.query_map([], pipeline_from_row)?.collect()
+        })
+    }
+
+    pub fn pipeline(&self, name: &str) -> Result<Option<PipelineRecord>> {
+        self.with(|c| {
+            c.query_row(
+                &format!("SELECT {PIPELINE_COLUMNS} FROM pipelines WHERE name = ?1"),
+                [name],
+                pipeline_from_row,
+            )
+            .optional()
+        })
+    }
+
+    pub fn remove_pipeline(&self, name: &str) -> Result<bool> {
+        self.with(|c| Ok(c.execute("DELETE FROM pipelines WHERE name = ?1", [name])? == 1))
+    }
+
+    /// Records a schedule tick: its newest due fire, the runs it queued and the fires skipped.
+    pub fn record_fires(&self, name: &str, last_ms: i64, queued: u64, skipped: u64) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE pipelines SET last_fire_ms = ?2, fires = fires + ?3, \
+                 skipped = skipped + ?4 WHERE name = ?1",
+                params![name, last_ms, queued as i64, skipped as i64],
+            )
+            .map(|_| ())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_run(name: &str, priority: i64) -> NewRun {
+        NewRun {
+            pipeline: name.into(),
+            file: "/p.toml".into(),
+            text: "x".into(),
+            overrides: vec!["run.engine=local".into()],
+            priority,
+            memory_bytes: 1 << 30,
+            timeout_ms: None,
+            cpus: None,
+            trigger: "api".into(),
+        }
+    }
+
+    #[test]
+    fn runs_move_through_their_states_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.db");
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        let a = store.insert_run(&new_run("a", 0), 10).unwrap();
+        let b = store.insert_run(&new_run("b", 5), 11).unwrap();
+        assert!(store.start(a, 20).unwrap());
+        assert!(!store.start(a, 21).unwrap(), "only a queued run starts");
+        store
+            .record_chunk(
+                a,
+                &ChunkRecord {
+                    chunk: 0,
+                    state: "committed".into(),
+                    rows: 7,
+                    anomalies: 1,
+                    at_ms: 22,
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            store
+                .add_event(a, "started", &serde_json::json!({}), 20)
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            store
+                .add_event(a, "phase", &serde_json::json!({"p": 1}), 21)
+                .unwrap(),
+            2
+        );
+        drop(store);
+        // A server killed here: reopened, the running run goes back to the queue to resume.
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.requeue_interrupted(30).unwrap(), vec![a]);
+        let run = store.run(a).unwrap().unwrap();
+        assert_eq!(
+            (run.state, run.mode, run.attempts),
+            (RunState::Queued, StartMode::Resume, 1)
+        );
+        assert_eq!(run.queued_ms, 10, "an interrupted run keeps its place");
+        assert_eq!(store.chunks(a).unwrap().len(), 1);
+        assert_eq!(store.events(a).unwrap()[1].data["p"], 1);
+        assert_eq!(
+            store.source(a).unwrap().unwrap().overrides,
+            vec!["run.engine=local"]
+        );
+        // Cancelling a queued run ends it; a finished run cannot be requeued as if queued.
+        assert_eq!(store.request_cancel(b, 40).unwrap(), Some(RunState::Queued));
+        assert_eq!(store.run(b).unwrap().unwrap().state, RunState::Cancelled);
+        assert!(
+            !store
+                .requeue(b, StartMode::Run, &[RunState::Failed], 41)
+                .unwrap()
+        );
+        assert!(
+            store
+                .requeue(b, StartMode::Restart, &[RunState::Cancelled], 41)
+                .unwrap()
+        );
+        assert_eq!(store.runs(Some(RunState::Queued), 10).unwrap().len(), 2);
+        assert_eq!(store.request_cancel(99, 1).unwrap(), None);
+    }
+}
