@@ -338,12 +338,15 @@ async fn serve_inner(args: ServeArgs) -> Result<(), String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let server = Server::start(config).map_err(|e| e.to_string())?;
     tracing::info!(%addr, db = %db.display(), "nomaly serve listening");
-    eprintln!(
-        "nomaly serve: listening on http://{addr} (job store {}, memory budget {}, {} runs at once)",
-        db.display(),
-        nomaly_server::server::human_bytes(budget),
-        args.max_runs
-    );
+    // JSON logs stay JSON: the log line above says the same.
+    if args.log_format == LogFormat::Text {
+        eprintln!(
+            "nomaly serve: listening on http://{addr} (job store {}, memory budget {}, {} runs at once)",
+            db.display(),
+            nomaly_server::server::human_bytes(budget),
+            args.max_runs
+        );
+    }
     let http = HttpConfig {
         token: token.map(Arc::new),
         max_body_bytes: max_body,
@@ -428,7 +431,7 @@ fn cell(v: &Value) -> String {
 
 fn when(ms: &Value) -> String {
     ms.as_i64()
-        .and_then(|ms| chrono::DateTime::from_timestamp_millis(ms))
+        .and_then(chrono::DateTime::from_timestamp_millis)
         .map(|t| {
             t.with_timezone(&chrono::Local)
                 .format("%Y-%m-%d %H:%M:%S")

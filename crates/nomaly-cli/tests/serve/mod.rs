@@ -2,7 +2,7 @@
 //! schedules, restart safety, and the terminal clients.
 
 use super::{
-    assert_same_parts, free_port, nomaly_env, part_files, root, stderr, stdout, write_tx_parquet,
+    assert_same_parts, free_port, nomaly_env, part_files, stderr, stdout, write_tx_parquet,
 };
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -329,8 +329,7 @@ fn a_submitted_run_streams_its_events_and_report() {
     );
     let progress = events
         .iter()
-        .filter(|e| e.event["kind"] == "progress")
-        .last()
+        .rfind(|e| e.event["kind"] == "progress")
         .unwrap();
     assert!(
         progress.event["data"]["rows_total"] == 20_000,
@@ -474,9 +473,17 @@ fn cancel_timeout_and_priority() {
 #[test]
 fn runs_whose_budgets_do_not_fit_together_take_turns() {
     let f = Fixture::new();
+    // On Ballista standalone (the server's --engine): the runs' outputs still equal local runs.
     let server = Served::start(
         f.path(),
-        &["--memory-limit", "1GB", "--max-runs", "2"],
+        &[
+            "--memory-limit",
+            "1GB",
+            "--max-runs",
+            "2",
+            "--engine",
+            "standalone",
+        ],
         &[("NOMALY_FAULTS", "chunk_delay_ms=50")],
     );
     let a = server.submit(serde_json::json!({"path": f.pipeline("a", "out_a", "iforest", "").to_str().unwrap(), "memory_limit": "600MB"}));
@@ -495,6 +502,13 @@ fn runs_whose_budgets_do_not_fit_together_take_turns() {
         "b started before a ended: {ra} {rb}"
     );
     assert_eq!(ra["memory_bytes"], 600 << 20);
+    let (_, report) = server.json("GET", &format!("/api/runs/{a}/report"), None);
+    assert_eq!(report["engine"], "standalone", "{report}");
+    assert_eq!(
+        report["memory_limit_bytes"],
+        600 << 20,
+        "the run's pool is its admitted budget"
+    );
     for (name, alg) in [("a", "iforest"), ("b", "copod")] {
         let out = format!("out_{name}");
         let alone = f.run_alone(name, &out, alg);
@@ -571,7 +585,11 @@ fn a_killed_server_resumes_its_run_and_keeps_its_queue() {
 #[test]
 fn terminal_clients_use_the_api() {
     let f = Fixture::new();
-    let server = Served::start(f.path(), &[], &[("NOMALY_FAULTS", "chunk_delay_ms=20")]);
+    let server = Served::start(
+        f.path(),
+        &["--log-format", "json"],
+        &[("NOMALY_FAULTS", "chunk_delay_ms=20")],
+    );
     let url = server.url();
     let cli = |args: &[&str]| {
         let mut a = args.to_vec();
@@ -626,5 +644,12 @@ fn terminal_clients_use_the_api() {
     );
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("nomaly serve"), "{}", stderr(&o));
-    let _ = root();
+    // --log-format json: every line of the server's log is a JSON object.
+    let log = server.log();
+    assert!(log.contains("nomaly serve listening"), "{log}");
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
 }
