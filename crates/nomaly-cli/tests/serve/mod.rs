@@ -644,6 +644,28 @@ fn terminal_clients_use_the_api() {
     );
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("nomaly serve"), "{}", stderr(&o));
+    // A failed run queues its `on_failure` pipelines (registered with the server).
+    let alert = f.pipeline("alert", "out_alert", "zscore", "");
+    let (status, _) = server.json(
+        "POST",
+        "/api/schedules",
+        Some(serde_json::json!({"path": alert.to_str().unwrap()})),
+    );
+    assert_eq!(status, 201);
+    let failing = f.path().join("failing.toml");
+    std::fs::write(&failing, "name = \"failing\"\non_failure = [\"alert\"]\ninput = \"tx.parquet\"\noutput = \"out_failing/\"\n[detect]\nalgorithm = \"zscore\"\ncolumns = [\"no_such_column\"]\n").unwrap();
+    let id = server.submit(serde_json::json!({"path": failing.to_str().unwrap()}));
+    let failed = server.wait_ended(id);
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert!(
+        failed["error"].as_str().unwrap().contains("no_such_column"),
+        "{failed}"
+    );
+    let alerted = server.wait_run(id + 1, "ran", |r| r["state"] == "succeeded");
+    assert_eq!(
+        (alerted["pipeline"].as_str(), alerted["trigger"].as_str()),
+        (Some("alert"), Some(format!("on_failure:{id}").as_str()))
+    );
     // --log-format json: every line of the server's log is a JSON object.
     let log = server.log();
     assert!(log.contains("nomaly serve listening"), "{log}");
