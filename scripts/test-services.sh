@@ -2,7 +2,8 @@
 # Installs the servers the tests of remote inputs start on 127.0.0.1, once, under ~/.cache:
 #   ~/.cache/nomaly-py    a Python venv with moto_server (S3-compatible) and the upload clients
 #   ~/.cache/nomaly-node  Azurite (Azure Blob emulator)
-# and Debian's libhdf5-dev (for the `hdf5` feature) when it is missing and apt-get can run.
+# Debian's libhdf5-dev (for the `hdf5` feature) when it is missing and apt-get can run, and
+# Debian's chromium + chromium-driver for the dashboard's browser test.
 # Re-running is cheap: each part is skipped when its pinned versions are already installed.
 # Needs python3 (with venv) and npm, both on these machines; nothing else.
 set -euo pipefail
@@ -36,4 +37,12 @@ if ! pkg-config --exists hdf5 2>/dev/null; then
         { $sudo apt-get update -q && $sudo apt-get install -y -q libhdf5-dev pkg-config; } >/dev/null 2>&1 \
             || echo "test-services: could not install libhdf5-dev; HDF5 tests run without the feature" >&2
     fi
+fi
+
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo -n"
+    echo "test-services: installing chromium and chromium-driver (the dashboard's browser test)" >&2
+    { $sudo apt-get install -y -q chromium chromium-driver || { $sudo apt-get update -q && $sudo apt-get install -y -q chromium chromium-driver; }; } >/dev/null 2>&1 \
+        || echo "test-services: could not install chromium; the dashboard test will fail saying so" >&2
 fi

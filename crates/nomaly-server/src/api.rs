@@ -2,6 +2,7 @@
 //! `/api/openapi.json`); errors are `{"error": "..."}` with a 4xx status that says whose fault it
 //! is. Off loopback every route but `/health` needs the bearer token.
 
+use crate::dashboard;
 use crate::error::ServerError;
 use crate::metrics::Snapshot;
 use crate::server::{QueueEntry, Server, StreamEvent, SubmitRequest};
@@ -79,6 +80,10 @@ pub fn router(server: Server, http: HttpConfig) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/health", get(health))
+        // The dashboard's files hold no data: served without the token (the API calls it makes
+        // send it).
+        .route("/", get(dashboard::index))
+        .route("/ui/{file}", get(dashboard::asset))
         .merge(api)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(http.max_body_bytes))

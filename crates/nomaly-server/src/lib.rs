@@ -6,13 +6,15 @@
 //! Ballista cluster when their engine says so), and are recorded in a SQLite job store
 //! ([`store`]): state, per-chunk progress, events, reports. Registered pipelines fire on cron
 //! schedules ([`schedule`]) and after one another ([`deps`]). [`api`] is the REST/SSE shell,
-//! [`client`] the terminal side (`nomaly submit | runs | status | cancel`).
+//! [`client`] the terminal side (`nomaly submit | runs | status | cancel`), [`dashboard`] the
+//! web page at `/`.
 //!
 //! A server killed at any instant restarts with its queue intact: queued runs stay queued and
 //! runs that were running go back to the queue to resume from their committed chunks.
 
 pub mod api;
 pub mod client;
+pub mod dashboard;
 pub mod deps;
 pub mod error;
 pub mod metrics;

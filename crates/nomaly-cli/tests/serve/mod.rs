@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod api_fuzz;
+mod browser;
 mod schedules;
 
 fn now_ms() -> i64 {
@@ -191,8 +192,31 @@ pub fn raw_request(
     );
     s.write_all(head.as_bytes()).ok()?;
     let _ = s.write_all(body);
+    // Reads the head, then Content-Length bytes when given (some servers keep the connection
+    // open after answering), else to the end.
     let mut response = Vec::new();
-    let _ = s.read_to_end(&mut response);
+    let mut buf = [0u8; 65536];
+    let mut head_end = None;
+    loop {
+        if let Some(end) = head_end {
+            let head = String::from_utf8_lossy(&response[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if length.is_some_and(|n| response.len() >= end + 4 + n) {
+                break;
+            }
+        }
+        let n = match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        response.extend_from_slice(&buf[..n]);
+        if head_end.is_none() {
+            head_end = response.windows(4).position(|w| w == b"\r\n\r\n");
+        }
+    }
     let text = String::from_utf8_lossy(&response).to_string();
     let status = text.split(' ').nth(1)?.parse().ok()?;
     let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");

@@ -1,0 +1,359 @@
+//! The dashboard in a real browser: Debian's Chromium, headless, driven through ChromeDriver's
+//! WebDriver protocol (plain JSON over HTTP). `scripts/test-services.sh` installs both.
+//! Screenshots go to `target/nomaly-artifacts/dashboard/`.
+
+use super::{Fixture, Served, raw_request};
+use crate::free_port;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// A ChromeDriver process with one headless Chromium session; both end when dropped.
+struct Browser {
+    port: u16,
+    session: String,
+    driver: Child,
+}
+
+impl Browser {
+    fn start() -> Browser {
+        assert!(
+            std::path::Path::new(CHROMEDRIVER).exists() && std::path::Path::new(CHROMIUM).exists(),
+            "the dashboard test needs Debian's chromium and chromium-driver; scripts/test-services.sh installs them"
+        );
+        let port = free_port();
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while raw_request(port, "GET", "/status", None, None).is_none() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let caps = serde_json::json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": CHROMIUM, "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1400,1000", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"]}
+        }}});
+        let (status, body) = raw_request(
+            port,
+            "POST",
+            "/session",
+            Some(caps.to_string().as_bytes()),
+            None,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(status, 200, "{v}");
+        let session = v["value"]["sessionId"].as_str().unwrap().to_string();
+        Browser {
+            port,
+            session,
+            driver,
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let path = format!("/session/{}{path}", self.session);
+        let body = body.to_string();
+        let (status, text) = raw_request(self.port, method, &path, Some(body.as_bytes()), None)
+            .unwrap_or_else(|| panic!("{method} {path}: no answer"));
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        assert_eq!(status, 200, "{method} {path}: {v}");
+        v["value"].clone()
+    }
+
+    fn goto(&self, url: &str) {
+        self.call("POST", "/url", serde_json::json!({"url": url}));
+    }
+
+    /// Runs a script in the page; its return value.
+    fn eval(&self, script: &str) -> serde_json::Value {
+        self.call(
+            "POST",
+            "/execute/sync",
+            serde_json::json!({"script": script, "args": []}),
+        )
+    }
+
+    /// Runs an async script (it calls `arguments[0]` with its result).
+    fn eval_async(&self, script: &str) -> serde_json::Value {
+        self.call(
+            "POST",
+            "/execute/async",
+            serde_json::json!({"script": script, "args": []}),
+        )
+    }
+
+    /// Waits until `script` returns true in the page.
+    fn wait_for(&self, what: &str, script: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.eval(script) != serde_json::Value::Bool(true) {
+            if Instant::now() > deadline {
+                let shot = self.screenshot("failure");
+                let text = self.eval("return document.body.innerText + '\\n' + location.href");
+                panic!(
+                    "the page never showed {what} (screenshot {}):\n{}",
+                    shot.display(),
+                    text.as_str().unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Clicks the element as a user would (the live view redraws itself, so an element found a
+    /// moment ago may have been replaced: then it is found again).
+    fn click(&self, css: &str) {
+        for _ in 0..20 {
+            let e = self.call(
+                "POST",
+                "/element",
+                serde_json::json!({"using": "css selector", "value": css}),
+            );
+            let id = e
+                .as_object()
+                .unwrap()
+                .values()
+                .next()
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string();
+            let path = format!("/session/{}/element/{id}/click", self.session);
+            let (status, text) = raw_request(self.port, "POST", &path, Some(b"{}"), None).unwrap();
+            if status == 200 {
+                return;
+            }
+            assert!(text.contains("stale element"), "click {css}: {text}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{css} kept being replaced before it could be clicked");
+    }
+
+    fn type_into(&self, css: &str, text: &str) {
+        let e = self.call(
+            "POST",
+            "/element",
+            serde_json::json!({"using": "css selector", "value": css}),
+        );
+        let id = e
+            .as_object()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string();
+        self.call(
+            "POST",
+            &format!("/element/{id}/value"),
+            serde_json::json!({"text": text}),
+        );
+    }
+
+    /// Saves a PNG screenshot under the artifacts directory; returns its path.
+    fn screenshot(&self, name: &str) -> PathBuf {
+        let b64 = self.call("GET", "/screenshot", serde_json::json!({}));
+        let png = decode_base64(b64.as_str().unwrap());
+        assert!(png.starts_with(b"\x89PNG"), "a PNG");
+        let dir = artifacts();
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.png"));
+        std::fs::write(&path, png).unwrap();
+        path
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let path = format!("/session/{}", self.session);
+        let _ = raw_request(self.port, "DELETE", &path, None, None);
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn artifacts() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::root().join("target"));
+    target.join("nomaly-artifacts/dashboard")
+}
+
+fn decode_base64(text: &str) -> Vec<u8> {
+    let value = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => (c - b'A') as u32,
+            b'a'..=b'z' => (c - b'a' + 26) as u32,
+            b'0'..=b'9' => (c - b'0' + 52) as u32,
+            b'+' => 62,
+            _ => 63,
+        }
+    };
+    let bytes: Vec<u8> = text
+        .bytes()
+        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
+        .collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n |= value(*c) << (18 - 6 * i);
+        }
+        out.push((n >> 16) as u8);
+        if chunk.len() > 2 {
+            out.push((n >> 8) as u8);
+        }
+        if chunk.len() > 3 {
+            out.push(n as u8);
+        }
+    }
+    out
+}
+
+/// A run submitted while the page is open moves its progress bar and finishes; cancel from the
+/// run's page works; without the token the page's actions are refused; every request the page
+/// makes goes to the server it came from.
+#[test]
+fn the_dashboard_shows_runs_live_and_cancels_them() {
+    let f = Fixture::new();
+    let token = "dashboard-token";
+    let server = Served::start(
+        f.path(),
+        &["--max-runs", "1"],
+        &[
+            ("NOMALY_TOKEN", token),
+            ("NOMALY_FAULTS", "chunk_delay_ms=250"),
+        ],
+    );
+    let (status, html) = raw_request(server.port, "GET", "/", None, None).unwrap();
+    assert_eq!(status, 200, "the page itself needs no token");
+    assert!(html.contains("<title>Nomaly</title>"), "{html}");
+    let browser = Browser::start();
+    browser.goto(&server.url());
+    // The API needs the token: the page asks for it.
+    browser.wait_for(
+        "the token dialog",
+        "return document.getElementById('token-dialog').open === true",
+    );
+    browser.type_into("#token-input", token);
+    browser.click("#token-form button");
+    browser.wait_for("the runs view", "return document.querySelector('h1') && document.querySelector('h1').textContent === 'Runs'");
+    browser.wait_for(
+        "the live stream",
+        "return document.getElementById('live').textContent === 'live'",
+    );
+
+    // A run submitted now appears, its bar moves, and it finishes.
+    let p = f.pipeline("browsed", "out_browsed", "iforest", "");
+    let id = server.submit(serde_json::json!({"path": p.to_str().unwrap()}));
+    let bar = format!(
+        "(document.querySelector('#run-{id} [role=progressbar]') || {{}}).getAttribute ? Number(document.querySelector('#run-{id} [role=progressbar]').getAttribute('aria-valuenow')) : -1"
+    );
+    browser.wait_for(
+        "the run's row",
+        &format!("return ({bar}) > 0 && ({bar}) < 100"),
+    );
+    let first = browser.eval(&format!("return {bar}")).as_f64().unwrap();
+    browser.screenshot("runs-in-progress");
+    browser.wait_for("the bar moving", &format!("return ({bar}) > {first}"));
+    browser.wait_for("the run finishing", &format!("return (document.querySelector('#run-{id}') || {{}}).dataset && document.querySelector('#run-{id}').dataset.state === 'succeeded'"));
+    let shot = browser.screenshot("runs-finished");
+    eprintln!("screenshots: {}", shot.parent().unwrap().display());
+    // Its page: every chunk committed, the charts and the report.
+    browser.goto(&format!("{}/#/runs/{id}", server.url()));
+    browser.wait_for("the report", "return !!document.getElementById('report')");
+    let committed = browser.eval("return document.querySelectorAll('.cell.committed').length");
+    assert_eq!(committed, 20);
+    let report = browser
+        .eval("return JSON.parse(document.getElementById('report').textContent).output_rows");
+    assert_eq!(report, 20_000);
+    assert_eq!(
+        browser.eval("return document.querySelectorAll('svg polyline').length"),
+        2
+    );
+    assert!(
+        !browser
+            .eval("return document.body.innerText")
+            .as_str()
+            .unwrap()
+            .contains("[object")
+    );
+    browser.screenshot("run-detail-succeeded");
+
+    // Cancel from the run's page.
+    let slow = server.submit(serde_json::json!({"path": f.pipeline("to_cancel", "out_to_cancel", "zscore", "").to_str().unwrap()}));
+    server.wait_run(slow, "committed chunks", |r| {
+        r["progress"]["chunks_done"].as_u64().unwrap_or(0) >= 2
+    });
+    browser.goto(&format!("{}/#/runs/{slow}", server.url()));
+    browser.wait_for(
+        "the cancel button",
+        "return !!document.getElementById('cancel')",
+    );
+    browser.screenshot("run-detail-running");
+    browser.click("#cancel");
+    let cancelled = server.wait_ended(slow);
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+    browser.wait_for(
+        "the cancelled state",
+        "return document.querySelector('h1 .state').textContent === 'cancelled'",
+    );
+    browser.wait_for(
+        "the resume button",
+        "return !!document.getElementById('resume')",
+    );
+    browser.screenshot("run-detail-cancelled");
+
+    // Without the token the page's actions are refused; with it they work.
+    let without = browser.eval_async(&format!(
+        "const done = arguments[0]; fetch('/api/runs/{slow}/resume', {{method: 'POST'}}).then(r => done(r.status))"
+    ));
+    assert_eq!(without, 401);
+    let with = browser.eval_async(&format!(
+        "const done = arguments[0]; fetch('/api/runs/{slow}/resume', {{method: 'POST', headers: {{Authorization: 'Bearer {token}'}}}}).then(r => done(r.status))"
+    ));
+    assert_eq!(with, 200);
+    assert_eq!(server.wait_ended(slow)["state"], "succeeded");
+
+    // The queue and schedules views render.
+    browser.goto(&format!("{}/#/queue", server.url()));
+    browser.wait_for(
+        "the queue view",
+        "return document.querySelector('h1').textContent === 'Queue'",
+    );
+    browser.goto(&format!("{}/#/schedules", server.url()));
+    browser.wait_for(
+        "the schedules view",
+        "return document.querySelector('h1').textContent === 'Schedules'",
+    );
+
+    // Every request the page made went to the server it came from.
+    let origin = server.url();
+    let urls = browser.eval(
+        "return performance.getEntriesByType('resource').map(e => e.name).concat([location.href])",
+    );
+    let urls: Vec<String> = urls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap().to_string())
+        .collect();
+    assert!(urls.len() >= 3, "{urls:?}");
+    for u in &urls {
+        assert!(
+            u.starts_with(&origin),
+            "the page requested {u}, not on {origin}"
+        );
+    }
+}

@@ -1,0 +1,353 @@
+// The nomaly serve dashboard: plain JavaScript, no libraries, no requests to other hosts.
+// Views are hash routes (#/runs, #/runs/12, #/queue, #/schedules), so every run has a stable URL.
+// Live updates come from the server's event stream (/api/events), read with fetch so the token
+// travels in a header, never in a URL.
+"use strict";
+
+const state = { token: sessionStorage.getItem("nomaly-token") || "", runs: new Map(), stream: null };
+
+function headers() {
+  return state.token ? { Authorization: "Bearer " + state.token } : {};
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, { ...options, headers: { ...headers(), ...(options.headers || {}) } });
+  if (response.status === 401) {
+    askToken();
+    throw new Error("the server needs its token");
+  }
+  const text = await response.text();
+  const body = text ? JSON.parse(text) : null;
+  if (!response.ok) throw new Error((body && body.error) || response.statusText);
+  return body;
+}
+
+function askToken() {
+  const dialog = document.getElementById("token-dialog");
+  if (!dialog.open) dialog.showModal();
+}
+
+document.getElementById("token-form").addEventListener("submit", () => {
+  state.token = document.getElementById("token-input").value.trim();
+  sessionStorage.setItem("nomaly-token", state.token);
+  connect();
+  route();
+});
+
+// ---- formatting -------------------------------------------------------------------------
+
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else if (v !== null && v !== undefined) e.setAttribute(k, v);
+  }
+  for (const c of children.flat()) e.append(c instanceof Node ? c : document.createTextNode(c ?? ""));
+  return e;
+}
+
+const when = (ms) => (ms ? new Date(ms).toLocaleString() : "–");
+function bytes(b) {
+  if (b === null || b === undefined) return "–";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (b >= 1024 && i < units.length - 1) { b /= 1024; i++; }
+  return (i ? b.toFixed(1) : b) + " " + units[i];
+}
+function seconds(s) {
+  if (s === null || s === undefined) return "–";
+  if (s < 60) return s.toFixed(1) + " s";
+  if (s < 3600) return Math.floor(s / 60) + " min " + Math.round(s % 60) + " s";
+  return Math.floor(s / 3600) + " h " + Math.round((s % 3600) / 60) + " min";
+}
+const rate = (r) => (r ? Math.round(r).toLocaleString() + " rows/s" : "–");
+
+function stateBadge(s) {
+  return el("span", { class: "state " + s }, s.replace("_", " "));
+}
+
+function progressBar(run) {
+  const p = run.progress || {};
+  const pct = run.state === "succeeded" ? 100 : p.percent ?? 0;
+  return el("span", {},
+    el("span", { class: "bar", role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100",
+      "aria-valuenow": String(Math.round(pct)), "aria-label": "run " + run.id + " progress" },
+      el("span", { style: "width:" + pct.toFixed(1) + "%" })),
+    el("span", { class: "pct" }, Math.round(pct) + "%"));
+}
+
+// ---- views ------------------------------------------------------------------------------
+
+const main = document.getElementById("main");
+// Replaces the view; nested arrays (optional sections) are flattened.
+const show = (...nodes) => main.replaceChildren(...nodes.flat(Infinity));
+
+async function viewRuns() {
+  const { runs } = await api("/api/runs?limit=200");
+  state.runs = new Map(runs.map((r) => [r.id, r]));
+  const body = el("tbody", { id: "runs-body" });
+  for (const r of runs) body.append(runRow(r));
+  show(
+    el("h1", {}, "Runs"),
+    runs.length ? el("table", { "aria-label": "runs" },
+      el("thead", {}, el("tr", {}, ["Run", "Pipeline", "State", "Progress", "Rows/s", "ETA", "Memory", "Retries", "Submitted", "Trigger"]
+        .map((h, i) => el("th", { class: i >= 4 && i <= 7 ? "num" : "" }, h)))),
+      body) : el("p", { class: "muted" }, "No runs yet. Submit one with: nomaly submit PIPELINE.toml"));
+}
+
+function runRow(r) {
+  const p = r.progress || {};
+  const running = r.state === "running";
+  return el("tr", { id: "run-" + r.id, "data-state": r.state },
+    el("td", {}, el("a", { href: "#/runs/" + r.id }, "#" + r.id)),
+    el("td", {}, r.pipeline),
+    el("td", {}, stateBadge(r.state)),
+    el("td", {}, r.state === "queued" && r.queue ? "#" + r.queue.position + " in queue (" + r.queue.waiting_for + ")" : progressBar(r)),
+    el("td", { class: "num" }, running ? rate(p.rows_per_second) : "–"),
+    el("td", { class: "num" }, running ? seconds(p.eta_seconds) : "–"),
+    el("td", { class: "num" }, bytes(p.memory_bytes ?? null)),
+    el("td", { class: "num" }, String(p.retries ?? 0)),
+    el("td", {}, when(r.submitted_ms)),
+    el("td", {}, r.trigger));
+}
+
+async function action(id, verb) {
+  try {
+    await api("/api/runs/" + id + "/" + verb, { method: "POST" });
+    route();
+  } catch (e) {
+    const out = document.getElementById("action-error");
+    if (out) out.textContent = verb + ": " + e.message;
+  }
+}
+
+async function viewRun(id) {
+  const run = await api("/api/runs/" + id);
+  const { chunks } = await api("/api/runs/" + id + "/chunks");
+  const { events } = await api("/api/runs/" + id + "/history");
+  let report = null;
+  if (!["queued", "running"].includes(run.state)) {
+    try { report = await api("/api/runs/" + id + "/report"); } catch { report = null; }
+  }
+  const p = run.progress || {};
+  const total = p.chunks_total || chunks.length;
+  const byChunk = new Map(chunks.map((c) => [c.chunk, c]));
+  const byTime = [...chunks].sort((a, b) => a.at_ms - b.at_ms);
+  const cells = [];
+  for (let i = 0; i < total; i++) {
+    const c = byChunk.get(i);
+    const s = c ? c.state : "pending";
+    cells.push(el("span", { class: "cell " + s, title: "chunk " + i + ": " + s + (c ? ", " + c.rows + " rows, " + c.anomalies + " anomalies" : ""),
+      "aria-label": "chunk " + i + " " + s }, s === "committed" ? "✓" : s === "reused" ? "R" : "·"));
+  }
+  const errors = events.filter((e) => e.kind === "retry" || e.kind === "warning");
+  const buttons = [];
+  if (["queued", "running"].includes(run.state)) buttons.push(el("button", { class: "danger", id: "cancel", onclick: () => action(id, "cancel") }, "Cancel"));
+  if (["failed", "cancelled", "timed_out"].includes(run.state)) buttons.push(el("button", { id: "resume", onclick: () => action(id, "resume") }, "Resume"));
+  if (!["queued", "running"].includes(run.state)) buttons.push(el("button", { id: "retry", onclick: () => action(id, "retry") }, "Retry"));
+  show(
+    el("p", {}, el("a", { href: "#/runs" }, "← Runs")),
+    el("h1", {}, "Run #" + id + " · " + run.pipeline + " ", stateBadge(run.state)),
+    el("div", {}, buttons, el("span", { id: "action-error", class: "error", role: "alert" })),
+    el("dl", { class: "facts" },
+      el("dt", {}, "Progress"), el("dd", { id: "run-progress" }, progressBar(run)),
+      el("dt", {}, "Rows"), el("dd", {}, (p.rows_done ?? 0).toLocaleString() + " of " + (p.rows_total ?? "?").toLocaleString()),
+      el("dt", {}, "Speed"), el("dd", {}, rate(p.rows_per_second)),
+      el("dt", {}, "ETA"), el("dd", {}, run.state === "running" ? seconds(p.eta_seconds) : "–"),
+      el("dt", {}, "Memory"), el("dd", {}, bytes(p.memory_bytes ?? null) + " in use of a " + bytes(run.memory_bytes) + " budget"),
+      el("dt", {}, "Retries"), el("dd", {}, String(p.retries ?? 0)),
+      el("dt", {}, "File"), el("dd", {}, run.file),
+      el("dt", {}, "Priority"), el("dd", {}, String(run.priority)),
+      el("dt", {}, "Submitted"), el("dd", {}, when(run.submitted_ms)),
+      el("dt", {}, "Started"), el("dd", {}, when(run.started_ms)),
+      el("dt", {}, "Finished"), el("dd", {}, when(run.finished_ms)),
+      el("dt", {}, "Attempts"), el("dd", {}, String(run.attempts)),
+      run.error ? [el("dt", {}, "Error"), el("dd", { class: "error" }, run.error)] : []),
+    el("h2", {}, "Chunks (" + chunks.length + " of " + total + " done)"),
+    el("div", { class: "grid", role: "list", "aria-label": "chunks" }, cells),
+    el("div", { class: "charts" },
+      chart("Rows committed over time", byTime.map((c) => c.at_ms), cumulative(byTime.map((c) => c.rows)), "rows"),
+      chart("Anomaly rate per chunk", chunks.map((c) => c.chunk), chunks.map((c) => (c.rows ? (100 * c.anomalies) / c.rows : 0)), "%")),
+    errors.length ? [el("h2", {}, "Retries and warnings"),
+      el("ul", {}, errors.map((e) => el("li", {}, when(e.at_ms) + " — " + (e.data.place ? e.data.place + ": " : "") + (e.data.error || e.data.warning))))] : [],
+    report ? [el("h2", {}, "Report"), el("pre", { id: "report" }, JSON.stringify(report, null, 2))] : []);
+}
+
+function cumulative(xs) {
+  let s = 0;
+  return xs.map((x) => (s += x));
+}
+
+// A line chart as inline SVG (points sorted by x).
+function chart(title, xs, ys, unit) {
+  const w = 320, h = 120, pad = 24;
+  const pts = xs.map((x, i) => [x, ys[i]]).sort((a, b) => a[0] - b[0]);
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("width", w); svg.setAttribute("height", h); svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", title);
+  if (pts.length) {
+    const [x0, x1] = [pts[0][0], pts[pts.length - 1][0]];
+    const ymax = Math.max(...pts.map((p) => p[1]), 1e-9);
+    const sx = (x) => pad + ((x - x0) / Math.max(x1 - x0, 1)) * (w - 2 * pad);
+    const sy = (y) => h - pad - (y / ymax) * (h - 2 * pad);
+    const line = document.createElementNS(svg.namespaceURI, "polyline");
+    line.setAttribute("points", pts.map((p) => sx(p[0]) + "," + sy(p[1])).join(" "));
+    line.setAttribute("fill", "none"); line.setAttribute("stroke", "#1f5fbf"); line.setAttribute("stroke-width", "2");
+    svg.append(line);
+    const label = document.createElementNS(svg.namespaceURI, "text");
+    label.setAttribute("x", 2); label.setAttribute("y", 12);
+    label.textContent = "max " + (Math.round(ymax * 100) / 100).toLocaleString() + " " + unit;
+    svg.append(label);
+  }
+  return el("figure", {}, svg, el("figcaption", {}, title));
+}
+
+async function viewQueue() {
+  const q = await api("/api/queue");
+  show(
+    el("h1", {}, "Queue"),
+    el("p", {}, bytes(q.memory_reserved_bytes) + " of " + bytes(q.memory_budget_bytes) + " reserved; " + q.running.length + " of " + q.max_concurrent + " runs going"),
+    q.queued.length ? el("table", { "aria-label": "queue" },
+      el("thead", {}, el("tr", {}, ["Position", "Run", "Pipeline", "Priority", "Effective", "Memory", "Waiting", "Waits for", "Estimated start"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, q.queued.map((e) => el("tr", {},
+        el("td", {}, String(e.position)), el("td", {}, el("a", { href: "#/runs/" + e.id }, "#" + e.id)), el("td", {}, e.pipeline),
+        el("td", {}, String(e.priority)), el("td", {}, String(e.effective_priority)), el("td", {}, bytes(e.memory_bytes)),
+        el("td", {}, seconds(e.waiting_seconds)), el("td", {}, e.waiting_for), el("td", {}, when(e.estimated_start_ms))))))
+      : el("p", { class: "muted" }, "Nothing is waiting."));
+}
+
+async function viewSchedules() {
+  const { schedules } = await api("/api/schedules");
+  show(
+    el("h1", {}, "Schedules"),
+    schedules.length ? el("table", { "aria-label": "schedules" },
+      el("thead", {}, el("tr", {}, ["Pipeline", "Schedule", "Time zone", "Next runs", "After", "On failure", "Catch-up", "Fires", "Skipped"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, schedules.map((s) => el("tr", {},
+        el("td", {}, s.name), el("td", {}, el("code", {}, s.cron || "–")), el("td", {}, s.timezone || "–"),
+        el("td", {}, s.next_fires_ms.slice(0, 3).map(when).join(", ") || "–"),
+        el("td", {}, s.after.join(", ") || "–"), el("td", {}, s.on_failure.join(", ") || "–"),
+        el("td", {}, s.catch_up), el("td", {}, String(s.fires)), el("td", {}, String(s.skipped))))))
+      : el("p", { class: "muted" }, "No registered pipelines. Add one with: nomaly schedule add PIPELINE.toml"),
+    schedules.some((s) => s.after.length) ? [el("h2", {}, "Dependencies"), dependencyGraph(schedules)] : []);
+}
+
+// Pipelines in columns by depth (longest chain of `after` before them), arrows upstream → downstream.
+function dependencyGraph(schedules) {
+  const after = new Map(schedules.map((s) => [s.name, s.after]));
+  const depth = new Map();
+  const depthOf = (n, seen = new Set()) => {
+    if (depth.has(n)) return depth.get(n);
+    if (seen.has(n)) return 0;
+    seen.add(n);
+    const d = Math.max(-1, ...(after.get(n) || []).map((u) => depthOf(u, seen))) + 1;
+    depth.set(n, d);
+    return d;
+  };
+  const names = new Set(schedules.flatMap((s) => [s.name, ...s.after]));
+  names.forEach((n) => depthOf(n));
+  const columns = [];
+  for (const n of [...names].sort()) (columns[depth.get(n)] ||= []).push(n);
+  const pos = new Map();
+  columns.forEach((col, d) => col.forEach((n, i) => pos.set(n, [20 + d * 170, 20 + i * 50])));
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("width", 40 + columns.length * 170); svg.setAttribute("height", 40 + Math.max(...columns.map((c) => c.length)) * 50);
+  svg.setAttribute("role", "img"); svg.setAttribute("aria-label", "pipeline dependencies");
+  for (const [n, ups] of after) for (const u of ups) {
+    const [x1, y1] = pos.get(u), [x2, y2] = pos.get(n);
+    const line = document.createElementNS(ns, "line");
+    Object.entries({ x1: x1 + 130, y1: y1 + 14, x2, y2: y2 + 14, stroke: "#5b6472", "marker-end": "url(#arrow)" }).forEach(([k, v]) => line.setAttribute(k, v));
+    svg.append(line);
+  }
+  svg.insertAdjacentHTML("afterbegin", '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="6" markerHeight="6" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#5b6472"/></marker></defs>');
+  for (const [n, [x, y]] of pos) {
+    const rect = document.createElementNS(ns, "rect");
+    Object.entries({ x, y, width: 130, height: 28, rx: 4, fill: "#f6f7f9", stroke: "#1f5fbf" }).forEach(([k, v]) => rect.setAttribute(k, v));
+    const text = document.createElementNS(ns, "text");
+    text.setAttribute("x", x + 8); text.setAttribute("y", y + 18); text.setAttribute("style", "font-size:12px;fill:#1d2430");
+    text.textContent = n;
+    svg.append(rect, text);
+  }
+  return svg;
+}
+
+// ---- routing and live updates -----------------------------------------------------------
+
+async function route() {
+  const hash = location.hash || "#/runs";
+  const [, view, id] = hash.split("/");
+  document.querySelectorAll("nav a").forEach((a) => {
+    if (a.dataset.view === view) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
+  });
+  try {
+    if (view === "runs" && id) await viewRun(Number(id));
+    else if (view === "queue") await viewQueue();
+    else if (view === "schedules") await viewSchedules();
+    else await viewRuns();
+  } catch (e) {
+    show(el("p", { class: "error", role: "alert" }, e.message));
+  }
+}
+
+let refreshTimer = null;
+function refreshSoon() {
+  if (refreshTimer) return;
+  refreshTimer = setTimeout(() => { refreshTimer = null; route(); }, 300);
+}
+
+// Applies one stream event: progress moves bars in place; everything else redraws the view.
+function onEvent(e) {
+  const hash = location.hash || "#/runs";
+  if (e.kind === "progress") {
+    const run = state.runs.get(e.run);
+    if (hash === "#/runs" && run) {
+      run.progress = e.data;
+      run.state = "running";
+      const row = document.getElementById("run-" + e.run);
+      if (row) row.replaceWith(runRow(run));
+      else refreshSoon();
+    } else if (hash === "#/runs/" + e.run) {
+      const cell = document.getElementById("run-progress");
+      if (cell) cell.replaceChildren(progressBar({ id: e.run, state: "running", progress: e.data }));
+    }
+    return;
+  }
+  if (hash === "#/runs" || hash === "#/runs/" + e.run || hash === "#/queue") refreshSoon();
+}
+
+async function connect() {
+  if (state.stream) state.stream.abort();
+  const controller = new AbortController();
+  state.stream = controller;
+  const live = document.getElementById("live");
+  try {
+    const response = await fetch("/api/events", { headers: headers(), signal: controller.signal });
+    if (response.status === 401) { live.textContent = "needs the token"; askToken(); return; }
+    live.textContent = "live";
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const data = block.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("\n");
+        if (data) onEvent(JSON.parse(data));
+      }
+    }
+  } catch (e) {
+    if (controller.signal.aborted) return;
+  }
+  live.textContent = "reconnecting…";
+  setTimeout(connect, 2000);
+}
+
+window.addEventListener("hashchange", () => { route(); main.focus(); });
+route();
+connect();
