@@ -81,7 +81,13 @@ function progressBar(run) {
 
 const main = document.getElementById("main");
 // Replaces the view; nested arrays (optional sections) are flattened.
-const show = (...nodes) => main.replaceChildren(...nodes.flat(Infinity));
+// The element that had the keyboard focus keeps it across a redraw (found again by its id), so
+// live updates never throw a keyboard user back to the top of the page.
+function show(...nodes) {
+  const focused = document.activeElement && main.contains(document.activeElement) ? document.activeElement.id : "";
+  main.replaceChildren(...nodes.flat(Infinity));
+  if (focused) document.getElementById(focused)?.focus();
+}
 
 async function viewRuns() {
   const { runs } = await api("/api/runs?limit=200");
@@ -100,7 +106,7 @@ function runRow(r) {
   const p = r.progress || {};
   const running = r.state === "running";
   return el("tr", { id: "run-" + r.id, "data-state": r.state },
-    el("td", {}, el("a", { href: "#/runs/" + r.id }, "#" + r.id)),
+    el("td", {}, el("a", { href: "#/runs/" + r.id, id: "open-run-" + r.id }, "#" + r.id)),
     el("td", {}, r.pipeline),
     el("td", {}, stateBadge(r.state)),
     el("td", {}, r.state === "queued" && r.queue ? "#" + r.queue.position + " in queue (" + r.queue.waiting_for + ")" : progressBar(r)),

@@ -161,6 +161,16 @@ impl Browser {
         );
     }
 
+    /// Presses and releases one key (WebDriver key codes: Tab is U+E004, Enter U+E007).
+    fn key(&self, key: &str) {
+        self.call(
+            "POST",
+            "/actions",
+            serde_json::json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+                {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}]}]}),
+        );
+    }
+
     /// Saves a PNG screenshot under the artifacts directory; returns its path.
     fn screenshot(&self, name: &str) -> PathBuf {
         let b64 = self.call("GET", "/screenshot", serde_json::json!({}));
@@ -302,7 +312,15 @@ fn the_dashboard_shows_runs_live_and_cancels_them() {
         "return !!document.getElementById('cancel')",
     );
     browser.screenshot("run-detail-running");
-    browser.click("#cancel");
+    // With the keyboard only: Tab to the Cancel button (the page redraws as chunks commit; the
+    // focus stays where it was), then Enter.
+    let mut tabs = 0;
+    while browser.eval("return document.activeElement && document.activeElement.id") != "cancel" {
+        tabs += 1;
+        assert!(tabs <= 30, "Tab never reached the Cancel button");
+        browser.key("\u{E004}");
+    }
+    browser.key("\u{E007}");
     let cancelled = server.wait_ended(slow);
     assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
     browser.wait_for(
