@@ -76,6 +76,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ENGINE")]
     engine: Option<String>,
 
+    /// A Ballista scheduler to show in the dashboard's Cluster view (ballista://HOST:PORT):
+    /// executors, jobs, stages, plans, cancel
+    #[arg(long, value_name = "ENGINE")]
+    scheduler: Option<String>,
+
     /// A file holding the API token (else NOMALY_TOKEN)
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
@@ -347,9 +352,16 @@ async fn serve_inner(args: ServeArgs) -> Result<(), String> {
             args.max_runs
         );
     }
+    let scheduler = match &args.scheduler {
+        Some(s) => Some(Arc::new(
+            nomaly_server::cluster_view::SchedulerProxy::new(s).map_err(|e| e.to_string())?,
+        )),
+        None => None,
+    };
     let http = HttpConfig {
         token: token.map(Arc::new),
         max_body_bytes: max_body,
+        scheduler,
     };
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -31,6 +31,7 @@ document.getElementById("token-form").addEventListener("submit", () => {
   state.token = document.getElementById("token-input").value.trim();
   sessionStorage.setItem("nomaly-token", state.token);
   connect();
+  checkCluster();
   route();
 });
 
@@ -278,6 +279,122 @@ function dependencyGraph(schedules) {
   return svg;
 }
 
+// ---- the Cluster view: a Ballista scheduler's executors, jobs and stages (via --scheduler) ----
+
+async function viewCluster() {
+  const info = await api("/api/cluster");
+  const executors = await api("/api/cluster/executors");
+  const jobs = await api("/api/cluster/jobs");
+  show(
+    el("h1", {}, "Cluster"),
+    el("p", {}, "Scheduler " + info.scheduler + " · Ballista " + (info.state.version || "")),
+    el("h2", {}, "Executors (" + executors.length + ")"),
+    el("table", { "aria-label": "executors" },
+      el("thead", {}, el("tr", {}, ["Executor", "Host", "Task slots", "Last seen"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, executors.map((e) => el("tr", {},
+        el("td", {}, e.id), el("td", {}, e.host + ":" + e.port),
+        el("td", {}, String((e.specification && (e.specification.task_slots ?? e.specification.vcores)) ?? "–")),
+        el("td", {}, when(e.last_seen)))))),
+    el("h2", {}, "Jobs (" + jobs.length + ")"),
+    jobs.length ? el("table", { "aria-label": "cluster jobs" },
+      el("thead", {}, el("tr", {}, ["Job", "Name", "Status", "Stages", "Progress"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, jobs.map((j) => el("tr", { id: "job-" + j.job_id },
+        el("td", {}, el("a", { href: "#/cluster/" + j.job_id, id: "open-job-" + j.job_id }, j.job_id)),
+        el("td", {}, j.job_name), el("td", {}, j.status),
+        el("td", {}, j.completed_stages + " of " + j.num_stages),
+        el("td", {}, progressBar({ id: j.job_id, state: j.status === "Completed" ? "succeeded" : "running", progress: { percent: j.percent_complete } }))))))
+      : el("p", { class: "muted" }, "No jobs on the scheduler."));
+}
+
+const ms = (v) => (v === undefined || v === null ? "–" : v.toLocaleString() + " ms");
+
+async function viewClusterJob(id) {
+  const job = await api("/api/cluster/jobs/" + encodeURIComponent(id));
+  const { stages } = await api("/api/cluster/jobs/" + encodeURIComponent(id) + "/stages");
+  const dot = await fetch("/api/cluster/jobs/" + encodeURIComponent(id) + "/dot", { headers: headers() }).then((r) => (r.ok ? r.text() : ""));
+  const running = !["Completed", "Failed"].includes(job.status);
+  show(
+    el("p", {}, el("a", { href: "#/cluster" }, "← Cluster")),
+    el("h1", {}, "Job " + id + " · " + job.job_name),
+    el("p", {}, job.job_status + " — " + job.completed_stages + " of " + job.num_stages + " stages done"),
+    running ? el("button", { class: "danger", id: "cancel-job", onclick: async () => { await api("/api/cluster/jobs/" + encodeURIComponent(id) + "/cancel", { method: "POST" }); route(); } }, "Cancel job") : [],
+    el("h2", {}, "Stages"),
+    el("table", { "aria-label": "stages" },
+      el("thead", {}, el("tr", {}, ["Stage", "Status", "Tasks", "Input rows", "Output rows", "Compute", "Task time min / median / p75 / max"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, stages.map((s) => {
+        const tasks = (s.tasks || []).filter(Boolean);
+        const done = tasks.filter((t) => /success|complet/i.test(JSON.stringify(t.status ?? t.task_status ?? ""))).length;
+        const p = s.task_duration_percentiles;
+        return el("tr", { class: "stage" },
+          el("td", {}, s.stage_id), el("td", {}, s.stage_status),
+          el("td", {}, done + " of " + tasks.length + " done"),
+          el("td", { class: "num" }, s.input_rows.toLocaleString()), el("td", { class: "num" }, s.output_rows.toLocaleString()),
+          el("td", {}, s.elapsed_compute || "–"),
+          el("td", {}, p ? [p.min, p.median, p.p75, p.max].map(ms).join(" / ") : "–"));
+      }))),
+    el("h2", {}, "Plan"),
+    dot ? dotGraph(dot) : el("p", { class: "muted" }, "No plan graph."),
+    dot ? el("details", {}, el("summary", {}, "DOT source"), el("pre", {}, dot)) : []);
+}
+
+// Draws a Graphviz DOT graph: nodes from `id [label="..."]`, edges from `a -> b`, placed in
+// columns by their depth (no Graphviz binary, no library).
+function dotGraph(dot) {
+  const labels = new Map();
+  const edges = [];
+  // Labels may span lines (Ballista writes each operator's details on the lines after its name).
+  for (const m of dot.matchAll(/([\w.]+)\s*\[[^\]"]*label\s*=\s*"((?:[^"\\]|\\.)*)"/g)) {
+    labels.set(m[1], m[2].split(/\n|\\n|\\l/)[0].trim());
+  }
+  for (const m of dot.matchAll(/"?([\w.]+)"?\s*->\s*"?([\w.]+)"?/g)) edges.push([m[1], m[2]]);
+  for (const [a, b] of edges) for (const n of [a, b]) if (!labels.has(n)) labels.set(n, n);
+  const parents = new Map([...labels.keys()].map((n) => [n, []]));
+  for (const [a, b] of edges) parents.get(b).push(a);
+  const depth = new Map();
+  const depthOf = (n, seen = new Set()) => {
+    if (depth.has(n)) return depth.get(n);
+    if (seen.has(n)) return 0;
+    seen.add(n);
+    const d = Math.max(-1, ...parents.get(n).map((p) => depthOf(p, seen))) + 1;
+    depth.set(n, d);
+    return d;
+  };
+  [...labels.keys()].forEach((n) => depthOf(n));
+  const rows = [];
+  for (const n of labels.keys()) (rows[depth.get(n)] ||= []).push(n);
+  const pos = new Map();
+  const W = 220, H = 46;
+  rows.forEach((row, d) => row.forEach((n, i) => pos.set(n, [10 + i * (W + 20), 10 + d * (H + 24)])));
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("width", 20 + Math.max(1, ...rows.map((r) => r.length)) * (W + 20));
+  svg.setAttribute("height", 20 + rows.length * (H + 24));
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", "stage plan with " + labels.size + " operators");
+  svg.setAttribute("id", "plan-graph");
+  for (const [a, b] of edges) {
+    const [x1, y1] = pos.get(a), [x2, y2] = pos.get(b);
+    const line = document.createElementNS(ns, "line");
+    Object.entries({ x1: x1 + W / 2, y1: y1 + H, x2: x2 + W / 2, y2, stroke: "#5b6472" }).forEach(([k, v]) => line.setAttribute(k, v));
+    svg.append(line);
+  }
+  for (const [n, [x, y]] of pos) {
+    const g = document.createElementNS(ns, "g");
+    g.setAttribute("class", "plan-node");
+    const rect = document.createElementNS(ns, "rect");
+    Object.entries({ x, y, width: W, height: H, rx: 4, fill: "#f6f7f9", stroke: "#1f5fbf" }).forEach(([k, v]) => rect.setAttribute(k, v));
+    const text = document.createElementNS(ns, "text");
+    text.setAttribute("x", x + 6); text.setAttribute("y", y + 26); text.setAttribute("style", "font-size:11px;fill:#1d2430");
+    const label = labels.get(n);
+    text.textContent = label.length > 34 ? label.slice(0, 33) + "…" : label;
+    const title = document.createElementNS(ns, "title");
+    title.textContent = label;
+    g.append(rect, text, title);
+    svg.append(g);
+  }
+  return svg;
+}
+
 // ---- routing and live updates -----------------------------------------------------------
 
 async function route() {
@@ -291,6 +408,8 @@ async function route() {
     if (view === "runs" && id) await viewRun(Number(id));
     else if (view === "queue") await viewQueue();
     else if (view === "schedules") await viewSchedules();
+    else if (view === "cluster" && id) await viewClusterJob(decodeURIComponent(id));
+    else if (view === "cluster") await viewCluster();
     else await viewRuns();
   } catch (e) {
     show(el("p", { class: "error", role: "alert" }, e.message));
@@ -355,5 +474,10 @@ async function connect() {
 }
 
 window.addEventListener("hashchange", () => { route(); main.focus(); });
+// The Cluster tab appears when the server shows a scheduler (--scheduler).
+function checkCluster() {
+  fetch("/api/cluster", { headers: headers() }).then((r) => { document.getElementById("cluster-link").hidden = !r.ok; });
+}
+checkCluster();
 route();
 connect();

@@ -44,6 +44,8 @@ pub struct HttpConfig {
     /// Required as `Authorization: Bearer <token>` on every route but `/health`.
     pub token: Option<Arc<String>>,
     pub max_body_bytes: usize,
+    /// `--scheduler`: the Ballista scheduler the Cluster view reads.
+    pub scheduler: Option<Arc<crate::cluster_view::SchedulerProxy>>,
 }
 
 #[derive(Clone)]
@@ -72,6 +74,13 @@ pub fn router(server: Server, http: HttpConfig) -> Router {
         .route("/api/runs/{id}/resume", post(resume))
         .route("/api/events", get(all_events))
         .route("/api/queue", get(queue))
+        .route("/api/cluster", get(cluster))
+        .route("/api/cluster/executors", get(cluster_executors))
+        .route("/api/cluster/jobs", get(cluster_jobs))
+        .route("/api/cluster/jobs/{id}", get(cluster_job))
+        .route("/api/cluster/jobs/{id}/stages", get(cluster_stages))
+        .route("/api/cluster/jobs/{id}/dot", get(cluster_dot))
+        .route("/api/cluster/jobs/{id}/cancel", post(cluster_cancel))
         .route("/api/schedules", get(list_schedules).post(add_schedule))
         .route(
             "/api/schedules/{name}",
@@ -379,4 +388,74 @@ async fn remove_schedule(
 ) -> ApiResult<StatusCode> {
     state.server.unregister(&name)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- the Cluster view (a Ballista scheduler's REST API, read through this server) ----------
+
+fn scheduler(state: &AppState) -> ApiResult<&crate::cluster_view::SchedulerProxy> {
+    state.http.scheduler.as_deref().ok_or_else(|| {
+        ServerError::NotFound(
+            "this server was started without --scheduler, so it shows no cluster; start it \
+             with --scheduler ballista://HOST:PORT"
+                .to_string(),
+        )
+    })
+}
+
+async fn cluster(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
+    let s = scheduler(&state)?;
+    let scheduler_state = s.json("/api/state").await?;
+    Ok(Json(
+        serde_json::json!({"scheduler": s.base(), "state": scheduler_state}),
+    ))
+}
+
+async fn cluster_executors(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(scheduler(&state)?.json("/api/executors").await?))
+}
+
+async fn cluster_jobs(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(scheduler(&state)?.json("/api/jobs").await?))
+}
+
+async fn cluster_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let id = crate::cluster_view::check_job_id(&id)?;
+    Ok(Json(
+        scheduler(&state)?.json(&format!("/api/job/{id}")).await?,
+    ))
+}
+
+async fn cluster_stages(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let id = crate::cluster_view::check_job_id(&id)?;
+    Ok(Json(
+        scheduler(&state)?
+            .json(&format!("/api/job/{id}/stages"))
+            .await?,
+    ))
+}
+
+async fn cluster_dot(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let id = crate::cluster_view::check_job_id(&id)?;
+    let dot = scheduler(&state)?
+        .text(&format!("/api/job/{id}/dot"))
+        .await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/vnd.graphviz; charset=utf-8")],
+        dot,
+    )
+        .into_response())
+}
+
+async fn cluster_cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let id = crate::cluster_view::check_job_id(&id)?;
+    Ok(Json(scheduler(&state)?.cancel(id).await?))
 }

@@ -39,6 +39,9 @@ pub enum ServerError {
     Conflict(String),
     #[error("{0}")]
     Config(String),
+    /// A service this server reads from (the Ballista scheduler) failed or did not answer (502).
+    #[error("{0}")]
+    Upstream(String),
 }
 
 impl ServerError {
@@ -48,6 +51,7 @@ impl ServerError {
             ServerError::Forbidden(_) => 403,
             ServerError::NotFound(_) => 404,
             ServerError::Conflict(_) => 409,
+            ServerError::Upstream(_) => 502,
             _ => 500,
         }
     }

@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod client;
+pub mod cluster_view;
 pub mod dashboard;
 pub mod deps;
 pub mod error;

@@ -375,3 +375,99 @@ fn the_dashboard_shows_runs_live_and_cancels_them() {
         );
     }
 }
+
+/// `nomaly serve --scheduler` shows a real cluster (a scheduler and two executors, separate
+/// processes): its executors, its jobs, a job's stages with task timings, and the stage plan
+/// drawn in the page from the scheduler's DOT text.
+#[test]
+fn the_cluster_view_shows_executors_jobs_and_stages() {
+    let f = Fixture::new();
+    let cluster = crate::cluster::Cluster::start(2);
+    let engine = cluster.engine();
+    let table = format!("tx={}", f.path().join("tx.parquet").display());
+    let o = crate::nomaly_env(
+        &[
+            "sql",
+            "--engine",
+            &engine,
+            "--table",
+            &table,
+            "-e",
+            "SELECT id, detect_anomalies('zscore', amount, latency_ms) AS a FROM tx ORDER BY id LIMIT 3",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", crate::stderr(&o));
+    let server = Served::start(f.path(), &["--scheduler", &engine], &[]);
+    let (status, executors) = server.json("GET", "/api/cluster/executors", None);
+    assert_eq!(status, 200, "{executors}");
+    assert_eq!(executors.as_array().unwrap().len(), 2, "{executors}");
+    let (_, jobs) = server.json("GET", "/api/cluster/jobs", None);
+    let jobs = jobs.as_array().unwrap().clone();
+    assert!(!jobs.is_empty());
+    let job = jobs[0]["job_id"].as_str().unwrap().to_string();
+    let (status, stages) = server.json("GET", &format!("/api/cluster/jobs/{job}/stages"), None);
+    assert_eq!(status, 200);
+    assert!(!stages["stages"].as_array().unwrap().is_empty(), "{stages}");
+    let (status, dot) = server
+        .request("GET", &format!("/api/cluster/jobs/{job}/dot"), None)
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(dot.contains("digraph"), "{dot}");
+    assert_eq!(
+        server
+            .json("GET", "/api/cluster/jobs/not%20an%20id", None)
+            .0,
+        400
+    );
+    assert_eq!(
+        server
+            .json("GET", "/api/cluster/jobs/nosuchjob/stages", None)
+            .0,
+        404
+    );
+
+    let browser = Browser::start();
+    browser.goto(&format!("{}/#/cluster", server.url()));
+    browser.wait_for(
+        "the Cluster tab",
+        "return !document.getElementById('cluster-link').hidden",
+    );
+    browser.wait_for(
+        "two executors",
+        "return document.querySelectorAll('table[aria-label=executors] tbody tr').length === 2",
+    );
+    browser.wait_for("the jobs", "return document.querySelectorAll('table[aria-label=\"cluster jobs\"] tbody tr').length >= 1");
+    browser.screenshot("cluster");
+    browser.click(&format!("#open-job-{job}"));
+    browser.wait_for(
+        "the job's stages",
+        "return document.querySelectorAll('tr.stage').length >= 1",
+    );
+    browser.wait_for(
+        "the plan graph",
+        "return document.querySelectorAll('#plan-graph .plan-node').length >= 1",
+    );
+    let labels = browser.eval("return [...document.querySelectorAll('#plan-graph .plan-node text')].map(t => t.textContent).join(' ')");
+    assert!(
+        labels.as_str().unwrap().contains("DataSourceExec"),
+        "operators named in the graph: {labels}"
+    );
+    let stages_shown = browser
+        .eval("return document.querySelectorAll('tr.stage').length")
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        stages_shown as usize,
+        stages["stages"].as_array().unwrap().len()
+    );
+    browser.screenshot("cluster-job");
+    let origin = server.url();
+    let urls = browser.eval("return performance.getEntriesByType('resource').map(e => e.name)");
+    for u in urls.as_array().unwrap() {
+        assert!(
+            u.as_str().unwrap().starts_with(&origin),
+            "the page requested {u}, not on {origin}"
+        );
+    }
+}
