@@ -65,7 +65,15 @@ pub async fn scheduler(args: SchedulerArgs) -> i32 {
         (true, Some(_)) => format!(", Flight SQL on {addr} with a token"),
     };
     eprintln!("nomaly scheduler on {addr} (REST API: http://{addr}/api/jobs{flight})");
-    report(run_scheduler(args.flags, nomaly_pipeline::physical_codec(), auth).await)
+    report(
+        run_scheduler(
+            args.flags,
+            nomaly_pipeline::physical_codec(),
+            auth,
+            Some(nomaly_server::dashboard::scheduler_page()),
+        )
+        .await,
+    )
 }
 
 pub async fn executor(args: ExecutorArgs) -> i32 {

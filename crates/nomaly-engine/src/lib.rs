@@ -13,6 +13,7 @@ pub mod hdf5;
 pub mod memory;
 pub mod object_stores;
 pub mod processes;
+pub mod scheduler_server;
 pub mod session;
 pub mod tables;
 

@@ -19,12 +19,13 @@ use ballista_core::registry::BallistaFunctionRegistry;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
-use ballista_scheduler::scheduler_process::start_server;
+use ballista_scheduler::scheduler_process::create_scheduler;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionState;
 use datafusion::prelude::SessionConfig;
 use datafusion_proto::physical_plan::PhysicalExtensionCodec;
+use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -67,6 +68,7 @@ pub async fn run_scheduler(
     flags: SchedulerFlags,
     codec: Arc<dyn PhysicalExtensionCodec>,
     flight_sql_auth: Option<TokenAuthenticator>,
+    page: Option<axum::Router>,
 ) -> Result<()> {
     let addr: SocketAddr = format!("{}:{}", flags.bind_host, flags.bind_port)
         .parse()
@@ -78,13 +80,24 @@ pub async fn run_scheduler(
     if let Some(auth) = flight_sql_auth {
         config = config.with_flight_sql_authenticator(Arc::new(auth));
     }
+    if page.is_some() {
+        config.web_tui_route = crate::scheduler_server::BALLISTA_TUI_ROUTE.to_string();
+    }
+    config
+        .validate()
+        .map_err(|e| failed("scheduler flags", e))?;
     let cluster = BallistaCluster::new_from_config(&config)
         .await
         .map_err(|e| failed("scheduler", e))?;
-    tracing::info!(%addr, "nomaly scheduler listening");
-    start_server(cluster, addr, Arc::new(config))
+    let scheduler =
+        create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, Arc::new(config))
+            .await
+            .map_err(|e| failed("scheduler", e))?;
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| failed(&format!("scheduler on {addr}"), e))
+        .map_err(|e| failed(&format!("scheduler on {addr}"), e))?;
+    tracing::info!(%addr, "nomaly scheduler listening");
+    crate::scheduler_server::serve_scheduler(listener, scheduler, page).await
 }
 
 /// Runs an executor until the process is stopped (Ctrl-C or SIGTERM: it tells the scheduler and

@@ -4,6 +4,17 @@
 // travels in a header, never in a URL.
 "use strict";
 
+// Served by `nomaly scheduler` itself (data-mode="scheduler"): only the Cluster view, read from
+// Ballista's own REST API on this port. Served by `nomaly serve`: everything, the cluster through
+// the server's /api/cluster (--scheduler).
+const SCHEDULER = document.body.dataset.mode === "scheduler";
+const clusterApi = SCHEDULER
+  ? { executors: "/api/executors", jobs: "/api/jobs", job: (id) => "/api/job/" + id, stages: (id) => "/api/job/" + id + "/stages",
+      dot: (id) => "/api/job/" + id + "/dot", cancel: (id) => ["/api/job/" + id, "PATCH"] }
+  : { executors: "/api/cluster/executors", jobs: "/api/cluster/jobs", job: (id) => "/api/cluster/jobs/" + id,
+      stages: (id) => "/api/cluster/jobs/" + id + "/stages", dot: (id) => "/api/cluster/jobs/" + id + "/dot",
+      cancel: (id) => ["/api/cluster/jobs/" + id + "/cancel", "POST"] };
+
 const state = { token: sessionStorage.getItem("nomaly-token") || "", runs: new Map(), stream: null };
 
 function headers() {
@@ -282,9 +293,9 @@ function dependencyGraph(schedules) {
 // ---- the Cluster view: a Ballista scheduler's executors, jobs and stages (via --scheduler) ----
 
 async function viewCluster() {
-  const info = await api("/api/cluster");
-  const executors = await api("/api/cluster/executors");
-  const jobs = await api("/api/cluster/jobs");
+  const info = SCHEDULER ? { scheduler: location.host, state: await api("/api/state") } : await api("/api/cluster");
+  const executors = await api(clusterApi.executors);
+  const jobs = await api(clusterApi.jobs);
   show(
     el("h1", {}, "Cluster"),
     el("p", {}, "Scheduler " + info.scheduler + " · Ballista " + (info.state.version || "")),
@@ -309,15 +320,15 @@ async function viewCluster() {
 const ms = (v) => (v === undefined || v === null ? "–" : v.toLocaleString() + " ms");
 
 async function viewClusterJob(id) {
-  const job = await api("/api/cluster/jobs/" + encodeURIComponent(id));
-  const { stages } = await api("/api/cluster/jobs/" + encodeURIComponent(id) + "/stages");
-  const dot = await fetch("/api/cluster/jobs/" + encodeURIComponent(id) + "/dot", { headers: headers() }).then((r) => (r.ok ? r.text() : ""));
+  const job = await api(clusterApi.job(encodeURIComponent(id)));
+  const { stages } = await api(clusterApi.stages(encodeURIComponent(id)));
+  const dot = await fetch(clusterApi.dot(encodeURIComponent(id)), { headers: headers() }).then((r) => (r.ok ? r.text() : ""));
   const running = !["Completed", "Failed"].includes(job.status);
   show(
     el("p", {}, el("a", { href: "#/cluster" }, "← Cluster")),
     el("h1", {}, "Job " + id + " · " + job.job_name),
     el("p", {}, job.job_status + " — " + job.completed_stages + " of " + job.num_stages + " stages done"),
-    running ? el("button", { class: "danger", id: "cancel-job", onclick: async () => { await api("/api/cluster/jobs/" + encodeURIComponent(id) + "/cancel", { method: "POST" }); route(); } }, "Cancel job") : [],
+    running ? el("button", { class: "danger", id: "cancel-job", onclick: async () => { const [path, method] = clusterApi.cancel(encodeURIComponent(id)); await api(path, { method }); route(); } }, "Cancel job") : [],
     el("h2", {}, "Stages"),
     el("table", { "aria-label": "stages" },
       el("thead", {}, el("tr", {}, ["Stage", "Status", "Tasks", "Input rows", "Output rows", "Compute", "Task time min / median / p75 / max"].map((h) => el("th", {}, h)))),
@@ -398,7 +409,7 @@ function dotGraph(dot) {
 // ---- routing and live updates -----------------------------------------------------------
 
 async function route() {
-  const hash = location.hash || "#/runs";
+  const hash = location.hash || (SCHEDULER ? "#/cluster" : "#/runs");
   const [, view, id] = hash.split("/");
   document.querySelectorAll("nav a").forEach((a) => {
     if (a.dataset.view === view) a.setAttribute("aria-current", "page");
@@ -476,8 +487,19 @@ async function connect() {
 window.addEventListener("hashchange", () => { route(); main.focus(); });
 // The Cluster tab appears when the server shows a scheduler (--scheduler).
 function checkCluster() {
-  fetch("/api/cluster", { headers: headers() }).then((r) => { document.getElementById("cluster-link").hidden = !r.ok; });
+  fetch(SCHEDULER ? "/api/state" : "/api/cluster", { headers: headers() }).then((r) => { document.getElementById("cluster-link").hidden = !r.ok; });
+}
+if (SCHEDULER) {
+  // Only the cluster here: no runs, queue or schedules on a scheduler.
+  document.querySelectorAll("nav a:not(#cluster-link)").forEach((a) => a.remove());
+  document.querySelector(".brand").setAttribute("href", "#/cluster");
+  document.title = "Nomaly · Cluster";
 }
 checkCluster();
 route();
-connect();
+if (SCHEDULER) {
+  document.getElementById("live").textContent = "refreshing every 2 s";
+  setInterval(() => { if ((location.hash || "#/cluster").startsWith("#/cluster")) route(); }, 2000);
+} else {
+  connect();
+}

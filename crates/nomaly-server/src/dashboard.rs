@@ -32,6 +32,20 @@ pub async fn index() -> Response {
     page("text/html; charset=utf-8", INDEX)
 }
 
+/// The Cluster view as `nomaly scheduler` serves it at `/`: the same page in scheduler mode, which
+/// reads Ballista's own REST API on the same port.
+pub fn scheduler_page() -> axum::Router {
+    async fn index() -> Response {
+        // Leaked once per process: the page is served for the process's life.
+        static PAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let page = PAGE.get_or_init(|| INDEX.replace("<body>", "<body data-mode=\"scheduler\">"));
+        self::page("text/html; charset=utf-8", page.as_str())
+    }
+    axum::Router::new()
+        .route("/", axum::routing::get(index))
+        .route("/ui/{file}", axum::routing::get(asset))
+}
+
 pub async fn asset(Path(file): Path<String>) -> Response {
     match file.as_str() {
         "app.js" => page("text/javascript; charset=utf-8", APP_JS),

@@ -462,12 +462,47 @@ fn the_cluster_view_shows_executors_jobs_and_stages() {
         stages["stages"].as_array().unwrap().len()
     );
     browser.screenshot("cluster-job");
+
     let origin = server.url();
     let urls = browser.eval("return performance.getEntriesByType('resource').map(e => e.name)");
     for u in urls.as_array().unwrap() {
         assert!(
             u.as_str().unwrap().starts_with(&origin),
             "the page requested {u}, not on {origin}"
+        );
+    }
+
+    // `nomaly scheduler` serves the same Cluster view at `/` itself (Ballista 55 redirects to an
+    // external page there), reading its own REST API.
+    let (status, html) = raw_request(cluster.port, "GET", "/", None, None).unwrap();
+    assert_eq!(
+        status, 200,
+        "the scheduler's / is a page, not a redirect: {html}"
+    );
+    assert!(html.contains("<title>Nomaly</title>") && html.contains("data-mode=\"scheduler\""));
+    let (status, _) = raw_request(cluster.port, "GET", "/ui/app.js", None, None).unwrap();
+    assert_eq!(status, 200);
+    browser.goto(&format!("http://127.0.0.1:{}/", cluster.port));
+    browser.wait_for(
+        "the scheduler's executors",
+        "return document.querySelectorAll('table[aria-label=executors] tbody tr').length === 2",
+    );
+    browser.wait_for("the scheduler's jobs", "return document.querySelectorAll('table[aria-label=\"cluster jobs\"] tbody tr').length >= 1");
+    assert_eq!(
+        browser.eval("return document.querySelectorAll('nav a').length"),
+        1,
+        "only the Cluster tab"
+    );
+    browser.screenshot("scheduler-cluster");
+    browser.click(&format!("#open-job-{job}"));
+    browser.wait_for("the job's stages on the scheduler", "return document.querySelectorAll('tr.stage').length >= 1 && document.querySelectorAll('#plan-graph .plan-node').length >= 1");
+    browser.screenshot("scheduler-job");
+    let scheduler_origin = format!("http://127.0.0.1:{}", cluster.port);
+    let urls = browser.eval("return performance.getEntriesByType('resource').map(e => e.name)");
+    for u in urls.as_array().unwrap() {
+        assert!(
+            u.as_str().unwrap().starts_with(&scheduler_origin),
+            "the page requested {u}"
         );
     }
 }
