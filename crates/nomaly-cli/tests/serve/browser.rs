@@ -506,3 +506,86 @@ fn the_cluster_view_shows_executors_jobs_and_stages() {
         );
     }
 }
+
+/// A running job on a scheduler with two executors: its Cluster page shows its stages while it
+/// runs, and Cancel there stops it on the cluster.
+#[test]
+fn the_scheduler_page_shows_a_running_job_and_cancels_it() {
+    let f = Fixture::new();
+    let cluster = crate::cluster::Cluster::start(2);
+    let table = format!("tx={}", f.path().join("tx.parquet").display());
+    // 400 million pairs: long enough to watch and cancel.
+    let mut sql = std::process::Command::new(env!("CARGO_BIN_EXE_nomaly"))
+        .args([
+            "sql",
+            "--engine",
+            &cluster.engine(),
+            "--table",
+            &table,
+            "-e",
+            "SELECT count(*) FROM tx a CROSS JOIN tx b WHERE a.amount * b.latency_ms < 0",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let job = loop {
+        let running = cluster.json("/api/jobs").and_then(|jobs| {
+            jobs.as_array()?
+                .iter()
+                .find(|j| j["status"] == "Running")
+                .map(|j| j["job_id"].as_str().unwrap().to_string())
+        });
+        if let Some(j) = running {
+            break j;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job never ran: {}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let browser = Browser::start();
+    browser.goto(&format!(
+        "http://127.0.0.1:{}/#/cluster/{job}",
+        cluster.port
+    ));
+    browser.wait_for("the running job's stages", "return [...document.querySelectorAll('tr.stage td:nth-child(2)')].some(td => td.textContent === 'Running')");
+    browser.wait_for(
+        "the cancel button",
+        "return !!document.getElementById('cancel-job')",
+    );
+    browser.screenshot("scheduler-running-job");
+    browser.click("#cancel-job");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = cluster
+            .json(&format!("/api/job/{job}"))
+            .map(|j| j["status"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default();
+        if status != "Running" && status != "Queued" && !status.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job was not cancelled");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    browser.wait_for(
+        "the job no longer running",
+        "return !document.getElementById('cancel-job')",
+    );
+    browser.screenshot("scheduler-cancelled-job");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let code = loop {
+        if let Some(status) = sql.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = sql.kill();
+            panic!("the client kept waiting for its cancelled job");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_ne!(code, Some(0), "the cancelled query does not report success");
+}
