@@ -95,6 +95,13 @@ const main = document.getElementById("main");
 // Replaces the view; nested arrays (optional sections) are flattened.
 // The element that had the keyboard focus keeps it across a redraw (found again by its id), so
 // live updates never throw a keyboard user back to the top of the page.
+// Each route() call counts; a view renders only if no newer route() began while it awaited
+// (a slow answer must not draw over the view the user has moved to).
+let routeSeq = 0;
+function showIf(seq, ...nodes) {
+  if (seq === routeSeq) show(...nodes);
+}
+
 function show(...nodes) {
   const focused = document.activeElement && main.contains(document.activeElement) ? document.activeElement.id : "";
   main.replaceChildren(...nodes.flat(Infinity));
@@ -102,11 +109,12 @@ function show(...nodes) {
 }
 
 async function viewRuns() {
+  const seq = routeSeq;
   const { runs } = await api("/api/runs?limit=200");
   state.runs = new Map(runs.map((r) => [r.id, r]));
   const body = el("tbody", { id: "runs-body" });
   for (const r of runs) body.append(runRow(r));
-  show(
+  showIf(seq,
     el("h1", {}, "Runs"),
     runs.length ? el("table", { "aria-label": "runs" },
       el("thead", {}, el("tr", {}, ["Run", "Pipeline", "State", "Progress", "Rows/s", "ETA", "Memory", "Retries", "Submitted", "Trigger"]
@@ -141,6 +149,7 @@ async function action(id, verb) {
 }
 
 async function viewRun(id) {
+  const seq = routeSeq;
   const run = await api("/api/runs/" + id);
   const { chunks } = await api("/api/runs/" + id + "/chunks");
   const { events } = await api("/api/runs/" + id + "/history");
@@ -164,7 +173,7 @@ async function viewRun(id) {
   if (["queued", "running"].includes(run.state)) buttons.push(el("button", { class: "danger", id: "cancel", onclick: () => action(id, "cancel") }, "Cancel"));
   if (["failed", "cancelled", "timed_out"].includes(run.state)) buttons.push(el("button", { id: "resume", onclick: () => action(id, "resume") }, "Resume"));
   if (!["queued", "running"].includes(run.state)) buttons.push(el("button", { id: "retry", onclick: () => action(id, "retry") }, "Retry"));
-  show(
+  showIf(seq,
     el("p", {}, el("a", { href: "#/runs" }, "← Runs")),
     el("h1", {}, "Run #" + id + " · " + run.pipeline + " ", stateBadge(run.state)),
     el("div", {}, buttons, el("span", { id: "action-error", class: "error", role: "alert" })),
@@ -222,8 +231,9 @@ function chart(title, xs, ys, unit) {
 }
 
 async function viewQueue() {
+  const seq = routeSeq;
   const q = await api("/api/queue");
-  show(
+  showIf(seq,
     el("h1", {}, "Queue"),
     el("p", {}, bytes(q.memory_reserved_bytes) + " of " + bytes(q.memory_budget_bytes) + " reserved; " + q.running.length + " of " + q.max_concurrent + " runs going"),
     q.queued.length ? el("table", { "aria-label": "queue" },
@@ -236,8 +246,9 @@ async function viewQueue() {
 }
 
 async function viewSchedules() {
+  const seq = routeSeq;
   const { schedules } = await api("/api/schedules");
-  show(
+  showIf(seq,
     el("h1", {}, "Schedules"),
     schedules.length ? el("table", { "aria-label": "schedules" },
       el("thead", {}, el("tr", {}, ["Pipeline", "Schedule", "Time zone", "Next runs", "After", "On failure", "Catch-up", "Fires", "Skipped"].map((h) => el("th", {}, h)))),
@@ -293,10 +304,11 @@ function dependencyGraph(schedules) {
 // ---- the Cluster view: a Ballista scheduler's executors, jobs and stages (via --scheduler) ----
 
 async function viewCluster() {
+  const seq = routeSeq;
   const info = SCHEDULER ? { scheduler: location.host, state: await api("/api/state") } : await api("/api/cluster");
   const executors = await api(clusterApi.executors);
   const jobs = await api(clusterApi.jobs);
-  show(
+  showIf(seq,
     el("h1", {}, "Cluster"),
     el("p", {}, "Scheduler " + info.scheduler + " · Ballista " + (info.state.version || "")),
     el("h2", {}, "Executors (" + executors.length + ")"),
@@ -320,11 +332,12 @@ async function viewCluster() {
 const ms = (v) => (v === undefined || v === null ? "–" : v.toLocaleString() + " ms");
 
 async function viewClusterJob(id) {
+  const seq = routeSeq;
   const job = await api(clusterApi.job(encodeURIComponent(id)));
   const { stages } = await api(clusterApi.stages(encodeURIComponent(id)));
   const dot = await fetch(clusterApi.dot(encodeURIComponent(id)), { headers: headers() }).then((r) => (r.ok ? r.text() : ""));
   const running = !["Completed", "Failed"].includes(job.status);
-  show(
+  showIf(seq,
     el("p", {}, el("a", { href: "#/cluster" }, "← Cluster")),
     el("h1", {}, "Job " + id + " · " + job.job_name),
     el("p", {}, job.job_status + " — " + job.completed_stages + " of " + job.num_stages + " stages done"),
@@ -415,6 +428,7 @@ async function route() {
     if (a.dataset.view === view) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
   });
+  routeSeq++;
   try {
     if (view === "runs" && id) await viewRun(Number(id));
     else if (view === "queue") await viewQueue();
