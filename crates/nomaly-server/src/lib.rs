@@ -24,6 +24,7 @@ pub mod roots;
 pub mod schedule;
 pub mod server;
 pub mod store;
+pub mod triggers;
 
 pub use api::{HttpConfig, router};
 pub use error::{Result, ServerError};
