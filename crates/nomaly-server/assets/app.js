@@ -165,7 +165,7 @@ async function viewRun(id) {
   for (let i = 0; i < total; i++) {
     const c = byChunk.get(i);
     const s = c ? c.state : "pending";
-    cells.push(el("span", { class: "cell " + s, title: "chunk " + i + ": " + s + (c ? ", " + c.rows + " rows, " + c.anomalies + " anomalies" : ""),
+    cells.push(el("span", { class: "cell " + s, role: "listitem", title: "chunk " + i + ": " + s + (c ? ", " + c.rows + " rows, " + c.anomalies + " anomalies" : ""),
       "aria-label": "chunk " + i + " " + s }, s === "committed" ? "✓" : s === "reused" ? "R" : "·"));
   }
   const errors = events.filter((e) => e.kind === "retry" || e.kind === "warning");
@@ -437,7 +437,10 @@ async function route() {
     else if (view === "cluster") await viewCluster();
     else await viewRuns();
   } catch (e) {
-    show(el("p", { class: "error", role: "alert" }, e.message));
+    // The view keeps its heading, so a page that could not load still says where it is.
+    const title = view === "runs" && id ? "Run " + id : view === "cluster" && id ? "Job " + decodeURIComponent(id)
+      : { queue: "Queue", schedules: "Schedules", cluster: "Cluster" }[view] || "Runs";
+    show(el("h1", {}, title), el("p", { class: "error", role: "alert" }, e.message));
   }
 }
 

@@ -84,6 +84,26 @@ impl Browser {
         )
     }
 
+    /// Runs the accessibility audit (`a11y_audit.js`) on the page as it stands and fails the test,
+    /// with a screenshot, if it finds a violation.
+    fn audit(&self, view: &str) {
+        let found = self.eval(include_str!("a11y_audit.js"));
+        let found: Vec<String> = found
+            .as_array()
+            .unwrap_or_else(|| panic!("the audit returned {found}"))
+            .iter()
+            .map(|p| p.as_str().unwrap_or_default().to_string())
+            .collect();
+        if !found.is_empty() {
+            let shot = self.screenshot(&format!("a11y-{view}"));
+            panic!(
+                "accessibility audit of the {view} view (screenshot {}):\n{}",
+                shot.display(),
+                found.join("\n")
+            );
+        }
+    }
+
     /// Runs an async script (it calls `arguments[0]` with its result).
     fn eval_async(&self, script: &str) -> serde_json::Value {
         self.call(
@@ -256,9 +276,10 @@ fn the_dashboard_shows_runs_live_and_cancels_them() {
         "the token dialog",
         "return document.getElementById('token-dialog').open === true",
     );
+    browser.audit("token-dialog");
     browser.type_into("#token-input", token);
     browser.click("#token-form button");
-    browser.wait_for("the runs view", "return document.querySelector('h1') && document.querySelector('h1').textContent === 'Runs'");
+    browser.wait_for("the runs view", "return document.querySelector('h1') && document.querySelector('h1').textContent === 'Runs' && !document.querySelector('main .error')");
     browser.wait_for(
         "the live stream",
         "return document.getElementById('live').textContent === 'live'",
@@ -276,6 +297,7 @@ fn the_dashboard_shows_runs_live_and_cancels_them() {
     );
     let first = browser.eval(&format!("return {bar}")).as_f64().unwrap();
     browser.screenshot("runs-in-progress");
+    browser.audit("runs");
     browser.wait_for("the bar moving", &format!("return ({bar}) > {first}"));
     browser.wait_for("the run finishing", &format!("return (document.querySelector('#run-{id}') || {{}}).dataset && document.querySelector('#run-{id}').dataset.state === 'succeeded'"));
     let shot = browser.screenshot("runs-finished");
@@ -300,6 +322,7 @@ fn the_dashboard_shows_runs_live_and_cancels_them() {
             .contains("[object")
     );
     browser.screenshot("run-detail-succeeded");
+    browser.audit("run-detail");
 
     // Cancel from the run's page.
     let slow = server.submit(serde_json::json!({"path": f.pipeline("to_cancel", "out_to_cancel", "zscore", "").to_str().unwrap()}));
@@ -332,6 +355,7 @@ fn the_dashboard_shows_runs_live_and_cancels_them() {
         "return !!document.getElementById('resume')",
     );
     browser.screenshot("run-detail-cancelled");
+    browser.audit("run-cancelled");
 
     // Without the token the page's actions are refused; with it they work.
     let without = browser.eval_async(&format!(
@@ -350,11 +374,13 @@ fn the_dashboard_shows_runs_live_and_cancels_them() {
         "the queue view",
         "return document.querySelector('h1').textContent === 'Queue'",
     );
+    browser.audit("queue");
     browser.goto(&format!("{}/#/schedules", server.url()));
     browser.wait_for(
         "the schedules view",
         "return document.querySelector('h1').textContent === 'Schedules'",
     );
+    browser.audit("schedules");
 
     // Every request the page made went to the server it came from.
     let origin = server.url();
@@ -439,6 +465,7 @@ fn the_cluster_view_shows_executors_jobs_and_stages() {
     );
     browser.wait_for("the jobs", "return document.querySelectorAll('table[aria-label=\"cluster jobs\"] tbody tr').length >= 1");
     browser.screenshot("cluster");
+    browser.audit("cluster");
     browser.click(&format!("#open-job-{job}"));
     browser.wait_for(
         "the job's stages",
@@ -462,6 +489,7 @@ fn the_cluster_view_shows_executors_jobs_and_stages() {
         stages["stages"].as_array().unwrap().len()
     );
     browser.screenshot("cluster-job");
+    browser.audit("cluster-job");
 
     let origin = server.url();
     let urls = browser.eval("return performance.getEntriesByType('resource').map(e => e.name)");
@@ -494,6 +522,7 @@ fn the_cluster_view_shows_executors_jobs_and_stages() {
         "only the Cluster tab"
     );
     browser.screenshot("scheduler-cluster");
+    browser.audit("scheduler-cluster");
     browser.click(&format!("#open-job-{job}"));
     browser.wait_for("the job's stages on the scheduler", "return document.querySelectorAll('tr.stage').length >= 1 && document.querySelectorAll('#plan-graph .plan-node').length >= 1");
     browser.screenshot("scheduler-job");
@@ -558,6 +587,7 @@ fn the_scheduler_page_shows_a_running_job_and_cancels_it() {
         "return !!document.getElementById('cancel-job')",
     );
     browser.screenshot("scheduler-running-job");
+    browser.audit("scheduler-running-job");
     browser.click("#cancel-job");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
