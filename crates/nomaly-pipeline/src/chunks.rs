@@ -1,7 +1,10 @@
 //! Chunks: deterministic slices of an input, each one partition of the scan.
 //!
 //! Files are listed in path order; a Parquet file splits at row-group boundaries into runs of about
-//! `chunk_rows` rows (DataFusion reads a row group in the byte range holding its first page); a CSV
+//! `chunk_rows` rows (DataFusion reads a row group in the byte range holding its first page), and a
+//! row group of more than `chunk_rows` rows splits into equal row slices of at most `chunk_rows`
+//! (read with a Parquet row selection: the reader skips the pages outside it when the file has a
+//! page index, and decodes past them otherwise); a CSV
 //! or NDJSON file splits into byte ranges of about `chunk_rows` lines (the reader starts a range at
 //! the first line that begins inside it), with the row width estimated from the file's first MiB;
 //! Arrow IPC and Avro files are one chunk each. The same input gives the same chunks, so a chunk id
@@ -23,6 +26,7 @@ use datafusion::datasource::file_format::csv::CsvFormat;
 use datafusion::datasource::file_format::json::JsonFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTableUrl, PartitionedFile};
+use datafusion::datasource::physical_plan::parquet::ParquetRowSelection;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::error::DataFusionError;
@@ -31,6 +35,7 @@ use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::{Expr, TableType};
 use datafusion::object_store::path::Path as StorePath;
 use datafusion::object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+use datafusion::parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 use datafusion::parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
 use datafusion::physical_plan::ExecutionPlan;
@@ -150,10 +155,41 @@ pub struct Chunk {
     pub range: Option<(u64, u64)>,
     /// Rows, when known before reading (Parquet).
     pub rows: Option<u64>,
+    /// Rows `[start, end)` of the file, counted from its first row, when the chunk is part of one
+    /// row group (Parquet row groups larger than `chunk_rows`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slice: Option<RowSlice>,
+}
+
+/// A run of rows inside one Parquet row group, as file-level row numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RowSlice {
+    pub start: u64,
+    pub end: u64,
+    /// Rows in the whole file: a row selection covers all of them.
+    pub file_rows: u64,
+}
+
+impl RowSlice {
+    /// The file-level row selection reading exactly this slice.
+    pub fn selection(&self) -> ParquetRowSelection {
+        let mut selectors = Vec::with_capacity(3);
+        if self.start > 0 {
+            selectors.push(RowSelector::skip(self.start as usize));
+        }
+        selectors.push(RowSelector::select((self.end - self.start) as usize));
+        if self.end < self.file_rows {
+            selectors.push(RowSelector::skip((self.file_rows - self.end) as usize));
+        }
+        ParquetRowSelection::new(RowSelection::from(selectors))
+    }
 }
 
 impl Chunk {
     pub fn describe(&self) -> String {
+        if let Some(slice) = &self.slice {
+            return format!("/{} rows {}..{}", self.file, slice.start, slice.end);
+        }
         match self.range {
             Some((s, e)) => format!("/{} bytes {s}..{e}", self.file),
             None => format!("/{}", self.file),
@@ -161,7 +197,7 @@ impl Chunk {
     }
 
     fn partitioned_file(&self) -> PartitionedFile {
-        match self.range {
+        let file = match self.range {
             Some((s, e)) => PartitionedFile::new_with_range(
                 self.file.clone(),
                 self.file_size,
@@ -169,6 +205,10 @@ impl Chunk {
                 e as i64,
             ),
             None => PartitionedFile::new(self.file.clone(), self.file_size),
+        };
+        match &self.slice {
+            Some(slice) => file.with_extension(slice.selection()),
+            None => file,
         }
     }
 }
@@ -203,7 +243,7 @@ pub async fn plan_chunks(
     let schema = source.infer_schema(ctx).await?;
     let url = source.url()?;
     let mut chunks = Vec::new();
-    let mut warnings = Vec::new();
+    let warnings = Vec::new();
     let store = ctx
         .state()
         .runtime_env()
@@ -236,10 +276,9 @@ pub async fn plan_chunks(
                 let split = RowGroupSplit {
                     file: &file,
                     size,
-                    shown: &shown,
                     chunk_rows,
                 };
-                split.chunks(&groups, &mut chunks, &mut warnings);
+                split.chunks(&groups, &mut chunks);
             }
             FileFormat::Csv | FileFormat::Ndjson if !is_compressed(&file) => {
                 let head = match &local {
@@ -266,6 +305,7 @@ pub async fn plan_chunks(
                         file_size: size,
                         range: (n > 1).then_some((start, end)),
                         rows: None,
+                        slice: None,
                     });
                 }
             }
@@ -275,6 +315,7 @@ pub async fn plan_chunks(
                 file_size: size,
                 range: None,
                 rows: None,
+                slice: None,
             }),
         }
     }
@@ -336,45 +377,72 @@ fn row_group_starts(meta: &ParquetMetaData) -> Vec<(u64, u64)> {
 struct RowGroupSplit<'a> {
     file: &'a str,
     size: u64,
-    shown: &'a str,
     chunk_rows: u64,
 }
 
 impl RowGroupSplit<'_> {
-    /// Appends runs of row groups of about `chunk_rows` rows (at least one row group each).
-    fn chunks(&self, groups: &[(u64, u64)], chunks: &mut Vec<Chunk>, warnings: &mut Vec<String>) {
-        let (file, size, shown, chunk_rows) = (self.file, self.size, self.shown, self.chunk_rows);
-        if groups.iter().any(|g| g.1 > chunk_rows) {
-            warnings.push(format!(
-                        "{shown}: row groups of up to {} rows are larger than chunk_rows = {chunk_rows}; a chunk is at least one row group",
-                        groups.iter().map(|g| g.1).max().unwrap_or(0)
-                    ));
-        }
-        let mut at = 0;
-        while at < groups.len() {
-            let first = at;
-            let mut rows = 0;
-            while at < groups.len() && (at == first || rows + groups[at].1 <= chunk_rows) {
-                rows += groups[at].1;
-                at += 1;
-            }
-            // The range starts at the first row group's first page and ends where the next
-            // chunk's starts (or at the end of the file, footer included).
+    /// Appends runs of whole row groups of about `chunk_rows` rows, and row slices of at most
+    /// `chunk_rows` rows of every row group larger than that.
+    fn chunks(&self, groups: &[(u64, u64)], chunks: &mut Vec<Chunk>) {
+        let (file, size, chunk_rows) = (self.file, self.size, self.chunk_rows.max(1));
+        let file_rows: u64 = groups.iter().map(|g| g.1).sum();
+        // The byte range of row groups `first..last`: from the first one's first page to where the
+        // next one starts (or the end of the file, footer included).
+        let span = |first: usize, last: usize| {
             let start = if first == 0 { 0 } else { groups[first].0 };
-            let end = if at < groups.len() {
-                groups[at].0
+            let end = if last < groups.len() {
+                groups[last].0
             } else {
                 size
             };
-            if rows == 0 && groups.len() > 1 {
+            (start, end)
+        };
+        let mut first_row = 0;
+        let mut at = 0;
+        while at < groups.len() {
+            let rows = groups[at].1;
+            if rows > chunk_rows {
+                // Equal slices, so the last one is not a sliver.
+                let n = rows.div_ceil(chunk_rows);
+                for i in 0..n {
+                    let (start, end) = (rows * i / n, rows * (i + 1) / n);
+                    chunks.push(Chunk {
+                        id: chunks.len(),
+                        file: file.to_string(),
+                        file_size: size,
+                        range: Some(span(at, at + 1)),
+                        rows: Some(end - start),
+                        slice: Some(RowSlice {
+                            start: first_row + start,
+                            end: first_row + end,
+                            file_rows,
+                        }),
+                    });
+                }
+                first_row += rows;
+                at += 1;
+                continue;
+            }
+            let first = at;
+            let mut run = 0;
+            while at < groups.len()
+                && groups[at].1 <= chunk_rows
+                && (at == first || run + groups[at].1 <= chunk_rows)
+            {
+                run += groups[at].1;
+                at += 1;
+            }
+            first_row += run;
+            if run == 0 && groups.len() > 1 {
                 continue;
             }
             chunks.push(Chunk {
                 id: chunks.len(),
                 file: file.to_string(),
                 file_size: size,
-                range: Some((start, end)),
-                rows: Some(rows),
+                range: Some(span(first, at)),
+                rows: Some(run),
+                slice: None,
             });
         }
         if groups.is_empty() {
@@ -384,6 +452,7 @@ impl RowGroupSplit<'_> {
                 file_size: size,
                 range: None,
                 rows: Some(0),
+                slice: None,
             });
         }
     }

@@ -1,5 +1,5 @@
 //! The physical plan codec every process of a Nomaly cluster uses: Ballista's, plus the operators
-//! of Nomaly's own that pipelines send to executors ([`PartWriteExec`]).
+//! of Nomaly's own that pipelines send to executors ([`PartWriteExec`], [`SlicedScanExec`]).
 //!
 //! The client encodes the plans it submits with it, the scheduler decodes them to split them into
 //! stages and encodes the stages, and the executors decode the stages: all three must have it
@@ -7,6 +7,7 @@
 //! `"ballista://..."`).
 
 use crate::sink::PartWriteExec;
+use crate::sliced_scan::SlicedScanExec;
 use ballista_core::serde::BallistaPhysicalExtensionCodec;
 use datafusion::error::Result as DfResult;
 use datafusion::execution::TaskContext;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 
 /// Marks a node of ours; Ballista's own nodes are protobuf messages, which never start with it.
 const PART_WRITE_TAG: &[u8] = b"nomaly.PartWriteExec.v1\0";
+const SLICED_SCAN_TAG: &[u8] = b"nomaly.SlicedScanExec.v1\0";
 
 /// Ballista's physical codec with Nomaly's operators.
 #[derive(Debug, Default)]
@@ -36,10 +38,13 @@ impl PhysicalExtensionCodec for NomalyPhysicalCodec {
         ctx: &TaskContext,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        match buf.strip_prefix(PART_WRITE_TAG) {
-            Some(rest) => Ok(Arc::new(PartWriteExec::decode(rest, inputs, ctx, self)?)),
-            None => self.ballista.try_decode(buf, inputs, ctx, proto_converter),
+        if let Some(rest) = buf.strip_prefix(PART_WRITE_TAG) {
+            return Ok(Arc::new(PartWriteExec::decode(rest, inputs, ctx, self)?));
         }
+        if let Some(rest) = buf.strip_prefix(SLICED_SCAN_TAG) {
+            return Ok(Arc::new(SlicedScanExec::decode(rest, inputs)?));
+        }
+        self.ballista.try_decode(buf, inputs, ctx, proto_converter)
     }
 
     fn try_encode(
@@ -48,12 +53,14 @@ impl PhysicalExtensionCodec for NomalyPhysicalCodec {
         buf: &mut Vec<u8>,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<()> {
-        match node.as_ref().downcast_ref::<PartWriteExec>() {
-            Some(write) => {
-                buf.extend_from_slice(PART_WRITE_TAG);
-                write.encode(buf, self)
-            }
-            None => self.ballista.try_encode(node, buf, proto_converter),
+        if let Some(write) = node.as_ref().downcast_ref::<PartWriteExec>() {
+            buf.extend_from_slice(PART_WRITE_TAG);
+            return write.encode(buf, self);
         }
+        if let Some(scan) = node.as_ref().downcast_ref::<SlicedScanExec>() {
+            buf.extend_from_slice(SLICED_SCAN_TAG);
+            return scan.encode(buf);
+        }
+        self.ballista.try_encode(node, buf, proto_converter)
     }
 }

@@ -21,6 +21,7 @@ pub mod quarantine;
 pub mod report;
 pub mod run;
 pub mod sink;
+pub mod sliced_scan;
 pub mod spec;
 
 pub use codec::{NomalyPhysicalCodec, physical_codec};

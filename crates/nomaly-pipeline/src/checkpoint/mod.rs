@@ -39,7 +39,7 @@ pub use fingerprint::{
 
 /// Name of the run directory inside an output (or its staging directory).
 pub const RUN_DIR: &str = "_nomaly";
-const RUN_FILE: &str = "run.json";
+pub(crate) const RUN_FILE: &str = "run.json";
 pub const MANIFEST_FILE: &str = "manifest.jsonl";
 const MODELS_FILE: &str = "models.ipc";
 const PIPELINE_FILE: &str = "pipeline.toml";

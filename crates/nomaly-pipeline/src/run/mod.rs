@@ -36,6 +36,8 @@ mod sinks;
 mod tally;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_slices;
 
 pub use handle::Run;
 pub use inspect::{explain, validate};
