@@ -1,6 +1,7 @@
 //! Scoring throughput of each detector on synthetic data, without DataFusion:
 //! `cargo run --release -p nomaly-detectors --example score_speed [rows] [alg,alg...] [batch rows]
-//! [fastest|avx2|rows]` — the last picks iforest's tree walk (all give the same scores).
+//! [fastest|avx512|shuffle|avx2|rows]` — the last picks iforest's tree walk (all give the same
+//! scores; "fastest" times them on the forest and prints the one it chose).
 
 use arrow_array::{ArrayRef, Float64Array};
 use nomaly_detectors::algorithms::iforest::TreeWalk;
@@ -30,11 +31,17 @@ fn main() {
         .nth(3)
         .and_then(|a| a.parse().ok())
         .unwrap_or(8192);
-    let walk = match std::env::args().nth(4).as_deref() {
-        None | Some("fastest") => TreeWalk::Fastest,
-        Some("avx2") => TreeWalk::Avx2Ranks,
-        Some("rows") => TreeWalk::RowByRow,
-        Some(other) => panic!("walk {other:?}: expected fastest, avx2 or rows"),
+    let walk = match std::env::args().nth(4) {
+        None => TreeWalk::Fastest,
+        Some(name) => TreeWalk::ALL
+            .into_iter()
+            .find(|w| w.name() == name)
+            .unwrap_or_else(|| {
+                panic!(
+                    "walk {name:?}: expected one of {:?}",
+                    TreeWalk::ALL.map(|w| w.name())
+                )
+            }),
     };
     for alg in Algorithm::ALL {
         if only
@@ -66,8 +73,14 @@ fn main() {
             std::hint::black_box(model.score(&batch).unwrap());
         }
         let score_time = started.elapsed();
+        let walked = match &model.body {
+            ModelBody::IsolationForest(forest) => {
+                format!("  walk {}", forest.walk(cols.len()).name())
+            }
+            _ => String::new(),
+        };
         println!(
-            "{:14} fit {:7.1} ns/row  finish {:6.1} ms  score {:7.1} ns/row",
+            "{:14} fit {:7.1} ns/row  finish {:6.1} ms  score {:7.1} ns/row{walked}",
             alg.name(),
             fit_time.as_nanos() as f64 / rows as f64,
             finish_time.as_secs_f64() * 1e3,

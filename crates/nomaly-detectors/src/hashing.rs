@@ -49,9 +49,7 @@ pub fn row_hash_step(h: u64, v: f64) -> u64 {
 pub fn hash_column(hashes: &mut [u64], col: &[f64]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512dq")
-        {
+        if crate::cpu::avx512() {
             // SAFETY: the CPU has the features the function is compiled for (checked above).
             unsafe { hash_column_avx512(hashes, col) };
             return;

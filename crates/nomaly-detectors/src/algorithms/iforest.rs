@@ -104,7 +104,7 @@ pub struct IsolationForestModel {
 /// How [`IsolationForestModel::score`] walks the trees; every layout gives the same bits.
 #[derive(Debug, Clone)]
 enum ScoringLayout {
-    /// Threshold ranks, 32 rows per instruction (AVX-512BW, trees at most 8 deep).
+    /// Threshold ranks, 8–32 rows per instruction (AVX2 or AVX-512BW, trees at most 8 deep).
     Ranked(RankForest),
     /// Perfect trees in heap order, eight rows side by side.
     Heap(Vec<HeapTree>),
@@ -116,11 +116,37 @@ enum ScoringLayout {
 /// otherwise picks the fastest the CPU and the trees allow. All give the same bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TreeWalk {
+    /// The fastest of the walks this CPU and these trees allow, timed on this forest when the
+    /// model is first used (see [`IsolationForestModel::score`]).
     Fastest,
-    /// Threshold ranks, 8 rows per instruction with AVX2, even where AVX-512BW is present.
+    /// Threshold ranks, 32 rows per instruction with AVX-512BW.
+    Avx512Ranks,
+    /// Threshold ranks, 16 rows per instruction with AVX2 byte shuffles (no gathers).
+    Avx2Shuffle,
+    /// Threshold ranks, 8 rows per instruction with AVX2, deep levels gathered.
     Avx2Ranks,
     /// Heap-ordered trees, one row at a time (what CPUs without AVX2 use).
     RowByRow,
+}
+
+impl TreeWalk {
+    pub const ALL: [TreeWalk; 5] = [
+        TreeWalk::Fastest,
+        TreeWalk::Avx512Ranks,
+        TreeWalk::Avx2Shuffle,
+        TreeWalk::Avx2Ranks,
+        TreeWalk::RowByRow,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TreeWalk::Fastest => "fastest",
+            TreeWalk::Avx512Ranks => "avx512",
+            TreeWalk::Avx2Shuffle => "shuffle",
+            TreeWalk::Avx2Ranks => "avx2",
+            TreeWalk::RowByRow => "rows",
+        }
+    }
 }
 
 fn heap_trees(trees: &[FlatTree], width: usize) -> Option<Vec<HeapTree>> {
@@ -131,15 +157,114 @@ fn heap_trees(trees: &[FlatTree], width: usize) -> Option<Vec<HeapTree>> {
 }
 
 impl ScoringLayout {
+    /// The fastest walk for these trees on this CPU. Which one that is depends on the core more
+    /// than on its instruction set (AVX2 gathers are several times dearer on AMD's Zen than on
+    /// Intel's cores), so every walk the CPU and the trees allow is timed on rows drawn around the
+    /// forest's own thresholds (about a millisecond each); all give the same bits, so the choice
+    /// changes speed only.
     fn new(trees: &[FlatTree], width: usize) -> Self {
-        match heap_trees(trees, width) {
-            Some(heap) => match RankForest::new(&heap, width) {
-                Some(ranked) => ScoringLayout::Ranked(ranked),
-                None => ScoringLayout::Heap(heap),
-            },
-            None => ScoringLayout::Pointer,
+        let Some(heap) = heap_trees(trees, width) else {
+            return ScoringLayout::Pointer;
+        };
+        let mut candidates = Vec::new();
+        if let Some(ranked) = RankForest::new(&heap, width) {
+            for kernel in ranked.kernels() {
+                candidates.extend(
+                    ranked
+                        .clone()
+                        .with_kernel(kernel)
+                        .map(ScoringLayout::Ranked),
+                );
+            }
+        }
+        candidates.push(ScoringLayout::Heap(heap));
+        if candidates.len() == 1 {
+            return candidates.remove(0);
+        }
+        let cols = calibration_rows(trees, width, CALIBRATION_ROWS);
+        let views: Vec<&[f64]> = cols.iter().map(Vec::as_slice).collect();
+        let mut out = vec![0.0; CALIBRATION_ROWS];
+        let mut best = (std::time::Duration::MAX, 0);
+        for (i, layout) in candidates.iter().enumerate() {
+            for _ in 0..3 {
+                let t = std::time::Instant::now();
+                layout.add_path_lengths(trees, &views, CALIBRATION_ROWS, &mut out);
+                std::hint::black_box(&out);
+                best = best.min((t.elapsed(), i));
+            }
+        }
+        candidates.swap_remove(best.1)
+    }
+
+    fn add_path_lengths(&self, flat: &[FlatTree], cols: &[&[f64]], len: usize, out: &mut [f64]) {
+        match self {
+            ScoringLayout::Ranked(ranked) => ranked.add_path_lengths(cols, len, out),
+            ScoringLayout::Heap(trees) => for_each_block(cols, len, out, |block, n, out| {
+                trees.iter().for_each(|t| t.add_path_lengths(block, n, out))
+            }),
+            ScoringLayout::Pointer => for_each_block(cols, len, out, |block, n, out| {
+                for tree in flat {
+                    let mut at = [0u32; BLOCK];
+                    for _ in 0..tree.depth {
+                        for (k, a) in at.iter_mut().enumerate() {
+                            let node = tree.nodes[*a as usize];
+                            let x = block[node.feature as usize * BLOCK + k];
+                            *a = node.child + u32::from(x > node.threshold);
+                        }
+                    }
+                    for (d, a) in out.iter_mut().zip(&at[..n]) {
+                        *d += tree.leaf_value[*a as usize];
+                    }
+                }
+            }),
         }
     }
+
+    /// Which walk this is (for [`IsolationForestModel::walk`]).
+    fn walk(&self) -> TreeWalk {
+        match self {
+            ScoringLayout::Ranked(r) => match r.kernel() {
+                rank_walk::Kernel::Avx512 => TreeWalk::Avx512Ranks,
+                rank_walk::Kernel::Avx2Shuffle => TreeWalk::Avx2Shuffle,
+                rank_walk::Kernel::Avx2 => TreeWalk::Avx2Ranks,
+            },
+            ScoringLayout::Heap(_) | ScoringLayout::Pointer => TreeWalk::RowByRow,
+        }
+    }
+}
+
+/// Rows timed per walk when choosing one.
+const CALIBRATION_ROWS: usize = 2048;
+
+/// Rows whose values sit on, just below and just above the forest's thresholds, feature by
+/// feature at random (a fixed seed): rows that reach every level the way real rows do.
+fn calibration_rows(trees: &[FlatTree], width: usize, rows: usize) -> Vec<Vec<f64>> {
+    let mut thresholds = vec![Vec::new(); width];
+    for tree in trees {
+        for node in tree.nodes.iter().filter(|n| n.threshold.is_finite()) {
+            if let Some(t) = thresholds.get_mut(node.feature as usize) {
+                t.push(node.threshold);
+            }
+        }
+    }
+    let mut rng = DeterministicRng::new(0x6361_6c69_6272_6174);
+    thresholds
+        .iter()
+        .map(|t| {
+            (0..rows)
+                .map(|_| {
+                    let u = rng.next_u64();
+                    match t.len() {
+                        0 => 0.0,
+                        n => {
+                            let x = t[(u % n as u64) as usize];
+                            if u >> 63 == 1 { x.next_up() } else { x }
+                        }
+                    }
+                })
+                .collect()
+        })
+        .collect()
 }
 
 impl PartialEq for IsolationForestModel {
@@ -335,12 +460,17 @@ impl IsolationForestModel {
     /// The same model scoring `width` features with the given walk; `None` when the CPU lacks the
     /// instructions or the trees are too deep for it.
     pub fn with_walk(self, walk: TreeWalk, width: usize) -> Option<Self> {
+        let ranked = |kernel| {
+            let heap = heap_trees(&self.trees, width)?;
+            Some(ScoringLayout::Ranked(
+                RankForest::new(&heap, width)?.with_kernel(kernel)?,
+            ))
+        };
         let layout = match walk {
             TreeWalk::Fastest => ScoringLayout::new(&self.trees, width),
-            TreeWalk::Avx2Ranks => {
-                let heap = heap_trees(&self.trees, width)?;
-                ScoringLayout::Ranked(RankForest::new(&heap, width)?.with_avx2()?)
-            }
+            TreeWalk::Avx512Ranks => ranked(rank_walk::Kernel::Avx512)?,
+            TreeWalk::Avx2Shuffle => ranked(rank_walk::Kernel::Avx2Shuffle)?,
+            TreeWalk::Avx2Ranks => ranked(rank_walk::Kernel::Avx2)?,
             TreeWalk::RowByRow => ScoringLayout::Heap(heap_trees(&self.trees, width)?),
         };
         let model = Self {
@@ -359,31 +489,16 @@ impl IsolationForestModel {
         self.score_with(layout, cols, len)
     }
 
+    /// The walk scoring uses (chosen on first use, for `width` features).
+    pub fn walk(&self, width: usize) -> TreeWalk {
+        self.layout
+            .get_or_init(|| ScoringLayout::new(&self.trees, width))
+            .walk()
+    }
+
     fn score_with(&self, layout: &ScoringLayout, cols: &[&[f64]], len: usize) -> Vec<f64> {
         let mut depth_sum = vec![0.0f64; len];
-        match layout {
-            ScoringLayout::Ranked(ranked) => ranked.add_path_lengths(cols, len, &mut depth_sum),
-            ScoringLayout::Heap(trees) => {
-                for_each_block(cols, len, &mut depth_sum, |block, n, out| {
-                    trees.iter().for_each(|t| t.add_path_lengths(block, n, out))
-                })
-            }
-            ScoringLayout::Pointer => for_each_block(cols, len, &mut depth_sum, |block, n, out| {
-                for tree in &self.trees {
-                    let mut at = [0u32; BLOCK];
-                    for _ in 0..tree.depth {
-                        for (k, a) in at.iter_mut().enumerate() {
-                            let node = tree.nodes[*a as usize];
-                            let x = block[node.feature as usize * BLOCK + k];
-                            *a = node.child + u32::from(x > node.threshold);
-                        }
-                    }
-                    for (d, a) in out.iter_mut().zip(&at[..n]) {
-                        *d += tree.leaf_value[*a as usize];
-                    }
-                }
-            }),
-        }
+        layout.add_path_lengths(&self.trees, cols, len, &mut depth_sum);
         self.scores_from_depth_sums(depth_sum)
     }
 
@@ -604,10 +719,17 @@ mod tests {
             same(&ScoringLayout::Heap(heap.clone()), "heap");
             match RankForest::new(&heap, width) {
                 Some(ranked) => {
-                    if let Some(avx2) = ranked.clone().with_avx2() {
-                        same(&ScoringLayout::Ranked(avx2), "ranks with AVX2");
+                    let kernels = ranked.kernels();
+                    if width <= 16 && rank_walk::cpu_has_avx2() {
+                        assert!(
+                            kernels.contains(&rank_walk::Kernel::Avx2Shuffle),
+                            "{case}: no shuffle walk"
+                        );
                     }
-                    same(&ScoringLayout::Ranked(ranked), "ranks");
+                    for kernel in kernels {
+                        let walk = ranked.clone().with_kernel(kernel).unwrap();
+                        same(&ScoringLayout::Ranked(walk), &format!("ranks, {kernel:?}"));
+                    }
                 }
                 None => assert!(
                     max_depth == Some(11) || !rank_walk::cpu_has_avx512bw(),

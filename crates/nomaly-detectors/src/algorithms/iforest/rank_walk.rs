@@ -22,7 +22,19 @@
 //! {fastest,avx2,rows}` gives 154-164 ns/row with AVX-512BW, 378-412 with AVX2 and 688-738 row by
 //! row.
 
+// Every kernel needs x86-64 vector instructions; elsewhere `RankForest::new` declines and the
+// row-by-row walk scores (a NEON kernel would go here).
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+
 use super::{BLOCK, HeapTree};
+
+#[cfg(target_arch = "x86_64")]
+mod shuffle;
+
+/// In the shuffle walk's 16-bit nodes, the key of a split no row passes, and one more than the
+/// largest key it takes: ranks of forests it walks are at most this (a feature has at most this
+/// many cuts).
+const NEVER: u16 = 0x0FFF;
 
 /// Rows walked together: 32 sixteen-bit lanes of a 512-bit register.
 const LANES: usize = 32;
@@ -43,13 +55,21 @@ pub(super) struct RankForest {
     /// Levels every tree walks: the deepest tree's depth.
     depth: usize,
     kernel: Kernel,
+    /// Every node fits the 16-bit `feature << 12 | key` of [`Kernel::Avx2Shuffle`]: at most 16
+    /// features and 4,095 cuts per feature.
+    shuffle_fits: bool,
 }
 
-/// The instruction set a [`RankForest`] walks with.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Kernel {
+/// The instructions a [`RankForest`] walks with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kernel {
+    /// 32 rows per instruction, nodes looked up by 16-bit permutes.
     Avx512,
+    /// 8 rows per instruction, deep levels' nodes gathered.
     Avx2,
+    /// 16 rows per instruction, nodes looked up by byte shuffles of 8-node tables (no gathers,
+    /// which are slow on AMD's Zen cores; see `shuffle`).
+    Avx2Shuffle,
 }
 
 /// One tree in heap order (level l at `2^l - 1 ..`), padded to the 8-level size so every table
@@ -63,6 +83,9 @@ struct RankTree {
     features: [u16; 256],
     /// `feature << 16 | key`: one 32-bit gather per node for the AVX2 walk.
     packed: [u32; 256],
+    /// `feature << 12 | key` (the key 4,095 for a split no row passes) for the shuffle walk, when
+    /// the forest fits it.
+    packed16: [u16; 256],
     /// Path lengths of the bottom level's leaves, in order.
     leaf_values: [f64; 256],
 }
@@ -158,6 +181,7 @@ impl RankForest {
     /// wider than 32 features, or a feature has 65,535 or more distinct thresholds (ranks must fit
     /// in 16 bits).
     pub(super) fn new(trees: &[HeapTree], width: usize) -> Option<Self> {
+        // The first kernel allowed; `kernels` and `with_kernel` offer the others.
         let kernel = if cpu_has_avx512bw() {
             Kernel::Avx512
         } else if cpu_has_avx2() {
@@ -189,6 +213,7 @@ impl RankForest {
                     keys: [u16::MAX; 256],
                     features: [0; 256],
                     packed: [0; 256],
+                    packed16: [0; 256],
                     leaf_values: [0.0; 256],
                 };
                 for (i, (&threshold, &offset)) in
@@ -208,6 +233,14 @@ impl RankForest {
                 {
                     *p = u32::from(f) << 16 | u32::from(k);
                 }
+                for ((p, &f), &k) in ranked
+                    .packed16
+                    .iter_mut()
+                    .zip(&ranked.features)
+                    .zip(&ranked.keys)
+                {
+                    *p = (f & 0xF) << 12 | k.min(NEVER);
+                }
                 let spread = depth - tree.depth;
                 for (p, &value) in tree.leaf_values.iter().enumerate() {
                     ranked.leaf_values[p << spread] = value;
@@ -215,21 +248,47 @@ impl RankForest {
                 ranked
             })
             .collect();
+        // A rank is at most the feature's cut count, so with at most NEVER cuts no rank exceeds
+        // the key NEVER and every real key (a cut's index) is below it.
+        let shuffle_fits = width <= 16
+            && cuts
+                .iter()
+                .all(|c| c.sorted.len() - WINDOW <= usize::from(NEVER));
         Some(Self {
             cuts,
             trees,
             depth,
             kernel,
+            shuffle_fits,
         })
     }
 
-    /// The same forest walked with AVX2 even where AVX-512BW is present (tests, benchmarks); `None`
-    /// without AVX2.
-    pub(super) fn with_avx2(self) -> Option<Self> {
-        cpu_has_avx2().then_some(Self {
-            kernel: Kernel::Avx2,
-            ..self
-        })
+    /// The kernels this CPU and this forest allow, fastest first by design (the caller may time
+    /// them: which is fastest depends on the core, e.g. gathers cost several times more on AMD's
+    /// Zen than on Intel's cores).
+    pub(super) fn kernels(&self) -> Vec<Kernel> {
+        let mut k = Vec::new();
+        if cpu_has_avx512bw() {
+            k.push(Kernel::Avx512);
+        }
+        if cpu_has_avx2() {
+            if self.shuffle_fits {
+                k.push(Kernel::Avx2Shuffle);
+            }
+            k.push(Kernel::Avx2);
+        }
+        k
+    }
+
+    /// The same forest walked with `kernel`; `None` when this CPU or forest does not allow it.
+    pub(super) fn with_kernel(self, kernel: Kernel) -> Option<Self> {
+        self.kernels()
+            .contains(&kernel)
+            .then_some(Self { kernel, ..self })
+    }
+
+    pub(super) fn kernel(&self) -> Kernel {
+        self.kernel
     }
 
     /// Adds every tree's path length, tree by tree in order, to `out[..len]`.
@@ -260,10 +319,14 @@ impl RankForest {
             let walk = match self.kernel {
                 Kernel::Avx512 => by_width!(walk_avx512),
                 Kernel::Avx2 => by_width!(walk_avx2),
+                Kernel::Avx2Shuffle => by_width!(walk_shuffle),
             };
-            // SAFETY: the kernel is one the CPU has (checked in `new` / `with_avx2`).
+            // SAFETY: the kernel is one the CPU has (checked in `new` / `with_kernel`).
             unsafe { walk(self, &ranks, padded, len, out) }
         }
+        // Elsewhere `new` builds no rank forest (every kernel needs x86-64 vector instructions).
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (ranks, out);
     }
 
     /// `P` is a power of two ≥ width; features past the width are zeros no split looks at. Each
@@ -546,27 +609,12 @@ fn level_lookup(
     }
 }
 
-fn cpu_has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+pub(super) fn cpu_has_avx2() -> bool {
+    crate::cpu::avx2()
 }
 
 pub(super) fn cpu_has_avx512bw() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::cpu::avx512()
 }
 
 #[cfg(test)]
