@@ -12,7 +12,8 @@
 use crate::fit::FitState;
 use crate::hashing::{DeterministicRng, mix64};
 use serde::{Deserialize, Serialize};
-use std::sync::OnceLock;
+use std::collections::BTreeMap;
+use std::sync::{Mutex, OnceLock};
 
 mod rank_walk;
 use rank_walk::RankForest;
@@ -159,9 +160,10 @@ fn heap_trees(trees: &[FlatTree], width: usize) -> Option<Vec<HeapTree>> {
 impl ScoringLayout {
     /// The fastest walk for these trees on this CPU. Which one that is depends on the core more
     /// than on its instruction set (AVX2 gathers are several times dearer on AMD's Zen than on
-    /// Intel's cores), so every walk the CPU and the trees allow is timed on rows drawn around the
-    /// forest's own thresholds (about a millisecond each); all give the same bits, so the choice
-    /// changes speed only.
+    /// Intel's cores), so the first forest of each width in a process times every walk the CPU and
+    /// the trees allow on rows drawn around its own thresholds (a few milliseconds in all), and
+    /// later forests of that width (thousands, with per-segment models) take the fastest walk of
+    /// that ranking they allow. All give the same bits, so the choice changes speed only.
     fn new(trees: &[FlatTree], width: usize) -> Self {
         let Some(heap) = heap_trees(trees, width) else {
             return ScoringLayout::Pointer;
@@ -181,19 +183,47 @@ impl ScoringLayout {
         if candidates.len() == 1 {
             return candidates.remove(0);
         }
+        static RANKING: Mutex<BTreeMap<usize, Vec<TreeWalk>>> = Mutex::new(BTreeMap::new());
+        let known = RANKING.lock().ok().and_then(|r| r.get(&width).cloned());
+        let ranking = match known {
+            Some(r) => r,
+            None => {
+                let r = Self::time_walks(&candidates, trees, width);
+                if let Ok(mut all) = RANKING.lock() {
+                    all.insert(width, r.clone());
+                }
+                r
+            }
+        };
+        let rank = |l: &ScoringLayout| ranking.iter().position(|w| *w == l.walk());
+        let best = (0..candidates.len())
+            .min_by_key(|&i| rank(&candidates[i]).unwrap_or(usize::MAX))
+            .unwrap_or(0);
+        candidates.swap_remove(best)
+    }
+
+    /// The candidates' walks, fastest first (the best of three runs each).
+    fn time_walks(candidates: &[ScoringLayout], trees: &[FlatTree], width: usize) -> Vec<TreeWalk> {
         let cols = calibration_rows(trees, width, CALIBRATION_ROWS);
         let views: Vec<&[f64]> = cols.iter().map(Vec::as_slice).collect();
         let mut out = vec![0.0; CALIBRATION_ROWS];
-        let mut best = (std::time::Duration::MAX, 0);
-        for (i, layout) in candidates.iter().enumerate() {
-            for _ in 0..3 {
-                let t = std::time::Instant::now();
-                layout.add_path_lengths(trees, &views, CALIBRATION_ROWS, &mut out);
-                std::hint::black_box(&out);
-                best = best.min((t.elapsed(), i));
-            }
-        }
-        candidates.swap_remove(best.1)
+        let mut timed: Vec<(std::time::Duration, TreeWalk)> = candidates
+            .iter()
+            .map(|layout| {
+                let best = (0..3)
+                    .map(|_| {
+                        let t = std::time::Instant::now();
+                        layout.add_path_lengths(trees, &views, CALIBRATION_ROWS, &mut out);
+                        std::hint::black_box(&out);
+                        t.elapsed()
+                    })
+                    .min()
+                    .unwrap_or_default();
+                (best, layout.walk())
+            })
+            .collect();
+        timed.sort_by_key(|t| t.0);
+        timed.into_iter().map(|t| t.1).collect()
     }
 
     fn add_path_lengths(&self, flat: &[FlatTree], cols: &[&[f64]], len: usize, out: &mut [f64]) {
