@@ -2,6 +2,7 @@
 
 mod determinism;
 mod one_pass;
+mod segments;
 
 use datafusion::prelude::SessionContext;
 use nomaly_engine::{EngineConfig, build_context, register_table};

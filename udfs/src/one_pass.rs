@@ -96,9 +96,9 @@ impl PhysicalOptimizerRule for FuseFitAndScore {
 /// One fit: the aggregate expression (for its accumulators) and its arguments bound to the
 /// scored input's schema.
 #[derive(Debug, Clone)]
-struct Fit {
-    aggregate: Arc<AggregateFunctionExpr>,
-    args: Vec<Arc<dyn PhysicalExpr>>,
+pub(crate) struct Fit {
+    pub(crate) aggregate: Arc<AggregateFunctionExpr>,
+    pub(crate) args: Vec<Arc<dyn PhysicalExpr>>,
 }
 
 /// Reads its input once, fits, then emits `model columns ++ input columns` (see the module docs).
@@ -423,7 +423,7 @@ fn fit_aggregates(left: &Arc<dyn ExecutionPlan>) -> Option<FitSide> {
 }
 
 /// `expr` with its columns looked up by name in `to` (`None` if a name is missing or ambiguous).
-fn rebind(
+pub(crate) fn rebind(
     expr: &Arc<dyn PhysicalExpr>,
     from: &SchemaRef,
     to: &SchemaRef,

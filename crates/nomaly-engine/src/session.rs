@@ -162,11 +162,19 @@ impl EngineConfig {
     }
 
     fn session_config(&self, base: SessionConfig) -> SessionConfig {
-        tune_session_config(
+        let mut config = tune_session_config(
             base.with_target_partitions(self.partitions())
                 .with_batch_size(self.batch_size)
                 .with_information_schema(true),
-        )
+        );
+        // Each sort partition sets aside this much for its merge before it spills (DataFusion's
+        // default, 10 MB, is per partition and per sort: a plan with two sorts on 2 cores kept
+        // 40 MB of a 24 MB budget and failed). A sixteenth of the budget per partition, 10 MB at
+        // most: a small budget still sorts, spilling sooner.
+        let share = self.memory_budget() / 16 / self.partitions();
+        config.options_mut().execution.sort_spill_reservation_bytes =
+            share.clamp(256 << 10, 10 << 20);
+        config
     }
 }
 
@@ -194,7 +202,9 @@ pub async fn build_context(config: &EngineConfig) -> Result<SessionContext> {
                     .with_default_features(),
             );
             if config.one_pass {
-                builder = builder.with_physical_optimizer_rule(nomaly_udfs::one_pass_rule());
+                builder = builder
+                    .with_physical_optimizer_rules(nomaly_udfs::with_segment_rule())
+                    .with_physical_optimizer_rule(nomaly_udfs::one_pass_rule());
             }
             Ok(SessionContext::new_with_state(builder.build()))
         }
