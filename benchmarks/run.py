@@ -5,6 +5,7 @@ invocation, and prints throughput ratios. Not part of CI.
     python3 benchmarks/generate.py --rows 10000000 --features 8 --out benchmarks/data/tx_10m.parquet
     python3 benchmarks/run.py benchmarks/data/tx_10m.parquet [--only iforest,ecod] [--memory-limit 256MB] [--repeat 3]
     python3 benchmarks/run.py benchmarks/data/tx_10m.parquet --baseline /tmp/nomaly-before --skip-reference
+    python3 benchmarks/run.py benchmarks/data/tx_10m.parquet --no-avx512   # as a CPU without AVX-512 would
 
 Every Nomaly run is `nomaly sql` writing scores to Parquet (COPY ... TO), i.e. scan + fit + score +
 write; references time fit + score on arrays already in memory (their reading is not charged).
@@ -60,6 +61,9 @@ def spread(values):
     return (max(values) - min(values)) / m if m else 0.0
 
 
+NOMALY_ENV = dict(os.environ)
+
+
 def run_nomaly(data, sql, memory_limit=None, partitions=None, binary=None):
     args = [binary or NOMALY, "sql", "--table", f"t={data}", "-e", sql]
     if memory_limit:
@@ -67,7 +71,7 @@ def run_nomaly(data, sql, memory_limit=None, partitions=None, binary=None):
     if partitions:
         args += ["--partitions", str(partitions)]
     start = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=NOMALY_ENV)
     _, _, rusage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
     err = proc.stderr.read().decode()
@@ -92,7 +96,11 @@ def main():
                    help=f"the nomaly binary to time (default {NOMALY}, built first unless --no-build)")
     p.add_argument("--baseline", default=None,
                    help="another nomaly binary to time in the same rounds (before/after comparisons)")
+    p.add_argument("--no-avx512", action="store_true",
+                   help="turn Nomaly's AVX-512 paths off (NOMALY_NO_AVX512=1), as on a CPU without them")
     a = p.parse_args()
+    if a.no_avx512:
+        NOMALY_ENV["NOMALY_NO_AVX512"] = "1"
     current = a.nomaly or NOMALY
     if a.nomaly:
         a.no_build = True
@@ -101,7 +109,7 @@ def main():
             raise SystemExit(f"{b}: not an executable file")
     if a.baseline and not os.access(a.baseline, os.X_OK):
         raise SystemExit(f"--baseline {a.baseline}: not an executable file")
-    print(f"CPU: {cpu()}", flush=True)
+    print(f"CPU: {cpu()}" + ("; Nomaly's AVX-512 paths off (--no-avx512)" if a.no_avx512 else ""), flush=True)
     only = a.only.split(",")
     if not a.no_build:
         build()

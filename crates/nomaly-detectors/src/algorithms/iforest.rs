@@ -430,24 +430,35 @@ impl IsolationForestModel {
             .max_depth
             .unwrap_or_else(|| (psi.max(2) as f64).log2().ceil() as usize);
         let mut trees = Vec::with_capacity(p.n_trees);
+        // Buffers reused by every tree: with per-segment models a fit builds thousands of forests,
+        // and their allocations cost as much as the trees.
+        let mut shuffled: Vec<usize> = Vec::new();
+        let mut data: Vec<f64> = Vec::with_capacity(psi * width);
+        let mut idx: Vec<usize> = Vec::with_capacity(psi);
+        let mut nodes: Vec<Node> = Vec::with_capacity(2 * psi);
         for t in 0..p.n_trees {
             let mut rng = DeterministicRng::new(mix64(p.seed ^ mix64(t as u64 + 1)));
-            let rows: Vec<&[f64]> = if pool.len() >= p.n_trees * psi {
-                pool[t * psi..(t + 1) * psi].to_vec()
+            // The tree's rows, copied row-major into one buffer: the splits scan them many times.
+            data.clear();
+            if pool.len() >= p.n_trees * psi {
+                pool[t * psi..(t + 1) * psi]
+                    .iter()
+                    .for_each(|r| data.extend_from_slice(r));
             } else {
                 // partial Fisher–Yates over the pool
-                let mut idx: Vec<usize> = (0..pool.len()).collect();
-                for i in 0..psi.min(idx.len()) {
-                    let j = i + rng.next_below(idx.len() - i);
-                    idx.swap(i, j);
+                shuffled.clear();
+                shuffled.extend(0..pool.len());
+                for i in 0..psi.min(shuffled.len()) {
+                    let j = i + rng.next_below(shuffled.len() - i);
+                    shuffled.swap(i, j);
                 }
-                idx[..psi.min(pool.len())]
+                shuffled[..psi.min(pool.len())]
                     .iter()
-                    .map(|&i| pool[i])
-                    .collect()
-            };
-            let mut nodes = Vec::new();
-            if rows.is_empty() {
+                    .for_each(|&i| data.extend_from_slice(pool[i]));
+            }
+            nodes.clear();
+            let n = data.len() / width.max(1);
+            if n == 0 {
                 nodes.push(Node {
                     feature: LEAF,
                     value: 0.0,
@@ -455,8 +466,10 @@ impl IsolationForestModel {
                     right: 0,
                 });
             } else {
-                let mut idx: Vec<usize> = (0..rows.len()).collect();
-                build(&rows, width, &mut idx, 0, max_depth, &mut rng, &mut nodes);
+                idx.clear();
+                idx.extend(0..n);
+                let rows = RowMajor { data: &data, width };
+                build(&rows, &mut idx, 0, max_depth, &mut rng, &mut nodes);
             }
             trees.push(FlatTree::from_nodes(&nodes));
         }
@@ -563,9 +576,24 @@ impl IsolationForestModel {
 
 // Features are indexed across rows of a row-major sample; an index loop is the clear form here.
 #[allow(clippy::needless_range_loop)]
-fn build(
-    rows: &[&[f64]],
+/// Candidate split features kept on the stack (wider inputs spill the rest to the heap).
+const MAX_SPLIT_FEATURES: usize = 64;
+
+/// A tree's rows, row-major.
+struct RowMajor<'a> {
+    data: &'a [f64],
     width: usize,
+}
+
+impl RowMajor<'_> {
+    #[inline]
+    fn at(&self, row: usize, feature: usize) -> f64 {
+        self.data[row * self.width + feature]
+    }
+}
+
+fn build(
+    rows: &RowMajor<'_>,
     idx: &mut [usize],
     depth: usize,
     max_depth: usize,
@@ -586,24 +614,42 @@ fn build(
         return me;
     }
     // Non-constant features at this node; choose one uniformly (scikit-learn's random splitter with
-    // max_features = 1 keeps drawing until it finds a non-constant feature).
-    let mut candidates: Vec<(usize, f64, f64)> = Vec::with_capacity(width);
-    for f in 0..width {
-        let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
-        for &i in idx.iter() {
-            let v = rows[i][f];
-            lo = lo.min(v);
-            hi = hi.max(v);
-        }
-        if hi > lo {
-            candidates.push((f, lo, hi));
+    // max_features = 1 keeps drawing until it finds a non-constant feature). A feature is
+    // non-constant when some row differs from the first (fit rows are finite, and -0.0 == 0.0 as
+    // min/max see them), which a scan finds within a few rows; only the chosen feature's range is
+    // computed. Building per-segment forests was half of a 1,000-segment run when every feature's
+    // range was computed at every node.
+    let first = idx[0];
+    let mut candidates = [0u32; MAX_SPLIT_FEATURES];
+    let mut n = 0;
+    let mut wide = Vec::new();
+    for f in 0..rows.width {
+        let v0 = rows.at(first, f);
+        if idx.iter().any(|&i| rows.at(i, f) != v0) {
+            if n < MAX_SPLIT_FEATURES {
+                candidates[n] = f as u32;
+            } else {
+                wide.push(f as u32);
+            }
+            n += 1;
         }
     }
-    if candidates.is_empty() {
+    if n == 0 {
         leaf(nodes, idx.len());
         return me;
     }
-    let (f, lo, hi) = candidates[rng.next_below(candidates.len())];
+    let pick = rng.next_below(n);
+    let f = if pick < MAX_SPLIT_FEATURES {
+        candidates[pick]
+    } else {
+        wide[pick - MAX_SPLIT_FEATURES]
+    } as usize;
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for &i in idx.iter() {
+        let v = rows.at(i, f);
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
     let u = rng.next_f64();
     let mut threshold = if (hi - lo).is_finite() {
         lo + (hi - lo) * u
@@ -616,12 +662,17 @@ fn build(
         threshold = lo;
     }
     // partition idx: left = x ≤ threshold
+    // Without a branch (which row goes where is a coin flip the predictor loses half the time):
+    // every row is swapped to the front and the front advances over rows going left. Rows keep
+    // a different order than a conditional swap leaves, which no split depends on: ranges,
+    // constancy and sizes are those of the same sets.
     let mut split = 0;
     for k in 0..idx.len() {
-        if rows[idx[k]][f] <= threshold {
-            idx.swap(k, split);
-            split += 1;
-        }
+        let row = idx[k];
+        let left = rows.at(row, f) <= threshold;
+        idx[k] = idx[split];
+        idx[split] = row;
+        split += usize::from(left);
     }
     nodes.push(Node {
         feature: f as u32,
@@ -630,8 +681,8 @@ fn build(
         right: 0,
     });
     let (left_idx, right_idx) = idx.split_at_mut(split);
-    let left = build(rows, width, left_idx, depth + 1, max_depth, rng, nodes);
-    let right = build(rows, width, right_idx, depth + 1, max_depth, rng, nodes);
+    let left = build(rows, left_idx, depth + 1, max_depth, rng, nodes);
+    let right = build(rows, right_idx, depth + 1, max_depth, rng, nodes);
     nodes[me as usize].left = left;
     nodes[me as usize].right = right;
     me
@@ -765,6 +816,121 @@ mod tests {
                     max_depth == Some(11) || !rank_walk::cpu_has_avx512bw(),
                     "ranks refused {case} on an AVX-512BW CPU"
                 ),
+            }
+        }
+    }
+
+    /// The split choice as first written: every feature's range at every node. `build` finds
+    /// the non-constant features without their ranges and must grow the same trees.
+    #[allow(clippy::needless_range_loop)]
+    fn build_by_ranges(
+        rows: &[&[f64]],
+        width: usize,
+        idx: &mut [usize],
+        depth: usize,
+        max_depth: usize,
+        rng: &mut DeterministicRng,
+        nodes: &mut Vec<Node>,
+    ) -> u32 {
+        let me = nodes.len() as u32;
+        let leaf = |nodes: &mut Vec<Node>, n: usize| {
+            nodes.push(Node {
+                feature: LEAF,
+                value: depth as f64 + average_path_length(n as f64),
+                left: 0,
+                right: 0,
+            });
+        };
+        if depth >= max_depth || idx.len() <= 1 {
+            leaf(nodes, idx.len());
+            return me;
+        }
+        let mut candidates: Vec<(usize, f64, f64)> = Vec::new();
+        for f in 0..width {
+            let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+            for &i in idx.iter() {
+                lo = lo.min(rows[i][f]);
+                hi = hi.max(rows[i][f]);
+            }
+            if hi > lo {
+                candidates.push((f, lo, hi));
+            }
+        }
+        if candidates.is_empty() {
+            leaf(nodes, idx.len());
+            return me;
+        }
+        let (f, lo, hi) = candidates[rng.next_below(candidates.len())];
+        let u = rng.next_f64();
+        let mut threshold = if (hi - lo).is_finite() {
+            lo + (hi - lo) * u
+        } else {
+            (lo / 2.0 + (hi / 2.0 - lo / 2.0) * u) * 2.0
+        };
+        if threshold >= hi {
+            threshold = lo;
+        }
+        let mut split = 0;
+        for k in 0..idx.len() {
+            if rows[idx[k]][f] <= threshold {
+                idx.swap(k, split);
+                split += 1;
+            }
+        }
+        nodes.push(Node {
+            feature: f as u32,
+            value: threshold,
+            left: 0,
+            right: 0,
+        });
+        let (l, r) = idx.split_at_mut(split);
+        let left = build_by_ranges(rows, width, l, depth + 1, max_depth, rng, nodes);
+        let right = build_by_ranges(rows, width, r, depth + 1, max_depth, rng, nodes);
+        nodes[me as usize].left = left;
+        nodes[me as usize].right = right;
+        me
+    }
+
+    #[test]
+    fn trees_are_those_of_the_split_choice_by_ranges() {
+        let mut rng = DeterministicRng::new(5);
+        // widths around the stack's 64 candidates; constant, two-valued, signed-zero and
+        // duplicated columns
+        for width in [1, 3, 8, 70] {
+            let rows: Vec<Vec<f64>> = (0..300)
+                .map(|i| {
+                    (0..width)
+                        .map(|f| match f % 5 {
+                            0 => 7.0,
+                            1 => {
+                                if i % 2 == 0 {
+                                    -0.0
+                                } else {
+                                    0.0
+                                }
+                            }
+                            2 => (i % 3) as f64,
+                            _ => (rng.next_f64() * 100.0).round(),
+                        })
+                        .collect()
+                })
+                .collect();
+            let views: Vec<&[f64]> = rows.iter().map(Vec::as_slice).collect();
+            for seed in 0..20u64 {
+                let grow = |by_ranges: bool| {
+                    let mut rng = DeterministicRng::new(seed);
+                    let mut idx: Vec<usize> = (0..views.len()).collect();
+                    let mut nodes = Vec::new();
+                    if by_ranges {
+                        build_by_ranges(&views, width, &mut idx, 0, 9, &mut rng, &mut nodes);
+                    } else {
+                        let data: Vec<f64> = rows.concat();
+                        let flat = RowMajor { data: &data, width };
+                        build(&flat, &mut idx, 0, 9, &mut rng, &mut nodes);
+                    }
+                    nodes
+                };
+                assert_eq!(grow(false), grow(true), "width {width}, seed {seed}");
             }
         }
     }

@@ -1,0 +1,170 @@
+"""Scale suites: segments, memory budgets and input sizes, each one command, release build.
+
+    python3 benchmarks/scale.py segments benchmarks/data/tx_10m.parquet [--segments 10,1000,10000,100000]
+    python3 benchmarks/scale.py budgets  benchmarks/data/tx_10m.parquet [--budgets 256MB,512MB,1GB,4GB]
+    python3 benchmarks/scale.py rows     [--sizes 1000000,10000000,100000000]
+
+Every run is `nomaly sql` writing scores to Parquet (COPY ... TO: scan + fit + score + write), in a
+fresh process whose peak RSS is read from the OS (wait4 rusage), never self-reported. Each suite
+prints a table and writes it as JSON (--json, default benchmarks/results/<suite>.json):
+
+- segments: `detect_anomalies(alg, f1..f8) OVER (PARTITION BY id % N)` for N segments against the
+  same detector without PARTITION BY, in the same invocation; the ratio is segmented / unsegmented.
+- budgets: every detector under `--memory-limit X`: time, peak RSS and whether RSS stayed within X.
+- rows: the generated files of each size (benchmarks/generate.py, skipped with a message when the
+  disk cannot hold the file and its output); time, rows/s, peak RSS and the ratio to the previous
+  size.
+
+The CPU model and its vector extensions are printed first: no speed figure without them.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import NOMALY, NOMALY_ENV, ROOT, build, cpu, features  # noqa: E402
+
+DETECTORS = ["zscore", "hbos", "ecod", "copod", "iforest"]
+
+
+def run(data, sql, memory_limit=None):
+    """(seconds, peak RSS bytes, error text or None) of one `nomaly sql` process."""
+    args = [NOMALY, "sql", "--no-progress", "--table", f"t={data}", "-e", sql]
+    if memory_limit:
+        args += ["--memory-limit", memory_limit]
+    start = time.perf_counter()
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=NOMALY_ENV)
+    _, status, rusage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    err = proc.stderr.read().decode().strip()
+    failed = os.waitstatus_to_exitcode(status) != 0
+    return elapsed, rusage.ru_maxrss * 1024, (err or "failed") if failed else None
+
+
+def width(data):
+    import pyarrow.parquet as pq
+    return len([c for c in pq.read_schema(data).names if c.startswith("f")])
+
+
+def copy(select, out):
+    return f"COPY ({select}) TO '{out}' STORED AS PARQUET"
+
+
+def segments(a):
+    d = width(a.data)
+    feats = features(d)
+    out = tempfile.mkdtemp(prefix="nomaly-scale-")
+    rows = []
+    for alg in a.detectors.split(","):
+        whole = copy(f"SELECT id, detect_anomalies('{alg}', {feats})['score'] AS s FROM t", f"{out}/whole.parquet")
+        t0, rss0, err0 = run(a.data, whole, a.memory_limit)
+        print(f"{alg:8} unsegmented {t0:8.2f} s  peak RSS {rss0 / 2**20:6.0f} MiB  {err0 or ''}", flush=True)
+        for n in [int(x) for x in a.segments.split(",")]:
+            sql = copy(
+                f"SELECT id, detect_anomalies('{alg}', {feats}) OVER (PARTITION BY id % {n})['score'] AS s FROM t",
+                f"{out}/seg.parquet")
+            t, rss, err = run(a.data, sql, a.memory_limit)
+            ratio = t / t0 if not err0 else None
+            rows.append({"detector": alg, "segments": n, "seconds": t, "unsegmented_seconds": t0,
+                         "ratio": ratio, "peak_rss_bytes": rss, "error": err})
+            shown = f"{ratio:5.2f}x" if ratio else "  -  "
+            print(f"{alg:8} {n:>7} segments {t:8.2f} s  {shown} unsegmented  peak RSS {rss / 2**20:6.0f} MiB"
+                  f"  {('FAILED: ' + err.splitlines()[-1][:160]) if err else ''}", flush=True)
+    shutil.rmtree(out, ignore_errors=True)
+    return rows
+
+
+def budgets(a):
+    d = width(a.data)
+    feats = features(d)
+    out = tempfile.mkdtemp(prefix="nomaly-scale-")
+    rows = []
+    for budget in a.budgets.split(","):
+        limit = parse_size(budget)
+        for alg in a.detectors.split(","):
+            sql = copy(f"SELECT id, detect_anomalies('{alg}', {feats})['score'] AS s FROM t", f"{out}/b.parquet")
+            t, rss, err = run(a.data, sql, budget)
+            within = rss <= limit
+            rows.append({"budget": budget, "detector": alg, "seconds": t, "peak_rss_bytes": rss,
+                         "within_budget": within, "error": err})
+            print(f"{budget:>6} {alg:8} {t:8.2f} s  peak RSS {rss / 2**20:6.0f} MiB  "
+                  f"{'within' if within else 'OVER'} the budget  {('FAILED: ' + err.splitlines()[-1][:160]) if err else ''}",
+                  flush=True)
+    shutil.rmtree(out, ignore_errors=True)
+    return rows
+
+
+def sizes(a):
+    rows, previous = [], {}
+    for n in [int(x) for x in a.sizes.split(",")]:
+        data = os.path.join(ROOT, "benchmarks", "data", f"tx_{n}.parquet")
+        need = n * 65 * 2.2  # the file, its scored output, and slack
+        if not os.path.exists(data):
+            free = shutil.disk_usage(os.path.dirname(data)).free
+            if free < need:
+                print(f"{n:>11} rows: skipped, the file and its output need about {need / 2**30:.1f} GiB "
+                      f"and the disk has {free / 2**30:.1f} GiB free", flush=True)
+                rows.append({"rows": n, "skipped": f"disk: {free} bytes free, {int(need)} needed"})
+                continue
+            subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "generate.py"), "--rows", str(n),
+                            "--features", "8", "--out", data], check=True)
+        feats = features(width(data))
+        out = tempfile.mkdtemp(prefix="nomaly-scale-")
+        for alg in a.detectors.split(","):
+            sql = copy(f"SELECT id, detect_anomalies('{alg}', {feats})['score'] AS s FROM t", f"{out}/r.parquet")
+            t, rss, err = run(data, sql, a.memory_limit)
+            before = previous.get(alg)
+            growth = t / before[1] if before else None
+            previous[alg] = (n, t)
+            rows.append({"rows": n, "detector": alg, "seconds": t, "rows_per_second": n / t,
+                         "peak_rss_bytes": rss, "time_ratio_to_previous_size": growth, "error": err})
+            grew = f"  time x{growth:.2f} for x{n / before[0]:.0f} rows" if before else ""
+            print(f"{n:>11} rows {alg:8} {t:8.2f} s  {n / t / 1e6:6.2f} M rows/s  peak RSS {rss / 2**20:6.0f} MiB"
+                  f"{grew}  {('FAILED: ' + err.splitlines()[-1][:160]) if err else ''}", flush=True)
+        shutil.rmtree(out, ignore_errors=True)
+    return rows
+
+
+def parse_size(text):
+    t = text.strip().upper().rstrip("B").rstrip("I")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    if t and t[-1] in mult:
+        return int(float(t[:-1]) * mult[t[-1]])
+    return int(t)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("suite", choices=["segments", "budgets", "rows"])
+    p.add_argument("data", nargs="?", help="the Parquet file (segments, budgets)")
+    p.add_argument("--detectors", default=",".join(DETECTORS))
+    p.add_argument("--segments", default="10,1000,10000,100000")
+    p.add_argument("--budgets", default="256MB,512MB,1GB,4GB")
+    p.add_argument("--sizes", default="1000000,10000000,100000000")
+    p.add_argument("--memory-limit", default=None, help="for segments and rows")
+    p.add_argument("--no-build", action="store_true")
+    p.add_argument("--no-avx512", action="store_true")
+    p.add_argument("--json", default=None)
+    a = p.parse_args()
+    if a.suite in ("segments", "budgets") and not a.data:
+        p.error(f"{a.suite} needs the Parquet file to read, e.g. benchmarks/data/tx_10m.parquet")
+    if a.no_avx512:
+        NOMALY_ENV["NOMALY_NO_AVX512"] = "1"
+    print(f"CPU: {cpu()}" + ("; Nomaly's AVX-512 paths off" if a.no_avx512 else ""), flush=True)
+    if not a.no_build:
+        build()
+    rows = {"segments": segments, "budgets": budgets, "rows": sizes}[a.suite](a)
+    path = a.json or os.path.join(ROOT, "benchmarks", "results", f"{a.suite}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"cpu": cpu(), "no_avx512": a.no_avx512, "suite": a.suite, "results": rows}, f, indent=1)
+    print(f"written: {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
