@@ -90,7 +90,7 @@ pub struct SegmentFitScoreExec {
 impl SegmentFitScoreExec {
     /// `Some` when `join` is a rewrite's per-segment fit-and-score join (models on the left, an
     /// inner join on the key with NULLs equal) whose fit reads the same rows as its right side.
-    pub(crate) fn try_fuse(join: &HashJoinExec, target_partitions: usize) -> Result<Option<Self>> {
+    pub(crate) fn try_fuse(join: &HashJoinExec) -> Result<Option<Self>> {
         if join.join_type() != &JoinType::Inner
             || join.filter().is_some()
             || join.null_equality() != NullEquality::NullEqualsNull
@@ -144,7 +144,6 @@ impl SegmentFitScoreExec {
         {
             return Ok(None);
         }
-        let _ = target_partitions;
         let join = SegmentJoin {
             left: left_schema,
             projection: join.projection.clone(),
@@ -578,7 +577,7 @@ impl PhysicalOptimizerRule for FuseSegmentFitAndScore {
     fn optimize(
         &self,
         plan: Arc<dyn ExecutionPlan>,
-        config: &ConfigOptions,
+        _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         plan.transform_up(|node| {
             let Some(join) = node.as_ref().downcast_ref::<HashJoinExec>() else {
@@ -590,7 +589,7 @@ impl PhysicalOptimizerRule for FuseSegmentFitAndScore {
             ) {
                 return Ok(Transformed::no(node));
             }
-            match SegmentFitScoreExec::try_fuse(join, config.execution.target_partitions)? {
+            match SegmentFitScoreExec::try_fuse(join)? {
                 // Only a replacement with exactly the join's output schema.
                 Some(f) if f.schema() == node.schema() => Ok(Transformed::yes(Arc::new(f) as _)),
                 _ => Ok(Transformed::no(node)),

@@ -220,7 +220,6 @@ pub struct ChunkPlan {
     pub schema: SchemaRef,
     pub store: ObjectStoreUrl,
     pub chunks: Vec<Chunk>,
-    pub warnings: Vec<String>,
 }
 
 /// Plans the chunks of `source` at about `chunk_rows` rows each.
@@ -243,7 +242,6 @@ pub async fn plan_chunks(
     let schema = source.infer_schema(ctx).await?;
     let url = source.url()?;
     let mut chunks = Vec::new();
-    let warnings = Vec::new();
     let store = ctx
         .state()
         .runtime_env()
@@ -324,7 +322,6 @@ pub async fn plan_chunks(
         schema,
         store: url.object_store(),
         chunks,
-        warnings,
     })
 }
 

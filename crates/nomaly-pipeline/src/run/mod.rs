@@ -171,7 +171,6 @@ async fn attempt(scope: &RunScope<'_>, report: &mut RunReport) -> Result<()> {
     report.chunks = session.chunks.chunks.len();
     report.steps = session.timings.clone();
     report.memory_limit_bytes = session.memory_limit;
-    report.warnings = session.chunks.warnings.clone();
     let sampler = sampler::Sampler::start(&session, scope);
     let result = execute(scope, &session, report).await;
     sampler.stop(report).await;

@@ -71,7 +71,7 @@ pub async fn prepare(
     keep_partitions_as_chunks(&ctx).await?;
     let started = Instant::now();
     observer.on_event(&RunEvent::Phase("reading sources".into()));
-    let (chunks, quarantine) = register_chunked_source(&ctx, p, observer).await?;
+    let (chunks, quarantine) = register_chunked_source(&ctx, p).await?;
     for s in &p.sources[1..] {
         register_listing(&ctx, &readable_source(p, s)?).await?;
     }
@@ -114,7 +114,6 @@ async fn keep_partitions_as_chunks(ctx: &SessionContext) -> Result<()> {
 async fn register_chunked_source(
     ctx: &SessionContext,
     p: &CompiledPipeline,
-    observer: &dyn RunObserver,
 ) -> Result<(ChunkPlan, Option<Arc<QuarantineLog>>)> {
     let first = &readable_source(p, &p.sources[0])?;
     let mut chunks = plan_chunks(ctx, first, p.chunk_rows).await?;
@@ -130,9 +129,6 @@ async fn register_chunked_source(
             first.delimiter,
         )
         .map_err(|source| PipelineError::Io { path, source })?;
-    }
-    for w in &chunks.warnings {
-        observer.on_event(&RunEvent::Warning(w.clone()));
     }
     let quarantine = p.quarantine.then(|| Arc::new(QuarantineLog::default()));
     let table = match &quarantine {
