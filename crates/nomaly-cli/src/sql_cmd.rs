@@ -152,17 +152,33 @@ async fn session(
     args: &SqlArgs,
     memory_limit: Option<usize>,
 ) -> Result<SessionContext, EngineError> {
-    let config = EngineConfig {
+    let tables = args
+        .tables
+        .iter()
+        .map(|spec| parse_table_spec(spec))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut config = EngineConfig {
         engine: args.engine.clone(),
         target_partitions: args.partitions,
         memory_limit,
         spill_dir: args.spill_dir.clone(),
         ..Default::default()
     };
+    // The local engine reads in this process: its Parquet readers' buffers come out of the budget.
+    if config.engine == EngineKind::Local {
+        let paths: Vec<&str> = tables.iter().map(|(_, p)| p.as_str()).collect();
+        config.reader_buffers = nomaly_engine::parquet_read_buffers(&paths, config.partitions());
+    }
+    let split = config.budget_split();
+    tracing::info!("{}", split.describe());
+    if memory_limit.is_some()
+        && let Some(warning) = split.shortfall()
+    {
+        eprintln!("{warning}");
+    }
     let ctx = build_context(&config).await?;
-    for spec in &args.tables {
-        let (name, path) = parse_table_spec(spec)?;
-        register_table(&ctx, &name, &path).await?;
+    for (name, path) in &tables {
+        register_table(&ctx, name, path).await?;
     }
     Ok(ctx)
 }

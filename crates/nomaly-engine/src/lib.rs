@@ -5,6 +5,7 @@
 //! function, the `detect_anomalies` rewrite rule, a memory pool sized to the budget (default 80% of
 //! RAM or the cgroup limit) and a spill directory; registers input files as tables by extension.
 
+pub mod budget;
 pub mod cluster;
 pub mod error;
 pub mod flight_auth;
@@ -17,6 +18,7 @@ pub mod scheduler_server;
 pub mod session;
 pub mod tables;
 
+pub use budget::{BudgetSplit, parquet_read_buffers};
 pub use cluster::{ClusterClient, batch_bytes, name_jobs, narrow_to_partition, scheduler_rest};
 pub use error::{EngineError, Result};
 pub use memory::{default_budget, parse_byte_size};

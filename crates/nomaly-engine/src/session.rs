@@ -2,6 +2,7 @@
 //! rule, a bounded memory pool and a spill directory.
 
 use crate::error::{EngineError, Result};
+use crate::budget::{BudgetSplit, process_footprint};
 use crate::memory::default_budget;
 use ballista::prelude::SessionContextExt;
 use ballista_core::extension::SessionConfigExt;
@@ -102,8 +103,12 @@ pub struct EngineConfig {
     pub engine: EngineKind,
     /// Partitions (parallelism); default: the number of cores.
     pub target_partitions: Option<usize>,
-    /// Memory pool size in bytes; default: 80% of available memory.
+    /// The process's memory budget in bytes; default: 80% of available memory. The pool gets
+    /// what is left after the process's footprint and `reader_buffers` (see `budget.rs`).
     pub memory_limit: Option<usize>,
+    /// Parquet reader buffers this session's scans will hold outside the pool
+    /// (`budget::parquet_read_buffers`); 0 when unknown.
+    pub reader_buffers: usize,
     /// Spill directory; default: the OS temp directory.
     pub spill_dir: Option<PathBuf>,
     pub batch_size: usize,
@@ -118,6 +123,7 @@ impl Default for EngineConfig {
             engine: EngineKind::Local,
             target_partitions: None,
             memory_limit: None,
+            reader_buffers: 0,
             spill_dir: None,
             batch_size: 8192,
             one_pass: true,
@@ -128,6 +134,15 @@ impl Default for EngineConfig {
 impl EngineConfig {
     pub fn memory_budget(&self) -> usize {
         self.memory_limit.unwrap_or_else(default_budget)
+    }
+
+    /// How the budget is shared between the process, reader buffers and the operators' pool.
+    pub fn budget_split(&self) -> BudgetSplit {
+        BudgetSplit::new(
+            self.memory_budget(),
+            process_footprint(),
+            self.reader_buffers,
+        )
     }
 
     pub fn partitions(&self) -> usize {
@@ -144,7 +159,7 @@ impl EngineConfig {
         // FairSpillPool gives each spilling operator a fair share; the tracking wrapper names the
         // top consumers when a query still runs out.
         let pool: Arc<dyn MemoryPool> = Arc::new(TrackConsumersPool::new(
-            FairSpillPool::new(self.memory_budget()),
+            FairSpillPool::new(self.budget_split().pool),
             NonZeroUsize::new(5).expect("non-zero"),
         ));
         let mut builder = RuntimeEnvBuilder::new().with_memory_pool(pool);
@@ -171,7 +186,7 @@ impl EngineConfig {
         // default, 10 MB, is per partition and per sort: a plan with two sorts on 2 cores kept
         // 40 MB of a 24 MB budget and failed). A sixteenth of the budget per partition, 10 MB at
         // most: a small budget still sorts, spilling sooner.
-        let share = self.memory_budget() / 16 / self.partitions();
+        let share = self.budget_split().pool / 16 / self.partitions();
         config.options_mut().execution.sort_spill_reservation_bytes =
             share.clamp(256 << 10, 10 << 20);
         config

@@ -123,6 +123,16 @@ pub struct RunReport {
     pub sinks: Vec<SinkReport>,
     pub checks: Vec<CheckResult>,
     pub memory_limit_bytes: usize,
+    /// How the budget was shared (nomaly_engine::BudgetSplit): the process's own footprint, as
+    /// measured when the run started ...
+    #[serde(default)]
+    pub memory_process_bytes: usize,
+    /// ... the Parquet reader buffers its sources need outside the pool ...
+    #[serde(default)]
+    pub memory_reader_bytes: usize,
+    /// ... and the operators' pool, the rest.
+    #[serde(default)]
+    pub memory_pool_bytes: usize,
     /// Peak bytes reserved in the memory pool (sampled every 50 ms).
     pub peak_pool_bytes: usize,
     /// The process's peak resident set (VmHWM), as the kernel counts it.

@@ -42,7 +42,7 @@ mod tests_slices;
 pub use handle::Run;
 pub use inspect::{explain, validate};
 pub use publish::{completed_run, publish_interrupted};
-pub use session::{PreparedSession, pool_share, prepare};
+pub use session::{PreparedSession, prepare};
 
 use crate::checkpoint::{RUN_DIR, RunDir, fingerprint};
 use crate::compile::CompiledPipeline;
@@ -170,7 +170,10 @@ async fn attempt(scope: &RunScope<'_>, report: &mut RunReport) -> Result<()> {
         .await?;
     report.chunks = session.chunks.chunks.len();
     report.steps = session.timings.clone();
-    report.memory_limit_bytes = session.memory_limit;
+    report.memory_limit_bytes = session.memory.budget;
+    report.memory_process_bytes = session.memory.process;
+    report.memory_reader_bytes = session.memory.readers;
+    report.memory_pool_bytes = session.memory.pool;
     let sampler = sampler::Sampler::start(&session, scope);
     let result = execute(scope, &session, report).await;
     sampler.stop(report).await;

@@ -27,7 +27,8 @@ pub struct PreparedSession {
     /// Bad lines of the chunked source, under `on_bad_rows = "quarantine"`.
     pub quarantine: Option<Arc<QuarantineLog>>,
     pub chunks: ChunkPlan,
-    pub memory_limit: usize,
+    /// The budget and how it is shared: process, reader buffers, operator pool.
+    pub memory: nomaly_engine::BudgetSplit,
     pub partitions: usize,
     pub timings: Vec<StepTiming>,
 }
@@ -39,23 +40,33 @@ pub async fn prepare(
     observer: &dyn RunObserver,
     faults: Option<Arc<FaultPlan>>,
 ) -> Result<PreparedSession> {
-    let budget = EngineConfig {
-        memory_limit: p.memory_limit,
-        ..Default::default()
-    }
-    .memory_budget();
-    let config = EngineConfig {
+    let mut config = EngineConfig {
         engine: EngineKind::Local,
         target_partitions: p.cpus,
-        // The budget is the process's: operators reserve from the pool, but file readers and
-        // part writers hold row groups DataFusion does not track, so they get a share of it.
-        memory_limit: Some(pool_share(budget)),
+        memory_limit: p.memory_limit,
+        reader_buffers: 0,
         spill_dir: None,
         batch_size: 8192,
         // Chunk jobs run partitions of a plan one by one (or narrowed, on Ballista): a fused fit
         // would span all of them.
         one_pass: false,
     };
+    // The budget is the process's: Parquet readers hold row groups DataFusion does not count, so
+    // the pool is what is left after them and the process's own footprint (budget.rs).
+    let local: Vec<&str> = p
+        .sources
+        .iter()
+        .filter(|s| s.format == FileFormat::Parquet)
+        .map(|s| s.location.as_str())
+        .collect();
+    config.reader_buffers = nomaly_engine::parquet_read_buffers(&local, config.partitions());
+    let split = config.budget_split();
+    tracing::info!(pipeline = %p.name, "{}", split.describe());
+    if let Some(w) = split.shortfall() {
+        observer.on_event(&RunEvent::Warning(
+            w.trim_start_matches("warning: ").to_string(),
+        ));
+    }
     let ctx = build_context(&config)
         .await
         .map_err(|e| PipelineError::engine(p.file.path.display().to_string(), e))?;
@@ -88,7 +99,7 @@ pub async fn prepare(
         ctx,
         quarantine,
         chunks,
-        memory_limit: budget,
+        memory: split,
         partitions: config.partitions(),
         timings,
     })
@@ -195,12 +206,6 @@ pub(super) fn register_stores(ctx: &SessionContext, p: &CompiledPipeline) -> Res
             .map_err(|e| PipelineError::engine(format!("source '{}' ({})", s.name, s.path), e))?;
     }
     Ok(())
-}
-
-/// The part of a memory budget given to the operators' pool; the rest (a quarter) is headroom for
-/// untracked file reader and writer buffers.
-pub fn pool_share(budget: usize) -> usize {
-    budget / 4 * 3
 }
 
 /// Registers the `[[step]]` views in order (replacing earlier registrations of the same names).

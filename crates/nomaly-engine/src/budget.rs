@@ -1,0 +1,212 @@
+//! The budget is the process's: `--memory-limit X` bounds the peak resident set, not only
+//! DataFusion's memory pool. X is split three ways:
+//!
+//! 1. the process itself — code, thread stacks, the allocator's arenas — measured from the OS when
+//!    the process builds its first session, and never taken as less than [`PROCESS_FOOTPRINT_FLOOR`] (the peak RSS
+//!    of an empty query in the release build: the code a query pages in is not resident yet when
+//!    the session is built);
+//! 2. Parquet reader buffers, which DataFusion does not count: each partition that reads a file
+//!    holds a whole row group's compressed column chunks while it decodes them, so their size comes
+//!    from the files' footers ([`parquet_read_buffers`]);
+//! 3. the operators' pool: the rest, never less than [`MIN_OPERATOR_POOL`].
+//!
+//! When 1 + 2 + the smallest pool exceed X the query still runs (on that smallest pool), and the
+//! CLI states the minimum it could have kept to: [`BudgetSplit::minimum`].
+
+use datafusion::parquet::file::metadata::ParquetMetaDataReader;
+use std::path::{Path, PathBuf};
+
+/// The least the process itself is taken to occupy. Measured: `nomaly sql -e "SELECT 1"` peaks at
+/// 59 MiB resident (release build, x86-64 Linux).
+pub const PROCESS_FOOTPRINT_FLOOR: usize = 64 << 20;
+
+/// The smallest pool operators are given, whatever the budget: below it sorts and joins cannot
+/// hold a batch per partition and a merge buffer.
+pub const MIN_OPERATOR_POOL: usize = 32 << 20;
+
+/// A reader's resident bytes per byte of compressed row group. Measured on a 10M × 8 Parquet file
+/// of 1M-row row groups (64.6 MB compressed each): 85 MB of RSS per reading partition — the
+/// compressed chunks plus decoded pages and the batch being built.
+const READER_BYTES_PER_ROW_GROUP_BYTE: f64 = 1.25;
+
+/// Per reading partition on top of the row group: decoder state and one output batch.
+const READER_FIXED_BYTES: usize = 4 << 20;
+
+/// How a memory budget is shared out; all figures in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetSplit {
+    /// The whole budget (`--memory-limit`, or 80% of RAM / the cgroup limit).
+    pub budget: usize,
+    /// The process's own footprint (part 1 above).
+    pub process: usize,
+    /// Parquet reader buffers outside the pool (part 2).
+    pub readers: usize,
+    /// What DataFusion's pool gets.
+    pub pool: usize,
+}
+
+impl BudgetSplit {
+    pub fn new(budget: usize, process: usize, readers: usize) -> Self {
+        let pool = budget
+            .saturating_sub(process.saturating_add(readers))
+            .max(MIN_OPERATOR_POOL);
+        Self {
+            budget,
+            process,
+            readers,
+            pool,
+        }
+    }
+
+    /// The smallest budget this split can keep to.
+    pub fn minimum(&self) -> usize {
+        self.process + self.readers + MIN_OPERATOR_POOL
+    }
+
+    /// Whether peak RSS can be expected to stay within the budget.
+    pub fn honoured(&self) -> bool {
+        self.budget >= self.minimum()
+    }
+
+    /// One line for logs and `--verbose`: where the budget goes.
+    pub fn describe(&self) -> String {
+        format!(
+            "memory budget {}: {} process + {} Parquet reader buffers + {} operator pool",
+            mib(self.budget),
+            mib(self.process),
+            mib(self.readers),
+            mib(self.pool)
+        )
+    }
+
+    /// The warning printed when the budget is below [`Self::minimum`], with what to change.
+    pub fn shortfall(&self) -> Option<String> {
+        (!self.honoured()).then(|| {
+            format!(
+                "warning: a memory limit of {} is below the {} this run can keep to ({} process + \
+                 {} Parquet reader buffers + {} smallest operator pool); it runs, but its peak \
+                 RSS may exceed the limit. Raise --memory-limit to {}, or lower --partitions, or \
+                 rewrite the input with smaller row groups",
+                mib(self.budget),
+                mib(self.minimum()),
+                mib(self.process),
+                mib(self.readers),
+                mib(MIN_OPERATOR_POOL),
+                mib(self.minimum()),
+            )
+        })
+    }
+}
+
+fn mib(bytes: usize) -> String {
+    format!("{} MiB", bytes.div_ceil(1 << 20))
+}
+
+/// This process's resident set now (Linux; `None` elsewhere).
+pub fn resident_bytes() -> Option<usize> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: usize = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// The process's own footprint: its resident set when its first session was built, at least
+/// [`PROCESS_FOOTPRINT_FLOOR`]. Measured once: in `nomaly serve` later sessions share the process
+/// with running jobs, whose memory is their own budgets' and not footprint.
+pub fn process_footprint() -> usize {
+    static FOOTPRINT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *FOOTPRINT.get_or_init(|| {
+        resident_bytes()
+            .unwrap_or(0)
+            .max(PROCESS_FOOTPRINT_FLOOR)
+    })
+}
+
+/// The reader buffers `partitions` partitions hold while scanning the local Parquet inputs at
+/// `paths` (files or directories of files) together: per input, the largest row group's
+/// compressed bytes for each partition that can be reading one. Inputs that are not local Parquet
+/// (CSV and JSON read a batch at a time; remote stores are not inspected) add nothing.
+pub fn parquet_read_buffers<P: AsRef<Path>>(paths: &[P], partitions: usize) -> usize {
+    paths
+        .iter()
+        .filter_map(|p| largest_row_group(p.as_ref()))
+        .map(|(largest, row_groups)| {
+            let readers = partitions.clamp(1, row_groups.max(1));
+            readers
+                * ((largest as f64 * READER_BYTES_PER_ROW_GROUP_BYTE) as usize
+                    + READER_FIXED_BYTES)
+        })
+        .sum()
+}
+
+/// (largest row group's compressed bytes, number of row groups) over the Parquet files at `path`.
+fn largest_row_group(path: &Path) -> Option<(usize, usize)> {
+    if path.to_string_lossy().contains("://") {
+        return None;
+    }
+    let files: Vec<PathBuf> = if path.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .collect();
+        v.sort();
+        // Footers of a few hundred files are read in milliseconds; past that the first ones
+        // stand for the rest (files of one dataset share a writer and its row-group size).
+        v.truncate(256);
+        v
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut largest = 0usize;
+    let mut count = 0usize;
+    for f in files {
+        let Ok(file) = std::fs::File::open(&f) else {
+            continue;
+        };
+        let Ok(meta) = ParquetMetaDataReader::new().parse_and_finish(&file) else {
+            continue;
+        };
+        for rg in meta.row_groups() {
+            count += 1;
+            largest = largest.max(rg.compressed_size().max(0) as usize);
+        }
+    }
+    (count > 0).then_some((largest, count))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_is_the_budget_less_process_and_readers() {
+        let s = BudgetSplit::new(512 << 20, 64 << 20, 170 << 20);
+        assert_eq!(s.pool, 278 << 20);
+        assert!(s.honoured());
+        assert_eq!(s.minimum(), (64 + 170 + 32) << 20);
+        assert!(s.shortfall().is_none());
+    }
+
+    #[test]
+    fn a_budget_below_the_minimum_keeps_the_smallest_pool_and_says_so() {
+        let s = BudgetSplit::new(256 << 20, 64 << 20, 170 << 20);
+        assert_eq!(s.pool, MIN_OPERATOR_POOL);
+        assert!(!s.honoured());
+        let w = s.shortfall().expect("a shortfall");
+        assert!(w.contains("below the 266 MiB"), "{w}");
+        assert!(w.contains("--memory-limit to 266 MiB"), "{w}");
+    }
+
+    #[test]
+    fn non_parquet_and_remote_inputs_add_no_reader_buffers() {
+        assert_eq!(parquet_read_buffers(&["s3://bucket/x.parquet"], 2), 0);
+        assert_eq!(parquet_read_buffers(&["/no/such/file.parquet"], 2), 0);
+    }
+
+    #[test]
+    fn the_resident_set_is_read_from_the_os() {
+        let rss = resident_bytes().expect("Linux /proc");
+        assert!(rss > 1 << 20, "{rss}");
+        assert!(process_footprint() >= PROCESS_FOOTPRINT_FLOOR);
+    }
+}
