@@ -3,6 +3,7 @@
     python3 benchmarks/scale.py segments benchmarks/data/tx_10m.parquet [--segments 10,1000,10000,100000]
     python3 benchmarks/scale.py budgets  benchmarks/data/tx_10m.parquet [--budgets 256MB,512MB,1GB,4GB]
     python3 benchmarks/scale.py rows     [--sizes 1000000,10000000,100000000]
+    python3 benchmarks/scale.py big      [--rows 155000000] [--memory-limit 4GB]
 
 Every run is `nomaly sql` writing scores to Parquet (COPY ... TO: scan + fit + score + write), in a
 fresh process whose peak RSS is read from the OS (wait4 rusage), never self-reported. Each suite
@@ -10,7 +11,11 @@ prints a table and writes it as JSON (--json, default benchmarks/results/<suite>
 
 - segments: `detect_anomalies(alg, f1..f8) OVER (PARTITION BY id % N)` for N segments against the
   same detector without PARTITION BY, in the same invocation; the ratio is segmented / unsegmented.
-- budgets: every detector under `--memory-limit X`: time, peak RSS and whether RSS stayed within X.
+- budgets: every detector under `--memory-limit X`, as SQL and as the example pipeline
+  (examples/pipelines/minimal.toml pointed at the file): time, peak RSS and whether RSS stayed
+  within X.
+- big: a 10 GB input (155M rows x 8 features, generated once) through `nomaly run` (the example
+  pipeline, iforest) under `--memory-limit` (default 4GB): time, rows/s, peak RSS, spill bytes.
 - rows: the generated files of each size (benchmarks/generate.py, skipped with a message when the
   disk cannot hold the file and its output); time, rows/s, peak RSS and the ratio to the previous
   size.
@@ -44,6 +49,32 @@ def run(data, sql, memory_limit=None):
     err = proc.stderr.read().decode().strip()
     failed = os.waitstatus_to_exitcode(status) != 0
     return elapsed, rusage.ru_maxrss * 1024, (err or "failed") if failed else None
+
+
+def run_pipeline(data, alg, out, memory_limit=None):
+    """(seconds, peak RSS bytes, error text or None, the run's JSON report or None) of one
+    `nomaly run` of the example pipeline pointed at `data`."""
+    feats = ",".join(f'"{c}"' for c in features(width(data)).split(", "))
+    args = [NOMALY, "run", os.path.join(ROOT, "examples", "pipelines", "minimal.toml"), "--no-progress", "--json",
+            "--set", f'input="{os.path.abspath(data)}"', "--set", f"detect.columns=[{feats}]",
+            "--set", f'detect.algorithm="{alg}"', "--set", f'output="{out}/"']
+    if memory_limit:
+        args += ["--memory-limit", memory_limit]
+    with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
+        start = time.perf_counter()
+        proc = subprocess.Popen(args, stdout=out_f, stderr=err_f, env=NOMALY_ENV)
+        _, status, rusage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - start
+        out_f.seek(0)
+        err_f.seek(0)
+        stdout, stderr = out_f.read(), err_f.read().decode().strip()
+    report = None
+    try:
+        report = json.loads(stdout)
+    except ValueError:
+        pass
+    failed = os.waitstatus_to_exitcode(status) != 0
+    return elapsed, rusage.ru_maxrss * 1024, (stderr or "failed") if failed else None, report
 
 
 def width(data):
@@ -95,6 +126,53 @@ def budgets(a):
             print(f"{budget:>6} {alg:8} {t:8.2f} s  peak RSS {rss / 2**20:6.0f} MiB  "
                   f"{'within' if within else 'OVER'} the budget  {('FAILED: ' + err.splitlines()[-1][:160]) if err else ''}",
                   flush=True)
+        for alg in a.detectors.split(","):
+            shutil.rmtree(f"{out}/p", ignore_errors=True)
+            t, rss, err, report = run_pipeline(a.data, alg, f"{out}/p", budget)
+            within = rss <= limit
+            rows.append({"budget": budget, "detector": alg, "path": "pipeline", "seconds": t,
+                         "peak_rss_bytes": rss, "within_budget": within, "error": err,
+                         "spill_bytes": (report or {}).get("spill_bytes"),
+                         "memory_process_bytes": (report or {}).get("memory_process_bytes"),
+                         "memory_reader_bytes": (report or {}).get("memory_reader_bytes"),
+                         "memory_pool_bytes": (report or {}).get("memory_pool_bytes")})
+            print(f"{budget:>6} {alg:8} {t:8.2f} s  peak RSS {rss / 2**20:6.0f} MiB  "
+                  f"{'within' if within else 'OVER'} the budget  (pipeline)  "
+                  f"{('FAILED: ' + err.splitlines()[-1][:160]) if err else ''}", flush=True)
+    shutil.rmtree(out, ignore_errors=True)
+    return rows
+
+
+def big(a):
+    n = a.rows
+    data = a.data or os.path.join(ROOT, "benchmarks", "data", f"tx_{n}.parquet")
+    if not os.path.exists(data):
+        need = n * 65 * 2.3
+        free = shutil.disk_usage(os.path.dirname(data)).free
+        if free < need:
+            print(f"skipped: the file and its output need about {need / 2**30:.1f} GiB and the disk has "
+                  f"{free / 2**30:.1f} GiB free", flush=True)
+            return [{"rows": n, "skipped": f"disk: {free} bytes free, {int(need)} needed"}]
+        subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "generate.py"), "--rows", str(n),
+                        "--features", "8", "--out", data], check=True)
+    size = os.path.getsize(data)
+    limit = a.memory_limit or "4GB"
+    out = tempfile.mkdtemp(prefix="nomaly-scale-", dir=os.path.dirname(os.path.abspath(data)))
+    rows = []
+    for alg in a.detectors.split(","):
+        shutil.rmtree(f"{out}/p", ignore_errors=True)
+        t, rss, err, report = run_pipeline(data, alg, f"{out}/p", limit)
+        report = report or {}
+        within = rss <= parse_size(limit)
+        rows.append({"rows": n, "input_bytes": size, "detector": alg, "memory_limit": limit, "seconds": t,
+                     "rows_per_second": n / t, "peak_rss_bytes": rss, "within_budget": within,
+                     "spill_bytes": report.get("spill_bytes"), "chunks": report.get("chunks"),
+                     "output_rows": report.get("output_rows"), "error": err})
+        print(f"{size / 1e9:5.2f} GB ({n} rows) {alg:8} --memory-limit {limit}: {t:8.1f} s  "
+              f"{n / t / 1e6:5.2f} M rows/s  peak RSS {rss / 2**20:6.0f} MiB ({'within' if within else 'OVER'} the "
+              f"budget)  spilled {report.get('spill_bytes')} bytes  {report.get('chunks')} chunks  "
+              f"{report.get('output_rows')} rows out  {('FAILED: ' + err.splitlines()[-1][:160]) if err else ''}",
+              flush=True)
     shutil.rmtree(out, ignore_errors=True)
     return rows
 
@@ -140,13 +218,14 @@ def parse_size(text):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("suite", choices=["segments", "budgets", "rows"])
+    p.add_argument("suite", choices=["segments", "budgets", "rows", "big"])
     p.add_argument("data", nargs="?", help="the Parquet file (segments, budgets)")
     p.add_argument("--detectors", default=",".join(DETECTORS))
     p.add_argument("--segments", default="10,1000,10000,100000")
     p.add_argument("--budgets", default="256MB,512MB,1GB,4GB")
     p.add_argument("--sizes", default="1000000,10000000,100000000")
-    p.add_argument("--memory-limit", default=None, help="for segments and rows")
+    p.add_argument("--memory-limit", default=None, help="for segments, rows and big (default 4GB there)")
+    p.add_argument("--rows", type=int, default=155_000_000, help="big: rows of the generated input (~65 B/row)")
     p.add_argument("--no-build", action="store_true")
     p.add_argument("--no-avx512", action="store_true")
     p.add_argument("--json", default=None)
@@ -158,7 +237,7 @@ def main():
     print(f"CPU: {cpu()}" + ("; Nomaly's AVX-512 paths off" if a.no_avx512 else ""), flush=True)
     if not a.no_build:
         build()
-    rows = {"segments": segments, "budgets": budgets, "rows": sizes}[a.suite](a)
+    rows = {"segments": segments, "budgets": budgets, "rows": sizes, "big": big}[a.suite](a)
     path = a.json or os.path.join(ROOT, "benchmarks", "results", f"{a.suite}.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:

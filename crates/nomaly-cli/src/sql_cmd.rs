@@ -32,7 +32,9 @@ pub(crate) struct SqlArgs {
     #[arg(long, value_name = "N")]
     partitions: Option<usize>,
 
-    /// Memory budget for query operators, e.g. 512MB or 4GB; past it they spill to disk
+    /// The process's memory budget, e.g. 512MB or 4GB: operators get it less the process's
+    /// footprint and the Parquet readers' row-group buffers, and spill to disk past that; a limit
+    /// below what the query needs at least is reported with that minimum
     /// [default: 80% of RAM or of the cgroup limit]
     #[arg(long, value_name = "SIZE")]
     memory_limit: Option<String>,

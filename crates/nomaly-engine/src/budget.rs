@@ -204,6 +204,44 @@ mod tests {
     }
 
     #[test]
+    fn reader_buffers_follow_the_largest_row_group_and_the_reading_partitions() {
+        use datafusion::arrow::array::{Float64Array, RecordBatch};
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        use datafusion::parquet::arrow::ArrowWriter;
+        use datafusion::parquet::basic::Compression;
+        use datafusion::parquet::file::properties::WriterProperties;
+        use std::sync::Arc;
+
+        let dir = std::env::temp_dir().join(format!("nomaly-budget-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("t.parquet");
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Float64, false)]));
+        let props = WriterProperties::builder()
+            .set_max_row_group_size(1000)
+            .set_compression(Compression::UNCOMPRESSED)
+            .set_dictionary_enabled(false)
+            .build();
+        let file = std::fs::File::create(&path).expect("create");
+        let mut w = ArrowWriter::try_new(file, schema.clone(), Some(props)).expect("writer");
+        let x = Float64Array::from_iter_values((0..3000).map(|i| i as f64 * 0.37));
+        w.write(&RecordBatch::try_new(schema, vec![Arc::new(x)]).expect("batch"))
+            .expect("write");
+        w.close().expect("close");
+
+        let one = parquet_read_buffers(&[&path], 1);
+        // 1000 plain f64 values per row group: 8000 bytes and the page header.
+        assert!(
+            one >= 8000 * 5 / 4 + READER_FIXED_BYTES && one < 9000 * 5 / 4 + READER_FIXED_BYTES,
+            "{one}"
+        );
+        assert_eq!(parquet_read_buffers(&[&path], 2), 2 * one);
+        // Three row groups: no more than three partitions can be reading one.
+        assert_eq!(parquet_read_buffers(&[&path], 16), 3 * one);
+        assert_eq!(parquet_read_buffers(&[&dir], 1), one);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
     fn the_resident_set_is_read_from_the_os() {
         let rss = resident_bytes().expect("Linux /proc");
         assert!(rss > 1 << 20, "{rss}");

@@ -4,6 +4,7 @@
 //! are not independent, or on Ballista (one job), the whole fit is retried.
 
 use super::detect_plan::{MODELS, fit_frame};
+use super::fit_states::FoldedStates;
 use super::retry::Attempts;
 use super::session::cluster_of;
 use super::{RunScope, classify};
@@ -213,15 +214,16 @@ async fn fit_partitions(
             (i, r)
         });
     }
-    let mut results: Vec<_> = tasks.join_all().await;
-    results.sort_by_key(|(i, _)| *i);
-    let mut states = Vec::with_capacity(n);
-    for (i, r) in results {
+    // States are folded as they arrive: holding every chunk's until the end would cost memory in
+    // proportion to the input (fit_states.rs).
+    let mut states = FoldedStates::new(partial.clone());
+    while let Some(joined) = tasks.join_next().await {
+        let (i, r) = joined.map_err(|e| DataFusionError::External(Box::new(e)))?;
         let (batches, attempts) = r?;
         attempts.record(format!("fit {i}"), report);
-        states.push(batches);
+        states.push(i, batches)?;
     }
-    Ok(states)
+    Ok(states.finish())
 }
 
 /// Partition `i` of the partial aggregate, retried on transient failures with a fresh plan.

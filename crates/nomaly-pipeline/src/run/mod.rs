@@ -22,6 +22,7 @@ mod chunk_jobs;
 mod chunking;
 mod detect_plan;
 mod fit;
+mod fit_states;
 mod handle;
 mod inspect;
 mod preflight;
