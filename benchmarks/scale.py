@@ -193,13 +193,17 @@ def sizes(a):
                             "--features", "8", "--out", data], check=True)
         feats = features(width(data))
         out = tempfile.mkdtemp(prefix="nomaly-scale-")
+        # Smaller inputs run --repeat times and give their median (their run-to-run spread on a
+        # shared 2-core VM is 10-30%); the largest runs once.
+        repeat = a.repeat if n < a.repeat_below else 1
         for alg in a.detectors.split(","):
             sql = copy(f"SELECT id, detect_anomalies('{alg}', {feats})['score'] AS s FROM t", f"{out}/r.parquet")
-            t, rss, err = run(data, sql, a.memory_limit)
+            runs = sorted((run(data, sql, a.memory_limit) for _ in range(repeat)), key=lambda r: r[0])
+            t, rss, err = runs[len(runs) // 2]
             before = previous.get(alg)
             growth = t / before[1] if before else None
             previous[alg] = (n, t)
-            rows.append({"rows": n, "detector": alg, "seconds": t, "rows_per_second": n / t,
+            rows.append({"rows": n, "detector": alg, "seconds": t, "runs": [r[0] for r in runs], "rows_per_second": n / t,
                          "peak_rss_bytes": rss, "time_ratio_to_previous_size": growth, "error": err})
             grew = f"  time x{growth:.2f} for x{n / before[0]:.0f} rows" if before else ""
             print(f"{n:>11} rows {alg:8} {t:8.2f} s  {n / t / 1e6:6.2f} M rows/s  peak RSS {rss / 2**20:6.0f} MiB"
@@ -226,6 +230,8 @@ def main():
     p.add_argument("--sizes", default="1000000,10000000,100000000")
     p.add_argument("--memory-limit", default=None, help="for segments, rows and big (default 4GB there)")
     p.add_argument("--rows", type=int, default=155_000_000, help="big: rows of the generated input (~65 B/row)")
+    p.add_argument("--repeat", type=int, default=3, help="rows: runs per detector on inputs below --repeat-below rows (median)")
+    p.add_argument("--repeat-below", type=int, default=50_000_000)
     p.add_argument("--no-build", action="store_true")
     p.add_argument("--no-avx512", action="store_true")
     p.add_argument("--json", default=None)

@@ -30,7 +30,7 @@ use crate::one_pass::{Fit, rebind};
 use crate::same_rows::same_rows;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::kernels::partition::partition;
-use datafusion::arrow::compute::{cast, take};
+use datafusion::arrow::compute::{cast, concat, concat_batches, take};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
@@ -369,6 +369,10 @@ impl ExecutionPlan for SegmentFitScoreExec {
             fits: self.fits.clone(),
             join: self.join.clone(),
             current: None,
+            ready: Vec::new(),
+            ready_rows: 0,
+            ready_bytes: 0,
+            batch_size: context.session_config().batch_size().max(1),
             pending: VecDeque::new(),
             reservation,
             done: false,
@@ -389,7 +393,7 @@ impl ExecutionPlan for SegmentFitScoreExec {
                         Some(Err(e)) => Err(e),
                         None => {
                             s.done = true;
-                            s.finish_segment(&segments)
+                            s.finish_segment(&segments).and_then(|_| s.flush_ready())
                         }
                     };
                     if let Err(e) = step {
@@ -414,15 +418,31 @@ struct Segments {
     fits: Vec<Fit>,
     join: SegmentJoin,
     current: Option<Segment>,
+    /// Fitted segments smaller than a batch, waiting to leave together: 10,000 segments of a
+    /// thousand rows make 1,250 batches, not 10,000 (each batch costs every operator above a
+    /// fixed amount, and the scorer groups a batch's rows by model anyway).
+    ready: Vec<FittedSegment>,
+    ready_rows: usize,
+    ready_bytes: usize,
+    batch_size: usize,
     pending: VecDeque<RecordBatch>,
+    /// The rows held: the current segment's and the ready ones'.
     reservation: MemoryReservation,
     done: bool,
+}
+
+/// A segment's one-row key and model arrays (the join's left columns) and its rows.
+struct FittedSegment {
+    ones: Vec<ArrayRef>,
+    rows: Vec<RecordBatch>,
 }
 
 /// The rows of one key read so far, and its fits' accumulators.
 struct Segment {
     key: Vec<ScalarValue>,
     rows: Vec<RecordBatch>,
+    /// Bytes of `rows` reserved in the pool.
+    bytes: usize,
     accumulators: Vec<Box<dyn Accumulator>>,
 }
 
@@ -458,12 +478,14 @@ impl Segments {
                 self.current = Some(Segment {
                     key,
                     rows: Vec::new(),
+                    bytes: 0,
                     accumulators,
                 });
             }
             let rows = batch.slice(run.start, run.len());
-            self.reserve(&rows)?;
+            let bytes = self.reserve(&rows)?;
             let segment = self.current.as_mut().expect("set above");
+            segment.bytes += bytes;
             for (fit, acc) in self.fits.iter().zip(segment.accumulators.iter_mut()) {
                 let values = fit
                     .args
@@ -479,7 +501,7 @@ impl Segments {
 
     /// Keeps a segment's rows within the memory pool; a segment larger than the budget is an
     /// error that says so (the rows of one segment must be held until its model is fitted).
-    fn reserve(&mut self, rows: &RecordBatch) -> Result<()> {
+    fn reserve(&mut self, rows: &RecordBatch) -> Result<usize> {
         let bytes: usize = rows
             .columns()
             .iter()
@@ -501,7 +523,8 @@ impl Segments {
                  kept until its model is fitted; raise --memory-limit, or split the segment with \
                  another PARTITION BY column ({e})"
             ))
-        })
+        })?;
+        Ok(bytes)
     }
 
     /// Fits the current segment's model and queues its rows with the key and model columns.
@@ -547,23 +570,76 @@ impl Segments {
         if ones.len() != left.fields().len() || keys + self.fits.len() != ones.len() {
             return internal_err!("SegmentFitScoreExec: the model side has an unexpected schema");
         }
+        let rows: usize = segment.rows.iter().map(RecordBatch::num_rows).sum();
+        if self.ready_rows + rows > self.batch_size {
+            self.flush_ready()?;
+        }
+        if rows < self.batch_size {
+            self.ready.push(FittedSegment {
+                ones,
+                rows: segment.rows,
+            });
+            self.ready_rows += rows;
+            self.ready_bytes += segment.bytes;
+            return Ok(());
+        }
+        // A segment of a batch or more leaves in its own batches, sharing its one-row arrays.
         for rows in segment.rows {
             let zeros = UInt32Array::from(vec![0u32; rows.num_rows()]);
-            let mut columns = ones
+            let columns = ones
                 .iter()
                 .map(|one| Ok(take(one.as_ref(), &zeros, None)?))
                 .collect::<Result<Vec<ArrayRef>>>()?;
-            columns.extend(rows.columns().iter().cloned());
-            let columns = match &self.join.projection {
-                Some(p) => p.iter().map(|&i| Arc::clone(&columns[i])).collect(),
-                None => columns,
-            };
-            self.pending.push_back(RecordBatch::try_new(
-                Arc::clone(&self.join.schema),
-                columns,
-            )?);
+            self.emit(columns, rows.columns())?;
         }
-        self.reservation.free();
+        self.reservation
+            .shrink(segment.bytes.min(self.reservation.size()));
+        Ok(())
+    }
+
+    /// Queues the ready segments as one batch: each left column is the segments' one-row arrays
+    /// concatenated and taken per row (a model column keeps one dictionary value per segment).
+    fn flush_ready(&mut self) -> Result<()> {
+        if self.ready.is_empty() {
+            return Ok(());
+        }
+        let ready = std::mem::take(&mut self.ready);
+        let mut index = Vec::with_capacity(self.ready_rows);
+        for (i, segment) in ready.iter().enumerate() {
+            let rows: usize = segment.rows.iter().map(RecordBatch::num_rows).sum();
+            index.extend(std::iter::repeat_n(i as u32, rows));
+        }
+        let index = UInt32Array::from(index);
+        let left = (0..ready[0].ones.len())
+            .map(|c| {
+                let ones: Vec<&dyn datafusion::arrow::array::Array> =
+                    ready.iter().map(|s| s.ones[c].as_ref()).collect();
+                Ok(take(concat(&ones)?.as_ref(), &index, None)?)
+            })
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        let batches: Vec<&RecordBatch> = ready.iter().flat_map(|s| &s.rows).collect();
+        let schema = batches[0].schema();
+        let right = concat_batches(&schema, batches)?;
+        self.emit(left, right.columns())?;
+        self.reservation
+            .shrink(self.ready_bytes.min(self.reservation.size()));
+        self.ready_rows = 0;
+        self.ready_bytes = 0;
+        Ok(())
+    }
+
+    /// Queues one output batch: the left (key, model) columns, then the rows' columns, through
+    /// the join's projection.
+    fn emit(&mut self, mut columns: Vec<ArrayRef>, rows: &[ArrayRef]) -> Result<()> {
+        columns.extend(rows.iter().cloned());
+        let columns = match &self.join.projection {
+            Some(p) => p.iter().map(|&i| Arc::clone(&columns[i])).collect(),
+            None => columns,
+        };
+        self.pending.push_back(RecordBatch::try_new(
+            Arc::clone(&self.join.schema),
+            columns,
+        )?);
         Ok(())
     }
 }

@@ -14,6 +14,7 @@
 //! in bucket mode: centre such columns first (`ts - 1700000000`).
 
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// Up to this many values the sketch keeps them exactly.
 pub const EXACT_CAPACITY: usize = 65_536;
@@ -439,10 +440,20 @@ impl Ecdf {
 /// as half an observation (a value beyond the training range scores above all training values).
 #[inline]
 pub fn tail_scores(lt: u64, le: u64, n: u64) -> (f64, f64) {
-    let ge = n - lt;
-    let left = if le == 0 { 0.5 } else { le as f64 } / n as f64;
-    let right = if ge == 0 { 0.5 } else { ge as f64 } / n as f64;
-    (-left.ln(), -right.ln())
+    (neg_ln_fraction(le, n), neg_ln_fraction(n - lt, n))
+}
+
+/// `-ln(k / n)`, with an empty count (`k = 0`) taken as half an observation.
+#[inline]
+fn neg_ln_fraction(k: u64, n: u64) -> f64 {
+    let fraction = if k == 0 { 0.5 } else { k as f64 } / n as f64;
+    -fraction.ln()
+}
+
+thread_local! {
+    /// `-ln(k / n)` for k = 0..=n, of the last exact-mode `n` a term table was built for.
+    static NEG_LN_FRACTIONS: std::cell::RefCell<(u64, Arc<Vec<f64>>)> =
+        std::cell::RefCell::new((u64::MAX, Arc::new(Vec::new())));
 }
 
 /// A value per distinct place a value can fall in an [`Ecdf`], computed from that place's
@@ -541,15 +552,29 @@ impl Ecdf {
             } => (n, zero, positive, negative),
             Ecdf::Exact { sorted } => {
                 let n = sorted.len() as u64;
-                let of_counts = |lt: u64, le: u64| {
-                    let (u_l, u_r) = tail_scores(lt, le, n);
-                    entry(u_l, u_r)
-                };
+                // Both tails are -ln(k / n) for a count k: n + 1 logarithms serve every place, and
+                // every feature of the model (same n), instead of four per distinct value per
+                // feature — per-segment models score about as many rows as they hold, so these
+                // logarithms were a third of a segmented ECOD query.
+                let logs = NEG_LN_FRACTIONS.with(|cache| {
+                    let mut cache = cache.borrow_mut();
+                    if cache.0 != n || cache.1.len() != n as usize + 1 {
+                        cache.0 = n;
+                        cache.1 = Arc::new((0..=n).map(|k| neg_ln_fraction(k, n)).collect());
+                    }
+                    Arc::clone(&cache.1)
+                });
+                let of_counts =
+                    |lt: u64, le: u64| entry(logs[le as usize], logs[(n - lt) as usize]);
                 // Runs of equal values (== makes -0 and 0 one run, as the counts' comparisons do).
                 let (mut distinct, mut at, mut gap) = (Vec::new(), Vec::new(), Vec::new());
                 let mut i = 0;
                 while i < sorted.len() {
-                    let end = i + sorted[i..].partition_point(|&v| v == sorted[i]);
+                    // Runs are short (one value, mostly): a scan, not a search of the rest.
+                    let mut end = i + 1;
+                    while end < sorted.len() && sorted[end] == sorted[i] {
+                        end += 1;
+                    }
                     gap.push(of_counts(i as u64, i as u64));
                     at.push(of_counts(i as u64, end as u64));
                     distinct.push(sorted[i]);

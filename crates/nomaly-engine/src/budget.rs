@@ -114,11 +114,7 @@ pub fn resident_bytes() -> Option<usize> {
 /// with running jobs, whose memory is their own budgets' and not footprint.
 pub fn process_footprint() -> usize {
     static FOOTPRINT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *FOOTPRINT.get_or_init(|| {
-        resident_bytes()
-            .unwrap_or(0)
-            .max(PROCESS_FOOTPRINT_FLOOR)
-    })
+    *FOOTPRINT.get_or_init(|| resident_bytes().unwrap_or(0).max(PROCESS_FOOTPRINT_FLOOR))
 }
 
 /// The reader buffers `partitions` partitions hold while scanning the local Parquet inputs at
@@ -132,8 +128,7 @@ pub fn parquet_read_buffers<P: AsRef<Path>>(paths: &[P], partitions: usize) -> u
         .map(|(largest, row_groups)| {
             let readers = partitions.clamp(1, row_groups.max(1));
             readers
-                * ((largest as f64 * READER_BYTES_PER_ROW_GROUP_BYTE) as usize
-                    + READER_FIXED_BYTES)
+                * ((largest as f64 * READER_BYTES_PER_ROW_GROUP_BYTE) as usize + READER_FIXED_BYTES)
         })
         .sum()
 }

@@ -1,8 +1,8 @@
 //! Building sessions: local DataFusion, Ballista standalone or a Ballista cluster, with Nomaly's functions, the rewrite
 //! rule, a bounded memory pool and a spill directory.
 
-use crate::error::{EngineError, Result};
 use crate::budget::{BudgetSplit, process_footprint};
+use crate::error::{EngineError, Result};
 use crate::memory::default_budget;
 use ballista::prelude::SessionContextExt;
 use ballista_core::extension::SessionConfigExt;
