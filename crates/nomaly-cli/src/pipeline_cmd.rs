@@ -53,7 +53,8 @@ pub struct RunArgs {
     #[arg(long)]
     no_progress: bool,
 
-    /// Memory budget, e.g. 512MB (same as --set resources.memory_limit=512MB)
+    /// The process's memory budget, e.g. 512MB (same as --set resources.memory_limit=512MB): the
+    /// operators' pool gets it less the process's footprint and the Parquet readers' buffers
     #[arg(long, value_name = "SIZE")]
     memory_limit: Option<String>,
 

@@ -216,14 +216,30 @@ async fn fit_partitions(
     }
     // States are folded as they arrive: holding every chunk's until the end would cost memory in
     // proportion to the input (fit_states.rs).
+    // A failure is reported for the first failing partition in partition order (the first bad
+    // line of the input), whichever finished first.
     let mut states = FoldedStates::new(partial.clone());
+    let mut failed: Option<(usize, DataFusionError)> = None;
     while let Some(joined) = tasks.join_next().await {
         let (i, r) = joined.map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let (batches, attempts) = r?;
-        attempts.record(format!("fit {i}"), report);
-        states.push(i, batches)?;
+        match r {
+            Ok((batches, attempts)) => {
+                attempts.record(format!("fit {i}"), report);
+                if failed.is_none() {
+                    states.push(i, batches)?;
+                }
+            }
+            Err(e) => {
+                if failed.as_ref().is_none_or(|(j, _)| i < *j) {
+                    failed = Some((i, e));
+                }
+            }
+        }
     }
-    Ok(states.finish())
+    match failed {
+        Some((_, e)) => Err(e),
+        None => Ok(states.finish()),
+    }
 }
 
 /// Partition `i` of the partial aggregate, retried on transient failures with a fresh plan.
