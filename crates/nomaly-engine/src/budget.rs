@@ -8,7 +8,8 @@
 //! 2. Parquet reader buffers, which DataFusion does not count: each partition that reads a file
 //!    holds a whole row group's compressed column chunks while it decodes them, so their size comes
 //!    from the files' footers ([`parquet_read_buffers`]);
-//! 3. the operators' pool: the rest, never less than [`MIN_OPERATOR_POOL`].
+//! 3. the operators' pool: the rest, never less than [`MIN_OPERATOR_POOL`] (or the whole budget,
+//!    when that is smaller).
 //!
 //! When 1 + 2 + the smallest pool exceed X the query still runs (on that smallest pool), and the
 //! CLI states the minimum it could have kept to: [`BudgetSplit::minimum`].
@@ -47,9 +48,11 @@ pub struct BudgetSplit {
 
 impl BudgetSplit {
     pub fn new(budget: usize, process: usize, readers: usize) -> Self {
+        // Never more than the budget itself: a budget below the smallest pool (tests of spilling
+        // use a few hundred KB) is the pool, as it was before the budget was the process's.
         let pool = budget
             .saturating_sub(process.saturating_add(readers))
-            .max(MIN_OPERATOR_POOL);
+            .max(MIN_OPERATOR_POOL.min(budget));
         Self {
             budget,
             process,
@@ -190,6 +193,8 @@ mod tests {
         let w = s.shortfall().expect("a shortfall");
         assert!(w.contains("below the 266 MiB"), "{w}");
         assert!(w.contains("--memory-limit to 266 MiB"), "{w}");
+        // A budget below the smallest pool is all pool.
+        assert_eq!(BudgetSplit::new(400 << 10, 64 << 20, 0).pool, 400 << 10);
     }
 
     #[test]
