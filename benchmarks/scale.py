@@ -37,18 +37,28 @@ from run import NOMALY, NOMALY_ENV, ROOT, build, cpu, features  # noqa: E402
 DETECTORS = ["zscore", "hbos", "ecod", "copod", "iforest"]
 
 
+def measure(args):
+    """(seconds, peak RSS bytes, error text or None, stdout bytes) of one process, its peak RSS
+    read from the OS (wait4 rusage). Output goes to files, so a chatty process cannot block on a
+    full pipe before it is reaped."""
+    with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
+        start = time.perf_counter()
+        proc = subprocess.Popen(args, stdout=out_f, stderr=err_f, env=NOMALY_ENV)
+        _, status, rusage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - start
+        out_f.seek(0)
+        err_f.seek(0)
+        stdout, stderr = out_f.read(), err_f.read().decode().strip()
+    failed = os.waitstatus_to_exitcode(status) != 0
+    return elapsed, rusage.ru_maxrss * 1024, (stderr or "failed") if failed else None, stdout
+
+
 def run(data, sql, memory_limit=None):
     """(seconds, peak RSS bytes, error text or None) of one `nomaly sql` process."""
     args = [NOMALY, "sql", "--no-progress", "--table", f"t={data}", "-e", sql]
     if memory_limit:
         args += ["--memory-limit", memory_limit]
-    start = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=NOMALY_ENV)
-    _, status, rusage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
-    err = proc.stderr.read().decode().strip()
-    failed = os.waitstatus_to_exitcode(status) != 0
-    return elapsed, rusage.ru_maxrss * 1024, (err or "failed") if failed else None
+    return measure(args)[:3]
 
 
 def run_pipeline(data, alg, out, memory_limit=None):
@@ -60,21 +70,27 @@ def run_pipeline(data, alg, out, memory_limit=None):
             "--set", f'detect.algorithm="{alg}"', "--set", f'output="{out}/"']
     if memory_limit:
         args += ["--memory-limit", memory_limit]
-    with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
-        start = time.perf_counter()
-        proc = subprocess.Popen(args, stdout=out_f, stderr=err_f, env=NOMALY_ENV)
-        _, status, rusage = os.wait4(proc.pid, 0)
-        elapsed = time.perf_counter() - start
-        out_f.seek(0)
-        err_f.seek(0)
-        stdout, stderr = out_f.read(), err_f.read().decode().strip()
-    report = None
+    elapsed, rss, err, stdout = measure(args)
     try:
         report = json.loads(stdout)
     except ValueError:
-        pass
-    failed = os.waitstatus_to_exitcode(status) != 0
-    return elapsed, rusage.ru_maxrss * 1024, (stderr or "failed") if failed else None, report
+        report = None
+    return elapsed, rss, err, report
+
+
+def ensure_generated(data, n):
+    """Writes the n-row file at `data` with generate.py unless it exists; returns why not when the
+    disk cannot hold it and its scored output (~65 bytes per row each, and slack), else None."""
+    if os.path.exists(data):
+        return None
+    need = n * 65 * 2.3
+    free = shutil.disk_usage(os.path.dirname(data)).free
+    if free < need:
+        return (f"the file and its output need about {need / 2**30:.1f} GiB and the disk has "
+                f"{free / 2**30:.1f} GiB free")
+    subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "generate.py"), "--rows", str(n),
+                    "--features", "8", "--out", data], check=True)
+    return None
 
 
 def drop_caches_and_warm(data):
@@ -173,15 +189,10 @@ def budgets(a):
 def big(a):
     n = a.rows
     data = a.data or os.path.join(ROOT, "benchmarks", "data", f"tx_{n}.parquet")
-    if not os.path.exists(data):
-        need = n * 65 * 2.3
-        free = shutil.disk_usage(os.path.dirname(data)).free
-        if free < need:
-            print(f"skipped: the file and its output need about {need / 2**30:.1f} GiB and the disk has "
-                  f"{free / 2**30:.1f} GiB free", flush=True)
-            return [{"rows": n, "skipped": f"disk: {free} bytes free, {int(need)} needed"}]
-        subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "generate.py"), "--rows", str(n),
-                        "--features", "8", "--out", data], check=True)
+    short = ensure_generated(data, n)
+    if short:
+        print(f"skipped: {short}", flush=True)
+        return [{"rows": n, "skipped": short}]
     size = os.path.getsize(data)
     evict_others(data)
     limit = a.memory_limit or "4GB"
@@ -209,16 +220,11 @@ def sizes(a):
     rows, previous = [], {}
     for n in [int(x) for x in a.sizes.split(",")]:
         data = os.path.join(ROOT, "benchmarks", "data", f"tx_{n}.parquet")
-        need = n * 65 * 2.2  # the file, its scored output, and slack
-        if not os.path.exists(data):
-            free = shutil.disk_usage(os.path.dirname(data)).free
-            if free < need:
-                print(f"{n:>11} rows: skipped, the file and its output need about {need / 2**30:.1f} GiB "
-                      f"and the disk has {free / 2**30:.1f} GiB free", flush=True)
-                rows.append({"rows": n, "skipped": f"disk: {free} bytes free, {int(need)} needed"})
-                continue
-            subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "generate.py"), "--rows", str(n),
-                            "--features", "8", "--out", data], check=True)
+        short = ensure_generated(data, n)
+        if short:
+            print(f"{n:>11} rows: skipped, {short}", flush=True)
+            rows.append({"rows": n, "skipped": short})
+            continue
         feats = features(width(data))
         if a.drop_caches:
             drop_caches_and_warm(data)

@@ -4,6 +4,7 @@ mod determinism;
 mod one_pass;
 mod segments;
 
+use datafusion::physical_plan::display::DisplayableExecutionPlan;
 use datafusion::prelude::SessionContext;
 use nomaly_engine::{EngineConfig, build_context, register_table};
 use std::path::Path;
@@ -15,4 +16,18 @@ async fn session_with_table(config: EngineConfig, data: &Path) -> SessionContext
         .await
         .expect("register");
     ctx
+}
+
+/// `sql`'s physical plan, one operator per line.
+async fn physical(ctx: &SessionContext, sql: &str) -> String {
+    let plan = ctx
+        .sql(sql)
+        .await
+        .unwrap()
+        .create_physical_plan()
+        .await
+        .unwrap();
+    DisplayableExecutionPlan::new(plan.as_ref())
+        .indent(false)
+        .to_string()
 }

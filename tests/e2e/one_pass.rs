@@ -1,8 +1,8 @@
 //! The local engine's one-pass fit and score (`FitScoreExec`): where it applies and that it scores
 //! exactly like the two-pass plan.
 
+use super::physical;
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::display::DisplayableExecutionPlan;
 use datafusion::prelude::SessionContext;
 use nomaly_engine::{EngineConfig, EngineKind, build_context, register_table};
 use nomaly_tests::data::write_parquet_dataset;
@@ -18,19 +18,6 @@ async fn session_with_table(dir: &std::path::Path, name: &str, select: &str) -> 
         .await
         .unwrap();
     ctx
-}
-
-async fn physical(ctx: &SessionContext, sql: &str) -> String {
-    let plan = ctx
-        .sql(sql)
-        .await
-        .unwrap()
-        .create_physical_plan()
-        .await
-        .unwrap();
-    DisplayableExecutionPlan::new(plan.as_ref())
-        .indent(false)
-        .to_string()
 }
 
 /// Fused only where both sides read the same rows: not when a filter on the result was pushed

@@ -2,11 +2,11 @@
 //! scores one segment at a time over rows sorted by the key. It must score exactly like the
 //! fit-aggregate → join plan, and hold one segment's model at a time where the join held them all.
 
+use super::physical;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
-use datafusion::physical_plan::display::DisplayableExecutionPlan;
 use datafusion::prelude::SessionContext;
-use nomaly_engine::{EngineConfig, build_context, register_table};
+use nomaly_engine::{EngineConfig, build_context};
 use std::path::Path;
 
 /// `rows` rows in `segments` segments (a NULL segment among them), written once to Parquet.
@@ -31,22 +31,7 @@ async fn session(file: &str, one_pass: bool, memory_limit: Option<usize>) -> Ses
         memory_limit,
         ..Default::default()
     };
-    let ctx = build_context(&config).await.unwrap();
-    register_table(&ctx, "t", file).await.unwrap();
-    ctx
-}
-
-async fn physical(ctx: &SessionContext, sql: &str) -> String {
-    let plan = ctx
-        .sql(sql)
-        .await
-        .unwrap()
-        .create_physical_plan()
-        .await
-        .unwrap();
-    DisplayableExecutionPlan::new(plan.as_ref())
-        .indent(false)
-        .to_string()
+    super::session_with_table(config, std::path::Path::new(file)).await
 }
 
 async fn rows(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, String> {

@@ -435,6 +435,7 @@ struct Segments {
 struct FittedSegment {
     ones: Vec<ArrayRef>,
     rows: Vec<RecordBatch>,
+    row_count: usize,
 }
 
 /// The rows of one key read so far, and its fits' accumulators.
@@ -578,6 +579,7 @@ impl Segments {
             self.ready.push(FittedSegment {
                 ones,
                 rows: segment.rows,
+                row_count: rows,
             });
             self.ready_rows += rows;
             self.ready_bytes += segment.bytes;
@@ -606,8 +608,7 @@ impl Segments {
         let ready = std::mem::take(&mut self.ready);
         let mut index = Vec::with_capacity(self.ready_rows);
         for (i, segment) in ready.iter().enumerate() {
-            let rows: usize = segment.rows.iter().map(RecordBatch::num_rows).sum();
-            index.extend(std::iter::repeat_n(i as u32, rows));
+            index.extend(std::iter::repeat_n(i as u32, segment.row_count));
         }
         let index = UInt32Array::from(index);
         let left = (0..ready[0].ones.len())

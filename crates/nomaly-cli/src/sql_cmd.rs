@@ -176,7 +176,7 @@ async fn session(
     if memory_limit.is_some()
         && let Some(warning) = split.shortfall()
     {
-        eprintln!("{warning}");
+        eprintln!("warning: {warning}");
     }
     let ctx = build_context(&config).await?;
     for (name, path) in &tables {

@@ -82,11 +82,12 @@ impl BudgetSplit {
         )
     }
 
-    /// The warning printed when the budget is below [`Self::minimum`], with what to change.
+    /// The warning (without a "warning:" prefix) when the budget is below [`Self::minimum`], with
+    /// what to change.
     pub fn shortfall(&self) -> Option<String> {
         (!self.honoured()).then(|| {
             format!(
-                "warning: a memory limit of {} is below the {} this run can keep to ({} process + \
+                "a memory limit of {} is below the {} this run can keep to ({} process + \
                  {} Parquet reader buffers + {} smallest operator pool); it runs, but its peak \
                  RSS may exceed the limit. Raise --memory-limit to {}, or lower --partitions, or \
                  rewrite the input with smaller row groups",

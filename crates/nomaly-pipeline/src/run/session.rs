@@ -63,9 +63,7 @@ pub async fn prepare(
     let split = config.budget_split();
     tracing::info!(pipeline = %p.name, "{}", split.describe());
     if let Some(w) = split.shortfall() {
-        observer.on_event(&RunEvent::Warning(
-            w.trim_start_matches("warning: ").to_string(),
-        ));
+        observer.on_event(&RunEvent::Warning(w));
     }
     let ctx = build_context(&config)
         .await

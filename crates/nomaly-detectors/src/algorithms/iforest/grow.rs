@@ -20,6 +20,16 @@ impl RowMajor<'_> {
     }
 }
 
+/// A leaf at `depth` holding `n` rows: its path length, corrected for the rows left unsplit.
+fn leaf(depth: usize, n: usize) -> Node {
+    Node {
+        feature: LEAF,
+        value: depth as f64 + average_path_length(n as f64),
+        left: 0,
+        right: 0,
+    }
+}
+
 pub(super) fn build(
     rows: &RowMajor<'_>,
     idx: &mut [usize],
@@ -29,16 +39,8 @@ pub(super) fn build(
     nodes: &mut Vec<Node>,
 ) -> u32 {
     let me = nodes.len() as u32;
-    let leaf = |nodes: &mut Vec<Node>, n: usize| {
-        nodes.push(Node {
-            feature: LEAF,
-            value: depth as f64 + average_path_length(n as f64),
-            left: 0,
-            right: 0,
-        });
-    };
     if depth >= max_depth || idx.len() <= 1 {
-        leaf(nodes, idx.len());
+        nodes.push(leaf(depth, idx.len()));
         return me;
     }
     // Non-constant features at this node; choose one uniformly (scikit-learn's random splitter with
@@ -63,7 +65,7 @@ pub(super) fn build(
         }
     }
     if n == 0 {
-        leaf(nodes, idx.len());
+        nodes.push(leaf(depth, idx.len()));
         return me;
     }
     let pick = rng.next_below(n);
@@ -133,16 +135,8 @@ mod tests {
         nodes: &mut Vec<Node>,
     ) -> u32 {
         let me = nodes.len() as u32;
-        let leaf = |nodes: &mut Vec<Node>, n: usize| {
-            nodes.push(Node {
-                feature: LEAF,
-                value: depth as f64 + average_path_length(n as f64),
-                left: 0,
-                right: 0,
-            });
-        };
         if depth >= max_depth || idx.len() <= 1 {
-            leaf(nodes, idx.len());
+            nodes.push(leaf(depth, idx.len()));
             return me;
         }
         let mut candidates: Vec<(usize, f64, f64)> = Vec::new();
@@ -157,7 +151,7 @@ mod tests {
             }
         }
         if candidates.is_empty() {
-            leaf(nodes, idx.len());
+            nodes.push(leaf(depth, idx.len()));
             return me;
         }
         let (f, lo, hi) = candidates[rng.next_below(candidates.len())];
