@@ -38,6 +38,7 @@ pub mod hashing;
 pub mod model;
 pub mod params;
 pub mod quantile;
+pub mod rank_index;
 pub mod sample;
 pub mod suggest;
 

@@ -85,7 +85,8 @@ impl Model {
         let scores = self.raw_scores(&col_refs, rows.len());
         let mut weighted: Vec<(f64, u64)> =
             scores.into_iter().zip(rows.iter().map(|r| r.1)).collect();
-        weighted.sort_by(|a, b| a.0.total_cmp(&b.0));
+        // equal scores are one value whatever their weights' order: unstable gives the same quantile
+        weighted.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
         quantile_linear(&weighted, 1.0 - self.params.contamination)
     }
 

@@ -13,6 +13,7 @@
 //! order. Data whose spread is tiny compared with its magnitude (e.g. epoch seconds) loses resolution
 //! in bucket mode: centre such columns first (`ts - 1700000000`).
 
+use crate::rank_index::RankIndex;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -205,8 +206,9 @@ impl QuantileSketch {
         match &self.repr {
             Repr::Exact(values) => {
                 let mut sorted = values.clone();
-                sorted.sort_by(f64::total_cmp);
-                let mut out: Vec<WeightedValue> = Vec::new();
+                // total_cmp tells every two values apart but identical bits: unstable is the same
+                sorted.sort_unstable_by(f64::total_cmp);
+                let mut out: Vec<WeightedValue> = Vec::with_capacity(sorted.len());
                 for v in sorted {
                     match out.last_mut() {
                         Some((last, c)) if *last == v => *c += 1,
@@ -224,7 +226,8 @@ impl QuantileSketch {
         match &self.repr {
             Repr::Exact(values) => {
                 let mut sorted = values.clone();
-                sorted.sort_by(f64::total_cmp);
+                // total_cmp tells every two values apart but identical bits: unstable is the same
+                sorted.sort_unstable_by(f64::total_cmp);
                 Ecdf::Exact { sorted }
             }
             Repr::Buckets(store) => Ecdf::Buckets {
@@ -466,17 +469,13 @@ pub enum TermTable<T> {
     Buckets(BucketTable<T>),
     /// Per distinct training value (`at`) and per gap before each and after the last (`gap`).
     Exact {
-        distinct: Vec<f64>,
-        /// The last value of each block of [`EXACT_BLOCK`] distinct values: a search runs in this
-        /// small array first, then within one block, instead of through up to 65,536 values (a
-        /// chain of dependent cache misses: ~150 ns per value).
-        coarse: Vec<f64>,
+        /// The distinct training values, indexed for ranks: a binary search through thousands of
+        /// values per scored value was a segmented ECOD run's costliest step.
+        distinct: RankIndex,
         at: Vec<T>,
         gap: Vec<T>,
     },
 }
-
-const EXACT_BLOCK: usize = 64;
 
 impl<T: Copy> TermTable<T> {
     /// The entry for `x`, or None where a bucket table does not reach (outside the training range,
@@ -485,19 +484,9 @@ impl<T: Copy> TermTable<T> {
     pub fn get(&self, x: f64) -> Option<T> {
         match self {
             TermTable::Buckets(b) => b.get(x),
-            TermTable::Exact {
-                distinct,
-                coarse,
-                at,
-                gap,
-            } => {
-                // how many distinct values lie below x: whole blocks first, then within one
-                let start = coarse.partition_point(|&v| v < x) * EXACT_BLOCK;
-                let p = match distinct.get(start..(start + EXACT_BLOCK).min(distinct.len())) {
-                    Some(block) => start + block.partition_point(|&v| v < x),
-                    None => distinct.len(),
-                };
-                Some(if distinct.get(p) == Some(&x) {
+            TermTable::Exact { distinct, at, gap } => {
+                let p = distinct.rank(x);
+                Some(if distinct.values().get(p) == Some(&x) {
                     at[p]
                 } else {
                     gap[p]
@@ -567,7 +556,9 @@ impl Ecdf {
                 let of_counts =
                     |lt: u64, le: u64| entry(logs[le as usize], logs[(n - lt) as usize]);
                 // Runs of equal values (== makes -0 and 0 one run, as the counts' comparisons do).
-                let (mut distinct, mut at, mut gap) = (Vec::new(), Vec::new(), Vec::new());
+                let mut distinct = Vec::with_capacity(sorted.len());
+                let mut at = Vec::with_capacity(sorted.len());
+                let mut gap = Vec::with_capacity(sorted.len() + 1);
                 let mut i = 0;
                 while i < sorted.len() {
                     // Runs are short (one value, mostly): a scan, not a search of the rest.
@@ -581,13 +572,8 @@ impl Ecdf {
                     i = end;
                 }
                 gap.push(of_counts(n, n));
-                let coarse = distinct
-                    .chunks(EXACT_BLOCK)
-                    .map(|b| b[b.len() - 1])
-                    .collect();
                 return TermTable::Exact {
-                    distinct,
-                    coarse,
+                    distinct: RankIndex::new(distinct),
                     at,
                     gap,
                 };

@@ -88,7 +88,8 @@ impl RowSample {
     pub fn compact(&mut self) {
         let n = self.hashes.len();
         let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by(|&a, &b| {
+        // a total order up to identical rows, which fold into one: unstable gives the same sample
+        order.sort_unstable_by(|&a, &b| {
             self.hashes[a].cmp(&self.hashes[b]).then_with(|| {
                 let (ra, rb) = (self.row(a), self.row(b));
                 ra.iter()

@@ -8,8 +8,8 @@
 //! 2. Parquet reader buffers, which DataFusion does not count: each partition that reads a file
 //!    holds a whole row group's compressed column chunks while it decodes them, so their size comes
 //!    from the files' footers ([`parquet_read_buffers`]);
-//! 3. the operators' pool: the rest, never less than [`MIN_OPERATOR_POOL`] (or the whole budget,
-//!    when that is smaller).
+//! 3. the operators' pool: the rest, never less than [`MIN_POOL_PER_PARTITION`] per partition (or
+//!    the whole budget, when that is smaller).
 //!
 //! When 1 + 2 + the smallest pool exceed X the query still runs (on that smallest pool), and the
 //! CLI states the minimum it could have kept to: [`BudgetSplit::minimum`].
@@ -21,9 +21,12 @@ use std::path::{Path, PathBuf};
 /// 59 MiB resident (release build, x86-64 Linux).
 pub const PROCESS_FOOTPRINT_FLOOR: usize = 64 << 20;
 
-/// The smallest pool operators are given, whatever the budget: below it sorts and joins cannot
-/// hold a batch per partition and a merge buffer.
-pub const MIN_OPERATOR_POOL: usize = 32 << 20;
+/// The smallest pool each partition's operators are given, whatever the budget. An ECOD or COPOD
+/// fit over 8 features holds a ~17 MB state per partition, which cannot spill; with 32 MiB for two
+/// partitions those fits failed for memory and completed only on a retry (a pipeline at
+/// `--memory-limit 256MB` retried 8 times). Sorts and joins need a batch per partition and a merge
+/// buffer besides.
+pub const MIN_POOL_PER_PARTITION: usize = 32 << 20;
 
 /// A reader's resident bytes per byte of compressed row group. Measured on a 10M × 8 Parquet file
 /// of 1M-row row groups (64.6 MB compressed each): 85 MB of RSS per reading partition — the
@@ -44,26 +47,30 @@ pub struct BudgetSplit {
     pub readers: usize,
     /// What DataFusion's pool gets.
     pub pool: usize,
+    /// The smallest pool it could get: [`MIN_POOL_PER_PARTITION`] per partition.
+    pub smallest_pool: usize,
 }
 
 impl BudgetSplit {
-    pub fn new(budget: usize, process: usize, readers: usize) -> Self {
+    pub fn new(budget: usize, process: usize, readers: usize, partitions: usize) -> Self {
+        let smallest_pool = MIN_POOL_PER_PARTITION.saturating_mul(partitions.max(1));
         // Never more than the budget itself: a budget below the smallest pool (tests of spilling
         // use a few hundred KB) is the pool, as it was before the budget was the process's.
         let pool = budget
             .saturating_sub(process.saturating_add(readers))
-            .max(MIN_OPERATOR_POOL.min(budget));
+            .max(smallest_pool.min(budget));
         Self {
             budget,
             process,
             readers,
             pool,
+            smallest_pool,
         }
     }
 
     /// The smallest budget this split can keep to.
     pub fn minimum(&self) -> usize {
-        self.process + self.readers + MIN_OPERATOR_POOL
+        self.process + self.readers + self.smallest_pool
     }
 
     /// Whether peak RSS can be expected to stay within the budget.
@@ -95,7 +102,7 @@ impl BudgetSplit {
                 mib(self.minimum()),
                 mib(self.process),
                 mib(self.readers),
-                mib(MIN_OPERATOR_POOL),
+                mib(self.smallest_pool),
                 mib(self.minimum()),
             )
         })
@@ -179,23 +186,29 @@ mod tests {
 
     #[test]
     fn the_pool_is_the_budget_less_process_and_readers() {
-        let s = BudgetSplit::new(512 << 20, 64 << 20, 170 << 20);
+        let s = BudgetSplit::new(512 << 20, 64 << 20, 170 << 20, 2);
         assert_eq!(s.pool, 278 << 20);
         assert!(s.honoured());
-        assert_eq!(s.minimum(), (64 + 170 + 32) << 20);
+        assert_eq!(s.minimum(), (64 + 170 + 64) << 20);
         assert!(s.shortfall().is_none());
     }
 
     #[test]
     fn a_budget_below_the_minimum_keeps_the_smallest_pool_and_says_so() {
-        let s = BudgetSplit::new(256 << 20, 64 << 20, 170 << 20);
-        assert_eq!(s.pool, MIN_OPERATOR_POOL);
+        let s = BudgetSplit::new(256 << 20, 64 << 20, 170 << 20, 2);
+        assert_eq!(s.pool, 2 * MIN_POOL_PER_PARTITION);
         assert!(!s.honoured());
         let w = s.shortfall().expect("a shortfall");
-        assert!(w.contains("below the 266 MiB"), "{w}");
-        assert!(w.contains("--memory-limit to 266 MiB"), "{w}");
+        assert!(w.contains("below the 298 MiB"), "{w}");
+        assert!(w.contains("+ 64 MiB smallest operator pool"), "{w}");
+        assert!(w.contains("--memory-limit to 298 MiB"), "{w}");
+        // The smallest pool grows with the partitions that hold state at once.
+        assert_eq!(
+            BudgetSplit::new(256 << 20, 64 << 20, 170 << 20, 4).pool,
+            128 << 20
+        );
         // A budget below the smallest pool is all pool.
-        assert_eq!(BudgetSplit::new(400 << 10, 64 << 20, 0).pool, 400 << 10);
+        assert_eq!(BudgetSplit::new(400 << 10, 64 << 20, 0, 2).pool, 400 << 10);
     }
 
     #[test]

@@ -142,6 +142,7 @@ impl EngineConfig {
             self.memory_budget(),
             process_footprint(),
             self.reader_buffers,
+            self.partitions(),
         )
     }
 

@@ -170,6 +170,13 @@ impl ScoringLayout {
         let Some(heap) = heap_trees(trees, width) else {
             return ScoringLayout::Pointer;
         };
+        static RANKING: Mutex<BTreeMap<usize, Vec<TreeWalk>>> = Mutex::new(BTreeMap::new());
+        let known = RANKING.lock().ok().and_then(|r| r.get(&width).cloned());
+        if let Some(ranking) = known {
+            // Only the walk ranked fastest is laid out: laying out every candidate (a rank forest
+            // per kernel) cost more than scoring a thousand-row segment with the one chosen.
+            return Self::first_allowed(&ranking, heap, width);
+        }
         let mut candidates = Vec::new();
         if let Some(ranked) = RankForest::new(&heap, width) {
             for kernel in ranked.kernels() {
@@ -185,23 +192,45 @@ impl ScoringLayout {
         if candidates.len() == 1 {
             return candidates.remove(0);
         }
-        static RANKING: Mutex<BTreeMap<usize, Vec<TreeWalk>>> = Mutex::new(BTreeMap::new());
-        let known = RANKING.lock().ok().and_then(|r| r.get(&width).cloned());
-        let ranking = match known {
-            Some(r) => r,
-            None => {
-                let r = Self::time_walks(&candidates, trees, width);
-                if let Ok(mut all) = RANKING.lock() {
-                    all.insert(width, r.clone());
-                }
-                r
-            }
-        };
+        let ranking = Self::time_walks(&candidates, trees, width);
+        if let Ok(mut all) = RANKING.lock() {
+            all.insert(width, ranking.clone());
+        }
         let rank = |l: &ScoringLayout| ranking.iter().position(|w| *w == l.walk());
         let best = (0..candidates.len())
             .min_by_key(|&i| rank(&candidates[i]).unwrap_or(usize::MAX))
             .unwrap_or(0);
         candidates.swap_remove(best)
+    }
+
+    /// The first walk of `ranking` these trees allow, laid out; the heap walk, which every
+    /// shallow forest allows, when no rank walk ranks above it.
+    fn first_allowed(ranking: &[TreeWalk], heap: Vec<HeapTree>, width: usize) -> Self {
+        let mut forest: Option<RankForest> = None;
+        for walk in ranking {
+            let kernel = match walk {
+                TreeWalk::Avx512Ranks => rank_walk::Kernel::Avx512,
+                TreeWalk::Avx2Shuffle => rank_walk::Kernel::Avx2Shuffle,
+                TreeWalk::Avx2Ranks => rank_walk::Kernel::Avx2,
+                TreeWalk::RowByRow | TreeWalk::Fastest => break,
+            };
+            let ranked = match forest.take() {
+                Some(f) => f,
+                // too many thresholds for ranks: no rank walk applies
+                None => match RankForest::new(&heap, width) {
+                    Some(f) => f,
+                    None => break,
+                },
+            };
+            if ranked.kernels().contains(&kernel) {
+                if let Some(r) = ranked.with_kernel(kernel) {
+                    return ScoringLayout::Ranked(r);
+                }
+                break;
+            }
+            forest = Some(ranked);
+        }
+        ScoringLayout::Heap(heap)
     }
 
     /// The candidates' walks, fastest first (the best of three runs each).

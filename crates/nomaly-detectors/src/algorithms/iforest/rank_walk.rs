@@ -27,6 +27,7 @@
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
 use super::{BLOCK, HeapTree};
+use crate::rank_index::RankIndex;
 
 #[cfg(target_arch = "x86_64")]
 mod shuffle;
@@ -90,27 +91,10 @@ struct RankTree {
     leaf_values: [f64; 256],
 }
 
-/// One feature's cuts, ascending, with an index of equal-width buckets over their range: a value's
-/// rank is its bucket's start plus a search among the few cuts in that bucket, instead of a binary
-/// search over thousands (which cost more than the walk itself).
-///
-/// Exact for any placement of the buckets: `bucket` never decreases as x grows, so every cut in an
-/// earlier bucket is below x and every cut in a later one above it.
+/// One feature's cuts, ascending and distinct, indexed for their ranks (see [`RankIndex`]): a
+/// binary search over thousands of cuts cost more than the walk itself.
 #[derive(Debug, Clone)]
-struct Cuts {
-    /// Ascending, then `WINDOW` copies of +∞ so a window read past the last cut stays in bounds.
-    sorted: Vec<f64>,
-    low: f64,
-    scale: f64,
-    /// Index of the last bucket, as a float for clamping.
-    last_bucket: f64,
-    /// `starts[b]`: cuts in buckets before b; one entry per bucket plus the total.
-    starts: Vec<u16>,
-}
-
-/// Cuts compared without a branch after a value's bucket start: cuts past its bucket are above the
-/// value (or +∞ padding), so they never count, and buckets holding at most this many need no search.
-const WINDOW: usize = 4;
+struct Cuts(RankIndex);
 
 impl Cuts {
     /// `None` with 65,535 or more distinct cuts: ranks must fit in 16 bits below `u16::MAX`.
@@ -118,57 +102,17 @@ impl Cuts {
         sorted.sort_by(f64::total_cmp);
         // -0.0 and 0.0 are one cut: the comparisons cannot tell them apart
         sorted.dedup_by(|a, b| a == b);
-        let n = sorted.len();
-        if n >= usize::from(u16::MAX) {
+        if sorted.len() >= usize::from(u16::MAX) {
             return None;
         }
-        // about half a cut per bucket when the cuts are spread evenly
-        let buckets = (2 * n).next_power_of_two();
-        let (low, high) = match (sorted.first(), sorted.last()) {
-            (Some(&low), Some(&high)) => (low, high),
-            _ => (0.0, 0.0),
-        };
-        // high = low gives +∞ (all but `low` in the last bucket); an overflowing range gives 0
-        // (one bucket): slower, still exact
-        let scale = buckets as f64 / (high - low);
-        sorted.extend([f64::INFINITY; WINDOW]);
-        let mut cuts = Self {
-            sorted,
-            low,
-            scale,
-            last_bucket: (buckets - 1) as f64,
-            starts: vec![0; buckets + 1],
-        };
-        for i in 0..n {
-            let b = cuts.bucket(cuts.sorted[i]);
-            cuts.starts[b + 1] += 1;
-        }
-        for b in 1..cuts.starts.len() {
-            cuts.starts[b] += cuts.starts[b - 1];
-        }
-        Some(cuts)
-    }
-
-    #[inline]
-    fn bucket(&self, x: f64) -> usize {
-        // NaN (from x = NaN, or ±∞ against a degenerate range) and values below the range go to
-        // bucket 0, values above it to the last; every step is monotone in x
-        let b = ((x - self.low) * self.scale).max(0.0).min(self.last_bucket);
-        // SAFETY: b is finite and in [0, last_bucket] after the clamps (max(NaN, 0) is 0).
-        unsafe { b.to_int_unchecked() }
+        Some(Cuts(RankIndex::new(sorted)))
     }
 
     /// The number of cuts below `x`.
     #[inline]
     fn rank(&self, x: f64) -> u16 {
-        let b = self.bucket(x);
-        let (from, to) = (usize::from(self.starts[b]), usize::from(self.starts[b + 1]));
-        if to - from <= WINDOW {
-            let window = &self.sorted[from..from + WINDOW];
-            (from + window.iter().filter(|c| **c < x).count()) as u16
-        } else {
-            (from + self.sorted[from..to].partition_point(|c| *c < x)) as u16
-        }
+        // at most 65,534 cuts (checked in `new`)
+        self.0.rank(x) as u16
     }
 }
 
@@ -250,10 +194,7 @@ impl RankForest {
             .collect();
         // A rank is at most the feature's cut count, so with at most NEVER cuts no rank exceeds
         // the key NEVER and every real key (a cut's index) is below it.
-        let shuffle_fits = width <= 16
-            && cuts
-                .iter()
-                .all(|c| c.sorted.len() - WINDOW <= usize::from(NEVER));
+        let shuffle_fits = width <= 16 && cuts.iter().all(|c| c.0.len() <= usize::from(NEVER));
         Some(Self {
             cuts,
             trees,
@@ -615,52 +556,4 @@ pub(super) fn cpu_has_avx2() -> bool {
 
 pub(super) fn cpu_has_avx512bw() -> bool {
     crate::cpu::avx512()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::hashing::DeterministicRng;
-
-    #[test]
-    fn bucketed_rank_counts_the_cuts_below() {
-        let mut rng = DeterministicRng::new(9);
-        let clustered: Vec<f64> = (0..3_000)
-            .map(|i| {
-                let u = rng.next_f64();
-                // most cuts in a narrow middle, a few far out: crowded buckets next to empty ones
-                if i % 100 == 0 {
-                    (u - 0.5) * 1e9
-                } else {
-                    u * 1e-3
-                }
-            })
-            .collect();
-        let cases: Vec<Vec<f64>> = vec![
-            vec![],
-            vec![2.5],
-            vec![-0.0, 0.0, 1.0, 1.0, 3.0],
-            vec![-f64::MAX, f64::MAX],
-            vec![f64::NEG_INFINITY, -1.0, 7.0],
-            clustered,
-        ];
-        for cuts in cases {
-            let indexed = Cuts::new(cuts.clone()).expect("few cuts");
-            let mut probes = vec![f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 0.0, -0.0, 1e300];
-            for &c in &cuts {
-                probes.extend([c, c.next_down(), c.next_up()]);
-            }
-            probes.extend((0..1_000).map(|_| (rng.next_f64() - 0.5) * 2e3));
-            for x in probes {
-                // a plain count over the distinct cuts (the padding is +∞, never below)
-                let expected = indexed.sorted.iter().filter(|c| **c < x).count();
-                assert_eq!(
-                    usize::from(indexed.rank(x)),
-                    expected,
-                    "x = {x:e}, cuts {:?}",
-                    cuts.len()
-                );
-            }
-        }
-    }
 }
