@@ -1,6 +1,6 @@
 """Scale suites: segments, memory budgets and input sizes, each one command, release build.
 
-    python3 benchmarks/scale.py segments benchmarks/data/tx_10m.parquet [--segments 10,1000,10000,100000]
+    python3 benchmarks/scale.py segments benchmarks/data/tx_10m.parquet [--segments 10,1000,10000,100000] [--repeat 3]
     python3 benchmarks/scale.py budgets  benchmarks/data/tx_10m.parquet [--budgets 256MB,512MB,1GB,4GB]
     python3 benchmarks/scale.py rows     [--sizes 1000000,10000000,100000000]
     python3 benchmarks/scale.py big      [--rows 155000000] [--memory-limit 4GB]
@@ -10,7 +10,8 @@ fresh process whose peak RSS is read from the OS (wait4 rusage), never self-repo
 prints a table and writes it as JSON (--json, default benchmarks/results/<suite>.json):
 
 - segments: `detect_anomalies(alg, f1..f8) OVER (PARTITION BY id % N)` for N segments against the
-  same detector without PARTITION BY, in the same invocation; the ratio is segmented / unsegmented.
+  same detector without PARTITION BY, in the same invocation; the ratio is segmented / unsegmented,
+  each the median of --repeat runs (default 1).
 - budgets: every detector under `--memory-limit X`, as SQL and as the example pipeline
   (examples/pipelines/minimal.toml pointed at the file): time, peak RSS and whether RSS stayed
   within X.
@@ -59,6 +60,14 @@ def run(data, sql, memory_limit=None):
     if memory_limit:
         args += ["--memory-limit", memory_limit]
     return measure(args)[:3]
+
+
+def median_run(data, sql, memory_limit, repeat):
+    """(seconds, peak RSS bytes, error or None, every run's seconds) of the median of `repeat`
+    `nomaly sql` runs: this shared 2-core VM's run-to-run spread is 10-30%."""
+    runs = sorted((run(data, sql, memory_limit) for _ in range(max(1, repeat))), key=lambda r: r[0])
+    t, rss, err = runs[len(runs) // 2]
+    return t, rss, err, [r[0] for r in runs]
 
 
 def run_pipeline(data, alg, out, memory_limit=None):
@@ -136,16 +145,17 @@ def segments(a):
     rows = []
     for alg in a.detectors.split(","):
         whole = copy(f"SELECT id, detect_anomalies('{alg}', {feats})['score'] AS s FROM t", f"{out}/whole.parquet")
-        t0, rss0, err0 = run(a.data, whole, a.memory_limit)
+        t0, rss0, err0, runs0 = median_run(a.data, whole, a.memory_limit, a.repeat or 1)
         print(f"{alg:8} unsegmented {t0:8.2f} s  peak RSS {rss0 / 2**20:6.0f} MiB  {err0 or ''}", flush=True)
         for n in [int(x) for x in a.segments.split(",")]:
             sql = copy(
                 f"SELECT id, detect_anomalies('{alg}', {feats}) OVER (PARTITION BY id % {n})['score'] AS s FROM t",
                 f"{out}/seg.parquet")
-            t, rss, err = run(a.data, sql, a.memory_limit)
+            t, rss, err, runs = median_run(a.data, sql, a.memory_limit, a.repeat or 1)
             ratio = t / t0 if not err0 else None
             rows.append({"detector": alg, "segments": n, "seconds": t, "unsegmented_seconds": t0,
-                         "ratio": ratio, "peak_rss_bytes": rss, "error": err})
+                         "ratio": ratio, "peak_rss_bytes": rss, "error": err,
+                         "runs": runs, "unsegmented_runs": runs0})
             shown = f"{ratio:5.2f}x" if ratio else "  -  "
             print(f"{alg:8} {n:>7} segments {t:8.2f} s  {shown} unsegmented  peak RSS {rss / 2**20:6.0f} MiB"
                   f"  {('FAILED: ' + err.splitlines()[-1][:160]) if err else ''}", flush=True)
@@ -233,15 +243,14 @@ def sizes(a):
         out = tempfile.mkdtemp(prefix="nomaly-scale-")
         # Smaller inputs run --repeat times and give their median (their run-to-run spread on a
         # shared 2-core VM is 10-30%); the largest runs once.
-        repeat = a.repeat if n < a.repeat_below else 1
+        repeat = (a.repeat or 3) if n < a.repeat_below else 1
         for alg in a.detectors.split(","):
             sql = copy(f"SELECT id, detect_anomalies('{alg}', {feats})['score'] AS s FROM t", f"{out}/r.parquet")
-            runs = sorted((run(data, sql, a.memory_limit) for _ in range(repeat)), key=lambda r: r[0])
-            t, rss, err = runs[len(runs) // 2]
+            t, rss, err, runs = median_run(data, sql, a.memory_limit, repeat)
             before = previous.get(alg)
             growth = t / before[1] if before else None
             previous[alg] = (n, t)
-            rows.append({"rows": n, "detector": alg, "seconds": t, "runs": [r[0] for r in runs], "rows_per_second": n / t,
+            rows.append({"rows": n, "detector": alg, "seconds": t, "runs": runs, "rows_per_second": n / t,
                          "peak_rss_bytes": rss, "time_ratio_to_previous_size": growth, "error": err})
             grew = f"  time x{growth:.2f} for x{n / before[0]:.0f} rows" if before else ""
             print(f"{n:>11} rows {alg:8} {t:8.2f} s  {n / t / 1e6:6.2f} M rows/s  peak RSS {rss / 2**20:6.0f} MiB"
@@ -268,7 +277,9 @@ def main():
     p.add_argument("--sizes", default="1000000,10000000,100000000")
     p.add_argument("--memory-limit", default=None, help="for segments, rows and big (default 4GB there)")
     p.add_argument("--rows", type=int, default=155_000_000, help="big: rows of the generated input (~65 B/row)")
-    p.add_argument("--repeat", type=int, default=3, help="rows: runs per detector on inputs below --repeat-below rows (median)")
+    p.add_argument("--repeat", type=int, default=None,
+                   help="runs per measurement, the median reported: rows (default 3, on inputs below "
+                        "--repeat-below rows) and segments (default 1)")
     p.add_argument("--repeat-below", type=int, default=50_000_000)
     p.add_argument("--drop-caches", action="store_true",
                    help="rows: empty the page cache before each size and warm its input (needs root)")

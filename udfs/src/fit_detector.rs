@@ -125,9 +125,12 @@ impl Accumulator for FitAccumulator {
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
         let model = self.state.finish();
+        let bytes = model.to_bytes();
+        // scoring in this process takes the model back instead of decoding it again
+        crate::fitted_models::remember(&bytes, model);
         Ok(ScalarValue::Dictionary(
             Box::new(DataType::Int32),
-            Box::new(ScalarValue::Binary(Some(model.to_bytes()))),
+            Box::new(ScalarValue::Binary(Some(bytes))),
         ))
     }
 

@@ -44,6 +44,7 @@ pub mod detect_anomalies_table;
 pub mod docs;
 pub mod fit_detector;
 pub mod fit_score_plan;
+mod fitted_models;
 pub mod is_anomaly;
 pub mod model_column;
 pub mod one_pass;

@@ -52,6 +52,32 @@ struct CacheEntries {
 
 const HELD_ARRAYS: usize = 4;
 
+impl CacheEntries {
+    /// Finds `model` by `address` (bytes inside `holder`'s buffers) while `holder` is held.
+    fn hold(&mut self, holder: &ArrayRef, address: (usize, usize), model: &Arc<Model>) {
+        let held = match self
+            .holders
+            .iter()
+            .position(|(x, _)| Arc::ptr_eq(x, holder))
+        {
+            Some(i) => i,
+            None => {
+                if self.holders.len() == HELD_ARRAYS
+                    && let Some((_, addresses)) = self.holders.pop_front()
+                {
+                    for a in addresses {
+                        self.by_address.remove(&a);
+                    }
+                }
+                self.holders.push_back((Arc::clone(holder), Vec::new()));
+                self.holders.len() - 1
+            }
+        };
+        self.holders[held].1.push(address);
+        self.by_address.insert(address, Arc::clone(model));
+    }
+}
+
 impl ModelCache {
     /// The model stored in `bytes`, decoded once.
     pub fn get(&self, bytes: &[u8]) -> Result<Arc<Model>> {
@@ -69,10 +95,16 @@ impl ModelCache {
             .lock()
             .map_err(|_| exec_datafusion_err!("model cache poisoned"))?;
         let address = (bytes.as_ptr() as usize, bytes.len());
-        if holder.is_some()
-            && let Some(m) = cache.by_address.get(&address)
-        {
-            return Ok(Arc::clone(m));
+        if let Some(h) = holder {
+            if let Some(m) = cache.by_address.get(&address) {
+                return Ok(Arc::clone(m));
+            }
+            // Fitted in this process (a segment's model, scored right after its fit): found by
+            // where its bytes are from now on, without hashing them for the content index.
+            if let Some(m) = crate::fitted_models::take(bytes) {
+                cache.hold(h, address, &m);
+                return Ok(m);
+            }
         }
         let hash = {
             let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -88,8 +120,12 @@ impl ModelCache {
         let model = match found {
             Some(m) => m,
             None => {
-                let m =
-                    Arc::new(Model::from_bytes(bytes).map_err(|e| exec_datafusion_err!("{e}"))?);
+                let m = match crate::fitted_models::take(bytes) {
+                    Some(m) => m,
+                    None => {
+                        Arc::new(Model::from_bytes(bytes).map_err(|e| exec_datafusion_err!("{e}"))?)
+                    }
+                };
                 if cache.bytes + bytes.len() > CACHE_BYTES {
                     *cache = CacheEntries::default();
                 }
@@ -103,22 +139,7 @@ impl ModelCache {
             }
         };
         if let Some(h) = holder {
-            let held = match cache.holders.iter().position(|(x, _)| Arc::ptr_eq(x, h)) {
-                Some(i) => i,
-                None => {
-                    if cache.holders.len() == HELD_ARRAYS
-                        && let Some((_, addresses)) = cache.holders.pop_front()
-                    {
-                        for a in addresses {
-                            cache.by_address.remove(&a);
-                        }
-                    }
-                    cache.holders.push_back((Arc::clone(h), Vec::new()));
-                    cache.holders.len() - 1
-                }
-            };
-            cache.holders[held].1.push(address);
-            cache.by_address.insert(address, Arc::clone(&model));
+            cache.hold(h, address, &model);
         }
         Ok(model)
     }

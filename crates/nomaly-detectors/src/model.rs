@@ -235,8 +235,8 @@ impl Model {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = MAGIC.to_vec();
         out.extend_from_slice(&MODEL_FORMAT_VERSION.to_le_bytes());
-        out.extend(postcard::to_stdvec(self).expect("model serialises"));
-        out
+        // written in place, not into a second vector that is then copied
+        postcard::to_extend(self, out).expect("model serialises")
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Model> {

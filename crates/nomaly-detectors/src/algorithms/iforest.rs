@@ -61,13 +61,18 @@ const LEAF_NODE: FlatNode = FlatNode {
 impl FlatTree {
     /// Re-lays a pointer tree breadth-first so siblings are adjacent.
     fn from_nodes(nodes: &[Node]) -> Self {
+        // Sized once: per-segment models grow thousands of forests, and the vectors' regrowth was
+        // a tenth of a segmented iforest run.
         let mut t = FlatTree {
-            nodes: vec![LEAF_NODE],
-            leaf_value: vec![0.0],
+            nodes: Vec::with_capacity(nodes.len()),
+            leaf_value: Vec::with_capacity(nodes.len()),
             depth: 0,
         };
+        t.nodes.push(LEAF_NODE);
+        t.leaf_value.push(0.0);
         // (old index, new index, depth)
-        let mut queue = std::collections::VecDeque::from([(0usize, 0usize, 0usize)]);
+        let mut queue = std::collections::VecDeque::with_capacity(nodes.len());
+        queue.push_back((0usize, 0usize, 0usize));
         while let Some((old, new, depth)) = queue.pop_front() {
             let n = &nodes[old];
             if n.feature == LEAF {

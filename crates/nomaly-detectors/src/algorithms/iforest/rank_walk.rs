@@ -99,7 +99,8 @@ struct Cuts(RankIndex);
 impl Cuts {
     /// `None` with 65,535 or more distinct cuts: ranks must fit in 16 bits below `u16::MAX`.
     fn new(mut sorted: Vec<f64>) -> Option<Self> {
-        sorted.sort_by(f64::total_cmp);
+        // total_cmp tells every two cuts apart but identical bits: unstable is the same order
+        sorted.sort_unstable_by(f64::total_cmp);
         // -0.0 and 0.0 are one cut: the comparisons cannot tell them apart
         sorted.dedup_by(|a, b| a == b);
         if sorted.len() >= usize::from(u16::MAX) {
