@@ -62,6 +62,9 @@ pub struct CompiledPipeline {
     pub validations: Vec<(String, ValidateSpec)>,
     pub notifications: Vec<NotifySpec>,
     pub chunk_rows: u64,
+    /// `chunk_rows` was set (file or `--set`), not the default: row groups of Parquet files
+    /// without a page index are sliced only then (see [`crate::chunks::plan_chunks`]).
+    pub chunk_rows_set: bool,
     pub memory_limit: Option<usize>,
     pub cpus: Option<usize>,
     pub timeout: Option<Duration>,
@@ -153,6 +156,7 @@ pub fn compile(file: PipelineFile) -> Result<CompiledPipeline> {
         validations,
         notifications: spec.notifications.clone(),
         chunk_rows: settings.chunk_rows,
+        chunk_rows_set: settings.chunk_rows_set,
         memory_limit: settings.memory_limit,
         cpus: spec.resources.cpus,
         timeout: settings.timeout,

@@ -125,7 +125,7 @@ async fn register_chunked_source(
     p: &CompiledPipeline,
 ) -> Result<(ChunkPlan, Option<Arc<QuarantineLog>>)> {
     let first = &readable_source(p, &p.sources[0])?;
-    let mut chunks = plan_chunks(ctx, first, p.chunk_rows).await?;
+    let mut chunks = plan_chunks(ctx, first, p.chunk_rows, p.chunk_rows_set).await?;
     if p.quarantine
         && first.format == FileFormat::Csv
         && let Some(c) = chunks.chunks.first()

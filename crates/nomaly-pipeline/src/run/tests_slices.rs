@@ -9,7 +9,7 @@ use datafusion::arrow::array::{Float64Array, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -17,7 +17,9 @@ use std::sync::Arc;
 /// hand, as a writer with large row groups would leave them).
 const ROW_GROUPS: [u64; 4] = [1_000_000, 5_000, 5_000, 30_000];
 
-fn write_input(path: &Path) {
+/// `page_index`: write offset indexes (where each page starts), as arrow-rs and Spark do;
+/// pyarrow writes none by default.
+fn write_input(path: &Path, page_index: bool) {
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Int64, false),
         Field::new("amount", DataType::Float64, false),
@@ -25,6 +27,12 @@ fn write_input(path: &Path) {
     ]));
     let props = WriterProperties::builder()
         .set_max_row_group_row_count(Some(2_000_000))
+        .set_offset_index_disabled(!page_index)
+        .set_statistics_enabled(if page_index {
+            EnabledStatistics::Page
+        } else {
+            EnabledStatistics::Chunk
+        })
         .build();
     let file = std::fs::File::create(path).unwrap();
     let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).unwrap();
@@ -60,12 +68,15 @@ fn pipeline(
     dir: &Path,
     input: &Path,
     out: &str,
-    chunk_rows: u64,
+    chunk_rows: Option<u64>,
     engine: &str,
 ) -> CompiledPipeline {
     let file = dir.join(format!("{out}.toml"));
+    let chunk_rows = chunk_rows
+        .map(|n| format!("chunk_rows = {n}\n"))
+        .unwrap_or_default();
     let text = format!(
-        "input = \"{}\"\noutput = \"{}\"\n[run]\nchunk_rows = {chunk_rows}\nengine = \"{engine}\"\n\
+        "input = \"{}\"\noutput = \"{}\"\n[run]\n{chunk_rows}engine = \"{engine}\"\n\
          [resources]\ncpus = 2\n[detect]\nalgorithm = \"zscore\"\ncolumns = [\"amount\", \"latency_ms\"]\n",
         input.display(),
         dir.join(out).display()
@@ -139,13 +150,27 @@ async fn run(p: &CompiledPipeline) -> RunRecord {
 async fn row_groups_larger_than_chunk_rows_split_into_slices_with_the_same_output() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("big_groups.parquet");
-    write_input(&input);
+    write_input(&input, true);
 
-    let whole = run(&pipeline(dir.path(), &input, "whole", 1_000_000, "local")).await;
+    let whole = run(&pipeline(
+        dir.path(),
+        &input,
+        "whole",
+        Some(1_000_000),
+        "local",
+    ))
+    .await;
     // 1M rows, then the three small row groups together.
     assert_eq!(whole.chunks.len(), 2, "{:?}", whole.chunks);
 
-    let sliced = run(&pipeline(dir.path(), &input, "sliced", 20_000, "local")).await;
+    let sliced = run(&pipeline(
+        dir.path(),
+        &input,
+        "sliced",
+        Some(20_000),
+        "local",
+    ))
+    .await;
     // 50 slices of the 1M-row group; 5,000 + 5,000 together; 30,000 as two slices of 15,000.
     assert_eq!(sliced.chunks.len(), 53);
     let file = input.display().to_string();
@@ -174,11 +199,51 @@ async fn row_groups_larger_than_chunk_rows_split_into_slices_with_the_same_outpu
         dir.path(),
         &input,
         "ballista",
-        20_000,
+        Some(20_000),
         "standalone",
     ))
     .await;
     assert_eq!(on_ballista.chunks.len(), 53);
     let got = concat(&output_rows(&dir.path().join("ballista")));
     same_rows(&got, &expected, "sliced on Ballista");
+}
+
+/// Without a page index a slice reads and decompresses its whole row group, so at the default
+/// `chunk_rows` such row groups stay whole; with one, or with `chunk_rows` set, they are sliced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_groups_without_a_page_index_are_sliced_only_when_chunk_rows_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let indexed = dir.path().join("indexed.parquet");
+    write_input(&indexed, true);
+    let unindexed = dir.path().join("unindexed.parquet");
+    write_input(&unindexed, false);
+
+    // the default 100,000: ten slices of the 1M-row group, then the three small groups together
+    let sliced = run(&pipeline(dir.path(), &indexed, "indexed", None, "local")).await;
+    assert_eq!(sliced.chunks.len(), 11, "{:?}", sliced.chunks);
+    let whole = run(&pipeline(
+        dir.path(),
+        &unindexed,
+        "unindexed",
+        None,
+        "local",
+    ))
+    .await;
+    assert_eq!(whole.chunks.len(), 2, "{:?}", whole.chunks);
+    assert_eq!(whole.chunks[0].rows, Some(1_000_000));
+    let set = run(&pipeline(
+        dir.path(),
+        &unindexed,
+        "set",
+        Some(100_000),
+        "local",
+    ))
+    .await;
+    assert_eq!(set.chunks.len(), 11, "{:?}", set.chunks);
+
+    let expected = concat(&output_rows(&dir.path().join("indexed")));
+    for out in ["unindexed", "set"] {
+        let got = concat(&output_rows(&dir.path().join(out)));
+        same_rows(&got, &expected, out);
+    }
 }
