@@ -318,11 +318,20 @@ pub fn score_rows<S: BatchScorer>(
                 if rows.is_empty() {
                     continue;
                 }
-                let idx = UInt32Array::from(rows.clone());
-                let taken: Vec<ArrayRef> = features
-                    .iter()
-                    .map(|f| take(f.as_ref(), &idx, None))
-                    .collect::<std::result::Result<_, _>>()?;
+                // A segment's rows arrive together (segment_pass.rs): a slice, not a copy.
+                let (first, last) = (rows[0] as usize, rows[rows.len() - 1] as usize);
+                let taken: Vec<ArrayRef> = if last - first + 1 == rows.len() {
+                    features
+                        .iter()
+                        .map(|f| f.slice(first, rows.len()))
+                        .collect()
+                } else {
+                    let idx = UInt32Array::from(rows.clone());
+                    features
+                        .iter()
+                        .map(|f| take(f.as_ref(), &idx, None))
+                        .collect::<std::result::Result<_, _>>()?
+                };
                 parts.push((rows, scorer.score(m, &taken)?));
             }
             if !null_rows.is_empty() {

@@ -539,17 +539,13 @@ impl Segments {
         segments.add(1);
         let left = &self.join.left;
         let keys = segment.key.len();
-        // The Final aggregate's merge of one partial state: the model the two-pass plan fits.
+        // The model the two-pass plan fits: its Final aggregate merges the partial states into an
+        // empty one, and fit states merge exactly (sums, counts, the bottom-k sample), so the one
+        // partial state here gives the same bits without its round trip through bytes (which
+        // cost a serialisation, a decode and a re-sampling per segment).
         let mut models = Vec::with_capacity(segment.accumulators.len());
-        for (fit, mut acc) in self.fits.iter().zip(segment.accumulators) {
-            let state = acc
-                .state()?
-                .iter()
-                .map(|v| v.to_array())
-                .collect::<Result<Vec<ArrayRef>>>()?;
-            let mut merged = fit.aggregate.create_accumulator()?;
-            merged.merge_batch(&state)?;
-            models.push(merged.evaluate()?);
+        for mut acc in segment.accumulators {
+            models.push(acc.evaluate()?);
         }
         // One-row arrays of the left columns, in the left schema's types; each batch takes its
         // rows from them, so a dictionary-encoded model keeps one values array for the segment.

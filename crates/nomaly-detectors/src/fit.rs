@@ -252,9 +252,16 @@ impl FitState {
 
     /// Freezes the state into a model (fits the detector, then its threshold).
     pub fn finish(&self) -> Model {
-        let mut state = self.clone();
-        state.sample.compact();
-        Model::fit(&state)
+        Model::fit(self, &self.compact_sample())
+    }
+
+    /// The row sample compacted (k rows at most, duplicates folded). Only the sample is copied:
+    /// per-segment models finish thousands of states, and copying each whole state, sketches
+    /// included, cost as much as fitting a z-score model.
+    pub(crate) fn compact_sample(&self) -> RowSample {
+        let mut sample = self.sample.clone();
+        sample.compact();
+        sample
     }
 
     /// Serialised partial state (crosses partitions and executors in two-phase aggregation).

@@ -9,6 +9,7 @@ use crate::features::Features;
 use crate::fit::FitState;
 use crate::params::{Algorithm, Combine, DetectorParams};
 use crate::quantile::quantile_linear;
+use crate::sample::RowSample;
 use arrow_array::{Array, ArrayRef, BooleanArray, Float64Array};
 use arrow_buffer::{BooleanBuffer, NullBuffer, ScalarBuffer};
 use serde::{Deserialize, Serialize};
@@ -40,7 +41,8 @@ pub struct Model {
 }
 
 impl Model {
-    pub(crate) fn fit(state: &FitState) -> Model {
+    /// Fits on `state`, whose row sample compacted is `sample`.
+    pub(crate) fn fit(state: &FitState, sample: &RowSample) -> Model {
         let p = &state.params;
         let body = match p.algorithm {
             Algorithm::ZScore | Algorithm::RobustZScore | Algorithm::Iqr => {
@@ -50,7 +52,7 @@ impl Model {
             Algorithm::Ecod => ModelBody::Ecdf(EcdfModel::fit(state, EcdfVariant::Ecod)),
             Algorithm::Copod => ModelBody::Ecdf(EcdfModel::fit(state, EcdfVariant::Copod)),
             Algorithm::IsolationForest => {
-                ModelBody::IsolationForest(IsolationForestModel::fit(state))
+                ModelBody::IsolationForest(IsolationForestModel::fit(state, sample))
             }
         };
         let mut model = Model {
@@ -64,7 +66,7 @@ impl Model {
         model.threshold = match (p.threshold, p.algorithm) {
             (Some(t), _) => t,
             (None, Algorithm::Iqr) if !p.contamination_set => 1.5,
-            _ => model.sample_threshold(state),
+            _ => model.sample_threshold(sample),
         };
         model
     }
@@ -72,12 +74,12 @@ impl Model {
     /// The (1 - contamination) quantile of the scores of the fit's row sample, weighted by row
     /// multiplicity, interpolated as NumPy's `percentile` (so it equals PyOD's `threshold_` when the
     /// sample is the whole input).
-    fn sample_threshold(&self, state: &FitState) -> f64 {
-        if state.sample.is_empty() {
+    fn sample_threshold(&self, sample: &RowSample) -> f64 {
+        if sample.is_empty() {
             return f64::NAN;
         }
-        let width = state.n_features;
-        let rows: Vec<(&[f64], u64)> = state.sample.rows().collect();
+        let width = self.n_features;
+        let rows: Vec<(&[f64], u64)> = sample.rows().collect();
         let cols: Vec<Vec<f64>> = (0..width)
             .map(|j| rows.iter().map(|r| r.0[j]).collect())
             .collect();

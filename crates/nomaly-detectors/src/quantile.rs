@@ -107,6 +107,26 @@ fn key_value(key: u32) -> f64 {
     lo + (hi - lo) * 0.5
 }
 
+/// `values` in total order (a sketch's exact values arrive in any order; sums over them must not).
+fn sorted_copy(values: &[f64]) -> Vec<f64> {
+    let mut sorted = values.to_vec();
+    // total_cmp tells every two values apart but identical bits: unstable is the same order
+    sorted.sort_unstable_by(f64::total_cmp);
+    sorted
+}
+
+/// Sorted values as (value, count) runs of equal values (-0 and 0 are one run, under the first).
+fn counted_runs(sorted: &[f64]) -> Vec<WeightedValue> {
+    let mut out: Vec<WeightedValue> = Vec::with_capacity(sorted.len());
+    for &v in sorted {
+        match out.last_mut() {
+            Some((last, c)) if *last == v => *c += 1,
+            _ => out.push((v, 1)),
+        }
+    }
+    out
+}
+
 /// One step of the sorted (value, count) sequence of a sketch.
 pub type WeightedValue = (f64, u64);
 
@@ -204,32 +224,43 @@ impl QuantileSketch {
     /// Sorted distinct values (bucket midpoints in bucket mode) with their counts.
     pub fn weighted_values(&self) -> Vec<WeightedValue> {
         match &self.repr {
-            Repr::Exact(values) => {
-                let mut sorted = values.clone();
-                // total_cmp tells every two values apart but identical bits: unstable is the same
-                sorted.sort_unstable_by(f64::total_cmp);
-                let mut out: Vec<WeightedValue> = Vec::with_capacity(sorted.len());
-                for v in sorted {
-                    match out.last_mut() {
-                        Some((last, c)) if *last == v => *c += 1,
-                        _ => out.push((v, 1)),
-                    }
-                }
-                out
-            }
+            Repr::Exact(values) => counted_runs(&sorted_copy(values)),
             Repr::Buckets(store) => store.weighted_values(),
+        }
+    }
+
+    /// [`Self::to_ecdf`] and [`Self::weighted_values`] at once, sorting exact values once.
+    pub fn ecdf_and_weighted_values(&self) -> (Ecdf, Vec<WeightedValue>) {
+        match &self.repr {
+            Repr::Exact(values) => {
+                let sorted = sorted_copy(values);
+                let weighted = counted_runs(&sorted);
+                (Ecdf::Exact { sorted }, weighted)
+            }
+            Repr::Buckets(store) => (self.to_ecdf(), store.weighted_values()),
+        }
+    }
+
+    /// Every value with its count in no particular order: exact values one by one (repeats
+    /// apart), buckets by their midpoints. For sums over the values, such as a histogram's bin
+    /// counts, where [`Self::weighted_values`]' sort would be wasted (per-segment HBOS models
+    /// sorted every feature of every segment for nothing).
+    pub fn for_each_value(&self, mut f: impl FnMut(f64, u64)) {
+        match &self.repr {
+            Repr::Exact(values) => values.iter().for_each(|&v| f(v, 1)),
+            Repr::Buckets(store) => store
+                .weighted_values()
+                .into_iter()
+                .for_each(|(v, c)| f(v, c)),
         }
     }
 
     /// Finishes into an immutable ECDF for scoring.
     pub fn to_ecdf(&self) -> Ecdf {
         match &self.repr {
-            Repr::Exact(values) => {
-                let mut sorted = values.clone();
-                // total_cmp tells every two values apart but identical bits: unstable is the same
-                sorted.sort_unstable_by(f64::total_cmp);
-                Ecdf::Exact { sorted }
-            }
+            Repr::Exact(values) => Ecdf::Exact {
+                sorted: sorted_copy(values),
+            },
             Repr::Buckets(store) => Ecdf::Buckets {
                 n: self.count,
                 zero: store.zero,

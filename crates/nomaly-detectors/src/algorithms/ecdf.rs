@@ -46,7 +46,7 @@ impl EcdfModel {
         let mut skew_sign = Vec::new();
         for f in &state.features {
             let sketch = f.sketch.as_ref().expect("ecdf detectors keep sketches");
-            let wv = sketch.weighted_values();
+            let (ecdf, wv) = sketch.ecdf_and_weighted_values();
             let n: u64 = wv.iter().map(|w| w.1).sum();
             let sign = if n == 0 {
                 0
@@ -63,7 +63,7 @@ impl EcdfModel {
                     -1
                 }
             };
-            ecdfs.push(sketch.to_ecdf());
+            ecdfs.push(ecdf);
             skew_sign.push(sign);
         }
         Self {

@@ -54,11 +54,11 @@ impl HbosModel {
             let e = linspace(first, last, n_bins);
             let mut counts = vec![0u64; n_bins];
             if let Some(sketch) = &f.sketch {
-                for (v, c) in sketch.weighted_values() {
+                sketch.for_each_value(|v, c| {
                     // A bucket midpoint may stray past the exact range; it still belongs to an edge bin.
                     let b = e.partition_point(|&edge| edge <= v).clamp(1, n_bins) - 1;
                     counts[b] += c;
-                }
+                });
             }
             let total: u64 = counts.iter().sum();
             let ld = counts

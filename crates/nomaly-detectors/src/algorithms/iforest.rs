@@ -11,6 +11,7 @@
 
 use crate::fit::FitState;
 use crate::hashing::{DeterministicRng, mix64};
+use crate::sample::RowSample;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
@@ -457,10 +458,11 @@ pub fn average_path_length(n: f64) -> f64 {
 }
 
 impl IsolationForestModel {
-    pub fn fit(state: &FitState) -> Self {
+    /// Grows the forest from `sample`, the state's row sample compacted.
+    pub fn fit(state: &FitState, sample: &RowSample) -> Self {
         let p = &state.params;
         let width = state.n_features;
-        let pool: Vec<&[f64]> = state.sample.rows().map(|(r, _)| r).collect();
+        let pool: Vec<&[f64]> = sample.rows().map(|(r, _)| r).collect();
         let psi = p.sample_size.min(pool.len()).max(1);
         let max_depth = p
             .max_depth
@@ -650,7 +652,7 @@ mod tests {
             .map(|c| Arc::new(Float64Array::from(c.clone())) as ArrayRef)
             .collect();
         fit.update(&arrays).unwrap();
-        (IsolationForestModel::fit(&fit), cols)
+        (IsolationForestModel::fit(&fit, &fit.compact_sample()), cols)
     }
 
     /// Columns that put rows exactly on, just below and just above every threshold, plus signed
@@ -751,7 +753,7 @@ mod tests {
         let mut fit = FitState::new(DetectorParams::new(Algorithm::IsolationForest), 1);
         let column: ArrayRef = Arc::new(Float64Array::from(values.clone()));
         fit.update(&[column]).unwrap();
-        let model = IsolationForestModel::fit(&fit);
+        let model = IsolationForestModel::fit(&fit, &fit.compact_sample());
         let thresholds: Vec<f64> = model
             .trees
             .iter()
