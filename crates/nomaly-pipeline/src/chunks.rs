@@ -222,6 +222,9 @@ pub struct ChunkPlan {
     pub schema: SchemaRef,
     pub store: ObjectStoreUrl,
     pub chunks: Vec<Chunk>,
+    /// Files with row groups larger than `chunk_rows` kept whole: they have no page index, so a
+    /// slice would read its whole row group (`explain` says so, with how to slice them anyway).
+    pub unsliced: Vec<String>,
 }
 
 /// Plans the chunks of `source` at about `chunk_rows` rows each; `slice_unindexed`: slice row
@@ -246,6 +249,7 @@ pub async fn plan_chunks(
     let schema = source.infer_schema(ctx).await?;
     let url = source.url()?;
     let mut chunks = Vec::new();
+    let mut unsliced = Vec::new();
     let store = ctx
         .state()
         .runtime_env()
@@ -281,7 +285,9 @@ pub async fn plan_chunks(
                     chunk_rows,
                     slice: slice_unindexed || has_page_index(&meta),
                 };
-                split.chunks(&groups, &mut chunks);
+                if split.chunks(&groups, &mut chunks) {
+                    unsliced.push(shown.clone());
+                }
             }
             FileFormat::Csv | FileFormat::Ndjson if !is_compressed(&file) => {
                 let head = match &local {
@@ -327,6 +333,7 @@ pub async fn plan_chunks(
         schema,
         store: url.object_store(),
         chunks,
+        unsliced,
     })
 }
 
@@ -396,8 +403,10 @@ struct RowGroupSplit<'a> {
 
 impl RowGroupSplit<'_> {
     /// Appends runs of whole row groups of about `chunk_rows` rows, and row slices of at most
-    /// `chunk_rows` rows of every row group larger than that.
-    fn chunks(&self, groups: &[(u64, u64)], chunks: &mut Vec<Chunk>) {
+    /// `chunk_rows` rows of every row group larger than that (or, without `slice`, that row group
+    /// whole). True when a row group larger than `chunk_rows` was kept whole.
+    fn chunks(&self, groups: &[(u64, u64)], chunks: &mut Vec<Chunk>) -> bool {
+        let mut kept_whole = false;
         let (file, size, chunk_rows) = (self.file, self.size, self.chunk_rows.max(1));
         let file_rows: u64 = groups.iter().map(|g| g.1).sum();
         // The byte range of row groups `first..last`: from the first one's first page to where the
@@ -416,6 +425,7 @@ impl RowGroupSplit<'_> {
         while at < groups.len() {
             let rows = groups[at].1;
             if rows > chunk_rows && !self.slice {
+                kept_whole = true;
                 chunks.push(Chunk {
                     id: chunks.len(),
                     file: file.to_string(),
@@ -482,6 +492,7 @@ impl RowGroupSplit<'_> {
                 slice: None,
             });
         }
+        kept_whole
     }
 }
 

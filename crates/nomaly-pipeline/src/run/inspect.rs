@@ -95,6 +95,17 @@ fn describe_chunks(p: &CompiledPipeline, prepared: &PreparedSession) -> String {
     if c.chunks.len() > 20 {
         out.push_str(&format!("  ... {} more\n", c.chunks.len() - 20));
     }
+    if let Some(first) = c.unsliced.first() {
+        out.push_str(&format!(
+            "  row groups larger than chunk_rows are whole chunks in {first}{}: without a page \
+             index a slice would read its whole row group; set run.chunk_rows to slice them \
+             anyway, or write the file with a page index\n",
+            match c.unsliced.len() {
+                1 => String::new(),
+                n => format!(" and {} more files", n - 1),
+            }
+        ));
+    }
     out
 }
 

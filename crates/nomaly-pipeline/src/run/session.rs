@@ -126,6 +126,15 @@ async fn register_chunked_source(
 ) -> Result<(ChunkPlan, Option<Arc<QuarantineLog>>)> {
     let first = &readable_source(p, &p.sources[0])?;
     let mut chunks = plan_chunks(ctx, first, p.chunk_rows, p.chunk_rows_set).await?;
+    if !chunks.unsliced.is_empty() {
+        tracing::info!(
+            pipeline = %p.name,
+            files = ?chunks.unsliced,
+            "row groups larger than chunk_rows = {} kept whole: these files have no page index \
+             (set run.chunk_rows to slice them anyway)",
+            p.chunk_rows
+        );
+    }
     if p.quarantine
         && first.format == FileFormat::Csv
         && let Some(c) = chunks.chunks.first()

@@ -240,6 +240,29 @@ async fn row_groups_without_a_page_index_are_sliced_only_when_chunk_rows_is_set(
     ))
     .await;
     assert_eq!(set.chunks.len(), 11, "{:?}", set.chunks);
+    // `explain` names the files whose row groups were kept whole, and only those.
+    let ctx = datafusion::prelude::SessionContext::new();
+    for (input, chunk_rows, kept_whole) in [
+        (&unindexed, None, true),
+        (&indexed, None, false),
+        (&unindexed, Some(100_000), false),
+    ] {
+        let p = pipeline(dir.path(), input, "plan", chunk_rows, "local");
+        let plan = crate::chunks::plan_chunks(&ctx, &p.sources[0], p.chunk_rows, p.chunk_rows_set)
+            .await
+            .unwrap();
+        let expected: Vec<String> = if kept_whole {
+            vec![input.display().to_string()]
+        } else {
+            vec![]
+        };
+        assert_eq!(
+            plan.unsliced,
+            expected,
+            "{} at {chunk_rows:?}",
+            input.display()
+        );
+    }
 
     let expected = concat(&output_rows(&dir.path().join("indexed")));
     for out in ["unindexed", "set"] {
