@@ -619,7 +619,29 @@ fn an_interrupted_cluster_run_cancels_its_jobs_and_resumes() {
         .iter()
         .filter(|j| j["job_status"] == "Failed: Cancelled")
         .count();
-    assert_eq!(cancelled, said, "{err}\n{jobs:?}");
+    // A chunk's job can complete on the cluster between the run's cancel and the scheduler acting
+    // on it (seen once in CI: 3 said, 2 cancelled, the third completed 2 ms after): each job the
+    // run cancelled ended cancelled, or completed without being committed.
+    let committed: usize = err
+        .split("cancelled. ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let chunks_completed = jobs
+        .iter()
+        .filter(|j| {
+            j["status"] == "Completed"
+                && j["job_name"]
+                    .as_str()
+                    .is_some_and(|n| n.contains(": chunk "))
+        })
+        .count();
+    assert!(
+        cancelled <= said && cancelled + chunks_completed.saturating_sub(committed) >= said,
+        "said {said}, cancelled {cancelled}, chunks completed {chunks_completed}, committed \
+         {committed}\n{err}\n{jobs:?}"
+    );
 
     let o = nomaly(&[
         "resume",
