@@ -13,6 +13,7 @@
 //! scores here (stored in a table, scored by another process) is pushed out by newer ones, and
 //! one that is pushed out before its scoring is decoded from its bytes as before.
 
+use crate::model_column::StoredModel;
 use nomaly_detectors::Model;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -25,7 +26,7 @@ const FITTED_BYTES: usize = 64 << 20;
 
 #[derive(Default)]
 struct Fitted {
-    models: VecDeque<(Vec<u8>, Arc<Model>)>,
+    models: VecDeque<StoredModel>,
     bytes: usize,
 }
 

@@ -32,7 +32,7 @@ pub struct ModelCache {
 }
 
 /// A decoded model with the bytes it was decoded from.
-type StoredModel = (Vec<u8>, Arc<Model>);
+pub(crate) type StoredModel = (Vec<u8>, Arc<Model>);
 
 #[derive(Debug, Default)]
 struct CacheEntries {
@@ -95,16 +95,17 @@ impl ModelCache {
             .lock()
             .map_err(|_| exec_datafusion_err!("model cache poisoned"))?;
         let address = (bytes.as_ptr() as usize, bytes.len());
-        if let Some(h) = holder {
-            if let Some(m) = cache.by_address.get(&address) {
-                return Ok(Arc::clone(m));
-            }
-            // Fitted in this process (a segment's model, scored right after its fit): found by
-            // where its bytes are from now on, without hashing them for the content index.
-            if let Some(m) = crate::fitted_models::take(bytes) {
-                cache.hold(h, address, &m);
-                return Ok(m);
-            }
+        if holder.is_some()
+            && let Some(m) = cache.by_address.get(&address)
+        {
+            return Ok(Arc::clone(m));
+        }
+        // Fitted in this process (a segment's model, scored right after its fit): not decoded.
+        let fitted = crate::fitted_models::take(bytes);
+        if let (Some(h), Some(m)) = (holder, &fitted) {
+            // found by where its bytes are from now on, without hashing them for the content index
+            cache.hold(h, address, m);
+            return Ok(Arc::clone(m));
         }
         let hash = {
             let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -120,7 +121,7 @@ impl ModelCache {
         let model = match found {
             Some(m) => m,
             None => {
-                let m = match crate::fitted_models::take(bytes) {
+                let m = match fitted {
                     Some(m) => m,
                     None => {
                         Arc::new(Model::from_bytes(bytes).map_err(|e| exec_datafusion_err!("{e}"))?)

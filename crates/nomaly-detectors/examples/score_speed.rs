@@ -3,12 +3,12 @@
 //! [fastest|avx512|shuffle|avx2|rows]` — the last picks iforest's tree walk (all give the same
 //! scores; "fastest" times them on the forest and prints the one it chose).
 
-use arrow_array::{ArrayRef, Float64Array};
+mod shared;
+
+use arrow_array::ArrayRef;
 use nomaly_detectors::algorithms::iforest::TreeWalk;
-use nomaly_detectors::hashing::DeterministicRng;
 use nomaly_detectors::model::ModelBody;
-use nomaly_detectors::{Algorithm, DetectorParams, FitState};
-use std::sync::Arc;
+use nomaly_detectors::{DetectorParams, FitState};
 use std::time::Instant;
 
 fn main() {
@@ -16,15 +16,7 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
-    let mut rng = DeterministicRng::new(1);
-    let cols: Vec<ArrayRef> = (0..8)
-        .map(|_| {
-            Arc::new(Float64Array::from_iter_values(
-                // centred like the benchmark generator's features: signs mix, as in real data
-                (0..rows).map(|_| (rng.next_f64() - 0.5) * 10.0),
-            )) as ArrayRef
-        })
-        .collect();
+    let cols = shared::features(rows);
     let only: Option<String> = std::env::args().nth(2);
     // rows per batch, as DataFusion's `batch_size` would hand them over
     let batch_rows: usize = std::env::args()
@@ -43,13 +35,7 @@ fn main() {
                 )
             }),
     };
-    for alg in Algorithm::ALL {
-        if only
-            .as_deref()
-            .is_some_and(|o| !o.split(',').any(|a| a == alg.name()))
-        {
-            continue;
-        }
+    for alg in shared::chosen(only.as_deref()) {
         let started = Instant::now();
         let mut fit = FitState::new(DetectorParams::new(alg), cols.len());
         for chunk in (0..rows).step_by(batch_rows) {

@@ -3,11 +3,10 @@
 //! model per segment, as `detect_anomalies(...) OVER (PARTITION BY k)` does, and prints the time of
 //! each step per segment.
 
-use arrow_array::{ArrayRef, Float64Array};
-use nomaly_detectors::hashing::DeterministicRng;
+mod shared;
+
 use nomaly_detectors::model::Model;
-use nomaly_detectors::{Algorithm, DetectorParams, FitState};
-use std::sync::Arc;
+use nomaly_detectors::{DetectorParams, FitState};
 use std::time::{Duration, Instant};
 
 fn main() {
@@ -15,21 +14,8 @@ fn main() {
     let segments: usize = arg(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
     let rows: usize = arg(2).and_then(|a| a.parse().ok()).unwrap_or(1000);
     let only = arg(3);
-    let mut rng = DeterministicRng::new(1);
-    let cols: Vec<ArrayRef> = (0..8)
-        .map(|_| {
-            Arc::new(Float64Array::from_iter_values(
-                (0..rows).map(|_| (rng.next_f64() - 0.5) * 10.0),
-            )) as ArrayRef
-        })
-        .collect();
-    for alg in Algorithm::ALL {
-        if only
-            .as_deref()
-            .is_some_and(|o| !o.split(',').any(|a| a == alg.name()))
-        {
-            continue;
-        }
+    let cols = shared::features(rows);
+    for alg in shared::chosen(only.as_deref()) {
         let mut times = [Duration::ZERO; 5];
         for s in 0..segments {
             let mut params = DetectorParams::new(alg);

@@ -424,21 +424,7 @@ impl RowGroupSplit<'_> {
         let mut at = 0;
         while at < groups.len() {
             let rows = groups[at].1;
-            if rows > chunk_rows && !self.slice {
-                kept_whole = true;
-                chunks.push(Chunk {
-                    id: chunks.len(),
-                    file: file.to_string(),
-                    file_size: size,
-                    range: Some(span(at, at + 1)),
-                    rows: Some(rows),
-                    slice: None,
-                });
-                first_row += rows;
-                at += 1;
-                continue;
-            }
-            if rows > chunk_rows {
+            if rows > chunk_rows && self.slice {
                 // Equal slices, so the last one is not a sliver.
                 let n = rows.div_ceil(chunk_rows);
                 for i in 0..n {
@@ -460,15 +446,15 @@ impl RowGroupSplit<'_> {
                 at += 1;
                 continue;
             }
+            // A run starts with any row group (one larger than `chunk_rows` is not sliced here, so
+            // it is a run of its own) and takes the next ones while they fit.
             let first = at;
             let mut run = 0;
-            while at < groups.len()
-                && groups[at].1 <= chunk_rows
-                && (at == first || run + groups[at].1 <= chunk_rows)
-            {
+            while at < groups.len() && (at == first || run + groups[at].1 <= chunk_rows) {
                 run += groups[at].1;
                 at += 1;
             }
+            kept_whole |= run > chunk_rows;
             first_row += run;
             if run == 0 && groups.len() > 1 {
                 continue;

@@ -602,12 +602,15 @@ fn an_interrupted_cluster_run_cancels_its_jobs_and_resumes() {
     assert_eq!(o.status.code(), Some(130), "{err}");
     // The run cancelled its jobs before it exited: none is left queued or running, and the
     // scheduler lists as many cancelled as the run said.
-    let said: usize = err
-        .split("cancelled ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    // The number the run printed right after `text` (0 when it printed none).
+    let number_after = |text: &str| -> usize {
+        err.split(text)
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let said = number_after("cancelled ");
     let jobs = cluster.json("/api/jobs").unwrap();
     let jobs = jobs.as_array().unwrap();
     let unfinished = jobs
@@ -622,12 +625,7 @@ fn an_interrupted_cluster_run_cancels_its_jobs_and_resumes() {
     // A chunk's job can complete on the cluster between the run's cancel and the scheduler acting
     // on it (seen once in CI: 3 said, 2 cancelled, the third completed 2 ms after): each job the
     // run cancelled ended cancelled, or completed without being committed.
-    let committed: usize = err
-        .split("cancelled. ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let committed = number_after("cancelled. ");
     let chunks_completed = jobs
         .iter()
         .filter(|j| {

@@ -147,6 +147,16 @@ impl TreeWalk {
         TreeWalk::RowByRow,
     ];
 
+    /// The rank-walk kernel this walk runs (`None` for the heap and pointer walks).
+    fn rank_kernel(self) -> Option<rank_walk::Kernel> {
+        match self {
+            TreeWalk::Avx512Ranks => Some(rank_walk::Kernel::Avx512),
+            TreeWalk::Avx2Shuffle => Some(rank_walk::Kernel::Avx2Shuffle),
+            TreeWalk::Avx2Ranks => Some(rank_walk::Kernel::Avx2),
+            TreeWalk::Fastest | TreeWalk::RowByRow => None,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             TreeWalk::Fastest => "fastest",
@@ -212,29 +222,18 @@ impl ScoringLayout {
     /// The first walk of `ranking` these trees allow, laid out; the heap walk, which every
     /// shallow forest allows, when no rank walk ranks above it.
     fn first_allowed(ranking: &[TreeWalk], heap: Vec<HeapTree>, width: usize) -> Self {
-        let mut forest: Option<RankForest> = None;
-        for walk in ranking {
-            let kernel = match walk {
-                TreeWalk::Avx512Ranks => rank_walk::Kernel::Avx512,
-                TreeWalk::Avx2Shuffle => rank_walk::Kernel::Avx2Shuffle,
-                TreeWalk::Avx2Ranks => rank_walk::Kernel::Avx2,
-                TreeWalk::RowByRow | TreeWalk::Fastest => break,
-            };
-            let ranked = match forest.take() {
-                Some(f) => f,
-                // too many thresholds for ranks: no rank walk applies
-                None => match RankForest::new(&heap, width) {
-                    Some(f) => f,
-                    None => break,
-                },
-            };
-            if ranked.kernels().contains(&kernel) {
-                if let Some(r) = ranked.with_kernel(kernel) {
-                    return ScoringLayout::Ranked(r);
-                }
-                break;
+        // the rank walks ranked above the heap walk, fastest first
+        let kernels: Vec<rank_walk::Kernel> =
+            ranking.iter().map_while(|w| w.rank_kernel()).collect();
+        if !kernels.is_empty()
+            && let Some(forest) = RankForest::new(&heap, width)
+        {
+            let allowed = forest.kernels();
+            if let Some(kernel) = kernels.into_iter().find(|k| allowed.contains(k))
+                && let Some(ranked) = forest.with_kernel(kernel)
+            {
+                return ScoringLayout::Ranked(ranked);
             }
-            forest = Some(ranked);
         }
         ScoringLayout::Heap(heap)
     }
@@ -541,18 +540,13 @@ impl IsolationForestModel {
     /// The same model scoring `width` features with the given walk; `None` when the CPU lacks the
     /// instructions or the trees are too deep for it.
     pub fn with_walk(self, walk: TreeWalk, width: usize) -> Option<Self> {
-        let ranked = |kernel| {
-            let heap = heap_trees(&self.trees, width)?;
-            Some(ScoringLayout::Ranked(
-                RankForest::new(&heap, width)?.with_kernel(kernel)?,
-            ))
-        };
-        let layout = match walk {
-            TreeWalk::Fastest => ScoringLayout::new(&self.trees, width),
-            TreeWalk::Avx512Ranks => ranked(rank_walk::Kernel::Avx512)?,
-            TreeWalk::Avx2Shuffle => ranked(rank_walk::Kernel::Avx2Shuffle)?,
-            TreeWalk::Avx2Ranks => ranked(rank_walk::Kernel::Avx2)?,
-            TreeWalk::RowByRow => ScoringLayout::Heap(heap_trees(&self.trees, width)?),
+        let layout = match (walk, walk.rank_kernel()) {
+            (TreeWalk::Fastest, _) => ScoringLayout::new(&self.trees, width),
+            (_, Some(kernel)) => {
+                let heap = heap_trees(&self.trees, width)?;
+                ScoringLayout::Ranked(RankForest::new(&heap, width)?.with_kernel(kernel)?)
+            }
+            (_, None) => ScoringLayout::Heap(heap_trees(&self.trees, width)?),
         };
         let model = Self {
             layout: OnceLock::new(),

@@ -62,9 +62,6 @@ pub struct CompiledPipeline {
     pub validations: Vec<(String, ValidateSpec)>,
     pub notifications: Vec<NotifySpec>,
     pub chunk_rows: u64,
-    /// `chunk_rows` was set (file or `--set`), not the default: row groups of Parquet files
-    /// without a page index are sliced only then (see [`crate::chunks::plan_chunks`]).
-    pub chunk_rows_set: bool,
     pub memory_limit: Option<usize>,
     pub cpus: Option<usize>,
     pub timeout: Option<Duration>,
@@ -76,6 +73,14 @@ pub struct CompiledPipeline {
     pub engine: EngineKind,
     /// When `nomaly serve` runs it (schedule, `after`, `on_failure`).
     pub trigger: Trigger,
+}
+
+impl CompiledPipeline {
+    /// `chunk_rows` was set (file or `--set`), not the default: row groups of Parquet files
+    /// without a page index are sliced only then (see [`crate::chunks::plan_chunks`]).
+    pub fn chunk_rows_set(&self) -> bool {
+        self.file.spec.run.chunk_rows.is_some()
+    }
 }
 
 fn is_identifier(s: &str) -> bool {
@@ -156,7 +161,6 @@ pub fn compile(file: PipelineFile) -> Result<CompiledPipeline> {
         validations,
         notifications: spec.notifications.clone(),
         chunk_rows: settings.chunk_rows,
-        chunk_rows_set: settings.chunk_rows_set,
         memory_limit: settings.memory_limit,
         cpus: spec.resources.cpus,
         timeout: settings.timeout,

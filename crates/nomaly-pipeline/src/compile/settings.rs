@@ -41,7 +41,6 @@ impl RetryPolicy {
 /// The settings of a run, resolved.
 pub(super) struct RunSettings {
     pub chunk_rows: u64,
-    pub chunk_rows_set: bool,
     pub engine: EngineKind,
     pub memory_limit: Option<usize>,
     pub timeout: Option<Duration>,
@@ -159,7 +158,6 @@ pub(super) fn compile_settings(
     }
     Ok(RunSettings {
         chunk_rows,
-        chunk_rows_set: spec.run.chunk_rows.is_some(),
         engine,
         memory_limit,
         timeout,

@@ -242,7 +242,7 @@ pub(crate) async fn chunk_materialized(
         has_header: true,
         delimiter: b',',
     };
-    let plan = plan_chunks(ctx, &staged, p.chunk_rows, p.chunk_rows_set).await?;
+    let plan = plan_chunks(ctx, &staged, p.chunk_rows, p.chunk_rows_set()).await?;
     let _ = ctx.deregister_table(STAGED_INPUT);
     ctx.register_table(STAGED_INPUT, Arc::new(ChunkTable::new(plan.clone())))
         .map_err(|e| classify("materialized input".into(), e))?;

@@ -125,7 +125,7 @@ async fn register_chunked_source(
     p: &CompiledPipeline,
 ) -> Result<(ChunkPlan, Option<Arc<QuarantineLog>>)> {
     let first = &readable_source(p, &p.sources[0])?;
-    let mut chunks = plan_chunks(ctx, first, p.chunk_rows, p.chunk_rows_set).await?;
+    let mut chunks = plan_chunks(ctx, first, p.chunk_rows, p.chunk_rows_set()).await?;
     if !chunks.unsliced.is_empty() {
         tracing::info!(
             pipeline = %p.name,

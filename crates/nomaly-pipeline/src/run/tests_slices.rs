@@ -248,9 +248,10 @@ async fn row_groups_without_a_page_index_are_sliced_only_when_chunk_rows_is_set(
         (&unindexed, Some(100_000), false),
     ] {
         let p = pipeline(dir.path(), input, "plan", chunk_rows, "local");
-        let plan = crate::chunks::plan_chunks(&ctx, &p.sources[0], p.chunk_rows, p.chunk_rows_set)
-            .await
-            .unwrap();
+        let plan =
+            crate::chunks::plan_chunks(&ctx, &p.sources[0], p.chunk_rows, p.chunk_rows_set())
+                .await
+                .unwrap();
         let expected: Vec<String> = if kept_whole {
             vec![input.display().to_string()]
         } else {
