@@ -481,7 +481,8 @@ pub fn tail_scores(lt: u64, le: u64, n: u64) -> (f64, f64) {
 #[inline]
 fn neg_ln_fraction(k: u64, n: u64) -> f64 {
     let fraction = if k == 0 { 0.5 } else { k as f64 } / n as f64;
-    -fraction.ln()
+    // libm's log, the same bits on every CPU (see `IsolationForestModel::scores_from_depth_sums`)
+    -libm::log(fraction)
 }
 
 thread_local! {

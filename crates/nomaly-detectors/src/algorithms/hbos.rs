@@ -71,7 +71,8 @@ impl HbosModel {
                     } else {
                         c as f64 / width / total as f64
                     };
-                    (density + alpha).log2()
+                    // libm's, the same bits on every CPU (see iforest's `scores_from_depth_sums`)
+                    libm::log2(density + alpha)
                 })
                 .collect();
             edges.push(e);

@@ -134,16 +134,19 @@ pub enum TreeWalk {
     Avx2Shuffle,
     /// Threshold ranks, 8 rows per instruction with AVX2, deep levels gathered.
     Avx2Ranks,
-    /// Heap-ordered trees, one row at a time (what CPUs without AVX2 use).
+    /// Threshold ranks, 8 rows per instruction with NEON (64-bit ARM).
+    NeonRanks,
+    /// Heap-ordered trees, one row at a time (what CPUs without AVX2 or NEON use).
     RowByRow,
 }
 
 impl TreeWalk {
-    pub const ALL: [TreeWalk; 5] = [
+    pub const ALL: [TreeWalk; 6] = [
         TreeWalk::Fastest,
         TreeWalk::Avx512Ranks,
         TreeWalk::Avx2Shuffle,
         TreeWalk::Avx2Ranks,
+        TreeWalk::NeonRanks,
         TreeWalk::RowByRow,
     ];
 
@@ -153,6 +156,7 @@ impl TreeWalk {
             TreeWalk::Avx512Ranks => Some(rank_walk::Kernel::Avx512),
             TreeWalk::Avx2Shuffle => Some(rank_walk::Kernel::Avx2Shuffle),
             TreeWalk::Avx2Ranks => Some(rank_walk::Kernel::Avx2),
+            TreeWalk::NeonRanks => Some(rank_walk::Kernel::Neon),
             TreeWalk::Fastest | TreeWalk::RowByRow => None,
         }
     }
@@ -163,6 +167,7 @@ impl TreeWalk {
             TreeWalk::Avx512Ranks => "avx512",
             TreeWalk::Avx2Shuffle => "shuffle",
             TreeWalk::Avx2Ranks => "avx2",
+            TreeWalk::NeonRanks => "neon",
             TreeWalk::RowByRow => "rows",
         }
     }
@@ -293,6 +298,7 @@ impl ScoringLayout {
                 rank_walk::Kernel::Avx512 => TreeWalk::Avx512Ranks,
                 rank_walk::Kernel::Avx2Shuffle => TreeWalk::Avx2Shuffle,
                 rank_walk::Kernel::Avx2 => TreeWalk::Avx2Ranks,
+                rank_walk::Kernel::Neon => TreeWalk::NeonRanks,
             },
             ScoringLayout::Heap(_) | ScoringLayout::Pointer => TreeWalk::RowByRow,
         }
@@ -452,7 +458,8 @@ pub fn average_path_length(n: f64) -> f64 {
     } else if n <= 2.0 {
         1.0
     } else {
-        2.0 * ((n - 1.0).ln() + 0.577_215_664_901_532_9) - 2.0 * (n - 1.0) / n
+        // libm's log, not the platform's: see `scores_from_depth_sums`
+        2.0 * (libm::log(n - 1.0) + 0.577_215_664_901_532_9) - 2.0 * (n - 1.0) / n
     }
 }
 
@@ -578,6 +585,11 @@ impl IsolationForestModel {
     }
 
     /// `2^(-mean path length / c(ψ))` from the path lengths summed over trees.
+    ///
+    /// The power is the `libm` crate's, plain IEEE arithmetic in Rust, not the C library's: glibc
+    /// picks an FMA variant of `pow` on x86-64 and is built with FMA on ARM, and the two round
+    /// some results differently (`scripts/aarch64.sh` found the same forest scoring different
+    /// bits on aarch64). Basic operations round the same everywhere, so these scores do too.
     fn scores_from_depth_sums(&self, depth_sum: Vec<f64>) -> Vec<f64> {
         let n_trees = self.trees.len().max(1) as f64;
         let c = if self.normaliser > 0.0 {
@@ -587,7 +599,7 @@ impl IsolationForestModel {
         };
         depth_sum
             .into_iter()
-            .map(|d| (2.0f64).powf(-(d / n_trees) / c))
+            .map(|d| libm::pow(2.0, -(d / n_trees) / c))
             .collect()
     }
 
@@ -725,14 +737,22 @@ mod tests {
                             "{case}: no shuffle walk"
                         );
                     }
+                    if width <= 16 && cfg!(target_arch = "aarch64") {
+                        assert!(
+                            kernels.contains(&rank_walk::Kernel::Neon),
+                            "{case}: no NEON walk"
+                        );
+                    }
                     for kernel in kernels {
                         let walk = ranked.clone().with_kernel(kernel).unwrap();
                         same(&ScoringLayout::Ranked(walk), &format!("ranks, {kernel:?}"));
                     }
                 }
                 None => assert!(
-                    max_depth == Some(11) || !rank_walk::cpu_has_avx512bw(),
-                    "ranks refused {case} on an AVX-512BW CPU"
+                    max_depth == Some(11)
+                        || !(rank_walk::cpu_has_avx512bw()
+                            || cfg!(target_arch = "aarch64") && width <= 16),
+                    "ranks refused {case} on an AVX-512BW or ARM CPU"
                 ),
             }
         }

@@ -22,13 +22,18 @@
 //! {fastest,avx2,rows}` gives 154-164 ns/row with AVX-512BW, 378-412 with AVX2 and 688-738 row by
 //! row.
 
-// Every kernel needs x86-64 vector instructions; elsewhere `RankForest::new` declines and the
-// row-by-row walk scores (a NEON kernel would go here).
-#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+// Every kernel needs x86-64 vector instructions or NEON; elsewhere `RankForest::new` declines and
+// the row-by-row walk scores.
+#![cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
 
 use super::{BLOCK, HeapTree};
 use crate::rank_index::RankIndex;
 
+#[cfg(target_arch = "aarch64")]
+mod neon;
 #[cfg(target_arch = "x86_64")]
 mod shuffle;
 
@@ -56,8 +61,8 @@ pub(super) struct RankForest {
     /// Levels every tree walks: the deepest tree's depth.
     depth: usize,
     kernel: Kernel,
-    /// Every node fits the 16-bit `feature << 12 | key` of [`Kernel::Avx2Shuffle`]: at most 16
-    /// features and 4,095 cuts per feature.
+    /// Every node fits the 16-bit `feature << 12 | key` of [`Kernel::Avx2Shuffle`] and
+    /// [`Kernel::Neon`]: at most 16 features and 4,095 cuts per feature.
     shuffle_fits: bool,
 }
 
@@ -71,6 +76,9 @@ pub(super) enum Kernel {
     /// 16 rows per instruction, nodes looked up by byte shuffles of 8-node tables (no gathers,
     /// which are slow on AMD's Zen cores; see `shuffle`).
     Avx2Shuffle,
+    /// 8 rows per instruction on 64-bit ARM, nodes looked up by table instructions of up to 32
+    /// nodes (see `neon`).
+    Neon,
 }
 
 /// One tree in heap order (level l at `2^l - 1 ..`), padded to the 8-level size so every table
@@ -131,6 +139,8 @@ impl RankForest {
             Kernel::Avx512
         } else if cpu_has_avx2() {
             Kernel::Avx2
+        } else if cfg!(target_arch = "aarch64") {
+            Kernel::Neon
         } else {
             return None;
         };
@@ -196,6 +206,9 @@ impl RankForest {
         // A rank is at most the feature's cut count, so with at most NEVER cuts no rank exceeds
         // the key NEVER and every real key (a cut's index) is below it.
         let shuffle_fits = width <= 16 && cuts.iter().all(|c| c.0.len() <= usize::from(NEVER));
+        if kernel == Kernel::Neon && !shuffle_fits {
+            return None;
+        }
         Some(Self {
             cuts,
             trees,
@@ -218,6 +231,9 @@ impl RankForest {
                 k.push(Kernel::Avx2Shuffle);
             }
             k.push(Kernel::Avx2);
+        }
+        if cfg!(target_arch = "aarch64") && self.shuffle_fits {
+            k.push(Kernel::Neon);
         }
         k
     }
@@ -262,12 +278,28 @@ impl RankForest {
                 Kernel::Avx512 => by_width!(walk_avx512),
                 Kernel::Avx2 => by_width!(walk_avx2),
                 Kernel::Avx2Shuffle => by_width!(walk_shuffle),
+                // not built on x86-64 (`new` and `kernels` offer it on aarch64 only)
+                Kernel::Neon => unreachable!("the NEON walk on x86-64"),
             };
             // SAFETY: the kernel is one the CPU has (checked in `new` / `with_kernel`).
             unsafe { walk(self, &ranks, padded, len, out) }
         }
-        // Elsewhere `new` builds no rank forest (every kernel needs x86-64 vector instructions).
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        {
+            // NEON is the only kernel `new` and `kernels` offer here, and only for forests whose
+            // nodes fit 16 bits (at most 16 features).
+            let walk = match self.cuts.len() {
+                1 => Self::walk_neon::<1>,
+                2 => Self::walk_neon::<2>,
+                3..=4 => Self::walk_neon::<4>,
+                5..=8 => Self::walk_neon::<8>,
+                _ => Self::walk_neon::<16>,
+            };
+            // SAFETY: every aarch64 target has NEON.
+            unsafe { walk(self, &ranks, padded, len, out) }
+        }
+        // Elsewhere `new` builds no rank forest (every kernel needs vector instructions).
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         let _ = (ranks, out);
     }
 
@@ -507,7 +539,7 @@ fn select_feature_avx2<const P: usize>(
 /// `out[r] += trees[k].leaf_values[leaves[k][r]]` for k in order, one row at a time with the row's
 /// sum in a register. Kept out of the AVX-512 functions on purpose: there the compiler turns it
 /// into 8-wide gathers, several times slower than scalar loads on the CPUs measured.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[inline(never)]
 fn add_leaf_values<const K: usize>(
     out: &mut [f64],
