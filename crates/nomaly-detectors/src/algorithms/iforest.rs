@@ -188,18 +188,18 @@ impl ScoringLayout {
     /// later forests of that width (thousands, with per-segment models) take the fastest walk of
     /// that ranking they allow. All give the same bits, so the choice changes speed only.
     fn new(trees: &[FlatTree], width: usize) -> Self {
-        let Some(heap) = heap_trees(trees, width) else {
-            return ScoringLayout::Pointer;
-        };
         static RANKING: Mutex<BTreeMap<usize, Vec<TreeWalk>>> = Mutex::new(BTreeMap::new());
         let known = RANKING.lock().ok().and_then(|r| r.get(&width).cloned());
         if let Some(ranking) = known {
             // Only the walk ranked fastest is laid out: laying out every candidate (a rank forest
             // per kernel) cost more than scoring a thousand-row segment with the one chosen.
-            return Self::first_allowed(&ranking, heap, width);
+            return Self::first_allowed(&ranking, trees, width);
         }
+        let Some(heap) = heap_trees(trees, width) else {
+            return ScoringLayout::Pointer;
+        };
         let mut candidates = Vec::new();
-        if let Some(ranked) = RankForest::new(&heap, width) {
+        if let Some(ranked) = RankForest::new(trees, width) {
             for kernel in ranked.kernels() {
                 candidates.extend(
                     ranked
@@ -225,13 +225,15 @@ impl ScoringLayout {
     }
 
     /// The first walk of `ranking` these trees allow, laid out; the heap walk, which every
-    /// shallow forest allows, when no rank walk ranks above it.
-    fn first_allowed(ranking: &[TreeWalk], heap: Vec<HeapTree>, width: usize) -> Self {
+    /// shallow forest allows, when no rank walk ranks above it (the pointer walk for deeper ones).
+    fn first_allowed(ranking: &[TreeWalk], trees: &[FlatTree], width: usize) -> Self {
         // the rank walks ranked above the heap walk, fastest first
         let kernels: Vec<rank_walk::Kernel> =
             ranking.iter().map_while(|w| w.rank_kernel()).collect();
+        // A rank forest is laid out from the trees themselves, without the heap trees, which
+        // per-segment forests built only to drop them.
         if !kernels.is_empty()
-            && let Some(forest) = RankForest::new(&heap, width)
+            && let Some(forest) = RankForest::new(trees, width)
         {
             let allowed = forest.kernels();
             if let Some(kernel) = kernels.into_iter().find(|k| allowed.contains(k))
@@ -240,7 +242,7 @@ impl ScoringLayout {
                 return ScoringLayout::Ranked(ranked);
             }
         }
-        ScoringLayout::Heap(heap)
+        heap_trees(trees, width).map_or(ScoringLayout::Pointer, ScoringLayout::Heap)
     }
 
     /// The candidates' walks, fastest first (the best of three runs each).
@@ -367,6 +369,43 @@ struct HeapTree {
     leaf_values: Vec<f64>,
 }
 
+impl FlatTree {
+    /// Walks the tree in heap order (the children of heap node `at` are 2at+1 and 2at+2): `split(at,
+    /// threshold, feature)` for each split, `leaf(at, level, path length)` for each leaf. `None`
+    /// when the tree names a feature outside `0..width`, a node outside itself, or a split at or
+    /// below its own depth. Shared by the heap and rank layouts, so both read a tree one way.
+    fn visit_heap_order(
+        &self,
+        width: usize,
+        mut split: impl FnMut(usize, f64, u32),
+        mut leaf: impl FnMut(usize, usize, f64),
+    ) -> Option<()> {
+        // (flat index, heap index, level); at most one pending node per level
+        let mut stack = Vec::with_capacity(self.depth + 2);
+        stack.push((0usize, 0usize, 0usize));
+        while let Some((f, at, level)) = stack.pop() {
+            let node = *self.nodes.get(f)?;
+            if node.child as usize == f {
+                leaf(at, level, *self.leaf_value.get(f)?);
+                continue;
+            }
+            if level >= self.depth || node.feature as usize >= width {
+                return None;
+            }
+            split(at, node.threshold, node.feature);
+            stack.push((node.child as usize, 2 * at + 1, level + 1));
+            stack.push((node.child as usize + 1, 2 * at + 2, level + 1));
+        }
+        Some(())
+    }
+}
+
+/// The leftmost descendant at level `depth` of heap node `at` on `level`, counted from the first
+/// node of level `depth`: where a leaf above the bottom level keeps its path length.
+fn bottom_position(at: usize, level: usize, depth: usize) -> usize {
+    ((at + 1) << (depth - level)) - (1 << depth)
+}
+
 impl HeapTree {
     /// `None` when the tree is too deep or names a feature outside `0..width`.
     fn from_flat(tree: &FlatTree, width: usize) -> Option<Self> {
@@ -380,26 +419,14 @@ impl HeapTree {
             offsets: vec![0; internal],
             leaf_values: vec![0.0; internal + 1],
         };
-        // (flat index, heap index, level)
-        let mut stack = vec![(0usize, 0usize, 0usize)];
-        while let Some((f, at, level)) = stack.pop() {
-            let node = *tree.nodes.get(f)?;
-            if node.child as usize == f {
-                let mut leaf = at;
-                for _ in level..tree.depth {
-                    leaf = 2 * leaf + 1;
-                }
-                h.leaf_values[leaf - internal] = *tree.leaf_value.get(f)?;
-                continue;
-            }
-            if level >= tree.depth || node.feature as usize >= width {
-                return None;
-            }
-            h.thresholds[at] = node.threshold;
-            h.offsets[at] = node.feature * BLOCK as u32;
-            stack.push((node.child as usize, 2 * at + 1, level + 1));
-            stack.push((node.child as usize + 1, 2 * at + 2, level + 1));
-        }
+        tree.visit_heap_order(
+            width,
+            |at, threshold, feature| {
+                h.thresholds[at] = threshold;
+                h.offsets[at] = feature * BLOCK as u32;
+            },
+            |at, level, value| h.leaf_values[bottom_position(at, level, tree.depth)] = value,
+        )?;
         Some(h)
     }
 
@@ -550,8 +577,7 @@ impl IsolationForestModel {
         let layout = match (walk, walk.rank_kernel()) {
             (TreeWalk::Fastest, _) => ScoringLayout::new(&self.trees, width),
             (_, Some(kernel)) => {
-                let heap = heap_trees(&self.trees, width)?;
-                ScoringLayout::Ranked(RankForest::new(&heap, width)?.with_kernel(kernel)?)
+                ScoringLayout::Ranked(RankForest::new(&self.trees, width)?.with_kernel(kernel)?)
             }
             (_, None) => ScoringLayout::Heap(heap_trees(&self.trees, width)?),
         };
@@ -728,7 +754,7 @@ mod tests {
                 .map(|t| HeapTree::from_flat(t, width).expect("shallow enough"))
                 .collect();
             same(&ScoringLayout::Heap(heap.clone()), "heap");
-            match RankForest::new(&heap, width) {
+            match RankForest::new(&model.trees, width) {
                 Some(ranked) => {
                     let kernels = ranked.kernels();
                     if width <= 16 && rank_walk::cpu_has_avx2() {
