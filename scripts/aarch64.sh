@@ -7,7 +7,8 @@
 #   3. `cargo check` of the whole product (the `nomaly` CLI with DataFusion and Ballista) for aarch64.
 # Emulated speed means nothing; this checks that ARM builds and gives the same bits.
 # Installs what it needs once (Debian's gcc-aarch64-linux-gnu, libc6-dev-arm64-cross and qemu-user,
-# and rustup's aarch64 standard library). Not part of .ci/run: about 10 minutes on a warm target.
+# and rustup's aarch64 standard library). Not part of .ci/run: 196 s once the target holds an
+# earlier aarch64 check; the first check of DataFusion and Ballista for aarch64 takes ~17 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/nomaly-target}"
