@@ -29,7 +29,8 @@
     allow(dead_code)
 )]
 
-use super::{FlatTree, bottom_position};
+use super::FlatTree;
+use super::heap::bottom_position;
 use crate::rank_index::RankIndex;
 
 #[cfg(target_arch = "aarch64")]
