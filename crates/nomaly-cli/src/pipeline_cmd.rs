@@ -354,7 +354,7 @@ fn resume_target(
                 std::path::Path::new(&record.pipeline_file),
                 &text,
                 overrides,
-                &|name| std::env::var(name).ok(),
+                &|name| Ok(std::env::var(name).ok()),
             );
         }
     }

@@ -53,6 +53,19 @@ pub struct ServeArgs {
     #[arg(long = "allow-root", value_name = "DIR")]
     allow_roots: Vec<PathBuf>,
 
+    /// Remote locations submitted pipelines may read, write or notify (repeatable), as
+    /// patterns where * matches anything: s3://bucket/team/*, https://hooks.example.com/*.
+    /// Default: none. An http(s) URL to loopback, link-local or private addresses is allowed
+    /// only by a pattern naming that host without a wildcard. Opens network access: SECURITY.md
+    #[arg(long = "allow-location", value_name = "PATTERN")]
+    allow_locations: Vec<String>,
+
+    /// Environment variables submitted pipelines may expand as ${NAME} (repeatable), as
+    /// patterns: NOMALY_DATA_*, BUCKET. Default: none (any ${NAME} is refused, naming it and
+    /// this flag, never its value). Exposes those variables' values: SECURITY.md
+    #[arg(long = "allow-env", value_name = "PATTERN")]
+    allow_env: Vec<String>,
+
     /// Memory all running runs may reserve together, e.g. 16GB (default: 80% of RAM or the
     /// cgroup limit)
     #[arg(long, value_name = "SIZE")]
@@ -84,6 +97,12 @@ pub struct ServeArgs {
     /// A file holding the API token (else NOMALY_TOKEN)
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+
+    /// Host names the API answers to besides loopback names and the --bind address
+    /// (repeatable), e.g. nomaly.internal. Requests naming another Host are refused (421), which
+    /// stops DNS rebinding; a server bound to 0.0.0.0 without this flag answers to any name
+    #[arg(long = "allow-host", value_name = "NAME")]
+    allow_hosts: Vec<String>,
 
     /// Let pipelines' [[notify]] type = "command" run shell commands on the server
     #[arg(long)]
@@ -310,7 +329,8 @@ async fn serve_inner(args: ServeArgs) -> Result<(), String> {
     } else {
         args.allow_roots.clone()
     };
-    let roots = AllowedRoots::new(&roots).map_err(|e| e.to_string())?;
+    let roots = AllowedRoots::with_rules(&roots, &args.allow_locations, &args.allow_env)
+        .map_err(|e| e.to_string())?;
     let budget = match &args.memory_limit {
         Some(m) => size("--memory-limit", m)?,
         None => nomaly_engine::memory::default_budget() as u64,
@@ -362,6 +382,7 @@ async fn serve_inner(args: ServeArgs) -> Result<(), String> {
         token: token.map(Arc::new),
         max_body_bytes: max_body,
         scheduler,
+        hosts: nomaly_server::http_guard::HostRule::for_bind(args.bind, &args.allow_hosts),
     };
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

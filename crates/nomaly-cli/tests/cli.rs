@@ -6,6 +6,8 @@ mod cluster;
 mod pipeline;
 #[path = "recovery/mod.rs"]
 mod recovery;
+#[path = "security/mod.rs"]
+mod security;
 #[path = "serve/mod.rs"]
 mod serve;
 #[path = "stores/mod.rs"]

@@ -97,6 +97,11 @@ pub enum PipelineError {
     #[error("{place}: {message}")]
     Invalid { place: String, message: String },
 
+    /// Something the pipeline names that its sandbox does not allow (a path outside the
+    /// allowed roots, a location or variable not allowed): see SECURITY.md.
+    #[error("{place}: {message}")]
+    Refused { place: String, message: String },
+
     #[error("{place}: {source}")]
     Engine {
         place: String,
@@ -136,6 +141,13 @@ pub enum PipelineError {
         chunks: usize,
         file: PathBuf,
     },
+
+    /// Another run holds the output (SECURITY.md, "One writer per output").
+    #[error(
+        "output {} is being written by another run: {holder}; wait for it to end (or stop it), then run again",
+        output.display()
+    )]
+    OutputLocked { output: PathBuf, holder: String },
 
     #[error("{}: {source}", path.display())]
     Io {
@@ -179,6 +191,14 @@ impl PipelineError {
         PipelineError::Invalid {
             place: place.into(),
             message: message.into(),
+        }
+    }
+
+    /// A sandbox refusal at `place`.
+    pub fn refused(place: impl Into<String>, refusal: crate::sandbox::Refused) -> Self {
+        PipelineError::Refused {
+            place: place.into(),
+            message: refusal.0,
         }
     }
 

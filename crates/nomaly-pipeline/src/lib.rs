@@ -17,19 +17,22 @@ pub mod faults;
 #[cfg(feature = "hdf5")]
 pub mod hdf5_source;
 pub mod notify;
+pub mod output_lock;
 pub mod quarantine;
 pub mod report;
 pub mod run;
+pub mod sandbox;
 pub mod sink;
 pub mod sliced_scan;
 pub mod spec;
 
 pub use codec::{NomalyPhysicalCodec, physical_codec};
-pub use compile::{CompiledPipeline, compile};
+pub use compile::{CompiledPipeline, compile, compile_in};
 pub use error::{ErrorKind, PipelineError, Result, RunPlace};
 pub use events::{NoObserver, RunEvent, RunObserver};
 pub use report::{ChunkingMode, RunReport, RunStatus};
 pub use run::{
     Run, RunFailure, RunMode, RunOptions, RunOutcome, completed_run, explain, run, validate,
 };
+pub use sandbox::Sandbox;
 pub use spec::{PipelineFile, json_schema};

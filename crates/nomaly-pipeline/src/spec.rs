@@ -15,6 +15,7 @@
 //! environment before parsing (`$${` writes a literal `${`).
 
 use crate::error::{PipelineError, Result};
+use crate::sandbox::Refused;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -389,15 +390,16 @@ impl PipelineFile {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(path, &raw, overrides, &|name| std::env::var(name).ok())
+        Self::parse(path, &raw, overrides, &|name| Ok(std::env::var(name).ok()))
     }
 
-    /// [`load`](Self::load) on text, with the environment given as a lookup.
+    /// [`load`](Self::load) on text, with the environment given as a lookup (which may refuse
+    /// a name: see [`crate::sandbox::Sandbox::env`]).
     pub fn parse(
         path: &Path,
         raw: &str,
         overrides: &[String],
-        env: &dyn Fn(&str) -> Option<String>,
+        env: &EnvLookup<'_>,
     ) -> Result<PipelineFile> {
         let text = substitute_env(path, raw, env)?;
         let text = apply_overrides(path, &text, overrides)?;
@@ -441,12 +443,13 @@ pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// Replaces `${VAR}` and `${VAR:-default}`; `$${` stays a literal `${`.
-pub fn substitute_env(
-    path: &Path,
-    text: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<String> {
+/// How `${NAME}` is looked up: its value, unset (`Ok(None)`), or refused with a reason that
+/// never holds the value.
+pub type EnvLookup<'a> = dyn Fn(&str) -> std::result::Result<Option<String>, Refused> + 'a;
+
+/// Replaces `${VAR}` and `${VAR:-default}`; `$${` stays a literal `${`. A refused name is an
+/// error even when it has a default: the file asked for something it may not read.
+pub fn substitute_env(path: &Path, text: &str, env: &EnvLookup<'_>) -> Result<String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     let mut offset = 0;
@@ -492,7 +495,13 @@ pub fn substitute_env(
                 ),
             });
         }
-        match (env(name), default) {
+        let value = env(name).map_err(|refused| PipelineError::Substitution {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: refused.0,
+        })?;
+        match (value, default) {
             (Some(v), _) => out.push_str(&v),
             (None, Some(d)) => out.push_str(d),
             (None, None) => {
@@ -570,8 +579,11 @@ pub fn json_schema() -> serde_json::Value {
 mod tests {
     use super::*;
 
-    fn env(name: &str) -> Option<String> {
-        (name == "DATA").then(|| "data/tx".to_string())
+    fn env(name: &str) -> std::result::Result<Option<String>, Refused> {
+        match name {
+            "SECRET" => Err(Refused("SECRET is not allowed".into())),
+            _ => Ok((name == "DATA").then(|| "data/tx".to_string())),
+        }
     }
 
     #[test]
@@ -586,6 +598,9 @@ mod tests {
             e.to_string().contains("p.toml:2:6") && e.to_string().contains("NOPE"),
             "{e}"
         );
+        // A refused name fails even with a default, with the lookup's reason and place.
+        let e = substitute_env(p, "a = \"${SECRET:-x}\"", &env).unwrap_err();
+        assert_eq!(e.to_string(), "p.toml:1:6: SECRET is not allowed");
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// `--scheduler`: the Ballista scheduler the Cluster view reads.
     pub scheduler: Option<Arc<crate::cluster_view::SchedulerProxy>>,
+    /// The `Host` names answered to; foreign origins and non-JSON bodies are refused too
+    /// ([`crate::http_guard`]).
+    pub hosts: crate::http_guard::HostRule,
 }
 
 #[derive(Clone)]
@@ -96,6 +99,10 @@ pub fn router(server: Server, http: HttpConfig) -> Router {
         .merge(api)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(http.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            http.hosts.clone(),
+            crate::http_guard::guard,
+        ))
         .with_state(state)
 }
 

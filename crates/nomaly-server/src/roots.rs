@@ -3,105 +3,64 @@
 //! root's canonical form, so neither `..` nor a symlink leads out.
 
 use crate::error::{Result, ServerError};
+use nomaly_pipeline::Sandbox;
 use std::path::{Path, PathBuf};
 
+/// The server's rules for what a submitted pipeline may touch: the roots, and the
+/// `--allow-location` and `--allow-env` patterns. The checks themselves live in
+/// [`nomaly_pipeline::sandbox`], which compilation applies to every path a pipeline names.
 #[derive(Debug, Clone)]
 pub struct AllowedRoots {
-    roots: Vec<PathBuf>,
+    sandbox: Sandbox,
 }
 
 impl AllowedRoots {
-    /// Canonicalises the roots; a root that does not exist is a configuration error.
+    /// Canonicalises the roots; a root that does not exist is a configuration error. No remote
+    /// location and no environment variable is allowed.
     pub fn new(roots: &[PathBuf]) -> Result<AllowedRoots> {
-        let roots = roots
-            .iter()
-            .map(|r| {
-                r.canonicalize().map_err(|e| {
-                    ServerError::Config(format!(
-                        "--allow-root {}: {e}; give an existing directory",
-                        r.display()
-                    ))
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(AllowedRoots { roots })
+        Self::with_rules(roots, &[], &[])
+    }
+
+    /// The roots with `--allow-location` and `--allow-env` patterns.
+    pub fn with_rules(
+        roots: &[PathBuf],
+        locations: &[String],
+        env: &[String],
+    ) -> Result<AllowedRoots> {
+        let sandbox = Sandbox::confined(roots, locations, env)
+            .map_err(|e| ServerError::Config(e.to_string()))?;
+        Ok(AllowedRoots { sandbox })
+    }
+
+    /// The sandbox submitted pipelines are compiled in.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
     }
 
     pub fn roots(&self) -> &[PathBuf] {
-        &self.roots
+        self.sandbox.roots()
     }
 
     /// The first root: where TOML text submitted without a `base_dir` is resolved.
     pub fn first(&self) -> &Path {
-        &self.roots[0]
+        &self.roots()[0]
     }
 
     /// The canonical form of `path` if it lies inside a root. A path that does not exist yet
     /// (an output) is checked through its nearest existing ancestor.
     pub fn check(&self, path: &Path, what: &str) -> Result<PathBuf> {
-        let refuse = || {
-            ServerError::Forbidden(format!(
-                "{what} {} is outside the server's allowed roots ({}); move it under one, or \
-                 start the server with --allow-root for its directory",
-                path.display(),
-                self.roots
-                    .iter()
-                    .map(|r| r.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        };
-        if !path.is_absolute() {
-            return Err(refuse());
-        }
-        // Resolve the longest existing prefix, then append the rest (which holds no `..`).
-        let mut existing = path.to_path_buf();
-        let mut rest = Vec::new();
-        while !existing.exists() {
-            let Some(name) = existing.file_name().map(|n| n.to_os_string()) else {
-                return Err(refuse());
-            };
-            rest.push(name);
-            if !existing.pop() {
-                return Err(refuse());
-            }
-        }
-        if rest.iter().any(|n| n == "..") {
-            return Err(refuse());
-        }
-        let mut canonical = existing.canonicalize().map_err(|_| refuse())?;
-        for n in rest.into_iter().rev() {
-            canonical.push(n);
-        }
-        if self.roots.iter().any(|r| canonical.starts_with(r)) {
-            Ok(canonical)
-        } else {
-            Err(refuse())
-        }
+        self.sandbox
+            .path(path, what)
+            .map_err(|e| ServerError::Forbidden(e.to_string()))
     }
 
     /// Checks a source location: a local path (glob characters cut off) must be inside a root;
-    /// object-store and HTTP URLs are not paths on this machine and pass.
+    /// an object-store or HTTP URL must match an `--allow-location` pattern.
     pub fn check_location(&self, location: &str, what: &str) -> Result<()> {
-        if let Some((scheme, rest)) = location.split_once("://") {
-            if scheme != "file" {
-                return Ok(());
-            }
-            return self.check_location(rest, what);
-        }
-        let cut = location
-            .find(['*', '?', '[', '{'])
-            .unwrap_or(location.len());
-        let fixed = &location[..cut];
-        let path = if cut < location.len() {
-            Path::new(fixed)
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default()
-        } else {
-            PathBuf::from(fixed)
-        };
-        self.check(&path, what).map(|_| ())
+        self.sandbox
+            .location(location, what)
+            .map(|_| ())
+            .map_err(|e| ServerError::Forbidden(e.to_string()))
     }
 }
 
@@ -141,6 +100,17 @@ mod tests {
         assert!(roots.check(Path::new("relative.toml"), "pipeline").is_err());
         assert!(
             roots
+                .check_location("s3://bucket/x/*.parquet", "input")
+                .is_err()
+        );
+        let listed = AllowedRoots::with_rules(
+            std::slice::from_ref(&root),
+            &["s3://bucket/*".to_string()],
+            &[],
+        )
+        .unwrap();
+        assert!(
+            listed
                 .check_location("s3://bucket/x/*.parquet", "input")
                 .is_ok()
         );

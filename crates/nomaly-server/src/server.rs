@@ -10,7 +10,8 @@ use crate::store::{ChunkRecord, NewRun, PipelineRecord, RunRecord, RunState, Sta
 use nomaly_pipeline::faults::FaultPlan;
 use nomaly_pipeline::spec::NotifySpec;
 use nomaly_pipeline::{
-    CompiledPipeline, PipelineFile, Run, RunEvent, RunMode, RunOptions, RunStatus, compile,
+    CompiledPipeline, PipelineError, PipelineFile, Run, RunEvent, RunMode, RunOptions, RunStatus,
+    compile_in,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -27,6 +28,15 @@ pub fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// A pipeline that does not compile is a bad request (400); one that names something the
+/// sandbox refuses is forbidden (403).
+fn pipeline_error(e: PipelineError) -> ServerError {
+    match e {
+        PipelineError::Refused { .. } => ServerError::Forbidden(e.user_message()),
+        other => ServerError::BadRequest(other.user_message()),
+    }
 }
 
 /// How the server runs.
@@ -103,6 +113,8 @@ struct Live {
 
 struct Active {
     cancel: CancellationToken,
+    /// The outputs it writes (and holds the locks of).
+    outputs: Vec<PathBuf>,
     memory: u64,
     pipeline: String,
     started: Instant,
@@ -115,6 +127,7 @@ pub(crate) struct Inner {
     pub stream: broadcast::Sender<StreamEvent>,
     pub metrics: Metrics,
     active: Mutex<BTreeMap<i64, Active>>,
+    claims: crate::output_wait::OutputClaims,
     wake: Notify,
     stop: CancellationToken,
     /// Held while the queue is looked at, so two admissions never start the same memory twice.
@@ -177,6 +190,7 @@ impl Server {
                 stream,
                 metrics: Metrics::default(),
                 active: Mutex::new(BTreeMap::new()),
+                claims: Default::default(),
                 wake: Notify::new(),
                 stop: CancellationToken::new(),
                 admitting: tokio::sync::Mutex::new(()),
@@ -352,12 +366,14 @@ impl Server {
         text: &str,
         overrides: &[String],
     ) -> Result<PipelineFile> {
-        PipelineFile::parse(path, text, overrides, &|name| std::env::var(name).ok())
-            .map_err(|e| ServerError::BadRequest(e.user_message()))
+        let sandbox = self.inner.config.roots.sandbox();
+        PipelineFile::parse(path, text, overrides, &|name| sandbox.env(name))
+            .map_err(pipeline_error)
     }
 
-    /// Parses and compiles, then applies the server's rules: data paths inside the roots, no
-    /// command notifications unless allowed.
+    /// Parses and compiles within the server's sandbox (every path inside the roots, remote
+    /// locations and `${VAR}` only where allowed: SECURITY.md), and refuses command
+    /// notifications unless allowed.
     pub(crate) fn compile_checked(
         &self,
         path: &Path,
@@ -365,14 +381,8 @@ impl Server {
         overrides: &[String],
     ) -> Result<CompiledPipeline> {
         let file = self.parse(path, text, overrides)?;
-        let compiled = compile(file).map_err(|e| ServerError::BadRequest(e.user_message()))?;
-        let roots = &self.inner.config.roots;
-        for s in &compiled.sources {
-            roots.check_location(&s.location, &format!("source '{}'", s.name))?;
-        }
-        for s in &compiled.sinks {
-            roots.check(&s.path, &format!("sink {}", s.label))?;
-        }
+        let compiled =
+            compile_in(file, self.inner.config.roots.sandbox()).map_err(pipeline_error)?;
         if !self.inner.config.allow_notify_commands
             && compiled
                 .notifications
@@ -502,7 +512,8 @@ impl Server {
             free_slots: cfg.max_concurrent.saturating_sub(running),
         };
         let ordered = queue::order(waiting(&queued), now_ms(), cfg.aging);
-        for id in queue::admit(&ordered, capacity) {
+        let (free, _) = self.split_by_output(&ordered, &queued);
+        for id in queue::admit(&free, capacity) {
             if let Some(run) = queued.iter().find(|r| r.id == id) {
                 self.launch(run.clone());
             }
@@ -523,10 +534,12 @@ impl Server {
         }
         let cancel = CancellationToken::new();
         let live = Arc::new(Mutex::new(Live::default()));
+        let outputs = self.inner.claims.of(id, || self.outputs_of(&run));
         self.active().insert(
             id,
             Active {
                 cancel: cancel.clone(),
+                outputs,
                 memory: run.memory_bytes,
                 pipeline: run.pipeline.clone(),
                 started: Instant::now(),
@@ -604,6 +617,7 @@ impl Server {
             mode,
             cancel,
             faults,
+            holder: Some(format!("served run {id}")),
             ..RunOptions::default()
         };
         let mut handle = Run::start(compiled, options);
@@ -628,6 +642,34 @@ impl Server {
             error,
             on_failure,
         }
+    }
+
+    /// A run's output directories (its pipeline compiled), or `None` if it does not compile.
+    fn outputs_of(&self, run: &RunRecord) -> Option<Vec<PathBuf>> {
+        let compiled = self.prepare(run).ok()?;
+        Some(compiled.sinks.iter().map(|s| s.path.clone()).collect())
+    }
+
+    /// The queue's runs free to start, and those waiting for an output a running run (or one
+    /// ahead of them) writes.
+    fn split_by_output(
+        &self,
+        ordered: &[Waiting],
+        queued: &[RunRecord],
+    ) -> (Vec<Waiting>, std::collections::BTreeSet<i64>) {
+        let held: Vec<PathBuf> = self
+            .active()
+            .values()
+            .flat_map(|a| a.outputs.clone())
+            .collect();
+        crate::output_wait::split_by_output(ordered, &held, |id| {
+            self.inner.claims.of(id, || {
+                queued
+                    .iter()
+                    .find(|r| r.id == id)
+                    .and_then(|r| self.outputs_of(r))
+            })
+        })
     }
 
     fn prepare(&self, run: &RunRecord) -> Result<CompiledPipeline> {
@@ -758,6 +800,7 @@ impl Server {
     fn finish(&self, run: &RunRecord, end: RunEnd) {
         let id = run.id;
         let active = self.active().remove(&id);
+        self.inner.claims.forget(id);
         let now = now_ms();
         let user_cancelled = self
             .inner
@@ -850,6 +893,7 @@ impl Server {
             queue::estimate_starts(&ordered, &busy, cfg.memory_budget, cfg.max_concurrent, mean);
         let free_memory = cfg.memory_budget.saturating_sub(reserved);
         let free_slots = cfg.max_concurrent.saturating_sub(running.len());
+        let (_, for_output) = self.split_by_output(&ordered, &queued);
         let entries = ordered
             .iter()
             .zip(starts)
@@ -865,7 +909,9 @@ impl Server {
                     memory_bytes: w.memory,
                     waiting_seconds: (now - w.queued_ms).max(0) as f64 / 1000.0,
                     estimated_start_ms: start.map(|s| now + (s * 1000.0) as i64),
-                    waiting_for: if i > 0 {
+                    waiting_for: if for_output.contains(&w.id) {
+                        "output".into()
+                    } else if i > 0 {
                         "ahead".into()
                     } else if free_slots == 0 {
                         "slots".into()

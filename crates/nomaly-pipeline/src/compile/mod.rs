@@ -1,15 +1,18 @@
 //! Static checks and resolution of a pipeline file: everything that can be known without reading
 //! the data (names, paths, options, ranges). `validate` and `run` go on to check against the data.
 
+mod query_only;
 mod settings;
 mod sources;
 mod trigger;
 
+pub use query_only::{check_query, query_options};
 pub use settings::{DurationError, RetryPolicy, parse_duration};
 pub use trigger::{CronSchedule, Trigger, parse_cron};
 
 use crate::chunks::SourceReader;
 use crate::error::{PipelineError, Result};
+use crate::sandbox::Sandbox;
 use crate::spec::{FileFormat, NotifySpec, PipelineFile, SinkSpec, ValidateSpec, WriteMode};
 use nomaly_detectors::{Algorithm, DetectorParams};
 use nomaly_engine::EngineKind;
@@ -135,14 +138,21 @@ pub fn place(file: &PipelineFile, header: &str, index: usize, key: Option<&str>)
     format!("{path}:{line}:{column}{label}{key_label}")
 }
 
-/// Resolves and checks a pipeline file without reading any data.
+/// Resolves and checks a pipeline file without reading any data: the operator's own pipeline,
+/// which may name any path (see [`compile_in`]).
 pub fn compile(file: PipelineFile) -> Result<CompiledPipeline> {
-    let (sources, mut names) = sources::compile_sources(&file)?;
-    let steps = compile_steps(&file, &mut names)?;
+    compile_in(file, &Sandbox::operator())
+}
+
+/// [`compile`] within a sandbox: every path, location and URL the file names is checked by it
+/// before anything is read, and the canonical form that passed is what the run uses.
+pub fn compile_in(file: PipelineFile, sandbox: &Sandbox) -> Result<CompiledPipeline> {
+    let (sources, mut names) = sources::compile_sources(&file, sandbox)?;
+    let steps = compile_steps(&file, &mut names, sandbox)?;
     let detect = compile_detect(&file, &names, &steps, &sources)?;
-    let sinks = compile_sinks(&file)?;
+    let sinks = compile_sinks(&file, sandbox)?;
     let validations = compile_checks(&file, detect.is_some())?;
-    check_notifications(&file)?;
+    let notifications = compile_notifications(&file, sandbox)?;
     let settings = settings::compile_settings(&file, &sources)?;
     let trigger = trigger::compile_trigger(&file)?;
     let spec = &file.spec;
@@ -159,7 +169,7 @@ pub fn compile(file: PipelineFile) -> Result<CompiledPipeline> {
         detect,
         sinks,
         validations,
-        notifications: spec.notifications.clone(),
+        notifications,
         chunk_rows: settings.chunk_rows,
         memory_limit: settings.memory_limit,
         cpus: spec.resources.cpus,
@@ -174,7 +184,11 @@ pub fn compile(file: PipelineFile) -> Result<CompiledPipeline> {
 }
 
 /// The `[[step]]` views; their names join `names`.
-fn compile_steps(file: &PipelineFile, names: &mut BTreeSet<String>) -> Result<Vec<Step>> {
+fn compile_steps(
+    file: &PipelineFile,
+    names: &mut BTreeSet<String>,
+    sandbox: &Sandbox,
+) -> Result<Vec<Step>> {
     let spec = &file.spec;
     let base = file.base_dir();
     // Steps.
@@ -199,12 +213,12 @@ fn compile_steps(file: &PipelineFile, names: &mut BTreeSet<String>) -> Result<Ve
         let sql = match (&s.sql, &s.sql_file) {
             (Some(sql), None) => sql.clone(),
             (None, Some(f)) => {
-                let p = base.join(f);
-                std::fs::read_to_string(&p).map_err(|e| {
-                    PipelineError::invalid(
-                        place(file, "[[step]]", i, Some("sql_file")),
-                        format!("cannot read {}: {e}", p.display()),
-                    )
+                let at = place(file, "[[step]]", i, Some("sql_file"));
+                let p = sandbox
+                    .path(&base.join(f), &format!("step '{}' sql_file", s.name))
+                    .map_err(|r| PipelineError::refused(&at, r))?;
+                read_bounded(&p, MAX_SQL_FILE_BYTES).map_err(|e| {
+                    PipelineError::invalid(at, format!("cannot read {}: {e}", p.display()))
                 })?
             }
             _ => {
@@ -214,6 +228,11 @@ fn compile_steps(file: &PipelineFile, names: &mut BTreeSet<String>) -> Result<Ve
                 ));
             }
         };
+        let sql_place = match &s.sql_file {
+            Some(_) => place(file, "[[step]]", i, Some("sql_file")),
+            None => place(file, "[[step]]", i, Some("sql")),
+        };
+        check_query(&sql, &sql_place, &format!("step '{}'", s.name))?;
         steps.push(Step {
             name: s.name.clone(),
             sql: sql.trim().trim_end_matches(';').to_string(),
@@ -285,7 +304,7 @@ fn compile_detect(
 }
 
 /// The sinks: `output` (minimal form) first, then `[[sink]]`.
-fn compile_sinks(file: &PipelineFile) -> Result<Vec<Sink>> {
+fn compile_sinks(file: &PipelineFile, sandbox: &Sandbox) -> Result<Vec<Sink>> {
     let spec = &file.spec;
     let base = file.base_dir();
     // Sinks: `output` (minimal form) first, then [[sink]].
@@ -321,6 +340,9 @@ fn compile_sinks(file: &PipelineFile) -> Result<Vec<Sink>> {
             ));
         }
         let path = PathBuf::from(resolve_path(&base, s.path.trim_end_matches('/')));
+        let path = sandbox
+            .output(&path, "sink")
+            .map_err(|r| PipelineError::refused(&label, r))?;
         if !sink_paths.insert(path.clone()) {
             return Err(PipelineError::invalid(
                 label,
@@ -378,6 +400,10 @@ fn compile_checks(file: &PipelineFile, has_detect: bool) -> Result<Vec<(String, 
                     "row_count compares the rows into [detect] with the rows out; add a [detect] section",
                 ));
             }
+            ValidateSpec::Sql { name, sql } => {
+                let sql_place = place(file, "[[validate]]", i, Some("sql"));
+                check_query(sql, &sql_place, &format!("check '{name}'"))?;
+            }
             _ => {}
         }
         validations.push((at, v.clone()));
@@ -385,22 +411,68 @@ fn compile_checks(file: &PipelineFile, has_detect: bool) -> Result<Vec<(String, 
     Ok(validations)
 }
 
-/// Webhooks take http:// URLs.
-fn check_notifications(file: &PipelineFile) -> Result<()> {
+/// Webhooks take http:// URLs the sandbox allows; a notification file is a path it allows,
+/// stored canonical (absolute) so the run writes where the check looked.
+fn compile_notifications(file: &PipelineFile, sandbox: &Sandbox) -> Result<Vec<NotifySpec>> {
     let spec = &file.spec;
+    let base = file.base_dir();
+    let mut out = Vec::new();
     for (i, n) in spec.notifications.iter().enumerate() {
-        if let NotifySpec::Webhook { url, .. } = n
-            && !url.starts_with("http://")
-        {
-            return Err(PipelineError::invalid(
-                place(file, "[[notify]]", i, Some("url")),
-                format!(
-                    "'{url}': webhooks take http:// URLs in this version (https is planned); for https use type = \"command\" with curl"
-                ),
-            ));
-        }
+        let n = match n {
+            NotifySpec::Webhook { url, on } => {
+                let at = place(file, "[[notify]]", i, Some("url"));
+                if !url.starts_with("http://") {
+                    return Err(PipelineError::invalid(
+                        at,
+                        format!(
+                            "'{url}': webhooks take http:// URLs in this version (https is planned); for https use type = \"command\" with curl"
+                        ),
+                    ));
+                }
+                let url = sandbox
+                    .url(url, "webhook")
+                    .map_err(|r| PipelineError::refused(&at, r))?;
+                NotifySpec::Webhook { url, on: *on }
+            }
+            NotifySpec::File { path, on } => {
+                let at = place(file, "[[notify]]", i, Some("path"));
+                let resolved = PathBuf::from(resolve_path(&base, path));
+                let canonical = sandbox
+                    .output(&resolved, "notification file")
+                    .map_err(|r| PipelineError::refused(&at, r))?;
+                let path = if sandbox.is_confined() {
+                    canonical.display().to_string()
+                } else {
+                    path.clone()
+                };
+                NotifySpec::File { path, on: *on }
+            }
+            other => other.clone(),
+        };
+        out.push(n);
     }
-    Ok(())
+    Ok(out)
+}
+
+/// The longest SQL file a step may name (a query, not a data file).
+const MAX_SQL_FILE_BYTES: u64 = 1 << 20;
+
+/// Reads a text file of at most `limit` bytes; a longer one (or a device that never ends) is
+/// an error, not a hang or an allocation as large as the file.
+fn read_bounded(path: &std::path::Path, limit: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut text = String::new();
+    file.take(limit + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > limit {
+        return Err(std::io::Error::other(format!(
+            "longer than {limit} bytes; a step's SQL file holds one query"
+        )));
+    }
+    Ok(text)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 use super::{is_identifier, place};
 use crate::chunks::SourceReader;
 use crate::error::{PipelineError, Result};
+use crate::sandbox::Sandbox;
 use crate::spec::{FileFormat, PipelineFile, SourceSpec};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 /// The sources of a pipeline file, and the table names they take.
 pub(super) fn compile_sources(
     file: &PipelineFile,
+    sandbox: &Sandbox,
 ) -> Result<(Vec<SourceReader>, BTreeSet<String>)> {
     let spec = &file.spec;
     match (&spec.input, spec.sources.is_empty()) {
@@ -48,7 +50,7 @@ pub(super) fn compile_sources(
     let mut names = BTreeSet::new();
     let mut sources = Vec::new();
     for (i, (source, at)) in raw_sources.into_iter().enumerate() {
-        sources.push(compile_source(file, i, source, at, &mut names)?);
+        sources.push(compile_source(file, i, source, at, &mut names, sandbox)?);
     }
     Ok((sources, names))
 }
@@ -60,6 +62,7 @@ fn compile_source(
     source: SourceSpec,
     at: String,
     names: &mut BTreeSet<String>,
+    sandbox: &Sandbox,
 ) -> Result<SourceReader> {
     let SourceSpec {
         name,
@@ -87,7 +90,9 @@ fn compile_source(
     }
     refuse_by_extension(&path, &at)?;
     let base = file.base_dir();
-    let location = resolve_path(&base, &path);
+    let location = sandbox
+        .location(&resolve_path(&base, &path), &format!("source '{name}'"))
+        .map_err(|r| PipelineError::refused(&at, r))?;
     if !location.contains("://") {
         // Fail early on a missing directory (a glob's fixed prefix included).
         let fixed: PathBuf = Path::new(&location)

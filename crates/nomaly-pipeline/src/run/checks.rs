@@ -4,7 +4,7 @@
 use super::session::register_listing;
 use super::{PreparedSession, RunScope, classify};
 use crate::chunks::SourceReader;
-use crate::compile::CompiledPipeline;
+use crate::compile::{CompiledPipeline, query_options};
 use crate::error::Result;
 use crate::events::RunEvent;
 use crate::report::{CheckResult, RunReport, RunStatus, StepTiming};
@@ -104,7 +104,7 @@ async fn sql_check(
     sql: &str,
 ) -> Result<CheckResult> {
     let df = ctx
-        .sql(sql)
+        .sql_with_options(sql, query_options())
         .await
         .map_err(|e| classify(place.to_string(), e))?;
     let rows = df

@@ -8,7 +8,7 @@ use super::fit::{FitRetry, fit_models};
 use super::preflight::{reads, scored_input};
 use super::sinks::compile_sinks;
 use super::{PreparedSession, RunOptions, RunScope, base_report, classify, prepare};
-use crate::compile::CompiledPipeline;
+use crate::compile::{CompiledPipeline, query_options};
 use crate::error::Result;
 use crate::events::{NoObserver, RunEvent};
 use crate::report::{RunReport, RunStatus};
@@ -160,7 +160,7 @@ async fn plan_check(
     let _ = ctx.deregister_table("output");
     ctx.register_table("output", Arc::new(empty_out))
         .map_err(|e| classify(place.to_string(), e))?;
-    ctx.sql(sql)
+    ctx.sql_with_options(sql, query_options())
         .await
         .map_err(|e| classify(format!("{place} '{name}'"), e))?;
     Ok(())

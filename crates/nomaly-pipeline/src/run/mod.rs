@@ -50,6 +50,7 @@ use crate::compile::CompiledPipeline;
 use crate::error::{PipelineError, Result};
 use crate::events::{NoObserver, RunEvent, RunObserver};
 use crate::faults::FaultPlan;
+use crate::output_lock::{Holder, OutputLocks};
 use crate::report::{RunReport, RunStatus, StepTiming};
 use crate::sink::staging_dir;
 use scope::RunScope;
@@ -85,6 +86,9 @@ pub struct RunOptions {
     pub cancel: CancellationToken,
     /// Faults to inject (recovery tests; see [`crate::faults`]). Per run, never process-wide.
     pub faults: Option<Arc<FaultPlan>>,
+    /// What this run is called in its outputs' lock files, which a second run of the same
+    /// output names when it is refused ("nomaly run p.toml", "served run 42").
+    pub holder: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -95,6 +99,7 @@ impl Default for RunOptions {
             observer: Arc::new(NoObserver),
             cancel: CancellationToken::new(),
             faults: None,
+            holder: None,
         }
     }
 }
@@ -141,10 +146,15 @@ async fn run_traced(p: &CompiledPipeline, opts: &RunOptions) -> RunOutcome {
         ..base_report(p)
     };
     let timer = scope.start_timeout();
-    let result = attempt(&scope, &mut report).await;
+    // Held until the run has published (or kept) its outputs: one writer per output.
+    let (locks, result) = match lock_outputs(p, opts) {
+        Ok(locks) => (locks, attempt(&scope, &mut report).await),
+        Err(e) => (None, Err(e)),
+    };
     drop(timer);
     report.seconds = started.elapsed().as_secs_f64();
     let outcome = publish::conclude(&scope, report, result).await;
+    drop(locks);
     let report = match &outcome {
         Ok(r) => r.clone(),
         Err(f) => (*f.report).clone(),
@@ -153,6 +163,21 @@ async fn run_traced(p: &CompiledPipeline, opts: &RunOptions) -> RunOutcome {
         report: Box::new(report),
     });
     outcome
+}
+
+/// Locks every sink's output for the run (a dry run writes nothing and locks nothing).
+fn lock_outputs(p: &CompiledPipeline, opts: &RunOptions) -> Result<Option<OutputLocks>> {
+    if opts.dry_run {
+        return Ok(None);
+    }
+    let holder = Holder {
+        run: opts
+            .holder
+            .clone()
+            .unwrap_or_else(|| format!("nomaly run {}", p.file.path.display())),
+    };
+    let outputs: Vec<&std::path::Path> = p.sinks.iter().map(|s| s.path.as_path()).collect();
+    OutputLocks::acquire(&outputs, &holder).map(Some)
 }
 
 /// Everything of a run up to publishing: prepare the session, then [`execute`] with memory

@@ -6,7 +6,7 @@ use super::classify;
 use super::preflight::check_detect_columns;
 use crate::chunks::{ChunkPlan, ChunkTable, SourceReader, plan_chunks};
 use crate::codec::physical_codec;
-use crate::compile::CompiledPipeline;
+use crate::compile::{CompiledPipeline, query_options};
 use crate::error::{PipelineError, Result};
 use crate::events::{RunEvent, RunObserver};
 use crate::faults::FaultPlan;
@@ -224,7 +224,7 @@ pub(super) async fn register_steps(
     for step in &p.steps {
         let t = Instant::now();
         let df = ctx
-            .sql(&step.sql)
+            .sql_with_options(&step.sql, query_options())
             .await
             .map_err(|e| classify(format!("{} (step '{}')", step.place, step.name), e))?;
         let _ = ctx.deregister_table(&step.name);

@@ -1,0 +1,496 @@
+//! A hostile submitter against a real `nomaly serve`, and hostile pipelines against `nomaly run`
+//! (SECURITY.md). Every case is refused with a clear message and a 4xx status or exit 2, the
+//! server still answers, and nothing outside the allowed root is created or changed: a guard
+//! directory beside the root is listed (names and bytes) before and after.
+
+mod output_lock;
+
+use crate::serve::{Served, raw_request};
+use crate::{nomaly_env, stderr, tree, write_tx_parquet};
+use std::path::PathBuf;
+
+/// The allowed root (with a Parquet input) and a guard directory outside it holding a secret.
+struct Playground {
+    _dir: tempfile::TempDir,
+    base: PathBuf,
+    root: PathBuf,
+    guard: PathBuf,
+}
+
+const SECRET: &str = "id,amount\n1,4242424242\n";
+const SERVER_SECRET: &str = "value-of-a-server-variable-7731";
+
+impl Playground {
+    fn new() -> Playground {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().canonicalize().unwrap();
+        let root = base.join("root");
+        let guard = base.join("guard");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(guard.join("sub")).unwrap();
+        std::fs::write(guard.join("secret.csv"), SECRET).unwrap();
+        std::fs::write(guard.join("secret.sql"), "SELECT 4242424242 AS leaked").unwrap();
+        std::fs::write(guard.join(".profile"), "# untouched\n").unwrap();
+        write_tx_parquet(&root.join("tx.parquet"), 0, 4_000, 1_000);
+        std::os::unix::fs::symlink(&guard, root.join("link")).unwrap();
+        std::os::unix::fs::symlink(guard.join("secret.sql"), root.join("q.sql")).unwrap();
+        Playground {
+            _dir: dir,
+            base,
+            root,
+            guard,
+        }
+    }
+
+    /// A pipeline over the root's input with `extra` appended (TOML sections).
+    fn toml(&self, head: &str, extra: &str) -> String {
+        format!(
+            "{head}\n[detect]\nalgorithm = \"zscore\"\ncolumns = [\"amount\"]\n{extra}\n",
+            head = if head.is_empty() {
+                "input = \"tx.parquet\"\noutput = \"out/\""
+            } else {
+                head
+            }
+        )
+    }
+}
+
+/// One hostile submission: the TOML text, the status it must get, and a phrase its error must
+/// hold.
+struct Case {
+    name: &'static str,
+    toml: String,
+    status: u16,
+    says: &'static str,
+}
+
+fn case(name: &'static str, toml: String, status: u16, says: &'static str) -> Case {
+    Case {
+        name,
+        toml,
+        status,
+        says,
+    }
+}
+
+fn hostile_pipelines(p: &Playground) -> Vec<Case> {
+    let g = p.guard.display().to_string();
+    let r = p.root.display().to_string();
+    let t = |extra: &str| p.toml("", extra);
+    let with_input = |input: &str| p.toml(&format!("input = \"{input}\"\noutput = \"out/\""), "");
+    let with_output = |output: &str| {
+        p.toml(
+            &format!("input = \"tx.parquet\"\noutput = \"{output}\""),
+            "",
+        )
+    };
+    let step = |sql: &str| t(&format!("[[step]]\nname = \"s\"\nsql = \"{sql}\""));
+    let check = |sql: &str| {
+        t(&format!(
+            "[[validate]]\ncheck = \"sql\"\nname = \"c\"\nsql = \"{sql}\""
+        ))
+    };
+    let notify = |body: &str| t(&format!("[[notify]]\n{body}"));
+    vec![
+        // The cases of issue 27's "Why".
+        case(
+            "validate CREATE EXTERNAL TABLE",
+            check(&format!(
+                "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '{g}/secret.csv'"
+            )),
+            400,
+            "is a CREATE EXTERNAL TABLE statement",
+        ),
+        case(
+            "step COPY TO",
+            step(&format!("COPY (SELECT 1) TO '{g}/written.csv'")),
+            400,
+            "is a COPY statement",
+        ),
+        case(
+            "validate COPY TO",
+            check(&format!("COPY (SELECT 1) TO '{g}/written.csv'")),
+            400,
+            "is a COPY statement",
+        ),
+        case(
+            "notify file outside",
+            notify(&format!("type = \"file\"\npath = \"{g}/.profile\"")),
+            403,
+            "outside the server's allowed roots",
+        ),
+        case(
+            "server variable",
+            with_input("/x/${NOMALY_TEST_SERVER_SECRET}.csv"),
+            400,
+            "--allow-env",
+        ),
+        // Statements of every kind.
+        case(
+            "step SET",
+            step("SET datafusion.execution.batch_size = 1"),
+            400,
+            "is a SET statement",
+        ),
+        case(
+            "step INSERT",
+            step("INSERT INTO input VALUES (1, 2.0, 3.0)"),
+            400,
+            "is an INSERT INTO statement",
+        ),
+        case(
+            "step CREATE VIEW",
+            step("CREATE VIEW v AS SELECT 1"),
+            400,
+            "is a CREATE VIEW statement",
+        ),
+        case(
+            "step CREATE EXTERNAL TABLE on a directory",
+            step(&format!(
+                "CREATE EXTERNAL TABLE y STORED AS PARQUET LOCATION '{g}/'"
+            )),
+            400,
+            "CREATE EXTERNAL TABLE",
+        ),
+        case(
+            "step DROP",
+            step("DROP TABLE input"),
+            400,
+            "is a DROP TABLE statement",
+        ),
+        case(
+            "step EXPLAIN ANALYZE",
+            step("EXPLAIN ANALYZE SELECT * FROM input"),
+            400,
+            "is an EXPLAIN statement",
+        ),
+        case(
+            "step two statements",
+            step(&format!(
+                "SELECT * FROM input; COPY (SELECT 1) TO '{g}/w.csv'"
+            )),
+            400,
+            "holds 2 statements",
+        ),
+        case(
+            "check two statements",
+            check("SELECT 1 WHERE false; SET x = 1"),
+            400,
+            "holds 2 statements",
+        ),
+        // Paths: `..`, symlinks, globs, sql_file.
+        case(
+            "input with ..",
+            with_input("../guard/secret.csv"),
+            403,
+            "outside the server's allowed roots",
+        ),
+        case(
+            "input absolute outside",
+            with_input(&format!("{g}/secret.csv")),
+            403,
+            "outside the server's allowed roots",
+        ),
+        case(
+            "input through a symlink",
+            with_input("link/secret.csv"),
+            403,
+            "outside the server's allowed roots",
+        ),
+        case(
+            "glob through a symlink",
+            with_input("link/*.csv"),
+            403,
+            "outside the server's allowed roots",
+        ),
+        case(
+            "glob with .. after the wildcard",
+            with_input(&format!("{r}/*/../../guard/*.csv")),
+            403,
+            "outside the server's allowed roots",
+        ),
+        case(
+            "file:// outside",
+            with_input(&format!("file://{g}/secret.csv")),
+            403,
+            "outside the server's allowed roots",
+        ),
+        case(
+            "sql_file with ..",
+            t("[[step]]\nname = \"s\"\nsql_file = \"../guard/secret.sql\""),
+            403,
+            "outside the server's allowed roots",
+        ),
+        case(
+            "sql_file through a symlink",
+            t("[[step]]\nname = \"s\"\nsql_file = \"q.sql\""),
+            403,
+            "outside the server's allowed roots",
+        ),
+        case(
+            "sql_file a device",
+            t("[[step]]\nname = \"s\"\nsql_file = \"/dev/zero\""),
+            403,
+            "outside the server's allowed roots",
+        ),
+        case(
+            "output with ..",
+            with_output("../guard/out/"),
+            403,
+            "outside the server's allowed roots",
+        ),
+        case(
+            "output through a symlink",
+            with_output("link/out/"),
+            403,
+            "outside the server's allowed roots",
+        ),
+        case(
+            "output is the root",
+            with_output("."),
+            403,
+            "is an allowed root itself",
+        ),
+        case(
+            "sink outside",
+            t(&format!("[[sink]]\npath = \"{g}/sub/out\"")),
+            403,
+            "outside the server's allowed roots",
+        ),
+        case(
+            "notify file through a symlink",
+            notify("type = \"file\"\npath = \"link/.profile\""),
+            403,
+            "outside the server's allowed roots",
+        ),
+        // Remote locations and SSRF.
+        case(
+            "s3 without --allow-location",
+            with_input("s3://bucket/x.parquet"),
+            403,
+            "--allow-location",
+        ),
+        case(
+            "http metadata address",
+            with_input("http://169.254.169.254/latest/x.csv"),
+            403,
+            "--allow-location",
+        ),
+        case(
+            "webhook to loopback",
+            notify("type = \"webhook\"\nurl = \"http://127.0.0.1:1/hook\""),
+            403,
+            "--allow-location",
+        ),
+        case(
+            "webhook to decimal loopback",
+            notify("type = \"webhook\"\nurl = \"http://2130706433/hook\""),
+            403,
+            "--allow-location",
+        ),
+        case(
+            "webhook to IPv6 loopback",
+            notify("type = \"webhook\"\nurl = \"http://[::1]:80/hook\""),
+            403,
+            "--allow-location",
+        ),
+        case(
+            "webhook header injection",
+            notify("type = \"webhook\"\nurl = \"http://example.com/a\\r\\nX-Injected: 1\""),
+            403,
+            "control characters",
+        ),
+        // Commands and variables.
+        case(
+            "command notify",
+            notify(&format!(
+                "type = \"command\"\ncommand = \"touch {g}/pwned\""
+            )),
+            403,
+            "--allow-notify-commands",
+        ),
+        case(
+            "variable with a default",
+            with_input("${HOME:-tx.parquet}"),
+            400,
+            "--allow-env",
+        ),
+    ]
+}
+
+#[test]
+fn a_hostile_submitter_is_refused_and_nothing_outside_the_root_changes() {
+    let p = Playground::new();
+    let before = tree(&p.guard);
+    let server = Served::start(
+        &p.root,
+        &[],
+        &[("NOMALY_TEST_SERVER_SECRET", SERVER_SECRET)],
+    );
+    let cases = hostile_pipelines(&p);
+    for c in &cases {
+        let (status, v) = server.json(
+            "POST",
+            "/api/runs",
+            Some(serde_json::json!({"toml": c.toml})),
+        );
+        let error = v["error"].as_str().unwrap_or_default();
+        assert_eq!(status, c.status, "{}: {v}", c.name);
+        assert!(error.contains(c.says), "{}: {error}", c.name);
+        for leak in [SERVER_SECRET, "4242424242"] {
+            assert!(
+                !error.contains(leak),
+                "{}: the answer leaks {leak}: {error}",
+                c.name
+            );
+        }
+    }
+    // Submissions by path and base_dir outside the root.
+    let (status, _) = server.json(
+        "POST",
+        "/api/runs",
+        Some(serde_json::json!({"path": format!("{}/secret.sql", p.guard.display())})),
+    );
+    assert_eq!(status, 403);
+    let (status, _) = server.json(
+        "POST",
+        "/api/runs",
+        Some(
+            serde_json::json!({"toml": p.toml("", ""), "base_dir": p.guard.display().to_string()}),
+        ),
+    );
+    assert_eq!(status, 403);
+    let http = http_cases(&server);
+    // Nothing was queued, nothing outside the root changed, the server still answers.
+    let (_, runs) = server.json("GET", "/api/runs", None);
+    assert_eq!(runs["runs"].as_array().map(Vec::len), Some(0), "{runs}");
+    assert_eq!(tree(&p.guard), before, "the guard directory changed");
+    let mut base: Vec<String> = std::fs::read_dir(&p.base)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    base.sort();
+    assert_eq!(base, ["guard", "root"]);
+    assert_eq!(server.request("GET", "/health", None).unwrap().0, 200);
+    assert!(!server.log().contains("panicked"), "{}", server.log());
+    eprintln!(
+        "{} hostile pipelines and {http} hostile requests refused",
+        cases.len() + 2
+    );
+}
+
+/// Requests a browser on another site, or a rebinding name, would send. Returns the count.
+fn http_cases(server: &Served) -> usize {
+    let body = br#"{"toml": "input = \"tx.parquet\"\noutput = \"o/\"\n[detect]\nalgorithm = \"zscore\"\ncolumns = [\"amount\"]\n"}"#;
+    let send = |head: &str, body: &[u8]| {
+        let req = format!(
+            "{head}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        raw(server.port, req.as_bytes(), body)
+    };
+    let cases: Vec<(&str, String, &[u8], u16)> = vec![
+        (
+            "cross-site form POST",
+            "POST /api/runs HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://evil.example\r\nContent-Type: text/plain\r\n".into(),
+            body,
+            403,
+        ),
+        (
+            "text/plain from the same origin",
+            format!("POST /api/runs HTTP/1.1\r\nHost: 127.0.0.1:{0}\r\nOrigin: http://127.0.0.1:{0}\r\nContent-Type: text/plain\r\n", server.port),
+            body,
+            415,
+        ),
+        (
+            "no content type",
+            "POST /api/runs HTTP/1.1\r\nHost: 127.0.0.1\r\n".into(),
+            body,
+            415,
+        ),
+        (
+            "cross-site cancel without a body",
+            "POST /api/runs/1/cancel HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://evil.example\r\n".into(),
+            b"",
+            403,
+        ),
+        (
+            "cross-site read",
+            "GET /api/runs HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://evil.example\r\n".into(),
+            b"",
+            403,
+        ),
+        (
+            "DNS rebinding",
+            "GET /api/runs HTTP/1.1\r\nHost: rebind.evil.example:8080\r\n".into(),
+            b"",
+            421,
+        ),
+        (
+            "DNS rebinding POST",
+            "POST /api/runs HTTP/1.1\r\nHost: rebind.evil.example\r\nContent-Type: application/json\r\n".into(),
+            body,
+            421,
+        ),
+    ];
+    for (name, head, body, want) in &cases {
+        let got = send(head, body);
+        assert_eq!(got, Some(*want), "{name}");
+    }
+    // An oversized body.
+    let (status, _) = raw_request(
+        server.port,
+        "POST",
+        "/api/runs",
+        Some(&vec![b' '; 2 << 20]),
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 413);
+    cases.len() + 1
+}
+
+/// Sends raw bytes, returns the status.
+fn raw(port: u16, head: &[u8], body: &[u8]) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok()?;
+    s.write_all(head).ok()?;
+    let _ = s.write_all(body);
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    text.split(' ').nth(1)?.parse().ok()
+}
+
+/// The operator's own `nomaly run` refuses statements too (exit 2), and never writes the file.
+#[test]
+fn nomaly_run_refuses_statements_in_pipeline_sql() {
+    let p = Playground::new();
+    let target = p.guard.join("from_run.csv");
+    let file = p.root.join("copy.toml");
+    std::fs::write(
+        &file,
+        p.toml(
+            "",
+            &format!(
+                "[[validate]]\ncheck = \"sql\"\nname = \"c\"\nsql = \"COPY (SELECT 1) TO '{}'\"",
+                target.display()
+            ),
+        ),
+    )
+    .unwrap();
+    for cmd in ["run", "validate", "explain"] {
+        let o = nomaly_env(&[cmd, file.to_str().unwrap()], &[]);
+        assert_eq!(o.status.code(), Some(2), "{cmd}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("copy.toml:")
+                && stderr(&o).contains("check 'c' is a COPY statement"),
+            "{cmd}: {}",
+            stderr(&o)
+        );
+    }
+    assert!(!target.exists());
+    assert!(!p.root.join("out").exists());
+}
