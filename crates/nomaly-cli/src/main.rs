@@ -1,5 +1,6 @@
 //! `nomaly`: anomaly detection with SQL on DataFusion and Ballista.
 
+mod api_token;
 mod cluster_cmd;
 mod output;
 mod pipeline_cmd;

@@ -28,8 +28,10 @@ A run starts when its memory budget fits in what the server has left (--memory-l
 --priority first, and every --aging it waits raises its priority by one. A server stopped or
 killed mid-run continues its runs from their committed chunks when it starts again.
 
-Off loopback a token is required (NOMALY_TOKEN or --token-file): every route but /health then
-needs `Authorization: Bearer <token>`.
+Every route but /health and the dashboard's files needs `Authorization: Bearer <token>`. On
+loopback the token is made at first start beside the job store (jobs.db -> jobs.token, mode 0600;
+its path is printed) unless NOMALY_TOKEN or --token-file gives one; off loopback one must be
+given. --no-auth (loopback only) turns it off. Who is trusted with what: SECURITY.md.
 
 Examples:
   nomaly serve
@@ -94,9 +96,16 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ENGINE")]
     scheduler: Option<String>,
 
-    /// A file holding the API token (else NOMALY_TOKEN)
+    /// A file holding the API token (else NOMALY_TOKEN). Default on loopback: a token made at
+    /// first start in <db>.token (mode 0600), which the terminal clients on this machine read;
+    /// off loopback a token must be given
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+
+    /// Serve the API without a token (loopback only). Opens every route to any local process
+    /// and user: SECURITY.md
+    #[arg(long)]
+    no_auth: bool,
 
     /// Host names the API answers to besides loopback names and the --bind address
     /// (repeatable), e.g. nomaly.internal. Requests naming another Host are refused (421), which
@@ -123,11 +132,20 @@ pub struct ServerFlags {
     /// The server's URL
     #[arg(long, env = "NOMALY_SERVER", default_value = DEFAULT_SERVER)]
     server: String,
+    /// The file holding the server's API token (default: NOMALY_TOKEN, else the token a server
+    /// with the default job store made, ~/.local/share/nomaly/jobs.token)
+    #[arg(long, env = "NOMALY_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
 }
 
 impl ServerFlags {
     fn client(&self) -> ServerClient {
-        ServerClient::new(&self.server, std::env::var("NOMALY_TOKEN").ok())
+        let token = crate::api_token::client_token(self.token_file.as_deref(), &default_db())
+            .unwrap_or_else(|e| {
+                eprintln!("warning: {e}; sending no token");
+                None
+            });
+        ServerClient::new(&self.server, token)
     }
 }
 
@@ -292,19 +310,6 @@ fn body_size(text: &str) -> Result<usize, String> {
     Ok(bytes)
 }
 
-fn token(args: &ServeArgs) -> Result<Option<String>, String> {
-    if let Some(f) = &args.token_file {
-        let t =
-            std::fs::read_to_string(f).map_err(|e| format!("--token-file {}: {e}", f.display()))?;
-        let t = t.trim().to_string();
-        if t.is_empty() {
-            return Err(format!("--token-file {}: the file is empty", f.display()));
-        }
-        return Ok(Some(t));
-    }
-    Ok(std::env::var("NOMALY_TOKEN").ok().filter(|t| !t.is_empty()))
-}
-
 pub async fn serve(args: ServeArgs) -> i32 {
     match serve_inner(args).await {
         Ok(()) => 0,
@@ -316,14 +321,23 @@ pub async fn serve(args: ServeArgs) -> i32 {
 }
 
 async fn serve_inner(args: ServeArgs) -> Result<(), String> {
-    let token = token(&args)?;
-    if !args.bind.is_loopback() && token.is_none() {
-        return Err(format!(
-            "--bind {} is not a loopback address, so the API needs a token: set NOMALY_TOKEN or \
-             --token-file (clients send it as `Authorization: Bearer <token>`)",
-            args.bind
-        ));
+    let db_path = args.db.clone().unwrap_or_else(default_db);
+    let token = crate::api_token::server_token(
+        args.token_file.as_deref(),
+        args.no_auth,
+        args.bind,
+        &db_path,
+    )?;
+    if let Some(path) = &token.generated {
+        tracing::info!(token_file = %path.display(), "API token");
+        if args.log_format == LogFormat::Text {
+            eprintln!(
+                "nomaly serve: API token in {} (the terminal clients on this machine read it)",
+                path.display()
+            );
+        }
     }
+    let token = token.token;
     let roots = if args.allow_roots.is_empty() {
         vec![std::env::current_dir().map_err(|e| format!("the current directory: {e}"))?]
     } else {
@@ -346,7 +360,7 @@ async fn serve_inner(args: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("--aging: {e}"))?;
     let max_body = body_size(&args.max_body)?;
     let config = ServerConfig {
-        db: args.db.clone().unwrap_or_else(default_db),
+        db: db_path,
         memory_budget: budget,
         max_concurrent: args.max_runs,
         default_run_memory: default_run_memory.min(budget),

@@ -27,6 +27,9 @@ pub struct Holder {
 #[derive(Debug)]
 pub struct OutputLocks {
     held: Vec<(PathBuf, File)>,
+    /// Directories made to hold a lock file, deepest last: removed on release if still empty
+    /// (a refused or failed run leaves no trace).
+    made: Vec<PathBuf>,
 }
 
 /// The lock file of `output`.
@@ -39,9 +42,13 @@ impl OutputLocks {
     pub fn acquire(outputs: &[&Path], holder: &Holder) -> Result<OutputLocks> {
         let mut sorted: Vec<&Path> = outputs.to_vec();
         sorted.sort();
-        let mut locks = OutputLocks { held: Vec::new() };
+        let mut locks = OutputLocks {
+            held: Vec::new(),
+            made: Vec::new(),
+        };
         for output in sorted {
             let path = lock_path(output);
+            locks.made.extend(make_parent(output, &path)?);
             let file = lock_one(output, &path, holder)?;
             locks.held.push((path, file));
         }
@@ -56,7 +63,41 @@ impl Drop for OutputLocks {
             let _ = std::fs::remove_file(&path);
             drop(file);
         }
+        for dir in self.made.drain(..).rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
+}
+
+/// Makes the directory the lock file of `output` goes in; returns the directories it made. An
+/// ancestor that is a file, or one that cannot be written, fails as the output would.
+fn make_parent(output: &Path, lock: &Path) -> Result<Vec<PathBuf>> {
+    let out = |reason: String| PipelineError::Output {
+        path: output.to_path_buf(),
+        reason,
+    };
+    let Some(parent) = lock.parent().filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let missing: Vec<PathBuf> = parent
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && std::fs::symlink_metadata(a).is_err())
+        .map(Path::to_path_buf)
+        .collect();
+    let existing = parent
+        .ancestors()
+        .find(|a| a.as_os_str().is_empty() || a.exists())
+        .unwrap_or(Path::new("."));
+    if !existing.as_os_str().is_empty() && !existing.is_dir() {
+        return Err(out(format!("{} is not a directory", existing.display())));
+    }
+    std::fs::create_dir_all(parent).map_err(|e| {
+        out(format!(
+            "cannot write into {}: {e}; choose a writable location",
+            existing.display()
+        ))
+    })?;
+    Ok(missing.into_iter().rev().collect())
 }
 
 fn lock_one(output: &Path, path: &Path, holder: &Holder) -> Result<File> {
@@ -64,9 +105,13 @@ fn lock_one(output: &Path, path: &Path, holder: &Holder) -> Result<File> {
         path: path.to_path_buf(),
         source,
     };
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io)?;
-    }
+    let unwritable = |e: std::io::Error| PipelineError::Output {
+        path: output.to_path_buf(),
+        reason: format!(
+            "cannot write into {}: {e}; choose a writable location",
+            path.parent().unwrap_or(Path::new(".")).display()
+        ),
+    };
     // A handful of tries covers a holder that releases (and removes the file) between our open
     // and our lock; a lock that stays held is refused at once.
     for _ in 0..16 {
@@ -76,7 +121,7 @@ fn lock_one(output: &Path, path: &Path, holder: &Holder) -> Result<File> {
             .create(true)
             .truncate(false)
             .open(path)
-            .map_err(io)?;
+            .map_err(unwritable)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -181,6 +226,24 @@ mod tests {
         );
         let again = OutputLocks::acquire(&[&out], &first).unwrap();
         drop(again);
+    }
+
+    #[test]
+    fn directories_made_for_the_lock_go_with_it_and_files_in_the_way_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("a/b/out");
+        let locks = OutputLocks::acquire(&[&out], &Holder { run: "r".into() }).unwrap();
+        assert!(lock_path(&out).exists());
+        drop(locks);
+        assert!(
+            !dir.path().join("a").exists(),
+            "the made directories are removed"
+        );
+        std::fs::write(dir.path().join("f.txt"), "x").unwrap();
+        let under_file = dir.path().join("f.txt/out");
+        let e = OutputLocks::acquire(&[&under_file], &Holder { run: "r".into() }).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("f.txt is not a directory"), "{e}");
     }
 
     #[test]

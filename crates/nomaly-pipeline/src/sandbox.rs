@@ -9,6 +9,7 @@
 //! path or location that passed, and compilation stores that one, so the run opens what was
 //! checked.
 
+use nomaly_engine::confined_store::canonical_within;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -205,35 +206,6 @@ impl Sandbox {
                 .join(", ")
         ))
     }
-}
-
-/// The canonical form of `path` when it lies inside one of `roots` (canonical already). The
-/// longest existing prefix is resolved (symlinks followed), the rest appended: the rest may hold
-/// no `..`, so nothing that does not exist yet can lead out either.
-pub fn canonical_within(path: &Path, roots: &[PathBuf]) -> Option<PathBuf> {
-    if !path.is_absolute() {
-        return None;
-    }
-    let mut existing = path.to_path_buf();
-    let mut rest = Vec::new();
-    while std::fs::symlink_metadata(&existing).is_err() {
-        rest.push(existing.file_name()?.to_os_string());
-        if !existing.pop() {
-            return None;
-        }
-    }
-    if rest.iter().any(|n| n == "..") {
-        return None;
-    }
-    // A dangling symlink exists but does not canonicalise: refused.
-    let mut canonical = existing.canonicalize().ok()?;
-    for n in rest.into_iter().rev() {
-        canonical.push(n);
-    }
-    roots
-        .iter()
-        .any(|r| canonical.starts_with(r))
-        .then_some(canonical)
 }
 
 /// `*` matches any run of characters (also none), `?` one character; the rest literally.

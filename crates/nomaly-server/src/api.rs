@@ -1,6 +1,6 @@
 //! The HTTP API: a thin axum shell over [`Server`]. Every route is in `openapi.json` (served at
 //! `/api/openapi.json`); errors are `{"error": "..."}` with a 4xx status that says whose fault it
-//! is. Off loopback every route but `/health` needs the bearer token.
+//! is. Every route but `/health` needs the bearer token when the server has one (SECURITY.md).
 
 use crate::dashboard;
 use crate::error::ServerError;

@@ -373,6 +373,8 @@ fn a_hostile_submitter_is_refused_and_nothing_outside_the_root_changes() {
     assert_eq!(base, ["guard", "root"]);
     assert_eq!(server.request("GET", "/health", None).unwrap().0, 200);
     assert!(!server.log().contains("panicked"), "{}", server.log());
+    symlink_listed_under_a_root_fails_the_run(&p, &server);
+    assert_eq!(tree(&p.guard), before, "the guard directory changed");
     eprintln!(
         "{} hostile pipelines and {http} hostile requests refused",
         cases.len() + 2
@@ -438,16 +440,16 @@ fn http_cases(server: &Served) -> usize {
         assert_eq!(got, Some(*want), "{name}");
     }
     // An oversized body.
-    let (status, _) = raw_request(
-        server.port,
-        "POST",
-        "/api/runs",
-        Some(&vec![b' '; 2 << 20]),
-        None,
-    )
-    .unwrap();
+    let token = server.token.as_deref();
+    let big = vec![b' '; 2 << 20];
+    let (status, _) = raw_request(server.port, "POST", "/api/runs", Some(&big), token).unwrap();
     assert_eq!(status, 413);
-    cases.len() + 1
+    // The token the server made at start (none was given) is required.
+    let (status, _) = raw_request(server.port, "GET", "/api/runs", None, None).unwrap();
+    assert_eq!(status, 401);
+    let (status, _) = raw_request(server.port, "GET", "/api/runs", None, Some("guess")).unwrap();
+    assert_eq!(status, 401);
+    cases.len() + 3
 }
 
 /// Sends raw bytes, returns the status.
@@ -493,4 +495,63 @@ fn nomaly_run_refuses_statements_in_pipeline_sql() {
     }
     assert!(!target.exists());
     assert!(!p.root.join("out").exists());
+}
+
+/// A glob inside the root passes compilation, but a file it lists that is a symlink out of the
+/// root fails the run when the source is listed, naming the file; the secret is read nowhere.
+fn symlink_listed_under_a_root_fails_the_run(p: &Playground, server: &Served) {
+    let data = p.root.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let rows: String = (0..50).map(|i| format!("{i},{}\n", 10 + i % 7)).collect();
+    std::fs::write(data.join("a.csv"), format!("id,amount\n{rows}")).unwrap();
+    std::os::unix::fs::symlink(p.guard.join("secret.csv"), data.join("b.csv")).unwrap();
+    let toml = p.toml("input = \"data/*.csv\"\noutput = \"out_link/\"", "");
+    let id = server.submit(serde_json::json!({ "toml": toml }));
+    let run = server.wait_ended(id);
+    assert_eq!(run["state"], "failed", "{run}");
+    let error = run["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("b.csv") && error.contains("outside the server's allowed roots"),
+        "{error}"
+    );
+    let (_, report) = server.json("GET", &format!("/api/runs/{id}/report"), None);
+    assert!(!report.to_string().contains("4242424242"), "{report}");
+    assert!(!p.root.join("out_link").exists());
+}
+
+/// A server given no token makes one, private (0600), once; keeps it across restarts; refuses a
+/// token file others can read; and `--no-auth` is loopback only.
+#[test]
+fn the_api_token_is_made_private_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = Playground::new();
+    let mut server = Served::start(&p.root, &[], &[]);
+    let file = p.root.join("jobs.token");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let token = server.token.clone().unwrap();
+    assert_eq!(token.len(), 64, "{token}");
+    assert!(token.chars().all(|c| c.is_ascii_hexdigit()));
+    assert!(
+        server
+            .log()
+            .contains(&format!("API token in {}", file.display()))
+    );
+    server.kill_and_restart();
+    assert_eq!(server.token.as_deref(), Some(token.as_str()));
+    assert_eq!(server.request("GET", "/api/runs", None).unwrap().0, 200);
+    drop(server);
+    let db = p.root.join("jobs.db");
+    let serve = |extra: &[&str]| {
+        let mut args = vec!["serve", "--port", "1", "--db", db.to_str().unwrap()];
+        args.extend(extra);
+        nomaly_env(&args, &[("NOMALY_TOKEN", "")])
+    };
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = serve(&[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("readable by others"), "{}", stderr(&o));
+    let o = serve(&["--no-auth", "--bind", "0.0.0.0"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("loopback only"), "{}", stderr(&o));
 }

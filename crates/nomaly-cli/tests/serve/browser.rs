@@ -455,6 +455,13 @@ fn the_cluster_view_shows_executors_jobs_and_stages() {
 
     let browser = Browser::start();
     browser.goto(&format!("{}/#/cluster", server.url()));
+    // The server made its own token (none was given): the page asks for it.
+    browser.wait_for(
+        "the token dialog",
+        "return document.getElementById('token-dialog').open === true",
+    );
+    browser.type_into("#token-input", server.token.as_deref().unwrap());
+    browser.click("#token-form button");
     browser.wait_for(
         "the Cluster tab",
         "return !document.getElementById('cluster-link').hidden",

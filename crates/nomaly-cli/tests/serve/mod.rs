@@ -83,6 +83,12 @@ impl Served {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        // Without NOMALY_TOKEN or --no-auth the server made a token beside its store.
+        if self.token.is_none() && !self.args.iter().any(|a| a == "--no-auth") {
+            let made = std::fs::read_to_string(self.dir.join("jobs.token"))
+                .unwrap_or_else(|e| panic!("the server made no token file: {e}; {}", self.log()));
+            self.token = Some(made.trim().to_string());
+        }
     }
 
     /// SIGKILLs the server (no chance to clean up), then starts it again on the same store.
@@ -309,7 +315,7 @@ fn a_submitted_run_streams_its_events_and_report() {
     let server = Served::start(f.path(), &[], &[("NOMALY_FAULTS", "chunk_delay_ms=100")]);
     let p = f.pipeline("streamed", "out_streamed", "iforest", "");
     let id = server.submit(submit_path(&p));
-    let events = follow_events(server.port, id, None);
+    let events = follow_events(server.port, id, server.token.as_deref());
     let kinds: Vec<&str> = events
         .iter()
         .map(|e| e.event["kind"].as_str().unwrap())
@@ -621,10 +627,11 @@ fn terminal_clients_use_the_api() {
         &[("NOMALY_FAULTS", "chunk_delay_ms=20")],
     );
     let url = server.url();
+    let token = server.token.clone().unwrap();
     let cli = |args: &[&str]| {
         let mut a = args.to_vec();
         a.extend(["--server", &url]);
-        nomaly_env(&a, &[])
+        nomaly_env(&a, &[("NOMALY_TOKEN", &token)])
     };
     let p = f.pipeline("cli", "out_cli", "hbos", "");
     let o = cli(&["submit", p.to_str().unwrap(), "--priority", "3", "--follow"]);

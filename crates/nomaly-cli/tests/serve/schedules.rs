@@ -22,12 +22,15 @@ fn a_minutely_schedule_runs_once_a_minute_and_its_dependents_follow() {
     for p in [&tick, &down, &down2] {
         let o = nomaly_env(
             &["schedule", "add", p.to_str().unwrap(), "--server", &url],
-            &[],
+            &[("NOMALY_TOKEN", server.token.as_deref().unwrap())],
         );
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     }
     let registered = now_ms();
-    let o = nomaly_env(&["schedule", "list", "--server", &url], &[]);
+    let o = nomaly_env(
+        &["schedule", "list", "--server", &url],
+        &[("NOMALY_TOKEN", server.token.as_deref().unwrap())],
+    );
     assert!(
         stdout(&o).contains("tick") && stdout(&o).contains("* * * * *"),
         "{}",

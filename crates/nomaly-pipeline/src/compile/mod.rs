@@ -76,6 +76,9 @@ pub struct CompiledPipeline {
     pub engine: EngineKind,
     /// When `nomaly serve` runs it (schedule, `after`, `on_failure`).
     pub trigger: Trigger,
+    /// What it may touch: the operator's own, or a submitter's confined one (the run reads
+    /// local files through a store confined to its roots).
+    pub sandbox: Sandbox,
 }
 
 impl CompiledPipeline {
@@ -180,6 +183,7 @@ pub fn compile_in(file: PipelineFile, sandbox: &Sandbox) -> Result<CompiledPipel
         engine: settings.engine,
         trigger,
         file,
+        sandbox: sandbox.clone(),
     })
 }
 

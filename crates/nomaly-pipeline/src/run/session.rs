@@ -208,6 +208,13 @@ pub(super) fn cluster_of(config: &SessionConfig) -> Option<Arc<ClusterClient>> {
 
 /// Registers the object store of every remote source (s3://, gs://, az://, http(s)://).
 pub(super) fn register_stores(ctx: &SessionContext, p: &CompiledPipeline) -> Result<()> {
+    if p.sandbox.is_confined() {
+        // Listings and reads of local files: a file that leads out of the roots is refused.
+        let file = datafusion::execution::object_store::ObjectStoreUrl::local_filesystem();
+        let store =
+            nomaly_engine::confined_store::ConfinedLocalStore::new(p.sandbox.roots().to_vec());
+        ctx.register_object_store(file.as_ref(), Arc::new(store));
+    }
     for s in &p.sources {
         nomaly_engine::register_object_store(ctx, &s.location)
             .map_err(|e| PipelineError::engine(format!("source '{}' ({})", s.name, s.path), e))?;
