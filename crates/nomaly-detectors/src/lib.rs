@@ -41,6 +41,7 @@ pub mod quantile;
 pub mod rank_index;
 pub mod sample;
 pub mod suggest;
+pub mod validate;
 
 pub use error::{DetectorError, Result};
 pub use features::{Features, is_numeric};

@@ -258,10 +258,8 @@ impl Model {
             postcard::from_bytes(&bytes[8..]).map_err(|e| DetectorError::CorruptModel {
                 reason: e.to_string(),
             })?;
-        if let ModelBody::IsolationForest(m) = &model.body {
-            m.validate(model.n_features)
-                .map_err(|reason| DetectorError::CorruptModel { reason })?;
-        }
+        crate::validate::check_model(&model)
+            .map_err(|reason| DetectorError::CorruptModel { reason })?;
         Ok(model)
     }
 

@@ -398,6 +398,20 @@ impl CumulativeCounts {
         *self.cumulative.last().unwrap_or(&0)
     }
 
+    /// Starts at 0 and never decreases (what a decoded model must hold: SECURITY.md).
+    pub(crate) fn is_consistent(&self) -> bool {
+        self.cumulative.first().is_none_or(|&c| c == 0)
+            && self.cumulative.windows(2).all(|w| w[0] <= w[1])
+            && self
+                .offset
+                .checked_add(self.cumulative.len() as u32)
+                .is_some()
+    }
+
+    pub(crate) fn counted(&self) -> u64 {
+        self.total()
+    }
+
     /// (values in buckets below `key`, values in bucket `key`).
     #[inline]
     fn below_and_at(&self, key: u32) -> (u64, u64) {

@@ -14,6 +14,8 @@ pub mod compile;
 pub mod error;
 pub mod events;
 pub mod faults;
+#[cfg(test)]
+mod fuzz_tests;
 #[cfg(feature = "hdf5")]
 pub mod hdf5_source;
 pub mod notify;

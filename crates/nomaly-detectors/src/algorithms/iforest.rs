@@ -427,25 +427,6 @@ impl IsolationForestModel {
         }
     }
 
-    /// Checks the structure a decoded model relies on: child indices and leaf values in range.
-    pub fn validate(&self, width: usize) -> std::result::Result<(), String> {
-        for (t, tree) in self.trees.iter().enumerate() {
-            if tree.leaf_value.len() != tree.nodes.len() || tree.nodes.is_empty() {
-                return Err(format!("tree {t}: node and leaf tables differ in length"));
-            }
-            for (i, node) in tree.nodes.iter().enumerate() {
-                let leaf = node.child as usize == i;
-                if !leaf
-                    && (node.child as usize + 1 >= tree.nodes.len()
-                        || node.feature as usize >= width)
-                {
-                    return Err(format!("tree {t}: node {i} points outside the tree"));
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// The same model scoring `width` features with the given walk; `None` when the CPU lacks the
     /// instructions or the trees are too deep for it.
     pub fn with_walk(self, walk: TreeWalk, width: usize) -> Option<Self> {
