@@ -374,9 +374,9 @@ impl BucketStore {
 /// Prefix sums over a dense bucket range, for O(1) ECDF look-ups.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CumulativeCounts {
-    offset: u32,
+    pub(crate) offset: u32,
     /// `cumulative[i]` = number of values in buckets `offset .. offset + i` (exclusive).
-    cumulative: Vec<u64>,
+    pub(crate) cumulative: Vec<u64>,
 }
 
 impl CumulativeCounts {
@@ -396,20 +396,6 @@ impl CumulativeCounts {
 
     fn total(&self) -> u64 {
         *self.cumulative.last().unwrap_or(&0)
-    }
-
-    /// Starts at 0 and never decreases (what a decoded model must hold: SECURITY.md).
-    pub(crate) fn is_consistent(&self) -> bool {
-        self.cumulative.first().is_none_or(|&c| c == 0)
-            && self.cumulative.windows(2).all(|w| w[0] <= w[1])
-            && self
-                .offset
-                .checked_add(self.cumulative.len() as u32)
-                .is_some()
-    }
-
-    pub(crate) fn counted(&self) -> u64 {
-        self.total()
     }
 
     /// (values in buckets below `key`, values in bucket `key`).

@@ -15,7 +15,7 @@ use crate::algorithms::iforest::IsolationForestModel;
 use crate::algorithms::moments::CentreScaleModel;
 use crate::model::{Model, ModelBody};
 use crate::params::Algorithm;
-use crate::quantile::Ecdf;
+use crate::quantile::{CumulativeCounts, Ecdf};
 
 /// The most features a model may score (wider inputs are not tables anyone scores).
 pub const MAX_FEATURES: usize = 1 << 16;
@@ -117,11 +117,11 @@ fn check_ecdf(m: &EcdfModel, width: usize) -> Checked {
                 positive,
                 negative,
             } => {
-                let counted = positive
-                    .counted()
-                    .checked_add(negative.counted())
+                let total = |c: &CumulativeCounts| *c.cumulative.last().unwrap_or(&0);
+                let counted = total(positive)
+                    .checked_add(total(negative))
                     .and_then(|c| c.checked_add(*zero));
-                if !positive.is_consistent() || !negative.is_consistent() || counted != Some(*n) {
+                if !consistent(positive) || !consistent(negative) || counted != Some(*n) {
                     return Err(format!(
                         "feature {j}: the ECDF bucket counts do not add up to its {n} values"
                     ));
@@ -130,6 +130,16 @@ fn check_ecdf(m: &EcdfModel, width: usize) -> Checked {
         }
     }
     Ok(())
+}
+
+/// Cumulative counts start at 0, never decrease, and their buckets fit the key range.
+fn consistent(c: &CumulativeCounts) -> bool {
+    c.cumulative.first().is_none_or(|&v| v == 0)
+        && c.cumulative.windows(2).all(|w| w[0] <= w[1])
+        && u32::try_from(c.cumulative.len())
+            .ok()
+            .and_then(|n| c.offset.checked_add(n))
+            .is_some()
 }
 
 impl IsolationForestModel {
