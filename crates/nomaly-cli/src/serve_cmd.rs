@@ -117,6 +117,11 @@ pub struct ServeArgs {
     #[arg(long)]
     allow_notify_commands: bool,
 
+    /// Event streams (/api/events, /api/runs/ID/events) one client address may hold open at
+    /// once; more are refused with 429
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    max_streams_per_client: usize,
+
     /// Largest request body accepted, e.g. 1MB
     #[arg(long, default_value = "1MB", value_name = "SIZE")]
     max_body: String,
@@ -397,6 +402,7 @@ async fn serve_inner(args: ServeArgs) -> Result<(), String> {
         max_body_bytes: max_body,
         scheduler,
         hosts: nomaly_server::http_guard::HostRule::for_bind(args.bind, &args.allow_hosts),
+        max_streams_per_client: args.max_streams_per_client,
     };
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

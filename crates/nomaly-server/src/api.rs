@@ -7,7 +7,8 @@ use crate::error::ServerError;
 use crate::metrics::Snapshot;
 use crate::server::{QueueEntry, Server, StreamEvent, SubmitRequest};
 use crate::store::{RunRecord, RunState, StartMode};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use crate::stream_limits::{Live, StreamSlots, live};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -17,6 +18,7 @@ use axum::{Json, Router};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_stream::StreamExt;
@@ -49,18 +51,22 @@ pub struct HttpConfig {
     /// The `Host` names answered to; foreign origins and non-JSON bodies are refused too
     /// ([`crate::http_guard`]).
     pub hosts: crate::http_guard::HostRule,
+    /// The most event streams one client (IP address) holds open at once.
+    pub max_streams_per_client: usize,
 }
 
 #[derive(Clone)]
 struct AppState {
     server: Server,
     http: HttpConfig,
+    streams: Arc<StreamSlots>,
 }
 
 /// The router for a server.
 pub fn router(server: Server, http: HttpConfig) -> Router {
     let state = AppState {
         server,
+        streams: StreamSlots::new(http.max_streams_per_client),
         http: http.clone(),
     };
     let api = Router::new()
@@ -318,24 +324,44 @@ fn sse_event(e: &StreamEvent) -> Event {
         .data(serde_json::to_string(e).unwrap_or_default())
 }
 
-/// Every run's events.
+/// The `error` event a stream ends with when it fell behind.
+fn lag_event(missed: u64, reread: &str) -> Event {
+    Event::default().event("error").data(
+        serde_json::json!({
+            "error": format!(
+                "this stream fell {missed} events behind the server and ends here; read {reread} \
+                 for the current state and open the stream again"
+            )
+        })
+        .to_string(),
+    )
+}
+
+/// Every run's events (ending with an `error` event if the client falls behind).
 async fn all_events(
     State(state): State<AppState>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let stream = BroadcastStream::new(state.server.subscribe())
-        .filter_map(|e| e.ok())
-        .map(|e| Ok(sse_event(&e)));
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let slot = state.streams.take(client.ip())?;
+    let stream = live(BroadcastStream::new(state.server.subscribe()), slot).map(|item| {
+        Ok(match item {
+            Live::Event(e) => sse_event(&e),
+            Live::Lagged(n) => lag_event(n, "/api/runs"),
+        })
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))))
 }
 
 /// One run's events: a `snapshot` of the run first, then what happens, ending after `finished`.
 async fn run_events(
     State(state): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let id = parse_id(&id)?;
+    let slot = state.streams.take(client.ip())?;
     // Subscribe before reading the snapshot, so nothing falls between them.
-    let live = BroadcastStream::new(state.server.subscribe());
+    let events = live(BroadcastStream::new(state.server.subscribe()), slot);
     let run = state.server.get(id)?;
     let finished = run.state.is_finished();
     let snapshot = StreamEvent {
@@ -345,15 +371,24 @@ async fn run_events(
         data: serde_json::to_value(view(&state.server, run, None)).unwrap_or_default(),
     };
     let first = tokio_stream::iter(vec![Ok(sse_event(&snapshot))]);
-    let live = live.filter_map(move |e| e.ok().filter(|e| e.run == id));
-    // Ends right after the `finished` event (or at once when the run had already ended).
-    let rest = futures::stream::unfold((Box::pin(live), finished), |(mut live, done)| async move {
-        if done {
-            return None;
+    let events = events.filter(move |item| !matches!(item, Live::Event(e) if e.run != id));
+    // Ends right after the `finished` event (or at once when the run had already ended), or
+    // with an `error` event when it fell behind.
+    let reread = format!("/api/runs/{id}");
+    let rest = futures::stream::unfold((Box::pin(events), finished), move |(mut events, done)| {
+        let reread = reread.clone();
+        async move {
+            if done {
+                return None;
+            }
+            match events.next().await? {
+                Live::Event(e) => {
+                    let last = e.kind == "finished";
+                    Some((Ok(sse_event(&e)), (events, last)))
+                }
+                Live::Lagged(n) => Some((Ok(lag_event(n, &reread)), (events, true))),
+            }
         }
-        let e = live.next().await?;
-        let last = e.kind == "finished";
-        Some((Ok(sse_event(&e)), (live, last)))
     });
     Ok(Sse::new(first.chain(rest)).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))))
 }

@@ -39,6 +39,9 @@ pub enum ServerError {
     Conflict(String),
     #[error("{0}")]
     Config(String),
+    /// A client holds as many event streams as it may (429).
+    #[error("{0}")]
+    TooMany(String),
     /// A service this server reads from (the Ballista scheduler) failed or did not answer (502).
     #[error("{0}")]
     Upstream(String),
@@ -51,6 +54,7 @@ impl ServerError {
             ServerError::Forbidden(_) => 403,
             ServerError::NotFound(_) => 404,
             ServerError::Conflict(_) => 409,
+            ServerError::TooMany(_) => 429,
             ServerError::Upstream(_) => 502,
             _ => 500,
         }

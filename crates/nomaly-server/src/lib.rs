@@ -26,6 +26,7 @@ pub mod roots;
 pub mod schedule;
 pub mod server;
 pub mod store;
+pub mod stream_limits;
 pub mod triggers;
 
 pub use api::{HttpConfig, router};

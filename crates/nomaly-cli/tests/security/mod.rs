@@ -555,3 +555,45 @@ fn the_api_token_is_made_private_once() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("loopback only"), "{}", stderr(&o));
 }
+
+/// A client holds at most `--max-streams-per-client` event streams; a closed one frees its slot.
+#[test]
+fn event_streams_per_client_are_capped() {
+    use std::io::{BufRead, BufReader, Write};
+    let p = Playground::new();
+    let server = Served::start(&p.root, &["--max-streams-per-client", "2"], &[]);
+    let token = server.token.clone().unwrap();
+    let open = || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            s,
+            "GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        .unwrap();
+        let mut reader = BufReader::new(s);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let status: u16 = line.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, reader)
+    };
+    let (a, first) = open();
+    let (b, _second) = open();
+    let (c, _) = open();
+    assert_eq!((a, b, c), (200, 200, 429));
+    drop(first);
+    // The server sees the closed stream when it next writes to it (a keep-alive, every 10 s).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (d, _) = open();
+        if d == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot never came back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
