@@ -113,7 +113,7 @@ fn cluster_process(role: &str) -> i32 {
         match role {
             "scheduler" => {
                 let flags = SchedulerFlags::parse();
-                run_scheduler(flags, nomaly_pipeline::physical_codec(), None, None).await
+                run_scheduler(flags, nomaly_pipeline::physical_codec(), None, None, None).await
             }
             _ => {
                 let flags = ExecutorFlags::parse();

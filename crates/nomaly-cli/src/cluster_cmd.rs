@@ -27,6 +27,12 @@ pub struct SchedulerArgs {
     /// Without it, any client that reaches the port may run queries.
     #[arg(long, value_name = "FILE", requires = "flight_sql")]
     pub flight_sql_token_file: Option<PathBuf>,
+    /// Every request to this port (REST API, client gRPC) must carry the token this file
+    /// holds; clients send it from NOMALY_CLUSTER_TOKEN or NOMALY_CLUSTER_TOKEN_FILE. Health
+    /// checks, the Cluster page's files, Flight and the executors' own calls stay open (Ballista
+    /// 55's executors cannot send it): SECURITY.md. Default: no token, any client may submit
+    #[arg(long, value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -58,7 +64,25 @@ pub async fn scheduler(args: SchedulerArgs) -> i32 {
             return 2;
         }
     };
+    let token = match args
+        .auth_token_file
+        .as_deref()
+        .map(|f| nomaly_engine::cluster_auth::read_token_file(f, "--auth-token-file"))
+    {
+        None => None,
+        Some(Ok(t)) => Some(std::sync::Arc::new(t)),
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
     let addr = format!("{}:{}", args.flags.bind_host, args.flags.bind_port);
+    if token.is_none() {
+        eprintln!(
+            "warning: no --auth-token-file: any client that reaches {addr} can run plans on the \
+             cluster (SECURITY.md)"
+        );
+    }
     let flight = match (args.flags.flight_sql, &auth) {
         (false, _) => String::new(),
         (true, None) => format!(", Flight SQL on {addr} for any client"),
@@ -71,6 +95,7 @@ pub async fn scheduler(args: SchedulerArgs) -> i32 {
             nomaly_pipeline::physical_codec(),
             auth,
             Some(nomaly_server::dashboard::scheduler_page()),
+            token,
         )
         .await,
     )

@@ -97,7 +97,7 @@ impl ClusterClient {
     }
 
     fn new(scheduler_url: String, state: &SessionState, slots: usize) -> ClusterClient {
-        let config = state.config().clone();
+        let config = crate::cluster_auth::with_client_token(state.config().clone());
         ClusterClient {
             scheduler_url,
             session_id: state.session_id().to_string(),
@@ -154,9 +154,14 @@ impl ClusterClient {
             })
             .filter_map(|j| j["job_id"].as_str().map(str::to_string))
             .collect();
-        let Ok(mut client) = SchedulerGrpcClient::connect(self.scheduler_url.clone()).await else {
-            return 0;
-        };
+        let mut client =
+            match crate::cluster_auth::scheduler_client(self.scheduler_url.clone()).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("could not connect to cancel the jobs: {e}");
+                    return 0;
+                }
+            };
         let mut cancelled = 0;
         for job_id in unfinished {
             let request = CancelJobParams {
@@ -252,7 +257,11 @@ pub async fn scheduler_rest(
 ) -> std::result::Result<serde_json::Value, String> {
     let url = format!("{base_url}{path}");
     let get = async {
-        let response = reqwest::get(&url).await.map_err(|e| {
+        let mut request = reqwest::Client::new().get(&url);
+        if let Some(token) = crate::cluster_auth::client_token()? {
+            request = request.header("authorization", crate::cluster_auth::bearer(&token));
+        }
+        let response = request.send().await.map_err(|e| {
             format!(
                 "cannot reach the scheduler at {url} ({e}); is `nomaly scheduler` running there?"
             )

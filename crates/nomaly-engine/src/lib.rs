@@ -7,6 +7,7 @@
 
 pub mod budget;
 pub mod cluster;
+pub mod cluster_auth;
 pub mod confined_store;
 pub mod error;
 pub mod flight_auth;

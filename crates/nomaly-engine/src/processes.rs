@@ -69,6 +69,7 @@ pub async fn run_scheduler(
     codec: Arc<dyn PhysicalExtensionCodec>,
     flight_sql_auth: Option<TokenAuthenticator>,
     page: Option<axum::Router>,
+    token: Option<Arc<String>>,
 ) -> Result<()> {
     let addr: SocketAddr = format!("{}:{}", flags.bind_host, flags.bind_port)
         .parse()
@@ -97,7 +98,7 @@ pub async fn run_scheduler(
         .await
         .map_err(|e| failed(&format!("scheduler on {addr}"), e))?;
     tracing::info!(%addr, "nomaly scheduler listening");
-    crate::scheduler_server::serve_scheduler(listener, scheduler, page).await
+    crate::scheduler_server::serve_scheduler(listener, scheduler, page, token).await
 }
 
 /// Runs an executor until the process is stopped (Ctrl-C or SIGTERM: it tells the scheduler and

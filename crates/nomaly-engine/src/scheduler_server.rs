@@ -33,6 +33,7 @@ pub async fn serve_scheduler(
     listener: tokio::net::TcpListener,
     scheduler: Scheduler,
     page: Option<axum::Router>,
+    token: Option<Arc<String>>,
 ) -> Result<()> {
     let config = scheduler.state.config.clone();
     let max_decoding = config.grpc_server_max_decoding_message_size as usize;
@@ -107,11 +108,17 @@ pub async fn serve_scheduler(
     } else {
         get_routes(scheduler.clone())
     };
-    let app = page
+    let mut app = page
         .unwrap_or_default()
         .merge(rest)
         .merge(grpc)
         .merge(health);
+    if let Some(token) = token {
+        app = app.layer(axum::middleware::from_fn_with_state(
+            token,
+            crate::cluster_auth::require_token,
+        ));
+    }
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -43,8 +43,13 @@ impl SchedulerProxy {
         &self.base
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder, path: &str) -> Result<String> {
+    async fn send(&self, mut request: reqwest::RequestBuilder, path: &str) -> Result<String> {
         let url = format!("{}{path}", self.base);
+        if let Some(token) =
+            nomaly_engine::cluster_auth::client_token().map_err(ServerError::Config)?
+        {
+            request = request.header("authorization", nomaly_engine::cluster_auth::bearer(&token));
+        }
         let response = request.send().await.map_err(|e| {
             ServerError::Upstream(format!(
                 "the scheduler at {} does not answer ({e}); is `nomaly scheduler` running?",

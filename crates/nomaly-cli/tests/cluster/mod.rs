@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 pub(crate) struct Cluster {
     children: Vec<Child>,
     pub port: u16,
+    /// Sent with the harness's own REST calls (the scheduler's `--auth-token-file`).
+    pub token: Option<String>,
     logs: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -47,6 +49,10 @@ impl Cluster {
         env: &[(String, String)],
     ) -> Cluster {
         let mut cluster = Cluster::empty(free_port());
+        cluster.token = env
+            .iter()
+            .find(|(k, _)| k == "NOMALY_CLUSTER_TOKEN")
+            .map(|(_, v)| v.clone());
         let (port, logs) = (cluster.port, cluster.logs.clone());
         let p = port.to_string();
         let mut args = vec![
@@ -97,6 +103,7 @@ impl Cluster {
         Cluster {
             children: Vec::new(),
             port,
+            token: None,
             logs: dir.path().to_path_buf(),
             _dir: dir,
         }
@@ -166,9 +173,14 @@ impl Cluster {
     pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        let auth = self
+            .token
+            .as_ref()
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{auth}\r\n"
         )
         .ok()?;
         let mut response = Vec::new();
