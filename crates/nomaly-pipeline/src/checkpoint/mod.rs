@@ -167,7 +167,17 @@ pub struct ManifestState {
 #[derive(Debug)]
 pub struct RunDir {
     pub path: PathBuf,
-    manifest: Mutex<Option<File>>,
+    manifest: Mutex<Manifest>,
+}
+
+/// The manifest file while a run appends to it.
+#[derive(Debug, Default)]
+enum Manifest {
+    #[default]
+    Closed,
+    Open(File),
+    /// An append failed and the torn line could not be cut off: no line may follow it.
+    Torn(String),
 }
 
 impl RunDir {
@@ -175,7 +185,7 @@ impl RunDir {
     pub fn at(output_dir: &Path) -> RunDir {
         RunDir {
             path: output_dir.join(RUN_DIR),
-            manifest: Mutex::new(None),
+            manifest: Mutex::new(Manifest::Closed),
         }
     }
 
@@ -346,20 +356,38 @@ impl RunDir {
         let mut line = serde_json::to_string(event).expect("an event is JSON");
         line.push('\n');
         let mut guard = self.manifest.lock().expect("not poisoned");
-        if guard.is_none() {
-            *guard = Some(
+        if let Manifest::Torn(why) = &*guard {
+            return Err(PipelineError::Io {
+                path: self.path.join(MANIFEST_FILE),
+                source: std::io::Error::other(format!(
+                    "an earlier append failed and its torn line could not be cut off ({why}); \
+                     the run stops here, and a resume reads the manifest up to its last whole line"
+                )),
+            });
+        }
+        if matches!(*guard, Manifest::Closed) {
+            *guard = Manifest::Open(
                 OpenOptions::new()
                     .append(true)
                     .open(self.path.join(MANIFEST_FILE))
                     .map_err(self.io(MANIFEST_FILE))?,
             );
         }
-        let f = guard.as_mut().expect("opened");
-        // One write call per line: an append either lands whole or tears only this last line.
-        f.write_all(line.as_bytes())
-            .map_err(self.io(MANIFEST_FILE))?;
-        if durable {
-            f.sync_data().map_err(self.io(MANIFEST_FILE))?;
+        let Manifest::Open(f) = &mut *guard else {
+            unreachable!("opened above");
+        };
+        // One write call per line: an append either lands whole or tears only this last line,
+        // which a failed append cuts off again so the manifest stays whole lines.
+        let before = f.metadata().map_err(self.io(MANIFEST_FILE))?.len();
+        let written = f.write_all(line.as_bytes()).and_then(|()| match durable {
+            true => f.sync_data(),
+            false => Ok(()),
+        });
+        if let Err(e) = written {
+            if let Err(cut) = f.set_len(before).and_then(|()| f.sync_data()) {
+                *guard = Manifest::Torn(cut.to_string());
+            }
+            return Err(self.io(MANIFEST_FILE)(e));
         }
         after();
         Ok(())
@@ -577,6 +605,26 @@ mod tests {
         assert_eq!(
             pipeline_change(base, &spec(&base.replace("5000", "6000"))).unwrap(),
             "`run` is now {\"chunk_rows\":6000}, was {\"chunk_rows\":5000}"
+        );
+    }
+
+    #[test]
+    fn a_failed_append_leaves_no_line_after_a_torn_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::at(dir.path());
+        std::fs::create_dir_all(&run.path).unwrap();
+        // Every write to /dev/full fails (ENOSPC) and it cannot be truncated: the torn case.
+        std::os::unix::fs::symlink("/dev/full", run.path.join(MANIFEST_FILE)).unwrap();
+        let event = ManifestEvent::Start {
+            chunk: 0,
+            at_unix_ms: 1,
+        };
+        let first = run.append(&event, true).unwrap_err().to_string();
+        assert!(first.contains("manifest"), "{first}");
+        let second = run.append(&event, true).unwrap_err().to_string();
+        assert!(
+            second.contains("torn line could not be cut off"),
+            "{second}"
         );
     }
 }

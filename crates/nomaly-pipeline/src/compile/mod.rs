@@ -490,5 +490,18 @@ mod tests {
         assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
         assert!(parse_duration("5 minutes").is_err());
         assert!(parse_duration("m").is_err());
+        for huge in [
+            "18446744073709551615h",
+            "99999999999999999d",
+            "9999999999999",
+            "367d",
+        ] {
+            let e = parse_duration(huge).unwrap_err().to_string();
+            assert!(e.contains("366 days"), "{huge}: {e}");
+        }
+        assert_eq!(
+            parse_duration("366d").unwrap(),
+            Duration::from_secs(366 * 86_400)
+        );
     }
 }

@@ -171,16 +171,29 @@ pub(super) fn compile_settings(
 #[error("{0}")]
 pub struct DurationError(String);
 
-/// Parses "90s", "30m", "2h", "1h30m" or plain seconds.
+/// The longest duration a pipeline or flag may give (timeouts, retry delays, aging).
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 86_400);
+
+/// Parses "90s", "30m", "2h", "1h30m" or plain seconds, at most [`MAX_DURATION`]; a longer one
+/// (or one whose arithmetic would overflow) is an error, not a wrapped number.
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, DurationError> {
     let t = text.trim();
+    let bounded = |d: Duration| {
+        if d > MAX_DURATION {
+            Err(DurationError(format!(
+                "'{text}' is longer than the longest duration allowed, 366 days"
+            )))
+        } else {
+            Ok(d)
+        }
+    };
     if let Ok(secs) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+        return bounded(Duration::from_secs(secs));
     }
     if let Some(ms) = t.strip_suffix("ms")
         && let Ok(ms) = ms.trim().parse::<u64>()
     {
-        return Ok(Duration::from_millis(ms));
+        return bounded(Duration::from_millis(ms));
     }
     let mut total = 0u64;
     let mut num = String::new();
@@ -195,18 +208,26 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, DurationError
             ))
         })?;
         num.clear();
-        total += n
-            * match c {
-                's' => 1,
-                'm' => 60,
-                'h' => 3600,
-                'd' => 86400,
-                _ => {
-                    return Err(DurationError(format!(
-                        "'{text}': unknown unit '{c}'; write e.g. 90s, 30m, 2h or 1h30m (units s, m, h, d)"
-                    )));
-                }
-            };
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => {
+                return Err(DurationError(format!(
+                    "'{text}': unknown unit '{c}'; write e.g. 90s, 30m, 2h or 1h30m (units s, m, h, d)"
+                )));
+            }
+        };
+        total = n
+            .checked_mul(unit)
+            .and_then(|s| total.checked_add(s))
+            .filter(|&s| s <= MAX_DURATION.as_secs())
+            .ok_or_else(|| {
+                DurationError(format!(
+                    "'{text}' is longer than the longest duration allowed, 366 days"
+                ))
+            })?;
     }
     if !num.is_empty() || total == 0 {
         return Err(DurationError(format!(

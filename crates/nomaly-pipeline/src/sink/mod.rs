@@ -182,7 +182,7 @@ fn list_dir(path: &Path) -> Result<Vec<PathBuf>> {
         .collect())
 }
 
-fn sync_dir(path: &Path) {
+pub(crate) fn sync_dir(path: &Path) {
     // Best effort: makes the renames durable on filesystems that support directory fsync.
     if let Ok(d) = File::open(path) {
         let _ = d.sync_all();
@@ -207,7 +207,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = File::create(&tmp).map_err(io)?;
     f.write_all(bytes).map_err(io)?;
     f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    std::fs::rename(&tmp, path).map_err(io)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")));
+    Ok(())
 }
 
 #[cfg(test)]

@@ -337,6 +337,8 @@ impl StagedPart {
             });
         }
         std::fs::rename(&self.temp, &self.part.path).map_err(io(&self.part.path))?;
+        // The rename is durable before the chunk's commit line is written after it.
+        super::sync_dir(self.part.path.parent().unwrap_or(Path::new(".")));
         Ok(self.part)
     }
 }

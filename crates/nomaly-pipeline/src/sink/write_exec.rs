@@ -512,9 +512,9 @@ impl ChunkSummary {
                 out.parts.push((
                     s,
                     StagedPart {
-                        temp: staging.join(temp.value(i)),
+                        temp: within(staging, temp.value(i))?,
                         part: WrittenPart {
-                            path: staging.join(path.value(i)),
+                            path: within(staging, path.value(i))?,
                             rows: rows.value(i),
                             bytes: bytes.value(i),
                             crc32: crc.value(i),
@@ -529,5 +529,50 @@ impl ChunkSummary {
             ));
         }
         Ok(out)
+    }
+}
+
+/// `staging/relative`, for a path a cluster returned: only plain names, so nothing a scheduler
+/// or executor says can make this process rename or remove a file elsewhere (SECURITY.md).
+fn within(staging: &Path, relative: &str) -> Result<PathBuf, String> {
+    let rel = Path::new(relative);
+    let plain = !relative.is_empty()
+        && rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if plain {
+        Ok(staging.join(rel))
+    } else {
+        Err(format!(
+            "the cluster returned the part path '{relative}', which is absolute or leaves the \
+             staging directory {}; refused",
+            staging.display()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::within;
+    use std::path::Path;
+
+    #[test]
+    fn part_paths_from_a_cluster_stay_in_the_staging_directory() {
+        let staging = Path::new("/data/.out.nomaly-staging");
+        assert_eq!(
+            within(staging, "seg=a/part-00003.parquet").unwrap(),
+            staging.join("seg=a/part-00003.parquet")
+        );
+        for rogue in [
+            "/etc/passwd",
+            "../x.parquet",
+            "a/../../b",
+            "",
+            "./a",
+            "a/./../b",
+        ] {
+            let e = within(staging, rogue).unwrap_err();
+            assert!(e.contains("refused"), "{rogue}: {e}");
+        }
     }
 }
