@@ -6,6 +6,7 @@ mod output;
 mod pipeline_cmd;
 mod query_progress;
 mod repl;
+mod serve_args;
 mod serve_cmd;
 mod sql_cmd;
 

@@ -6,6 +6,8 @@
 //! its pipeline, once per run.
 
 use crate::queue::Waiting;
+use crate::server::Server;
+use crate::store::RunRecord;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -58,6 +60,36 @@ pub(crate) fn split_by_output(
         taken.extend(outputs);
     }
     (free, waiting)
+}
+
+impl Server {
+    /// A run's output directories (its pipeline compiled), or `None` if it does not compile.
+    pub(crate) fn outputs_of(&self, run: &RunRecord) -> Option<Vec<PathBuf>> {
+        let compiled = self.prepare(run).ok()?;
+        Some(compiled.sinks.iter().map(|s| s.path.clone()).collect())
+    }
+
+    /// The queue's runs free to start, and those waiting for an output a running run (or one
+    /// ahead of them) writes.
+    pub(crate) fn split_by_output(
+        &self,
+        ordered: &[Waiting],
+        queued: &[RunRecord],
+    ) -> (Vec<Waiting>, std::collections::BTreeSet<i64>) {
+        let held: Vec<PathBuf> = self
+            .active()
+            .values()
+            .flat_map(|a| a.outputs.clone())
+            .collect();
+        split_by_output(ordered, &held, |id| {
+            self.inner.claims.of(id, || {
+                queued
+                    .iter()
+                    .find(|r| r.id == id)
+                    .and_then(|r| self.outputs_of(r))
+            })
+        })
+    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,15 @@
-//! The directories a server may read pipelines from and read and write data in (`--allow-root`).
-//! A path is inside a root when its canonical form (symlinks resolved, `..` gone) starts with the
-//! root's canonical form, so neither `..` nor a symlink leads out.
+//! What a submitted pipeline may touch on this server (SECURITY.md): the directories it may read
+//! pipelines from and read and write data in (`--allow-root`), the remote locations
+//! (`--allow-location`) and environment variables (`--allow-env`) it may name, and the parsing
+//! and compiling of a submission within those rules. A path is inside a root when its canonical
+//! form (symlinks resolved, `..` gone) starts with the root's canonical form, so neither `..` nor
+//! a symlink leads out.
 
 use crate::error::{Result, ServerError};
+use crate::server::Server;
 use nomaly_pipeline::Sandbox;
+use nomaly_pipeline::spec::NotifySpec;
+use nomaly_pipeline::{CompiledPipeline, PipelineError, PipelineFile, compile_in};
 use std::path::{Path, PathBuf};
 
 /// The server's rules for what a submitted pipeline may touch: the roots, and the
@@ -61,6 +67,56 @@ impl AllowedRoots {
             .location(location, what)
             .map(|_| ())
             .map_err(|e| ServerError::Forbidden(e.to_string()))
+    }
+}
+
+/// A pipeline that does not compile is a bad request (400); one that names something the
+/// sandbox refuses is forbidden (403).
+fn pipeline_error(e: PipelineError) -> ServerError {
+    match e {
+        PipelineError::Refused { .. } => ServerError::Forbidden(e.user_message()),
+        other => ServerError::BadRequest(other.user_message()),
+    }
+}
+
+impl Server {
+    pub(crate) fn parse(
+        &self,
+        path: &Path,
+        text: &str,
+        overrides: &[String],
+    ) -> Result<PipelineFile> {
+        let sandbox = self.inner.config.roots.sandbox();
+        PipelineFile::parse(path, text, overrides, &|name| sandbox.env(name))
+            .map_err(pipeline_error)
+    }
+
+    /// Parses and compiles within the server's sandbox (every path inside the roots, remote
+    /// locations and `${VAR}` only where allowed: SECURITY.md), and refuses command
+    /// notifications unless allowed.
+    pub(crate) fn compile_checked(
+        &self,
+        path: &Path,
+        text: &str,
+        overrides: &[String],
+    ) -> Result<CompiledPipeline> {
+        let file = self.parse(path, text, overrides)?;
+        let compiled =
+            compile_in(file, self.inner.config.roots.sandbox()).map_err(pipeline_error)?;
+        if !self.inner.config.allow_notify_commands
+            && compiled
+                .notifications
+                .iter()
+                .any(|n| matches!(n, NotifySpec::Command { .. }))
+        {
+            return Err(ServerError::Forbidden(
+                "[[notify]] type = \"command\" runs shell commands, which this server does not \
+                 allow; use type = \"webhook\" or \"file\", or start the server with \
+                 --allow-notify-commands"
+                    .to_string(),
+            ));
+        }
+        Ok(compiled)
     }
 }
 

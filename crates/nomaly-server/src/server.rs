@@ -8,11 +8,7 @@ use crate::queue::{self, Busy, Capacity, Waiting};
 use crate::roots::AllowedRoots;
 use crate::store::{ChunkRecord, NewRun, PipelineRecord, RunRecord, RunState, StartMode, Store};
 use nomaly_pipeline::faults::FaultPlan;
-use nomaly_pipeline::spec::NotifySpec;
-use nomaly_pipeline::{
-    CompiledPipeline, PipelineError, PipelineFile, Run, RunEvent, RunMode, RunOptions, RunStatus,
-    compile_in,
-};
+use nomaly_pipeline::{CompiledPipeline, Run, RunEvent, RunMode, RunOptions, RunStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,15 +24,6 @@ pub fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-/// A pipeline that does not compile is a bad request (400); one that names something the
-/// sandbox refuses is forbidden (403).
-fn pipeline_error(e: PipelineError) -> ServerError {
-    match e {
-        PipelineError::Refused { .. } => ServerError::Forbidden(e.user_message()),
-        other => ServerError::BadRequest(other.user_message()),
-    }
 }
 
 /// How the server runs.
@@ -111,10 +98,10 @@ struct Live {
     scoring_started: Option<Instant>,
 }
 
-struct Active {
+pub(crate) struct Active {
     cancel: CancellationToken,
     /// The outputs it writes (and holds the locks of).
-    outputs: Vec<PathBuf>,
+    pub(crate) outputs: Vec<PathBuf>,
     memory: u64,
     pipeline: String,
     started: Instant,
@@ -127,7 +114,7 @@ pub(crate) struct Inner {
     pub stream: broadcast::Sender<StreamEvent>,
     pub metrics: Metrics,
     active: Mutex<BTreeMap<i64, Active>>,
-    claims: crate::output_wait::OutputClaims,
+    pub(crate) claims: crate::output_wait::OutputClaims,
     wake: Notify,
     stop: CancellationToken,
     /// Held while the queue is looked at, so two admissions never start the same memory twice.
@@ -240,7 +227,7 @@ impl Server {
         }
     }
 
-    fn active(&self) -> std::sync::MutexGuard<'_, BTreeMap<i64, Active>> {
+    pub(crate) fn active(&self) -> std::sync::MutexGuard<'_, BTreeMap<i64, Active>> {
         self.inner.active.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -358,45 +345,6 @@ impl Server {
                     .to_string(),
             )),
         }
-    }
-
-    pub(crate) fn parse(
-        &self,
-        path: &Path,
-        text: &str,
-        overrides: &[String],
-    ) -> Result<PipelineFile> {
-        let sandbox = self.inner.config.roots.sandbox();
-        PipelineFile::parse(path, text, overrides, &|name| sandbox.env(name))
-            .map_err(pipeline_error)
-    }
-
-    /// Parses and compiles within the server's sandbox (every path inside the roots, remote
-    /// locations and `${VAR}` only where allowed: SECURITY.md), and refuses command
-    /// notifications unless allowed.
-    pub(crate) fn compile_checked(
-        &self,
-        path: &Path,
-        text: &str,
-        overrides: &[String],
-    ) -> Result<CompiledPipeline> {
-        let file = self.parse(path, text, overrides)?;
-        let compiled =
-            compile_in(file, self.inner.config.roots.sandbox()).map_err(pipeline_error)?;
-        if !self.inner.config.allow_notify_commands
-            && compiled
-                .notifications
-                .iter()
-                .any(|n| matches!(n, NotifySpec::Command { .. }))
-        {
-            return Err(ServerError::Forbidden(
-                "[[notify]] type = \"command\" runs shell commands, which this server does not \
-                 allow; use type = \"webhook\" or \"file\", or start the server with \
-                 --allow-notify-commands"
-                    .to_string(),
-            ));
-        }
-        Ok(compiled)
     }
 
     // ---- run control ---------------------------------------------------------------------
@@ -644,35 +592,7 @@ impl Server {
         }
     }
 
-    /// A run's output directories (its pipeline compiled), or `None` if it does not compile.
-    fn outputs_of(&self, run: &RunRecord) -> Option<Vec<PathBuf>> {
-        let compiled = self.prepare(run).ok()?;
-        Some(compiled.sinks.iter().map(|s| s.path.clone()).collect())
-    }
-
-    /// The queue's runs free to start, and those waiting for an output a running run (or one
-    /// ahead of them) writes.
-    fn split_by_output(
-        &self,
-        ordered: &[Waiting],
-        queued: &[RunRecord],
-    ) -> (Vec<Waiting>, std::collections::BTreeSet<i64>) {
-        let held: Vec<PathBuf> = self
-            .active()
-            .values()
-            .flat_map(|a| a.outputs.clone())
-            .collect();
-        crate::output_wait::split_by_output(ordered, &held, |id| {
-            self.inner.claims.of(id, || {
-                queued
-                    .iter()
-                    .find(|r| r.id == id)
-                    .and_then(|r| self.outputs_of(r))
-            })
-        })
-    }
-
-    fn prepare(&self, run: &RunRecord) -> Result<CompiledPipeline> {
+    pub(crate) fn prepare(&self, run: &RunRecord) -> Result<CompiledPipeline> {
         let source = self
             .inner
             .store

@@ -4,23 +4,12 @@
 
 use crate::cluster::Cluster;
 use crate::{nomaly_env, stderr, stdout};
-use std::io::{Read, Write};
 
+/// The status of one REST call to the scheduler, with or without a token.
 fn rest_status(port: u16, method: &str, path: &str, token: Option<&str>) -> u16 {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 0\r\n{auth}\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    text.split(' ').nth(1).unwrap().parse().unwrap()
+    crate::serve::raw_request(port, method, path, None, token)
+        .unwrap()
+        .0
 }
 
 #[test]
