@@ -18,16 +18,7 @@ pub fn token_path(db: &Path) -> PathBuf {
     db.with_extension("token")
 }
 
-/// A token file's token (surrounding whitespace dropped); an empty file is an error.
-pub fn read_token_file(path: &Path, flag: &str) -> Result<String, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
-    let token = text.trim().to_string();
-    if token.is_empty() {
-        return Err(format!("{flag} {}: the file is empty", path.display()));
-    }
-    Ok(token)
-}
+use nomaly_engine::cluster_auth::read_token_file;
 
 /// What the server requires: `Some(token)`, or `None` with `--no-auth`. `generated` is where a
 /// token made (or found) beside the store lives, for the start-up line.

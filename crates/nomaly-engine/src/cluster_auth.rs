@@ -53,7 +53,10 @@ pub fn read_token_file(path: &std::path::Path, flag: &str) -> Result<String, Str
         std::fs::read_to_string(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
     let token = text.trim();
     if token.is_empty() {
-        return Err(format!("{flag} {}: the file is empty", path.display()));
+        return Err(format!(
+            "{flag} {}: the file is empty; put the token in it",
+            path.display()
+        ));
     }
     Ok(token.to_string())
 }
@@ -105,7 +108,8 @@ pub async fn scheduler_client(
     ))
 }
 
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
+/// Compares in time that depends on the lengths only, not on where the bytes first differ.
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -32,16 +32,8 @@ impl TokenAuthenticator {
     /// The token is the file's content without surrounding whitespace; an empty or unreadable
     /// file is an error that names it.
     pub fn from_file(path: &Path) -> Result<TokenAuthenticator, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("--flight-sql-token-file {}: {e}", path.display()))?;
-        let token = text.trim();
-        if token.is_empty() {
-            return Err(format!(
-                "--flight-sql-token-file {} is empty; put the token clients must present in it",
-                path.display()
-            ));
-        }
-        Ok(TokenAuthenticator::new(token))
+        crate::cluster_auth::read_token_file(path, "--flight-sql-token-file")
+            .map(TokenAuthenticator::new)
     }
 
     /// The secret a handshake presents, from `authorization: Basic base64(user:token)` or
@@ -64,19 +56,13 @@ impl TokenAuthenticator {
     }
 }
 
-/// Compares in time that depends on the lengths only, not on where the bytes first differ.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[async_trait]
 impl Authenticator for TokenAuthenticator {
     async fn authenticate(&self, headers: &MetadataMap) -> Result<Identity, Status> {
         match Self::presented(headers) {
-            Some((user, secret)) if same_secret(secret.as_bytes(), self.token.as_bytes()) => {
+            Some((user, secret))
+                if crate::cluster_auth::same_secret(secret.as_bytes(), self.token.as_bytes()) =>
+            {
                 Ok(Identity::user(user.unwrap_or_else(|| "token".into())))
             }
             Some(_) => Err(Status::unauthenticated("the token is not the scheduler's")),
