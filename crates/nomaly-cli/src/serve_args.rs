@@ -115,6 +115,15 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub(crate) max_streams_per_client: usize,
 
+    /// Connections open at once; one more is closed before anything is read
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    pub(crate) max_connections: usize,
+
+    /// How long a client may take to send a request's headers before its connection is closed
+    /// (slow clients cannot hold connections open), e.g. 10s
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    pub(crate) header_timeout: String,
+
     /// Largest request body accepted, e.g. 1MB
     #[arg(long, default_value = "1MB", value_name = "SIZE")]
     pub(crate) max_body: String,

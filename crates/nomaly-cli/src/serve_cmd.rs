@@ -284,6 +284,11 @@ async fn serve_inner(args: ServeArgs) -> Result<(), String> {
         scheduler,
         hosts: nomaly_server::http_guard::HostRule::for_bind(args.bind, &args.allow_hosts),
         max_streams_per_client: args.max_streams_per_client,
+        connections: nomaly_server::connections::ConnectionLimits {
+            max_connections: args.max_connections.max(1),
+            header_timeout: nomaly_pipeline::compile::parse_duration(&args.header_timeout)
+                .map_err(|e| format!("--header-timeout: {e}"))?,
+        },
     };
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

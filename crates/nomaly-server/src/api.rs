@@ -53,6 +53,8 @@ pub struct HttpConfig {
     pub hosts: crate::http_guard::HostRule,
     /// The most event streams one client (IP address) holds open at once.
     pub max_streams_per_client: usize,
+    /// Open connections at most, and how long a client may take to send its headers.
+    pub connections: crate::connections::ConnectionLimits,
 }
 
 #[derive(Clone)]

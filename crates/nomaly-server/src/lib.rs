@@ -15,6 +15,7 @@
 pub mod api;
 pub mod client;
 pub mod cluster_view;
+pub mod connections;
 pub mod dashboard;
 pub mod deps;
 pub mod error;
@@ -34,9 +35,6 @@ pub use error::{Result, ServerError};
 pub use roots::AllowedRoots;
 pub use server::{Server, ServerConfig, SubmitRequest};
 
-use std::future::IntoFuture;
-use std::net::SocketAddr;
-
 /// Serves `server` on `addr` until `shutdown` completes; then stops the runs (they resume on the
 /// next start).
 pub async fn serve(
@@ -45,15 +43,13 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let limits = http.connections;
     let app = router(server.clone(), http);
-    // Not axum's graceful shutdown: event streams never end on their own, so it would wait
-    // forever. The runs are what must stop cleanly, and `Server::shutdown` sees to them.
-    let serving = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    );
+    // No graceful shutdown: event streams never end on their own, so it would wait forever.
+    // The runs are what must stop cleanly, and `Server::shutdown` sees to them.
+    let serving = connections::accept_loop(listener, app, limits);
     let result = tokio::select! {
-        r = serving.into_future() => r,
+        r = serving => r,
         _ = shutdown => Ok(()),
     };
     server.shutdown().await;

@@ -598,3 +598,49 @@ fn event_streams_per_client_are_capped() {
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
+
+/// A client that never finishes its headers is cut off after `--header-timeout`, and a
+/// connection beyond `--max-connections` is closed at once; the server then serves as before.
+#[test]
+fn slow_and_excess_connections_are_closed() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let p = Playground::new();
+    let server = Served::start(
+        &p.root,
+        &["--max-connections", "2", "--header-timeout", "1s"],
+        &[],
+    );
+    let half_sent = || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            .unwrap();
+        s
+    };
+    // Read until the server closes the connection (EOF or reset); how long that took.
+    let until_closed = |mut s: std::net::TcpStream| {
+        let started = Instant::now();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        (started.elapsed(), String::from_utf8_lossy(&buf).to_string())
+    };
+    let (a, b) = (half_sent(), half_sent());
+    std::thread::sleep(Duration::from_millis(200));
+    let (took, said) = until_closed(half_sent());
+    assert!(
+        took < Duration::from_millis(900),
+        "the third connection stayed open {took:?}"
+    );
+    assert!(!said.contains("200 OK"), "{said}");
+    for s in [a, b] {
+        let (took, said) = until_closed(s);
+        assert!(
+            took < Duration::from_secs(4),
+            "a half-sent request held its connection {took:?}"
+        );
+        assert!(!said.contains("200 OK"), "{said}");
+    }
+    assert_eq!(server.request("GET", "/health", None).unwrap().0, 200);
+    assert!(!server.log().contains("panicked"), "{}", server.log());
+}
