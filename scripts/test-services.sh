@@ -3,7 +3,8 @@
 #   ~/.cache/nomaly-py    a Python venv with moto_server (S3-compatible) and the upload clients
 #   ~/.cache/nomaly-node  Azurite (Azure Blob emulator)
 # Debian's libhdf5-dev (for the `hdf5` feature) when it is missing and apt-get can run, and
-# Debian's chromium + chromium-driver for the dashboard's browser test.
+# Debian's chromium + chromium-driver for the dashboard's browser test, and openssl and curl for
+# the API's TLS test.
 # Re-running is cheap: each part is skipped when its pinned versions are already installed.
 # Needs python3 (with venv) and npm, both on these machines; nothing else.
 set -euo pipefail
@@ -45,4 +46,13 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
     echo "test-services: installing chromium and chromium-driver (the dashboard's browser test)" >&2
     { $sudo apt-get install -y -q chromium chromium-driver || { $sudo apt-get update -q && $sudo apt-get install -y -q chromium chromium-driver; }; } >/dev/null 2>&1 \
         || echo "test-services: could not install chromium; the dashboard test will fail saying so" >&2
+fi
+
+# openssl makes the self-signed certificate of the TLS test; curl is its HTTPS client.
+if ! command -v openssl >/dev/null || ! command -v curl >/dev/null; then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo -n"
+    echo "test-services: installing openssl and curl (the API's TLS test)" >&2
+    { $sudo apt-get install -y -q openssl curl || { $sudo apt-get update -q && $sudo apt-get install -y -q openssl curl; }; } >/dev/null 2>&1 \
+        || echo "test-services: could not install openssl or curl; the TLS test will fail saying so" >&2
 fi

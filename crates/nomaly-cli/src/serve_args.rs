@@ -124,6 +124,15 @@ pub struct ServeArgs {
     #[arg(long, default_value = "10s", value_name = "DURATION")]
     pub(crate) header_timeout: String,
 
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key). Clients then use
+    /// https://HOST:PORT; plain HTTP is refused
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+
     /// Largest request body accepted, e.g. 1MB
     #[arg(long, default_value = "1MB", value_name = "SIZE")]
     pub(crate) max_body: String,

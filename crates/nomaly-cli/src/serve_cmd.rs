@@ -266,7 +266,12 @@ async fn serve_inner(args: ServeArgs) -> Result<(), String> {
     // JSON logs stay JSON: the log line above says the same.
     if args.log_format == LogFormat::Text {
         eprintln!(
-            "nomaly serve: listening on http://{addr} (job store {}, memory budget {}, {} runs at once)",
+            "nomaly serve: listening on {}://{addr} (job store {}, memory budget {}, {} runs at once)",
+            if args.tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            },
             db.display(),
             nomaly_server::server::human_bytes(budget),
             args.max_runs
@@ -288,6 +293,10 @@ async fn serve_inner(args: ServeArgs) -> Result<(), String> {
             max_connections: args.max_connections.max(1),
             header_timeout: nomaly_pipeline::compile::parse_duration(&args.header_timeout)
                 .map_err(|e| format!("--header-timeout: {e}"))?,
+            tls: match (&args.tls_cert, &args.tls_key) {
+                (Some(cert), Some(key)) => Some(nomaly_server::connections::tls_config(cert, key)?),
+                _ => None,
+            },
         },
     };
     let shutdown = async {

@@ -70,11 +70,18 @@ fn refuse(status: StatusCode, message: String) -> Response {
     (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
 }
 
-/// Why a request is refused before routing, if it is.
-pub fn check(rule: &HostRule, method: &Method, headers: &HeaderMap) -> Option<Response> {
+/// Why a request is refused before routing, if it is. `authority` is the request URI's (HTTP/2
+/// sends the host there, as `:authority`, instead of a `Host` header).
+pub fn check(
+    rule: &HostRule,
+    method: &Method,
+    authority: Option<&str>,
+    headers: &HeaderMap,
+) -> Option<Response> {
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
+        .or(authority)
         .unwrap_or("");
     if !rule.allows(host) {
         return Some(refuse(
@@ -123,7 +130,8 @@ pub fn check(rule: &HostRule, method: &Method, headers: &HeaderMap) -> Option<Re
 
 /// The middleware form of [`check`].
 pub async fn guard(State(rule): State<HostRule>, request: Request, next: Next) -> Response {
-    match check(&rule, request.method(), request.headers()) {
+    let authority = request.uri().authority().map(|a| a.as_str());
+    match check(&rule, request.method(), authority, request.headers()) {
         Some(refused) => refused,
         None => next.run(request).await,
     }
@@ -145,7 +153,8 @@ mod tests {
     #[test]
     fn foreign_hosts_origins_and_form_bodies_are_refused() {
         let rule = HostRule::for_bind("127.0.0.1".parse().unwrap(), &[]);
-        let status = |m: Method, h: &HeaderMap| check(&rule, &m, h).map(|r| r.status().as_u16());
+        let status =
+            |m: Method, h: &HeaderMap| check(&rule, &m, None, h).map(|r| r.status().as_u16());
         let own = headers(&[(header::HOST, "127.0.0.1:8080")]);
         assert_eq!(status(Method::GET, &own), None);
         let rebound = headers(&[(header::HOST, "attacker.example:8080")]);
@@ -169,7 +178,11 @@ mod tests {
         ]);
         assert_eq!(status(Method::POST, &form), Some(415));
         let any = HostRule::for_bind("0.0.0.0".parse().unwrap(), &[]);
-        assert!(check(&any, &Method::GET, &rebound).is_none());
+        assert!(check(&any, &Method::GET, None, &rebound).is_none());
+        // HTTP/2 names the host in the URI's authority, not in a Host header.
+        let h2 = HeaderMap::new();
+        assert!(check(&rule, &Method::GET, Some("127.0.0.1:8080"), &h2).is_none());
+        assert!(check(&rule, &Method::GET, Some("evil.example"), &h2).is_some());
         assert_eq!(host_name("[::1]:80"), "::1");
     }
 }

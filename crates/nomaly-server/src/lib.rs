@@ -43,7 +43,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let limits = http.connections;
+    let limits = http.connections.clone();
     let app = router(server.clone(), http);
     // No graceful shutdown: event streams never end on their own, so it would wait forever.
     // The runs are what must stop cleanly, and `Server::shutdown` sees to them.

@@ -644,3 +644,83 @@ fn slow_and_excess_connections_are_closed() {
     assert_eq!(server.request("GET", "/health", None).unwrap().0, 200);
     assert!(!server.log().contains("panicked"), "{}", server.log());
 }
+
+/// `--tls-cert/--tls-key`: the API answers over TLS with a self-signed certificate (made here
+/// with openssl), the token still required; plain HTTP gets no answer.
+#[test]
+fn the_api_serves_tls_with_a_self_signed_certificate() {
+    use std::process::{Command, Stdio};
+    let p = Playground::new();
+    let (cert, key) = (p.base.join("cert.pem"), p.base.join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl (scripts/test-services.sh installs it)");
+    assert!(made.success());
+    let port = crate::free_port();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_nomaly"))
+        .args(["serve", "--port", &port.to_string(), "--allow-root"])
+        .arg(&p.root)
+        .arg("--db")
+        .arg(p.root.join("jobs.db"))
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let curl = |path: &str, extra: &[&str]| {
+        let o = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+            ])
+            .args(extra)
+            .arg(format!("https://127.0.0.1:{port}{path}"))
+            .output()
+            .expect("curl");
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+        )
+    };
+    let ca = ["--cacert", cert.to_str().unwrap()];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while curl("/health", &ca).1 != "200" {
+        assert!(std::time::Instant::now() < deadline, "no TLS answer");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let token = std::fs::read_to_string(p.root.join("jobs.token")).unwrap();
+    let auth = format!("Authorization: Bearer {}", token.trim());
+    assert_eq!(curl("/api/runs", &ca).1, "401");
+    assert_eq!(curl("/api/runs", &[ca[0], ca[1], "-H", &auth]).1, "200");
+    // Without the CA the certificate is not trusted (curl exit 60); plain HTTP gets no answer.
+    assert_eq!(curl("/health", &[]).0, Some(60));
+    let plain = crate::serve::raw_request(port, "GET", "/health", None, None);
+    assert!(
+        plain.as_ref().is_none_or(|(status, _)| *status != 200),
+        "{plain:?}"
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
