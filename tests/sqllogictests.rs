@@ -117,7 +117,7 @@ fn cluster_process(role: &str) -> i32 {
             }
             _ => {
                 let flags = ExecutorFlags::parse();
-                run_executor(flags, nomaly_pipeline::physical_codec()).await
+                run_executor(flags, nomaly_pipeline::physical_codec(), None).await
             }
         }
     });

@@ -14,7 +14,7 @@ pub const DEFAULT_BIND_HOST: &str = "127.0.0.1";
 #[derive(Args)]
 #[command(after_help = "Examples:\n  \
 nomaly scheduler                                  # 127.0.0.1:50050: gRPC, REST API (/api/jobs) and health\n  \
-nomaly scheduler --bind-host 0.0.0.0 --external-host sched.example\n  \
+nomaly scheduler --bind-host 0.0.0.0 --external-host sched.example --auth-token-file cluster.token\n  \
 nomaly scheduler --flight-sql --flight-sql-token-file token.txt   # JDBC/ADBC clients: password = the token\n  \
 nomaly sql --engine ballista://127.0.0.1:50050 -f examples/quickstart.sql\n\n\
 Logs: --log-level-setting (default INFO), or NOMALY_LOG.")]
@@ -27,10 +27,13 @@ pub struct SchedulerArgs {
     /// Without it, any client that reaches the port may run queries.
     #[arg(long, value_name = "FILE", requires = "flight_sql")]
     pub flight_sql_token_file: Option<PathBuf>,
-    /// Every request to this port (REST API, client gRPC) must carry the token this file
-    /// holds; clients send it from NOMALY_CLUSTER_TOKEN or NOMALY_CLUSTER_TOKEN_FILE. Health
-    /// checks, the Cluster page's files, Flight and the executors' own calls stay open (Ballista
-    /// 55's executors cannot send it): SECURITY.md. Default: no token, any client may submit
+    /// Every request to this port (REST API, gRPC, Flight) must carry the token this file
+    /// holds: executors are started with the same --auth-token-file, clients send it from
+    /// NOMALY_CLUSTER_TOKEN or NOMALY_CLUSTER_TOKEN_FILE, Flight SQL clients as the password
+    /// (unless --flight-sql-token-file gives Flight SQL its own). Only health checks and the
+    /// Cluster page's files stay open. Executors then pull their tasks (the push policy is
+    /// overridden). Required when --bind-host is not a loopback address. Default: none, and any
+    /// client that reaches 127.0.0.1 may submit (SECURITY.md)
     #[arg(long, value_name = "FILE")]
     pub auth_token_file: Option<PathBuf>,
 }
@@ -38,12 +41,50 @@ pub struct SchedulerArgs {
 #[derive(Args)]
 #[command(after_help = "Examples:\n  \
 nomaly executor                                   # joins 127.0.0.1:50050; ports 50051 (flight), 50052 (gRPC), 50053 (health)\n  \
-nomaly executor --scheduler-host sched.example --bind-port 50061 --bind-grpc-port 50062 --bind-health-port 50063\n\n\
+nomaly executor --scheduler-host sched.example --bind-host 0.0.0.0 --auth-token-file cluster.token\n\n\
 Every executor must read the inputs and write the outputs at the paths the client names: share the\n\
 filesystem (or use an object store). Logs: --log-level-setting (default INFO), or NOMALY_LOG.")]
 pub struct ExecutorArgs {
     #[command(flatten)]
     pub flags: ExecutorFlags,
+
+    /// The cluster token (the scheduler's --auth-token-file): the executor presents it to the
+    /// scheduler and to other executors, and its Flight port (shuffle files and results)
+    /// answers only callers that present it. The executor then pulls its tasks and opens no
+    /// gRPC port. Required when --bind-host is not a loopback address. Default: none, and the
+    /// Flight port answers anyone that reaches 127.0.0.1 (SECURITY.md)
+    #[arg(long, value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
+}
+
+/// Whether `host` (an address or a name) is reachable from this machine only: a name counts
+/// when every address it resolves to is loopback.
+pub fn is_loopback_host(host: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    match (host, 0).to_socket_addrs() {
+        Ok(addrs) => {
+            let addrs: Vec<_> = addrs.collect();
+            !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
+        }
+        Err(_) => false,
+    }
+}
+
+/// The token from `--auth-token-file`; refused (exit 2) when missing off loopback.
+fn cluster_token(
+    file: Option<&std::path::Path>,
+    bind_host: &str,
+) -> Result<Option<std::sync::Arc<String>>, String> {
+    match file {
+        Some(f) => nomaly_engine::cluster_auth::read_token_file(f, "--auth-token-file")
+            .map(|t| Some(std::sync::Arc::new(t))),
+        None if is_loopback_host(bind_host) => Ok(None),
+        None => Err(format!(
+            "--bind-host {bind_host} is reachable from the network, so the cluster needs a \
+             token: give --auth-token-file FILE (the same file to the scheduler and every \
+             executor; e.g. `openssl rand -hex 32 > FILE`), or bind 127.0.0.1 (SECURITY.md)"
+        )),
+    }
 }
 
 /// The log filter for a cluster process: `NOMALY_LOG` if set, else the `--log-level-setting` flag.
@@ -64,14 +105,9 @@ pub async fn scheduler(args: SchedulerArgs) -> i32 {
             return 2;
         }
     };
-    let token = match args
-        .auth_token_file
-        .as_deref()
-        .map(|f| nomaly_engine::cluster_auth::read_token_file(f, "--auth-token-file"))
-    {
-        None => None,
-        Some(Ok(t)) => Some(std::sync::Arc::new(t)),
-        Some(Err(e)) => {
+    let token = match cluster_token(args.auth_token_file.as_deref(), &args.flags.bind_host) {
+        Ok(t) => t,
+        Err(e) => {
             eprintln!("error: {e}");
             return 2;
         }
@@ -83,10 +119,10 @@ pub async fn scheduler(args: SchedulerArgs) -> i32 {
              cluster (SECURITY.md)"
         );
     }
-    let flight = match (args.flags.flight_sql, &auth) {
-        (false, _) => String::new(),
-        (true, None) => format!(", Flight SQL on {addr} for any client"),
-        (true, Some(_)) => format!(", Flight SQL on {addr} with a token"),
+    let flight = match (args.flags.flight_sql, &auth, &token) {
+        (false, _, _) => String::new(),
+        (true, None, None) => format!(", Flight SQL on {addr} for any client"),
+        (true, _, _) => format!(", Flight SQL on {addr} with a token"),
     };
     eprintln!("nomaly scheduler on {addr} (REST API: http://{addr}/api/jobs{flight})");
     report(
@@ -103,11 +139,22 @@ pub async fn scheduler(args: SchedulerArgs) -> i32 {
 
 pub async fn executor(args: ExecutorArgs) -> i32 {
     let f = &args.flags;
+    let token = match cluster_token(args.auth_token_file.as_deref(), &f.bind_host) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
     eprintln!(
-        "nomaly executor on {}:{} joining the scheduler at {}:{}",
-        f.bind_host, f.bind_port, f.scheduler_host, f.scheduler_port
+        "nomaly executor on {}:{} joining the scheduler at {}:{}{}",
+        f.bind_host,
+        f.bind_port,
+        f.scheduler_host,
+        f.scheduler_port,
+        if token.is_some() { " with a token" } else { "" }
     );
-    report(run_executor(args.flags, nomaly_pipeline::physical_codec()).await)
+    report(run_executor(args.flags, nomaly_pipeline::physical_codec(), token).await)
 }
 
 fn report(result: nomaly_engine::Result<()>) -> i32 {

@@ -1,14 +1,17 @@
 //! The cluster token (SECURITY.md, "The cluster"): `nomaly scheduler --auth-token-file F` makes
-//! its port refuse every request without `authorization: Bearer <token>`, but for health checks,
-//! the Cluster page's static files, the executors' own calls and Flight (which has its own
-//! token with `--flight-sql-token-file`). Clients (`nomaly sql --engine ballista://`, pipelines on
-//! a cluster, `nomaly jobs`, `nomaly serve --scheduler`) send the token from
-//! `NOMALY_CLUSTER_TOKEN` or the file named by `NOMALY_CLUSTER_TOKEN_FILE`: in gRPC metadata
-//! (Ballista's interceptor) and in REST headers.
+//! its port refuse every request without the token, but for health checks, the Cluster page's
+//! static files and Flight SQL (which checks the same token, or its own
+//! `--flight-sql-token-file`, in its handshake). `nomaly executor --auth-token-file F` presents
+//! it to the scheduler and makes the executor's Flight port (shuffle and result fetches) refuse
+//! requests without it. Clients (`nomaly sql --engine ballista://`, pipelines on a cluster,
+//! `nomaly jobs`, `nomaly serve --scheduler`) send it from `NOMALY_CLUSTER_TOKEN` or the file
+//! named by `NOMALY_CLUSTER_TOKEN_FILE`.
 //!
-//! Ballista 55's executors cannot send metadata on their calls to the scheduler, so the five
-//! executor methods stay open; a host that can reach the scheduler's port can still register as
-//! an executor. Keep the port on a network only the cluster reaches until that is closed.
+//! How it travels: as `authorization: Bearer <token>` where the caller can set metadata (REST,
+//! the client's submissions), and as a `nomaly-cluster-token/<token>` product in `user-agent`
+//! where Ballista 55 lets us shape only the connection (the executors' calls to the scheduler,
+//! every shuffle and result fetch): its endpoint override is the one hook those clients offer.
+//! Both are read the same way by [`require_token`], compared in constant time.
 
 use axum::extract::{Request, State};
 use axum::http::header;
@@ -21,33 +24,42 @@ use datafusion::prelude::SessionConfig;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 /// The token a client sends.
 pub const TOKEN_ENV: &str = "NOMALY_CLUSTER_TOKEN";
 /// A file holding the token a client sends (when `NOMALY_CLUSTER_TOKEN` is not set).
 pub const TOKEN_FILE_ENV: &str = "NOMALY_CLUSTER_TOKEN_FILE";
 
-/// Requests that pass without the token: health, the page's files, what executors call (they
-/// cannot send it), and Flight (its own authentication).
-const OPEN_PATHS: &[&str] = &[
-    "/healthz",
-    "/readyz",
-    "/ballista.protobuf.SchedulerGrpc/RegisterExecutor",
-    "/ballista.protobuf.SchedulerGrpc/HeartBeatFromExecutor",
-    "/ballista.protobuf.SchedulerGrpc/PollWork",
-    "/ballista.protobuf.SchedulerGrpc/UpdateTaskStatus",
-    "/ballista.protobuf.SchedulerGrpc/ExecutorStopped",
-];
+/// The `user-agent` product that carries the token on connections Ballista builds itself.
+const AGENT_PRODUCT: &str = "nomaly-cluster-token/";
 
-fn is_open(path: &str) -> bool {
-    path == "/"
-        || path.starts_with("/ui/")
-        || path.starts_with("/arrow.flight.protocol.")
-        || OPEN_PATHS.contains(&path)
+/// What a guarded port lets through without the token.
+#[derive(Clone, Debug)]
+pub struct ClusterGuard {
+    token: Arc<String>,
+    /// Flight SQL is on and checks a token in its own handshake, so Flight calls pass here (a
+    /// scheduler without Flight SQL serves Ballista's Flight proxy on that path: guarded).
+    flight_checks_itself: bool,
 }
 
-/// A token file's token; an empty or unreadable file is an error naming it.
+impl ClusterGuard {
+    pub fn new(token: Arc<String>, flight_checks_itself: bool) -> ClusterGuard {
+        ClusterGuard {
+            token,
+            flight_checks_itself,
+        }
+    }
+
+    fn is_open(&self, path: &str) -> bool {
+        matches!(path, "/" | "/healthz" | "/readyz")
+            || path.starts_with("/ui/")
+            || (self.flight_checks_itself && path.starts_with("/arrow.flight.protocol."))
+    }
+}
+
+/// A token file's token; an empty or unreadable file, or a token that cannot travel in a header
+/// (anything but visible ASCII), is an error naming it.
 pub fn read_token_file(path: &std::path::Path, flag: &str) -> Result<String, String> {
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
@@ -58,7 +70,41 @@ pub fn read_token_file(path: &std::path::Path, flag: &str) -> Result<String, Str
             path.display()
         ));
     }
+    check_token(token).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
     Ok(token.to_string())
+}
+
+/// A token travels in headers: visible ASCII only, no spaces, at most 4 KiB.
+fn check_token(token: &str) -> Result<(), String> {
+    if token.len() > 4096 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(
+            "the token must be one word of visible ASCII (at most 4096 characters), \
+                    e.g. `openssl rand -hex 32`"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// An endpoint override that makes every call on the connection carry `token` (in
+/// `user-agent`, the one header Ballista 55 lets an endpoint override set).
+pub fn token_endpoint(token: Arc<String>) -> ballista_core::extension::EndpointOverrideFn {
+    Arc::new(move |endpoint: Endpoint| Ok(endpoint.user_agent(format!("{AGENT_PRODUCT}{token}"))?))
+}
+
+/// The token a request presents: a bearer `authorization`, or the `user-agent` product.
+fn presented_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    bearer.or_else(|| {
+        headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())?
+            .split_ascii_whitespace()
+            .find_map(|product| product.strip_prefix(AGENT_PRODUCT))
+    })
 }
 
 /// The token this client sends, if any.
@@ -77,11 +123,13 @@ pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
-/// `config` with the client's token in the metadata of every gRPC call Ballista makes.
+/// `config` with the client's token on every gRPC call Ballista makes: in the metadata of its
+/// calls to the scheduler, and on the connections that fetch results from executors.
 pub fn with_client_token(config: SessionConfig) -> SessionConfig {
     match client_token() {
         Ok(Some(t)) => config
-            .with_ballista_grpc_metadata(HashMap::from([("authorization".into(), bearer(&t))])),
+            .with_ballista_grpc_metadata(HashMap::from([("authorization".into(), bearer(&t))]))
+            .with_ballista_override_create_grpc_client_endpoint(token_endpoint(Arc::new(t))),
         Ok(None) => config,
         Err(e) => {
             tracing::warn!("{e}; sending no cluster token");
@@ -113,24 +161,18 @@ pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The scheduler port's middleware: refuses guarded requests without the token (REST: 401,
-/// gRPC: `UNAUTHENTICATED`).
+/// A guarded port's middleware (the scheduler's, an executor's Flight port): refuses requests
+/// without the token (REST: 401, gRPC: `UNAUTHENTICATED`).
 pub async fn require_token(
-    State(token): State<Arc<String>>,
+    State(guard): State<ClusterGuard>,
     request: Request,
     next: Next,
 ) -> Response {
-    let path = request.uri().path();
-    if is_open(path) {
+    if guard.is_open(request.uri().path()) {
         return next.run(request).await;
     }
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if same_secret(given.as_bytes(), token.as_bytes()) {
+    let given = presented_token(request.headers()).unwrap_or("");
+    if same_secret(given.as_bytes(), guard.token.as_bytes()) {
         return next.run(request).await;
     }
     let message = "this scheduler needs its token: clients set NOMALY_CLUSTER_TOKEN (or \
@@ -157,25 +199,53 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_health_pages_executors_and_flight_are_open() {
-        for open in [
-            "/healthz",
-            "/",
-            "/ui/app.js",
-            "/ballista.protobuf.SchedulerGrpc/PollWork",
-            "/arrow.flight.protocol.FlightService/DoGet",
-        ] {
-            assert!(is_open(open), "{open}");
+    fn only_health_and_the_page_are_open_and_flight_when_it_checks_itself() {
+        let token = Arc::new("t".to_string());
+        let plain = ClusterGuard::new(token.clone(), false);
+        let flight_sql = ClusterGuard::new(token, true);
+        for open in ["/healthz", "/readyz", "/", "/ui/app.js"] {
+            assert!(plain.is_open(open), "{open}");
         }
         for guarded in [
             "/api/jobs",
             "/api/job/x",
             "/ballista.protobuf.SchedulerGrpc/ExecuteQuery",
-            "/ballista.protobuf.SchedulerGrpc/CancelJob",
+            "/ballista.protobuf.SchedulerGrpc/RegisterExecutor",
+            "/ballista.protobuf.SchedulerGrpc/PollWork",
             "/ballista.protobuf.SchedulerGrpc/NewMethod",
+            "/arrow.flight.protocol.FlightService/DoGet",
             "/ballista-tui",
         ] {
-            assert!(!is_open(guarded), "{guarded}");
+            assert!(!plain.is_open(guarded), "{guarded}");
+        }
+        assert!(flight_sql.is_open("/arrow.flight.protocol.FlightService/Handshake"));
+        assert!(!flight_sql.is_open("/ballista.protobuf.SchedulerGrpc/PollWork"));
+    }
+
+    #[test]
+    fn the_token_is_read_from_a_bearer_or_the_user_agent() {
+        let mut h = axum::http::HeaderMap::new();
+        assert_eq!(presented_token(&h), None);
+        h.insert(
+            header::USER_AGENT,
+            "nomaly-cluster-token/abc tonic/0.14.9".parse().unwrap(),
+        );
+        assert_eq!(presented_token(&h), Some("abc"));
+        h.insert(header::AUTHORIZATION, "Bearer xyz".parse().unwrap());
+        assert_eq!(presented_token(&h), Some("xyz"));
+        let mut h = axum::http::HeaderMap::new();
+        h.insert(
+            header::USER_AGENT,
+            "curl/8 nomaly-cluster-tokenabc".parse().unwrap(),
+        );
+        assert_eq!(presented_token(&h), None);
+    }
+
+    #[test]
+    fn tokens_that_cannot_travel_in_a_header_are_refused() {
+        assert!(check_token("0123abcdef").is_ok());
+        for bad in ["two words", "tab\there", "é", &"x".repeat(4097)] {
+            assert!(check_token(bad).is_err(), "{bad}");
         }
     }
 }

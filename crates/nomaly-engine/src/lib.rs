@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod cluster_auth;
 pub mod confined_store;
 pub mod error;
+pub mod executor_flight;
 pub mod flight_auth;
 #[cfg(feature = "hdf5")]
 pub mod hdf5;

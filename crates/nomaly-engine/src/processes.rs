@@ -12,6 +12,8 @@ use crate::error::{EngineError, Result};
 use crate::flight_auth::TokenAuthenticator;
 use crate::object_stores::EnvObjectStoreRegistry;
 use crate::session::tune_session_config;
+use ballista_core::config::TaskSchedulingPolicy;
+use ballista_core::extension::SessionConfigExt;
 use ballista_core::extension::{
     ballista_aggregate_functions, ballista_scalar_functions, ballista_window_functions,
 };
@@ -78,8 +80,21 @@ pub async fn run_scheduler(
     // The cluster reads the session builder when it is created: set it first.
     let mut config = config.with_override_session_builder(Arc::new(session_state));
     config.override_physical_codec = Some(codec);
+    // Flight SQL checks the cluster token in its handshake unless it has a token of its own.
+    let flight_sql_auth =
+        flight_sql_auth.or_else(|| token.as_ref().map(|t| TokenAuthenticator::new(t.as_str())));
     if let Some(auth) = flight_sql_auth {
         config = config.with_flight_sql_authenticator(Arc::new(auth));
+    }
+    if let Some(token) = &token {
+        // Executors pull their tasks: pushing would need the executors' gRPC port, which
+        // Ballista 55 serves without a hook for the token. The scheduler's own connections to
+        // executors (its Flight proxy among them) carry the token.
+        config = config
+            .with_scheduler_policy(TaskSchedulingPolicy::PullStaged)
+            .with_override_create_grpc_client_endpoint(crate::cluster_auth::token_endpoint(
+                token.clone(),
+            ));
     }
     if page.is_some() {
         config.web_tui_route = crate::scheduler_server::BALLISTA_TUI_ROUTE.to_string();
@@ -103,10 +118,13 @@ pub async fn run_scheduler(
 
 /// Runs an executor until the process is stopped (Ctrl-C or SIGTERM: it tells the scheduler and
 /// drains), with `/healthz` and `/readyz` on `--bind-health-port`. `codec` decodes the stages (the
-/// scheduler's codec).
+/// scheduler's codec). With a `token`, the executor presents it on every connection it opens
+/// (to the scheduler, to other executors' Flight ports) and its own Flight port requires it; it
+/// then pulls its tasks, so it opens no gRPC port (see [`run_scheduler`]).
 pub async fn run_executor(
     flags: ExecutorFlags,
     codec: Arc<dyn PhysicalExtensionCodec>,
+    token: Option<Arc<String>>,
 ) -> Result<()> {
     let health_addr: SocketAddr = format!("{}:{}", flags.bind_host, flags.bind_health_port)
         .parse()
@@ -136,6 +154,20 @@ pub async fn run_executor(
     let state = session_state(SessionConfig::new())?;
     config.override_function_registry = Some(Arc::new(BallistaFunctionRegistry::from(&state)));
     config.override_physical_codec = Some(codec);
+    if let Some(token) = token {
+        let endpoint = crate::cluster_auth::token_endpoint(token.clone());
+        config.task_scheduling_policy = TaskSchedulingPolicy::PullStaged;
+        config.override_create_grpc_client_endpoint = Some(endpoint.clone());
+        config.override_config_producer = Some(Arc::new(move || {
+            SessionConfig::new_with_ballista()
+                .with_ballista_override_create_grpc_client_endpoint(endpoint.clone())
+        }));
+        config.override_arrow_flight_service = Some(crate::executor_flight::guarded_flight(
+            token,
+            config.grpc_max_encoding_message_size as usize,
+            config.grpc_max_decoding_message_size as usize,
+        ));
+    }
     let (stop_health, health_stopped) = tokio::sync::oneshot::channel();
     let health = ballista_executor::health::spawn_health_server(
         health_addr,

@@ -114,8 +114,10 @@ pub async fn serve_scheduler(
         .merge(grpc)
         .merge(health);
     if let Some(token) = token {
+        let flight_checks_itself =
+            config.flight_sql_enabled() && config.override_flight_sql_authenticator.is_some();
         app = app.layer(axum::middleware::from_fn_with_state(
-            token,
+            crate::cluster_auth::ClusterGuard::new(token, flight_checks_itself),
             crate::cluster_auth::require_token,
         ));
     }

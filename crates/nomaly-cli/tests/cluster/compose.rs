@@ -2,8 +2,9 @@
 //! `command` is started as a local process: service host names become 127.0.0.1, ports stay as
 //! written, every volume becomes a directory shared by the services that mount it, and other
 //! absolute paths a service names live under a directory of its own (its container's filesystem).
-//! The `pipeline` service then runs its example pipeline on that cluster, and the part files equal
-//! a local run's.
+//! Each compose secret becomes a file of its own holding a token made for the test, at the path
+//! the service reads (`/run/secrets/NAME`). The `pipeline` service then runs its example pipeline
+//! on that cluster, and the part files equal a local run's.
 
 use super::{Cluster, alive};
 use crate::{nomaly_env, part_files, root, stderr};
@@ -25,7 +26,12 @@ struct ComposeFile {
     volumes: BTreeMap<String, PathBuf>,
     /// Where each service's own absolute paths go.
     roots: PathBuf,
+    /// Secret name → the file on this host that holds it.
+    secrets: BTreeMap<String, PathBuf>,
 }
+
+/// The token the test puts in every secret file.
+const TEST_TOKEN: &str = "compose-test-token-0123456789abcdef";
 
 impl ComposeFile {
     fn read(tmp: &Path) -> ComposeFile {
@@ -34,10 +40,21 @@ impl ComposeFile {
         doc.apply_merge().expect("merge keys resolve");
         let services: BTreeMap<String, Value> =
             serde_yaml::from_value(doc["services"].clone()).expect("services is a map");
+        let declared: BTreeMap<String, Value> =
+            serde_yaml::from_value(doc["secrets"].clone()).unwrap_or_default();
+        let mut secrets = BTreeMap::new();
+        for (name, def) in declared {
+            assert!(def["file"].as_str().is_some(), "secret {name} names a file");
+            let file = tmp.join("secrets").join(&name);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(&file, format!("{TEST_TOKEN}\n")).unwrap();
+            secrets.insert(name, file);
+        }
         ComposeFile {
             services,
             volumes: BTreeMap::new(),
             roots: tmp.to_path_buf(),
+            secrets,
         }
     }
 
@@ -55,6 +72,16 @@ impl ComposeFile {
 
     /// Maps one absolute container path of `service` to this host.
     fn host_path(&mut self, service: &str, mounts: &[(String, String)], path: &str) -> String {
+        if let Some(name) = path.strip_prefix("/run/secrets/") {
+            let has = self.services[service]["secrets"]
+                .as_sequence()
+                .is_some_and(|s| s.iter().any(|x| x.as_str() == Some(name)));
+            assert!(
+                has,
+                "{service} reads secret {name} without listing it in `secrets`"
+            );
+            return self.secrets[name].display().to_string();
+        }
         for (source, target) in mounts {
             if let Some(rest) = path.strip_prefix(target.as_str())
                 && (rest.is_empty() || rest.starts_with('/'))
@@ -163,6 +190,8 @@ fn the_compose_file_describes_a_working_cluster() {
     }
     let port = bind_ports(&scheduler.args)[0];
     let mut cluster = Cluster::empty(port);
+    // The harness's own REST calls send the compose file's token.
+    cluster.token = Some(TEST_TOKEN.to_string());
     cluster.spawn_env(
         "scheduler",
         &scheduler
