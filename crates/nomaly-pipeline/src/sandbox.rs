@@ -162,11 +162,7 @@ impl Sandbox {
         let scheme = url.split("://").next().unwrap_or_default();
         if matches!(scheme, "http" | "https") {
             let host = host_of(url);
-            if is_internal_host(&host)
-                && !listed
-                    .iter()
-                    .any(|p| !host_of(p).contains(['*', '?']) && host_of(p) == host)
-            {
+            if is_internal_host(&host) && !names_host_itself(&listed, &host) {
                 return Err(Refused(format!(
                     "{what} {url} points at {host}, an internal address (loopback, link-local or \
                      private); such a URL is allowed only by an --allow-location pattern that \
@@ -175,6 +171,21 @@ impl Sandbox {
             }
         }
         Ok(url.to_string())
+    }
+
+    /// Whether a connection for `url` may go to an internal address (checked again after DNS,
+    /// where a public-looking name may resolve to one): the operator's may; a confined sandbox's
+    /// only when an allowed pattern names the URL's host itself, without wildcards.
+    pub fn may_reach_internal(&self, url: &str) -> bool {
+        let Some(rules) = &self.rules else {
+            return true;
+        };
+        let listed: Vec<&String> = rules
+            .locations
+            .iter()
+            .filter(|p| pattern_matches(p, url))
+            .collect();
+        names_host_itself(&listed, &host_of(url))
     }
 
     /// A `${NAME}` in the pipeline text: the operator's sandbox reads the environment; a
@@ -257,6 +268,13 @@ fn refuse_control_characters(text: &str, what: &str) -> Checked<()> {
     }
 }
 
+/// Whether one of `patterns` names `host` literally (no wildcard in its host part).
+fn names_host_itself(patterns: &[&String], host: &str) -> bool {
+    patterns
+        .iter()
+        .any(|p| !host_of(p).contains(['*', '?']) && host_of(p) == host)
+}
+
 /// The host of `scheme://[user@]host[:port]/...`, lower-case, IPv6 brackets removed.
 pub fn host_of(url: &str) -> String {
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
@@ -276,11 +294,24 @@ pub fn host_of(url: &str) -> String {
 /// Loopback, link-local, private, unspecified or `localhost`: addresses a server reaches that
 /// a submitter should not reach through it (SSRF).
 pub fn is_internal_host(host: &str) -> bool {
+    // A trailing dot names the same host (`localhost.`).
+    let host = host.strip_suffix('.').unwrap_or(host);
     if host == "localhost" || host.ends_with(".localhost") || host.is_empty() {
         return true;
     }
     match host.parse::<IpAddr>() {
-        Ok(IpAddr::V4(ip)) => {
+        Ok(ip) => is_internal_ip(ip),
+        // A bare number or hex form (http://2130706433/) is an address to curl and browsers.
+        Err(_) => host
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() || c == 'x' || c == '.'),
+    }
+}
+
+/// Loopback, link-local, private, shared (100.64/10), unspecified or broadcast.
+pub fn is_internal_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(ip) => {
             ip.is_loopback()
                 || ip.is_private()
                 || ip.is_link_local()
@@ -289,7 +320,7 @@ pub fn is_internal_host(host: &str) -> bool {
                 || ip.octets()[0] == 0
                 || (ip.octets()[0] == 100 && (64..128).contains(&ip.octets()[1]))
         }
-        Ok(IpAddr::V6(ip)) => {
+        IpAddr::V6(ip) => {
             let first = ip.segments()[0];
             ip.is_loopback()
                 || ip.is_unspecified()
@@ -297,12 +328,8 @@ pub fn is_internal_host(host: &str) -> bool {
                 || (first & 0xffc0) == 0xfe80
                 || ip
                     .to_ipv4_mapped()
-                    .is_some_and(|v4| is_internal_host(&v4.to_string()))
+                    .is_some_and(|v4| is_internal_ip(IpAddr::V4(v4)))
         }
-        // A bare number or hex form (http://2130706433/) is an address to curl and browsers.
-        Err(_) => host
-            .chars()
-            .all(|c| c.is_ascii_hexdigit() || c == 'x' || c == '.'),
     }
 }
 
@@ -338,6 +365,9 @@ mod tests {
             "2130706433",
             "0x7f000001",
             "::ffff:127.0.0.1",
+            "localhost.",
+            "api.localhost",
+            "100.64.0.1",
         ] {
             assert!(is_internal_host(h), "{h}");
         }

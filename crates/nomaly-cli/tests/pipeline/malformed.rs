@@ -345,13 +345,21 @@ fn late_text_csv() -> String {
         env: &[],
         expect: &["[resources] timeout", "30m"],
 })]
-#[case::https_webhook(Case {
-        name: "https webhook",
-        pipeline: "input = \"{tx}\"\n{OUT}{DETECT}[[notify]]\ntype = \"webhook\"\nurl = \"https://hooks.example/x\"\n",
+#[case::ftp_webhook(Case {
+        name: "ftp webhook",
+        pipeline: "input = \"{tx}\"\n{OUT}{DETECT}[[notify]]\ntype = \"webhook\"\nurl = \"ftp://hooks.example/x\"\n",
         files: &[],
         args: &[],
         env: &[],
-        expect: &["[[notify]] #1 url", "http://", "curl"],
+        expect: &["[[notify]] #1 url", "http:// or https://"],
+})]
+#[case::webhook_without_host(Case {
+        name: "webhook without host",
+        pipeline: "input = \"{tx}\"\n{OUT}{DETECT}[[notify]]\ntype = \"webhook\"\nurl = \"https://:80/x\"\n",
+        files: &[],
+        args: &[],
+        env: &[],
+        expect: &["[[notify]] #1 url", "not a URL"],
 })]
 #[case::duplicate_source(Case {
         name: "duplicate source",

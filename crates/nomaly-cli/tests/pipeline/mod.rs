@@ -320,6 +320,7 @@ fn dry_run_validate_explain_and_schema() {
 
 #[path = "malformed.rs"]
 mod malformed;
+pub mod webhooks;
 
 #[test]
 fn missing_values_are_data_counted_in_the_report() {

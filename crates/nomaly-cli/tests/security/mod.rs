@@ -6,6 +6,7 @@
 mod cluster_token;
 mod connections;
 mod output_lock;
+mod webhooks;
 
 use crate::serve::{Served, raw_request};
 use crate::{nomaly_env, stderr, tree, write_tx_parquet};

@@ -415,7 +415,7 @@ fn compile_checks(file: &PipelineFile, has_detect: bool) -> Result<Vec<(String, 
     Ok(validations)
 }
 
-/// Webhooks take http:// URLs the sandbox allows; a notification file is a path it allows,
+/// Webhooks take http(s):// URLs the sandbox allows; a notification file is a path it allows,
 /// stored canonical (absolute) so the run writes where the check looked.
 fn compile_notifications(file: &PipelineFile, sandbox: &Sandbox) -> Result<Vec<NotifySpec>> {
     let spec = &file.spec;
@@ -425,17 +425,21 @@ fn compile_notifications(file: &PipelineFile, sandbox: &Sandbox) -> Result<Vec<N
         let n = match n {
             NotifySpec::Webhook { url, on } => {
                 let at = place(file, "[[notify]]", i, Some("url"));
-                if !url.starts_with("http://") {
-                    return Err(PipelineError::invalid(
-                        at,
-                        format!(
-                            "'{url}': webhooks take http:// URLs in this version (https is planned); for https use type = \"command\" with curl"
-                        ),
-                    ));
-                }
                 let url = sandbox
                     .url(url, "webhook")
                     .map_err(|r| PipelineError::refused(&at, r))?;
+                let parsed = reqwest::Url::parse(&url).map_err(|e| {
+                    PipelineError::invalid(at.clone(), format!("'{url}' is not a URL: {e}"))
+                })?;
+                if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+                    return Err(PipelineError::invalid(
+                        at,
+                        format!(
+                            "'{url}': a webhook is an http:// or https:// URL with a host, \
+                             e.g. https://hooks.example.com/nomaly"
+                        ),
+                    ));
+                }
                 NotifySpec::Webhook { url, on: *on }
             }
             NotifySpec::File { path, on } => {

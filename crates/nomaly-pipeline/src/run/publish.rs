@@ -96,6 +96,7 @@ async fn notify(scope: &RunScope<'_>, report: &mut RunReport, report_path: Optio
         report,
         report_path.as_deref(),
         &p.file.base_dir(),
+        &p.sandbox,
     )
     .await;
     for w in warnings {
