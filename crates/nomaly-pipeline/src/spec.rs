@@ -381,6 +381,11 @@ pub struct PipelineFile {
     pub spec: PipelineSpec,
     /// The text that was parsed (after `${VAR}` substitution and `--set` overrides).
     pub text: String,
+    /// The text as written, before substitution: what a run directory records, so that no
+    /// value from the environment is written anywhere (SECURITY.md).
+    pub raw: String,
+    /// The `--set` overrides applied (recorded with the run, to re-read `raw` on resume).
+    pub overrides: Vec<String>,
 }
 
 impl PipelineFile {
@@ -419,6 +424,8 @@ impl PipelineFile {
             path: path.to_path_buf(),
             spec,
             text,
+            raw: raw.to_string(),
+            overrides: overrides.to_vec(),
         })
     }
 

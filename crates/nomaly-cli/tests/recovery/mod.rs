@@ -4,6 +4,8 @@
 //!
 //! The longer soak (≥ 20 kills, release build) is `benchmarks/crash_soak.py`.
 
+mod environment;
+
 use super::pipeline::query;
 use super::{nomaly_env, part_files, report, stderr, tree, write_tx_parquet};
 use std::collections::BTreeSet;

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 fn a_second_run_of_an_output_is_refused_naming_the_first() {
     let f = Fixture::new();
     let alone = f.run_alone("locked", "out_locked", "iforest");
-    let p = f.pipeline("locked", "out_locked", "iforest", "");
+    // Each run that ends says so in notes.txt; a refused one announces nothing.
+    let note = "notify = [{ type = \"command\", command = \"echo $NOMALY_STATUS >> notes.txt\" }]";
+    let p = f.pipeline("locked", "out_locked", "iforest", note);
     // The first run is slowed (20 chunks of 150 ms) so the second starts while it writes.
     let mut first = Command::new(env!("CARGO_BIN_EXE_nomaly"))
         .args(["run", p.to_str().unwrap()])
@@ -43,6 +45,11 @@ fn a_second_run_of_an_output_is_refused_naming_the_first() {
     assert_eq!(resumed.status.code(), Some(2), "{}", stderr(&resumed));
     let status = first.wait().unwrap();
     assert!(status.success());
+    assert_eq!(
+        std::fs::read_to_string(f.path().join("notes.txt")).unwrap(),
+        "succeeded\n",
+        "only the first run notifies"
+    );
     assert!(!lock.exists(), "the lock is released with the run");
     assert_same_parts(
         "the first run's output against a run alone",

@@ -128,17 +128,68 @@ pub fn pipeline_change(before_text: &str, now: &crate::spec::PipelineSpec) -> Op
         Ok(s) => s,
         Err(e) => return Some(format!("the recorded pipeline does not parse: {e}")),
     };
-    let shape = |s: &crate::spec::PipelineSpec| {
-        let mut s = s.clone();
-        s.name = None;
-        s.resources = Default::default();
-        s.retry = Default::default();
-        s.notifications.clear();
-        // Every engine writes the same bytes: a run started locally may resume on a cluster.
-        s.run.engine = None;
-        serde_json::to_value(&s).unwrap_or_default()
+    spec_change(&before, now)
+}
+
+/// What of a pipeline decides its output: everything but its name, resources, retries,
+/// notifications and engine (every engine writes the same bytes: a run started locally may
+/// resume on a cluster).
+fn shape(spec: &crate::spec::PipelineSpec) -> serde_json::Value {
+    let mut s = spec.clone();
+    s.name = None;
+    s.resources = Default::default();
+    s.retry = Default::default();
+    s.notifications.clear();
+    s.run.engine = None;
+    serde_json::to_value(&s).unwrap_or_default()
+}
+
+/// SHA-256 (hex) of what of `spec` decides the output: a run directory records it instead of
+/// the substituted text, so values from the environment are compared, never written.
+pub fn spec_digest(spec: &crate::spec::PipelineSpec) -> String {
+    use sha2::Digest;
+    let json = serde_json::to_vec(&shape(spec)).unwrap_or_default();
+    sha2::Sha256::digest(&json)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// What changed between the pipeline a run directory records and `now` (compiled in
+/// `sandbox`, whose environment re-reads the recorded text), or `None`.
+pub fn recorded_pipeline_change(
+    recorded_text: &str,
+    record: &super::RunRecord,
+    now: &crate::spec::PipelineFile,
+    sandbox: &crate::sandbox::Sandbox,
+) -> Option<String> {
+    let Some(digest) = &record.pipeline_digest else {
+        // Written before the text as written was recorded: the substituted text.
+        return pipeline_change(recorded_text, &now.spec);
     };
-    let (b, n) = (shape(&before), shape(now));
+    if *digest == spec_digest(&now.spec) {
+        return None;
+    }
+    let then =
+        crate::spec::PipelineFile::parse(&now.path, recorded_text, &record.overrides, &|name| {
+            sandbox.env(name)
+        });
+    match then {
+        Ok(then) => spec_change(&then.spec, &now.spec).or_else(|| {
+            Some(
+                "an environment variable it reads has another value than when the run started"
+                    .into(),
+            )
+        }),
+        Err(e) => Some(format!("the recorded pipeline no longer reads: {e}")),
+    }
+}
+
+fn spec_change(
+    before: &crate::spec::PipelineSpec,
+    now: &crate::spec::PipelineSpec,
+) -> Option<String> {
+    let (b, n) = (shape(before), shape(now));
     if b == n {
         return None;
     }

@@ -4,7 +4,9 @@
 //! published with the output as `<output>/_nomaly/` (DataFusion's listing tables skip
 //! subdirectories, so readers of the output never see it). It holds:
 //!
-//! - `pipeline.toml`: the pipeline as run (after `${VAR}` substitution and `--set`);
+//! - `pipeline.toml`: the pipeline as written, before `${VAR}` substitution (no value from the
+//!   environment is written here); `run.json` holds the `--set` overrides and a digest of the
+//!   pipeline as run, so a resume still notices a changed value;
 //! - `run.json`: the input fingerprint (files, sizes, modification times, schemas), the chunk list
 //!   and the fit's counts — written once, atomically, after the fit; its presence makes the
 //!   directory a resumable run;
@@ -35,6 +37,7 @@ mod fingerprint;
 
 pub use fingerprint::{
     FileFingerprint, SourceFingerprint, fingerprint, fingerprint_change, pipeline_change,
+    recorded_pipeline_change, spec_digest,
 };
 
 /// Name of the run directory inside an output (or its staging directory).
@@ -91,6 +94,14 @@ pub struct RunRecord {
     /// Bad lines set aside while materializing the detect input (not per chunk then).
     #[serde(default)]
     pub quarantined_rows: u64,
+    /// SHA-256 of the pipeline as run ([`fingerprint::spec_digest`]). Absent in run
+    /// directories written before `pipeline.toml` held the text as written (it then holds the
+    /// substituted text).
+    #[serde(default)]
+    pub pipeline_digest: Option<String>,
+    /// The `--set` overrides of the run.
+    #[serde(default)]
+    pub overrides: Vec<String>,
 }
 
 /// One written part file, relative to its sink's staging directory.

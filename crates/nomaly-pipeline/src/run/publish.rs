@@ -6,7 +6,7 @@
 
 use super::sinks::sink_target;
 use super::{RunFailure, RunOutcome, RunScope, status_of};
-use crate::checkpoint::pipeline_change;
+use crate::checkpoint::recorded_pipeline_change;
 use crate::checkpoint::{ManifestEvent, RunDir, fingerprint, fingerprint_change, now_ms};
 use crate::compile::CompiledPipeline;
 use crate::error::{PipelineError, Result, Resumable};
@@ -36,7 +36,11 @@ pub(crate) async fn conclude(
     let error = stopped(scope, &mut report, error);
     report.status = status_of(&error);
     report.error = Some(error.user_message());
-    notify(scope, &mut report, None).await;
+    // Refused at once because another run holds an output: that run's outcome is the one to
+    // announce, as a refused compilation announces nothing.
+    if !matches!(error, PipelineError::OutputLocked { .. }) {
+        notify(scope, &mut report, None).await;
+    }
     Err(RunFailure {
         error,
         report: Box::new(report),
@@ -196,7 +200,9 @@ pub async fn completed_run(p: &CompiledPipeline) -> Result<Option<String>> {
     }
     let manifest = run_dir.read_manifest()?;
     let record = run_dir.read_record()?;
-    if !manifest.complete || pipeline_change(&run_dir.read_pipeline_text()?, &p.file.spec).is_some()
+    let recorded = run_dir.read_pipeline_text()?;
+    if !manifest.complete
+        || recorded_pipeline_change(&recorded, &record, &p.file, &p.sandbox).is_some()
     {
         return Ok(None);
     }

@@ -47,8 +47,10 @@ pub(crate) fn create(
         rows_with_missing_features: report.rows_with_missing_features,
         models: report.models,
         quarantined_rows,
+        pipeline_digest: Some(crate::checkpoint::spec_digest(&p.file.spec)),
+        overrides: p.file.overrides.clone(),
     };
-    run_dir.create(&record, &p.file.text, &batches, &schema)?;
+    run_dir.create(&record, &p.file.raw, &batches, &schema)?;
     for (chunk, found) in scoring.bad_rows.iter().flatten() {
         write_quarantine(&run_dir.path, *chunk, &found.bad)?;
     }

@@ -9,7 +9,7 @@ use super::preflight::scored_input;
 use super::{PreparedSession, RunMode, RunScope, classify};
 use crate::checkpoint::{
     ChunkEntry, CommitEntry, ManifestEvent, ManifestState, RunDir, RunRecord, SourceFingerprint,
-    fingerprint_change, now_ms, pipeline_change, remove_orphans, verify_commit,
+    fingerprint_change, now_ms, recorded_pipeline_change, remove_orphans, verify_commit,
 };
 use crate::compile::CompiledPipeline;
 use crate::error::{PipelineError, Result};
@@ -52,9 +52,10 @@ pub(crate) fn decide(
         RunMode::Resume { refit } => refit,
     };
     let record = run_dir.read_record()?;
-    let change = pipeline_change(&run_dir.read_pipeline_text()?, &p.file.spec)
-        .map(|c| format!("the pipeline changed: {c}"))
-        .or_else(|| fingerprint_change(&record.sources, sources_now));
+    let change =
+        recorded_pipeline_change(&run_dir.read_pipeline_text()?, &record, &p.file, &p.sandbox)
+            .map(|c| format!("the pipeline changed: {c}"))
+            .or_else(|| fingerprint_change(&record.sources, sources_now));
     match change {
         Some(c) if !refit => Err(PipelineError::invalid(
             p.file.path.display().to_string(),
