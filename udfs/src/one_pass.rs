@@ -213,6 +213,8 @@ impl FitScoreExec {
         for p in 0..partitions {
             let stream = input.execute(p, Arc::clone(&context))?;
             let reservation = MemoryConsumer::new(format!("FitScoreExec[{p}]")).register(pool);
+            let fit_reservation =
+                MemoryConsumer::new(format!("FitScoreExec[{p}] fit states")).register(pool);
             let budget = KeepBudget {
                 kept_total: Arc::clone(&kept_total),
                 overflowed: Arc::clone(&overflowed),
@@ -222,6 +224,7 @@ impl FitScoreExec {
                 stream,
                 fits.clone(),
                 reservation,
+                fit_reservation,
                 budget,
             )));
         }
@@ -282,10 +285,13 @@ struct KeepBudget {
 }
 
 /// Fits one partition, keeping its batches while all partitions' fit in the cap and the pool.
+/// The fit states (and the models they will grow, as the accumulators count them) are held in
+/// `fit_reservation`: a state the budget cannot hold is an error, not an allocation past it.
 async fn first_pass(
     mut stream: SendableRecordBatchStream,
     fits: Vec<Fit>,
     reservation: MemoryReservation,
+    fit_reservation: MemoryReservation,
     budget: KeepBudget,
 ) -> Result<(Vec<Vec<ScalarValue>>, KeptBatches)> {
     let mut accumulators = fits
@@ -303,6 +309,10 @@ async fn first_pass(
                 .collect::<Result<Vec<_>>>()?;
             acc.update_batch(&values)?;
         }
+        let states: usize = accumulators.iter().map(|a| a.size()).sum();
+        fit_reservation
+            .try_resize(states)
+            .map_err(|e| fit_too_large(states, e))?;
         if !budget.overflowed.load(Ordering::Relaxed) {
             let size = batch.get_array_memory_size();
             let total = budget.kept_total.fetch_add(size, Ordering::Relaxed) + size;
@@ -328,6 +338,16 @@ async fn first_pass(
             batches: kept,
             reservation,
         },
+    ))
+}
+
+/// The error of a fit whose states (with the models they will grow) exceed the memory budget.
+pub(crate) fn fit_too_large(bytes: usize, cause: DataFusionError) -> DataFusionError {
+    DataFusionError::ResourcesExhausted(format!(
+        "the detector's fit needs about {} MiB for its state and model, more than the memory \
+         budget leaves ({cause}); for iforest lower n_trees or sample_size (the trees take \
+         n_trees × 2·sample_size nodes), or raise the memory limit",
+        bytes.div_ceil(1 << 20)
     ))
 }
 

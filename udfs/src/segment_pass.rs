@@ -543,10 +543,16 @@ impl Segments {
         // empty one, and fit states merge exactly (sums, counts, the bottom-k sample), so the one
         // partial state here gives the same bits without its round trip through bytes (which
         // cost a serialisation, a decode and a re-sampling per segment).
+        // The fit states and the models they grow count against the budget while they live.
+        let fitting: usize = segment.accumulators.iter().map(|a| a.size()).sum();
+        self.reservation
+            .try_grow(fitting)
+            .map_err(|e| crate::one_pass::fit_too_large(fitting, e))?;
         let mut models = Vec::with_capacity(segment.accumulators.len());
         for mut acc in segment.accumulators {
             models.push(acc.evaluate()?);
         }
+        self.reservation.shrink(fitting);
         // One-row arrays of the left columns, in the left schema's types; each batch takes its
         // rows from them, so a dictionary-encoded model keeps one values array for the segment.
         let ones = segment

@@ -282,8 +282,36 @@ impl FitState {
         })
     }
 
-    /// Approximate heap size, for memory accounting in the engine.
+    /// Approximate heap size, for memory accounting in the engine: the state, and the model it
+    /// will fit ([`model_bytes_estimate`](Self::model_bytes_estimate)), so that a budget refuses
+    /// a forest too large for it before it is grown.
     pub fn size_bytes(&self) -> usize {
+        self.state_bytes() + self.model_bytes_estimate()
+    }
+
+    /// Bytes of the model this state fits, as far as it can grow from the rows sampled so far:
+    /// iforest's trees (`n_trees` × at most 2ψ − 1 nodes, ψ = min(sample_size, rows sampled),
+    /// bounded by the depth limit; 24 bytes a node). The other detectors' models are a few
+    /// numbers per feature (bins and edges, counted by their sketches).
+    pub fn model_bytes_estimate(&self) -> usize {
+        let p = &self.params;
+        if p.algorithm != Algorithm::IsolationForest {
+            return 0;
+        }
+        let psi = p.sample_size.min(self.sample.len()).max(1);
+        let depth = p
+            .max_depth
+            .unwrap_or_else(|| (psi.max(2) as f64).log2().ceil() as usize);
+        let by_depth = if depth >= 62 {
+            usize::MAX
+        } else {
+            (1usize << (depth + 1)) - 1
+        };
+        let nodes = (2 * psi - 1).min(by_depth);
+        p.n_trees.saturating_mul(nodes).saturating_mul(24)
+    }
+
+    fn state_bytes(&self) -> usize {
         let mut total = std::mem::size_of::<Self>();
         for f in &self.features {
             total += std::mem::size_of::<FeatureStats>();

@@ -521,3 +521,72 @@ fn symlink_listed_under_a_root_fails_the_run(p: &Playground, server: &Served) {
     assert!(!report.to_string().contains("4242424242"), "{report}");
     assert!(!p.root.join("out_link").exists());
 }
+
+/// A forest too large for the memory budget (`n_trees` × `sample_size` from a submitter) is a
+/// clear error before it is grown, on each plan that fits it: the one-pass operator, the
+/// segmented one and a pipeline; the defaults still run under the same budget.
+#[test]
+fn a_forest_larger_than_the_budget_is_refused_before_it_grows() {
+    let dir = tempfile::tempdir().unwrap();
+    let tx = dir.path().join("tx.parquet");
+    write_tx_parquet(&tx, 0, 20_000, 5_000);
+    let table = format!("tx={}", tx.display());
+    let huge = "'n_trees=10000, sample_size=1000000'";
+    let sql = |options: &str, over: &str| {
+        format!(
+            "SELECT max(a['score']) AS top FROM (SELECT detect_anomalies('iforest', amount, \
+             latency_ms, {options}) {over} AS a FROM tx)"
+        )
+    };
+    for over in ["", "OVER (PARTITION BY id % 4)"] {
+        let o = nomaly_env(
+            &[
+                "sql",
+                "--memory-limit",
+                "256MB",
+                "--table",
+                &table,
+                "-e",
+                &sql(huge, over),
+            ],
+            &[],
+        );
+        assert_ne!(o.status.code(), Some(0), "{over}");
+        assert!(
+            stderr(&o).contains("lower n_trees or sample_size"),
+            "{over}: {}",
+            stderr(&o)
+        );
+        let o = nomaly_env(
+            &[
+                "sql",
+                "--memory-limit",
+                "256MB",
+                "--table",
+                &table,
+                "-e",
+                &sql("'n_trees=100'", over),
+            ],
+            &[],
+        );
+        assert_eq!(o.status.code(), Some(0), "{over}: {}", stderr(&o));
+    }
+    let pipeline = dir.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        "input = \"tx.parquet\"\noutput = \"out/\"\n[detect]\nalgorithm = \"iforest\"\n\
+         columns = [\"amount\", \"latency_ms\"]\noptions = { n_trees = 10000, sample_size = 1000000 }\n",
+    )
+    .unwrap();
+    let o = nomaly_env(
+        &["run", pipeline.to_str().unwrap(), "--memory-limit", "256MB"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("lower n_trees or sample_size"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!dir.path().join("out").exists());
+}

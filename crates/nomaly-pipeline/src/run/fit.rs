@@ -25,6 +25,7 @@ use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::SessionContext;
+use nomaly_detectors::Algorithm;
 use nomaly_engine::ClusterClient;
 use std::sync::Arc;
 use std::time::Instant;
@@ -70,6 +71,7 @@ pub(crate) async fn fit_models(
     // The plan's schema, not the first batch's: an empty input has no batches.
     let schema: SchemaRef = Arc::new(fit.schema().as_arrow().clone());
     let batches = collect_fit(fit, retry, report).await.map_err(|e| {
+        let e = with_forest_hint(d, e);
         let user = nomaly_engine::error::is_user_datafusion_error(&e);
         let err = classify(format!("{} (fit, reading {reads})", d.place), e);
         if user {
@@ -88,6 +90,21 @@ pub(crate) async fn fit_models(
         schema,
         batches,
     })
+}
+
+/// A fit that ran out of memory with iforest says which options size its trees (the aggregate
+/// counts the forest the state will grow: `FitState::size_bytes`).
+fn with_forest_hint(d: &Detect, e: DataFusionError) -> DataFusionError {
+    let exhausted = matches!(e.find_root(), DataFusionError::ResourcesExhausted(_));
+    if exhausted && d.algorithm == Algorithm::IsolationForest {
+        DataFusionError::ResourcesExhausted(format!(
+            "{}; iforest's trees count against the budget: lower n_trees or sample_size (the \
+             trees take n_trees × 2·sample_size nodes), or raise the memory limit",
+            e.find_root()
+        ))
+    } else {
+        e
+    }
 }
 
 /// (rows the fit read, rows it skipped for missing features, models) from the models' own counts.
