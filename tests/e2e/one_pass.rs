@@ -110,7 +110,7 @@ async fn one_pass_scores_like_two_passes_whether_kept_or_read_again() {
     use datafusion::physical_plan::collect;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("t");
-    write_parquet_dataset(&data, 12_000, 5, 1_000, 5);
+    write_parquet_dataset(&data, 36_000, 5, 1_000, 5);
     let session = |one_pass: bool, memory_limit: Option<usize>| {
         let config = EngineConfig {
             target_partitions: Some(3),
@@ -120,7 +120,10 @@ async fn one_pass_scores_like_two_passes_whether_kept_or_read_again() {
         };
         crate::session_with_table(config, &data)
     };
-    let sql = "SELECT id, detect_anomalies('hbos', f1, f2, f3) AS a, detect_anomalies('iforest', f1, f2, 'n_trees=10') AS b FROM t";
+    // Small samples: the fit states count against the budget too (each keeps up to
+    // `sample_rows` rows per partition), and this test's budget is sized for the kept batches.
+    let sql = "SELECT id, detect_anomalies('hbos', f1, f2, f3, 'sample_rows=64') AS a, \
+               detect_anomalies('iforest', f1, f2, 'n_trees=2, sample_size=32, sample_rows=64') AS b FROM t";
     let run = |ctx: SessionContext| async move {
         let df = ctx.sql(sql).await.expect("plan");
         let plan = df.create_physical_plan().await.expect("physical plan");
@@ -143,14 +146,14 @@ async fn one_pass_scores_like_two_passes_whether_kept_or_read_again() {
     let (two_plan, two) = run(session(false, None).await).await;
     assert!(find(&two_plan, "FitScoreExec").is_none());
     assert!(find(&two_plan, "CrossJoinExec").is_some());
-    assert_eq!(two.len(), 12_000);
+    assert_eq!(two.len(), 36_000);
 
     let (kept_plan, kept) = run(session(true, None).await).await;
     let fused = find(&kept_plan, "FitScoreExec").expect("local plans fuse fit and score");
     let metrics = fused.metrics().unwrap();
     assert_eq!(
         metrics.sum_by_name("kept_rows").map(|m| m.as_usize()),
-        Some(12_000)
+        Some(36_000)
     );
     assert_eq!(
         metrics
@@ -163,8 +166,9 @@ async fn one_pass_scores_like_two_passes_whether_kept_or_read_again() {
         "one pass (kept in memory) differs from two passes"
     );
 
-    // 12,000 rows of 7 columns are ~700 KB: a 400 KB budget keeps at most 200 KB of them.
-    let (again_plan, again) = run(session(true, Some(400 * 1024)).await).await;
+    // 36,000 rows of 7 columns are ~2.1 MB: a 2 MB budget keeps at most 1 MB of them, and
+    // leaves the rest for the fit states.
+    let (again_plan, again) = run(session(true, Some(2048 * 1024)).await).await;
     let fused = find(&again_plan, "FitScoreExec").unwrap();
     let read_again = fused
         .metrics()

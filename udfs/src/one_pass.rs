@@ -309,10 +309,16 @@ async fn first_pass(
                 .collect::<Result<Vec<_>>>()?;
             acc.update_batch(&values)?;
         }
+        // The fit states come first: kept batches only save a second read, so they make room.
         let states: usize = accumulators.iter().map(|a| a.size()).sum();
-        fit_reservation
-            .try_resize(states)
-            .map_err(|e| fit_too_large(states, e))?;
+        if fit_reservation.try_resize(states).is_err() {
+            budget.overflowed.store(true, Ordering::Relaxed);
+            kept.clear();
+            reservation.free();
+            fit_reservation
+                .try_resize(states)
+                .map_err(|e| fit_too_large(states, e))?;
+        }
         if !budget.overflowed.load(Ordering::Relaxed) {
             let size = batch.get_array_memory_size();
             let total = budget.kept_total.fetch_add(size, Ordering::Relaxed) + size;

@@ -4,7 +4,9 @@
 //! `NOMALY_FAULTS="read=0.1,write=0.1,seed=7"` (10% of object-store reads and 10% of part-file
 //! writes fail with a transient I/O error) or `NOMALY_FAULTS="fail_chunk=3"` (every write of chunk
 //! 3's part files fails: a permanent fault) or `NOMALY_FAULTS="chunk_delay_ms=200"` (every chunk
-//! waits 200 ms before it scores, so a test can act while a run is in flight). Reads fail inside an [`ObjectStore`] wrapper that
+//! waits 200 ms before it scores, so a test can act while a run is in flight) or
+//! `NOMALY_FAULTS="exit_after_publish=1"` (the process exits, as if killed, once one sink of a
+//! completed run is published). Reads fail inside an [`ObjectStore`] wrapper that
 //! replaces the `file://` store, so they take DataFusion's real read path and error wrapping;
 //! writes fail inside the part-file writer. Faults are armed once the run's inputs are planned, so
 //! they hit the fit and the chunks, the parts that retry. Draws come from a seeded counter, so a
@@ -35,6 +37,8 @@ pub struct FaultPlan {
     pub fail_chunk: Option<usize>,
     /// Each chunk waits this long (cancellably) before it scores.
     pub chunk_delay: Option<std::time::Duration>,
+    /// The process exits (status 137, as killed) after this many sinks are published.
+    pub exit_after_publish: Option<usize>,
     seed: u64,
     draws: AtomicU64,
     armed: AtomicBool,
@@ -60,6 +64,9 @@ impl FaultPlan {
                 "write" => plan.write_rate = value.parse().map_err(|_| bad())?,
                 "seed" => plan.seed = value.parse().map_err(|_| bad())?,
                 "fail_chunk" => plan.fail_chunk = Some(value.parse().map_err(|_| bad())?),
+                "exit_after_publish" => {
+                    plan.exit_after_publish = Some(value.parse().map_err(|_| bad())?)
+                }
                 "chunk_delay_ms" => {
                     plan.chunk_delay = Some(std::time::Duration::from_millis(
                         value.parse().map_err(|_| bad())?,
@@ -67,7 +74,7 @@ impl FaultPlan {
                 }
                 other => {
                     return Err(FaultPlanError(format!(
-                        "unknown key '{other}'; keys are read, write, seed, fail_chunk, chunk_delay_ms"
+                        "unknown key '{other}'; keys are read, write, seed, fail_chunk, chunk_delay_ms, exit_after_publish"
                     )));
                 }
             }
@@ -80,6 +87,14 @@ impl FaultPlan {
         match std::env::var(FAULTS_ENV) {
             Ok(text) => Ok(Some(Arc::new(FaultPlan::parse(&text)?))),
             Err(_) => Ok(None),
+        }
+    }
+
+    /// Exits the process if `published` sinks are what the plan stops after.
+    pub fn after_publish(&self, published: usize) {
+        if self.exit_after_publish == Some(published) {
+            eprintln!("{FAULTS_ENV}: exiting after {published} published sink(s)");
+            std::process::exit(137);
         }
     }
 

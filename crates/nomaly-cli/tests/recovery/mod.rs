@@ -5,6 +5,7 @@
 //! The longer soak (≥ 20 kills, release build) is `benchmarks/crash_soak.py`.
 
 mod environment;
+mod publish;
 
 use super::pipeline::query;
 use super::{nomaly_env, part_files, report, stderr, tree, write_tx_parquet};

@@ -24,7 +24,7 @@ pub(crate) async fn conclude(
 ) -> RunOutcome {
     let p = scope.p;
     let error = match result {
-        Ok(()) => match publish(p, &mut report) {
+        Ok(()) => match publish(p, &mut report, scope.opts.faults.as_deref()) {
             Ok(report_path) => {
                 notify(scope, &mut report, report_path).await;
                 return Ok(report);
@@ -110,7 +110,11 @@ async fn notify(scope: &RunScope<'_>, report: &mut RunReport, report_path: Optio
 
 /// Publishes a succeeded run (or keeps a run whose checks failed unpublished) and writes its
 /// reports; returns where the report is.
-fn publish(p: &CompiledPipeline, report: &mut RunReport) -> Result<Option<PathBuf>> {
+fn publish(
+    p: &CompiledPipeline,
+    report: &mut RunReport,
+    faults: Option<&crate::faults::FaultPlan>,
+) -> Result<Option<PathBuf>> {
     let _ = std::fs::remove_dir_all(sibling_dir(&p.sinks[0].path, "hdf5"));
     if report.status == RunStatus::DryRun {
         return Ok(None);
@@ -131,8 +135,14 @@ fn publish(p: &CompiledPipeline, report: &mut RunReport) -> Result<Option<PathBu
     if report.status != RunStatus::Succeeded {
         return Ok(Some(staging_dir(&p.sinks[0].path).join(REPORT_FILE)));
     }
-    for s in &p.sinks {
+    // The first sink last: its staging directory holds the run directory, whose `complete`
+    // tells `publish_interrupted` to finish a publish a crash cut short, so it must stay until
+    // every other sink is in place.
+    for (published, s) in p.sinks.iter().rev().enumerate() {
         sink_target(s, None).publish()?;
+        if let Some(plan) = faults {
+            plan.after_publish(published + 1);
+        }
     }
     Ok(Some(p.sinks[0].path.join(REPORT_FILE)))
 }
@@ -174,7 +184,7 @@ pub fn publish_interrupted(p: &CompiledPipeline) -> Result<bool> {
     if !succeeded {
         return Ok(false);
     }
-    for s in &p.sinks {
+    for s in p.sinks.iter().rev() {
         if staging_dir(&s.path).is_dir() {
             sink_target(s, None).publish()?;
         }
