@@ -3,7 +3,8 @@
 # the SQL contract (sql/*.slt on local DataFusion and Ballista standalone), end-to-end CLI tests
 # (remote inputs against S3/Azure servers on 127.0.0.1, which scripts/test-services.sh installs
 # under ~/.cache the first time), HDF5 inputs (with the `hdf5` feature when libhdf5 is present),
-# the accuracy fixtures, and clippy with warnings as errors.
+# the accuracy fixtures, and clippy with warnings as errors; dependency licences and duplicate
+# majors (scripts/check-deps.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/nomaly-target}"
@@ -20,5 +21,6 @@ else
 fi
 cargo fmt --all --check
 python3 scripts/check-sizes.py crates/nomaly-pipeline/src
+python3 scripts/check-deps.py
 cargo test --workspace --locked "${features[@]}" "$@"
 cargo clippy --workspace --all-targets --locked "${features[@]}" -- -D warnings
