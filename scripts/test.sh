@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs every check and test: formatting, file and function sizes of the pipeline crate, unit tests,
-# the SQL contract (sql/*.slt on local DataFusion and Ballista standalone), end-to-end CLI tests
+# Runs every check and test: formatting, file sizes everywhere and function sizes of the pipeline
+# crate, unit tests, the SQL contract (sql/*.slt on local DataFusion and Ballista standalone), end-to-end CLI tests
 # (remote inputs against S3/Azure servers on 127.0.0.1, which scripts/test-services.sh installs
 # under ~/.cache the first time), HDF5 inputs (with the `hdf5` feature when libhdf5 is present),
 # the accuracy fixtures, and clippy with warnings as errors; dependency licences and duplicate
@@ -21,6 +21,7 @@ else
 fi
 cargo fmt --all --check
 python3 scripts/check-sizes.py crates/nomaly-pipeline/src
+python3 scripts/check-sizes.py --max-fn 0 crates udfs tests
 python3 scripts/check-deps.py
 cargo test --workspace --locked "${features[@]}" "$@"
 cargo clippy --workspace --all-targets --locked "${features[@]}" -- -D warnings

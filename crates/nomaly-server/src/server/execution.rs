@@ -1,0 +1,334 @@
+//! A run's life on the server: compiled and started when admitted, its events recorded and
+//! streamed, its end written to the store, its dependents and failure handlers queued.
+
+use super::*;
+
+/// How a run ended.
+pub(super) struct RunEnd {
+    pub(super) state: RunState,
+    pub(super) report: Option<String>,
+    pub(super) error: Option<String>,
+    pub(super) on_failure: Vec<String>,
+}
+
+impl Server {
+    /// Compiles and starts one admitted run, and watches it to its end.
+    pub(super) fn launch(&self, run: RunRecord) {
+        let id = run.id;
+        match self.inner.store.start(id, now_ms()) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(run = id, "could not start: {e}");
+                return;
+            }
+        }
+        let cancel = CancellationToken::new();
+        let live = Arc::new(Mutex::new(Live::default()));
+        let outputs = self.inner.claims.of(id, || self.outputs_of(&run));
+        self.active().insert(
+            id,
+            Active {
+                cancel: cancel.clone(),
+                outputs,
+                memory: run.memory_bytes,
+                pipeline: run.pipeline.clone(),
+                started: Instant::now(),
+                live: live.clone(),
+            },
+        );
+        let server = self.clone();
+        let span = tracing::info_span!("served_run", run = id, pipeline = %run.pipeline);
+        tokio::spawn(
+            async move {
+                let end = server.execute(&run, cancel, live).await;
+                server.finish(&run, end);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Runs a started run to its end: its state, report and error.
+    pub(super) async fn execute(
+        &self,
+        run: &RunRecord,
+        cancel: CancellationToken,
+        live: Arc<Mutex<Live>>,
+    ) -> RunEnd {
+        let id = run.id;
+        let prepared = self.prepare(run);
+        let mut compiled = match prepared {
+            Ok(c) => c,
+            Err(e) => {
+                return RunEnd {
+                    state: RunState::Failed,
+                    report: None,
+                    error: Some(e.to_string()),
+                    on_failure: Vec::new(),
+                };
+            }
+        };
+        compiled.memory_limit = Some(run.memory_bytes as usize);
+        if let Some(ms) = run.timeout_ms {
+            compiled.timeout = Some(Duration::from_millis(ms));
+            compiled.timeout_text = Some(format!("{}s", ms as f64 / 1000.0));
+        }
+        if let Some(c) = run.cpus {
+            compiled.cpus = Some(c as usize);
+        }
+        let on_failure = compiled.trigger.on_failure.clone();
+        let faults = match FaultPlan::from_env() {
+            Ok(f) => f,
+            Err(e) => {
+                return RunEnd {
+                    state: RunState::Failed,
+                    report: None,
+                    error: Some(e.to_string()),
+                    on_failure,
+                };
+            }
+        };
+        let mode = match run.mode {
+            StartMode::Run => RunMode::Run,
+            StartMode::Resume => RunMode::Resume { refit: false },
+            StartMode::Restart => RunMode::Restart,
+        };
+        // A cancel that came while the run was being compiled.
+        if self
+            .inner
+            .store
+            .run(id)
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.cancel_requested)
+        {
+            cancel.cancel();
+        }
+        let options = RunOptions {
+            mode,
+            cancel,
+            faults,
+            holder: Some(format!("served run {id}")),
+            ..RunOptions::default()
+        };
+        let mut handle = Run::start(compiled, options);
+        while let Some(event) = handle.next_event().await {
+            self.on_run_event(id, &event, &live);
+        }
+        let outcome = handle.wait().await;
+        let (report, error) = match outcome {
+            Ok(r) => (Some(Box::new(r)), None),
+            Err(f) => (Some(f.report), Some(f.error.user_message())),
+        };
+        let state = match report.as_ref().map(|r| r.status) {
+            Some(RunStatus::Succeeded) | Some(RunStatus::DryRun) => RunState::Succeeded,
+            Some(RunStatus::ValidationFailed) => RunState::ValidationFailed,
+            Some(RunStatus::Cancelled) => RunState::Cancelled,
+            Some(RunStatus::TimedOut) => RunState::TimedOut,
+            _ => RunState::Failed,
+        };
+        RunEnd {
+            state,
+            report: report.and_then(|r| serde_json::to_string(&*r).ok()),
+            error,
+            on_failure,
+        }
+    }
+
+    pub(crate) fn prepare(&self, run: &RunRecord) -> Result<CompiledPipeline> {
+        let source = self
+            .inner
+            .store
+            .source(run.id)?
+            .ok_or_else(|| ServerError::NotFound(format!("run {}", run.id)))?;
+        self.compile_checked(&source.file, &source.text, &source.overrides)
+    }
+
+    /// Counts an event into the run's live progress, stores and streams it.
+    pub(super) fn on_run_event(&self, id: i64, event: &RunEvent, live: &Mutex<Live>) {
+        let mut l = live.lock().unwrap_or_else(|p| p.into_inner());
+        let metrics = &self.inner.metrics;
+        let (kind, data) = match event {
+            RunEvent::Started { pipeline, resume } => (
+                "started",
+                serde_json::json!({"pipeline": pipeline, "resume": resume}),
+            ),
+            RunEvent::Phase(p) => {
+                l.phase = p.clone();
+                ("phase", serde_json::json!({"phase": p}))
+            }
+            RunEvent::FitDone {
+                input_rows,
+                models,
+                reused,
+            } => (
+                "fit_done",
+                serde_json::json!({"input_rows": input_rows, "models": models, "reused": reused}),
+            ),
+            RunEvent::ScoringStarted { chunks, rows } => {
+                l.chunks_total = Some(*chunks as u64);
+                l.rows_total = *rows;
+                l.scoring_started = Some(Instant::now());
+                (
+                    "scoring_started",
+                    serde_json::json!({"chunks": chunks, "rows": rows}),
+                )
+            }
+            RunEvent::ChunkReused { chunk, rows } => {
+                l.chunks_done += 1;
+                l.reused_rows += rows;
+                let record = ChunkRecord {
+                    chunk: *chunk as u64,
+                    state: "reused".into(),
+                    rows: *rows,
+                    anomalies: 0,
+                    at_ms: now_ms(),
+                };
+                let _ = self.inner.store.record_chunk(id, &record);
+                (
+                    "chunk_reused",
+                    serde_json::json!({"chunk": chunk, "rows": rows}),
+                )
+            }
+            RunEvent::ChunkCommitted {
+                chunk,
+                rows,
+                anomalies,
+                seconds,
+                committed_at_unix_ms,
+            } => {
+                l.chunks_done += 1;
+                l.committed_rows += rows;
+                metrics.chunk_committed(*rows, *seconds);
+                let record = ChunkRecord {
+                    chunk: *chunk as u64,
+                    state: "committed".into(),
+                    rows: *rows,
+                    anomalies: *anomalies,
+                    at_ms: *committed_at_unix_ms as i64,
+                };
+                if let Err(e) = self.inner.store.record_chunk(id, &record) {
+                    tracing::warn!(run = id, "could not store chunk {chunk}: {e}");
+                }
+                (
+                    "chunk_committed",
+                    serde_json::json!({"chunk": chunk, "rows": rows, "anomalies": anomalies,
+                        "seconds": seconds, "committed_at_ms": committed_at_unix_ms}),
+                )
+            }
+            RunEvent::Retry {
+                place,
+                attempt,
+                error,
+                wait,
+            } => {
+                l.retries += 1;
+                metrics.retry();
+                l.errors.push(format!("{place}: {error}"));
+                (
+                    "retry",
+                    serde_json::json!({"place": place.to_string(), "attempt": attempt,
+                        "error": error, "wait_seconds": wait.as_secs_f64()}),
+                )
+            }
+            RunEvent::Progress {
+                rows_done,
+                rows_total,
+                bytes,
+                memory,
+                ..
+            } => {
+                l.rows_done = *rows_done;
+                if rows_total.is_some() {
+                    l.rows_total = *rows_total;
+                }
+                l.bytes = *bytes;
+                l.pool_bytes = *memory as u64;
+                // Streamed by the server's own sampler (every tick), not twice per event.
+                return;
+            }
+            RunEvent::CheckResult(c) => (
+                "check",
+                serde_json::json!({"check": c.check, "passed": c.passed, "detail": c.detail}),
+            ),
+            RunEvent::Warning(w) => ("warning", serde_json::json!({"warning": w})),
+            // The run's end is recorded by `finish`, with the state the server gives it.
+            RunEvent::Finished { .. } => return,
+        };
+        drop(l);
+        self.event(id, kind, data);
+    }
+
+    /// Records a run's end, frees its memory, and fires what depends on it.
+    pub(super) fn finish(&self, run: &RunRecord, end: RunEnd) {
+        let id = run.id;
+        let active = self.active().remove(&id);
+        self.inner.claims.forget(id);
+        let now = now_ms();
+        let user_cancelled = self
+            .inner
+            .store
+            .run(id)
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.cancel_requested);
+        // Stopped by the server's shutdown, not by a user: queued again to resume next time.
+        if self.inner.stop.is_cancelled() && end.state == RunState::Cancelled && !user_cancelled {
+            let _ = self
+                .inner
+                .store
+                .requeue(id, StartMode::Resume, &[RunState::Running], now);
+            return;
+        }
+        if let Some(a) = &active {
+            let snapshot = progress_json(&a.live, a.started, None);
+            let _ = self.inner.store.set_progress(id, &snapshot);
+        }
+        if let Err(e) = self.inner.store.finish(
+            id,
+            end.state,
+            end.report.as_deref(),
+            end.error.as_deref(),
+            now,
+        ) {
+            tracing::warn!(run = id, "could not record the end: {e}");
+        }
+        self.inner.metrics.finished(end.state);
+        self.event(
+            id,
+            "finished",
+            serde_json::json!({"state": end.state.name(), "error": end.error}),
+        );
+        self.inner.wake.notify_one();
+        let pipeline = active
+            .map(|a| a.pipeline)
+            .unwrap_or_else(|| run.pipeline.clone());
+        match end.state {
+            RunState::Succeeded => self.fire_dependents(&pipeline, id),
+            RunState::Failed | RunState::TimedOut => {
+                for name in &end.on_failure {
+                    self.queue_registered(name, &format!("on_failure:{id}"));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Samples every running run's progress: stored, and streamed as a `progress` event.
+    pub(super) fn sample_progress(&self) {
+        let snapshots: Vec<(i64, serde_json::Value)> = {
+            let active = self.active();
+            active
+                .iter()
+                .map(|(id, a)| (*id, progress_json(&a.live, a.started, Some(a.memory))))
+                .collect()
+        };
+        let mut in_use = 0;
+        for (id, p) in snapshots {
+            in_use += p["memory_bytes"].as_u64().unwrap_or(0);
+            let _ = self.inner.store.set_progress(id, &p);
+            self.event(id, "progress", p);
+        }
+        self.inner.metrics.set_memory_in_use(in_use);
+    }
+}
