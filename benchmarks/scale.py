@@ -92,6 +92,7 @@ def ensure_generated(data, n):
     disk cannot hold it and its scored output (~65 bytes per row each, and slack), else None."""
     if os.path.exists(data):
         return None
+    os.makedirs(os.path.dirname(os.path.abspath(data)), exist_ok=True)
     need = n * 65 * 2.3
     free = shutil.disk_usage(os.path.dirname(data)).free
     if free < need:

@@ -17,7 +17,7 @@ nomaly scheduler                                  # 127.0.0.1:50050: gRPC, REST 
 nomaly scheduler --bind-host 0.0.0.0 --external-host sched.example --auth-token-file cluster.token\n  \
 nomaly scheduler --flight-sql --flight-sql-token-file token.txt   # JDBC/ADBC clients: password = the token\n  \
 nomaly sql --engine ballista://127.0.0.1:50050 -f examples/quickstart.sql\n\n\
-Logs: --log-level-setting (default INFO), or NOMALY_LOG.")]
+Logs: --log-level-setting (default INFO), or NOMALY_LOG (else RUST_LOG).")]
 pub struct SchedulerArgs {
     #[command(flatten)]
     pub flags: SchedulerFlags,
@@ -43,7 +43,7 @@ pub struct SchedulerArgs {
 nomaly executor                                   # joins 127.0.0.1:50050; ports 50051 (flight), 50052 (gRPC), 50053 (health)\n  \
 nomaly executor --scheduler-host sched.example --bind-host 0.0.0.0 --auth-token-file cluster.token\n\n\
 Every executor must read the inputs and write the outputs at the paths the client names: share the\n\
-filesystem (or use an object store). Logs: --log-level-setting (default INFO), or NOMALY_LOG.")]
+filesystem (or use an object store). Logs: --log-level-setting (default INFO), or NOMALY_LOG (else RUST_LOG).")]
 pub struct ExecutorArgs {
     #[command(flatten)]
     pub flags: ExecutorFlags,
@@ -70,6 +70,19 @@ pub fn is_loopback_host(host: &str) -> bool {
     }
 }
 
+/// Ballista's `--log-dir` writes log files from its own binaries' logger, which these processes
+/// do not use: refused rather than silently ignored.
+fn refuse_log_dir(log_dir: &Option<String>) -> Result<(), String> {
+    match log_dir {
+        Some(dir) => Err(format!(
+            "--log-dir {dir}: nomaly's cluster processes log to standard error (filter with \
+             --log-level-setting, NOMALY_LOG or RUST_LOG); redirect it, or let the service \
+             manager (systemd, Docker, Kubernetes) collect and rotate it"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The token from `--auth-token-file`; refused (exit 2) when missing off loopback.
 fn cluster_token(
     file: Option<&std::path::Path>,
@@ -87,9 +100,18 @@ fn cluster_token(
     }
 }
 
-/// The log filter for a cluster process: `NOMALY_LOG` if set, else the `--log-level-setting` flag.
+/// The log filter the environment asks for: `NOMALY_LOG`, else `RUST_LOG` (the convention of
+/// Rust programs), if either is set and not empty.
+pub fn env_log_filter() -> Option<String> {
+    ["NOMALY_LOG", "RUST_LOG"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
+}
+
+/// The log filter for a cluster process: the environment's ([`env_log_filter`]), else the
+/// `--log-level-setting` flag.
 pub fn log_filter(args_filter: &str) -> String {
-    std::env::var("NOMALY_LOG").unwrap_or_else(|_| args_filter.to_string())
+    env_log_filter().unwrap_or_else(|| args_filter.to_string())
 }
 
 pub async fn scheduler(args: SchedulerArgs) -> i32 {
@@ -105,7 +127,9 @@ pub async fn scheduler(args: SchedulerArgs) -> i32 {
             return 2;
         }
     };
-    let token = match cluster_token(args.auth_token_file.as_deref(), &args.flags.bind_host) {
+    let token = match refuse_log_dir(&args.flags.log_dir)
+        .and_then(|()| cluster_token(args.auth_token_file.as_deref(), &args.flags.bind_host))
+    {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");
@@ -139,7 +163,9 @@ pub async fn scheduler(args: SchedulerArgs) -> i32 {
 
 pub async fn executor(args: ExecutorArgs) -> i32 {
     let f = &args.flags;
-    let token = match cluster_token(args.auth_token_file.as_deref(), &f.bind_host) {
+    let token = match refuse_log_dir(&f.log_dir)
+        .and_then(|()| cluster_token(args.auth_token_file.as_deref(), &f.bind_host))
+    {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");

@@ -123,13 +123,13 @@ fn main() -> ExitCode {
     let filter = match &cli.command {
         Command::Scheduler(a) => cluster_cmd::log_filter(&a.flags.log_level_setting),
         Command::Executor(a) => cluster_cmd::log_filter(&a.flags.log_level_setting),
-        _ => std::env::var("NOMALY_LOG").unwrap_or_else(|_| "warn".into()),
+        _ => cluster_cmd::env_log_filter().unwrap_or_else(|| "warn".into()),
     };
     let json_logs =
         matches!(&cli.command, Command::Serve(a) if a.log_format == serve_cmd::LogFormat::Json);
     let filter = match &cli.command {
         // The server logs what it does (runs admitted, requeued, finished) unless told otherwise.
-        Command::Serve(_) => std::env::var("NOMALY_LOG").unwrap_or_else(|_| "info".into()),
+        Command::Serve(_) => cluster_cmd::env_log_filter().unwrap_or_else(|| "info".into()),
         _ => filter,
     };
     let logs = tracing_subscriber::fmt()

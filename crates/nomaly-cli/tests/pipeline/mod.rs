@@ -347,3 +347,35 @@ fn missing_values_are_data_counted_in_the_report() {
     );
     assert_eq!(rows, vec!["\"3,4,5,8,10\""]);
 }
+
+/// Logs follow `NOMALY_LOG`, else `RUST_LOG` (as the README says); without either a run logs
+/// warnings only.
+#[test]
+fn rust_log_and_nomaly_log_set_what_is_logged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().to_str().unwrap();
+    let run = |env: &[(&str, &str)]| {
+        let mut env = env.to_vec();
+        env.push(("NOMALY_OUT", out));
+        let o = nomaly_env(
+            &["run", "examples/pipelines/minimal.toml", "--restart"],
+            &env,
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        stderr(&o).contains("memory budget")
+    };
+    // Empty counts as unset (and overrides whatever the test's own environment holds).
+    assert!(
+        !run(&[("NOMALY_LOG", ""), ("RUST_LOG", "")]),
+        "info logged by default"
+    );
+    assert!(
+        run(&[("NOMALY_LOG", ""), ("RUST_LOG", "info")]),
+        "RUST_LOG=info is ignored"
+    );
+    assert!(run(&[("NOMALY_LOG", "info"), ("RUST_LOG", "")]));
+    assert!(
+        !run(&[("NOMALY_LOG", "warn"), ("RUST_LOG", "info")]),
+        "NOMALY_LOG comes first"
+    );
+}

@@ -174,6 +174,16 @@ fn off_loopback_the_cluster_processes_need_a_token() {
             stderr(&o)
         );
     }
+    // Ballista's --log-dir is not silently ignored.
+    for process in ["scheduler", "executor"] {
+        let o = nomaly_env(&[process, "--log-dir", "/tmp/x"], &[]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("log to standard error"),
+            "{}",
+            stderr(&o)
+        );
+    }
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.token");
     std::fs::write(&file, "two words\n").unwrap();
