@@ -113,11 +113,25 @@ fn cluster_process(role: &str) -> i32 {
         match role {
             "scheduler" => {
                 let flags = SchedulerFlags::parse();
-                run_scheduler(flags, nomaly_pipeline::physical_codec(), None, None, None).await
+                run_scheduler(
+                    flags,
+                    nomaly_pipeline::physical_codec(),
+                    None,
+                    None,
+                    None,
+                    Default::default(),
+                )
+                .await
             }
             _ => {
                 let flags = ExecutorFlags::parse();
-                run_executor(flags, nomaly_pipeline::physical_codec(), None).await
+                run_executor(
+                    flags,
+                    nomaly_pipeline::physical_codec(),
+                    None,
+                    Default::default(),
+                )
+                .await
             }
         }
     });

@@ -36,6 +36,41 @@ pub struct SchedulerArgs {
     /// client that reaches 127.0.0.1 may submit (SECURITY.md)
     #[arg(long, value_name = "FILE")]
     pub auth_token_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub tls: ClusterTlsArgs,
+}
+
+/// TLS on a cluster process's port (SECURITY.md, "The cluster").
+#[derive(Args, Debug, Clone)]
+pub struct ClusterTlsArgs {
+    /// Serve this process's port (the scheduler's; an executor's Flight port) over TLS with this
+    /// PEM certificate chain (with --tls-key). Clients then trust its CA with NOMALY_CLUSTER_CA.
+    /// Default: plain text
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Connect to the other cluster processes over TLS, trusting the CA in this PEM file
+    /// (executors: the scheduler and other executors; the scheduler: its Flight proxy to
+    /// executors). Default: plain text
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl ClusterTlsArgs {
+    fn load(&self) -> Result<nomaly_engine::processes::ProcessTls, String> {
+        let serve = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(nomaly_engine::connections::tls_config(cert, key)?),
+            _ => None,
+        };
+        let ca = match &self.tls_ca {
+            Some(f) => Some(nomaly_engine::cluster_tls::read_ca(f, "--tls-ca")?),
+            None => None,
+        };
+        Ok(nomaly_engine::processes::ProcessTls { serve, ca })
+    }
 }
 
 #[derive(Args)]
@@ -55,6 +90,9 @@ pub struct ExecutorArgs {
     /// Flight port answers anyone that reaches 127.0.0.1 (SECURITY.md)
     #[arg(long, value_name = "FILE")]
     pub auth_token_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub tls: ClusterTlsArgs,
 }
 
 /// Whether `host` (an address or a name) is reachable from this machine only: a name counts
@@ -127,9 +165,10 @@ pub async fn scheduler(args: SchedulerArgs) -> i32 {
             return 2;
         }
     };
-    let token = match refuse_log_dir(&args.flags.log_dir)
+    let loaded = refuse_log_dir(&args.flags.log_dir)
         .and_then(|()| cluster_token(args.auth_token_file.as_deref(), &args.flags.bind_host))
-    {
+        .and_then(|t| args.tls.load().map(|tls| (t, tls)));
+    let (token, tls) = match loaded {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");
@@ -156,6 +195,7 @@ pub async fn scheduler(args: SchedulerArgs) -> i32 {
             auth,
             Some(nomaly_server::dashboard::scheduler_page()),
             token,
+            tls,
         )
         .await,
     )
@@ -163,9 +203,10 @@ pub async fn scheduler(args: SchedulerArgs) -> i32 {
 
 pub async fn executor(args: ExecutorArgs) -> i32 {
     let f = &args.flags;
-    let token = match refuse_log_dir(&f.log_dir)
+    let loaded = refuse_log_dir(&f.log_dir)
         .and_then(|()| cluster_token(args.auth_token_file.as_deref(), &f.bind_host))
-    {
+        .and_then(|t| args.tls.load().map(|tls| (t, tls)));
+    let (token, tls) = match loaded {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");
@@ -180,7 +221,7 @@ pub async fn executor(args: ExecutorArgs) -> i32 {
         f.scheduler_port,
         if token.is_some() { " with a token" } else { "" }
     );
-    report(run_executor(args.flags, nomaly_pipeline::physical_codec(), token).await)
+    report(run_executor(args.flags, nomaly_pipeline::physical_codec(), token, tls).await)
 }
 
 fn report(result: nomaly_engine::Result<()>) -> i32 {
@@ -227,9 +268,9 @@ pub struct JobArgs {
 impl JobsArgs {
     /// The REST API's base URL.
     fn base_url(&self) -> Result<String, String> {
-        nomaly_engine::session::scheduler_address(&self.scheduler)
-            .map(|address| format!("http://{address}"))
-            .map_err(|e| format!("--scheduler {e}"))
+        let address = nomaly_engine::session::scheduler_address(&self.scheduler)
+            .map_err(|e| format!("--scheduler {e}"))?;
+        nomaly_engine::cluster_tls::rest_base(&address)
     }
 
     async fn get(&self, path: &str) -> Result<serde_json::Value, String> {

@@ -81,7 +81,7 @@ fn command_line() -> Cli {
                     "Serve Arrow Flight SQL on the scheduler port: JDBC/ODBC/ADBC clients run SQL \
                      (detect_anomalies included) on the cluster. Any client that reaches the port \
                      may, unless --flight-sql-token-file or --auth-token-file is given (the password \
-                     is then that token); the port has no TLS, so keep it on a trusted network.",
+                     is then that token); with --tls-cert/--tls-key it speaks TLS.",
                 )
             })
         })

@@ -81,7 +81,12 @@ impl ClusterClient {
         ballista_executor::new_standalone_executor_from_state(client, task_slots.max(1), state)
             .await
             .map_err(|e| fail("executor", e.to_string()))?;
-        Ok(ClusterClient::new(scheduler_url, state, task_slots.max(1)))
+        Ok(ClusterClient::new(
+            scheduler_url,
+            state,
+            task_slots.max(1),
+            false,
+        ))
     }
 
     /// A client of the scheduler at `address` (`host:port`), submitting jobs in `state`'s session.
@@ -89,15 +94,19 @@ impl ClusterClient {
     pub async fn connect(address: &str, state: &SessionState) -> Result<ClusterClient> {
         check_scheduler(address).await?;
         let slots = executor_slots(address).await;
-        Ok(ClusterClient::new(
-            format!("http://{address}"),
-            state,
-            slots,
-        ))
+        let base = crate::cluster_tls::rest_base(address).map_err(EngineError::Ballista)?;
+        Ok(ClusterClient::new(base, state, slots, true))
     }
 
-    fn new(scheduler_url: String, state: &SessionState, slots: usize) -> ClusterClient {
-        let config = crate::cluster_auth::with_client_token(state.config().clone());
+    /// `remote`: a cluster of other processes (TLS with the client's cluster CA, if set), not
+    /// the in-process one of `standalone`.
+    fn new(
+        scheduler_url: String,
+        state: &SessionState,
+        slots: usize,
+        remote: bool,
+    ) -> ClusterClient {
+        let config = crate::cluster_auth::with_client_credentials(state.config().clone(), remote);
         ClusterClient {
             scheduler_url,
             session_id: state.session_id().to_string(),
@@ -257,7 +266,7 @@ pub async fn scheduler_rest(
 ) -> std::result::Result<serde_json::Value, String> {
     let url = format!("{base_url}{path}");
     let get = async {
-        let mut request = reqwest::Client::new().get(&url);
+        let mut request = crate::cluster_tls::rest_client(Duration::from_secs(10))?.get(&url);
         if let Some(token) = crate::cluster_auth::client_token()? {
             request = request.header("authorization", crate::cluster_auth::bearer(&token));
         }
@@ -284,7 +293,10 @@ pub async fn scheduler_rest(
 /// The task slots of the executors registered at the scheduler at `address`, from its REST API
 /// (`/api/executors`, each with `specification.vcores`); 0 if it cannot be read.
 async fn executor_slots(address: &str) -> usize {
-    match scheduler_rest(&format!("http://{address}"), "/api/executors").await {
+    let Ok(base) = crate::cluster_tls::rest_base(address) else {
+        return 0;
+    };
+    match scheduler_rest(&base, "/api/executors").await {
         Ok(executors) => executors
             .as_array()
             .map(Vec::as_slice)
@@ -303,8 +315,8 @@ async fn executor_slots(address: &str) -> usize {
 /// (`host:port`) within 10 seconds: a session on an unreachable cluster would otherwise fail only
 /// at its first query, with a transport error.
 pub async fn check_scheduler(address: &str) -> Result<()> {
-    let url = format!("http://{address}");
-    let connect = SchedulerGrpcClient::connect(url);
+    let url = crate::cluster_tls::rest_base(address).map_err(EngineError::Ballista)?;
+    let connect = crate::cluster_auth::connect(&url);
     match tokio::time::timeout(Duration::from_secs(10), connect).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(EngineError::Ballista(format!(

@@ -19,7 +19,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use ballista_core::extension::{BallistaGrpcMetadataInterceptor, SessionConfigExt};
 use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
-use ballista_core::utils::{GrpcClientConfig, create_grpc_client_connection};
+use ballista_core::utils::{GrpcClientConfig, create_grpc_client_endpoint};
 use datafusion::prelude::SessionConfig;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -86,10 +86,34 @@ fn check_token(token: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// An endpoint override that makes every call on the connection carry `token` (in
-/// `user-agent`, the one header Ballista 55 lets an endpoint override set).
-pub fn token_endpoint(token: Arc<String>) -> ballista_core::extension::EndpointOverrideFn {
-    Arc::new(move |endpoint: Endpoint| Ok(endpoint.user_agent(format!("{AGENT_PRODUCT}{token}"))?))
+/// What a process presents on the connections Ballista opens for it (to the scheduler, to
+/// executors' Flight ports): the cluster token and the CA its TLS ports are signed by.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterLink {
+    pub token: Option<Arc<String>>,
+    pub ca: Option<Arc<Vec<u8>>>,
+}
+
+impl ClusterLink {
+    /// An endpoint override: `https://` verified by the CA (if any), and every call carrying the
+    /// token (in `user-agent`, the one header Ballista 55 lets an endpoint override set). `None`
+    /// when there is nothing to present.
+    pub fn endpoint_override(&self) -> Option<ballista_core::extension::EndpointOverrideFn> {
+        if self.token.is_none() && self.ca.is_none() {
+            return None;
+        }
+        let (token, ca) = (self.token.clone(), self.ca.clone());
+        Some(Arc::new(move |endpoint: Endpoint| {
+            let mut endpoint = endpoint;
+            if let Some(ca) = &ca {
+                endpoint = crate::cluster_tls::https_endpoint(endpoint, ca)?;
+            }
+            if let Some(token) = &token {
+                endpoint = endpoint.user_agent(format!("{AGENT_PRODUCT}{token}"))?;
+            }
+            Ok(endpoint)
+        }))
+    }
 }
 
 /// The token a request presents: a bearer `authorization`, or the `user-agent` product.
@@ -123,29 +147,45 @@ pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
-/// `config` with the client's token on every gRPC call Ballista makes: in the metadata of its
-/// calls to the scheduler, and on the connections that fetch results from executors.
-pub fn with_client_token(config: SessionConfig) -> SessionConfig {
-    match client_token() {
-        Ok(Some(t)) => config
-            .with_ballista_grpc_metadata(HashMap::from([("authorization".into(), bearer(&t))]))
-            .with_ballista_override_create_grpc_client_endpoint(token_endpoint(Arc::new(t))),
-        Ok(None) => config,
-        Err(e) => {
-            tracing::warn!("{e}; sending no cluster token");
-            config
+/// `config` with the client's token on every gRPC call Ballista makes (in the metadata of its
+/// calls to the scheduler, and on the connections that fetch results from executors) and, for a
+/// `remote` cluster, TLS verified by the client's cluster CA (`NOMALY_CLUSTER_CA`).
+pub fn with_client_credentials(config: SessionConfig, remote: bool) -> SessionConfig {
+    let token = client_token().unwrap_or_else(|e| {
+        tracing::warn!("{e}; sending no cluster token");
+        None
+    });
+    let ca = if remote {
+        crate::cluster_tls::client_ca().unwrap_or_else(|e| {
+            tracing::warn!("{e}; connecting without TLS");
+            None
+        })
+    } else {
+        None
+    };
+    let config = match &token {
+        Some(t) => {
+            config.with_ballista_grpc_metadata(HashMap::from([("authorization".into(), bearer(t))]))
         }
+        None => config,
+    };
+    let link = ClusterLink {
+        token: token.map(Arc::new),
+        ca,
+    };
+    match link.endpoint_override() {
+        Some(f) => config.with_ballista_override_create_grpc_client_endpoint(f),
+        None => config,
     }
 }
 
-/// A client of the scheduler at `url` whose every call carries the client's token.
+/// A client of the scheduler at `url` whose every call carries the client's token; an
+/// `https://` URL is verified by the client's cluster CA.
 pub async fn scheduler_client(
     url: String,
 ) -> Result<SchedulerGrpcClient<InterceptedService<Channel, BallistaGrpcMetadataInterceptor>>, String>
 {
-    let channel = create_grpc_client_connection(url.clone(), &GrpcClientConfig::default())
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
+    let channel = connect(&url).await?;
     let metadata = match client_token()? {
         Some(t) => HashMap::from([("authorization".to_string(), bearer(&t))]),
         None => HashMap::new(),
@@ -154,6 +194,28 @@ pub async fn scheduler_client(
         channel,
         BallistaGrpcMetadataInterceptor::new(metadata),
     ))
+}
+
+/// A channel to `url`: plain for `http://`, TLS with the client's cluster CA for `https://`.
+pub async fn connect(url: &str) -> Result<Channel, String> {
+    let endpoint = create_grpc_client_endpoint(url.to_string(), Some(&GrpcClientConfig::default()))
+        .map_err(|e| format!("{url}: {e}"))?;
+    let endpoint = match (
+        url.starts_with("https://"),
+        crate::cluster_tls::client_ca()?,
+    ) {
+        (true, Some(ca)) => {
+            crate::cluster_tls::https_endpoint(endpoint, &ca).map_err(|e| format!("{url}: {e}"))?
+        }
+        (true, None) => {
+            return Err(format!(
+                "{url}: TLS needs the cluster's CA: set {} to its PEM file",
+                crate::cluster_tls::CA_ENV
+            ));
+        }
+        (false, _) => endpoint,
+    };
+    endpoint.connect().await.map_err(|e| format!("{url}: {e}"))
 }
 
 /// Compares in time that depends on the lengths only, not on where the bytes first differ.

@@ -8,7 +8,9 @@
 pub mod budget;
 pub mod cluster;
 pub mod cluster_auth;
+pub mod cluster_tls;
 pub mod confined_store;
+pub mod connections;
 pub mod error;
 pub mod executor_flight;
 pub mod flight_auth;

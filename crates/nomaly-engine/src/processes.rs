@@ -32,6 +32,20 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// A cluster process's TLS: the configuration its own port is served with (if any) and the CA
+/// it trusts for the connections it opens to the others (if any).
+#[derive(Clone, Debug, Default)]
+pub struct ProcessTls {
+    pub serve: Option<Arc<rustls::ServerConfig>>,
+    pub ca: Option<Arc<Vec<u8>>>,
+}
+
+impl ProcessTls {
+    fn is_on(&self) -> bool {
+        self.serve.is_some() || self.ca.is_some()
+    }
+}
+
 /// `nomaly scheduler`'s flags: Ballista's scheduler flags.
 pub use ballista_scheduler::config::Config as SchedulerFlags;
 
@@ -72,6 +86,7 @@ pub async fn run_scheduler(
     flight_sql_auth: Option<TokenAuthenticator>,
     page: Option<axum::Router>,
     token: Option<Arc<String>>,
+    tls: ProcessTls,
 ) -> Result<()> {
     let addr: SocketAddr = format!("{}:{}", flags.bind_host, flags.bind_port)
         .parse()
@@ -86,15 +101,18 @@ pub async fn run_scheduler(
     if let Some(auth) = flight_sql_auth {
         config = config.with_flight_sql_authenticator(Arc::new(auth));
     }
-    if let Some(token) = &token {
+    if token.is_some() || tls.is_on() {
         // Executors pull their tasks: pushing would need the executors' gRPC port, which
-        // Ballista 55 serves without a hook for the token. The scheduler's own connections to
-        // executors (its Flight proxy among them) carry the token.
-        config = config
-            .with_scheduler_policy(TaskSchedulingPolicy::PullStaged)
-            .with_override_create_grpc_client_endpoint(crate::cluster_auth::token_endpoint(
-                token.clone(),
-            ));
+        // Ballista 55 serves without a hook for the token or TLS. The scheduler's own
+        // connections to executors (its Flight proxy among them) carry the token and TLS.
+        config = config.with_scheduler_policy(TaskSchedulingPolicy::PullStaged);
+        let link = crate::cluster_auth::ClusterLink {
+            token: token.clone(),
+            ca: tls.ca.clone(),
+        };
+        if let Some(f) = link.endpoint_override() {
+            config = config.with_override_create_grpc_client_endpoint(f);
+        }
     }
     if page.is_some() {
         config.web_tui_route = crate::scheduler_server::BALLISTA_TUI_ROUTE.to_string();
@@ -113,7 +131,7 @@ pub async fn run_scheduler(
         .await
         .map_err(|e| failed(&format!("scheduler on {addr}"), e))?;
     tracing::info!(%addr, "nomaly scheduler listening");
-    crate::scheduler_server::serve_scheduler(listener, scheduler, page, token).await
+    crate::scheduler_server::serve_scheduler(listener, scheduler, page, token, tls.serve).await
 }
 
 /// Runs an executor until the process is stopped (Ctrl-C or SIGTERM: it tells the scheduler and
@@ -125,6 +143,7 @@ pub async fn run_executor(
     flags: ExecutorFlags,
     codec: Arc<dyn PhysicalExtensionCodec>,
     token: Option<Arc<String>>,
+    tls: ProcessTls,
 ) -> Result<()> {
     let health_addr: SocketAddr = format!("{}:{}", flags.bind_host, flags.bind_health_port)
         .parse()
@@ -154,16 +173,22 @@ pub async fn run_executor(
     let state = session_state(SessionConfig::new())?;
     config.override_function_registry = Some(Arc::new(BallistaFunctionRegistry::from(&state)));
     config.override_physical_codec = Some(codec);
-    if let Some(token) = token {
-        let endpoint = crate::cluster_auth::token_endpoint(token.clone());
+    if token.is_some() || tls.is_on() {
         config.task_scheduling_policy = TaskSchedulingPolicy::PullStaged;
-        config.override_create_grpc_client_endpoint = Some(endpoint.clone());
-        config.override_config_producer = Some(Arc::new(move || {
-            SessionConfig::new_with_ballista()
-                .with_ballista_override_create_grpc_client_endpoint(endpoint.clone())
-        }));
+        let link = crate::cluster_auth::ClusterLink {
+            token: token.clone(),
+            ca: tls.ca.clone(),
+        };
+        if let Some(endpoint) = link.endpoint_override() {
+            config.override_create_grpc_client_endpoint = Some(endpoint.clone());
+            config.override_config_producer = Some(Arc::new(move || {
+                SessionConfig::new_with_ballista()
+                    .with_ballista_override_create_grpc_client_endpoint(endpoint.clone())
+            }));
+        }
         config.override_arrow_flight_service = Some(crate::executor_flight::guarded_flight(
             token,
+            tls.serve,
             config.grpc_max_encoding_message_size as usize,
             config.grpc_max_decoding_message_size as usize,
         ));

@@ -34,6 +34,7 @@ pub async fn serve_scheduler(
     scheduler: Scheduler,
     page: Option<axum::Router>,
     token: Option<Arc<String>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> Result<()> {
     let config = scheduler.state.config.clone();
     let max_decoding = config.grpc_server_max_decoding_message_size as usize;
@@ -121,10 +122,23 @@ pub async fn serve_scheduler(
             crate::cluster_auth::require_token,
         ));
     }
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
-    .map_err(|e| failed("the scheduler's server", e))
+    match tls {
+        // Our accept loop: TLS, with each request's peer address as `ConnectInfo`.
+        Some(tls) => {
+            let limits = crate::connections::ConnectionLimits {
+                max_connections: crate::connections::CLUSTER_CONNECTIONS,
+                tls: Some(tls),
+                ..Default::default()
+            };
+            crate::connections::accept_loop(listener, app, limits)
+                .await
+                .map_err(|e| failed("the scheduler's server", e))
+        }
+        None => axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .map_err(|e| failed("the scheduler's server", e)),
+    }
 }

@@ -250,8 +250,9 @@ pub async fn build_context(config: &EngineConfig) -> Result<SessionContext> {
             // with its own session builder, which has the same functions and rules.
             let state = nomaly_udfs::with_nomaly(
                 SessionStateBuilder::new()
-                    .with_config(crate::cluster_auth::with_client_token(
+                    .with_config(crate::cluster_auth::with_client_credentials(
                         config.session_config(SessionConfig::new_with_ballista()),
+                        true,
                     ))
                     .with_runtime_env(config.runtime()?)
                     .with_default_features(),

@@ -29,14 +29,11 @@ impl SchedulerProxy {
         } else {
             format!("{rest}:{}", nomaly_engine::session::DEFAULT_SCHEDULER_PORT)
         };
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
+        let http = nomaly_engine::cluster_tls::rest_client(Duration::from_secs(10))
             .map_err(|e| ServerError::Config(format!("--scheduler: {e}")))?;
-        Ok(SchedulerProxy {
-            base: format!("http://{rest}"),
-            http,
-        })
+        let base = nomaly_engine::cluster_tls::rest_base(&rest)
+            .map_err(|e| ServerError::Config(format!("--scheduler: {e}")))?;
+        Ok(SchedulerProxy { base, http })
     }
 
     pub fn base(&self) -> &str {

@@ -15,7 +15,8 @@
 pub mod api;
 pub mod client;
 pub mod cluster_view;
-pub mod connections;
+/// The accept loop and TLS (shared with the cluster's ports: `nomaly_engine::connections`).
+pub use nomaly_engine::connections;
 pub mod dashboard;
 pub mod deps;
 pub mod error;

@@ -3,11 +3,12 @@
 //! outlives the test.
 
 mod compose;
+mod equal_local;
 mod flight_sql;
 
 use super::{
-    assert_no_temp_files, assert_same_parts, free_port, nomaly, nomaly_env, part_files, report,
-    stderr, stdout, tree, write_tx_parquet,
+    assert_no_temp_files, assert_same_parts, free_port, nomaly, part_files, report, stderr, stdout,
+    write_tx_parquet,
 };
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -21,6 +22,9 @@ pub(crate) struct Cluster {
     pub port: u16,
     /// Sent with the harness's own REST calls (the scheduler's `--auth-token-file`).
     pub token: Option<String>,
+    /// The CA of a scheduler serving TLS (`NOMALY_CLUSTER_CA`): the harness's REST calls then
+    /// go through curl over HTTPS.
+    pub ca: Option<String>,
     logs: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -52,6 +56,10 @@ impl Cluster {
         cluster.token = env
             .iter()
             .find(|(k, _)| k == "NOMALY_CLUSTER_TOKEN")
+            .map(|(_, v)| v.clone());
+        cluster.ca = env
+            .iter()
+            .find(|(k, _)| k == "NOMALY_CLUSTER_CA")
             .map(|(_, v)| v.clone());
         let (port, logs) = (cluster.port, cluster.logs.clone());
         let p = port.to_string();
@@ -104,6 +112,7 @@ impl Cluster {
             children: Vec::new(),
             port,
             token: None,
+            ca: None,
             logs: dir.path().to_path_buf(),
             _dir: dir,
         }
@@ -171,6 +180,9 @@ impl Cluster {
 
     /// The scheduler's REST API: `(status, body)`, or `None` while it does not answer.
     pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        if let Some(ca) = &self.ca {
+            return self.https_get(ca, path);
+        }
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
         let auth = self
@@ -197,6 +209,33 @@ impl Cluster {
             body.to_string()
         };
         Some((status, body))
+    }
+
+    /// [`http_get`](Self::http_get) over HTTPS, trusting `ca` (curl).
+    fn https_get(&self, ca: &str, path: &str) -> Option<(u16, String)> {
+        let mut curl = Command::new("curl");
+        curl.args([
+            "-s",
+            "--max-time",
+            "10",
+            "--cacert",
+            ca,
+            "-w",
+            "\n%{http_code}",
+        ]);
+        if let Some(t) = &self.token {
+            curl.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        let o = curl
+            .arg(format!("https://127.0.0.1:{}{path}", self.port))
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        let (body, status) = text.rsplit_once('\n')?;
+        Some((
+            status.trim().parse().ok().filter(|s| *s != 0)?,
+            body.to_string(),
+        ))
     }
 
     /// The registered executors, from `/api/executors`.
@@ -237,178 +276,6 @@ fn dechunk(body: &str) -> String {
 
 pub(crate) fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// SQL and a pipeline on a scheduler and two executors (separate processes) give the local
-/// engine's answer and part files; the scheduler's REST API lists the jobs; no process survives.
-#[test]
-fn sql_and_pipelines_on_a_cluster_equal_local() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    write_tx_parquet(&dir.join("tx.parquet"), 0, 40_000, 5_000);
-    let cluster = Cluster::start(2);
-    let engine = cluster.engine();
-
-    let q = "SELECT id, detect_anomalies('ecod', amount, latency_ms)['score'] AS s FROM tx ORDER BY s DESC, id LIMIT 5";
-    let table = format!("tx={}", dir.join("tx.parquet").display());
-    let run_sql = |engine: &str| {
-        let o = nomaly(&[
-            "sql", "--engine", engine, "--table", &table, "--format", "csv", "-e", q,
-        ]);
-        assert_eq!(o.status.code(), Some(0), "{engine}: {}", stderr(&o));
-        stdout(&o)
-    };
-    let local = run_sql("local");
-    assert_eq!(local.lines().count(), 6, "{local}");
-    assert_eq!(run_sql(&engine), local);
-
-    let pipeline = "input = \"tx.parquet\"\noutput = \"out_{name}/\"\n[detect]\nalgorithm = \"iforest\"\n\
-                    columns = [\"amount\", \"latency_ms\"]\n[run]\nchunk_rows = 5000\n";
-    let mut reports = Vec::new();
-    // The cluster's pipeline names its engine in the file, from the environment.
-    let address = format!("127.0.0.1:{}", cluster.port);
-    for (name, engine_line) in [
-        ("local", "engine = \"local\"\n"),
-        ("cluster", "engine = \"ballista://${NOMALY_SCHEDULER}\"\n"),
-    ] {
-        let file = dir.join(format!("{name}.toml"));
-        let text = format!("{}{engine_line}", pipeline.replace("{name}", name));
-        std::fs::write(&file, text).unwrap();
-        let o = nomaly_env(
-            &["run", file.to_str().unwrap(), "--json", "--no-progress"],
-            &[("NOMALY_SCHEDULER", &address)],
-        );
-        assert_eq!(o.status.code(), Some(0), "{name}: {}", stderr(&o));
-        reports.push(report(&o));
-    }
-    let (local, remote) = (&reports[0], &reports[1]);
-    assert_eq!(remote["engine"], engine.as_str(), "{remote}");
-    assert_eq!(remote["chunks"], 8, "{remote}");
-    assert_eq!(
-        remote["ballista_jobs"], 9,
-        "the fit and one job per chunk: {remote}"
-    );
-    for key in ["input_rows", "output_rows", "anomalies", "chunks"] {
-        assert_eq!(local[key], remote[key], "{key}");
-    }
-    let (a, b) = (
-        part_files(&dir.join("out_local")),
-        part_files(&dir.join("out_cluster")),
-    );
-    assert_eq!(a.len(), 8);
-    assert_same_parts("local vs the cluster", &a, &b);
-    // The executors wrote the part files: what came back to this process is the fit's states
-    // and the chunks' summaries.
-    let written: u64 = remote["sinks"][0]["bytes"].as_u64().unwrap();
-    let received = remote["chunk_bytes_from_cluster"].as_u64().unwrap();
-    assert!(remote["bytes_from_cluster"].as_u64().unwrap() > received);
-    assert!(
-        received > 0 && received * 100 <= written,
-        "received {received} of {written}"
-    );
-    assert_eq!(remote["recovery"]["task_attempt_files_removed"], 0);
-
-    // The example pipelines (CSV chunks, steps and a join, a filtered CSV sink, a sink
-    // partitioned into directories) write the same files on the cluster as here.
-    for example in [
-        "minimal",
-        "multi_source_join",
-        "per_segment",
-        "validate_notify",
-    ] {
-        let outputs: Vec<Vec<(String, Vec<u8>)>> = ["local", engine.as_str()]
-            .iter()
-            .enumerate()
-            .map(|(i, engine)| {
-                let out = dir.join(format!("{example}_{i}"));
-                let o = nomaly_env(
-                    &[
-                        "run",
-                        &format!("examples/pipelines/{example}.toml"),
-                        "--engine",
-                        engine,
-                        "--json",
-                    ],
-                    &[("NOMALY_OUT", out.to_str().unwrap())],
-                );
-                assert_eq!(
-                    o.status.code(),
-                    Some(0),
-                    "{example} {engine}: {}",
-                    stderr(&o)
-                );
-                assert_no_temp_files(&out);
-                tree(&out)
-                    .into_iter()
-                    .filter(|(f, _)| f.contains("part-"))
-                    .collect()
-            })
-            .collect();
-        assert!(!outputs[0].is_empty(), "{example}");
-        assert_same_parts(example, &outputs[0], &outputs[1]);
-    }
-
-    // The scheduler saw the SQL query's job and the pipeline's nine.
-    let listing = cluster.json("/api/jobs").expect("/api/jobs answers");
-    let jobs = listing.as_array().expect("a list of jobs");
-    let completed = jobs.iter().filter(|j| j["status"] == "Completed").count();
-    assert!(completed >= 10, "{listing}");
-    // Jobs carry names: the pipeline's (the file's stem) with the fit or the chunk, and the SQL.
-    let names: Vec<String> = jobs
-        .iter()
-        .map(|j| j["job_name"].as_str().unwrap_or_default().to_string())
-        .collect();
-    let tag = remote["ballista_job_tag"].as_str().expect("a job tag");
-    let fit_name = format!("cluster: fit [{tag}]");
-    assert!(names.contains(&fit_name), "{names:?}");
-    for chunk in 0..8 {
-        let name = format!("cluster: chunk {chunk} [{tag}]");
-        assert!(names.contains(&name), "{name} not in {names:?}");
-    }
-    assert!(
-        names
-            .iter()
-            .any(|n| n.starts_with("SELECT id, detect_anomalies")),
-        "{names:?}"
-    );
-
-    // Prometheus metrics count them too.
-    let (status, metrics) = cluster
-        .http_get("/api/metrics")
-        .expect("/api/metrics answers");
-    assert_eq!(status, 200);
-    let completed_metric: usize = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("job_completed_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no job_completed_total in {metrics}"));
-    assert!(completed_metric >= 10, "{metrics}");
-
-    // `nomaly jobs` and `nomaly job` print the same from the REST API.
-    let listed = nomaly(&["jobs", "--scheduler", &engine]);
-    assert_eq!(listed.status.code(), Some(0), "{}", stderr(&listed));
-    let listed = stdout(&listed);
-    assert!(listed.contains("cluster: chunk 7"), "{listed}");
-    assert!(listed.contains("2 executor(s)"), "{listed}");
-    let fit = jobs
-        .iter()
-        .find(|j| j["job_name"] == fit_name.as_str())
-        .unwrap();
-    let id = fit["job_id"].as_str().unwrap();
-    let shown = nomaly(&["job", id, "--scheduler", &engine]);
-    assert_eq!(shown.status.code(), Some(0), "{}", stderr(&shown));
-    let shown = stdout(&shown);
-    assert!(
-        shown.contains(&format!("\"{fit_name}\": Completed")),
-        "{shown}"
-    );
-    assert!(shown.contains("stage 1:"), "{shown}");
-
-    let pids = cluster.pids();
-    assert!(pids.iter().all(|&p| alive(p)));
-    drop(cluster);
-    let left: Vec<u32> = pids.into_iter().filter(|&p| alive(p)).collect();
-    assert!(left.is_empty(), "cluster processes left running: {left:?}");
 }
 
 /// An unreachable scheduler is a clear error naming the address and how to start one.

@@ -3,6 +3,7 @@
 //! server still answers, and nothing outside the allowed root is created or changed: a guard
 //! directory beside the root is listed (names and bytes) before and after.
 
+mod cluster_tls;
 mod cluster_token;
 mod connections;
 mod output_lock;

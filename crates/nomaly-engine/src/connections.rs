@@ -1,4 +1,5 @@
-//! The server's accept loop (SECURITY.md, "The HTTP API"): at most `max_connections` open at
+//! The accept loop of `nomaly serve` and of the cluster's TLS ports (SECURITY.md, "The HTTP API",
+//! "The cluster"): at most `max_connections` open at
 //! once (one more is closed at once, before anything is read), and a client must finish its TLS
 //! handshake and send a request's headers within `header_timeout` or its connection is closed.
 //! `axum::serve` sets neither, so a slow client holding many half-sent requests could exhaust the
@@ -19,6 +20,10 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
+
+/// The connection cap of a cluster port served over TLS (executors and clients keep pooled
+/// connections open, so it is higher than `nomaly serve`'s default).
+pub const CLUSTER_CONNECTIONS: usize = 4096;
 
 /// How many connections, how long a client may take to send its headers, and TLS.
 #[derive(Debug, Clone)]
