@@ -162,12 +162,25 @@ impl Sandbox {
         let scheme = url.split("://").next().unwrap_or_default();
         if matches!(scheme, "http" | "https") {
             let host = host_of(url);
-            if is_internal_host(&host) && !names_host_itself(&listed, &host) {
-                return Err(Refused(format!(
-                    "{what} {url} points at {host}, an internal address (loopback, link-local or \
-                     private); such a URL is allowed only by an --allow-location pattern that \
-                     names the host {host} itself; see SECURITY.md"
-                )));
+            if !names_host_itself(&listed, &host) {
+                if is_internal_host(&host) {
+                    return Err(Refused(format!(
+                        "{what} {url} points at {host}, an internal address (loopback, \
+                         link-local or private); such a URL is allowed only by an \
+                         --allow-location pattern that names the host {host} itself; see \
+                         SECURITY.md"
+                    )));
+                }
+                // A name is checked by what it resolves to now (webhooks check again when they
+                // connect); a name that does not resolve is left to fail when it is read.
+                if let Some(ip) = resolves_inside(&host, scheme) {
+                    return Err(Refused(format!(
+                        "{what} {url}: {host} resolves to {ip}, an internal address (loopback, \
+                         link-local or private); such a URL is allowed only by an \
+                         --allow-location pattern that names the host {host} itself; see \
+                         SECURITY.md"
+                    )));
+                }
             }
         }
         Ok(url.to_string())
@@ -266,6 +279,17 @@ fn refuse_control_characters(text: &str, what: &str) -> Checked<()> {
         ))),
         None => Ok(()),
     }
+}
+
+/// The first internal address `host` resolves to, if any.
+fn resolves_inside(host: &str, scheme: &str) -> Option<IpAddr> {
+    use std::net::ToSocketAddrs;
+    let port = if scheme == "https" { 443 } else { 80 };
+    (host, port)
+        .to_socket_addrs()
+        .ok()?
+        .map(|a| a.ip())
+        .find(|ip| is_internal_ip(*ip))
 }
 
 /// Whether one of `patterns` names `host` literally (no wildcard in its host part).

@@ -1,8 +1,8 @@
-//! Webhooks from served runs resolve their host before connecting (SECURITY.md, "What a
-//! submitted pipeline may touch"): a name that passes `--allow-location http://*` but resolves
-//! to an internal address (here this machine's own host name, which resolves to loopback or
-//! to the container's private address) is not sent, with a warning in the run's report; an
-//! `--allow-location` pattern naming that host itself lets it through.
+//! Names are resolved (SECURITY.md, "What a submitted pipeline may touch"): a name that passes
+//! `--allow-location http://*` but resolves to an internal address (here this machine's own host
+//! name, which resolves to loopback or to the container's private address) is refused at
+//! submission, as a source and as a webhook; an `--allow-location` pattern naming that host
+//! itself lets the webhook through.
 
 use super::Playground;
 use crate::pipeline::webhooks::Receiver;
@@ -46,25 +46,60 @@ fn served_webhook(p: &Playground, allow: &str, url: &str) -> serde_json::Value {
 }
 
 #[test]
-fn a_served_webhook_to_a_name_that_resolves_inside_is_not_sent() {
+fn a_served_webhook_to_a_name_that_resolves_inside_is_refused() {
     let p = Playground::new();
     let host = internal_host_name();
     let receiver = Receiver::start(&p.base.join("received"), 204, None);
     let url = format!("http://{host}:{}/hook", receiver.port);
 
-    let report = served_webhook(&p, "http://*", &url);
-    let warnings = report["warnings"].to_string();
-    assert!(
-        warnings.contains("an internal address") && warnings.contains(&host),
-        "{warnings}"
+    // Refused at submission by what the name resolves to (the run checks it again when it
+    // connects: notify.rs, `check_addresses`).
+    let server = Served::start(&p.root, &["--allow-location", "http://*"], &[]);
+    let toml = p.toml(
+        "",
+        &format!("[[notify]]\ntype = \"webhook\"\nurl = \"{url}\"\n"),
     );
+    let (status, v) = server.json(
+        "POST",
+        "/api/runs",
+        Some(serde_json::json!({ "toml": toml })),
+    );
+    assert_eq!(status, 403, "{v}");
+    let error = v["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("{host} resolves to")) && error.contains("internal address"),
+        "{error}"
+    );
+    drop(server);
     assert!(receiver.received().is_empty(), "the webhook was sent");
 
-    std::fs::remove_dir_all(p.root.join("out")).unwrap();
+    // A pattern naming the host itself lets it through, and the report is delivered.
     let named = format!("http://{host}:{}/*", receiver.port);
     let report = served_webhook(&p, &named, &url);
     assert_eq!(report["warnings"], serde_json::json!([]), "{report}");
     let got = receiver.received();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].0["status"], "succeeded");
+}
+
+#[test]
+fn a_served_source_on_a_name_that_resolves_inside_is_refused() {
+    let p = Playground::new();
+    let host = internal_host_name();
+    let server = Served::start(&p.root, &["--allow-location", "http://*"], &[]);
+    let toml = p.toml(
+        &format!("input = \"http://{host}:9/tx.csv\"\noutput = \"out/\""),
+        "",
+    );
+    let (status, v) = server.json(
+        "POST",
+        "/api/runs",
+        Some(serde_json::json!({ "toml": toml })),
+    );
+    assert_eq!(status, 403, "{v}");
+    let error = v["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("{host} resolves to")) && error.contains("internal address"),
+        "{error}"
+    );
 }
