@@ -146,25 +146,7 @@ fn slow_and_excess_connections_are_closed() {
 fn the_api_serves_tls_with_a_self_signed_certificate() {
     use std::process::{Command, Stdio};
     let p = Playground::new();
-    let (cert, key) = (p.base.join("cert.pem"), p.base.join("key.pem"));
-    let made = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args([
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl (scripts/test-services.sh installs it)");
-    assert!(made.success());
+    let (cert, key) = crate::pipeline::webhooks::self_signed(&p.base);
     let port = crate::free_port();
     let mut server = Command::new(env!("CARGO_BIN_EXE_nomaly"))
         .args(["serve", "--port", &port.to_string(), "--allow-root"])

@@ -32,6 +32,21 @@ fn internal_host_name() -> String {
     name
 }
 
+/// Submits `toml` and expects 403 naming `host` and the internal address it resolves to.
+fn refused_for_resolving_inside(server: &Served, toml: &str, host: &str) {
+    let (status, v) = server.json(
+        "POST",
+        "/api/runs",
+        Some(serde_json::json!({ "toml": toml })),
+    );
+    assert_eq!(status, 403, "{v}");
+    let error = v["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("{host} resolves to")) && error.contains("internal address"),
+        "{error}"
+    );
+}
+
 fn served_webhook(p: &Playground, allow: &str, url: &str) -> serde_json::Value {
     let server = Served::start(&p.root, &["--allow-location", allow], &[]);
     let toml = p.toml(
@@ -59,17 +74,7 @@ fn a_served_webhook_to_a_name_that_resolves_inside_is_refused() {
         "",
         &format!("[[notify]]\ntype = \"webhook\"\nurl = \"{url}\"\n"),
     );
-    let (status, v) = server.json(
-        "POST",
-        "/api/runs",
-        Some(serde_json::json!({ "toml": toml })),
-    );
-    assert_eq!(status, 403, "{v}");
-    let error = v["error"].as_str().unwrap_or_default();
-    assert!(
-        error.contains(&format!("{host} resolves to")) && error.contains("internal address"),
-        "{error}"
-    );
+    refused_for_resolving_inside(&server, &toml, &host);
     drop(server);
     assert!(receiver.received().is_empty(), "the webhook was sent");
 
@@ -91,15 +96,5 @@ fn a_served_source_on_a_name_that_resolves_inside_is_refused() {
         &format!("input = \"http://{host}:9/tx.csv\"\noutput = \"out/\""),
         "",
     );
-    let (status, v) = server.json(
-        "POST",
-        "/api/runs",
-        Some(serde_json::json!({ "toml": toml })),
-    );
-    assert_eq!(status, 403, "{v}");
-    let error = v["error"].as_str().unwrap_or_default();
-    assert!(
-        error.contains(&format!("{host} resolves to")) && error.contains("internal address"),
-        "{error}"
-    );
+    refused_for_resolving_inside(&server, &toml, &host);
 }
