@@ -121,6 +121,24 @@ fn refuse_log_dir(log_dir: &Option<String>) -> Result<(), String> {
     }
 }
 
+/// What a cluster process starts with, or why it must not start (exit 2): no `--log-dir`, the
+/// token (required off loopback) and TLS.
+fn security(
+    log_dir: &Option<String>,
+    token_file: Option<&std::path::Path>,
+    bind_host: &str,
+    tls: &ClusterTlsArgs,
+) -> Result<
+    (
+        Option<std::sync::Arc<String>>,
+        nomaly_engine::processes::ProcessTls,
+    ),
+    String,
+> {
+    refuse_log_dir(log_dir)?;
+    Ok((cluster_token(token_file, bind_host)?, tls.load()?))
+}
+
 /// The token from `--auth-token-file`; refused (exit 2) when missing off loopback.
 fn cluster_token(
     file: Option<&std::path::Path>,
@@ -165,9 +183,12 @@ pub async fn scheduler(args: SchedulerArgs) -> i32 {
             return 2;
         }
     };
-    let loaded = refuse_log_dir(&args.flags.log_dir)
-        .and_then(|()| cluster_token(args.auth_token_file.as_deref(), &args.flags.bind_host))
-        .and_then(|t| args.tls.load().map(|tls| (t, tls)));
+    let loaded = security(
+        &args.flags.log_dir,
+        args.auth_token_file.as_deref(),
+        &args.flags.bind_host,
+        &args.tls,
+    );
     let (token, tls) = match loaded {
         Ok(t) => t,
         Err(e) => {
@@ -203,9 +224,12 @@ pub async fn scheduler(args: SchedulerArgs) -> i32 {
 
 pub async fn executor(args: ExecutorArgs) -> i32 {
     let f = &args.flags;
-    let loaded = refuse_log_dir(&f.log_dir)
-        .and_then(|()| cluster_token(args.auth_token_file.as_deref(), &f.bind_host))
-        .and_then(|t| args.tls.load().map(|tls| (t, tls)));
+    let loaded = security(
+        &f.log_dir,
+        args.auth_token_file.as_deref(),
+        &f.bind_host,
+        &args.tls,
+    );
     let (token, tls) = match loaded {
         Ok(t) => t,
         Err(e) => {

@@ -7,14 +7,17 @@ mod equal_local;
 mod flight_sql;
 
 use super::{
-    assert_no_temp_files, assert_same_parts, free_port, nomaly, part_files, report, stderr, stdout,
-    write_tx_parquet,
+    assert_no_temp_files, assert_same_parts, free_port, nomaly, nomaly_env, part_files, report,
+    stderr, stdout, write_tx_parquet,
 };
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// What [`Cluster::shuffled_query`] prints.
+pub(crate) const SHUFFLED_ANSWER: &str = "k,n\n0,13334\n1,13333\n2,13333\n";
 
 /// The scheduler and executors, killed (and reaped) when dropped, even when a test fails.
 pub(crate) struct Cluster {
@@ -236,6 +239,22 @@ impl Cluster {
             status.trim().parse().ok().filter(|s| *s != 0)?,
             body.to_string(),
         ))
+    }
+
+    /// A GROUP BY whose stages shuffle between the executors, over 40,000 rows written into
+    /// `dir`, run by `nomaly sql` with `env`; [`SHUFFLED_ANSWER`] is what it prints.
+    pub fn shuffled_query(&self, dir: &Path, env: &[(&str, &str)]) -> std::process::Output {
+        let tx = dir.join("tx.parquet");
+        if !tx.exists() {
+            write_tx_parquet(&tx, 0, 40_000, 5_000);
+        }
+        let table = format!("tx={}", tx.display());
+        let shuffled = "SELECT id % 3 AS k, count(*) AS n FROM tx GROUP BY k ORDER BY k";
+        let engine = self.engine();
+        let args = [
+            "sql", "--engine", &engine, "--table", &table, "--format", "csv", "-e", shuffled,
+        ];
+        nomaly_env(&args, env)
     }
 
     /// The registered executors, from `/api/executors`.

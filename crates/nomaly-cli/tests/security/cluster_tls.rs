@@ -4,9 +4,9 @@
 //! stages shuffle between the executors and reads the REST API; plain text gets no answer from
 //! the scheduler's port or an executor's Flight port, and a client without the CA is refused.
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, SHUFFLED_ANSWER};
 use crate::pipeline::webhooks::self_signed;
-use crate::{nomaly_env, stderr, stdout, write_tx_parquet};
+use crate::{nomaly_env, stderr, stdout};
 use std::process::Command;
 
 #[test]
@@ -32,18 +32,10 @@ fn a_cluster_speaks_tls_on_every_port() {
         ("NOMALY_CLUSTER_CA".to_string(), cert.to_string()),
     ];
     let cluster = Cluster::start_with_env(2, &flags, &flags, &env);
-    let engine = cluster.engine();
     let client = [("NOMALY_CLUSTER_TOKEN", token), ("NOMALY_CLUSTER_CA", cert)];
 
     // A query that shuffles between the executors, over TLS end to end.
-    let tx = dir.path().join("tx.parquet");
-    write_tx_parquet(&tx, 0, 40_000, 5_000);
-    let table = format!("tx={}", tx.display());
-    let shuffled = "SELECT id % 3 AS k, count(*) AS n FROM tx GROUP BY k ORDER BY k";
-    let args = [
-        "sql", "--engine", &engine, "--table", &table, "--format", "csv", "-e", shuffled,
-    ];
-    let o = nomaly_env(&args, &client);
+    let o = cluster.shuffled_query(dir.path(), &client);
     assert_eq!(
         o.status.code(),
         Some(0),
@@ -51,7 +43,7 @@ fn a_cluster_speaks_tls_on_every_port() {
         stderr(&o),
         cluster.logs()
     );
-    assert_eq!(stdout(&o), "k,n\n0,13334\n1,13333\n2,13333\n");
+    assert_eq!(stdout(&o), SHUFFLED_ANSWER);
     // The REST API through `nomaly jobs`, over HTTPS.
     let address = format!("127.0.0.1:{}", cluster.port);
     let o = nomaly_env(&["jobs", "--scheduler", &address, "--json"], &client);
@@ -59,7 +51,7 @@ fn a_cluster_speaks_tls_on_every_port() {
     assert!(stdout(&o).contains("executors"), "{}", stdout(&o));
 
     // Without the CA the client is refused; plain text gets no HTTP answer from any port.
-    let o = nomaly_env(&args, &[("NOMALY_CLUSTER_TOKEN", token)]);
+    let o = cluster.shuffled_query(dir.path(), &[("NOMALY_CLUSTER_TOKEN", token)]);
     assert_ne!(o.status.code(), Some(0), "{}", stdout(&o));
     let executors = cluster
         .json("/api/executors")

@@ -4,7 +4,7 @@
 //! fetch from an executor's Flight port; with it, a query that shuffles between two executors
 //! runs. Off loopback, neither process starts without a token.
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, SHUFFLED_ANSWER};
 use crate::{nomaly_env, stderr, stdout};
 use std::process::Command;
 
@@ -140,16 +140,7 @@ fn every_cluster_port_needs_the_token() {
     assert_eq!(cluster.executors(), 2, "{}", stderr(&rogue));
 
     // With the token, a query whose stages shuffle between the executors runs.
-    let tx = dir.path().join("tx.parquet");
-    crate::write_tx_parquet(&tx, 0, 40_000, 5_000);
-    let table = format!("tx={}", tx.display());
-    let shuffled = "SELECT id % 3 AS k, count(*) AS n FROM tx GROUP BY k ORDER BY k";
-    let o = nomaly_env(
-        &[
-            "sql", "--engine", &engine, "--table", &table, "--format", "csv", "-e", shuffled,
-        ],
-        &[("NOMALY_CLUSTER_TOKEN", token)],
-    );
+    let o = cluster.shuffled_query(dir.path(), &[("NOMALY_CLUSTER_TOKEN", token)]);
     assert_eq!(
         o.status.code(),
         Some(0),
@@ -157,7 +148,7 @@ fn every_cluster_port_needs_the_token() {
         stderr(&o),
         cluster.logs()
     );
-    assert_eq!(stdout(&o), "k,n\n0,13334\n1,13333\n2,13333\n");
+    assert_eq!(stdout(&o), SHUFFLED_ANSWER);
 }
 
 #[test]
