@@ -1,6 +1,8 @@
 //! `docker-compose.yml` describes a working cluster. Docker does not run here, so each service's
-//! `command` is started as a local process: service host names become 127.0.0.1, ports stay as
-//! written, every volume becomes a directory shared by the services that mount it, and other
+//! `command` is started as a local process: service host names become 127.0.0.1, each port
+//! becomes a free port of this host (the same one wherever the file names it: the written ports
+//! lie in Linux's ephemeral range, where a test running beside this one may hold them), every
+//! volume becomes a directory shared by the services that mount it, and other
 //! absolute paths a service names live under a directory of its own (its container's filesystem).
 //! Each compose secret becomes a file of its own holding a token made for the test, at the path
 //! the service reads (`/run/secrets/NAME`). The `pipeline` service then runs its example pipeline
@@ -10,7 +12,6 @@ use super::{Cluster, alive};
 use crate::{nomaly_env, part_files, root, stderr};
 use serde_yaml::Value;
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -28,6 +29,8 @@ struct ComposeFile {
     roots: PathBuf,
     /// Secret name → the file on this host that holds it.
     secrets: BTreeMap<String, PathBuf>,
+    /// Port the file names → the free port it becomes here.
+    ports: BTreeMap<String, String>,
 }
 
 /// The token the test puts in every secret file.
@@ -55,6 +58,7 @@ impl ComposeFile {
             volumes: BTreeMap::new(),
             roots: tmp.to_path_buf(),
             secrets,
+            ports: BTreeMap::new(),
         }
     }
 
@@ -68,6 +72,14 @@ impl ComposeFile {
                 other => panic!("{what}: {other:?} is not a string"),
             })
             .collect()
+    }
+
+    /// The free port of this host that the file's `port` becomes.
+    fn port(&mut self, port: &str) -> String {
+        self.ports
+            .entry(port.to_string())
+            .or_insert_with(|| crate::free_port().to_string())
+            .clone()
     }
 
     /// Maps one absolute container path of `service` to this host.
@@ -127,12 +139,19 @@ impl ComposeFile {
             if flag.ends_with("host") && hosts.iter().any(|h| h == value) {
                 return "127.0.0.1".into();
             }
+            if flag.starts_with("--") && flag.ends_with("port") {
+                return this.port(value);
+            }
             if value.starts_with('/') {
                 return this.host_path(name, &mounts, value);
             }
             let mut v = value.to_string();
             for h in &hosts {
-                v = v.replace(&format!("//{h}:"), "//127.0.0.1:");
+                if let Some((before, after)) = v.split_once(&format!("//{h}:")) {
+                    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+                    let rest = after[digits.len()..].to_string();
+                    v = format!("{before}//127.0.0.1:{}{rest}", this.port(&digits));
+                }
             }
             v
         };
@@ -178,16 +197,6 @@ fn the_compose_file_describes_a_working_cluster() {
         .map(|e| compose.service(e))
         .collect();
     let pipeline = compose.service("pipeline");
-    // The ports are the compose file's own: a busy one is this host's problem, said plainly.
-    for port in std::iter::once(&scheduler)
-        .chain(&executors)
-        .flat_map(|s| bind_ports(&s.args))
-    {
-        assert!(
-            TcpListener::bind(("0.0.0.0", port)).is_ok(),
-            "port {port} of docker-compose.yml is in use on this host; stop what holds it"
-        );
-    }
     let port = bind_ports(&scheduler.args)[0];
     let mut cluster = Cluster::empty(port);
     // The harness's own REST calls send the compose file's token.
