@@ -4,7 +4,7 @@
 #   ~/.cache/nomaly-node  Azurite (Azure Blob emulator)
 # Debian's libhdf5-dev (for the `hdf5` feature) when it is missing and apt-get can run, and
 # Debian's chromium + chromium-driver for the dashboard's browser test, and openssl and curl for
-# the API's TLS test.
+# the API's TLS test; cargo-machete (the unused-dependency check) under ~/.cache/nomaly-tools.
 # Re-running is cheap: each part is skipped when its pinned versions are already installed.
 # Needs python3 (with venv) and npm, both on these machines; nothing else.
 set -euo pipefail
@@ -55,4 +55,12 @@ if ! command -v openssl >/dev/null || ! command -v curl >/dev/null; then
     echo "test-services: installing openssl and curl (the API's TLS test)" >&2
     { $sudo apt-get install -y -q openssl curl || { $sudo apt-get update -q && $sudo apt-get install -y -q openssl curl; }; } >/dev/null 2>&1 \
         || echo "test-services: could not install openssl or curl; the TLS test will fail saying so" >&2
+fi
+
+# cargo-machete: .ci/run fails on a dependency a crate declares and never uses.
+tools="$cache/nomaly-tools"
+machete_version=0.9.2
+if [ "$("$tools/bin/cargo-machete" --version 2>/dev/null)" != "$machete_version" ]; then
+    echo "test-services: installing cargo-machete $machete_version into $tools" >&2
+    env -u CARGO_TARGET_DIR cargo install --quiet --locked --root "$tools" cargo-machete --version "$machete_version"
 fi

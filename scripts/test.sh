@@ -4,7 +4,7 @@
 # (remote inputs against S3/Azure servers on 127.0.0.1, which scripts/test-services.sh installs
 # under ~/.cache the first time), HDF5 inputs (with the `hdf5` feature when libhdf5 is present),
 # the accuracy fixtures, and clippy with warnings as errors; dependency licences and duplicate
-# majors (scripts/check-deps.py).
+# majors (scripts/check-deps.py); no declared dependency left unused (cargo-machete).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/nomaly-target}"
@@ -23,5 +23,6 @@ cargo fmt --all --check
 python3 scripts/check-sizes.py crates/nomaly-pipeline/src
 python3 scripts/check-sizes.py --max-fn 0 crates udfs tests
 python3 scripts/check-deps.py
+"$cache/nomaly-tools/bin/cargo-machete"
 cargo test --workspace --locked "${features[@]}" "$@"
 cargo clippy --workspace --all-targets --locked "${features[@]}" -- -D warnings
