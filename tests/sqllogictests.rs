@@ -104,7 +104,9 @@ const PROCESS_ENV: &str = "NOMALY_SLT_PROCESS";
 /// flags); returns the exit code.
 fn cluster_process(role: &str) -> i32 {
     use clap::Parser;
-    use nomaly_engine::processes::{ExecutorFlags, SchedulerFlags, run_executor, run_scheduler};
+    use nomaly_engine::ballista::processes::{
+        ExecutorFlags, SchedulerFlags, run_executor, run_scheduler,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -18,7 +18,7 @@ pub fn token_path(db: &Path) -> PathBuf {
     db.with_extension("token")
 }
 
-use nomaly_engine::cluster_auth::read_token_file;
+use nomaly_engine::ballista::auth::read_token_file;
 
 /// What the server requires: `Some(token)`, or `None` with `--no-auth`. `generated` is where a
 /// token made (or found) beside the store lives, for the start-up line.

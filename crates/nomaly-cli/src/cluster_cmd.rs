@@ -4,8 +4,12 @@
 //! otherwise: a process started to try things out is not reachable from the network.
 
 use clap::Args;
-use nomaly_engine::flight_auth::TokenAuthenticator;
-use nomaly_engine::processes::{ExecutorFlags, SchedulerFlags, run_executor, run_scheduler};
+use nomaly_engine::ballista::flight_sql_auth::TokenAuthenticator;
+use nomaly_engine::ballista::processes::{
+    ExecutorFlags, SchedulerFlags, run_executor, run_scheduler,
+};
+use nomaly_engine::ballista::rest::{Executor, Job, JobStages, TaskStatus};
+use nomaly_engine::ballista::{RestError, SchedulerRest};
 use std::path::PathBuf;
 
 /// The address both processes bind to when `--bind-host` is not given.
@@ -60,16 +64,16 @@ pub struct ClusterTlsArgs {
 }
 
 impl ClusterTlsArgs {
-    fn load(&self) -> Result<nomaly_engine::processes::ProcessTls, String> {
+    fn load(&self) -> Result<nomaly_engine::ballista::processes::ProcessTls, String> {
         let serve = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(nomaly_engine::connections::tls_config(cert, key)?),
             _ => None,
         };
         let ca = match &self.tls_ca {
-            Some(f) => Some(nomaly_engine::cluster_tls::read_ca(f, "--tls-ca")?),
+            Some(f) => Some(nomaly_engine::ballista::tls::read_ca(f, "--tls-ca")?),
             None => None,
         };
-        Ok(nomaly_engine::processes::ProcessTls { serve, ca })
+        Ok(nomaly_engine::ballista::processes::ProcessTls { serve, ca })
     }
 }
 
@@ -131,7 +135,7 @@ fn security(
 ) -> Result<
     (
         Option<std::sync::Arc<String>>,
-        nomaly_engine::processes::ProcessTls,
+        nomaly_engine::ballista::processes::ProcessTls,
     ),
     String,
 > {
@@ -145,7 +149,7 @@ fn cluster_token(
     bind_host: &str,
 ) -> Result<Option<std::sync::Arc<String>>, String> {
     match file {
-        Some(f) => nomaly_engine::cluster_auth::read_token_file(f, "--auth-token-file")
+        Some(f) => nomaly_engine::ballista::auth::read_token_file(f, "--auth-token-file")
             .map(|t| Some(std::sync::Arc::new(t))),
         None if is_loopback_host(bind_host) => Ok(None),
         None => Err(format!(
@@ -290,134 +294,142 @@ pub struct JobArgs {
 }
 
 impl JobsArgs {
-    /// The REST API's base URL.
-    fn base_url(&self) -> Result<String, String> {
-        let address = nomaly_engine::session::scheduler_address(&self.scheduler)
-            .map_err(|e| format!("--scheduler {e}"))?;
-        nomaly_engine::cluster_tls::rest_base(&address)
-    }
-
-    async fn get(&self, path: &str) -> Result<serde_json::Value, String> {
-        nomaly_engine::scheduler_rest(&self.base_url()?, path)
-            .await
-            .map_err(|e| format!("{e} (--scheduler or NOMALY_SCHEDULER)"))
+    /// The client of the scheduler's REST API.
+    fn rest(&self) -> Result<SchedulerRest, String> {
+        SchedulerRest::new(&self.scheduler).map_err(|e| format!("--scheduler {e}"))
     }
 }
 
-fn text(v: &serde_json::Value, key: &str) -> String {
-    match &v[key] {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => String::new(),
-        other => other.to_string(),
-    }
+/// The request's error, with where the address came from.
+fn from_flag(e: RestError) -> String {
+    format!("{e} (--scheduler or NOMALY_SCHEDULER)")
 }
 
 /// Milliseconds since the epoch to seconds elapsed (to `end`, or to now while running).
-fn elapsed(job: &serde_json::Value) -> String {
-    let start = job["start_time"].as_u64().unwrap_or(0);
-    let end = match job["end_time"].as_u64() {
-        Some(e) if e > 0 => e,
+fn elapsed(job: &Job) -> String {
+    let end = match job.end_time {
+        e if e > 0 => e,
         _ => std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
     };
-    if start == 0 {
+    if job.start_time == 0 {
         return "-".into();
     }
-    format!("{:.1} s", end.saturating_sub(start) as f64 / 1000.0)
+    format!(
+        "{:.1} s",
+        end.saturating_sub(job.start_time) as f64 / 1000.0
+    )
+}
+
+/// `nomaly jobs --json`: the scheduler's answers, as it sent them.
+#[derive(serde::Serialize)]
+struct JobsJson {
+    jobs: Vec<Job>,
+    executors: Vec<Executor>,
+}
+
+/// `nomaly job ID --json`.
+#[derive(serde::Serialize)]
+struct JobJson {
+    job: Job,
+    stages: JobStages,
 }
 
 pub async fn jobs(args: JobsArgs) -> i32 {
-    let (jobs, executors) = match (
-        args.get("/api/jobs").await,
-        args.get("/api/executors").await,
-    ) {
-        (Ok(j), Ok(e)) => (j, e),
-        (Err(e), _) | (_, Err(e)) => {
+    let answers = async {
+        let rest = args.rest()?;
+        let jobs = rest.jobs().await.map_err(from_flag)?;
+        let executors = rest.executors().await.map_err(from_flag)?;
+        Ok::<_, String>(JobsJson { jobs, executors })
+    };
+    let JobsJson { jobs, executors } = match answers.await {
+        Ok(answers) if args.json => return print_json(&answers),
+        Ok(answers) => answers,
+        Err(e) => {
             eprintln!("error: {e}");
             return 1;
         }
     };
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({ "jobs": jobs, "executors": executors })
-        );
-        return 0;
-    }
-    let empty = Vec::new();
-    let jobs = jobs.as_array().unwrap_or(&empty);
     println!(
         "{:<10} {:<40} {:<10} {:>7} {:>9} {:>9}",
         "JOB", "NAME", "STATUS", "STAGES", "PROGRESS", "ELAPSED"
     );
-    for j in jobs {
-        let name: String = text(j, "job_name").chars().take(40).collect();
+    for j in &jobs {
+        let name: String = j.job_name.chars().take(40).collect();
         println!(
             "{:<10} {:<40} {:<10} {:>7} {:>8}% {:>9}",
-            text(j, "job_id"),
+            j.job_id,
             name,
-            text(j, "status"),
-            format!("{}/{}", text(j, "completed_stages"), text(j, "num_stages")),
-            text(j, "percent_complete"),
+            j.status,
+            format!("{}/{}", j.completed_stages, j.num_stages),
+            j.percent_complete,
             elapsed(j)
         );
     }
-    let executors = executors.as_array().unwrap_or(&empty);
     println!("\n{} job(s); {} executor(s):", jobs.len(), executors.len());
-    for e in executors {
+    for e in &executors {
         println!(
             "  {}  {}:{}  {} task slots",
-            text(e, "id"),
-            text(e, "host"),
-            text(e, "port"),
-            text(&e["specification"], "vcores")
+            e.id, e.host, e.port, e.specification.vcores
         );
     }
     0
 }
 
 pub async fn job(args: JobArgs) -> i32 {
-    let id = &args.id;
-    let (job, stages) = match (
-        args.jobs.get(&format!("/api/job/{id}")).await,
-        args.jobs.get(&format!("/api/job/{id}/stages")).await,
-    ) {
-        (Ok(j), Ok(s)) => (j, s),
-        (Err(e), _) | (_, Err(e)) => {
+    let answers = async {
+        let rest = args.jobs.rest()?;
+        let job = rest.job(&args.id).await.map_err(from_flag)?;
+        let stages = rest.stages(&args.id).await.map_err(from_flag)?;
+        Ok::<_, String>(JobJson { job, stages })
+    };
+    let JobJson { job, stages } = match answers.await {
+        Ok(answers) if args.jobs.json => return print_json(&answers),
+        Ok(answers) => answers,
+        Err(e) => {
             eprintln!("error: {e}");
             return 1;
         }
     };
-    if args.jobs.json {
-        println!("{}", serde_json::json!({ "job": job, "stages": stages }));
-        return 0;
-    }
     println!(
         "job {} \"{}\": {} ({}), {} of {} stages, {}",
-        text(&job, "job_id"),
-        text(&job, "job_name"),
-        text(&job, "status"),
-        text(&job, "job_status"),
-        text(&job, "completed_stages"),
-        text(&job, "num_stages"),
+        job.job_id,
+        job.job_name,
+        job.status,
+        job.job_status,
+        job.completed_stages,
+        job.num_stages,
         elapsed(&job)
     );
-    let empty = Vec::new();
-    for s in stages["stages"].as_array().unwrap_or(&empty) {
-        let tasks = s["tasks"].as_array().unwrap_or(&empty);
-        let done = tasks
+    for s in &stages.stages {
+        let done = s
+            .tasks
             .iter()
-            .filter(|t| t["status"] == "Successful" || t["status"]["Successful"].is_object())
+            .flatten()
+            .filter(|t| matches!(t.status, TaskStatus::Successful))
             .count();
         println!(
             "  stage {}: {}, {done}/{} tasks done, {} rows in, {} rows out",
-            text(s, "stage_id"),
-            text(s, "stage_status"),
-            tasks.len(),
-            text(s, "input_rows"),
-            text(s, "output_rows")
+            s.stage_id,
+            s.stage_status,
+            s.tasks.len(),
+            s.input_rows,
+            s.output_rows
         );
     }
     0
+}
+
+fn print_json(value: &impl serde::Serialize) -> i32 {
+    match serde_json::to_string(value) {
+        Ok(text) => {
+            println!("{text}");
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
 }

@@ -279,7 +279,7 @@ async fn serve_inner(args: ServeArgs) -> Result<(), String> {
     }
     let scheduler = match &args.scheduler {
         Some(s) => Some(Arc::new(
-            nomaly_server::cluster_view::SchedulerProxy::new(s).map_err(|e| e.to_string())?,
+            nomaly_server::cluster_view::scheduler_rest(s).map_err(|e| e.to_string())?,
         )),
         None => None,
     };

@@ -1,30 +1,24 @@
 //! # nomaly-engine
 //!
 //! Builds the sessions Nomaly runs on — local DataFusion, Ballista standalone or a Ballista
-//! cluster (and that cluster's processes, `processes.rs`) — with every Nomaly
+//! cluster (everything Ballista is in `ballista/`) — with every Nomaly
 //! function, the `detect_anomalies` rewrite rule, a memory pool sized to the budget (default 80% of
 //! RAM or the cgroup limit) and a spill directory; registers input files as tables by extension.
 
+pub mod ballista;
 pub mod budget;
-pub mod cluster;
-pub mod cluster_auth;
-pub mod cluster_tls;
 pub mod confined_store;
 pub mod connections;
 pub mod error;
-pub mod executor_flight;
-pub mod flight_auth;
 #[cfg(feature = "hdf5")]
 pub mod hdf5;
 pub mod memory;
 pub mod object_stores;
-pub mod processes;
-pub mod scheduler_server;
 pub mod session;
 pub mod tables;
 
+pub use ballista::{ClusterClient, batch_bytes, name_jobs, narrow_to_partition};
 pub use budget::{BudgetSplit, parquet_read_buffers};
-pub use cluster::{ClusterClient, batch_bytes, name_jobs, narrow_to_partition, scheduler_rest};
 pub use error::{EngineError, Result};
 pub use memory::{default_budget, parse_byte_size};
 pub use object_stores::{RemoteStore, register_object_store};

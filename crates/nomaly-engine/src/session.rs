@@ -28,9 +28,6 @@ pub enum EngineKind {
     Cluster(String),
 }
 
-/// The scheduler port Ballista and `nomaly scheduler` use when none is given.
-pub const DEFAULT_SCHEDULER_PORT: u16 = 50050;
-
 impl EngineKind {
     /// The engine's kind as `--engine` takes it, without a cluster's address.
     pub fn name(&self) -> &'static str {
@@ -59,7 +56,7 @@ impl FromStr for EngineKind {
             .iter()
             .any(|p| lower.starts_with(p))
         {
-            return scheduler_address(s).map(EngineKind::Cluster);
+            return crate::ballista::scheduler_address(s).map(EngineKind::Cluster);
         }
         match lower.as_str() {
             "local" => Ok(EngineKind::Local),
@@ -69,32 +66,6 @@ impl FromStr for EngineKind {
             )),
         }
     }
-}
-
-/// A scheduler's `host:port` from `ballista://HOST[:PORT]`, `df://...`, `http://...` or a bare
-/// `HOST[:PORT]` (port 50050 when left out).
-pub fn scheduler_address(text: &str) -> std::result::Result<String, String> {
-    let lower = text.trim().to_ascii_lowercase();
-    let rest = ["ballista://", "df://", "http://"]
-        .iter()
-        .find_map(|scheme| lower.strip_prefix(scheme))
-        .unwrap_or(&lower)
-        .trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((host, port)) => {
-            let port: u16 = port.parse().map_err(|_| {
-                format!("'{text}': the port '{port}' is not a number from 1 to 65535")
-            })?;
-            (host, port)
-        }
-        None => (rest, DEFAULT_SCHEDULER_PORT),
-    };
-    if host.is_empty() || host.contains('/') {
-        return Err(format!(
-            "'{text}': expected ballista://HOST[:PORT], e.g. ballista://127.0.0.1:50050"
-        ));
-    }
-    Ok(format!("{host}:{port}"))
 }
 
 /// How to build a session.
@@ -245,12 +216,12 @@ pub async fn build_context(config: &EngineConfig) -> Result<SessionContext> {
             Ok(ctx)
         }
         EngineKind::Cluster(address) => {
-            crate::cluster::check_scheduler(address).await?;
+            crate::ballista::client::check_scheduler(address).await?;
             // The client plans (its analyzer rules and functions); the scheduler plans again
             // with its own session builder, which has the same functions and rules.
             let state = nomaly_udfs::with_nomaly(
                 SessionStateBuilder::new()
-                    .with_config(crate::cluster_auth::with_client_credentials(
+                    .with_config(crate::ballista::auth::with_client_credentials(
                         config.session_config(SessionConfig::new_with_ballista()),
                         true,
                     ))

@@ -2,6 +2,7 @@
 //! `/api/openapi.json`); errors are `{"error": "..."}` with a 4xx status that says whose fault it
 //! is. Every route but `/health` needs the bearer token when the server has one (SECURITY.md).
 
+use crate::cluster_view::{ClusterOverview, check_job_id};
 use crate::dashboard;
 use crate::error::ServerError;
 use crate::metrics::Snapshot;
@@ -16,6 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::Stream;
+use nomaly_engine::ballista::SchedulerRest;
+use nomaly_engine::ballista::rest;
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -47,7 +50,7 @@ pub struct HttpConfig {
     pub token: Option<Arc<String>>,
     pub max_body_bytes: usize,
     /// `--scheduler`: the Ballista scheduler the Cluster view reads.
-    pub scheduler: Option<Arc<crate::cluster_view::SchedulerProxy>>,
+    pub scheduler: Option<Arc<SchedulerRest>>,
     /// The `Host` names answered to; foreign origins and non-JSON bodies are refused too
     /// ([`crate::http_guard`]).
     pub hosts: crate::http_guard::HostRule,
@@ -436,7 +439,7 @@ async fn remove_schedule(
 
 // ---- the Cluster view (a Ballista scheduler's REST API, read through this server) ----------
 
-fn scheduler(state: &AppState) -> ApiResult<&crate::cluster_view::SchedulerProxy> {
+fn scheduler(state: &AppState) -> ApiResult<&SchedulerRest> {
     state.http.scheduler.as_deref().ok_or_else(|| {
         ServerError::NotFound(
             "this server was started without --scheduler, so it shows no cluster; start it \
@@ -446,49 +449,41 @@ fn scheduler(state: &AppState) -> ApiResult<&crate::cluster_view::SchedulerProxy
     })
 }
 
-async fn cluster(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
+async fn cluster(State(state): State<AppState>) -> ApiResult<Json<ClusterOverview>> {
     let s = scheduler(&state)?;
-    let scheduler_state = s.json("/api/state").await?;
-    Ok(Json(
-        serde_json::json!({"scheduler": s.base(), "state": scheduler_state}),
-    ))
+    Ok(Json(ClusterOverview {
+        scheduler: s.base().to_string(),
+        state: s.state().await?,
+    }))
 }
 
-async fn cluster_executors(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
-    Ok(Json(scheduler(&state)?.json("/api/executors").await?))
+async fn cluster_executors(State(state): State<AppState>) -> ApiResult<Json<Vec<rest::Executor>>> {
+    Ok(Json(scheduler(&state)?.executors().await?))
 }
 
-async fn cluster_jobs(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
-    Ok(Json(scheduler(&state)?.json("/api/jobs").await?))
+async fn cluster_jobs(State(state): State<AppState>) -> ApiResult<Json<Vec<rest::Job>>> {
+    Ok(Json(scheduler(&state)?.jobs().await?))
 }
 
 async fn cluster_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
-    let id = crate::cluster_view::check_job_id(&id)?;
-    Ok(Json(
-        scheduler(&state)?.json(&format!("/api/job/{id}")).await?,
-    ))
+) -> ApiResult<Json<rest::Job>> {
+    let id = check_job_id(&id)?;
+    Ok(Json(scheduler(&state)?.job(id).await?))
 }
 
 async fn cluster_stages(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
-    let id = crate::cluster_view::check_job_id(&id)?;
-    Ok(Json(
-        scheduler(&state)?
-            .json(&format!("/api/job/{id}/stages"))
-            .await?,
-    ))
+) -> ApiResult<Json<rest::JobStages>> {
+    let id = check_job_id(&id)?;
+    Ok(Json(scheduler(&state)?.stages(id).await?))
 }
 
 async fn cluster_dot(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    let id = crate::cluster_view::check_job_id(&id)?;
-    let dot = scheduler(&state)?
-        .text(&format!("/api/job/{id}/dot"))
-        .await?;
+    let id = check_job_id(&id)?;
+    let dot = scheduler(&state)?.dot(id).await?;
     Ok((
         [(header::CONTENT_TYPE, "text/vnd.graphviz; charset=utf-8")],
         dot,
@@ -499,7 +494,7 @@ async fn cluster_dot(State(state): State<AppState>, Path(id): Path<String>) -> A
 async fn cluster_cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
-    let id = crate::cluster_view::check_job_id(&id)?;
+) -> ApiResult<Json<rest::CancelJob>> {
+    let id = check_job_id(&id)?;
     Ok(Json(scheduler(&state)?.cancel(id).await?))
 }

@@ -8,6 +8,7 @@
 //! our functions travel by name (the scheduler and executors are built from the same state, so
 //! they have them).
 
+use super::rest::SchedulerRest;
 use crate::error::{EngineError, Result};
 use ballista_core::config::BallistaConfig;
 use ballista_core::execution_plans::execute_physical_plan;
@@ -94,7 +95,7 @@ impl ClusterClient {
     pub async fn connect(address: &str, state: &SessionState) -> Result<ClusterClient> {
         check_scheduler(address).await?;
         let slots = executor_slots(address).await;
-        let base = crate::cluster_tls::rest_base(address).map_err(EngineError::Ballista)?;
+        let base = crate::ballista::tls::rest_base(address).map_err(EngineError::Ballista)?;
         Ok(ClusterClient::new(base, state, slots, true))
     }
 
@@ -106,7 +107,7 @@ impl ClusterClient {
         slots: usize,
         remote: bool,
     ) -> ClusterClient {
-        let config = crate::cluster_auth::with_client_credentials(state.config().clone(), remote);
+        let config = crate::ballista::auth::with_client_credentials(state.config().clone(), remote);
         ClusterClient {
             scheduler_url,
             session_id: state.session_id().to_string(),
@@ -144,7 +145,11 @@ impl ClusterClient {
     /// leave work on the cluster); returns how many. Best effort: a scheduler that cannot be asked
     /// (no REST API on an in-process scheduler) leaves them to finish.
     pub async fn cancel_unfinished(&self) -> usize {
-        let jobs = match scheduler_rest(&self.scheduler_url, "/api/jobs").await {
+        let jobs = match SchedulerRest::at_base(self.scheduler_url.clone()) {
+            Ok(rest) => rest.jobs().await,
+            Err(e) => Err(e),
+        };
+        let jobs = match jobs {
             Ok(jobs) => jobs,
             Err(e) => {
                 tracing::warn!("could not list the jobs to cancel: {e}");
@@ -153,18 +158,14 @@ impl ClusterClient {
         };
         let suffix = format!("[{}]", self.tag);
         let unfinished: Vec<String> = jobs
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-            .iter()
+            .into_iter()
             .filter(|j| {
-                j["job_name"].as_str().is_some_and(|n| n.ends_with(&suffix))
-                    && matches!(j["status"].as_str(), Some("Queued" | "Running"))
+                j.job_name.ends_with(&suffix) && matches!(j.status.as_str(), "Queued" | "Running")
             })
-            .filter_map(|j| j["job_id"].as_str().map(str::to_string))
+            .map(|j| j.job_id)
             .collect();
         let mut client =
-            match crate::cluster_auth::scheduler_client(self.scheduler_url.clone()).await {
+            match crate::ballista::auth::scheduler_client(self.scheduler_url.clone()).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!("could not connect to cancel the jobs: {e}");
@@ -258,52 +259,18 @@ pub fn name_jobs(ctx: &datafusion::prelude::SessionContext, name: &str) {
     }
 }
 
-/// GETs `path` from the REST API of the scheduler at `base_url` (`http://host:port`) as JSON,
-/// within 10 s; the error names the URL and what failed.
-pub async fn scheduler_rest(
-    base_url: &str,
-    path: &str,
-) -> std::result::Result<serde_json::Value, String> {
-    let url = format!("{base_url}{path}");
-    let get = async {
-        let mut request = crate::cluster_tls::rest_client(Duration::from_secs(10))?.get(&url);
-        if let Some(token) = crate::cluster_auth::client_token()? {
-            request = request.header("authorization", crate::cluster_auth::bearer(&token));
-        }
-        let response = request.send().await.map_err(|e| {
-            format!(
-                "cannot reach the scheduler at {url} ({e}); is `nomaly scheduler` running there?"
-            )
-        })?;
-        let status = response.status();
-        let body = response
-            .text()
-            .await
-            .map_err(|e| format!("{url}: reading the answer: {e}"))?;
-        if !status.is_success() {
-            return Err(format!("{url}: {status} {}", body.trim()));
-        }
-        serde_json::from_str(&body).map_err(|e| format!("{url}: not JSON ({e})"))
-    };
-    tokio::time::timeout(Duration::from_secs(10), get)
-        .await
-        .unwrap_or_else(|_| Err(format!("{url}: no answer within 10 s")))
-}
-
 /// The task slots of the executors registered at the scheduler at `address`, from its REST API
-/// (`/api/executors`, each with `specification.vcores`); 0 if it cannot be read.
+/// (`/api/executors`); 0 if it cannot be read.
 async fn executor_slots(address: &str) -> usize {
-    let Ok(base) = crate::cluster_tls::rest_base(address) else {
-        return 0;
+    let executors = match SchedulerRest::new(address) {
+        Ok(rest) => rest.executors().await,
+        Err(e) => Err(e),
     };
-    match scheduler_rest(&base, "/api/executors").await {
+    match executors {
         Ok(executors) => executors
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
             .iter()
-            .filter_map(|e| e["specification"]["vcores"].as_u64())
-            .sum::<u64>() as usize,
+            .map(|e| e.specification.vcores as usize)
+            .sum(),
         Err(e) => {
             tracing::warn!("could not read the cluster's task slots: {e}");
             0
@@ -315,8 +282,8 @@ async fn executor_slots(address: &str) -> usize {
 /// (`host:port`) within 10 seconds: a session on an unreachable cluster would otherwise fail only
 /// at its first query, with a transport error.
 pub async fn check_scheduler(address: &str) -> Result<()> {
-    let url = crate::cluster_tls::rest_base(address).map_err(EngineError::Ballista)?;
-    let connect = crate::cluster_auth::connect(&url);
+    let url = crate::ballista::tls::rest_base(address).map_err(EngineError::Ballista)?;
+    let connect = crate::ballista::auth::connect(&url);
     match tokio::time::timeout(Duration::from_secs(10), connect).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(EngineError::Ballista(format!(

@@ -8,8 +8,8 @@
 //! registry comes from the same state). The command-line flags are Ballista's own
 //! ([`SchedulerFlags`], [`ExecutorFlags`]) so that a Ballista user's deployment carries over.
 
+use crate::ballista::flight_sql_auth::TokenAuthenticator;
 use crate::error::{EngineError, Result};
-use crate::flight_auth::TokenAuthenticator;
 use crate::object_stores::EnvObjectStoreRegistry;
 use crate::session::tune_session_config;
 use ballista_core::config::TaskSchedulingPolicy;
@@ -106,7 +106,7 @@ pub async fn run_scheduler(
         // Ballista 55 serves without a hook for the token or TLS. The scheduler's own
         // connections to executors (its Flight proxy among them) carry the token and TLS.
         config = config.with_scheduler_policy(TaskSchedulingPolicy::PullStaged);
-        let link = crate::cluster_auth::ClusterLink {
+        let link = crate::ballista::auth::ClusterLink {
             token: token.clone(),
             ca: tls.ca.clone(),
         };
@@ -115,7 +115,7 @@ pub async fn run_scheduler(
         }
     }
     if page.is_some() {
-        config.web_tui_route = crate::scheduler_server::BALLISTA_TUI_ROUTE.to_string();
+        config.web_tui_route = crate::ballista::scheduler_server::BALLISTA_TUI_ROUTE.to_string();
     }
     config
         .validate()
@@ -131,7 +131,8 @@ pub async fn run_scheduler(
         .await
         .map_err(|e| failed(&format!("scheduler on {addr}"), e))?;
     tracing::info!(%addr, "nomaly scheduler listening");
-    crate::scheduler_server::serve_scheduler(listener, scheduler, page, token, tls.serve).await
+    crate::ballista::scheduler_server::serve_scheduler(listener, scheduler, page, token, tls.serve)
+        .await
 }
 
 /// Runs an executor until the process is stopped (Ctrl-C or SIGTERM: it tells the scheduler and
@@ -175,7 +176,7 @@ pub async fn run_executor(
     config.override_physical_codec = Some(codec);
     if token.is_some() || tls.is_on() {
         config.task_scheduling_policy = TaskSchedulingPolicy::PullStaged;
-        let link = crate::cluster_auth::ClusterLink {
+        let link = crate::ballista::auth::ClusterLink {
             token: token.clone(),
             ca: tls.ca.clone(),
         };
@@ -186,12 +187,13 @@ pub async fn run_executor(
                     .with_ballista_override_create_grpc_client_endpoint(endpoint.clone())
             }));
         }
-        config.override_arrow_flight_service = Some(crate::executor_flight::guarded_flight(
-            token,
-            tls.serve,
-            config.grpc_max_encoding_message_size as usize,
-            config.grpc_max_decoding_message_size as usize,
-        ));
+        config.override_arrow_flight_service =
+            Some(crate::ballista::executor_flight::guarded_flight(
+                token,
+                tls.serve,
+                config.grpc_max_encoding_message_size as usize,
+                config.grpc_max_decoding_message_size as usize,
+            ));
     }
     let (stop_health, health_stopped) = tokio::sync::oneshot::channel();
     let health = ballista_executor::health::spawn_health_server(

@@ -118,8 +118,8 @@ pub async fn serve_scheduler(
         let flight_checks_itself =
             config.flight_sql_enabled() && config.override_flight_sql_authenticator.is_some();
         app = app.layer(axum::middleware::from_fn_with_state(
-            crate::cluster_auth::ClusterGuard::new(token, flight_checks_itself),
-            crate::cluster_auth::require_token,
+            crate::ballista::auth::ClusterGuard::new(token, flight_checks_itself),
+            crate::ballista::auth::require_token,
         ));
     }
     match tls {

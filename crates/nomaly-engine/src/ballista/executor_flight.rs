@@ -1,10 +1,10 @@
 //! An executor's Flight port behind the cluster token and TLS (SECURITY.md, "The cluster"). The
 //! port serves the shuffle files and results in the executor's work directory to whoever asks;
 //! with `nomaly executor --auth-token-file`, only callers that present the token get an answer
-//! (other executors and clients send it on the connection: [`crate::cluster_auth`]), and with
+//! (other executors and clients send it on the connection: [`crate::ballista::auth`]), and with
 //! `--tls-cert/--tls-key` it speaks TLS only. The service itself is Ballista's.
 
-use crate::cluster_auth::{ClusterGuard, require_token};
+use crate::ballista::auth::{ClusterGuard, require_token};
 use crate::connections::{CLUSTER_CONNECTIONS, ConnectionLimits, accept_loop};
 use arrow_flight::flight_service_server::FlightServiceServer;
 use ballista_core::error::BallistaError;

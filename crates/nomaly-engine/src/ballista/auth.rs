@@ -106,7 +106,7 @@ impl ClusterLink {
         Some(Arc::new(move |endpoint: Endpoint| {
             let mut endpoint = endpoint;
             if let Some(ca) = &ca {
-                endpoint = crate::cluster_tls::https_endpoint(endpoint, ca)?;
+                endpoint = crate::ballista::tls::https_endpoint(endpoint, ca)?;
             }
             if let Some(token) = &token {
                 endpoint = endpoint.user_agent(format!("{AGENT_PRODUCT}{token}"))?;
@@ -156,7 +156,7 @@ pub fn with_client_credentials(config: SessionConfig, remote: bool) -> SessionCo
         None
     });
     let ca = if remote {
-        crate::cluster_tls::client_ca().unwrap_or_else(|e| {
+        crate::ballista::tls::client_ca().unwrap_or_else(|e| {
             tracing::warn!("{e}; connecting without TLS");
             None
         })
@@ -202,15 +202,14 @@ pub async fn connect(url: &str) -> Result<Channel, String> {
         .map_err(|e| format!("{url}: {e}"))?;
     let endpoint = match (
         url.starts_with("https://"),
-        crate::cluster_tls::client_ca()?,
+        crate::ballista::tls::client_ca()?,
     ) {
-        (true, Some(ca)) => {
-            crate::cluster_tls::https_endpoint(endpoint, &ca).map_err(|e| format!("{url}: {e}"))?
-        }
+        (true, Some(ca)) => crate::ballista::tls::https_endpoint(endpoint, &ca)
+            .map_err(|e| format!("{url}: {e}"))?,
         (true, None) => {
             return Err(format!(
                 "{url}: TLS needs the cluster's CA: set {} to its PEM file",
-                crate::cluster_tls::CA_ENV
+                crate::ballista::tls::CA_ENV
             ));
         }
         (false, _) => endpoint,

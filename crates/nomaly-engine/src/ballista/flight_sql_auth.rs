@@ -32,7 +32,7 @@ impl TokenAuthenticator {
     /// The token is the file's content without surrounding whitespace; an empty or unreadable
     /// file is an error that names it.
     pub fn from_file(path: &Path) -> Result<TokenAuthenticator, String> {
-        crate::cluster_auth::read_token_file(path, "--flight-sql-token-file")
+        crate::ballista::auth::read_token_file(path, "--flight-sql-token-file")
             .map(TokenAuthenticator::new)
     }
 
@@ -61,7 +61,7 @@ impl Authenticator for TokenAuthenticator {
     async fn authenticate(&self, headers: &MetadataMap) -> Result<Identity, Status> {
         match Self::presented(headers) {
             Some((user, secret))
-                if crate::cluster_auth::same_secret(secret.as_bytes(), self.token.as_bytes()) =>
+                if crate::ballista::auth::same_secret(secret.as_bytes(), self.token.as_bytes()) =>
             {
                 Ok(Identity::user(user.unwrap_or_else(|| "token".into())))
             }
