@@ -1,7 +1,7 @@
 //! SQL and a pipeline on a real cluster (a scheduler and two executors, separate processes)
 //! against the local engine.
 
-use super::{Cluster, alive};
+use super::{Cluster, alive, processes_naming};
 use crate::{
     assert_no_temp_files, assert_same_parts, nomaly, nomaly_env, part_files, report, stderr,
     stdout, tree, write_tx_parquet,
@@ -172,9 +172,14 @@ fn sql_and_pipelines_on_a_cluster_equal_local() {
     );
     assert!(shown.contains("stage 1:"), "{shown}");
 
+    // Stopped as an operator would (SIGTERM), every process of the cluster exits, and nothing
+    // this test started (a command line naming its directories) is left running.
+    let mut cluster = cluster;
     let pids = cluster.pids();
     assert!(pids.iter().all(|&p| alive(p)));
-    drop(cluster);
-    let left: Vec<u32> = pids.into_iter().filter(|&p| alive(p)).collect();
-    assert!(left.is_empty(), "cluster processes left running: {left:?}");
+    let work = cluster.logs.clone();
+    assert!(!processes_naming(&[dir, &work]).is_empty());
+    cluster.terminate(std::time::Duration::from_secs(10));
+    let left = processes_naming(&[dir, &work]);
+    assert!(left.is_empty(), "processes left running: {left:?}");
 }

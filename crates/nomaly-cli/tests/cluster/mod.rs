@@ -175,6 +175,45 @@ impl Cluster {
     }
 
     /// SIGKILLs executor `i` (no goodbye to the scheduler) and reaps it.
+    /// The executor that holds a `.tmp` file under `dir` open (is writing a part there), if any.
+    fn executor_writing_in(&self, dir: &Path) -> Option<usize> {
+        (0..self.children.len() - 1).find(|i| {
+            let fds = format!("/proc/{}/fd", self.children[1 + i].id());
+            std::fs::read_dir(fds).is_ok_and(|d| {
+                d.flatten().any(|fd| {
+                    std::fs::read_link(fd.path()).is_ok_and(|target| {
+                        target.starts_with(dir) && target.to_string_lossy().ends_with(".tmp")
+                    })
+                })
+            })
+        })
+    }
+
+    /// Stops every process with SIGTERM (as an operator or a container runtime does) and waits
+    /// for each to exit; fails naming those still running after `within`.
+    pub fn terminate(&mut self, within: Duration) {
+        for c in &self.children {
+            // SAFETY: a signal to our own child process, not yet reaped.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + within;
+        let mut left = Vec::new();
+        for c in &mut self.children {
+            while c.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    left.push(c.id());
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        assert!(
+            left.is_empty(),
+            "still running {within:?} after SIGTERM: {left:?}\n{}",
+            self.logs()
+        );
+    }
+
     fn kill_executor(&mut self, i: usize) {
         let child = &mut self.children[1 + i];
         child.kill().expect("SIGKILL");
@@ -297,6 +336,31 @@ pub(crate) fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Every process of this machine whose command line names one of `paths` (what a test started
+/// with its own directories), as `pid: command line`.
+pub(crate) fn processes_naming(paths: &[&Path]) -> Vec<String> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            paths
+                .iter()
+                .any(|p| cmdline.contains(&*p.to_string_lossy()))
+                .then(|| format!("{}: {cmdline}", e.file_name().to_string_lossy()))
+        })
+        .collect()
+}
+
 /// An unreachable scheduler is a clear error naming the address and how to start one.
 #[test]
 fn an_unreachable_cluster_says_how_to_start_one() {
@@ -383,12 +447,13 @@ fn a_pipeline_survives_losing_an_executor() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Kill, once the fit and a first chunk are done, an executor that ran tasks (its work
-    // directory holds shuffle output) while a part file is being written.
+    // Kill, once the fit and a first chunk are done, the executor that is writing a part file
+    // at that moment (it holds a `.tmp` of the staging directory open), while the run is alive.
     let staging = dir.join(".out_cluster.nomaly-staging");
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut running_listed = None;
-    let victim = loop {
+    let mut run = run;
+    loop {
         let jobs = cluster.json("/api/jobs").unwrap_or_default();
         // While they run, the REST API lists the chunk jobs by name with their progress, and so
         // does `nomaly jobs`.
@@ -416,23 +481,24 @@ fn a_pipeline_survives_losing_an_executor() {
                 })
                 .count()
         });
-        let writing = std::fs::read_dir(&staging)
-            .map(|d| {
-                d.flatten()
-                    .any(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
-            })
-            .unwrap_or(false);
-        let busy = (0..2).find(|i| {
-            std::fs::read_dir(cluster.logs.join(format!("work{i}")))
-                .is_ok_and(|mut d| d.next().is_some())
-        });
-        if let (true, true, Some(i), true) = (done >= 1, writing, busy, running_listed.is_some()) {
-            break i;
+        if done >= 1
+            && running_listed.is_some()
+            && let Some(victim) = cluster.executor_writing_in(&staging)
+        {
+            cluster.kill_executor(victim);
+            break;
         }
+        assert!(
+            run.try_wait().unwrap().is_none(),
+            "the run ended before an executor could be killed while writing"
+        );
         assert!(Instant::now() < deadline, "no chunk completed: {jobs}");
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    cluster.kill_executor(victim);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(
+        run.try_wait().unwrap().is_none(),
+        "the run must still be running when its executor is killed"
+    );
     let (name, listed) = running_listed.expect("a chunk job was seen running");
     assert!(listed.contains("Running"), "{name}: {listed}");
     assert!(listed.contains("cluster: chunk"), "{listed}");
@@ -451,6 +517,11 @@ fn a_pipeline_survives_losing_an_executor() {
         r["recovery"]["retries"],
         r["recovery"]["task_attempt_files_removed"],
         r["seconds"]
+    );
+    // The killed attempt's half-written part was found and removed, and its chunk written again.
+    assert!(
+        r["recovery"]["task_attempt_files_removed"].as_u64() >= Some(1),
+        "the kill hit no part being written: {r}"
     );
     assert_eq!(r["output_rows"], 240_000);
     let (a, b) = (
@@ -493,6 +564,11 @@ fn an_interrupted_cluster_run_cancels_its_jobs_and_resumes() {
         assert!(Instant::now() < deadline, "no chunk committed");
         std::thread::sleep(Duration::from_millis(5));
     }
+    let mut child = child;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run ended before it could be interrupted"
+    );
     // SAFETY: a signal to our own child process, which is still running.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
     let o = child.wait_with_output().unwrap();
@@ -509,6 +585,8 @@ fn an_interrupted_cluster_run_cancels_its_jobs_and_resumes() {
             .unwrap_or(0)
     };
     let said = number_after("cancelled ");
+    // The interrupt hit work in flight: the run had chunk jobs on the cluster to cancel.
+    assert!(said >= 1, "the run cancelled no job:\n{err}");
     let jobs = cluster.json("/api/jobs").unwrap();
     let jobs = jobs.as_array().unwrap();
     let unfinished = jobs
