@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Runs every check and test: formatting, file sizes everywhere and function sizes of the pipeline
-# crate, unit tests, the SQL contract (sql/*.slt on local DataFusion and Ballista standalone), end-to-end CLI tests
-# (remote inputs against S3/Azure servers on 127.0.0.1, which scripts/test-services.sh installs
-# under ~/.cache the first time), HDF5 inputs (with the `hdf5` feature when libhdf5 is present),
-# the accuracy fixtures, and clippy with warnings as errors; dependency licences and duplicate
-# majors (scripts/check-deps.py); no declared dependency left unused (cargo-machete).
+# Runs every check and test: formatting; file (700 lines) and function (120) sizes in every crate;
+# dependency licences and duplicate majors (scripts/check-deps.py); no declared dependency left
+# unused (cargo-machete); unit tests; the SQL contract (sql/*.slt on local DataFusion, Ballista
+# standalone and a cluster); end-to-end CLI tests (S3/Azure emulators on 127.0.0.1, HDF5, Chromium,
+# which scripts/test-services.sh installs the first time; a missing one fails the run); the
+# accuracy fixtures; clippy with warnings as errors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/nomaly-target}"
@@ -12,6 +12,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/nomaly-target}"
 cache="${NOMALY_TEST_CACHE:-$HOME/.cache}"
 export NOMALY_TEST_PYTHON="${NOMALY_TEST_PYTHON:-$cache/nomaly-py/bin/python}"
 export NOMALY_TEST_MOTO="${NOMALY_TEST_MOTO:-$cache/nomaly-py/bin/moto_server}"
+export NOMALY_TEST_SCHEMATHESIS="${NOMALY_TEST_SCHEMATHESIS:-$cache/nomaly-py/bin/schemathesis}"
 export NOMALY_TEST_AZURITE="${NOMALY_TEST_AZURITE:-$cache/nomaly-node/node_modules/.bin/azurite-blob}"
 features=()
 if pkg-config --exists hdf5 2>/dev/null; then
@@ -24,8 +25,7 @@ else
     exit 1
 fi
 cargo fmt --all --check
-python3 scripts/check-sizes.py crates/nomaly-pipeline/src
-python3 scripts/check-sizes.py --max-fn 0 crates udfs tests
+python3 scripts/check-sizes.py crates udfs tests examples
 python3 scripts/check-deps.py
 "$cache/nomaly-tools/bin/cargo-machete"
 cargo test --workspace --locked "${features[@]}" "$@"

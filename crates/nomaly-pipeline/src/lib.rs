@@ -21,6 +21,8 @@ pub mod hdf5_source;
 pub mod notify;
 pub mod output_lock;
 pub mod quarantine;
+#[cfg(test)]
+mod reference_tests;
 pub mod report;
 pub mod run;
 pub mod sandbox;

@@ -52,10 +52,13 @@ pub struct PipelineSpec {
     /// Who hears about the run.
     #[serde(default, rename = "notify", skip_serializing_if = "Vec::is_empty")]
     pub notifications: Vec<NotifySpec>,
+    /// Limits: memory, cores, wall-clock time.
     #[serde(default)]
     pub resources: ResourcesSpec,
+    /// How the run is chunked, where it runs, what bad input rows do.
     #[serde(default)]
     pub run: RunSpec,
+    /// How often a failed chunk is tried again, and how long between tries.
     #[serde(default)]
     pub retry: RetrySpec,
     /// `nomaly serve`: when to run, as a 5-field cron expression (minute hour day-of-month month
@@ -238,14 +241,21 @@ pub enum ValidateSpec {
     RowCount,
     /// The share of rows flagged anomalous lies within [min, max].
     AnomalyRate {
+        /// `anomaly_rate`: the lowest share allowed, 0–1.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         min: Option<f64>,
+        /// `anomaly_rate`: the highest share allowed, 0–1.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         max: Option<f64>,
     },
     /// A query over the table `output` that returns the failing rows: passes when it returns none
     /// (dbt's convention).
-    Sql { name: String, sql: String },
+    Sql {
+        /// `sql`: the check's name in the report.
+        name: String,
+        /// `sql`: the query over `output` that returns the failing rows.
+        sql: String,
+    },
 }
 
 /// What an existing output directory means.
@@ -271,6 +281,7 @@ pub struct SinkSpec {
     /// Hive-style subdirectories `col=value/` per distinct value of these columns.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partition_by: Vec<String>,
+    /// What an existing output directory means: "overwrite" (default) or "error_if_exists".
     #[serde(default)]
     pub mode: WriteMode,
     /// Only rows matching this SQL predicate, e.g. `"is_anomaly"`.
@@ -292,20 +303,24 @@ pub enum NotifyWhen {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum NotifySpec {
-    /// POST the JSON report to an http:// URL.
+    /// POST the JSON report to an http(s):// URL.
     Webhook {
+        /// `webhook`: the http(s) URL the report is POSTed to.
         url: String,
+        /// When it fires: "always" (default), "success" or "failure".
         #[serde(default)]
         on: NotifyWhen,
     },
     /// Run a shell command; the report's path is in `$NOMALY_REPORT`, its status in `$NOMALY_STATUS`.
     Command {
+        /// `command`: the shell command (a server needs `--allow-notify-commands`).
         command: String,
         #[serde(default)]
         on: NotifyWhen,
     },
     /// Write the JSON report to a file.
     File {
+        /// `file`: where the JSON report is written.
         path: String,
         #[serde(default)]
         on: NotifyWhen,

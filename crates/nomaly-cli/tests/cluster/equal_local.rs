@@ -76,15 +76,31 @@ fn sql_and_pipelines_on_a_cluster_equal_local() {
     );
     assert_eq!(remote["recovery"]["task_attempt_files_removed"], 0);
 
-    // The example pipelines (CSV chunks, steps and a join, a filtered CSV sink, a sink
-    // partitioned into directories) write the same files on the cluster as here.
+    examples_equal_local(dir, &engine);
+    jobs_are_listed(&cluster, remote, &engine);
+
+    // Stopped as an operator would (SIGTERM), every process of the cluster exits, and nothing
+    // this test started (a command line naming its directories) is left running.
+    let mut cluster = cluster;
+    let pids = cluster.pids();
+    assert!(pids.iter().all(|&p| alive(p)));
+    let work = cluster.logs.clone();
+    assert!(!processes_naming(&[dir, &work]).is_empty());
+    cluster.terminate(std::time::Duration::from_secs(10));
+    let left = processes_naming(&[dir, &work]);
+    assert!(left.is_empty(), "processes left running: {left:?}");
+}
+
+/// The example pipelines (CSV chunks, steps and a join, a filtered CSV sink, a sink partitioned
+/// into directories) write the same files on the cluster as locally.
+fn examples_equal_local(dir: &std::path::Path, engine: &str) {
     for example in [
         "minimal",
         "multi_source_join",
         "per_segment",
         "validate_notify",
     ] {
-        let outputs: Vec<Vec<(String, Vec<u8>)>> = ["local", engine.as_str()]
+        let outputs: Vec<Vec<(String, Vec<u8>)>> = ["local", engine]
             .iter()
             .enumerate()
             .map(|(i, engine)| {
@@ -115,8 +131,11 @@ fn sql_and_pipelines_on_a_cluster_equal_local() {
         assert!(!outputs[0].is_empty(), "{example}");
         assert_same_parts(example, &outputs[0], &outputs[1]);
     }
+}
 
-    // The scheduler saw the SQL query's job and the pipeline's nine.
+/// The scheduler lists the SQL query's job and the pipeline's nine by name, Prometheus counts
+/// them, and `nomaly jobs` / `nomaly job` print them.
+fn jobs_are_listed(cluster: &Cluster, remote: &serde_json::Value, engine: &str) {
     let listing = cluster.json("/api/jobs").expect("/api/jobs answers");
     let jobs = listing.as_array().expect("a list of jobs");
     let completed = jobs.iter().filter(|j| j["status"] == "Completed").count();
@@ -153,7 +172,7 @@ fn sql_and_pipelines_on_a_cluster_equal_local() {
     assert!(completed_metric >= 10, "{metrics}");
 
     // `nomaly jobs` and `nomaly job` print the same from the REST API.
-    let listed = nomaly(&["jobs", "--scheduler", &engine]);
+    let listed = nomaly(&["jobs", "--scheduler", engine]);
     assert_eq!(listed.status.code(), Some(0), "{}", stderr(&listed));
     let listed = stdout(&listed);
     assert!(listed.contains("cluster: chunk 7"), "{listed}");
@@ -163,7 +182,7 @@ fn sql_and_pipelines_on_a_cluster_equal_local() {
         .find(|j| j["job_name"] == fit_name.as_str())
         .unwrap();
     let id = fit["job_id"].as_str().unwrap();
-    let shown = nomaly(&["job", id, "--scheduler", &engine]);
+    let shown = nomaly(&["job", id, "--scheduler", engine]);
     assert_eq!(shown.status.code(), Some(0), "{}", stderr(&shown));
     let shown = stdout(&shown);
     assert!(
@@ -171,15 +190,4 @@ fn sql_and_pipelines_on_a_cluster_equal_local() {
         "{shown}"
     );
     assert!(shown.contains("stage 1:"), "{shown}");
-
-    // Stopped as an operator would (SIGTERM), every process of the cluster exits, and nothing
-    // this test started (a command line naming its directories) is left running.
-    let mut cluster = cluster;
-    let pids = cluster.pids();
-    assert!(pids.iter().all(|&p| alive(p)));
-    let work = cluster.logs.clone();
-    assert!(!processes_naming(&[dir, &work]).is_empty());
-    cluster.terminate(std::time::Duration::from_secs(10));
-    let left = processes_naming(&[dir, &work]);
-    assert!(left.is_empty(), "processes left running: {left:?}");
 }

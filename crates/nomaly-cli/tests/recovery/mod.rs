@@ -350,14 +350,8 @@ fn bad_rows_are_quarantined_with_their_place_or_fail_the_run() {
         }
     }
     std::fs::write(dir.join("tx.csv"), &csv).unwrap();
-    let pipeline = |mode: &str| {
-        format!(
-            "input = \"tx.csv\"\noutput = \"out/{mode}/\"\n[detect]\nalgorithm = \"ecod\"\n\
-             columns = [\"amount\", \"latency_ms\"]\n[run]\nchunk_rows = 5000\non_bad_rows = \"{mode}\"\n"
-        )
-    };
-    std::fs::write(dir.join("q.toml"), pipeline("quarantine")).unwrap();
-    std::fs::write(dir.join("f.toml"), pipeline("fail")).unwrap();
+    std::fs::write(dir.join("q.toml"), bad_rows_pipeline("quarantine")).unwrap();
+    std::fs::write(dir.join("f.toml"), bad_rows_pipeline("fail")).unwrap();
 
     let o = nomaly_env(
         &[
@@ -375,23 +369,7 @@ fn bad_rows_are_quarantined_with_their_place_or_fail_the_run() {
     assert_eq!(r["output_rows"], 29996);
     let qdir = dir.join("out/quarantine/_nomaly/quarantine");
     assert_eq!(r["quarantine_dir"], qdir.display().to_string());
-    let mut set_aside = Vec::new();
-    for (name, bytes) in tree(&qdir) {
-        for line in String::from_utf8(bytes).unwrap().lines() {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            let offset = v["byte_offset"].as_u64().unwrap() as usize;
-            // The byte offset points at the line in the input file.
-            assert!(
-                csv[offset..].starts_with(v["line"].as_str().unwrap()),
-                "{v}"
-            );
-            assert!(name.ends_with(&format!("{:05}.ndjson", v["chunk"].as_u64().unwrap())));
-            set_aside.push((
-                v["line"].as_str().unwrap().to_string(),
-                v["reason"].as_str().unwrap().to_string(),
-            ));
-        }
-    }
+    let mut set_aside = quarantined_lines(&qdir, &csv);
     set_aside.sort();
     assert_eq!(
         set_aside
@@ -428,8 +406,43 @@ fn bad_rows_are_quarantined_with_their_place_or_fail_the_run() {
         );
     }
 
-    // The default fails with exit 2, writes nothing, and says how to set bad lines aside; a bad
-    // line past the sampled first lines is named.
+    the_default_fails_and_clean_data_agrees(dir, &csv);
+}
+
+/// The bad-rows pipeline over `tx.csv` with `on_bad_rows = mode`, into `out/<mode>/`.
+fn bad_rows_pipeline(mode: &str) -> String {
+    format!(
+        "input = \"tx.csv\"\noutput = \"out/{mode}/\"\n[detect]\nalgorithm = \"ecod\"\n\
+         columns = [\"amount\", \"latency_ms\"]\n[run]\nchunk_rows = 5000\non_bad_rows = \"{mode}\"\n"
+    )
+}
+
+/// The quarantined lines under `qdir` as `(line, reason)`; each record's byte offset points at
+/// its line in `csv`, and its file is its chunk's.
+fn quarantined_lines(qdir: &Path, csv: &str) -> Vec<(String, String)> {
+    let mut set_aside = Vec::new();
+    for (name, bytes) in tree(qdir) {
+        for line in String::from_utf8(bytes).unwrap().lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let offset = v["byte_offset"].as_u64().unwrap() as usize;
+            // The byte offset points at the line in the input file.
+            assert!(
+                csv[offset..].starts_with(v["line"].as_str().unwrap()),
+                "{v}"
+            );
+            assert!(name.ends_with(&format!("{:05}.ndjson", v["chunk"].as_u64().unwrap())));
+            set_aside.push((
+                v["line"].as_str().unwrap().to_string(),
+                v["reason"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    set_aside
+}
+
+/// The default fails with exit 2, writes nothing, and says how to set bad lines aside (a bad line
+/// past the sampled first lines is named); on clean data both modes write the same bytes.
+fn the_default_fails_and_clean_data_agrees(dir: &Path, csv: &str) {
     let o = nomaly_env(
         &["run", dir.join("f.toml").to_str().unwrap(), "--no-progress"],
         &[],
@@ -459,8 +472,8 @@ fn bad_rows_are_quarantined_with_their_place_or_fail_the_run() {
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(clean.join("tx.csv"), good).unwrap();
-    std::fs::write(clean.join("q.toml"), pipeline("quarantine")).unwrap();
-    std::fs::write(clean.join("f.toml"), pipeline("fail")).unwrap();
+    std::fs::write(clean.join("q.toml"), bad_rows_pipeline("quarantine")).unwrap();
+    std::fs::write(clean.join("f.toml"), bad_rows_pipeline("fail")).unwrap();
     for f in ["q.toml", "f.toml"] {
         let o = nomaly_env(
             &["run", clean.join(f).to_str().unwrap(), "--no-progress"],

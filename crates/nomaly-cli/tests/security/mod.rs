@@ -77,29 +77,53 @@ fn case(name: &'static str, toml: String, status: u16, says: &'static str) -> Ca
     }
 }
 
-fn hostile_pipelines(p: &Playground) -> Vec<Case> {
-    let g = p.guard.display().to_string();
-    let r = p.root.display().to_string();
-    let t = |extra: &str| p.toml("", extra);
-    let with_input = |input: &str| p.toml(&format!("input = \"{input}\"\noutput = \"out/\""), "");
-    let with_output = |output: &str| {
-        p.toml(
+/// The shapes of a hostile pipeline: a fragment put into a valid pipeline file.
+struct Kinds<'a> {
+    p: &'a Playground,
+}
+
+impl Kinds<'_> {
+    fn t(&self, extra: &str) -> String {
+        self.p.toml("", extra)
+    }
+    fn with_input(&self, input: &str) -> String {
+        self.p
+            .toml(&format!("input = \"{input}\"\noutput = \"out/\""), "")
+    }
+    fn with_output(&self, output: &str) -> String {
+        self.p.toml(
             &format!("input = \"tx.parquet\"\noutput = \"{output}\""),
             "",
         )
-    };
-    let step = |sql: &str| t(&format!("[[step]]\nname = \"s\"\nsql = \"{sql}\""));
-    let check = |sql: &str| {
-        t(&format!(
+    }
+    fn step(&self, sql: &str) -> String {
+        self.t(&format!("[[step]]\nname = \"s\"\nsql = \"{sql}\""))
+    }
+    fn check(&self, sql: &str) -> String {
+        self.t(&format!(
             "[[validate]]\ncheck = \"sql\"\nname = \"c\"\nsql = \"{sql}\""
         ))
-    };
-    let notify = |body: &str| t(&format!("[[notify]]\n{body}"));
+    }
+    fn notify(&self, body: &str) -> String {
+        self.t(&format!("[[notify]]\n{body}"))
+    }
+}
+
+fn hostile_pipelines(p: &Playground) -> Vec<Case> {
+    let k = Kinds { p };
+    let mut all = hostile_statements(&k);
+    all.extend(hostile_paths(&k));
+    all.extend(hostile_remotes_and_commands(&k));
+    all
+}
+
+fn hostile_statements(k: &Kinds) -> Vec<Case> {
+    let g = k.p.guard.display().to_string();
     vec![
         // The cases of issue 27's "Why".
         case(
             "validate CREATE EXTERNAL TABLE",
-            check(&format!(
+            k.check(&format!(
                 "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '{g}/secret.csv'"
             )),
             400,
@@ -107,50 +131,50 @@ fn hostile_pipelines(p: &Playground) -> Vec<Case> {
         ),
         case(
             "step COPY TO",
-            step(&format!("COPY (SELECT 1) TO '{g}/written.csv'")),
+            k.step(&format!("COPY (SELECT 1) TO '{g}/written.csv'")),
             400,
             "is a COPY statement",
         ),
         case(
             "validate COPY TO",
-            check(&format!("COPY (SELECT 1) TO '{g}/written.csv'")),
+            k.check(&format!("COPY (SELECT 1) TO '{g}/written.csv'")),
             400,
             "is a COPY statement",
         ),
         case(
             "notify file outside",
-            notify(&format!("type = \"file\"\npath = \"{g}/.profile\"")),
+            k.notify(&format!("type = \"file\"\npath = \"{g}/.profile\"")),
             403,
             "outside the server's allowed roots",
         ),
         case(
             "server variable",
-            with_input("/x/${NOMALY_TEST_SERVER_SECRET}.csv"),
+            k.with_input("/x/${NOMALY_TEST_SERVER_SECRET}.csv"),
             400,
             "--allow-env",
         ),
         // Statements of every kind.
         case(
             "step SET",
-            step("SET datafusion.execution.batch_size = 1"),
+            k.step("SET datafusion.execution.batch_size = 1"),
             400,
             "is a SET statement",
         ),
         case(
             "step INSERT",
-            step("INSERT INTO input VALUES (1, 2.0, 3.0)"),
+            k.step("INSERT INTO input VALUES (1, 2.0, 3.0)"),
             400,
             "is an INSERT INTO statement",
         ),
         case(
             "step CREATE VIEW",
-            step("CREATE VIEW v AS SELECT 1"),
+            k.step("CREATE VIEW v AS SELECT 1"),
             400,
             "is a CREATE VIEW statement",
         ),
         case(
             "step CREATE EXTERNAL TABLE on a directory",
-            step(&format!(
+            k.step(&format!(
                 "CREATE EXTERNAL TABLE y STORED AS PARQUET LOCATION '{g}/'"
             )),
             400,
@@ -158,19 +182,19 @@ fn hostile_pipelines(p: &Playground) -> Vec<Case> {
         ),
         case(
             "step DROP",
-            step("DROP TABLE input"),
+            k.step("DROP TABLE input"),
             400,
             "is a DROP TABLE statement",
         ),
         case(
             "step EXPLAIN ANALYZE",
-            step("EXPLAIN ANALYZE SELECT * FROM input"),
+            k.step("EXPLAIN ANALYZE SELECT * FROM input"),
             400,
             "is an EXPLAIN statement",
         ),
         case(
             "step two statements",
-            step(&format!(
+            k.step(&format!(
                 "SELECT * FROM input; COPY (SELECT 1) TO '{g}/w.csv'"
             )),
             400,
@@ -178,136 +202,149 @@ fn hostile_pipelines(p: &Playground) -> Vec<Case> {
         ),
         case(
             "check two statements",
-            check("SELECT 1 WHERE false; SET x = 1"),
+            k.check("SELECT 1 WHERE false; SET x = 1"),
             400,
             "holds 2 statements",
         ),
+    ]
+}
+
+fn hostile_paths(k: &Kinds) -> Vec<Case> {
+    let g = k.p.guard.display().to_string();
+    let r = k.p.root.display().to_string();
+    vec![
         // Paths: `..`, symlinks, globs, sql_file.
         case(
             "input with ..",
-            with_input("../guard/secret.csv"),
+            k.with_input("../guard/secret.csv"),
             403,
             "outside the server's allowed roots",
         ),
         case(
             "input absolute outside",
-            with_input(&format!("{g}/secret.csv")),
+            k.with_input(&format!("{g}/secret.csv")),
             403,
             "outside the server's allowed roots",
         ),
         case(
             "input through a symlink",
-            with_input("link/secret.csv"),
+            k.with_input("link/secret.csv"),
             403,
             "outside the server's allowed roots",
         ),
         case(
             "glob through a symlink",
-            with_input("link/*.csv"),
+            k.with_input("link/*.csv"),
             403,
             "outside the server's allowed roots",
         ),
         case(
             "glob with .. after the wildcard",
-            with_input(&format!("{r}/*/../../guard/*.csv")),
+            k.with_input(&format!("{r}/*/../../guard/*.csv")),
             403,
             "outside the server's allowed roots",
         ),
         case(
             "file:// outside",
-            with_input(&format!("file://{g}/secret.csv")),
+            k.with_input(&format!("file://{g}/secret.csv")),
             403,
             "outside the server's allowed roots",
         ),
         case(
             "sql_file with ..",
-            t("[[step]]\nname = \"s\"\nsql_file = \"../guard/secret.sql\""),
+            k.t("[[step]]\nname = \"s\"\nsql_file = \"../guard/secret.sql\""),
             403,
             "outside the server's allowed roots",
         ),
         case(
             "sql_file through a symlink",
-            t("[[step]]\nname = \"s\"\nsql_file = \"q.sql\""),
+            k.t("[[step]]\nname = \"s\"\nsql_file = \"q.sql\""),
             403,
             "outside the server's allowed roots",
         ),
         case(
             "sql_file a device",
-            t("[[step]]\nname = \"s\"\nsql_file = \"/dev/zero\""),
+            k.t("[[step]]\nname = \"s\"\nsql_file = \"/dev/zero\""),
             403,
             "outside the server's allowed roots",
         ),
         case(
             "output with ..",
-            with_output("../guard/out/"),
+            k.with_output("../guard/out/"),
             403,
             "outside the server's allowed roots",
         ),
         case(
             "output through a symlink",
-            with_output("link/out/"),
+            k.with_output("link/out/"),
             403,
             "outside the server's allowed roots",
         ),
         case(
             "output is the root",
-            with_output("."),
+            k.with_output("."),
             403,
             "is an allowed root itself",
         ),
         case(
             "sink outside",
-            t(&format!("[[sink]]\npath = \"{g}/sub/out\"")),
+            k.t(&format!("[[sink]]\npath = \"{g}/sub/out\"")),
             403,
             "outside the server's allowed roots",
         ),
         case(
             "notify file through a symlink",
-            notify("type = \"file\"\npath = \"link/.profile\""),
+            k.notify("type = \"file\"\npath = \"link/.profile\""),
             403,
             "outside the server's allowed roots",
         ),
+    ]
+}
+
+fn hostile_remotes_and_commands(k: &Kinds) -> Vec<Case> {
+    let g = k.p.guard.display().to_string();
+    vec![
         // Remote locations and SSRF.
         case(
             "s3 without --allow-location",
-            with_input("s3://bucket/x.parquet"),
+            k.with_input("s3://bucket/x.parquet"),
             403,
             "--allow-location",
         ),
         case(
             "http metadata address",
-            with_input("http://169.254.169.254/latest/x.csv"),
+            k.with_input("http://169.254.169.254/latest/x.csv"),
             403,
             "--allow-location",
         ),
         case(
             "webhook to loopback",
-            notify("type = \"webhook\"\nurl = \"http://127.0.0.1:1/hook\""),
+            k.notify("type = \"webhook\"\nurl = \"http://127.0.0.1:1/hook\""),
             403,
             "--allow-location",
         ),
         case(
             "webhook to decimal loopback",
-            notify("type = \"webhook\"\nurl = \"http://2130706433/hook\""),
+            k.notify("type = \"webhook\"\nurl = \"http://2130706433/hook\""),
             403,
             "--allow-location",
         ),
         case(
             "webhook to IPv6 loopback",
-            notify("type = \"webhook\"\nurl = \"http://[::1]:80/hook\""),
+            k.notify("type = \"webhook\"\nurl = \"http://[::1]:80/hook\""),
             403,
             "--allow-location",
         ),
         case(
             "webhook header injection",
-            notify("type = \"webhook\"\nurl = \"http://example.com/a\\r\\nX-Injected: 1\""),
+            k.notify("type = \"webhook\"\nurl = \"http://example.com/a\\r\\nX-Injected: 1\""),
             403,
             "control characters",
         ),
         // Commands and variables.
         case(
             "command notify",
-            notify(&format!(
+            k.notify(&format!(
                 "type = \"command\"\ncommand = \"touch {g}/pwned\""
             )),
             403,
@@ -315,7 +352,7 @@ fn hostile_pipelines(p: &Playground) -> Vec<Case> {
         ),
         case(
             "variable with a default",
-            with_input("${HOME:-tx.parquet}"),
+            k.with_input("${HOME:-tx.parquet}"),
             400,
             "--allow-env",
         ),

@@ -87,44 +87,7 @@ fn off_loopback_the_token_is_required_and_bad_requests_never_fail_the_server() {
     assert_eq!(status, 401);
 
     // With it: malformed bodies and path parameters never give a 5xx.
-    let mut seed: u64 = 0x9e3779b97f4a7c15;
-    let mut random = |n: usize| -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (seed >> 56) as u8
-            })
-            .collect()
-    };
-    let mut bodies: Vec<Vec<u8>> = [
-        &b""[..],
-        b"{",
-        b"null",
-        b"[]",
-        b"0",
-        b"\"x\"",
-        b"{\"path\": 5}",
-        b"{\"toml\": \"[[[\"}",
-        b"{\"path\": \"a\", \"toml\": \"b\"}",
-        b"{\"unknown\": 1}",
-        b"{\"path\": \"/etc/passwd\"}",
-        b"{\"path\": \"../../etc/passwd\"}",
-        b"{\"toml\": \"input = 1\"}",
-        b"{\"priority\": \"high\"}",
-        b"{\"toml\": \"x\", \"memory_limit\": \"lots\"}",
-        b"{\"toml\": \"x\", \"cpus\": -1}",
-        b"{\"path\": \"\\u0000\"}",
-        b"{\"toml\": \"\", \"timeout\": \"-5s\"}",
-    ]
-    .iter()
-    .map(|b| b.to_vec())
-    .collect();
-    for n in [1, 17, 300, 4096] {
-        bodies.push(random(n));
-    }
-    bodies.push(vec![b'{'; 200_000]); // over --max-body
+    let bodies = malformed_bodies();
     let ids = [
         "1",
         "0",
@@ -171,7 +134,56 @@ fn off_loopback_the_token_is_required_and_bad_requests_never_fail_the_server() {
     assert!(!server.log().contains("panicked"), "{}", server.log());
     assert_eq!(server.request("GET", "/health", None).unwrap().0, 200);
 
-    // Outside the allowed roots: refused, for the file and for the data it names.
+    outside_the_roots_is_refused(&server, &f);
+}
+
+/// Bodies a careless or hostile client sends: JSON of the wrong shape, hostile paths, random
+/// bytes (from a fixed seed), and one over `--max-body`.
+fn malformed_bodies() -> Vec<Vec<u8>> {
+    let mut seed: u64 = 0x9e3779b97f4a7c15;
+    let mut random = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (seed >> 56) as u8
+            })
+            .collect()
+    };
+    let mut bodies: Vec<Vec<u8>> = [
+        &b""[..],
+        b"{",
+        b"null",
+        b"[]",
+        b"0",
+        b"\"x\"",
+        b"{\"path\": 5}",
+        b"{\"toml\": \"[[[\"}",
+        b"{\"path\": \"a\", \"toml\": \"b\"}",
+        b"{\"unknown\": 1}",
+        b"{\"path\": \"/etc/passwd\"}",
+        b"{\"path\": \"../../etc/passwd\"}",
+        b"{\"toml\": \"input = 1\"}",
+        b"{\"priority\": \"high\"}",
+        b"{\"toml\": \"x\", \"memory_limit\": \"lots\"}",
+        b"{\"toml\": \"x\", \"cpus\": -1}",
+        b"{\"path\": \"\\u0000\"}",
+        b"{\"toml\": \"\", \"timeout\": \"-5s\"}",
+    ]
+    .iter()
+    .map(|b| b.to_vec())
+    .collect();
+    for n in [1, 17, 300, 4096] {
+        bodies.push(random(n));
+    }
+    bodies.push(vec![b'{'; 200_000]); // over --max-body
+    bodies
+}
+
+/// Outside the allowed roots: refused, for the file and for the data it names; command
+/// notifications are off unless allowed.
+fn outside_the_roots_is_refused(server: &Served, f: &Fixture) {
     let outside = tempfile::tempdir().unwrap();
     let elsewhere = outside.path().join("p.toml");
     std::fs::write(

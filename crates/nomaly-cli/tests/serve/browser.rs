@@ -324,7 +324,50 @@ fn the_dashboard_shows_runs_live_and_cancels_them() {
     browser.screenshot("run-detail-succeeded");
     browser.audit("run-detail");
 
-    // Cancel from the run's page.
+    cancel_and_resume_from_the_run_page(&browser, &server, &f, token);
+
+    // The queue and schedules views render.
+    browser.goto(&format!("{}/#/queue", server.url()));
+    browser.wait_for(
+        "the queue view",
+        "return document.querySelector('h1').textContent === 'Queue'",
+    );
+    browser.audit("queue");
+    browser.goto(&format!("{}/#/schedules", server.url()));
+    browser.wait_for(
+        "the schedules view",
+        "return document.querySelector('h1').textContent === 'Schedules'",
+    );
+    browser.audit("schedules");
+
+    // Every request the page made went to the server it came from.
+    let origin = server.url();
+    let urls = browser.eval(
+        "return performance.getEntriesByType('resource').map(e => e.name).concat([location.href])",
+    );
+    let urls: Vec<String> = urls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap().to_string())
+        .collect();
+    assert!(urls.len() >= 3, "{urls:?}");
+    for u in &urls {
+        assert!(
+            u.starts_with(&origin),
+            "the page requested {u}, not on {origin}"
+        );
+    }
+}
+
+/// Cancel from a running run's page with the keyboard only; then the page's actions need the
+/// token: without it resume is refused, with it the run resumes and succeeds.
+fn cancel_and_resume_from_the_run_page(
+    browser: &Browser,
+    server: &Served,
+    f: &Fixture,
+    token: &str,
+) {
     let slow = server.submit(serde_json::json!({"path": f.pipeline("to_cancel", "out_to_cancel", "zscore", "").to_str().unwrap()}));
     server.wait_run(slow, "committed chunks", |r| {
         r["progress"]["chunks_done"].as_u64().unwrap_or(0) >= 2
@@ -367,39 +410,6 @@ fn the_dashboard_shows_runs_live_and_cancels_them() {
     ));
     assert_eq!(with, 200);
     assert_eq!(server.wait_ended(slow)["state"], "succeeded");
-
-    // The queue and schedules views render.
-    browser.goto(&format!("{}/#/queue", server.url()));
-    browser.wait_for(
-        "the queue view",
-        "return document.querySelector('h1').textContent === 'Queue'",
-    );
-    browser.audit("queue");
-    browser.goto(&format!("{}/#/schedules", server.url()));
-    browser.wait_for(
-        "the schedules view",
-        "return document.querySelector('h1').textContent === 'Schedules'",
-    );
-    browser.audit("schedules");
-
-    // Every request the page made went to the server it came from.
-    let origin = server.url();
-    let urls = browser.eval(
-        "return performance.getEntriesByType('resource').map(e => e.name).concat([location.href])",
-    );
-    let urls: Vec<String> = urls
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u.as_str().unwrap().to_string())
-        .collect();
-    assert!(urls.len() >= 3, "{urls:?}");
-    for u in &urls {
-        assert!(
-            u.starts_with(&origin),
-            "the page requested {u}, not on {origin}"
-        );
-    }
 }
 
 /// `nomaly serve --scheduler` shows a real cluster (a scheduler and two executors, separate
@@ -425,33 +435,7 @@ fn the_cluster_view_shows_executors_jobs_and_stages() {
     );
     assert_eq!(o.status.code(), Some(0), "{}", crate::stderr(&o));
     let server = Served::start(f.path(), &["--scheduler", &engine], &[]);
-    let (status, executors) = server.json("GET", "/api/cluster/executors", None);
-    assert_eq!(status, 200, "{executors}");
-    assert_eq!(executors.as_array().unwrap().len(), 2, "{executors}");
-    let (_, jobs) = server.json("GET", "/api/cluster/jobs", None);
-    let jobs = jobs.as_array().unwrap().clone();
-    assert!(!jobs.is_empty());
-    let job = jobs[0]["job_id"].as_str().unwrap().to_string();
-    let (status, stages) = server.json("GET", &format!("/api/cluster/jobs/{job}/stages"), None);
-    assert_eq!(status, 200);
-    assert!(!stages["stages"].as_array().unwrap().is_empty(), "{stages}");
-    let (status, dot) = server
-        .request("GET", &format!("/api/cluster/jobs/{job}/dot"), None)
-        .unwrap();
-    assert_eq!(status, 200);
-    assert!(dot.contains("digraph"), "{dot}");
-    assert_eq!(
-        server
-            .json("GET", "/api/cluster/jobs/not%20an%20id", None)
-            .0,
-        400
-    );
-    assert_eq!(
-        server
-            .json("GET", "/api/cluster/jobs/nosuchjob/stages", None)
-            .0,
-        404
-    );
+    let (job, stages) = the_cluster_api_answers(&server);
 
     let browser = Browser::start();
     browser.goto(&format!("{}/#/cluster", server.url()));
@@ -507,17 +491,54 @@ fn the_cluster_view_shows_executors_jobs_and_stages() {
         );
     }
 
-    // `nomaly scheduler` serves the same Cluster view at `/` itself (Ballista 55 redirects to an
-    // external page there), reading its own REST API.
-    let (status, html) = raw_request(cluster.port, "GET", "/", None, None).unwrap();
+    the_scheduler_serves_the_view_itself(&browser, cluster.port, &job);
+}
+
+/// The server's Cluster API answers from the scheduler: two executors, the jobs, a job's stages
+/// and its plan as DOT; a bad job id is a 400, an unknown one a 404. Returns a job and its stages.
+fn the_cluster_api_answers(server: &Served) -> (String, serde_json::Value) {
+    let (status, executors) = server.json("GET", "/api/cluster/executors", None);
+    assert_eq!(status, 200, "{executors}");
+    assert_eq!(executors.as_array().unwrap().len(), 2, "{executors}");
+    let (_, jobs) = server.json("GET", "/api/cluster/jobs", None);
+    let jobs = jobs.as_array().unwrap().clone();
+    assert!(!jobs.is_empty());
+    let job = jobs[0]["job_id"].as_str().unwrap().to_string();
+    let (status, stages) = server.json("GET", &format!("/api/cluster/jobs/{job}/stages"), None);
+    assert_eq!(status, 200);
+    assert!(!stages["stages"].as_array().unwrap().is_empty(), "{stages}");
+    let (status, dot) = server
+        .request("GET", &format!("/api/cluster/jobs/{job}/dot"), None)
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(dot.contains("digraph"), "{dot}");
+    assert_eq!(
+        server
+            .json("GET", "/api/cluster/jobs/not%20an%20id", None)
+            .0,
+        400
+    );
+    assert_eq!(
+        server
+            .json("GET", "/api/cluster/jobs/nosuchjob/stages", None)
+            .0,
+        404
+    );
+    (job, stages)
+}
+
+/// `nomaly scheduler` serves the same Cluster view at `/` itself (Ballista 55 redirects to an
+/// external page there), reading its own REST API.
+fn the_scheduler_serves_the_view_itself(browser: &Browser, port: u16, job: &str) {
+    let (status, html) = raw_request(port, "GET", "/", None, None).unwrap();
     assert_eq!(
         status, 200,
         "the scheduler's / is a page, not a redirect: {html}"
     );
     assert!(html.contains("<title>Nomaly</title>") && html.contains("data-mode=\"scheduler\""));
-    let (status, _) = raw_request(cluster.port, "GET", "/ui/app.js", None, None).unwrap();
+    let (status, _) = raw_request(port, "GET", "/ui/app.js", None, None).unwrap();
     assert_eq!(status, 200);
-    browser.goto(&format!("http://127.0.0.1:{}/", cluster.port));
+    browser.goto(&format!("http://127.0.0.1:{}/", port));
     browser.wait_for(
         "the scheduler's executors",
         "return document.querySelectorAll('table[aria-label=executors] tbody tr').length === 2",
@@ -533,7 +554,7 @@ fn the_cluster_view_shows_executors_jobs_and_stages() {
     browser.click(&format!("#open-job-{job}"));
     browser.wait_for("the job's stages on the scheduler", "return document.querySelectorAll('tr.stage').length >= 1 && document.querySelectorAll('#plan-graph .plan-node').length >= 1");
     browser.screenshot("scheduler-job");
-    let scheduler_origin = format!("http://127.0.0.1:{}", cluster.port);
+    let scheduler_origin = format!("http://127.0.0.1:{}", port);
     let urls = browser.eval("return performance.getEntriesByType('resource').map(e => e.name)");
     for u in urls.as_array().unwrap() {
         assert!(

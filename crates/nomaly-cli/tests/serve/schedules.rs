@@ -41,38 +41,7 @@ fn a_minutely_schedule_runs_once_a_minute_and_its_dependents_follow() {
         stdout(&o)
     );
 
-    // A cycle is refused, naming it.
-    let c1 = f.pipeline("c1", "out_c1", "zscore", "after = [\"c2\"]");
-    let c2 = f.pipeline("c2", "out_c2", "zscore", "after = [\"c1\"]");
-    let (status, _) = server.json(
-        "POST",
-        "/api/schedules",
-        Some(serde_json::json!({"path": c1.to_str().unwrap()})),
-    );
-    assert_eq!(status, 201);
-    let (status, v) = server.json(
-        "POST",
-        "/api/schedules",
-        Some(serde_json::json!({"path": c2.to_str().unwrap()})),
-    );
-    assert_eq!(status, 400, "{v}");
-    let e = v["error"].as_str().unwrap();
-    assert!(e.contains("cycle") && e.contains("c1 -> c2 -> c1"), "{e}");
-    // A bad expression is found with its place.
-    let bad = f.pipeline("bad", "out_bad", "zscore", "schedule = \"every minute\"");
-    let (status, v) = server.json(
-        "POST",
-        "/api/schedules",
-        Some(serde_json::json!({"path": bad.to_str().unwrap()})),
-    );
-    assert_eq!(status, 400);
-    assert!(
-        v["error"]
-            .as_str()
-            .unwrap()
-            .contains("bad.toml:2:1 schedule"),
-        "{v}"
-    );
+    cycles_and_bad_expressions_are_refused(&server, &f);
 
     // Three minute boundaries after registering, plus time for the last chain to finish.
     let first_fire = (registered / 60_000 + 1) * 60_000;
@@ -140,4 +109,40 @@ fn a_minutely_schedule_runs_once_a_minute_and_its_dependents_follow() {
     }
     let (_, s) = server.json("GET", "/api/schedules/down", None);
     assert_eq!(s["after"], serde_json::json!(["tick"]));
+}
+
+/// A cycle of `after` is refused naming it; a bad cron expression is found with its place.
+fn cycles_and_bad_expressions_are_refused(server: &Served, f: &Fixture) {
+    // A cycle is refused, naming it.
+    let c1 = f.pipeline("c1", "out_c1", "zscore", "after = [\"c2\"]");
+    let c2 = f.pipeline("c2", "out_c2", "zscore", "after = [\"c1\"]");
+    let (status, _) = server.json(
+        "POST",
+        "/api/schedules",
+        Some(serde_json::json!({"path": c1.to_str().unwrap()})),
+    );
+    assert_eq!(status, 201);
+    let (status, v) = server.json(
+        "POST",
+        "/api/schedules",
+        Some(serde_json::json!({"path": c2.to_str().unwrap()})),
+    );
+    assert_eq!(status, 400, "{v}");
+    let e = v["error"].as_str().unwrap();
+    assert!(e.contains("cycle") && e.contains("c1 -> c2 -> c1"), "{e}");
+    // A bad expression is found with its place.
+    let bad = f.pipeline("bad", "out_bad", "zscore", "schedule = \"every minute\"");
+    let (status, v) = server.json(
+        "POST",
+        "/api/schedules",
+        Some(serde_json::json!({"path": bad.to_str().unwrap()})),
+    );
+    assert_eq!(status, 400);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("bad.toml:2:1 schedule"),
+        "{v}"
+    );
 }

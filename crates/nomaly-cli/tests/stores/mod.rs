@@ -169,6 +169,9 @@ fn write_fixtures(dir: &Path) -> PathBuf {
     root
 }
 
+/// A run's report and part files.
+type RunOutput = (serde_json::Value, Vec<(String, Vec<u8>)>);
+
 /// Runs `input` through the hbos pipeline into `<work>/<name>/`; returns the report and part files.
 fn run(
     work: &Path,
@@ -262,38 +265,7 @@ fn s3_and_azure_inputs_score_like_their_local_copy() {
     );
     assert_same_output("s3 glob", &local, &remote);
 
-    // On a cluster the executors read the objects: they build the store from their own
-    // environment (the scheduler too, to plan SQL over an s3:// table).
-    let env: Vec<(String, String)> = s3_env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
-    let cluster = crate::cluster::Cluster::start_with_env(2, &[], &[], &env);
-    let on_cluster = run_on(
-        work.path(),
-        "s3_cluster",
-        &format!("s3://{BUCKET}/tx/*.parquet"),
-        &s3_env,
-        &cluster.engine(),
-    );
-    assert_same_output("s3 glob on a cluster", &local, &on_cluster);
-    let o = cli(
-        &[
-            "sql",
-            "--engine",
-            &cluster.engine(),
-            "--format",
-            "csv",
-            "--table",
-            &format!("t=s3://{BUCKET}/tx/"),
-            "-e",
-            "SELECT count(*) AS n FROM t",
-        ],
-        &s3_env,
-    );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert_eq!(stdout(&o).trim(), format!("n\n{}", 2 * FILE_ROWS));
-    drop(cluster);
+    s3_on_a_cluster(work.path(), &local, &s3_env);
 
     let az_env = vec![
         ("AZURE_STORAGE_USE_EMULATOR", "true".to_string()),
@@ -328,15 +300,56 @@ fn s3_and_azure_inputs_score_like_their_local_copy() {
         "n,ids,csv_rows\n20000,20000,20000\n"
     );
 
+    store_errors_name_the_url_and_the_settings(work.path(), &s3_env);
+}
+
+/// On a cluster the executors read the objects: they build the store from their own environment
+/// (the scheduler too, to plan SQL over an s3:// table).
+fn s3_on_a_cluster(work: &Path, local: &RunOutput, s3_env: &[(&str, String)]) {
+    let env: Vec<(String, String)> = s3_env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let cluster = crate::cluster::Cluster::start_with_env(2, &[], &[], &env);
+    let on_cluster = run_on(
+        work,
+        "s3_cluster",
+        &format!("s3://{BUCKET}/tx/*.parquet"),
+        s3_env,
+        &cluster.engine(),
+    );
+    assert_same_output("s3 glob on a cluster", local, &on_cluster);
+    let o = cli(
+        &[
+            "sql",
+            "--engine",
+            &cluster.engine(),
+            "--format",
+            "csv",
+            "--table",
+            &format!("t=s3://{BUCKET}/tx/"),
+            "-e",
+            "SELECT count(*) AS n FROM t",
+        ],
+        s3_env,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), format!("n\n{}", 2 * FILE_ROWS));
+    drop(cluster);
+}
+
+/// A bucket that is not there, an endpoint nobody listens on: exit 2 naming the URL, the
+/// server's reason and the variables to check; nothing written.
+fn store_errors_name_the_url_and_the_settings(work: &Path, s3_env: &[(&str, String)]) {
     // A bucket that is not there: exit 2, the URL, the server's reason, where settings come from.
-    let missing = work.path().join("missing");
+    let missing = work.join("missing");
     std::fs::create_dir_all(&missing).unwrap();
     std::fs::write(
         missing.join("p.toml"),
         "input = \"s3://no-such-bucket/tx.parquet\"\noutput = \"out/\"\n[detect]\nalgorithm = \"zscore\"\ncolumns = [\"amount\"]\n",
     )
     .unwrap();
-    let o = cli(&["run", missing.join("p.toml").to_str().unwrap()], &s3_env);
+    let o = cli(&["run", missing.join("p.toml").to_str().unwrap()], s3_env);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
     for part in [
@@ -350,7 +363,7 @@ fn s3_and_azure_inputs_score_like_their_local_copy() {
     assert!(!missing.join("out").exists(), "nothing written on failure");
 
     // An endpoint nobody listens on: exit 2 within seconds, naming the cause and the variable.
-    let mut dead_env = s3_env.clone();
+    let mut dead_env = s3_env.to_vec();
     dead_env[3].1 = format!("http://127.0.0.1:{}", free_port());
     let started = Instant::now();
     let o = cli(
