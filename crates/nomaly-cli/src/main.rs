@@ -6,6 +6,7 @@ mod output;
 mod pipeline_cmd;
 mod query_progress;
 mod repl;
+mod runs_cmd;
 mod serve_args;
 mod serve_cmd;
 mod sql_cmd;
@@ -55,17 +56,17 @@ enum Command {
     /// Serve runs as a service: a job store, a queue, schedules, and a REST/SSE API
     Serve(serve_cmd::ServeArgs),
     /// Submit a pipeline file to a nomaly server; prints the run id
-    Submit(serve_cmd::SubmitArgs),
+    Submit(runs_cmd::SubmitArgs),
     /// List a nomaly server's runs with their state and progress
-    Runs(serve_cmd::RunsArgs),
+    Runs(runs_cmd::RunsArgs),
     /// Show a server run; --follow draws its progress until it ends
-    Status(serve_cmd::StatusArgs),
+    Status(runs_cmd::StatusArgs),
     /// Cancel a server run (a queued one at once; a running one keeps its committed chunks)
-    Cancel(serve_cmd::RunIdArgs),
+    Cancel(runs_cmd::RunIdArgs),
     /// Queue an ended server run again (--resume: from its committed chunks)
-    Retry(serve_cmd::RetryArgs),
+    Retry(runs_cmd::RetryArgs),
     /// Register pipelines with a server: cron schedules and dependencies
-    Schedule(serve_cmd::ScheduleArgs),
+    Schedule(runs_cmd::ScheduleArgs),
 }
 
 /// The command line, with the cluster processes bound to 127.0.0.1 unless told otherwise
@@ -165,12 +166,12 @@ fn main() -> ExitCode {
             Command::Jobs(args) => cluster_cmd::jobs(args).await,
             Command::Job(args) => cluster_cmd::job(args).await,
             Command::Serve(args) => serve_cmd::serve(args).await,
-            Command::Submit(args) => serve_cmd::submit(args).await,
-            Command::Runs(args) => serve_cmd::runs(args).await,
-            Command::Status(args) => serve_cmd::status(args).await,
-            Command::Cancel(args) => serve_cmd::cancel(args).await,
-            Command::Retry(args) => serve_cmd::retry(args).await,
-            Command::Schedule(args) => serve_cmd::schedule(args).await,
+            Command::Submit(args) => runs_cmd::submit(args).await,
+            Command::Runs(args) => runs_cmd::runs(args).await,
+            Command::Status(args) => runs_cmd::status(args).await,
+            Command::Cancel(args) => runs_cmd::cancel(args).await,
+            Command::Retry(args) => runs_cmd::retry(args).await,
+            Command::Schedule(args) => runs_cmd::schedule(args).await,
         }
     });
     // Ballista's in-process cluster keeps background tasks; do not wait for them.

@@ -1,14 +1,20 @@
-//! The HTTP API: a thin axum shell over [`Server`]. Every route is in `openapi.json` (served at
-//! `/api/openapi.json`); errors are `{"error": "..."}` with a 4xx status that says whose fault it
-//! is. Every route but `/health` needs the bearer token when the server has one (SECURITY.md).
+//! The HTTP API: a thin axum shell over [`Server`]. Every route is in the generated OpenAPI
+//! document (`openapi.rs`, served at `/api/openapi.json`); errors are `{"error": "..."}` with a
+//! 4xx status that says whose fault it is. Every route but `/health` needs the bearer token when
+//! the server has one (SECURITY.md).
 
+use crate::bodies::{
+    ChunkList, ErrorBody, Health, History, RunList, RunView, ScheduleList, ScheduleRequest,
+};
 use crate::cluster_view::{ClusterOverview, check_job_id};
 use crate::dashboard;
 use crate::error::ServerError;
+use crate::events::RunEventBody;
 use crate::metrics::Snapshot;
-use crate::server::{QueueEntry, Server, StreamEvent, SubmitRequest};
-use crate::store::{RunRecord, RunState, StartMode};
+use crate::server::{Server, StreamEvent, SubmitRequest};
+use crate::store::{RunState, StartMode};
 use crate::stream_limits::{Live, StreamSlots, live};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -19,16 +25,13 @@ use axum::{Json, Router};
 use futures::Stream;
 use nomaly_engine::ballista::SchedulerRest;
 use nomaly_engine::ballista::rest;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
-
-/// The OpenAPI document of this API.
-pub const OPENAPI: &str = include_str!("openapi.json");
 
 impl IntoResponse for ServerError {
     fn into_response(self) -> Response {
@@ -37,7 +40,10 @@ impl IntoResponse for ServerError {
         if status.is_server_error() {
             tracing::error!("{self}");
         }
-        (status, Json(serde_json::json!({"error": self.to_string()}))).into_response()
+        let body = ErrorBody {
+            error: self.to_string(),
+        };
+        (status, Json(body)).into_response()
     }
 }
 
@@ -151,12 +157,12 @@ async fn require_token(
     next.run(request).await
 }
 
-async fn health(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
-    Ok(Json(serde_json::json!({
-        "status": "ok",
-        "version": env!("CARGO_PKG_VERSION"),
-        "schema_version": state.server.store().schema_version()?,
-    })))
+async fn health(State(state): State<AppState>) -> ApiResult<Json<Health>> {
+    Ok(Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        schema_version: state.server.store().schema_version()?,
+    }))
 }
 
 async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
@@ -180,27 +186,11 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
 }
 
 async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
-}
-
-/// A run with its live progress and, while queued, its place in the queue.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunView {
-    #[serde(flatten)]
-    pub run: RunRecord,
-    pub queue: Option<QueueEntry>,
-}
-
-fn view(server: &Server, mut run: RunRecord, queue: Option<&[QueueEntry]>) -> RunView {
-    if run.state == RunState::Running
-        && let Some(p) = server.progress(run.id)
-    {
-        run.progress = Some(p);
-    }
-    let queue = (run.state == RunState::Queued)
-        .then(|| queue.and_then(|q| q.iter().find(|e| e.id == run.id).cloned()))
-        .flatten();
-    RunView { run, queue }
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::openapi_json(),
+    )
+        .into_response()
 }
 
 fn parse_id(id: &str) -> ApiResult<i64> {
@@ -228,7 +218,7 @@ async fn submit(
     let q = state.server.queue()?;
     Ok((
         StatusCode::CREATED,
-        Json(view(&state.server, run, Some(&q.queued))),
+        Json(RunView::of(&state.server, run, Some(&q.queued))),
     ))
 }
 
@@ -240,8 +230,11 @@ struct ListQuery {
 
 async fn list_runs(
     State(state): State<AppState>,
-    Query(q): Query<ListQuery>,
-) -> ApiResult<Json<serde_json::Value>> {
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult<Json<RunList>> {
+    // axum's own rejection is plain text; ours is the API's JSON error.
+    let Query(q) =
+        query.map_err(|e| ServerError::BadRequest(format!("the query: {}", e.body_text())))?;
     let filter = match q.state.as_deref() {
         None | Some("") => None,
         Some(s) => Some(RunState::parse(s).ok_or_else(|| {
@@ -258,9 +251,9 @@ async fn list_runs(
     let queue = state.server.queue()?;
     let runs: Vec<RunView> = runs
         .into_iter()
-        .map(|r| view(&state.server, r, Some(&queue.queued)))
+        .map(|r| RunView::of(&state.server, r, Some(&queue.queued)))
         .collect();
-    Ok(Json(serde_json::json!({"runs": runs})))
+    Ok(Json(RunList { runs }))
 }
 
 async fn get_run(
@@ -269,27 +262,27 @@ async fn get_run(
 ) -> ApiResult<Json<RunView>> {
     let run = state.server.get(parse_id(&id)?)?;
     let queue = state.server.queue()?;
-    Ok(Json(view(&state.server, run, Some(&queue.queued))))
+    Ok(Json(RunView::of(&state.server, run, Some(&queue.queued))))
 }
 
 async fn chunks(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<ChunkList>> {
     let id = parse_id(&id)?;
     state.server.get(id)?;
     let chunks = state.server.store().chunks(id)?;
-    Ok(Json(serde_json::json!({"run": id, "chunks": chunks})))
+    Ok(Json(ChunkList { run: id, chunks }))
 }
 
 async fn history(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<History>> {
     let id = parse_id(&id)?;
     state.server.get(id)?;
     let events = state.server.store().events(id)?;
-    Ok(Json(serde_json::json!({"run": id, "events": events})))
+    Ok(Json(History { run: id, events }))
 }
 
 async fn report(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
@@ -306,17 +299,17 @@ async fn report(State(state): State<AppState>, Path(id): Path<String>) -> ApiRes
 
 async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<RunView>> {
     let run = state.server.cancel(parse_id(&id)?)?;
-    Ok(Json(view(&state.server, run, None)))
+    Ok(Json(RunView::of(&state.server, run, None)))
 }
 
 async fn retry(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<RunView>> {
     let run = state.server.requeue(parse_id(&id)?, StartMode::Restart)?;
-    Ok(Json(view(&state.server, run, None)))
+    Ok(Json(RunView::of(&state.server, run, None)))
 }
 
 async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<RunView>> {
     let run = state.server.requeue(parse_id(&id)?, StartMode::Resume)?;
-    Ok(Json(view(&state.server, run, None)))
+    Ok(Json(RunView::of(&state.server, run, None)))
 }
 
 async fn queue(State(state): State<AppState>) -> ApiResult<Json<crate::server::QueueView>> {
@@ -325,21 +318,21 @@ async fn queue(State(state): State<AppState>) -> ApiResult<Json<crate::server::Q
 
 fn sse_event(e: &StreamEvent) -> Event {
     Event::default()
-        .event(e.kind.clone())
+        .event(e.event.kind())
         .data(serde_json::to_string(e).unwrap_or_default())
 }
 
 /// The `error` event a stream ends with when it fell behind.
 fn lag_event(missed: u64, reread: &str) -> Event {
-    Event::default().event("error").data(
-        serde_json::json!({
-            "error": format!(
-                "this stream fell {missed} events behind the server and ends here; read {reread} \
-                 for the current state and open the stream again"
-            )
-        })
-        .to_string(),
-    )
+    let body = ErrorBody {
+        error: format!(
+            "this stream fell {missed} events behind the server and ends here; read {reread} \
+             for the current state and open the stream again"
+        ),
+    };
+    Event::default()
+        .event("error")
+        .data(serde_json::to_string(&body).unwrap_or_default())
 }
 
 /// Every run's events (ending with an `error` event if the client falls behind).
@@ -371,9 +364,8 @@ async fn run_events(
     let finished = run.state.is_finished();
     let snapshot = StreamEvent {
         run: id,
-        kind: "snapshot".into(),
         at_ms: crate::server::now_ms(),
-        data: serde_json::to_value(view(&state.server, run, None)).unwrap_or_default(),
+        event: RunEventBody::Snapshot(Box::new(RunView::of(&state.server, run, None))),
     };
     let first = tokio_stream::iter(vec![Ok(sse_event(&snapshot))]);
     let events = events.filter(move |item| !matches!(item, Live::Event(e) if e.run != id));
@@ -388,7 +380,7 @@ async fn run_events(
             }
             match events.next().await? {
                 Live::Event(e) => {
-                    let last = e.kind == "finished";
+                    let last = matches!(e.event, RunEventBody::Finished { .. });
                     Some((Ok(sse_event(&e)), (events, last)))
                 }
                 Live::Lagged(n) => Some((Ok(lag_event(n, &reread)), (events, true))),
@@ -398,17 +390,10 @@ async fn run_events(
     Ok(Sse::new(first.chain(rest)).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ScheduleRequest {
-    path: String,
-    priority: Option<i64>,
-}
-
-async fn list_schedules(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
-    Ok(Json(
-        serde_json::json!({"schedules": state.server.schedules()?}),
-    ))
+async fn list_schedules(State(state): State<AppState>) -> ApiResult<Json<ScheduleList>> {
+    Ok(Json(ScheduleList {
+        schedules: state.server.schedules()?,
+    }))
 }
 
 async fn add_schedule(

@@ -1,8 +1,10 @@
 //! The terminal side of the API: what `nomaly submit | runs | status | cancel | schedule` call.
 
-use crate::server::{StreamEvent, SubmitRequest};
+use crate::bodies::{ErrorBody, RunList, RunView, ScheduleList, ScheduleRequest};
+use crate::server::{QueueView, ScheduleView, StreamEvent, SubmitRequest};
 use futures::StreamExt;
-use serde_json::Value;
+use nomaly_pipeline::RunReport;
+use serde::de::DeserializeOwned;
 
 /// The server a CLI talks to by default (`nomaly serve`'s default address).
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
@@ -71,9 +73,8 @@ impl ServerClient {
             return Ok(response);
         }
         let text = response.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_string))
+        let message = serde_json::from_str::<ErrorBody>(&text)
+            .map(|b| b.error)
             .unwrap_or(text);
         Err(ClientError::Status {
             status: status.as_u16(),
@@ -81,51 +82,66 @@ impl ServerClient {
         })
     }
 
-    async fn json(&self, r: reqwest::RequestBuilder) -> Result<Value, ClientError> {
-        let response = self.send(r).await?;
-        if response.status() == reqwest::StatusCode::NO_CONTENT {
-            return Ok(Value::Null);
-        }
-        response
+    async fn json<T: DeserializeOwned>(
+        &self,
+        r: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        self.send(r)
+            .await?
             .json()
             .await
             .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
-    pub async fn submit(&self, req: &SubmitRequest) -> Result<Value, ClientError> {
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::GET, path)
+    }
+
+    pub async fn submit(&self, req: &SubmitRequest) -> Result<RunView, ClientError> {
         self.json(self.request(reqwest::Method::POST, "/api/runs").json(req))
             .await
     }
 
-    pub async fn runs(&self, state: Option<&str>, limit: usize) -> Result<Value, ClientError> {
+    pub async fn runs(&self, state: Option<&str>, limit: usize) -> Result<RunList, ClientError> {
         let mut path = format!("/api/runs?limit={limit}");
         if let Some(s) = state {
             path.push_str(&format!("&state={s}"));
         }
-        self.json(self.request(reqwest::Method::GET, &path)).await
+        self.json(self.get(&path)).await
     }
 
-    pub async fn run(&self, id: i64) -> Result<Value, ClientError> {
-        self.json(self.request(reqwest::Method::GET, &format!("/api/runs/{id}")))
-            .await
+    pub async fn run(&self, id: i64) -> Result<RunView, ClientError> {
+        self.json(self.get(&format!("/api/runs/{id}"))).await
+    }
+
+    /// The report of a finished run.
+    pub async fn report(&self, id: i64) -> Result<RunReport, ClientError> {
+        self.json(self.get(&format!("/api/runs/{id}/report"))).await
     }
 
     /// `cancel`, `retry` or `resume`.
-    pub async fn act(&self, id: i64, action: &str) -> Result<Value, ClientError> {
-        self.json(self.request(reqwest::Method::POST, &format!("/api/runs/{id}/{action}")))
-            .await
+    pub async fn act(&self, id: i64, action: RunAction) -> Result<RunView, ClientError> {
+        let path = format!("/api/runs/{id}/{}", action.name());
+        self.json(self.request(reqwest::Method::POST, &path)).await
     }
 
-    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
-        self.json(self.request(reqwest::Method::GET, path)).await
+    pub async fn queue(&self) -> Result<QueueView, ClientError> {
+        self.json(self.get("/api/queue")).await
+    }
+
+    pub async fn schedules(&self) -> Result<ScheduleList, ClientError> {
+        self.json(self.get("/api/schedules")).await
     }
 
     pub async fn add_schedule(
         &self,
         path: &str,
         priority: Option<i64>,
-    ) -> Result<Value, ClientError> {
-        let body = serde_json::json!({"path": path, "priority": priority});
+    ) -> Result<ScheduleView, ClientError> {
+        let body = ScheduleRequest {
+            path: path.to_string(),
+            priority,
+        };
         self.json(
             self.request(reqwest::Method::POST, "/api/schedules")
                 .json(&body),
@@ -134,7 +150,8 @@ impl ServerClient {
     }
 
     pub async fn remove_schedule(&self, name: &str) -> Result<(), ClientError> {
-        self.json(self.request(reqwest::Method::DELETE, &format!("/api/schedules/{name}")))
+        let path = format!("/api/schedules/{name}");
+        self.send(self.request(reqwest::Method::DELETE, &path))
             .await
             .map(|_| ())
     }
@@ -167,6 +184,27 @@ impl ServerClient {
     }
 }
 
+/// What `act` asks of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunAction {
+    /// Stop it; committed chunks are kept.
+    Cancel,
+    /// Start it again from nothing.
+    Retry,
+    /// Continue from its committed chunks.
+    Resume,
+}
+
+impl RunAction {
+    pub fn name(self) -> &'static str {
+        match self {
+            RunAction::Cancel => "cancel",
+            RunAction::Retry => "retry",
+            RunAction::Resume => "resume",
+        }
+    }
+}
+
 /// The event in one SSE block (`event:` / `data:` lines; comments and keep-alives give None).
 pub fn parse_sse_block(block: &str) -> Option<StreamEvent> {
     let data: Vec<&str> = block
@@ -190,7 +228,7 @@ mod tests {
             "event: progress\ndata: {\"run\":3,\"kind\":\"progress\",\"at_ms\":5,\"data\":{}}\n\n",
         )
         .unwrap();
-        assert_eq!((e.run, e.kind.as_str(), e.at_ms), (3, "progress", 5));
+        assert_eq!((e.run, e.event.kind(), e.at_ms), (3, "progress", 5));
         assert!(parse_sse_block(":\n\n").is_none());
     }
 }

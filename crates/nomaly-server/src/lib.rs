@@ -13,6 +13,7 @@
 //! runs that were running go back to the queue to resume from their committed chunks.
 
 pub mod api;
+pub mod bodies;
 pub mod client;
 pub mod cluster_view;
 /// The accept loop and TLS (shared with the cluster's ports: `nomaly_engine::connections`).
@@ -20,8 +21,10 @@ pub use nomaly_engine::connections;
 pub mod dashboard;
 pub mod deps;
 pub mod error;
+pub mod events;
 pub mod http_guard;
 pub mod metrics;
+pub mod openapi;
 mod output_wait;
 pub mod queue;
 pub mod roots;

@@ -3,6 +3,7 @@
 //! dependencies. The HTTP layer ([`crate::api`]) is a thin shell over [`Server`].
 
 use crate::error::{Result, ServerError};
+use crate::events::{Progress, RunEventBody};
 use crate::metrics::Metrics;
 use crate::queue::{self, Busy, Capacity, Waiting};
 use crate::roots::AllowedRoots;
@@ -50,19 +51,10 @@ pub struct ServerConfig {
     pub tick: Duration,
 }
 
-/// One event on the stream (`/api/events`, `/api/runs/{id}/events`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StreamEvent {
-    pub run: i64,
-    /// `queued`, `started`, `phase`, `fit_done`, `scoring_started`, `chunk_committed`,
-    /// `chunk_reused`, `retry`, `progress`, `check`, `warning`, `finished`, `requeued`.
-    pub kind: String,
-    pub at_ms: i64,
-    pub data: serde_json::Value,
-}
+pub use crate::events::StreamEvent;
 
 /// A submission: a pipeline file on the server (`path`) or its text (`toml`).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
     pub path: Option<String>,
@@ -130,7 +122,7 @@ pub struct Server {
 }
 
 /// A queued run's place in the queue.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct QueueEntry {
     pub id: i64,
     pub pipeline: String,
@@ -149,7 +141,7 @@ pub struct QueueEntry {
 }
 
 /// The queue and what the server has.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct QueueView {
     pub memory_budget_bytes: u64,
     pub memory_reserved_bytes: u64,
@@ -159,7 +151,7 @@ pub struct QueueView {
 }
 
 /// A registered pipeline with its next fire times.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScheduleView {
     #[serde(flatten)]
     pub pipeline: PipelineRecord,
@@ -193,8 +185,13 @@ impl Server {
             );
             server.event(
                 id,
-                "requeued",
-                serde_json::json!({"reason": "the server restarted while it ran; it resumes from its committed chunks"}),
+                RunEventBody::Requeued {
+                    mode: None,
+                    reason: Some(
+                        "the server restarted while it ran; it resumes from its committed chunks"
+                            .into(),
+                    ),
+                },
             );
         }
         let background = server.clone();
@@ -234,19 +231,14 @@ impl Server {
     }
 
     /// Records an event (every kind but `progress` is stored) and sends it to subscribers.
-    fn event(&self, run: i64, kind: &str, data: serde_json::Value) {
+    fn event(&self, run: i64, event: RunEventBody) {
         let at_ms = now_ms();
-        if kind != "progress"
-            && let Err(e) = self.inner.store.add_event(run, kind, &data, at_ms)
+        if !matches!(event, RunEventBody::Progress(_))
+            && let Err(e) = self.inner.store.add_event(run, &event, at_ms)
         {
             tracing::warn!(run, "could not store an event: {e}");
         }
-        let _ = self.inner.stream.send(StreamEvent {
-            run,
-            kind: kind.to_string(),
-            at_ms,
-            data,
-        });
+        let _ = self.inner.stream.send(StreamEvent { run, at_ms, event });
     }
 
     // ---- submission ----------------------------------------------------------------------
@@ -313,9 +305,12 @@ impl Server {
         let id = self.inner.store.insert_run(&new, now_ms())?;
         self.event(
             id,
-            "queued",
-            serde_json::json!({"pipeline": new.pipeline, "priority": new.priority,
-                "memory_bytes": new.memory_bytes, "trigger": new.trigger}),
+            RunEventBody::Queued {
+                pipeline: new.pipeline.clone(),
+                priority: new.priority,
+                memory_bytes: new.memory_bytes,
+                trigger: new.trigger.clone(),
+            },
         );
         self.inner.wake.notify_one();
         self.inner
@@ -357,9 +352,10 @@ impl Server {
             Some(RunState::Queued) => {
                 self.event(
                     id,
-                    "finished",
-                    serde_json::json!({"state": "cancelled",
-                    "error": "cancelled before it started"}),
+                    RunEventBody::Finished {
+                        state: "cancelled".into(),
+                        error: Some("cancelled before it started".into()),
+                    },
                 );
                 self.inner.metrics.finished(RunState::Cancelled);
             }
@@ -367,7 +363,7 @@ impl Server {
                 if let Some(a) = self.active().get(&id) {
                     a.cancel.cancel();
                 }
-                self.event(id, "cancelling", serde_json::json!({}));
+                self.event(id, RunEventBody::Cancelling {});
             }
             Some(state) => {
                 return Err(ServerError::Conflict(format!(
@@ -406,8 +402,17 @@ impl Server {
         }
         self.event(
             id,
-            "requeued",
-            serde_json::json!({"mode": if mode == StartMode::Resume { "resume" } else { "retry" }}),
+            RunEventBody::Requeued {
+                mode: Some(
+                    if mode == StartMode::Resume {
+                        "resume"
+                    } else {
+                        "retry"
+                    }
+                    .into(),
+                ),
+                reason: None,
+            },
         );
         self.inner.wake.notify_one();
         self.get(id)
@@ -550,11 +555,11 @@ impl Server {
     }
 
     /// A run's progress now (live while it runs; its last sample after).
-    pub fn progress(&self, id: i64) -> Option<serde_json::Value> {
+    pub fn progress(&self, id: i64) -> Option<Progress> {
         let active = self.active();
         active
             .get(&id)
-            .map(|a| progress_json(&a.live, a.started, Some(a.memory)))
+            .map(|a| progress_of(&a.live, a.started, Some(a.memory)))
     }
 }
 
@@ -572,12 +577,13 @@ fn waiting(queued: &[RunRecord]) -> Vec<Waiting> {
 
 /// Seconds a running run is expected to go on for: from its ETA, else a minute.
 fn remaining_seconds(a: &Active) -> f64 {
-    let p = progress_json(&a.live, a.started, None);
-    p["eta_seconds"].as_f64().unwrap_or(60.0)
+    progress_of(&a.live, a.started, None)
+        .eta_seconds
+        .unwrap_or(60.0)
 }
 
 /// A run's progress: percentage, rows/s, ETA, memory, retries, errors.
-fn progress_json(live: &Mutex<Live>, started: Instant, reserved: Option<u64>) -> serde_json::Value {
+fn progress_of(live: &Mutex<Live>, started: Instant, reserved: Option<u64>) -> Progress {
     let l = live.lock().unwrap_or_else(|p| p.into_inner());
     let rows_done = l.rows_done.max(l.committed_rows + l.reused_rows);
     let percent = match (l.rows_total, l.chunks_total) {
@@ -595,22 +601,22 @@ fn progress_json(live: &Mutex<Live>, started: Instant, reserved: Option<u64>) ->
         (Some(r), Some(t)) => Some(t.saturating_sub(rows_done) as f64 / r),
         _ => None,
     };
-    serde_json::json!({
-        "phase": l.phase,
-        "percent": percent,
-        "rows_done": rows_done,
-        "rows_total": l.rows_total,
-        "chunks_done": l.chunks_done,
-        "chunks_total": l.chunks_total,
-        "rows_per_second": rate,
-        "eta_seconds": eta,
-        "elapsed_seconds": started.elapsed().as_secs_f64(),
-        "bytes_written": l.bytes,
-        "memory_bytes": l.pool_bytes,
-        "memory_budget_bytes": reserved,
-        "retries": l.retries,
-        "errors": l.errors,
-    })
+    Progress {
+        phase: l.phase.clone(),
+        percent,
+        rows_done,
+        rows_total: l.rows_total,
+        chunks_done: l.chunks_done,
+        chunks_total: l.chunks_total,
+        rows_per_second: rate,
+        eta_seconds: eta,
+        elapsed_seconds: started.elapsed().as_secs_f64(),
+        bytes_written: l.bytes,
+        memory_bytes: l.pool_bytes,
+        memory_budget_bytes: reserved,
+        retries: l.retries,
+        errors: l.errors.clone(),
+    }
 }
 
 /// `1.5 GiB`, `512 MiB`.

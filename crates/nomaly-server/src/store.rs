@@ -3,6 +3,7 @@
 //! statement or one transaction, so a server killed at any instant leaves a consistent store.
 
 use crate::error::{Result, ServerError};
+use crate::events::{Progress, RunEventBody};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -75,7 +76,7 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// Where a run is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
     Queued,
@@ -121,7 +122,7 @@ impl RunState {
 }
 
 /// How a run starts when admitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StartMode {
     /// A new run (refused if an unfinished run of the same output exists).
@@ -150,7 +151,7 @@ impl StartMode {
 }
 
 /// A run as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunRecord {
     pub id: i64,
     pub pipeline: String,
@@ -172,7 +173,7 @@ pub struct RunRecord {
     pub attempts: u32,
     pub cancel_requested: bool,
     /// The latest progress sample while it runs (and its last one after).
-    pub progress: Option<serde_json::Value>,
+    pub progress: Option<Progress>,
     pub error: Option<String>,
 }
 
@@ -199,7 +200,7 @@ pub struct RunSource {
 }
 
 /// One chunk's state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChunkRecord {
     pub chunk: u64,
     /// `committed` (this attempt) or `reused` (an earlier attempt's, kept by resume).
@@ -209,14 +210,7 @@ pub struct ChunkRecord {
     pub at_ms: i64,
 }
 
-/// A stored event of a run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EventRecord {
-    pub seq: i64,
-    pub at_ms: i64,
-    pub kind: String,
-    pub data: serde_json::Value,
-}
+pub use crate::bodies::StoredEvent;
 
 pub struct Store {
     path: PathBuf,
@@ -420,11 +414,11 @@ impl Store {
         })
     }
 
-    pub fn set_progress(&self, id: i64, progress: &serde_json::Value) -> Result<()> {
+    pub fn set_progress(&self, id: i64, progress: &Progress) -> Result<()> {
         self.with(|c| {
             c.execute(
                 "UPDATE runs SET progress = ?2 WHERE id = ?1",
-                params![id, progress.to_string()],
+                params![id, serde_json::to_string(progress).unwrap_or_default()],
             )
             .map(|_| ())
         })
@@ -570,13 +564,8 @@ impl Store {
     }
 
     /// Appends an event; returns its sequence number within the run.
-    pub fn add_event(
-        &self,
-        id: i64,
-        kind: &str,
-        data: &serde_json::Value,
-        now_ms: i64,
-    ) -> Result<i64> {
+    pub fn add_event(&self, id: i64, event: &RunEventBody, now_ms: i64) -> Result<i64> {
+        let (kind, data) = (event.kind(), event.data());
         self.with(|c| {
             let seq: i64 = c.query_row(
                 "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id = ?1",
@@ -591,18 +580,22 @@ impl Store {
         })
     }
 
-    pub fn events(&self, id: i64) -> Result<Vec<EventRecord>> {
+    pub fn events(&self, id: i64) -> Result<Vec<StoredEvent>> {
         self.with(|c| {
             let mut stmt = c.prepare(
                 "SELECT seq, at_ms, kind, data FROM events WHERE run_id = ?1 ORDER BY seq",
             )?;
             stmt.query_map([id], |r| {
-                let data: String = r.get(3)?;
-                Ok(EventRecord {
+                let (kind, data): (String, String) = (r.get(2)?, r.get(3)?);
+                let data = serde_json::from_str(&data).unwrap_or(serde_json::Value::Null);
+                Ok(StoredEvent {
                     seq: r.get(0)?,
                     at_ms: r.get(1)?,
-                    kind: r.get(2)?,
-                    data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
+                    event: RunEventBody::from_stored(&kind, data).unwrap_or_else(|| {
+                        RunEventBody::Warning {
+                            warning: format!("an event of kind '{kind}' this version cannot read"),
+                        }
+                    }),
                 })
             })?
             .collect()
@@ -650,18 +643,15 @@ mod tests {
                 },
             )
             .unwrap();
-        assert_eq!(
-            store
-                .add_event(a, "started", &serde_json::json!({}), 20)
-                .unwrap(),
-            1
-        );
-        assert_eq!(
-            store
-                .add_event(a, "phase", &serde_json::json!({"p": 1}), 21)
-                .unwrap(),
-            2
-        );
+        let started = RunEventBody::Started {
+            pipeline: "p".into(),
+            resume: false,
+        };
+        let phase = RunEventBody::Phase {
+            phase: "fit".into(),
+        };
+        assert_eq!(store.add_event(a, &started, 20).unwrap(), 1);
+        assert_eq!(store.add_event(a, &phase, 21).unwrap(), 2);
         drop(store);
         // A server killed here: reopened, the running run goes back to the queue to resume.
         let store = Store::open(&path).unwrap();
@@ -673,7 +663,7 @@ mod tests {
         );
         assert_eq!(run.queued_ms, 10, "an interrupted run keeps its place");
         assert_eq!(store.chunks(a).unwrap().len(), 1);
-        assert_eq!(store.events(a).unwrap()[1].data["p"], 1);
+        assert_eq!(store.events(a).unwrap()[1].event, phase);
         assert_eq!(
             store.source(a).unwrap().unwrap().overrides,
             vec!["run.engine=local"]

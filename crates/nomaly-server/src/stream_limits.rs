@@ -117,9 +117,8 @@ mod tests {
         for i in 0..5 {
             tx.send(StreamEvent {
                 run: i,
-                kind: "progress".into(),
                 at_ms: 0,
-                data: serde_json::Value::Null,
+                event: crate::events::RunEventBody::Progress(Default::default()),
             })
             .unwrap();
         }

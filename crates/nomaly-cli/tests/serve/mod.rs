@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 mod api_fuzz;
 mod browser;
 mod http;
+mod openapi;
 mod schedules;
 
 pub use http::{Received, follow_events, raw_request};

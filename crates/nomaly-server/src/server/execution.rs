@@ -148,31 +148,32 @@ impl Server {
     pub(super) fn on_run_event(&self, id: i64, event: &RunEvent, live: &Mutex<Live>) {
         let mut l = live.lock().unwrap_or_else(|p| p.into_inner());
         let metrics = &self.inner.metrics;
-        let (kind, data) = match event {
-            RunEvent::Started { pipeline, resume } => (
-                "started",
-                serde_json::json!({"pipeline": pipeline, "resume": resume}),
-            ),
+        let body = match event {
+            RunEvent::Started { pipeline, resume } => RunEventBody::Started {
+                pipeline: pipeline.clone(),
+                resume: *resume,
+            },
             RunEvent::Phase(p) => {
                 l.phase = p.clone();
-                ("phase", serde_json::json!({"phase": p}))
+                RunEventBody::Phase { phase: p.clone() }
             }
             RunEvent::FitDone {
                 input_rows,
                 models,
                 reused,
-            } => (
-                "fit_done",
-                serde_json::json!({"input_rows": input_rows, "models": models, "reused": reused}),
-            ),
+            } => RunEventBody::FitDone {
+                input_rows: *input_rows,
+                models: *models as u64,
+                reused: *reused,
+            },
             RunEvent::ScoringStarted { chunks, rows } => {
                 l.chunks_total = Some(*chunks as u64);
                 l.rows_total = *rows;
                 l.scoring_started = Some(Instant::now());
-                (
-                    "scoring_started",
-                    serde_json::json!({"chunks": chunks, "rows": rows}),
-                )
+                RunEventBody::ScoringStarted {
+                    chunks: *chunks as u64,
+                    rows: *rows,
+                }
             }
             RunEvent::ChunkReused { chunk, rows } => {
                 l.chunks_done += 1;
@@ -185,10 +186,10 @@ impl Server {
                     at_ms: now_ms(),
                 };
                 let _ = self.inner.store.record_chunk(id, &record);
-                (
-                    "chunk_reused",
-                    serde_json::json!({"chunk": chunk, "rows": rows}),
-                )
+                RunEventBody::ChunkReused {
+                    chunk: *chunk as u64,
+                    rows: *rows,
+                }
             }
             RunEvent::ChunkCommitted {
                 chunk,
@@ -210,11 +211,13 @@ impl Server {
                 if let Err(e) = self.inner.store.record_chunk(id, &record) {
                     tracing::warn!(run = id, "could not store chunk {chunk}: {e}");
                 }
-                (
-                    "chunk_committed",
-                    serde_json::json!({"chunk": chunk, "rows": rows, "anomalies": anomalies,
-                        "seconds": seconds, "committed_at_ms": committed_at_unix_ms}),
-                )
+                RunEventBody::ChunkCommitted {
+                    chunk: *chunk as u64,
+                    rows: *rows,
+                    anomalies: *anomalies,
+                    seconds: *seconds,
+                    committed_at_ms: *committed_at_unix_ms,
+                }
             }
             RunEvent::Retry {
                 place,
@@ -225,11 +228,12 @@ impl Server {
                 l.retries += 1;
                 metrics.retry();
                 l.errors.push(format!("{place}: {error}"));
-                (
-                    "retry",
-                    serde_json::json!({"place": place.to_string(), "attempt": attempt,
-                        "error": error, "wait_seconds": wait.as_secs_f64()}),
-                )
+                RunEventBody::Retry {
+                    place: place.to_string(),
+                    attempt: *attempt,
+                    error: error.clone(),
+                    wait_seconds: wait.as_secs_f64(),
+                }
             }
             RunEvent::Progress {
                 rows_done,
@@ -247,16 +251,17 @@ impl Server {
                 // Streamed by the server's own sampler (every tick), not twice per event.
                 return;
             }
-            RunEvent::CheckResult(c) => (
-                "check",
-                serde_json::json!({"check": c.check, "passed": c.passed, "detail": c.detail}),
-            ),
-            RunEvent::Warning(w) => ("warning", serde_json::json!({"warning": w})),
+            RunEvent::CheckResult(c) => RunEventBody::Check {
+                check: c.check.clone(),
+                passed: c.passed,
+                detail: c.detail.clone(),
+            },
+            RunEvent::Warning(w) => RunEventBody::Warning { warning: w.clone() },
             // The run's end is recorded by `finish`, with the state the server gives it.
             RunEvent::Finished { .. } => return,
         };
         drop(l);
-        self.event(id, kind, data);
+        self.event(id, body);
     }
 
     /// Records a run's end, frees its memory, and fires what depends on it.
@@ -281,7 +286,7 @@ impl Server {
             return;
         }
         if let Some(a) = &active {
-            let snapshot = progress_json(&a.live, a.started, None);
+            let snapshot = progress_of(&a.live, a.started, None);
             let _ = self.inner.store.set_progress(id, &snapshot);
         }
         if let Err(e) = self.inner.store.finish(
@@ -296,8 +301,10 @@ impl Server {
         self.inner.metrics.finished(end.state);
         self.event(
             id,
-            "finished",
-            serde_json::json!({"state": end.state.name(), "error": end.error}),
+            RunEventBody::Finished {
+                state: end.state.name().to_string(),
+                error: end.error.clone(),
+            },
         );
         self.inner.wake.notify_one();
         let pipeline = active
@@ -316,18 +323,18 @@ impl Server {
 
     /// Samples every running run's progress: stored, and streamed as a `progress` event.
     pub(super) fn sample_progress(&self) {
-        let snapshots: Vec<(i64, serde_json::Value)> = {
+        let snapshots: Vec<(i64, Progress)> = {
             let active = self.active();
             active
                 .iter()
-                .map(|(id, a)| (*id, progress_json(&a.live, a.started, Some(a.memory))))
+                .map(|(id, a)| (*id, progress_of(&a.live, a.started, Some(a.memory))))
                 .collect()
         };
         let mut in_use = 0;
         for (id, p) in snapshots {
-            in_use += p["memory_bytes"].as_u64().unwrap_or(0);
+            in_use += p.memory_bytes;
             let _ = self.inner.store.set_progress(id, &p);
-            self.event(id, "progress", p);
+            self.event(id, RunEventBody::Progress(p));
         }
         self.inner.metrics.set_memory_in_use(in_use);
     }
