@@ -1,8 +1,8 @@
 """How soon `nomaly serve` tells (release build). Not part of CI: the tests assert order, this
 measures time.
 
-    cargo build --release -p nomaly-cli
-    python3 benchmarks/serve.py [--runs 3] [--chunks 20]
+    pip install -r benchmarks/requirements.txt; cargo build --release -p nomaly-cli
+    python3 benchmarks/serve.py [--runs 3] [--chunks 20] [--nomaly BINARY]
 
 In one invocation it starts a release `nomaly serve` on 127.0.0.1 and, per run, submits a
 pipeline of --chunks chunks (each held 100 ms by NOMALY_FAULTS=chunk_delay_ms, so there is
@@ -42,13 +42,14 @@ def now_ms():
 
 
 class Server:
-    def __init__(self, work):
+    def __init__(self, work, binary):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = open(os.path.join(work, "serve.log"), "wb")
-        env = dict(os.environ, NOMALY_FAULTS="chunk_delay_ms=100")
+        self.token = "benchmark-token"
+        env = dict(os.environ, NOMALY_FAULTS="chunk_delay_ms=100", NOMALY_TOKEN=self.token)
         self.proc = subprocess.Popen(
-            [NOMALY, "serve", "--port", str(self.port), "--db", os.path.join(work, "jobs.db"),
+            [binary, "serve", "--port", str(self.port), "--db", os.path.join(work, "jobs.db"),
              "--allow-root", work],
             cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.time() + 30
@@ -65,7 +66,8 @@ class Server:
     def request(self, method, path, body=None):
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.base + path, data=data, method=method,
-                                     headers={"content-type": "application/json"})
+                                     headers={"content-type": "application/json",
+                                              "authorization": f"Bearer {self.token}"})
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 return r.status, json.loads(r.read() or b"null")
@@ -74,7 +76,8 @@ class Server:
 
     def events(self, run_id):
         """Yields (received_ms, event) from the run's stream until it finishes."""
-        req = urllib.request.Request(f"{self.base}/api/runs/{run_id}/events")
+        req = urllib.request.Request(f"{self.base}/api/runs/{run_id}/events",
+                                     headers={"authorization": f"Bearer {self.token}"})
         with urllib.request.urlopen(req, timeout=120) as r:
             for line in r:
                 line = line.decode().strip()
@@ -104,16 +107,17 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--chunks", type=int, default=20)
+    ap.add_argument("--nomaly", default=NOMALY, help="the binary to measure (default: release)")
     args = ap.parse_args()
-    if not os.path.exists(NOMALY):
-        sys.exit(f"{NOMALY} is missing: cargo build --release -p nomaly-cli")
+    if not os.path.exists(args.nomaly):
+        sys.exit(f"{args.nomaly} is missing: cargo build --release -p nomaly-cli")
     print(f"CPU: {cpu()}")
     with tempfile.TemporaryDirectory() as work:
         subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "generate.py"),
                         "--rows", "20000", "--features", "2",
                         "--out", os.path.join(work, "tx.parquet")], check=True,
                        stdout=subprocess.DEVNULL)
-        server = Server(work)
+        server = Server(work, args.nomaly)
         try:
             for i in range(args.runs):
                 p = pipeline(work, f"streamed{i}", args.chunks)
