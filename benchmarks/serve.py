@@ -16,7 +16,6 @@ how long after its fire time the run was queued. The CPU is printed with the fig
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,17 +23,8 @@ import tempfile
 import time
 import urllib.request
 
+from engines import NOMALY, ROOT, free_port  # the release binary's path, a free loopback port
 from run import cpu  # benchmarks/run.py: the CPU model and its vector extensions
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/nomaly-target"))
-NOMALY = os.path.join(TARGET, "release", "nomaly")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def now_ms():
