@@ -4,7 +4,7 @@
 # unused (cargo-machete); unit tests; the SQL contract (sql/*.slt on local DataFusion, Ballista
 # standalone and a cluster); end-to-end CLI tests (S3/Azure emulators on 127.0.0.1, HDF5, Chromium,
 # which scripts/test-services.sh installs the first time; a missing one fails the run); the
-# accuracy fixtures; clippy with warnings as errors.
+# accuracy fixtures; clippy with warnings as errors; `cargo package` of the two library crates.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/nomaly-target}"
@@ -30,3 +30,7 @@ python3 scripts/check-deps.py
 "$cache/nomaly-tools/bin/cargo-machete"
 cargo test --workspace --locked "${features[@]}" "$@"
 cargo clippy --workspace --all-targets --locked "${features[@]}" -- -D warnings
+# The two library crates package and build from their .crate files, as a DataFusion user who
+# depends on them would get them (the first run builds their dependencies once under
+# $CARGO_TARGET_DIR/package).
+cargo package -p nomaly-detectors -p nomaly-udfs --locked --quiet
