@@ -75,7 +75,9 @@ async fn segments_score_like_the_join_plan_one_model_at_a_time() {
 }
 
 /// 400 iforest models (100 trees each) do not fit a 24 MB budget all at once, which the join's
-/// build side needs; one at a time they do.
+/// build side needs; one at a time they do. The fused operator reserves each segment's rows, its
+/// fit state and the models waiting for a full batch, so an operator that kept every model would
+/// exceed the budget here too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_segment_models_stay_within_a_budget_the_join_exceeds() {
     let dir = tempfile::tempdir().unwrap();

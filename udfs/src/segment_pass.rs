@@ -426,7 +426,7 @@ struct Segments {
     ready_bytes: usize,
     batch_size: usize,
     pending: VecDeque<RecordBatch>,
-    /// The rows held: the current segment's and the ready ones'.
+    /// The rows held (the current segment's and the ready ones') and the ready ones' models.
     reservation: MemoryReservation,
     done: bool,
 }
@@ -537,7 +537,7 @@ impl Segments {
             return Ok(());
         };
         segments.add(1);
-        let left = &self.join.left;
+        let left = Arc::clone(&self.join.left);
         let keys = segment.key.len();
         // The model the two-pass plan fits: its Final aggregate merges the partial states into an
         // empty one, and fit states merge exactly (sums, counts, the bottom-k sample), so the one
@@ -545,9 +545,7 @@ impl Segments {
         // cost a serialisation, a decode and a re-sampling per segment).
         // The fit states and the models they grow count against the budget while they live.
         let fitting: usize = segment.accumulators.iter().map(|a| a.size()).sum();
-        self.reservation
-            .try_grow(fitting)
-            .map_err(|e| crate::one_pass::fit_too_large(fitting, e))?;
+        self.grow_for_models(fitting)?;
         let mut models = Vec::with_capacity(segment.accumulators.len());
         for mut acc in segment.accumulators {
             models.push(acc.evaluate()?);
@@ -577,6 +575,10 @@ impl Segments {
         if self.ready_rows + rows > self.batch_size {
             self.flush_ready()?;
         }
+        // The models wait with their rows until a batch is full: they count against the budget.
+        let model_bytes: usize = ones.iter().map(|a| a.get_array_memory_size()).sum();
+        self.grow_for_models(model_bytes)?;
+        let held = segment.bytes + model_bytes;
         if rows < self.batch_size {
             self.ready.push(FittedSegment {
                 ones,
@@ -584,7 +586,7 @@ impl Segments {
                 row_count: rows,
             });
             self.ready_rows += rows;
-            self.ready_bytes += segment.bytes;
+            self.ready_bytes += held;
             return Ok(());
         }
         // A segment of a batch or more leaves in its own batches, sharing its one-row arrays.
@@ -596,8 +598,18 @@ impl Segments {
                 .collect::<Result<Vec<ArrayRef>>>()?;
             self.emit(columns, rows.columns())?;
         }
-        self.reservation
-            .shrink(segment.bytes.min(self.reservation.size()));
+        self.reservation.shrink(held.min(self.reservation.size()));
+        Ok(())
+    }
+
+    /// Reserves `bytes` for fit states or models, sending the waiting segments on first when
+    /// the pool is short; an error says how much one segment's fit needs.
+    fn grow_for_models(&mut self, bytes: usize) -> Result<()> {
+        if self.reservation.try_grow(bytes).is_err() {
+            self.flush_ready()?;
+            let grown = self.reservation.try_grow(bytes);
+            grown.map_err(|e| crate::one_pass::fit_too_large(bytes, e))?;
+        }
         Ok(())
     }
 
