@@ -345,7 +345,7 @@ pub async fn status(args: StatusArgs) -> i32 {
             } else {
                 describe(&v);
             }
-            exit_for_state(Some(v.run.state))
+            exit_for_state(v.run.state)
         }
         Err(e) => fail(&e),
     }
@@ -353,12 +353,12 @@ pub async fn status(args: StatusArgs) -> i32 {
 
 /// As `nomaly run`: 0 succeeded, 3 validation failed, 130 cancelled, 1 otherwise; 0 while it
 /// has not ended.
-fn exit_for_state(state: Option<RunState>) -> i32 {
+fn exit_for_state(state: RunState) -> i32 {
     match state {
-        Some(RunState::Succeeded | RunState::Queued | RunState::Running) => 0,
-        Some(RunState::ValidationFailed) => 3,
-        Some(RunState::Cancelled) => 130,
-        _ => 1,
+        RunState::Succeeded | RunState::Queued | RunState::Running => 0,
+        RunState::ValidationFailed => 3,
+        RunState::Cancelled => 130,
+        RunState::Failed | RunState::TimedOut => 1,
     }
 }
 
@@ -379,7 +379,6 @@ async fn follow(client: &ServerClient, id: i64, json: bool) -> i32 {
             .progress_chars("=> "),
     );
     bar.set_prefix(format!("run {id}"));
-    let mut state = None;
     let mut last_line = std::time::Instant::now() - Duration::from_secs(10);
     let result = client
         .follow(id, |e| {
@@ -387,7 +386,6 @@ async fn follow(client: &ServerClient, id: i64, json: bool) -> i32 {
                 println!("{}", serde_json::to_string(e).unwrap_or_default());
             }
             match &e.event {
-                RunEventBody::Snapshot(v) => state = Some(v.run.state),
                 RunEventBody::Progress(p) => {
                     bar.set_position(p.percent.unwrap_or(0.0) as u64);
                     let msg = progress_text(RunState::Running, Some(p), None);
@@ -400,7 +398,6 @@ async fn follow(client: &ServerClient, id: i64, json: bool) -> i32 {
                 RunEventBody::Retry { place, error, .. } if !json => {
                     bar.println(format!("retry: {place} ({error})"));
                 }
-                RunEventBody::Finished { state: s, .. } => state = RunState::parse(s),
                 _ => {}
             }
         })
@@ -414,7 +411,7 @@ async fn follow(client: &ServerClient, id: i64, json: bool) -> i32 {
             if !json {
                 describe(&v);
             }
-            exit_for_state(Some(v.run.state).or(state))
+            exit_for_state(v.run.state)
         }
         Err(e) => fail(&e),
     }
