@@ -6,7 +6,7 @@
 use crate::bodies::{
     ChunkList, ErrorBody, Health, History, RunList, RunView, ScheduleList, ScheduleRequest,
 };
-use crate::cluster_view::{ClusterOverview, check_job_id};
+use crate::cluster_view::ClusterOverview;
 use crate::dashboard;
 use crate::error::ServerError;
 use crate::events::RunEventBody;
@@ -454,21 +454,18 @@ async fn cluster_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<rest::Job>> {
-    let id = check_job_id(&id)?;
-    Ok(Json(scheduler(&state)?.job(id).await?))
+    Ok(Json(scheduler(&state)?.job(&id).await?))
 }
 
 async fn cluster_stages(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<rest::JobStages>> {
-    let id = check_job_id(&id)?;
-    Ok(Json(scheduler(&state)?.stages(id).await?))
+    Ok(Json(scheduler(&state)?.stages(&id).await?))
 }
 
 async fn cluster_dot(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    let id = check_job_id(&id)?;
-    let dot = scheduler(&state)?.dot(id).await?;
+    let dot = scheduler(&state)?.dot(&id).await?;
     Ok((
         [(header::CONTENT_TYPE, "text/vnd.graphviz; charset=utf-8")],
         dot,
@@ -480,6 +477,5 @@ async fn cluster_cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<rest::CancelJob>> {
-    let id = check_job_id(&id)?;
-    Ok(Json(scheduler(&state)?.cancel(id).await?))
+    Ok(Json(scheduler(&state)?.cancel(&id).await?))
 }

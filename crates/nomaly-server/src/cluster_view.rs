@@ -24,11 +24,8 @@ pub fn scheduler_rest(engine: &str) -> Result<SchedulerRest> {
     })
 }
 
-/// A job id from a URL path, checked before it is put in the scheduler's URL.
-pub fn check_job_id(id: &str) -> Result<&str> {
-    nomaly_engine::ballista::rest::check_job_id(id).map_err(ServerError::BadRequest)
-}
-
+/// A bad job id (checked by the client before it reaches the scheduler's URL) is the caller's
+/// fault; a scheduler that does not answer, or answers badly, is a 502.
 impl From<RestError> for ServerError {
     fn from(e: RestError) -> ServerError {
         match e {

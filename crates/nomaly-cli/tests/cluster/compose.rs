@@ -226,13 +226,7 @@ fn the_compose_file_describes_a_working_cluster() {
         .current_dir(root())
         .output()
         .unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}\n{}",
-        stderr(&o),
-        cluster.logs()
-    );
+    cluster.assert_succeeded(&o);
     let out = pipeline
         .env
         .iter()

@@ -175,6 +175,12 @@ impl Cluster {
     }
 
     /// SIGKILLs executor `i` (no goodbye to the scheduler) and reaps it.
+    /// `o` exited 0; the failure names its stderr and the cluster's logs.
+    #[track_caller]
+    pub fn assert_succeeded(&self, o: &std::process::Output) {
+        assert_eq!(o.status.code(), Some(0), "{}\n{}", stderr(o), self.logs());
+    }
+
     /// The executor that holds a `.tmp` file under `dir` open (is writing a part there), if any.
     fn executor_writing_in(&self, dir: &Path) -> Option<usize> {
         (0..self.children.len() - 1).find(|i| {
@@ -503,13 +509,7 @@ fn a_pipeline_survives_losing_an_executor() {
     assert!(listed.contains("Running"), "{name}: {listed}");
     assert!(listed.contains("cluster: chunk"), "{listed}");
     let o = run.wait_with_output().unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}\n{}",
-        stderr(&o),
-        cluster.logs()
-    );
+    cluster.assert_succeeded(&o);
     let r = report(&o);
     eprintln!(
         "after the kill: {} chunk retries {:?}, {} task attempt files removed, {} s",

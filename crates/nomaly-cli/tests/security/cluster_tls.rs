@@ -36,13 +36,7 @@ fn a_cluster_speaks_tls_on_every_port() {
 
     // A query that shuffles between the executors, over TLS end to end.
     let o = cluster.shuffled_query(dir.path(), &client);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}\n{}",
-        stderr(&o),
-        cluster.logs()
-    );
+    cluster.assert_succeeded(&o);
     assert_eq!(stdout(&o), SHUFFLED_ANSWER);
     // The REST API through `nomaly jobs`, over HTTPS.
     let address = format!("127.0.0.1:{}", cluster.port);

@@ -141,13 +141,7 @@ fn every_cluster_port_needs_the_token() {
 
     // With the token, a query whose stages shuffle between the executors runs.
     let o = cluster.shuffled_query(dir.path(), &[("NOMALY_CLUSTER_TOKEN", token)]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}\n{}",
-        stderr(&o),
-        cluster.logs()
-    );
+    cluster.assert_succeeded(&o);
     assert_eq!(stdout(&o), SHUFFLED_ANSWER);
 }
 

@@ -94,9 +94,14 @@ impl ClusterClient {
     /// The executors must read the paths the plans name (a shared filesystem or object stores).
     pub async fn connect(address: &str, state: &SessionState) -> Result<ClusterClient> {
         check_scheduler(address).await?;
-        let slots = executor_slots(address).await;
-        let base = crate::ballista::tls::rest_base(address).map_err(EngineError::Ballista)?;
-        Ok(ClusterClient::new(base, state, slots, true))
+        let rest = SchedulerRest::new(address).map_err(|e| EngineError::Ballista(e.to_string()))?;
+        let slots = executor_slots(&rest).await;
+        Ok(ClusterClient::new(
+            rest.base().to_string(),
+            state,
+            slots,
+            true,
+        ))
     }
 
     /// `remote`: a cluster of other processes (TLS with the client's cluster CA, if set), not
@@ -145,11 +150,12 @@ impl ClusterClient {
     /// leave work on the cluster); returns how many. Best effort: a scheduler that cannot be asked
     /// (no REST API on an in-process scheduler) leaves them to finish.
     pub async fn cancel_unfinished(&self) -> usize {
-        let jobs = match SchedulerRest::at_base(self.scheduler_url.clone()) {
-            Ok(rest) => rest.jobs().await,
-            Err(e) => Err(e),
+        let listed = async {
+            SchedulerRest::at_base(self.scheduler_url.clone())?
+                .jobs()
+                .await
         };
-        let jobs = match jobs {
+        let jobs = match listed.await {
             Ok(jobs) => jobs,
             Err(e) => {
                 tracing::warn!("could not list the jobs to cancel: {e}");
@@ -259,14 +265,10 @@ pub fn name_jobs(ctx: &datafusion::prelude::SessionContext, name: &str) {
     }
 }
 
-/// The task slots of the executors registered at the scheduler at `address`, from its REST API
+/// The task slots of the executors registered at the scheduler, from its REST API
 /// (`/api/executors`); 0 if it cannot be read.
-async fn executor_slots(address: &str) -> usize {
-    let executors = match SchedulerRest::new(address) {
-        Ok(rest) => rest.executors().await,
-        Err(e) => Err(e),
-    };
-    match executors {
+async fn executor_slots(rest: &SchedulerRest) -> usize {
+    match rest.executors().await {
         Ok(executors) => executors
             .iter()
             .map(|e| e.specification.vcores as usize)
