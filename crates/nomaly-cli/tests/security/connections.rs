@@ -118,8 +118,25 @@ fn slow_and_excess_connections_are_closed() {
         &["--max-connections", "2", "--header-timeout", "120s"],
         &[],
     );
-    let (a, b) = (half_sent(server.port), half_sent(server.port));
-    std::thread::sleep(Duration::from_millis(1000));
+    // A connection the server has closed peeks as EOF; an open one would block.
+    let held = |s: &std::net::TcpStream| {
+        s.set_nonblocking(true).unwrap();
+        let open =
+            matches!(s.peek(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        s.set_nonblocking(false).unwrap();
+        open
+    };
+    // The start-up health check's slot is freed when its task ends, which may be after it
+    // returned: until both half-sent requests are seen held, open them again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (a, b) = loop {
+        let (a, b) = (half_sent(server.port), half_sent(server.port));
+        std::thread::sleep(Duration::from_millis(1000));
+        if held(&a) && held(&b) {
+            break (a, b);
+        }
+        assert!(Instant::now() < deadline, "two slots were never held");
+    };
     let mut third = connect(server.port);
     third
         .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
