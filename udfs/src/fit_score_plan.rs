@@ -13,7 +13,7 @@
 //! The small model side is always the left (build) side of the join, so scoring keeps the input's
 //! partitions. Internal columns have one naming scheme: `__nomaly_model_<id>` for a model,
 //! `__nomaly_key_<id>_<i>` for its segment keys, `__nomaly_detection_<id>` for the score struct of a
-//! row; the one-pass rule ([`crate::one_pass`]) recognises fits by the model prefix.
+//! row; the one-pass rule (`nomaly_physical::fit_score`) recognises fits by the model prefix.
 
 use crate::anomaly_detect::AnomalyDetect;
 use crate::anomaly_explain::AnomalyExplain;

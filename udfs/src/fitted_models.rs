@@ -4,7 +4,7 @@
 //! partitions and executors). When the fit and the scoring run in one process, decoding those
 //! bytes again also throws away what the fit already derived from the model to compute its
 //! threshold: an isolation forest's tree layout, ECDF term tables. A per-segment fit and score
-//! (`segment_pass.rs`) does that once per segment; with 10,000 iforest segments the decode, the
+//! (`nomaly-physical`'s `segment_fit_score.rs`) does that once per segment; with 10,000 iforest segments the decode, the
 //! model cache's hash of the bytes and the second layout were about a third of the run.
 //!
 //! `fit_detector` leaves each model it encodes here, with its bytes; the model cache takes it back

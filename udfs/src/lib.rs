@@ -47,10 +47,7 @@ pub mod fit_score_plan;
 mod fitted_models;
 pub mod is_anomaly;
 pub mod model_column;
-pub mod one_pass;
 pub mod rewrite;
-mod same_rows;
-pub mod segment_pass;
 pub mod window_score;
 
 use datafusion::execution::FunctionRegistry;
@@ -102,33 +99,6 @@ pub fn window_functions() -> Vec<Arc<WindowUDF>> {
 /// The analyzer rule that plans `detect_anomalies`.
 pub fn analyzer_rule() -> Arc<dyn AnalyzerRule + Send + Sync> {
     Arc::new(rewrite::DetectAnomaliesRewrite::default())
-}
-
-/// The physical rule that fits and scores in one pass over the input: for local sessions only
-/// (see [`one_pass`]).
-/// The physical optimizer rule that fits and scores `OVER (PARTITION BY ...)` one segment at a
-/// time ([`segment_pass`]); local sessions only, placed before the optimizer's
-/// `EnsureRequirements` (see [`with_segment_rule`]).
-pub fn segment_rule() -> Arc<dyn datafusion::physical_optimizer::PhysicalOptimizerRule + Send + Sync>
-{
-    Arc::new(segment_pass::FuseSegmentFitAndScore)
-}
-
-/// DataFusion's physical optimizer rules with [`segment_rule`] before `EnsureRequirements`.
-pub fn with_segment_rule()
--> Vec<Arc<dyn datafusion::physical_optimizer::PhysicalOptimizerRule + Send + Sync>> {
-    let mut rules = datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules;
-    let at = rules
-        .iter()
-        .position(|r| r.name() == "EnsureRequirements")
-        .unwrap_or(rules.len());
-    rules.insert(at, segment_rule());
-    rules
-}
-
-pub fn one_pass_rule()
--> Arc<dyn datafusion::physical_optimizer::PhysicalOptimizerRule + Send + Sync> {
-    Arc::new(one_pass::FuseFitAndScore)
 }
 
 /// Registers every function on `ctx` (additive: call it again after anything that replaces the

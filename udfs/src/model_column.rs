@@ -319,7 +319,7 @@ pub fn score_rows<S: BatchScorer>(
                 if rows.is_empty() {
                     continue;
                 }
-                // A segment's rows arrive together (segment_pass.rs): a slice, not a copy.
+                // A segment's rows arrive together (nomaly-physical, segment_fit_score.rs): a slice, not a copy.
                 let (first, last) = (rows[0] as usize, rows[rows.len() - 1] as usize);
                 let taken: Vec<ArrayRef> = if last - first + 1 == rows.len() {
                     features

@@ -189,9 +189,7 @@ pub async fn build_context(config: &EngineConfig) -> Result<SessionContext> {
                     .with_default_features(),
             );
             if config.one_pass {
-                builder = builder
-                    .with_physical_optimizer_rules(nomaly_udfs::with_segment_rule())
-                    .with_physical_optimizer_rule(nomaly_udfs::one_pass_rule());
+                builder = builder.with_physical_optimizer_rules(nomaly_physical::optimizer_rules());
             }
             Ok(SessionContext::new_with_state(builder.build()))
         }

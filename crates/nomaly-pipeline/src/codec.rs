@@ -7,12 +7,12 @@
 //! `"ballista://..."`).
 
 use crate::sink::PartWriteExec;
-use crate::sliced_scan::SlicedScanExec;
 use ballista_core::serde::BallistaPhysicalExtensionCodec;
 use datafusion::error::Result as DfResult;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use nomaly_physical::SlicedScanExec;
 use std::sync::Arc;
 
 /// Marks a node of ours; Ballista's own nodes are protobuf messages, which never start with it.

@@ -27,7 +27,6 @@ pub mod report;
 pub mod run;
 pub mod sandbox;
 pub mod sink;
-pub mod sliced_scan;
 pub mod spec;
 
 pub use codec::{NomalyPhysicalCodec, physical_codec};

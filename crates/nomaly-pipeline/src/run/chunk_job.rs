@@ -193,7 +193,7 @@ impl ChunkJob {
         };
         let one = narrow_to_partition(shared.plan.clone(), self.chunk, is_chunk_scan)?;
         // A chunk smaller than its row group reads a row selection, which must reach the executor.
-        let one = crate::sliced_scan::keep_row_selections(one)?;
+        let one = nomaly_physical::keep_row_selections(one)?;
         let sinks = shared
             .sinks
             .iter()

@@ -306,7 +306,7 @@ async fn fit_on_cluster(
 ) -> DfResult<Vec<RecordBatch>> {
     whole_fit(retry, report, || async {
         let plan = df.clone().create_physical_plan().await?;
-        let plan = crate::sliced_scan::keep_row_selections(plan)?;
+        let plan = nomaly_physical::keep_row_selections(plan)?;
         datafusion::physical_plan::common::collect(cluster.execute(plan, job_name).await?).await
     })
     .await

@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 /// Whether `a` and `b` read the same rows into the same number of partitions, ignoring which
 /// columns they carry (see the module docs).
-pub(crate) fn same_rows(a: &Arc<dyn ExecutionPlan>, b: &Arc<dyn ExecutionPlan>) -> bool {
+pub fn same_rows(a: &Arc<dyn ExecutionPlan>, b: &Arc<dyn ExecutionPlan>) -> bool {
     let (a, b) = (skip_projections(a), skip_projections(b));
     if a.output_partitioning().partition_count() != b.output_partitioning().partition_count()
         || a.fetch() != b.fetch()

@@ -20,30 +20,23 @@
 //! Local only: the operator spans all partitions of its input, which a Ballista stage (one task per
 //! partition, possibly on other executors) cannot do, so Ballista sessions keep the standard plan.
 
-use crate::fit_detector::FitDetector;
-use crate::fit_score_plan::MODEL_PREFIX;
-use crate::same_rows::same_rows;
+mod first_pass;
+mod fuse;
+
+use crate::fit::Fit;
+use first_pass::{KeepBudget, first_pass};
+pub use fuse::FuseFitAndScore;
+use fuse::cross_join_properties;
+
 use datafusion::arrow::array::{ArrayRef, RecordBatch};
-use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::common::config::ConfigOptions;
 use datafusion::common::runtime::SpawnedTask;
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result, ScalarValue, internal_err};
-use datafusion::common::{JoinSide, JoinType};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
-use datafusion::physical_expr::expressions::Column;
-use datafusion::physical_expr::projection::ProjectionExpr;
-use datafusion::physical_optimizer::PhysicalOptimizerRule;
-use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
-use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::reset_plan_states;
-use datafusion::physical_plan::filter::FilterExec;
-use datafusion::physical_plan::joins::{CrossJoinExec, NestedLoopJoinExec};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
-use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties,
@@ -55,51 +48,6 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
-
-/// The physical optimizer rule; add it to local sessions only (see the module docs).
-#[derive(Debug, Default)]
-pub struct FuseFitAndScore;
-
-impl PhysicalOptimizerRule for FuseFitAndScore {
-    fn optimize(
-        &self,
-        plan: Arc<dyn ExecutionPlan>,
-        _config: &ConfigOptions,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|node| {
-            let fused = if let Some(join) = node.as_ref().downcast_ref::<CrossJoinExec>() {
-                FitScoreExec::try_fuse(join.left(), join.right())?
-                    .map(|f| Arc::new(f) as Arc<dyn ExecutionPlan>)
-            } else if let Some(join) = node.as_ref().downcast_ref::<NestedLoopJoinExec>() {
-                fuse_filtered_join(join)?
-            } else {
-                None
-            };
-            match fused {
-                // Only a replacement with exactly the join's output schema (the optimizer checks too).
-                Some(f) if f.schema() == node.schema() => Ok(Transformed::yes(f)),
-                _ => Ok(Transformed::no(node)),
-            }
-        })
-        .map(|t| t.data)
-    }
-
-    fn name(&self) -> &str {
-        "nomaly_fuse_fit_and_score"
-    }
-
-    fn schema_check(&self) -> bool {
-        true
-    }
-}
-
-/// One fit: the aggregate expression (for its accumulators) and its arguments bound to the
-/// scored input's schema.
-#[derive(Debug, Clone)]
-pub(crate) struct Fit {
-    pub(crate) aggregate: Arc<AggregateFunctionExpr>,
-    pub(crate) args: Vec<Arc<dyn PhysicalExpr>>,
-}
 
 /// Reads its input once, fits, then emits `model columns ++ input columns` (see the module docs).
 #[derive(Debug)]
@@ -141,41 +89,6 @@ struct KeptBatches {
 }
 
 impl FitScoreExec {
-    /// `Some` when `join` is a rewrite's fit-and-score join whose fit reads the same rows as the
-    /// scored side.
-    fn try_fuse(
-        left: &Arc<dyn ExecutionPlan>,
-        right: &Arc<dyn ExecutionPlan>,
-    ) -> Result<Option<FitScoreExec>> {
-        let Some((aggregates, fit_input)) = fit_aggregates(left) else {
-            return Ok(None);
-        };
-        let input = Arc::clone(right);
-        if !same_rows(&fit_input, &input) {
-            return Ok(None);
-        }
-        let schema = input.schema();
-        let mut fits = Vec::with_capacity(aggregates.len());
-        for aggregate in aggregates {
-            let mut args = Vec::new();
-            for arg in aggregate.expressions() {
-                match rebind(&arg, &fit_input.schema(), &schema)? {
-                    Some(a) => args.push(a),
-                    None => return Ok(None),
-                }
-            }
-            fits.push(Fit { aggregate, args });
-        }
-        Ok(Some(FitScoreExec {
-            properties: cross_join_properties(left, &input),
-            fit_side: Arc::clone(left),
-            input,
-            fits,
-            state: Arc::new(OnceCell::new()),
-            metrics: ExecutionPlanMetricsSet::new(),
-        }))
-    }
-
     /// A fresh operator (no fit yet) over `input`.
     fn with_input(&self, input: Arc<dyn ExecutionPlan>, recompute: bool) -> FitScoreExec {
         FitScoreExec {
@@ -274,212 +187,6 @@ impl FitScoreExec {
             rows,
         }))
     }
-}
-
-/// How much the first pass may keep, shared by its partitions.
-struct KeepBudget {
-    kept_total: Arc<AtomicUsize>,
-    /// Set by the first partition that does not fit; then none keeps anything.
-    overflowed: Arc<AtomicBool>,
-    cap: usize,
-}
-
-/// Fits one partition, keeping its batches while all partitions' fit in the cap and the pool.
-/// The fit states (and the models they will grow, as the accumulators count them) are held in
-/// `fit_reservation`: a state the budget cannot hold is an error, not an allocation past it.
-async fn first_pass(
-    mut stream: SendableRecordBatchStream,
-    fits: Vec<Fit>,
-    reservation: MemoryReservation,
-    fit_reservation: MemoryReservation,
-    budget: KeepBudget,
-) -> Result<(Vec<Vec<ScalarValue>>, KeptBatches)> {
-    let mut accumulators = fits
-        .iter()
-        .map(|f| f.aggregate.create_accumulator())
-        .collect::<Result<Vec<_>>>()?;
-    let mut kept = VecDeque::new();
-    while let Some(batch) = stream.next().await {
-        let batch = batch?;
-        for (fit, acc) in fits.iter().zip(accumulators.iter_mut()) {
-            let values = fit
-                .args
-                .iter()
-                .map(|e| e.evaluate(&batch)?.into_array(batch.num_rows()))
-                .collect::<Result<Vec<_>>>()?;
-            acc.update_batch(&values)?;
-        }
-        // The fit states come first: kept batches only save a second read, so they make room.
-        let states: usize = accumulators.iter().map(|a| a.size()).sum();
-        if fit_reservation.try_resize(states).is_err() {
-            budget.overflowed.store(true, Ordering::Relaxed);
-            kept.clear();
-            reservation.free();
-            fit_reservation
-                .try_resize(states)
-                .map_err(|e| fit_too_large(states, e))?;
-        }
-        if !budget.overflowed.load(Ordering::Relaxed) {
-            let size = batch.get_array_memory_size();
-            let total = budget.kept_total.fetch_add(size, Ordering::Relaxed) + size;
-            if total <= budget.cap && reservation.try_grow(size).is_ok() {
-                kept.push_back(batch);
-                continue;
-            }
-            // Past overflow the total no longer matters: nothing is kept any more.
-            budget.overflowed.store(true, Ordering::Relaxed);
-        }
-        if !kept.is_empty() {
-            kept.clear();
-            reservation.free();
-        }
-    }
-    let states = accumulators
-        .iter_mut()
-        .map(|acc| acc.state())
-        .collect::<Result<Vec<_>>>()?;
-    Ok((
-        states,
-        KeptBatches {
-            batches: kept,
-            reservation,
-        },
-    ))
-}
-
-/// The error of a fit whose states (with the models they will grow) exceed the memory budget.
-pub(crate) fn fit_too_large(bytes: usize, cause: DataFusionError) -> DataFusionError {
-    DataFusionError::ResourcesExhausted(format!(
-        "the detector's fit needs about {} MiB for its state and model, more than the memory \
-         budget leaves ({cause}); for iforest lower n_trees or sample_size (the trees take \
-         n_trees × 2·sample_size nodes), or raise the memory limit",
-        bytes.div_ceil(1 << 20)
-    ))
-}
-
-/// The properties of `CrossJoin(fit_side, input)`: the fused operator's rows are the join's, in
-/// the same partitions and order.
-fn cross_join_properties(
-    fit_side: &Arc<dyn ExecutionPlan>,
-    input: &Arc<dyn ExecutionPlan>,
-) -> Arc<PlanProperties> {
-    Arc::clone(CrossJoinExec::new(Arc::clone(fit_side), Arc::clone(input)).properties())
-}
-
-/// The optimizer turns `WHERE` on a score into the join's filter (a nested-loop join on the model
-/// row): fuse it as FitScoreExec → FilterExec → ProjectionExec with the join's filter and projection.
-fn fuse_filtered_join(join: &NestedLoopJoinExec) -> Result<Option<Arc<dyn ExecutionPlan>>> {
-    if join.join_type() != &JoinType::Inner {
-        return Ok(None);
-    }
-    let Some(fused) = FitScoreExec::try_fuse(join.left(), join.right())? else {
-        return Ok(None);
-    };
-    let n_left = join.left().schema().fields().len();
-    let schema = fused.schema();
-    let mut plan: Arc<dyn ExecutionPlan> = Arc::new(fused);
-    if let Some(filter) = join.filter() {
-        let indices = filter.column_indices();
-        let expr = Arc::clone(filter.expression())
-            .transform(|e| {
-                let Some(c) = e.as_ref().downcast_ref::<Column>() else {
-                    return Ok(Transformed::no(e));
-                };
-                let Some(ci) = indices.get(c.index()) else {
-                    return internal_err!("join filter column {} out of range", c.index());
-                };
-                let at = match ci.side {
-                    JoinSide::Left => ci.index,
-                    JoinSide::Right => n_left + ci.index,
-                    JoinSide::None => return internal_err!("join filter column on no side"),
-                };
-                Ok(Transformed::yes(
-                    Arc::new(Column::new(schema.field(at).name(), at)) as Arc<dyn PhysicalExpr>,
-                ))
-            })?
-            .data;
-        plan = Arc::new(FilterExec::try_new(expr, plan)?);
-    }
-    if let Some(projection) = join.projection() {
-        let exprs: Vec<ProjectionExpr> = projection
-            .iter()
-            .map(|&i| {
-                let name = schema.field(i).name();
-                ProjectionExpr {
-                    expr: Arc::new(Column::new(name, i)),
-                    alias: name.clone(),
-                }
-            })
-            .collect();
-        plan = Arc::new(ProjectionExec::try_new(exprs, plan)?);
-    }
-    Ok(Some(plan))
-}
-
-/// A rewrite's fit aggregates and the plan they read.
-type FitSide = (Vec<Arc<AggregateFunctionExpr>>, Arc<dyn ExecutionPlan>);
-
-/// The fit aggregates of a rewrite's model side and the plan they read, or `None`.
-fn fit_aggregates(left: &Arc<dyn ExecutionPlan>) -> Option<FitSide> {
-    let top = left.as_ref().downcast_ref::<AggregateExec>()?;
-    let is_fit = |a: &AggregateExec| {
-        a.group_expr().is_empty()
-            && a.filter_expr().iter().all(Option::is_none)
-            && !a.aggr_expr().is_empty()
-            && a.aggr_expr()
-                .iter()
-                .all(|e| e.fun().inner().is::<FitDetector>() && e.name().starts_with(MODEL_PREFIX))
-    };
-    if !is_fit(top) {
-        return None;
-    }
-    match top.mode() {
-        AggregateMode::Single => Some((top.aggr_expr().to_vec(), Arc::clone(top.input()))),
-        AggregateMode::Final => {
-            let coalesce = top
-                .input()
-                .as_ref()
-                .downcast_ref::<CoalescePartitionsExec>()?;
-            let partial = coalesce.input().as_ref().downcast_ref::<AggregateExec>()?;
-            (partial.mode() == &AggregateMode::Partial && is_fit(partial))
-                .then(|| (partial.aggr_expr().to_vec(), Arc::clone(partial.input())))
-        }
-        _ => None,
-    }
-}
-
-/// `expr` with its columns looked up by name in `to` (`None` if a name is missing or ambiguous).
-pub(crate) fn rebind(
-    expr: &Arc<dyn PhysicalExpr>,
-    from: &SchemaRef,
-    to: &SchemaRef,
-) -> Result<Option<Arc<dyn PhysicalExpr>>> {
-    let mut missing = false;
-    let rebound = Arc::clone(expr)
-        .transform(|e| {
-            let Some(c) = e.as_ref().downcast_ref::<Column>() else {
-                return Ok(Transformed::no(e));
-            };
-            let name = from.field(c.index()).name();
-            let matches: Vec<usize> = to
-                .fields()
-                .iter()
-                .enumerate()
-                .filter(|(_, f)| f.name() == name)
-                .map(|(i, _)| i)
-                .collect();
-            match matches.as_slice() {
-                [i] => Ok(Transformed::yes(
-                    Arc::new(Column::new(name, *i)) as Arc<dyn PhysicalExpr>
-                )),
-                _ => {
-                    missing = true;
-                    Ok(Transformed::no(e))
-                }
-            }
-        })?
-        .data;
-    Ok((!missing).then_some(rebound))
 }
 
 impl DisplayAs for FitScoreExec {
@@ -645,4 +352,141 @@ fn kept_stream(kept: KeptBatches) -> impl futures::Stream<Item = Result<RecordBa
         k.reservation.shrink(batch.get_array_memory_size());
         Some((Ok(batch), k))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::test_util::{find, metric, plan, register_rows, session, sorted_rows};
+    use datafusion::physical_plan::execution_plan::{
+        ChildrenPropertiesMode, ReplaceChildrenOptions,
+    };
+    use datafusion::physical_plan::test::exec::{
+        BlockingExec, assert_strong_count_converges_to_zero,
+    };
+    use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, displayable};
+    use futures::StreamExt;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    const SQL: &str = "SELECT id, detect_anomalies('zscore', x) AS a FROM t";
+
+    /// The fused plan's rows and the two-pass plan's, each sorted, from fresh sessions.
+    async fn fused_and_two_pass(
+        sql: &str,
+        rows: usize,
+        partitions: usize,
+        memory_limit: Option<usize>,
+    ) -> (Arc<dyn ExecutionPlan>, Vec<String>, Vec<String>) {
+        let fused = session(true, partitions, memory_limit);
+        register_rows(&fused, rows, partitions, 1);
+        let fused_plan = plan(&fused, sql).await;
+        let op = find(&fused_plan, "FitScoreExec").unwrap_or_else(|| Arc::clone(&fused_plan));
+        let got = sorted_rows(Arc::clone(&fused_plan), &fused).await.unwrap();
+        let two = session(false, partitions, None);
+        register_rows(&two, rows, partitions, 1);
+        let expected = sorted_rows(plan(&two, sql).await, &two).await.unwrap();
+        (op, got, expected)
+    }
+
+    /// No row passes the filter (which both sides apply): no row out, no error.
+    #[tokio::test]
+    async fn empty_input_scores_no_rows() {
+        let sql = "SELECT id, detect_anomalies('zscore', x) AS a FROM t WHERE x < 0";
+        let (op, got, expected) = fused_and_two_pass(sql, 1_000, 3, None).await;
+        assert_eq!(op.name(), "FitScoreExec");
+        assert_eq!(got, expected);
+        assert!(got.is_empty(), "{got:?}");
+        assert_eq!(metric(&op, "kept_rows"), Some(0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn any_number_of_partitions_scores_like_the_two_pass_plan() {
+        for partitions in [1, 2, 7] {
+            let (op, got, expected) = fused_and_two_pass(SQL, 2_000, partitions, None).await;
+            assert_eq!(got.len(), 2_000);
+            assert_eq!(got, expected, "{partitions} partitions");
+            assert_eq!(op.output_partitioning().partition_count(), partitions);
+            // Every row was served from memory; none was read twice.
+            assert_eq!(metric(&op, "kept_rows"), Some(2_000));
+            assert_eq!(metric(&op, "partitions_read_again"), None);
+        }
+    }
+
+    /// Under a budget whose half cannot keep the input, every partition is read again, and the
+    /// scores are still the two-pass plan's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_memory_limit_reads_the_input_again_with_the_same_scores() {
+        // Small samples: the fit states count against the budget too.
+        let sql = "SELECT id, detect_anomalies('zscore', x, 'sample_rows=64') AS a FROM t";
+        let (op, got, expected) = fused_and_two_pass(sql, 40_000, 3, Some(1 << 20)).await;
+        assert_eq!(op.name(), "FitScoreExec");
+        assert_eq!(got.len(), 40_000);
+        assert_eq!(got, expected);
+        assert_eq!(metric(&op, "partitions_read_again"), Some(3));
+        assert_eq!(metric(&op, "kept_rows"), None);
+    }
+
+    /// A fit whose state cannot fit the budget fails with a message naming the fix, rather than
+    /// allocating past it.
+    #[tokio::test]
+    async fn a_fit_larger_than_the_budget_is_a_clear_error() {
+        let ctx = session(true, 2, Some(64 << 10));
+        register_rows(&ctx, 1_000, 2, 1);
+        let sql =
+            "SELECT id, detect_anomalies('iforest', x, 'n_trees=500, sample_size=256') FROM t";
+        let fused = plan(&ctx, sql).await;
+        assert!(find(&fused, "FitScoreExec").is_some());
+        let err = sorted_rows(fused, &ctx).await.unwrap_err().to_string();
+        assert!(err.contains("more than the memory budget"), "{err}");
+        assert!(err.contains("lower n_trees or sample_size"), "{err}");
+    }
+
+    /// Dropping an output stream while the first pass waits on its input cancels the pass: the
+    /// input's streams, held by the spawned per-partition tasks, are all dropped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_the_output_cancels_the_first_pass() {
+        let ctx = session(true, 3, None);
+        register_rows(&ctx, 1_000, 3, 1);
+        let op = find(&plan(&ctx, SQL).await, "FitScoreExec").expect("fused");
+        let blocking = Arc::new(BlockingExec::new(op.children()[0].schema(), 3));
+        let refs = blocking.refs();
+        let op = op
+            .replace_children(
+                vec![blocking],
+                ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+            )
+            .unwrap();
+        let mut stream = op.execute(0, ctx.task_ctx()).unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(200), stream.next()).await;
+        assert!(
+            waited.is_err(),
+            "the first pass finished over a blocked input"
+        );
+        drop(stream);
+        drop(op);
+        assert_strong_count_converges_to_zero(refs).await;
+    }
+
+    /// The operator replaces the cross join exactly: its schema, partitions and order.
+    #[tokio::test]
+    async fn properties_are_the_cross_joins() {
+        let fused = session(true, 4, None);
+        register_rows(&fused, 500, 4, 1);
+        let op = find(&plan(&fused, SQL).await, "FitScoreExec").expect("fused");
+        let two = session(false, 4, None);
+        register_rows(&two, 500, 4, 1);
+        let join = find(&plan(&two, SQL).await, "CrossJoinExec").expect("two-pass");
+        assert_eq!(op.schema(), join.schema());
+        assert_eq!(
+            op.output_partitioning().partition_count(),
+            join.output_partitioning().partition_count()
+        );
+        assert_eq!(op.output_ordering(), join.output_ordering());
+        assert_eq!(op.children().len(), 1);
+        let shown = displayable(op.as_ref()).one_line().to_string();
+        assert!(
+            shown.starts_with("FitScoreExec: fits=[__nomaly_model_0]"),
+            "{shown}"
+        );
+    }
 }
