@@ -15,6 +15,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{
@@ -190,10 +191,33 @@ impl ExecutionPlan for QuarantineScanExec {
             batch_size: context.session_config().batch_size(),
         };
         let (log, projection) = (self.log.clone(), self.projection.clone());
+        // A chunk is read whole, then parsed: its bytes, then its batches, count against the
+        // budget until the last batch has left.
+        let reservation = MemoryConsumer::new(format!("QuarantineScanExec[{partition}]"))
+            .register(context.memory_pool());
+        let raw = reader
+            .chunk
+            .range
+            .map_or(reader.chunk.file_size, |(s, e)| e - s) as usize;
+        let source = self.plan.source.name.clone();
+        let too_large = move |bytes: usize, e: DataFusionError| {
+            DataFusionError::ResourcesExhausted(format!(
+                "chunk {partition} of source '{}' needs about {} MiB to be read under \
+                 on_bad_rows = \"quarantine\", more than the memory budget leaves ({e}); lower \
+                 chunk_rows or raise the memory limit",
+                source,
+                bytes.div_ceil(1 << 20)
+            ))
+        };
+        reservation.try_grow(raw).map_err(|e| too_large(raw, e))?;
         let stream = futures::stream::once(async move {
             let (batches, found) = tokio::task::spawn_blocking(move || reader.read())
                 .await
                 .map_err(|e| DataFusionError::External(Box::new(e)))??;
+            let parsed: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
+            reservation
+                .try_resize(parsed)
+                .map_err(|e| too_large(parsed, e))?;
             log.set(partition, found);
             let batches: Vec<DfResult<RecordBatch>> = batches
                 .into_iter()
@@ -202,7 +226,15 @@ impl ExecutionPlan for QuarantineScanExec {
                     None => Ok(b),
                 })
                 .collect();
-            Ok::<_, DataFusionError>(futures::stream::iter(batches))
+            // The reservation goes with the batches, and is freed with the last of them.
+            let held = futures::stream::iter(batches).chain(
+                futures::stream::once(async move {
+                    drop(reservation);
+                    None
+                })
+                .filter_map(futures::future::ready),
+            );
+            Ok::<_, DataFusionError>(held)
         });
         use futures::{StreamExt, TryStreamExt};
         let flat = stream.try_flatten().boxed();
@@ -425,4 +457,180 @@ pub fn tolerant_csv_schema(
         })
         .collect();
     Ok(Arc::new(Schema::new(fields)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunks::{SourceReader, plan_chunks};
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    use datafusion::physical_plan::{collect, displayable};
+    use datafusion::prelude::SessionContext;
+    use futures::StreamExt;
+    use std::path::Path;
+
+    /// `lines` CSV rows `id,v` (header first) where every `bad_every`th row's `v` is `oops`.
+    fn csv(lines: i64, bad_every: i64) -> String {
+        let mut text = String::from("id,v\n");
+        for i in 0..lines {
+            if i % bad_every == bad_every - 1 {
+                text.push_str(&format!("{i},oops\n"));
+            } else {
+                text.push_str(&format!("{i},{}.5\n", i % 13));
+            }
+        }
+        text
+    }
+
+    /// The quarantining scan of `text` in chunks of about `chunk_rows` rows, typed `id, v`.
+    async fn scan(dir: &Path, text: &str, chunk_rows: u64) -> QuarantineScanExec {
+        let file = dir.join("in.csv");
+        std::fs::write(&file, text).unwrap();
+        let source = SourceReader {
+            name: "tx".into(),
+            path: "in.csv".into(),
+            location: file.display().to_string(),
+            format: FileFormat::Csv,
+            has_header: true,
+            delimiter: b',',
+        };
+        let mut plan = plan_chunks(&SessionContext::new(), &source, chunk_rows, true)
+            .await
+            .unwrap();
+        plan.schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("v", DataType::Float64, true),
+        ]));
+        let files = plan
+            .chunks
+            .iter()
+            .map(|c| Path::new("/").join(&c.file))
+            .collect();
+        QuarantineScanExec::new(plan, files, None, Arc::default()).unwrap()
+    }
+
+    /// Every partition's ids, in order of partition.
+    async fn ids(scan: &QuarantineScanExec, ctx: &SessionContext) -> DfResult<Vec<Vec<i64>>> {
+        let mut out = Vec::new();
+        for p in 0..scan.chunk_count() {
+            let mut ids = Vec::new();
+            let mut stream = scan.execute(p, ctx.task_ctx())?;
+            while let Some(batch) = stream.next().await {
+                ids.extend(batch?.column(0).as_primitive::<Int64Type>().values().iter());
+            }
+            out.push(ids);
+        }
+        Ok(out)
+    }
+
+    /// A file whose every row is bad scans to no rows, each line set aside with its reason.
+    #[tokio::test]
+    async fn no_good_row_scans_to_nothing_and_logs_every_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let scan = scan(dir.path(), &csv(20, 1), 1_000).await;
+        let got = ids(&scan, &SessionContext::new()).await.unwrap();
+        assert_eq!(got.concat(), Vec::<i64>::new());
+        let bad = scan.log.get(0).bad;
+        assert_eq!(bad.len(), 20);
+        assert_eq!(bad[0].line, "0,oops");
+        assert_eq!(bad[0].byte_offset, 5);
+    }
+
+    /// Partition `i` reads chunk `i` only: over all partitions every good row comes once, and
+    /// each bad row is logged by the chunk holding it, at its byte offset.
+    #[tokio::test]
+    async fn many_partitions_read_each_line_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = csv(3_000, 250);
+        let scan = scan(dir.path(), &text, 500).await;
+        assert!(scan.chunk_count() >= 4, "{} chunks", scan.chunk_count());
+        let got = ids(&scan, &SessionContext::new()).await.unwrap();
+        let mut all = got.concat();
+        all.sort();
+        let good: Vec<i64> = (0..3_000).filter(|i| i % 250 != 249).collect();
+        assert_eq!(all, good);
+        let logged = scan.log.all();
+        let mut bad_ids = Vec::new();
+        for (chunk, rows) in &logged {
+            let (start, end) = scan.plan.chunks[*chunk].range.unwrap();
+            for row in &rows.bad {
+                assert!(row.byte_offset >= start && row.byte_offset < end, "{row:?}");
+                assert!(
+                    text[row.byte_offset as usize..].starts_with(&row.line),
+                    "{row:?}"
+                );
+                bad_ids.push(row.line.split(',').next().unwrap().parse::<i64>().unwrap());
+            }
+        }
+        bad_ids.sort();
+        assert_eq!(bad_ids, (0..12).map(|k| 249 + 250 * k).collect::<Vec<_>>());
+        let lines: u64 = logged.values().map(|r| r.lines).sum();
+        assert_eq!(lines, 3_000);
+    }
+
+    /// A chunk larger than the budget is refused before it is read, naming the fix.
+    #[tokio::test]
+    async fn a_chunk_larger_than_the_budget_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let scan = scan(dir.path(), &csv(20_000, 100), 1_000_000).await;
+        let runtime = RuntimeEnvBuilder::new().with_memory_limit(64 << 10, 1.0);
+        let ctx =
+            SessionContext::new_with_config_rt(Default::default(), runtime.build_arc().unwrap());
+        let err = ids(&scan, &ctx).await.unwrap_err().to_string();
+        assert!(err.contains("chunk 0 of source 'tx'"), "{err}");
+        assert!(
+            err.contains("lower chunk_rows or raise the memory limit"),
+            "{err}"
+        );
+    }
+
+    /// A chunk's memory is held while its batches are out and freed when its stream is dropped.
+    #[tokio::test]
+    async fn a_dropped_stream_frees_its_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let scan = scan(dir.path(), &csv(20_000, 100), 1_000_000).await;
+        let runtime = RuntimeEnvBuilder::new().with_memory_limit(64 << 20, 1.0);
+        let ctx =
+            SessionContext::new_with_config_rt(Default::default(), runtime.build_arc().unwrap());
+        let pool = ctx.runtime_env().memory_pool.clone();
+        let mut stream = scan.execute(0, ctx.task_ctx()).unwrap();
+        let first = stream.next().await.unwrap().unwrap();
+        assert!(first.num_rows() > 0);
+        assert!(pool.reserved() > 0, "the chunk's batches are not counted");
+        drop(stream);
+        assert_eq!(pool.reserved(), 0);
+    }
+
+    /// One partition per chunk, the projected schema, and a display naming the source.
+    #[tokio::test]
+    async fn properties_follow_the_chunks_and_the_projection() {
+        let dir = tempfile::tempdir().unwrap();
+        let whole = scan(dir.path(), &csv(3_000, 250), 500).await;
+        let chunks = whole.chunk_count();
+        let projected = QuarantineScanExec::new(
+            whole.plan.clone(),
+            whole.files.clone(),
+            Some(vec![1]),
+            Arc::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            projected.properties().partitioning.partition_count(),
+            chunks
+        );
+        let names: Vec<String> = (projected.schema().fields().iter())
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(names, ["v"]);
+        let ctx = SessionContext::new();
+        let batches = collect(Arc::new(projected), ctx.task_ctx()).await.unwrap();
+        assert!(batches.iter().all(|b| b.num_columns() == 1));
+        let shown = displayable(&whole).one_line().to_string();
+        assert!(
+            shown.starts_with(&format!("QuarantineScanExec: source=tx, chunks={chunks}")),
+            "{shown}"
+        );
+    }
 }

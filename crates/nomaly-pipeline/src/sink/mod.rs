@@ -13,13 +13,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod chunk_summary;
 mod part;
 mod write_exec;
 
+pub use chunk_summary::{ChunkCounter, ChunkCounts, ChunkSummary};
 pub use part::{
     ChunkWriter, StagedPart, WrittenPart, remove_attempt_files, remove_attempt_files_in,
 };
-pub use write_exec::{ChunkCounter, ChunkCounts, ChunkSummary, PartWriteExec, SinkOnExecutor};
+pub use write_exec::{PartWriteExec, SinkOnExecutor};
 
 /// Name of the run report inside an output directory.
 pub const REPORT_FILE: &str = "_nomaly_report.json";

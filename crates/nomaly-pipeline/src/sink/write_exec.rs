@@ -10,13 +10,12 @@
 //! names, which the client removes once the chunk is committed.
 
 use super::SinkTarget;
-use super::part::{ChunkWriter, StagedPart, WrittenPart};
+use super::chunk_summary::{ChunkCounter, summary_batch, summary_schema};
+use super::part::ChunkWriter;
 use crate::error::PipelineError;
 use crate::spec::{FileFormat, WriteMode};
-use datafusion::arrow::array::{
-    Array, AsArray, RecordBatch, StringArray, UInt32Array, UInt64Array,
-};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type, UInt64Type};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -35,7 +34,7 @@ use datafusion_proto::physical_plan::to_proto::serialize_physical_expr;
 use futures::StreamExt;
 use prost::Message;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use tracing::Instrument;
 
@@ -346,233 +345,273 @@ fn to_datafusion(e: PipelineError) -> DataFusionError {
     }
 }
 
-/// A chunk's scored rows counted: all, flagged (`is_anomaly`), scored null (`anomaly_score`: a
-/// missing feature).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct ChunkCounts {
-    pub rows: u64,
-    pub anomalies: u64,
-    pub missing: u64,
-}
-
-/// Counts batches of scored rows (the same on every engine: in the chunk job locally, in
-/// [`PartWriteExec`] on Ballista).
-pub struct ChunkCounter {
-    pub counts: ChunkCounts,
-    score: Option<usize>,
-    flag: Option<usize>,
-}
-
-impl ChunkCounter {
-    pub fn new(schema: &Schema) -> ChunkCounter {
-        ChunkCounter {
-            counts: ChunkCounts::default(),
-            score: schema.index_of("anomaly_score").ok(),
-            flag: schema.index_of("is_anomaly").ok(),
-        }
-    }
-
-    pub fn add(&mut self, batch: &RecordBatch) {
-        self.counts.rows += batch.num_rows() as u64;
-        if let Some(i) = self.flag {
-            self.counts.anomalies += batch.column(i).as_boolean().true_count() as u64;
-        }
-        if let Some(i) = self.score {
-            self.counts.missing += batch.column(i).null_count() as u64;
-        }
-    }
-}
-
-/// The rows a [`PartWriteExec`] yields: one per part file (`sink` set), then the chunk's totals
-/// (`sink` null). Paths are relative to the sink's staging directory.
-fn summary_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("sink", DataType::UInt32, true),
-        Field::new("temp", DataType::Utf8, true),
-        Field::new("path", DataType::Utf8, true),
-        Field::new("rows", DataType::UInt64, false),
-        Field::new("bytes", DataType::UInt64, false),
-        Field::new("crc32", DataType::UInt32, false),
-        Field::new("anomalies", DataType::UInt64, false),
-        Field::new("missing", DataType::UInt64, false),
-    ]))
-}
-
-fn relative(path: &Path, staging: &Path) -> DfResult<String> {
-    path.strip_prefix(staging)
-        .map(|p| p.to_string_lossy().replace('\\', "/"))
-        .map_err(|_| {
-            DataFusionError::Internal(format!(
-                "part {} is outside its staging directory {}",
-                path.display(),
-                staging.display()
-            ))
-        })
-}
-
-fn summary_batch(
-    totals: &ChunkCounts,
-    parts: &[(usize, StagedPart)],
-    sinks: &[SinkOnExecutor],
-) -> DfResult<RecordBatch> {
-    let mut sink = Vec::new();
-    let mut temp = Vec::new();
-    let mut path = Vec::new();
-    let (mut rows, mut bytes, mut crc) = (Vec::new(), Vec::new(), Vec::new());
-    for (s, p) in parts {
-        let staging = &sinks[*s].staging;
-        sink.push(Some(*s as u32));
-        temp.push(Some(relative(&p.temp, staging)?));
-        path.push(Some(relative(&p.part.path, staging)?));
-        rows.push(p.part.rows);
-        bytes.push(p.part.bytes);
-        crc.push(p.part.crc32);
-    }
-    sink.push(None);
-    temp.push(None);
-    path.push(None);
-    rows.push(totals.rows);
-    bytes.push(0);
-    crc.push(0);
-    let n = rows.len();
-    let mut anomalies = vec![0; n];
-    let mut missing = vec![0; n];
-    anomalies[n - 1] = totals.anomalies;
-    missing[n - 1] = totals.missing;
-    Ok(RecordBatch::try_new(
-        summary_schema(),
-        vec![
-            Arc::new(UInt32Array::from(sink)),
-            Arc::new(StringArray::from(temp)),
-            Arc::new(StringArray::from(path)),
-            Arc::new(UInt64Array::from(rows)),
-            Arc::new(UInt64Array::from(bytes)),
-            Arc::new(UInt32Array::from(crc)),
-            Arc::new(UInt64Array::from(anomalies)),
-            Arc::new(UInt64Array::from(missing)),
-        ],
-    )?)
-}
-
-/// What an executor wrote for one chunk, as the client reads it from [`PartWriteExec`]'s rows.
-#[derive(Debug, Default)]
-pub struct ChunkSummary {
-    pub counts: ChunkCounts,
-    /// (sink, part) with paths under the client's staging directories.
-    pub parts: Vec<(usize, StagedPart)>,
-}
-
-impl ChunkSummary {
-    /// Reads the summary rows; `stagings[s]` is sink `s`'s staging directory. Fails unless the
-    /// totals row is there exactly once (a job that returned nothing did not write the chunk).
-    pub fn from_batches(
-        batches: &[RecordBatch],
-        stagings: &[PathBuf],
-    ) -> Result<ChunkSummary, String> {
-        let mut out = ChunkSummary::default();
-        let mut totals_rows = 0;
-        for b in batches {
-            let col = |name: &str| {
-                b.column_by_name(name)
-                    .ok_or_else(|| format!("the chunk summary has no column '{name}'"))
-            };
-            let not =
-                |name: &str, kind: &str| format!("the chunk summary's '{name}' is not {kind}");
-            let sink = col("sink")?
-                .as_primitive_opt::<UInt32Type>()
-                .ok_or_else(|| not("sink", "UInt32"))?;
-            let temp = col("temp")?
-                .as_string_opt::<i32>()
-                .ok_or_else(|| not("temp", "Utf8"))?;
-            let path = col("path")?
-                .as_string_opt::<i32>()
-                .ok_or_else(|| not("path", "Utf8"))?;
-            let u64s = |name: &str| -> Result<&UInt64Array, String> {
-                col(name)?
-                    .as_primitive_opt::<UInt64Type>()
-                    .ok_or_else(|| not(name, "UInt64"))
-            };
-            let (rows, bytes) = (u64s("rows")?, u64s("bytes")?);
-            let (anomalies, missing) = (u64s("anomalies")?, u64s("missing")?);
-            let crc = col("crc32")?
-                .as_primitive_opt::<UInt32Type>()
-                .ok_or_else(|| not("crc32", "UInt32"))?;
-            for i in 0..b.num_rows() {
-                if sink.is_null(i) {
-                    totals_rows += 1;
-                    out.counts.rows += rows.value(i);
-                    out.counts.anomalies += anomalies.value(i);
-                    out.counts.missing += missing.value(i);
-                    continue;
-                }
-                let s = sink.value(i) as usize;
-                let staging = stagings
-                    .get(s)
-                    .ok_or_else(|| format!("the chunk summary names sink {s}"))?;
-                out.parts.push((
-                    s,
-                    StagedPart {
-                        temp: within(staging, temp.value(i))?,
-                        part: WrittenPart {
-                            path: within(staging, path.value(i))?,
-                            rows: rows.value(i),
-                            bytes: bytes.value(i),
-                            crc32: crc.value(i),
-                        },
-                    },
-                ));
-            }
-        }
-        if totals_rows != 1 {
-            return Err(format!(
-                "the chunk's job returned {totals_rows} summaries instead of 1"
-            ));
-        }
-        Ok(out)
-    }
-}
-
-/// `staging/relative`, for a path a cluster returned: only plain names, so nothing a scheduler
-/// or executor says can make this process rename or remove a file elsewhere (SECURITY.md).
-fn within(staging: &Path, relative: &str) -> Result<PathBuf, String> {
-    let rel = Path::new(relative);
-    let plain = !relative.is_empty()
-        && rel
-            .components()
-            .all(|c| matches!(c, std::path::Component::Normal(_)));
-    if plain {
-        Ok(staging.join(rel))
-    } else {
-        Err(format!(
-            "the cluster returned the part path '{relative}', which is absolute or leaves the \
-             staging directory {}; refused",
-            staging.display()
-        ))
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::within;
+    use super::*;
+    use crate::codec::NomalyPhysicalCodec;
+    use crate::sink::{ChunkCounts, ChunkSummary};
+    use datafusion::arrow::array::{BooleanArray, Float64Array, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field};
+    use datafusion::datasource::memory::MemorySourceConfig;
+    use datafusion::physical_expr::expressions::col;
+    use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+    use datafusion::physical_plan::{collect, displayable};
+    use datafusion::prelude::SessionContext;
     use std::path::Path;
+    use std::time::Duration;
 
-    #[test]
-    fn part_paths_from_a_cluster_stay_in_the_staging_directory() {
-        let staging = Path::new("/data/.out.nomaly-staging");
-        assert_eq!(
-            within(staging, "seg=a/part-00003.parquet").unwrap(),
-            staging.join("seg=a/part-00003.parquet")
-        );
-        for rogue in [
-            "/etc/passwd",
-            "../x.parquet",
-            "a/../../b",
-            "",
-            "./a",
-            "a/./../b",
-        ] {
-            let e = within(staging, rogue).unwrap_err();
-            assert!(e.contains("refused"), "{rogue}: {e}");
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("seg", DataType::Utf8, false),
+            Field::new("anomaly_score", DataType::Float64, true),
+            Field::new("is_anomaly", DataType::Boolean, true),
+        ]))
+    }
+
+    /// Rows `from ..< from + n`: segment a/b by parity, the score null every 10th row, flagged
+    /// every 7th.
+    fn scored(from: i64, n: i64) -> RecordBatch {
+        let ids: Vec<i64> = (from..from + n).collect();
+        RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(Int64Array::from(ids.clone())),
+                Arc::new(StringArray::from_iter_values(
+                    ids.iter().map(|i| if i % 2 == 0 { "a" } else { "b" }),
+                )),
+                Arc::new(Float64Array::from_iter(
+                    ids.iter().map(|&i| (i % 10 != 0).then_some(i as f64)),
+                )),
+                Arc::new(BooleanArray::from_iter(
+                    ids.iter().map(|i| Some(i % 7 == 0)),
+                )),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn sink(dir: &Path, name: &str, format: FileFormat, partition_by: &[&str]) -> SinkOnExecutor {
+        SinkOnExecutor {
+            target: Arc::new(SinkTarget {
+                label: format!("[[sink]] {name}"),
+                path: dir.join(name),
+                format,
+                partition_by: partition_by.iter().map(|c| c.to_string()).collect(),
+                mode: WriteMode::default(),
+                filter: None,
+                filter_text: None,
+            }),
+            staging: dir.join(format!(".{name}.nomaly-staging")),
         }
+    }
+
+    fn rows_in(partitions: Vec<Vec<RecordBatch>>) -> Arc<dyn ExecutionPlan> {
+        MemorySourceConfig::try_new_exec(&partitions, schema(), None).unwrap()
+    }
+
+    /// Runs the node and reads its summary back as the client does.
+    async fn write(input: Arc<dyn ExecutionPlan>, sinks: Vec<SinkOnExecutor>) -> ChunkSummary {
+        let stagings: Vec<PathBuf> = sinks.iter().map(|s| s.staging.clone()).collect();
+        let node = Arc::new(PartWriteExec::try_new(input, 3, schema(), sinks).unwrap());
+        let batches = collect(node, SessionContext::new().task_ctx())
+            .await
+            .unwrap();
+        ChunkSummary::from_batches(&batches, &stagings).unwrap()
+    }
+
+    /// Files under `dir`, recursively, as paths relative to it.
+    fn files(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut dirs = vec![dir.to_path_buf()];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    dirs.push(e.path());
+                } else {
+                    out.push(e.path().strip_prefix(dir).unwrap().display().to_string());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn empty_input_writes_one_empty_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let sinks = vec![sink(dir.path(), "out", FileFormat::Parquet, &[])];
+        let summary = write(rows_in(vec![vec![]]), sinks).await;
+        assert_eq!(summary.counts, ChunkCounts::default());
+        // One part with the schema and no rows: a reader of the output still sees its columns.
+        let [(0, part)] = &summary.parts[..] else {
+            panic!("{:?}", summary.parts)
+        };
+        assert_eq!(part.part.rows, 0);
+        assert_eq!(
+            std::fs::metadata(&part.temp).unwrap().len(),
+            part.part.bytes
+        );
+    }
+
+    /// Every row lands once in every sink (one part, or one per partition directory), under an
+    /// attempt's temp name, with the size and checksum the summary reports.
+    #[tokio::test]
+    async fn every_row_is_written_once_per_sink_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let sinks = vec![
+            sink(dir.path(), "out", FileFormat::Parquet, &[]),
+            sink(dir.path(), "bySeg", FileFormat::Csv, &["seg"]),
+        ];
+        let input = rows_in(vec![vec![scored(0, 600), scored(600, 400)]]);
+        let summary = write(input, sinks).await;
+        let flagged = (0..1000).filter(|i| i % 7 == 0).count() as u64;
+        let counts = ChunkCounts {
+            rows: 1000,
+            anomalies: flagged,
+            missing: 100,
+        };
+        assert_eq!(summary.counts, counts);
+        let mut per_sink = [0u64; 2];
+        for (s, p) in &summary.parts {
+            per_sink[*s] += p.part.rows;
+            let bytes = std::fs::read(&p.temp).unwrap();
+            assert_eq!(bytes.len() as u64, p.part.bytes);
+            assert_eq!(crc32fast::hash(&bytes), p.part.crc32);
+            let name = p.temp.file_name().unwrap().to_string_lossy().to_string();
+            assert!(
+                name.starts_with(".part-00003.") && name.ends_with(".tmp"),
+                "{name}"
+            );
+        }
+        assert_eq!(per_sink, [1000, 1000]);
+        let partitioned: Vec<String> = summary
+            .parts
+            .iter()
+            .filter(|(s, _)| *s == 1)
+            .map(|(_, p)| {
+                p.part
+                    .path
+                    .strip_prefix(dir.path().join(".bySeg.nomaly-staging"))
+                    .unwrap()
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            partitioned,
+            ["seg=a/part-00003.csv", "seg=b/part-00003.csv"]
+        );
+    }
+
+    /// A chunk is one partition: a wider input, a relative staging path and any partition but 0
+    /// are refused.
+    #[tokio::test]
+    async fn only_one_partition_with_absolute_staging_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = || vec![sink(dir.path(), "out", FileFormat::Parquet, &[])];
+        let two = rows_in(vec![vec![scored(0, 5)], vec![scored(5, 5)]]);
+        let err = PartWriteExec::try_new(two, 0, schema(), out()).unwrap_err();
+        assert!(
+            err.to_string().contains("its input has 2 partitions"),
+            "{err}"
+        );
+        let mut relative = out();
+        relative[0].staging = PathBuf::from("rel/staging");
+        let err = PartWriteExec::try_new(rows_in(vec![vec![]]), 0, schema(), relative);
+        assert!(err.unwrap_err().to_string().contains("absolute staging"));
+        let node = PartWriteExec::try_new(rows_in(vec![vec![]]), 0, schema(), out()).unwrap();
+        assert_eq!(node.properties().partitioning.partition_count(), 1);
+        let err = node
+            .execute(1, SessionContext::new().task_ctx())
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.to_string().contains("one partition, not 1"), "{err}");
+    }
+
+    /// The writer streams: a chunk of ~4 MB is written under a 256 KiB pool.
+    #[tokio::test]
+    async fn it_streams_under_a_pool_smaller_than_the_chunk() {
+        use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+        let dir = tempfile::tempdir().unwrap();
+        let batches: Vec<RecordBatch> = (0..50).map(|b| scored(b * 4000, 4000)).collect();
+        let input = rows_in(vec![batches]);
+        let sinks = vec![sink(dir.path(), "out", FileFormat::Parquet, &[])];
+        let staging = sinks[0].staging.clone();
+        let node = Arc::new(PartWriteExec::try_new(input, 3, schema(), sinks).unwrap());
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(256 << 10, 1.0)
+            .build_arc();
+        let ctx = SessionContext::new_with_config_rt(Default::default(), runtime.unwrap());
+        let batches = collect(node, ctx.task_ctx()).await.unwrap();
+        let summary = ChunkSummary::from_batches(&batches, &[staging]).unwrap();
+        assert_eq!(summary.counts.rows, 200_000);
+    }
+
+    /// Rows, then a wait that never ends.
+    #[derive(Debug)]
+    struct RowsThenWait;
+
+    impl PartitionStream for RowsThenWait {
+        fn schema(&self) -> &SchemaRef {
+            static SCHEMA: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
+            SCHEMA.get_or_init(schema)
+        }
+
+        fn execute(&self, _: Arc<TaskContext>) -> SendableRecordBatchStream {
+            let rows =
+                futures::stream::iter([Ok(scored(0, 100))]).chain(futures::stream::pending());
+            Box::pin(RecordBatchStreamAdapter::new(schema(), rows))
+        }
+    }
+
+    /// A write cancelled mid-chunk (its output dropped) leaves no file in staging.
+    #[tokio::test]
+    async fn a_cancelled_write_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let sinks = vec![sink(dir.path(), "out", FileFormat::Parquet, &[])];
+        let staging = sinks[0].staging.clone();
+        let input: Vec<Arc<dyn PartitionStream>> = vec![Arc::new(RowsThenWait)];
+        let input = StreamingTableExec::try_new(schema(), input, None, [], false, None).unwrap();
+        let node = PartWriteExec::try_new(Arc::new(input), 3, schema(), sinks).unwrap();
+        let mut out = node.execute(0, SessionContext::new().task_ctx()).unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(300), out.next()).await;
+        assert!(waited.is_err(), "the write finished over an endless input");
+        let written = files(&staging);
+        assert_eq!(written.len(), 1, "one part was being written: {written:?}");
+        drop(out);
+        assert_eq!(files(&staging), Vec::<String>::new());
+    }
+
+    /// The codec carries the node, its sinks and their filters to an executor unchanged.
+    #[tokio::test]
+    async fn the_codec_carries_sinks_and_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut filtered = sink(dir.path(), "flagged", FileFormat::Ndjson, &["seg"]);
+        let target = Arc::make_mut(&mut filtered.target);
+        target.filter = Some(col("is_anomaly", &schema()).unwrap());
+        target.filter_text = Some("is_anomaly".into());
+        let sinks = vec![sink(dir.path(), "out", FileFormat::Parquet, &[]), filtered];
+        let input = rows_in(vec![vec![scored(0, 70)]]);
+        let node = PartWriteExec::try_new(Arc::clone(&input), 4, schema(), sinks).unwrap();
+        let codec = NomalyPhysicalCodec::default();
+        let mut buf = Vec::new();
+        node.encode(&mut buf, &codec).unwrap();
+        let ctx = SessionContext::new();
+        let back = PartWriteExec::decode(&buf, &[input], &ctx.task_ctx(), &codec).unwrap();
+        let shown = |n: &PartWriteExec| displayable(n).one_line().to_string();
+        assert_eq!(shown(&back), shown(&node));
+        assert_eq!(back.schema(), node.schema());
+        assert_eq!(back.sinks[1].target.format, FileFormat::Ndjson);
+        assert_eq!(back.sinks[1].target.partition_by, ["seg"]);
+        let filter = back.sinks[1].target.filter.as_ref().map(|f| f.to_string());
+        assert_eq!(filter.as_deref(), Some("is_anomaly@3"));
+        let err = PartWriteExec::decode(&buf[..buf.len() / 2], &[], &ctx.task_ctx(), &codec);
+        assert!(
+            err.map(|_| ())
+                .unwrap_err()
+                .to_string()
+                .contains("decoding PartWriteExec")
+        );
     }
 }
