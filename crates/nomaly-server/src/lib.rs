@@ -28,6 +28,7 @@ pub mod openapi;
 mod output_wait;
 pub mod queue;
 pub mod roots;
+pub mod run_state;
 pub mod schedule;
 pub mod server;
 pub mod store;

@@ -7,6 +7,7 @@ use crate::events::{Progress, RunEventBody};
 use crate::metrics::Metrics;
 use crate::queue::{self, Busy, Capacity, Waiting};
 use crate::roots::AllowedRoots;
+use crate::run_state::Transition;
 use crate::store::{ChunkRecord, NewRun, PipelineRecord, RunRecord, RunState, StartMode, Store};
 use nomaly_pipeline::faults::FaultPlan;
 use nomaly_pipeline::{CompiledPipeline, Run, RunEvent, RunMode, RunOptions, RunStatus};
@@ -378,18 +379,12 @@ impl Server {
     /// Queues a finished run again: `retry` starts it over, `resume` continues from its
     /// committed chunks.
     pub fn requeue(&self, id: i64, mode: StartMode) -> Result<RunRecord> {
-        let from: &[RunState] = match mode {
-            StartMode::Resume => &[RunState::Failed, RunState::Cancelled, RunState::TimedOut],
-            _ => &[
-                RunState::Failed,
-                RunState::Cancelled,
-                RunState::TimedOut,
-                RunState::ValidationFailed,
-                RunState::Succeeded,
-            ],
+        let transition = match mode {
+            StartMode::Resume => Transition::Resume,
+            _ => Transition::Retry,
         };
         let run = self.get(id)?;
-        if !self.inner.store.requeue(id, mode, from, now_ms())? {
+        if !self.inner.store.requeue(id, transition, now_ms())? {
             let verb = if mode == StartMode::Resume {
                 "resumed (only failed, cancelled or timed-out runs are)"
             } else {

@@ -4,6 +4,8 @@
 
 use crate::error::{Result, ServerError};
 use crate::events::{Progress, RunEventBody};
+pub use crate::run_state::RunState;
+use crate::run_state::Transition;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -74,52 +76,6 @@ const MIGRATIONS: &[&str] = &[
         skipped INTEGER NOT NULL DEFAULT 0
     );",
 ];
-
-/// Where a run is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum RunState {
-    Queued,
-    Running,
-    Succeeded,
-    /// Finished, but a `[[validate]]` check failed.
-    ValidationFailed,
-    Failed,
-    Cancelled,
-    TimedOut,
-}
-
-impl RunState {
-    pub const ALL: [RunState; 7] = [
-        RunState::Queued,
-        RunState::Running,
-        RunState::Succeeded,
-        RunState::ValidationFailed,
-        RunState::Failed,
-        RunState::Cancelled,
-        RunState::TimedOut,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            RunState::Queued => "queued",
-            RunState::Running => "running",
-            RunState::Succeeded => "succeeded",
-            RunState::ValidationFailed => "validation_failed",
-            RunState::Failed => "failed",
-            RunState::Cancelled => "cancelled",
-            RunState::TimedOut => "timed_out",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<RunState> {
-        RunState::ALL.into_iter().find(|s| s.name() == text)
-    }
-
-    pub fn is_finished(self) -> bool {
-        !matches!(self, RunState::Queued | RunState::Running)
-    }
-}
 
 /// How a run starts when admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -404,11 +360,15 @@ impl Store {
 
     /// Marks a queued run running (one more attempt). False when it was no longer queued.
     pub fn start(&self, id: i64, now_ms: i64) -> Result<bool> {
+        let t = Transition::Start;
         self.with(|c| {
             let n = c.execute(
-                "UPDATE runs SET state = 'running', started_ms = ?2, finished_ms = NULL, \
-                 attempts = attempts + 1, error = NULL WHERE id = ?1 AND state = 'queued'",
-                params![id, now_ms],
+                &format!(
+                    "UPDATE runs SET state = ?3, started_ms = ?2, finished_ms = NULL, \
+                     attempts = attempts + 1, error = NULL WHERE id = ?1 AND {}",
+                    t.sql_guard()
+                ),
+                params![id, now_ms, t.to().name()],
             )?;
             Ok(n == 1)
         })
@@ -424,7 +384,8 @@ impl Store {
         })
     }
 
-    /// Records a run's end: its state, report and error.
+    /// Records a run's end: its state, report and error. False (nothing written) when the run
+    /// was not running, or `state` is not a finished state.
     pub fn finish(
         &self,
         id: i64,
@@ -432,43 +393,42 @@ impl Store {
         report: Option<&str>,
         error: Option<&str>,
         now_ms: i64,
-    ) -> Result<()> {
+    ) -> Result<bool> {
+        let t = Transition::End(state);
+        if t.from().is_empty() {
+            return Ok(false);
+        }
         self.with(|c| {
-            c.execute(
-                "UPDATE runs SET state = ?2, report = COALESCE(?3, report), error = ?4, \
-                 finished_ms = ?5 WHERE id = ?1",
+            let n = c.execute(
+                &format!(
+                    "UPDATE runs SET state = ?2, report = COALESCE(?3, report), error = ?4, \
+                     finished_ms = ?5 WHERE id = ?1 AND {}",
+                    t.sql_guard()
+                ),
                 params![id, state.name(), report, error, now_ms],
-            )
-            .map(|_| ())
+            )?;
+            Ok(n == 1)
         })
     }
 
-    /// Puts a run back in the queue (retry, resume, a server restart) with how it is to start.
-    /// False when the run is not in one of `from`.
-    pub fn requeue(
-        &self,
-        id: i64,
-        mode: StartMode,
-        from: &[RunState],
-        now_ms: i64,
-    ) -> Result<bool> {
+    /// Puts a run back in the queue by `transition` (retry, resume, interrupt), which also says
+    /// how it is to start. False when the table does not allow it from the run's state.
+    pub fn requeue(&self, id: i64, transition: Transition, now_ms: i64) -> Result<bool> {
+        let mode = match transition {
+            Transition::Retry => StartMode::Restart,
+            Transition::Resume | Transition::Interrupt => StartMode::Resume,
+            _ => return Ok(false),
+        };
         self.with(|c| {
-            let tx = c.unchecked_transaction()?;
-            let state: Option<String> = tx
-                .query_row("SELECT state FROM runs WHERE id = ?1", [id], |r| r.get(0))
-                .optional()?;
-            let ok = state
-                .and_then(|s| RunState::parse(&s))
-                .is_some_and(|s| from.contains(&s));
-            if ok {
-                tx.execute(
-                    "UPDATE runs SET state = 'queued', mode = ?2, queued_ms = ?3, \
-                     cancel_requested = 0, finished_ms = NULL WHERE id = ?1",
-                    params![id, mode.name(), now_ms],
-                )?;
-            }
-            tx.commit()?;
-            Ok(ok)
+            let n = c.execute(
+                &format!(
+                    "UPDATE runs SET state = ?4, mode = ?2, queued_ms = ?3, \
+                     cancel_requested = 0, finished_ms = NULL WHERE id = ?1 AND {}",
+                    transition.sql_guard()
+                ),
+                params![id, mode.name(), now_ms, transition.to().name()],
+            )?;
+            Ok(n == 1)
         })
     }
 
@@ -477,13 +437,20 @@ impl Store {
     pub fn requeue_interrupted(&self, now_ms: i64) -> Result<Vec<i64>> {
         self.with(|c| {
             let ids: Vec<i64> = c
-                .prepare("SELECT id FROM runs WHERE state = 'running' ORDER BY id")?
+                .prepare(&format!(
+                    "SELECT id FROM runs WHERE {} ORDER BY id",
+                    Transition::Interrupt.sql_guard()
+                ))?
                 .query_map([], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
             // Keeps queued_ms: an interrupted run does not lose its place to later submissions.
+            let t = Transition::Interrupt;
             c.execute(
-                "UPDATE runs SET state = 'queued', mode = 'resume' WHERE state = 'running'",
-                [],
+                &format!(
+                    "UPDATE runs SET state = ?1, mode = ?2 WHERE {}",
+                    t.sql_guard()
+                ),
+                params![t.to().name(), StartMode::Resume.name()],
             )?;
             let _ = now_ms;
             Ok(ids)
@@ -502,10 +469,14 @@ impl Store {
             };
             match state {
                 RunState::Queued => {
+                    let t = Transition::CancelQueued;
                     tx.execute(
-                        "UPDATE runs SET state = 'cancelled', cancel_requested = 1, \
-                         finished_ms = ?2, error = 'cancelled before it started' WHERE id = ?1",
-                        params![id, now_ms],
+                        &format!(
+                            "UPDATE runs SET state = ?3, cancel_requested = 1, finished_ms = ?2, \
+                             error = 'cancelled before it started' WHERE id = ?1 AND {}",
+                            t.sql_guard()
+                        ),
+                        params![id, now_ms, t.to().name()],
                     )?;
                 }
                 RunState::Running => {
@@ -668,20 +639,44 @@ mod tests {
             store.source(a).unwrap().unwrap().overrides,
             vec!["run.engine=local"]
         );
-        // Cancelling a queued run ends it; a finished run cannot be requeued as if queued.
+        // Cancelling a queued run ends it; a finished run is not interrupted, nor ended again,
+        // but may be retried.
         assert_eq!(store.request_cancel(b, 40).unwrap(), Some(RunState::Queued));
         assert_eq!(store.run(b).unwrap().unwrap().state, RunState::Cancelled);
+        assert!(!store.requeue(b, Transition::Interrupt, 41).unwrap());
         assert!(
             !store
-                .requeue(b, StartMode::Run, &[RunState::Failed], 41)
+                .finish(b, RunState::Succeeded, None, None, 41)
+                .unwrap()
+        );
+        assert!(!store.requeue(b, Transition::Start, 41).unwrap());
+        assert!(store.requeue(b, Transition::Retry, 41).unwrap());
+        let run = store.run(b).unwrap().unwrap();
+        assert_eq!(
+            (run.state, run.mode),
+            (RunState::Queued, StartMode::Restart)
+        );
+        assert_eq!(store.runs(Some(RunState::Queued), 10).unwrap().len(), 2);
+        // A running run ends once: a second end is refused and changes nothing.
+        assert!(store.start(a, 50).unwrap());
+        assert!(!store.start(a, 50).unwrap());
+        assert!(
+            store
+                .finish(a, RunState::Failed, None, Some("boom"), 60)
                 .unwrap()
         );
         assert!(
-            store
-                .requeue(b, StartMode::Restart, &[RunState::Cancelled], 41)
+            !store
+                .finish(a, RunState::Succeeded, None, None, 61)
                 .unwrap()
         );
-        assert_eq!(store.runs(Some(RunState::Queued), 10).unwrap().len(), 2);
+        assert!(!store.finish(a, RunState::Running, None, None, 61).unwrap());
+        let run = store.run(a).unwrap().unwrap();
+        assert_eq!(
+            (run.state, run.error.as_deref()),
+            (RunState::Failed, Some("boom"))
+        );
+        assert!(store.requeue(a, Transition::Resume, 62).unwrap());
         assert_eq!(store.request_cancel(99, 1).unwrap(), None);
     }
 }

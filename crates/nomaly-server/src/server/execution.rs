@@ -279,24 +279,27 @@ impl Server {
             .is_some_and(|r| r.cancel_requested);
         // Stopped by the server's shutdown, not by a user: queued again to resume next time.
         if self.inner.stop.is_cancelled() && end.state == RunState::Cancelled && !user_cancelled {
-            let _ = self
-                .inner
-                .store
-                .requeue(id, StartMode::Resume, &[RunState::Running], now);
+            let _ = self.inner.store.requeue(id, Transition::Interrupt, now);
             return;
         }
         if let Some(a) = &active {
             let snapshot = progress_of(&a.live, a.started, None);
             let _ = self.inner.store.set_progress(id, &snapshot);
         }
-        if let Err(e) = self.inner.store.finish(
+        match self.inner.store.finish(
             id,
             end.state,
             end.report.as_deref(),
             end.error.as_deref(),
             now,
         ) {
-            tracing::warn!(run = id, "could not record the end: {e}");
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                run = id,
+                state = end.state.name(),
+                "the run was no longer running: its end is not recorded"
+            ),
+            Err(e) => tracing::warn!(run = id, "could not record the end: {e}"),
         }
         self.inner.metrics.finished(end.state);
         self.event(
