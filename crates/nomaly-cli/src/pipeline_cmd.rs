@@ -6,8 +6,8 @@
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use nomaly_pipeline::checkpoint::{RUN_DIR, RunDir};
 use nomaly_pipeline::faults::FaultPlan;
+use nomaly_pipeline::run_dir::{RUN_DIR, RunDir};
 use nomaly_pipeline::{
     CompiledPipeline, PipelineError, PipelineFile, Run, RunEvent, RunFailure, RunMode, RunOptions,
     RunReport, RunStatus, compile,
@@ -345,7 +345,10 @@ fn resume_target(
     } else {
         target.to_path_buf()
     };
-    for dir in [nomaly_pipeline::sink::staging_dir(&output), output.clone()] {
+    for dir in [
+        nomaly_pipeline::sink_writer::staging_dir(&output),
+        output.clone(),
+    ] {
         let run = RunDir::at(&dir);
         if run.exists() {
             let record = run.read_record()?;
@@ -383,7 +386,7 @@ pub async fn resume(mut args: ResumeArgs) -> i32 {
                 p.sinks[0].path.display(),
                 p.sinks[0]
                     .path
-                    .join(nomaly_pipeline::sink::REPORT_FILE)
+                    .join(nomaly_pipeline::sink_writer::REPORT_FILE)
                     .display()
             );
             return 0;
@@ -492,7 +495,7 @@ fn succeeded(p: &CompiledPipeline, report: &RunReport, json: bool) -> i32 {
         "error: a [[validate]] check failed; the output was not published (the run's files are in {})",
         p.sinks
             .first()
-            .map(|s| nomaly_pipeline::sink::staging_dir(&s.path)
+            .map(|s| nomaly_pipeline::sink_writer::staging_dir(&s.path)
                 .display()
                 .to_string())
             .unwrap_or_default()

@@ -10,6 +10,7 @@ pub mod budget;
 pub mod confined_store;
 pub mod connections;
 pub mod error;
+pub mod file_format;
 #[cfg(feature = "hdf5")]
 pub mod hdf5;
 pub mod memory;
@@ -20,6 +21,7 @@ pub mod tables;
 pub use ballista::{ClusterClient, batch_bytes, name_jobs, narrow_to_partition};
 pub use budget::{BudgetSplit, parquet_read_buffers};
 pub use error::{EngineError, Result};
+pub use file_format::FileFormat;
 pub use memory::{default_budget, parse_byte_size};
 pub use object_stores::{RemoteStore, register_object_store};
 pub use session::{EngineConfig, EngineKind, build_context, tune_session_config};

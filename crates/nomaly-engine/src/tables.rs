@@ -1,6 +1,7 @@
 //! Registering input files as tables, with the format taken from the extension.
 
 use crate::error::{EngineError, Result};
+use crate::file_format::FileFormat;
 use crate::object_stores::{self, RemoteStore, listing_url, register_object_store};
 use datafusion::datasource::file_format::options::ReadOptions;
 use datafusion::datasource::file_format::options::{
@@ -16,53 +17,29 @@ pub const HDF5_NOT_BUILT: &str = "HDF5 input is not built into this binary (buil
     hdf5, which needs the system's libhdf5, e.g. Debian's libhdf5-dev); or convert it, e.g. \
     pandas.read_hdf(p).to_parquet('data.parquet')";
 
-/// Input formats recognised by extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InputFormat {
-    Csv,
-    Parquet,
-    NdJson,
-    Arrow,
-    Avro,
-    /// HDF5 (feature `hdf5`): read whole into memory, see [`crate::hdf5`].
-    Hdf5,
-}
-
-impl InputFormat {
-    pub fn from_extension(path: &str) -> Result<(InputFormat, String)> {
-        let ext = Path::new(path.trim_end_matches('/'))
-            .extension()
-            .map(|e| e.to_string_lossy().to_ascii_lowercase())
-            .unwrap_or_default();
-        let fmt = match ext.as_str() {
-            "csv" | "tsv" => InputFormat::Csv,
-            "parquet" | "pq" => InputFormat::Parquet,
-            "json" | "ndjson" | "jsonl" => InputFormat::NdJson,
-            "arrow" | "feather" | "ipc" => InputFormat::Arrow,
-            "avro" => InputFormat::Avro,
-            "pkl" | "pickle" => {
-                return Err(EngineError::UnsupportedFormat {
-                    path: path.to_string(),
-                    reason: "Pickle files are refused: loading one runs arbitrary code. Convert it once in Python, e.g. \
-                             pandas.read_pickle(p).to_parquet('data.parquet'), and read the Parquet file"
-                        .to_string(),
-                });
-            }
-            "h5" | "hdf5" if cfg!(feature = "hdf5") => InputFormat::Hdf5,
-            "h5" | "hdf5" => {
-                return Err(EngineError::UnsupportedFormat {
-                    path: path.to_string(),
-                    reason: HDF5_NOT_BUILT.to_string(),
-                });
-            }
-            _ => {
-                return Err(EngineError::UnknownFormat {
-                    path: path.to_string(),
-                    extension: ext,
-                });
-            }
-        };
-        Ok((fmt, ext))
+/// The format of `path` by its extension (and the extension), or why it is not read.
+pub fn format_of(path: &str) -> Result<(FileFormat, String)> {
+    let ext = Path::new(path.trim_end_matches('/'))
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let refused = |reason: String| EngineError::UnsupportedFormat {
+        path: path.to_string(),
+        reason,
+    };
+    match FileFormat::from_extension(&ext) {
+        Some(FileFormat::Hdf5) if !cfg!(feature = "hdf5") => Err(refused(HDF5_NOT_BUILT.into())),
+        Some(format) => Ok((format, ext)),
+        None if ext == "pkl" || ext == "pickle" => Err(refused(
+            "Pickle files are refused: loading one runs arbitrary code. Convert it once in \
+             Python, e.g. pandas.read_pickle(p).to_parquet('data.parquet'), and read the \
+             Parquet file"
+                .into(),
+        )),
+        None => Err(EngineError::UnknownFormat {
+            path: path.to_string(),
+            extension: ext,
+        }),
     }
 }
 
@@ -80,7 +57,7 @@ pub async fn register_table(ctx: &SessionContext, name: &str, path: &str) -> Res
         if !p.exists() {
             // A wrong extension is the more useful message, even for a missing file.
             if p.extension().is_some() {
-                InputFormat::from_extension(path)?;
+                format_of(path)?;
             }
             return Err(EngineError::InputNotFound {
                 path: path.to_string(),
@@ -140,9 +117,9 @@ pub async fn register_table(ctx: &SessionContext, name: &str, path: &str) -> Res
             });
         }
     }
-    let (format, ext) = InputFormat::from_extension(&format_source)?;
+    let (format, ext) = format_of(&format_source)?;
     let ext = format!(".{ext}");
-    if format == InputFormat::Hdf5 {
+    if format == FileFormat::Hdf5 {
         return register_hdf5(ctx, name, path);
     }
     register_by_format(ctx, name, &location, format, &ext)
@@ -167,7 +144,7 @@ fn register_hdf5(ctx: &SessionContext, name: &str, path: &str) -> Result<()> {
 
 #[cfg(not(feature = "hdf5"))]
 fn register_hdf5(_: &SessionContext, _: &str, path: &str) -> Result<()> {
-    // `from_extension` names HDF5 only with the feature; kept an error, not a panic.
+    // `format_of` names HDF5 only with the feature; kept an error, not a panic.
     Err(EngineError::UnsupportedFormat {
         path: path.to_string(),
         reason: HDF5_NOT_BUILT.to_string(),
@@ -197,36 +174,36 @@ async fn register_by_format(
     ctx: &SessionContext,
     name: &str,
     location: &str,
-    format: InputFormat,
+    format: FileFormat,
     ext: &str,
 ) -> Result<()> {
     let config = ctx.copied_config();
     let table_options = ctx.copied_table_options();
     let options = match format {
-        InputFormat::Csv => {
+        FileFormat::Csv => {
             let mut opts = CsvReadOptions::new().file_extension(ext);
             if ext == ".tsv" {
                 opts = opts.delimiter(b'\t');
             }
             opts.to_listing_options(&config, table_options)
         }
-        InputFormat::Parquet => ParquetReadOptions::default()
+        FileFormat::Parquet => ParquetReadOptions::default()
             .file_extension(ext)
             .to_listing_options(&config, table_options),
-        InputFormat::NdJson => JsonReadOptions::default()
+        FileFormat::Ndjson => JsonReadOptions::default()
             .file_extension(ext)
             .to_listing_options(&config, table_options),
-        InputFormat::Arrow => ArrowReadOptions {
+        FileFormat::Arrow => ArrowReadOptions {
             file_extension: ext,
             ..Default::default()
         }
         .to_listing_options(&config, table_options),
-        InputFormat::Avro => AvroReadOptions {
+        FileFormat::Avro => AvroReadOptions {
             file_extension: ext,
             ..Default::default()
         }
         .to_listing_options(&config, table_options),
-        InputFormat::Hdf5 => {
+        FileFormat::Hdf5 => {
             return Err(EngineError::UnsupportedFormat {
                 path: location.to_string(),
                 reason: "HDF5 is not a listing format".to_string(),

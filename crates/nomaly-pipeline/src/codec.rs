@@ -6,7 +6,7 @@
 //! (`nomaly scheduler`, `nomaly executor`, and the session of `engine = "standalone"` or
 //! `"ballista://..."`).
 
-use crate::sink::PartWriteExec;
+use crate::sink_writer::PartWriteExec;
 use ballista_core::serde::BallistaPhysicalExtensionCodec;
 use datafusion::error::Result as DfResult;
 use datafusion::execution::TaskContext;

@@ -3,7 +3,7 @@
 //! bytes, same row groups), so a resumed run finds the same chunks; the run's fingerprint is the
 //! HDF5 file's own.
 
-use crate::chunks::SourceReader;
+use crate::chunk_plan::SourceReader;
 use crate::error::{PipelineError, Result};
 use crate::spec::FileFormat;
 use datafusion::parquet::arrow::ArrowWriter;

@@ -7,8 +7,7 @@
 //! deterministic chunks ([`chunks`]) that are the partitions of the scan; each chunk's output is one
 //! part file per sink ([`sink`]), committed by rename and published when the run succeeds.
 
-pub mod checkpoint;
-pub mod chunks;
+pub mod chunk_plan;
 pub mod codec;
 pub mod compile;
 pub mod error;
@@ -25,8 +24,9 @@ pub mod quarantine;
 mod reference_tests;
 pub mod report;
 pub mod run;
+pub mod run_dir;
 pub mod sandbox;
-pub mod sink;
+pub mod sink_writer;
 pub mod spec;
 
 pub use codec::{NomalyPhysicalCodec, physical_codec};

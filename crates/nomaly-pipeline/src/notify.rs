@@ -3,7 +3,7 @@
 
 use crate::report::{RunReport, RunStatus};
 use crate::sandbox::{Sandbox, is_internal_ip};
-use crate::sink::write_atomic;
+use crate::sink_writer::write_atomic;
 use crate::spec::{NotifySpec, NotifyWhen};
 use std::path::Path;
 use std::time::Duration;

@@ -9,7 +9,7 @@
 //! path must still name the locked file, else the run opens it again.
 
 use crate::error::{PipelineError, Result};
-use crate::sink::sibling_dir;
+use crate::sink_writer::sibling_dir;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::MetadataExt;

@@ -9,7 +9,7 @@
 //! through the same reader, so both see the same good rows; the run writes each chunk's bad rows
 //! to `_nomaly/quarantine/part-<chunk>.ndjson` and counts them in the manifest and the report.
 
-use crate::chunks::{Chunk, ChunkPlan};
+use crate::chunk_plan::{Chunk, ChunkPlan};
 use crate::spec::FileFormat;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -462,7 +462,7 @@ pub fn tolerant_csv_schema(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chunks::{SourceReader, plan_chunks};
+    use crate::chunk_plan::{SourceReader, plan_chunks};
     use datafusion::arrow::array::AsArray;
     use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
     use datafusion::execution::runtime_env::RuntimeEnvBuilder;

@@ -10,7 +10,7 @@ pub use query_only::{check_query, query_options};
 pub use settings::{DurationError, RetryPolicy, parse_duration};
 pub use trigger::{CronSchedule, Trigger, parse_cron};
 
-use crate::chunks::SourceReader;
+use crate::chunk_plan::SourceReader;
 use crate::error::{PipelineError, Result};
 use crate::sandbox::Sandbox;
 use crate::spec::{FileFormat, NotifySpec, PipelineFile, SinkSpec, ValidateSpec, WriteMode};
@@ -83,7 +83,7 @@ pub struct CompiledPipeline {
 
 impl CompiledPipeline {
     /// `chunk_rows` was set (file or `--set`), not the default: row groups of Parquet files
-    /// without a page index are sliced only then (see [`crate::chunks::plan_chunks`]).
+    /// without a page index are sliced only then (see [`crate::chunk_plan::plan_chunks`]).
     pub fn chunk_rows_set(&self) -> bool {
         self.file.spec.run.chunk_rows.is_some()
     }

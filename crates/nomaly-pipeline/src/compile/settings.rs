@@ -2,7 +2,7 @@
 //! `[retry]`.
 
 use super::place;
-use crate::chunks::SourceReader;
+use crate::chunk_plan::SourceReader;
 use crate::error::{PipelineError, Result};
 use crate::spec::{CHUNK_ROWS_RANGE, DEFAULT_CHUNK_ROWS, FileFormat, PipelineFile};
 use nomaly_engine::EngineKind;

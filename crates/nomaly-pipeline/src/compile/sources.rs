@@ -2,7 +2,7 @@
 //! a location (relative paths are relative to the pipeline file), a format and CSV settings.
 
 use super::{is_identifier, place};
-use crate::chunks::SourceReader;
+use crate::chunk_plan::SourceReader;
 use crate::error::{PipelineError, Result};
 use crate::sandbox::Sandbox;
 use crate::spec::{FileFormat, PipelineFile, SourceSpec};

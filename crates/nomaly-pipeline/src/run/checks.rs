@@ -3,12 +3,12 @@
 
 use super::session::register_listing;
 use super::{PreparedSession, RunScope, classify};
-use crate::chunks::SourceReader;
+use crate::chunk_plan::SourceReader;
 use crate::compile::{CompiledPipeline, query_options};
 use crate::error::Result;
 use crate::events::RunEvent;
 use crate::report::{CheckResult, RunReport, RunStatus, StepTiming};
-use crate::sink::staging_dir;
+use crate::sink_writer::staging_dir;
 use crate::spec::ValidateSpec;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::prelude::SessionContext;

@@ -4,13 +4,13 @@
 use super::retry::Attempts;
 use super::scope::Counters;
 use super::session::cluster_of;
-use crate::checkpoint::{CommitEntry, ManifestEvent, PartEntry, RunDir, now_ms, write_quarantine};
 use crate::compile::RetryPolicy;
 use crate::error::{ErrorKind, PipelineError, Result, Resumable, RunPlace};
 use crate::events::{RunEvent, RunObserver};
 use crate::faults::FaultPlan;
 use crate::quarantine::QuarantineLog;
-use crate::sink::{
+use crate::run_dir::{CommitEntry, ManifestEvent, PartEntry, RunDir, now_ms, write_quarantine};
+use crate::sink_writer::{
     ChunkCounter, ChunkCounts, ChunkSummary, ChunkWriter, PartWriteExec, SinkOnExecutor,
     SinkTarget, WrittenPart, remove_attempt_files_in,
 };

@@ -2,11 +2,11 @@
 //! `nomaly validate` (everything short of running) and `--dry-run` (every step on zero rows).
 //! All three score the same table a run does ([`super::preflight::scored_table`]).
 
-use super::chunking::{is_chunk_preserving, scored_frame};
 use super::detect_plan::{fit_frame, score_frame};
 use super::fit::{FitRetry, fit_models};
 use super::preflight::{reads, scored_input};
-use super::sinks::compile_sinks;
+use super::scoring_plan::{is_chunk_preserving, scored_frame};
+use super::sink_targets::compile_sinks;
 use super::{PreparedSession, RunOptions, RunScope, base_report, classify, prepare};
 use crate::compile::{CompiledPipeline, query_options};
 use crate::error::Result;

@@ -10,30 +10,30 @@
 //!
 //! One module per step of a run, in the order [`execute`] calls them: [`session`] (stores,
 //! listings, steps), [`preflight`] (the detect input and its columns), [`resume`] (whether to
-//! continue an unfinished run, and what of it is still good), [`chunking`] and [`fit`] (the
-//! scoring plan over chunks, with the fit and its retries), [`record`] (the run directory),
-//! [`chunk_jobs`] and [`chunk_job`] (score and commit each chunk), [`tally`] (counts and the
+//! continue an unfinished run, and what of it is still good), [`scoring_plan`] and [`fit`] (the
+//! scoring plan over chunks, with the fit and its retries), [`new_run_dir`] (the run directory),
+//! [`chunk_runner`] and [`chunk_job`] (score and commit each chunk), [`tally`] (counts and the
 //! consistency check), [`checks`] (`[[validate]]`), [`publish`]. [`inspect`] holds explain,
 //! validate and the dry run; [`handle`] the [`Run`] handle a caller starts, watches and cancels.
 
 mod checks;
 mod chunk_job;
-mod chunk_jobs;
-mod chunking;
+mod chunk_runner;
 mod detect_plan;
 mod fit;
 mod fit_states;
 mod handle;
 mod inspect;
+mod new_run_dir;
 mod preflight;
 mod publish;
-mod record;
 mod resume;
 mod retry;
 mod sampler;
 mod scope;
+mod scoring_plan;
 mod session;
-mod sinks;
+mod sink_targets;
 mod tally;
 #[cfg(test)]
 mod tests;
@@ -45,14 +45,14 @@ pub use inspect::{explain, validate};
 pub use publish::{completed_run, publish_interrupted};
 pub use session::{PreparedSession, prepare};
 
-use crate::checkpoint::{RUN_DIR, RunDir, fingerprint};
 use crate::compile::CompiledPipeline;
 use crate::error::{PipelineError, Result};
 use crate::events::{NoObserver, RunEvent, RunObserver};
 use crate::faults::FaultPlan;
 use crate::output_lock::{Holder, OutputLocks};
 use crate::report::{RunReport, RunStatus, StepTiming};
-use crate::sink::staging_dir;
+use crate::run_dir::{RUN_DIR, RunDir, fingerprint};
+use crate::sink_writer::staging_dir;
 use scope::RunScope;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -241,18 +241,18 @@ async fn execute(
     scope.arm_faults();
     let scoring = match &earlier {
         Some(e) => resume::scoring_plan(scope, session, &run_dir, &e.record, report).await?,
-        None => chunking::scoring_plan(scope, session, report).await?,
+        None => scoring_plan::scoring_plan(scope, session, report).await?,
     };
     report.chunks = scoring.chunks.chunks.len();
     report.chunking = scoring.chunking;
-    let sinks = sinks::compile_sinks(&session.ctx, p, scoring.df.schema())?;
+    let sinks = sink_targets::compile_sinks(&session.ctx, p, scoring.df.schema())?;
     scope.touch_output();
     let committed = match earlier {
-        None => record::create(scope, &run_dir, &sinks, &scoring, sources_now, report)?,
+        None => new_run_dir::create(scope, &run_dir, &sinks, &scoring, sources_now, report)?,
         Some(e) => resume::keep_verified(scope, &run_dir, e.manifest, &scoring, report)?,
     };
     let t = Instant::now();
-    let jobs = chunk_jobs::ChunkJobs::new(scope, session, &scoring, sinks, run_dir);
+    let jobs = chunk_runner::ChunkRunner::new(scope, session, &scoring, sinks, run_dir);
     let committed = jobs.run(committed, report).await?;
     report.steps.push(StepTiming {
         step: "score and write".into(),

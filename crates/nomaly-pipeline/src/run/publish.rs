@@ -4,15 +4,15 @@
 //! what a resume can use — its committed chunks — and is marked stopped in its manifest.
 //! Notifications go out either way.
 
-use super::sinks::sink_target;
+use super::sink_targets::sink_target;
 use super::{RunFailure, RunOutcome, RunScope, status_of};
-use crate::checkpoint::recorded_pipeline_change;
-use crate::checkpoint::{ManifestEvent, RunDir, fingerprint, fingerprint_change, now_ms};
 use crate::compile::CompiledPipeline;
 use crate::error::{PipelineError, Result, Resumable};
 use crate::notify::notify_all;
 use crate::report::{RunReport, RunStatus};
-use crate::sink::{REPORT_FILE, sibling_dir, staging_dir, write_atomic};
+use crate::run_dir::recorded_pipeline_change;
+use crate::run_dir::{ManifestEvent, RunDir, fingerprint, fingerprint_change, now_ms};
+use crate::sink_writer::{REPORT_FILE, sibling_dir, staging_dir, write_atomic};
 use datafusion::prelude::SessionContext;
 use std::path::PathBuf;
 

@@ -2,20 +2,20 @@
 //! started over; the scoring plan of a continued run (its model read back, its chunking
 //! unchanged); and which of its committed chunks still match the manifest.
 
-use super::chunking::{STAGED_INPUT, ScoringPlan, chunk_materialized, is_chunk_preserving};
 use super::detect_plan::score_frame;
 use super::fit::register_models;
 use super::preflight::scored_input;
+use super::scoring_plan::{STAGED_INPUT, ScoringPlan, chunk_materialized, is_chunk_preserving};
 use super::{PreparedSession, RunMode, RunScope, classify};
-use crate::checkpoint::{
-    ChunkEntry, CommitEntry, ManifestEvent, ManifestState, RunDir, RunRecord, SourceFingerprint,
-    fingerprint_change, now_ms, recorded_pipeline_change, remove_orphans, verify_commit,
-};
 use crate::compile::CompiledPipeline;
 use crate::error::{PipelineError, Result};
 use crate::events::RunEvent;
 use crate::report::{ChunkingMode, RunReport};
-use crate::sink::{sibling_dir, staging_dir};
+use crate::run_dir::{
+    ChunkEntry, CommitEntry, ManifestEvent, ManifestState, RunDir, RunRecord, SourceFingerprint,
+    fingerprint_change, now_ms, recorded_pipeline_change, remove_orphans, verify_commit,
+};
+use crate::sink_writer::{sibling_dir, staging_dir};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// An unfinished run this one continues.

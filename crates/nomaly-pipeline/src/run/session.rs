@@ -4,7 +4,7 @@
 
 use super::classify;
 use super::preflight::check_detect_columns;
-use crate::chunks::{ChunkPlan, ChunkTable, SourceReader, plan_chunks};
+use crate::chunk_plan::{ChunkPlan, ChunkTable, SourceReader, plan_chunks};
 use crate::codec::physical_codec;
 use crate::compile::{CompiledPipeline, query_options};
 use crate::error::{PipelineError, Result};
@@ -255,7 +255,7 @@ fn readable_source(p: &CompiledPipeline, s: &SourceReader) -> Result<SourceReade
     {
         crate::hdf5_source::convert(
             s,
-            &crate::sink::sibling_dir(&p.sinks[0].path, "hdf5"),
+            &crate::sink_writer::sibling_dir(&p.sinks[0].path, "hdf5"),
             p.chunk_rows,
         )
     }

@@ -1,12 +1,12 @@
 //! Tallies and the end-of-run consistency check: every chunk committed, rows in = rows out in
 //! total, and per chunk where the chunk's rows are known before reading.
 
-use super::chunking::ScoringPlan;
 use super::preflight::scored_table;
-use crate::checkpoint::{CommitEntry, PartEntry};
+use super::scoring_plan::ScoringPlan;
 use crate::compile::CompiledPipeline;
 use crate::error::{ErrorKind, PipelineError, Result, RunPlace};
 use crate::report::{ChunkingMode, RunReport, SinkReport};
+use crate::run_dir::{CommitEntry, PartEntry};
 use std::collections::BTreeMap;
 
 /// Adds up the committed chunks into the report (rows, anomalies, per-sink files), then checks

@@ -1,10 +1,10 @@
 //! Runs driven through the library API, in process: the event stream, cancellation then resume,
 //! and two runs at once. Outputs are compared byte for byte with uninterrupted runs alone.
 
-use crate::checkpoint::{MANIFEST_FILE, RUN_DIR};
 use crate::error::PipelineError;
 use crate::events::{RunEvent, RunObserver};
 use crate::report::RunStatus;
+use crate::run_dir::{MANIFEST_FILE, RUN_DIR};
 use crate::{CompiledPipeline, PipelineFile, Run, RunMode, RunOptions, compile};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -186,8 +186,8 @@ async fn a_cancelled_run_resumes_to_the_uninterrupted_output() {
     assert_eq!(failure.report.status, RunStatus::Cancelled);
     let message = failure.error.to_string();
     assert!(message.contains("nomaly resume"), "{message}");
-    let staging = crate::sink::staging_dir(&p.sinks[0].path).join(RUN_DIR);
-    let manifest = crate::checkpoint::RunDir::at(&crate::sink::staging_dir(&p.sinks[0].path))
+    let staging = crate::sink_writer::staging_dir(&p.sinks[0].path).join(RUN_DIR);
+    let manifest = crate::run_dir::RunDir::at(&crate::sink_writer::staging_dir(&p.sinks[0].path))
         .read_manifest()
         .unwrap();
     let committed = manifest.commits.len();

@@ -2,8 +2,8 @@
 //! write them) runs as slices of `chunk_rows` rows, and its output is the output of the
 //! whole-row-group chunking, row for row, locally and on Ballista.
 
-use crate::checkpoint::{RUN_DIR, RUN_FILE, RunRecord};
 use crate::report::RunStatus;
+use crate::run_dir::{RUN_DIR, RUN_FILE, RunRecord};
 use crate::{CompiledPipeline, PipelineFile, RunOptions, compile};
 use datafusion::arrow::array::{Float64Array, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
@@ -249,7 +249,7 @@ async fn row_groups_without_a_page_index_are_sliced_only_when_chunk_rows_is_set(
     ] {
         let p = pipeline(dir.path(), input, "plan", chunk_rows, "local");
         let plan =
-            crate::chunks::plan_chunks(&ctx, &p.sources[0], p.chunk_rows, p.chunk_rows_set())
+            crate::chunk_plan::plan_chunks(&ctx, &p.sources[0], p.chunk_rows, p.chunk_rows_set())
                 .await
                 .unwrap();
         let expected: Vec<String> = if kept_whole {

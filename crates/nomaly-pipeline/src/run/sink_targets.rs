@@ -4,7 +4,7 @@
 use super::classify;
 use crate::compile::{CompiledPipeline, Sink};
 use crate::error::{PipelineError, Result};
-use crate::sink::SinkTarget;
+use crate::sink_writer::SinkTarget;
 use datafusion::common::DFSchema;
 use datafusion::physical_plan::PhysicalExpr;
 use datafusion::prelude::SessionContext;

@@ -2,13 +2,13 @@
 //! pipeline as run, the input fingerprint, the chunks, the fitted models and an empty manifest.
 
 use super::RunScope;
-use super::chunking::ScoringPlan;
-use crate::checkpoint::{
-    ChunkEntry, CommitEntry, RunDir, RunRecord, SourceFingerprint, write_quarantine,
-};
+use super::scoring_plan::ScoringPlan;
 use crate::error::Result;
 use crate::report::RunReport;
-use crate::sink::SinkTarget;
+use crate::run_dir::{
+    ChunkEntry, CommitEntry, RunDir, RunRecord, SourceFingerprint, write_quarantine,
+};
+use crate::sink_writer::SinkTarget;
 use datafusion::arrow::datatypes::Schema;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -36,7 +36,7 @@ pub(crate) fn create(
         .map(|all| all.values().map(|c| c.bad.len() as u64).sum())
         .unwrap_or(0);
     let record = RunRecord {
-        format_version: crate::checkpoint::FORMAT_VERSION,
+        format_version: crate::run_dir::FORMAT_VERSION,
         pipeline: p.name.clone(),
         pipeline_file: p.file.path.display().to_string(),
         started_at_unix_ms: report.started_at_unix_ms as u64,
@@ -47,7 +47,7 @@ pub(crate) fn create(
         rows_with_missing_features: report.rows_with_missing_features,
         models: report.models,
         quarantined_rows,
-        pipeline_digest: Some(crate::checkpoint::spec_digest(&p.file.spec)),
+        pipeline_digest: Some(crate::run_dir::spec_digest(&p.file.spec)),
         overrides: p.file.overrides.clone(),
     };
     run_dir.create(&record, &p.file.raw, &batches, &schema)?;

@@ -4,19 +4,19 @@
 //! run waits for its in-flight chunks to stop (their temp files removed) before it returns.
 
 use super::chunk_job::{ChunkContext, ChunkEnd, ChunkJob};
-use super::chunking::ScoringPlan;
+use super::scoring_plan::ScoringPlan;
 use super::session::cluster_of;
 use super::{PreparedSession, RunScope};
-use crate::checkpoint::{CommitEntry, QUARANTINE_DIR, RUN_DIR, RunDir};
 use crate::error::{ErrorKind, PipelineError, Result, RunPlace};
 use crate::events::RunEvent;
 use crate::report::{ChunkingMode, RunReport};
-use crate::sink::{SinkTarget, staging_dir};
+use crate::run_dir::{CommitEntry, QUARANTINE_DIR, RUN_DIR, RunDir};
+use crate::sink_writer::{SinkTarget, staging_dir};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-pub(crate) struct ChunkJobs<'a> {
+pub(crate) struct ChunkRunner<'a> {
     scope: &'a RunScope<'a>,
     shared: Arc<ChunkContext>,
     /// (id, what it holds, rows if known) of every chunk.
@@ -24,7 +24,7 @@ pub(crate) struct ChunkJobs<'a> {
     parallel: usize,
 }
 
-impl<'a> ChunkJobs<'a> {
+impl<'a> ChunkRunner<'a> {
     pub fn new(
         scope: &'a RunScope<'a>,
         session: &PreparedSession,
@@ -67,7 +67,7 @@ impl<'a> ChunkJobs<'a> {
             .iter()
             .map(|c| (c.id, c.describe(), c.rows))
             .collect();
-        ChunkJobs {
+        ChunkRunner {
             scope,
             shared: Arc::new(shared),
             chunks,

@@ -1,7 +1,7 @@
 //! The input fingerprint a run records (files, sizes, modification times, schemas) and the checks
 //! a resume makes against it and against the pipeline as run.
 
-use crate::chunks::SourceReader;
+use crate::chunk_plan::SourceReader;
 use crate::error::Result;
 use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};

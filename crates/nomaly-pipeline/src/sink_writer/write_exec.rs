@@ -349,7 +349,7 @@ fn to_datafusion(e: PipelineError) -> DataFusionError {
 mod tests {
     use super::*;
     use crate::codec::NomalyPhysicalCodec;
-    use crate::sink::{ChunkCounts, ChunkSummary};
+    use crate::sink_writer::{ChunkCounts, ChunkSummary};
     use datafusion::arrow::array::{BooleanArray, Float64Array, Int64Array, StringArray};
     use datafusion::arrow::datatypes::{DataType, Field};
     use datafusion::datasource::memory::MemorySourceConfig;

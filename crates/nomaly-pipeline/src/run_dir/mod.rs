@@ -18,9 +18,9 @@
 //! A crash can tear only the last manifest line (it is then ignored); every other file is written
 //! to a temp name, fsynced and renamed, so at any instant the directory is consistent.
 
-use crate::chunks::Chunk;
+use crate::chunk_plan::Chunk;
 use crate::error::{PipelineError, Result};
-use crate::sink::write_atomic;
+use crate::sink_writer::write_atomic;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::reader::FileReader as IpcFileReader;
