@@ -12,10 +12,11 @@
 use datafusion_sqllogictest::{DataFusion, df_value_validator, value_normalizer};
 use indicatif::ProgressBar;
 use nomaly_engine::{EngineConfig, EngineKind, build_context};
+use nomaly_tests::cluster::Processes;
 use nomaly_tests::{data_dir, workspace_root};
 use sqllogictest::{default_column_validator, strict_column_validator};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn slt_files() -> Vec<PathBuf> {
     let filter = std::env::var("NOMALY_SLT_FILTER").ok();
@@ -73,27 +74,13 @@ async fn run_file(path: &Path, engine: EngineKind, complete: bool) -> Result<(),
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("a free port")
-        .local_addr()
-        .expect("its address")
-        .port()
-}
-
 /// The HTTP status of `GET path` on 127.0.0.1:`port`, `None` while nothing answers.
 fn http_status(port: u16, path: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).ok()?;
-    String::from_utf8_lossy(&head[9..12]).parse().ok()
+    let request = nomaly_tests::http::Request {
+        timeout: Some(Duration::from_secs(5)),
+        ..nomaly_tests::http::Request::get(path)
+    };
+    request.status_only(port)
 }
 
 /// The environment variable that makes this binary a cluster process: `scheduler` or `executor`,
@@ -146,103 +133,38 @@ fn cluster_process(role: &str) -> i32 {
     }
 }
 
-/// A scheduler and two executors, each a separate OS process (this binary re-run with
-/// [`PROCESS_ENV`]), killed and reaped when dropped.
-struct ProcessCluster {
-    address: String,
-    children: Vec<std::process::Child>,
-    work: PathBuf,
-}
-
-impl Drop for ProcessCluster {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.work);
-    }
-}
-
-/// Starts the processes on free loopback ports and waits until both executors are ready (their
+/// Starts a scheduler and two executors, each a separate OS process (this binary re-run with
+/// [`PROCESS_ENV`]) on free loopback ports, and waits until both executors are ready (their
 /// `/readyz` answers 200 after a heartbeat reached the scheduler).
-fn start_cluster() -> ProcessCluster {
-    use std::process::{Command, Stdio};
-    let port = free_port().to_string();
-    let work = std::env::temp_dir().join(format!("nomaly-slt-cluster-{}", std::process::id()));
-    let mut cluster = ProcessCluster {
-        address: format!("127.0.0.1:{port}"),
-        children: Vec::new(),
-        work: work.clone(),
-    };
+fn start_cluster() -> Processes {
     let exe = std::env::current_exe().expect("this test binary");
-    let mut spawn = |role: &str, args: &[&str]| {
-        let n = cluster.children.len();
-        let log = std::fs::File::create(work.join(format!("{n}-{role}.log"))).expect("log file");
-        let child = Command::new(&exe)
-            .args(args)
-            .env(PROCESS_ENV, role)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start a cluster process");
-        cluster.children.push(child);
-    };
-    std::fs::create_dir_all(&work).expect("cluster work dir");
-    spawn(
-        "scheduler",
-        &["--bind-host", "127.0.0.1", "--bind-port", &port],
-    );
+    let launcher = Box::new(move |role: &str| {
+        let mut command = std::process::Command::new(&exe);
+        command.env(PROCESS_ENV, role);
+        command
+    });
+    let mut cluster = Processes::new(nomaly_tests::free_port(), launcher);
+    let cwd = std::env::current_dir().expect("a working directory");
+    let port = cluster.port.to_string();
+    let scheduler = ["--bind-host", "127.0.0.1", "--bind-port", &port];
+    cluster.spawn("scheduler", "scheduler", &scheduler, &[], &cwd);
     let mut health = Vec::new();
     for i in 0..2 {
-        let dir = work.join(format!("executor{i}"));
-        std::fs::create_dir_all(&dir).expect("executor work dir");
-        let ports: Vec<String> = (0..3).map(|_| free_port().to_string()).collect();
-        spawn(
-            "executor",
-            &[
-                "--bind-host",
-                "127.0.0.1",
-                "--scheduler-host",
-                "127.0.0.1",
-                "--scheduler-port",
-                &port,
-                "--bind-port",
-                &ports[0],
-                "--bind-grpc-port",
-                &ports[1],
-                "--bind-health-port",
-                &ports[2],
-                "--work-dir",
-                dir.to_str().expect("utf-8 path"),
-                "--vcores",
-                "2",
-                "--scheduler-connect-timeout-seconds",
-                "30",
-            ],
-        );
-        health.push(ports[2].parse::<u16>().expect("a port"));
+        let flags = cluster.executor_flags(i);
+        let at = flags
+            .iter()
+            .position(|f| f == "--bind-health-port")
+            .expect("a flag");
+        health.push(flags[at + 1].parse::<u16>().expect("a port"));
+        let mut args = vec!["--bind-host", "127.0.0.1"];
+        args.extend(flags.iter().map(String::as_str));
+        cluster.spawn(&format!("executor{i}"), "executor", &args, &[], &cwd);
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !health
-        .iter()
-        .all(|&h| http_status(h, "/readyz") == Some(200))
-    {
-        for c in &mut cluster.children {
-            if let Ok(Some(status)) = c.try_wait() {
-                panic!(
-                    "a cluster process exited ({status}); logs in {}",
-                    work.display()
-                );
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the test cluster was not ready in 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    cluster.wait_for(|| {
+        health
+            .iter()
+            .all(|&h| http_status(h, "/readyz") == Some(200))
+    });
     cluster
 }
 
@@ -264,7 +186,10 @@ fn main() {
             Ok(address) => (Some(address), None),
             Err(_) => {
                 let processes = start_cluster();
-                (Some(processes.address.clone()), Some(processes))
+                (
+                    Some(format!("127.0.0.1:{}", processes.port)),
+                    Some(processes),
+                )
             }
         }
     };

@@ -68,3 +68,30 @@ pub fn write_parquet_dataset(dir: &Path, rows: usize, files: usize, row_group: u
         w.close().expect("close");
     }
 }
+
+/// Writes ids `first..first + rows` with deterministic `amount` and `latency_ms` to a Parquet file
+/// in row groups of `row_group_rows` (so chunks of that many rows), with DataFusion's `COPY`: the
+/// same writer, and so the same file, as `nomaly sql -e "COPY ..."` writes.
+pub fn write_tx_parquet(path: &Path, first: u64, rows: u64, row_group_rows: u64) {
+    let copy = format!(
+        "COPY (SELECT value AS id, 100.0 + ((value * 7919) % 1000) / 50.0 AS amount, \
+         CAST((value * 104729) % 977 AS DOUBLE) AS latency_ms \
+         FROM generate_series({first}, {})) TO '{}' STORED AS PARQUET \
+         OPTIONS ('format.max_row_group_size' '{row_group_rows}')",
+        first + rows - 1,
+        path.display()
+    );
+    // Its own thread and runtime: callers may be inside a runtime already.
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            let ctx = datafusion::prelude::SessionContext::new();
+            ctx.sql(&copy).await?.collect().await
+        })
+    })
+    .join()
+    .expect("the writer thread")
+    .expect("COPY to Parquet");
+}

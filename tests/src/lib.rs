@@ -15,7 +15,11 @@ pub fn data_dir() -> PathBuf {
     workspace_root().join("examples").join("data")
 }
 
+pub mod cluster;
 pub mod data;
+pub mod http;
+
+pub use http::free_port;
 
 /// The package's directory, read when the test runs: cargo sets `CARGO_MANIFEST_DIR` for test
 /// processes. The compile-time `env!` would keep the path of whichever checkout first built the

@@ -40,14 +40,7 @@ fn nomaly_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     c.output().expect("run nomaly")
 }
 
-/// A TCP port free on 127.0.0.1 right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use nomaly_tests::free_port;
 
 /// The part files directly in an output directory, by name, with their bytes.
 fn part_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -114,23 +107,7 @@ fn files_in(dir: &Path) -> Vec<String> {
     tree(dir).into_iter().map(|(name, _)| name).collect()
 }
 
-/// Writes ids `first..first + rows` with deterministic `amount` and `latency_ms` to a Parquet file
-/// in row groups of `row_group_rows` (so chunks of that many rows).
-fn write_tx_parquet(path: &Path, first: u64, rows: u64, row_group_rows: u64) {
-    let o = nomaly(&[
-        "sql",
-        "-e",
-        &format!(
-            "COPY (SELECT value AS id, 100.0 + ((value * 7919) % 1000) / 50.0 AS amount, \
-             CAST((value * 104729) % 977 AS DOUBLE) AS latency_ms \
-             FROM generate_series({first}, {})) TO '{}' STORED AS PARQUET \
-             OPTIONS ('format.max_row_group_size' '{row_group_rows}')",
-            first + rows - 1,
-            path.display()
-        ),
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-}
+use nomaly_tests::data::write_tx_parquet;
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()

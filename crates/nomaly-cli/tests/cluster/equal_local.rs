@@ -84,7 +84,7 @@ fn sql_and_pipelines_on_a_cluster_equal_local() {
     let mut cluster = cluster;
     let pids = cluster.pids();
     assert!(pids.iter().all(|&p| alive(p)));
-    let work = cluster.logs.clone();
+    let work = cluster.dir().to_path_buf();
     assert!(!processes_naming(&[dir, &work]).is_empty());
     cluster.terminate(std::time::Duration::from_secs(10));
     let left = processes_naming(&[dir, &work]);

@@ -10,8 +10,8 @@ use super::{
     assert_no_temp_files, assert_same_parts, free_port, nomaly, nomaly_env, part_files, report,
     stderr, stdout, write_tx_parquet,
 };
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use nomaly_tests::cluster::Processes;
+use nomaly_tests::http::Request;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,15 +21,14 @@ pub(crate) const SHUFFLED_ANSWER: &str = "k,n\n0,13334\n1,13333\n2,13333\n";
 
 /// The scheduler and executors, killed (and reaped) when dropped, even when a test fails.
 pub(crate) struct Cluster {
-    children: Vec<Child>,
+    /// The processes (the harness's: `nomaly_tests::cluster`), started as `nomaly <role>`.
+    processes: Processes,
     pub port: u16,
     /// Sent with the harness's own REST calls (the scheduler's `--auth-token-file`).
     pub token: Option<String>,
     /// The CA of a scheduler serving TLS (`NOMALY_CLUSTER_CA`): the harness's REST calls then
     /// go through curl over HTTPS.
     pub ca: Option<String>,
-    logs: PathBuf,
-    _dir: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -64,8 +63,7 @@ impl Cluster {
             .iter()
             .find(|(k, _)| k == "NOMALY_CLUSTER_CA")
             .map(|(_, v)| v.clone());
-        let (port, logs) = (cluster.port, cluster.logs.clone());
-        let p = port.to_string();
+        let p = cluster.port.to_string();
         let mut args = vec![
             "scheduler",
             "--bind-port",
@@ -77,30 +75,10 @@ impl Cluster {
         cluster.spawn_env("scheduler", &args, env);
         cluster.wait_for(|c| c.http_get("/api/state").is_some_and(|(s, _)| s == 200));
         for i in 0..executors {
-            let work = logs.join(format!("work{i}"));
-            std::fs::create_dir_all(&work).unwrap();
-            let ports: Vec<String> = (0..3).map(|_| free_port().to_string()).collect();
-            let mut args = vec![
-                "executor",
-                "--scheduler-host",
-                "127.0.0.1",
-                "--scheduler-port",
-                &p,
-                "--bind-port",
-                &ports[0],
-                "--bind-grpc-port",
-                &ports[1],
-                "--bind-health-port",
-                &ports[2],
-                "--work-dir",
-                work.to_str().unwrap(),
-                "--vcores",
-                "2",
-                "--scheduler-connect-timeout-seconds",
-                "30",
-                "--log-level-setting",
-                "warn",
-            ];
+            let flags = cluster.processes.executor_flags(i);
+            let mut args: Vec<&str> = vec!["executor"];
+            args.extend(flags.iter().map(String::as_str));
+            args.extend(["--log-level-setting", "warn"]);
             args.extend_from_slice(executor_flags);
             cluster.spawn_env(&format!("executor{i}"), &args, env);
         }
@@ -110,41 +88,30 @@ impl Cluster {
 
     /// No processes yet; the scheduler will listen on `port`.
     pub fn empty(port: u16) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
+        let launcher = Box::new(|role: &str| {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_nomaly"));
+            command.arg(role);
+            command
+        });
         Cluster {
-            children: Vec::new(),
+            processes: Processes::new(port, launcher),
             port,
             token: None,
             ca: None,
-            logs: dir.path().to_path_buf(),
-            _dir: dir,
         }
     }
 
-    /// Starts `nomaly args` with `env` set, its output in the cluster's logs.
+    /// Starts `nomaly args` (the first is the role) with `env` set, its output in the logs.
     pub fn spawn_env(&mut self, name: &str, args: &[&str], env: &[(String, String)]) {
-        let log = |suffix: &str| std::fs::File::create(self.logs.join(format!("{name}.{suffix}")));
-        let child = Command::new(env!("CARGO_BIN_EXE_nomaly"))
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .current_dir(super::root())
-            .stdin(Stdio::null())
-            .stdout(log("out").unwrap())
-            .stderr(log("err").unwrap())
-            .spawn()
-            .expect("start nomaly");
-        self.children.push(child);
+        let (role, flags) = args.split_first().expect("a role");
+        self.processes.spawn(name, role, flags, env, &super::root());
     }
 
     /// Waits up to 60 s for `ready`, failing with the processes' logs.
     pub fn wait_for(&mut self, ready: impl Fn(&Cluster) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !ready(self) {
-            for c in &mut self.children {
-                if let Ok(Some(status)) = c.try_wait() {
-                    panic!("a cluster process exited ({status}):\n{}", self.logs());
-                }
-            }
+            self.processes.assert_running();
             assert!(
                 Instant::now() < deadline,
                 "the cluster was not ready in 60 s:\n{}",
@@ -155,15 +122,12 @@ impl Cluster {
     }
 
     pub fn logs(&self) -> String {
-        let mut out = String::new();
-        for e in std::fs::read_dir(&self.logs).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_file() {
-                let text = std::fs::read_to_string(&p).unwrap_or_default();
-                out.push_str(&format!("--- {}\n{text}\n", p.display()));
-            }
-        }
-        out
+        self.processes.logs()
+    }
+
+    /// The directory of the processes' logs and the executors' work directories.
+    pub fn dir(&self) -> &Path {
+        self.processes.dir()
     }
 
     pub fn engine(&self) -> String {
@@ -171,7 +135,7 @@ impl Cluster {
     }
 
     pub fn pids(&self) -> Vec<u32> {
-        self.children.iter().map(Child::id).collect()
+        self.processes.children().iter().map(Child::id).collect()
     }
 
     /// SIGKILLs executor `i` (no goodbye to the scheduler) and reaps it.
@@ -183,8 +147,9 @@ impl Cluster {
 
     /// The executor that holds a `.tmp` file under `dir` open (is writing a part there), if any.
     fn executor_writing_in(&self, dir: &Path) -> Option<usize> {
-        (0..self.children.len() - 1).find(|i| {
-            let fds = format!("/proc/{}/fd", self.children[1 + i].id());
+        let children = self.processes.children();
+        (0..children.len() - 1).find(|i| {
+            let fds = format!("/proc/{}/fd", children[1 + i].id());
             std::fs::read_dir(fds).is_ok_and(|d| {
                 d.flatten().any(|fd| {
                     std::fs::read_link(fd.path()).is_ok_and(|target| {
@@ -198,13 +163,13 @@ impl Cluster {
     /// Stops every process with SIGTERM (as an operator or a container runtime does) and waits
     /// for each to exit; fails naming those still running after `within`.
     pub fn terminate(&mut self, within: Duration) {
-        for c in &self.children {
+        for c in self.processes.children() {
             // SAFETY: a signal to our own child process, not yet reaped.
             unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
         }
         let deadline = Instant::now() + within;
         let mut left = Vec::new();
-        for c in &mut self.children {
+        for c in self.processes.children_mut() {
             while c.try_wait().unwrap().is_none() {
                 if Instant::now() > deadline {
                     left.push(c.id());
@@ -221,7 +186,7 @@ impl Cluster {
     }
 
     fn kill_executor(&mut self, i: usize) {
-        let child = &mut self.children[1 + i];
+        let child = &mut self.processes.children_mut()[1 + i];
         child.kill().expect("SIGKILL");
         child.wait().unwrap();
     }
@@ -231,32 +196,12 @@ impl Cluster {
         if let Some(ca) = &self.ca {
             return self.https_get(ca, path);
         }
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        let auth = self
-            .token
-            .as_ref()
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{auth}\r\n"
-        )
-        .ok()?;
-        let mut response = Vec::new();
-        s.read_to_end(&mut response).ok()?;
-        let text = String::from_utf8_lossy(&response).to_string();
-        let status = text.split(' ').nth(1)?.parse().ok()?;
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_string()
+        let request = Request {
+            token: self.token.as_deref(),
+            timeout: Some(Duration::from_secs(10)),
+            ..Request::get(path)
         };
-        Some((status, body))
+        request.send(self.port).map(|r| (r.status, r.body))
     }
 
     /// [`http_get`](Self::http_get) over HTTPS, trusting `ca` (curl).
@@ -313,29 +258,6 @@ impl Cluster {
         let (status, body) = self.http_get(path)?;
         (status == 200).then(|| serde_json::from_str(&body).ok())?
     }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || tail.len() < n {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = tail[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 pub(crate) fn alive(pid: u32) -> bool {

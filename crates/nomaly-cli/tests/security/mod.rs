@@ -430,7 +430,7 @@ fn http_cases(server: &Served) -> usize {
             "{head}Content-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         );
-        raw(server.port, req.as_bytes(), body)
+        nomaly_tests::http::send_raw(server.port, req.as_bytes(), body)
     };
     let cases: Vec<(&str, String, &[u8], u16)> = vec![
         (
@@ -491,20 +491,6 @@ fn http_cases(server: &Served) -> usize {
     let (status, _) = raw_request(server.port, "GET", "/api/runs", None, Some("guess")).unwrap();
     assert_eq!(status, 401);
     cases.len() + 3
-}
-
-/// Sends raw bytes, returns the status.
-fn raw(port: u16, head: &[u8], body: &[u8]) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .ok()?;
-    s.write_all(head).ok()?;
-    let _ = s.write_all(body);
-    let mut buf = [0u8; 256];
-    let n = s.read(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf[..n]).to_string();
-    text.split(' ').nth(1)?.parse().ok()
 }
 
 /// The operator's own `nomaly run` refuses statements too (exit 2), and never writes the file.

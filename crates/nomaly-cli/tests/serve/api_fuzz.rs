@@ -2,25 +2,18 @@
 
 use super::{Fixture, Served, raw_request};
 use crate::{nomaly_env, stderr};
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use nomaly_tests::http::Request;
 use std::time::Duration;
 
 /// Only the status line (event streams never end by themselves).
 fn status_of_stream(port: u16, path: &str, token: Option<&str>) -> u16 {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\r\n"
-    )
-    .unwrap();
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).unwrap();
-    line.split(' ').nth(1).unwrap().parse().unwrap()
+    let request = Request {
+        token,
+        host: Some("x"),
+        timeout: Some(Duration::from_secs(10)),
+        ..Request::get(path)
+    };
+    request.status_only(port).expect("a status line")
 }
 
 /// Every operation in the OpenAPI file, as (method, path template).
