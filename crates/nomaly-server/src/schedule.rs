@@ -12,6 +12,7 @@
 //! existed.
 
 use chrono::{DateTime, TimeZone, Utc};
+use nomaly_pipeline::compile::CronExpr;
 use nomaly_pipeline::spec::CatchUp;
 use std::time::Duration;
 
@@ -38,7 +39,7 @@ fn to_utc(ms: i64) -> DateTime<Utc> {
 /// Fire times in `(after_ms, until_ms]` in the schedule's time zone, oldest first, at most `cap`
 /// (+1, to know there were more).
 pub fn fires_between(
-    schedule: &cron::Schedule,
+    schedule: &CronExpr,
     tz: chrono_tz::Tz,
     after_ms: i64,
     until_ms: i64,
@@ -55,7 +56,7 @@ pub fn fires_between(
 
 /// The fires due at `now_ms` for a schedule last fired at `last_ms`, under `policy`.
 pub fn due(
-    schedule: &cron::Schedule,
+    schedule: &CronExpr,
     tz: chrono_tz::Tz,
     last_ms: i64,
     now_ms: i64,
@@ -85,7 +86,7 @@ pub fn due(
 }
 
 /// The next `n` fire times after `now_ms` (for the API's "next fires").
-pub fn next_fires(schedule: &cron::Schedule, tz: chrono_tz::Tz, now_ms: i64, n: usize) -> Vec<i64> {
+pub fn next_fires(schedule: &CronExpr, tz: chrono_tz::Tz, now_ms: i64, n: usize) -> Vec<i64> {
     let after = to_utc(now_ms).with_timezone(&tz);
     schedule
         .after(&after)
@@ -109,7 +110,7 @@ mod tests {
             + minutes * MINUTE
     }
 
-    fn hourly() -> cron::Schedule {
+    fn hourly() -> CronExpr {
         parse_cron("0 * * * *").unwrap()
     }
 

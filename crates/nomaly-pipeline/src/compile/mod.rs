@@ -8,7 +8,7 @@ mod trigger;
 
 pub use query_only::{check_query, query_options};
 pub use settings::{DurationError, RetryPolicy, parse_duration};
-pub use trigger::{CronSchedule, Trigger, parse_cron};
+pub use trigger::{CronExpr, CronSchedule, Trigger, parse_cron};
 
 use crate::chunk_plan::SourceReader;
 use crate::error::{PipelineError, Result};

@@ -5,7 +5,6 @@
 use super::place;
 use crate::error::{PipelineError, Result};
 use crate::spec::{CatchUp, PipelineFile};
-use std::str::FromStr;
 
 /// A parsed schedule.
 #[derive(Debug, Clone)]
@@ -13,8 +12,7 @@ pub struct CronSchedule {
     /// The expression as written (5 fields).
     pub expression: String,
     pub timezone: chrono_tz::Tz,
-    /// The `cron` crate's form: a seconds field of `0` in front of the five.
-    pub cron: cron::Schedule,
+    pub cron: CronExpr,
 }
 
 /// The pipeline's triggers on a server.
@@ -27,9 +25,27 @@ pub struct Trigger {
     pub on_failure: Vec<String>,
 }
 
-/// Parses a 5-field cron expression (minute hour day-of-month month day-of-week) as crontab(5)
-/// reads it, names (`MON`, `JAN`) and steps (`*/15`) included.
-pub fn parse_cron(expression: &str) -> std::result::Result<cron::Schedule, String> {
+/// A 5-field cron expression read as crontab(5) reads it (croner, in its Vixie-cron mode): names
+/// (`MON`, `JAN`), steps (`*/15`), Sunday as 0 or 7, and, when both day-of-month and day-of-week
+/// are restricted, a fire on a day that matches *either*.
+#[derive(Debug, Clone)]
+pub struct CronExpr(croner::Cron);
+
+impl CronExpr {
+    /// The fire times strictly after `t`, in `t`'s time zone, oldest first. A time that a
+    /// daylight-saving change skips fires once, at the first valid time after the gap; a time
+    /// that the change repeats fires once.
+    pub fn after<'a, Tz: chrono::TimeZone + 'a>(
+        &'a self,
+        t: &chrono::DateTime<Tz>,
+    ) -> impl Iterator<Item = chrono::DateTime<Tz>> + 'a {
+        self.0.iter_after(t.clone())
+    }
+}
+
+/// Parses a 5-field cron expression (minute hour day-of-month month day-of-week); see
+/// [`CronExpr`].
+pub fn parse_cron(expression: &str) -> std::result::Result<CronExpr, String> {
     let fields: Vec<&str> = expression.split_whitespace().collect();
     if fields.len() != 5 {
         return Err(format!(
@@ -38,51 +54,55 @@ pub fn parse_cron(expression: &str) -> std::result::Result<cron::Schedule, Strin
             fields.len()
         ));
     }
-    // crontab counts Sunday as 0 (and 7); the cron crate counts 1-7 from Sunday. Numeric
-    // day-of-week values are shifted; names pass through.
-    let dow = shift_day_of_week(fields[4])?;
-    let six = format!(
-        "0 {} {} {} {} {}",
-        fields[0], fields[1], fields[2], fields[3], dow
-    );
-    cron::Schedule::from_str(&six)
+    let numbers = fields[4]
+        .split([',', '-', '/'])
+        .filter_map(|t| t.parse::<u32>().ok());
+    if let Some(n) = numbers.clone().find(|&n| n > 7) {
+        // A step (`*/8`) is not a day.
+        if !fields[4].contains('/') {
+            return Err(format!(
+                "day-of-week {n} is out of range; use 0-7 (0 and 7 are Sunday) or SUN-SAT"
+            ));
+        }
+    }
+    let fields = [
+        fields[0].to_string(),
+        fields[1].to_string(),
+        fields[2].to_string(),
+        fields[3].to_string(),
+        unwrap_weekday_ranges(fields[4]),
+    ];
+    let parser = croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Disallowed)
+        .year(croner::parser::Year::Disallowed)
+        .build();
+    parser
+        .parse(&fields.join(" "))
+        .map(CronExpr)
         .map_err(|e| format!("'{expression}' is not a cron expression ({e}); e.g. \"0 */6 * * *\""))
 }
 
-/// Maps crontab's 0-7 day numbers (0 and 7 = Sunday) to the cron crate's 1-7 (1 = Sunday).
-fn shift_day_of_week(field: &str) -> std::result::Result<String, String> {
-    let shift = |t: &str| -> std::result::Result<String, String> {
-        match t.parse::<u32>() {
-            Ok(n @ 0..=7) => Ok(((n % 7) + 1).to_string()),
-            Ok(n) => Err(format!(
-                "day-of-week {n} is out of range; use 0-7 (0 and 7 are Sunday) or SUN-SAT"
-            )),
-            Err(_) => Ok(t.to_string()),
-        }
+/// Day-of-week ranges that wrap past Saturday (`5-0`, `FRI-SUN`: Friday to Sunday), which
+/// croner refuses, as two ranges (`5-7,0-0`).
+fn unwrap_weekday_ranges(field: &str) -> String {
+    const DAYS: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
+    let day = |t: &str| {
+        t.parse::<u32>().ok().or_else(|| {
+            let upper = t.to_ascii_uppercase();
+            DAYS.iter().position(|d| *d == upper).map(|i| i as u32)
+        })
     };
-    let mut out = Vec::new();
-    for part in field.split(',') {
-        let (range, step) = match part.split_once('/') {
-            Some((r, s)) => (r, Some(s)),
-            None => (part, None),
-        };
-        let range = match range.split_once('-') {
-            Some((a, b)) => {
-                let (a, b) = (shift(a)?, shift(b)?);
-                // "5-7" (Fri-Sun) becomes 6-1 once shifted: write it as two ranges.
-                match (a.parse::<u32>(), b.parse::<u32>()) {
-                    (Ok(x), Ok(y)) if x > y && step.is_none() => format!("{x}-7,1-{y}"),
-                    _ => format!("{a}-{b}"),
-                }
-            }
-            None => shift(range)?,
-        };
-        out.push(match step {
-            Some(s) => format!("{range}/{s}"),
-            None => range,
-        });
-    }
-    Ok(out.join(","))
+    let parts: Vec<String> = field
+        .split(',')
+        .map(|part| match part.split_once('-') {
+            Some((a, b)) if !part.contains('/') => match (day(a), day(b)) {
+                (Some(x), Some(y)) if x > y && x <= 7 => format!("{x}-7,0-{y}"),
+                _ => part.to_string(),
+            },
+            _ => part.to_string(),
+        })
+        .collect();
+    parts.join(",")
 }
 
 pub(super) fn compile_trigger(file: &PipelineFile) -> Result<Trigger> {
@@ -196,6 +216,71 @@ mod tests {
             parse_cron("0 9 * * 8")
                 .unwrap_err()
                 .contains("out of range")
+        );
+    }
+}
+
+#[cfg(test)]
+mod crontab_table {
+    use super::parse_cron;
+    use chrono::{TimeZone, Utc};
+
+    #[derive(serde::Deserialize)]
+    struct Case {
+        expression: String,
+        timezone: String,
+        start_ms: i64,
+        why: String,
+        fires_ms: Vec<i64>,
+    }
+
+    /// croner's fires equal a brute-force reading of crontab(5) (minute by minute in the time
+    /// zone, day-of-month OR day-of-week, a repeated local time once), for every expression of
+    /// `benchmarks/reference/make_cron_fixtures.py`, across daylight-saving changes both ways.
+    #[test]
+    fn fires_agree_with_a_brute_force_crontab() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../benchmarks/reference/fixtures/cron_fires.json"
+        );
+        let table: Vec<Case> =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert!(table.len() >= 10);
+        for case in table {
+            let tz: chrono_tz::Tz = case.timezone.parse().unwrap();
+            let start = Utc
+                .timestamp_millis_opt(case.start_ms)
+                .unwrap()
+                .with_timezone(&tz);
+            let got: Vec<i64> = parse_cron(&case.expression)
+                .unwrap()
+                .after(&start)
+                .take(case.fires_ms.len())
+                .map(|t| t.timestamp_millis())
+                .collect();
+            assert_eq!(
+                got, case.fires_ms,
+                "{} in {} ({})",
+                case.expression, case.timezone, case.why
+            );
+        }
+    }
+
+    /// A local time that spring-forward skips still fires that day, once, at the first valid time
+    /// after the gap (Berlin, 2027-03-28: 02:00 → 03:00).
+    #[test]
+    fn a_skipped_time_fires_once_after_the_gap() {
+        let tz = chrono_tz::Europe::Berlin;
+        let start = tz.with_ymd_and_hms(2027, 3, 27, 12, 0, 0).unwrap();
+        let got: Vec<String> = parse_cron("30 2 * * *")
+            .unwrap()
+            .after(&start)
+            .take(3)
+            .map(|t| t.format("%m-%d %H:%M %Z").to_string())
+            .collect();
+        assert_eq!(
+            got,
+            ["03-28 03:00 CEST", "03-29 02:30 CEST", "03-30 02:30 CEST"]
         );
     }
 }
