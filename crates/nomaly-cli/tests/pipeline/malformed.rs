@@ -329,6 +329,22 @@ fn late_text_csv() -> String {
         env: &[],
         expect: &["[[validate]] #1 check", "min <= max"],
 })]
+#[case::alert_rate_out_of_range(Case {
+        name: "alert rate out of range",
+        pipeline: "input = \"{tx}\"\n{OUT}{DETECT}[[notify]]\ntype = \"webhook\"\nurl = \"https://hooks.example/x\"\nformat = \"slack\"\nanomaly_rate_above = 5\n",
+        files: &[],
+        args: &[],
+        env: &[],
+        expect: &["[[notify]] #1 anomaly_rate_above", "from 0 to 1"],
+})]
+#[case::unknown_chat_format(Case {
+        name: "unknown chat format",
+        pipeline: "input = \"{tx}\"\n{OUT}{DETECT}[[notify]]\ntype = \"webhook\"\nurl = \"https://hooks.example/x\"\nformat = \"discord\"\n",
+        files: &[],
+        args: &[],
+        env: &[],
+        expect: &["discord", "report", "slack", "teams"],
+})]
 #[case::bad_memory_limit(Case {
         name: "bad memory limit",
         pipeline: "input = \"{tx}\"\n{OUT}{DETECT}[resources]\nmemory_limit = \"lots\"\n",

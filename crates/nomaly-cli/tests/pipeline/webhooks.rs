@@ -174,3 +174,69 @@ fn webhooks_post_the_report_over_http_and_https() {
         "an untrusted server was sent the report"
     );
 }
+
+/// Chat webhooks (`format = "slack"` / `"teams"`) over HTTPS: a run whose anomaly rate is above
+/// a notification's `anomaly_rate_above` sends that one Slack message (and not the failure one,
+/// nor the Teams one with a higher threshold); a run that fails its validation sends only the
+/// failure message, naming the failed check.
+#[test]
+fn chat_webhooks_alert_on_failure_and_on_a_high_anomaly_rate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (cert, key) = self_signed(dir);
+    let chat = Receiver::start(&dir.join("chat"), 200, Some((&cert, &key)));
+    let url = format!("https://127.0.0.1:{}/services/T0/B0/x", chat.port);
+    let hooks = format!(
+        "[[notify]]\ntype = \"webhook\"\nurl = \"{url}\"\nformat = \"slack\"\non = \"failure\"\n\
+         [[notify]]\ntype = \"webhook\"\nurl = \"{url}\"\nformat = \"slack\"\non = \"success\"\n\
+         anomaly_rate_above = 0.05\n\
+         [[notify]]\ntype = \"webhook\"\nurl = \"{url}\"\nformat = \"teams\"\n\
+         anomaly_rate_above = 0.5\n"
+    );
+    let write = |name: &str, extra: &str| {
+        let file = dir.join(format!("{name}.toml"));
+        let text = format!(
+            "name = \"{name}\"\ninput = \"{}\"\noutput = \"{}\"\n[detect]\n\
+             algorithm = \"zscore\"\ncolumns = [\"amount\"]\n{extra}{hooks}",
+            root().join("examples/data/tx.csv").display(),
+            dir.join(format!("{name}_out/")).display()
+        );
+        std::fs::write(&file, text).unwrap();
+        file
+    };
+    let run = |file: &Path| {
+        nomaly_env(
+            &["run", file.to_str().unwrap(), "--json"],
+            &[("SSL_CERT_FILE", cert.to_str().unwrap())],
+        )
+    };
+
+    let o = run(&write("nightly", ""));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let r = report(&o);
+    let rate = r["anomaly_rate"].as_f64().unwrap();
+    assert!(rate > 0.05 && rate < 0.5, "{r}");
+    assert_eq!(r["warnings"].as_array().map(Vec::len), Some(0), "{r}");
+    let got = chat.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let text = got[0].0["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("*nomaly: pipeline nightly succeeded*\n"),
+        "{text}"
+    );
+    assert!(text.contains("above the alert threshold 5.00%"), "{text}");
+    assert!(got[0].1.starts_with("/services/t0/b0/x\n"), "{}", got[0].1);
+
+    let check = "[[validate]]\ncheck = \"anomaly_rate\"\nmax = 0.01\n";
+    let o = run(&write("strict", check));
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    // Failed, so only the failure message: the rate alert waits for a success.
+    let got = chat.received();
+    assert_eq!(got.len(), 2, "{got:?}");
+    let text = got[1].0["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("*nomaly: pipeline strict failed a validation check*\n"),
+        "{text}"
+    );
+    assert!(text.contains("\ncheck anomaly_rate failed: "), "{text}");
+}

@@ -422,8 +422,21 @@ fn compile_notifications(file: &PipelineFile, sandbox: &Sandbox) -> Result<Vec<N
     let base = file.base_dir();
     let mut out = Vec::new();
     for (i, n) in spec.notifications.iter().enumerate() {
+        if let (_, Some(rate)) = n.condition()
+            && !(0.0..=1.0).contains(&rate)
+        {
+            return Err(PipelineError::invalid(
+                place(file, "[[notify]]", i, Some("anomaly_rate_above")),
+                format!("{rate} is not a fraction of rows; give one from 0 to 1, e.g. 0.05 for 5%"),
+            ));
+        }
         let n = match n {
-            NotifySpec::Webhook { url, on } => {
+            NotifySpec::Webhook {
+                url,
+                on,
+                format,
+                anomaly_rate_above,
+            } => {
                 let at = place(file, "[[notify]]", i, Some("url"));
                 let url = sandbox
                     .url(url, "webhook")
@@ -440,9 +453,18 @@ fn compile_notifications(file: &PipelineFile, sandbox: &Sandbox) -> Result<Vec<N
                         ),
                     ));
                 }
-                NotifySpec::Webhook { url, on: *on }
+                NotifySpec::Webhook {
+                    url,
+                    on: *on,
+                    format: *format,
+                    anomaly_rate_above: *anomaly_rate_above,
+                }
             }
-            NotifySpec::File { path, on } => {
+            NotifySpec::File {
+                path,
+                on,
+                anomaly_rate_above,
+            } => {
                 let at = place(file, "[[notify]]", i, Some("path"));
                 let resolved = PathBuf::from(resolve_path(&base, path));
                 let canonical = sandbox
@@ -453,7 +475,11 @@ fn compile_notifications(file: &PipelineFile, sandbox: &Sandbox) -> Result<Vec<N
                 } else {
                     path.clone()
                 };
-                NotifySpec::File { path, on: *on }
+                NotifySpec::File {
+                    path,
+                    on: *on,
+                    anomaly_rate_above: *anomaly_rate_above,
+                }
             }
             other => other.clone(),
         };

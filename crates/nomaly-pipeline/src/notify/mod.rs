@@ -14,8 +14,13 @@ use tokio::io::AsyncWriteExt;
 #[error("{0}")]
 pub struct NotifyError(String);
 
-fn fires(on: NotifyWhen, status: RunStatus) -> bool {
-    match on {
+mod chat;
+
+/// Whether a notification with this condition fires for `report`.
+fn fires((on, rate_above): (NotifyWhen, Option<f64>), report: &RunReport) -> bool {
+    let status = report.status;
+    let rate = rate_above.is_none_or(|limit| report.anomaly_rate > limit);
+    rate && match on {
         NotifyWhen::Always => true,
         NotifyWhen::Success => matches!(status, RunStatus::Succeeded | RunStatus::DryRun),
         NotifyWhen::Failure => matches!(
@@ -40,22 +45,30 @@ pub async fn notify_all(
     let body = serde_json::to_vec_pretty(report).unwrap_or_default();
     let mut warnings = Vec::new();
     for spec in specs {
+        if !fires(spec.condition(), report) {
+            continue;
+        }
         let result = match spec {
-            NotifySpec::Webhook { url, on } if fires(*on, report.status) => {
-                post_json(url, &body, sandbox)
+            NotifySpec::Webhook {
+                url,
+                format,
+                anomaly_rate_above,
+                ..
+            } => {
+                let message = chat::message(*format, report, *anomaly_rate_above);
+                post_json(url, message.as_deref().unwrap_or(&body), sandbox)
                     .await
                     .map_err(|e| format!("webhook {}: {e}", without_password(url)))
             }
-            NotifySpec::Command { command, on } if fires(*on, report.status) => {
+            NotifySpec::Command { command, .. } => {
                 run_command(command, report, report_path, &body, base)
                     .await
                     .map_err(|e| format!("command `{command}`: {e}"))
             }
-            NotifySpec::File { path, on } if fires(*on, report.status) => {
+            NotifySpec::File { path, .. } => {
                 let p = base.join(path);
                 write_atomic(&p, &body).map_err(|e| format!("file {}: {e}", p.display()))
             }
-            _ => Ok(()),
         };
         if let Err(w) = result {
             warnings.push(format!("notification failed: {w}"));
