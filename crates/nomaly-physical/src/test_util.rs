@@ -121,3 +121,39 @@ pub(crate) async fn sorted_rows(
 pub(crate) fn metric(plan: &Arc<dyn ExecutionPlan>, name: &str) -> Option<usize> {
     plan.metrics()?.sum_by_name(name).map(|v| v.as_usize())
 }
+
+/// Puts `op` over an input whose `partitions` streams never yield, polls its partition
+/// `partition` briefly (nothing may come out), drops the output, and passes when every stream
+/// of the input has been dropped: the operator's work on it was cancelled, spawned tasks too.
+pub(crate) async fn assert_dropping_the_output_releases_the_input(
+    op: Arc<dyn ExecutionPlan>,
+    partitions: usize,
+    partition: usize,
+    ctx: &SessionContext,
+) {
+    use datafusion::physical_plan::execution_plan::{
+        ChildrenPropertiesMode, ReplaceChildrenOptions,
+    };
+    use datafusion::physical_plan::test::exec::{
+        BlockingExec, assert_strong_count_converges_to_zero,
+    };
+    use futures::StreamExt;
+    let blocking = Arc::new(BlockingExec::new(op.children()[0].schema(), partitions));
+    let refs = blocking.refs();
+    let op = op
+        .replace_children(
+            vec![blocking],
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
+        .expect("the operator over the blocking input");
+    let mut stream = op.execute(partition, ctx.task_ctx()).expect("a stream");
+    let waited = tokio::time::timeout(std::time::Duration::from_millis(200), stream.next()).await;
+    assert!(
+        waited.is_err(),
+        "{} yielded over a blocked input",
+        op.name()
+    );
+    drop(stream);
+    drop(op);
+    assert_strong_count_converges_to_zero(refs).await;
+}

@@ -356,17 +356,12 @@ fn kept_stream(kept: KeptBatches) -> impl futures::Stream<Item = Result<RecordBa
 
 #[cfg(test)]
 mod tests {
-    use crate::test_util::{find, metric, plan, register_rows, session, sorted_rows};
-    use datafusion::physical_plan::execution_plan::{
-        ChildrenPropertiesMode, ReplaceChildrenOptions,
-    };
-    use datafusion::physical_plan::test::exec::{
-        BlockingExec, assert_strong_count_converges_to_zero,
+    use crate::test_util::{
+        assert_dropping_the_output_releases_the_input, find, metric, plan, register_rows, session,
+        sorted_rows,
     };
     use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, displayable};
-    use futures::StreamExt;
     use std::sync::Arc;
-    use std::time::Duration;
 
     const SQL: &str = "SELECT id, detect_anomalies('zscore', x) AS a FROM t";
 
@@ -448,23 +443,7 @@ mod tests {
         let ctx = session(true, 3, None);
         register_rows(&ctx, 1_000, 3, 1);
         let op = find(&plan(&ctx, SQL).await, "FitScoreExec").expect("fused");
-        let blocking = Arc::new(BlockingExec::new(op.children()[0].schema(), 3));
-        let refs = blocking.refs();
-        let op = op
-            .replace_children(
-                vec![blocking],
-                ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
-            )
-            .unwrap();
-        let mut stream = op.execute(0, ctx.task_ctx()).unwrap();
-        let waited = tokio::time::timeout(Duration::from_millis(200), stream.next()).await;
-        assert!(
-            waited.is_err(),
-            "the first pass finished over a blocked input"
-        );
-        drop(stream);
-        drop(op);
-        assert_strong_count_converges_to_zero(refs).await;
+        assert_dropping_the_output_releases_the_input(op, 3, 0, &ctx).await;
     }
 
     /// The operator replaces the cross join exactly: its schema, partitions and order.

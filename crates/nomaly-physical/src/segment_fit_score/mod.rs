@@ -255,17 +255,12 @@ impl ExecutionPlan for SegmentFitScoreExec {
 
 #[cfg(test)]
 mod tests {
-    use crate::test_util::{find, metric, plan, register_rows, session, sorted_rows};
-    use datafusion::physical_plan::execution_plan::{
-        ChildrenPropertiesMode, ReplaceChildrenOptions,
-    };
-    use datafusion::physical_plan::test::exec::{
-        BlockingExec, assert_strong_count_converges_to_zero,
+    use crate::test_util::{
+        assert_dropping_the_output_releases_the_input, find, metric, plan, register_rows, session,
+        sorted_rows,
     };
     use datafusion::physical_plan::{Distribution, ExecutionPlan, ExecutionPlanProperties};
-    use futures::StreamExt;
     use std::sync::Arc;
-    use std::time::Duration;
 
     const SQL: &str =
         "SELECT id, k, detect_anomalies('zscore', x) OVER (PARTITION BY k) AS a FROM t";
@@ -356,20 +351,7 @@ mod tests {
         let ctx = session(true, 2, None);
         register_rows(&ctx, 1_000, 2, 3);
         let op = find(&plan(&ctx, SQL).await, "SegmentFitScoreExec").expect("fused");
-        let blocking = Arc::new(BlockingExec::new(op.children()[0].schema(), 2));
-        let refs = blocking.refs();
-        let op = op
-            .replace_children(
-                vec![blocking],
-                ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
-            )
-            .unwrap();
-        let mut stream = op.execute(1, ctx.task_ctx()).unwrap();
-        let waited = tokio::time::timeout(Duration::from_millis(200), stream.next()).await;
-        assert!(waited.is_err(), "a segment finished over a blocked input");
-        drop(stream);
-        drop(op);
-        assert_strong_count_converges_to_zero(refs).await;
+        assert_dropping_the_output_releases_the_input(op, 2, 1, &ctx).await;
     }
 
     /// It asks for its input hashed and sorted by the key, keeps the partition count, and yields
