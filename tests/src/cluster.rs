@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// How long a cluster has to become ready.
+pub const READY_WITHIN: Duration = Duration::from_secs(60);
+
 /// Builds the command for a role (`scheduler` or `executor`), before its flags.
 pub type Launcher = Box<dyn Fn(&str) -> Command + Send + Sync>;
 
@@ -102,16 +105,22 @@ impl Processes {
 
     /// Waits up to 60 s for `ready`, failing with the logs if a process exits or time runs out.
     pub fn wait_for(&mut self, mut ready: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + READY_WITHIN;
         while !ready() {
-            self.assert_running();
-            assert!(
-                Instant::now() < deadline,
-                "the cluster was not ready in 60 s:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
+            self.assert_alive_until(deadline);
         }
+    }
+
+    /// One step of a wait for readiness: fails with every log if a process has exited or
+    /// `deadline` has passed, else sleeps a little.
+    pub fn assert_alive_until(&mut self, deadline: Instant) {
+        self.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "the cluster was not ready in {READY_WITHIN:?}:\n{}",
+            self.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 
     /// Every process's log, each under its file name.

@@ -117,6 +117,30 @@ pub(crate) async fn sorted_rows(
     Ok(rows)
 }
 
+/// `sql` run fused (its operator `operator`, found in the plan) and as the two-pass plan, each in
+/// a fresh session over `rows` rows in `partitions` partitions and `segments` segments: the
+/// operator, the fused rows and the two-pass rows, each sorted.
+pub(crate) async fn fused_and_two_pass(
+    operator: &str,
+    sql: &str,
+    (rows, partitions, segments): (usize, usize, usize),
+    memory_limit: Option<usize>,
+) -> (Arc<dyn ExecutionPlan>, Vec<String>, Vec<String>) {
+    let fused = session(true, partitions, memory_limit);
+    register_rows(&fused, rows, partitions, segments);
+    let fused_plan = plan(&fused, sql).await;
+    let op = find(&fused_plan, operator).expect("the fused operator");
+    let got = sorted_rows(fused_plan, &fused)
+        .await
+        .expect("the fused plan runs");
+    let two = session(false, partitions, None);
+    register_rows(&two, rows, partitions, segments);
+    let expected = sorted_rows(plan(&two, sql).await, &two)
+        .await
+        .expect("the two-pass plan runs");
+    (op, got, expected)
+}
+
 /// The sum of metric `name` over `plan`'s partitions, if it was recorded.
 pub(crate) fn metric(plan: &Arc<dyn ExecutionPlan>, name: &str) -> Option<usize> {
     plan.metrics()?.sum_by_name(name).map(|v| v.as_usize())

@@ -109,15 +109,9 @@ impl Cluster {
 
     /// Waits up to 60 s for `ready`, failing with the processes' logs.
     pub fn wait_for(&mut self, ready: impl Fn(&Cluster) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + nomaly_tests::cluster::READY_WITHIN;
         while !ready(self) {
-            self.processes.assert_running();
-            assert!(
-                Instant::now() < deadline,
-                "the cluster was not ready in 60 s:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
+            self.processes.assert_alive_until(deadline);
         }
     }
 

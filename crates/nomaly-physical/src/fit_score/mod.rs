@@ -357,37 +357,19 @@ fn kept_stream(kept: KeptBatches) -> impl futures::Stream<Item = Result<RecordBa
 #[cfg(test)]
 mod tests {
     use crate::test_util::{
-        assert_dropping_the_output_releases_the_input, find, metric, plan, register_rows, session,
-        sorted_rows,
+        assert_dropping_the_output_releases_the_input, find, fused_and_two_pass, metric, plan,
+        register_rows, session, sorted_rows,
     };
-    use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, displayable};
-    use std::sync::Arc;
+    use datafusion::physical_plan::{ExecutionPlanProperties, displayable};
 
     const SQL: &str = "SELECT id, detect_anomalies('zscore', x) AS a FROM t";
-
-    /// The fused plan's rows and the two-pass plan's, each sorted, from fresh sessions.
-    async fn fused_and_two_pass(
-        sql: &str,
-        rows: usize,
-        partitions: usize,
-        memory_limit: Option<usize>,
-    ) -> (Arc<dyn ExecutionPlan>, Vec<String>, Vec<String>) {
-        let fused = session(true, partitions, memory_limit);
-        register_rows(&fused, rows, partitions, 1);
-        let fused_plan = plan(&fused, sql).await;
-        let op = find(&fused_plan, "FitScoreExec").unwrap_or_else(|| Arc::clone(&fused_plan));
-        let got = sorted_rows(Arc::clone(&fused_plan), &fused).await.unwrap();
-        let two = session(false, partitions, None);
-        register_rows(&two, rows, partitions, 1);
-        let expected = sorted_rows(plan(&two, sql).await, &two).await.unwrap();
-        (op, got, expected)
-    }
 
     /// No row passes the filter (which both sides apply): no row out, no error.
     #[tokio::test]
     async fn empty_input_scores_no_rows() {
         let sql = "SELECT id, detect_anomalies('zscore', x) AS a FROM t WHERE x < 0";
-        let (op, got, expected) = fused_and_two_pass(sql, 1_000, 3, None).await;
+        let (op, got, expected) =
+            fused_and_two_pass("FitScoreExec", sql, (1_000, 3, 1), None).await;
         assert_eq!(op.name(), "FitScoreExec");
         assert_eq!(got, expected);
         assert!(got.is_empty(), "{got:?}");
@@ -397,7 +379,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn any_number_of_partitions_scores_like_the_two_pass_plan() {
         for partitions in [1, 2, 7] {
-            let (op, got, expected) = fused_and_two_pass(SQL, 2_000, partitions, None).await;
+            let (op, got, expected) =
+                fused_and_two_pass("FitScoreExec", SQL, (2_000, partitions, 1), None).await;
             assert_eq!(got.len(), 2_000);
             assert_eq!(got, expected, "{partitions} partitions");
             assert_eq!(op.output_partitioning().partition_count(), partitions);
@@ -413,7 +396,8 @@ mod tests {
     async fn a_memory_limit_reads_the_input_again_with_the_same_scores() {
         // Small samples: the fit states count against the budget too.
         let sql = "SELECT id, detect_anomalies('zscore', x, 'sample_rows=64') AS a FROM t";
-        let (op, got, expected) = fused_and_two_pass(sql, 40_000, 3, Some(1 << 20)).await;
+        let (op, got, expected) =
+            fused_and_two_pass("FitScoreExec", sql, (40_000, 3, 1), Some(1 << 20)).await;
         assert_eq!(op.name(), "FitScoreExec");
         assert_eq!(got.len(), 40_000);
         assert_eq!(got, expected);

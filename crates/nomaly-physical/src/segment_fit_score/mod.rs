@@ -256,40 +256,21 @@ impl ExecutionPlan for SegmentFitScoreExec {
 #[cfg(test)]
 mod tests {
     use crate::test_util::{
-        assert_dropping_the_output_releases_the_input, find, metric, plan, register_rows, session,
-        sorted_rows,
+        assert_dropping_the_output_releases_the_input, find, fused_and_two_pass, metric, plan,
+        register_rows, session, sorted_rows,
     };
-    use datafusion::physical_plan::{Distribution, ExecutionPlan, ExecutionPlanProperties};
-    use std::sync::Arc;
+    use datafusion::physical_plan::{Distribution, ExecutionPlanProperties};
 
     const SQL: &str =
         "SELECT id, k, detect_anomalies('zscore', x) OVER (PARTITION BY k) AS a FROM t";
-
-    /// The fused operator and its plan's rows, and the two-pass plan's rows, each sorted.
-    async fn fused_and_two_pass(
-        sql: &str,
-        rows: usize,
-        partitions: usize,
-        segments: usize,
-        memory_limit: Option<usize>,
-    ) -> (Arc<dyn ExecutionPlan>, Vec<String>, Vec<String>) {
-        let fused = session(true, partitions, memory_limit);
-        register_rows(&fused, rows, partitions, segments);
-        let fused_plan = plan(&fused, sql).await;
-        let op = find(&fused_plan, "SegmentFitScoreExec").expect("fused");
-        let got = sorted_rows(fused_plan, &fused).await.unwrap();
-        let two = session(false, partitions, None);
-        register_rows(&two, rows, partitions, segments);
-        let expected = sorted_rows(plan(&two, sql).await, &two).await.unwrap();
-        (op, got, expected)
-    }
 
     /// No row passes the filter: no segment, no row, no error.
     #[tokio::test]
     async fn empty_input_scores_no_rows() {
         let sql = "SELECT id, detect_anomalies('zscore', x) OVER (PARTITION BY k) AS a \
                    FROM t WHERE x < 0";
-        let (op, got, expected) = fused_and_two_pass(sql, 1_000, 3, 5, None).await;
+        let (op, got, expected) =
+            fused_and_two_pass("SegmentFitScoreExec", sql, (1_000, 3, 5), None).await;
         assert!(got.is_empty(), "{got:?}");
         assert_eq!(got, expected);
         assert_eq!(metric(&op, "segments"), Some(0));
@@ -300,8 +281,13 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn any_partitions_and_segments_score_like_the_two_pass_plan() {
         for (partitions, segments) in [(1, 1), (2, 7), (5, 300)] {
-            let (op, got, expected) =
-                fused_and_two_pass(SQL, 3_000, partitions, segments, None).await;
+            let (op, got, expected) = fused_and_two_pass(
+                "SegmentFitScoreExec",
+                SQL,
+                (3_000, partitions, segments),
+                None,
+            )
+            .await;
             assert_eq!(got.len(), 3_000);
             assert_eq!(
                 got, expected,
@@ -318,7 +304,8 @@ mod tests {
     async fn a_budget_smaller_than_the_input_holds_one_segment_at_a_time() {
         let sql = "SELECT id, k, detect_anomalies('zscore', x, 'sample_rows=64') \
                    OVER (PARTITION BY k) AS a FROM t";
-        let (op, got, expected) = fused_and_two_pass(sql, 60_000, 2, 600, Some(1 << 20)).await;
+        let (op, got, expected) =
+            fused_and_two_pass("SegmentFitScoreExec", sql, (60_000, 2, 600), Some(1 << 20)).await;
         assert_eq!(got.len(), 60_000);
         assert_eq!(got, expected);
         assert_eq!(metric(&op, "segments"), Some(600));

@@ -54,16 +54,15 @@ pub fn parse_cron(expression: &str) -> std::result::Result<CronExpr, String> {
             fields.len()
         ));
     }
-    let numbers = fields[4]
-        .split([',', '-', '/'])
+    // The days of each list item, its step (`*/8`: not a day) left out.
+    let day_numbers = fields[4]
+        .split(',')
+        .flat_map(|part| part.split('/').next().unwrap_or_default().split('-'))
         .filter_map(|t| t.parse::<u32>().ok());
-    if let Some(n) = numbers.clone().find(|&n| n > 7) {
-        // A step (`*/8`) is not a day.
-        if !fields[4].contains('/') {
-            return Err(format!(
-                "day-of-week {n} is out of range; use 0-7 (0 and 7 are Sunday) or SUN-SAT"
-            ));
-        }
+    if let Some(n) = day_numbers.into_iter().find(|&n| n > 7) {
+        return Err(format!(
+            "day-of-week {n} is out of range; use 0-7 (0 and 7 are Sunday) or SUN-SAT"
+        ));
     }
     let fields = [
         fields[0].to_string(),
