@@ -1,6 +1,7 @@
 //! `nomaly`: anomaly detection with SQL on DataFusion and Ballista.
 
 mod api_token;
+mod backfill_cmd;
 mod cluster_cmd;
 mod output;
 mod pipeline_cmd;
@@ -67,6 +68,10 @@ enum Command {
     Retry(runs_cmd::RetryArgs),
     /// Register pipelines with a server: cron schedules and dependencies
     Schedule(runs_cmd::ScheduleArgs),
+    /// Run a pipeline once per interval between two days (here, or queued on a server)
+    Backfill(backfill_cmd::BackfillArgs),
+    /// List a server's backfills, or show (--cancel: cancel) one
+    Backfills(backfill_cmd::BackfillsArgs),
 }
 
 /// The command line, with the cluster processes bound to 127.0.0.1 unless told otherwise
@@ -172,6 +177,8 @@ fn main() -> ExitCode {
             Command::Cancel(args) => runs_cmd::cancel(args).await,
             Command::Retry(args) => runs_cmd::retry(args).await,
             Command::Schedule(args) => runs_cmd::schedule(args).await,
+            Command::Backfill(args) => backfill_cmd::backfill(args).await,
+            Command::Backfills(args) => backfill_cmd::backfills(args).await,
         }
     });
     // Ballista's in-process cluster keeps background tasks; do not wait for them.

@@ -7,10 +7,11 @@
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use nomaly_pipeline::faults::FaultPlan;
+use nomaly_pipeline::run_context::{parse_day, parse_params};
 use nomaly_pipeline::run_dir::{RUN_DIR, RunDir};
 use nomaly_pipeline::{
-    CompiledPipeline, PipelineError, PipelineFile, Run, RunEvent, RunFailure, RunMode, RunOptions,
-    RunReport, RunStatus, compile,
+    CompiledPipeline, PipelineError, PipelineFile, Run, RunDate, RunEvent, RunFailure, RunMode,
+    RunOptions, RunReport, RunRequest, RunStatus, compile,
 };
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -28,11 +29,43 @@ pub struct FileArgs {
     /// --set detect.algorithm=ecod --set resources.memory_limit=512MB. Repeatable
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
+
+    #[command(flatten)]
+    when: RunValues,
+}
+
+/// The day a run is for and its parameters: what `${run.date}`, `${run.start}`, `${run.end}` and
+/// `${param.NAME}` expand to (docs/pipelines.md, "Run dates and parameters").
+#[derive(Args, Debug, Clone, Default)]
+pub struct RunValues {
+    /// The day this run is for (YYYY-MM-DD): the schedule's interval that starts that day, or
+    /// the whole day in UTC without a schedule. Default: the schedule's latest ended interval
+    /// (a nightly run is for yesterday); without a schedule, now
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub date: Option<String>,
+
+    /// A value for ${param.NAME}: letters, digits, spaces and -_.:/+,@=% only (no quotes), at
+    /// most 256 characters. Repeatable
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    pub params: Vec<String>,
+}
+
+impl RunValues {
+    /// The run request these flags ask for.
+    pub fn request(&self) -> Result<RunRequest, PipelineError> {
+        let bad = |flag: &str, e: String| PipelineError::invalid(flag.to_string(), e);
+        let date = match &self.date {
+            Some(d) => RunDate::Day(parse_day(d).map_err(|e| bad("--date", e))?),
+            None => RunDate::Latest,
+        };
+        let params = parse_params(&self.params).map_err(|e| bad("--param", e))?;
+        Ok(RunRequest::new(date, params))
+    }
 }
 
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Examples:\n  nomaly run examples/pipelines/minimal.toml\n  nomaly run pipeline.toml --set run.chunk_rows=50000 --json > report.json\n  nomaly run --dry-run pipeline.toml      # every step on zero rows: SQL and schema errors in a second\n\n\
+    after_help = "Examples:\n  nomaly run examples/pipelines/minimal.toml\n  nomaly run pipeline.toml --set run.chunk_rows=50000 --json > report.json\n  nomaly run --dry-run pipeline.toml      # every step on zero rows: SQL and schema errors in a second\n  nomaly run daily.toml --date 2026-12-05 --param region=eu   # ${run.date}, ${param.region}\n\n\
 Exit codes: 0 ok, 1 run failed, 2 invalid pipeline file or input, 3 a [[validate]] check failed,\n\
 130 cancelled by Ctrl-C (committed chunks are kept: `nomaly resume` continues).\n\
 The run report (JSON) is written to <output>/_nomaly_report.json."
@@ -91,6 +124,11 @@ pub struct ResumeArgs {
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
 
+    /// With a pipeline file: the run's --date and --param values (checked against the
+    /// interrupted run's). With a run directory, the recorded ones are used
+    #[command(flatten)]
+    when: RunValues,
+
     /// When the pipeline or its input changed since the run started, start over (refit the
     /// model, redo every chunk) instead of refusing
     #[arg(long)]
@@ -111,7 +149,8 @@ pub struct ResumeArgs {
 }
 
 fn load(args: &FileArgs) -> Result<CompiledPipeline, PipelineError> {
-    compile(PipelineFile::load(&args.file, &args.overrides)?)
+    let request = args.when.request()?;
+    compile(PipelineFile::load(&args.file, &args.overrides, &request)?)
 }
 
 fn fail(e: &PipelineError) -> i32 {
@@ -335,9 +374,19 @@ pub async fn run(mut args: RunArgs) -> i32 {
 fn resume_target(
     target: &std::path::Path,
     overrides: &[String],
+    when: &RunValues,
 ) -> Result<PipelineFile, PipelineError> {
-    if !target.is_dir() {
-        return PipelineFile::load(target, overrides);
+    // An output a first run never published exists only as its staging directory.
+    let staged = nomaly_pipeline::sink_writer::staging_dir(target).is_dir();
+    if !target.is_dir() && !staged {
+        return PipelineFile::load(target, overrides, &when.request()?);
+    }
+    if when.date.is_some() || !when.params.is_empty() {
+        return Err(PipelineError::invalid(
+            target.display().to_string(),
+            "is a run directory, which records its run's --date and --param values; pass \
+             neither",
+        ));
     }
     // The run directory sits in the staging directory while the run is unfinished.
     let output = if target.file_name() == Some(std::ffi::OsStr::new(RUN_DIR)) {
@@ -353,11 +402,16 @@ fn resume_target(
         if run.exists() {
             let record = run.read_record()?;
             let text = run.read_pipeline_text()?;
+            let request = match &record.context {
+                Some(context) => context.request(),
+                None => RunRequest::default(),
+            };
             return PipelineFile::parse(
                 std::path::Path::new(&record.pipeline_file),
                 &text,
                 overrides,
                 &|name| Ok(std::env::var(name).ok()),
+                &request,
             );
         }
     }
@@ -371,7 +425,7 @@ pub async fn resume(mut args: ResumeArgs) -> i32 {
     if let Some(e) = &args.engine {
         args.overrides.push(format!("run.engine=\"{e}\""));
     }
-    let p = match resume_target(&args.target, &args.overrides).and_then(compile) {
+    let p = match resume_target(&args.target, &args.overrides, &args.when).and_then(compile) {
         Ok(p) => p,
         Err(e) => return fail(&e),
     };
@@ -401,7 +455,7 @@ pub async fn resume(mut args: ResumeArgs) -> i32 {
 /// Runs through the library's [`Run`] handle: its events drive the progress bar, Ctrl-C (or
 /// SIGTERM) cancels it — in-flight chunks stop, committed chunks stay for `nomaly resume` — and a
 /// second Ctrl-C exits at once.
-async fn execute(
+pub(crate) async fn execute(
     p: &CompiledPipeline,
     mode: RunMode,
     dry_run: bool,

@@ -26,7 +26,7 @@ pub struct ServerFlags {
 }
 
 impl ServerFlags {
-    fn client(&self) -> ServerClient {
+    pub(crate) fn client(&self) -> ServerClient {
         let token = crate::api_token::client_token(
             self.token_file.as_deref(),
             &crate::serve_cmd::default_db(),
@@ -42,7 +42,8 @@ impl ServerFlags {
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
   nomaly submit examples/pipelines/minimal.toml
-  nomaly submit nightly.toml --priority 10 --memory-limit 4GB --follow")]
+  nomaly submit nightly.toml --priority 10 --memory-limit 4GB --follow
+  nomaly submit daily.toml --date 2026-12-05 --param region=eu")]
 pub struct SubmitArgs {
     /// The pipeline file (its absolute path is sent; it must be inside the server's roots)
     #[arg(value_name = "PIPELINE.toml")]
@@ -59,6 +60,8 @@ pub struct SubmitArgs {
     /// Override a setting: KEY=VALUE, as `nomaly run --set`
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
+    #[command(flatten)]
+    when: crate::pipeline_cmd::RunValues,
     /// Send the file's text instead of its path (for a server on another machine; relative paths
     /// then start at the server's first root)
     #[arg(long)]
@@ -177,11 +180,20 @@ pub async fn submit(args: SubmitArgs) -> i32 {
             return 2;
         }
     };
+    let params = match nomaly_pipeline::run_context::parse_params(&args.when.params) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: --param: {e}");
+            return 2;
+        }
+    };
     let mut req = SubmitRequest {
         priority: Some(args.priority),
         memory_limit: args.memory_limit.clone(),
         timeout: args.timeout.clone(),
         set: args.overrides.clone(),
+        date: args.when.date.clone(),
+        params,
         ..Default::default()
     };
     if args.text {

@@ -25,6 +25,10 @@ const TOKENS: &[&str] = &[
     "$${",
     "${HOME}",
     "${X:-d}",
+    "${run.date}",
+    "${run.start:%Y/%m}",
+    "${run.end:%",
+    "${param.p:-v}",
     ":-",
     "[[step]]\nname = \"s\"\nsql = \"",
     "COPY (SELECT 1) TO '/tmp/x'",
@@ -154,9 +158,13 @@ fn mutated_pipelines_never_panic() {
     for i in 0..inputs {
         let (text, overrides) = mutate(&mut rng, &seeds);
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            let file = PipelineFile::parse(&root.join("p.toml"), &text, &overrides, &|name| {
-                sandbox.env(name)
-            })
+            let file = PipelineFile::parse(
+                &root.join("p.toml"),
+                &text,
+                &overrides,
+                &|name| sandbox.env(name),
+                &crate::RunRequest::default(),
+            )
             .ok()?;
             Some(compile_in(file, &sandbox).is_ok())
         }));

@@ -24,10 +24,12 @@ pub mod quarantine;
 mod reference_tests;
 pub mod report;
 pub mod run;
+pub mod run_context;
 pub mod run_dir;
 pub mod sandbox;
 pub mod sink_writer;
 pub mod spec;
+pub mod substitute;
 
 pub use codec::{NomalyPhysicalCodec, physical_codec};
 pub use compile::{CompiledPipeline, compile, compile_in};
@@ -37,5 +39,6 @@ pub use report::{ChunkingMode, RunReport, RunStatus};
 pub use run::{
     Run, RunFailure, RunMode, RunOptions, RunOutcome, completed_run, explain, run, validate,
 };
+pub use run_context::{RunContext, RunDate, RunRequest};
 pub use sandbox::Sandbox;
 pub use spec::{PipelineFile, json_schema};

@@ -11,11 +11,13 @@
 //! The full form names its sources (`[[source]]`), transforms them with SQL (`[[step]]`), detects
 //! (`[detect]`), checks the result (`[[validate]]`), writes it (`[[sink]]`) and reports
 //! (`[[notify]]`), within `[resources]` and `[run]` settings. Unknown keys are errors; relative paths
-//! are relative to the pipeline file's directory; `${VAR}` and `${VAR:-default}` are replaced from the
-//! environment before parsing (`$${` writes a literal `${`).
+//! are relative to the pipeline file's directory; `${VAR}`, `${run.date}`, `${param.NAME}` and the like
+//! are replaced before parsing ([`crate::substitute`]).
 
 use crate::error::{PipelineError, Result};
-use crate::sandbox::Refused;
+use crate::run_context::{RunContext, RunRequest};
+pub use crate::substitute::EnvLookup;
+use crate::substitute::{Substituted, apply_overrides, substitute};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -406,35 +408,124 @@ pub const CHUNK_ROWS_RANGE: std::ops::RangeInclusive<u64> = 1_000..=1_000_000;
 pub struct PipelineFile {
     pub path: PathBuf,
     pub spec: PipelineSpec,
-    /// The text that was parsed (after `${VAR}` substitution and `--set` overrides).
+    /// The text that was parsed (after `${...}` substitution and `--set` overrides).
     pub text: String,
     /// The text as written, before substitution: what a run directory records, so that no
     /// value from the environment is written anywhere (SECURITY.md).
     pub raw: String,
     /// The `--set` overrides applied (recorded with the run, to re-read `raw` on resume).
     pub overrides: Vec<String>,
+    /// The run's interval and parameters, as `${run.…}` and `${param.…}` expanded them.
+    pub context: RunContext,
+    /// Whether the text reads a `${run.…}` value (its output then differs from run to run).
+    pub reads_run: bool,
+}
+
+/// A text read for one run context.
+struct Reading {
+    spec: PipelineSpec,
+    text: String,
+    used: Substituted,
+    context: RunContext,
+}
+
+/// The context `request` means under the spec's schedule; `None` without a (valid) schedule,
+/// whose errors `compile` reports.
+fn schedule_context(
+    spec: &PipelineSpec,
+    request: &RunRequest,
+) -> Option<std::result::Result<RunContext, String>> {
+    let cron = crate::compile::parse_cron(spec.schedule.as_deref()?).ok()?;
+    let tz = match &spec.timezone {
+        Some(t) => t.parse::<chrono_tz::Tz>().ok()?,
+        None => chrono_tz::UTC,
+    };
+    Some(request.resolve(Some(&cron), tz))
 }
 
 impl PipelineFile {
-    /// Reads, substitutes, applies `key=value` overrides and parses a pipeline file.
-    pub fn load(path: &Path, overrides: &[String]) -> Result<PipelineFile> {
+    /// Reads, substitutes, applies `key=value` overrides and parses a pipeline file, for the run
+    /// `request` asks for.
+    pub fn load(path: &Path, overrides: &[String], request: &RunRequest) -> Result<PipelineFile> {
         let raw = std::fs::read_to_string(path).map_err(|source| PipelineError::ReadFile {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(path, &raw, overrides, &|name| Ok(std::env::var(name).ok()))
+        Self::parse(
+            path,
+            &raw,
+            overrides,
+            &|name| Ok(std::env::var(name).ok()),
+            request,
+        )
     }
 
     /// [`load`](Self::load) on text, with the environment given as a lookup (which may refuse
     /// a name: see [`crate::sandbox::Sandbox::env`]).
+    ///
+    /// The run's interval depends on the file's `schedule`, which is in the text being
+    /// substituted: the text is read once with the interval a schedule-less file would have,
+    /// and again when its schedule makes it another.
     pub fn parse(
         path: &Path,
         raw: &str,
         overrides: &[String],
         env: &EnvLookup<'_>,
+        request: &RunRequest,
     ) -> Result<PipelineFile> {
-        let text = substitute_env(path, raw, env)?;
-        let text = apply_overrides(path, &text, overrides)?;
+        let bad_request = |message: String| PipelineError::Invalid {
+            place: path.display().to_string(),
+            message,
+        };
+        let probe = request.resolve(None, chrono_tz::UTC).map_err(bad_request)?;
+        let mut read = Self::read_with(path, raw, overrides, env, &probe)?;
+        if let Some(context) = schedule_context(&read.spec, request) {
+            let context = context.map_err(bad_request)?;
+            if context != probe {
+                let again = Self::read_with(path, raw, overrides, env, &context)?;
+                if (&again.spec.schedule, &again.spec.timezone)
+                    != (&read.spec.schedule, &read.spec.timezone)
+                {
+                    return Err(bad_request(
+                        "`schedule` and `timezone` may not read ${run.…} values".into(),
+                    ));
+                }
+                read = again;
+            }
+        }
+        let unused: Vec<&String> = request
+            .params
+            .keys()
+            .filter(|k| !read.used.params_used.contains(*k))
+            .collect();
+        if !unused.is_empty() {
+            let reads: Vec<&String> = read.used.params_used.iter().collect();
+            return Err(bad_request(format!(
+                "parameter {unused:?} is not read by this pipeline (it reads {reads:?}); \
+                 reference it as ${{param.NAME}}, or do not pass it"
+            )));
+        }
+        Ok(PipelineFile {
+            path: path.to_path_buf(),
+            spec: read.spec,
+            text: read.text,
+            raw: raw.to_string(),
+            overrides: overrides.to_vec(),
+            context: read.context,
+            reads_run: read.used.reads_run,
+        })
+    }
+
+    /// One reading of the text for one run context.
+    fn read_with(
+        path: &Path,
+        raw: &str,
+        overrides: &[String],
+        env: &EnvLookup<'_>,
+        context: &RunContext,
+    ) -> Result<Reading> {
+        let used = substitute(path, raw, env, context)?;
+        let text = apply_overrides(path, &used.text, overrides)?;
         let spec: PipelineSpec = toml::from_str(&text).map_err(|e| {
             let (line, column) = e
                 .span()
@@ -447,12 +538,11 @@ impl PipelineFile {
                 message: e.message().trim().to_string(),
             }
         })?;
-        Ok(PipelineFile {
-            path: path.to_path_buf(),
+        Ok(Reading {
             spec,
             text,
-            raw: raw.to_string(),
-            overrides: overrides.to_vec(),
+            used,
+            context: context.clone(),
         })
     }
 
@@ -477,133 +567,6 @@ pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// How `${NAME}` is looked up: its value, unset (`Ok(None)`), or refused with a reason that
-/// never holds the value.
-pub type EnvLookup<'a> = dyn Fn(&str) -> std::result::Result<Option<String>, Refused> + 'a;
-
-/// Replaces `${VAR}` and `${VAR:-default}`; `$${` stays a literal `${`. A refused name is an
-/// error even when it has a default: the file asked for something it may not read.
-pub fn substitute_env(path: &Path, text: &str, env: &EnvLookup<'_>) -> Result<String> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    let mut offset = 0;
-    while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..at]);
-        let tail = &rest[at..];
-        if let Some(after) = tail.strip_prefix("$${") {
-            out.push_str("${");
-            rest = after;
-            offset += at + 3;
-            continue;
-        }
-        if !tail.starts_with("${") {
-            out.push('$');
-            rest = &tail[1..];
-            offset += at + 1;
-            continue;
-        }
-        let (line, column) = line_column(text, offset + at);
-        let Some(end) = tail.find('}') else {
-            return Err(PipelineError::Substitution {
-                path: path.to_path_buf(),
-                line,
-                column,
-                message: "'${' is not closed by '}'; write ${NAME} or ${NAME:-default}, or $${ for a literal ${".into(),
-            });
-        };
-        let body = &tail[2..end];
-        let (name, default) = match body.split_once(":-") {
-            Some((n, d)) => (n, Some(d)),
-            None => (body, None),
-        };
-        let valid_name = !name.is_empty()
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !name.starts_with(|c: char| c.is_ascii_digit());
-        if !valid_name {
-            return Err(PipelineError::Substitution {
-                path: path.to_path_buf(),
-                line,
-                column,
-                message: format!(
-                    "'${{{body}}}' is not a variable reference; names are letters, digits and _ (e.g. ${{DATA_DIR}} or ${{DATA_DIR:-data}})"
-                ),
-            });
-        }
-        let value = env(name).map_err(|refused| PipelineError::Substitution {
-            path: path.to_path_buf(),
-            line,
-            column,
-            message: refused.0,
-        })?;
-        match (value, default) {
-            (Some(v), _) => out.push_str(&v),
-            (None, Some(d)) => out.push_str(d),
-            (None, None) => {
-                return Err(PipelineError::Substitution {
-                    path: path.to_path_buf(),
-                    line,
-                    column,
-                    message: format!(
-                        "environment variable {name} is not set; set it, or give a default with ${{{name}:-value}}"
-                    ),
-                });
-            }
-        }
-        rest = &tail[end + 1..];
-        offset += at + end + 1;
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
-/// Applies `--set key.path=value` overrides to the document (values are TOML when they parse as
-/// TOML, else strings), keeping the rest of the text — and its line numbers — as it was.
-fn apply_overrides(path: &Path, text: &str, overrides: &[String]) -> Result<String> {
-    if overrides.is_empty() {
-        return Ok(text.to_string());
-    }
-    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
-        let (line, column) = e
-            .span()
-            .map(|s| line_column(text, s.start))
-            .unwrap_or((0, 0));
-        PipelineError::Syntax {
-            path: path.to_path_buf(),
-            line,
-            column,
-            message: e.message().trim().to_string(),
-        }
-    })?;
-    for o in overrides {
-        let bad = |reason: &str| PipelineError::Override {
-            setting: o.clone(),
-            reason: reason.to_string(),
-        };
-        let (key, value) = o
-            .split_once('=')
-            .ok_or_else(|| bad("expected KEY=VALUE, e.g. --set run.chunk_rows=50000"))?;
-        let parts: Vec<&str> = key.trim().split('.').collect();
-        if parts.iter().any(|p| p.is_empty()) {
-            return Err(bad("the key has an empty part"));
-        }
-        let value = value.trim();
-        let parsed: toml_edit::Value = value
-            .parse()
-            .unwrap_or_else(|_| toml_edit::Value::from(value));
-        let mut table = doc.as_table_mut();
-        for p in &parts[..parts.len() - 1] {
-            let entry = table
-                .entry(p)
-                .or_insert(toml_edit::Item::Table(toml_edit::Table::new()));
-            table = entry
-                .as_table_mut()
-                .ok_or_else(|| bad(&format!("'{p}' is not a table in this file")))?;
-        }
-        table.insert(parts[parts.len() - 1], toml_edit::value(parsed));
-    }
-    Ok(doc.to_string())
-}
-
 /// The JSON Schema of the format, for editors.
 pub fn json_schema() -> serde_json::Value {
     serde_json::to_value(schemars::schema_for!(PipelineSpec)).expect("a schema is JSON")
@@ -612,6 +575,7 @@ pub fn json_schema() -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sandbox::Refused;
 
     fn env(name: &str) -> std::result::Result<Option<String>, Refused> {
         match name {
@@ -621,30 +585,50 @@ mod tests {
     }
 
     #[test]
-    fn substitution_replaces_defaults_and_escapes() {
-        let p = Path::new("p.toml");
-        assert_eq!(
-            substitute_env(p, "a = \"${DATA}/x ${NOPE:-d} $${LIT} $5\"", &env).unwrap(),
-            "a = \"data/tx/x d ${LIT} $5\""
-        );
-        let e = substitute_env(p, "a = 1\nb = \"${NOPE}\"", &env).unwrap_err();
-        assert!(
-            e.to_string().contains("p.toml:2:6") && e.to_string().contains("NOPE"),
-            "{e}"
-        );
-        // A refused name fails even with a default, with the lookup's reason and place.
-        let e = substitute_env(p, "a = \"${SECRET:-x}\"", &env).unwrap_err();
-        assert_eq!(e.to_string(), "p.toml:1:6: SECRET is not allowed");
-    }
-
-    #[test]
     fn minimal_file_parses_and_unknown_keys_are_located() {
         let text = "input = \"a.csv\"\noutput = \"out/\"\n[detect]\nalgorithm = \"zscore\"\ncolumns = [\"x\"]\n";
-        let f = PipelineFile::parse(Path::new("p.toml"), text, &[], &env).unwrap();
+        let f = PipelineFile::parse(Path::new("p.toml"), text, &[], &env, &RunRequest::default())
+            .unwrap();
         assert_eq!(f.spec.detect.unwrap().algorithm, "zscore");
         let bad = text.replace("columns", "colums");
-        let e = PipelineFile::parse(Path::new("p.toml"), &bad, &[], &env).unwrap_err();
+        let e = PipelineFile::parse(Path::new("p.toml"), &bad, &[], &env, &RunRequest::default())
+            .unwrap_err();
         assert!(e.to_string().contains("p.toml:5:1"), "{e}");
+    }
+
+    /// The interval follows the file's own schedule, read from the text being substituted.
+    #[test]
+    fn run_values_follow_the_files_schedule_and_params_must_be_read() {
+        use crate::run_context::RunDate;
+        let text = "input = \"a.csv\"\noutput = \"out/date=${run.date}/${param.region}\"\n\
+                    schedule = \"0 2 * * *\"\ntimezone = \"Europe/Berlin\"\n[detect]\n\
+                    algorithm = \"zscore\"\ncolumns = [\"x\"]\n";
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-06T00:30:00Z").unwrap();
+        let request = |params: &[(&str, &str)]| RunRequest {
+            date: RunDate::Latest,
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            now_ms: now.timestamp_millis(),
+        };
+        let p = Path::new("p.toml");
+        // 01:30 in Berlin on the 6th: the latest ended interval began on the 4th at 02:00.
+        let f = PipelineFile::parse(p, text, &[], &env, &request(&[("region", "eu")])).unwrap();
+        assert_eq!(f.spec.output.as_deref(), Some("out/date=2026-12-04/eu"));
+        assert!(f.reads_run);
+        assert!(f.raw.contains("${run.date}"), "the text as written is kept");
+        let e = PipelineFile::parse(p, text, &[], &env, &request(&[])).unwrap_err();
+        assert!(e.to_string().contains("param.region is not set"), "{e}");
+        let e = PipelineFile::parse(
+            p,
+            text,
+            &[],
+            &env,
+            &request(&[("region", "eu"), ("rgn", "x")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("[\"rgn\"] is not read"), "{e}");
     }
 
     #[test]
@@ -655,6 +639,7 @@ mod tests {
             text,
             &["detect.algorithm=ecod".into(), "run.chunk_rows=5000".into()],
             &env,
+            &RunRequest::default(),
         )
         .unwrap();
         assert_eq!(f.spec.detect.unwrap().algorithm, "ecod");
@@ -664,7 +649,8 @@ mod tests {
     #[test]
     fn options_table_becomes_the_sql_option_string() {
         let text = "[detect]\nalgorithm = \"iforest\"\ncolumns = [\"x\"]\noptions = { n_trees = 50, contamination = 0.05 }\n";
-        let f = PipelineFile::parse(Path::new("p.toml"), text, &[], &env).unwrap();
+        let f = PipelineFile::parse(Path::new("p.toml"), text, &[], &env, &RunRequest::default())
+            .unwrap();
         assert_eq!(
             f.spec.detect.unwrap().options.unwrap().to_option_string(),
             "contamination=0.05, n_trees=50"

@@ -3,6 +3,7 @@
 //! 4xx status that says whose fault it is. Every route but `/health` needs the bearer token when
 //! the server has one (SECURITY.md).
 
+use crate::backfills::{BackfillList, BackfillRequest, BackfillView};
 use crate::bodies::{
     ChunkList, ErrorBody, Health, History, RunList, RunView, ScheduleList, ScheduleRequest,
 };
@@ -101,6 +102,9 @@ pub fn router(server: Server, http: HttpConfig) -> Router {
         .route("/api/cluster/jobs/{id}/stages", get(cluster_stages))
         .route("/api/cluster/jobs/{id}/dot", get(cluster_dot))
         .route("/api/cluster/jobs/{id}/cancel", post(cluster_cancel))
+        .route("/api/backfills", post(add_backfill).get(list_backfills))
+        .route("/api/backfills/{id}", get(get_backfill))
+        .route("/api/backfills/{id}/cancel", post(cancel_backfill))
         .route("/api/schedules", get(list_schedules).post(add_schedule))
         .route(
             "/api/schedules/{name}",
@@ -310,6 +314,44 @@ async fn retry(State(state): State<AppState>, Path(id): Path<String>) -> ApiResu
 async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<RunView>> {
     let run = state.server.requeue(parse_id(&id)?, StartMode::Resume)?;
     Ok(Json(RunView::of(&state.server, run, None)))
+}
+
+async fn add_backfill(
+    State(state): State<AppState>,
+    bytes: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<BackfillView>)> {
+    let req: BackfillRequest = body(&bytes)?;
+    Ok((StatusCode::CREATED, Json(state.server.backfill(req)?)))
+}
+
+#[derive(Deserialize)]
+struct LimitQuery {
+    limit: Option<usize>,
+}
+
+async fn list_backfills(
+    State(state): State<AppState>,
+    query: Result<Query<LimitQuery>, QueryRejection>,
+) -> ApiResult<Json<BackfillList>> {
+    let Query(q) =
+        query.map_err(|e| ServerError::BadRequest(format!("the query: {}", e.body_text())))?;
+    Ok(Json(
+        state.server.backfills(q.limit.unwrap_or(50).min(1000))?,
+    ))
+}
+
+async fn get_backfill(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<BackfillView>> {
+    Ok(Json(state.server.backfill_view(parse_id(&id)?)?))
+}
+
+async fn cancel_backfill(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<BackfillView>> {
+    Ok(Json(state.server.cancel_backfill(parse_id(&id)?)?))
 }
 
 async fn queue(State(state): State<AppState>) -> ApiResult<Json<crate::server::QueueView>> {

@@ -1,5 +1,6 @@
 //! The terminal side of the API: what `nomaly submit | runs | status | cancel | schedule` call.
 
+use crate::backfills::{BackfillList, BackfillRequest, BackfillView};
 use crate::bodies::{ErrorBody, RunList, RunView, ScheduleList, ScheduleRequest};
 use crate::server::{QueueView, ScheduleView, StreamEvent, SubmitRequest};
 use futures::StreamExt;
@@ -147,6 +148,28 @@ impl ServerClient {
                 .json(&body),
         )
         .await
+    }
+
+    pub async fn backfill(&self, req: &BackfillRequest) -> Result<BackfillView, ClientError> {
+        self.json(
+            self.request(reqwest::Method::POST, "/api/backfills")
+                .json(req),
+        )
+        .await
+    }
+
+    pub async fn backfills(&self, limit: usize) -> Result<BackfillList, ClientError> {
+        self.json(self.get(&format!("/api/backfills?limit={limit}")))
+            .await
+    }
+
+    pub async fn backfill_view(&self, id: i64) -> Result<BackfillView, ClientError> {
+        self.json(self.get(&format!("/api/backfills/{id}"))).await
+    }
+
+    pub async fn cancel_backfill(&self, id: i64) -> Result<BackfillView, ClientError> {
+        let path = format!("/api/backfills/{id}/cancel");
+        self.json(self.request(reqwest::Method::POST, &path)).await
     }
 
     pub async fn remove_schedule(&self, name: &str) -> Result<(), ClientError> {

@@ -13,6 +13,7 @@
 //! runs that were running go back to the queue to resume from their committed chunks.
 
 pub mod api;
+pub mod backfills;
 pub mod bodies;
 pub mod client;
 pub mod cluster_view;

@@ -3,6 +3,7 @@
 //! the table below (the API fuzz test sends requests to every route it names and expects each to
 //! exist). Served at `/api/openapi.json`; `docs/openapi.json` is a copy a test keeps equal.
 
+use crate::backfills::{BackfillList, BackfillRequest, BackfillView};
 use crate::bodies::{
     ChunkList, ErrorBody, Health, History, RunList, RunView, ScheduleList, ScheduleRequest,
 };
@@ -80,6 +81,10 @@ const ROUTES: &[Route] = &[
     Route { method: HttpMethod::Post, path: "/api/runs/{id}/resume", summary: "Queue a failed, cancelled or timed-out run again, continuing from its committed chunks", query: &[], body: None, ok: ("200", Answer::Json("RunView")), errors: ACT_ERRORS },
     Route { method: HttpMethod::Get, path: "/api/events", summary: "Server-Sent Events of every run", query: &[], body: None, ok: ("200", Answer::Events), errors: &["401"] },
     Route { method: HttpMethod::Get, path: "/api/queue", summary: "The queue: positions, effective priorities, estimated starts, memory reserved", query: &[], body: None, ok: ("200", Answer::Json("QueueView")), errors: &["401"] },
+    Route { method: HttpMethod::Post, path: "/api/backfills", summary: "Backfill: one run per ended interval of the pipeline's schedule (days, without one) from..to, at a low priority", query: &[], body: Some("BackfillRequest"), ok: ("201", Answer::Json("BackfillView")), errors: &["400", "401", "403", "413"] },
+    Route { method: HttpMethod::Get, path: "/api/backfills", summary: "Backfills, newest first, each with its runs and counts", query: &["limit"], body: None, ok: ("200", Answer::Json("BackfillList")), errors: &["400", "401"] },
+    Route { method: HttpMethod::Get, path: "/api/backfills/{id}", summary: "One backfill: its state, counts per run state, and its runs oldest interval first", query: &[], body: None, ok: ("200", Answer::Json("BackfillView")), errors: RUN_ERRORS },
+    Route { method: HttpMethod::Post, path: "/api/backfills/{id}/cancel", summary: "Cancel every queued or running run of a backfill", query: &[], body: None, ok: ("200", Answer::Json("BackfillView")), errors: ACT_ERRORS },
     Route { method: HttpMethod::Get, path: "/api/schedules", summary: "Registered pipelines with their schedules, dependencies and next fire times", query: &[], body: None, ok: ("200", Answer::Json("ScheduleList")), errors: &["401"] },
     Route { method: HttpMethod::Post, path: "/api/schedules", summary: "Register (or update) a pipeline file: its schedule, after and on_failure", query: &[], body: Some("ScheduleRequest"), ok: ("201", Answer::Json("ScheduleView")), errors: &["400", "401", "403"] },
     Route { method: HttpMethod::Get, path: "/api/schedules/{name}", summary: "One registered pipeline", query: &[], body: None, ok: ("200", Answer::Json("ScheduleView")), errors: &["401", "404"] },
@@ -109,6 +114,9 @@ fn schemas() -> Vec<(String, RefOr<Schema>)> {
     add::<History>(&mut all);
     add::<QueueView>(&mut all);
     add::<ScheduleRequest>(&mut all);
+    add::<BackfillRequest>(&mut all);
+    add::<BackfillView>(&mut all);
+    add::<BackfillList>(&mut all);
     add::<ScheduleView>(&mut all);
     add::<ScheduleList>(&mut all);
     add::<crate::events::StreamEvent>(&mut all);

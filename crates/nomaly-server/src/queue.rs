@@ -9,6 +9,7 @@
 //! - **Estimated start**: the running runs' remaining times (from their ETA) free slots and memory
 //!   in order; each queued run is assumed to take the mean duration of finished runs.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// A queued run, as the queue sees it.
@@ -57,6 +58,31 @@ pub fn admit(ordered: &[Waiting], mut capacity: Capacity) -> Vec<i64> {
         start.push(w.id);
     }
     start
+}
+
+/// Runs of a group (a backfill: `group_of` gives its id and how many of its runs may run at
+/// once) beyond that limit, counting `running` ones and those ahead in the order, wait; they
+/// hold back nothing behind them. Returns the rest, in order, and the held ids.
+pub fn hold_groups(
+    ordered: &[Waiting],
+    running: &BTreeMap<i64, usize>,
+    group_of: impl Fn(i64) -> Option<(i64, usize)>,
+) -> (Vec<Waiting>, BTreeSet<i64>) {
+    let mut taken = running.clone();
+    let mut free = Vec::new();
+    let mut held = BTreeSet::new();
+    for w in ordered {
+        if let Some((group, limit)) = group_of(w.id) {
+            let n = taken.entry(group).or_default();
+            if *n >= limit {
+                held.insert(w.id);
+                continue;
+            }
+            *n += 1;
+        }
+        free.push(w.clone());
+    }
+    (free, held)
 }
 
 /// A running run: its memory and the seconds it is expected to go on for.
@@ -156,6 +182,22 @@ mod tests {
         assert_eq!(admit(&q, free(13, 4)), vec![1, 2, 3]);
         assert_eq!(admit(&q, free(13, 2)), vec![1, 2]);
         assert_eq!(admit(&q, free(5, 4)), Vec::<i64>::new());
+    }
+
+    #[test]
+    fn a_backfill_runs_its_limit_at_once_and_holds_back_nothing_else() {
+        // Runs 1-3 belong to backfill 7 (one at a time), run 4 to nothing.
+        let q = vec![w(1, 0, 0, 1), w(2, 0, 1, 1), w(4, 0, 2, 1), w(3, 0, 3, 1)];
+        let group = |id| (id != 4).then_some((7, 1));
+        let ids = |v: &[Waiting]| v.iter().map(|w| w.id).collect::<Vec<_>>();
+        let (free, held) = hold_groups(&q, &BTreeMap::new(), group);
+        assert_eq!((ids(&free), held), (vec![1, 4], BTreeSet::from([2, 3])));
+        // One of its runs is running: all of its queued runs wait; run 4 does not.
+        let (free, held) = hold_groups(&q, &BTreeMap::from([(7, 1)]), group);
+        assert_eq!((ids(&free), held.len()), (vec![4], 3));
+        // A limit of 2.
+        let (free, _) = hold_groups(&q, &BTreeMap::new(), |id| (id != 4).then_some((7, 2)));
+        assert_eq!(ids(&free), vec![1, 2, 4]);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 use crate::error::{Result, ServerError};
 use crate::server::Server;
+use nomaly_pipeline::RunRequest;
 use nomaly_pipeline::Sandbox;
 use nomaly_pipeline::spec::NotifySpec;
 use nomaly_pipeline::{CompiledPipeline, PipelineError, PipelineFile, compile_in};
@@ -85,9 +86,10 @@ impl Server {
         path: &Path,
         text: &str,
         overrides: &[String],
+        request: &RunRequest,
     ) -> Result<PipelineFile> {
         let sandbox = self.inner.config.roots.sandbox();
-        PipelineFile::parse(path, text, overrides, &|name| sandbox.env(name))
+        PipelineFile::parse(path, text, overrides, &|name| sandbox.env(name), request)
             .map_err(pipeline_error)
     }
 
@@ -99,8 +101,9 @@ impl Server {
         path: &Path,
         text: &str,
         overrides: &[String],
+        request: &RunRequest,
     ) -> Result<CompiledPipeline> {
-        let file = self.parse(path, text, overrides)?;
+        let file = self.parse(path, text, overrides, request)?;
         let compiled =
             compile_in(file, self.inner.config.roots.sandbox()).map_err(pipeline_error)?;
         if !self.inner.config.allow_notify_commands

@@ -10,7 +10,10 @@ use crate::roots::AllowedRoots;
 use crate::run_state::Transition;
 use crate::store::{ChunkRecord, NewRun, PipelineRecord, RunRecord, RunState, StartMode, Store};
 use nomaly_pipeline::faults::FaultPlan;
-use nomaly_pipeline::{CompiledPipeline, Run, RunEvent, RunMode, RunOptions, RunStatus};
+use nomaly_pipeline::run_context::{check_params, parse_day};
+use nomaly_pipeline::{
+    CompiledPipeline, Run, RunDate, RunEvent, RunMode, RunOptions, RunRequest, RunStatus,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -73,6 +76,27 @@ pub struct SubmitRequest {
     /// `KEY=VALUE` overrides, as `nomaly run --set`.
     #[serde(default)]
     pub set: Vec<String>,
+    /// The day the run is for (YYYY-MM-DD), as `nomaly run --date` (default: the schedule's
+    /// latest ended interval; without a schedule, now).
+    pub date: Option<String>,
+    /// Values for `${param.NAME}`, as `nomaly run --param`: letters, digits, spaces and
+    /// `-_.:/+,@=%` only, at most 256 characters, at most 32 of them.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+}
+
+impl SubmitRequest {
+    /// The run request its `date` and `params` ask for, checked.
+    pub fn run_request(&self) -> Result<RunRequest> {
+        let date = match &self.date {
+            Some(d) => RunDate::Day(
+                parse_day(d).map_err(|e| ServerError::BadRequest(format!("date: {e}")))?,
+            ),
+            None => RunDate::Latest,
+        };
+        check_params(&self.params).map_err(|e| ServerError::BadRequest(format!("params: {e}")))?;
+        Ok(RunRequest::new(date, self.params.clone()))
+    }
 }
 
 /// What a live run shows: its progress as counted from its events.
@@ -99,6 +123,8 @@ pub(crate) struct Active {
     pub(crate) outputs: Vec<PathBuf>,
     memory: u64,
     pipeline: String,
+    /// The backfill it belongs to (its runs start at most `max_active` at a time).
+    pub(crate) backfill: Option<i64>,
     started: Instant,
     live: Arc<Mutex<Live>>,
 }
@@ -110,7 +136,7 @@ pub(crate) struct Inner {
     pub metrics: Metrics,
     active: Mutex<BTreeMap<i64, Active>>,
     pub(crate) claims: crate::output_wait::OutputClaims,
-    wake: Notify,
+    pub(crate) wake: Notify,
     stop: CancellationToken,
     /// Held while the queue is looked at, so two admissions never start the same memory twice.
     admitting: tokio::sync::Mutex<()>,
@@ -137,7 +163,8 @@ pub struct QueueEntry {
     /// When it is expected to start (ms since the epoch), if it can ever fit.
     pub estimated_start_ms: Option<i64>,
     /// Why it has not started: `memory` (its budget does not fit what is free), `slots` (the
-    /// concurrency limit), `ahead` (runs ahead of it go first).
+    /// concurrency limit), `ahead` (runs ahead of it go first), `output` (a run ahead of it
+    /// writes its output), `backfill` (its backfill runs as many runs at once as it may).
     pub waiting_for: String,
 }
 
@@ -248,14 +275,40 @@ impl Server {
     /// checked here, so a bad file is a 400 now rather than a failed run later.
     pub fn submit(&self, req: SubmitRequest, trigger: &str) -> Result<RunRecord> {
         let (path, text) = self.pipeline_source(&req)?;
-        let mut overrides = req.set.clone();
-        let file = self.parse(&path, &text, &overrides)?;
+        let new = self.new_run(&req, path, text, &req.run_request()?, trigger)?;
+        self.enqueue(new)
+    }
+
+    /// A pipeline compiled for a run request, on the server's engine unless the file or `set`
+    /// names one; with the overrides that say so.
+    pub(crate) fn compile_for(
+        &self,
+        path: &Path,
+        text: &str,
+        set: &[String],
+        request: &RunRequest,
+    ) -> Result<(CompiledPipeline, Vec<String>)> {
+        let mut overrides = set.to_vec();
+        let file = self.parse(path, text, &overrides, request)?;
         if file.spec.run.engine.is_none()
             && let Some(engine) = &self.inner.config.engine
         {
             overrides.push(format!("run.engine={engine}"));
         }
-        let compiled = self.compile_checked(&path, &text, &overrides)?;
+        let compiled = self.compile_checked(path, text, &overrides, request)?;
+        Ok((compiled, overrides))
+    }
+
+    /// Checks a submission for one run request and makes the run to queue.
+    pub(crate) fn new_run(
+        &self,
+        req: &SubmitRequest,
+        path: PathBuf,
+        text: String,
+        request: &RunRequest,
+        trigger: &str,
+    ) -> Result<NewRun> {
+        let (compiled, overrides) = self.compile_for(&path, &text, &req.set, request)?;
         let memory = match &req.memory_limit {
             Some(m) => nomaly_engine::memory::parse_byte_size(m)
                 .map_err(|e| ServerError::BadRequest(format!("memory_limit: {e}")))?
@@ -288,7 +341,7 @@ impl Server {
                 "cpus must be at least 1".to_string(),
             ));
         }
-        let new = NewRun {
+        Ok(NewRun {
             pipeline: compiled.name.clone(),
             file: path,
             text,
@@ -298,8 +351,9 @@ impl Server {
             timeout_ms,
             cpus: req.cpus,
             trigger: trigger.to_string(),
-        };
-        self.enqueue(new)
+            context: Some(compiled.file.context.clone()),
+            backfill: None,
+        })
     }
 
     pub(crate) fn enqueue(&self, new: NewRun) -> Result<RunRecord> {
@@ -462,6 +516,7 @@ impl Server {
             free_slots: cfg.max_concurrent.saturating_sub(running),
         };
         let ordered = queue::order(waiting(&queued), now_ms(), cfg.aging);
+        let (ordered, _) = self.hold_backfills(&ordered, &queued);
         let (free, _) = self.split_by_output(&ordered, &queued);
         for id in queue::admit(&free, capacity) {
             if let Some(run) = queued.iter().find(|r| r.id == id) {
@@ -496,6 +551,7 @@ impl Server {
         let free_memory = cfg.memory_budget.saturating_sub(reserved);
         let free_slots = cfg.max_concurrent.saturating_sub(running.len());
         let (_, for_output) = self.split_by_output(&ordered, &queued);
+        let (_, for_backfill) = self.hold_backfills(&ordered, &queued);
         let entries = ordered
             .iter()
             .zip(starts)
@@ -513,6 +569,8 @@ impl Server {
                     estimated_start_ms: start.map(|s| now + (s * 1000.0) as i64),
                     waiting_for: if for_output.contains(&w.id) {
                         "output".into()
+                    } else if for_backfill.contains(&w.id) {
+                        "backfill".into()
                     } else if i > 0 {
                         "ahead".into()
                     } else if free_slots == 0 {

@@ -6,76 +6,19 @@ use crate::error::{Result, ServerError};
 use crate::events::{Progress, RunEventBody};
 pub use crate::run_state::RunState;
 use crate::run_state::Transition;
+use nomaly_pipeline::RunContext;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+mod backfills;
+mod migrations;
 mod pipelines;
+pub use backfills::{BackfillRecord, NewBackfill};
+use migrations::MIGRATIONS;
 pub use pipelines::PipelineRecord;
-
-/// Schema versions in order; `user_version` counts how many have been applied.
-const MIGRATIONS: &[&str] = &[
-    // 1: runs, chunks, events, registered pipelines.
-    "CREATE TABLE runs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        pipeline TEXT NOT NULL,
-        file TEXT NOT NULL,
-        text TEXT NOT NULL,
-        overrides TEXT NOT NULL,
-        priority INTEGER NOT NULL,
-        memory_bytes INTEGER NOT NULL,
-        timeout_ms INTEGER,
-        cpus INTEGER,
-        state TEXT NOT NULL,
-        mode TEXT NOT NULL,
-        trigger TEXT NOT NULL,
-        submitted_ms INTEGER NOT NULL,
-        queued_ms INTEGER NOT NULL,
-        started_ms INTEGER,
-        finished_ms INTEGER,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        cancel_requested INTEGER NOT NULL DEFAULT 0,
-        progress TEXT,
-        report TEXT,
-        error TEXT
-    );
-    CREATE INDEX runs_by_state ON runs(state);
-    CREATE INDEX runs_by_pipeline ON runs(pipeline, id);
-    CREATE TABLE chunks (
-        run_id INTEGER NOT NULL REFERENCES runs(id),
-        chunk INTEGER NOT NULL,
-        state TEXT NOT NULL,
-        rows INTEGER NOT NULL,
-        anomalies INTEGER NOT NULL,
-        at_ms INTEGER NOT NULL,
-        PRIMARY KEY (run_id, chunk)
-    );
-    CREATE TABLE events (
-        run_id INTEGER NOT NULL REFERENCES runs(id),
-        seq INTEGER NOT NULL,
-        at_ms INTEGER NOT NULL,
-        kind TEXT NOT NULL,
-        data TEXT NOT NULL,
-        PRIMARY KEY (run_id, seq)
-    );
-    CREATE TABLE pipelines (
-        name TEXT PRIMARY KEY,
-        file TEXT NOT NULL,
-        text TEXT NOT NULL,
-        cron TEXT,
-        timezone TEXT,
-        catch_up TEXT NOT NULL,
-        allow_overlap INTEGER NOT NULL,
-        after TEXT NOT NULL,
-        on_failure TEXT NOT NULL,
-        priority INTEGER NOT NULL,
-        added_ms INTEGER NOT NULL,
-        last_fire_ms INTEGER,
-        fires INTEGER NOT NULL DEFAULT 0,
-        skipped INTEGER NOT NULL DEFAULT 0
-    );",
-];
 
 /// How a run starts when admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -131,6 +74,33 @@ pub struct RunRecord {
     /// The latest progress sample while it runs (and its last one after).
     pub progress: Option<Progress>,
     pub error: Option<String>,
+    /// The interval and parameters it is for (none for runs stored before runs had them).
+    pub interval: Option<RunInterval>,
+    /// The backfill it belongs to.
+    pub backfill: Option<i64>,
+}
+
+/// The interval and parameters a run is for: what `${run.…}` and `${param.…}` expand to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RunInterval {
+    /// `${run.date}`: the day the interval starts, in `timezone`.
+    pub date: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub timezone: String,
+    pub params: BTreeMap<String, String>,
+}
+
+impl From<&RunContext> for RunInterval {
+    fn from(c: &RunContext) -> Self {
+        RunInterval {
+            date: c.date(),
+            start_ms: c.start_ms,
+            end_ms: c.end_ms,
+            timezone: c.timezone.clone(),
+            params: c.params.clone(),
+        }
+    }
 }
 
 /// What a new run needs.
@@ -145,6 +115,9 @@ pub struct NewRun {
     pub timeout_ms: Option<u64>,
     pub cpus: Option<u64>,
     pub trigger: String,
+    /// The interval and parameters, resolved at submission.
+    pub context: Option<RunContext>,
+    pub backfill: Option<i64>,
 }
 
 /// The pipeline text a run executes, as stored at submission.
@@ -153,6 +126,7 @@ pub struct RunSource {
     pub file: PathBuf,
     pub text: String,
     pub overrides: Vec<String>,
+    pub context: Option<RunContext>,
 }
 
 /// One chunk's state.
@@ -175,12 +149,13 @@ pub struct Store {
 
 const RUN_COLUMNS: &str = "id, pipeline, file, priority, memory_bytes, timeout_ms, cpus, state, \
      mode, trigger, submitted_ms, queued_ms, started_ms, finished_ms, attempts, cancel_requested, \
-     progress, error";
+     progress, error, context, backfill";
 
 fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
     let state: String = r.get(7)?;
     let mode: String = r.get(8)?;
     let progress: Option<String> = r.get(16)?;
+    let context: Option<String> = r.get(18)?;
     Ok(RunRecord {
         id: r.get(0)?,
         pipeline: r.get(1)?,
@@ -200,6 +175,10 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         cancel_requested: r.get::<_, i64>(15)? != 0,
         progress: progress.and_then(|p| serde_json::from_str(&p).ok()),
         error: r.get(17)?,
+        interval: context
+            .and_then(|c| serde_json::from_str::<RunContext>(&c).ok())
+            .map(|c| RunInterval::from(&c)),
+        backfill: r.get(19)?,
     })
 }
 
@@ -267,26 +246,7 @@ impl Store {
     }
 
     pub fn insert_run(&self, run: &NewRun, now_ms: i64) -> Result<i64> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO runs (pipeline, file, text, overrides, priority, memory_bytes, \
-                 timeout_ms, cpus, state, mode, trigger, submitted_ms, queued_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', 'run', ?9, ?10, ?10)",
-                params![
-                    run.pipeline,
-                    run.file.to_string_lossy(),
-                    run.text,
-                    serde_json::to_string(&run.overrides).unwrap_or_else(|_| "[]".into()),
-                    run.priority,
-                    run.memory_bytes as i64,
-                    run.timeout_ms.map(|v| v as i64),
-                    run.cpus.map(|v| v as i64),
-                    run.trigger,
-                    now_ms,
-                ],
-            )?;
-            Ok(c.last_insert_rowid())
-        })
+        self.with(|c| insert_run(c, run, now_ms))
     }
 
     pub fn run(&self, id: i64) -> Result<Option<RunRecord>> {
@@ -326,14 +286,16 @@ impl Store {
     pub fn source(&self, id: i64) -> Result<Option<RunSource>> {
         self.with(|c| {
             c.query_row(
-                "SELECT file, text, overrides FROM runs WHERE id = ?1",
+                "SELECT file, text, overrides, context FROM runs WHERE id = ?1",
                 [id],
                 |r| {
                     let overrides: String = r.get(2)?;
+                    let context: Option<String> = r.get(3)?;
                     Ok(RunSource {
                         file: PathBuf::from(r.get::<_, String>(0)?),
                         text: r.get(1)?,
                         overrides: serde_json::from_str(&overrides).unwrap_or_default(),
+                        context: context.and_then(|c| serde_json::from_str(&c).ok()),
                     })
                 },
             )
@@ -574,109 +536,33 @@ impl Store {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn new_run(name: &str, priority: i64) -> NewRun {
-        NewRun {
-            pipeline: name.into(),
-            file: "/p.toml".into(),
-            text: "x".into(),
-            overrides: vec!["run.engine=local".into()],
-            priority,
-            memory_bytes: 1 << 30,
-            timeout_ms: None,
-            cpus: None,
-            trigger: "api".into(),
-        }
-    }
-
-    #[test]
-    fn runs_move_through_their_states_and_survive_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("jobs.db");
-        let store = Store::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
-        let a = store.insert_run(&new_run("a", 0), 10).unwrap();
-        let b = store.insert_run(&new_run("b", 5), 11).unwrap();
-        assert!(store.start(a, 20).unwrap());
-        assert!(!store.start(a, 21).unwrap(), "only a queued run starts");
-        store
-            .record_chunk(
-                a,
-                &ChunkRecord {
-                    chunk: 0,
-                    state: "committed".into(),
-                    rows: 7,
-                    anomalies: 1,
-                    at_ms: 22,
-                },
-            )
-            .unwrap();
-        let started = RunEventBody::Started {
-            pipeline: "p".into(),
-            resume: false,
-        };
-        let phase = RunEventBody::Phase {
-            phase: "fit".into(),
-        };
-        assert_eq!(store.add_event(a, &started, 20).unwrap(), 1);
-        assert_eq!(store.add_event(a, &phase, 21).unwrap(), 2);
-        drop(store);
-        // A server killed here: reopened, the running run goes back to the queue to resume.
-        let store = Store::open(&path).unwrap();
-        assert_eq!(store.requeue_interrupted(30).unwrap(), vec![a]);
-        let run = store.run(a).unwrap().unwrap();
-        assert_eq!(
-            (run.state, run.mode, run.attempts),
-            (RunState::Queued, StartMode::Resume, 1)
-        );
-        assert_eq!(run.queued_ms, 10, "an interrupted run keeps its place");
-        assert_eq!(store.chunks(a).unwrap().len(), 1);
-        assert_eq!(store.events(a).unwrap()[1].event, phase);
-        assert_eq!(
-            store.source(a).unwrap().unwrap().overrides,
-            vec!["run.engine=local"]
-        );
-        // Cancelling a queued run ends it; a finished run is not interrupted, nor ended again,
-        // but may be retried.
-        assert_eq!(store.request_cancel(b, 40).unwrap(), Some(RunState::Queued));
-        assert_eq!(store.run(b).unwrap().unwrap().state, RunState::Cancelled);
-        assert!(!store.requeue(b, Transition::Interrupt, 41).unwrap());
-        assert!(
-            !store
-                .finish(b, RunState::Succeeded, None, None, 41)
-                .unwrap()
-        );
-        assert!(!store.requeue(b, Transition::Start, 41).unwrap());
-        assert!(store.requeue(b, Transition::Retry, 41).unwrap());
-        let run = store.run(b).unwrap().unwrap();
-        assert_eq!(
-            (run.state, run.mode),
-            (RunState::Queued, StartMode::Restart)
-        );
-        assert_eq!(store.runs(Some(RunState::Queued), 10).unwrap().len(), 2);
-        // A running run ends once: a second end is refused and changes nothing.
-        assert!(store.start(a, 50).unwrap());
-        assert!(!store.start(a, 50).unwrap());
-        assert!(
-            store
-                .finish(a, RunState::Failed, None, Some("boom"), 60)
-                .unwrap()
-        );
-        assert!(
-            !store
-                .finish(a, RunState::Succeeded, None, None, 61)
-                .unwrap()
-        );
-        assert!(!store.finish(a, RunState::Running, None, None, 61).unwrap());
-        let run = store.run(a).unwrap().unwrap();
-        assert_eq!(
-            (run.state, run.error.as_deref()),
-            (RunState::Failed, Some("boom"))
-        );
-        assert!(store.requeue(a, Transition::Resume, 62).unwrap());
-        assert_eq!(store.request_cancel(99, 1).unwrap(), None);
-    }
+/// Inserts a queued run (within the caller's transaction, if any).
+fn insert_run(c: &Connection, run: &NewRun, now_ms: i64) -> rusqlite::Result<i64> {
+    let context = run
+        .context
+        .as_ref()
+        .map(|c| serde_json::to_string(c).expect("a run context is JSON"));
+    c.execute(
+        "INSERT INTO runs (pipeline, file, text, overrides, priority, memory_bytes, timeout_ms, \
+         cpus, state, mode, trigger, submitted_ms, queued_ms, context, backfill) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', 'run', ?9, ?10, ?10, ?11, ?12)",
+        params![
+            run.pipeline,
+            run.file.to_string_lossy(),
+            run.text,
+            serde_json::to_string(&run.overrides).unwrap_or_else(|_| "[]".into()),
+            run.priority,
+            run.memory_bytes as i64,
+            run.timeout_ms.map(|v| v as i64),
+            run.cpus.map(|v| v as i64),
+            run.trigger,
+            now_ms,
+            context,
+            run.backfill,
+        ],
+    )?;
+    Ok(c.last_insert_rowid())
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,7 +8,9 @@ use crate::schedule;
 use crate::server::{ScheduleView, Server, SubmitRequest, now_ms};
 use crate::store::{NewRun, PipelineRecord, RunRecord, RunState};
 use nomaly_pipeline::compile::parse_cron;
+use nomaly_pipeline::run_context::fire_before;
 use nomaly_pipeline::spec::CatchUp;
+use nomaly_pipeline::{RunDate, RunRequest};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -21,7 +23,7 @@ impl Server {
             ..Default::default()
         };
         let (path, text) = self.pipeline_source(&req)?;
-        let compiled = self.compile_checked(&path, &text, &[])?;
+        let compiled = self.compile_checked(&path, &text, &[], &RunRequest::default())?;
         let t = &compiled.trigger;
         let mut graph: BTreeMap<String, Vec<String>> = self
             .inner
@@ -129,15 +131,23 @@ impl Server {
                 let busy = self
                     .inner
                     .store
-                    .runs_of(&p.name, 20)?
+                    .runs_of(&p.name, 1000)?
                     .iter()
-                    .any(|r| !r.state.is_finished());
+                    .any(|r| r.backfill.is_none() && !r.state.is_finished());
                 if busy && !p.allow_overlap {
                     skipped += 1;
                     tracing::info!(pipeline = %p.name, fire, "fire skipped: the previous run is still going");
                     continue;
                 }
-                self.queue_registered(&p.name, &format!("schedule:{fire}"));
+                // A fire is for the interval that it ends (Airflow's data interval).
+                let date = match fire_before(&cron, tz, fire) {
+                    Some(start_ms) => RunDate::Interval {
+                        start_ms,
+                        end_ms: fire,
+                    },
+                    None => RunDate::Latest,
+                };
+                self.queue_registered(&p.name, &format!("schedule:{fire}"), date);
                 queued += 1;
             }
             self.inner
@@ -147,8 +157,9 @@ impl Server {
         Ok(())
     }
 
-    /// Queues a run of a registered pipeline (its file as it is now, else as registered).
-    pub(crate) fn queue_registered(&self, name: &str, trigger: &str) {
+    /// Queues a run of a registered pipeline (its file as it is now, else as registered) for
+    /// `date`.
+    pub(crate) fn queue_registered(&self, name: &str, trigger: &str, date: RunDate) {
         let result = (|| -> Result<RunRecord> {
             let p = self.inner.store.pipeline(name)?.ok_or_else(|| {
                 ServerError::NotFound(format!(
@@ -156,15 +167,9 @@ impl Server {
                 ))
             })?;
             let text = std::fs::read_to_string(&p.file).unwrap_or(p.text.clone());
-            let mut overrides = Vec::new();
             let path = PathBuf::from(&p.file);
-            let file = self.parse(&path, &text, &[])?;
-            if file.spec.run.engine.is_none()
-                && let Some(engine) = &self.inner.config.engine
-            {
-                overrides.push(format!("run.engine={engine}"));
-            }
-            let compiled = self.compile_checked(&path, &text, &overrides)?;
+            let request = RunRequest::new(date, Default::default());
+            let (compiled, overrides) = self.compile_for(&path, &text, &[], &request)?;
             let memory = compiled
                 .memory_limit
                 .map(|m| m as u64)
@@ -180,6 +185,8 @@ impl Server {
                 timeout_ms: None,
                 cpus: None,
                 trigger: trigger.to_string(),
+                context: Some(compiled.file.context.clone()),
+                backfill: None,
             })
         })();
         if let Err(e) = result {
@@ -220,8 +227,30 @@ impl Server {
                 .first()
                 .map(|r| r.submitted_ms);
             if deps::ready(&p.after, &succeeded, own) {
-                self.queue_registered(&p.name, &format!("after:{run_id}"));
+                // The same interval as the run it follows.
+                self.queue_registered(&p.name, &format!("after:{run_id}"), self.date_of(run_id));
             }
+        }
+    }
+}
+
+impl Server {
+    /// The interval a stored run was for, as a request for another run of the same interval
+    /// (without its parameters, which belong to its pipeline).
+    pub(crate) fn date_of(&self, run_id: i64) -> RunDate {
+        match self
+            .inner
+            .store
+            .run(run_id)
+            .ok()
+            .flatten()
+            .and_then(|r| r.interval)
+        {
+            Some(i) => RunDate::Interval {
+                start_ms: i.start_ms,
+                end_ms: i.end_ms,
+            },
+            None => RunDate::Latest,
         }
     }
 }

@@ -318,6 +318,7 @@ fn dry_run_validate_explain_and_schema() {
     assert!(schema["properties"]["detect"].is_object(), "{schema}");
 }
 
+mod backfill;
 #[path = "malformed.rs"]
 mod malformed;
 pub mod webhooks;

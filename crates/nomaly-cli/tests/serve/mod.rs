@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod api_fuzz;
+mod backfills;
 mod browser;
 mod http;
 mod openapi;

@@ -20,7 +20,8 @@ use std::sync::Arc;
 /// What `nomaly explain` prints: the chunk plan and the scoring plan (fitted on zero rows).
 pub async fn explain(p: &CompiledPipeline) -> Result<String> {
     let prepared = prepare(p, &NoObserver, None).await?;
-    let mut out = describe_chunks(p, &prepared);
+    let mut out = run_values(p);
+    out.push_str(&describe_chunks(p, &prepared));
     out.push_str(&match &p.engine {
         EngineKind::Local => "engine: local (DataFusion in this process)\n".to_string(),
         EngineKind::Standalone => {
@@ -127,7 +128,8 @@ pub async fn validate(p: &CompiledPipeline) -> Result<String> {
     }
     let c = &prepared.chunks;
     Ok(format!(
-        "{}: valid — {} source(s), {} step(s), {} chunk(s) of '{}'{}, {} sink(s), {} check(s)",
+        "{}{}: valid — {} source(s), {} step(s), {} chunk(s) of '{}'{}, {} sink(s), {} check(s)",
+        run_values(p),
         p.file.path.display(),
         p.sources.len(),
         p.steps.len(),
@@ -144,6 +146,23 @@ pub async fn validate(p: &CompiledPipeline) -> Result<String> {
         p.sinks.len(),
         p.validations.len()
     ))
+}
+
+/// The run's values and the outputs they expand to, when the file reads any (else nothing).
+fn run_values(p: &CompiledPipeline) -> String {
+    if !p.file.reads_run && p.file.context.params.is_empty() {
+        return String::new();
+    }
+    let sinks: Vec<String> = p
+        .sinks
+        .iter()
+        .map(|s| s.path.display().to_string())
+        .collect();
+    format!(
+        "for {}\nwrites {}\n",
+        p.file.context.describe(),
+        sinks.join(", ")
+    )
 }
 
 /// Plans a SQL check against an empty `output` of the scored schema.

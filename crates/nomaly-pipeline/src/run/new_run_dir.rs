@@ -49,6 +49,7 @@ pub(crate) fn create(
         quarantined_rows,
         pipeline_digest: Some(crate::run_dir::spec_digest(&p.file.spec)),
         overrides: p.file.overrides.clone(),
+        context: Some(p.file.context.clone()),
     };
     run_dir.create(&record, &p.file.raw, &batches, &schema)?;
     for (chunk, found) in scoring.bad_rows.iter().flatten() {

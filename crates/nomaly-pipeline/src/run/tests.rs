@@ -34,7 +34,7 @@ fn pipeline(dir: &Path, input: &Path, out: &str, algorithm: &str) -> CompiledPip
         dir.join(out).display()
     );
     std::fs::write(&file, text).unwrap();
-    compile(PipelineFile::load(&file, &[]).unwrap()).unwrap()
+    compile(PipelineFile::load(&file, &[], &crate::RunRequest::default()).unwrap()).unwrap()
 }
 
 /// The part files of an output directory, by name, with their bytes.
@@ -263,7 +263,8 @@ async fn explain_validate_and_run_score_the_last_step_without_detect() {
         dir.path().join("out").display()
     );
     std::fs::write(&file, text).unwrap();
-    let p = compile(PipelineFile::load(&file, &[]).unwrap()).unwrap();
+    let p =
+        compile(PipelineFile::load(&file, &[], &crate::RunRequest::default()).unwrap()).unwrap();
     let summary = crate::validate(&p).await.unwrap();
     assert!(summary.contains("valid"), "{summary}");
     let explained = crate::explain(&p).await.unwrap();

@@ -82,7 +82,7 @@ fn pipeline(
         dir.join(out).display()
     );
     std::fs::write(&file, text).unwrap();
-    compile(PipelineFile::load(&file, &[]).unwrap()).unwrap()
+    compile(PipelineFile::load(&file, &[], &crate::RunRequest::default()).unwrap()).unwrap()
 }
 
 /// The output's rows in part order (parts are named by chunk, so this is the input's order), each

@@ -170,17 +170,38 @@ pub fn recorded_pipeline_change(
     if *digest == spec_digest(&now.spec) {
         return None;
     }
-    let then =
-        crate::spec::PipelineFile::parse(&now.path, recorded_text, &record.overrides, &|name| {
-            sandbox.env(name)
-        });
+    let request = match &record.context {
+        Some(context) => context.request(),
+        None => crate::run_context::RunRequest::default(),
+    };
+    let then = crate::spec::PipelineFile::parse(
+        &now.path,
+        recorded_text,
+        &record.overrides,
+        &|name| sandbox.env(name),
+        &request,
+    );
     match then {
-        Ok(then) => spec_change(&then.spec, &now.spec).or_else(|| {
-            Some(
-                "an environment variable it reads has another value than when the run started"
-                    .into(),
-            )
-        }),
+        Ok(then) => {
+            let (a, b) = (&then.context, &now.context);
+            let interval_differs =
+                then.reads_run && (a.start_ms, a.end_ms) != (b.start_ms, b.end_ms);
+            if interval_differs || a.params != b.params {
+                return Some(format!(
+                    "the run was for {}, this one is for {}; pass the run's --date and --param \
+                     values, or resume its output directory",
+                    a.describe(),
+                    b.describe()
+                ));
+            }
+            spec_change(&then.spec, &now.spec).or_else(|| {
+                Some(
+                    "an environment variable it reads has another value than when the run \
+                     started"
+                        .into(),
+                )
+            })
+        }
         Err(e) => Some(format!("the recorded pipeline no longer reads: {e}")),
     }
 }

@@ -5,8 +5,9 @@
 //! subdirectories, so readers of the output never see it). It holds:
 //!
 //! - `pipeline.toml`: the pipeline as written, before `${VAR}` substitution (no value from the
-//!   environment is written here); `run.json` holds the `--set` overrides and a digest of the
-//!   pipeline as run, so a resume still notices a changed value;
+//!   environment is written here); `run.json` holds the `--set` overrides, the run's interval
+//!   and parameters, and a digest of the pipeline as run, so a resume still notices a changed
+//!   value;
 //! - `run.json`: the input fingerprint (files, sizes, modification times, schemas), the chunk list
 //!   and the fit's counts — written once, atomically, after the fit; its presence makes the
 //!   directory a resumable run;
@@ -102,6 +103,10 @@ pub struct RunRecord {
     /// The `--set` overrides of the run.
     #[serde(default)]
     pub overrides: Vec<String>,
+    /// The run's interval and parameters (absent in run directories written before runs had
+    /// them: those expand `${run.…}` as a run asked for now would).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<crate::run_context::RunContext>,
 }
 
 /// One written part file, relative to its sink's staging directory.

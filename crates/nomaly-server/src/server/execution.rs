@@ -33,6 +33,7 @@ impl Server {
                 outputs,
                 memory: run.memory_bytes,
                 pipeline: run.pipeline.clone(),
+                backfill: run.backfill,
                 started: Instant::now(),
                 live: live.clone(),
             },
@@ -141,7 +142,11 @@ impl Server {
             .store
             .source(run.id)?
             .ok_or_else(|| ServerError::NotFound(format!("run {}", run.id)))?;
-        self.compile_checked(&source.file, &source.text, &source.overrides)
+        let request = match &source.context {
+            Some(context) => context.request(),
+            None => RunRequest::default(),
+        };
+        self.compile_checked(&source.file, &source.text, &source.overrides, &request)
     }
 
     /// Counts an event into the run's live progress, stores and streams it.
@@ -317,7 +322,7 @@ impl Server {
             RunState::Succeeded => self.fire_dependents(&pipeline, id),
             RunState::Failed | RunState::TimedOut => {
                 for name in &end.on_failure {
-                    self.queue_registered(name, &format!("on_failure:{id}"));
+                    self.queue_registered(name, &format!("on_failure:{id}"), self.date_of(id));
                 }
             }
             _ => {}
