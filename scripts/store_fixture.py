@@ -37,7 +37,10 @@ def put_s3(endpoint, bucket, root):
         aws_secret_access_key="nomaly-secret",
         region_name="us-east-1",
     )
-    s3.create_bucket(Bucket=bucket)
+    try:
+        s3.create_bucket(Bucket=bucket)
+    except s3.exceptions.BucketAlreadyOwnedByYou:
+        pass  # a later batch into the same bucket
     for key, path in files(root):
         s3.upload_file(str(path), bucket, key)
 

@@ -59,6 +59,11 @@ pub struct SourceReader {
     pub format: FileFormat,
     pub has_header: bool,
     pub delimiter: u8,
+    /// Read only files no earlier run read ([`crate::incremental`]).
+    pub incremental: bool,
+    /// The files this run reads (object-store paths), when an incremental run took them; other
+    /// files of the location are left out of every listing.
+    pub only: Option<Arc<crate::incremental::TakenFiles>>,
 }
 
 impl SourceReader {
@@ -111,6 +116,9 @@ impl SourceReader {
             .try_collect()
             .await
             .map_err(|e| self.read_error(e))?;
+        if let Some(only) = &self.only {
+            files.retain(|f| only.files.contains(f.location.as_ref()));
+        }
         files.sort_by(|a, b| a.location.cmp(&b.location));
         Ok(files)
     }

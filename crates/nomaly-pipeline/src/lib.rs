@@ -17,6 +17,7 @@ pub mod faults;
 mod fuzz_tests;
 #[cfg(feature = "hdf5")]
 pub mod hdf5_source;
+pub mod incremental;
 pub mod notify;
 pub mod output_lock;
 pub mod quarantine;

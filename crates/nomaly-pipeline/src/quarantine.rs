@@ -495,6 +495,8 @@ mod tests {
             format: FileFormat::Csv,
             has_header: true,
             delimiter: b',',
+            incremental: false,
+            only: None,
         };
         let mut plan = plan_chunks(&SessionContext::new(), &source, chunk_rows, true)
             .await

@@ -19,6 +19,9 @@ pub enum RunStatus {
     Cancelled,
     /// Stopped at its `[resources] timeout`; committed chunks are kept for `nomaly resume`.
     TimedOut,
+    /// An incremental source had no file that an earlier run has not read: nothing was read or
+    /// written (exit code 0).
+    NothingNew,
 }
 
 impl RunStatus {
@@ -32,6 +35,7 @@ impl RunStatus {
             RunStatus::DryRun => "dry_run",
             RunStatus::Cancelled => "cancelled",
             RunStatus::TimedOut => "timed_out",
+            RunStatus::NothingNew => "nothing_new",
         }
     }
 }
@@ -144,6 +148,19 @@ pub struct RunReport {
     /// The run directory (manifest, model, fingerprint): `<output>/_nomaly` once published.
     pub run_dir: Option<String>,
     pub recovery: Recovery,
+    /// With an incremental source: the files this run took (none were read by an earlier run
+    /// that published), and how many earlier runs had read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<IncrementalReport>,
+}
+
+/// See [`RunReport::incremental`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IncrementalReport {
+    pub new_files: u64,
+    pub consumed_before: u64,
+    /// The ledger of consumed files (`.nomaly-state/<pipeline>/consumed.json`).
+    pub ledger: String,
 }
 
 /// What it took to get here: retries, and what a resume reused and redid.

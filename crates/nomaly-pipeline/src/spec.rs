@@ -85,6 +85,24 @@ pub struct PipelineSpec {
     /// `nomaly serve`: pipelines to run when a run of this one fails or times out (alerting).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub on_failure: Vec<String>,
+    /// `nomaly serve`: `"files"` queues a run when files no run has read land in the first
+    /// source, which must be `incremental` (a file-arrival sensor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<TriggerKind>,
+    /// With `trigger = "files"`: how often the source is listed (default "30s", at least "1s").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll: Option<String>,
+    /// With `trigger = "files"`: how long the newest file must be unchanged before a run is
+    /// queued, so a batch still being written is not split (default "10s").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet: Option<String>,
+}
+
+/// See [`PipelineSpec::trigger`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TriggerKind {
+    Files,
 }
 
 /// See [`PipelineSpec::catch_up`].
@@ -98,6 +116,9 @@ pub enum CatchUp {
 }
 
 pub use nomaly_engine::FileFormat;
+
+mod notify;
+pub use notify::{NotifySpec, NotifyWhen, WebhookFormat};
 
 /// A named input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -116,6 +137,10 @@ pub struct SourceSpec {
     /// CSV: one-character field delimiter (default `,`; `\t` for .tsv).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delimiter: Option<String>,
+    /// Read only the files no earlier run of this pipeline read and published (the first
+    /// source only); the ledger is `.nomaly-state/<name>/consumed.json` beside the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<bool>,
 }
 
 /// A SQL transform.
@@ -249,98 +274,6 @@ pub struct SinkSpec {
     pub filter: Option<String>,
 }
 
-/// When a notification fires.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum NotifyWhen {
-    #[default]
-    Always,
-    Success,
-    Failure,
-}
-
-/// A notification with the run report. It fires when `on` matches the run's end and, if
-/// `anomaly_rate_above` is given, the run's anomaly rate is above it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum NotifySpec {
-    /// POST the JSON report (or a chat message, see `format`) to an http(s):// URL.
-    Webhook {
-        /// `webhook`: the http(s) URL the report is POSTed to.
-        url: String,
-        /// When it fires: "always" (default), "success" or "failure".
-        #[serde(default)]
-        on: NotifyWhen,
-        /// `webhook`: what is POSTed: "report" (the JSON run report, default), "slack" (a Slack
-        /// incoming-webhook message) or "teams" (a Microsoft Teams connector card).
-        #[serde(default, skip_serializing_if = "WebhookFormat::is_report")]
-        format: WebhookFormat,
-        /// Fire only when the share of rows flagged is above this fraction (e.g. 0.05 = 5%).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        anomaly_rate_above: Option<f64>,
-    },
-    /// Run a shell command; the report's path is in `$NOMALY_REPORT`, its status in `$NOMALY_STATUS`.
-    Command {
-        /// `command`: the shell command (a server needs `--allow-notify-commands`).
-        command: String,
-        #[serde(default)]
-        on: NotifyWhen,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        anomaly_rate_above: Option<f64>,
-    },
-    /// Write the JSON report to a file.
-    File {
-        /// `file`: where the JSON report is written.
-        path: String,
-        #[serde(default)]
-        on: NotifyWhen,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        anomaly_rate_above: Option<f64>,
-    },
-}
-
-impl NotifySpec {
-    /// When it fires: the run's end it waits for, and the anomaly rate it must exceed.
-    pub fn condition(&self) -> (NotifyWhen, Option<f64>) {
-        match self {
-            NotifySpec::Webhook {
-                on,
-                anomaly_rate_above,
-                ..
-            }
-            | NotifySpec::Command {
-                on,
-                anomaly_rate_above,
-                ..
-            }
-            | NotifySpec::File {
-                on,
-                anomaly_rate_above,
-                ..
-            } => (*on, *anomaly_rate_above),
-        }
-    }
-}
-
-/// What a webhook POSTs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum WebhookFormat {
-    /// The JSON run report.
-    #[default]
-    Report,
-    /// A Slack incoming-webhook message (`{"text": ...}`) summing the run up.
-    Slack,
-    /// A Microsoft Teams connector card (`MessageCard`) summing the run up.
-    Teams,
-}
-
-impl WebhookFormat {
-    fn is_report(&self) -> bool {
-        *self == WebhookFormat::Report
-    }
-}
-
 /// Limits.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -354,6 +287,10 @@ pub struct ResourcesSpec {
     /// Wall-clock limit, e.g. "90s", "30m", "2h".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// A run not finished this long after it was asked for (queued, on a server) sends its
+    /// `on = "deadline"` notifications once, and goes on, e.g. "45m".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
 }
 
 /// How to run.
@@ -398,6 +335,13 @@ pub struct RetrySpec {
     /// Longest wait, e.g. "30s" (default 10s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_delay: Option<String>,
+    /// `nomaly serve`: a run that failed or timed out is queued again (continuing from its
+    /// committed chunks) this many times, 0–10 (default 0); failure alerts wait for the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_retries: Option<u32>,
+    /// `nomaly serve`: the wait before each such retry (default "1m").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_retry_delay: Option<String>,
 }
 
 pub const DEFAULT_CHUNK_ROWS: u64 = 100_000;

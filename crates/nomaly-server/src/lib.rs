@@ -23,6 +23,7 @@ pub mod dashboard;
 pub mod deps;
 pub mod error;
 pub mod events;
+mod file_triggers;
 pub mod http_guard;
 pub mod metrics;
 pub mod openapi;

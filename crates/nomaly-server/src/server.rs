@@ -24,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 mod execution;
+mod submission;
+pub use submission::SubmitRequest;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -56,48 +58,6 @@ pub struct ServerConfig {
 }
 
 pub use crate::events::StreamEvent;
-
-/// A submission: a pipeline file on the server (`path`) or its text (`toml`).
-#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SubmitRequest {
-    pub path: Option<String>,
-    pub toml: Option<String>,
-    /// With `toml`: the directory its relative paths are resolved against (default: the first
-    /// allowed root).
-    pub base_dir: Option<String>,
-    /// Higher runs first (default 0).
-    pub priority: Option<i64>,
-    /// The run's memory budget, e.g. "2GB" (default: the pipeline's, else the server's default).
-    pub memory_limit: Option<String>,
-    /// Wall-clock limit, e.g. "30m" (default: the pipeline's `[resources] timeout`).
-    pub timeout: Option<String>,
-    pub cpus: Option<u64>,
-    /// `KEY=VALUE` overrides, as `nomaly run --set`.
-    #[serde(default)]
-    pub set: Vec<String>,
-    /// The day the run is for (YYYY-MM-DD), as `nomaly run --date` (default: the schedule's
-    /// latest ended interval; without a schedule, now).
-    pub date: Option<String>,
-    /// Values for `${param.NAME}`, as `nomaly run --param`: letters, digits, spaces and
-    /// `-_.:/+,@=%` only, at most 256 characters, at most 32 of them.
-    #[serde(default)]
-    pub params: BTreeMap<String, String>,
-}
-
-impl SubmitRequest {
-    /// The run request its `date` and `params` ask for, checked.
-    pub fn run_request(&self) -> Result<RunRequest> {
-        let date = match &self.date {
-            Some(d) => RunDate::Day(
-                parse_day(d).map_err(|e| ServerError::BadRequest(format!("date: {e}")))?,
-            ),
-            None => RunDate::Latest,
-        };
-        check_params(&self.params).map_err(|e| ServerError::BadRequest(format!("params: {e}")))?;
-        Ok(RunRequest::new(date, self.params.clone()))
-    }
-}
 
 /// What a live run shows: its progress as counted from its events.
 #[derive(Debug, Default)]
@@ -137,6 +97,8 @@ pub(crate) struct Inner {
     active: Mutex<BTreeMap<i64, Active>>,
     pub(crate) claims: crate::output_wait::OutputClaims,
     pub(crate) wake: Notify,
+    /// When each file-triggered pipeline was last listed (ms).
+    pub(crate) file_polls: Mutex<BTreeMap<String, i64>>,
     stop: CancellationToken,
     /// Held while the queue is looked at, so two admissions never start the same memory twice.
     admitting: tokio::sync::Mutex<()>,
@@ -164,7 +126,8 @@ pub struct QueueEntry {
     pub estimated_start_ms: Option<i64>,
     /// Why it has not started: `memory` (its budget does not fit what is free), `slots` (the
     /// concurrency limit), `ahead` (runs ahead of it go first), `output` (a run ahead of it
-    /// writes its output), `backfill` (its backfill runs as many runs at once as it may).
+    /// writes its output), `backfill` (its backfill runs as many runs at once as it may),
+    /// `retry` (an automatic retry waiting for its delay).
     pub waiting_for: String,
 }
 
@@ -201,6 +164,7 @@ impl Server {
                 active: Mutex::new(BTreeMap::new()),
                 claims: Default::default(),
                 wake: Notify::new(),
+                file_polls: Mutex::new(BTreeMap::new()),
                 stop: CancellationToken::new(),
                 admitting: tokio::sync::Mutex::new(()),
             }),
@@ -267,136 +231,6 @@ impl Server {
             tracing::warn!(run, "could not store an event: {e}");
         }
         let _ = self.inner.stream.send(StreamEvent { run, at_ms, event });
-    }
-
-    // ---- submission ----------------------------------------------------------------------
-
-    /// Reads, checks and queues a pipeline. Everything that can be known without the data is
-    /// checked here, so a bad file is a 400 now rather than a failed run later.
-    pub fn submit(&self, req: SubmitRequest, trigger: &str) -> Result<RunRecord> {
-        let (path, text) = self.pipeline_source(&req)?;
-        let new = self.new_run(&req, path, text, &req.run_request()?, trigger)?;
-        self.enqueue(new)
-    }
-
-    /// A pipeline compiled for a run request, on the server's engine unless the file or `set`
-    /// names one; with the overrides that say so.
-    pub(crate) fn compile_for(
-        &self,
-        path: &Path,
-        text: &str,
-        set: &[String],
-        request: &RunRequest,
-    ) -> Result<(CompiledPipeline, Vec<String>)> {
-        let mut overrides = set.to_vec();
-        let file = self.parse(path, text, &overrides, request)?;
-        if file.spec.run.engine.is_none()
-            && let Some(engine) = &self.inner.config.engine
-        {
-            overrides.push(format!("run.engine={engine}"));
-        }
-        let compiled = self.compile_checked(path, text, &overrides, request)?;
-        Ok((compiled, overrides))
-    }
-
-    /// Checks a submission for one run request and makes the run to queue.
-    pub(crate) fn new_run(
-        &self,
-        req: &SubmitRequest,
-        path: PathBuf,
-        text: String,
-        request: &RunRequest,
-        trigger: &str,
-    ) -> Result<NewRun> {
-        let (compiled, overrides) = self.compile_for(&path, &text, &req.set, request)?;
-        let memory = match &req.memory_limit {
-            Some(m) => nomaly_engine::memory::parse_byte_size(m)
-                .map_err(|e| ServerError::BadRequest(format!("memory_limit: {e}")))?
-                as u64,
-            None => compiled
-                .memory_limit
-                .map(|m| m as u64)
-                .unwrap_or(self.inner.config.default_run_memory),
-        };
-        let budget = self.inner.config.memory_budget;
-        if memory > budget {
-            return Err(ServerError::BadRequest(format!(
-                "the run needs a {} memory budget but the server has {} in all; lower \
-                 [resources] memory_limit (or the request's memory_limit), or start the server \
-                 with a larger --memory-limit",
-                human_bytes(memory),
-                human_bytes(budget)
-            )));
-        }
-        let timeout_ms = match &req.timeout {
-            Some(t) => Some(
-                nomaly_pipeline::compile::parse_duration(t)
-                    .map_err(|e| ServerError::BadRequest(format!("timeout: {e}")))?
-                    .as_millis() as u64,
-            ),
-            None => None,
-        };
-        if req.cpus == Some(0) {
-            return Err(ServerError::BadRequest(
-                "cpus must be at least 1".to_string(),
-            ));
-        }
-        Ok(NewRun {
-            pipeline: compiled.name.clone(),
-            file: path,
-            text,
-            overrides,
-            priority: req.priority.unwrap_or(0),
-            memory_bytes: memory,
-            timeout_ms,
-            cpus: req.cpus,
-            trigger: trigger.to_string(),
-            context: Some(compiled.file.context.clone()),
-            backfill: None,
-        })
-    }
-
-    pub(crate) fn enqueue(&self, new: NewRun) -> Result<RunRecord> {
-        let id = self.inner.store.insert_run(&new, now_ms())?;
-        self.event(
-            id,
-            RunEventBody::Queued {
-                pipeline: new.pipeline.clone(),
-                priority: new.priority,
-                memory_bytes: new.memory_bytes,
-                trigger: new.trigger.clone(),
-            },
-        );
-        self.inner.wake.notify_one();
-        self.inner
-            .store
-            .run(id)?
-            .ok_or_else(|| ServerError::NotFound(format!("run {id}")))
-    }
-
-    /// The pipeline file's path (inside a root) and its text.
-    pub(crate) fn pipeline_source(&self, req: &SubmitRequest) -> Result<(PathBuf, String)> {
-        let roots = &self.inner.config.roots;
-        match (&req.path, &req.toml) {
-            (Some(p), None) => {
-                let path = roots.check(Path::new(p), "pipeline file")?;
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| ServerError::BadRequest(format!("{}: {e}", path.display())))?;
-                Ok((path, text))
-            }
-            (None, Some(text)) => {
-                let base = match &req.base_dir {
-                    Some(b) => roots.check(Path::new(b), "base_dir")?,
-                    None => roots.first().to_path_buf(),
-                };
-                Ok((base.join("submitted.toml"), text.clone()))
-            }
-            _ => Err(ServerError::BadRequest(
-                "give exactly one of \"path\" (a pipeline file on the server) or \"toml\" (its \
-                 text)"
-                    .to_string(),
-            )),
-        }
     }
 
     // ---- run control ---------------------------------------------------------------------
@@ -487,6 +321,7 @@ impl Server {
                     if let Err(e) = self.fire_schedules(now_ms()) {
                         tracing::warn!("schedules: {e}");
                     }
+                    self.poll_file_triggers().await;
                 }
                 _ = self.inner.wake.notified() => {}
             }
@@ -502,7 +337,14 @@ impl Server {
         if self.inner.stop.is_cancelled() {
             return Ok(());
         }
-        let queued = self.inner.store.runs(Some(RunState::Queued), 10_000)?;
+        let now = now_ms();
+        let queued: Vec<RunRecord> = self
+            .inner
+            .store
+            .runs(Some(RunState::Queued), 10_000)?
+            .into_iter()
+            .filter(|r| r.not_before_ms.is_none_or(|t| t <= now))
+            .collect();
         if queued.is_empty() {
             return Ok(());
         }
@@ -567,7 +409,9 @@ impl Server {
                     memory_bytes: w.memory,
                     waiting_seconds: (now - w.queued_ms).max(0) as f64 / 1000.0,
                     estimated_start_ms: start.map(|s| now + (s * 1000.0) as i64),
-                    waiting_for: if for_output.contains(&w.id) {
+                    waiting_for: if run.and_then(|r| r.not_before_ms).is_some_and(|t| t > now) {
+                        "retry".into()
+                    } else if for_output.contains(&w.id) {
                         "output".into()
                     } else if for_backfill.contains(&w.id) {
                         "backfill".into()

@@ -78,6 +78,8 @@ pub struct RunRecord {
     pub interval: Option<RunInterval>,
     /// The backfill it belongs to.
     pub backfill: Option<i64>,
+    /// A queued retry (`[retry] run_retries`) does not start before this time.
+    pub not_before_ms: Option<i64>,
 }
 
 /// The interval and parameters a run is for: what `${run.…}` and `${param.…}` expand to.
@@ -149,7 +151,7 @@ pub struct Store {
 
 const RUN_COLUMNS: &str = "id, pipeline, file, priority, memory_bytes, timeout_ms, cpus, state, \
      mode, trigger, submitted_ms, queued_ms, started_ms, finished_ms, attempts, cancel_requested, \
-     progress, error, context, backfill";
+     progress, error, context, backfill, not_before_ms";
 
 fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
     let state: String = r.get(7)?;
@@ -179,6 +181,7 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
             .and_then(|c| serde_json::from_str::<RunContext>(&c).ok())
             .map(|c| RunInterval::from(&c)),
         backfill: r.get(19)?,
+        not_before_ms: r.get(20)?,
     })
 }
 
@@ -327,7 +330,8 @@ impl Store {
             let n = c.execute(
                 &format!(
                     "UPDATE runs SET state = ?3, started_ms = ?2, finished_ms = NULL, \
-                     attempts = attempts + 1, error = NULL WHERE id = ?1 AND {}",
+                     attempts = attempts + 1, error = NULL, not_before_ms = NULL \
+                     WHERE id = ?1 AND {}",
                     t.sql_guard()
                 ),
                 params![id, now_ms, t.to().name()],
@@ -385,10 +389,34 @@ impl Store {
             let n = c.execute(
                 &format!(
                     "UPDATE runs SET state = ?4, mode = ?2, queued_ms = ?3, \
-                     cancel_requested = 0, finished_ms = NULL WHERE id = ?1 AND {}",
+                     cancel_requested = 0, finished_ms = NULL, not_before_ms = NULL \
+                     WHERE id = ?1 AND {}",
                     transition.sql_guard()
                 ),
                 params![id, mode.name(), now_ms, transition.to().name()],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    /// Queues a failed or timed-out run again to resume from its committed chunks, not before
+    /// `not_before_ms` (an automatic retry). False when its state does not allow it.
+    pub fn requeue_after(&self, id: i64, not_before_ms: i64, now_ms: i64) -> Result<bool> {
+        let t = Transition::Resume;
+        self.with(|c| {
+            let n = c.execute(
+                &format!(
+                    "UPDATE runs SET state = ?4, mode = ?2, queued_ms = ?3, not_before_ms = ?5, \
+                     cancel_requested = 0, finished_ms = NULL WHERE id = ?1 AND {}",
+                    t.sql_guard()
+                ),
+                params![
+                    id,
+                    StartMode::Resume.name(),
+                    now_ms,
+                    t.to().name(),
+                    not_before_ms
+                ],
             )?;
             Ok(n == 1)
         })

@@ -240,3 +240,66 @@ fn chat_webhooks_alert_on_failure_and_on_a_high_anomaly_rate() {
     );
     assert!(text.contains("\ncheck anomaly_rate failed: "), "{text}");
 }
+
+/// `[resources] deadline`: a run still going when it passes sends its `on = "deadline"` message
+/// once, and goes on to succeed; a run that ends in time sends none.
+#[test]
+fn a_missed_deadline_alerts_once_and_the_run_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (cert, key) = self_signed(dir);
+    let chat = Receiver::start(&dir.join("chat"), 200, Some((&cert, &key)));
+    let url = format!("https://127.0.0.1:{}/hooks/sla", chat.port);
+    let write = |name: &str, deadline: &str| {
+        let file = dir.join(format!("{name}.toml"));
+        let text = format!(
+            "name = \"{name}\"\ninput = \"{}\"\noutput = \"{}\"\n[detect]\n\
+             algorithm = \"zscore\"\ncolumns = [\"amount\"]\n[run]\nchunk_rows = 1000\n\
+             [resources]\ndeadline = \"{deadline}\"\n\
+             [[notify]]\ntype = \"webhook\"\nurl = \"{url}\"\nformat = \"slack\"\non = \"deadline\"\n\
+             [[notify]]\ntype = \"webhook\"\nurl = \"{url}\"\nformat = \"slack\"\n",
+            root().join("examples/data/tx.csv").display(),
+            dir.join(format!("{name}_out/")).display()
+        );
+        std::fs::write(&file, text).unwrap();
+        file
+    };
+    // Each chunk waits 1.5 s first: the 1 s deadline passes while the run goes on.
+    let o = nomaly_env(
+        &["run", write("late", "1s").to_str().unwrap(), "--json"],
+        &[
+            ("SSL_CERT_FILE", cert.to_str().unwrap()),
+            ("NOMALY_FAULTS", "chunk_delay_ms=1500"),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(report(&o)["status"], "succeeded");
+    let got = chat.received();
+    let texts: Vec<&str> = got.iter().map(|g| g.0["text"].as_str().unwrap()).collect();
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert!(
+        texts[0].starts_with("*nomaly: pipeline late missed its deadline*\n")
+            && texts[0].contains("not finished 1s after it was started"),
+        "{}",
+        texts[0]
+    );
+    assert!(
+        texts[1].starts_with("*nomaly: pipeline late succeeded*"),
+        "{}",
+        texts[1]
+    );
+    // In time: only the end's message.
+    let o = nomaly_env(
+        &["run", write("prompt", "10m").to_str().unwrap()],
+        &[("SSL_CERT_FILE", cert.to_str().unwrap())],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let got = chat.received();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(
+        got[2].0["text"]
+            .as_str()
+            .unwrap()
+            .contains("prompt succeeded")
+    );
+}

@@ -11,8 +11,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 mod api_fuzz;
 mod backfills;
 mod browser;
+mod file_trigger;
 mod http;
 mod openapi;
+mod retries;
 mod schedules;
 
 pub use http::{Received, follow_events, raw_request};

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod incremental;
+
 const BUCKET: &str = "nomaly-in";
 /// 2 files × 10000 rows in 2500-row row groups: 8 chunks at chunk_rows = 2500.
 const FILE_ROWS: u64 = 10_000;

@@ -8,7 +8,7 @@ mod trigger;
 
 pub use query_only::{check_query, query_options};
 pub use settings::{DurationError, RetryPolicy, parse_duration};
-pub use trigger::{CronExpr, CronSchedule, Trigger, parse_cron};
+pub use trigger::{CronExpr, CronSchedule, FilesTrigger, Trigger, parse_cron};
 
 use crate::chunk_plan::SourceReader;
 use crate::error::{PipelineError, Result};
@@ -69,6 +69,8 @@ pub struct CompiledPipeline {
     pub cpus: Option<usize>,
     pub timeout: Option<Duration>,
     pub timeout_text: Option<String>,
+    /// `[resources] deadline`: when `on = "deadline"` notifications fire ([`crate::run`]).
+    pub deadline: Option<Duration>,
     pub retry: RetryPolicy,
     /// `on_bad_rows = "quarantine"`: the chunked source is read line by line, bad lines set aside.
     pub quarantine: bool,
@@ -178,6 +180,7 @@ pub fn compile_in(file: PipelineFile, sandbox: &Sandbox) -> Result<CompiledPipel
         cpus: spec.resources.cpus,
         timeout: settings.timeout,
         timeout_text: spec.resources.timeout.clone(),
+        deadline: settings.deadline,
         retry: settings.retry,
         quarantine: settings.quarantine,
         engine: settings.engine,

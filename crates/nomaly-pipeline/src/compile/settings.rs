@@ -14,7 +14,14 @@ pub struct RetryPolicy {
     pub max_retries: u32,
     pub initial_delay: Duration,
     pub max_delay: Duration,
+    /// A served run that failed or timed out is queued again (resuming) this many times, each
+    /// after `run_retry_delay`; its failure notifications wait for the last attempt.
+    pub run_retries: u32,
+    pub run_retry_delay: Duration,
 }
+
+/// The most times a failed served run is queued again.
+pub const MAX_RUN_RETRIES: u32 = 10;
 
 impl Default for RetryPolicy {
     fn default() -> Self {
@@ -22,6 +29,8 @@ impl Default for RetryPolicy {
             max_retries: 3,
             initial_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(10),
+            run_retries: 0,
+            run_retry_delay: Duration::from_secs(60),
         }
     }
 }
@@ -44,8 +53,24 @@ pub(super) struct RunSettings {
     pub engine: EngineKind,
     pub memory_limit: Option<usize>,
     pub timeout: Option<Duration>,
+    pub deadline: Option<Duration>,
     pub retry: RetryPolicy,
     pub quarantine: bool,
+}
+
+/// A `[resources]` duration (`timeout`, `deadline`).
+fn resource_duration(
+    file: &PipelineFile,
+    key: &str,
+    text: &Option<String>,
+) -> Result<Option<Duration>> {
+    text.as_ref()
+        .map(|t| {
+            parse_duration(t).map_err(|e| {
+                PipelineError::invalid(place(file, "[resources]", 0, Some(key)), e.to_string())
+            })
+        })
+        .transpose()
 }
 
 pub(super) fn compile_settings(
@@ -90,46 +115,9 @@ pub(super) fn compile_settings(
             "cpus must be at least 1",
         ));
     }
-    let timeout = match &spec.resources.timeout {
-        Some(t) => Some(parse_duration(t).map_err(|e| {
-            PipelineError::invalid(
-                place(file, "[resources]", 0, Some("timeout")),
-                e.to_string(),
-            )
-        })?),
-        None => None,
-    };
-    let retry = {
-        let defaults = RetryPolicy::default();
-        let r = &spec.retry;
-        let delay = |key: &str, text: &Option<String>, default: Duration| match text {
-            Some(t) => parse_duration(t).map_err(|e| {
-                PipelineError::invalid(place(file, "[retry]", 0, Some(key)), e.to_string())
-            }),
-            None => Ok(default),
-        };
-        let policy = RetryPolicy {
-            max_retries: r.max_retries.unwrap_or(defaults.max_retries),
-            initial_delay: delay("initial_delay", &r.initial_delay, defaults.initial_delay)?,
-            max_delay: delay("max_delay", &r.max_delay, defaults.max_delay)?,
-        };
-        if policy.max_retries > 100 {
-            return Err(PipelineError::invalid(
-                place(file, "[retry]", 0, Some("max_retries")),
-                format!(
-                    "max_retries = {} is out of range; use 0 (never retry) to 100",
-                    policy.max_retries
-                ),
-            ));
-        }
-        if policy.max_delay < policy.initial_delay {
-            return Err(PipelineError::invalid(
-                place(file, "[retry]", 0, Some("max_delay")),
-                "max_delay is shorter than initial_delay; raise max_delay or lower initial_delay",
-            ));
-        }
-        policy
-    };
+    let timeout = resource_duration(file, "timeout", &spec.resources.timeout)?;
+    let deadline = resource_duration(file, "deadline", &spec.resources.deadline)?;
+    let retry = compile_retry(file)?;
     let quarantine = spec.run.on_bad_rows == Some(crate::spec::OnBadRows::Quarantine);
     if quarantine && !matches!(sources[0].format, FileFormat::Csv | FileFormat::Ndjson) {
         return Err(PipelineError::invalid(
@@ -161,9 +149,59 @@ pub(super) fn compile_settings(
         engine,
         memory_limit,
         timeout,
+        deadline,
         retry,
         quarantine,
     })
+}
+
+/// `[retry]`: of chunks (within a run) and of whole served runs.
+fn compile_retry(file: &PipelineFile) -> Result<RetryPolicy> {
+    let spec = &file.spec;
+    let defaults = RetryPolicy::default();
+    let r = &spec.retry;
+    let delay = |key: &str, text: &Option<String>, default: Duration| match text {
+        Some(t) => parse_duration(t).map_err(|e| {
+            PipelineError::invalid(place(file, "[retry]", 0, Some(key)), e.to_string())
+        }),
+        None => Ok(default),
+    };
+    let policy = RetryPolicy {
+        max_retries: r.max_retries.unwrap_or(defaults.max_retries),
+        initial_delay: delay("initial_delay", &r.initial_delay, defaults.initial_delay)?,
+        max_delay: delay("max_delay", &r.max_delay, defaults.max_delay)?,
+        run_retries: r.run_retries.unwrap_or(0),
+        run_retry_delay: delay(
+            "run_retry_delay",
+            &r.run_retry_delay,
+            defaults.run_retry_delay,
+        )?,
+    };
+    if policy.run_retries > MAX_RUN_RETRIES {
+        return Err(PipelineError::invalid(
+            place(file, "[retry]", 0, Some("run_retries")),
+            format!(
+                "run_retries = {} is out of range; use 0 (a failed run stays failed) to {MAX_RUN_RETRIES}",
+                policy.run_retries
+            ),
+        ));
+    }
+    if policy.max_retries > 100 {
+        return Err(PipelineError::invalid(
+            place(file, "[retry]", 0, Some("max_retries")),
+            format!(
+                "max_retries = {} is out of range; use 0 (never retry) to 100",
+                policy.max_retries
+            ),
+        ));
+    }
+    if policy.max_delay < policy.initial_delay {
+        return Err(PipelineError::invalid(
+            place(file, "[retry]", 0, Some("max_delay")),
+            "max_delay is shorter than initial_delay; raise max_delay or lower initial_delay",
+        ));
+    }
+    Ok(policy)
 }
 
 /// A duration that does not parse; says how to write one.

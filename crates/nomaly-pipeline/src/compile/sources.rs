@@ -40,6 +40,7 @@ pub(super) fn compile_sources(
                 format: None,
                 has_header: None,
                 delimiter: None,
+                incremental: None,
             },
             place(file, "", 0, Some("input")),
         ));
@@ -70,6 +71,7 @@ fn compile_source(
         format,
         has_header,
         delimiter,
+        incremental,
     } = source;
     if !is_identifier(&name) {
         return Err(PipelineError::invalid(
@@ -136,6 +138,7 @@ fn compile_source(
             })?
         }
     };
+    let incremental = check_incremental(file, i, format, incremental.unwrap_or(false))?;
     if format == FileFormat::Hdf5 && !cfg!(feature = "hdf5") {
         return Err(PipelineError::invalid(
             &at,
@@ -166,7 +169,31 @@ fn compile_source(
         format,
         has_header: has_header.unwrap_or(true),
         delimiter,
+        incremental,
+        only: None,
     })
+}
+
+/// `incremental = true` on the `i`-th source: the first, not HDF5.
+fn check_incremental(
+    file: &PipelineFile,
+    i: usize,
+    format: FileFormat,
+    incremental: bool,
+) -> Result<bool> {
+    if incremental && (i > 0 || format == FileFormat::Hdf5) {
+        return Err(PipelineError::invalid(
+            place(file, "[[source]]", i, Some("incremental")),
+            if i > 0 {
+                "only the first source may be incremental: it is the one a run splits into \
+                 chunks; the others are read whole"
+            } else {
+                "an HDF5 source is one file; incremental sources are directories or globs of \
+                 Parquet, CSV, NDJSON, Arrow or Avro files"
+            },
+        ));
+    }
+    Ok(incremental)
 }
 
 /// Pickle is refused (loading one runs code); HDF5 is read from one local file.

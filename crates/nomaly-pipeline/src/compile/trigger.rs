@@ -23,6 +23,16 @@ pub struct Trigger {
     pub allow_overlap: bool,
     pub after: Vec<String>,
     pub on_failure: Vec<String>,
+    /// `trigger = "files"`: queued when unread files land in the incremental source.
+    pub files: Option<FilesTrigger>,
+}
+
+/// A file-arrival trigger: list every `poll`, queue a run once the newest unread file is `quiet`
+/// old.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FilesTrigger {
+    pub poll: std::time::Duration,
+    pub quiet: std::time::Duration,
 }
 
 /// A 5-field cron expression read as crontab(5) reads it (croner, in its Vixie-cron mode): names
@@ -164,7 +174,49 @@ pub(super) fn compile_trigger(file: &PipelineFile) -> Result<Trigger> {
         allow_overlap: spec.allow_overlap.unwrap_or(false),
         after: spec.after.clone(),
         on_failure: spec.on_failure.clone(),
+        files: compile_files_trigger(file)?,
     })
+}
+
+fn compile_files_trigger(file: &PipelineFile) -> Result<Option<FilesTrigger>> {
+    let spec = &file.spec;
+    if spec.trigger.is_none() {
+        for (key, set) in [
+            ("poll", spec.poll.is_some()),
+            ("quiet", spec.quiet.is_some()),
+        ] {
+            if set {
+                return Err(PipelineError::invalid(
+                    place(file, "", 0, Some(key)),
+                    format!("'{key}' only applies to trigger = \"files\"; add it or remove {key}"),
+                ));
+            }
+        }
+        return Ok(None);
+    }
+    let incremental = spec.sources.first().and_then(|s| s.incremental) == Some(true);
+    if !incremental {
+        return Err(PipelineError::invalid(
+            place(file, "", 0, Some("trigger")),
+            "trigger = \"files\" watches the first source for files no run has read: make it \
+             a [[source]] with incremental = true",
+        ));
+    }
+    let duration = |key: &str, value: &Option<String>, default: u64| match value {
+        None => Ok(std::time::Duration::from_secs(default)),
+        Some(v) => super::parse_duration(v).map_err(|e| {
+            PipelineError::invalid(place(file, "", 0, Some(key)), format!("{key}: {e}"))
+        }),
+    };
+    let poll = duration("poll", &spec.poll, 30)?;
+    let quiet = duration("quiet", &spec.quiet, 10)?;
+    if poll < std::time::Duration::from_secs(1) {
+        return Err(PipelineError::invalid(
+            place(file, "", 0, Some("poll")),
+            "poll is at least \"1s\" (each poll lists the source)",
+        ));
+    }
+    Ok(Some(FilesTrigger { poll, quiet }))
 }
 
 #[cfg(test)]
@@ -216,6 +268,53 @@ mod tests {
                 .unwrap_err()
                 .contains("out of range")
         );
+    }
+}
+
+#[cfg(test)]
+mod files_trigger {
+    use super::*;
+    use crate::run_context::RunRequest;
+
+    fn read(text: &str) -> Result<Option<FilesTrigger>> {
+        let file = PipelineFile::parse(
+            std::path::Path::new("p.toml"),
+            text,
+            &[],
+            &|_| Ok(None),
+            &RunRequest::default(),
+        )?;
+        compile_files_trigger(&file)
+    }
+
+    #[test]
+    fn a_files_trigger_needs_an_incremental_first_source_and_sane_durations() {
+        let source = "[[source]]\nname = \"tx\"\npath = \"in/*.csv\"\n";
+        let ok = format!("trigger = \"files\"\npoll = \"2s\"\n{source}incremental = true\n");
+        let t = read(&ok).unwrap().unwrap();
+        assert_eq!((t.poll.as_secs(), t.quiet.as_secs()), (2, 10));
+        for (text, needle) in [
+            (
+                format!("trigger = \"files\"\n{source}"),
+                "incremental = true",
+            ),
+            (
+                format!("trigger = \"files\"\npoll = \"10ms\"\n{source}incremental = true\n"),
+                "at least",
+            ),
+            (
+                format!("quiet = \"5s\"\n{source}"),
+                "only applies to trigger",
+            ),
+            (
+                format!("trigger = \"files\"\nquiet = \"soon\"\n{source}incremental = true\n"),
+                "quiet:",
+            ),
+        ] {
+            let e = read(&text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+        assert_eq!(read(source).unwrap(), None);
     }
 }
 

@@ -29,13 +29,14 @@ struct TeamsCard {
 
 fn ended(status: RunStatus) -> &'static str {
     match status {
-        RunStatus::Running => "is running",
+        RunStatus::Running => "missed its deadline",
         RunStatus::Succeeded => "succeeded",
         RunStatus::DryRun => "finished a dry run",
         RunStatus::ValidationFailed => "failed a validation check",
         RunStatus::Failed => "failed",
         RunStatus::Cancelled => "was cancelled",
         RunStatus::TimedOut => "timed out",
+        RunStatus::NothingNew => "found no new files",
     }
 }
 
@@ -76,6 +77,9 @@ fn summary(report: &RunReport, rate_above: Option<f64>) -> (String, Vec<String>)
     }
     if let Some(error) = &report.error {
         lines.push(format!("error: {}", escape(error)));
+    }
+    if report.status == RunStatus::Running {
+        lines.extend(report.warnings.iter().map(|w| escape(w)));
     }
     (title, lines)
 }

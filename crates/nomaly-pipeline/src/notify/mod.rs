@@ -20,9 +20,16 @@ mod chat;
 fn fires((on, rate_above): (NotifyWhen, Option<f64>), report: &RunReport) -> bool {
     let status = report.status;
     let rate = rate_above.is_none_or(|limit| report.anomaly_rate > limit);
+    // A report of a run still going is the deadline's; every other condition is of a run's end.
+    let running = status == RunStatus::Running;
     rate && match on {
+        NotifyWhen::Deadline => running,
+        _ if running => false,
         NotifyWhen::Always => true,
-        NotifyWhen::Success => matches!(status, RunStatus::Succeeded | RunStatus::DryRun),
+        NotifyWhen::Success => matches!(
+            status,
+            RunStatus::Succeeded | RunStatus::DryRun | RunStatus::NothingNew
+        ),
         NotifyWhen::Failure => matches!(
             status,
             RunStatus::Failed

@@ -91,6 +91,8 @@ async fn register_output(ctx: &SessionContext, p: &CompiledPipeline) -> Result<(
         format: s.format,
         has_header: true,
         delimiter: b',',
+        incremental: false,
+        only: None,
     };
     register_listing(ctx, &reader).await
 }

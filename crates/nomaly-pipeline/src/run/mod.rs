@@ -19,6 +19,7 @@
 mod checks;
 mod chunk_job;
 mod chunk_runner;
+mod deadline;
 mod detect_plan;
 mod fit;
 mod fit_states;
@@ -43,6 +44,7 @@ mod tests_slices;
 pub use handle::Run;
 pub use inspect::{explain, validate};
 pub use publish::{completed_run, publish_interrupted};
+pub(crate) use session::register_stores;
 pub use session::{PreparedSession, prepare};
 
 use crate::compile::CompiledPipeline;
@@ -89,6 +91,12 @@ pub struct RunOptions {
     /// What this run is called in its outputs' lock files, which a second run of the same
     /// output names when it is refused ("nomaly run p.toml", "served run 42").
     pub holder: Option<String>,
+    /// When the run was asked for (ms since the epoch; a server's queue time): its
+    /// `[resources] deadline` counts from here (default: its start).
+    pub asked_at_unix_ms: Option<u64>,
+    /// False when a failure of this run will be retried (a server's `run_retries`): its
+    /// failure notifications are then left to the last attempt.
+    pub final_attempt: bool,
 }
 
 impl Default for RunOptions {
@@ -100,6 +108,8 @@ impl Default for RunOptions {
             cancel: CancellationToken::new(),
             faults: None,
             holder: None,
+            asked_at_unix_ms: None,
+            final_attempt: true,
         }
     }
 }
@@ -132,6 +142,13 @@ pub async fn run(p: &CompiledPipeline, opts: &RunOptions) -> RunOutcome {
 }
 
 async fn run_traced(p: &CompiledPipeline, opts: &RunOptions) -> RunOutcome {
+    // An incremental source: the files this run reads, taken from the ledger (held to the end).
+    let taken = crate::incremental::take(p, &opts.mode, opts.dry_run, &holder(p, opts)).await;
+    let pipeline = match &taken {
+        Ok(Some(t)) => Some(t.pipeline.clone()),
+        _ => None,
+    };
+    let p = pipeline.as_deref().unwrap_or(p);
     let scope = RunScope::new(p, opts);
     scope.emit(RunEvent::Started {
         pipeline: p.name.clone(),
@@ -146,15 +163,51 @@ async fn run_traced(p: &CompiledPipeline, opts: &RunOptions) -> RunOutcome {
         ..base_report(p)
     };
     let timer = scope.start_timeout();
+    let _deadline = deadline::watch(p, opts);
+    let take = match taken {
+        Ok(t) => t,
+        Err(e) => {
+            report.seconds = started.elapsed().as_secs_f64();
+            return finished(&scope, publish::conclude(&scope, report, Err(e)).await);
+        }
+    };
+    if let Some(t) = &take {
+        report.incremental = Some(crate::report::IncrementalReport {
+            new_files: t.new_files,
+            consumed_before: t.consumed_before,
+            ledger: t.ledger.display().to_string(),
+        });
+    }
     // Held until the run has published (or kept) its outputs: one writer per output.
     let (locks, result) = match lock_outputs(p, opts) {
+        Ok(locks) if take.as_ref().is_some_and(|t| t.new_files == 0) => {
+            report.status = RunStatus::NothingNew;
+            report.warnings.push(format!(
+                "no new files in source '{}' since the last run; nothing was read or written",
+                p.sources[0].name
+            ));
+            (locks, Ok(()))
+        }
         Ok(locks) => (locks, attempt(&scope, &mut report).await),
         Err(e) => (None, Err(e)),
     };
     drop(timer);
     report.seconds = started.elapsed().as_secs_f64();
-    let outcome = publish::conclude(&scope, report, result).await;
+    let mut outcome = publish::conclude(&scope, report, result).await;
+    if let (Ok(r), Some(t)) = (&mut outcome, &take)
+        && r.status == RunStatus::Succeeded
+        && let Err(e) = crate::incremental::settle_after_publish(t)
+    {
+        r.warnings
+            .push(format!("{e}; the next run settles the ledger"));
+    }
     drop(locks);
+    drop(take);
+    finished(&scope, outcome)
+}
+
+/// Announces a run's end with its report.
+fn finished(scope: &RunScope<'_>, outcome: RunOutcome) -> RunOutcome {
     let report = match &outcome {
         Ok(r) => r.clone(),
         Err(f) => (*f.report).clone(),
@@ -165,19 +218,23 @@ async fn run_traced(p: &CompiledPipeline, opts: &RunOptions) -> RunOutcome {
     outcome
 }
 
+/// Who a run's locks name.
+fn holder(p: &CompiledPipeline, opts: &RunOptions) -> Holder {
+    Holder {
+        run: opts
+            .holder
+            .clone()
+            .unwrap_or_else(|| format!("nomaly run {}", p.file.path.display())),
+    }
+}
+
 /// Locks every sink's output for the run (a dry run writes nothing and locks nothing).
 fn lock_outputs(p: &CompiledPipeline, opts: &RunOptions) -> Result<Option<OutputLocks>> {
     if opts.dry_run {
         return Ok(None);
     }
-    let holder = Holder {
-        run: opts
-            .holder
-            .clone()
-            .unwrap_or_else(|| format!("nomaly run {}", p.file.path.display())),
-    };
     let outputs: Vec<&std::path::Path> = p.sinks.iter().map(|s| s.path.as_path()).collect();
-    OutputLocks::acquire(&outputs, &holder).map(Some)
+    OutputLocks::acquire(&outputs, &holder(p, opts)).map(Some)
 }
 
 /// Everything of a run up to publishing: prepare the session, then [`execute`] with memory

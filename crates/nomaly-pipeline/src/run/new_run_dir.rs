@@ -50,6 +50,7 @@ pub(crate) fn create(
         pipeline_digest: Some(crate::run_dir::spec_digest(&p.file.spec)),
         overrides: p.file.overrides.clone(),
         context: Some(p.file.context.clone()),
+        run_id: p.sources[0].only.as_ref().map(|t| t.run_id.clone()),
     };
     run_dir.create(&record, &p.file.raw, &batches, &schema)?;
     for (chunk, found) in scoring.bad_rows.iter().flatten() {

@@ -38,7 +38,10 @@ pub(crate) async fn conclude(
     report.error = Some(error.user_message());
     // Refused at once because another run holds an output: that run's outcome is the one to
     // announce, as a refused compilation announces nothing.
-    if !matches!(error, PipelineError::OutputLocked { .. }) {
+    // A served run that will be retried alerts only if its last attempt fails too.
+    let retried = !scope.opts.final_attempt
+        && matches!(report.status, RunStatus::Failed | RunStatus::TimedOut);
+    if !matches!(error, PipelineError::OutputLocked { .. }) && !retried {
         notify(scope, &mut report, None).await;
     }
     Err(RunFailure {
@@ -116,7 +119,7 @@ fn publish(
     faults: Option<&crate::faults::FaultPlan>,
 ) -> Result<Option<PathBuf>> {
     let _ = std::fs::remove_dir_all(sibling_dir(&p.sinks[0].path, "hdf5"));
-    if report.status == RunStatus::DryRun {
+    if matches!(report.status, RunStatus::DryRun | RunStatus::NothingNew) {
         return Ok(None);
     }
     let _ = std::fs::remove_dir_all(sibling_dir(&p.sinks[0].path, "work"));

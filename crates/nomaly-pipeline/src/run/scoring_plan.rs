@@ -241,6 +241,8 @@ pub(crate) async fn chunk_materialized(
         format: FileFormat::Parquet,
         has_header: true,
         delimiter: b',',
+        incremental: false,
+        only: None,
     };
     let plan = plan_chunks(ctx, &staged, p.chunk_rows, p.chunk_rows_set()).await?;
     let _ = ctx.deregister_table(STAGED_INPUT);

@@ -207,7 +207,7 @@ pub(super) fn cluster_of(config: &SessionConfig) -> Option<Arc<ClusterClient>> {
 }
 
 /// Registers the object store of every remote source (s3://, gs://, az://, http(s)://).
-pub(super) fn register_stores(ctx: &SessionContext, p: &CompiledPipeline) -> Result<()> {
+pub(crate) fn register_stores(ctx: &SessionContext, p: &CompiledPipeline) -> Result<()> {
     if p.sandbox.is_confined() {
         // Listings and reads of local files: a file that leads out of the roots is refused.
         let file = datafusion::execution::object_store::ObjectStoreUrl::local_filesystem();

@@ -107,6 +107,9 @@ pub struct RunRecord {
     /// them: those expand `${run.…}` as a run asked for now would).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<crate::run_context::RunContext>,
+    /// The id an incremental run took its files under (its ledger entry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 /// One written part file, relative to its sink's staging directory.

@@ -9,6 +9,8 @@ pub(super) struct RunEnd {
     pub(super) report: Option<String>,
     pub(super) error: Option<String>,
     pub(super) on_failure: Vec<String>,
+    /// A failure that is retried after this wait (`[retry] run_retries`).
+    pub(super) retry_in: Option<Duration>,
 }
 
 impl Server {
@@ -66,6 +68,7 @@ impl Server {
                     report: None,
                     error: Some(e.to_string()),
                     on_failure: Vec::new(),
+                    retry_in: None,
                 };
             }
         };
@@ -86,6 +89,7 @@ impl Server {
                     report: None,
                     error: Some(e.to_string()),
                     on_failure,
+                    retry_in: None,
                 };
             }
         };
@@ -105,11 +109,16 @@ impl Server {
         {
             cancel.cancel();
         }
+        // `run` was read before this attempt started: this is attempt `attempts + 1`.
+        let policy = compiled.retry;
+        let final_attempt = run.attempts >= policy.run_retries;
         let options = RunOptions {
             mode,
             cancel,
             faults,
             holder: Some(format!("served run {id}")),
+            asked_at_unix_ms: Some(run.submitted_ms as u64),
+            final_attempt,
             ..RunOptions::default()
         };
         let mut handle = Run::start(compiled, options);
@@ -122,7 +131,9 @@ impl Server {
             Err(f) => (Some(f.report), Some(f.error.user_message())),
         };
         let state = match report.as_ref().map(|r| r.status) {
-            Some(RunStatus::Succeeded) | Some(RunStatus::DryRun) => RunState::Succeeded,
+            Some(RunStatus::Succeeded | RunStatus::DryRun | RunStatus::NothingNew) => {
+                RunState::Succeeded
+            }
             Some(RunStatus::ValidationFailed) => RunState::ValidationFailed,
             Some(RunStatus::Cancelled) => RunState::Cancelled,
             Some(RunStatus::TimedOut) => RunState::TimedOut,
@@ -133,6 +144,7 @@ impl Server {
             report: report.and_then(|r| serde_json::to_string(&*r).ok()),
             error,
             on_failure,
+            retry_in: (!final_attempt).then_some(policy.run_retry_delay),
         }
     }
 
@@ -291,6 +303,9 @@ impl Server {
             let snapshot = progress_of(&a.live, a.started, None);
             let _ = self.inner.store.set_progress(id, &snapshot);
         }
+        if self.retry_later(run, &end, user_cancelled, now) {
+            return;
+        }
         match self.inner.store.finish(
             id,
             end.state,
@@ -327,6 +342,47 @@ impl Server {
             }
             _ => {}
         }
+    }
+
+    /// A failed or timed-out run with retries left: its end is recorded, then it is queued again
+    /// to resume after its delay, without its failure handlers. True when so.
+    fn retry_later(&self, run: &RunRecord, end: &RunEnd, user_cancelled: bool, now: i64) -> bool {
+        let Some(wait) = end.retry_in else {
+            return false;
+        };
+        if user_cancelled || !matches!(end.state, RunState::Failed | RunState::TimedOut) {
+            return false;
+        }
+        let id = run.id;
+        let store = &self.inner.store;
+        let recorded = store.finish(
+            id,
+            end.state,
+            end.report.as_deref(),
+            end.error.as_deref(),
+            now,
+        );
+        let retry_at = now + wait.as_millis() as i64;
+        if !matches!(recorded, Ok(true))
+            || !matches!(store.requeue_after(id, retry_at, now), Ok(true))
+        {
+            return false;
+        }
+        self.inner.metrics.finished(end.state);
+        self.event(
+            id,
+            RunEventBody::Warning {
+                warning: format!(
+                    "attempt {} {}: {}; it is retried (resuming) in {:.0} s",
+                    run.attempts + 1,
+                    end.state.name(),
+                    end.error.as_deref().unwrap_or("no error"),
+                    wait.as_secs_f64()
+                ),
+            },
+        );
+        self.inner.wake.notify_one();
+        true
     }
 
     /// Samples every running run's progress: stored, and streamed as a `progress` event.

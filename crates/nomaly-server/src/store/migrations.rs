@@ -61,7 +61,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
         fires INTEGER NOT NULL DEFAULT 0,
         skipped INTEGER NOT NULL DEFAULT 0
     );",
-    // 2: the interval and parameters a run is for, and backfills.
+    // 2: the interval and parameters a run is for, backfills, and retries that wait.
     "CREATE TABLE backfills (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         pipeline TEXT NOT NULL,
@@ -72,5 +72,6 @@ pub(super) const MIGRATIONS: &[&str] = &[
     );
     ALTER TABLE runs ADD COLUMN context TEXT;
     ALTER TABLE runs ADD COLUMN backfill INTEGER REFERENCES backfills(id);
+    ALTER TABLE runs ADD COLUMN not_before_ms INTEGER;
     CREATE INDEX runs_by_backfill ON runs(backfill, id);",
 ];

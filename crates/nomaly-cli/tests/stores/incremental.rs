@@ -1,0 +1,141 @@
+//! An incremental source on an S3 server: each run reads only the objects no earlier run read
+//! and published; a run that stopped holds its objects until it is resumed.
+
+use super::{BUCKET, cli, moto, report, services_installed, upload};
+use crate::{part_files, stderr, write_tx_parquet};
+use std::path::{Path, PathBuf};
+
+const ROWS: u64 = 5_000;
+
+/// Uploads `names` (each `ROWS` rows, ids from `first`) under `inbox/` of the bucket.
+fn upload_batch(work: &Path, endpoint: &str, batch: usize, names: &[&str], first: u64) {
+    let dir = work.join(format!("batch{batch}"));
+    for (i, name) in names.iter().enumerate() {
+        let path = dir.join(format!("inbox/{name}.parquet"));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        write_tx_parquet(&path, first + i as u64 * ROWS, ROWS, 2_500);
+    }
+    upload("s3", endpoint, &dir);
+}
+
+/// The output directory a run's report names.
+fn output_of(report: &serde_json::Value) -> PathBuf {
+    PathBuf::from(report["run_dir"].as_str().unwrap())
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+#[test]
+fn an_incremental_s3_source_reads_each_object_once() {
+    if !services_installed() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let s3 = moto();
+    let env = vec![
+        ("AWS_ACCESS_KEY_ID", "nomaly".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "nomaly-secret".to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_ENDPOINT_URL", s3.endpoint()),
+    ];
+    let pipeline = work.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name = \"inbox\"\n[[source]]\nname = \"tx\"\npath = \"s3://{BUCKET}/inbox/*.parquet\"\n\
+             incremental = true\n[detect]\nalgorithm = \"hbos\"\ncolumns = [\"amount\"]\n\
+             [[sink]]\npath = \"out/run=${{run.start:%Y%m%dT%H%M%S%.3f}}/\"\n[run]\nchunk_rows = 2500\n\
+             [retry]\ninitial_delay = \"5ms\"\nmax_delay = \"10ms\"\nmax_retries = 1\n"
+        ),
+    )
+    .unwrap();
+    let p = pipeline.to_str().unwrap();
+    let run = |extra: &[(&str, String)]| {
+        let mut all = env.clone();
+        all.extend(extra.iter().cloned());
+        cli(&["run", p, "--json", "--no-progress"], &all)
+    };
+
+    upload_batch(work.path(), &s3.endpoint(), 1, &["a", "b"], 0);
+    let o = run(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let first = report(&o);
+    assert_eq!(
+        (
+            first["input_rows"].as_u64(),
+            first["incremental"]["new_files"].as_u64()
+        ),
+        (Some(2 * ROWS), Some(2))
+    );
+    // Nothing new: exit 0, nothing read or written.
+    let o = run(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(report(&o)["status"], "nothing_new");
+
+    // Batch 2 is taken by a run that stops after its first chunk; batch 3 lands meanwhile.
+    upload_batch(work.path(), &s3.endpoint(), 2, &["c"], 2 * ROWS);
+    let o = run(&[("NOMALY_FAULTS", "fail_chunk=1".to_string())]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let stopped = output_of(&report(&o));
+    upload_batch(work.path(), &s3.endpoint(), 3, &["d"], 3 * ROWS);
+    // A new run is refused while the stopped one holds its object ...
+    let o = run(&[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("an unfinished run of this incremental pipeline took 1 file(s)"),
+        "{}",
+        stderr(&o)
+    );
+    // ... its resume reads exactly that object ...
+    let o = cli(
+        &[
+            "resume",
+            stopped.to_str().unwrap(),
+            "--json",
+            "--no-progress",
+        ],
+        &env,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(report(&o)["input_rows"].as_u64(), Some(ROWS));
+    // ... and the next run the one that landed after.
+    let o = run(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(report(&o)["incremental"]["new_files"].as_u64(), Some(1));
+    assert_eq!(
+        report(&o)["incremental"]["consumed_before"].as_u64(),
+        Some(3)
+    );
+
+    // Every uploaded row is in exactly one output.
+    let all = work.path().join("all");
+    std::fs::create_dir_all(&all).unwrap();
+    for (i, out) in std::fs::read_dir(work.path().join("out"))
+        .unwrap()
+        .enumerate()
+    {
+        for (name, bytes) in part_files(&out.unwrap().path()) {
+            std::fs::write(all.join(format!("{i}-{name}")), bytes).unwrap();
+        }
+    }
+    let table = format!("o={}/", all.display());
+    let o = cli(
+        &[
+            "sql",
+            "--format",
+            "csv",
+            "--table",
+            &table,
+            "-e",
+            "SELECT count(*), count(DISTINCT id), max(id) FROM o",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let total = 4 * ROWS;
+    assert_eq!(
+        crate::stdout(&o).lines().nth(1).unwrap(),
+        format!("{total},{total},{}", total - 1)
+    );
+}

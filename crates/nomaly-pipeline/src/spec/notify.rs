@@ -1,0 +1,98 @@
+//! `[[notify]]`: who hears about a run, and when.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// When a notification fires.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyWhen {
+    #[default]
+    Always,
+    Success,
+    Failure,
+    /// The run is not finished by its `[resources] deadline` (sent once; the run goes on).
+    Deadline,
+}
+
+/// A notification with the run report. It fires when `on` matches the run's end and, if
+/// `anomaly_rate_above` is given, the run's anomaly rate is above it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum NotifySpec {
+    /// POST the JSON report (or a chat message, see `format`) to an http(s):// URL.
+    Webhook {
+        /// `webhook`: the http(s) URL the report is POSTed to.
+        url: String,
+        /// When it fires: "always" (default), "success" or "failure".
+        #[serde(default)]
+        on: NotifyWhen,
+        /// `webhook`: what is POSTed: "report" (the JSON run report, default), "slack" (a Slack
+        /// incoming-webhook message) or "teams" (a Microsoft Teams connector card).
+        #[serde(default, skip_serializing_if = "WebhookFormat::is_report")]
+        format: WebhookFormat,
+        /// Fire only when the share of rows flagged is above this fraction (e.g. 0.05 = 5%).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        anomaly_rate_above: Option<f64>,
+    },
+    /// Run a shell command; the report's path is in `$NOMALY_REPORT`, its status in `$NOMALY_STATUS`.
+    Command {
+        /// `command`: the shell command (a server needs `--allow-notify-commands`).
+        command: String,
+        #[serde(default)]
+        on: NotifyWhen,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        anomaly_rate_above: Option<f64>,
+    },
+    /// Write the JSON report to a file.
+    File {
+        /// `file`: where the JSON report is written.
+        path: String,
+        #[serde(default)]
+        on: NotifyWhen,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        anomaly_rate_above: Option<f64>,
+    },
+}
+
+impl NotifySpec {
+    /// When it fires: the run's end it waits for, and the anomaly rate it must exceed.
+    pub fn condition(&self) -> (NotifyWhen, Option<f64>) {
+        match self {
+            NotifySpec::Webhook {
+                on,
+                anomaly_rate_above,
+                ..
+            }
+            | NotifySpec::Command {
+                on,
+                anomaly_rate_above,
+                ..
+            }
+            | NotifySpec::File {
+                on,
+                anomaly_rate_above,
+                ..
+            } => (*on, *anomaly_rate_above),
+        }
+    }
+}
+
+/// What a webhook POSTs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookFormat {
+    /// The JSON run report.
+    #[default]
+    Report,
+    /// A Slack incoming-webhook message (`{"text": ...}`) summing the run up.
+    Slack,
+    /// A Microsoft Teams connector card (`MessageCard`) summing the run up.
+    Teams,
+}
+
+impl WebhookFormat {
+    fn is_report(&self) -> bool {
+        *self == WebhookFormat::Report
+    }
+}
