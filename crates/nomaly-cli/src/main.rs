@@ -3,6 +3,7 @@
 mod api_token;
 mod backfill_cmd;
 mod cluster_cmd;
+mod models_cmd;
 mod output;
 mod pipeline_cmd;
 mod query_progress;
@@ -72,6 +73,8 @@ enum Command {
     Backfill(backfill_cmd::BackfillArgs),
     /// List a server's backfills, or show (--cancel: cancel) one
     Backfills(backfill_cmd::BackfillsArgs),
+    /// The model registry: models kept between runs ([detect] model, train)
+    Models(models_cmd::ModelsArgs),
 }
 
 /// The command line, with the cluster processes bound to 127.0.0.1 unless told otherwise
@@ -179,6 +182,7 @@ fn main() -> ExitCode {
             Command::Schedule(args) => runs_cmd::schedule(args).await,
             Command::Backfill(args) => backfill_cmd::backfill(args).await,
             Command::Backfills(args) => backfill_cmd::backfills(args).await,
+            Command::Models(args) => models_cmd::models(args),
         }
     });
     // Ballista's in-process cluster keeps background tasks; do not wait for them.

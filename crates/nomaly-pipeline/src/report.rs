@@ -152,6 +152,28 @@ pub struct RunReport {
     /// that published), and how many earlier runs had read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incremental: Option<IncrementalReport>,
+    /// A model fitted on a `train` query or read from the registry, and the scores' drift.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelReport>,
+}
+
+/// Where the run's model came from, when not from a fit of its input, and how far its scores
+/// drifted from the model's training scores.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelReport {
+    /// "train" (fitted on the `train` query) or "registry".
+    pub source: String,
+    /// The registered model's name (a training run registers under it on success).
+    pub name: Option<String>,
+    /// The version scored with, or registered by this run.
+    pub version: Option<u32>,
+    pub training_rows: u64,
+    /// The training scores' decile edges and the share of them in each bin.
+    pub score_edges: Vec<f64>,
+    pub score_shares: Vec<f64>,
+    /// Population-stability index of this run's scores over those bins.
+    pub drift_psi: Option<f64>,
+    pub drift_above: f64,
 }
 
 /// See [`RunReport::incremental`].

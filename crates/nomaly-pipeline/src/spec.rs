@@ -216,6 +216,20 @@ pub struct DetectSpec {
     /// Also write each feature's contribution to the score (column `anomaly_explanation`).
     #[serde(default)]
     pub explain: bool,
+    /// A registered model: with `train`, a run that succeeds registers its fit as the next
+    /// version of this name; without, the run scores with the latest (or `version`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// A query to fit on instead of the detect input, e.g. the last 30 days before `${run.start}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<String>,
+    /// With `model` and no `train`: the version to score with (default: the latest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// Warn when the run's scores drift from the model's training scores by more than this
+    /// population-stability index (default 0.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift_above: Option<f64>,
 }
 
 /// A check on the result.

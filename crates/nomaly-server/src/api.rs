@@ -12,6 +12,7 @@ use crate::dashboard;
 use crate::error::ServerError;
 use crate::events::RunEventBody;
 use crate::metrics::Snapshot;
+use crate::models::ModelList;
 use crate::server::{Server, StreamEvent, SubmitRequest};
 use crate::store::{RunState, StartMode};
 use crate::stream_limits::{Live, StreamSlots, live};
@@ -105,6 +106,8 @@ pub fn router(server: Server, http: HttpConfig) -> Router {
         .route("/api/backfills", post(add_backfill).get(list_backfills))
         .route("/api/backfills/{id}", get(get_backfill))
         .route("/api/backfills/{id}/cancel", post(cancel_backfill))
+        .route("/api/models", get(list_models))
+        .route("/api/models/{name}", get(get_model))
         .route("/api/schedules", get(list_schedules).post(add_schedule))
         .route(
             "/api/schedules/{name}",
@@ -352,6 +355,17 @@ async fn cancel_backfill(
     Path(id): Path<String>,
 ) -> ApiResult<Json<BackfillView>> {
     Ok(Json(state.server.cancel_backfill(parse_id(&id)?)?))
+}
+
+async fn list_models(State(state): State<AppState>) -> ApiResult<Json<ModelList>> {
+    Ok(Json(state.server.models(None)?))
+}
+
+async fn get_model(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<ModelList>> {
+    Ok(Json(state.server.models(Some(&name))?))
 }
 
 async fn queue(State(state): State<AppState>) -> ApiResult<Json<crate::server::QueueView>> {

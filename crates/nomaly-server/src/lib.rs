@@ -26,6 +26,7 @@ pub mod events;
 mod file_triggers;
 pub mod http_guard;
 pub mod metrics;
+pub mod models;
 pub mod openapi;
 mod output_wait;
 pub mod queue;

@@ -85,6 +85,8 @@ const ROUTES: &[Route] = &[
     Route { method: HttpMethod::Get, path: "/api/backfills", summary: "Backfills, newest first, each with its runs and counts", query: &["limit"], body: None, ok: ("200", Answer::Json("BackfillList")), errors: &["400", "401"] },
     Route { method: HttpMethod::Get, path: "/api/backfills/{id}", summary: "One backfill: its state, counts per run state, and its runs oldest interval first", query: &[], body: None, ok: ("200", Answer::Json("BackfillView")), errors: RUN_ERRORS },
     Route { method: HttpMethod::Post, path: "/api/backfills/{id}/cancel", summary: "Cancel every queued or running run of a backfill", query: &[], body: None, ok: ("200", Answer::Json("BackfillView")), errors: ACT_ERRORS },
+    Route { method: HttpMethod::Get, path: "/api/models", summary: "Registered models: every version in the registries beside the roots and the registered pipelines", query: &[], body: None, ok: ("200", Answer::Json("ModelList")), errors: &["401"] },
+    Route { method: HttpMethod::Get, path: "/api/models/{name}", summary: "The versions of one model, with their training-score deciles", query: &[], body: None, ok: ("200", Answer::Json("ModelList")), errors: &["400", "401", "404"] },
     Route { method: HttpMethod::Get, path: "/api/schedules", summary: "Registered pipelines with their schedules, dependencies and next fire times", query: &[], body: None, ok: ("200", Answer::Json("ScheduleList")), errors: &["401"] },
     Route { method: HttpMethod::Post, path: "/api/schedules", summary: "Register (or update) a pipeline file: its schedule, after and on_failure", query: &[], body: Some("ScheduleRequest"), ok: ("201", Answer::Json("ScheduleView")), errors: &["400", "401", "403"] },
     Route { method: HttpMethod::Get, path: "/api/schedules/{name}", summary: "One registered pipeline", query: &[], body: None, ok: ("200", Answer::Json("ScheduleView")), errors: &["401", "404"] },
@@ -117,6 +119,7 @@ fn schemas() -> Vec<(String, RefOr<Schema>)> {
     add::<BackfillRequest>(&mut all);
     add::<BackfillView>(&mut all);
     add::<BackfillList>(&mut all);
+    add::<crate::models::ModelList>(&mut all);
     add::<ScheduleView>(&mut all);
     add::<ScheduleList>(&mut all);
     add::<crate::events::StreamEvent>(&mut all);

@@ -321,6 +321,7 @@ fn dry_run_validate_explain_and_schema() {
 mod backfill;
 #[path = "malformed.rs"]
 mod malformed;
+pub(crate) mod models;
 pub mod webhooks;
 
 #[test]

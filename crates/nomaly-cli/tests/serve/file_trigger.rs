@@ -91,6 +91,9 @@ fn arriving_files_are_each_scored_once_across_a_killed_server() {
         (QUIET_MS..=POLL_MS + QUIET_MS + 3_000).contains(&latency),
         "queued {latency} ms after the files landed"
     );
+    eprintln!(
+        "queued {latency} ms after the files landed (poll {POLL_MS} ms, quiet {QUIET_MS} ms)"
+    );
     assert_eq!(first["trigger"], "files:2");
     assert_eq!(
         server.wait_ended(first["id"].as_i64().unwrap())["state"],

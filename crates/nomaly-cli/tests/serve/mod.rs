@@ -13,6 +13,7 @@ mod backfills;
 mod browser;
 mod file_trigger;
 mod http;
+mod models;
 mod openapi;
 mod retries;
 mod schedules;

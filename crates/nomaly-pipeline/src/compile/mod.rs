@@ -1,11 +1,13 @@
 //! Static checks and resolution of a pipeline file: everything that can be known without reading
 //! the data (names, paths, options, ranges). `validate` and `run` go on to check against the data.
 
+mod model;
 mod query_only;
 mod settings;
 mod sources;
 mod trigger;
 
+pub use model::ModelSource;
 pub use query_only::{check_query, query_options};
 pub use settings::{DurationError, RetryPolicy, parse_duration};
 pub use trigger::{CronExpr, CronSchedule, FilesTrigger, Trigger, parse_cron};
@@ -39,6 +41,11 @@ pub struct Detect {
     pub partition_by: Vec<String>,
     pub explain: bool,
     pub place: String,
+    /// Where the model comes from: a fit of the input (default), of a `train` query, or the
+    /// registry.
+    pub model: ModelSource,
+    /// Drift above this population-stability index is a warning.
+    pub drift_above: f64,
 }
 
 /// A sink before its `where` is compiled against the data.
@@ -304,6 +311,8 @@ fn compile_detect(
                 partition_by: d.partition_by.clone(),
                 explain: d.explain,
                 place: place(file, "[detect]", 0, Some("columns")),
+                model: model::compile_model(file, d)?,
+                drift_above: model::drift_threshold(file, d)?,
             })
         }
     };
@@ -425,7 +434,15 @@ fn compile_notifications(file: &PipelineFile, sandbox: &Sandbox) -> Result<Vec<N
     let base = file.base_dir();
     let mut out = Vec::new();
     for (i, n) in spec.notifications.iter().enumerate() {
-        if let (_, Some(rate)) = n.condition()
+        if let (_, _, Some(drift)) = n.condition()
+            && !(drift.is_finite() && drift > 0.0)
+        {
+            return Err(PipelineError::invalid(
+                place(file, "[[notify]]", i, Some("drift_above")),
+                format!("{drift}: a population-stability index above 0, e.g. 0.2"),
+            ));
+        }
+        if let (_, Some(rate), _) = n.condition()
             && !(0.0..=1.0).contains(&rate)
         {
             return Err(PipelineError::invalid(
@@ -439,6 +456,7 @@ fn compile_notifications(file: &PipelineFile, sandbox: &Sandbox) -> Result<Vec<N
                 on,
                 format,
                 anomaly_rate_above,
+                drift_above,
             } => {
                 let at = place(file, "[[notify]]", i, Some("url"));
                 let url = sandbox
@@ -461,12 +479,14 @@ fn compile_notifications(file: &PipelineFile, sandbox: &Sandbox) -> Result<Vec<N
                     on: *on,
                     format: *format,
                     anomaly_rate_above: *anomaly_rate_above,
+                    drift_above: *drift_above,
                 }
             }
             NotifySpec::File {
                 path,
                 on,
                 anomaly_rate_above,
+                drift_above,
             } => {
                 let at = place(file, "[[notify]]", i, Some("path"));
                 let resolved = PathBuf::from(resolve_path(&base, path));
@@ -482,6 +502,7 @@ fn compile_notifications(file: &PipelineFile, sandbox: &Sandbox) -> Result<Vec<N
                     path,
                     on: *on,
                     anomaly_rate_above: *anomaly_rate_above,
+                    drift_above: *drift_above,
                 }
             }
             other => other.clone(),

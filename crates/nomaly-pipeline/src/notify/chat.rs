@@ -48,7 +48,11 @@ fn escape(text: &str) -> String {
 }
 
 /// The title and the lines of the message.
-fn summary(report: &RunReport, rate_above: Option<f64>) -> (String, Vec<String>) {
+fn summary(
+    report: &RunReport,
+    rate_above: Option<f64>,
+    drift_above: Option<f64>,
+) -> (String, Vec<String>) {
     let title = format!(
         "nomaly: pipeline {} {}",
         escape(&report.pipeline),
@@ -66,6 +70,16 @@ fn summary(report: &RunReport, rate_above: Option<f64>) -> (String, Vec<String>)
             "the anomaly rate {:.2}% is above the alert threshold {:.2}%",
             report.anomaly_rate * 100.0,
             limit * 100.0
+        ));
+    }
+    if let (Some(limit), Some(m)) = (drift_above, &report.model)
+        && let Some(psi) = m.drift_psi
+    {
+        lines.push(format!(
+            "the scores drifted from model {} v{}: population-stability index {psi:.3} is above \
+             the alert threshold {limit}",
+            escape(m.name.as_deref().unwrap_or("-")),
+            m.version.unwrap_or(0)
         ));
     }
     for check in report.checks.iter().filter(|c| !c.passed) {
@@ -89,8 +103,9 @@ pub(super) fn message(
     format: WebhookFormat,
     report: &RunReport,
     rate_above: Option<f64>,
+    drift_above: Option<f64>,
 ) -> Option<Vec<u8>> {
-    let (title, lines) = summary(report, rate_above);
+    let (title, lines) = summary(report, rate_above, drift_above);
     let body = match format {
         WebhookFormat::Report => return None,
         WebhookFormat::Slack => serde_json::to_vec(&SlackMessage {
@@ -100,7 +115,10 @@ pub(super) fn message(
             kind: "MessageCard",
             context: "https://schema.org/extensions",
             summary: title.clone(),
-            theme_color: if report.status == RunStatus::Succeeded && rate_above.is_none() {
+            theme_color: if report.status == RunStatus::Succeeded
+                && rate_above.is_none()
+                && drift_above.is_none()
+            {
                 "2EB886"
             } else {
                 "D70000"
@@ -132,26 +150,27 @@ mod tests {
     #[test]
     fn slack_messages_sum_the_run_up_and_escape_its_text() {
         let failed = report(RunStatus::Failed, Some("chunk 3: a & b"));
-        let body = message(WebhookFormat::Slack, &failed, None).unwrap();
+        let body = message(WebhookFormat::Slack, &failed, None, None).unwrap();
         assert_eq!(
             String::from_utf8(body).unwrap(),
             r#"{"text":"*nomaly: pipeline tx &lt;nightly&gt; failed*\n10000 rows scored, 710 anomalies (7.10%) in 12.3 s\nerror: chunk 3: a &amp; b"}"#
         );
         let alert = report(RunStatus::Succeeded, None);
-        let body = message(WebhookFormat::Slack, &alert, Some(0.05)).unwrap();
+        let body = message(WebhookFormat::Slack, &alert, Some(0.05), None).unwrap();
         let text = String::from_utf8(body).unwrap();
         assert!(
             text.contains("the anomaly rate 7.10% is above the alert threshold 5.00%"),
             "{text}"
         );
-        assert_eq!(message(WebhookFormat::Report, &alert, None), None);
+        assert_eq!(message(WebhookFormat::Report, &alert, None, None), None);
     }
 
     #[test]
     fn teams_cards_are_message_cards_colored_by_outcome() {
         let ok = report(RunStatus::Succeeded, None);
         let card: serde_json::Value =
-            serde_json::from_slice(&message(WebhookFormat::Teams, &ok, None).unwrap()).unwrap();
+            serde_json::from_slice(&message(WebhookFormat::Teams, &ok, None, None).unwrap())
+                .unwrap();
         assert_eq!(card["@type"], "MessageCard");
         assert_eq!(card["themeColor"], "2EB886");
         assert_eq!(
@@ -160,7 +179,7 @@ mod tests {
         );
         let timed_out = report(RunStatus::TimedOut, Some("the run took longer than 2h"));
         let card: serde_json::Value =
-            serde_json::from_slice(&message(WebhookFormat::Teams, &timed_out, None).unwrap())
+            serde_json::from_slice(&message(WebhookFormat::Teams, &timed_out, None, None).unwrap())
                 .unwrap();
         assert_eq!(card["themeColor"], "D70000");
         assert!(

@@ -17,9 +17,14 @@ pub struct NotifyError(String);
 mod chat;
 
 /// Whether a notification with this condition fires for `report`.
-fn fires((on, rate_above): (NotifyWhen, Option<f64>), report: &RunReport) -> bool {
+fn fires(
+    (on, rate_above, drift_above): (NotifyWhen, Option<f64>, Option<f64>),
+    report: &RunReport,
+) -> bool {
     let status = report.status;
-    let rate = rate_above.is_none_or(|limit| report.anomaly_rate > limit);
+    let drift = report.model.as_ref().and_then(|m| m.drift_psi);
+    let rate = rate_above.is_none_or(|limit| report.anomaly_rate > limit)
+        && drift_above.is_none_or(|limit| drift.is_some_and(|d| d > limit));
     // A report of a run still going is the deadline's; every other condition is of a run's end.
     let running = status == RunStatus::Running;
     rate && match on {
@@ -60,9 +65,10 @@ pub async fn notify_all(
                 url,
                 format,
                 anomaly_rate_above,
+                drift_above,
                 ..
             } => {
-                let message = chat::message(*format, report, *anomaly_rate_above);
+                let message = chat::message(*format, report, *anomaly_rate_above, *drift_above);
                 post_json(url, message.as_deref().unwrap_or(&body), sandbox)
                     .await
                     .map_err(|e| format!("webhook {}: {e}", without_password(url)))

@@ -25,6 +25,15 @@ pub(crate) async fn validate_output(
 ) -> Result<()> {
     scope.emit(RunEvent::Phase("validate".into()));
     let t = Instant::now();
+    if report
+        .model
+        .as_ref()
+        .is_some_and(|m| !m.score_shares.is_empty())
+    {
+        register_output(&session.ctx, scope.p).await?;
+        super::model_use::measure_drift(&session.ctx, report).await?;
+        let _ = session.ctx.deregister_table("output");
+    }
     report.checks = run_checks(scope, &session.ctx, report).await?;
     report.steps.push(StepTiming {
         step: "validate".into(),

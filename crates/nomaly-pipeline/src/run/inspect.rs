@@ -4,6 +4,7 @@
 
 use super::detect_plan::{fit_frame, score_frame};
 use super::fit::{FitRetry, fit_models};
+use super::model_use::zero_rows;
 use super::preflight::{reads, scored_input};
 use super::scoring_plan::{is_chunk_preserving, scored_frame};
 use super::sink_targets::compile_sinks;
@@ -47,7 +48,7 @@ pub async fn explain(p: &CompiledPipeline) -> Result<String> {
             // zero rows.
             let opts = RunOptions::default();
             let retry = FitRetry::of(&RunScope::new(p, &opts), 1);
-            let empty = format!("(SELECT * FROM {input} LIMIT 0)");
+            let empty = zero_rows(&input);
             let mut stub = base_report(p);
             fit_models(ctx, d, &empty, &reads(p), &retry, &mut stub).await?;
             score_frame(ctx, d, &input).await
@@ -116,7 +117,7 @@ pub async fn validate(p: &CompiledPipeline) -> Result<String> {
     let prepared = prepare(p, &NoObserver, None).await?;
     let opts = RunOptions::default();
     let scope = RunScope::new(p, &opts);
-    let empty = format!("(SELECT * FROM {} LIMIT 0)", scored_input(p));
+    let empty = zero_rows(&scored_input(p));
     let mut stub = base_report(p);
     let (df, _) = scored_frame(&scope, &prepared.ctx, &empty, &mut stub).await?;
     compile_sinks(&prepared.ctx, p, df.schema())?;
@@ -194,7 +195,7 @@ pub(crate) async fn dry_run(
 ) -> Result<()> {
     let p = scope.p;
     scope.emit(RunEvent::Phase("dry run on zero rows".into()));
-    let empty = format!("(SELECT * FROM {} LIMIT 0)", scored_input(p));
+    let empty = zero_rows(&scored_input(p));
     let (df, _) = scored_frame(scope, &session.ctx, &empty, report).await?;
     let sinks = compile_sinks(&session.ctx, p, df.schema())?;
     let batches = df

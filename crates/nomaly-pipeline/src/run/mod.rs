@@ -25,6 +25,7 @@ mod fit;
 mod fit_states;
 mod handle;
 mod inspect;
+mod model_use;
 mod new_run_dir;
 mod preflight;
 mod publish;
@@ -316,7 +317,12 @@ async fn execute(
         seconds: t.elapsed().as_secs_f64(),
     });
     tally::tally(p, &scoring, &committed, report)?;
-    checks::validate_output(scope, session, report).await
+    checks::validate_output(scope, session, report).await?;
+    if report.status == RunStatus::Succeeded {
+        let run_dir = RunDir::at(&staging_dir(&p.sinks[0].path));
+        model_use::register_trained(scope, &run_dir, report)?;
+    }
+    Ok(())
 }
 
 /// A report with what is known before running: the pipeline, its detector, its settings.

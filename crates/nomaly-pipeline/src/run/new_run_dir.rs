@@ -51,6 +51,7 @@ pub(crate) fn create(
         overrides: p.file.overrides.clone(),
         context: Some(p.file.context.clone()),
         run_id: p.sources[0].only.as_ref().map(|t| t.run_id.clone()),
+        model: report.model.clone(),
     };
     run_dir.create(&record, &p.file.raw, &batches, &schema)?;
     for (chunk, found) in scoring.bad_rows.iter().flatten() {

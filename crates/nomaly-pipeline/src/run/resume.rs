@@ -119,6 +119,7 @@ pub(crate) async fn scoring_plan(
     report.models = record.models;
     report.recovery.model_reused = p.detect.is_some();
     report.quarantined_rows = record.quarantined_rows;
+    report.model = record.model.clone();
     let (input, chunks) = match record.chunking {
         ChunkingMode::Source => (scored_input(p), session.chunks.clone()),
         ChunkingMode::Materialized => {

@@ -4,7 +4,7 @@
 //! so the steps run once rather than once for the fit and again per chunk.
 
 use super::detect_plan::score_frame;
-use super::fit::{FitRetry, FittedModels, fit_models, runtime};
+use super::fit::{FitRetry, FittedModels, runtime};
 use super::preflight::{empty_input, reads, scored_input};
 use super::session::{register_listing, register_steps};
 use super::{PreparedSession, RunScope, classify};
@@ -146,7 +146,8 @@ pub(crate) async fn scored_frame(
     }
     .partitions();
     let retry = FitRetry::of(scope, parallel);
-    let fitted = fit_models(ctx, d, input, &reads(p), &retry, report).await?;
+    let fitted =
+        super::model_use::fit_or_load(scope, ctx, d, input, &reads(p), &retry, report).await?;
     report.input_rows = fitted.rows;
     report.rows_with_missing_features = fitted.skipped;
     report.models = fitted.models;

@@ -51,6 +51,39 @@ const PIPELINE_FILE: &str = "pipeline.toml";
 /// table has the plan builder's column names (`__nomaly_key_0_<i>`, `__nomaly_model_0`).
 pub const FORMAT_VERSION: u32 = 2;
 
+/// A models table as the bytes of an Arrow IPC file, in one batch (an IPC file allows one
+/// dictionary per field, and segment keys may be dictionaries).
+pub fn models_ipc(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> std::result::Result<Vec<u8>, datafusion::arrow::error::ArrowError> {
+    let one = datafusion::arrow::compute::concat_batches(schema, batches)?;
+    let mut buf = Vec::new();
+    let mut w = IpcFileWriter::try_new(&mut buf, schema)?;
+    w.write(&one)?;
+    w.finish()?;
+    drop(w);
+    Ok(buf)
+}
+
+/// Reads a models table written by [`models_ipc`].
+pub fn read_models_ipc(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let damaged = |e: String| PipelineError::Output {
+        path: path.to_path_buf(),
+        reason: format!("not a models table ({e}); the file is damaged"),
+    };
+    let file = File::open(path).map_err(|source| PipelineError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let reader = IpcFileReader::try_new(file, None).map_err(|e| damaged(e.to_string()))?;
+    let schema = reader.schema();
+    let batches = reader
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| damaged(e.to_string()))?;
+    Ok((schema, batches))
+}
+
 /// Milliseconds since the epoch (u64: serde's tagged enums cannot hold u128).
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -110,6 +143,9 @@ pub struct RunRecord {
     /// The id an incremental run took its files under (its ledger entry).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
+    /// Where the model came from (a `train` query, the registry), for the resumed report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<crate::report::ModelReport>,
 }
 
 /// One written part file, relative to its sink's staging directory.
@@ -241,19 +277,10 @@ impl RunDir {
     ) -> Result<()> {
         std::fs::create_dir_all(&self.path).map_err(self.io(""))?;
         write_atomic(&self.path.join(PIPELINE_FILE), pipeline_text.as_bytes())?;
-        let cannot = |e: datafusion::arrow::error::ArrowError| PipelineError::Output {
+        let buf = models_ipc(models_schema, models).map_err(|e| PipelineError::Output {
             path: self.path.join(MODELS_FILE),
             reason: format!("cannot save the fitted models: {e}"),
-        };
-        // One batch: an IPC file allows one dictionary per field (segment keys may be dictionaries).
-        let one =
-            datafusion::arrow::compute::concat_batches(models_schema, models).map_err(cannot)?;
-        let mut buf = Vec::new();
-        {
-            let mut w = IpcFileWriter::try_new(&mut buf, models_schema).map_err(cannot)?;
-            w.write(&one).map_err(cannot)?;
-            w.finish().map_err(cannot)?;
-        }
+        })?;
         write_atomic(&self.path.join(MODELS_FILE), &buf)?;
         write_atomic(&self.path.join(MANIFEST_FILE), b"")?;
         let body = serde_json::to_vec_pretty(record).expect("a run record is JSON");
@@ -281,14 +308,12 @@ impl RunDir {
     }
 
     pub fn read_models(&self) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-        let file = File::open(self.path.join(MODELS_FILE)).map_err(self.io(MODELS_FILE))?;
-        let reader = IpcFileReader::try_new(file, None)
-            .map_err(|e| self.corrupt(MODELS_FILE, e.to_string()))?;
-        let schema = reader.schema();
-        let batches = reader
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| self.corrupt(MODELS_FILE, e.to_string()))?;
-        Ok((schema, batches))
+        read_models_ipc(&self.path.join(MODELS_FILE))
+    }
+
+    /// The bytes of `models.ipc`.
+    pub fn read_models_bytes(&self) -> Result<Vec<u8>> {
+        std::fs::read(self.path.join(MODELS_FILE)).map_err(self.io(MODELS_FILE))
     }
 
     /// Reads the manifest. A torn last line (a crash during an append) is cut off; a bad line

@@ -16,7 +16,7 @@ pub enum NotifyWhen {
 }
 
 /// A notification with the run report. It fires when `on` matches the run's end and, if
-/// `anomaly_rate_above` is given, the run's anomaly rate is above it.
+/// `anomaly_rate_above` (`drift_above`) is given, the run's anomaly rate (score drift) is above it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum NotifySpec {
@@ -34,6 +34,10 @@ pub enum NotifySpec {
         /// Fire only when the share of rows flagged is above this fraction (e.g. 0.05 = 5%).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         anomaly_rate_above: Option<f64>,
+        /// Fire only when the run's scores drifted from its model's training scores by more
+        /// than this population-stability index (a `[detect] model` or `train` run).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        drift_above: Option<f64>,
     },
     /// Run a shell command; the report's path is in `$NOMALY_REPORT`, its status in `$NOMALY_STATUS`.
     Command {
@@ -43,6 +47,10 @@ pub enum NotifySpec {
         on: NotifyWhen,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         anomaly_rate_above: Option<f64>,
+        /// Fire only when the run's scores drifted from its model's training scores by more
+        /// than this population-stability index (a `[detect] model` or `train` run).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        drift_above: Option<f64>,
     },
     /// Write the JSON report to a file.
     File {
@@ -52,28 +60,36 @@ pub enum NotifySpec {
         on: NotifyWhen,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         anomaly_rate_above: Option<f64>,
+        /// Fire only when the run's scores drifted from its model's training scores by more
+        /// than this population-stability index (a `[detect] model` or `train` run).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        drift_above: Option<f64>,
     },
 }
 
 impl NotifySpec {
-    /// When it fires: the run's end it waits for, and the anomaly rate it must exceed.
-    pub fn condition(&self) -> (NotifyWhen, Option<f64>) {
+    /// When it fires: the run's end it waits for, and the anomaly rate and the drift it must
+    /// exceed.
+    pub fn condition(&self) -> (NotifyWhen, Option<f64>, Option<f64>) {
         match self {
             NotifySpec::Webhook {
                 on,
                 anomaly_rate_above,
+                drift_above,
                 ..
             }
             | NotifySpec::Command {
                 on,
                 anomaly_rate_above,
+                drift_above,
                 ..
             }
             | NotifySpec::File {
                 on,
                 anomaly_rate_above,
+                drift_above,
                 ..
-            } => (*on, *anomaly_rate_above),
+            } => (*on, *anomaly_rate_above, *drift_above),
         }
     }
 }
