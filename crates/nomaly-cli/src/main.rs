@@ -63,6 +63,8 @@ enum Command {
     Runs(runs_cmd::RunsArgs),
     /// Show a server run; --follow draws its progress until it ends
     Status(runs_cmd::StatusArgs),
+    /// Print a server run's log (--follow: until it ends)
+    Logs(runs_cmd::LogsArgs),
     /// Cancel a server run (a queued one at once; a running one keeps its committed chunks)
     Cancel(runs_cmd::RunIdArgs),
     /// Queue an ended server run again (--resume: from its committed chunks)
@@ -177,6 +179,7 @@ fn main() -> ExitCode {
             Command::Submit(args) => runs_cmd::submit(args).await,
             Command::Runs(args) => runs_cmd::runs(args).await,
             Command::Status(args) => runs_cmd::status(args).await,
+            Command::Logs(args) => runs_cmd::logs(args).await,
             Command::Cancel(args) => runs_cmd::cancel(args).await,
             Command::Retry(args) => runs_cmd::retry(args).await,
             Command::Schedule(args) => runs_cmd::schedule(args).await,

@@ -5,7 +5,7 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use nomaly_server::SubmitRequest;
 use nomaly_server::bodies::RunView;
-use nomaly_server::client::{ClientError, DEFAULT_SERVER, RunAction, ServerClient};
+use nomaly_server::client::{ClientError, DEFAULT_SERVER, RunAction, RunsQuery, ServerClient};
 use nomaly_server::events::{Progress, RunEventBody};
 use nomaly_server::server::{QueueEntry, ScheduleView};
 use nomaly_server::store::RunState;
@@ -81,8 +81,14 @@ pub struct RunsArgs {
     /// Only runs in this state (queued, running, succeeded, failed, cancelled, timed_out, ...)
     #[arg(long)]
     state: Option<String>,
+    /// Only runs of this pipeline (its name)
+    #[arg(long)]
+    pipeline: Option<String>,
     #[arg(long, default_value_t = 20)]
     limit: usize,
+    /// Skip this many of the newest (the next page starts at --offset LIMIT)
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -95,6 +101,23 @@ pub struct StatusArgs {
     id: i64,
     /// Draw the run's progress until it ends (from its event stream)
     #[arg(long)]
+    follow: bool,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerFlags,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  nomaly logs 12
+  nomaly logs 12 --follow      # new lines as they come, until the run ends
+  nomaly logs 12 --json        # one JSON object per line: seq, at_ms, level, message")]
+pub struct LogsArgs {
+    /// The run id
+    id: i64,
+    /// Keep printing new lines until the run ends
+    #[arg(long, short)]
     follow: bool,
     #[arg(long)]
     json: bool,
@@ -284,7 +307,13 @@ fn view_progress(v: &RunView) -> String {
 
 pub async fn runs(args: RunsArgs) -> i32 {
     let client = args.server.client();
-    let list = match client.runs(args.state.as_deref(), args.limit).await {
+    let query = RunsQuery {
+        state: args.state.as_deref(),
+        pipeline: args.pipeline.as_deref(),
+        limit: args.limit,
+        offset: args.offset,
+    };
+    let list = match client.runs(&query).await {
         Ok(v) => v,
         Err(e) => return fail(&e),
     };
@@ -313,7 +342,44 @@ pub async fn runs(args: RunsArgs) -> i32 {
             r.trigger,
         );
     }
+    if list.total > (args.offset + list.runs.len()) as u64 {
+        println!(
+            "({} of {}; the next page: --offset {})",
+            list.runs.len(),
+            list.total,
+            args.offset + list.runs.len()
+        );
+    }
     0
+}
+
+/// `nomaly logs ID`: the run's log; with `--follow`, new lines until the run ends.
+pub async fn logs(args: LogsArgs) -> i32 {
+    let client = args.server.client();
+    let mut after = 0;
+    loop {
+        let page = match client.logs(args.id, after).await {
+            Ok(p) => p,
+            Err(e) => return fail(&e),
+        };
+        for line in &page.lines {
+            if args.json {
+                println!("{}", serde_json::to_string(line).unwrap_or_default());
+            } else {
+                println!(
+                    "{}  {:<5} {}",
+                    when(Some(line.at_ms)),
+                    line.level,
+                    line.message
+                );
+            }
+            after = line.seq;
+        }
+        if !args.follow || page.finished {
+            return 0;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 fn describe(v: &RunView) {

@@ -39,7 +39,8 @@ pub use error::{ErrorKind, PipelineError, Result, RunPlace};
 pub use events::{NoObserver, RunEvent, RunObserver};
 pub use report::{ChunkingMode, RunReport, RunStatus};
 pub use run::{
-    Run, RunFailure, RunMode, RunOptions, RunOutcome, completed_run, explain, run, validate,
+    Run, RunFailure, RunMode, RunOptions, RunOutcome, completed_run, explain,
+    register_published_output, run, validate,
 };
 pub use run_context::{RunContext, RunDate, RunRequest};
 pub use sandbox::Sandbox;

@@ -15,7 +15,8 @@ const clusterApi = SCHEDULER
       stages: (id) => "/api/cluster/jobs/" + id + "/stages", dot: (id) => "/api/cluster/jobs/" + id + "/dot",
       cancel: (id) => ["/api/cluster/jobs/" + id + "/cancel", "POST"] };
 
-const state = { token: sessionStorage.getItem("nomaly-token") || "", runs: new Map(), stream: null };
+const state = { token: sessionStorage.getItem("nomaly-token") || "", runs: new Map(), stream: null,
+  filters: { pipeline: "", state: "", offset: 0, page: 20 } };
 
 function headers() {
   return state.token ? { Authorization: "Bearer " + state.token } : {};
@@ -108,14 +109,43 @@ function show(...nodes) {
   if (focused) document.getElementById(focused)?.focus();
 }
 
+// The runs list's filters (pipeline, state) and page, kept across redraws.
+function runFilters(total, shown) {
+  const f = state.filters;
+  const apply = () => {
+    f.pipeline = document.getElementById("filter-pipeline").value.trim();
+    f.state = document.getElementById("filter-state").value;
+    f.offset = 0;
+    route();
+  };
+  const states = ["", "queued", "running", "succeeded", "failed", "cancelled", "timed_out", "validation_failed"];
+  return el("form", { class: "filters", id: "run-filters", "aria-label": "filter runs", onsubmit: (e) => { e.preventDefault(); apply(); } },
+    el("label", {}, "Pipeline ", el("input", { id: "filter-pipeline", value: f.pipeline, placeholder: "any" })),
+    el("label", {}, "State ", el("select", { id: "filter-state", onchange: apply },
+      states.map((s) => { const o = el("option", { value: s }, s || "any"); if (s === f.state) o.selected = true; return o; }))),
+    el("label", {}, "Per page ", el("select", { id: "page-size", onchange: () => { f.page = Number(document.getElementById("page-size").value); f.offset = 0; route(); } },
+      [5, 20, 50, 100].map((n) => { const o = el("option", { value: String(n) }, String(n)); if (n === f.page) o.selected = true; return o; }))),
+    el("button", { type: "submit", id: "filter-apply" }, "Filter"),
+    el("span", { id: "page-info", class: "muted" }, total ? (f.offset + 1) + "–" + (f.offset + shown) + " of " + total : "0 runs"),
+    el("button", { type: "button", id: "prev-page", disabled: f.offset === 0 ? "" : null,
+      onclick: () => { f.offset = Math.max(0, f.offset - f.page); route(); } }, "← Newer"),
+    el("button", { type: "button", id: "next-page", disabled: f.offset + shown >= total ? "" : null,
+      onclick: () => { f.offset += f.page; route(); } }, "Older →"));
+}
+
 async function viewRuns() {
   const seq = routeSeq;
-  const { runs } = await api("/api/runs?limit=200");
+  const f = state.filters;
+  const query = new URLSearchParams({ limit: f.page, offset: f.offset });
+  if (f.pipeline) query.set("pipeline", f.pipeline);
+  if (f.state) query.set("state", f.state);
+  const { runs, total } = await api("/api/runs?" + query);
   state.runs = new Map(runs.map((r) => [r.id, r]));
   const body = el("tbody", { id: "runs-body" });
   for (const r of runs) body.append(runRow(r));
   showIf(seq,
     el("h1", {}, "Runs"),
+    runFilters(total, runs.length),
     runs.length ? el("table", { "aria-label": "runs" },
       el("thead", {}, el("tr", {}, ["Run", "Pipeline", "State", "Progress", "Rows/s", "ETA", "Memory", "Retries", "Submitted", "Trigger"]
         .map((h, i) => el("th", { class: i >= 4 && i <= 7 ? "num" : "" }, h)))),
@@ -127,7 +157,7 @@ function runRow(r) {
   const running = r.state === "running";
   return el("tr", { id: "run-" + r.id, "data-state": r.state },
     el("td", {}, el("a", { href: "#/runs/" + r.id, id: "open-run-" + r.id }, "#" + r.id)),
-    el("td", {}, r.pipeline),
+    el("td", {}, el("a", { href: "#/pipelines/" + encodeURIComponent(r.pipeline) }, r.pipeline)),
     el("td", {}, stateBadge(r.state)),
     el("td", {}, r.state === "queued" && r.queue ? "#" + r.queue.position + " in queue (" + r.queue.waiting_for + ")" : progressBar(r)),
     el("td", { class: "num" }, running ? rate(p.rows_per_second) : "–"),
@@ -153,6 +183,11 @@ async function viewRun(id) {
   const run = await api("/api/runs/" + id);
   const { chunks } = await api("/api/runs/" + id + "/chunks");
   const { events } = await api("/api/runs/" + id + "/history");
+  const { lines } = await api("/api/runs/" + id + "/logs");
+  let top = null;
+  if (run.state === "succeeded") {
+    try { top = await api("/api/runs/" + id + "/top?limit=10"); } catch { top = null; }
+  }
   let report = null;
   if (!["queued", "running"].includes(run.state)) {
     try { report = await api("/api/runs/" + id + "/report"); } catch { report = null; }
@@ -175,7 +210,7 @@ async function viewRun(id) {
   if (!["queued", "running"].includes(run.state)) buttons.push(el("button", { id: "retry", onclick: () => action(id, "retry") }, "Retry"));
   showIf(seq,
     el("p", {}, el("a", { href: "#/runs" }, "← Runs")),
-    el("h1", {}, "Run #" + id + " · " + run.pipeline + " ", stateBadge(run.state)),
+    el("h1", {}, "Run #" + id + " · ", el("a", { href: "#/pipelines/" + encodeURIComponent(run.pipeline) }, run.pipeline), " ", stateBadge(run.state)),
     el("div", {}, buttons, el("span", { id: "action-error", class: "error", role: "alert" })),
     el("dl", { class: "facts" },
       el("dt", {}, "Progress"), el("dd", { id: "run-progress" }, progressBar(run)),
@@ -190,6 +225,7 @@ async function viewRun(id) {
       el("dt", {}, "Started"), el("dd", {}, when(run.started_ms)),
       el("dt", {}, "Finished"), el("dd", {}, when(run.finished_ms)),
       el("dt", {}, "Attempts"), el("dd", {}, String(run.attempts)),
+      run.interval ? [el("dt", {}, "For"), el("dd", { id: "run-date" }, run.interval.date)] : [],
       run.error ? [el("dt", {}, "Error"), el("dd", { class: "error" }, run.error)] : []),
     el("h2", {}, "Chunks (" + chunks.length + " of " + total + " done)"),
     el("div", { class: "grid", role: "list", "aria-label": "chunks" }, cells),
@@ -198,7 +234,54 @@ async function viewRun(id) {
       chart("Anomaly rate per chunk", chunks.map((c) => c.chunk), chunks.map((c) => (c.rows ? (100 * c.anomalies) / c.rows : 0)), "%")),
     errors.length ? [el("h2", {}, "Retries and warnings"),
       el("ul", {}, errors.map((e) => el("li", {}, when(e.at_ms) + " — " + (e.data.place ? e.data.place + ": " : "") + (e.data.error || e.data.warning))))] : [],
+    top && top.rows.length ? [el("h2", {}, "Top-scored rows"), topTable(top)] : [],
+    el("h2", {}, "Log"),
+    el("pre", { id: "log", class: "log", tabindex: "0", "aria-label": "run log" },
+      lines.map((l) => when(l.at_ms) + "  " + l.level.padEnd(5) + " " + l.message).join("\n")),
     report ? [el("h2", {}, "Report"), el("pre", { id: "report" }, JSON.stringify(report, null, 2))] : []);
+}
+
+function topTable(top) {
+  return el("table", { id: "top-rows", "aria-label": "top-scored rows" },
+    el("thead", {}, el("tr", {}, top.columns.map((c) => el("th", {}, c)))),
+    el("tbody", {}, top.rows.map((r) => el("tr", {}, r.map((v) => el("td", {}, v))))));
+}
+
+// A pipeline: its history as charts, its runs, run-now and backfill.
+async function viewPipeline(name) {
+  const seq = routeSeq;
+  const { runs } = await api("/api/pipelines/" + encodeURIComponent(name) + "/history?limit=100");
+  const latest = (await api("/api/runs?limit=1&pipeline=" + encodeURIComponent(name))).runs[0];
+  const ended = runs.filter((r) => r.seconds !== null && r.seconds !== undefined);
+  const out = el("p", { id: "pipeline-action", role: "status" });
+  const act = async (path, body, said) => {
+    try { const v = await api(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) }); out.textContent = said(v); }
+    catch (e) { out.textContent = e.message; out.className = "error"; }
+  };
+  const file = latest && latest.file;
+  showIf(seq,
+    el("p", {}, el("a", { href: "#/runs" }, "← Runs")),
+    el("h1", {}, "Pipeline " + name),
+    file ? el("div", { class: "actions" },
+      el("button", { id: "run-now", onclick: () => act("/api/runs", { path: file }, (v) => "queued run #" + v.id) }, "Run now"),
+      el("form", { class: "filters", id: "backfill-form", "aria-label": "backfill", onsubmit: (e) => { e.preventDefault();
+        act("/api/backfills", { path: file, from: document.getElementById("backfill-from").value, to: document.getElementById("backfill-to").value },
+          (v) => "backfill #" + v.id + ": " + v.total + " run(s) queued"); } },
+        el("label", {}, "From ", el("input", { id: "backfill-from", type: "date", required: "" })),
+        el("label", {}, "To ", el("input", { id: "backfill-to", type: "date", required: "" })),
+        el("button", { type: "submit", id: "backfill-go" }, "Backfill"))) : [],
+    out,
+    el("div", { class: "charts", id: "history-charts" },
+      chart("Duration per run", ended.map((r) => r.run), ended.map((r) => r.seconds), "s"),
+      chart("Anomaly rate per run", ended.map((r) => r.run), ended.map((r) => 100 * (r.anomaly_rate || 0)), "%"),
+      chart("Rows per run", ended.map((r) => r.run), ended.map((r) => r.rows || 0), "rows")),
+    el("table", { "aria-label": "pipeline runs", id: "pipeline-runs" },
+      el("thead", {}, el("tr", {}, ["Run", "For", "State", "Duration", "Rows", "Anomaly rate", "Submitted"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, [...runs].reverse().map((r) => el("tr", {},
+        el("td", {}, el("a", { href: "#/runs/" + r.run }, "#" + r.run)), el("td", {}, r.date || "–"), el("td", {}, stateBadge(r.state)),
+        el("td", {}, seconds(r.seconds)), el("td", { class: "num" }, r.rows === null || r.rows === undefined ? "–" : r.rows.toLocaleString()),
+        el("td", { class: "num" }, r.anomaly_rate === null || r.anomaly_rate === undefined ? "–" : (100 * r.anomaly_rate).toFixed(2) + "%"),
+        el("td", {}, when(r.submitted_ms)))))));
 }
 
 function cumulative(xs) {
@@ -431,6 +514,7 @@ async function route() {
   routeSeq++;
   try {
     if (view === "runs" && id) await viewRun(Number(id));
+    else if (view === "pipelines" && id) await viewPipeline(decodeURIComponent(id));
     else if (view === "queue") await viewQueue();
     else if (view === "schedules") await viewSchedules();
     else if (view === "cluster" && id) await viewClusterJob(decodeURIComponent(id));
@@ -439,6 +523,7 @@ async function route() {
   } catch (e) {
     // The view keeps its heading, so a page that could not load still says where it is.
     const title = view === "runs" && id ? "Run " + id : view === "cluster" && id ? "Job " + decodeURIComponent(id)
+      : view === "pipelines" && id ? "Pipeline " + decodeURIComponent(id)
       : { queue: "Queue", schedules: "Schedules", cluster: "Cluster" }[view] || "Runs";
     show(el("h1", {}, title), el("p", { class: "error", role: "alert" }, e.message));
   }
@@ -468,6 +553,7 @@ function onEvent(e) {
     return;
   }
   if (hash === "#/runs" || hash === "#/runs/" + e.run || hash === "#/queue") refreshSoon();
+  else if (hash.startsWith("#/pipelines/") && (e.kind === "queued" || e.kind === "finished")) refreshSoon();
 }
 
 async function connect() {

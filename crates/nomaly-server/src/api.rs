@@ -13,8 +13,10 @@ use crate::error::ServerError;
 use crate::events::RunEventBody;
 use crate::metrics::Snapshot;
 use crate::models::ModelList;
+use crate::run_logs::{LogLine, LogList};
+use crate::run_results::{PipelineHistory, TopRows};
 use crate::server::{Server, StreamEvent, SubmitRequest};
-use crate::store::{RunState, StartMode};
+use crate::store::{RunFilter, RunState, StartMode};
 use crate::stream_limits::{Live, StreamSlots, live};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
@@ -90,6 +92,9 @@ pub fn router(server: Server, http: HttpConfig) -> Router {
         .route("/api/runs/{id}/chunks", get(chunks))
         .route("/api/runs/{id}/history", get(history))
         .route("/api/runs/{id}/report", get(report))
+        .route("/api/runs/{id}/logs", get(logs))
+        .route("/api/runs/{id}/top", get(top_rows))
+        .route("/api/pipelines/{name}/history", get(pipeline_history))
         .route("/api/runs/{id}/events", get(run_events))
         .route("/api/runs/{id}/cancel", post(cancel))
         .route("/api/runs/{id}/retry", post(retry))
@@ -232,7 +237,11 @@ async fn submit(
 #[derive(Deserialize)]
 struct ListQuery {
     state: Option<String>,
+    pipeline: Option<String>,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
     limit: Option<usize>,
+    offset: Option<usize>,
 }
 
 async fn list_runs(
@@ -251,16 +260,23 @@ async fn list_runs(
             ))
         })?),
     };
-    let runs = state
-        .server
-        .store()
-        .runs(filter, q.limit.unwrap_or(100).min(10_000))?;
+    let filter = RunFilter {
+        state: filter,
+        pipeline: q.pipeline.filter(|p| !p.is_empty()),
+        since_ms: q.since_ms,
+        until_ms: q.until_ms,
+    };
+    let (runs, total) = state.server.store().runs_page(
+        &filter,
+        q.limit.unwrap_or(100).min(10_000),
+        q.offset.unwrap_or(0),
+    )?;
     let queue = state.server.queue()?;
     let runs: Vec<RunView> = runs
         .into_iter()
         .map(|r| RunView::of(&state.server, r, Some(&queue.queued)))
         .collect();
-    Ok(Json(RunList { runs }))
+    Ok(Json(RunList { runs, total }))
 }
 
 async fn get_run(
@@ -317,6 +333,66 @@ async fn retry(State(state): State<AppState>, Path(id): Path<String>) -> ApiResu
 async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<RunView>> {
     let run = state.server.requeue(parse_id(&id)?, StartMode::Resume)?;
     Ok(Json(RunView::of(&state.server, run, None)))
+}
+
+#[derive(Deserialize)]
+struct AfterQuery {
+    after: Option<i64>,
+}
+
+async fn logs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<AfterQuery>, QueryRejection>,
+) -> ApiResult<Json<LogList>> {
+    let Query(q) =
+        query.map_err(|e| ServerError::BadRequest(format!("the query: {}", e.body_text())))?;
+    let id = parse_id(&id)?;
+    let run = state.server.get(id)?;
+    let events = state.server.store().events(id)?;
+    // Ended once the end is both recorded and logged (the state is written first).
+    let finished = run.state.is_finished()
+        && events
+            .last()
+            .is_some_and(|e| matches!(e.event, RunEventBody::Finished { .. }));
+    let after = q.after.unwrap_or(0);
+    let lines = events
+        .iter()
+        .filter(|e| e.seq > after)
+        .map(LogLine::of)
+        .collect();
+    Ok(Json(LogList {
+        run: id,
+        lines,
+        finished,
+    }))
+}
+
+async fn top_rows(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<LimitQuery>, QueryRejection>,
+) -> ApiResult<Json<TopRows>> {
+    let Query(q) =
+        query.map_err(|e| ServerError::BadRequest(format!("the query: {}", e.body_text())))?;
+    let id = parse_id(&id)?;
+    Ok(Json(
+        state.server.top_rows(id, q.limit.unwrap_or(20)).await?,
+    ))
+}
+
+async fn pipeline_history(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<LimitQuery>, QueryRejection>,
+) -> ApiResult<Json<PipelineHistory>> {
+    let Query(q) =
+        query.map_err(|e| ServerError::BadRequest(format!("the query: {}", e.body_text())))?;
+    Ok(Json(
+        state
+            .server
+            .history(&name, q.limit.unwrap_or(50).min(1000))?,
+    ))
 }
 
 async fn add_backfill(

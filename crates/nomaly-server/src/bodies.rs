@@ -46,6 +46,8 @@ pub struct Health {
 pub struct RunList {
     /// Newest first.
     pub runs: Vec<RunView>,
+    /// Runs the filters match in all (`runs` is the page `limit` and `offset` ask for).
+    pub total: u64,
 }
 
 /// `GET /api/runs/{id}/chunks`.

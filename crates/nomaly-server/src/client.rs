@@ -2,6 +2,16 @@
 
 use crate::backfills::{BackfillList, BackfillRequest, BackfillView};
 use crate::bodies::{ErrorBody, RunList, RunView, ScheduleList, ScheduleRequest};
+use crate::run_logs::LogList;
+
+/// Which runs `runs` lists.
+#[derive(Debug, Clone, Default)]
+pub struct RunsQuery<'a> {
+    pub state: Option<&'a str>,
+    pub pipeline: Option<&'a str>,
+    pub limit: usize,
+    pub offset: usize,
+}
 use crate::server::{QueueView, ScheduleView, StreamEvent, SubmitRequest};
 use futures::StreamExt;
 use nomaly_pipeline::RunReport;
@@ -103,12 +113,24 @@ impl ServerClient {
             .await
     }
 
-    pub async fn runs(&self, state: Option<&str>, limit: usize) -> Result<RunList, ClientError> {
-        let mut path = format!("/api/runs?limit={limit}");
-        if let Some(s) = state {
-            path.push_str(&format!("&state={s}"));
+    pub async fn runs(&self, query: &RunsQuery<'_>) -> Result<RunList, ClientError> {
+        let mut r = self.get("/api/runs").query(&[
+            ("limit", query.limit.to_string()),
+            ("offset", query.offset.to_string()),
+        ]);
+        if let Some(s) = query.state {
+            r = r.query(&[("state", s)]);
         }
-        self.json(self.get(&path)).await
+        if let Some(p) = query.pipeline {
+            r = r.query(&[("pipeline", p)]);
+        }
+        self.json(r).await
+    }
+
+    /// A run's log lines after `after` (0: all).
+    pub async fn logs(&self, id: i64, after: i64) -> Result<LogList, ClientError> {
+        self.json(self.get(&format!("/api/runs/{id}/logs?after={after}")))
+            .await
     }
 
     pub async fn run(&self, id: i64) -> Result<RunView, ClientError> {

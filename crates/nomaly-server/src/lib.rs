@@ -31,6 +31,8 @@ pub mod openapi;
 mod output_wait;
 pub mod queue;
 pub mod roots;
+pub mod run_logs;
+pub mod run_results;
 pub mod run_state;
 pub mod schedule;
 pub mod server;

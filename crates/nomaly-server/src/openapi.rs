@@ -70,11 +70,14 @@ const ROUTES: &[Route] = &[
     Route { method: HttpMethod::Get, path: "/metrics", summary: "Prometheus metrics (nomaly_ prefix)", query: &[], body: None, ok: ("200", Answer::Text("text/plain")), errors: &["401"] },
     Route { method: HttpMethod::Get, path: "/api/openapi.json", summary: "This document", query: &[], body: None, ok: ("200", Answer::Object), errors: &["401"] },
     Route { method: HttpMethod::Post, path: "/api/runs", summary: "Submit a pipeline: a file on the server (path) or its text (toml)", query: &[], body: Some("SubmitRequest"), ok: ("201", Answer::Json("RunView")), errors: &["400", "401", "403", "413"] },
-    Route { method: HttpMethod::Get, path: "/api/runs", summary: "List runs, newest first", query: &["state", "limit"], body: None, ok: ("200", Answer::Json("RunList")), errors: &["400", "401"] },
+    Route { method: HttpMethod::Get, path: "/api/runs", summary: "List runs, newest first: filtered by state, pipeline and submission time, a page of limit from offset, with the total", query: &["state", "pipeline", "since_ms", "until_ms", "limit", "offset"], body: None, ok: ("200", Answer::Json("RunList")), errors: &["400", "401"] },
     Route { method: HttpMethod::Get, path: "/api/runs/{id}", summary: "One run: state, progress (percent, rows/s, ETA, memory, retries, errors), queue place", query: &[], body: None, ok: ("200", Answer::Json("RunView")), errors: RUN_ERRORS },
     Route { method: HttpMethod::Get, path: "/api/runs/{id}/chunks", summary: "Per-chunk state", query: &[], body: None, ok: ("200", Answer::Json("ChunkList")), errors: RUN_ERRORS },
     Route { method: HttpMethod::Get, path: "/api/runs/{id}/history", summary: "The run's stored events", query: &[], body: None, ok: ("200", Answer::Json("History")), errors: RUN_ERRORS },
     Route { method: HttpMethod::Get, path: "/api/runs/{id}/report", summary: "The run report (JSON, as nomaly run writes it)", query: &[], body: None, ok: ("200", Answer::Object), errors: RUN_ERRORS },
+    Route { method: HttpMethod::Get, path: "/api/runs/{id}/logs", summary: "The run's log: its events as lines (time, level, message), those after ?after=SEQ; finished once it ended", query: &["after"], body: None, ok: ("200", Answer::Json("LogList")), errors: RUN_ERRORS },
+    Route { method: HttpMethod::Get, path: "/api/runs/{id}/top", summary: "A succeeded run's highest-scored rows, read from its first output (?limit, at most 100)", query: &["limit"], body: None, ok: ("200", Answer::Json("TopRows")), errors: ACT_ERRORS },
+    Route { method: HttpMethod::Get, path: "/api/pipelines/{name}/history", summary: "A pipeline's last runs, oldest first: state, date, duration, rows, anomaly rate", query: &["limit"], body: None, ok: ("200", Answer::Json("PipelineHistory")), errors: &["400", "401"] },
     Route { method: HttpMethod::Get, path: "/api/runs/{id}/events", summary: "Server-Sent Events of one run: a snapshot, then its events, ending after finished", query: &[], body: None, ok: ("200", Answer::Events), errors: RUN_ERRORS },
     Route { method: HttpMethod::Post, path: "/api/runs/{id}/cancel", summary: "Cancel: a queued run ends at once; a running one stops at its next batch (committed chunks kept)", query: &[], body: None, ok: ("200", Answer::Json("RunView")), errors: ACT_ERRORS },
     Route { method: HttpMethod::Post, path: "/api/runs/{id}/retry", summary: "Queue an ended run again from the start", query: &[], body: None, ok: ("200", Answer::Json("RunView")), errors: ACT_ERRORS },
@@ -120,6 +123,9 @@ fn schemas() -> Vec<(String, RefOr<Schema>)> {
     add::<BackfillView>(&mut all);
     add::<BackfillList>(&mut all);
     add::<crate::models::ModelList>(&mut all);
+    add::<crate::run_logs::LogList>(&mut all);
+    add::<crate::run_results::TopRows>(&mut all);
+    add::<crate::run_results::PipelineHistory>(&mut all);
     add::<ScheduleView>(&mut all);
     add::<ScheduleList>(&mut all);
     add::<crate::events::StreamEvent>(&mut all);

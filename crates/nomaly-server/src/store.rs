@@ -105,6 +105,16 @@ impl From<&RunContext> for RunInterval {
     }
 }
 
+/// Which runs a list shows: each field, when given, must match.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub state: Option<RunState>,
+    pub pipeline: Option<String>,
+    /// Submitted at or after / before (ms since the epoch).
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+}
+
 /// What a new run needs.
 #[derive(Debug, Clone)]
 pub struct NewRun {
@@ -272,6 +282,42 @@ impl Store {
             ))?;
             stmt.query_map(params![state.map(|s| s.name()), limit as i64], run_from_row)?
                 .collect()
+        })
+    }
+
+    /// One page of the runs `filter` matches, newest first, and how many it matches in all.
+    pub fn runs_page(
+        &self,
+        filter: &RunFilter,
+        limit: usize,
+        offset: usize,
+    ) -> Result<(Vec<RunRecord>, u64)> {
+        const WHERE: &str = "WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR pipeline = ?2) \
+             AND (?3 IS NULL OR submitted_ms >= ?3) AND (?4 IS NULL OR submitted_ms < ?4)";
+        let state = filter.state.map(|s| s.name());
+        self.with(|c| {
+            let total: i64 = c.query_row(
+                &format!("SELECT COUNT(*) FROM runs {WHERE}"),
+                params![state, filter.pipeline, filter.since_ms, filter.until_ms],
+                |r| r.get(0),
+            )?;
+            let mut stmt = c.prepare(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs {WHERE} ORDER BY id DESC LIMIT ?5 OFFSET ?6"
+            ))?;
+            let runs = stmt
+                .query_map(
+                    params![
+                        state,
+                        filter.pipeline,
+                        filter.since_ms,
+                        filter.until_ms,
+                        limit as i64,
+                        offset as i64
+                    ],
+                    run_from_row,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok((runs, total as u64))
         })
     }
 

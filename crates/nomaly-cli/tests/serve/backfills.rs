@@ -17,7 +17,7 @@ const DAYS: [&str; 7] = [
 ];
 
 /// The bundled daily example under `dir` (its data beside it), writing to `dir/out`.
-fn daily_example(dir: &Path) -> std::path::PathBuf {
+pub(super) fn daily_example(dir: &Path) -> std::path::PathBuf {
     std::fs::create_dir_all(dir.join("data")).unwrap();
     std::fs::create_dir_all(dir.join("pipelines")).unwrap();
     std::fs::copy(root().join("examples/data/tx.csv"), dir.join("data/tx.csv")).unwrap();

@@ -12,14 +12,14 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
 /// A ChromeDriver process with one headless Chromium session; both end when dropped.
-struct Browser {
+pub(super) struct Browser {
     port: u16,
     session: String,
     driver: Child,
 }
 
 impl Browser {
-    fn start() -> Browser {
+    pub(super) fn start() -> Browser {
         assert!(
             std::path::Path::new(CHROMEDRIVER).exists() && std::path::Path::new(CHROMIUM).exists(),
             "the dashboard test needs Debian's chromium and chromium-driver; scripts/test-services.sh installs them"
@@ -61,7 +61,12 @@ impl Browser {
         }
     }
 
-    fn call(&self, method: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
+    pub(super) fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> serde_json::Value {
         let path = format!("/session/{}{path}", self.session);
         let body = body.to_string();
         let (status, text) = raw_request(self.port, method, &path, Some(body.as_bytes()), None)
@@ -71,12 +76,12 @@ impl Browser {
         v["value"].clone()
     }
 
-    fn goto(&self, url: &str) {
+    pub(super) fn goto(&self, url: &str) {
         self.call("POST", "/url", serde_json::json!({"url": url}));
     }
 
     /// Runs a script in the page; its return value.
-    fn eval(&self, script: &str) -> serde_json::Value {
+    pub(super) fn eval(&self, script: &str) -> serde_json::Value {
         self.call(
             "POST",
             "/execute/sync",
@@ -86,7 +91,7 @@ impl Browser {
 
     /// Runs the accessibility audit (`a11y_audit.js`) on the page as it stands and fails the test,
     /// with a screenshot, if it finds a violation.
-    fn audit(&self, view: &str) {
+    pub(super) fn audit(&self, view: &str) {
         let found = self.eval(include_str!("a11y_audit.js"));
         let found: Vec<String> = found
             .as_array()
@@ -105,7 +110,7 @@ impl Browser {
     }
 
     /// Runs an async script (it calls `arguments[0]` with its result).
-    fn eval_async(&self, script: &str) -> serde_json::Value {
+    pub(super) fn eval_async(&self, script: &str) -> serde_json::Value {
         self.call(
             "POST",
             "/execute/async",
@@ -114,7 +119,7 @@ impl Browser {
     }
 
     /// Waits until `script` returns true in the page.
-    fn wait_for(&self, what: &str, script: &str) {
+    pub(super) fn wait_for(&self, what: &str, script: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.eval(script) != serde_json::Value::Bool(true) {
             if Instant::now() > deadline {
@@ -132,7 +137,7 @@ impl Browser {
 
     /// Clicks the element as a user would (the live view redraws itself, so an element found a
     /// moment ago may have been replaced: then it is found again).
-    fn click(&self, css: &str) {
+    pub(super) fn click(&self, css: &str) {
         for _ in 0..20 {
             let e = self.call(
                 "POST",
@@ -159,7 +164,7 @@ impl Browser {
         panic!("{css} kept being replaced before it could be clicked");
     }
 
-    fn type_into(&self, css: &str, text: &str) {
+    pub(super) fn type_into(&self, css: &str, text: &str) {
         let e = self.call(
             "POST",
             "/element",
@@ -182,7 +187,7 @@ impl Browser {
     }
 
     /// Presses and releases one key (WebDriver key codes: Tab is U+E004, Enter U+E007).
-    fn key(&self, key: &str) {
+    pub(super) fn key(&self, key: &str) {
         self.call(
             "POST",
             "/actions",
@@ -192,7 +197,7 @@ impl Browser {
     }
 
     /// Saves a PNG screenshot under the artifacts directory; returns its path.
-    fn screenshot(&self, name: &str) -> PathBuf {
+    pub(super) fn screenshot(&self, name: &str) -> PathBuf {
         let b64 = self.call("GET", "/screenshot", serde_json::json!({}));
         let png = decode_base64(b64.as_str().unwrap());
         assert!(png.starts_with(b"\x89PNG"), "a PNG");

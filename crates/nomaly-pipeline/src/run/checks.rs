@@ -92,11 +92,25 @@ async fn run_checks(
 
 /// `output`: the first sink's data, as written (still in its staging directory).
 async fn register_output(ctx: &SessionContext, p: &CompiledPipeline) -> Result<()> {
+    register_first_sink(ctx, p, &staging_dir(&p.sinks[0].path)).await
+}
+
+/// Registers the first sink's published output as the table `output` (a served run's top rows).
+pub async fn register_published_output(ctx: &SessionContext, p: &CompiledPipeline) -> Result<()> {
+    register_first_sink(ctx, p, &p.sinks[0].path).await
+}
+
+/// The first sink's files in `dir` as the table `output`.
+async fn register_first_sink(
+    ctx: &SessionContext,
+    p: &CompiledPipeline,
+    dir: &std::path::Path,
+) -> Result<()> {
     let s = &p.sinks[0];
     let reader = SourceReader {
         name: "output".into(),
         path: s.path.display().to_string(),
-        location: format!("{}/", staging_dir(&s.path).display()),
+        location: format!("{}/", dir.display()),
         format: s.format,
         has_header: true,
         delimiter: b',',

@@ -42,6 +42,7 @@ mod tests;
 #[cfg(test)]
 mod tests_slices;
 
+pub use checks::register_published_output;
 pub use handle::Run;
 pub use inspect::{explain, validate};
 pub use publish::{completed_run, publish_interrupted};
