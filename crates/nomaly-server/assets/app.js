@@ -16,7 +16,7 @@ const clusterApi = SCHEDULER
       cancel: (id) => ["/api/cluster/jobs/" + id + "/cancel", "POST"] };
 
 const state = { token: sessionStorage.getItem("nomaly-token") || "", runs: new Map(), stream: null,
-  filters: { pipeline: "", state: "", offset: 0, page: 20 } };
+  filters: { pipeline: "", state: "", since: "", offset: 0, page: 20 } };
 
 function headers() {
   return state.token ? { Authorization: "Bearer " + state.token } : {};
@@ -115,6 +115,7 @@ function runFilters(total, shown) {
   const apply = () => {
     f.pipeline = document.getElementById("filter-pipeline").value.trim();
     f.state = document.getElementById("filter-state").value;
+    f.since = document.getElementById("filter-since").value;
     f.offset = 0;
     route();
   };
@@ -123,6 +124,7 @@ function runFilters(total, shown) {
     el("label", {}, "Pipeline ", el("input", { id: "filter-pipeline", value: f.pipeline, placeholder: "any" })),
     el("label", {}, "State ", el("select", { id: "filter-state", onchange: apply },
       states.map((s) => { const o = el("option", { value: s }, s || "any"); if (s === f.state) o.selected = true; return o; }))),
+    el("label", {}, "Submitted since ", el("input", { id: "filter-since", type: "date", value: f.since })),
     el("label", {}, "Per page ", el("select", { id: "page-size", onchange: () => { f.page = Number(document.getElementById("page-size").value); f.offset = 0; route(); } },
       [5, 20, 50, 100].map((n) => { const o = el("option", { value: String(n) }, String(n)); if (n === f.page) o.selected = true; return o; }))),
     el("button", { type: "submit", id: "filter-apply" }, "Filter"),
@@ -139,6 +141,7 @@ async function viewRuns() {
   const query = new URLSearchParams({ limit: f.page, offset: f.offset });
   if (f.pipeline) query.set("pipeline", f.pipeline);
   if (f.state) query.set("state", f.state);
+  if (f.since) query.set("since_ms", String(Date.parse(f.since + "T00:00:00Z")));
   const { runs, total } = await api("/api/runs?" + query);
   state.runs = new Map(runs.map((r) => [r.id, r]));
   const body = el("tbody", { id: "runs-body" });
@@ -311,6 +314,43 @@ function chart(title, xs, ys, unit) {
     svg.append(label);
   }
   return el("figure", {}, svg, el("figcaption", {}, title));
+}
+
+// Backfills, each as one item: its state, its runs per state, and a bar of those that ended.
+async function viewBackfills() {
+  const seq = routeSeq;
+  const { backfills } = await api("/api/backfills?limit=50");
+  showIf(seq,
+    el("h1", {}, "Backfills"),
+    backfills.length ? el("table", { "aria-label": "backfills", id: "backfills" },
+      el("thead", {}, el("tr", {}, ["Backfill", "Pipeline", "Days", "State", "Done", "Runs"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, backfills.map((b) => {
+        const ended = b.total - (b.counts.queued || 0) - (b.counts.running || 0);
+        const pct = b.total ? (100 * ended) / b.total : 0;
+        return el("tr", { id: "backfill-" + b.id },
+          el("td", {}, "#" + b.id), el("td", {}, el("a", { href: "#/pipelines/" + encodeURIComponent(b.pipeline) }, b.pipeline)),
+          el("td", {}, b.from_day + " – " + b.to_day), el("td", {}, stateBadge(b.state)),
+          el("td", {}, el("span", { class: "bar", role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100", "aria-valuenow": String(Math.round(pct)),
+            "aria-label": "backfill " + b.id + " progress" }, el("span", { style: "width:" + pct.toFixed(1) + "%" })), " " + ended + " of " + b.total),
+          el("td", {}, Object.entries(b.counts).map(([s, n]) => n + " " + s.replace("_", " ")).join(", ")));
+      }))) : el("p", { class: "muted" }, "No backfills yet. Start one from a pipeline's page, or: nomaly backfill FILE --from D --to D --submit"));
+}
+
+// Registered models, every version.
+async function viewModels() {
+  const seq = routeSeq;
+  const { models } = await api("/api/models");
+  const day = (ms) => new Date(ms).toISOString().slice(0, 10);
+  showIf(seq,
+    el("h1", {}, "Models"),
+    models.length ? el("table", { "aria-label": "models", id: "models" },
+      el("thead", {}, el("tr", {}, ["Model", "Version", "Algorithm", "Training rows", "Trained for", "By", "Size", "Made"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, models.map((m) => el("tr", { id: "model-" + m.name + "-v" + m.version },
+        el("td", {}, m.name), el("td", {}, "v" + m.version), el("td", {}, m.algorithm),
+        el("td", { class: "num" }, m.training_rows.toLocaleString()), el("td", {}, day(m.interval_start_ms)),
+        el("td", {}, el("a", { href: "#/pipelines/" + encodeURIComponent(m.pipeline) }, m.pipeline)),
+        el("td", { class: "num" }, bytes(m.size_bytes)), el("td", {}, when(m.created_at_unix_ms)))))) :
+      el("p", { class: "muted" }, "No models registered. A run with [detect] model = \"NAME\" and train = \"SELECT ...\" registers one."));
 }
 
 async function viewQueue() {
@@ -516,6 +556,8 @@ async function route() {
     if (view === "runs" && id) await viewRun(Number(id));
     else if (view === "pipelines" && id) await viewPipeline(decodeURIComponent(id));
     else if (view === "queue") await viewQueue();
+    else if (view === "backfills") await viewBackfills();
+    else if (view === "models") await viewModels();
     else if (view === "schedules") await viewSchedules();
     else if (view === "cluster" && id) await viewClusterJob(decodeURIComponent(id));
     else if (view === "cluster") await viewCluster();
@@ -524,7 +566,7 @@ async function route() {
     // The view keeps its heading, so a page that could not load still says where it is.
     const title = view === "runs" && id ? "Run " + id : view === "cluster" && id ? "Job " + decodeURIComponent(id)
       : view === "pipelines" && id ? "Pipeline " + decodeURIComponent(id)
-      : { queue: "Queue", schedules: "Schedules", cluster: "Cluster" }[view] || "Runs";
+      : { queue: "Queue", schedules: "Schedules", cluster: "Cluster", backfills: "Backfills", models: "Models" }[view] || "Runs";
     show(el("h1", {}, title), el("p", { class: "error", role: "alert" }, e.message));
   }
 }
@@ -553,7 +595,7 @@ function onEvent(e) {
     return;
   }
   if (hash === "#/runs" || hash === "#/runs/" + e.run || hash === "#/queue") refreshSoon();
-  else if (hash.startsWith("#/pipelines/") && (e.kind === "queued" || e.kind === "finished")) refreshSoon();
+  else if ((hash.startsWith("#/pipelines/") || hash === "#/backfills") && (e.kind === "queued" || e.kind === "finished")) refreshSoon();
 }
 
 async function connect() {

@@ -4,6 +4,7 @@
 use super::backfills::daily_example;
 use super::browser::Browser;
 use super::{Fixture, Served};
+use crate::pipeline::models::training_pipeline;
 
 #[test]
 fn the_dashboard_filters_pages_charts_runs_now_and_shows_logs_and_top_rows() {
@@ -43,20 +44,7 @@ fn the_dashboard_filters_pages_charts_runs_now_and_shows_logs_and_top_rows() {
         "return document.getElementById('page-info') !== null",
     );
 
-    // Filter by pipeline, then page through five at a time.
-    let info = "document.getElementById('page-info').textContent";
-    browser.type_into("#filter-pipeline", "daily");
-    browser.click("#filter-apply");
-    browser.wait_for("six daily runs", &format!("return {info} === '1–6 of 6'"));
-    browser.eval("const s = document.getElementById('page-size'); s.value = '5'; s.dispatchEvent(new Event('change')); return true");
-    browser.wait_for("the first page", &format!("return {info} === '1–5 of 6' && document.querySelectorAll('#runs-body tr').length === 5"));
-    browser.audit("runs-filtered");
-    browser.click("#next-page");
-    browser.wait_for(
-        "the second page",
-        &format!("return {info} === '6–6 of 6' && document.getElementById('next-page').disabled"),
-    );
-    browser.screenshot("runs-filtered-paged");
+    filter_and_page(&browser);
 
     // A pipeline's page: its history as charts; run now and backfill queue runs.
     browser.click("a[href='#/pipelines/daily']");
@@ -73,6 +61,10 @@ fn the_dashboard_filters_pages_charts_runs_now_and_shows_logs_and_top_rows() {
         "the backfill's two runs",
         "return document.querySelectorAll('#pipeline-runs tbody tr').length === 8",
     );
+    // The backfill is one item, which ends with both its runs.
+    browser.click("a[href='#/backfills']");
+    browser.wait_for("the backfill, done", "const r = document.getElementById('backfill-1'); return r !== null && r.textContent.includes('2 of 2') && r.textContent.includes('2 succeeded')");
+    browser.audit("backfills");
     browser.goto(&format!("{}/#/pipelines/other", server.url()));
     browser.wait_for(
         "the other pipeline",
@@ -83,6 +75,8 @@ fn the_dashboard_filters_pages_charts_runs_now_and_shows_logs_and_top_rows() {
         "the run queued now",
         "return document.querySelectorAll('#pipeline-runs tbody tr').length === 2",
     );
+
+    models_and_since(&browser, &server, f.path());
 
     // A run's page: its log and its top-scored rows.
     let first = ids[0];
@@ -112,4 +106,38 @@ fn the_dashboard_filters_pages_charts_runs_now_and_shows_logs_and_top_rows() {
     );
     browser.audit("run-log-top-rows");
     browser.screenshot("run-log-top-rows");
+}
+
+/// The runs list filtered by pipeline, then paged five at a time.
+fn filter_and_page(browser: &Browser) {
+    let info = "document.getElementById('page-info').textContent";
+    browser.type_into("#filter-pipeline", "daily");
+    browser.click("#filter-apply");
+    browser.wait_for("six daily runs", &format!("return {info} === '1–6 of 6'"));
+    browser.eval("const s = document.getElementById('page-size'); s.value = '5'; s.dispatchEvent(new Event('change')); return true");
+    browser.wait_for("the first page", &format!("return {info} === '1–5 of 6' && document.querySelectorAll('#runs-body tr').length === 5"));
+    browser.audit("runs-filtered");
+    browser.click("#next-page");
+    browser.wait_for(
+        "the second page",
+        &format!("return {info} === '6–6 of 6' && document.getElementById('next-page').disabled"),
+    );
+    browser.screenshot("runs-filtered-paged");
+}
+
+/// A served training run's version in the Models view; a since-filter that matches no run.
+fn models_and_since(browser: &Browser, server: &Served, dir: &std::path::Path) {
+    let info = "document.getElementById('page-info').textContent";
+    let train =
+        server.submit(serde_json::json!({"path": training_pipeline(dir), "date": "2026-01-31"}));
+    assert_eq!(server.wait_ended(train)["state"], "succeeded");
+    browser.click("a[href='#/models']");
+    browser.wait_for("model fraud v1", "const r = document.getElementById('model-fraud-v1'); return r !== null && r.textContent.includes('6,000') && r.textContent.includes('2026-01-31')");
+    browser.audit("models");
+
+    // Runs submitted since a day: none before today's.
+    browser.click("a[href='#/runs']");
+    browser.eval("document.getElementById('filter-pipeline').value = ''; document.getElementById('filter-since').value = '2099-01-01'; return true");
+    browser.click("#filter-apply");
+    browser.wait_for("no runs since 2099", &format!("return {info} === '0 runs'"));
 }

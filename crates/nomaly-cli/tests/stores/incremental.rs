@@ -139,3 +139,125 @@ fn an_incremental_s3_source_reads_each_object_once() {
         format!("{total},{total},{}", total - 1)
     );
 }
+
+/// A file-triggered pipeline on a server reads an S3 prefix: three batches uploaded, the server
+/// SIGKILLed while the second is scored, and every uploaded row is in exactly one output.
+#[test]
+fn a_served_s3_inbox_scores_each_object_once_across_a_killed_server() {
+    if !services_installed() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let s3 = moto();
+    let endpoint = s3.endpoint();
+    let dir = work.path().join("served");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pipeline = dir.join("inbox.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name = \"inbox\"\ntrigger = \"files\"\npoll = \"1s\"\nquiet = \"1s\"\n\
+             [[source]]\nname = \"tx\"\npath = \"s3://{BUCKET}/inbox/*.parquet\"\nincremental = true\n\
+             [detect]\nalgorithm = \"hbos\"\ncolumns = [\"amount\"]\n\
+             [[sink]]\npath = \"out/run=${{run.start:%Y%m%dT%H%M%S%.3f}}/\"\n[run]\nchunk_rows = 2500\n"
+        ),
+    )
+    .unwrap();
+    let allow = format!("s3://{BUCKET}/*");
+    let mut server = crate::serve::Served::start(
+        &dir,
+        &["--allow-location", &allow],
+        &[
+            ("AWS_ACCESS_KEY_ID", "nomaly"),
+            ("AWS_SECRET_ACCESS_KEY", "nomaly-secret"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ENDPOINT_URL", &endpoint),
+            ("NOMALY_FAULTS", "chunk_delay_ms=150"),
+        ],
+    );
+    let token = server.token.clone().unwrap();
+    let o = crate::nomaly_env(
+        &[
+            "schedule",
+            "add",
+            pipeline.to_str().unwrap(),
+            "--server",
+            &server.url(),
+        ],
+        &[("NOMALY_TOKEN", token.as_str())],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let runs = |server: &crate::serve::Served| -> Vec<serde_json::Value> {
+        let mut r = server.json("GET", "/api/runs?pipeline=inbox", None).1["runs"]
+            .as_array()
+            .unwrap()
+            .clone();
+        r.sort_by_key(|r| r["id"].as_i64());
+        r
+    };
+    let nth = |server: &crate::serve::Served, n: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(r) = runs(server).get(n - 1) {
+                return r["id"].as_i64().unwrap();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "run {n} never queued\n{}",
+                server.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+
+    upload_batch(work.path(), &endpoint, 1, &["a", "b"], 0);
+    let first = nth(&server, 1);
+    assert_eq!(server.wait_ended(first)["state"], "succeeded");
+    // 4 objects of 5000 rows: 8 chunks of 150 ms at least; killed once 2 are committed.
+    upload_batch(work.path(), &endpoint, 2, &["c", "d", "e", "f"], 2 * ROWS);
+    let second = nth(&server, 2);
+    server.wait_run(second, "committed two chunks", |r| {
+        r["progress"]["chunks_done"].as_u64().unwrap_or(0) >= 2
+    });
+    server.kill_and_restart();
+    let run = server.wait_ended(second);
+    assert_eq!(
+        (run["state"].as_str(), run["attempts"].as_u64()),
+        (Some("succeeded"), Some(2)),
+        "{run}"
+    );
+    upload_batch(work.path(), &endpoint, 3, &["g"], 6 * ROWS);
+    let third = nth(&server, 3);
+    assert_eq!(server.wait_ended(third)["state"], "succeeded");
+    let triggers: Vec<String> = runs(&server)
+        .iter()
+        .map(|r| r["trigger"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(triggers, ["files:2", "files:4", "files:1"]);
+
+    let all = work.path().join("all");
+    std::fs::create_dir_all(&all).unwrap();
+    for (i, out) in std::fs::read_dir(dir.join("out")).unwrap().enumerate() {
+        for (name, bytes) in part_files(&out.unwrap().path()) {
+            std::fs::write(all.join(format!("{i}-{name}")), bytes).unwrap();
+        }
+    }
+    let table = format!("o={}/", all.display());
+    let o = cli(
+        &[
+            "sql",
+            "--format",
+            "csv",
+            "--table",
+            &table,
+            "-e",
+            "SELECT count(*), count(DISTINCT id), max(id) FROM o",
+        ],
+        &[],
+    );
+    let total = 7 * ROWS;
+    assert_eq!(
+        crate::stdout(&o).lines().nth(1).unwrap(),
+        format!("{total},{total},{}", total - 1)
+    );
+}
