@@ -102,6 +102,22 @@ fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// The part files of every run output under `outputs` (one directory per run), read as one
+/// table `o`: the first row `sql` returns, as CSV.
+fn query_outputs(outputs: &Path, sql: &str) -> String {
+    let all = outputs.with_extension("all");
+    std::fs::create_dir_all(&all).unwrap();
+    for (i, out) in std::fs::read_dir(outputs).unwrap().enumerate() {
+        for (name, bytes) in part_files(&out.unwrap().path()) {
+            std::fs::write(all.join(format!("{i}-{name}")), bytes).unwrap();
+        }
+    }
+    let table = format!("o={}/", all.display());
+    let o = nomaly(&["sql", "--format", "csv", "--table", &table, "-e", sql]);
+    assert_eq!(o.status.code(), Some(0), "{sql}: {}", stderr(&o));
+    stdout(&o).lines().nth(1).unwrap_or_default().to_string()
+}
+
 /// The relative paths of every file under `dir`, sorted.
 fn files_in(dir: &Path) -> Vec<String> {
     tree(dir).into_iter().map(|(name, _)| name).collect()

@@ -238,9 +238,10 @@ pub async fn take(
     let (run_id, files) = match taken {
         Some(t) => t,
         None => {
-            let listed = list(p, source).await?;
-            let new: BTreeMap<String, u64> = listed
+            let new: BTreeMap<String, u64> = list(p, source)
+                .await?
                 .into_iter()
+                .map(|m| (m.location.to_string(), m.size))
                 .filter(|(f, _)| !ledger.consumed.contains_key(f))
                 .collect();
             (new_run_id(), new)
@@ -280,15 +281,18 @@ pub fn settle_after_publish(take: &Take) -> Result<()> {
     Ok(())
 }
 
-/// Every file of the source now, with its size.
-async fn list(p: &CompiledPipeline, source: &SourceReader) -> Result<BTreeMap<String, u64>> {
+/// Every file of the source now, as its store describes it (the run's own set left aside).
+async fn list(
+    p: &CompiledPipeline,
+    source: &SourceReader,
+) -> Result<Vec<datafusion::object_store::ObjectMeta>> {
     let ctx = datafusion::prelude::SessionContext::new();
     crate::run::register_stores(&ctx, p)?;
     let all = SourceReader {
         only: None,
         ..source.clone()
     };
-    Ok(all.list_files(&ctx).await?.into_iter().collect())
+    all.list_objects(&ctx).await
 }
 
 /// The files of an incremental pipeline's first source that no run has consumed or taken
@@ -299,15 +303,9 @@ pub async fn unread_files(p: &CompiledPipeline) -> Result<(Vec<String>, Option<i
     };
     let ledger = Ledger::load(&ledger_path(p))?;
     let pending: BTreeSet<&String> = ledger.pending.iter().flat_map(|p| p.files.keys()).collect();
-    let ctx = datafusion::prelude::SessionContext::new();
-    crate::run::register_stores(&ctx, p)?;
-    let all = SourceReader {
-        only: None,
-        ..source.clone()
-    };
     let mut newest = None;
     let mut files = Vec::new();
-    for meta in all.list_objects(&ctx).await? {
+    for meta in list(p, source).await? {
         let path = meta.location.to_string();
         if ledger.consumed.contains_key(&path) || pending.contains(&path) {
             continue;

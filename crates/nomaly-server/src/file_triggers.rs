@@ -4,7 +4,8 @@
 //! (trigger `files:<n>`). Which files it reads is decided by the run itself, under the ledger's
 //! lock (`nomaly_pipeline::incremental`), so a poll that races a run never doubles a file.
 
-use crate::server::{Server, now_ms};
+use crate::server::{FilePoll, Server, now_ms};
+use nomaly_pipeline::compile::FilesTrigger;
 use nomaly_pipeline::incremental::unread_files;
 use nomaly_pipeline::{RunDate, RunRequest};
 use std::path::PathBuf;
@@ -21,27 +22,21 @@ impl Server {
         };
         for p in pipelines {
             let text = std::fs::read_to_string(&p.file).unwrap_or(p.text.clone());
+            let now = now_ms();
+            // A pipeline is compiled when its text changed or its poll is due, not every tick.
+            if !self.poll_due(&p.name, &text) {
+                continue;
+            }
             let path = PathBuf::from(&p.file);
             let Ok(compiled) = self.compile_checked(&path, &text, &[], &RunRequest::default())
             else {
+                self.remember_trigger(&p.name, &text, None, now);
                 continue;
             };
+            self.remember_trigger(&p.name, &text, compiled.trigger.files, now);
             let Some(trigger) = compiled.trigger.files else {
                 continue;
             };
-            let now = now_ms();
-            {
-                let mut polls = self
-                    .inner
-                    .file_polls
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                let last = polls.get(&p.name).copied().unwrap_or(i64::MIN / 2);
-                if now - last < trigger.poll.as_millis() as i64 {
-                    continue;
-                }
-                polls.insert(p.name.clone(), now);
-            }
             let busy = self
                 .inner
                 .store
@@ -67,5 +62,37 @@ impl Server {
                 Err(_) => tracing::warn!(pipeline = %p.name, "listing its source took too long"),
             }
         }
+    }
+
+    /// Whether `name` is to be looked at now: its text is new or changed, or it has a files
+    /// trigger whose poll interval has passed.
+    fn poll_due(&self, name: &str, text: &str) -> bool {
+        let polls = self
+            .inner
+            .file_polls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match polls.get(name) {
+            Some(seen) if seen.text == text => seen
+                .trigger
+                .is_some_and(|t| now_ms() - seen.last_ms >= t.poll.as_millis() as i64),
+            _ => true,
+        }
+    }
+
+    fn remember_trigger(&self, name: &str, text: &str, trigger: Option<FilesTrigger>, now: i64) {
+        let mut polls = self
+            .inner
+            .file_polls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        polls.insert(
+            name.to_string(),
+            FilePoll {
+                text: text.to_string(),
+                trigger,
+                last_ms: now,
+            },
+        );
     }
 }

@@ -89,6 +89,15 @@ pub(crate) struct Active {
     live: Arc<Mutex<Live>>,
 }
 
+/// A registered pipeline as the file-trigger poll last compiled it (`file_triggers.rs`).
+pub(crate) struct FilePoll {
+    /// The text it was compiled from: a changed file is compiled again.
+    pub(crate) text: String,
+    pub(crate) trigger: Option<nomaly_pipeline::compile::FilesTrigger>,
+    /// When it was last listed (or compiled), ms.
+    pub(crate) last_ms: i64,
+}
+
 pub(crate) struct Inner {
     pub config: ServerConfig,
     pub store: Store,
@@ -97,8 +106,8 @@ pub(crate) struct Inner {
     active: Mutex<BTreeMap<i64, Active>>,
     pub(crate) claims: crate::output_wait::OutputClaims,
     pub(crate) wake: Notify,
-    /// When each file-triggered pipeline was last listed (ms).
-    pub(crate) file_polls: Mutex<BTreeMap<String, i64>>,
+    /// What the file-trigger poll last found of each registered pipeline.
+    pub(crate) file_polls: Mutex<BTreeMap<String, FilePoll>>,
     stop: CancellationToken,
     /// Held while the queue is looked at, so two admissions never start the same memory twice.
     admitting: tokio::sync::Mutex<()>,

@@ -3,7 +3,7 @@
 //! server is SIGKILLed while a batch is being scored.
 
 use super::{Served, now_ms};
-use crate::{nomaly, nomaly_env, stderr, stdout, write_tx_parquet};
+use crate::{nomaly_env, stderr, write_tx_parquet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -131,30 +131,12 @@ fn arriving_files_are_each_scored_once_across_a_killed_server() {
         3,
         "one output per run"
     );
-    // Every output's part files side by side, to read them as one table.
-    let all = dir.join("all");
-    std::fs::create_dir_all(&all).unwrap();
-    for (i, batch) in std::fs::read_dir(&out).unwrap().enumerate() {
-        for (name, bytes) in crate::part_files(&batch.unwrap().path()) {
-            std::fs::write(all.join(format!("{i}-{name}")), bytes).unwrap();
-        }
-    }
-    let table = format!("o={}/", all.display());
-    let o = nomaly(&[
-        "sql",
-        "--format",
-        "csv",
-        "--table",
-        &table,
-        "-e",
+    let row = crate::query_outputs(
+        &out,
         "SELECT count(*), count(DISTINCT id), min(id), max(id), sum(id) FROM o",
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let sum: u64 = (0..35_000u64).sum();
-    assert_eq!(
-        stdout(&o).lines().nth(1).unwrap(),
-        format!("35000,35000,0,34999,{sum}")
     );
+    let sum: u64 = (0..35_000u64).sum();
+    assert_eq!(row, format!("35000,35000,0,34999,{sum}"));
     let ledger = std::fs::read_to_string(dir.join(".nomaly-state/arrivals/consumed.json")).unwrap();
     let ledger: serde_json::Value = serde_json::from_str(&ledger).unwrap();
     assert_eq!(ledger["consumed"].as_object().unwrap().len(), 4, "{ledger}");

@@ -2,7 +2,7 @@
 //! and published; a run that stopped holds its objects until it is resumed.
 
 use super::{BUCKET, cli, moto, report, services_installed, upload};
-use crate::{part_files, stderr, write_tx_parquet};
+use crate::{stderr, write_tx_parquet};
 use std::path::{Path, PathBuf};
 
 const ROWS: u64 = 5_000;
@@ -109,35 +109,12 @@ fn an_incremental_s3_source_reads_each_object_once() {
     );
 
     // Every uploaded row is in exactly one output.
-    let all = work.path().join("all");
-    std::fs::create_dir_all(&all).unwrap();
-    for (i, out) in std::fs::read_dir(work.path().join("out"))
-        .unwrap()
-        .enumerate()
-    {
-        for (name, bytes) in part_files(&out.unwrap().path()) {
-            std::fs::write(all.join(format!("{i}-{name}")), bytes).unwrap();
-        }
-    }
-    let table = format!("o={}/", all.display());
-    let o = cli(
-        &[
-            "sql",
-            "--format",
-            "csv",
-            "--table",
-            &table,
-            "-e",
-            "SELECT count(*), count(DISTINCT id), max(id) FROM o",
-        ],
-        &[],
+    let row = crate::query_outputs(
+        &work.path().join("out"),
+        "SELECT count(*), count(DISTINCT id), max(id) FROM o",
     );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let total = 4 * ROWS;
-    assert_eq!(
-        crate::stdout(&o).lines().nth(1).unwrap(),
-        format!("{total},{total},{}", total - 1)
-    );
+    assert_eq!(row, format!("{total},{total},{}", total - 1));
 }
 
 /// A file-triggered pipeline on a server reads an S3 prefix: three batches uploaded, the server
@@ -235,29 +212,10 @@ fn a_served_s3_inbox_scores_each_object_once_across_a_killed_server() {
         .collect();
     assert_eq!(triggers, ["files:2", "files:4", "files:1"]);
 
-    let all = work.path().join("all");
-    std::fs::create_dir_all(&all).unwrap();
-    for (i, out) in std::fs::read_dir(dir.join("out")).unwrap().enumerate() {
-        for (name, bytes) in part_files(&out.unwrap().path()) {
-            std::fs::write(all.join(format!("{i}-{name}")), bytes).unwrap();
-        }
-    }
-    let table = format!("o={}/", all.display());
-    let o = cli(
-        &[
-            "sql",
-            "--format",
-            "csv",
-            "--table",
-            &table,
-            "-e",
-            "SELECT count(*), count(DISTINCT id), max(id) FROM o",
-        ],
-        &[],
+    let row = crate::query_outputs(
+        &dir.join("out"),
+        "SELECT count(*), count(DISTINCT id), max(id) FROM o",
     );
     let total = 7 * ROWS;
-    assert_eq!(
-        crate::stdout(&o).lines().nth(1).unwrap(),
-        format!("{total},{total},{}", total - 1)
-    );
+    assert_eq!(row, format!("{total},{total},{}", total - 1));
 }
