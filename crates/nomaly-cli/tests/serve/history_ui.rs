@@ -135,9 +135,17 @@ fn models_and_since(browser: &Browser, server: &Served, dir: &std::path::Path) {
     browser.wait_for("model fraud v1", "const r = document.getElementById('model-fraud-v1'); return r !== null && r.textContent.includes('6,000') && r.textContent.includes('2026-01-31')");
     browser.audit("models");
 
-    // Runs submitted since a day: none before today's.
+    // Runs submitted since 2099: none. The values are set and submitted in one script, so a
+    // live redraw in between cannot reset them.
     browser.click("a[href='#/runs']");
-    browser.eval("document.getElementById('filter-pipeline').value = ''; document.getElementById('filter-since').value = '2099-01-01'; return true");
-    browser.click("#filter-apply");
+    browser.wait_for(
+        "the runs filters",
+        "return document.getElementById('run-filters') !== null",
+    );
+    browser.eval(
+        "document.getElementById('filter-pipeline').value = ''; \
+         document.getElementById('filter-since').value = '2099-01-01'; \
+         document.getElementById('run-filters').requestSubmit(); return true",
+    );
     browser.wait_for("no runs since 2099", &format!("return {info} === '0 runs'"));
 }
