@@ -16,7 +16,7 @@ const clusterApi = SCHEDULER
       cancel: (id) => ["/api/cluster/jobs/" + id + "/cancel", "POST"] };
 
 const state = { token: sessionStorage.getItem("nomaly-token") || "", runs: new Map(), stream: null,
-  filters: { pipeline: "", state: "", since: "", offset: 0, page: 20 } };
+  filters: { pipeline: "", state: "", since: "", offset: 0, page: 20, draft: {} } };
 
 function headers() {
   return state.token ? { Authorization: "Bearer " + state.token } : {};
@@ -109,22 +109,26 @@ function show(...nodes) {
   if (focused) document.getElementById(focused)?.focus();
 }
 
-// The runs list's filters (pipeline, state) and page, kept across redraws.
+// The runs list's filters (pipeline, state, since) and page, kept across redraws; what is typed
+// but not applied yet (the draft) survives a live redraw too.
 function runFilters(total, shown) {
   const f = state.filters;
   const apply = () => {
     f.pipeline = document.getElementById("filter-pipeline").value.trim();
     f.state = document.getElementById("filter-state").value;
     f.since = document.getElementById("filter-since").value;
+    f.draft = {};
     f.offset = 0;
     route();
   };
   const states = ["", "queued", "running", "succeeded", "failed", "cancelled", "timed_out", "validation_failed"];
   return el("form", { class: "filters", id: "run-filters", "aria-label": "filter runs", onsubmit: (e) => { e.preventDefault(); apply(); } },
-    el("label", {}, "Pipeline ", el("input", { id: "filter-pipeline", value: f.pipeline, placeholder: "any" })),
+    el("label", {}, "Pipeline ", el("input", { id: "filter-pipeline", value: f.draft.pipeline ?? f.pipeline, placeholder: "any",
+      oninput: (e) => { f.draft.pipeline = e.target.value; } })),
     el("label", {}, "State ", el("select", { id: "filter-state", onchange: apply },
       states.map((s) => { const o = el("option", { value: s }, s || "any"); if (s === f.state) o.selected = true; return o; }))),
-    el("label", {}, "Submitted since ", el("input", { id: "filter-since", type: "date", value: f.since })),
+    el("label", {}, "Submitted since ", el("input", { id: "filter-since", type: "date", value: f.draft.since ?? f.since,
+      oninput: (e) => { f.draft.since = e.target.value; } })),
     el("label", {}, "Per page ", el("select", { id: "page-size", onchange: () => { f.page = Number(document.getElementById("page-size").value); f.offset = 0; route(); } },
       [5, 20, 50, 100].map((n) => { const o = el("option", { value: String(n) }, String(n)); if (n === f.page) o.selected = true; return o; }))),
     el("button", { type: "submit", id: "filter-apply" }, "Filter"),

@@ -112,6 +112,14 @@ fn the_dashboard_filters_pages_charts_runs_now_and_shows_logs_and_top_rows() {
 fn filter_and_page(browser: &Browser) {
     let info = "document.getElementById('page-info').textContent";
     browser.type_into("#filter-pipeline", "daily");
+    // A live redraw before Filter is pressed keeps what was typed.
+    browser.eval(
+        "document.getElementById('filter-pipeline').dataset.old = 'yes'; route(); return true",
+    );
+    browser.wait_for(
+        "a redraw that kept the typed text",
+        "const i = document.getElementById('filter-pipeline'); return i !== null && !i.dataset.old && i.value === 'daily'",
+    );
     browser.click("#filter-apply");
     browser.wait_for("six daily runs", &format!("return {info} === '1–6 of 6'"));
     browser.eval("const s = document.getElementById('page-size'); s.value = '5'; s.dispatchEvent(new Event('change')); return true");
