@@ -533,14 +533,7 @@ pub fn json_schema() -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::Refused;
-
-    fn env(name: &str) -> std::result::Result<Option<String>, Refused> {
-        match name {
-            "SECRET" => Err(Refused("SECRET is not allowed".into())),
-            _ => Ok((name == "DATA").then(|| "data/tx".to_string())),
-        }
-    }
+    use crate::substitute::tests::env;
 
     #[test]
     fn minimal_file_parses_and_unknown_keys_are_located() {

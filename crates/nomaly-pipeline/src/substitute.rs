@@ -178,11 +178,12 @@ pub(crate) fn apply_overrides(path: &Path, text: &str, overrides: &[String]) -> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::run_context::{RunDate, RunRequest};
 
-    fn env(name: &str) -> std::result::Result<Option<String>, Refused> {
+    /// An environment for tests: `DATA` is set, `SECRET` refused, the rest unset.
+    pub(crate) fn env(name: &str) -> std::result::Result<Option<String>, Refused> {
         match name {
             "SECRET" => Err(Refused("SECRET is not allowed".into())),
             _ => Ok((name == "DATA").then(|| "data/tx".to_string())),

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 const DAILY: &str = "examples/pipelines/daily.toml";
-const DAYS: [&str; 7] = [
+pub(crate) const DAYS: [&str; 7] = [
     "2026-01-01",
     "2026-01-02",
     "2026-01-03",

@@ -318,7 +318,7 @@ fn dry_run_validate_explain_and_schema() {
     assert!(schema["properties"]["detect"].is_object(), "{schema}");
 }
 
-mod backfill;
+pub(crate) mod backfill;
 #[path = "malformed.rs"]
 mod malformed;
 pub(crate) mod models;

@@ -2,19 +2,10 @@
 //! a low priority, one at a time) write what local runs of each day write.
 
 use super::Served;
+use crate::pipeline::backfill::DAYS;
 use crate::{assert_same_parts, nomaly_env, part_files, root, stderr, stdout};
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-const DAYS: [&str; 7] = [
-    "2026-01-01",
-    "2026-01-02",
-    "2026-01-03",
-    "2026-01-04",
-    "2026-01-05",
-    "2026-01-06",
-    "2026-01-07",
-];
 
 /// The bundled daily example under `dir` (its data beside it), writing to `dir/out`.
 pub(super) fn daily_example(dir: &Path) -> std::path::PathBuf {
