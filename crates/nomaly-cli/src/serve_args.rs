@@ -49,15 +49,18 @@ pub struct ServeArgs {
     pub(crate) allow_roots: Vec<PathBuf>,
 
     /// Remote locations submitted pipelines may read, write or notify (repeatable), as
-    /// patterns where * matches anything: s3://bucket/team/*, https://hooks.example.com/*.
-    /// Default: none. An http(s) URL to loopback, link-local or private addresses is allowed
-    /// only by a pattern naming that host without a wildcard. Opens network access: SECURITY.md
+    /// patterns where * matches anything: s3://bucket/team/*, https://hooks.example.com/*,
+    /// smtps://smtp.example.com* (email alerts: submitters may then mail anyone through it).
+    /// Default: none. An http(s) or smtp(s) URL to loopback, link-local or private addresses is
+    /// allowed only by a pattern naming that host without a wildcard. Opens network access:
+    /// SECURITY.md
     #[arg(long = "allow-location", value_name = "PATTERN")]
     pub(crate) allow_locations: Vec<String>,
 
     /// Environment variables submitted pipelines may expand as ${NAME} (repeatable), as
     /// patterns: NOMALY_DATA_*, BUCKET. Default: none (any ${NAME} is refused, naming it and
-    /// this flag, never its value). Exposes those variables' values: SECURITY.md
+    /// this flag, never its value); also the names `[[notify]] password_env` may read. Exposes
+    /// those variables' values: SECURITY.md
     #[arg(long = "allow-env", value_name = "PATTERN")]
     pub(crate) allow_env: Vec<String>,
 

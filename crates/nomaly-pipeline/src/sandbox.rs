@@ -138,8 +138,8 @@ impl Sandbox {
         Ok(format!("{}/{pattern}", canonical.display()))
     }
 
-    /// A remote location or webhook URL. Confined, it must match an `--allow-location`
-    /// pattern; an `http(s)` URL to a loopback, link-local or private address (or `localhost`)
+    /// A remote location, webhook or SMTP server URL. Confined, it must match an
+    /// `--allow-location` pattern; an `http(s)` or `smtp(s)` URL to a loopback, link-local or private address (or `localhost`)
     /// must match a pattern that names that host without a wildcard.
     pub fn url(&self, url: &str, what: &str) -> Checked<String> {
         refuse_control_characters(url, what)?;
@@ -160,7 +160,8 @@ impl Sandbox {
             )));
         }
         let scheme = url.split("://").next().unwrap_or_default();
-        if matches!(scheme, "http" | "https") {
+        // Webhooks and SMTP servers are connections the server makes for the submitter.
+        if matches!(scheme, "http" | "https" | "smtp" | "smtps") {
             let host = host_of(url);
             if !names_host_itself(&listed, &host) {
                 if is_internal_host(&host) {

@@ -319,6 +319,7 @@ fn dry_run_validate_explain_and_schema() {
 }
 
 pub(crate) mod backfill;
+mod email;
 #[path = "malformed.rs"]
 mod malformed;
 pub(crate) mod models;

@@ -41,7 +41,7 @@ fn tool(env: &str, default: PathBuf) -> PathBuf {
 /// The test services are there, or the test is to be skipped: a bare `cargo test` (without
 /// scripts/test.sh) on a machine where scripts/test-services.sh never ran skips the object-store
 /// tests with a message. scripts/test.sh sets the variables, so there a missing tool fails.
-fn services_installed() -> bool {
+pub(crate) fn services_installed() -> bool {
     let vars = [
         "NOMALY_TEST_PYTHON",
         "NOMALY_TEST_MOTO",
@@ -62,7 +62,7 @@ fn services_installed() -> bool {
     installed
 }
 
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     tool(
         "NOMALY_TEST_PYTHON",
         home().join(".cache/nomaly-py/bin/python"),

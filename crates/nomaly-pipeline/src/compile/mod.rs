@@ -2,6 +2,7 @@
 //! the data (names, paths, options, ranges). `validate` and `run` go on to check against the data.
 
 mod model;
+mod notify;
 mod query_only;
 mod settings;
 mod sources;
@@ -164,7 +165,7 @@ pub fn compile_in(file: PipelineFile, sandbox: &Sandbox) -> Result<CompiledPipel
     let detect = compile_detect(&file, &names, &steps, &sources)?;
     let sinks = compile_sinks(&file, sandbox)?;
     let validations = compile_checks(&file, detect.is_some())?;
-    let notifications = compile_notifications(&file, sandbox)?;
+    let notifications = notify::compile_notifications(&file, sandbox)?;
     let settings = settings::compile_settings(&file, &sources)?;
     let trigger = trigger::compile_trigger(&file)?;
     let spec = &file.spec;
@@ -425,91 +426,6 @@ fn compile_checks(file: &PipelineFile, has_detect: bool) -> Result<Vec<(String, 
         validations.push((at, v.clone()));
     }
     Ok(validations)
-}
-
-/// Webhooks take http(s):// URLs the sandbox allows; a notification file is a path it allows,
-/// stored canonical (absolute) so the run writes where the check looked.
-fn compile_notifications(file: &PipelineFile, sandbox: &Sandbox) -> Result<Vec<NotifySpec>> {
-    let spec = &file.spec;
-    let base = file.base_dir();
-    let mut out = Vec::new();
-    for (i, n) in spec.notifications.iter().enumerate() {
-        if let (_, _, Some(drift)) = n.condition()
-            && !(drift.is_finite() && drift > 0.0)
-        {
-            return Err(PipelineError::invalid(
-                place(file, "[[notify]]", i, Some("drift_above")),
-                format!("{drift}: a population-stability index above 0, e.g. 0.2"),
-            ));
-        }
-        if let (_, Some(rate), _) = n.condition()
-            && !(0.0..=1.0).contains(&rate)
-        {
-            return Err(PipelineError::invalid(
-                place(file, "[[notify]]", i, Some("anomaly_rate_above")),
-                format!("{rate} is not a fraction of rows; give one from 0 to 1, e.g. 0.05 for 5%"),
-            ));
-        }
-        let n = match n {
-            NotifySpec::Webhook {
-                url,
-                on,
-                format,
-                anomaly_rate_above,
-                drift_above,
-            } => {
-                let at = place(file, "[[notify]]", i, Some("url"));
-                let url = sandbox
-                    .url(url, "webhook")
-                    .map_err(|r| PipelineError::refused(&at, r))?;
-                let parsed = reqwest::Url::parse(&url).map_err(|e| {
-                    PipelineError::invalid(at.clone(), format!("'{url}' is not a URL: {e}"))
-                })?;
-                if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-                    return Err(PipelineError::invalid(
-                        at,
-                        format!(
-                            "'{url}': a webhook is an http:// or https:// URL with a host, \
-                             e.g. https://hooks.example.com/nomaly"
-                        ),
-                    ));
-                }
-                NotifySpec::Webhook {
-                    url,
-                    on: *on,
-                    format: *format,
-                    anomaly_rate_above: *anomaly_rate_above,
-                    drift_above: *drift_above,
-                }
-            }
-            NotifySpec::File {
-                path,
-                on,
-                anomaly_rate_above,
-                drift_above,
-            } => {
-                let at = place(file, "[[notify]]", i, Some("path"));
-                let resolved = PathBuf::from(resolve_path(&base, path));
-                let canonical = sandbox
-                    .output(&resolved, "notification file")
-                    .map_err(|r| PipelineError::refused(&at, r))?;
-                let path = if sandbox.is_confined() {
-                    canonical.display().to_string()
-                } else {
-                    path.clone()
-                };
-                NotifySpec::File {
-                    path,
-                    on: *on,
-                    anomaly_rate_above: *anomaly_rate_above,
-                    drift_above: *drift_above,
-                }
-            }
-            other => other.clone(),
-        };
-        out.push(n);
-    }
-    Ok(out)
 }
 
 /// The longest SQL file a step may name (a query, not a data file).

@@ -47,11 +47,21 @@ fn escape(text: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// The title and the lines of the message.
+/// The title and the lines of a plain-text message (an email), nothing escaped.
+pub(super) fn plain_summary(
+    report: &RunReport,
+    rate_above: Option<f64>,
+    drift_above: Option<f64>,
+) -> (String, Vec<String>) {
+    summary(report, rate_above, drift_above, &|t| t.to_string())
+}
+
+/// The title and the lines of the message, the run's own text passed through `escape`.
 fn summary(
     report: &RunReport,
     rate_above: Option<f64>,
     drift_above: Option<f64>,
+    escape: &dyn Fn(&str) -> String,
 ) -> (String, Vec<String>) {
     let title = format!(
         "nomaly: pipeline {} {}",
@@ -105,7 +115,7 @@ pub(super) fn message(
     rate_above: Option<f64>,
     drift_above: Option<f64>,
 ) -> Option<Vec<u8>> {
-    let (title, lines) = summary(report, rate_above, drift_above);
+    let (title, lines) = summary(report, rate_above, drift_above, &escape);
     let body = match format {
         WebhookFormat::Report => return None,
         WebhookFormat::Slack => serde_json::to_vec(&SlackMessage {

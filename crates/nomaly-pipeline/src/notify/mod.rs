@@ -1,4 +1,4 @@
-//! Notifications with the run report: an HTTP POST, a shell command, or a file.
+//! Notifications with the run report: an HTTP POST, an email, a shell command, or a file.
 //! A failed notification is a warning in the report, never a failed run.
 
 use crate::report::{RunReport, RunStatus};
@@ -15,6 +15,7 @@ use tokio::io::AsyncWriteExt;
 pub struct NotifyError(String);
 
 mod chat;
+pub mod email;
 
 /// Whether a notification with this condition fires for `report`.
 fn fires(
@@ -72,6 +73,29 @@ pub async fn notify_all(
                 post_json(url, message.as_deref().unwrap_or(&body), sandbox)
                     .await
                     .map_err(|e| format!("webhook {}: {e}", without_password(url)))
+            }
+            NotifySpec::Email {
+                to,
+                from,
+                server,
+                password_env,
+                plaintext,
+                anomaly_rate_above,
+                drift_above,
+                ..
+            } => {
+                let email = email::Email {
+                    to,
+                    from,
+                    server,
+                    password_env: password_env.as_deref(),
+                    plaintext: *plaintext,
+                    rate_above: *anomaly_rate_above,
+                    drift_above: *drift_above,
+                };
+                email::send(&email, report, &body, sandbox)
+                    .await
+                    .map_err(|e| format!("email via {}: {e}", without_password(server)))
             }
             NotifySpec::Command { command, .. } => {
                 run_command(command, report, report_path, &body, base)

@@ -52,6 +52,33 @@ pub enum NotifySpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         drift_above: Option<f64>,
     },
+    /// Send an email through an SMTP server: a summary in the body, the JSON report attached.
+    Email {
+        /// `email`: the recipients, 1 to 20 addresses ("ops@example.com" or "Ops <ops@example.com>").
+        to: Vec<String>,
+        /// `email`: the sender's address.
+        from: String,
+        /// `email`: the SMTP server: "smtps://host" (TLS from the start, port 465 unless given)
+        /// or "smtp://host" (STARTTLS, required; port 587 unless given); a user name to log in
+        /// with goes before the host ("smtps://alerts%40example.com@smtp.example.com").
+        server: String,
+        /// `email`: the environment variable that holds the SMTP password, read when the mail
+        /// is sent (a server reads only names its --allow-env allows). Never in the file.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password_env: Option<String>,
+        /// `email`: send without TLS; only to a server on this host (loopback), without a
+        /// password (a local relay such as Postfix on 127.0.0.1:25).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        plaintext: bool,
+        #[serde(default)]
+        on: NotifyWhen,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        anomaly_rate_above: Option<f64>,
+        /// Fire only when the run's scores drifted from its model's training scores by more
+        /// than this population-stability index (a `[detect] model` or `train` run).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        drift_above: Option<f64>,
+    },
     /// Write the JSON report to a file.
     File {
         /// `file`: where the JSON report is written.
@@ -79,6 +106,12 @@ impl NotifySpec {
                 ..
             }
             | NotifySpec::Command {
+                on,
+                anomaly_rate_above,
+                drift_above,
+                ..
+            }
+            | NotifySpec::Email {
                 on,
                 anomaly_rate_above,
                 drift_above,
