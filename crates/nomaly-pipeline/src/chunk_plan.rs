@@ -40,6 +40,8 @@ use datafusion::object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use datafusion::parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 use datafusion::parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::{Partitioning, PhysicalExpr};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
@@ -568,6 +570,9 @@ pub struct ChunkTable {
     plan: ChunkPlan,
     /// Set under `on_bad_rows = "quarantine"`: scan with [`QuarantineScanExec`].
     quarantine: Option<Arc<QuarantineLog>>,
+    /// Columns no two chunks share a value of (segment buckets): the scan declares itself
+    /// hash-partitioned by them, so a per-segment plan needs no exchange and keeps chunks apart.
+    keys: Vec<String>,
 }
 
 impl ChunkTable {
@@ -575,18 +580,46 @@ impl ChunkTable {
         Self {
             plan,
             quarantine: None,
+            keys: vec![],
         }
     }
 
     pub fn with_quarantine(plan: ChunkPlan, log: Arc<QuarantineLog>) -> Self {
         Self {
-            plan,
             quarantine: Some(log),
+            ..Self::new(plan)
+        }
+    }
+
+    /// Chunks that each hold every row of their values of `keys` (see the field).
+    pub fn partitioned_by(plan: ChunkPlan, keys: Vec<String>) -> Self {
+        Self {
+            keys,
+            ..Self::new(plan)
         }
     }
 
     pub fn plan(&self) -> &ChunkPlan {
         &self.plan
+    }
+}
+
+impl ChunkTable {
+    /// `Hash(keys)` over the table's schema, one partition per chunk, when keys are set.
+    fn declared_partitioning(&self) -> Option<Partitioning> {
+        if self.keys.is_empty() {
+            return None;
+        }
+        let schema = &self.plan.schema;
+        let exprs = self
+            .keys
+            .iter()
+            .map(|k| {
+                let i = schema.index_of(k).ok()?;
+                Some(Arc::new(Column::new(k, i)) as Arc<dyn PhysicalExpr>)
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Partitioning::Hash(exprs, self.plan.chunks.len()))
     }
 }
 
@@ -636,6 +669,7 @@ impl TableProvider for ChunkTable {
             .with_limit(limit)
             // Partition i must read chunk i and nothing else: no stealing of sibling files.
             .with_preserve_order(true)
+            .with_output_partitioning(self.declared_partitioning())
             .build();
         format.create_physical_plan(state, config).await
     }

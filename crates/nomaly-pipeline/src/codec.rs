@@ -1,5 +1,6 @@
 //! The physical plan codec every process of a Nomaly cluster uses: Ballista's, plus the operators
-//! of Nomaly's own that pipelines send to executors ([`PartWriteExec`], [`SlicedScanExec`]).
+//! of Nomaly's own that pipelines send to executors ([`PartWriteExec`], [`SlicedScanExec`],
+//! [`SegmentFitScoreExec`]).
 //!
 //! The client encodes the plans it submits with it, the scheduler decodes them to split them into
 //! stages and encodes the stages, and the executors decode the stages: all three must have it
@@ -12,12 +13,13 @@ use datafusion::error::Result as DfResult;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
-use nomaly_physical::SlicedScanExec;
+use nomaly_physical::{SegmentFitScoreExec, SlicedScanExec};
 use std::sync::Arc;
 
 /// Marks a node of ours; Ballista's own nodes are protobuf messages, which never start with it.
 const PART_WRITE_TAG: &[u8] = b"nomaly.PartWriteExec.v1\0";
 const SLICED_SCAN_TAG: &[u8] = b"nomaly.SlicedScanExec.v1\0";
+const SEGMENT_FIT_SCORE_TAG: &[u8] = b"nomaly.SegmentFitScoreExec.v1\0";
 
 /// Ballista's physical codec with Nomaly's operators.
 #[derive(Debug, Default)]
@@ -44,6 +46,11 @@ impl PhysicalExtensionCodec for NomalyPhysicalCodec {
         if let Some(rest) = buf.strip_prefix(SLICED_SCAN_TAG) {
             return Ok(Arc::new(SlicedScanExec::decode(rest, inputs)?));
         }
+        if let Some(rest) = buf.strip_prefix(SEGMENT_FIT_SCORE_TAG) {
+            return Ok(Arc::new(SegmentFitScoreExec::decode(
+                rest, inputs, ctx, self,
+            )?));
+        }
         self.ballista.try_decode(buf, inputs, ctx, proto_converter)
     }
 
@@ -60,6 +67,10 @@ impl PhysicalExtensionCodec for NomalyPhysicalCodec {
         if let Some(scan) = node.as_ref().downcast_ref::<SlicedScanExec>() {
             buf.extend_from_slice(SLICED_SCAN_TAG);
             return scan.encode(buf);
+        }
+        if let Some(segments) = node.as_ref().downcast_ref::<SegmentFitScoreExec>() {
+            buf.extend_from_slice(SEGMENT_FIT_SCORE_TAG);
+            return segments.encode(buf, self);
         }
         self.ballista.try_encode(node, buf, proto_converter)
     }

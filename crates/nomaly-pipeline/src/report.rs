@@ -49,6 +49,9 @@ pub enum ChunkingMode {
     Source,
     /// The steps mix rows across chunks, so the detect input was written once and that is chunked.
     Materialized,
+    /// `partition_by`: the detect input was written once in buckets by segment; each bucket is a
+    /// chunk that fits and scores its own segments.
+    Segments,
 }
 
 impl std::fmt::Display for ChunkingMode {
@@ -56,6 +59,7 @@ impl std::fmt::Display for ChunkingMode {
         f.write_str(match self {
             ChunkingMode::Source => "source",
             ChunkingMode::Materialized => "materialized",
+            ChunkingMode::Segments => "segments",
         })
     }
 }

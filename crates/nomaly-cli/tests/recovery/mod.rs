@@ -6,6 +6,7 @@
 
 mod environment;
 mod publish;
+mod segments;
 
 use super::pipeline::query;
 use super::{nomaly_env, part_files, report, stderr, tree, write_tx_parquet};

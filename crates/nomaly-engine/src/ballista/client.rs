@@ -22,6 +22,7 @@ use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::session_state::SessionState;
+use datafusion::physical_expr::Partitioning;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::SessionConfig;
@@ -318,8 +319,14 @@ pub fn narrow_to_partition(
                 return Ok(Transformed::no(node));
             }
             let group = config.file_groups[partition].clone();
+            // A declared partitioning (segment buckets) stays true of one of its partitions.
+            let declared = match &config.output_partitioning {
+                Some(Partitioning::Hash(keys, _)) => Some(Partitioning::Hash(keys.clone(), 1)),
+                _ => None,
+            };
             let one = FileScanConfigBuilder::from(config.clone())
                 .with_file_groups(vec![group])
+                .with_output_partitioning(declared)
                 .build();
             Ok(Transformed::yes(
                 DataSourceExec::from_data_source(one) as Arc<dyn ExecutionPlan>

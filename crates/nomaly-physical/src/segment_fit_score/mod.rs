@@ -21,9 +21,11 @@
 //! columns, in key order. One model exists at a time per partition, and each is decoded once by the
 //! scoring projection above (its dictionary values are shared by all the segment's batches).
 //!
-//! Local only, like the one-pass fusion: Ballista sessions keep the standard plan. Pipelines keep
-//! it too (their chunks are the scan's partitions, which a re-partitioning by key would mix).
+//! SQL on Ballista keeps the standard plan (its sessions do not run this rule). A pipeline with
+//! `partition_by` runs it over segment buckets on every engine: its plan is built on the client,
+//! and a cluster's codec carries the operator to the executors (`codec.rs`).
 
+mod codec;
 mod fuse;
 mod segments;
 

@@ -73,3 +73,23 @@ pub(crate) async fn score_frame(
         FitScorePlan::default().score_joined(models, input, columns, &detector(d), d.explain)?;
     Ok(DataFrame::new(ctx.state(), plan))
 }
+
+/// The input's rows fitted and scored segment by segment, as `detect_anomalies(...) OVER
+/// (PARTITION BY ...)` is: the grouped fit joined to the rows, which a local session's
+/// physical optimizer turns into one pass per segment (`SegmentFitScoreExec`). Over a table
+/// whose chunks hold whole segments, partition `i` of that plan is chunk `i`.
+pub(crate) async fn segment_frame(
+    ctx: &SessionContext,
+    d: &Detect,
+    input: &str,
+) -> DfResult<DataFrame> {
+    let input = input_plan(ctx, input).await?;
+    let columns: Vec<Expr> = input
+        .schema()
+        .columns()
+        .into_iter()
+        .map(Expr::Column)
+        .collect();
+    let plan = FitScorePlan::default().scored_rows(input, columns, &detector(d), d.explain)?;
+    Ok(DataFrame::new(ctx.state(), plan))
+}

@@ -34,6 +34,7 @@ mod retry;
 mod sampler;
 mod scope;
 mod scoring_plan;
+mod segmented;
 mod session;
 mod sink_targets;
 mod tally;

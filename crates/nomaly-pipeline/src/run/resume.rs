@@ -120,9 +120,34 @@ pub(crate) async fn scoring_plan(
     report.recovery.model_reused = p.detect.is_some();
     report.quarantined_rows = record.quarantined_rows;
     report.model = record.model.clone();
+    if record.chunking == ChunkingMode::Segments {
+        let (chunks, df, plan) = super::segmented::resume_plan(session, p).await?;
+        let now: Vec<ChunkEntry> = chunks.chunks.iter().map(ChunkEntry::of).collect();
+        if now != record.chunks {
+            return Err(PipelineError::invalid(
+                p.file.path.display().to_string(),
+                format!(
+                    "cannot resume: the segment buckets in the work directory are not the ones \
+                     the unfinished run chunked ({} now, {} then); start over with `nomaly run \
+                     --restart {}`",
+                    now.len(),
+                    record.chunks.len(),
+                    p.file.path.display()
+                ),
+            ));
+        }
+        return Ok(ScoringPlan {
+            df,
+            plan,
+            chunks,
+            chunking: record.chunking,
+            models: None,
+            bad_rows: None,
+        });
+    }
     let (input, chunks) = match record.chunking {
         ChunkingMode::Source => (scored_input(p), session.chunks.clone()),
-        ChunkingMode::Materialized => {
+        ChunkingMode::Materialized | ChunkingMode::Segments => {
             let work = sibling_dir(&p.sinks[0].path, "work");
             if !work.is_dir() {
                 return Err(PipelineError::invalid(

@@ -56,6 +56,9 @@ pub(crate) async fn scoring_plan(
     session: &PreparedSession,
     report: &mut RunReport,
 ) -> Result<ScoringPlan> {
+    if super::segmented::applies(scope.p) {
+        return super::segmented::scoring_plan(scope, session, report).await;
+    }
     let (p, ctx) = (scope.p, &session.ctx);
     let mut input = scored_input(p);
     let mut chunks = session.chunks.clone();
