@@ -4,6 +4,8 @@
     python3 benchmarks/scale.py budgets  benchmarks/data/tx_10m.parquet [--budgets 256MB,512MB,1GB,4GB]
     python3 benchmarks/scale.py rows     [--sizes 1000000,10000000,100000000]
     python3 benchmarks/scale.py big      [--rows 155000000] [--memory-limit 4GB]
+    python3 benchmarks/scale.py pipeline-segments benchmarks/data/tx_10m.parquet [--segments 1000,10000]
+        [--memory-limit 1GB] [--engines local,standalone] [--detectors iforest]
 
 Every run is `nomaly sql` writing scores to Parquet (COPY ... TO: scan + fit + score + write), in a
 fresh process whose peak RSS is read from the OS (wait4 rusage), never self-reported. Each suite
@@ -17,6 +19,10 @@ prints a table and writes it as JSON (--json, default benchmarks/results/<suite>
   within X.
 - big: a 10 GB input (155M rows x 8 features, generated once) through `nomaly run` (the example
   pipeline, iforest) under `--memory-limit` (default 4GB): time, rows/s, peak RSS, spill bytes.
+- pipeline-segments: `nomaly run` of a pipeline with `[detect] partition_by = ["seg"]` (a step
+  adds `seg = id % N`) under `--memory-limit` (default 1GB) on each engine: time, OS-measured peak
+  RSS, whether it stayed within the limit, and how many of its scores equal the SQL form's
+  (`detect_anomalies(...) OVER (PARTITION BY id % N)`, run once without a limit).
 - rows: the generated files of each size (benchmarks/generate.py, skipped with a message when the
   disk cannot hold the file and its output); time, rows/s, peak RSS and the ratio to the previous
   size.
@@ -260,6 +266,54 @@ def sizes(a):
     return rows
 
 
+def pipeline_segments(a):
+    d = width(a.data)
+    feats = features(d)
+    columns = ", ".join(f'"{c}"' for c in feats.split(", "))
+    limit = a.memory_limit or "1GB"
+    out = tempfile.mkdtemp(prefix="nomaly-scale-")
+    rows = []
+    for alg in a.detectors.split(","):
+        for n in [int(x) for x in a.segments.split(",")]:
+            reference = f"{out}/sql_{alg}_{n}.parquet"
+            t_sql, _, err, _ = measure([NOMALY, "sql", "--no-progress", "--table", f"t={a.data}", "-e", copy(
+                f"SELECT id, detect_anomalies('{alg}', {feats}) OVER (PARTITION BY id % {n})['score'] AS s "
+                f"FROM t", reference)])
+            if err:
+                print(f"{alg:8} {n:>6} segments: the SQL form failed: {err.splitlines()[-1][:160]}", flush=True)
+                continue
+            for engine in a.engines.split(","):
+                target = f"{out}/{engine}_{alg}_{n}"
+                pipeline = f"{out}/{engine}_{alg}_{n}.toml"
+                with open(pipeline, "w") as f:
+                    f.write(f'input = "{os.path.abspath(a.data)}"\noutput = "{target}/"\n'
+                            f'[[step]]\nname = "keyed"\nsql = "SELECT *, id % {n} AS seg FROM input"\n'
+                            f'[detect]\nalgorithm = "{alg}"\ncolumns = [{columns}]\npartition_by = ["seg"]\n')
+                t, rss, err, stdout = measure([NOMALY, "run", pipeline, "--no-progress", "--json",
+                                               "--memory-limit", limit, "--engine", engine])
+                equal = None
+                if not err:
+                    _, _, cmp_err, counts = measure([
+                        NOMALY, "sql", "--no-progress", "--format", "csv", "--table", f"o={target}",
+                        "--table", f"s={reference}", "-e",
+                        "SELECT count(*), count(*) FILTER (WHERE o.anomaly_score = s.s) FROM o JOIN s ON o.id = s.id"])
+                    equal = None if cmp_err else counts.decode().split()[-1]
+                report = json.loads(stdout) if not err else {}
+                within = rss <= parse_size(limit)
+                rows.append({"detector": alg, "segments": n, "engine": engine, "memory_limit": limit,
+                             "seconds": t, "sql_seconds": t_sql, "peak_rss_bytes": rss, "within": within,
+                             "chunks": report.get("chunks"), "chunking": report.get("chunking"),
+                             "equal_to_sql": equal, "error": err})
+                print(f"{alg:8} {n:>6} segments {engine:10} {t:8.2f} s (SQL {t_sql:6.2f} s)  peak RSS "
+                      f"{rss / 2**20:6.0f} MiB {'within' if within else 'OVER'} {limit}  "
+                      f"{report.get('chunks')} chunks  rows, equal to SQL: {equal}"
+                      f"  {('FAILED: ' + err.splitlines()[-1][:160]) if err else ''}", flush=True)
+                shutil.rmtree(target, ignore_errors=True)
+            os.remove(reference)
+    shutil.rmtree(out, ignore_errors=True)
+    return rows
+
+
 def parse_size(text):
     t = text.strip().upper().rstrip("B").rstrip("I")
     mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -270,11 +324,12 @@ def parse_size(text):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("suite", choices=["segments", "budgets", "rows", "big"])
+    p.add_argument("suite", choices=["segments", "budgets", "rows", "big", "pipeline-segments"])
     p.add_argument("data", nargs="?", help="the Parquet file (segments, budgets)")
     p.add_argument("--detectors", default=",".join(DETECTORS))
     p.add_argument("--segments", default="10,1000,10000,100000")
     p.add_argument("--budgets", default="256MB,512MB,1GB,4GB")
+    p.add_argument("--engines", default="local,standalone", help="pipeline-segments: the engines to run on")
     p.add_argument("--sizes", default="1000000,10000000,100000000")
     p.add_argument("--memory-limit", default=None, help="for segments, rows and big (default 4GB there)")
     p.add_argument("--rows", type=int, default=155_000_000, help="big: rows of the generated input (~65 B/row)")
@@ -288,14 +343,20 @@ def main():
     p.add_argument("--no-avx512", action="store_true")
     p.add_argument("--json", default=None)
     a = p.parse_args()
-    if a.suite in ("segments", "budgets") and not a.data:
+    if a.suite == "pipeline-segments" and a.segments == "10,1000,10000,100000":
+        a.segments = "1000,10000"
+    if a.suite == "pipeline-segments" and a.detectors == ",".join(DETECTORS):
+        a.detectors = "iforest"
+    if a.suite in ("segments", "budgets", "pipeline-segments") and not a.data:
         p.error(f"{a.suite} needs the Parquet file to read, e.g. benchmarks/data/tx_10m.parquet")
     if a.no_avx512:
         NOMALY_ENV["NOMALY_NO_AVX512"] = "1"
     print(f"CPU: {cpu()}" + ("; Nomaly's AVX-512 paths off" if a.no_avx512 else ""), flush=True)
     if not a.no_build:
         build()
-    rows = {"segments": segments, "budgets": budgets, "rows": sizes, "big": big}[a.suite](a)
+    suites = {"segments": segments, "budgets": budgets, "rows": sizes, "big": big,
+              "pipeline-segments": pipeline_segments}
+    rows = suites[a.suite](a)
     path = a.json or os.path.join(ROOT, "benchmarks", "results", f"{a.suite}.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:

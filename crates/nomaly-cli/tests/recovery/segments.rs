@@ -47,18 +47,16 @@ fn a_segmented_run_resumes_to_the_uninterrupted_output_and_equals_sql() {
     assert_eq!(reference.len() as u64, chunks);
 
     // The scores are the SQL form's: same model per segment, same bits.
-    let sql = format!(
-        "WITH s AS (SELECT id, detect_anomalies('iforest', amount, latency_ms, \
+    let sql = "WITH s AS (SELECT id, detect_anomalies('iforest', amount, latency_ms, \
          'n_trees=20, seed=7') OVER (PARTITION BY id % 300) AS d FROM t) \
          SELECT count(*), count(*) FILTER (WHERE o.anomaly_score = s.d['score'] \
-         AND o.is_anomaly = s.d['is_anomaly']), count(DISTINCT o.seg) FROM o JOIN s ON o.id = s.id"
-    );
+         AND o.is_anomaly = s.d['is_anomaly']), count(DISTINCT o.seg) FROM o JOIN s ON o.id = s.id";
     let rows = query(
         &[
             ("o", &whole.join("out/s")),
             ("t", &whole.join("tx.parquet")),
         ],
-        &sql,
+        sql,
     );
     assert_eq!(rows, vec!["50000,50000,300"]);
 

@@ -35,6 +35,26 @@ pub async fn explain(p: &CompiledPipeline) -> Result<String> {
     let input = scored_input(p);
     let ctx = &prepared.ctx;
     let place = || p.file.path.display().to_string();
+    if let Some(d) = p.detect.as_ref().filter(|_| super::segmented::applies(p)) {
+        let plan = super::detect_plan::segment_frame(ctx, d, &input)
+            .await
+            .map_err(|e| classify(place(), e))?;
+        out.push_str(&format!(
+            "
+scoring plan (segments): the detect input is written once in {} buckets by a \
+             hash of partition_by {:?}; each bucket is a chunk whose segments are fitted and \
+             scored one at a time (SegmentFitScoreExec over a sort by the key, which spills), \
+             so memory holds one segment's rows, not every segment's model:\n{}",
+            prepared
+                .chunks
+                .chunks
+                .len()
+                .clamp(1, super::segmented::MAX_BUCKETS),
+            d.partition_by,
+            plan.logical_plan().display_indent()
+        ));
+        return Ok(out);
+    }
     let df = match &p.detect {
         Some(d) => {
             let fit = fit_frame(ctx, d, &input)

@@ -41,8 +41,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// The most buckets (chunks) a segmented run writes.
-const MAX_BUCKETS: usize = 4096;
+/// The most buckets (chunks) a segmented run writes (`explain` says the same).
+pub(crate) const MAX_BUCKETS: usize = 4096;
 
 /// Whether this run's detection goes segment by segment: `partition_by` and a model fitted on
 /// the detect input itself (a registered model is scored by the general plan), on any engine.
