@@ -95,8 +95,55 @@ pub struct ExecutorArgs {
     #[arg(long, value_name = "FILE")]
     pub auth_token_file: Option<PathBuf>,
 
+    /// The executor's memory budget, e.g. 4GB: its operators' pool is this less the process's
+    /// own footprint, shared by its concurrent tasks, and they spill to the work directory to
+    /// stay within it. Default: 80% of RAM or the cgroup limit, as for `nomaly run`. Ballista's
+    /// --memory-pool-size sets the pool itself instead (not both)
+    #[arg(long, value_name = "SIZE")]
+    pub memory_limit: Option<String>,
+
     #[command(flatten)]
     pub tls: ClusterTlsArgs,
+}
+
+/// The operators' pool of an executor: `--memory-pool-size` as given, else the budget
+/// (`--memory-limit`, default 80% of RAM or the cgroup limit) less the process's footprint,
+/// with the line that says so.
+fn executor_pool(
+    memory_limit: Option<&str>,
+    pool_size: Option<u64>,
+    vcores: usize,
+) -> Result<(u64, String), String> {
+    match (memory_limit, pool_size) {
+        (Some(_), Some(_)) => Err(
+            "--memory-limit and --memory-pool-size both size the executor's memory: give one \
+             (--memory-limit is the whole process's budget, --memory-pool-size the operators' \
+             pool alone)"
+                .into(),
+        ),
+        (None, Some(pool)) => Ok((
+            pool,
+            format!("operator pool {pool} bytes (--memory-pool-size)"),
+        )),
+        (limit, None) => {
+            let budget = match limit {
+                Some(text) => nomaly_engine::parse_byte_size(text)
+                    .map_err(|e| format!("--memory-limit {text}: {}", e.user_message()))?,
+                None => nomaly_engine::default_budget(),
+            };
+            let split = nomaly_engine::BudgetSplit::new(
+                budget,
+                nomaly_engine::budget::process_footprint(),
+                0,
+                vcores,
+            );
+            let mut line = format!("{}, shared by {vcores} task slots", split.describe());
+            if let Some(short) = split.shortfall() {
+                line.push_str(&format!("; warning: {short}"));
+            }
+            Ok((split.pool as u64, line))
+        }
+    }
 }
 
 /// Whether `host` (an address or a name) is reachable from this machine only: a name counts
@@ -241,15 +288,30 @@ pub async fn executor(args: ExecutorArgs) -> i32 {
             return 2;
         }
     };
+    let vcores = f.concurrent_tasks.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let (pool, memory) =
+        match executor_pool(args.memory_limit.as_deref(), f.memory_pool_size, vcores) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        };
     eprintln!(
-        "nomaly executor on {}:{} joining the scheduler at {}:{}{}",
+        "nomaly executor on {}:{} joining the scheduler at {}:{}{}; {memory}",
         f.bind_host,
         f.bind_port,
         f.scheduler_host,
         f.scheduler_port,
         if token.is_some() { " with a token" } else { "" }
     );
-    report(run_executor(args.flags, nomaly_pipeline::physical_codec(), token, tls).await)
+    let mut flags = args.flags;
+    flags.memory_pool_size = Some(pool);
+    report(run_executor(flags, nomaly_pipeline::physical_codec(), token, tls).await)
 }
 
 fn report(result: nomaly_engine::Result<()>) -> i32 {
@@ -431,5 +493,26 @@ fn print_json(value: &impl serde::Serialize) -> i32 {
             eprintln!("error: {e}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::executor_pool;
+
+    #[test]
+    fn an_executors_pool_is_its_budget_less_the_process_or_the_pool_given() {
+        let (pool, line) = executor_pool(Some("512MB"), None, 2).unwrap();
+        let footprint = nomaly_engine::budget::process_footprint() as u64;
+        assert_eq!(pool, (512 << 20) - footprint);
+        assert!(line.starts_with("memory budget 512 MiB: "), "{line}");
+        assert!(line.ends_with("shared by 2 task slots"), "{line}");
+        assert_eq!(executor_pool(None, Some(1 << 30), 2).unwrap().0, 1 << 30);
+        let e = executor_pool(Some("1GB"), Some(1 << 30), 2).unwrap_err();
+        assert!(e.contains("give one"), "{e}");
+        let e = executor_pool(Some("lots"), None, 2).unwrap_err();
+        assert!(e.starts_with("--memory-limit lots: "), "{e}");
+        let (pool, _) = executor_pool(None, None, 2).unwrap();
+        assert!(pool > 0 && pool < nomaly_engine::default_budget() as u64);
     }
 }
