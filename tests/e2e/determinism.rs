@@ -156,3 +156,33 @@ async fn ballista_scores_in_every_partition_of_the_table() {
         "table side is not partitioned: {streamed}"
     );
 }
+
+/// On Ballista, `OVER (PARTITION BY k)` runs one segment at a time on the executors too: the
+/// scheduler's plan has `SegmentFitScoreExec` over a shuffle by the key, not the join that holds
+/// every segment's model (the scores are compared with local ones above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ballista_fits_segments_one_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("t");
+    write_parquet_dataset(&data, 4_000, 4, 500, 9);
+    let ctx = context(EngineKind::Standalone, 4, &data).await;
+    let batches = ctx
+        .sql(
+            "EXPLAIN SELECT id, detect_anomalies('iforest', f1, f2) OVER (PARTITION BY id % 50) \
+             AS a FROM t",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    let distributed = text
+        .split("distributed_plan")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no distributed plan:\n{text}"));
+    assert!(distributed.contains("SegmentFitScoreExec"), "{distributed}");
+    assert!(!distributed.contains("HashJoinExec"), "{distributed}");
+}

@@ -204,7 +204,9 @@ pub async fn build_context(config: &EngineConfig) -> Result<SessionContext> {
                 SessionStateBuilder::new()
                     .with_config(session_config)
                     .with_runtime_env(config.runtime()?)
-                    .with_default_features(),
+                    .with_default_features()
+                    // The in-process scheduler plans with these: segments one at a time.
+                    .with_physical_optimizer_rules(nomaly_physical::cluster_optimizer_rules()),
             )
             .build();
             let ctx = SessionContext::standalone_with_state(state)

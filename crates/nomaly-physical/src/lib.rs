@@ -30,6 +30,20 @@ use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use std::sync::Arc;
 
+/// DataFusion's physical optimizer rules with the per-segment fusion only, for plans a Ballista
+/// cluster runs (a scheduler's session, a pipeline's segment plan): [`SegmentFitScoreExec`]
+/// crosses the cluster's codec and keeps its partitions apart (the exchange by key below it is
+/// a shuffle), while [`FitScoreExec`] would gather the whole input into one task.
+pub fn cluster_optimizer_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
+    let mut rules = PhysicalOptimizer::new().rules;
+    let at = rules
+        .iter()
+        .position(|r| r.name() == "EnsureRequirements")
+        .unwrap_or(rules.len());
+    rules.insert(at, Arc::new(FuseSegmentFitAndScore));
+    rules
+}
+
 /// DataFusion's physical optimizer rules with Nomaly's two fusions for a local session:
 /// [`FuseSegmentFitAndScore`] before `EnsureRequirements` (it replaces a hash join that rule
 /// would otherwise wrap in exchanges) and [`FuseFitAndScore`] last.

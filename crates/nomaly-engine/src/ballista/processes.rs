@@ -66,6 +66,8 @@ pub fn session_state(config: SessionConfig) -> datafusion::common::Result<Sessio
                 .build()?,
         ))
         .with_optimizer_rules(ballista_core::optimizer::ballista_default_optimizer_rules())
+        // `OVER (PARTITION BY ...)` one segment at a time on the executors, as locally.
+        .with_physical_optimizer_rules(nomaly_physical::cluster_optimizer_rules())
         .with_scalar_functions(ballista_scalar_functions())
         .with_aggregate_functions(ballista_aggregate_functions())
         .with_window_functions(ballista_window_functions());

@@ -8,36 +8,78 @@ use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{JoinType, NullEquality, Result};
 use datafusion::physical_expr::expressions::Column;
-use datafusion::physical_expr::{LexRequirement, PhysicalExpr, PhysicalSortRequirement};
+use datafusion::physical_expr::{
+    LexRequirement, PhysicalExpr, PhysicalExprRef, PhysicalSortRequirement,
+};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::coop::CooperativeExec;
-use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
+use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode, SortMergeJoinExec};
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
 use nomaly_udfs::fit_detector::FitDetector;
 use nomaly_udfs::fit_score_plan::MODEL_PREFIX;
 use std::sync::Arc;
 
+/// The parts of a join the fusion reads: a hash join (local sessions) or a sort-merge join
+/// (Ballista prefers those).
+struct JoinParts<'a> {
+    left: &'a Arc<dyn ExecutionPlan>,
+    right: &'a Arc<dyn ExecutionPlan>,
+    on: &'a [(PhysicalExprRef, PhysicalExprRef)],
+    projection: Option<Arc<[usize]>>,
+    schema: datafusion::arrow::datatypes::SchemaRef,
+}
+
+impl<'a> JoinParts<'a> {
+    /// An inner join on the key with NULLs equal, no filter, no limit.
+    fn of(node: &'a Arc<dyn ExecutionPlan>) -> Option<Self> {
+        let any = node.as_ref();
+        if let Some(join) = any.downcast_ref::<HashJoinExec>() {
+            let plain = join.join_type() == &JoinType::Inner
+                && join.filter().is_none()
+                && join.null_equality() == NullEquality::NullEqualsNull
+                && join.fetch().is_none()
+                && matches!(
+                    join.partition_mode(),
+                    PartitionMode::Partitioned | PartitionMode::CollectLeft
+                );
+            return plain.then(|| JoinParts {
+                left: join.left(),
+                right: join.right(),
+                on: join.on(),
+                projection: join.projection.clone(),
+                schema: join.schema(),
+            });
+        }
+        let join = any.downcast_ref::<SortMergeJoinExec>()?;
+        let plain = join.join_type() == JoinType::Inner
+            && join.filter().is_none()
+            && join.null_equality() == NullEquality::NullEqualsNull
+            && join.fetch().is_none();
+        plain.then(|| JoinParts {
+            left: join.left(),
+            right: join.right(),
+            on: join.on(),
+            projection: None,
+            schema: join.schema(),
+        })
+    }
+}
+
 /// `Some` when `join` is a rewrite's per-segment fit-and-score join (models on the left, an
 /// inner join on the key with NULLs equal) whose fit reads the same rows as its right side.
-pub(super) fn try_fuse(join: &HashJoinExec) -> Result<Option<SegmentFitScoreExec>> {
-    if join.join_type() != &JoinType::Inner
-        || join.filter().is_some()
-        || join.null_equality() != NullEquality::NullEqualsNull
-        || join.fetch().is_some()
-    {
-        return Ok(None);
-    }
-    let Some((aggregates, fit_input, group)) = grouped_fit(join.left()) else {
+fn try_fuse(join: &JoinParts<'_>) -> Result<Option<SegmentFitScoreExec>> {
+    let Some((aggregates, fit_input, group)) = grouped_fit(join.left) else {
         return Ok(None);
     };
     // The join's left keys must be the aggregate's group columns, in order.
-    let left_schema = join.left().schema();
-    if join.on().len() != group
-        || join.on().iter().enumerate().any(|(i, (l, _))| {
+    let left_schema = join.left.schema();
+    if join.on.len() != group
+        || join.on.iter().enumerate().any(|(i, (l, _))| {
             l.as_ref()
                 .downcast_ref::<Column>()
                 .is_none_or(|c| c.index() != i || left_schema.field(i).name() != c.name())
@@ -48,11 +90,11 @@ pub(super) fn try_fuse(join: &HashJoinExec) -> Result<Option<SegmentFitScoreExec
     // The scored rows: the right side without the exchanges the planner put above its scan
     // (the operator repartitions by the key itself). Either side's exchanges only move rows
     // between partitions, and a segment's fit sees all its rows whichever partition read them.
-    let rows = below_exchanges(join.right());
+    let rows = below_exchanges(join.right);
     if !same_rows(row_source(&fit_input), row_source(rows)) {
         return Ok(None);
     }
-    let keys: Vec<Arc<dyn PhysicalExpr>> = join.on().iter().map(|(_, r)| Arc::clone(r)).collect();
+    let keys: Vec<Arc<dyn PhysicalExpr>> = join.on.iter().map(|(_, r)| Arc::clone(r)).collect();
     let schema = rows.schema();
     let mut fits = Vec::with_capacity(aggregates.len());
     for aggregate in aggregates {
@@ -79,7 +121,7 @@ pub(super) fn try_fuse(join: &HashJoinExec) -> Result<Option<SegmentFitScoreExec
     let join = SegmentJoin {
         left: left_schema,
         projection: join.projection.clone(),
-        schema: join.schema(),
+        schema: Arc::clone(&join.schema),
     };
     Ok(Some(SegmentFitScoreExec::new(
         Arc::clone(rows),
@@ -89,9 +131,15 @@ pub(super) fn try_fuse(join: &HashJoinExec) -> Result<Option<SegmentFitScoreExec
     )))
 }
 
-/// `plan` without the repartitions and coalesces on top of it.
+/// `plan` without the repartitions, coalesces and sorts on top of it (a sort-merge join sorts
+/// both sides; the operator asks for its own sort).
 fn below_exchanges(plan: &Arc<dyn ExecutionPlan>) -> &Arc<dyn ExecutionPlan> {
     let any = plan.as_ref();
+    if let Some(s) = any.downcast_ref::<SortExec>()
+        && s.fetch().is_none()
+    {
+        return below_exchanges(s.input());
+    }
     if let Some(r) = any.downcast_ref::<RepartitionExec>() {
         return below_exchanges(r.input());
     }
@@ -184,16 +232,10 @@ impl PhysicalOptimizerRule for FuseSegmentFitAndScore {
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         plan.transform_up(|node| {
-            let Some(join) = node.as_ref().downcast_ref::<HashJoinExec>() else {
+            let Some(join) = JoinParts::of(&node) else {
                 return Ok(Transformed::no(node));
             };
-            if !matches!(
-                join.partition_mode(),
-                PartitionMode::Partitioned | PartitionMode::CollectLeft
-            ) {
-                return Ok(Transformed::no(node));
-            }
-            match try_fuse(join)? {
+            match try_fuse(&join)? {
                 // Only a replacement with exactly the join's output schema.
                 Some(f) if f.schema() == node.schema() => Ok(Transformed::yes(Arc::new(f) as _)),
                 _ => Ok(Transformed::no(node)),

@@ -1,13 +1,13 @@
-//! `[detect] partition_by` on the local engine: segments as chunks, one pass per segment.
+//! `[detect] partition_by`: segments as chunks, one pass per segment, on every engine.
 //!
 //! The general plan fits every segment's model first (one aggregate holding every segment's
 //! state) and joins the models back to the rows chunk by chunk, which no budget bounds once the
 //! segments are many. Here the detect input is written once to the work directory in buckets by
 //! a hash of the segment key (a segment's rows all land in one bucket); each bucket is a chunk,
 //! and its table declares itself hash-partitioned by the key, so the plan of
-//! `detect_anomalies(...) OVER (PARTITION BY key)` needs no exchange: the local session turns it
-//! into a per-partition sort (which spills) under `SegmentFitScoreExec`, and partition `i` of the
-//! plan is bucket `i`. A chunk fits and scores its own segments, with the same accumulators as
+//! `detect_anomalies(...) OVER (PARTITION BY key)` needs no exchange: the plan (built here for
+//! a cluster too, whose codec carries the operator) becomes a per-partition sort (which spills)
+//! under `SegmentFitScoreExec`, and partition `i` of the plan is bucket `i`. A chunk fits and scores its own segments, with the same accumulators as
 //! the SQL form (the same scores), one segment's rows held at a time. A resume re-reads the
 //! buckets and redoes only the chunks not committed.
 
@@ -30,13 +30,11 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::physical_expr::{Partitioning, PhysicalExpr};
-use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::expressions::col;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
-use nomaly_physical::FuseSegmentFitAndScore;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -157,17 +155,15 @@ async fn plan_over(
     config.options_mut().execution.target_partitions = chunks.chunks.len();
     // The per-segment operator on every engine: a cluster's plan is built here too, and the
     // codec carries the operator to its executors.
-    let mut rules = ctx.state().physical_optimizers().to_vec();
-    if !rules
+    let local = ctx
+        .state()
+        .physical_optimizers()
         .iter()
-        .any(|r| r.name() == FuseSegmentFitAndScore.name())
-    {
-        let at = rules
-            .iter()
-            .position(|r| r.name() == "EnsureRequirements")
-            .unwrap_or(rules.len());
-        rules.insert(at, Arc::new(FuseSegmentFitAndScore));
-    }
+        .any(|r| r.name() == "nomaly_fuse_segment_fit_and_score");
+    let rules = match local {
+        true => ctx.state().physical_optimizers().to_vec(),
+        false => nomaly_physical::cluster_optimizer_rules(),
+    };
     let state = SessionStateBuilder::new_from_existing(ctx.state())
         .with_config(config)
         .with_physical_optimizer_rules(rules)
