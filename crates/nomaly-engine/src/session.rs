@@ -194,8 +194,12 @@ pub async fn build_context(config: &EngineConfig) -> Result<SessionContext> {
             Ok(SessionContext::new_with_state(builder.build()))
         }
         EngineKind::Standalone => {
+            // The in-process scheduler plans with the static planner, which runs the session's
+            // physical rules (the per-segment fusion; see `ballista::processes::session_state`).
             let session_config = config
-                .session_config(SessionConfig::new_with_ballista())
+                .session_config(
+                    SessionConfig::new_with_ballista().with_ballista_adaptive_query_planner(false),
+                )
                 .set_usize("ballista.standalone.parallelism", config.partitions());
             // The in-process scheduler and executor are built from this state, so the functions
             // must be in it; Ballista then replaces the client's function lists, so they are

@@ -55,6 +55,10 @@ pub use ballista_executor::config::Config as ExecutorFlags;
 /// A Ballista session state with Nomaly's functions and rules on top of Ballista's defaults (its
 /// optimizer rules and function lists), for the session `config`.
 pub fn session_state(config: SessionConfig) -> datafusion::common::Result<SessionState> {
+    // Ballista's adaptive planner runs a fixed list of physical rules, without the per-segment
+    // fusion: `OVER (PARTITION BY ...)` would join every segment's model again. The static
+    // planner runs the session's rules.
+    let config = config.with_ballista_adaptive_query_planner(false);
     let builder = SessionStateBuilder::new()
         .with_default_features()
         .with_config(tune_session_config(config))
