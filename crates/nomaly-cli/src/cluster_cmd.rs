@@ -96,8 +96,8 @@ pub struct ExecutorArgs {
     pub auth_token_file: Option<PathBuf>,
 
     /// The executor's memory budget, e.g. 4GB: its operators' pool is this less the process's
-    /// own footprint, shared by its concurrent tasks, and they spill to the work directory to
-    /// stay within it. Default: 80% of RAM or the cgroup limit, as for `nomaly run`. Ballista's
+    /// own footprint and 96 MiB per task slot for reading (row groups, shuffle fetches), shared
+    /// by its concurrent tasks, and they spill to the work directory to stay within it. Default: 80% of RAM or the cgroup limit, as for `nomaly run`. Ballista's
     /// --memory-pool-size sets the pool itself instead (not both)
     #[arg(long, value_name = "SIZE")]
     pub memory_limit: Option<String>,
@@ -131,10 +131,13 @@ fn executor_pool(
                     .map_err(|e| format!("--memory-limit {text}: {}", e.user_message()))?,
                 None => nomaly_engine::default_budget(),
             };
+            // Each task slot may hold a row group being read (and shuffle blocks being fetched)
+            // outside the pool, as a local run's readers are.
+            let readers = vcores.saturating_mul(nomaly_engine::budget::EXECUTOR_READER_ALLOWANCE);
             let split = nomaly_engine::BudgetSplit::new(
                 budget,
                 nomaly_engine::budget::process_footprint(),
-                0,
+                readers,
                 vcores,
             );
             let mut line = format!("{}, shared by {vcores} task slots", split.describe());
@@ -504,7 +507,8 @@ mod tests {
     fn an_executors_pool_is_its_budget_less_the_process_or_the_pool_given() {
         let (pool, line) = executor_pool(Some("512MB"), None, 2).unwrap();
         let footprint = nomaly_engine::budget::process_footprint() as u64;
-        assert_eq!(pool, (512 << 20) - footprint);
+        let readers = 2 * nomaly_engine::budget::EXECUTOR_READER_ALLOWANCE as u64;
+        assert_eq!(pool, (512 << 20) - footprint - readers);
         assert!(line.starts_with("memory budget 512 MiB: "), "{line}");
         assert!(line.ends_with("shared by 2 task slots"), "{line}");
         assert_eq!(executor_pool(None, Some(1 << 30), 2).unwrap().0, 1 << 30);

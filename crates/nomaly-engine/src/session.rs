@@ -196,9 +196,14 @@ pub async fn build_context(config: &EngineConfig) -> Result<SessionContext> {
         EngineKind::Standalone => {
             // The in-process scheduler plans with the static planner, which runs the session's
             // physical rules (the per-segment fusion; see `ballista::processes::session_state`).
+            // Its codec carries the per-segment operator between them.
             let session_config = config
                 .session_config(
-                    SessionConfig::new_with_ballista().with_ballista_adaptive_query_planner(false),
+                    SessionConfig::new_with_ballista()
+                        .with_ballista_adaptive_query_planner(false)
+                        .with_ballista_physical_extension_codec(Arc::new(
+                            crate::ballista::codec::OperatorCodec::default(),
+                        )),
                 )
                 .set_usize("ballista.standalone.parallelism", config.partitions());
             // The in-process scheduler and executor are built from this state, so the functions

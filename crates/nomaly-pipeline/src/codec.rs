@@ -8,23 +8,21 @@
 //! `"ballista://..."`).
 
 use crate::sink_writer::PartWriteExec;
-use ballista_core::serde::BallistaPhysicalExtensionCodec;
 use datafusion::error::Result as DfResult;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
-use nomaly_physical::{SegmentFitScoreExec, SlicedScanExec};
+use nomaly_engine::ballista::codec::OperatorCodec;
 use std::sync::Arc;
 
 /// Marks a node of ours; Ballista's own nodes are protobuf messages, which never start with it.
 const PART_WRITE_TAG: &[u8] = b"nomaly.PartWriteExec.v1\0";
-const SLICED_SCAN_TAG: &[u8] = b"nomaly.SlicedScanExec.v1\0";
-const SEGMENT_FIT_SCORE_TAG: &[u8] = b"nomaly.SegmentFitScoreExec.v1\0";
 
-/// Ballista's physical codec with Nomaly's operators.
+/// Ballista's physical codec with Nomaly's operators: the engine's ([`OperatorCodec`]) and the
+/// pipelines' part writer.
 #[derive(Debug, Default)]
 pub struct NomalyPhysicalCodec {
-    ballista: BallistaPhysicalExtensionCodec,
+    operators: OperatorCodec,
 }
 
 /// The codec, shared.
@@ -43,15 +41,8 @@ impl PhysicalExtensionCodec for NomalyPhysicalCodec {
         if let Some(rest) = buf.strip_prefix(PART_WRITE_TAG) {
             return Ok(Arc::new(PartWriteExec::decode(rest, inputs, ctx, self)?));
         }
-        if let Some(rest) = buf.strip_prefix(SLICED_SCAN_TAG) {
-            return Ok(Arc::new(SlicedScanExec::decode(rest, inputs)?));
-        }
-        if let Some(rest) = buf.strip_prefix(SEGMENT_FIT_SCORE_TAG) {
-            return Ok(Arc::new(SegmentFitScoreExec::decode(
-                rest, inputs, ctx, self,
-            )?));
-        }
-        self.ballista.try_decode(buf, inputs, ctx, proto_converter)
+        self.operators
+            .decode_with(buf, inputs, ctx, proto_converter, self)
     }
 
     fn try_encode(
@@ -64,14 +55,6 @@ impl PhysicalExtensionCodec for NomalyPhysicalCodec {
             buf.extend_from_slice(PART_WRITE_TAG);
             return write.encode(buf, self);
         }
-        if let Some(scan) = node.as_ref().downcast_ref::<SlicedScanExec>() {
-            buf.extend_from_slice(SLICED_SCAN_TAG);
-            return scan.encode(buf);
-        }
-        if let Some(segments) = node.as_ref().downcast_ref::<SegmentFitScoreExec>() {
-            buf.extend_from_slice(SEGMENT_FIT_SCORE_TAG);
-            return segments.encode(buf, self);
-        }
-        self.ballista.try_encode(node, buf, proto_converter)
+        self.operators.encode_with(node, buf, proto_converter, self)
     }
 }

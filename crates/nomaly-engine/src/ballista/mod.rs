@@ -11,6 +11,7 @@
 mod address;
 pub mod auth;
 pub mod client;
+pub mod codec;
 pub mod executor_flight;
 pub mod flight_sql_auth;
 pub mod processes;
