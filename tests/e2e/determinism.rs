@@ -111,26 +111,17 @@ async fn ballista_scores_in_every_partition_of_the_table() {
     let data = dir.path().join("t");
     write_parquet_dataset(&data, 4_000, 4, 500, 9);
     let ctx = context(EngineKind::Standalone, 4, &data).await;
-    let batches = ctx
-        .sql("EXPLAIN SELECT id, detect_anomalies('iforest', f1, f2) AS a FROM t")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
-        .unwrap()
-        .to_string();
     // The stage that scores (the one with the cross join) must run in as many partitions as the
     // table has file groups: the model is the collected (first) input, the table streams.
-    let distributed = text
-        .split("distributed_plan")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no distributed plan:\n{text}"));
+    let distributed = distributed_plan(
+        &ctx,
+        "SELECT id, detect_anomalies('iforest', f1, f2) AS a FROM t",
+    )
+    .await;
     let stage = distributed
         .split("=========")
         .find(|s| s.contains("CrossJoinExec"))
-        .unwrap_or_else(|| panic!("no scoring stage in:\n{text}"));
+        .unwrap_or_else(|| panic!("no scoring stage in:\n{distributed}"));
     assert!(
         stage.contains("ShuffleWriterExec: partitioning: UnknownPartitioning(4)"),
         "scoring stage is not 4-way parallel:\n{stage}"
@@ -166,11 +157,19 @@ async fn ballista_fits_segments_one_at_a_time() {
     let data = dir.path().join("t");
     write_parquet_dataset(&data, 4_000, 4, 500, 9);
     let ctx = context(EngineKind::Standalone, 4, &data).await;
+    let distributed = distributed_plan(
+        &ctx,
+        "SELECT id, detect_anomalies('iforest', f1, f2) OVER (PARTITION BY id % 50) AS a FROM t",
+    )
+    .await;
+    assert!(distributed.contains("SegmentFitScoreExec"), "{distributed}");
+    assert!(!distributed.contains("HashJoinExec"), "{distributed}");
+}
+
+/// The distributed plan Ballista prints for `EXPLAIN sql` (its stages).
+async fn distributed_plan(ctx: &SessionContext, sql: &str) -> String {
     let batches = ctx
-        .sql(
-            "EXPLAIN SELECT id, detect_anomalies('iforest', f1, f2) OVER (PARTITION BY id % 50) \
-             AS a FROM t",
-        )
+        .sql(&format!("EXPLAIN {sql}"))
         .await
         .unwrap()
         .collect()
@@ -179,10 +178,8 @@ async fn ballista_fits_segments_one_at_a_time() {
     let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
         .unwrap()
         .to_string();
-    let distributed = text
-        .split("distributed_plan")
+    text.split("distributed_plan")
         .nth(1)
-        .unwrap_or_else(|| panic!("no distributed plan:\n{text}"));
-    assert!(distributed.contains("SegmentFitScoreExec"), "{distributed}");
-    assert!(!distributed.contains("HashJoinExec"), "{distributed}");
+        .unwrap_or_else(|| panic!("no distributed plan:\n{text}"))
+        .to_string()
 }

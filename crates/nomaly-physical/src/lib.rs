@@ -48,12 +48,7 @@ pub fn cluster_optimizer_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + S
 /// [`FuseSegmentFitAndScore`] before `EnsureRequirements` (it replaces a hash join that rule
 /// would otherwise wrap in exchanges) and [`FuseFitAndScore`] last.
 pub fn optimizer_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
-    let mut rules = PhysicalOptimizer::new().rules;
-    let at = rules
-        .iter()
-        .position(|r| r.name() == "EnsureRequirements")
-        .unwrap_or(rules.len());
-    rules.insert(at, Arc::new(FuseSegmentFitAndScore));
+    let mut rules = cluster_optimizer_rules();
     rules.push(Arc::new(FuseFitAndScore));
     rules
 }

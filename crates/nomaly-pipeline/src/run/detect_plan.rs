@@ -43,6 +43,15 @@ async fn input_plan(ctx: &SessionContext, input: &str) -> DfResult<LogicalPlan> 
         .into_unoptimized_plan())
 }
 
+/// Every column of `plan`, as expressions (the scored rows keep them all).
+fn columns_of(plan: &LogicalPlan) -> Vec<Expr> {
+    plan.schema()
+        .columns()
+        .into_iter()
+        .map(Expr::Column)
+        .collect()
+}
+
 /// The fit: one row per segment (one row without `partition_by`): its keys, then its model.
 pub(crate) async fn fit_frame(
     ctx: &SessionContext,
@@ -63,12 +72,7 @@ pub(crate) async fn score_frame(
 ) -> DfResult<DataFrame> {
     let models = ctx.table(MODELS).await?.into_unoptimized_plan();
     let input = input_plan(ctx, input).await?;
-    let columns: Vec<Expr> = input
-        .schema()
-        .columns()
-        .into_iter()
-        .map(Expr::Column)
-        .collect();
+    let columns = columns_of(&input);
     let plan =
         FitScorePlan::default().score_joined(models, input, columns, &detector(d), d.explain)?;
     Ok(DataFrame::new(ctx.state(), plan))
@@ -84,12 +88,7 @@ pub(crate) async fn segment_frame(
     input: &str,
 ) -> DfResult<DataFrame> {
     let input = input_plan(ctx, input).await?;
-    let columns: Vec<Expr> = input
-        .schema()
-        .columns()
-        .into_iter()
-        .map(Expr::Column)
-        .collect();
+    let columns = columns_of(&input);
     let plan = FitScorePlan::default().scored_rows(input, columns, &detector(d), d.explain)?;
     Ok(DataFrame::new(ctx.state(), plan))
 }

@@ -238,6 +238,18 @@ pub(crate) async fn chunk_materialized(
     p: &CompiledPipeline,
     work: &Path,
 ) -> Result<ChunkPlan> {
+    register_staged(ctx, work, p.chunk_rows, p.chunk_rows_set(), vec![]).await
+}
+
+/// Plans chunks of about `chunk_rows` over the Parquet files in `work` and registers them as the
+/// staged input table (declared partitioned by `keys` when there are any: segment buckets).
+pub(crate) async fn register_staged(
+    ctx: &SessionContext,
+    work: &Path,
+    chunk_rows: u64,
+    slice_unindexed: bool,
+    keys: Vec<String>,
+) -> Result<ChunkPlan> {
     let staged = SourceReader {
         name: STAGED_INPUT.into(),
         path: work.display().to_string(),
@@ -248,9 +260,13 @@ pub(crate) async fn chunk_materialized(
         incremental: false,
         only: None,
     };
-    let plan = plan_chunks(ctx, &staged, p.chunk_rows, p.chunk_rows_set()).await?;
+    let plan = plan_chunks(ctx, &staged, chunk_rows, slice_unindexed).await?;
+    let table = match keys.is_empty() {
+        true => ChunkTable::new(plan.clone()),
+        false => ChunkTable::partitioned_by(plan.clone(), keys),
+    };
     let _ = ctx.deregister_table(STAGED_INPUT);
-    ctx.register_table(STAGED_INPUT, Arc::new(ChunkTable::new(plan.clone())))
+    ctx.register_table(STAGED_INPUT, Arc::new(table))
         .map_err(|e| classify("materialized input".into(), e))?;
     Ok(plan)
 }

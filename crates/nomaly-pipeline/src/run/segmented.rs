@@ -13,16 +13,15 @@
 
 use super::fit::runtime;
 use super::preflight::{empty_input, reads, scored_input};
-use super::scoring_plan::{STAGED_INPUT, ScoringPlan, is_chunk_preserving};
+use super::scoring_plan::{STAGED_INPUT, ScoringPlan, is_chunk_preserving, register_staged};
 use super::session::{register_listing, register_steps};
 use super::{PreparedSession, RunScope, classify};
-use crate::chunk_plan::{ChunkPlan, ChunkTable, SourceReader, plan_chunks};
+use crate::chunk_plan::ChunkPlan;
 use crate::compile::{CompiledPipeline, Detect, ModelSource};
 use crate::error::{ErrorKind, PipelineError, Result, RunPlace};
 use crate::events::RunEvent;
 use crate::report::{ChunkingMode, RunReport, StepTiming};
 use crate::sink_writer::sibling_dir;
-use crate::spec::FileFormat;
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::dataframe::DataFrame;
@@ -292,16 +291,6 @@ async fn chunk_buckets(
     d: &Detect,
     work: &Path,
 ) -> Result<ChunkPlan> {
-    let staged = SourceReader {
-        name: STAGED_INPUT.into(),
-        path: work.display().to_string(),
-        location: format!("{}/", work.display()),
-        format: FileFormat::Parquet,
-        has_header: true,
-        delimiter: b',',
-        incremental: false,
-        only: None,
-    };
     let has_buckets = std::fs::read_dir(work)
         .map(|mut it| {
             it.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "parquet")))
@@ -312,17 +301,7 @@ async fn chunk_buckets(
         return Err(empty_input(d, &reads(p)));
     }
     // Whole files: a bucket is never split, or a segment would span two chunks.
-    let plan = plan_chunks(ctx, &staged, u64::MAX, false).await?;
-    let _ = ctx.deregister_table(STAGED_INPUT);
-    ctx.register_table(
-        STAGED_INPUT,
-        Arc::new(ChunkTable::partitioned_by(
-            plan.clone(),
-            d.partition_by.clone(),
-        )),
-    )
-    .map_err(|e| classify("segment buckets".into(), e))?;
-    Ok(plan)
+    register_staged(ctx, work, u64::MAX, false, d.partition_by.clone()).await
 }
 
 /// (rows, rows with a missing feature, segments) of the bucketed input: the counts the fit
