@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test: formatting; file (700 lines) and function (120) sizes in every crate;
-# dependency licences and duplicate majors (scripts/check-deps.py); no declared dependency left
+# dependency licences and duplicate majors (scripts/check-deps.py); the Kubernetes manifests against
+# the API schemas (scripts/check-kubernetes.py); no declared dependency left
 # unused (cargo-machete); unit tests; the SQL contract (sql/*.slt on local DataFusion, Ballista
 # standalone and a cluster); end-to-end CLI tests (S3/Azure emulators on 127.0.0.1, HDF5, Chromium,
 # which scripts/test-services.sh installs the first time; a missing one fails the run); the
@@ -27,6 +28,7 @@ fi
 cargo fmt --all --check
 python3 scripts/check-sizes.py crates udfs tests examples
 python3 scripts/check-deps.py
+"$NOMALY_TEST_PYTHON" scripts/check-kubernetes.py
 "$cache/nomaly-tools/bin/cargo-machete"
 cargo test --workspace --locked "${features[@]}" "$@"
 cargo clippy --workspace --all-targets --locked "${features[@]}" -- -D warnings
