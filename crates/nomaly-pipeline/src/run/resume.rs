@@ -5,7 +5,9 @@
 use super::detect_plan::score_frame;
 use super::fit::register_models;
 use super::preflight::scored_input;
-use super::scoring_plan::{STAGED_INPUT, ScoringPlan, chunk_materialized, is_chunk_preserving};
+use super::scoring_plan::{
+    STAGED_INPUT, ScoringPlan, chunk_materialized, existing_work_dir, is_chunk_preserving,
+};
 use super::{PreparedSession, RunMode, RunScope, classify};
 use crate::compile::CompiledPipeline;
 use crate::error::{PipelineError, Result};
@@ -15,7 +17,7 @@ use crate::run_dir::{
     ChunkEntry, CommitEntry, ManifestEvent, ManifestState, RunDir, RunRecord, SourceFingerprint,
     fingerprint_change, now_ms, recorded_pipeline_change, remove_orphans, verify_commit,
 };
-use crate::sink_writer::{sibling_dir, staging_dir};
+use crate::sink_writer::staging_dir;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// An unfinished run this one continues.
@@ -117,63 +119,39 @@ pub(crate) async fn scoring_plan(
     report.input_rows = record.input_rows;
     report.rows_with_missing_features = record.rows_with_missing_features;
     report.models = record.models;
-    report.recovery.model_reused = p.detect.is_some();
+    // Segment buckets keep no model: each chunk fits its own segments again.
+    report.recovery.model_reused = p.detect.is_some() && record.chunking != ChunkingMode::Segments;
     report.quarantined_rows = record.quarantined_rows;
     report.model = record.model.clone();
-    if record.chunking == ChunkingMode::Segments {
-        let (chunks, df, plan) = super::segmented::resume_plan(session, p).await?;
-        let now: Vec<ChunkEntry> = chunks.chunks.iter().map(ChunkEntry::of).collect();
-        if now != record.chunks {
-            return Err(PipelineError::invalid(
-                p.file.path.display().to_string(),
-                format!(
-                    "cannot resume: the segment buckets in the work directory are not the ones \
-                     the unfinished run chunked ({} now, {} then); start over with `nomaly run \
-                     --restart {}`",
-                    now.len(),
-                    record.chunks.len(),
-                    p.file.path.display()
-                ),
-            ));
+    let place = || p.file.path.display().to_string();
+    let (chunks, df, plan) = match record.chunking {
+        // Segment buckets: each chunk fits its own segments again (the scores are the same).
+        ChunkingMode::Segments => {
+            let work = existing_work_dir(p)?;
+            super::segmented::resume_plan(session, p, &work).await?
         }
-        return Ok(ScoringPlan {
-            df,
-            plan,
-            chunks,
-            chunking: record.chunking,
-            models: None,
-            bad_rows: None,
-        });
-    }
-    let (input, chunks) = match record.chunking {
-        ChunkingMode::Source => (scored_input(p), session.chunks.clone()),
-        ChunkingMode::Materialized | ChunkingMode::Segments => {
-            let work = sibling_dir(&p.sinks[0].path, "work");
-            if !work.is_dir() {
-                return Err(PipelineError::invalid(
-                    p.file.path.display().to_string(),
-                    format!(
-                        "cannot resume: the run chunked its materialized input {}, which is gone; start over with `nomaly run --restart {}`",
-                        work.display(),
-                        p.file.path.display()
-                    ),
-                ));
+        chunking => {
+            let (input, chunks) = match chunking {
+                ChunkingMode::Materialized => {
+                    let work = existing_work_dir(p)?;
+                    let chunks = chunk_materialized(ctx, p, &work).await?;
+                    (STAGED_INPUT.to_string(), chunks)
+                }
+                _ => (scored_input(p), session.chunks.clone()),
+            };
+            let df = match &p.detect {
+                Some(d) => score_frame(ctx, d, &input).await,
+                None => ctx.sql(&format!("SELECT * FROM {input}")).await,
             }
-            let chunks = chunk_materialized(ctx, p, &work).await?;
-            (STAGED_INPUT.to_string(), chunks)
+            .map_err(|e| classify(place(), e))?;
+            let plan = df
+                .clone()
+                .create_physical_plan()
+                .await
+                .map_err(|e| classify(place(), e))?;
+            (chunks, df, plan)
         }
     };
-    let place = || p.file.path.display().to_string();
-    let df = match &p.detect {
-        Some(d) => score_frame(ctx, d, &input).await,
-        None => ctx.sql(&format!("SELECT * FROM {input}")).await,
-    }
-    .map_err(|e| classify(place(), e))?;
-    let plan = df
-        .clone()
-        .create_physical_plan()
-        .await
-        .map_err(|e| classify(place(), e))?;
     let now: Vec<ChunkEntry> = chunks.chunks.iter().map(ChunkEntry::of).collect();
     if now != record.chunks || !is_chunk_preserving(&plan, &chunks) {
         return Err(PipelineError::invalid(

@@ -30,7 +30,7 @@ use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::SessionContext;
 use nomaly_engine::EngineConfig;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -181,21 +181,7 @@ async fn materialize(
     scope.emit(RunEvent::Phase("materializing the detect input".into()));
     scope.touch_output();
     let t = Instant::now();
-    let work = sibling_dir(&p.sinks[0].path, "work");
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).map_err(|source| PipelineError::Io {
-        path: work.clone(),
-        source,
-    })?;
-    if !p.quarantine {
-        // Chunks are of no use to a plan that mixes them, and a scan of one partition per chunk
-        // would read every chunk at once (a sort starts all its inputs), each holding a row group
-        // outside the memory pool: read the source as a plain table, steps and all.
-        let first = &p.sources[0];
-        let _ = ctx.deregister_table(&first.name);
-        register_listing(ctx, first).await?;
-        register_steps(ctx, p).await?;
-    }
+    let work = fresh_work_dir(ctx, p).await?;
     ctx.sql(&format!("SELECT * FROM {input}"))
         .await
         .map_err(|e| classify(p.file.path.display().to_string(), e))?
@@ -220,6 +206,44 @@ async fn materialize(
         seconds: t.elapsed().as_secs_f64(),
     });
     Ok(chunks)
+}
+
+/// An empty work directory for the detect input written once (materialized or in segment
+/// buckets), with the first source registered as a plain table to read it from.
+pub(crate) async fn fresh_work_dir(ctx: &SessionContext, p: &CompiledPipeline) -> Result<PathBuf> {
+    let work = sibling_dir(&p.sinks[0].path, "work");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(|source| PipelineError::Io {
+        path: work.clone(),
+        source,
+    })?;
+    if !p.quarantine {
+        // Chunks are of no use to a plan that mixes them, and a scan of one partition per chunk
+        // would read every chunk at once (a sort starts all its inputs), each holding a row group
+        // outside the memory pool: read the source as a plain table, steps and all.
+        let first = &p.sources[0];
+        let _ = ctx.deregister_table(&first.name);
+        register_listing(ctx, first).await?;
+        register_steps(ctx, p).await?;
+    }
+    Ok(work)
+}
+
+/// The work directory an unfinished run chunked, or the error saying it is gone.
+pub(crate) fn existing_work_dir(p: &CompiledPipeline) -> Result<PathBuf> {
+    let work = sibling_dir(&p.sinks[0].path, "work");
+    if work.is_dir() {
+        return Ok(work);
+    }
+    Err(PipelineError::invalid(
+        p.file.path.display().to_string(),
+        format!(
+            "cannot resume: the run chunked the detect input it wrote to {}, which is gone; \
+             start over with `nomaly run --restart {}`",
+            work.display(),
+            p.file.path.display()
+        ),
+    ))
 }
 
 /// Row groups of at most `chunk_rows` (chunks are runs of whole row groups) and at most 128Ki

@@ -13,15 +13,15 @@
 
 use super::fit::runtime;
 use super::preflight::{empty_input, reads, scored_input};
-use super::scoring_plan::{STAGED_INPUT, ScoringPlan, is_chunk_preserving, register_staged};
-use super::session::{register_listing, register_steps};
+use super::scoring_plan::{
+    STAGED_INPUT, ScoringPlan, fresh_work_dir, is_chunk_preserving, register_staged,
+};
 use super::{PreparedSession, RunScope, classify};
 use crate::chunk_plan::ChunkPlan;
 use crate::compile::{CompiledPipeline, Detect, ModelSource};
 use crate::error::{ErrorKind, PipelineError, Result, RunPlace};
 use crate::events::RunEvent;
 use crate::report::{ChunkingMode, RunReport, StepTiming};
-use crate::sink_writer::sibling_dir;
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::dataframe::DataFrame;
@@ -29,11 +29,13 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::physical_expr::{Partitioning, PhysicalExpr};
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::expressions::col;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
+use nomaly_physical::FuseSegmentFitAndScore;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -65,20 +67,8 @@ pub(crate) async fn scoring_plan(
     ));
     scope.touch_output();
     let t = Instant::now();
-    let work = sibling_dir(&p.sinks[0].path, "work");
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).map_err(|source| PipelineError::Io {
-        path: work.clone(),
-        source,
-    })?;
+    let work = fresh_work_dir(ctx, p).await?;
     let input = scored_input(p);
-    if !p.quarantine {
-        // As when materializing: read the source as a plain table, steps and all.
-        let first = &p.sources[0];
-        let _ = ctx.deregister_table(&first.name);
-        register_listing(ctx, first).await?;
-        register_steps(ctx, p).await?;
-    }
     let buckets = session.chunks.chunks.len().clamp(1, MAX_BUCKETS);
     write_buckets(ctx, p, d, &input, &work, buckets, session.memory.pool).await?;
     let bad_rows = session.quarantine.as_ref().map(|log| log.all());
@@ -113,28 +103,17 @@ pub(crate) async fn scoring_plan(
     })
 }
 
-/// A continued segmented run's chunks and plan, over the buckets it wrote.
+/// A continued segmented run's chunks and plan, over the buckets it wrote to `work`.
 pub(crate) async fn resume_plan(
     session: &PreparedSession,
     p: &CompiledPipeline,
+    work: &Path,
 ) -> Result<(ChunkPlan, DataFrame, Arc<dyn ExecutionPlan>)> {
     let d = p
         .detect
         .as_ref()
         .expect("a segmented run has a detect step");
-    let work = sibling_dir(&p.sinks[0].path, "work");
-    if !work.is_dir() {
-        return Err(PipelineError::invalid(
-            p.file.path.display().to_string(),
-            format!(
-                "cannot resume: the run chunked its input by segment into {}, which is gone; \
-                 start over with `nomaly run --restart {}`",
-                work.display(),
-                p.file.path.display()
-            ),
-        ));
-    }
-    let chunks = chunk_buckets(&session.ctx, p, d, &work).await?;
+    let chunks = chunk_buckets(&session.ctx, p, d, work).await?;
     let (df, plan) = plan_over(&session.ctx, p, d, &chunks).await?;
     Ok((chunks, df, plan))
 }
@@ -158,7 +137,7 @@ async fn plan_over(
         .state()
         .physical_optimizers()
         .iter()
-        .any(|r| r.name() == "nomaly_fuse_segment_fit_and_score");
+        .any(|r| r.name() == FuseSegmentFitAndScore.name());
     let rules = match local {
         true => ctx.state().physical_optimizers().to_vec(),
         false => nomaly_physical::cluster_optimizer_rules(),
