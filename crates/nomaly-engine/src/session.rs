@@ -8,10 +8,8 @@ use ballista::prelude::SessionContextExt;
 use ballista_core::extension::SessionConfigExt;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -128,12 +126,7 @@ impl EngineConfig {
     }
 
     fn runtime(&self) -> Result<Arc<RuntimeEnv>> {
-        // FairSpillPool gives each spilling operator a fair share; the tracking wrapper names the
-        // top consumers when a query still runs out.
-        let pool: Arc<dyn MemoryPool> = Arc::new(TrackConsumersPool::new(
-            FairSpillPool::new(self.budget_split().pool),
-            NonZeroUsize::new(5).expect("non-zero"),
-        ));
+        let pool = nomaly_physical::budget_pool(self.budget_split().pool);
         let mut builder = RuntimeEnvBuilder::new().with_memory_pool(pool);
         if let Some(dir) = &self.spill_dir {
             std::fs::create_dir_all(dir).map_err(|source| EngineError::Io {

@@ -10,12 +10,14 @@
 //!
 //! The rules recognise the plans that `nomaly-udfs`' rewrite builds (fit aggregates named with
 //! [`nomaly_udfs::fit_score_plan::MODEL_PREFIX`]), so this crate sits above the SQL crate and
-//! below the engine, which installs the rules on the sessions it builds ([`optimizer_rules`]).
+//! below the engine, which installs the rules on the sessions it builds ([`optimizer_rules`]),
+//! under the memory pool all of them share ([`budget_pool`]).
 //! The pipeline's own operators (the part writer and the quarantining reader) stay with the
 //! commit protocol and the chunk plan they serve, in `nomaly-pipeline`.
 
 mod fit;
 pub mod fit_score;
+pub mod memory_pool;
 pub mod same_rows;
 pub mod segment_fit_score;
 pub mod sliced_scan;
@@ -23,6 +25,7 @@ pub mod sliced_scan;
 mod test_util;
 
 pub use fit_score::{FitScoreExec, FuseFitAndScore};
+pub use memory_pool::budget_pool;
 pub use segment_fit_score::{FuseSegmentFitAndScore, SegmentFitScoreExec};
 pub use sliced_scan::{SlicedScanExec, keep_row_selections};
 

@@ -21,7 +21,7 @@ pub(crate) fn session(
 ) -> SessionContext {
     let mut runtime = RuntimeEnvBuilder::new();
     if let Some(bytes) = memory_limit {
-        runtime = runtime.with_memory_limit(bytes, 1.0);
+        runtime = runtime.with_memory_pool(crate::budget_pool(bytes));
     }
     let mut config = SessionConfig::new()
         .with_target_partitions(partitions)
