@@ -7,7 +7,12 @@ upload fixtures with this, then read them with `nomaly`.
     store_fixture.py gcs   http://127.0.0.1:PORT BUCKET DIR   (gcp-storage-emulator)
 
 Every file under DIR is uploaded under its path relative to DIR; the bucket or container is created
-first. Runs with the interpreter of the test-services environment (scripts/test-services.sh).
+first. The tests of remote outputs read back what `nomaly` wrote with
+
+    store_fixture.py s3-get http://127.0.0.1:PORT BUCKET PREFIX DIR
+
+which downloads every object under PREFIX to DIR (paths relative to PREFIX) and prints their names.
+Runs with the interpreter of the test-services environment (scripts/test-services.sh).
 """
 
 import json
@@ -43,6 +48,28 @@ def put_s3(endpoint, bucket, root):
         pass  # a later batch into the same bucket
     for key, path in files(root):
         s3.upload_file(str(path), bucket, key)
+
+
+def get_s3(endpoint, bucket, prefix, root):
+    import boto3
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="nomaly",
+        aws_secret_access_key="nomaly-secret",
+        region_name="us-east-1",
+    )
+    prefix = prefix.strip("/") + "/"
+    names = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            rel = obj["Key"][len(prefix):]
+            target = pathlib.Path(root) / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, obj["Key"], str(target))
+            names.append(rel)
+    print("\n".join(sorted(names)))
 
 
 def put_azure(endpoint, container, root):
@@ -83,6 +110,9 @@ def put_gcs(endpoint, bucket, root):
 
 
 def main():
+    if len(sys.argv) == 6 and sys.argv[1] == "s3-get":
+        get_s3(sys.argv[2].rstrip("/"), *sys.argv[3:])
+        return
     if len(sys.argv) != 5 or sys.argv[1] not in ("s3", "azure", "gcs"):
         sys.exit(__doc__)
     kind, endpoint, bucket, root = sys.argv[1:]

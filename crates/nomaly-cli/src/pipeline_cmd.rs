@@ -437,7 +437,7 @@ pub async fn resume(mut args: ResumeArgs) -> i32 {
             eprintln!(
                 "{}: already complete; its output is {} (report in {})",
                 p.name,
-                p.sinks[0].path.display(),
+                p.sinks[0].location(),
                 p.sinks[0]
                     .path
                     .join(nomaly_pipeline::sink_writer::REPORT_FILE)

@@ -6,7 +6,7 @@
 //! 3's part files fails: a permanent fault) or `NOMALY_FAULTS="chunk_delay_ms=200"` (every chunk
 //! waits 200 ms before it scores, so a test can act while a run is in flight) or
 //! `NOMALY_FAULTS="exit_after_publish=1"` (the process exits, as if killed, once one sink of a
-//! completed run is published). Reads fail inside an [`ObjectStore`] wrapper that
+//! completed run is published; `exit_after_upload=3`: once 3 objects of a remote output are up). Reads fail inside an [`ObjectStore`] wrapper that
 //! replaces the `file://` store, so they take DataFusion's real read path and error wrapping;
 //! writes fail inside the part-file writer. Faults are armed once the run's inputs are planned, so
 //! they hit the fit and the chunks, the parts that retry. Draws come from a seeded counter, so a
@@ -39,6 +39,8 @@ pub struct FaultPlan {
     pub chunk_delay: Option<std::time::Duration>,
     /// The process exits (status 137, as killed) after this many sinks are published.
     pub exit_after_publish: Option<usize>,
+    /// The process exits (status 137) after this many objects of a remote output are put.
+    pub exit_after_upload: Option<usize>,
     seed: u64,
     draws: AtomicU64,
     armed: AtomicBool,
@@ -67,6 +69,9 @@ impl FaultPlan {
                 "exit_after_publish" => {
                     plan.exit_after_publish = Some(value.parse().map_err(|_| bad())?)
                 }
+                "exit_after_upload" => {
+                    plan.exit_after_upload = Some(value.parse().map_err(|_| bad())?)
+                }
                 "chunk_delay_ms" => {
                     plan.chunk_delay = Some(std::time::Duration::from_millis(
                         value.parse().map_err(|_| bad())?,
@@ -74,7 +79,7 @@ impl FaultPlan {
                 }
                 other => {
                     return Err(FaultPlanError(format!(
-                        "unknown key '{other}'; keys are read, write, seed, fail_chunk, chunk_delay_ms, exit_after_publish"
+                        "unknown key '{other}'; keys are read, write, seed, fail_chunk, chunk_delay_ms, exit_after_publish, exit_after_upload"
                     )));
                 }
             }
@@ -94,6 +99,14 @@ impl FaultPlan {
     pub fn after_publish(&self, published: usize) {
         if self.exit_after_publish == Some(published) {
             eprintln!("{FAULTS_ENV}: exiting after {published} published sink(s)");
+            std::process::exit(137);
+        }
+    }
+
+    /// Exits the process if `put` objects of a remote output are what the plan stops after.
+    pub fn after_upload(&self, put: usize) {
+        if self.exit_after_upload == Some(put) {
+            eprintln!("{FAULTS_ENV}: exiting after {put} uploaded object(s)");
             std::process::exit(137);
         }
     }

@@ -33,7 +33,7 @@ pub struct PipelineSpec {
     /// Minimal form: the input path, directory or glob; it becomes the table `input`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<String>,
-    /// Minimal form: the output directory (Parquet part files unless its extension says otherwise).
+    /// Minimal form: the output directory or object-store prefix (`s3://`, `gs://`, `az://`; Parquet part files unless its extension says otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
     /// Named inputs; each becomes a table of that name.
@@ -272,7 +272,7 @@ pub enum WriteMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SinkSpec {
-    /// Output directory; one part file per chunk is written into it.
+    /// Output directory or object-store prefix (`s3://bucket/path/`, `gs://`, `az://`); one part file per chunk is written into it.
     pub path: String,
     /// Default: from the path's extension, else Parquet.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -442,6 +442,8 @@ fn runs_whose_budgets_do_not_fit_together_take_turns() {
         &[("NOMALY_FAULTS", "chunk_delay_ms=50")],
     );
     let a = server.submit(serde_json::json!({"path": f.pipeline("a", "out_a", "iforest", "").to_str().unwrap(), "memory_limit": "600MB"}));
+    // b is submitted once a holds its memory: until a starts, b waits for the run ahead of it.
+    server.wait_run(a, "started", |r| r["state"] != "queued");
     let b = server.submit(serde_json::json!({"path": f.pipeline("b", "out_b", "copod", "").to_str().unwrap(), "memory_limit": "600MB"}));
     let waiting = server.run(b);
     if waiting["state"] == "queued" {

@@ -17,6 +17,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod incremental;
+mod outputs;
 
 const BUCKET: &str = "nomaly-in";
 /// 2 files × 10000 rows in 2500-row row groups: 8 chunks at chunk_rows = 2500.

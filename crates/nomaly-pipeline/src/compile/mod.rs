@@ -53,11 +53,24 @@ pub struct Detect {
 #[derive(Debug, Clone)]
 pub struct Sink {
     pub label: String,
+    /// The output directory, or a remote output's local mirror.
     pub path: PathBuf,
+    /// The object-store prefix the published output is uploaded to.
+    pub remote: Option<crate::sink_writer::RemoteOutput>,
     pub format: FileFormat,
     pub partition_by: Vec<String>,
     pub mode: WriteMode,
     pub filter: Option<String>,
+}
+
+impl Sink {
+    /// Where readers find the output: the object-store prefix, or the local directory.
+    pub fn location(&self) -> String {
+        match &self.remote {
+            Some(r) => format!("{}/", r.url),
+            None => self.path.display().to_string(),
+        }
+    }
 }
 
 /// A pipeline ready to validate against data or to run.
@@ -320,6 +333,9 @@ fn compile_detect(
     Ok(detect)
 }
 
+/// Where remote outputs are staged, beside the pipeline file: `<dir>/<scheme>/<bucket>/<path>`.
+pub const MIRRORS_DIR: &str = ".nomaly-outputs";
+
 /// The sinks: `output` (minimal form) first, then `[[sink]]`.
 fn compile_sinks(file: &PipelineFile, sandbox: &Sandbox) -> Result<Vec<Sink>> {
     let spec = &file.spec;
@@ -350,13 +366,19 @@ fn compile_sinks(file: &PipelineFile, sandbox: &Sandbox) -> Result<Vec<Sink>> {
     let mut sinks = Vec::new();
     let mut sink_paths = BTreeSet::new();
     for (label, s) in sink_specs {
-        if s.path.contains("://") {
-            return Err(PipelineError::invalid(
-                label,
-                "only local output directories are supported in this version",
-            ));
-        }
-        let path = PathBuf::from(resolve_path(&base, s.path.trim_end_matches('/')));
+        let (path, remote) = if s.path.contains("://") {
+            let url = sandbox
+                .url(&s.path, "sink")
+                .map_err(|r| PipelineError::refused(&label, r))?;
+            let remote = crate::sink_writer::RemoteOutput::parse(&url)
+                .map_err(|reason| PipelineError::invalid(&label, reason))?;
+            // Staged on local disk beside the pipeline file, then uploaded.
+            let mirror = remote.mirror_under(&PathBuf::from(resolve_path(&base, MIRRORS_DIR)));
+            (mirror, Some(remote))
+        } else {
+            let written = PathBuf::from(resolve_path(&base, s.path.trim_end_matches('/')));
+            (written, None)
+        };
         let path = sandbox
             .output(&path, "sink")
             .map_err(|r| PipelineError::refused(&label, r))?;
@@ -376,6 +398,7 @@ fn compile_sinks(file: &PipelineFile, sandbox: &Sandbox) -> Result<Vec<Sink>> {
         sinks.push(Sink {
             label,
             path,
+            remote,
             format,
             partition_by: s.partition_by.clone(),
             mode: s.mode,

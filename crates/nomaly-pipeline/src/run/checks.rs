@@ -5,7 +5,7 @@ use super::session::register_listing;
 use super::{PreparedSession, RunScope, classify};
 use crate::chunk_plan::SourceReader;
 use crate::compile::{CompiledPipeline, query_options};
-use crate::error::Result;
+use crate::error::{PipelineError, Result};
 use crate::events::RunEvent;
 use crate::report::{CheckResult, RunReport, RunStatus, StepTiming};
 use crate::sink_writer::staging_dir;
@@ -92,25 +92,35 @@ async fn run_checks(
 
 /// `output`: the first sink's data, as written (still in its staging directory).
 async fn register_output(ctx: &SessionContext, p: &CompiledPipeline) -> Result<()> {
-    register_first_sink(ctx, p, &staging_dir(&p.sinks[0].path)).await
+    let staging = staging_dir(&p.sinks[0].path);
+    register_first_sink(ctx, p, format!("{}/", staging.display())).await
 }
 
-/// Registers the first sink's published output as the table `output` (a served run's top rows).
+/// Registers the first sink's published output as the table `output` (a served run's top rows):
+/// its directory, or its object-store prefix (the mirror keeps no part files once uploaded).
 pub async fn register_published_output(ctx: &SessionContext, p: &CompiledPipeline) -> Result<()> {
-    register_first_sink(ctx, p, &p.sinks[0].path).await
+    let s = &p.sinks[0];
+    if s.remote.is_some() {
+        let location = s.location();
+        nomaly_engine::register_object_store(ctx, &location)
+            .map_err(|e| PipelineError::engine(s.label.clone(), e))?;
+        return register_first_sink(ctx, p, location).await;
+    }
+    register_first_sink(ctx, p, format!("{}/", s.path.display())).await
 }
 
-/// The first sink's files in `dir` as the table `output`.
+/// The first sink's files under `location` (a directory or prefix, ending in `/`) as the table
+/// `output`.
 async fn register_first_sink(
     ctx: &SessionContext,
     p: &CompiledPipeline,
-    dir: &std::path::Path,
+    location: String,
 ) -> Result<()> {
     let s = &p.sinks[0];
     let reader = SourceReader {
         name: "output".into(),
-        path: s.path.display().to_string(),
-        location: format!("{}/", dir.display()),
+        path: s.location(),
+        location,
         format: s.format,
         has_header: true,
         delimiter: b',',

@@ -174,11 +174,7 @@ fn run_values(p: &CompiledPipeline) -> String {
     if !p.file.reads_run && p.file.context.params.is_empty() {
         return String::new();
     }
-    let sinks: Vec<String> = p
-        .sinks
-        .iter()
-        .map(|s| s.path.display().to_string())
-        .collect();
+    let sinks: Vec<String> = p.sinks.iter().map(|s| s.location()).collect();
     format!(
         "for {}\nwrites {}\n",
         p.file.context.describe(),

@@ -245,7 +245,12 @@ fn lock_outputs(p: &CompiledPipeline, opts: &RunOptions) -> Result<Option<Output
 async fn attempt(scope: &RunScope<'_>, report: &mut RunReport) -> Result<()> {
     let p = scope.p;
     if scope.opts.mode != RunMode::Restart && !scope.opts.dry_run {
-        publish_interrupted(p)?;
+        publish_interrupted(p).await?;
+    }
+    for s in &p.sinks {
+        if let Some(remote) = &s.remote {
+            scope.guard(remote.check_writable(s.mode)).await?;
+        }
     }
     let observer = scope.opts.observer.as_ref();
     let session = scope

@@ -12,7 +12,7 @@ use crate::notify::notify_all;
 use crate::report::{RunReport, RunStatus};
 use crate::run_dir::recorded_pipeline_change;
 use crate::run_dir::{ManifestEvent, RunDir, fingerprint, fingerprint_change, now_ms};
-use crate::sink_writer::{REPORT_FILE, sibling_dir, staging_dir, write_atomic};
+use crate::sink_writer::{REPORT_FILE, RemoteOutput, sibling_dir, staging_dir, write_atomic};
 use datafusion::prelude::SessionContext;
 use std::path::PathBuf;
 
@@ -24,7 +24,7 @@ pub(crate) async fn conclude(
 ) -> RunOutcome {
     let p = scope.p;
     let error = match result {
-        Ok(()) => match publish(p, &mut report, scope.opts.faults.as_deref()) {
+        Ok(()) => match publish(p, &mut report, scope.opts.faults.as_deref()).await {
             Ok(report_path) => {
                 notify(scope, &mut report, report_path).await;
                 return Ok(report);
@@ -111,9 +111,9 @@ async fn notify(scope: &RunScope<'_>, report: &mut RunReport, report_path: Optio
     }
 }
 
-/// Publishes a succeeded run (or keeps a run whose checks failed unpublished) and writes its
-/// reports; returns where the report is.
-fn publish(
+/// Publishes a succeeded run (or keeps a run whose checks failed unpublished), writes its
+/// reports and uploads its remote outputs; returns where the report is.
+async fn publish(
     p: &CompiledPipeline,
     report: &mut RunReport,
     faults: Option<&crate::faults::FaultPlan>,
@@ -147,7 +147,40 @@ fn publish(
             plan.after_publish(published + 1);
         }
     }
+    upload_published(p, faults).await?;
     Ok(Some(p.sinks[0].path.join(REPORT_FILE)))
+}
+
+/// Uploads each remote output whose mirror is published but not yet up (this run's, or one a
+/// crash cut short).
+async fn upload_published(
+    p: &CompiledPipeline,
+    faults: Option<&crate::faults::FaultPlan>,
+) -> Result<()> {
+    for s in &p.sinks {
+        let Some(remote) = &s.remote else { continue };
+        if !RemoteOutput::needs_upload(&s.path) {
+            continue;
+        }
+        let after_put = |n: usize| {
+            if let Some(plan) = faults {
+                plan.after_upload(n);
+            }
+        };
+        remote
+            .upload(&s.path, &after_put)
+            .await
+            .map_err(|e| PipelineError::Output {
+                path: PathBuf::from(&remote.url),
+                reason: format!(
+                    "the upload failed ({}); the run is complete in {}, and `nomaly resume {}` uploads it again",
+                    e.user_message(),
+                    s.path.display(),
+                    p.file.path.display()
+                ),
+            })?;
+    }
+    Ok(())
 }
 
 /// Removes what a failed run wrote unless a resume can use it (some chunk is committed).
@@ -170,8 +203,15 @@ fn discard_unless_resumable(p: &CompiledPipeline) -> bool {
 }
 
 /// Finishes publishing a run that completed (its reports written, `complete` in the manifest)
-/// but was killed while renaming its staging directories into place. Returns true if it did.
-pub fn publish_interrupted(p: &CompiledPipeline) -> Result<bool> {
+/// but was killed while renaming its staging directories into place or uploading its remote
+/// outputs. Returns true if it renamed.
+pub async fn publish_interrupted(p: &CompiledPipeline) -> Result<bool> {
+    let renamed = rename_interrupted(p)?;
+    upload_published(p, None).await?;
+    Ok(renamed)
+}
+
+fn rename_interrupted(p: &CompiledPipeline) -> Result<bool> {
     let Some(first) = p.sinks.first() else {
         return Ok(false);
     };
@@ -206,7 +246,7 @@ pub async fn completed_run(p: &CompiledPipeline) -> Result<Option<String>> {
     let Some(first) = p.sinks.first() else {
         return Ok(None);
     };
-    publish_interrupted(p)?;
+    publish_interrupted(p).await?;
     let run_dir = RunDir::at(&first.path);
     if !run_dir.exists() || is_unfinished(&RunDir::at(&staging_dir(&first.path))) {
         return Ok(None);

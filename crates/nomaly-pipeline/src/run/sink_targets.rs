@@ -16,6 +16,7 @@ pub(crate) fn sink_target(s: &Sink, filter: Option<Arc<dyn PhysicalExpr>>) -> Si
     SinkTarget {
         label: s.label.clone(),
         path: s.path.clone(),
+        remote: s.remote.clone(),
         format: s.format,
         partition_by: s.partition_by.clone(),
         mode: s.mode,

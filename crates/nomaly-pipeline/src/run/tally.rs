@@ -36,7 +36,7 @@ pub(crate) fn tally(
             .flat_map(|c| c.parts.iter().filter(|w| w.sink == i))
             .collect();
         report.sinks.push(SinkReport {
-            path: s.path.display().to_string(),
+            path: s.location(),
             format: s.format.extension().into(),
             files: parts.len(),
             rows: parts.iter().map(|w| w.rows).sum(),

@@ -15,12 +15,14 @@ use std::sync::Arc;
 
 mod chunk_summary;
 mod part;
+mod remote;
 mod write_exec;
 
 pub use chunk_summary::{ChunkCounter, ChunkCounts, ChunkSummary};
 pub use part::{
     ChunkWriter, StagedPart, WrittenPart, remove_attempt_files, remove_attempt_files_in,
 };
+pub use remote::{MARKER, Marker, MarkerFile, RemoteOutput};
 pub use write_exec::{PartWriteExec, SinkOnExecutor};
 
 /// Name of the run report inside an output directory.
@@ -31,8 +33,10 @@ pub const REPORT_FILE: &str = "_nomaly_report.json";
 pub struct SinkTarget {
     /// For messages: "[[sink]] 1 (out/anomalies/)".
     pub label: String,
-    /// The published directory.
+    /// The published directory (a remote output's local mirror).
     pub path: PathBuf,
+    /// Where the published directory is uploaded, for an output in an object store.
+    pub remote: Option<RemoteOutput>,
     pub format: FileFormat,
     pub partition_by: Vec<String>,
     pub mode: WriteMode,
@@ -77,7 +81,9 @@ impl SinkTarget {
                 }
             )));
         }
-        if self.path.exists() {
+        // A remote output's mirror is Nomaly's own; what the prefix holds is checked against the
+        // mode before the run (`RemoteOutput::check_writable`).
+        if self.path.exists() && self.remote.is_none() {
             if !self.path.is_dir() {
                 return Err(out(
                     "exists and is a file; the output is a directory of part files — choose a directory path".into(),

@@ -158,6 +158,7 @@ impl PartWriteExec {
                     target: Arc::new(SinkTarget {
                         label: s.label,
                         path: s.staging.clone(),
+                        remote: None,
                         format: s.format,
                         partition_by: s.partition_by,
                         mode: WriteMode::default(),
@@ -396,6 +397,7 @@ mod tests {
             target: Arc::new(SinkTarget {
                 label: format!("[[sink]] {name}"),
                 path: dir.join(name),
+                remote: None,
                 format,
                 partition_by: partition_by.iter().map(|c| c.to_string()).collect(),
                 mode: WriteMode::default(),

@@ -1,0 +1,241 @@
+//! Outputs in an object store: `output = "s3://bucket/prefix/"` through moto, read back with
+//! boto3 (scripts/store_fixture.py s3-get) and compared with the same run's local output.
+
+use super::{cli, moto, python, run, services_installed, write_fixtures};
+use crate::{part_files, stderr};
+use std::path::Path;
+use std::process::Command;
+
+const OUT_BUCKET: &str = "nomaly-out";
+
+/// Downloads everything under `prefix` into `dir`; returns the object names (relative, sorted).
+fn download(endpoint: &str, prefix: &str, dir: &Path) -> Vec<String> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let o = Command::new(python())
+        .arg(crate::root().join("scripts/store_fixture.py"))
+        .args([
+            "s3-get",
+            endpoint,
+            OUT_BUCKET,
+            prefix,
+            dir.to_str().unwrap(),
+        ])
+        .output()
+        .expect("run store_fixture.py");
+    assert!(o.status.success(), "download: {}", stderr(&o));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The pipeline of [`run`], writing to `output`, with `extra` lines.
+fn pipeline(dir: &Path, input: &Path, output: &str, extra: &str) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("p.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "input = \"{}/tx/*.parquet\"\n{output}\n[detect]\nalgorithm = \"hbos\"\n\
+             columns = [\"amount\", \"latency_ms\"]\n[run]\nchunk_rows = 2500\n{extra}",
+            input.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The marker lists exactly the other objects, with their sizes.
+fn assert_marker_lists(dir: &Path, names: &[String]) {
+    let marker: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("_SUCCESS")).expect("_SUCCESS")).unwrap();
+    let listed: Vec<(String, u64)> = marker["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_string(),
+                f["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let others: Vec<(String, u64)> = names
+        .iter()
+        .filter(|n| *n != "_SUCCESS")
+        .map(|n| (n.clone(), std::fs::metadata(dir.join(n)).unwrap().len()))
+        .collect();
+    assert_eq!(
+        listed, others,
+        "the marker lists every object and only them"
+    );
+}
+
+#[test]
+fn an_s3_output_equals_the_local_one_and_an_interrupted_upload_is_finished_by_resume() {
+    if !services_installed() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let root = write_fixtures(work.path());
+    let s3 = moto();
+    // The output bucket, created with one unrelated object beside the output prefix.
+    let seed = work.path().join("seed");
+    std::fs::create_dir_all(seed.join("elsewhere")).unwrap();
+    std::fs::write(seed.join("elsewhere/keep.txt"), b"not ours").unwrap();
+    let o = Command::new(python())
+        .arg(crate::root().join("scripts/store_fixture.py"))
+        .args(["s3", &s3.endpoint(), OUT_BUCKET, seed.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let env = vec![
+        ("AWS_ACCESS_KEY_ID", "nomaly".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "nomaly-secret".to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_ENDPOINT_URL", s3.endpoint()),
+    ];
+    let local = run(
+        work.path(),
+        "local",
+        &format!("{}/tx/*.parquet", root.display()),
+        &[],
+    );
+    assert_eq!(local.1.len(), 8, "{}", local.0);
+
+    // One run to s3://nomaly-out/scored/: the same part files, a marker listing them, the run
+    // directory beside them, and the local mirror without its parts.
+    let dir = work.path().join("remote");
+    let p = pipeline(
+        &dir,
+        &root,
+        &format!("output = \"s3://{OUT_BUCKET}/scored/\""),
+        "",
+    );
+    let o = cli(&["run", p.to_str().unwrap(), "--no-progress"], &env);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let got = work.path().join("got");
+    let names = download(&s3.endpoint(), "scored", &got);
+    crate::assert_same_parts("s3 output", &local.1, &part_files(&got));
+    assert_marker_lists(&got, &names);
+    for kept in [
+        "_nomaly_report.json",
+        "_nomaly/run.json",
+        "_nomaly/manifest.jsonl",
+    ] {
+        assert!(names.iter().any(|n| n == kept), "{kept} in {names:?}");
+    }
+    let mirror = dir
+        .join(".nomaly-outputs/s3")
+        .join(OUT_BUCKET)
+        .join("scored");
+    assert!(
+        part_files(&mirror).is_empty(),
+        "the mirror's parts are gone"
+    );
+    assert!(mirror.join("_nomaly/run.json").is_file());
+
+    // An object of an older run, then a second run killed after 3 objects are up: the marker is
+    // gone (nothing is published), and `resume` finishes the upload and removes the stray part.
+    let stray = work.path().join("stray");
+    std::fs::create_dir_all(stray.join("scored")).unwrap();
+    std::fs::write(stray.join("scored/part-00099.parquet"), b"old").unwrap();
+    let o = Command::new(python())
+        .arg(crate::root().join("scripts/store_fixture.py"))
+        .args(["s3", &s3.endpoint(), OUT_BUCKET, stray.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut killed_env = env.clone();
+    killed_env.push(("NOMALY_FAULTS", "exit_after_upload=3".to_string()));
+    let o = cli(&["run", p.to_str().unwrap(), "--no-progress"], &killed_env);
+    assert_eq!(o.status.code(), Some(137), "{}", stderr(&o));
+    let names = download(&s3.endpoint(), "scored", &got);
+    assert!(!names.iter().any(|n| n == "_SUCCESS"), "{names:?}");
+    let o = cli(&["resume", p.to_str().unwrap(), "--no-progress"], &env);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let names = download(&s3.endpoint(), "scored", &got);
+    crate::assert_same_parts("s3 output after resume", &local.1, &part_files(&got));
+    assert_marker_lists(&got, &names);
+    assert!(
+        !names.iter().any(|n| n == "part-00099.parquet"),
+        "{names:?}"
+    );
+    assert_eq!(
+        download(&s3.endpoint(), "elsewhere", &work.path().join("else")),
+        ["keep.txt"],
+        "nothing outside the prefix is touched"
+    );
+
+    standalone_writes_the_same(work.path(), &root, &env, &s3.endpoint(), &local.1);
+    refusals(work.path(), &root, &env, &s3.endpoint());
+}
+
+/// Ballista standalone writes the same objects.
+fn standalone_writes_the_same(
+    work: &Path,
+    root: &Path,
+    env: &[(&str, String)],
+    endpoint: &str,
+    local: &[(String, Vec<u8>)],
+) {
+    let dir = work.join("standalone");
+    let p = pipeline(
+        &dir,
+        root,
+        &format!("output = \"s3://{OUT_BUCKET}/standalone/\""),
+        "",
+    );
+    let o = cli(
+        &[
+            "run",
+            p.to_str().unwrap(),
+            "--engine",
+            "standalone",
+            "--no-progress",
+        ],
+        env,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let got = work.join("got_standalone");
+    let names = download(endpoint, "standalone", &got);
+    crate::assert_same_parts("s3 output, standalone", local, &part_files(&got));
+    assert_marker_lists(&got, &names);
+}
+
+/// `error_if_exists` on a prefix that holds objects, `overwrite` on objects Nomaly did not
+/// write, a URL without a prefix, an http:// output: exit 2 naming the URL and the fix.
+fn refusals(work: &Path, root: &Path, env: &[(&str, String)], endpoint: &str) {
+    let dir = work.join("refused");
+    let cases = [
+        (
+            format!("[[sink]]\npath = \"s3://{OUT_BUCKET}/scored/\"\nmode = \"error_if_exists\""),
+            "error_if_exists",
+        ),
+        (
+            format!("output = \"s3://{OUT_BUCKET}/elsewhere/\""),
+            "objects Nomaly did not write",
+        ),
+        (
+            format!("output = \"s3://{OUT_BUCKET}/\""),
+            "name a prefix below the bucket",
+        ),
+        (
+            "output = \"https://example.com/out/\"".to_string(),
+            "read-only",
+        ),
+    ];
+    for (output, says) in cases {
+        let p = pipeline(&dir, root, &output, "");
+        let o = cli(&["run", p.to_str().unwrap(), "--no-progress"], env);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{output}: {err}");
+        assert!(err.contains(says), "{output}: missing '{says}' in {err}");
+    }
+    assert_eq!(
+        download(endpoint, "elsewhere", &work.join("else")),
+        ["keep.txt"]
+    );
+}

@@ -1,0 +1,371 @@
+//! Outputs in an object store (`s3://`, `gs://`, `az://`).
+//!
+//! A run stages a remote output on local disk as it does a local one (its directory is the
+//! output's *mirror*, under `.nomaly-outputs/` beside the pipeline file), commits chunk by chunk
+//! and publishes the mirror; then [`upload`] copies it to the output prefix:
+//!
+//! 1. the old run's marker `_SUCCESS` is deleted (that run is no longer published);
+//! 2. every file of the mirror is put under the prefix (files above 8 MiB as multipart uploads);
+//! 3. objects of the old run that the new one did not write are deleted;
+//! 4. the marker `_SUCCESS` is put: the list of the run's objects with their sizes.
+//!
+//! The reader contract (README, "Outputs in an object store"): a prefix is a published output
+//! while `_SUCCESS` exists, and its files are exactly those `_SUCCESS` lists. A reader that
+//! honours it sees the previous run, nothing, or the new run, never a mixture; a plain listing
+//! sees objects of both while step 2 or 3 runs. An object put is atomic in these stores, so the
+//! marker is either the old run's, absent or the new run's.
+//!
+//! A crash during the upload leaves the mirror published locally without `.nomaly-uploaded`;
+//! the next `nomaly run` or `resume` of the pipeline uploads it again (puts are idempotent) before
+//! anything else. Once the marker is up, the mirror's part files are removed: the run directory
+//! (`_nomaly/`) and the report stay, so `resume` still knows the run is complete.
+
+use crate::error::{PipelineError, Result};
+use crate::spec::WriteMode;
+use datafusion::object_store::path::Path as StorePath;
+use datafusion::object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use futures::TryStreamExt;
+use nomaly_engine::object_stores::{RemoteStore, build_remote_store, root_message};
+use serde::{Deserialize, Serialize};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The marker of a published output in an object store.
+pub const MARKER: &str = "_SUCCESS";
+/// In a mirror: its upload finished (the marker is up).
+const UPLOADED: &str = ".nomaly-uploaded";
+/// Files above this go up as multipart uploads of parts this size.
+const PART_BYTES: usize = 8 << 20;
+/// Uploads in flight at once within one multipart upload.
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// An output in an object store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteOutput {
+    /// `scheme://bucket/path`, without a trailing slash.
+    pub url: String,
+}
+
+/// `_SUCCESS`: what a published output holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Marker {
+    pub format_version: u32,
+    pub published_at_unix_ms: u64,
+    /// Every object of the run, relative to the prefix, sorted.
+    pub files: Vec<MarkerFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkerFile {
+    pub path: String,
+    pub bytes: u64,
+}
+
+impl RemoteOutput {
+    /// A sink URL as written: an object store Nomaly can write (not `http(s)://`), with a
+    /// bucket and a path below it.
+    pub fn parse(url: &str) -> std::result::Result<RemoteOutput, String> {
+        let url = url.trim_end_matches('/');
+        match RemoteStore::of(url) {
+            None => Err(format!(
+                "{url}: not a location Nomaly writes; use a local directory or s3://, gs://, az:// (abfs://) URL"
+            )),
+            Some(RemoteStore::Http) => Err(format!(
+                "{url}: http(s) locations are read-only; write to s3://, gs:// or az://"
+            )),
+            Some(_) => {
+                let (_, rest) = url.split_once("://").unwrap_or_default();
+                let key = rest.split_once('/').map(|(_, k)| k).unwrap_or("");
+                if key.is_empty()
+                    || key
+                        .split('/')
+                        .any(|s| s.is_empty() || s == "." || s == "..")
+                {
+                    return Err(format!(
+                        "{url}: name a prefix below the bucket, e.g. s3://bucket/scored (the output replaces everything under it)"
+                    ));
+                }
+                Ok(RemoteOutput { url: url.into() })
+            }
+        }
+    }
+
+    /// The local mirror of this output under `root`: `root/<scheme>/<bucket>/<path>`.
+    pub fn mirror_under(&self, root: &Path) -> PathBuf {
+        let (scheme, rest) = self.url.split_once("://").unwrap_or(("remote", &self.url));
+        let mut dir = root.join(scheme);
+        for segment in rest.split('/') {
+            dir.push(segment);
+        }
+        dir
+    }
+
+    fn error(&self, reason: String) -> PipelineError {
+        PipelineError::Output {
+            path: PathBuf::from(&self.url),
+            reason,
+        }
+    }
+
+    /// The store and the prefix inside it.
+    fn open(&self) -> Result<(Arc<dyn ObjectStore>, StorePath)> {
+        let built = build_remote_store(&self.url)
+            .map_err(|e| self.error(e.to_string()))?
+            .ok_or_else(|| self.error("not an object-store URL".into()))?;
+        let key = self.url[built.root.as_str().trim_end_matches('/').len()..].trim_matches('/');
+        Ok((built.store, StorePath::from(key)))
+    }
+
+    /// The objects under the prefix: their names relative to it, and their locations.
+    async fn list(
+        &self,
+        store: &dyn ObjectStore,
+        prefix: &StorePath,
+    ) -> Result<Vec<(String, StorePath)>> {
+        let metas: Vec<_> = store
+            .list(Some(prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.error(format!("cannot list it: {}", root_message(&e))))?;
+        let mut names: Vec<(String, StorePath)> = metas
+            .into_iter()
+            .filter_map(|m| {
+                let parts = m.location.prefix_match(prefix)?;
+                let name = parts
+                    .map(|p| p.as_ref().to_string())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                Some((name, m.location))
+            })
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Before any work: the store is reachable with this process's settings, and what the prefix
+    /// holds may be replaced under `mode`.
+    pub async fn check_writable(&self, mode: WriteMode) -> Result<()> {
+        let (store, prefix) = self.open()?;
+        let existing = self.list(store.as_ref(), &prefix).await?;
+        if existing.is_empty() {
+            return Ok(());
+        }
+        match mode {
+            WriteMode::ErrorIfExists => Err(self.error(format!(
+                "already holds {} objects, and mode = \"error_if_exists\"; remove them, choose another prefix, or set mode = \"overwrite\"",
+                existing.len()
+            ))),
+            WriteMode::Overwrite => {
+                let ours = existing
+                    .iter()
+                    .any(|(n, _)| n == MARKER || n == super::REPORT_FILE);
+                if ours {
+                    Ok(())
+                } else {
+                    Err(self.error(format!(
+                        "holds {} objects Nomaly did not write (no {MARKER}); overwrite only replaces earlier Nomaly outputs — choose an empty or new prefix",
+                        existing.len()
+                    )))
+                }
+            }
+        }
+    }
+
+    /// True when `mirror` is a published run whose upload has not finished.
+    pub fn needs_upload(mirror: &Path) -> bool {
+        mirror.join(super::REPORT_FILE).is_file() && !mirror.join(UPLOADED).exists()
+    }
+
+    /// Uploads the published `mirror` (see the module docs) and returns the marker it put.
+    /// `after_put` is called after each object (fault injection).
+    pub async fn upload(
+        &self,
+        mirror: &Path,
+        after_put: &(dyn Fn(usize) + Sync),
+    ) -> Result<Marker> {
+        let (store, prefix) = self.open()?;
+        let existing = self.list(store.as_ref(), &prefix).await?;
+        let at = |name: &str| name.split('/').fold(prefix.clone(), |p, s| p.join(s));
+        let failed = |name: &str, e: &(dyn std::error::Error + 'static)| {
+            self.error(format!("{name}: {}", root_message(e)))
+        };
+        if existing.iter().any(|(n, _)| n == MARKER) {
+            store
+                .delete(&at(MARKER))
+                .await
+                .map_err(|e| failed(MARKER, &e))?;
+        }
+        let mut files = Vec::new();
+        for (name, path) in mirror_files(mirror)? {
+            let bytes = put_file(store.as_ref(), &at(&name), &path)
+                .await
+                .map_err(|e| self.error(format!("{name}: {e}")))?;
+            files.push(MarkerFile { path: name, bytes });
+            after_put(files.len());
+        }
+        for (stale, location) in existing
+            .iter()
+            .filter(|(n, _)| n != MARKER && !files.iter().any(|f| &f.path == n))
+        {
+            store
+                .delete(location)
+                .await
+                .map_err(|e| failed(stale, &e))?;
+        }
+        let marker = Marker {
+            format_version: 1,
+            published_at_unix_ms: crate::run_dir::now_ms(),
+            files,
+        };
+        let body = serde_json::to_vec_pretty(&marker).expect("a marker is JSON");
+        store
+            .put(&at(MARKER), PutPayload::from(body))
+            .await
+            .map_err(|e| failed(MARKER, &e))?;
+        super::write_atomic(&mirror.join(UPLOADED), self.url.as_bytes())?;
+        remove_parts(mirror);
+        Ok(marker)
+    }
+}
+
+/// The files of a published mirror, relative to it and sorted; hidden files (temp names, the
+/// upload mark) stay home.
+fn mirror_files(mirror: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    let mut dirs = vec![mirror.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|source| PipelineError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if path.is_dir() {
+                dirs.push(path);
+            } else if let Ok(rel) = path.strip_prefix(mirror) {
+                let name = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().to_string())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                out.push((name, path));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Puts one file: one request up to [`PART_BYTES`], a multipart upload above.
+async fn put_file(
+    store: &dyn ObjectStore,
+    location: &StorePath,
+    path: &Path,
+) -> std::result::Result<u64, String> {
+    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let size = file.metadata().map_err(|e| e.to_string())?.len();
+    let describe = |e: &(dyn std::error::Error + 'static)| root_message(e);
+    if size as usize <= PART_BYTES {
+        let mut bytes = Vec::with_capacity(size as usize);
+        file.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+        store
+            .put(location, PutPayload::from(bytes))
+            .await
+            .map_err(|e| describe(&e))?;
+        return Ok(size);
+    }
+    let upload = store
+        .put_multipart(location)
+        .await
+        .map_err(|e| describe(&e))?;
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+    let mut buf = vec![0u8; PART_BYTES];
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                let _ = writer.abort().await;
+                return Err(e.to_string());
+            }
+        };
+        if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
+            return Err(describe(&e));
+        }
+        writer.write(&buf[..n]);
+    }
+    writer.finish().await.map_err(|e| describe(&e))?;
+    Ok(size)
+}
+
+/// Removes a mirror's part files (anywhere below it, partition directories too) once they are up.
+fn remove_parts(mirror: &Path) {
+    if let Ok(files) = mirror_files(mirror) {
+        for (name, path) in files {
+            let file = name.rsplit('/').next().unwrap_or(&name);
+            if file.starts_with("part-") {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_a_writable_store_and_a_prefix() {
+        let ok = RemoteOutput::parse("s3://bucket/out/scored/").unwrap();
+        assert_eq!(ok.url, "s3://bucket/out/scored");
+        assert_eq!(
+            ok.mirror_under(Path::new("/m")),
+            Path::new("/m/s3/bucket/out/scored")
+        );
+        for (bad, says) in [
+            ("https://host/out", "read-only"),
+            ("s3://bucket", "below the bucket"),
+            ("s3://bucket/", "below the bucket"),
+            ("s3://bucket/a/../b", "below the bucket"),
+            ("ftp://host/x", "not a location Nomaly writes"),
+        ] {
+            let err = RemoteOutput::parse(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_mirror_uploads_its_visible_files_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = dir.path();
+        std::fs::create_dir_all(m.join("_nomaly")).unwrap();
+        std::fs::create_dir_all(m.join("k=a")).unwrap();
+        for f in [
+            "part-00001.csv",
+            "part-00000.csv",
+            "k=a/part-00000.csv",
+            "_nomaly/run.json",
+            ".part-00002.x.tmp",
+            UPLOADED,
+        ] {
+            std::fs::write(m.join(f), b"x").unwrap();
+        }
+        let names: Vec<String> = mirror_files(m).unwrap().into_iter().map(|f| f.0).collect();
+        assert_eq!(
+            names,
+            [
+                "_nomaly/run.json",
+                "k=a/part-00000.csv",
+                "part-00000.csv",
+                "part-00001.csv"
+            ]
+        );
+        remove_parts(m);
+        let left: Vec<String> = mirror_files(m).unwrap().into_iter().map(|f| f.0).collect();
+        assert_eq!(left, ["_nomaly/run.json"]);
+    }
+}
