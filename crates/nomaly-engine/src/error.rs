@@ -117,6 +117,14 @@ pub fn is_transient_datafusion_error(e: &DataFusionError) -> bool {
         DataFusionError::ObjectStore(s) => !matches!(s.as_ref(), StoreError::NotFound { .. }),
         DataFusionError::IoError(io) => io.kind() != std::io::ErrorKind::NotFound,
         DataFusionError::ResourcesExhausted(_) => true,
+        // Ballista's client turns some of its errors into text (`Execution("GrpcConnectionError(
+        // ..)")`): an executor that left after its task finished, whose results can no longer be
+        // fetched, arrives this way. Only those two variants are read from the text.
+        DataFusionError::Execution(text)
+            if text.starts_with("GrpcConnectionError(") || text.starts_with("FetchFailed(") =>
+        {
+            true
+        }
         _ => {
             let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(root);
             while let Some(err) = cur {
@@ -168,3 +176,26 @@ fn is_transient_status(status: &tonic::Status) -> bool {
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An executor gone after its task: Ballista's client reports the failed fetch as text, and it
+    /// is still worth another attempt; other execution errors are not.
+    #[test]
+    fn results_an_executor_took_with_it_are_transient() {
+        let gone = DataFusionError::Execution(
+            "GrpcConnectionError(\"Error connecting to Ballista scheduler or executor at \
+             http://127.0.0.1:40517: tcp connect error\")"
+                .into(),
+        );
+        assert!(is_transient_datafusion_error(&gone));
+        let fetch = DataFusionError::Execution("FetchFailed(\"e1\", 1, 0, \"gone\")".into());
+        assert!(is_transient_datafusion_error(&fetch));
+        let plan = DataFusionError::Execution("division by zero".into());
+        assert!(!is_transient_datafusion_error(&plan));
+        let wrapped = DataFusionError::Context("chunk 4".into(), Box::new(gone));
+        assert!(is_transient_datafusion_error(&wrapped));
+    }
+}

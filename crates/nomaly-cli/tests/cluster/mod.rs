@@ -2,6 +2,7 @@
 //! ports. SQL and pipelines on it give what the local engine gives, byte for byte, and no process
 //! outlives the test.
 
+mod come_and_go;
 mod compose;
 mod equal_local;
 mod flight_sql;

@@ -330,7 +330,8 @@ mod tests {
         let fused = plan(&ctx, sql).await;
         assert!(find(&fused, "SegmentFitScoreExec").is_some());
         let err = sorted_rows(fused, &ctx).await.unwrap_err().to_string();
-        assert!(err.contains("the segment (s0) holds more than"), "{err}");
+        assert!(err.contains("the segment (s0) needs more than"), "{err}");
+        assert!(err.contains(" MiB for its rows ("), "{err}");
         assert!(err.contains("raise --memory-limit"), "{err}");
     }
 

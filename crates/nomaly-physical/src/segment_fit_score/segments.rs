@@ -112,19 +112,20 @@ impl Segments {
             .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
             .sum();
         self.reservation.try_grow(bytes).map_err(|e| {
-            let held: usize = self
-                .current
-                .as_ref()
-                .map_or(0, |c| c.rows.iter().map(RecordBatch::num_rows).sum());
+            let (held, held_bytes) = self.current.as_ref().map_or((0, 0), |c| {
+                (c.rows.iter().map(RecordBatch::num_rows).sum::<usize>(), c.bytes)
+            });
             let key = self
                 .current
                 .as_ref()
                 .map(|c| c.key.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", "))
                 .unwrap_or_default();
+            let needs = (held_bytes + bytes) as f64 / 1_048_576.0;
             datafusion::common::DataFusionError::ResourcesExhausted(format!(
-                "detect_anomalies(...) OVER (PARTITION BY ...): the segment ({key}) holds more than \
-                 {held} rows, more than the memory budget leaves for one segment's rows, which are \
-                 kept until its model is fitted; raise --memory-limit, or split the segment with \
+                "detect_anomalies(...) OVER (PARTITION BY ...): the segment ({key}) needs more than \
+                 {needs:.1} MiB for its rows ({held} rows read so far), more than the memory budget \
+                 leaves for one segment's rows, which are kept until its model is fitted; raise \
+                 --memory-limit above what the pool holds now plus that, or split the segment with \
                  another PARTITION BY column ({e})"
             ))
         })?;
