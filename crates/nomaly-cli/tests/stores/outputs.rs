@@ -206,7 +206,8 @@ fn standalone_writes_the_same(
 }
 
 /// `error_if_exists` on a prefix that holds objects, `overwrite` on objects Nomaly did not
-/// write, a URL without a prefix, an http:// output: exit 2 naming the URL and the fix.
+/// write, a URL without a prefix, an http:// output: `run` and `validate` exit 2 naming the URL
+/// and the fix.
 fn refusals(work: &Path, root: &Path, env: &[(&str, String)], endpoint: &str) {
     let dir = work.join("refused");
     let cases = [
@@ -229,10 +230,15 @@ fn refusals(work: &Path, root: &Path, env: &[(&str, String)], endpoint: &str) {
     ];
     for (output, says) in cases {
         let p = pipeline(&dir, root, &output, "");
-        let o = cli(&["run", p.to_str().unwrap(), "--no-progress"], env);
-        let err = stderr(&o);
-        assert_eq!(o.status.code(), Some(2), "{output}: {err}");
-        assert!(err.contains(says), "{output}: missing '{says}' in {err}");
+        for command in ["run", "validate"] {
+            let o = cli(&[command, p.to_str().unwrap()], env);
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(2), "{command} {output}: {err}");
+            assert!(
+                err.contains(says),
+                "{command} {output}: no '{says}' in {err}"
+            );
+        }
     }
     assert_eq!(
         download(endpoint, "elsewhere", &work.join("else")),

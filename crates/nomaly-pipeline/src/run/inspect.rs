@@ -141,6 +141,11 @@ pub async fn validate(p: &CompiledPipeline) -> Result<String> {
     let mut stub = base_report(p);
     let (df, _) = scored_frame(&scope, &prepared.ctx, &empty, &mut stub).await?;
     compile_sinks(&prepared.ctx, p, df.schema())?;
+    for s in &p.sinks {
+        if let Some(remote) = &s.remote {
+            remote.check_writable(s.mode).await?;
+        }
+    }
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
     for (place, v) in &p.validations {
         if let ValidateSpec::Sql { name, sql } = v {
