@@ -129,7 +129,7 @@ def segments(a):
             shown = ", ".join(f"{p / 2**20:.0f}" for p in peaks)
             print(f"{alg:8} {n:>6} segments  cluster {t:7.2f} s  local {t_local:7.2f} s  executor peak RSS "
                   f"[{shown}] MiB {'within' if within else 'OVER'} {limit}  rows, equal to local: {equal}"
-                  f"  {('FAILED: ' + err.splitlines()[-1][:200]) if err else ''}", flush=True)
+                  f"  {('FAILED: ' + err.splitlines()[-1][:2000]) if err else ''}", flush=True)
             shutil.rmtree(cluster_out, ignore_errors=True)
             os.remove(local_out)
     shutil.rmtree(out, ignore_errors=True)
@@ -154,7 +154,7 @@ def unsegmented(a):
                          "ratio": ratio, "error": err or err_local})
             shown = f"{ratio:5.2f}x" if ratio else "  -  "
             print(f"{alg:8} cluster {t:7.2f} s  local {t_local:7.2f} s  {shown}"
-                  f"  {('FAILED: ' + (err or err_local).splitlines()[-1][:200]) if (err or err_local) else ''}",
+                  f"  {('FAILED: ' + (err or err_local).splitlines()[-1][:2000]) if (err or err_local) else ''}",
                   flush=True)
             shutil.rmtree(f"{out}/cluster", ignore_errors=True)
     finally:

@@ -169,28 +169,17 @@ pub async fn run_executor(
         }
     };
     let stores = Arc::new(EnvObjectStoreRegistry::default());
-    // One pool for all of this executor's tasks, Nomaly's (`nomaly_physical::budget_pool`: an
-    // exchange that cannot spill cannot stop a task either), in place of Ballista's pool per
-    // task; Ballista is told there is none so that it keeps the sessions' runtimes as given.
-    let pool = match config.memory_pool_size {
-        Some(bytes) if bytes > 0 => {
-            tracing::info!(
-                pool_bytes = bytes,
-                "one memory pool shared by the executor's tasks"
-            );
-            config.memory_pool_size = Some(0);
-            Some(nomaly_physical::budget_pool(bytes as usize))
-        }
-        _ => None,
-    };
+    // Ballista gives each task a FairSpillPool of its slots' share of `--memory-pool-size`. One
+    // pool shared by all tasks (Nomaly's `budget_pool`) was measured to let one task's sort starve
+    // another task's segment operator (`benchmarks/README.md`, "A cluster on this machine"), so
+    // executors keep Ballista's pools.
     config.override_runtime_producer = Some(Arc::new(move |_: &SessionConfig| {
-        let mut runtime = RuntimeEnvBuilder::new()
-            .with_temp_file_path(work_dir.clone())
-            .with_object_store_registry(stores.clone());
-        if let Some(pool) = &pool {
-            runtime = runtime.with_memory_pool(Arc::clone(pool));
-        }
-        Ok(Arc::new(runtime.build()?))
+        Ok(Arc::new(
+            RuntimeEnvBuilder::new()
+                .with_temp_file_path(work_dir.clone())
+                .with_object_store_registry(stores.clone())
+                .build()?,
+        ))
     }));
     let state = session_state(SessionConfig::new())?;
     config.override_function_registry = Some(Arc::new(BallistaFunctionRegistry::from(&state)));
