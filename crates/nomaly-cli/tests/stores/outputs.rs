@@ -170,6 +170,7 @@ fn an_s3_output_equals_the_local_one_and_an_interrupted_upload_is_finished_by_re
     );
 
     standalone_writes_the_same(work.path(), &root, &env, &s3.endpoint(), &local.1);
+    on_a_cluster_executors_put_the_parts(work.path(), &root, &env, &s3.endpoint(), &local.1);
     refusals(work.path(), &root, &env, &s3.endpoint());
 }
 
@@ -203,6 +204,72 @@ fn standalone_writes_the_same(
     let names = download(endpoint, "standalone", &got);
     crate::assert_same_parts("s3 output, standalone", local, &part_files(&got));
     assert_marker_lists(&got, &names);
+}
+
+/// Every `part-*` file under `dir`, at any depth.
+fn local_parts(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if e.file_name().to_string_lossy().starts_with("part-") {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// On a cluster the executors put each part into the output's staging prefix themselves: stopped
+/// after the first object of the upload, the staging prefix holds all 8 parts and the client's
+/// directories none; `resume` finishes the upload (copies inside the store) and empties the
+/// staging prefix.
+fn on_a_cluster_executors_put_the_parts(
+    work: &Path,
+    root: &Path,
+    env: &[(&str, String)],
+    endpoint: &str,
+    local: &[(String, Vec<u8>)],
+) {
+    let owned: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let cluster = crate::cluster::Cluster::start_with_env(2, &[], &[], &owned);
+    let dir = work.join("cluster");
+    let p = pipeline(
+        &dir,
+        root,
+        &format!("output = \"s3://{OUT_BUCKET}/on_cluster/\""),
+        "",
+    );
+    let mut killed = env.to_vec();
+    killed.push(("NOMALY_FAULTS", "exit_after_upload=1".to_string()));
+    let engine = cluster.engine();
+    let args = [
+        "run",
+        p.to_str().unwrap(),
+        "--engine",
+        &engine,
+        "--no-progress",
+    ];
+    let o = cli(&args, &killed);
+    assert_eq!(o.status.code(), Some(137), "{}", stderr(&o));
+    let staged = download(endpoint, ".on_cluster.nomaly-staging", &work.join("staged"));
+    let parts = staged.iter().filter(|n| n.starts_with("part-")).count();
+    assert_eq!(parts, 8, "the executors' parts: {staged:?}");
+    assert_eq!(local_parts(&dir), Vec::<std::path::PathBuf>::new());
+    let o = cli(&["resume", p.to_str().unwrap(), "--no-progress"], env);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let got = work.join("got_cluster");
+    let names = download(endpoint, "on_cluster", &got);
+    crate::assert_same_parts("s3 output on a cluster", local, &part_files(&got));
+    assert_marker_lists(&got, &names);
+    let left = download(endpoint, ".on_cluster.nomaly-staging", &work.join("staged"));
+    assert!(left.is_empty(), "the staging prefix is emptied: {left:?}");
 }
 
 /// `error_if_exists` on a prefix that holds objects, `overwrite` on objects Nomaly did not

@@ -92,7 +92,18 @@ async fn run_checks(
 
 /// `output`: the first sink's data, as written (still in its staging directory).
 async fn register_output(ctx: &SessionContext, p: &CompiledPipeline) -> Result<()> {
-    let staging = staging_dir(&p.sinks[0].path);
+    let s = &p.sinks[0];
+    // On a cluster an object-store output's parts are in its staging prefix, where the
+    // executors put them.
+    if let Some(remote) = &s.remote
+        && super::session::cluster_of(ctx.state().config()).is_some()
+    {
+        let location = format!("{}/", remote.staging_url());
+        nomaly_engine::register_object_store(ctx, &location)
+            .map_err(|e| PipelineError::engine(s.label.clone(), e))?;
+        return register_first_sink(ctx, p, location).await;
+    }
+    let staging = staging_dir(&s.path);
     register_first_sink(ctx, p, format!("{}/", staging.display())).await
 }
 

@@ -200,6 +200,7 @@ impl ChunkJob {
             .map(|(target, staging)| SinkOnExecutor {
                 target: target.clone(),
                 staging: staging.clone(),
+                upload_to: target.remote.as_ref().map(|r| r.staging_url()),
             })
             .collect();
         PartWriteExec::try_new(one, self.chunk, shared.schema.clone(), sinks)

@@ -157,18 +157,27 @@ async fn upload_published(
     p: &CompiledPipeline,
     faults: Option<&crate::faults::FaultPlan>,
 ) -> Result<()> {
-    for s in &p.sinks {
+    for (i, s) in p.sinks.iter().enumerate() {
         let Some(remote) = &s.remote else { continue };
         if !RemoteOutput::needs_upload(&s.path) {
             continue;
         }
+        // Committed parts not in the mirror were put in the staging prefix by executors.
+        let manifest = RunDir::at(&p.sinks[0].path).read_manifest()?;
+        let staged: Vec<String> = manifest
+            .commits
+            .values()
+            .flat_map(|c| c.parts.iter())
+            .filter(|part| part.sink == i && !s.path.join(&part.path).exists())
+            .map(|part| part.path.clone())
+            .collect();
         let after_put = |n: usize| {
             if let Some(plan) = faults {
                 plan.after_upload(n);
             }
         };
         remote
-            .upload(&s.path, &after_put)
+            .upload(&s.path, &staged, &after_put)
             .await
             .map_err(|e| PipelineError::Output {
                 path: PathBuf::from(&remote.url),

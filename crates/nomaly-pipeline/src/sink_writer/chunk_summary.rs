@@ -87,7 +87,12 @@ pub(super) fn summary_batch(
     for (s, p) in parts {
         let staging = &sinks[*s].staging;
         sink.push(Some(*s as u32));
-        temp.push(Some(relative(&p.temp, staging)?));
+        // An executor that put the part in an object store leaves no temp file: null.
+        temp.push(if p.in_place {
+            None
+        } else {
+            Some(relative(&p.temp, staging)?)
+        });
         path.push(Some(relative(&p.part.path, staging)?));
         rows.push(p.part.rows);
         bytes.push(p.part.bytes);
@@ -174,12 +179,19 @@ impl ChunkSummary {
                 let staging = stagings
                     .get(s)
                     .ok_or_else(|| format!("the chunk summary names sink {s}"))?;
+                let part_path = within(staging, path.value(i))?;
+                let in_place = temp.is_null(i);
                 out.parts.push((
                     s,
                     StagedPart {
-                        temp: within(staging, temp.value(i))?,
+                        temp: if in_place {
+                            part_path.clone()
+                        } else {
+                            within(staging, temp.value(i))?
+                        },
+                        in_place,
                         part: WrittenPart {
-                            path: within(staging, path.value(i))?,
+                            path: part_path,
                             rows: rows.value(i),
                             bytes: bytes.value(i),
                             crc32: crc.value(i),

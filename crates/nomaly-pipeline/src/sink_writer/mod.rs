@@ -277,6 +277,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let staged = |bytes: u64| StagedPart {
             temp: dir.path().join(".part-00000.a1.tmp"),
+            in_place: false,
             part: WrittenPart {
                 path: dir.path().join("part-00000.csv"),
                 rows: 1,

@@ -288,6 +288,7 @@ impl PartFile {
         drop(file);
         Ok(StagedPart {
             temp: tmp,
+            in_place: false,
             part: WrittenPart {
                 path: self.path,
                 rows: self.rows,
@@ -302,6 +303,9 @@ impl PartFile {
 #[derive(Debug, Clone)]
 pub struct StagedPart {
     pub temp: PathBuf,
+    /// Already at its place in an object store's staging prefix (an executor put it there):
+    /// nothing to rename.
+    pub in_place: bool,
     /// What it will be once published.
     pub part: WrittenPart,
 }
@@ -310,6 +314,9 @@ impl StagedPart {
     /// Renames the temp file to the part's name, after checking that it is the file that was
     /// written (its size): a part written by an executor must be on storage this process sees.
     pub fn publish(self) -> Result<WrittenPart> {
+        if self.in_place {
+            return Ok(self.part);
+        }
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| PipelineError::Io { path, source }

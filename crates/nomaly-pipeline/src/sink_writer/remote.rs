@@ -108,13 +108,18 @@ impl RemoteOutput {
         }
     }
 
+    /// Where a cluster's executors put the parts while the run lasts: a prefix beside the
+    /// output's, `.<name>.nomaly-staging` (as a local output's staging directory).
+    pub fn staging_url(&self) -> String {
+        match self.url.rsplit_once('/') {
+            Some((parent, name)) => format!("{parent}/.{name}.nomaly-staging"),
+            None => format!("{}.nomaly-staging", self.url),
+        }
+    }
+
     /// The store and the prefix inside it.
     fn open(&self) -> Result<(Arc<dyn ObjectStore>, StorePath)> {
-        let built = build_remote_store(&self.url)
-            .map_err(|e| self.error(e.to_string()))?
-            .ok_or_else(|| self.error("not an object-store URL".into()))?;
-        let key = self.url[built.root.as_str().trim_end_matches('/').len()..].trim_matches('/');
-        Ok((built.store, StorePath::from(key)))
+        open_prefix(&self.url).map_err(|e| self.error(e))
     }
 
     /// The objects under the prefix: their names relative to it, and their locations.
@@ -178,13 +183,17 @@ impl RemoteOutput {
     }
 
     /// Uploads the published `mirror` (see the module docs) and returns the marker it put.
-    /// `after_put` is called after each object (fault injection).
+    /// `staged` are the committed parts executors put in [`staging_url`](Self::staging_url)
+    /// (relative names): they are copied inside the store. `after_put` is called after each
+    /// object (fault injection).
     pub async fn upload(
         &self,
         mirror: &Path,
+        staged: &[String],
         after_put: &(dyn Fn(usize) + Sync),
     ) -> Result<Marker> {
         let (store, prefix) = self.open()?;
+        let (_, staging) = open_prefix(&self.staging_url()).map_err(|e| self.error(e))?;
         let existing = self.list(store.as_ref(), &prefix).await?;
         let at = |name: &str| name.split('/').fold(prefix.clone(), |p, s| p.join(s));
         let failed = |name: &str, e: &(dyn std::error::Error + 'static)| {
@@ -204,6 +213,24 @@ impl RemoteOutput {
             files.push(MarkerFile { path: name, bytes });
             after_put(files.len());
         }
+        for name in staged {
+            let from = name.split('/').fold(staging.clone(), |p, s| p.join(s));
+            store
+                .copy(&from, &at(name))
+                .await
+                .map_err(|e| failed(name, &e))?;
+            let bytes = store
+                .head(&at(name))
+                .await
+                .map_err(|e| failed(name, &e))?
+                .size;
+            files.push(MarkerFile {
+                path: name.clone(),
+                bytes,
+            });
+            after_put(files.len());
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
         for (stale, location) in existing
             .iter()
             .filter(|(n, _)| n != MARKER && !files.iter().any(|f| &f.path == n))
@@ -225,8 +252,75 @@ impl RemoteOutput {
             .map_err(|e| failed(MARKER, &e))?;
         super::write_atomic(&mirror.join(UPLOADED), self.url.as_bytes())?;
         remove_parts(mirror);
+        for (name, location) in self.list(store.as_ref(), &staging).await? {
+            store
+                .delete(&location)
+                .await
+                .map_err(|e| failed(&name, &e))?;
+        }
         Ok(marker)
     }
+}
+
+/// The store of `url` and the prefix inside it.
+fn open_prefix(url: &str) -> std::result::Result<(Arc<dyn ObjectStore>, StorePath), String> {
+    let built = build_remote_store(url)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "not an object-store URL".to_string())?;
+    let key = url[built.root.as_str().trim_end_matches('/').len()..].trim_matches('/');
+    Ok((built.store, StorePath::from(key)))
+}
+
+/// On an executor: puts each finished part (written under `scratch`) into `prefix` under its
+/// name relative to `scratch`, and returns it as in place under the client's `staging`. A part's
+/// bytes are the same on every attempt, so an attempt that puts it again changes nothing.
+pub(super) async fn put_parts(
+    staged: Vec<super::StagedPart>,
+    scratch: &Path,
+    prefix: &str,
+    staging: &Path,
+) -> Result<Vec<super::StagedPart>> {
+    let failed = |reason: String| PipelineError::Output {
+        path: PathBuf::from(prefix),
+        reason,
+    };
+    let (store, base) = open_prefix(prefix).map_err(failed)?;
+    let mut placed = Vec::with_capacity(staged.len());
+    for mut part in staged {
+        let rel = part
+            .part
+            .path
+            .strip_prefix(scratch)
+            .map_err(|_| {
+                failed(format!(
+                    "{} is outside {}",
+                    part.part.path.display(),
+                    scratch.display()
+                ))
+            })?
+            .to_path_buf();
+        let name: Vec<String> = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().to_string())
+            .collect();
+        let location = name.iter().fold(base.clone(), |p, s| p.join(s.as_str()));
+        let bytes = put_file(store.as_ref(), &location, &part.temp)
+            .await
+            .map_err(|e| failed(format!("{}: {e}", name.join("/"))))?;
+        if bytes != part.part.bytes {
+            return Err(failed(format!(
+                "{}: put {bytes} bytes of {}",
+                name.join("/"),
+                part.part.bytes
+            )));
+        }
+        let _ = std::fs::remove_file(&part.temp);
+        part.part.path = staging.join(&rel);
+        part.temp = part.part.path.clone();
+        part.in_place = true;
+        placed.push(part);
+    }
+    Ok(placed)
 }
 
 /// The files of a published mirror, relative to it and sorted; hidden files (temp names, the
@@ -326,6 +420,7 @@ mod tests {
             ok.mirror_under(Path::new("/m")),
             Path::new("/m/s3/bucket/out/scored")
         );
+        assert_eq!(ok.staging_url(), "s3://bucket/out/.scored.nomaly-staging");
         for (bad, says) in [
             ("https://host/out", "read-only"),
             ("s3://bucket", "below the bucket"),

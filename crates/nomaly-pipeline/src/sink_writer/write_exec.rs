@@ -44,6 +44,9 @@ pub struct SinkOnExecutor {
     pub target: Arc<SinkTarget>,
     /// The sink's staging directory, absolute: executors have working directories of their own.
     pub staging: PathBuf,
+    /// For an output in an object store: the staging prefix the executor puts each part into
+    /// (under the name it has in `staging`), so that no directory is shared.
+    pub upload_to: Option<String>,
 }
 
 /// Writes partition 0 of its input (one chunk's scored rows) to every sink's part files, under
@@ -112,6 +115,7 @@ impl PartWriteExec {
                 Ok(SinkPayload {
                     label: t.label.clone(),
                     staging: s.staging.clone(),
+                    upload_to: s.upload_to.clone(),
                     format: t.format,
                     partition_by: t.partition_by.clone(),
                     filter,
@@ -166,6 +170,7 @@ impl PartWriteExec {
                         filter_text: s.filter_text,
                     }),
                     staging: s.staging,
+                    upload_to: s.upload_to,
                 })
             })
             .collect::<DfResult<Vec<_>>>()?;
@@ -189,6 +194,7 @@ struct Payload {
 struct SinkPayload {
     label: String,
     staging: PathBuf,
+    upload_to: Option<String>,
     format: FileFormat,
     partition_by: Vec<String>,
     /// `datafusion.PhysicalExprNode` protobuf.
@@ -304,10 +310,11 @@ impl WriteChunk {
         let mut writers = self
             .sinks
             .iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(i, s)| {
                 ChunkWriter::new(
                     s.target.clone(),
-                    s.staging.clone(),
+                    self.local_staging(i, s),
                     self.chunk,
                     self.schema.clone(),
                     None,
@@ -326,11 +333,31 @@ impl WriteChunk {
         }
         let mut parts = Vec::new();
         for (s, w) in writers.into_iter().enumerate() {
-            for part in w.finish().map_err(to_datafusion)? {
-                parts.push((s, part));
-            }
+            let staged = w.finish().map_err(to_datafusion)?;
+            let sink = &self.sinks[s];
+            let staged = match &sink.upload_to {
+                Some(prefix) => {
+                    let scratch = self.local_staging(s, sink);
+                    let placed = super::remote::put_parts(staged, &scratch, prefix, &sink.staging)
+                        .await
+                        .map_err(to_datafusion);
+                    let _ = std::fs::remove_dir_all(&scratch);
+                    placed?
+                }
+                None => staged,
+            };
+            parts.extend(staged.into_iter().map(|p| (s, p)));
         }
         summary_batch(&counter.counts, &parts, &self.sinks)
+    }
+
+    /// Where sink `i`'s parts are written here: its staging directory, or for a sink uploaded to
+    /// an object store a scratch directory of this attempt's.
+    fn local_staging(&self, i: usize, s: &SinkOnExecutor) -> PathBuf {
+        match s.upload_to {
+            Some(_) => std::env::temp_dir().join(format!("nomaly-parts-{}-{i}", self.attempt)),
+            None => s.staging.clone(),
+        }
     }
 }
 
@@ -405,6 +432,7 @@ mod tests {
                 filter_text: None,
             }),
             staging: dir.join(format!(".{name}.nomaly-staging")),
+            upload_to: None,
         }
     }
 
