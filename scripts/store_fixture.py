@@ -32,16 +32,20 @@ def files(root):
     return sorted((p.relative_to(base).as_posix(), p) for p in base.rglob("*") if p.is_file())
 
 
-def put_s3(endpoint, bucket, root):
+def s3_client(endpoint):
     import boto3
 
-    s3 = boto3.client(
+    return boto3.client(
         "s3",
         endpoint_url=endpoint,
         aws_access_key_id="nomaly",
         aws_secret_access_key="nomaly-secret",
         region_name="us-east-1",
     )
+
+
+def put_s3(endpoint, bucket, root):
+    s3 = s3_client(endpoint)
     try:
         s3.create_bucket(Bucket=bucket)
     except s3.exceptions.BucketAlreadyOwnedByYou:
@@ -51,15 +55,7 @@ def put_s3(endpoint, bucket, root):
 
 
 def get_s3(endpoint, bucket, prefix, root):
-    import boto3
-
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="nomaly",
-        aws_secret_access_key="nomaly-secret",
-        region_name="us-east-1",
-    )
+    s3 = s3_client(endpoint)
     prefix = prefix.strip("/") + "/"
     names = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):

@@ -13,10 +13,25 @@ pub const READY_WITHIN: Duration = Duration::from_secs(60);
 /// Builds the command for a role (`scheduler` or `executor`), before its flags.
 pub type Launcher = Box<dyn Fn(&str) -> Command + Send + Sync>;
 
+/// How a process was started, to start it again.
+struct Spawned {
+    name: String,
+    role: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    cwd: PathBuf,
+    /// Restarts after losing a port to another process.
+    restarts: u32,
+}
+
+/// The flags whose value is a port this harness drew from the free ones.
+const PORT_FLAGS: [&str; 3] = ["--bind-port", "--bind-grpc-port", "--bind-health-port"];
+
 /// The processes of one test cluster.
 pub struct Processes {
     launcher: Launcher,
     children: Vec<Child>,
+    spawned: Vec<Spawned>,
     /// The scheduler's port.
     pub port: u16,
     logs: PathBuf,
@@ -30,6 +45,7 @@ impl Processes {
         Processes {
             launcher,
             children: Vec::new(),
+            spawned: Vec::new(),
             port,
             logs: dir.path().to_path_buf(),
             _dir: dir,
@@ -50,19 +66,55 @@ impl Processes {
         env: &[(String, String)],
         cwd: &Path,
     ) {
-        let log = |suffix: &str| {
-            std::fs::File::create(self.logs.join(format!("{name}.{suffix}"))).expect("a log file")
+        let spawned = Spawned {
+            name: name.to_string(),
+            role: role.to_string(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: env.to_vec(),
+            cwd: cwd.to_path_buf(),
+            restarts: 0,
         };
-        let child = (self.launcher)(role)
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .current_dir(cwd)
+        let child = self.start(&spawned);
+        self.children.push(child);
+        self.spawned.push(spawned);
+    }
+
+    fn start(&self, s: &Spawned) -> Child {
+        let log = |suffix: &str| {
+            std::fs::File::create(self.logs.join(format!("{}.{suffix}", s.name)))
+                .expect("a log file")
+        };
+        (self.launcher)(&s.role)
+            .args(&s.args)
+            .envs(s.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&s.cwd)
             .stdin(Stdio::null())
             .stdout(log("out"))
             .stderr(log("err"))
             .spawn()
-            .expect("start a cluster process");
-        self.children.push(child);
+            .expect("start a cluster process")
+    }
+
+    /// Starts process `i` again on fresh ports if it exited because another process took one of
+    /// the ports drawn for it (a free port is free only until someone binds it; tests run in
+    /// parallel). True if it did.
+    fn restart_if_port_taken(&mut self, i: usize) -> bool {
+        let s = &self.spawned[i];
+        let err =
+            std::fs::read_to_string(self.logs.join(format!("{}.err", s.name))).unwrap_or_default();
+        if s.role != "executor" || s.restarts >= 3 || !err.contains("Address already in use") {
+            return false;
+        }
+        let mut args = s.args.clone();
+        for at in 0..args.len().saturating_sub(1) {
+            if PORT_FLAGS.contains(&args[at].as_str()) {
+                args[at + 1] = crate::free_port().to_string();
+            }
+        }
+        self.spawned[i].args = args;
+        self.spawned[i].restarts += 1;
+        self.children[i] = self.start(&self.spawned[i]);
+        true
     }
 
     /// The flags of executor `i` of a scheduler on `self.port`: its own free ports and work
@@ -94,10 +146,13 @@ impl Processes {
         flags
     }
 
-    /// Fails, with every log, if a process has exited.
+    /// Fails, with every log, if a process has exited (an executor that lost a port to another
+    /// process is started again on fresh ones).
     pub fn assert_running(&mut self) {
-        for c in &mut self.children {
-            if let Ok(Some(status)) = c.try_wait() {
+        for i in 0..self.children.len() {
+            if let Ok(Some(status)) = self.children[i].try_wait()
+                && !self.restart_if_port_taken(i)
+            {
                 panic!("a cluster process exited ({status}):\n{}", self.logs());
             }
         }
@@ -157,5 +212,35 @@ impl Drop for Processes {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An executor whose drawn port was taken before it bound it is started again on another.
+    #[test]
+    fn an_executor_that_lost_its_port_starts_again_on_another() {
+        let launcher: Launcher = Box::new(|_| {
+            let mut c = Command::new("sh");
+            let script = "if [ \"$2\" = 1 ]; then echo 'Address already in use (os error 98)' >&2; \
+                          exit 1; fi; exec sleep 30";
+            c.args(["-c", script, "sh"]);
+            c
+        });
+        let mut p = Processes::new(0, launcher);
+        p.spawn(
+            "executor0",
+            "executor",
+            &["--bind-port", "1"],
+            &[],
+            Path::new("."),
+        );
+        let _ = p.children[0].wait();
+        p.assert_running();
+        assert_ne!(p.spawned[0].args[1], "1");
+        assert_eq!(p.spawned[0].restarts, 1);
+        assert!(p.children[0].try_wait().unwrap().is_none(), "running again");
     }
 }

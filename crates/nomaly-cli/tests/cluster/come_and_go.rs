@@ -2,9 +2,8 @@
 //! SIGTERM (as an operator or Kubernetes stops a pod) tells the scheduler, finishes its tasks and
 //! exits, and the run's output is the local engine's, byte for byte.
 
-use super::{Cluster, local_and_cluster_pipelines};
+use super::{Cluster, QUICK_EXECUTOR, local_and_cluster_pipelines, spawn_run};
 use crate::{assert_no_temp_files, assert_same_parts, part_files, report};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Completed chunk jobs of the run, as the scheduler lists them.
@@ -25,32 +24,13 @@ fn an_executor_joins_another_leaves_on_sigterm_and_the_output_is_unchanged() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let file = local_and_cluster_pipelines(dir);
-    let mut cluster = Cluster::start_with(
-        1,
-        &[
-            "--executor-timeout-seconds",
-            "3",
-            "--expire-dead-executor-interval-seconds",
-            "1",
-        ],
-        &["--executor-heartbeat-interval-seconds", "1"],
+    let mut cluster = Cluster::start_quick_to_notice(1);
+    // 24 chunks, each held back a little, so the run outlasts the comings and goings.
+    let mut run = spawn_run(
+        &file,
+        &cluster.engine(),
+        &[("NOMALY_FAULTS", "chunk_delay_ms=150")],
     );
-    let mut run = Command::new(env!("CARGO_BIN_EXE_nomaly"))
-        .args([
-            "run",
-            file.to_str().unwrap(),
-            "--engine",
-            &cluster.engine(),
-            "--json",
-            "--no-progress",
-        ])
-        // 24 chunks, each held back a little, so the run outlasts the comings and goings.
-        .env("NOMALY_FAULTS", "chunk_delay_ms=150")
-        .current_dir(crate::root())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     let staging = dir.join(".out_cluster.nomaly-staging");
     let still_running = |run: &mut std::process::Child, what: &str| {
         assert!(
@@ -71,7 +51,7 @@ fn an_executor_joins_another_leaves_on_sigterm_and_the_output_is_unchanged() {
     let mut args = vec!["executor".to_string()];
     args.extend(cluster.processes.executor_flags(1));
     args.extend(
-        ["--executor-heartbeat-interval-seconds", "1"]
+        QUICK_EXECUTOR
             .into_iter()
             .chain(["--log-level-setting", "warn"])
             .map(String::from),

@@ -336,6 +336,42 @@ fn local_and_cluster_pipelines(dir: &Path) -> PathBuf {
     dir.join("cluster.toml")
 }
 
+/// Scheduler flags that notice a lost executor within seconds (a 3 s timeout)...
+const QUICK_SCHEDULER: [&str; 4] = [
+    "--executor-timeout-seconds",
+    "3",
+    "--expire-dead-executor-interval-seconds",
+    "1",
+];
+/// ...with executors that heartbeat every second.
+const QUICK_EXECUTOR: [&str; 2] = ["--executor-heartbeat-interval-seconds", "1"];
+
+impl Cluster {
+    /// [`Cluster::start`] with [`QUICK_SCHEDULER`] and [`QUICK_EXECUTOR`].
+    fn start_quick_to_notice(executors: usize) -> Cluster {
+        Cluster::start_with(executors, &QUICK_SCHEDULER, &QUICK_EXECUTOR)
+    }
+}
+
+/// `nomaly run FILE --engine ENGINE --json --no-progress` in the background, with `env` set.
+fn spawn_run(file: &Path, engine: &str, env: &[(&str, &str)]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_nomaly"))
+        .args([
+            "run",
+            file.to_str().unwrap(),
+            "--engine",
+            engine,
+            "--json",
+            "--no-progress",
+        ])
+        .envs(env.iter().copied())
+        .current_dir(super::root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// One of two executors SIGKILLed while a pipeline's chunk jobs run: Ballista notices (1 s
 /// heartbeats, a 3 s timeout) and re-runs its tasks on the other executor, the client retries a
 /// chunk whose result it could not fetch, and the output is byte-identical to the local engine's,
@@ -345,31 +381,9 @@ fn a_pipeline_survives_losing_an_executor() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let file = local_and_cluster_pipelines(dir);
-    let mut cluster = Cluster::start_with(
-        2,
-        &[
-            "--executor-timeout-seconds",
-            "3",
-            "--expire-dead-executor-interval-seconds",
-            "1",
-        ],
-        &["--executor-heartbeat-interval-seconds", "1"],
-    );
+    let mut cluster = Cluster::start_quick_to_notice(2);
     let engine = cluster.engine();
-    let run = Command::new(env!("CARGO_BIN_EXE_nomaly"))
-        .args([
-            "run",
-            file.to_str().unwrap(),
-            "--engine",
-            &engine,
-            "--json",
-            "--no-progress",
-        ])
-        .current_dir(super::root())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let run = spawn_run(&file, &engine, &[]);
     // Kill, once the fit and a first chunk are done, the executor that is writing a part file
     // at that moment (it holds a `.tmp` of the staging directory open), while the run is alive.
     let staging = dir.join(".out_cluster.nomaly-staging");

@@ -137,11 +137,16 @@ fn azurite(dir: &Path) -> Service {
     Service::start("azurite", cmd, port)
 }
 
-/// Uploads every file under `dir` with scripts/store_fixture.py.
+/// Uploads every file under `dir` into the input bucket with scripts/store_fixture.py.
 fn upload(kind: &str, endpoint: &str, dir: &Path) {
+    upload_into(kind, endpoint, BUCKET, dir)
+}
+
+/// Uploads every file under `dir` into `bucket` (created if missing).
+fn upload_into(kind: &str, endpoint: &str, bucket: &str, dir: &Path) {
     let o = Command::new(python())
         .arg(super::root().join("scripts/store_fixture.py"))
-        .args([kind, endpoint, BUCKET, dir.to_str().unwrap()])
+        .args([kind, endpoint, bucket, dir.to_str().unwrap()])
         .output()
         .expect("run store_fixture.py");
     assert!(o.status.success(), "upload to {kind}: {}", stderr(&o));

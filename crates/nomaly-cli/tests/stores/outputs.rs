@@ -1,7 +1,7 @@
 //! Outputs in an object store: `output = "s3://bucket/prefix/"` through moto, read back with
 //! boto3 (scripts/store_fixture.py s3-get) and compared with the same run's local output.
 
-use super::{cli, moto, python, run, services_installed, write_fixtures};
+use super::{cli, moto, python, run, services_installed, upload_into, write_fixtures};
 use crate::{part_files, stderr};
 use std::path::Path;
 use std::process::Command;
@@ -85,12 +85,7 @@ fn an_s3_output_equals_the_local_one_and_an_interrupted_upload_is_finished_by_re
     let seed = work.path().join("seed");
     std::fs::create_dir_all(seed.join("elsewhere")).unwrap();
     std::fs::write(seed.join("elsewhere/keep.txt"), b"not ours").unwrap();
-    let o = Command::new(python())
-        .arg(crate::root().join("scripts/store_fixture.py"))
-        .args(["s3", &s3.endpoint(), OUT_BUCKET, seed.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    upload_into("s3", &s3.endpoint(), OUT_BUCKET, &seed);
     let env = vec![
         ("AWS_ACCESS_KEY_ID", "nomaly".to_string()),
         ("AWS_SECRET_ACCESS_KEY", "nomaly-secret".to_string()),
@@ -142,12 +137,7 @@ fn an_s3_output_equals_the_local_one_and_an_interrupted_upload_is_finished_by_re
     let stray = work.path().join("stray");
     std::fs::create_dir_all(stray.join("scored")).unwrap();
     std::fs::write(stray.join("scored/part-00099.parquet"), b"old").unwrap();
-    let o = Command::new(python())
-        .arg(crate::root().join("scripts/store_fixture.py"))
-        .args(["s3", &s3.endpoint(), OUT_BUCKET, stray.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    upload_into("s3", &s3.endpoint(), OUT_BUCKET, &stray);
     let mut killed_env = env.clone();
     killed_env.push(("NOMALY_FAULTS", "exit_after_upload=3".to_string()));
     let o = cli(&["run", p.to_str().unwrap(), "--no-progress"], &killed_env);
