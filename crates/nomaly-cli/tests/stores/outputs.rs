@@ -213,10 +213,10 @@ fn local_parts(dir: &Path) -> Vec<std::path::PathBuf> {
     found
 }
 
-/// On a cluster the executors put each part into the output's staging prefix themselves: stopped
-/// after the first object of the upload, the staging prefix holds all 8 parts and the client's
-/// directories none; `resume` finishes the upload (copies inside the store) and empties the
-/// staging prefix.
+/// On a cluster the executors put each part into the output's staging prefix themselves: a run
+/// SIGKILLed after two commits is resumed keeping them (checked in the prefix); stopped after the
+/// first object of the upload, the staging prefix holds all 8 parts and the client's directories
+/// none; `resume` finishes the upload (copies inside the store) and empties the staging prefix.
 fn on_a_cluster_executors_put_the_parts(
     work: &Path,
     root: &Path,
@@ -236,11 +236,45 @@ fn on_a_cluster_executors_put_the_parts(
         &format!("output = \"s3://{OUT_BUCKET}/on_cluster/\""),
         "",
     );
+    let engine = cluster.engine();
+    // SIGKILLed once two chunks are committed...
+    let manifest = dir
+        .join(".nomaly-outputs/s3")
+        .join(OUT_BUCKET)
+        .join(".on_cluster.nomaly-staging/_nomaly/manifest.jsonl");
+    let commits = || {
+        std::fs::read_to_string(&manifest)
+            .unwrap_or_default()
+            .matches("\"event\":\"commit\"")
+            .count()
+    };
+    let mut run = Command::new(env!("CARGO_BIN_EXE_nomaly"))
+        .args([
+            "run",
+            p.to_str().unwrap(),
+            "--engine",
+            &engine,
+            "--no-progress",
+        ])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("NOMALY_FAULTS", "chunk_delay_ms=400")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while commits() < 2 {
+        assert!(run.try_wait().unwrap().is_none(), "the run ended first");
+        assert!(std::time::Instant::now() < deadline, "no two commits");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    run.kill().unwrap();
+    run.wait().unwrap();
+    // ...then resumed, and stopped after the first object of the upload.
     let mut killed = env.to_vec();
     killed.push(("NOMALY_FAULTS", "exit_after_upload=1".to_string()));
-    let engine = cluster.engine();
     let args = [
-        "run",
+        "resume",
         p.to_str().unwrap(),
         "--engine",
         &engine,
@@ -260,6 +294,15 @@ fn on_a_cluster_executors_put_the_parts(
     assert_marker_lists(&got, &names);
     let left = download(endpoint, ".on_cluster.nomaly-staging", &work.join("staged"));
     assert!(left.is_empty(), "the staging prefix is emptied: {left:?}");
+    // The resume kept the chunks committed before the kill: their parts were checked in the
+    // staging prefix, not redone.
+    let record = std::fs::read_to_string(got.join("_nomaly/manifest.jsonl")).unwrap();
+    let resumed = record
+        .lines()
+        .find(|l| l.contains("\"event\":\"resume\""))
+        .expect("a resume line");
+    let kept: serde_json::Value = serde_json::from_str(resumed).unwrap();
+    assert!(kept["committed"].as_u64() >= Some(2), "{resumed}");
 }
 
 /// `error_if_exists` on a prefix that holds objects, `overwrite` on objects Nomaly did not

@@ -314,7 +314,17 @@ async fn execute(
     scope.touch_output();
     let committed = match earlier {
         None => new_run_dir::create(scope, &run_dir, &sinks, &scoring, sources_now, report)?,
-        Some(e) => resume::keep_verified(scope, &run_dir, e.manifest, &scoring, report)?,
+        Some(e) => {
+            // Parts executors put in an object store's staging prefix are checked there.
+            let mut remote = Vec::new();
+            for s in &p.sinks {
+                remote.push(match &s.remote {
+                    Some(r) => Some(scope.guard(r.staged_sizes()).await?),
+                    None => None,
+                });
+            }
+            resume::keep_verified(scope, &run_dir, e.manifest, &scoring, &remote, report)?
+        }
     };
     let t = Instant::now();
     let jobs = chunk_runner::ChunkRunner::new(scope, session, &scoring, sinks, run_dir);

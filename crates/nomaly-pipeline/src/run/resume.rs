@@ -181,6 +181,7 @@ pub(crate) fn keep_verified(
     run_dir: &RunDir,
     state: ManifestState,
     scoring: &ScoringPlan,
+    remote: &[Option<BTreeMap<String, u64>>],
     report: &mut RunReport,
 ) -> Result<BTreeMap<usize, CommitEntry>> {
     let staging: Vec<_> = scope.p.sinks.iter().map(|s| staging_dir(&s.path)).collect();
@@ -188,7 +189,7 @@ pub(crate) fn keep_verified(
     let mut committed = BTreeMap::new();
     let mut keep = BTreeSet::new();
     for (id, c) in state.commits {
-        match verify_commit(&c, &staging) {
+        match verify_commit(&c, &staging, remote) {
             Ok(()) if id < n => {
                 for part in &c.parts {
                     keep.insert(staging[part.sink].join(&part.path));

@@ -487,9 +487,12 @@ pub fn file_crc32(path: &Path) -> std::io::Result<(u64, u32)> {
 pub struct CommitMismatch(String);
 
 /// Checks a committed chunk's files against the manifest: each exists with its size and CRC-32.
+/// `remote[s]` lists sink `s`'s staging prefix (name → bytes) when executors put its parts in an
+/// object store: a part missing here is checked there, by size (its bytes were counted as put).
 pub fn verify_commit(
     commit: &CommitEntry,
     staging: &[PathBuf],
+    remote: &[Option<BTreeMap<String, u64>>],
 ) -> std::result::Result<(), CommitMismatch> {
     for p in &commit.parts {
         let Some(dir) = staging.get(p.sink) else {
@@ -499,6 +502,16 @@ pub fn verify_commit(
             )));
         };
         let path = dir.join(&p.path);
+        let put = remote.get(p.sink).and_then(|r| r.as_ref()?.get(&p.path));
+        if let (false, Some(&bytes)) = (path.exists(), put) {
+            if bytes != p.bytes {
+                return Err(CommitMismatch(format!(
+                    "{} in the staging prefix is {bytes} bytes, the manifest says {}",
+                    p.path, p.bytes
+                )));
+            }
+            continue;
+        }
         match file_crc32(&path) {
             Ok((len, crc)) if len == p.bytes && crc == p.crc32 => {}
             Ok((len, crc)) => {

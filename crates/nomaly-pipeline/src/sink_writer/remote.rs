@@ -148,6 +148,33 @@ impl RemoteOutput {
         Ok(names)
     }
 
+    /// What the staging prefix holds: each object's name (relative) and size.
+    pub async fn staged_sizes(&self) -> Result<std::collections::BTreeMap<String, u64>> {
+        let (store, staging) = open_prefix(&self.staging_url()).map_err(|e| self.error(e))?;
+        let metas: Vec<_> = store
+            .list(Some(&staging))
+            .try_collect()
+            .await
+            .map_err(|e| {
+                self.error(format!(
+                    "cannot list its staging prefix: {}",
+                    root_message(&e)
+                ))
+            })?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| {
+                let name = m
+                    .location
+                    .prefix_match(&staging)?
+                    .map(|p| p.as_ref().to_string())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                Some((name, m.size))
+            })
+            .collect())
+    }
+
     /// Before any work: the store is reachable with this process's settings, and what the prefix
     /// holds may be replaced under `mode`.
     pub async fn check_writable(&self, mode: WriteMode) -> Result<()> {
