@@ -122,18 +122,18 @@ impl RemoteOutput {
         open_prefix(&self.url).map_err(|e| self.error(e))
     }
 
-    /// The objects under the prefix: their names relative to it, and their locations.
+    /// The objects under `prefix`: their names relative to it, their locations and sizes, sorted.
     async fn list(
         &self,
         store: &dyn ObjectStore,
         prefix: &StorePath,
-    ) -> Result<Vec<(String, StorePath)>> {
+    ) -> Result<Vec<(String, StorePath, u64)>> {
         let metas: Vec<_> = store
             .list(Some(prefix))
             .try_collect()
             .await
-            .map_err(|e| self.error(format!("cannot list it: {}", root_message(&e))))?;
-        let mut names: Vec<(String, StorePath)> = metas
+            .map_err(|e| self.error(format!("cannot list {prefix}: {}", root_message(&e))))?;
+        let mut names: Vec<(String, StorePath, u64)> = metas
             .into_iter()
             .filter_map(|m| {
                 let parts = m.location.prefix_match(prefix)?;
@@ -141,7 +141,7 @@ impl RemoteOutput {
                     .map(|p| p.as_ref().to_string())
                     .collect::<Vec<_>>()
                     .join("/");
-                Some((name, m.location))
+                Some((name, m.location, m.size))
             })
             .collect();
         names.sort();
@@ -151,28 +151,8 @@ impl RemoteOutput {
     /// What the staging prefix holds: each object's name (relative) and size.
     pub async fn staged_sizes(&self) -> Result<std::collections::BTreeMap<String, u64>> {
         let (store, staging) = open_prefix(&self.staging_url()).map_err(|e| self.error(e))?;
-        let metas: Vec<_> = store
-            .list(Some(&staging))
-            .try_collect()
-            .await
-            .map_err(|e| {
-                self.error(format!(
-                    "cannot list its staging prefix: {}",
-                    root_message(&e)
-                ))
-            })?;
-        Ok(metas
-            .into_iter()
-            .filter_map(|m| {
-                let name = m
-                    .location
-                    .prefix_match(&staging)?
-                    .map(|p| p.as_ref().to_string())
-                    .collect::<Vec<_>>()
-                    .join("/");
-                Some((name, m.size))
-            })
-            .collect())
+        let listed = self.list(store.as_ref(), &staging).await?;
+        Ok(listed.into_iter().map(|(n, _, size)| (n, size)).collect())
     }
 
     /// Before any work: the store is reachable with this process's settings, and what the prefix
@@ -191,7 +171,7 @@ impl RemoteOutput {
             WriteMode::Overwrite => {
                 let ours = existing
                     .iter()
-                    .any(|(n, _)| n == MARKER || n == super::REPORT_FILE);
+                    .any(|(n, ..)| n == MARKER || n == super::REPORT_FILE);
                 if ours {
                     Ok(())
                 } else {
@@ -226,7 +206,7 @@ impl RemoteOutput {
         let failed = |name: &str, e: &(dyn std::error::Error + 'static)| {
             self.error(format!("{name}: {}", root_message(e)))
         };
-        if existing.iter().any(|(n, _)| n == MARKER) {
+        if existing.iter().any(|(n, ..)| n == MARKER) {
             store
                 .delete(&at(MARKER))
                 .await
@@ -258,9 +238,9 @@ impl RemoteOutput {
             after_put(files.len());
         }
         files.sort_by(|a, b| a.path.cmp(&b.path));
-        for (stale, location) in existing
+        for (stale, location, _) in existing
             .iter()
-            .filter(|(n, _)| n != MARKER && !files.iter().any(|f| &f.path == n))
+            .filter(|(n, ..)| n != MARKER && !files.iter().any(|f| &f.path == n))
         {
             store
                 .delete(location)
@@ -279,7 +259,7 @@ impl RemoteOutput {
             .map_err(|e| failed(MARKER, &e))?;
         super::write_atomic(&mirror.join(UPLOADED), self.url.as_bytes())?;
         remove_parts(mirror);
-        for (name, location) in self.list(store.as_ref(), &staging).await? {
+        for (name, location, _) in self.list(store.as_ref(), &staging).await? {
             store
                 .delete(&location)
                 .await
