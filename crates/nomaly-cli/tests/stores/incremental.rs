@@ -33,12 +33,7 @@ fn an_incremental_s3_source_reads_each_object_once() {
     }
     let work = tempfile::tempdir().unwrap();
     let s3 = moto();
-    let env = vec![
-        ("AWS_ACCESS_KEY_ID", "nomaly".to_string()),
-        ("AWS_SECRET_ACCESS_KEY", "nomaly-secret".to_string()),
-        ("AWS_REGION", "us-east-1".to_string()),
-        ("AWS_ENDPOINT_URL", s3.endpoint()),
-    ];
+    let env = s3.s3_env();
     let pipeline = work.path().join("p.toml");
     std::fs::write(
         &pipeline,

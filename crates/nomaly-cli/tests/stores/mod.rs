@@ -105,6 +105,16 @@ impl Service {
     fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+
+    /// The environment that points an S3 client at this (moto) server with its test credentials.
+    fn s3_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", "nomaly".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", "nomaly-secret".to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+        ]
+    }
 }
 
 fn moto() -> Service {
@@ -259,12 +269,7 @@ fn s3_and_azure_inputs_score_like_their_local_copy() {
     assert_eq!(local.0["chunks"], 8, "{}", local.0);
     assert_eq!(local.1.len(), 8);
 
-    let s3_env = vec![
-        ("AWS_ACCESS_KEY_ID", "nomaly".to_string()),
-        ("AWS_SECRET_ACCESS_KEY", "nomaly-secret".to_string()),
-        ("AWS_REGION", "us-east-1".to_string()),
-        ("AWS_ENDPOINT_URL", s3.endpoint()),
-    ];
+    let s3_env = s3.s3_env();
     let remote = run(
         work.path(),
         "s3",

@@ -86,12 +86,7 @@ fn an_s3_output_equals_the_local_one_and_an_interrupted_upload_is_finished_by_re
     std::fs::create_dir_all(seed.join("elsewhere")).unwrap();
     std::fs::write(seed.join("elsewhere/keep.txt"), b"not ours").unwrap();
     upload_into("s3", &s3.endpoint(), OUT_BUCKET, &seed);
-    let env = vec![
-        ("AWS_ACCESS_KEY_ID", "nomaly".to_string()),
-        ("AWS_SECRET_ACCESS_KEY", "nomaly-secret".to_string()),
-        ("AWS_REGION", "us-east-1".to_string()),
-        ("AWS_ENDPOINT_URL", s3.endpoint()),
-    ];
+    let env = s3.s3_env();
     let local = run(
         work.path(),
         "local",

@@ -157,13 +157,20 @@ async fn upload_published(
     p: &CompiledPipeline,
     faults: Option<&crate::faults::FaultPlan>,
 ) -> Result<()> {
-    for (i, s) in p.sinks.iter().enumerate() {
-        let Some(remote) = &s.remote else { continue };
-        if !RemoteOutput::needs_upload(&s.path) {
-            continue;
-        }
-        // Committed parts not in the mirror were put in the staging prefix by executors.
-        let manifest = RunDir::at(&p.sinks[0].path).read_manifest()?;
+    let pending: Vec<(usize, &crate::compile::Sink, &RemoteOutput)> = p
+        .sinks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| Some((i, s, s.remote.as_ref()?)))
+        .filter(|(_, s, _)| RemoteOutput::needs_upload(&s.path))
+        .collect();
+    if pending.is_empty() {
+        return Ok(());
+    }
+    // The first sink's run directory (published with it) says which parts each sink committed;
+    // those not in a mirror were put in the staging prefix by executors.
+    let manifest = RunDir::at(&p.sinks[0].path).read_manifest()?;
+    for (i, s, remote) in pending {
         let staged: Vec<String> = manifest
             .commits
             .values()
