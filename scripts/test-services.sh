@@ -57,6 +57,15 @@ if ! command -v openssl >/dev/null || ! command -v curl >/dev/null; then
         || echo "test-services: could not install openssl or curl; the TLS test will fail saying so" >&2
 fi
 
+# iproute2 (`ip netns`) gives the separate-hosts cluster test its hosts.
+if ! command -v ip >/dev/null; then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo -n"
+    echo "test-services: installing iproute2 (the separate-hosts cluster test)" >&2
+    { $sudo apt-get install -y -q iproute2 || { $sudo apt-get update -q && $sudo apt-get install -y -q iproute2; }; } >/dev/null 2>&1 \
+        || echo "test-services: could not install iproute2; the separate-hosts test will fail saying so" >&2
+fi
+
 # cargo-machete: .ci/run fails on a dependency a crate declares and never uses.
 tools="$cache/nomaly-tools"
 machete_version=0.9.2

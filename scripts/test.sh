@@ -14,6 +14,8 @@ cache="${NOMALY_TEST_CACHE:-$HOME/.cache}"
 export NOMALY_TEST_PYTHON="${NOMALY_TEST_PYTHON:-$cache/nomaly-py/bin/python}"
 export NOMALY_TEST_MOTO="${NOMALY_TEST_MOTO:-$cache/nomaly-py/bin/moto_server}"
 export NOMALY_TEST_SCHEMATHESIS="${NOMALY_TEST_SCHEMATHESIS:-$cache/nomaly-py/bin/schemathesis}"
+# The separate-hosts cluster test makes network namespaces (root, iproute2): here it must run.
+export NOMALY_TEST_NETNS="${NOMALY_TEST_NETNS:-1}"
 export NOMALY_TEST_AZURITE="${NOMALY_TEST_AZURITE:-$cache/nomaly-node/node_modules/.bin/azurite-blob}"
 features=()
 if pkg-config --exists hdf5 2>/dev/null; then

@@ -18,6 +18,7 @@ pub fn data_dir() -> PathBuf {
 pub mod cluster;
 pub mod data;
 pub mod http;
+pub mod netns;
 
 pub use http::free_port;
 

@@ -6,7 +6,9 @@
 //! 3's part files fails: a permanent fault) or `NOMALY_FAULTS="chunk_delay_ms=200"` (every chunk
 //! waits 200 ms before it scores, so a test can act while a run is in flight) or
 //! `NOMALY_FAULTS="exit_after_publish=1"` (the process exits, as if killed, once one sink of a
-//! completed run is published; `exit_after_upload=3`: once 3 objects of a remote output are up). Reads fail inside an [`ObjectStore`] wrapper that
+//! completed run is published; `exit_after_upload=3`: once 3 objects of a remote output are up).
+//! In a Ballista executor's environment, `part_delay_ms=800` holds each chunk 800 ms on the
+//! executor before it is scored, so a test can lose the executor mid-task. Reads fail inside an [`ObjectStore`] wrapper that
 //! replaces the `file://` store, so they take DataFusion's real read path and error wrapping;
 //! writes fail inside the part-file writer. Faults are armed once the run's inputs are planned, so
 //! they hit the fit and the chunks, the parts that retry. Draws come from a seeded counter, so a
@@ -37,6 +39,9 @@ pub struct FaultPlan {
     pub fail_chunk: Option<usize>,
     /// Each chunk waits this long (cancellably) before it scores.
     pub chunk_delay: Option<std::time::Duration>,
+    /// On a Ballista executor: each chunk's writer waits this long before it reads its input,
+    /// so that a test can lose the executor while it holds the chunk.
+    pub part_delay: Option<std::time::Duration>,
     /// The process exits (status 137, as killed) after this many sinks are published.
     pub exit_after_publish: Option<usize>,
     /// The process exits (status 137) after this many objects of a remote output are put.
@@ -72,6 +77,11 @@ impl FaultPlan {
                 "exit_after_upload" => {
                     plan.exit_after_upload = Some(value.parse().map_err(|_| bad())?)
                 }
+                "part_delay_ms" => {
+                    plan.part_delay = Some(std::time::Duration::from_millis(
+                        value.parse().map_err(|_| bad())?,
+                    ))
+                }
                 "chunk_delay_ms" => {
                     plan.chunk_delay = Some(std::time::Duration::from_millis(
                         value.parse().map_err(|_| bad())?,
@@ -79,7 +89,7 @@ impl FaultPlan {
                 }
                 other => {
                     return Err(FaultPlanError(format!(
-                        "unknown key '{other}'; keys are read, write, seed, fail_chunk, chunk_delay_ms, exit_after_publish, exit_after_upload"
+                        "unknown key '{other}'; keys are read, write, seed, fail_chunk, chunk_delay_ms, part_delay_ms, exit_after_publish, exit_after_upload"
                     )));
                 }
             }

@@ -6,6 +6,8 @@ mod come_and_go;
 mod compose;
 mod equal_local;
 mod flight_sql;
+mod hosts;
+mod separate_hosts;
 
 use super::{
     assert_no_temp_files, assert_same_parts, free_port, nomaly, nomaly_env, part_files, report,

@@ -117,12 +117,17 @@ impl Service {
     }
 }
 
-fn moto() -> Service {
-    let port = free_port();
-    let mut cmd = Command::new(tool(
+/// The S3 emulator's program.
+pub(crate) fn moto_server() -> PathBuf {
+    tool(
         "NOMALY_TEST_MOTO",
         home().join(".cache/nomaly-py/bin/moto_server"),
-    ));
+    )
+}
+
+fn moto() -> Service {
+    let port = free_port();
+    let mut cmd = Command::new(moto_server());
     cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
     Service::start("moto_server", cmd, port)
 }

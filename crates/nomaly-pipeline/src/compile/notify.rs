@@ -74,6 +74,19 @@ pub(super) fn compile_notifications(
                 drift_above,
             } => {
                 let at = place(file, "[[notify]]", i, Some("path"));
+                if nomaly_engine::RemoteStore::of(path).is_some() {
+                    // An object in a store (beside a remote output): put there at the end.
+                    let url = sandbox
+                        .url(path, "notification file")
+                        .map_err(|r| PipelineError::refused(&at, r))?;
+                    out.push(NotifySpec::File {
+                        path: url,
+                        on: *on,
+                        anomaly_rate_above: *anomaly_rate_above,
+                        drift_above: *drift_above,
+                    });
+                    continue;
+                }
                 let resolved = PathBuf::from(resolve_path(&base, path));
                 let canonical = sandbox
                     .output(&resolved, "notification file")

@@ -102,6 +102,11 @@ pub async fn notify_all(
                     .await
                     .map_err(|e| format!("command `{command}`: {e}"))
             }
+            NotifySpec::File { path, .. } if nomaly_engine::RemoteStore::of(path).is_some() => {
+                put_object(path, &body)
+                    .await
+                    .map_err(|e| format!("file {path}: {e}"))
+            }
             NotifySpec::File { path, .. } => {
                 let p = base.join(path);
                 write_atomic(&p, &body).map_err(|e| format!("file {}: {e}", p.display()))
@@ -112,6 +117,17 @@ pub async fn notify_all(
         }
     }
     warnings
+}
+
+/// Puts a notification file into an object store (one request: a report is small).
+async fn put_object(url: &str, body: &[u8]) -> Result<(), String> {
+    use datafusion::object_store::ObjectStoreExt;
+    let (store, location) = crate::sink_writer::open_prefix(url)?;
+    store
+        .put(&location, body.to_vec().into())
+        .await
+        .map(|_| ())
+        .map_err(|e| nomaly_engine::object_stores::root_message(&e))
 }
 
 /// POSTs the report to a webhook (SECURITY.md, "What a submitted pipeline may touch"): HTTP or

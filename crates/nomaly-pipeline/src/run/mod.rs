@@ -42,6 +42,7 @@ mod tally;
 mod tests;
 #[cfg(test)]
 mod tests_slices;
+mod work_dir;
 
 pub use checks::register_published_output;
 pub use handle::Run;

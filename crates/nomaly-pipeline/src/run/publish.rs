@@ -5,6 +5,7 @@
 //! Notifications go out either way.
 
 use super::sink_targets::sink_target;
+use super::work_dir::WorkDir;
 use super::{RunFailure, RunOutcome, RunScope, status_of};
 use crate::compile::CompiledPipeline;
 use crate::error::{PipelineError, Result, Resumable};
@@ -33,7 +34,7 @@ pub(crate) async fn conclude(
         },
         Err(e) => e,
     };
-    let error = stopped(scope, &mut report, error);
+    let error = stopped(scope, &mut report, error).await;
     report.status = status_of(&error);
     report.error = Some(error.user_message());
     // Refused at once because another run holds an output: that run's outcome is the one to
@@ -51,7 +52,7 @@ pub(crate) async fn conclude(
 }
 
 /// A stopped run: what it leaves for a resume, said in its error, its warnings and its manifest.
-fn stopped(
+async fn stopped(
     scope: &RunScope<'_>,
     report: &mut RunReport,
     mut error: PipelineError,
@@ -59,7 +60,7 @@ fn stopped(
     let p = scope.p;
     // A run refused before it wrote anything (an unfinished run in the way, a bad input) must
     // not touch the output directory.
-    let resumable = scope.touched_output() && discard_unless_resumable(p);
+    let resumable = scope.touched_output() && discard_unless_resumable(p).await;
     let run_dir = RunDir::at(&staging_dir(&p.sinks[0].path));
     let kept = Resumable {
         committed: if resumable {
@@ -122,7 +123,8 @@ async fn publish(
     if matches!(report.status, RunStatus::DryRun | RunStatus::NothingNew) {
         return Ok(None);
     }
-    let _ = std::fs::remove_dir_all(sibling_dir(&p.sinks[0].path, "work"));
+    // Best effort: a later run's fresh work directory removes what is left.
+    let _ = WorkDir::wherever(p).remove().await;
     let body = serde_json::to_vec_pretty(report).expect("a report is JSON");
     for s in &p.sinks {
         write_atomic(&staging_dir(&s.path).join(REPORT_FILE), &body)?;
@@ -200,7 +202,7 @@ async fn upload_published(
 }
 
 /// Removes what a failed run wrote unless a resume can use it (some chunk is committed).
-fn discard_unless_resumable(p: &CompiledPipeline) -> bool {
+async fn discard_unless_resumable(p: &CompiledPipeline) -> bool {
     let run_dir = RunDir::at(&staging_dir(&p.sinks[0].path));
     // A manifest that cannot be read is kept for a person to look at (or --restart).
     let resumable = run_dir.exists()
@@ -212,7 +214,7 @@ fn discard_unless_resumable(p: &CompiledPipeline) -> bool {
         for s in &p.sinks {
             let _ = std::fs::remove_dir_all(staging_dir(&s.path));
         }
-        let _ = std::fs::remove_dir_all(sibling_dir(&p.sinks[0].path, "work"));
+        let _ = WorkDir::wherever(p).remove().await;
         let _ = std::fs::remove_dir_all(sibling_dir(&p.sinks[0].path, "hdf5"));
     }
     resumable

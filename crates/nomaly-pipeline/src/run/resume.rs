@@ -127,13 +127,13 @@ pub(crate) async fn scoring_plan(
     let (chunks, df, plan) = match record.chunking {
         // Segment buckets: each chunk fits its own segments again (the scores are the same).
         ChunkingMode::Segments => {
-            let work = existing_work_dir(p)?;
+            let work = existing_work_dir(ctx, p).await?;
             super::segmented::resume_plan(session, p, &work).await?
         }
         chunking => {
             let (input, chunks) = match chunking {
                 ChunkingMode::Materialized => {
-                    let work = existing_work_dir(p)?;
+                    let work = existing_work_dir(ctx, p).await?;
                     let chunks = chunk_materialized(ctx, p, &work).await?;
                     (STAGED_INPUT.to_string(), chunks)
                 }

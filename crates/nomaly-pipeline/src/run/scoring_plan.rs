@@ -7,6 +7,7 @@ use super::detect_plan::score_frame;
 use super::fit::{FitRetry, FittedModels, runtime};
 use super::preflight::{empty_input, reads, scored_input};
 use super::session::{register_listing, register_steps};
+use super::work_dir::WorkDir;
 use super::{PreparedSession, RunScope, classify};
 use crate::chunk_plan::{ChunkPlan, ChunkTable, SourceReader, plan_chunks};
 use crate::compile::CompiledPipeline;
@@ -14,7 +15,6 @@ use crate::error::{ErrorKind, PipelineError, Result, RunPlace};
 use crate::events::RunEvent;
 use crate::quarantine::{ChunkBadRows, QuarantineScanExec};
 use crate::report::{ChunkingMode, RunReport, StepTiming};
-use crate::sink_writer::sibling_dir;
 use crate::spec::FileFormat;
 use datafusion::dataframe::{DataFrame, DataFrameWriteOptions};
 use datafusion::datasource::physical_plan::FileScanConfig;
@@ -30,7 +30,6 @@ use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::SessionContext;
 use nomaly_engine::EngineConfig;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -186,7 +185,7 @@ async fn materialize(
         .await
         .map_err(|e| classify(p.file.path.display().to_string(), e))?
         .write_parquet(
-            &format!("{}/", work.display()),
+            &format!("{}/", work.local.display()),
             DataFrameWriteOptions::new(),
             Some(work_file_options(p.chunk_rows)),
         )
@@ -200,6 +199,7 @@ async fn materialize(
                 runtime(err, RunPlace::Materialize)
             }
         })?;
+    work.share().await?;
     let chunks = chunk_materialized(ctx, p, &work).await?;
     report.steps.push(StepTiming {
         step: "materialize".into(),
@@ -210,13 +210,9 @@ async fn materialize(
 
 /// An empty work directory for the detect input written once (materialized or in segment
 /// buckets), with the first source registered as a plain table to read it from.
-pub(crate) async fn fresh_work_dir(ctx: &SessionContext, p: &CompiledPipeline) -> Result<PathBuf> {
-    let work = sibling_dir(&p.sinks[0].path, "work");
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).map_err(|source| PipelineError::Io {
-        path: work.clone(),
-        source,
-    })?;
+pub(crate) async fn fresh_work_dir(ctx: &SessionContext, p: &CompiledPipeline) -> Result<WorkDir> {
+    let work = WorkDir::of(ctx, p)?;
+    work.fresh().await?;
     if !p.quarantine {
         // Chunks are of no use to a plan that mixes them, and a scan of one partition per chunk
         // would read every chunk at once (a sort starts all its inputs), each holding a row group
@@ -230,9 +226,12 @@ pub(crate) async fn fresh_work_dir(ctx: &SessionContext, p: &CompiledPipeline) -
 }
 
 /// The work directory an unfinished run chunked, or the error saying it is gone.
-pub(crate) fn existing_work_dir(p: &CompiledPipeline) -> Result<PathBuf> {
-    let work = sibling_dir(&p.sinks[0].path, "work");
-    if work.is_dir() {
+pub(crate) async fn existing_work_dir(
+    ctx: &SessionContext,
+    p: &CompiledPipeline,
+) -> Result<WorkDir> {
+    let work = WorkDir::of(ctx, p)?;
+    if work.exists().await? {
         return Ok(work);
     }
     Err(PipelineError::invalid(
@@ -260,7 +259,7 @@ fn work_file_options(chunk_rows: u64) -> datafusion::config::TableParquetOptions
 pub(crate) async fn chunk_materialized(
     ctx: &SessionContext,
     p: &CompiledPipeline,
-    work: &Path,
+    work: &WorkDir,
 ) -> Result<ChunkPlan> {
     register_staged(ctx, work, p.chunk_rows, p.chunk_rows_set(), vec![]).await
 }
@@ -269,15 +268,15 @@ pub(crate) async fn chunk_materialized(
 /// staged input table (declared partitioned by `keys` when there are any: segment buckets).
 pub(crate) async fn register_staged(
     ctx: &SessionContext,
-    work: &Path,
+    work: &WorkDir,
     chunk_rows: u64,
     slice_unindexed: bool,
     keys: Vec<String>,
 ) -> Result<ChunkPlan> {
     let staged = SourceReader {
         name: STAGED_INPUT.into(),
-        path: work.display().to_string(),
-        location: format!("{}/", work.display()),
+        path: work.display(),
+        location: work.location(),
         format: FileFormat::Parquet,
         has_header: true,
         delimiter: b',',

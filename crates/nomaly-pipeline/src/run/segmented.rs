@@ -16,6 +16,7 @@ use super::preflight::{empty_input, reads, scored_input};
 use super::scoring_plan::{
     STAGED_INPUT, ScoringPlan, fresh_work_dir, is_chunk_preserving, register_staged,
 };
+use super::work_dir::WorkDir;
 use super::{PreparedSession, RunScope, classify};
 use crate::chunk_plan::ChunkPlan;
 use crate::compile::{CompiledPipeline, Detect, ModelSource};
@@ -70,7 +71,8 @@ pub(crate) async fn scoring_plan(
     let work = fresh_work_dir(ctx, p).await?;
     let input = scored_input(p);
     let buckets = session.chunks.chunks.len().clamp(1, MAX_BUCKETS);
-    write_buckets(ctx, p, d, &input, &work, buckets, session.memory.pool).await?;
+    write_buckets(ctx, p, d, &input, &work.local, buckets, session.memory.pool).await?;
+    work.share().await?;
     let bad_rows = session.quarantine.as_ref().map(|log| log.all());
     report.steps.push(StepTiming {
         step: "materialize".into(),
@@ -107,7 +109,7 @@ pub(crate) async fn scoring_plan(
 pub(crate) async fn resume_plan(
     session: &PreparedSession,
     p: &CompiledPipeline,
-    work: &Path,
+    work: &WorkDir,
 ) -> Result<(ChunkPlan, DataFrame, Arc<dyn ExecutionPlan>)> {
     let d = p
         .detect
@@ -268,14 +270,9 @@ async fn chunk_buckets(
     ctx: &SessionContext,
     p: &CompiledPipeline,
     d: &Detect,
-    work: &Path,
+    work: &WorkDir,
 ) -> Result<ChunkPlan> {
-    let has_buckets = std::fs::read_dir(work)
-        .map(|mut it| {
-            it.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "parquet")))
-        })
-        .unwrap_or(false);
-    if !has_buckets {
+    if !work.has_parquet().await? {
         // No rows at all.
         return Err(empty_input(d, &reads(p)));
     }

@@ -117,6 +117,15 @@ impl RemoteOutput {
         }
     }
 
+    /// Where a run on a cluster puts its work directory (the detect input written once), which
+    /// the executors read: beside the output, as the staging prefix is.
+    pub fn work_url(&self) -> String {
+        match self.url.rsplit_once('/') {
+            Some((parent, name)) => format!("{parent}/.{name}.nomaly-work"),
+            None => format!("{}.nomaly-work", self.url),
+        }
+    }
+
     /// The store and the prefix inside it.
     fn open(&self) -> Result<(Arc<dyn ObjectStore>, StorePath)> {
         open_prefix(&self.url).map_err(|e| self.error(e))
@@ -270,7 +279,9 @@ impl RemoteOutput {
 }
 
 /// The store of `url` and the prefix inside it.
-fn open_prefix(url: &str) -> std::result::Result<(Arc<dyn ObjectStore>, StorePath), String> {
+pub(crate) fn open_prefix(
+    url: &str,
+) -> std::result::Result<(Arc<dyn ObjectStore>, StorePath), String> {
     let built = build_remote_store(url)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| "not an object-store URL".to_string())?;
@@ -332,7 +343,7 @@ pub(super) async fn put_parts(
 
 /// The files of a published mirror, relative to it and sorted; hidden files (temp names, the
 /// upload mark) stay home.
-fn mirror_files(mirror: &Path) -> Result<Vec<(String, PathBuf)>> {
+pub(crate) fn mirror_files(mirror: &Path) -> Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
     let mut dirs = vec![mirror.to_path_buf()];
     while let Some(dir) = dirs.pop() {
@@ -362,7 +373,7 @@ fn mirror_files(mirror: &Path) -> Result<Vec<(String, PathBuf)>> {
 }
 
 /// Puts one file: one request up to [`PART_BYTES`], a multipart upload above.
-async fn put_file(
+pub(crate) async fn put_file(
     store: &dyn ObjectStore,
     location: &StorePath,
     path: &Path,

@@ -307,6 +307,11 @@ struct WriteChunk {
 
 impl WriteChunk {
     async fn run(self, mut input: SendableRecordBatchStream) -> DfResult<RecordBatch> {
+        if let Ok(Some(faults)) = crate::faults::FaultPlan::from_env()
+            && let Some(delay) = faults.part_delay
+        {
+            tokio::time::sleep(delay).await;
+        }
         let mut writers = self
             .sinks
             .iter()

@@ -79,9 +79,9 @@ pub enum NotifySpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         drift_above: Option<f64>,
     },
-    /// Write the JSON report to a file.
+    /// Write the JSON report to a file, or put it into an object store (`path = "s3://bucket/reports/run.json"`, checked against `--allow-location` on a server).
     File {
-        /// `file`: where the JSON report is written.
+        /// `file`: where the JSON report is written: a path, or an object-store URL.
         path: String,
         #[serde(default)]
         on: NotifyWhen,
