@@ -3,10 +3,11 @@
     python3 benchmarks/cluster.py segments benchmarks/data/tx_10m.parquet [--segments 1000,10000]
         [--executors 2] [--memory-limit 512MB] [--detectors iforest]
     python3 benchmarks/cluster.py unsegmented benchmarks/data/tx_10m.parquet
-        [--detectors zscore,hbos,ecod,copod,iforest] [--executors 2] [--memory-limit 4GB]
+        [--detectors zscore,hbos,ecod,copod,iforest] [--executors 2] [--memory-limit 4GB] [--repeat 3]
 
 unsegmented: every detector without PARTITION BY, on the local engine and on the cluster (one
-cluster for all), each written to Parquet: the times and the ratio cluster / local.
+cluster for all), each written to Parquet: the median times of --repeat runs (local and cluster
+alternated) and the ratio cluster / local.
 
 segments: `nomaly scheduler` and N `nomaly executor --memory-limit X` processes on 127.0.0.1, then
 for each detector and segment count `detect_anomalies(...) OVER (PARTITION BY id % S)` through
@@ -144,14 +145,22 @@ def unsegmented(a):
     try:
         for alg in a.detectors.split(","):
             select = f"SELECT id, detect_anomalies('{alg}', {feats})['score'] AS s FROM t"
-            t_local, _, err_local, _ = measure([NOMALY, "sql", "--no-progress", "--table", f"t={a.data}",
-                                                "-e", copy(select, f"{out}/local.parquet")])
-            t, _, err, _ = measure([NOMALY, "sql", "--no-progress", "--engine",
-                                    f"ballista://127.0.0.1:{cluster.port}", "--table", f"t={a.data}",
-                                    "-e", copy(select, f"{out}/cluster")])
+            local_runs, cluster_runs = [], []
+            for _ in range(max(1, a.repeat)):
+                local_runs.append(measure([NOMALY, "sql", "--no-progress", "--table", f"t={a.data}",
+                                           "-e", copy(select, f"{out}/local.parquet")]))
+                cluster_runs.append(measure([NOMALY, "sql", "--no-progress", "--engine",
+                                             f"ballista://127.0.0.1:{cluster.port}", "--table",
+                                             f"t={a.data}", "-e", copy(select, f"{out}/cluster")]))
+                shutil.rmtree(f"{out}/cluster", ignore_errors=True)
+            # The median of --repeat runs of each, alternated: this 2-core VM's spread is 10-30%.
+            t_local, _, err_local, _ = sorted(local_runs, key=lambda r: r[0])[len(local_runs) // 2]
+            t, _, err, _ = sorted(cluster_runs, key=lambda r: r[0])[len(cluster_runs) // 2]
             ratio = t / t_local if not (err or err_local) else None
             rows.append({"detector": alg, "executors": a.executors, "seconds": t, "local_seconds": t_local,
-                         "ratio": ratio, "error": err or err_local})
+                         "ratio": ratio, "error": err or err_local, "repeat": a.repeat,
+                         "cluster_runs": [r[0] for r in cluster_runs],
+                         "local_runs": [r[0] for r in local_runs]})
             shown = f"{ratio:5.2f}x" if ratio else "  -  "
             print(f"{alg:8} cluster {t:7.2f} s  local {t_local:7.2f} s  {shown}"
                   f"  {('FAILED: ' + (err or err_local).splitlines()[-1][:2000]) if (err or err_local) else ''}",
@@ -172,6 +181,7 @@ def main():
     p.add_argument("--executors", type=int, default=2)
     p.add_argument("--memory-limit", default=None,
                    help="each executor's --memory-limit (default 512MB for segments, 4GB otherwise)")
+    p.add_argument("--repeat", type=int, default=3, help="unsegmented: runs of each, median shown")
     p.add_argument("--no-build", action="store_true")
     p.add_argument("--json", default=None)
     a = p.parse_args()

@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | [`FitScoreExec`] | [`FuseFitAndScore`] | fits and scores a detector in one read of its input (local sessions) |
 //! | [`SegmentFitScoreExec`] | [`FuseSegmentFitAndScore`] | fits and scores `OVER (PARTITION BY ...)` one segment at a time, within the memory budget (local sessions) |
+//! | [`ModelJoinExec`] | [`BroadcastModels`] | joins a fit's one model row to the rows it scores without copying the model per batch (cluster plans) |
 //! | [`SlicedScanExec`] | [`keep_row_selections`] | keeps a chunk's Parquet row selections through the plan codec (Ballista) |
 //!
 //! The rules recognise the plans that `nomaly-udfs`' rewrite builds (fit aggregates named with
@@ -18,6 +19,7 @@
 mod fit;
 pub mod fit_score;
 pub mod memory_pool;
+pub mod model_join;
 pub mod same_rows;
 pub mod segment_fit_score;
 pub mod sliced_scan;
@@ -26,6 +28,7 @@ mod test_util;
 
 pub use fit_score::{FitScoreExec, FuseFitAndScore};
 pub use memory_pool::budget_pool;
+pub use model_join::{BroadcastModels, ModelJoinExec};
 pub use segment_fit_score::{FuseSegmentFitAndScore, SegmentFitScoreExec};
 pub use sliced_scan::{SlicedScanExec, keep_row_selections};
 
@@ -44,6 +47,7 @@ pub fn cluster_optimizer_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + S
         .position(|r| r.name() == "EnsureRequirements")
         .unwrap_or(rules.len());
     rules.insert(at, Arc::new(FuseSegmentFitAndScore));
+    rules.push(Arc::new(BroadcastModels));
     rules
 }
 
@@ -52,6 +56,9 @@ pub fn cluster_optimizer_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + S
 /// would otherwise wrap in exchanges) and [`FuseFitAndScore`] last.
 pub fn optimizer_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
     let mut rules = cluster_optimizer_rules();
+    // One read for fit and score where the session spans every partition: the cross join stays
+    // for FuseFitAndScore to find.
+    rules.retain(|r| r.name() != BroadcastModels.name());
     rules.push(Arc::new(FuseFitAndScore));
     rules
 }

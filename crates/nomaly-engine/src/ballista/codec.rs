@@ -1,5 +1,5 @@
 //! Ballista's physical codec with the operators of `nomaly-physical` that a cluster runs
-//! ([`SegmentFitScoreExec`], [`SlicedScanExec`]): what a SQL session's in-process scheduler
+//! ([`SegmentFitScoreExec`], [`SlicedScanExec`], [`ModelJoinExec`]): what a SQL session's in-process scheduler
 //! and executor (`standalone`) need. Pipelines add their part writer on top of it
 //! (`nomaly_pipeline::physical_codec`), and `nomaly scheduler` / `executor` use that one.
 
@@ -8,12 +8,14 @@ use datafusion::error::Result as DfResult;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
-use nomaly_physical::{SegmentFitScoreExec, SlicedScanExec};
+use nomaly_physical::{ModelJoinExec, SegmentFitScoreExec, SlicedScanExec};
 use std::sync::Arc;
 
 /// Marks a node of ours; Ballista's own nodes are protobuf messages, which never start with it.
 const SLICED_SCAN_TAG: &[u8] = b"nomaly.SlicedScanExec.v1\0";
 const SEGMENT_FIT_SCORE_TAG: &[u8] = b"nomaly.SegmentFitScoreExec.v1\0";
+/// No payload: the operator is its two children.
+const MODEL_JOIN_TAG: &[u8] = b"nomaly.ModelJoinExec.v1\0";
 
 /// Ballista's physical codec with `nomaly-physical`'s operators.
 #[derive(Debug, Default)]
@@ -35,6 +37,9 @@ impl OperatorCodec {
         if let Some(rest) = buf.strip_prefix(SLICED_SCAN_TAG) {
             return Ok(Arc::new(SlicedScanExec::decode(rest, inputs)?));
         }
+        if buf == MODEL_JOIN_TAG {
+            return Ok(Arc::new(ModelJoinExec::from_children(inputs)?));
+        }
         if let Some(rest) = buf.strip_prefix(SEGMENT_FIT_SCORE_TAG) {
             return Ok(Arc::new(SegmentFitScoreExec::decode(
                 rest, inputs, ctx, outer,
@@ -54,6 +59,10 @@ impl OperatorCodec {
         if let Some(scan) = node.as_ref().downcast_ref::<SlicedScanExec>() {
             buf.extend_from_slice(SLICED_SCAN_TAG);
             return scan.encode(buf);
+        }
+        if node.as_ref().is::<ModelJoinExec>() {
+            buf.extend_from_slice(MODEL_JOIN_TAG);
+            return Ok(());
         }
         if let Some(segments) = node.as_ref().downcast_ref::<SegmentFitScoreExec>() {
             buf.extend_from_slice(SEGMENT_FIT_SCORE_TAG);

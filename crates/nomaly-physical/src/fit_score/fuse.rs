@@ -99,7 +99,7 @@ pub(super) fn try_fuse(
 
 /// The properties of `CrossJoin(fit_side, input)`: the fused operator's rows are the join's, in
 /// the same partitions and order.
-pub(super) fn cross_join_properties(
+pub(crate) fn cross_join_properties(
     fit_side: &Arc<dyn ExecutionPlan>,
     input: &Arc<dyn ExecutionPlan>,
 ) -> Arc<PlanProperties> {
@@ -160,16 +160,25 @@ fn fuse_filtered_join(join: &NestedLoopJoinExec) -> Result<Option<Arc<dyn Execut
 type FitSide = (Vec<Arc<AggregateFunctionExpr>>, Arc<dyn ExecutionPlan>);
 
 /// The fit aggregates of a rewrite's model side and the plan they read, or `None`.
+/// An aggregate of the rewrite's fits without groups (so exactly one row out).
+fn is_fit(a: &AggregateExec) -> bool {
+    a.group_expr().is_empty()
+        && a.filter_expr().iter().all(Option::is_none)
+        && !a.aggr_expr().is_empty()
+        && a.aggr_expr()
+            .iter()
+            .all(|e| e.fun().inner().is::<FitDetector>() && e.name().starts_with(MODEL_PREFIX))
+}
+
+/// `plan` is a fit aggregate of the rewrite without groups (it gives exactly one row).
+pub(crate) fn is_fit_aggregate(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.as_ref()
+        .downcast_ref::<AggregateExec>()
+        .is_some_and(is_fit)
+}
+
 fn fit_aggregates(left: &Arc<dyn ExecutionPlan>) -> Option<FitSide> {
     let top = left.as_ref().downcast_ref::<AggregateExec>()?;
-    let is_fit = |a: &AggregateExec| {
-        a.group_expr().is_empty()
-            && a.filter_expr().iter().all(Option::is_none)
-            && !a.aggr_expr().is_empty()
-            && a.aggr_expr()
-                .iter()
-                .all(|e| e.fun().inner().is::<FitDetector>() && e.name().starts_with(MODEL_PREFIX))
-    };
     if !is_fit(top) {
         return None;
     }

@@ -26,7 +26,7 @@ mod fuse;
 use crate::fit::Fit;
 use first_pass::{KeepBudget, first_pass};
 pub use fuse::FuseFitAndScore;
-use fuse::cross_join_properties;
+pub(crate) use fuse::{cross_join_properties, is_fit_aggregate};
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::common::runtime::SpawnedTask;
@@ -316,14 +316,14 @@ impl ExecutionPlan for FitScoreExec {
 /// ECOD), and slices share one values buffer, which the scoring functions' model cache recognises
 /// without comparing bytes.
 #[derive(Debug)]
-struct ModelColumns {
+pub(crate) struct ModelColumns {
     models: Vec<ScalarValue>,
     columns: Vec<ArrayRef>,
     rows: usize,
 }
 
 impl ModelColumns {
-    fn new(models: Vec<ScalarValue>) -> Self {
+    pub(crate) fn new(models: Vec<ScalarValue>) -> Self {
         Self {
             models,
             columns: Vec::new(),
@@ -331,7 +331,7 @@ impl ModelColumns {
         }
     }
 
-    fn sized(&mut self, rows: usize) -> Result<Vec<ArrayRef>> {
+    pub(crate) fn sized(&mut self, rows: usize) -> Result<Vec<ArrayRef>> {
         if rows > self.rows || self.columns.len() != self.models.len() {
             // the usual batch size, so later batches fit
             self.rows = rows.max(8192);
