@@ -2,8 +2,14 @@
 
     python3 benchmarks/cluster.py segments benchmarks/data/tx_10m.parquet [--segments 1000,10000]
         [--executors 2] [--memory-limit 512MB] [--detectors iforest]
+    python3 benchmarks/cluster.py pipeline-segments benchmarks/data/tx_10m.parquet [--segments 10000]
+        [--memory-limit 1GB]
     python3 benchmarks/cluster.py unsegmented benchmarks/data/tx_10m.parquet
         [--detectors zscore,hbos,ecod,copod,iforest] [--executors 2] [--memory-limit 4GB] [--repeat 3]
+
+pipeline-segments: a `[detect] partition_by` pipeline over `seg = id % N` run by `nomaly run --engine
+ballista://` on fresh executors, client and executors with --memory-limit (default 1GB): the time,
+every executor's and the client's peak RSS, and how many scores equal the SQL form's (local).
 
 unsegmented: every detector without PARTITION BY, on the local engine and on the cluster (one
 cluster for all), each written to Parquet: the median times of --repeat runs (local and cluster
@@ -29,7 +35,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run import NOMALY, NOMALY_ENV, ROOT, build, cpu, features  # noqa: E402
-from scale import copy, measure, parse_size, width  # noqa: E402
+from scale import copy, measure, parse_size, scores_equal_to_sql, width, write_segment_pipeline  # noqa: E402
 
 
 def free_port():
@@ -137,6 +143,47 @@ def segments(a):
     return rows
 
 
+def pipeline_segments(a):
+    """A `partition_by` pipeline (`seg = id % N`) on a fresh cluster whose executors and client
+    have `--memory-limit`, against the SQL form on the local engine."""
+    feats = features(width(a.data))
+    columns = ", ".join(f'"{c}"' for c in feats.split(", "))
+    limit = a.memory_limit
+    out = tempfile.mkdtemp(prefix="nomaly-cluster-")
+    rows = []
+    for alg in a.detectors.split(","):
+        for n in [int(x) for x in a.segments.split(",")]:
+            reference = f"{out}/sql.parquet"
+            _, _, err, _ = measure([NOMALY, "sql", "--no-progress", "--table", f"t={a.data}", "-e", copy(
+                f"SELECT id, detect_anomalies('{alg}', {feats}) OVER (PARTITION BY id % {n})['score'] AS s "
+                f"FROM t", reference)])
+            if err:
+                print(f"{alg} {n}: the SQL form failed: {err.splitlines()[-1][:160]}", flush=True)
+                continue
+            target, pipeline = f"{out}/scored", f"{out}/p.toml"
+            write_segment_pipeline(pipeline, a.data, target, alg, columns, n)
+            cluster = Cluster(a.executors, limit, out)
+            try:
+                t, client_rss, err, _ = measure([NOMALY, "run", pipeline, "--no-progress", "--memory-limit", limit,
+                                                 "--engine", f"ballista://127.0.0.1:{cluster.port}"])
+                peaks = [peak_rss(p.pid) for p in cluster.executors]
+            finally:
+                cluster.stop()
+            equal = None if err else scores_equal_to_sql(target, reference)
+            within = all(p <= parse_size(limit) for p in peaks + [client_rss])
+            rows.append({"detector": alg, "segments": n, "executors": a.executors, "memory_limit": limit,
+                         "seconds": t, "executor_peak_rss_bytes": peaks, "client_peak_rss_bytes": client_rss,
+                         "within": within, "equal_to_sql": equal, "error": err})
+            shown = ", ".join(f"{p / 2**20:.0f}" for p in peaks)
+            print(f"{alg:8} {n:>6} segments  pipeline on the cluster {t:7.2f} s  executor peak RSS [{shown}] MiB, "
+                  f"client {client_rss / 2**20:.0f} MiB {'within' if within else 'OVER'} {limit}  rows, equal to "
+                  f"SQL: {equal}  {('FAILED: ' + err.splitlines()[-1][:2000]) if err else ''}", flush=True)
+            shutil.rmtree(target, ignore_errors=True)
+            os.remove(reference)
+    shutil.rmtree(out, ignore_errors=True)
+    return rows
+
+
 def unsegmented(a):
     feats = features(width(a.data))
     out = tempfile.mkdtemp(prefix="nomaly-cluster-")
@@ -174,7 +221,7 @@ def unsegmented(a):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("suite", choices=["segments", "unsegmented"])
+    p.add_argument("suite", choices=["segments", "pipeline-segments", "unsegmented"])
     p.add_argument("data", help="the Parquet file, e.g. benchmarks/data/tx_10m.parquet")
     p.add_argument("--segments", default="1000,10000")
     p.add_argument("--detectors", default=None, help="default: iforest (segments), all (unsegmented)")
@@ -185,12 +232,12 @@ def main():
     p.add_argument("--no-build", action="store_true")
     p.add_argument("--json", default=None)
     a = p.parse_args()
-    a.detectors = a.detectors or ("iforest" if a.suite == "segments" else "zscore,hbos,ecod,copod,iforest")
-    a.memory_limit = a.memory_limit or ("512MB" if a.suite == "segments" else "4GB")
+    a.detectors = a.detectors or ("zscore,hbos,ecod,copod,iforest" if a.suite == "unsegmented" else "iforest")
+    a.memory_limit = a.memory_limit or {"segments": "512MB", "pipeline-segments": "1GB"}.get(a.suite, "4GB")
     print(f"CPU: {cpu()}", flush=True)
     if not a.no_build:
         build()
-    rows = {"segments": segments, "unsegmented": unsegmented}[a.suite](a)
+    rows = {"segments": segments, "pipeline-segments": pipeline_segments, "unsegmented": unsegmented}[a.suite](a)
     path = a.json or os.path.join(ROOT, "benchmarks", "results", f"cluster_{a.suite}.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:

@@ -266,6 +266,23 @@ def sizes(a):
     return rows
 
 
+def write_segment_pipeline(path, data, target, alg, columns, n):
+    """A pipeline scoring `data` per segment `id % n` into `target`."""
+    with open(path, "w") as f:
+        f.write(f'input = "{os.path.abspath(data)}"\noutput = "{target}/"\n'
+                f'[[step]]\nname = "keyed"\nsql = "SELECT *, id % {n} AS seg FROM input"\n'
+                f'[detect]\nalgorithm = "{alg}"\ncolumns = [{columns}]\npartition_by = ["seg"]\n')
+
+
+def scores_equal_to_sql(target, reference):
+    """"rows,rows with the SQL form's score" of a pipeline output against the SQL form's file."""
+    _, _, err, counts = measure([
+        NOMALY, "sql", "--no-progress", "--format", "csv", "--table", f"o={target}",
+        "--table", f"s={reference}", "-e",
+        "SELECT count(*), count(*) FILTER (WHERE o.anomaly_score = s.s) FROM o JOIN s ON o.id = s.id"])
+    return None if err else counts.decode().split()[-1]
+
+
 def pipeline_segments(a):
     d = width(a.data)
     feats = features(d)
@@ -285,19 +302,10 @@ def pipeline_segments(a):
             for engine in a.engines.split(","):
                 target = f"{out}/{engine}_{alg}_{n}"
                 pipeline = f"{out}/{engine}_{alg}_{n}.toml"
-                with open(pipeline, "w") as f:
-                    f.write(f'input = "{os.path.abspath(a.data)}"\noutput = "{target}/"\n'
-                            f'[[step]]\nname = "keyed"\nsql = "SELECT *, id % {n} AS seg FROM input"\n'
-                            f'[detect]\nalgorithm = "{alg}"\ncolumns = [{columns}]\npartition_by = ["seg"]\n')
+                write_segment_pipeline(pipeline, a.data, target, alg, columns, n)
                 t, rss, err, stdout = measure([NOMALY, "run", pipeline, "--no-progress", "--json",
                                                "--memory-limit", limit, "--engine", engine])
-                equal = None
-                if not err:
-                    _, _, cmp_err, counts = measure([
-                        NOMALY, "sql", "--no-progress", "--format", "csv", "--table", f"o={target}",
-                        "--table", f"s={reference}", "-e",
-                        "SELECT count(*), count(*) FILTER (WHERE o.anomaly_score = s.s) FROM o JOIN s ON o.id = s.id"])
-                    equal = None if cmp_err else counts.decode().split()[-1]
+                equal = None if err else scores_equal_to_sql(target, reference)
                 report = json.loads(stdout) if not err else {}
                 within = rss <= parse_size(limit)
                 rows.append({"detector": alg, "segments": n, "engine": engine, "memory_limit": limit,

@@ -96,7 +96,7 @@ pub struct ExecutorArgs {
     pub auth_token_file: Option<PathBuf>,
 
     /// The executor's memory budget, e.g. 4GB: its operators' pool is this less the process's
-    /// own footprint and 128 MiB per task slot for reading (row groups, shuffle fetches), shared
+    /// own footprint and 160 MiB per task slot for reading (row groups, shuffle fetches), shared
     /// by its concurrent tasks, and they spill to the work directory to stay within it. Default: 80% of RAM or the cgroup limit, as for `nomaly run`. Ballista's
     /// --memory-pool-size sets the pool itself instead (not both)
     #[arg(long, value_name = "SIZE")]

@@ -112,9 +112,10 @@ impl BudgetSplit {
 /// What an executor sets aside per task slot outside the pool: it cannot know its inputs when it
 /// starts, so it assumes a Parquet row group of about 64 MB compressed (1M rows × 8 doubles) per
 /// reading task, 85 MB resident (see [`READER_BYTES_PER_ROW_GROUP_BYTE`]), plus shuffle fetches
-/// in flight and stage buffers: 118 MiB per slot was measured outside a full pool on such a file
-/// (benchmarks/README.md, "A cluster on this machine").
-pub const EXECUTOR_READER_ALLOWANCE: usize = 128 << 20;
+/// in flight and stage buffers: 118 MiB per slot was measured outside a full pool on such a file,
+/// and with 128 MiB set aside 10,000 segments still peaked 4-6% above the budget; at 160 MiB
+/// every measured peak was within it (benchmarks/README.md, "A cluster on this machine").
+pub const EXECUTOR_READER_ALLOWANCE: usize = 160 << 20;
 
 fn mib(bytes: usize) -> String {
     format!("{} MiB", bytes.div_ceil(1 << 20))

@@ -27,6 +27,7 @@
 
 mod codec;
 mod fuse;
+mod held;
 mod segments;
 
 pub use fuse::FuseSegmentFitAndScore;
@@ -203,8 +204,12 @@ impl ExecutionPlan for SegmentFitScoreExec {
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let input = self.input.execute(partition, Arc::clone(&context))?;
-        let reservation = MemoryConsumer::new(format!("SegmentFitScoreExec[{partition}]"))
-            .register(context.memory_pool());
+        let reservation = held::Held::new(
+            MemoryConsumer::new(format!("SegmentFitScoreExec[{partition}]"))
+                .register(context.memory_pool()),
+            context.memory_pool().memory_limit(),
+            self.properties.partitioning.partition_count(),
+        );
         let segments = MetricBuilder::new(&self.metrics).counter("segments", partition);
         let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
         let state = Segments {

@@ -8,7 +8,6 @@ use datafusion::arrow::compute::kernels::partition::partition;
 use datafusion::arrow::compute::{cast, concat, concat_batches, take};
 use datafusion::common::{Result, ScalarValue, internal_err};
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::execution::memory_pool::MemoryReservation;
 use datafusion::logical_expr::Accumulator;
 use datafusion::physical_expr::PhysicalExpr;
 use std::collections::VecDeque;
@@ -30,7 +29,7 @@ pub(super) struct Segments {
     pub(super) batch_size: usize,
     pub(super) pending: VecDeque<RecordBatch>,
     /// The rows held (the current segment's and the ready ones') and the ready ones' models.
-    pub(super) reservation: MemoryReservation,
+    pub(super) reservation: super::held::Held,
     pub(super) done: bool,
 }
 
@@ -202,7 +201,7 @@ impl Segments {
                 .collect::<Result<Vec<ArrayRef>>>()?;
             self.emit(columns, rows.columns())?;
         }
-        self.reservation.shrink(held.min(self.reservation.size()));
+        self.reservation.shrink(held);
         Ok(())
     }
 
@@ -240,8 +239,7 @@ impl Segments {
         let schema = batches[0].schema();
         let right = concat_batches(&schema, batches)?;
         self.emit(left, right.columns())?;
-        self.reservation
-            .shrink(self.ready_bytes.min(self.reservation.size()));
+        self.reservation.shrink(self.ready_bytes);
         self.ready_rows = 0;
         self.ready_bytes = 0;
         Ok(())
