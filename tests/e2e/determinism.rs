@@ -111,8 +111,9 @@ async fn ballista_scores_in_every_partition_of_the_table() {
     let data = dir.path().join("t");
     write_parquet_dataset(&data, 4_000, 4, 500, 9);
     let ctx = context(EngineKind::Standalone, 4, &data).await;
-    // The stage that scores (the one with the cross join) must run in as many partitions as the
-    // table has file groups: the model is the collected (first) input, the table streams.
+    // The stage that scores (the one with the model join, which replaces the rewrite's cross
+    // join on a cluster) must run in as many partitions as the table has file groups: the model
+    // is the collected (first) input, the table streams.
     let distributed = distributed_plan(
         &ctx,
         "SELECT id, detect_anomalies('iforest', f1, f2) AS a FROM t",
@@ -120,14 +121,14 @@ async fn ballista_scores_in_every_partition_of_the_table() {
     .await;
     let stage = distributed
         .split("=========")
-        .find(|s| s.contains("CrossJoinExec"))
+        .find(|s| s.contains("ModelJoinExec"))
         .unwrap_or_else(|| panic!("no scoring stage in:\n{distributed}"));
     assert!(
         stage.contains("ShuffleWriterExec: partitioning: UnknownPartitioning(4)"),
         "scoring stage is not 4-way parallel:\n{stage}"
     );
     let after_join: Vec<&str> = stage
-        .split("CrossJoinExec")
+        .split("ModelJoinExec")
         .nth(1)
         .unwrap()
         .lines()

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 mod incremental;
 mod outputs;
+mod remote_lock;
 
 const BUCKET: &str = "nomaly-in";
 /// 2 files × 10000 rows in 2500-row row groups: 8 chunks at chunk_rows = 2500.

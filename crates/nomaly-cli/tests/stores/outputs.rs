@@ -6,10 +6,10 @@ use crate::{part_files, stderr};
 use std::path::Path;
 use std::process::Command;
 
-const OUT_BUCKET: &str = "nomaly-out";
+pub(super) const OUT_BUCKET: &str = "nomaly-out";
 
 /// Downloads everything under `prefix` into `dir`; returns the object names (relative, sorted).
-fn download(endpoint: &str, prefix: &str, dir: &Path) -> Vec<String> {
+pub(super) fn download(endpoint: &str, prefix: &str, dir: &Path) -> Vec<String> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
     let o = Command::new(python())
@@ -32,7 +32,7 @@ fn download(endpoint: &str, prefix: &str, dir: &Path) -> Vec<String> {
 }
 
 /// The pipeline of [`run`], writing to `output`, with `extra` lines.
-fn pipeline(dir: &Path, input: &Path, output: &str, extra: &str) -> std::path::PathBuf {
+pub(super) fn pipeline(dir: &Path, input: &Path, output: &str, extra: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let path = dir.join("p.toml");
     std::fs::write(

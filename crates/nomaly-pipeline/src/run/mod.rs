@@ -183,7 +183,7 @@ async fn run_traced(p: &CompiledPipeline, opts: &RunOptions) -> RunOutcome {
         });
     }
     // Held until the run has published (or kept) its outputs: one writer per output.
-    let (locks, result) = match lock_outputs(p, opts) {
+    let (locks, result) = match lock_outputs(p, opts).await {
         Ok(locks) if take.as_ref().is_some_and(|t| t.new_files == 0) => {
             report.status = RunStatus::NothingNew;
             report.warnings.push(format!(
@@ -205,7 +205,9 @@ async fn run_traced(p: &CompiledPipeline, opts: &RunOptions) -> RunOutcome {
         r.warnings
             .push(format!("{e}; the next run settles the ledger"));
     }
-    drop(locks);
+    if let Some(locks) = locks {
+        locks.release().await;
+    }
     drop(take);
     finished(&scope, outcome)
 }
@@ -233,12 +235,19 @@ fn holder(p: &CompiledPipeline, opts: &RunOptions) -> Holder {
 }
 
 /// Locks every sink's output for the run (a dry run writes nothing and locks nothing).
-fn lock_outputs(p: &CompiledPipeline, opts: &RunOptions) -> Result<Option<OutputLocks>> {
+/// A remote output is locked in its store too, against runs on other machines.
+async fn lock_outputs(p: &CompiledPipeline, opts: &RunOptions) -> Result<Option<OutputLocks>> {
     if opts.dry_run {
         return Ok(None);
     }
     let outputs: Vec<&std::path::Path> = p.sinks.iter().map(|s| s.path.as_path()).collect();
-    OutputLocks::acquire(&outputs, &holder(p, opts)).map(Some)
+    let holder = holder(p, opts);
+    let mut locks = OutputLocks::acquire(&outputs, &holder)?;
+    let remote: Vec<_> = p.sinks.iter().filter_map(|s| s.remote.as_ref()).collect();
+    for warning in locks.lock_remote(&remote, &holder).await? {
+        tracing::warn!("{warning}");
+    }
+    Ok(Some(locks))
 }
 
 /// Everything of a run up to publishing: prepare the session, then [`execute`] with memory

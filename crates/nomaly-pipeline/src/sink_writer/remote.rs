@@ -126,6 +126,15 @@ impl RemoteOutput {
         }
     }
 
+    /// The object that locks the output against runs on other machines
+    /// (`crate::output_lock::RemoteLock`).
+    pub fn lock_url(&self) -> String {
+        match self.url.rsplit_once('/') {
+            Some((parent, name)) => format!("{parent}/.{name}.nomaly-lock"),
+            None => format!("{}.nomaly-lock", self.url),
+        }
+    }
+
     /// The store and the prefix inside it.
     fn open(&self) -> Result<(Arc<dyn ObjectStore>, StorePath)> {
         open_prefix(&self.url).map_err(|e| self.error(e))

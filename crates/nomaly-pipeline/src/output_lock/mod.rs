@@ -8,8 +8,12 @@
 //! run that opened the file just before that would lock an unlinked file, so after locking, the
 //! path must still name the locked file, else the run opens it again.
 
+mod remote;
+
+pub use remote::RemoteLock;
+
 use crate::error::{PipelineError, Result};
-use crate::sink_writer::sibling_dir;
+use crate::sink_writer::{RemoteOutput, sibling_dir};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::MetadataExt;
@@ -23,10 +27,13 @@ pub struct Holder {
     pub run: String,
 }
 
-/// The locks of a run's outputs; released when dropped.
+/// The locks of a run's outputs; released when dropped (a remote output's lock object by
+/// [`OutputLocks::release`], or else by a task spawned on drop).
 #[derive(Debug)]
 pub struct OutputLocks {
     held: Vec<(PathBuf, File)>,
+    /// Remote outputs' lock objects ([`RemoteLock`]).
+    remote: Vec<RemoteLock>,
     /// Directories made to hold a lock file, deepest last: removed on release if still empty
     /// (a refused or failed run leaves no trace).
     made: Vec<PathBuf>,
@@ -44,6 +51,7 @@ impl OutputLocks {
         sorted.sort();
         let mut locks = OutputLocks {
             held: Vec::new(),
+            remote: Vec::new(),
             made: Vec::new(),
         };
         for output in sorted {
@@ -56,8 +64,46 @@ impl OutputLocks {
     }
 }
 
+impl OutputLocks {
+    /// Also locks each remote output in its store (against runs on other machines, whose local
+    /// locks are elsewhere). Returns a warning per store that cannot lock.
+    pub async fn lock_remote(
+        &mut self,
+        outputs: &[&RemoteOutput],
+        holder: &Holder,
+    ) -> Result<Vec<String>> {
+        let mut warnings = Vec::new();
+        for output in outputs {
+            match RemoteLock::acquire(output, holder).await? {
+                Some(lock) => self.remote.push(lock),
+                None => warnings.push(format!(
+                    "{}: the store cannot put objects conditionally, so runs on other machines \
+                     are not locked out of this output (runs on this machine are)",
+                    output.url
+                )),
+            }
+        }
+        Ok(warnings)
+    }
+
+    /// Releases every lock, deleting the remote lock objects before returning.
+    pub async fn release(mut self) {
+        for lock in self.remote.drain(..) {
+            lock.release().await;
+        }
+    }
+}
+
 impl Drop for OutputLocks {
     fn drop(&mut self) {
+        // Remote locks not released by `release` (an early return): deleted by a task.
+        if !self.remote.is_empty()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            for lock in self.remote.drain(..) {
+                runtime.spawn(lock.release());
+            }
+        }
         // Removed while still locked: a run that opens it from now on makes a new file.
         for (path, file) in self.held.drain(..) {
             let _ = std::fs::remove_file(&path);
