@@ -8,7 +8,7 @@
 //! Namespaces are named `nmt<pid>n<k>-<host>`; dropping a [`Network`] deletes them (also when a
 //! test fails), and creating one deletes those of test processes that no longer exist.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -90,7 +90,7 @@ impl Hosts {
 /// The hosts and the bridge between them.
 pub struct Network {
     switch: String,
-    hosts: Vec<Host>,
+    hosts: Hosts,
 }
 
 /// Runs `ip` with `args`; the error names the command and what it printed.
@@ -142,7 +142,7 @@ impl Network {
         );
         let mut net = Network {
             switch: format!("{prefix}-switch"),
-            hosts: Vec::new(),
+            hosts: Hosts(Vec::new()),
         };
         ip(&["netns", "add", &net.switch])?;
         let sw = net.switch.clone();
@@ -157,7 +157,7 @@ impl Network {
             };
             let ns = host.namespace.as_str();
             ip(&["netns", "add", ns])?;
-            net.hosts.push(host.clone());
+            net.hosts.0.push(host.clone());
             ip(&[
                 "-n", &sw, "link", "add", &host.link, "type", "veth", "peer", "name", "eth0",
                 "netns", ns,
@@ -190,15 +190,12 @@ impl Network {
     }
 
     pub fn host(&self, name: &str) -> &Host {
-        self.hosts
-            .iter()
-            .find(|h| h.name == name)
-            .unwrap_or_else(|| panic!("no host {name}"))
+        self.hosts.host(name)
     }
 
     /// The hosts, to start processes on them from elsewhere (a launcher closure).
     pub fn hosts(&self) -> Hosts {
-        Hosts(self.hosts.clone())
+        self.hosts.clone()
     }
 
     /// Takes host `name`'s link down: it is cut off from every other host (its processes run on,
@@ -213,6 +210,7 @@ impl Network {
         let mut left = Vec::new();
         for ns in self
             .hosts
+            .0
             .iter()
             .map(|h| &h.namespace)
             .chain([&self.switch])
@@ -226,19 +224,11 @@ impl Network {
         }
         left
     }
-
-    /// The namespace names, for messages.
-    pub fn namespaces(&self) -> Vec<PathBuf> {
-        self.hosts
-            .iter()
-            .map(|h| PathBuf::from("/run/netns").join(&h.namespace))
-            .collect()
-    }
 }
 
 impl Drop for Network {
     fn drop(&mut self) {
-        for h in &self.hosts {
+        for h in &self.hosts.0 {
             let _ = ip(&["netns", "del", &h.namespace]);
         }
         let _ = ip(&["netns", "del", &self.switch]);

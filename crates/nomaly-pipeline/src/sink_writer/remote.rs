@@ -111,28 +111,28 @@ impl RemoteOutput {
     /// Where a cluster's executors put the parts while the run lasts: a prefix beside the
     /// output's, `.<name>.nomaly-staging` (as a local output's staging directory).
     pub fn staging_url(&self) -> String {
+        self.sibling("staging")
+    }
+
+    /// `<parent>/.<name>.nomaly-<role>`: a prefix or object of the run's beside the output, as
+    /// a local output's staging directory and lock file are beside it.
+    fn sibling(&self, role: &str) -> String {
         match self.url.rsplit_once('/') {
-            Some((parent, name)) => format!("{parent}/.{name}.nomaly-staging"),
-            None => format!("{}.nomaly-staging", self.url),
+            Some((parent, name)) => format!("{parent}/.{name}.nomaly-{role}"),
+            None => format!("{}.nomaly-{role}", self.url),
         }
     }
 
     /// Where a run on a cluster puts its work directory (the detect input written once), which
     /// the executors read: beside the output, as the staging prefix is.
     pub fn work_url(&self) -> String {
-        match self.url.rsplit_once('/') {
-            Some((parent, name)) => format!("{parent}/.{name}.nomaly-work"),
-            None => format!("{}.nomaly-work", self.url),
-        }
+        self.sibling("work")
     }
 
     /// The object that locks the output against runs on other machines
     /// (`crate::output_lock::RemoteLock`).
     pub fn lock_url(&self) -> String {
-        match self.url.rsplit_once('/') {
-            Some((parent, name)) => format!("{parent}/.{name}.nomaly-lock"),
-            None => format!("{}.nomaly-lock", self.url),
-        }
+        self.sibling("lock")
     }
 
     /// The store and the prefix inside it.
