@@ -215,14 +215,7 @@ fn a_killed_client_resumes(hosts: &SeparateHosts, dir: &Path) {
         ".nomaly-outputs/s3/{}/.resumed.nomaly-staging/_nomaly/manifest.jsonl",
         super::hosts::OUT_BUCKET
     ));
-    let args = [
-        "run",
-        file.to_str().unwrap(),
-        "--engine",
-        &hosts.engine(),
-        "--no-progress",
-    ];
-    let mut run = spawn_logged(hosts, &args, &dir.join("resumed.err"));
+    let mut run = run_on_cluster(hosts, &file, &dir.join("resumed.err"));
     let deadline = Instant::now() + Duration::from_secs(120);
     while commits(&manifest) < 2 {
         assert!(run.try_wait().unwrap().is_none(), "the run ended first");
@@ -276,16 +269,8 @@ fn commits(manifest: &Path) -> usize {
 fn executors_come_and_go(hosts: &mut SeparateHosts, dir: &Path) {
     let local = local_reference(hosts, dir, "come_and_go", false);
     let file = faults_pipeline(dir, "come_and_go", "come_and_go", false);
-    let args = [
-        "run",
-        file.to_str().unwrap(),
-        "--engine",
-        &hosts.engine(),
-        "--no-progress",
-    ];
-    let mut run = spawn_logged(hosts, &args, &dir.join("come_and_go.err"));
-    let before = |hosts: &SeparateHosts, h: &str| hosts.tasks_received(h);
-    let e0 = before(hosts, "e0");
+    let mut run = run_on_cluster(hosts, &file, &dir.join("come_and_go.err"));
+    let e0 = hosts.tasks_received("e0");
     hosts.wait_until("e0 received a task of the run", |h| {
         h.tasks_received("e0") > e0
     });
@@ -293,10 +278,10 @@ fn executors_come_and_go(hosts: &mut SeparateHosts, dir: &Path) {
     hosts.wait_until("the joined executor e2 received a task", |h| {
         h.tasks_received("e2") > 0
     });
-    let e0 = before(hosts, "e0");
+    let e0 = hosts.tasks_received("e0");
     hosts.wait_until("e0 received another task", |h| h.tasks_received("e0") > e0);
     hosts.kill("e0");
-    let e1 = before(hosts, "e1");
+    let e1 = hosts.tasks_received("e1");
     hosts.wait_until("e1 received another task", |h| h.tasks_received("e1") > e1);
     hosts.cut("e1");
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -328,13 +313,20 @@ fn executors_come_and_go(hosts: &mut SeparateHosts, dir: &Path) {
     crate::assert_same_parts("executors come and go", &local, &parts(&names, &got));
 }
 
-/// `nomaly args` on the client in the background, its output in `log`.
-fn spawn_logged(hosts: &SeparateHosts, args: &[&str], log: &Path) -> std::process::Child {
-    let file = std::fs::File::create(log).unwrap();
+/// `nomaly run file` on the cluster from the client, in the background, its output in `log`.
+fn run_on_cluster(hosts: &SeparateHosts, file: &Path, log: &Path) -> std::process::Child {
+    let engine = hosts.engine();
+    let args = [
+        "run",
+        file.to_str().unwrap(),
+        "--engine",
+        &engine,
+        "--no-progress",
+    ];
     hosts
-        .client_command(args, &[])
+        .client_command(&args, &[])
         .stdout(std::process::Stdio::null())
-        .stderr(file)
+        .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap()
 }
