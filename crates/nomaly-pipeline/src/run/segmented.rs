@@ -120,6 +120,15 @@ pub(crate) async fn resume_plan(
     Ok((chunks, df, plan))
 }
 
+/// The session's config for a state built from it: the state shares the session's catalogs, and
+/// must not make a fresh default catalog (which would replace the session's, tables and all).
+fn sharing_catalogs(ctx: &SessionContext) -> datafusion::prelude::SessionConfig {
+    ctx.state()
+        .config()
+        .clone()
+        .with_create_default_catalog_and_schema(false)
+}
+
 /// The per-segment plan over the bucket table, with as many target partitions as buckets (so
 /// the optimizer adds no exchange to reach more); checked to keep chunks apart.
 async fn plan_over(
@@ -131,7 +140,7 @@ async fn plan_over(
     let df = super::detect_plan::segment_frame(ctx, d, STAGED_INPUT)
         .await
         .map_err(|e| classify(d.place.clone(), e))?;
-    let mut config = ctx.state().config().clone();
+    let mut config = sharing_catalogs(ctx);
     config.options_mut().execution.target_partitions = chunks.chunks.len();
     // The per-segment operator on every engine: a cluster's plan is built here too, and the
     // codec carries the operator to its executors.
@@ -190,8 +199,23 @@ async fn write_buckets(
             runtime(err, RunPlace::Materialize)
         }
     };
-    let plan =
-        super::scoring_plan::physical_plan(ctx, p, &format!("SELECT * FROM {input}")).await?;
+    // One input partition: the exchange then hands each bucket its rows in the input's order,
+    // so a bucket's bytes (and the output's) are the same on every run. Input partitions read
+    // at once would interleave in whatever order they happen to run.
+    let mut config = sharing_catalogs(ctx);
+    config.options_mut().execution.target_partitions = 1;
+    let sequential = SessionStateBuilder::new_from_existing(ctx.state())
+        .with_config(config)
+        .build();
+    let (_, logical) = ctx
+        .sql(&format!("SELECT * FROM {input}"))
+        .await
+        .map_err(|e| classify(p.file.path.display().to_string(), e))?
+        .into_parts();
+    let plan = DataFrame::new(sequential, logical)
+        .create_physical_plan()
+        .await
+        .map_err(|e| classify(p.file.path.display().to_string(), e))?;
     let schema = plan.schema();
     let keys = d
         .partition_by
