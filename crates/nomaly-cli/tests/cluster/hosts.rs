@@ -217,35 +217,31 @@ impl SeparateHosts {
         c.output().expect("run python on the client")
     }
 
-    /// Uploads every file under `dir` into `bucket` (created if new), keys relative to `dir`.
-    pub fn upload(&self, bucket: &str, dir: &Path) {
+    /// scripts/store_fixture.py `mode` against the S3 emulator, on the client host.
+    fn store_fixture(&self, mode: &str, args: &[&str]) -> Output {
         let script = root().join("scripts/store_fixture.py");
         let endpoint = self.s3_endpoint();
-        let o = self.client_python(&[
-            script.to_str().unwrap(),
-            "s3",
-            &endpoint,
-            bucket,
-            dir.to_str().unwrap(),
-        ]);
-        assert!(o.status.success(), "upload: {}", stderr(&o));
+        let mut all = vec![script.to_str().unwrap(), mode, &endpoint];
+        all.extend_from_slice(args);
+        let o = self.client_python(&all);
+        assert!(
+            o.status.success(),
+            "store_fixture.py {mode}: {}",
+            stderr(&o)
+        );
+        o
+    }
+
+    /// Uploads every file under `dir` into `bucket` (created if new), keys relative to `dir`.
+    pub fn upload(&self, bucket: &str, dir: &Path) {
+        self.store_fixture("s3", &[bucket, dir.to_str().unwrap()]);
     }
 
     /// Downloads `prefix` of the output bucket into `dir`: the object names, sorted.
     pub fn download(&self, prefix: &str, dir: &Path) -> Vec<String> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).unwrap();
-        let script = root().join("scripts/store_fixture.py");
-        let endpoint = self.s3_endpoint();
-        let o = self.client_python(&[
-            script.to_str().unwrap(),
-            "s3-get",
-            &endpoint,
-            OUT_BUCKET,
-            prefix,
-            dir.to_str().unwrap(),
-        ]);
-        assert!(o.status.success(), "download {prefix}: {}", stderr(&o));
+        let o = self.store_fixture("s3-get", &[OUT_BUCKET, prefix, dir.to_str().unwrap()]);
         String::from_utf8_lossy(&o.stdout)
             .lines()
             .filter(|l| !l.is_empty())

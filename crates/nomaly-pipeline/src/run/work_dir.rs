@@ -11,13 +11,13 @@
 use super::session::cluster_of;
 use crate::compile::CompiledPipeline;
 use crate::error::{PipelineError, Result};
-use crate::sink_writer::{files_under, open_prefix, put_file, sibling_dir};
+use crate::sink_writer::{files_under, list_under, open_prefix, put_file, sibling_dir};
 use datafusion::object_store::path::Path as StorePath;
 use datafusion::object_store::{ObjectStore, ObjectStoreExt};
 use datafusion::prelude::SessionContext;
-use futures::TryStreamExt;
 use nomaly_engine::object_stores::root_message;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Where a run's detect input is written once and read back from.
 #[derive(Debug, Clone)]
@@ -97,7 +97,7 @@ impl WorkDir {
     /// Whether an unfinished run's files are still there.
     pub async fn exists(&self) -> Result<bool> {
         match &self.remote {
-            Some(url) => Ok(!self.objects(url).await?.is_empty()),
+            Some(url) => Ok(!self.objects(url).await?.1.is_empty()),
             None => Ok(self.local.is_dir()),
         }
     }
@@ -106,7 +106,12 @@ impl WorkDir {
     pub async fn has_parquet(&self) -> Result<bool> {
         let is_parquet = |name: &str| name.ends_with(".parquet");
         match &self.remote {
-            Some(url) => Ok(self.objects(url).await?.iter().any(|(n, _)| is_parquet(n))),
+            Some(url) => Ok(self
+                .objects(url)
+                .await?
+                .1
+                .iter()
+                .any(|(n, ..)| is_parquet(n))),
             None => Ok(std::fs::read_dir(&self.local).is_ok_and(|mut it| {
                 it.any(|e| e.is_ok_and(|e| is_parquet(&e.file_name().to_string_lossy())))
             })),
@@ -119,8 +124,8 @@ impl WorkDir {
         let Some(url) = &self.remote else {
             return Ok(());
         };
-        let (store, _) = open_prefix(url).map_err(|e| failed(url, e))?;
-        for (name, location) in self.objects(url).await? {
+        let (store, objects) = self.objects(url).await?;
+        for (name, location, _) in objects {
             store
                 .delete(&location)
                 .await
@@ -129,40 +134,18 @@ impl WorkDir {
         Ok(())
     }
 
-    /// The objects under the prefix: names relative to it, and locations.
-    async fn objects(&self, url: &str) -> Result<Vec<(String, StorePath)>> {
+    /// The store, and the objects under the prefix (relative names, locations, sizes).
+    async fn objects(&self, url: &str) -> Result<(Arc<dyn ObjectStore>, Vec<ListedObject>)> {
         let (store, prefix) = open_prefix(url).map_err(|e| failed(url, e))?;
-        list(store.as_ref(), &prefix)
+        let listed = list_under(store.as_ref(), &prefix)
             .await
-            .map_err(|e| failed(url, format!("cannot list it: {e}")))
+            .map_err(|e| failed(url, format!("cannot list it: {e}")))?;
+        Ok((store, listed))
     }
 }
 
-/// The objects under `prefix`, relative names and locations, sorted.
-async fn list(
-    store: &dyn ObjectStore,
-    prefix: &StorePath,
-) -> std::result::Result<Vec<(String, StorePath)>, String> {
-    let metas: Vec<_> = store
-        .list(Some(prefix))
-        .try_collect()
-        .await
-        .map_err(|e| root_message(&e))?;
-    let mut out: Vec<(String, StorePath)> = metas
-        .into_iter()
-        .filter_map(|m| {
-            let name = m
-                .location
-                .prefix_match(prefix)?
-                .map(|p| p.as_ref().to_string())
-                .collect::<Vec<_>>()
-                .join("/");
-            Some((name, m.location))
-        })
-        .collect();
-    out.sort();
-    Ok(out)
-}
+/// An object's name relative to the prefix, its location and size.
+type ListedObject = (String, StorePath, u64);
 
 /// The work prefix could not be used.
 fn failed(url: &str, reason: String) -> PipelineError {

@@ -23,7 +23,7 @@ pub use part::{
     ChunkWriter, StagedPart, WrittenPart, remove_attempt_files, remove_attempt_files_in,
 };
 pub use remote::{MARKER, Marker, MarkerFile, RemoteOutput};
-pub(crate) use remote::{mirror_files as files_under, open_prefix, put_file};
+pub(crate) use remote::{list_under, mirror_files as files_under, open_prefix, put_file};
 pub use write_exec::{PartWriteExec, SinkOnExecutor};
 
 /// Name of the run report inside an output directory.

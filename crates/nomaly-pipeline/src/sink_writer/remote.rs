@@ -146,24 +146,9 @@ impl RemoteOutput {
         store: &dyn ObjectStore,
         prefix: &StorePath,
     ) -> Result<Vec<(String, StorePath, u64)>> {
-        let metas: Vec<_> = store
-            .list(Some(prefix))
-            .try_collect()
+        list_under(store, prefix)
             .await
-            .map_err(|e| self.error(format!("cannot list {prefix}: {}", root_message(&e))))?;
-        let mut names: Vec<(String, StorePath, u64)> = metas
-            .into_iter()
-            .filter_map(|m| {
-                let parts = m.location.prefix_match(prefix)?;
-                let name = parts
-                    .map(|p| p.as_ref().to_string())
-                    .collect::<Vec<_>>()
-                    .join("/");
-                Some((name, m.location, m.size))
-            })
-            .collect();
-        names.sort();
-        Ok(names)
+            .map_err(|e| self.error(format!("cannot list {prefix}: {e}")))
     }
 
     /// What the staging prefix holds: each object's name (relative) and size.
@@ -285,6 +270,33 @@ impl RemoteOutput {
         }
         Ok(marker)
     }
+}
+
+/// The objects under `prefix`: their names relative to it, their locations and sizes, sorted;
+/// the error is the store's innermost message.
+pub(crate) async fn list_under(
+    store: &dyn ObjectStore,
+    prefix: &StorePath,
+) -> std::result::Result<Vec<(String, StorePath, u64)>, String> {
+    let metas: Vec<_> = store
+        .list(Some(prefix))
+        .try_collect()
+        .await
+        .map_err(|e| root_message(&e))?;
+    let mut names: Vec<(String, StorePath, u64)> = metas
+        .into_iter()
+        .filter_map(|m| {
+            let name = m
+                .location
+                .prefix_match(prefix)?
+                .map(|p| p.as_ref().to_string())
+                .collect::<Vec<_>>()
+                .join("/");
+            Some((name, m.location, m.size))
+        })
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 /// The store of `url` and the prefix inside it.
