@@ -6,6 +6,18 @@
         [--memory-limit 1GB]
     python3 benchmarks/cluster.py unsegmented benchmarks/data/tx_10m.parquet
         [--detectors zscore,hbos,ecod,copod,iforest] [--executors 2] [--memory-limit 4GB] [--repeat 3]
+    python3 benchmarks/cluster.py generated [--logical-gb 100] [--executors 4] [--memory-limit 1GB]
+        [--detectors zscore] [--features 8] [--node-cores 2,16] [--no-local]
+
+generated: `synthetic_rows(N, features, seed)` (rows made by the executors from a seed, read from no
+disk) through `detect_anomalies` on a scheduler and --executors executors (one task slot each) on
+this machine, N chosen so the rows' Arrow bytes (id, features, planted) are --logical-gb; the output
+is counted (rows, flagged, flagged among the planted, planted), not written: 100 GB of scores do not
+fit this disk. Prints the time, rows/s per core of this machine, every executor's peak RSS, the
+client's peak RSS and the bytes it read and wrote (/proc/PID/io, all I/O: the rows stay on the
+executors), the same counts from the local engine (unless --no-local), and the time an 8-node
+cluster of --node-cores cores each would take at the measured per-core rate (linear scaling, no
+network cost: a projection, not a measurement).
 
 pipeline-segments: a `[detect] partition_by` pipeline over `seg = id % N` run by `nomaly run --engine
 ballista://` on fresh executors, client and executors with --memory-limit (default 1GB): the time,
@@ -67,7 +79,7 @@ def peak_rss(pid):
 class Cluster:
     """A scheduler and `n` executors with `memory_limit` each, stopped on exit."""
 
-    def __init__(self, n, memory_limit, work):
+    def __init__(self, n, memory_limit, work, vcores=None):
         self.procs, self.executors = [], []
         self.port = free_port()
         log = open(os.path.join(work, "cluster.log"), "ab")
@@ -80,7 +92,8 @@ class Cluster:
             p = subprocess.Popen(
                 [NOMALY, "executor", "--scheduler-port", str(self.port), "--bind-port", str(flight),
                  "--bind-grpc-port", str(grpc), "--bind-health-port", str(health),
-                 "--memory-limit", memory_limit, "--work-dir", os.path.join(work, f"executor-{i}")],
+                 "--memory-limit", memory_limit, "--work-dir", os.path.join(work, f"executor-{i}")]
+                + (["--vcores", str(vcores)] if vcores else []),
                 stdout=log, stderr=log, env=NOMALY_ENV)
             os.makedirs(os.path.join(work, f"executor-{i}"), exist_ok=True)
             self.procs.append(p)
@@ -219,25 +232,121 @@ def unsegmented(a):
     return rows
 
 
+def measure_io(args):
+    """(seconds, peak RSS bytes, error or None, stdout bytes, bytes read + written) of one process:
+    its I/O counters are read from /proc while it is a zombie (waited for without reaping)."""
+    with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
+        start = time.perf_counter()
+        proc = subprocess.Popen(args, stdout=out_f, stderr=err_f, env=NOMALY_ENV)
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        elapsed = time.perf_counter() - start
+        io = {}
+        with open(f"/proc/{proc.pid}/io") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                io[key] = int(value)
+        _, status, rusage = os.wait4(proc.pid, 0)
+        out_f.seek(0)
+        err_f.seek(0)
+        stdout, stderr = out_f.read(), err_f.read().decode().strip()
+    failed = os.waitstatus_to_exitcode(status) != 0
+    return (elapsed, rusage.ru_maxrss * 1024, (stderr or "failed") if failed else None, stdout,
+            io["rchar"] + io["wchar"])
+
+
+def generated(a):
+    """A 100 GB (logical) generated input through a cluster of --executors processes."""
+    row_bytes = 8 + 8 * a.features + 1  # id, the features, planted: their Arrow buffers
+    rows = int(a.logical_gb * 1e9 / row_bytes)
+    cores = os.cpu_count()
+    feats = ", ".join(f"f{j}" for j in range(a.features))
+    out = tempfile.mkdtemp(prefix="nomaly-cluster-")
+    results = []
+    for alg in a.detectors.split(","):
+        select = (f"SELECT count(*) AS n, count(*) FILTER (WHERE a['is_anomaly']) AS flagged, "
+                  f"count(*) FILTER (WHERE a['is_anomaly'] AND planted) AS flagged_planted, "
+                  f"count(*) FILTER (WHERE planted) AS planted FROM (SELECT planted, "
+                  f"detect_anomalies('{alg}', {feats}) AS a FROM synthetic_rows({rows}, {a.features}, 1))")
+        cluster = Cluster(a.executors, a.memory_limit, out, vcores=1)
+        try:
+            t, client_rss, err, counts, client_io = measure_io([
+                NOMALY, "sql", "--no-progress", "--format", "csv", "--partitions", str(a.partitions),
+                "--engine", f"ballista://127.0.0.1:{cluster.port}", "-e", select])
+            peaks = [peak_rss(p.pid) for p in cluster.executors]
+        finally:
+            cluster.stop()
+        counts = None if err else counts.decode().split()[-1]
+        local = local_t = None
+        if not a.no_local and not err:
+            local_t, _, local_err, local = measure([NOMALY, "sql", "--no-progress", "--format", "csv", "-e",
+                                                     select])
+            local = local_err.splitlines()[-1][:300] if local_err else local.decode().split()[-1]
+        per_core = rows / t / cores if not err else None
+        within = all(p <= parse_size(a.memory_limit) for p in peaks)
+        projections = {n: rows / (per_core * 8 * n) for n in a.node_cores} if per_core else {}
+        results.append({"detector": alg, "rows": rows, "logical_bytes": rows * row_bytes,
+                        "executors": a.executors, "partitions": a.partitions, "memory_limit": a.memory_limit,
+                        "seconds": t, "rows_per_second": rows / t if not err else None, "machine_cores": cores,
+                        "rows_per_second_per_core": per_core, "executor_peak_rss_bytes": peaks,
+                        "within": within, "client_peak_rss_bytes": client_rss, "client_io_bytes": client_io,
+                        "counts": counts, "local_counts": local, "local_seconds": local_t,
+                        "equal_to_local": None if local is None else counts == local,
+                        "projection_8_nodes_seconds": projections, "error": err})
+        if err:
+            print(f"{alg}: FAILED after {t:.1f} s: {err.splitlines()[-1][:2000]}", flush=True)
+            continue
+        shown = ", ".join(f"{p / 2**20:.0f}" for p in peaks)
+        print(f"{alg:8} {rows:,} rows ({rows * row_bytes / 1e9:.1f} GB logical) on {a.executors} executors: "
+              f"{t:.1f} s, {rows / t / 1e6:.2f} M rows/s, {per_core / 1e6:.2f} M rows/s per core ({cores} cores)",
+              flush=True)
+        print(f"         executor peak RSS [{shown}] MiB {'within' if within else 'OVER'} {a.memory_limit}; "
+              f"client peak RSS {client_rss / 2**20:.0f} MiB, client I/O {client_io / 1e6:.2f} MB", flush=True)
+        print(f"         rows, flagged, flagged planted, planted: cluster {counts}"
+              + ("" if local is None else f"  local {local} ({local_t:.1f} s): "
+                 f"{'equal' if counts == local else 'DIFFERENT'}"), flush=True)
+        for n, secs in projections.items():
+            print(f"         projection: 8 nodes x {n} cores at {per_core / 1e6:.2f} M rows/s per core: "
+                  f"{secs:.1f} s for these {rows * row_bytes / 1e9:.0f} GB", flush=True)
+    shutil.rmtree(out, ignore_errors=True)
+    return results
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("suite", choices=["segments", "pipeline-segments", "unsegmented"])
-    p.add_argument("data", help="the Parquet file, e.g. benchmarks/data/tx_10m.parquet")
+    p.add_argument("suite", choices=["segments", "pipeline-segments", "unsegmented", "generated"])
+    p.add_argument("data", nargs="?", help="the Parquet file, e.g. benchmarks/data/tx_10m.parquet "
+                   "(not for generated)")
     p.add_argument("--segments", default="1000,10000")
-    p.add_argument("--detectors", default=None, help="default: iforest (segments), all (unsegmented)")
-    p.add_argument("--executors", type=int, default=2)
+    p.add_argument("--detectors", default=None,
+                   help="default: iforest (segments), all (unsegmented), zscore (generated)")
+    p.add_argument("--executors", type=int, default=None, help="default 2 (4 for generated)")
     p.add_argument("--memory-limit", default=None,
                    help="each executor's --memory-limit (default 512MB for segments, 4GB otherwise)")
     p.add_argument("--repeat", type=int, default=3, help="unsegmented: runs of each, median shown")
+    p.add_argument("--logical-gb", type=float, default=100.0, help="generated: the input's size")
+    p.add_argument("--features", type=int, default=8, help="generated: feature columns")
+    p.add_argument("--partitions", type=int, default=32, help="generated: the query's partitions (tasks)")
+    p.add_argument("--node-cores", default="2,16", help="generated: cores per node of the projected 8 nodes")
+    p.add_argument("--no-local", action="store_true", help="generated: skip the local engine's run")
     p.add_argument("--no-build", action="store_true")
     p.add_argument("--json", default=None)
     a = p.parse_args()
-    a.detectors = a.detectors or ("zscore,hbos,ecod,copod,iforest" if a.suite == "unsegmented" else "iforest")
-    a.memory_limit = a.memory_limit or {"segments": "512MB", "pipeline-segments": "1GB"}.get(a.suite, "4GB")
+    a.executors_given = a.executors is not None
+    a.executors = a.executors or 2
+    a.detectors = a.detectors or {"unsegmented": "zscore,hbos,ecod,copod,iforest",
+                                  "generated": "zscore"}.get(a.suite, "iforest")
+    a.memory_limit = a.memory_limit or {"segments": "512MB", "pipeline-segments": "1GB",
+                                        "generated": "1GB"}.get(a.suite, "4GB")
+    a.node_cores = [int(x) for x in a.node_cores.split(",")]
+    if a.suite == "generated":
+        a.executors = a.executors if a.executors_given else 4
+    elif not a.data:
+        p.error(f"{a.suite} needs the Parquet file")
     print(f"CPU: {cpu()}", flush=True)
     if not a.no_build:
         build()
-    rows = {"segments": segments, "pipeline-segments": pipeline_segments, "unsegmented": unsegmented}[a.suite](a)
+    rows = {"segments": segments, "pipeline-segments": pipeline_segments, "unsegmented": unsegmented,
+            "generated": generated}[a.suite](a)
     path = a.json or os.path.join(ROOT, "benchmarks", "results", f"cluster_{a.suite}.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:

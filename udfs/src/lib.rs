@@ -10,6 +10,7 @@
 //! | `anomaly_score` / `is_anomaly` / `anomaly_detect` / `anomaly_explain` `(model, f, ...)` | scalar | score with a model |
 //! | `anomaly_model_info(model)` | scalar | describe a model (options, rows, threshold, size) |
 //! | `anomaly_score_zscore` / `_mad` / `_iqr` `(v) OVER (...)` | window | score against the frame |
+//! | `synthetic_rows(rows, features [, seed [, planted_fraction]])` | table function | rows made from a seed |
 //!
 //! [`register_all`] installs everything — functions and the [`rewrite::DetectAnomaliesRewrite`]
 //! analyzer rule — on a `SessionContext`; [`with_nomaly`] does the same on a `SessionStateBuilder`
@@ -48,6 +49,7 @@ mod fitted_models;
 pub mod is_anomaly;
 pub mod model_column;
 pub mod rewrite;
+pub mod synthetic_rows;
 pub mod window_score;
 
 use datafusion::execution::FunctionRegistry;
@@ -117,6 +119,10 @@ pub fn register_functions(ctx: &SessionContext) {
         detect_anomalies::NAME,
         Arc::new(detect_anomalies_table::DetectAnomaliesTable),
     );
+    ctx.register_udtf(
+        synthetic_rows::NAME,
+        Arc::new(synthetic_rows::SyntheticRowsFunction),
+    );
 }
 
 /// Registers every function, the expression planner and the rewrite rule on `ctx` (the planner and
@@ -156,16 +162,28 @@ pub fn with_nomaly(mut builder: SessionStateBuilder) -> SessionStateBuilder {
         .window_functions()
         .get_or_insert_with(Vec::new)
         .extend(window_functions());
-    builder
-        .table_functions()
-        .get_or_insert_with(Default::default)
-        .insert(
-            detect_anomalies::NAME.to_string(),
-            Arc::new(datafusion::catalog::TableFunction::new(
-                detect_anomalies::NAME.to_string(),
-                Arc::new(detect_anomalies_table::DetectAnomaliesTable),
-            )),
-        );
+    let table_functions: [(&str, Arc<dyn datafusion::catalog::TableFunctionImpl>); 2] = [
+        (
+            detect_anomalies::NAME,
+            Arc::new(detect_anomalies_table::DetectAnomaliesTable),
+        ),
+        (
+            synthetic_rows::NAME,
+            Arc::new(synthetic_rows::SyntheticRowsFunction),
+        ),
+    ];
+    for (name, function) in table_functions {
+        builder
+            .table_functions()
+            .get_or_insert_with(Default::default)
+            .insert(
+                name.to_string(),
+                Arc::new(datafusion::catalog::TableFunction::new(
+                    name.to_string(),
+                    function,
+                )),
+            );
+    }
     builder
         .expr_planners()
         .get_or_insert_with(Vec::new)

@@ -196,6 +196,9 @@ pub async fn build_context(config: &EngineConfig) -> Result<SessionContext> {
                         .with_ballista_adaptive_query_planner(false)
                         .with_ballista_physical_extension_codec(Arc::new(
                             crate::ballista::codec::OperatorCodec::default(),
+                        ))
+                        .with_ballista_logical_extension_codec(Arc::new(
+                            crate::ballista::codec::LogicalCodec::default(),
                         )),
                 )
                 .set_usize("ballista.standalone.parallelism", config.partitions());
@@ -224,7 +227,12 @@ pub async fn build_context(config: &EngineConfig) -> Result<SessionContext> {
             let state = nomaly_udfs::with_nomaly(
                 SessionStateBuilder::new()
                     .with_config(crate::ballista::auth::with_client_credentials(
-                        config.session_config(SessionConfig::new_with_ballista()),
+                        config.session_config(
+                            SessionConfig::new_with_ballista()
+                                .with_ballista_logical_extension_codec(Arc::new(
+                                    crate::ballista::codec::LogicalCodec::default(),
+                                )),
+                        ),
                         true,
                     ))
                     .with_runtime_env(config.runtime()?)

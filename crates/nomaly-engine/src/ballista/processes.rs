@@ -101,6 +101,8 @@ pub async fn run_scheduler(
     // The cluster reads the session builder when it is created: set it first.
     let mut config = config.with_override_session_builder(Arc::new(session_state));
     config.override_physical_codec = Some(codec);
+    // Clients send logical plans; ours may scan `synthetic_rows(...)`.
+    config.override_logical_codec = Some(Arc::new(crate::ballista::codec::LogicalCodec::default()));
     // Flight SQL checks the cluster token in its handshake unless it has a token of its own.
     let flight_sql_auth =
         flight_sql_auth.or_else(|| token.as_ref().map(|t| TokenAuthenticator::new(t.as_str())));
