@@ -18,6 +18,7 @@ from pyod.models.hbos import HBOS
 from pyod.models.ecod import ECOD
 from pyod.models.copod import COPOD
 from pyod.models.iforest import IForest
+from pyod.models.pca import PCA
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
@@ -38,6 +39,32 @@ def skewed(seed=2, n=1500, d=3, rate=0.04):
     y = np.zeros(n, dtype=int)
     idx = rng.choice(n, int(n * rate), replace=False)
     X[idx] *= rng.uniform(4.0, 10.0, size=(len(idx), d))
+    y[idx] = 1
+    return X, y
+
+
+def correlated(seed=3, n=2000, d=6, rate=0.03):
+    # Rows near a 2-dimensional subspace; the anomalies leave it (each feature is ordinary alone).
+    rng = np.random.default_rng(seed)
+    latent = rng.normal(size=(n, 2))
+    mixing = rng.normal(size=(2, d))
+    X = latent @ mixing + rng.normal(scale=0.3, size=(n, d)) + np.arange(d) * 5.0
+    y = np.zeros(n, dtype=int)
+    idx = rng.choice(n, int(n * rate), replace=False)
+    X[idx] += rng.normal(scale=2.5, size=(len(idx), d))
+    y[idx] = 1
+    return X, y
+
+
+def clustered(seed=4, n=2000, d=5, rate=0.03):
+    # Three clusters of different spreads; the anomalies lie between and around them.
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(-10.0, 10.0, size=(3, d))
+    which = rng.integers(0, 3, size=n)
+    X = centres[which] + rng.normal(size=(n, d)) * np.array([0.5, 1.0, 2.0])[which][:, None]
+    y = np.zeros(n, dtype=int)
+    idx = rng.choice(n, int(n * rate), replace=False)
+    X[idx] = rng.uniform(-16.0, 16.0, size=(len(idx), d))
     y[idx] = 1
     return X, y
 
@@ -79,6 +106,8 @@ def main():
         "gaussian": gaussian(),
         "skewed": skewed(),
         "breast_cancer": breast_cancer(),
+        "correlated": correlated(),
+        "clustered": clustered(),
     }.items():
         scores = {
             "zscore": zscore_scores(X),
@@ -88,6 +117,7 @@ def main():
             "ecod": pyod_scores(ECOD(), X),
             "copod": pyod_scores(COPOD(), X),
             "iforest": pyod_scores(IForest(n_estimators=100, random_state=0), X),
+            "pca": pyod_scores(PCA(), X),
         }
         fixture = {
             "name": name,

@@ -54,6 +54,23 @@ pub enum DetectorError {
     #[error("the model bytes are not a Nomaly model: {reason}")]
     CorruptModel { reason: String },
 
+    #[error("{algorithm} takes at most {max} features, got {features}")]
+    TooManyFeatures {
+        algorithm: String,
+        features: usize,
+        max: usize,
+    },
+
+    #[error(
+        "feature column {index} has the value {value}, which {algorithm} cannot take: it takes {limit}"
+    )]
+    ValueOutOfRange {
+        algorithm: String,
+        index: usize,
+        value: f64,
+        limit: String,
+    },
+
     #[error("model format version {found} is not supported by this build (supports {supported})")]
     UnsupportedModelVersion { found: u32, supported: u32 },
 }

@@ -118,6 +118,19 @@ impl ExactSum {
         }
     }
 
+    /// Adds the products `a[i] * b[i]` exactly, each as its error-free pair (hi, lo); the caller
+    /// keeps |a|, |b| below 2^500 so no product overflows.
+    pub fn add_products_slice(&mut self, a: &[f64], b: &[f64]) {
+        let mut hi = [0.0f64; 256];
+        let mut lo = [0.0f64; 256];
+        for (ba, bb) in a.chunks(256).zip(b.chunks(256)) {
+            let n = ba.len().min(bb.len());
+            product_pairs(&ba[..n], &bb[..n], &mut hi[..n], &mut lo[..n]);
+            self.add_slice(&hi[..n]);
+            self.add_slice(&lo[..n]);
+        }
+    }
+
     pub fn merge(&mut self, other: &ExactSum) {
         for (bin, v) in other.nonzero() {
             *self.slot(bin) += v;
@@ -217,6 +230,32 @@ fn square_pairs_portable(values: &[f64], hi: &mut [f64], lo: &mut [f64]) {
 #[target_feature(enable = "fma")]
 unsafe fn square_pairs_fma(values: &[f64], hi: &mut [f64], lo: &mut [f64]) {
     square_pairs_portable(values, hi, lo);
+}
+
+fn product_pairs(a: &[f64], b: &[f64], hi: &mut [f64], lo: &mut [f64]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has FMA (checked above).
+            unsafe { product_pairs_fma(a, b, hi, lo) };
+            return;
+        }
+    }
+    product_pairs_portable(a, b, hi, lo);
+}
+
+#[inline(always)]
+fn product_pairs_portable(a: &[f64], b: &[f64], hi: &mut [f64], lo: &mut [f64]) {
+    for (((h, l), &x), &y) in hi.iter_mut().zip(lo.iter_mut()).zip(a).zip(b) {
+        *h = x * y;
+        *l = x.mul_add(y, -*h);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn product_pairs_fma(a: &[f64], b: &[f64], hi: &mut [f64], lo: &mut [f64]) {
+    product_pairs_portable(a, b, hi, lo);
 }
 
 /// Squares of values outside [2^-400, 2^500) are summed after scaling the value by 2^±600: a

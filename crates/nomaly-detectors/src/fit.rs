@@ -6,12 +6,13 @@
 //! so `finish()` returns the same bits however the rows were split and in whatever order the partial
 //! states were merged.
 
+use crate::algorithms::pca::{CrossProducts, LARGEST_PCA_VALUE};
 use crate::error::{DetectorError, Result};
 use crate::exact_sum::{ExactSquareSum, ExactSum, SparseExactSum};
 use crate::features::Features;
 use crate::hashing::{hash_column, row_hash_start};
 use crate::model::Model;
-use crate::params::{Algorithm, DetectorParams};
+use crate::params::{Algorithm, DetectorParams, MAX_PCA_FEATURES};
 use crate::quantile::QuantileSketch;
 use crate::sample::RowSample;
 use arrow_array::ArrayRef;
@@ -45,18 +46,20 @@ impl From<SparseOrDense> for SparseExactSum {
 
 impl FeatureStats {
     fn new(algorithm: Algorithm) -> Self {
-        let (moments, sketch) = match algorithm {
-            Algorithm::ZScore => (true, false),
+        let (sum, sum_sq, sketch) = match algorithm {
+            Algorithm::ZScore => (true, true, false),
             Algorithm::RobustZScore
             | Algorithm::Iqr
             | Algorithm::Hbos
             | Algorithm::Ecod
-            | Algorithm::Copod => (false, true),
-            Algorithm::IsolationForest => (false, false),
+            | Algorithm::Copod => (false, false, true),
+            Algorithm::IsolationForest => (false, false, false),
+            // The squares are the diagonal of the fit's cross products.
+            Algorithm::Pca => (true, false, false),
         };
         Self {
-            sum: moments.then(|| SparseOrDense(ExactSum::new())),
-            sum_sq: moments.then(ExactSquareSum::default),
+            sum: sum.then(|| SparseOrDense(ExactSum::new())),
+            sum_sq: sum_sq.then(ExactSquareSum::default),
             sketch: sketch.then(QuantileSketch::new),
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
@@ -115,6 +118,8 @@ pub struct FitState {
     pub(crate) skipped: u64,
     pub(crate) features: Vec<FeatureStats>,
     pub(crate) sample: RowSample,
+    /// pca: the exact sums of every product of two features.
+    pub(crate) products: Option<CrossProducts>,
 }
 
 impl FitState {
@@ -123,6 +128,8 @@ impl FitState {
             .map(|_| FeatureStats::new(params.algorithm))
             .collect();
         let sample = RowSample::new(params.effective_sample_rows(), n_features, params.seed);
+        let products = (params.algorithm == Algorithm::Pca && n_features <= MAX_PCA_FEATURES)
+            .then(|| CrossProducts::new(n_features));
         Self {
             params,
             n_features,
@@ -130,6 +137,7 @@ impl FitState {
             skipped: 0,
             features,
             sample,
+            products,
         }
     }
 
@@ -154,11 +162,63 @@ impl FitState {
             });
         }
         let f = Features::from_arrays(columns)?;
+        if self.params.algorithm == Algorithm::Pca {
+            self.check_pca(&f)?;
+        }
         self.update_features(&f);
         Ok(())
     }
 
-    pub fn update_features(&mut self, f: &Features<'_>) {
+    /// What pca cannot take: more features than [`MAX_PCA_FEATURES`], more components than
+    /// features, values whose products overflow.
+    fn check_pca(&self, f: &Features<'_>) -> Result<()> {
+        let p = &self.params;
+        if self.n_features > MAX_PCA_FEATURES {
+            return Err(DetectorError::TooManyFeatures {
+                algorithm: p.algorithm.name().to_string(),
+                features: self.n_features,
+                max: MAX_PCA_FEATURES,
+            });
+        }
+        for (name, value) in [
+            ("n_components", p.n_components),
+            ("n_selected_components", p.n_selected_components),
+        ] {
+            if let Some(v) = value.filter(|&v| v > self.n_features) {
+                return Err(DetectorError::InvalidOption {
+                    name: name.to_string(),
+                    value: v.to_string(),
+                    expected: format!("at most the number of features ({})", self.n_features),
+                });
+            }
+        }
+        if let (Some(sel), Some(kept)) = (p.n_selected_components, p.n_components)
+            && sel > kept
+        {
+            return Err(DetectorError::InvalidOption {
+                name: "n_selected_components".into(),
+                value: sel.to_string(),
+                expected: format!("at most n_components ({kept})"),
+            });
+        }
+        for (j, col) in f.columns.iter().enumerate() {
+            let big = col
+                .iter()
+                .zip(&f.valid)
+                .find(|(x, ok)| **ok && x.abs() >= LARGEST_PCA_VALUE);
+            if let Some((&value, _)) = big {
+                return Err(DetectorError::ValueOutOfRange {
+                    algorithm: p.algorithm.name().to_string(),
+                    index: j + 1,
+                    value,
+                    limit: "magnitudes below 2^500 (about 3.3e150); rescale the feature".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn update_features(&mut self, f: &Features<'_>) {
         let valid_rows = f.valid_count();
         self.rows += valid_rows as u64;
         self.skipped += (f.len - valid_rows) as u64;
@@ -205,6 +265,26 @@ impl FitState {
             stats.min = if min == 0.0 { 0.0 } else { min };
             stats.max = if max == 0.0 { 0.0 } else { max };
         }
+        if let Some(products) = &mut self.products {
+            if all_valid {
+                let cols: Vec<&[f64]> = f.columns.iter().map(|c| c.as_ref()).collect();
+                products.add_columns(&cols);
+            } else {
+                let kept: Vec<Vec<f64>> = f
+                    .columns
+                    .iter()
+                    .map(|c| {
+                        c.iter()
+                            .zip(&f.valid)
+                            .filter(|(_, ok)| **ok)
+                            .map(|(x, _)| *x)
+                            .collect()
+                    })
+                    .collect();
+                let cols: Vec<&[f64]> = kept.iter().map(Vec::as_slice).collect();
+                products.add_columns(&cols);
+            }
+        }
         // Hash column by column: the same per-row hash as `row_hash`, but rows are independent
         // chains the CPU overlaps, and only the rare rows under the cutoff are gathered.
         let mut hashes = vec![row_hash_start(self.sample.seed()); f.len];
@@ -244,6 +324,9 @@ impl FitState {
         self.rows += other.rows;
         self.skipped += other.skipped;
         for (a, b) in self.features.iter_mut().zip(&other.features) {
+            a.merge(b);
+        }
+        if let (Some(a), Some(b)) = (&mut self.products, &other.products) {
             a.merge(b);
         }
         self.sample.merge(&other.sample);
@@ -321,6 +404,8 @@ impl FitState {
                 total += s.size_bytes();
             }
         }
-        total + self.sample.size_bytes()
+        total
+            + self.sample.size_bytes()
+            + self.products.as_ref().map_or(0, CrossProducts::size_bytes)
     }
 }

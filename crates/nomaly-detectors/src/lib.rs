@@ -36,6 +36,7 @@ pub mod features;
 pub mod fit;
 pub mod hashing;
 pub mod model;
+mod model_v1;
 pub mod params;
 pub mod quantile;
 pub mod rank_index;

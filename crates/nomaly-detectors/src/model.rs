@@ -4,6 +4,7 @@ use crate::algorithms::ecdf::{EcdfModel, EcdfVariant};
 use crate::algorithms::hbos::HbosModel;
 use crate::algorithms::iforest::IsolationForestModel;
 use crate::algorithms::moments::CentreScaleModel;
+use crate::algorithms::pca::PcaModel;
 use crate::error::{DetectorError, Result};
 use crate::features::Features;
 use crate::fit::FitState;
@@ -14,8 +15,9 @@ use arrow_array::{Array, ArrayRef, BooleanArray, Float64Array};
 use arrow_buffer::{BooleanBuffer, NullBuffer, ScalarBuffer};
 use serde::{Deserialize, Serialize};
 
-/// Version of the serialised model format; bumped on any incompatible change.
-pub const MODEL_FORMAT_VERSION: u32 = 1;
+/// Version of the serialised model format; bumped on any incompatible change. 2 added pca's
+/// options to the parameters; version 1 models still load ([`crate::model_v1`]).
+pub const MODEL_FORMAT_VERSION: u32 = 2;
 const MAGIC: &[u8; 4] = b"NMLY";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,6 +26,7 @@ pub enum ModelBody {
     Hbos(HbosModel),
     Ecdf(EcdfModel),
     IsolationForest(IsolationForestModel),
+    Pca(PcaModel),
 }
 
 /// A fitted detector: immutable, small, and the same bits on every engine for the same data.
@@ -54,6 +57,7 @@ impl Model {
             Algorithm::IsolationForest => {
                 ModelBody::IsolationForest(IsolationForestModel::fit(state, sample))
             }
+            Algorithm::Pca => ModelBody::Pca(PcaModel::fit(state)),
         };
         let mut model = Model {
             params: p.clone(),
@@ -98,8 +102,10 @@ impl Model {
 
     /// Scores over clean columns (all rows valid); invalid rows are masked by the callers.
     fn raw_scores(&self, cols: &[&[f64]], len: usize) -> Vec<f64> {
-        if let ModelBody::IsolationForest(m) = &self.body {
-            return m.score(cols, len);
+        match &self.body {
+            ModelBody::IsolationForest(m) => return m.score(cols, len),
+            ModelBody::Pca(m) => return m.score(cols, len),
+            _ => {}
         }
         let mut acc = vec![0.0f64; len];
         let mut term = vec![0.0f64; len];
@@ -125,7 +131,7 @@ impl Model {
             ModelBody::CentreScale(m) => m.terms(j, col, out),
             ModelBody::Hbos(m) => m.terms(j, col, out),
             ModelBody::Ecdf(m) => m.terms(j, col, out),
-            ModelBody::IsolationForest(_) => unreachable!("not additive"),
+            ModelBody::IsolationForest(_) | ModelBody::Pca(_) => unreachable!("not additive"),
         }
     }
 
@@ -185,6 +191,17 @@ impl Model {
         }
         let mut out = Vec::with_capacity(self.n_features);
         match &self.body {
+            ModelBody::Pca(m) => {
+                let cols: Vec<&[f64]> = f.columns.iter().map(|c| c.as_ref()).collect();
+                for part in m.explain(&cols, f.len) {
+                    out.push(
+                        part.into_iter()
+                            .zip(&f.valid)
+                            .map(|(v, &ok)| ok.then_some(v))
+                            .collect(),
+                    );
+                }
+            }
             ModelBody::IsolationForest(m) => {
                 let cols: Vec<&[f64]> = f.columns.iter().map(|c| c.as_ref()).collect();
                 let scores = m.score(&cols, f.len);
@@ -248,16 +265,21 @@ impl Model {
             });
         }
         let version = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
-        if version != MODEL_FORMAT_VERSION {
-            return Err(DetectorError::UnsupportedModelVersion {
-                found: version,
-                supported: MODEL_FORMAT_VERSION,
-            });
-        }
-        let model: Model =
-            postcard::from_bytes(&bytes[8..]).map_err(|e| DetectorError::CorruptModel {
-                reason: e.to_string(),
-            })?;
+        let corrupt = |e: postcard::Error| DetectorError::CorruptModel {
+            reason: e.to_string(),
+        };
+        let model: Model = match version {
+            MODEL_FORMAT_VERSION => postcard::from_bytes(&bytes[8..]).map_err(corrupt)?,
+            1 => postcard::from_bytes::<crate::model_v1::ModelV1>(&bytes[8..])
+                .map_err(corrupt)?
+                .into(),
+            _ => {
+                return Err(DetectorError::UnsupportedModelVersion {
+                    found: version,
+                    supported: MODEL_FORMAT_VERSION,
+                });
+            }
+        };
         crate::validate::check_model(&model)
             .map_err(|reason| DetectorError::CorruptModel { reason })?;
         Ok(model)

@@ -23,10 +23,12 @@ pub enum Algorithm {
     Copod,
     /// Isolation forest (Liu et al. 2008; scikit-learn semantics).
     IsolationForest,
+    /// Principal components of the (standardised) covariance; PyOD `PCA` scores.
+    Pca,
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 7] = [
+    pub const ALL: [Algorithm; 8] = [
         Algorithm::ZScore,
         Algorithm::RobustZScore,
         Algorithm::Iqr,
@@ -34,6 +36,7 @@ impl Algorithm {
         Algorithm::Ecod,
         Algorithm::Copod,
         Algorithm::IsolationForest,
+        Algorithm::Pca,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,6 +48,7 @@ impl Algorithm {
             Algorithm::Ecod => "ecod",
             Algorithm::Copod => "copod",
             Algorithm::IsolationForest => "iforest",
+            Algorithm::Pca => "pca",
         }
     }
 
@@ -110,6 +114,12 @@ impl Algorithm {
             Algorithm::Hbos => &["n_bins", "alpha", "tol"],
             Algorithm::Ecod | Algorithm::Copod => &[],
             Algorithm::IsolationForest => &["n_trees", "sample_size", "max_depth"],
+            Algorithm::Pca => &[
+                "n_components",
+                "n_selected_components",
+                "standardization",
+                "weighted",
+            ],
         }
     }
 
@@ -125,6 +135,10 @@ impl fmt::Display for Algorithm {
         f.write_str(self.name())
     }
 }
+
+/// The most features `pca` takes: its fit keeps an exact sum per pair of features, and its
+/// eigen-decomposition is cubic in the count.
+pub const MAX_PCA_FEATURES: usize = 256;
 
 /// How per-feature scores of the z-score family combine into one score.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,6 +172,14 @@ pub struct DetectorParams {
     pub sample_size: usize,
     /// `None` = ceil(log2(sample_size)), as scikit-learn.
     pub max_depth: Option<usize>,
+    /// pca: components kept (`None` = all, one per feature).
+    pub n_components: Option<usize>,
+    /// pca: how many of the kept components, the last (least variance) ones, score (`None` = all).
+    pub n_selected_components: Option<usize>,
+    /// pca: standardise features (mean 0, population std 1) first, as PyOD's default.
+    pub standardization: bool,
+    /// pca: divide each component's distance by its explained variance ratio.
+    pub weighted: bool,
 }
 
 impl DetectorParams {
@@ -176,6 +198,10 @@ impl DetectorParams {
             n_trees: 100,
             sample_size: 256,
             max_depth: None,
+            n_components: None,
+            n_selected_components: None,
+            standardization: true,
+            weighted: true,
         }
     }
 
@@ -259,6 +285,25 @@ impl DetectorParams {
             "n_trees" => self.n_trees = int(1, 10_000, "an integer in [1, 10000]")?,
             "sample_size" => self.sample_size = int(2, 1_000_000, "an integer in [2, 1000000]")?,
             "max_depth" => self.max_depth = Some(int(1, 64, "an integer in [1, 64]")?),
+            "n_components" => {
+                self.n_components = Some(int(1, MAX_PCA_FEATURES, "an integer in [1, 256]")?)
+            }
+            "n_selected_components" => {
+                self.n_selected_components =
+                    Some(int(1, MAX_PCA_FEATURES, "an integer in [1, 256]")?)
+            }
+            "standardization" | "weighted" => {
+                let on = match value.to_ascii_lowercase().as_str() {
+                    "true" | "1" | "yes" => true,
+                    "false" | "0" | "no" => false,
+                    _ => return Err(invalid("true or false")),
+                };
+                if key_lower == "weighted" {
+                    self.weighted = on;
+                } else {
+                    self.standardization = on;
+                }
+            }
             _ => unreachable!("checked against valid_options"),
         }
         Ok(())
@@ -301,6 +346,16 @@ impl DetectorParams {
                 if let Some(d) = self.max_depth {
                     parts.push(format!("max_depth={d}"));
                 }
+            }
+            Algorithm::Pca => {
+                if let Some(n) = self.n_components {
+                    parts.push(format!("n_components={n}"));
+                }
+                if let Some(n) = self.n_selected_components {
+                    parts.push(format!("n_selected_components={n}"));
+                }
+                parts.push(format!("standardization={}", self.standardization));
+                parts.push(format!("weighted={}", self.weighted));
             }
             Algorithm::Ecod | Algorithm::Copod => {}
         }
@@ -346,11 +401,11 @@ mod tests {
         ));
         assert_eq!(
             Algorithm::parse("nope").unwrap_err().to_string(),
-            "unknown algorithm 'nope'; valid algorithms are: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest"
+            "unknown algorithm 'nope'; valid algorithms are: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest, pca"
         );
         assert_eq!(
             Algorithm::parse("IsolationForest").unwrap_err().to_string(),
-            "unknown algorithm 'IsolationForest' (did you mean 'isolation_forest'?); valid algorithms are: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest"
+            "unknown algorithm 'IsolationForest' (did you mean 'isolation_forest'?); valid algorithms are: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest, pca"
         );
         for (name, alg) in Algorithm::names() {
             assert_eq!(Algorithm::parse(&name.to_uppercase()).unwrap(), alg);

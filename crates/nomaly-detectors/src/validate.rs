@@ -13,6 +13,7 @@ use crate::algorithms::ecdf::EcdfModel;
 use crate::algorithms::hbos::HbosModel;
 use crate::algorithms::iforest::IsolationForestModel;
 use crate::algorithms::moments::CentreScaleModel;
+use crate::algorithms::pca::PcaModel;
 use crate::model::{Model, ModelBody};
 use crate::params::Algorithm;
 use crate::quantile::{CumulativeCounts, Ecdf};
@@ -39,6 +40,7 @@ pub fn check_model(model: &Model) -> Checked {
         ) | (Algorithm::Hbos, ModelBody::Hbos(_))
             | (Algorithm::Ecod | Algorithm::Copod, ModelBody::Ecdf(_))
             | (Algorithm::IsolationForest, ModelBody::IsolationForest(_))
+            | (Algorithm::Pca, ModelBody::Pca(_))
     );
     if !body_fits {
         return Err(format!(
@@ -51,7 +53,41 @@ pub fn check_model(model: &Model) -> Checked {
         ModelBody::Hbos(m) => check_hbos(m, width),
         ModelBody::Ecdf(m) => check_ecdf(m, width),
         ModelBody::IsolationForest(m) => m.validate(width),
+        ModelBody::Pca(m) => check_pca(m, width),
     }
+}
+
+/// Components as long as the features, no more of them than features, finite numbers (a fit on
+/// no rows has none), and weights that divide.
+fn check_pca(m: &PcaModel, width: usize) -> Checked {
+    per_feature("centres", m.centre.len(), width)?;
+    per_feature("scales", m.scale.len(), width)?;
+    if m.components.len() > width || m.variance_ratios.len() > width {
+        return Err(format!(
+            "{} components for {width} features",
+            m.components.len()
+        ));
+    }
+    if m.weights.len() != m.components.len() {
+        return Err(format!(
+            "{} weights for {} components",
+            m.weights.len(),
+            m.components.len()
+        ));
+    }
+    if let Some(k) = m.components.iter().position(|c| c.len() != width) {
+        return Err(format!("component {k} is not {width} long"));
+    }
+    let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
+    if !finite(&m.scale) || m.scale.contains(&0.0) || !finite(&m.centre) {
+        return Err("a centre or scale is not a finite number (or a scale is 0)".into());
+    }
+    if !m.weights.iter().all(|w| w.is_finite() && *w > 0.0)
+        || !m.components.iter().all(|c| finite(c))
+    {
+        return Err("a component or its weight is not a finite number (or a weight ≤ 0)".into());
+    }
+    Ok(())
 }
 
 fn per_feature(what: &str, len: usize, width: usize) -> Checked {

@@ -2,6 +2,8 @@
 //! and scores feature columns. Scores are "higher = more anomalous" everywhere.
 
 pub mod ecdf;
+pub mod eigen;
 pub mod hbos;
 pub mod iforest;
 pub mod moments;
+pub mod pca;
