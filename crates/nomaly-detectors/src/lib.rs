@@ -133,6 +133,40 @@ mod tests {
     }
 
     #[test]
+    fn contamination_auto_flags_the_outliers_and_few_others() {
+        let n = 30_000;
+        let cols = data(n);
+        let all = arrays(&cols, 0..n);
+        let outliers = (0..n).filter(|i| i % 97 == 0).count();
+        for alg in Algorithm::ALL {
+            let params = DetectorParams::parse(alg, "contamination=auto").unwrap();
+            assert_eq!(
+                params.to_options_string().split(", ").next(),
+                Some("contamination=auto")
+            );
+            let mut fit = FitState::new(params, 3);
+            fit.update(&all).unwrap();
+            let model = fit.finish();
+            let flags = model.flags(&model.score(&all).unwrap());
+            let flagged: Vec<usize> = (0..n).filter(|&i| flags.value(i)).collect();
+            let hits = flagged.iter().filter(|&&i| i % 97 == 0).count();
+            println!(
+                "{alg}: flagged {} rows, {hits} of {outliers} outliers",
+                flagged.len()
+            );
+            assert!(
+                hits * 10 >= outliers * 8,
+                "{alg}: {hits} of {outliers} outliers"
+            );
+            assert!(
+                flagged.len() <= n / 20,
+                "{alg}: {} rows flagged",
+                flagged.len()
+            );
+        }
+    }
+
+    #[test]
     fn missing_values_are_skipped_and_scored_null() {
         let x: ArrayRef = Arc::new(Float64Array::from(vec![
             Some(1.0),

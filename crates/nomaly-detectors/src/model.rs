@@ -70,6 +70,7 @@ impl Model {
         model.threshold = match (p.threshold, p.algorithm) {
             (Some(t), _) => t,
             (None, Algorithm::Iqr) if !p.contamination_set => 1.5,
+            _ if p.contamination_auto => model.sample_fence(sample),
             _ => model.sample_threshold(sample),
         };
         model
@@ -79,8 +80,30 @@ impl Model {
     /// multiplicity, interpolated as NumPy's `percentile` (so it equals PyOD's `threshold_` when the
     /// sample is the whole input).
     fn sample_threshold(&self, sample: &RowSample) -> f64 {
+        match self.sample_scores(sample) {
+            Some(weighted) => quantile_linear(&weighted, 1.0 - self.params.contamination),
+            None => f64::NAN,
+        }
+    }
+
+    /// `contamination=auto`: the upper Tukey fence of the row sample's scores, Q3 + 1.5·IQR
+    /// (quartiles as [`Self::sample_threshold`]'s quantiles). Scores beyond it lie outside the
+    /// bulk of the training scores, however many that is (none, for data without outliers).
+    fn sample_fence(&self, sample: &RowSample) -> f64 {
+        match self.sample_scores(sample) {
+            Some(weighted) => {
+                let q1 = quantile_linear(&weighted, 0.25);
+                let q3 = quantile_linear(&weighted, 0.75);
+                q3 + 1.5 * (q3 - q1)
+            }
+            None => f64::NAN,
+        }
+    }
+
+    /// The row sample's scores with their multiplicities, sorted by score; `None` if empty.
+    fn sample_scores(&self, sample: &RowSample) -> Option<Vec<(f64, u64)>> {
         if sample.is_empty() {
-            return f64::NAN;
+            return None;
         }
         let width = self.n_features;
         let rows: Vec<(&[f64], u64)> = sample.rows().collect();
@@ -93,7 +116,7 @@ impl Model {
             scores.into_iter().zip(rows.iter().map(|r| r.1)).collect();
         // equal scores are one value whatever their weights' order: unstable gives the same quantile
         weighted.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
-        quantile_linear(&weighted, 1.0 - self.params.contamination)
+        Some(weighted)
     }
 
     pub fn algorithm(&self) -> Algorithm {

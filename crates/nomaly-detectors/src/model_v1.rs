@@ -40,6 +40,7 @@ impl From<ModelV1> for Model {
             algorithm: p.algorithm,
             contamination: p.contamination,
             contamination_set: p.contamination_set,
+            contamination_auto: false,
             threshold: p.threshold,
             seed: p.seed,
             sample_rows: p.sample_rows,

@@ -158,6 +158,9 @@ pub struct DetectorParams {
     pub contamination: f64,
     /// Whether `contamination` was given explicitly (iqr then uses it instead of Tukey's fence).
     pub contamination_set: bool,
+    /// `contamination=auto`: the threshold is the upper Tukey fence of the training scores
+    /// (Q3 + 1.5·IQR of the row sample's scores) instead of a fixed share.
+    pub contamination_auto: bool,
     /// An explicit score threshold; overrides contamination.
     pub threshold: Option<f64>,
     pub seed: u64,
@@ -188,6 +191,7 @@ impl DetectorParams {
             algorithm,
             contamination: 0.1,
             contamination_set: false,
+            contamination_auto: false,
             threshold: None,
             seed: 42,
             sample_rows: 16_384,
@@ -255,12 +259,17 @@ impl DetectorParams {
                 .ok_or_else(|| invalid(what))
         };
         match key_lower.as_str() {
+            "contamination" if value.eq_ignore_ascii_case("auto") => {
+                self.contamination_auto = true;
+                self.contamination_set = true;
+            }
             "contamination" => {
-                let c = float(0.0, 0.5, "a number in (0, 0.5]")?;
+                let c = float(0.0, 0.5, "a number in (0, 0.5], or 'auto'")?;
                 if c <= 0.0 {
-                    return Err(invalid("a number in (0, 0.5]"));
+                    return Err(invalid("a number in (0, 0.5], or 'auto'"));
                 }
                 self.contamination = c;
+                self.contamination_auto = false;
                 self.contamination_set = true;
             }
             "threshold" => self.threshold = Some(float(f64::MIN, f64::MAX, "a finite number")?),
@@ -319,7 +328,11 @@ impl DetectorParams {
 
     /// A canonical `key=value` rendering (stable: used in plan display and model metadata).
     pub fn to_options_string(&self) -> String {
-        let mut parts = vec![format!("contamination={}", self.contamination)];
+        let mut parts = vec![if self.contamination_auto {
+            "contamination=auto".to_string()
+        } else {
+            format!("contamination={}", self.contamination)
+        }];
         if let Some(t) = self.threshold {
             parts.push(format!("threshold={t}"));
         }
@@ -393,7 +406,7 @@ mod tests {
         let e = DetectorParams::parse(Algorithm::Hbos, "contamination=0.9").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "option 'contamination' has invalid value '0.9': a number in (0, 0.5]"
+            "option 'contamination' has invalid value '0.9': a number in (0, 0.5], or 'auto'"
         );
         assert!(matches!(
             DetectorParams::parse(Algorithm::Hbos, "n_bins"),
