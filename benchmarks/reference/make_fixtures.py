@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 from scipy import stats
+from sklearn.covariance import EmpiricalCovariance
 from sklearn.datasets import load_breast_cancer
 from sklearn.metrics import roc_auc_score
 from pyod.models.hbos import HBOS
@@ -118,6 +119,7 @@ def main():
             "copod": pyod_scores(COPOD(), X),
             "iforest": pyod_scores(IForest(n_estimators=100, random_state=0), X),
             "pca": pyod_scores(PCA(), X),
+            "mahalanobis": EmpiricalCovariance().fit(X).mahalanobis(X),
         }
         fixture = {
             "name": name,

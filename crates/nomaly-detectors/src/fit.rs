@@ -6,7 +6,7 @@
 //! so `finish()` returns the same bits however the rows were split and in whatever order the partial
 //! states were merged.
 
-use crate::algorithms::pca::{CrossProducts, LARGEST_PCA_VALUE};
+use crate::algorithms::covariance::{CrossProducts, LARGEST_COVARIANCE_VALUE};
 use crate::error::{DetectorError, Result};
 use crate::exact_sum::{ExactSquareSum, ExactSum, SparseExactSum};
 use crate::features::Features;
@@ -55,7 +55,7 @@ impl FeatureStats {
             | Algorithm::Copod => (false, false, true),
             Algorithm::IsolationForest => (false, false, false),
             // The squares are the diagonal of the fit's cross products.
-            Algorithm::Pca => (true, false, false),
+            Algorithm::Pca | Algorithm::Mahalanobis => (true, false, false),
         };
         Self {
             sum: sum.then(|| SparseOrDense(ExactSum::new())),
@@ -128,7 +128,7 @@ impl FitState {
             .map(|_| FeatureStats::new(params.algorithm))
             .collect();
         let sample = RowSample::new(params.effective_sample_rows(), n_features, params.seed);
-        let products = (params.algorithm == Algorithm::Pca && n_features <= MAX_PCA_FEATURES)
+        let products = (params.algorithm.uses_covariance() && n_features <= MAX_PCA_FEATURES)
             .then(|| CrossProducts::new(n_features));
         Self {
             params,
@@ -162,16 +162,16 @@ impl FitState {
             });
         }
         let f = Features::from_arrays(columns)?;
-        if self.params.algorithm == Algorithm::Pca {
-            self.check_pca(&f)?;
+        if self.params.algorithm.uses_covariance() {
+            self.check_covariance(&f)?;
         }
         self.update_features(&f);
         Ok(())
     }
 
-    /// What pca cannot take: more features than [`MAX_PCA_FEATURES`], more components than
-    /// features, values whose products overflow.
-    fn check_pca(&self, f: &Features<'_>) -> Result<()> {
+    /// What pca and mahalanobis cannot take: more features than [`MAX_PCA_FEATURES`], more
+    /// components than features, values whose products overflow.
+    fn check_covariance(&self, f: &Features<'_>) -> Result<()> {
         let p = &self.params;
         if self.n_features > MAX_PCA_FEATURES {
             return Err(DetectorError::TooManyFeatures {
@@ -205,7 +205,7 @@ impl FitState {
             let big = col
                 .iter()
                 .zip(&f.valid)
-                .find(|(x, ok)| **ok && x.abs() >= LARGEST_PCA_VALUE);
+                .find(|(x, ok)| **ok && x.abs() >= LARGEST_COVARIANCE_VALUE);
             if let Some((&value, _)) = big {
                 return Err(DetectorError::ValueOutOfRange {
                     algorithm: p.algorithm.name().to_string(),

@@ -3,6 +3,7 @@
 use crate::algorithms::ecdf::{EcdfModel, EcdfVariant};
 use crate::algorithms::hbos::HbosModel;
 use crate::algorithms::iforest::IsolationForestModel;
+use crate::algorithms::mahalanobis::MahalanobisModel;
 use crate::algorithms::moments::CentreScaleModel;
 use crate::algorithms::pca::PcaModel;
 use crate::error::{DetectorError, Result};
@@ -27,6 +28,7 @@ pub enum ModelBody {
     Ecdf(EcdfModel),
     IsolationForest(IsolationForestModel),
     Pca(PcaModel),
+    Mahalanobis(MahalanobisModel),
 }
 
 /// A fitted detector: immutable, small, and the same bits on every engine for the same data.
@@ -58,6 +60,7 @@ impl Model {
                 ModelBody::IsolationForest(IsolationForestModel::fit(state, sample))
             }
             Algorithm::Pca => ModelBody::Pca(PcaModel::fit(state)),
+            Algorithm::Mahalanobis => ModelBody::Mahalanobis(MahalanobisModel::fit(state)),
         };
         let mut model = Model {
             params: p.clone(),
@@ -128,6 +131,7 @@ impl Model {
         match &self.body {
             ModelBody::IsolationForest(m) => return m.score(cols, len),
             ModelBody::Pca(m) => return m.score(cols, len),
+            ModelBody::Mahalanobis(m) => return m.score(cols, len),
             _ => {}
         }
         let mut acc = vec![0.0f64; len];
@@ -154,7 +158,9 @@ impl Model {
             ModelBody::CentreScale(m) => m.terms(j, col, out),
             ModelBody::Hbos(m) => m.terms(j, col, out),
             ModelBody::Ecdf(m) => m.terms(j, col, out),
-            ModelBody::IsolationForest(_) | ModelBody::Pca(_) => unreachable!("not additive"),
+            ModelBody::IsolationForest(_) | ModelBody::Pca(_) | ModelBody::Mahalanobis(_) => {
+                unreachable!("scored whole")
+            }
         }
     }
 
@@ -214,9 +220,14 @@ impl Model {
         }
         let mut out = Vec::with_capacity(self.n_features);
         match &self.body {
-            ModelBody::Pca(m) => {
+            ModelBody::Pca(_) | ModelBody::Mahalanobis(_) => {
                 let cols: Vec<&[f64]> = f.columns.iter().map(|c| c.as_ref()).collect();
-                for part in m.explain(&cols, f.len) {
+                let parts = match &self.body {
+                    ModelBody::Pca(m) => m.explain(&cols, f.len),
+                    ModelBody::Mahalanobis(m) => m.explain(&cols, f.len),
+                    _ => unreachable!("matched above"),
+                };
+                for part in parts {
                     out.push(
                         part.into_iter()
                             .zip(&f.valid)

@@ -25,10 +25,13 @@ pub enum Algorithm {
     IsolationForest,
     /// Principal components of the (standardised) covariance; PyOD `PCA` scores.
     Pca,
+    /// Squared Mahalanobis distance under the features' covariance (scikit-learn
+    /// `EmpiricalCovariance`).
+    Mahalanobis,
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 8] = [
+    pub const ALL: [Algorithm; 9] = [
         Algorithm::ZScore,
         Algorithm::RobustZScore,
         Algorithm::Iqr,
@@ -37,6 +40,7 @@ impl Algorithm {
         Algorithm::Copod,
         Algorithm::IsolationForest,
         Algorithm::Pca,
+        Algorithm::Mahalanobis,
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,7 +53,13 @@ impl Algorithm {
             Algorithm::Copod => "copod",
             Algorithm::IsolationForest => "iforest",
             Algorithm::Pca => "pca",
+            Algorithm::Mahalanobis => "mahalanobis",
         }
+    }
+
+    /// Whether the fit keeps the exact cross products of the features (pca, mahalanobis).
+    pub fn uses_covariance(self) -> bool {
+        matches!(self, Algorithm::Pca | Algorithm::Mahalanobis)
     }
 
     pub fn valid_names() -> String {
@@ -112,7 +122,7 @@ impl Algorithm {
         match self {
             Algorithm::ZScore | Algorithm::RobustZScore | Algorithm::Iqr => &["combine"],
             Algorithm::Hbos => &["n_bins", "alpha", "tol"],
-            Algorithm::Ecod | Algorithm::Copod => &[],
+            Algorithm::Ecod | Algorithm::Copod | Algorithm::Mahalanobis => &[],
             Algorithm::IsolationForest => &["n_trees", "sample_size", "max_depth"],
             Algorithm::Pca => &[
                 "n_components",
@@ -370,7 +380,7 @@ impl DetectorParams {
                 parts.push(format!("standardization={}", self.standardization));
                 parts.push(format!("weighted={}", self.weighted));
             }
-            Algorithm::Ecod | Algorithm::Copod => {}
+            Algorithm::Ecod | Algorithm::Copod | Algorithm::Mahalanobis => {}
         }
         parts.join(", ")
     }
@@ -414,11 +424,11 @@ mod tests {
         ));
         assert_eq!(
             Algorithm::parse("nope").unwrap_err().to_string(),
-            "unknown algorithm 'nope'; valid algorithms are: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest, pca"
+            "unknown algorithm 'nope'; valid algorithms are: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest, pca, mahalanobis"
         );
         assert_eq!(
             Algorithm::parse("IsolationForest").unwrap_err().to_string(),
-            "unknown algorithm 'IsolationForest' (did you mean 'isolation_forest'?); valid algorithms are: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest, pca"
+            "unknown algorithm 'IsolationForest' (did you mean 'isolation_forest'?); valid algorithms are: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest, pca, mahalanobis"
         );
         for (name, alg) in Algorithm::names() {
             assert_eq!(Algorithm::parse(&name.to_uppercase()).unwrap(), alg);

@@ -41,6 +41,7 @@ pub fn check_model(model: &Model) -> Checked {
             | (Algorithm::Ecod | Algorithm::Copod, ModelBody::Ecdf(_))
             | (Algorithm::IsolationForest, ModelBody::IsolationForest(_))
             | (Algorithm::Pca, ModelBody::Pca(_))
+            | (Algorithm::Mahalanobis, ModelBody::Mahalanobis(_))
     );
     if !body_fits {
         return Err(format!(
@@ -54,6 +55,19 @@ pub fn check_model(model: &Model) -> Checked {
         ModelBody::Ecdf(m) => check_ecdf(m, width),
         ModelBody::IsolationForest(m) => m.validate(width),
         ModelBody::Pca(m) => check_pca(m, width),
+        ModelBody::Mahalanobis(m) => {
+            per_feature("location values", m.location.len(), width)?;
+            if m.precision.len() != width * width {
+                return Err(format!(
+                    "a precision of {} values for {width} features",
+                    m.precision.len()
+                ));
+            }
+            if !m.location.iter().chain(&m.precision).all(|x| x.is_finite()) {
+                return Err("a location or precision value is not a finite number".into());
+            }
+            Ok(())
+        }
     }
 }
 

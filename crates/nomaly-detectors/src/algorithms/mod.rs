@@ -1,9 +1,11 @@
 //! One module per detector family. Each turns a finished [`crate::fit::FitState`] into its model body
 //! and scores feature columns. Scores are "higher = more anomalous" everywhere.
 
+pub mod covariance;
 pub mod ecdf;
 pub mod eigen;
 pub mod hbos;
 pub mod iforest;
+pub mod mahalanobis;
 pub mod moments;
 pub mod pca;

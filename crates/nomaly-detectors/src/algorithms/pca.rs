@@ -1,7 +1,8 @@
 //! `pca`: PyOD's `PCA` detector. The fit keeps, besides each feature's exact sum, the exact sum of
-//! every product x_j·x_k ([`CrossProducts`]), so the covariance — and everything after it — is the
-//! same bits for any partitioning. Finishing standardises (mean 0, population std 1, a constant
-//! feature's std taken as 1, as scikit-learn's `StandardScaler`), takes the eigenvectors of the
+//! every product x_j·x_k ([`super::covariance::CrossProducts`]), so the covariance — and
+//! everything after it — is the same bits for any partitioning. Finishing standardises (mean 0,
+//! population std 1, a constant feature's std taken as 1, as scikit-learn's `StandardScaler`),
+//! takes the eigenvectors of the
 //! covariance of the standardised features (scikit-learn's `covariance_eigh` solver, which
 //! `PCA(svd_solver='auto')` picks for data with ten times more rows than features), orders them by
 //! variance, and turns each so its largest entry is positive (scikit-learn's `svd_flip`).
@@ -12,62 +13,11 @@
 //! `weighted`. A component with no variance at all (a ratio of 0, from a feature that never
 //! varied) is left out of the sum, where PyOD would divide by zero.
 
+use super::covariance::Moments;
 use super::eigen::symmetric_eigen;
-use super::moments::squares_scale;
-use crate::exact_sum::{ExactSum, dd, scale_by_pow2};
-use crate::fit::{FitState, SparseOrDense};
+use crate::exact_sum::scale_by_pow2;
+use crate::fit::FitState;
 use serde::{Deserialize, Serialize};
-
-/// Magnitudes from here up would overflow a product: `pca` refuses them (the zscore family sums
-/// squares at a scale instead; a pair's product has no single scale to use).
-pub const LARGEST_PCA_VALUE: f64 = f64::from_bits((1023 + 500) << 52); // 2^500
-
-/// Exact sums of x_j·x_k for j ≤ k, the upper triangle row by row.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CrossProducts {
-    n: usize,
-    sums: Vec<SparseOrDense>,
-}
-
-impl CrossProducts {
-    pub fn new(n: usize) -> Self {
-        Self {
-            n,
-            sums: (0..n * (n + 1) / 2)
-                .map(|_| SparseOrDense(ExactSum::new()))
-                .collect(),
-        }
-    }
-
-    fn index(&self, j: usize, k: usize) -> usize {
-        let (j, k) = if j <= k { (j, k) } else { (k, j) };
-        j * self.n - j * (j + 1) / 2 + k
-    }
-
-    /// Adds rows given as columns (all finite, |x| < [`LARGEST_PCA_VALUE`]).
-    pub fn add_columns(&mut self, columns: &[&[f64]]) {
-        for j in 0..self.n {
-            for k in j..self.n {
-                let i = self.index(j, k);
-                self.sums[i].0.add_products_slice(columns[j], columns[k]);
-            }
-        }
-    }
-
-    pub fn merge(&mut self, other: &CrossProducts) {
-        for (a, b) in self.sums.iter_mut().zip(&other.sums) {
-            a.0.merge(&b.0);
-        }
-    }
-
-    pub fn size_bytes(&self) -> usize {
-        self.sums.iter().map(|s| s.0.size_bytes()).sum()
-    }
-
-    pub fn features(&self) -> usize {
-        self.n
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PcaModel {
@@ -87,7 +37,6 @@ impl PcaModel {
     pub fn fit(state: &FitState) -> Self {
         let d = state.n_features;
         let p = &state.params;
-        let n = state.rows as f64;
         let empty = PcaModel {
             centre: vec![0.0; d],
             scale: vec![1.0; d],
@@ -95,49 +44,9 @@ impl PcaModel {
             weights: vec![],
             variance_ratios: vec![],
         };
-        let Some(products) = state.products.as_ref().filter(|_| state.rows > 0) else {
+        let Some(Moments { mean, mut cov, k }) = Moments::of(state) else {
             return empty;
         };
-        // Read every sum at one power-of-two scale 2^-k (products at 2^-2k) that keeps them
-        // finite; exact, and undone on the centre and scale at the end.
-        let largest = state
-            .features
-            .iter()
-            .map(|f| f.min.abs().max(f.max.abs()))
-            .fold(0.0, f64::max);
-        let k = squares_scale(largest);
-        let s1: Vec<(f64, f64)> = state
-            .features
-            .iter()
-            .map(|f| {
-                f.sum
-                    .as_ref()
-                    .map(|s| s.0.scaled(k).to_double_double())
-                    .unwrap_or((0.0, 0.0))
-            })
-            .collect();
-        // n·cov(j, k) = S_jk - S_j·S_k / n, in double-double so a large mean cancels no digits.
-        let mut cov = vec![0.0; d * d];
-        for a in 0..d {
-            for b in a..d {
-                let sjk = products.sums[products.index(a, b)]
-                    .0
-                    .scaled(2 * k)
-                    .to_double_double();
-                let cross = dd::div_f64(dd::mul(s1[a], s1[b]), n);
-                let m = dd::add(sjk, (-cross.0, -cross.1));
-                let c = (m.0 + m.1) / n;
-                cov[a * d + b] = c;
-                cov[b * d + a] = c;
-            }
-        }
-        let mean: Vec<f64> = s1
-            .iter()
-            .map(|&s| {
-                let m = dd::div_f64(s, n);
-                scale_by_pow2(m.0 + m.1, k)
-            })
-            .collect();
         let (centre, scale) = if p.standardization {
             let sd: Vec<f64> = (0..d)
                 .map(|j| {
