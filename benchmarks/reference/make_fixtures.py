@@ -20,6 +20,7 @@ from pyod.models.ecod import ECOD
 from pyod.models.copod import COPOD
 from pyod.models.iforest import IForest
 from pyod.models.pca import PCA
+from pyod.models.mcd import MCD
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
@@ -120,6 +121,7 @@ def main():
             "iforest": pyod_scores(IForest(n_estimators=100, random_state=0), X),
             "pca": pyod_scores(PCA(), X),
             "mahalanobis": EmpiricalCovariance().fit(X).mahalanobis(X),
+            "mcd": pyod_scores(MCD(random_state=0), X),
         }
         fixture = {
             "name": name,

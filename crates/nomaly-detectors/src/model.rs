@@ -61,6 +61,11 @@ impl Model {
             }
             Algorithm::Pca => ModelBody::Pca(PcaModel::fit(state)),
             Algorithm::Mahalanobis => ModelBody::Mahalanobis(MahalanobisModel::fit(state)),
+            Algorithm::Mcd => ModelBody::Mahalanobis(crate::algorithms::mcd::fit(
+                sample,
+                state.n_features,
+                p.seed,
+            )),
         };
         let mut model = Model {
             params: p.clone(),

@@ -28,10 +28,13 @@ pub enum Algorithm {
     /// Squared Mahalanobis distance under the features' covariance (scikit-learn
     /// `EmpiricalCovariance`).
     Mahalanobis,
+    /// Squared Mahalanobis distance under a robust covariance (PyOD `MCD`, FastMCD on the row
+    /// sample).
+    Mcd,
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 9] = [
+    pub const ALL: [Algorithm; 10] = [
         Algorithm::ZScore,
         Algorithm::RobustZScore,
         Algorithm::Iqr,
@@ -41,6 +44,7 @@ impl Algorithm {
         Algorithm::IsolationForest,
         Algorithm::Pca,
         Algorithm::Mahalanobis,
+        Algorithm::Mcd,
     ];
 
     pub fn name(self) -> &'static str {
@@ -54,6 +58,7 @@ impl Algorithm {
             Algorithm::IsolationForest => "iforest",
             Algorithm::Pca => "pca",
             Algorithm::Mahalanobis => "mahalanobis",
+            Algorithm::Mcd => "mcd",
         }
     }
 
@@ -122,7 +127,7 @@ impl Algorithm {
         match self {
             Algorithm::ZScore | Algorithm::RobustZScore | Algorithm::Iqr => &["combine"],
             Algorithm::Hbos => &["n_bins", "alpha", "tol"],
-            Algorithm::Ecod | Algorithm::Copod | Algorithm::Mahalanobis => &[],
+            Algorithm::Ecod | Algorithm::Copod | Algorithm::Mahalanobis | Algorithm::Mcd => &[],
             Algorithm::IsolationForest => &["n_trees", "sample_size", "max_depth"],
             Algorithm::Pca => &[
                 "n_components",
@@ -380,7 +385,7 @@ impl DetectorParams {
                 parts.push(format!("standardization={}", self.standardization));
                 parts.push(format!("weighted={}", self.weighted));
             }
-            Algorithm::Ecod | Algorithm::Copod | Algorithm::Mahalanobis => {}
+            Algorithm::Ecod | Algorithm::Copod | Algorithm::Mahalanobis | Algorithm::Mcd => {}
         }
         parts.join(", ")
     }
@@ -424,11 +429,11 @@ mod tests {
         ));
         assert_eq!(
             Algorithm::parse("nope").unwrap_err().to_string(),
-            "unknown algorithm 'nope'; valid algorithms are: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest, pca, mahalanobis"
+            "unknown algorithm 'nope'; valid algorithms are: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest, pca, mahalanobis, mcd"
         );
         assert_eq!(
             Algorithm::parse("IsolationForest").unwrap_err().to_string(),
-            "unknown algorithm 'IsolationForest' (did you mean 'isolation_forest'?); valid algorithms are: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest, pca, mahalanobis"
+            "unknown algorithm 'IsolationForest' (did you mean 'isolation_forest'?); valid algorithms are: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest, pca, mahalanobis, mcd"
         );
         for (name, alg) in Algorithm::names() {
             assert_eq!(Algorithm::parse(&name.to_uppercase()).unwrap(), alg);

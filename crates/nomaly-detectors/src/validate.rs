@@ -41,7 +41,10 @@ pub fn check_model(model: &Model) -> Checked {
             | (Algorithm::Ecod | Algorithm::Copod, ModelBody::Ecdf(_))
             | (Algorithm::IsolationForest, ModelBody::IsolationForest(_))
             | (Algorithm::Pca, ModelBody::Pca(_))
-            | (Algorithm::Mahalanobis, ModelBody::Mahalanobis(_))
+            | (
+                Algorithm::Mahalanobis | Algorithm::Mcd,
+                ModelBody::Mahalanobis(_)
+            )
     );
     if !body_fits {
         return Err(format!(

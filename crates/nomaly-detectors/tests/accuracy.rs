@@ -129,14 +129,18 @@ fn agrees_with_reference_implementations() {
                     "{name}/{alg}: ROC-AUC {auc_ours:.4} vs reference {auc_ref:.4}"
                 ));
             }
-            if alg.uses_covariance() {
+            if alg.uses_covariance() || alg == Algorithm::Mcd {
                 let worst = ours
                     .iter()
                     .zip(&reference)
                     .map(|(a, b)| (a - b).abs() / b.abs().max(1e-300))
                     .fold(0.0, f64::max);
-                report.push(format!("{name:14} {alg} max relative difference {worst:.2e}"));
-                if worst > 1e-9 {
+                report.push(format!(
+                    "{name:14} {alg} max relative difference {worst:.2e}"
+                ));
+                // mcd's FastMCD starts from random subsets (scikit-learn's and ours differ), so
+                // its optimum, and its scores, may differ slightly: only its AUC and ranks count.
+                if worst > 1e-9 && alg != Algorithm::Mcd {
                     failures.push(format!(
                         "{name}/{alg}: scores differ from the reference by up to {worst:.2e} (relative)"
                     ));

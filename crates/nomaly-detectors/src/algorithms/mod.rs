@@ -1,11 +1,13 @@
 //! One module per detector family. Each turns a finished [`crate::fit::FitState`] into its model body
 //! and scores feature columns. Scores are "higher = more anomalous" everywhere.
 
+pub mod chi2;
 pub mod covariance;
 pub mod ecdf;
 pub mod eigen;
 pub mod hbos;
 pub mod iforest;
 pub mod mahalanobis;
+pub mod mcd;
 pub mod moments;
 pub mod pca;
