@@ -75,17 +75,19 @@ impl Weighted {
     /// Every row's squared distance under `e`.
     fn distances(&self, e: &Estimate) -> Vec<f64> {
         let d = self.d;
+        let mut centred = vec![0.0; d];
         (0..self.rows())
             .map(|i| {
-                let c: Vec<f64> = self
-                    .row(i)
-                    .iter()
-                    .zip(&e.location)
-                    .map(|(x, m)| x - m)
-                    .collect();
-                (0..d)
-                    .map(|a| c[a] * (0..d).map(|b| e.precision[a * d + b] * c[b]).sum::<f64>())
-                    .sum()
+                for ((c, x), m) in centred.iter_mut().zip(self.row(i)).zip(&e.location) {
+                    *c = x - m;
+                }
+                let mut total = 0.0;
+                for (a, ca) in centred.iter().enumerate() {
+                    let row = &e.precision[a * d..(a + 1) * d];
+                    let projected: f64 = row.iter().zip(&centred).map(|(p, c)| p * c).sum();
+                    total += ca * projected;
+                }
+                total
             })
             .collect()
     }
