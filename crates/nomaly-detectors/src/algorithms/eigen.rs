@@ -63,6 +63,32 @@ pub fn symmetric_eigen(a: &[f64], n: usize) -> (Vec<f64>, Vec<Vec<f64>>) {
     (values, vectors)
 }
 
+/// scipy's `pinvh` of the symmetric `n`×`n` matrix `a`: the pseudo-inverse from its eigenvalues,
+/// those at or below n·ε·|λ|max counted as zero; with ln det a (-∞ when an eigenvalue is ≤ 0).
+pub fn pinvh(a: &[f64], n: usize) -> (Vec<f64>, f64) {
+    let (values, vectors) = symmetric_eigen(a, n);
+    let largest = values.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let cutoff = n as f64 * f64::EPSILON * largest;
+    let mut inverse = vec![0.0; n * n];
+    let mut log_det = 0.0;
+    for (value, v) in values.iter().zip(&vectors) {
+        log_det = if *value <= 0.0 {
+            f64::NEG_INFINITY
+        } else {
+            log_det + value.ln()
+        };
+        if value.abs() <= cutoff {
+            continue;
+        }
+        for i in 0..n {
+            for j in 0..n {
+                inverse[i * n + j] += v[i] * v[j] / value;
+            }
+        }
+    }
+    (inverse, log_det)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

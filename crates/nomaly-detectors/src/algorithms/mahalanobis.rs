@@ -6,7 +6,7 @@
 //! (a feature that never varied, or one that is a combination of others, adds nothing).
 
 use super::covariance::Moments;
-use super::eigen::symmetric_eigen;
+use super::eigen::pinvh;
 use crate::exact_sum::scale_by_pow2;
 use crate::fit::FitState;
 use serde::{Deserialize, Serialize};
@@ -27,20 +27,7 @@ impl MahalanobisModel {
                 precision: vec![0.0; d * d],
             };
         };
-        let (values, vectors) = symmetric_eigen(&cov, d);
-        let largest = values.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        let cutoff = d as f64 * f64::EPSILON * largest;
-        let mut precision = vec![0.0; d * d];
-        for (value, v) in values.iter().zip(&vectors) {
-            if value.abs() <= cutoff {
-                continue;
-            }
-            for a in 0..d {
-                for b in 0..d {
-                    precision[a * d + b] += v[a] * v[b] / value;
-                }
-            }
-        }
+        let (mut precision, _) = pinvh(&cov, d);
         // The covariance was read at the scale 2^-2k: its inverse is 2^2k too large.
         for p in precision.iter_mut() {
             *p = scale_by_pow2(*p, -2 * k);

@@ -12,7 +12,7 @@
 //! occurred; the h-subset may take part of the last row's weight).
 
 use super::chi2::chi2_isf;
-use super::eigen::symmetric_eigen;
+use super::eigen::pinvh;
 use super::mahalanobis::MahalanobisModel;
 use crate::hashing::DeterministicRng;
 use crate::quantile::quantile_linear;
@@ -127,29 +127,9 @@ impl Weighted {
 }
 
 impl Estimate {
-    /// With the precision as scipy's `pinvh` (eigenvalues ≤ d·ε·|λ|max count as zero).
+    /// With the precision as scipy's `pinvh`.
     fn new(location: Vec<f64>, covariance: Vec<f64>) -> Estimate {
-        let d = location.len();
-        let (values, vectors) = symmetric_eigen(&covariance, d);
-        let largest = values.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        let cutoff = d as f64 * f64::EPSILON * largest;
-        let mut precision = vec![0.0; d * d];
-        let mut log_det = 0.0;
-        for (value, v) in values.iter().zip(&vectors) {
-            if *value <= 0.0 {
-                log_det = f64::NEG_INFINITY;
-            } else {
-                log_det += value.ln();
-            }
-            if value.abs() <= cutoff {
-                continue;
-            }
-            for a in 0..d {
-                for b in 0..d {
-                    precision[a * d + b] += v[a] * v[b] / value;
-                }
-            }
-        }
+        let (precision, log_det) = pinvh(&covariance, location.len());
         Estimate {
             location,
             precision,
