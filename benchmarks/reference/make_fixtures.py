@@ -21,6 +21,7 @@ from pyod.models.copod import COPOD
 from pyod.models.iforest import IForest
 from pyod.models.pca import PCA
 from pyod.models.mcd import MCD
+from pyod.models.knn import KNN
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
@@ -122,6 +123,7 @@ def main():
             "pca": pyod_scores(PCA(), X),
             "mahalanobis": EmpiricalCovariance().fit(X).mahalanobis(X),
             "mcd": pyod_scores(MCD(random_state=0), X),
+            "knn": pyod_scores(KNN(), X),
         }
         fixture = {
             "name": name,

@@ -29,6 +29,7 @@ pub enum ModelBody {
     IsolationForest(IsolationForestModel),
     Pca(PcaModel),
     Mahalanobis(MahalanobisModel),
+    Knn(crate::algorithms::knn::KnnModel),
 }
 
 /// A fitted detector: immutable, small, and the same bits on every engine for the same data.
@@ -61,6 +62,12 @@ impl Model {
             }
             Algorithm::Pca => ModelBody::Pca(PcaModel::fit(state)),
             Algorithm::Mahalanobis => ModelBody::Mahalanobis(MahalanobisModel::fit(state)),
+            Algorithm::Knn => ModelBody::Knn(crate::algorithms::knn::KnnModel::fit(
+                sample,
+                state.n_features,
+                p.n_neighbors,
+                p.knn_method,
+            )),
             Algorithm::Mcd => ModelBody::Mahalanobis(crate::algorithms::mcd::fit(
                 sample,
                 state.n_features,
@@ -137,6 +144,7 @@ impl Model {
             ModelBody::IsolationForest(m) => return m.score(cols, len),
             ModelBody::Pca(m) => return m.score(cols, len),
             ModelBody::Mahalanobis(m) => return m.score(cols, len),
+            ModelBody::Knn(m) => return m.score_rows(cols, len, false).0,
             _ => {}
         }
         let mut acc = vec![0.0f64; len];
@@ -163,7 +171,10 @@ impl Model {
             ModelBody::CentreScale(m) => m.terms(j, col, out),
             ModelBody::Hbos(m) => m.terms(j, col, out),
             ModelBody::Ecdf(m) => m.terms(j, col, out),
-            ModelBody::IsolationForest(_) | ModelBody::Pca(_) | ModelBody::Mahalanobis(_) => {
+            ModelBody::IsolationForest(_)
+            | ModelBody::Pca(_)
+            | ModelBody::Mahalanobis(_)
+            | ModelBody::Knn(_) => {
                 unreachable!("scored whole")
             }
         }
@@ -225,11 +236,12 @@ impl Model {
         }
         let mut out = Vec::with_capacity(self.n_features);
         match &self.body {
-            ModelBody::Pca(_) | ModelBody::Mahalanobis(_) => {
+            ModelBody::Pca(_) | ModelBody::Mahalanobis(_) | ModelBody::Knn(_) => {
                 let cols: Vec<&[f64]> = f.columns.iter().map(|c| c.as_ref()).collect();
                 let parts = match &self.body {
                     ModelBody::Pca(m) => m.explain(&cols, f.len),
                     ModelBody::Mahalanobis(m) => m.explain(&cols, f.len),
+                    ModelBody::Knn(m) => m.score_rows(&cols, f.len, true).1,
                     _ => unreachable!("matched above"),
                 };
                 for part in parts {

@@ -2,6 +2,7 @@
 //! pipeline files. Every option is validated here, so a typo fails at planning time with the list of
 //! what is valid rather than at run time.
 
+pub use crate::algorithms::knn::KnnMethod;
 use crate::error::{DetectorError, Result};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -31,10 +32,13 @@ pub enum Algorithm {
     /// Squared Mahalanobis distance under a robust covariance (PyOD `MCD`, FastMCD on the row
     /// sample).
     Mcd,
+    /// Distance to the k-th nearest row of the row sample, or the mean or median of the k
+    /// nearest (PyOD `KNN`).
+    Knn,
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 10] = [
+    pub const ALL: [Algorithm; 11] = [
         Algorithm::ZScore,
         Algorithm::RobustZScore,
         Algorithm::Iqr,
@@ -45,6 +49,7 @@ impl Algorithm {
         Algorithm::Pca,
         Algorithm::Mahalanobis,
         Algorithm::Mcd,
+        Algorithm::Knn,
     ];
 
     pub fn name(self) -> &'static str {
@@ -59,6 +64,7 @@ impl Algorithm {
             Algorithm::Pca => "pca",
             Algorithm::Mahalanobis => "mahalanobis",
             Algorithm::Mcd => "mcd",
+            Algorithm::Knn => "knn",
         }
     }
 
@@ -129,6 +135,7 @@ impl Algorithm {
             Algorithm::Hbos => &["n_bins", "alpha", "tol"],
             Algorithm::Ecod | Algorithm::Copod | Algorithm::Mahalanobis | Algorithm::Mcd => &[],
             Algorithm::IsolationForest => &["n_trees", "sample_size", "max_depth"],
+            Algorithm::Knn => &["n_neighbors", "method"],
             Algorithm::Pca => &[
                 "n_components",
                 "n_selected_components",
@@ -198,6 +205,10 @@ pub struct DetectorParams {
     pub standardization: bool,
     /// pca: divide each component's distance by its explained variance ratio.
     pub weighted: bool,
+    /// knn: how many neighbours.
+    pub n_neighbors: usize,
+    /// knn: the k-th distance, or the mean or median of the k.
+    pub knn_method: KnnMethod,
 }
 
 impl DetectorParams {
@@ -221,6 +232,8 @@ impl DetectorParams {
             n_selected_components: None,
             standardization: true,
             weighted: true,
+            n_neighbors: 5,
+            knn_method: KnnMethod::Largest,
         }
     }
 
@@ -316,6 +329,15 @@ impl DetectorParams {
                 self.n_selected_components =
                     Some(int(1, MAX_PCA_FEATURES, "an integer in [1, 256]")?)
             }
+            "n_neighbors" => self.n_neighbors = int(1, 1_000, "an integer in [1, 1000]")?,
+            "method" => {
+                self.knn_method = match value.to_ascii_lowercase().as_str() {
+                    "largest" => KnnMethod::Largest,
+                    "mean" => KnnMethod::Mean,
+                    "median" => KnnMethod::Median,
+                    _ => return Err(invalid("'largest', 'mean' or 'median'")),
+                }
+            }
             "standardization" | "weighted" => {
                 let on = match value.to_ascii_lowercase().as_str() {
                     "true" | "1" | "yes" => true,
@@ -375,6 +397,10 @@ impl DetectorParams {
                     parts.push(format!("max_depth={d}"));
                 }
             }
+            Algorithm::Knn => {
+                parts.push(format!("n_neighbors={}", self.n_neighbors));
+                parts.push(format!("method={:?}", self.knn_method).to_ascii_lowercase());
+            }
             Algorithm::Pca => {
                 if let Some(n) = self.n_components {
                     parts.push(format!("n_components={n}"));
@@ -429,11 +455,11 @@ mod tests {
         ));
         assert_eq!(
             Algorithm::parse("nope").unwrap_err().to_string(),
-            "unknown algorithm 'nope'; valid algorithms are: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest, pca, mahalanobis, mcd"
+            "unknown algorithm 'nope'; valid algorithms are: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest, pca, mahalanobis, mcd, knn"
         );
         assert_eq!(
             Algorithm::parse("IsolationForest").unwrap_err().to_string(),
-            "unknown algorithm 'IsolationForest' (did you mean 'isolation_forest'?); valid algorithms are: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest, pca, mahalanobis, mcd"
+            "unknown algorithm 'IsolationForest' (did you mean 'isolation_forest'?); valid algorithms are: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest, pca, mahalanobis, mcd, knn"
         );
         for (name, alg) in Algorithm::names() {
             assert_eq!(Algorithm::parse(&name.to_uppercase()).unwrap(), alg);

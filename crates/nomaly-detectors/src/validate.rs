@@ -45,6 +45,7 @@ pub fn check_model(model: &Model) -> Checked {
                 Algorithm::Mahalanobis | Algorithm::Mcd,
                 ModelBody::Mahalanobis(_)
             )
+            | (Algorithm::Knn, ModelBody::Knn(_))
     );
     if !body_fits {
         return Err(format!(
@@ -58,6 +59,7 @@ pub fn check_model(model: &Model) -> Checked {
         ModelBody::Ecdf(m) => check_ecdf(m, width),
         ModelBody::IsolationForest(m) => m.validate(width),
         ModelBody::Pca(m) => check_pca(m, width),
+        ModelBody::Knn(m) => m.validate(width),
         ModelBody::Mahalanobis(m) => {
             per_feature("location values", m.location.len(), width)?;
             if m.precision.len() != width * width {

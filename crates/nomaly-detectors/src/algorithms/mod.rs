@@ -7,6 +7,7 @@ pub mod ecdf;
 pub mod eigen;
 pub mod hbos;
 pub mod iforest;
+pub mod knn;
 pub mod mahalanobis;
 pub mod mcd;
 pub mod moments;
