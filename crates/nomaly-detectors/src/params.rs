@@ -3,6 +3,7 @@
 //! what is valid rather than at run time.
 
 pub use crate::algorithms::knn::KnnMethod;
+use crate::algorithms::knn::MAX_NEIGHBOURS;
 use crate::error::{DetectorError, Result};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -329,7 +330,7 @@ impl DetectorParams {
                 self.n_selected_components =
                     Some(int(1, MAX_PCA_FEATURES, "an integer in [1, 256]")?)
             }
-            "n_neighbors" => self.n_neighbors = int(1, 1_000, "an integer in [1, 1000]")?,
+            "n_neighbors" => self.n_neighbors = int(1, MAX_NEIGHBOURS, "an integer in [1, 1000]")?,
             "method" => {
                 self.knn_method = match value.to_ascii_lowercase().as_str() {
                     "largest" => KnnMethod::Largest,

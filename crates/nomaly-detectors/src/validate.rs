@@ -323,6 +323,25 @@ mod tests {
         };
         x.skew_sign.push(5);
         assert!(check_model(&e).unwrap_err().contains("skew signs"));
+        let mut k = fitted(Algorithm::Knn, 2_000);
+        let ModelBody::Knn(t) = &mut k.body else {
+            unreachable!()
+        };
+        t.k = usize::MAX;
+        assert!(check_model(&k).unwrap_err().contains("neighbour count"));
+        let ModelBody::Knn(t) = &mut k.body else {
+            unreachable!()
+        };
+        t.k = 5;
+        t.weights[3] = u64::MAX;
+        assert!(check_model(&k).unwrap_err().contains("weight"));
+        let ModelBody::Knn(t) = &mut k.body else {
+            unreachable!()
+        };
+        t.weights[3] = 1;
+        // A tree that lies about its split: a query would skip the half holding the neighbour.
+        t.split_values[0] += 1e9;
+        assert!(check_model(&k).unwrap_err().contains("not split"));
         let mut z = fitted(Algorithm::ZScore, 10);
         z.n_features = 0;
         assert!(check_model(&z).is_err());

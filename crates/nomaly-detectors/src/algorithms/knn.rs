@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 /// Rows per leaf of the tree.
 const LEAF: usize = 16;
+/// The most neighbours a model may ask for (the `n_neighbors` option's bound).
+pub const MAX_NEIGHBOURS: usize = 1_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KnnMethod {
@@ -95,14 +97,23 @@ impl KnnModel {
                 self.points.len()
             ));
         }
-        if self.k == 0
+        if !(1..=MAX_NEIGHBOURS).contains(&self.k)
             || self.split_dims.len() != inner_nodes(n)
             || self.split_values.len() != self.split_dims.len()
         {
             return Err("the neighbour count or the tree's size does not fit its rows".into());
         }
-        if !self.points.iter().all(|x| x.is_finite()) {
-            return Err("a reference value is not a finite number".into());
+        if !self
+            .points
+            .iter()
+            .chain(&self.split_values)
+            .all(|x| x.is_finite())
+        {
+            return Err("a reference or split value is not a finite number".into());
+        }
+        // Weights are counts of rows: at least 1, and small enough that k of them never overflow.
+        if self.weights.iter().any(|&w| w == 0 || w > 1 << 53) {
+            return Err("a reference row's weight is 0 or more than 2^53".into());
         }
         self.check_node(0, 0, n)
     }
