@@ -12,7 +12,7 @@ use crate::exact_sum::{ExactSquareSum, ExactSum, SparseExactSum};
 use crate::features::Features;
 use crate::hashing::{hash_column, row_hash_start};
 use crate::model::Model;
-use crate::params::{Algorithm, DetectorParams, MAX_PCA_FEATURES};
+use crate::params::{Algorithm, DetectorParams, MAX_COVARIANCE_FEATURES};
 use crate::quantile::QuantileSketch;
 use crate::sample::RowSample;
 use arrow_array::ArrayRef;
@@ -128,7 +128,8 @@ impl FitState {
             .map(|_| FeatureStats::new(params.algorithm))
             .collect();
         let sample = RowSample::new(params.effective_sample_rows(), n_features, params.seed);
-        let products = (params.algorithm.uses_covariance() && n_features <= MAX_PCA_FEATURES)
+        let products = (params.algorithm.uses_covariance()
+            && n_features <= MAX_COVARIANCE_FEATURES)
             .then(|| CrossProducts::new(n_features));
         Self {
             params,
@@ -169,15 +170,15 @@ impl FitState {
         Ok(())
     }
 
-    /// What pca and mahalanobis cannot take: more features than [`MAX_PCA_FEATURES`], more
+    /// What pca and mahalanobis cannot take: more features than [`MAX_COVARIANCE_FEATURES`], more
     /// components than features, values whose products overflow.
     fn check_covariance(&self, f: &Features<'_>) -> Result<()> {
         let p = &self.params;
-        if self.n_features > MAX_PCA_FEATURES {
+        if self.n_features > MAX_COVARIANCE_FEATURES {
             return Err(DetectorError::TooManyFeatures {
                 algorithm: p.algorithm.name().to_string(),
                 features: self.n_features,
-                max: MAX_PCA_FEATURES,
+                max: MAX_COVARIANCE_FEATURES,
             });
         }
         for (name, value) in [

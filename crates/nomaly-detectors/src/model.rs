@@ -138,6 +138,17 @@ impl Model {
         self.params.algorithm
     }
 
+    /// The per-feature parts of the distance detectors' scores (pca, mahalanobis and mcd, knn),
+    /// which sum to the score; none for the other detectors.
+    fn distance_parts(&self, cols: &[&[f64]], len: usize) -> Vec<Vec<f64>> {
+        match &self.body {
+            ModelBody::Pca(m) => m.explain(cols, len),
+            ModelBody::Mahalanobis(m) => m.explain(cols, len),
+            ModelBody::Knn(m) => m.score_rows(cols, len, true).1,
+            _ => vec![],
+        }
+    }
+
     /// Scores over clean columns (all rows valid); invalid rows are masked by the callers.
     fn raw_scores(&self, cols: &[&[f64]], len: usize) -> Vec<f64> {
         match &self.body {
@@ -238,13 +249,7 @@ impl Model {
         match &self.body {
             ModelBody::Pca(_) | ModelBody::Mahalanobis(_) | ModelBody::Knn(_) => {
                 let cols: Vec<&[f64]> = f.columns.iter().map(|c| c.as_ref()).collect();
-                let parts = match &self.body {
-                    ModelBody::Pca(m) => m.explain(&cols, f.len),
-                    ModelBody::Mahalanobis(m) => m.explain(&cols, f.len),
-                    ModelBody::Knn(m) => m.score_rows(&cols, f.len, true).1,
-                    _ => unreachable!("matched above"),
-                };
-                for part in parts {
+                for part in self.distance_parts(&cols, f.len) {
                     out.push(
                         part.into_iter()
                             .zip(&f.valid)

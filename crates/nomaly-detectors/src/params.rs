@@ -159,9 +159,9 @@ impl fmt::Display for Algorithm {
     }
 }
 
-/// The most features `pca` takes: its fit keeps an exact sum per pair of features, and its
-/// eigen-decomposition is cubic in the count.
-pub const MAX_PCA_FEATURES: usize = 256;
+/// The most features `pca` and `mahalanobis` take: their fit keeps an exact sum per pair of
+/// features, and the eigen-decomposition is cubic in the count.
+pub const MAX_COVARIANCE_FEATURES: usize = 256;
 
 /// How per-feature scores of the z-score family combine into one score.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -324,11 +324,11 @@ impl DetectorParams {
             "sample_size" => self.sample_size = int(2, 1_000_000, "an integer in [2, 1000000]")?,
             "max_depth" => self.max_depth = Some(int(1, 64, "an integer in [1, 64]")?),
             "n_components" => {
-                self.n_components = Some(int(1, MAX_PCA_FEATURES, "an integer in [1, 256]")?)
+                self.n_components = Some(int(1, MAX_COVARIANCE_FEATURES, "an integer in [1, 256]")?)
             }
             "n_selected_components" => {
                 self.n_selected_components =
-                    Some(int(1, MAX_PCA_FEATURES, "an integer in [1, 256]")?)
+                    Some(int(1, MAX_COVARIANCE_FEATURES, "an integer in [1, 256]")?)
             }
             "n_neighbors" => self.n_neighbors = int(1, MAX_NEIGHBOURS, "an integer in [1, 1000]")?,
             "method" => {
