@@ -232,28 +232,6 @@ def unsegmented(a):
     return rows
 
 
-def measure_io(args):
-    """(seconds, peak RSS bytes, error or None, stdout bytes, bytes read + written) of one process:
-    its I/O counters are read from /proc while it is a zombie (waited for without reaping)."""
-    with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
-        start = time.perf_counter()
-        proc = subprocess.Popen(args, stdout=out_f, stderr=err_f, env=NOMALY_ENV)
-        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
-        elapsed = time.perf_counter() - start
-        io = {}
-        with open(f"/proc/{proc.pid}/io") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                io[key] = int(value)
-        _, status, rusage = os.wait4(proc.pid, 0)
-        out_f.seek(0)
-        err_f.seek(0)
-        stdout, stderr = out_f.read(), err_f.read().decode().strip()
-    failed = os.waitstatus_to_exitcode(status) != 0
-    return (elapsed, rusage.ru_maxrss * 1024, (stderr or "failed") if failed else None, stdout,
-            io["rchar"] + io["wchar"])
-
-
 def generated(a):
     """A 100 GB (logical) generated input through a cluster of --executors processes."""
     row_bytes = 8 + 8 * a.features + 1  # id, the features, planted: their Arrow buffers
@@ -269,9 +247,9 @@ def generated(a):
                   f"detect_anomalies('{alg}', {feats}) AS a FROM synthetic_rows({rows}, {a.features}, 1))")
         cluster = Cluster(a.executors, a.memory_limit, out, vcores=1)
         try:
-            t, client_rss, err, counts, client_io = measure_io([
+            t, client_rss, err, counts, client_io = measure([
                 NOMALY, "sql", "--no-progress", "--format", "csv", "--partitions", str(a.partitions),
-                "--engine", f"ballista://127.0.0.1:{cluster.port}", "-e", select])
+                "--engine", f"ballista://127.0.0.1:{cluster.port}", "-e", select], io=True)
             peaks = [peak_rss(p.pid) for p in cluster.executors]
         finally:
             cluster.stop()

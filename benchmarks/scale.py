@@ -44,20 +44,29 @@ from run import NOMALY, NOMALY_ENV, ROOT, build, cpu, features  # noqa: E402
 DETECTORS = ["zscore", "hbos", "ecod", "copod", "iforest"]
 
 
-def measure(args):
+def measure(args, io=False):
     """(seconds, peak RSS bytes, error text or None, stdout bytes) of one process, its peak RSS
     read from the OS (wait4 rusage). Output goes to files, so a chatty process cannot block on a
-    full pipe before it is reaped."""
+    full pipe before it is reaped. With io=True a fifth item: the bytes it read and wrote
+    (/proc/PID/io, read while it is a zombie, waited for without reaping)."""
     with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
         start = time.perf_counter()
         proc = subprocess.Popen(args, stdout=out_f, stderr=err_f, env=NOMALY_ENV)
-        _, status, rusage = os.wait4(proc.pid, 0)
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
         elapsed = time.perf_counter() - start
+        counters = {}
+        if io:
+            with open(f"/proc/{proc.pid}/io") as f:
+                for line in f:
+                    key, _, value = line.partition(":")
+                    counters[key] = int(value)
+        _, status, rusage = os.wait4(proc.pid, 0)
         out_f.seek(0)
         err_f.seek(0)
         stdout, stderr = out_f.read(), err_f.read().decode().strip()
     failed = os.waitstatus_to_exitcode(status) != 0
-    return elapsed, rusage.ru_maxrss * 1024, (stderr or "failed") if failed else None, stdout
+    result = (elapsed, rusage.ru_maxrss * 1024, (stderr or "failed") if failed else None, stdout)
+    return result + (counters["rchar"] + counters["wchar"],) if io else result
 
 
 def run(data, sql, memory_limit=None):
