@@ -91,6 +91,8 @@ def main():
     p.add_argument("--memory-limit", default=None)
     p.add_argument("--mcd-rows", type=int, default=1_000_000,
                    help="rows PyOD's MCD is timed on (its time is scaled to the file's rows)")
+    p.add_argument("--neighbour-rows", type=int, default=100_000,
+                   help="rows PyOD's KNN and LOF are timed on (their time is scaled to the file's rows)")
     p.add_argument("--no-build", action="store_true")
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median counts")
@@ -130,7 +132,7 @@ def main():
         queries.append(("floor", "SELECT id, f1 * 2 AS s FROM t"))
         # The same scan + write reading every feature once: what a one-pass detector could not beat.
         queries.append(("floor8", f"SELECT id, {' + '.join(f'f{j + 1}' for j in range(d))} AS s FROM t"))
-    for alg in ["zscore", "hbos", "ecod", "copod", "iforest", "pca", "mahalanobis", "mcd"]:
+    for alg in ["zscore", "hbos", "ecod", "copod", "iforest", "pca", "mahalanobis", "mcd", "knn", "lof", "loda"]:
         if alg in only:
             queries.append((alg, f"SELECT id, detect_anomalies('{alg}', {feats})['score'] AS s FROM t"))
     # Rounds of every query rather than each query's runs back to back, so a slow spell of the
@@ -200,6 +202,21 @@ def main():
         timed("mcd", lambda: MCD(random_state=0).fit(X[: a.mcd_rows]).decision_scores_)
         ref["mcd"] *= rows / min(rows, a.mcd_rows)
         print(f"ref    mcd        fitted on {min(rows, a.mcd_rows):,} rows; scaled to {rows:,} rows: {ref['mcd']:.2f} s")
+    # PyOD's KNN and LOF put every row in their tree and query every row: hours at 10M rows, so
+    # they are timed on --neighbour-rows rows and scaled linearly (which flatters them: a query in
+    # a bigger tree costs more).
+    for alg in ["knn", "lof"]:
+        if alg in only:
+            from pyod.models.knn import KNN
+            from pyod.models.lof import LOF
+            n = min(rows, a.neighbour_rows)
+            make = KNN if alg == "knn" else LOF
+            timed(alg, lambda: make().fit(X[:n]).decision_scores_)
+            ref[alg] *= rows / n
+            print(f"ref    {alg:10} fitted on {n:,} rows; scaled to {rows:,} rows: {ref[alg]:.2f} s")
+    if "loda" in only:
+        from pyod.models.loda import LODA
+        timed("loda", lambda: LODA().fit(X).decision_scores_)
     if "zscore" in only:
         import duckdb
         con = duckdb.connect()
@@ -208,10 +225,10 @@ def main():
             f"COPY (SELECT id, greatest({z}) AS s FROM read_parquet('{a.data}')) TO '{out}/duckdb_z.parquet' (FORMAT parquet)"))
 
     print(f"\nratios of medians over {a.repeat} runs (higher = Nomaly faster; floor = scan + write of the same file)")
-    for alg in ["iforest", "ecod", "copod", "pca", "mahalanobis", "mcd", "zscore"]:
+    for alg in ["iforest", "ecod", "copod", "pca", "mahalanobis", "mcd", "knn", "lof", "loda", "zscore"]:
         if alg in results and alg in ref:
             print(f"  {alg:8} Nomaly vs reference: {ref[alg] / results[alg]:6.2f}x")
-    for alg in ["hbos", "zscore", "pca", "mahalanobis", "mcd"]:
+    for alg in ["hbos", "zscore", "pca", "mahalanobis", "mcd", "knn", "lof", "loda"]:
         if alg in results and floor:
             print(f"  {alg:8} time / floor:         {results[alg] / floor:6.2f}x  (target <= 2)")
             print(f"  {alg:8} time / {d}-column floor: {results[alg] / floor8:6.2f}x  (the same scan + write, reading every feature)")

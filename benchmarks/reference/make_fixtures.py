@@ -22,6 +22,9 @@ from pyod.models.iforest import IForest
 from pyod.models.pca import PCA
 from pyod.models.mcd import MCD
 from pyod.models.knn import KNN
+from pyod.models.lof import LOF
+from pyod.models.loda import LODA
+import pyod.models.loda as pyod_loda
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
@@ -103,6 +106,92 @@ def pyod_scores(model, X):
     return model.decision_scores_
 
 
+MASK64 = (1 << 64) - 1
+
+
+def mix64(z):
+    z = (z + 0x9E3779B97F4A7C15) & MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
+class NomalyRng:
+    """crates/nomaly-detectors/src/hashing.rs's DeterministicRng (xoshiro256** seeded by SplitMix64)."""
+
+    def __init__(self, seed):
+        self.s = []
+        x = seed
+        for _ in range(4):
+            x = (x + 0x9E3779B97F4A7C15) & MASK64
+            self.s.append(mix64(x))
+
+    def next_u64(self):
+        s = self.s
+        rotl = lambda v, k: ((v << k) | (v >> (64 - k))) & MASK64
+        result = (rotl((s[1] * 5) & MASK64, 7) * 9) & MASK64
+        t = (s[1] << 17) & MASK64
+        s[2] ^= s[0]
+        s[3] ^= s[1]
+        s[1] ^= s[2]
+        s[0] ^= s[3]
+        s[2] ^= t
+        s[3] = rotl(s[3], 45)
+        return result
+
+    def next_f64(self):
+        return (self.next_u64() >> 11) * (1.0 / (1 << 53))
+
+    def next_below(self, n):
+        return (self.next_u64() * n) >> 64
+
+
+def nomaly_loda_projections(seed, d, cuts):
+    """crates/nomaly-detectors/src/algorithms/loda.rs's `projections`, step for step."""
+    nonzero = max(1, min(int(np.sqrt(d)), d))
+    rng = NomalyRng(seed ^ 0x6C6F646100000001)
+    out = []
+    for _ in range(cuts):
+        order = list(range(d))
+        for t in range(nonzero):
+            r = t + rng.next_below(d - t)
+            order[t], order[r] = order[r], order[t]
+        chosen = sorted(order[:nonzero])
+        weights = []
+        for _ in chosen:
+            acc = 0.0
+            for _ in range(12):
+                acc += rng.next_f64()
+            weights.append(acc - 6.0)
+        out.append((chosen, weights))
+    return out
+
+
+def loda_scores(X, seed=42, cuts=100):
+    """PyOD's LODA, its own code, with Nomaly's projections in place of its unseeded draws."""
+    d = X.shape[1]
+    proj = nomaly_loda_projections(seed, d, cuts)
+    dense = np.ones((cuts, d))
+    for i, (chosen, weights) in enumerate(proj):
+        dense[i, chosen] = weights
+    perms = iter([np.array([j for j in range(d) if j not in c] + c) for c, _ in proj])
+
+    class Draws:
+        def randn(self, *shape):
+            assert shape == (cuts, d), shape
+            return dense.copy()
+
+        def permutation(self, n):
+            return next(perms)
+
+    real = pyod_loda.np.random
+    pyod_loda.np.random = Draws()
+    try:
+        return pyod_scores(LODA(n_bins=10, n_random_cuts=cuts), X)
+    finally:
+        pyod_loda.np.random = real
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     for name, (X, y) in {
@@ -124,6 +213,8 @@ def main():
             "mahalanobis": EmpiricalCovariance().fit(X).mahalanobis(X),
             "mcd": pyod_scores(MCD(random_state=0), X),
             "knn": pyod_scores(KNN(), X),
+            "lof": pyod_scores(LOF(), X),
+            "loda": loda_scores(X),
         }
         fixture = {
             "name": name,

@@ -53,7 +53,11 @@ impl FeatureStats {
             | Algorithm::Hbos
             | Algorithm::Ecod
             | Algorithm::Copod => (false, false, true),
-            Algorithm::IsolationForest | Algorithm::Mcd | Algorithm::Knn => (false, false, false),
+            Algorithm::IsolationForest
+            | Algorithm::Mcd
+            | Algorithm::Knn
+            | Algorithm::Lof
+            | Algorithm::Loda => (false, false, false),
             // The squares are the diagonal of the fit's cross products.
             Algorithm::Pca | Algorithm::Mahalanobis => (true, false, false),
         };

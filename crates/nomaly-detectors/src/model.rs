@@ -30,6 +30,8 @@ pub enum ModelBody {
     Pca(PcaModel),
     Mahalanobis(MahalanobisModel),
     Knn(crate::algorithms::knn::KnnModel),
+    Lof(crate::algorithms::lof::LofModel),
+    Loda(crate::algorithms::loda::LodaModel),
 }
 
 /// A fitted detector: immutable, small, and the same bits on every engine for the same data.
@@ -67,6 +69,18 @@ impl Model {
                 state.n_features,
                 p.n_neighbors,
                 p.knn_method,
+            )),
+            Algorithm::Lof => ModelBody::Lof(crate::algorithms::lof::LofModel::fit(
+                sample,
+                state.n_features,
+                p.n_neighbors,
+            )),
+            Algorithm::Loda => ModelBody::Loda(crate::algorithms::loda::LodaModel::fit(
+                sample,
+                state.n_features,
+                p.n_bins,
+                p.n_random_cuts,
+                p.seed,
             )),
             Algorithm::Mcd => ModelBody::Mahalanobis(crate::algorithms::mcd::fit(
                 sample,
@@ -138,13 +152,15 @@ impl Model {
         self.params.algorithm
     }
 
-    /// The per-feature parts of the distance detectors' scores (pca, mahalanobis and mcd, knn),
-    /// which sum to the score; none for the other detectors.
+    /// The per-feature parts of the scores of the detectors that score a row whole (pca,
+    /// mahalanobis and mcd, knn, lof, loda), which sum to the score; none for the others.
     fn distance_parts(&self, cols: &[&[f64]], len: usize) -> Vec<Vec<f64>> {
         match &self.body {
             ModelBody::Pca(m) => m.explain(cols, len),
             ModelBody::Mahalanobis(m) => m.explain(cols, len),
             ModelBody::Knn(m) => m.score_rows(cols, len, true).1,
+            ModelBody::Lof(m) => m.score_rows(cols, len, true).1,
+            ModelBody::Loda(m) => m.score_rows(cols, len, true).1,
             _ => vec![],
         }
     }
@@ -156,6 +172,8 @@ impl Model {
             ModelBody::Pca(m) => return m.score(cols, len),
             ModelBody::Mahalanobis(m) => return m.score(cols, len),
             ModelBody::Knn(m) => return m.score_rows(cols, len, false).0,
+            ModelBody::Lof(m) => return m.score_rows(cols, len, false).0,
+            ModelBody::Loda(m) => return m.score_rows(cols, len, false).0,
             _ => {}
         }
         let mut acc = vec![0.0f64; len];
@@ -185,7 +203,9 @@ impl Model {
             ModelBody::IsolationForest(_)
             | ModelBody::Pca(_)
             | ModelBody::Mahalanobis(_)
-            | ModelBody::Knn(_) => {
+            | ModelBody::Knn(_)
+            | ModelBody::Lof(_)
+            | ModelBody::Loda(_) => {
                 unreachable!("scored whole")
             }
         }
@@ -247,7 +267,11 @@ impl Model {
         }
         let mut out = Vec::with_capacity(self.n_features);
         match &self.body {
-            ModelBody::Pca(_) | ModelBody::Mahalanobis(_) | ModelBody::Knn(_) => {
+            ModelBody::Pca(_)
+            | ModelBody::Mahalanobis(_)
+            | ModelBody::Knn(_)
+            | ModelBody::Lof(_)
+            | ModelBody::Loda(_) => {
                 let cols: Vec<&[f64]> = f.columns.iter().map(|c| c.as_ref()).collect();
                 for part in self.distance_parts(&cols, f.len) {
                     out.push(

@@ -4,6 +4,7 @@
 
 pub use crate::algorithms::knn::KnnMethod;
 use crate::algorithms::knn::MAX_NEIGHBOURS;
+use crate::algorithms::loda::MAX_RANDOM_CUTS;
 use crate::error::{DetectorError, Result};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -36,10 +37,14 @@ pub enum Algorithm {
     /// Distance to the k-th nearest row of the row sample, or the mean or median of the k
     /// nearest (PyOD `KNN`).
     Knn,
+    /// Local outlier factor against the row sample's neighbourhoods (PyOD `LOF`).
+    Lof,
+    /// Histograms of sparse random projections (PyOD `LODA`).
+    Loda,
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 11] = [
+    pub const ALL: [Algorithm; 13] = [
         Algorithm::ZScore,
         Algorithm::RobustZScore,
         Algorithm::Iqr,
@@ -51,6 +56,8 @@ impl Algorithm {
         Algorithm::Mahalanobis,
         Algorithm::Mcd,
         Algorithm::Knn,
+        Algorithm::Lof,
+        Algorithm::Loda,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,6 +73,8 @@ impl Algorithm {
             Algorithm::Mahalanobis => "mahalanobis",
             Algorithm::Mcd => "mcd",
             Algorithm::Knn => "knn",
+            Algorithm::Lof => "lof",
+            Algorithm::Loda => "loda",
         }
     }
 
@@ -137,6 +146,8 @@ impl Algorithm {
             Algorithm::Ecod | Algorithm::Copod | Algorithm::Mahalanobis | Algorithm::Mcd => &[],
             Algorithm::IsolationForest => &["n_trees", "sample_size", "max_depth"],
             Algorithm::Knn => &["n_neighbors", "method"],
+            Algorithm::Lof => &["n_neighbors"],
+            Algorithm::Loda => &["n_bins", "n_random_cuts"],
             Algorithm::Pca => &[
                 "n_components",
                 "n_selected_components",
@@ -206,10 +217,12 @@ pub struct DetectorParams {
     pub standardization: bool,
     /// pca: divide each component's distance by its explained variance ratio.
     pub weighted: bool,
-    /// knn: how many neighbours.
+    /// knn, lof: how many neighbours (knn 5, lof 20, as PyOD).
     pub n_neighbors: usize,
     /// knn: the k-th distance, or the mean or median of the k.
     pub knn_method: KnnMethod,
+    /// loda: how many random projections.
+    pub n_random_cuts: usize,
 }
 
 impl DetectorParams {
@@ -233,8 +246,9 @@ impl DetectorParams {
             n_selected_components: None,
             standardization: true,
             weighted: true,
-            n_neighbors: 5,
+            n_neighbors: if algorithm == Algorithm::Lof { 20 } else { 5 },
             knn_method: KnnMethod::Largest,
+            n_random_cuts: 100,
         }
     }
 
@@ -331,6 +345,9 @@ impl DetectorParams {
                     Some(int(1, MAX_COVARIANCE_FEATURES, "an integer in [1, 256]")?)
             }
             "n_neighbors" => self.n_neighbors = int(1, MAX_NEIGHBOURS, "an integer in [1, 1000]")?,
+            "n_random_cuts" => {
+                self.n_random_cuts = int(1, MAX_RANDOM_CUTS, "an integer in [1, 10000]")?
+            }
             "method" => {
                 self.knn_method = match value.to_ascii_lowercase().as_str() {
                     "largest" => KnnMethod::Largest,
@@ -402,6 +419,11 @@ impl DetectorParams {
                 parts.push(format!("n_neighbors={}", self.n_neighbors));
                 parts.push(format!("method={:?}", self.knn_method).to_ascii_lowercase());
             }
+            Algorithm::Lof => parts.push(format!("n_neighbors={}", self.n_neighbors)),
+            Algorithm::Loda => {
+                parts.push(format!("n_bins={}", self.n_bins));
+                parts.push(format!("n_random_cuts={}", self.n_random_cuts));
+            }
             Algorithm::Pca => {
                 if let Some(n) = self.n_components {
                     parts.push(format!("n_components={n}"));
@@ -456,11 +478,11 @@ mod tests {
         ));
         assert_eq!(
             Algorithm::parse("nope").unwrap_err().to_string(),
-            "unknown algorithm 'nope'; valid algorithms are: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest, pca, mahalanobis, mcd, knn"
+            "unknown algorithm 'nope'; valid algorithms are: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest, pca, mahalanobis, mcd, knn, lof, loda"
         );
         assert_eq!(
             Algorithm::parse("IsolationForest").unwrap_err().to_string(),
-            "unknown algorithm 'IsolationForest' (did you mean 'isolation_forest'?); valid algorithms are: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest, pca, mahalanobis, mcd, knn"
+            "unknown algorithm 'IsolationForest' (did you mean 'isolation_forest'?); valid algorithms are: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest, pca, mahalanobis, mcd, knn, lof, loda"
         );
         for (name, alg) in Algorithm::names() {
             assert_eq!(Algorithm::parse(&name.to_uppercase()).unwrap(), alg);

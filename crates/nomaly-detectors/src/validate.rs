@@ -46,6 +46,8 @@ pub fn check_model(model: &Model) -> Checked {
                 ModelBody::Mahalanobis(_)
             )
             | (Algorithm::Knn, ModelBody::Knn(_))
+            | (Algorithm::Lof, ModelBody::Lof(_))
+            | (Algorithm::Loda, ModelBody::Loda(_))
     );
     if !body_fits {
         return Err(format!(
@@ -60,6 +62,8 @@ pub fn check_model(model: &Model) -> Checked {
         ModelBody::IsolationForest(m) => m.validate(width),
         ModelBody::Pca(m) => check_pca(m, width),
         ModelBody::Knn(m) => m.validate(width),
+        ModelBody::Lof(m) => m.validate(width),
+        ModelBody::Loda(m) => m.validate(width),
         ModelBody::Mahalanobis(m) => {
             per_feature("location values", m.location.len(), width)?;
             if m.precision.len() != width * width {

@@ -20,7 +20,7 @@ pub struct HbosModel {
 }
 
 /// NumPy's `linspace(first, last, n + 1)`.
-fn linspace(first: f64, last: f64, n: usize) -> Vec<f64> {
+pub(crate) fn linspace(first: f64, last: f64, n: usize) -> Vec<f64> {
     let step = (last - first) / n as f64;
     let mut e: Vec<f64> = if step.is_finite() {
         (0..=n).map(|i| i as f64 * step + first).collect()

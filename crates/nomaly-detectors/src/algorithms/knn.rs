@@ -28,7 +28,8 @@ pub struct KnnModel {
     pub k: usize,
     pub method: KnnMethod,
     pub d: usize,
-    /// Reference rows, row-major, in the tree's order.
+    /// Reference rows in the tree's order, column-major (feature j of row i at `j * n + i`), so
+    /// a leaf's distances are one contiguous run per feature (a vector loop).
     pub points: Vec<f64>,
     /// Each reference row's multiplicity.
     pub weights: Vec<u64>,
@@ -73,9 +74,8 @@ impl KnnModel {
             k,
             method,
             d,
-            points: order
-                .iter()
-                .flat_map(|&i| rows[i].0.iter().copied())
+            points: (0..d)
+                .flat_map(|j| order.iter().map(|&i| rows[i].0[j]).collect::<Vec<_>>())
                 .collect(),
             weights: order.iter().map(|&i| rows[i].1).collect(),
             split_dims,
@@ -83,8 +83,10 @@ impl KnnModel {
         }
     }
 
-    fn point(&self, i: usize) -> &[f64] {
-        &self.points[i * self.d..(i + 1) * self.d]
+    /// Feature j of reference row i.
+    #[inline]
+    fn value(&self, i: usize, j: usize) -> f64 {
+        self.points[j * self.weights.len() + i]
     }
 
     /// Whether the tree is one a query can trust: lengths, split features in range, and every
@@ -128,8 +130,8 @@ impl KnnModel {
         }
         let mid = lo + (hi - lo) / 2;
         let split = self.split_values[node];
-        if (lo..mid).any(|i| self.point(i)[dim] > split)
-            || (mid..hi).any(|i| self.point(i)[dim] < split)
+        if (lo..mid).any(|i| self.value(i, dim) > split)
+            || (mid..hi).any(|i| self.value(i, dim) < split)
         {
             return Err(format!("node {node} is not split at its row {mid}"));
         }
@@ -139,26 +141,46 @@ impl KnnModel {
 
     /// The k nearest (distance², weight, reference row) of `x`, nearest first, weights summing
     /// to k (fewer if the reference has fewer rows); one copy of an identical row left out.
-    fn neighbours(&self, x: &[f64]) -> Vec<Near> {
+    pub(crate) fn neighbours(&self, x: &[f64], offsets: &mut [f64]) -> Vec<Near> {
         let mut best = Neighbours {
             k: self.k as u64,
+            total: 0,
             list: Vec::with_capacity(self.k + 1),
             skip_self: true,
         };
-        self.search(0, 0, self.weights.len(), x, &mut best);
+        offsets.fill(0.0);
+        self.search(0, 0, self.weights.len(), x, 0.0, offsets, &mut best);
         best.list
     }
 
-    fn search(&self, node: usize, lo: usize, hi: usize, x: &[f64], best: &mut Neighbours) {
+    /// Visits the node covering rows `lo..hi`, whose cell is at squared distance at least `rd`
+    /// from `x`; `offsets[j]` is that cell's distance from `x` along feature j (Arya and Mount's
+    /// incremental distance: a far child changes one offset, so its bound costs O(1) and is the
+    /// distance to the whole cell, not only to the last split plane).
+    #[allow(clippy::too_many_arguments)]
+    fn search(
+        &self,
+        node: usize,
+        lo: usize,
+        hi: usize,
+        x: &[f64],
+        rd: f64,
+        offsets: &mut [f64],
+        best: &mut Neighbours,
+    ) {
         if hi - lo <= LEAF {
-            for i in lo..hi {
-                let d2: f64 = self
-                    .point(i)
-                    .iter()
-                    .zip(x)
-                    .map(|(p, q)| (p - q) * (p - q))
-                    .sum();
-                best.offer(d2, self.weights[i], i);
+            // Feature by feature over the leaf's rows: each row's sum still adds its features in
+            // order, so the distances are the same bits as row by row.
+            let n = self.weights.len();
+            let mut d2 = [0.0f64; LEAF];
+            for (j, &q) in x.iter().enumerate() {
+                let col = &self.points[j * n + lo..j * n + hi];
+                for (acc, &p) in d2.iter_mut().zip(col) {
+                    *acc += (p - q) * (p - q);
+                }
+            }
+            for (i, &dist) in (lo..hi).zip(&d2) {
+                best.offer(dist, self.weights[i], i);
             }
             return;
         }
@@ -170,9 +192,39 @@ impl KnnModel {
         } else {
             ((2 * node + 2, mid, hi), (2 * node + 1, lo, mid))
         };
-        self.search(near.0, near.1, near.2, x, best);
-        if gap * gap <= best.bound() {
-            self.search(far.0, far.1, far.2, x, best);
+        self.search(near.0, near.1, near.2, x, rd, offsets, best);
+        let old = offsets[dim];
+        let far_rd = rd - old * old + gap * gap;
+        // Slack for the rounding of `far_rd` (a few ulps of a sum of squares): never prune a cell
+        // that might hold a row at the bound.
+        if far_rd * (1.0 - 1e-12) <= best.bound() {
+            offsets[dim] = gap.abs();
+            self.search(far.0, far.1, far.2, x, far_rd, offsets, best);
+            offsets[dim] = old;
+        }
+    }
+
+    /// Reference row i's values into `out`.
+    pub(crate) fn copy_row(&self, i: usize, out: &mut [f64]) {
+        for (j, v) in out.iter_mut().enumerate() {
+            *v = self.value(i, j);
+        }
+    }
+
+    /// Each feature's share (summing to 1) of the squared distances from `x` to its neighbours,
+    /// each neighbour counted by its weight; equal shares when every distance is 0.
+    pub(crate) fn distance_shares(&self, x: &[f64], near: &[Near], out: &mut [f64]) {
+        out.fill(0.0);
+        for n in near {
+            for (j, s) in out.iter_mut().enumerate() {
+                let diff = x[j] - self.value(n.2, j);
+                *s += n.1 as f64 * diff * diff;
+            }
+        }
+        let total: f64 = out.iter().sum();
+        let d = out.len() as f64;
+        for s in out.iter_mut() {
+            *s = if total > 0.0 { *s / total } else { 1.0 / d };
         }
     }
 
@@ -190,11 +242,12 @@ impl KnnModel {
             vec![]
         };
         let mut x = vec![0.0; self.d];
+        let mut offsets = vec![0.0; self.d];
         for i in 0..len {
             for (v, c) in x.iter_mut().zip(cols) {
                 *v = c[i];
             }
-            let near = self.neighbours(&x);
+            let near = self.neighbours(&x, &mut offsets);
             // The neighbours (by rank among the k) the score is made of, with their shares.
             let used = self.shares(&near);
             scores[i] = used.iter().map(|&(r, s)| s * near_distance(&near, r)).sum();
@@ -236,9 +289,8 @@ impl KnnModel {
             if dist == 0.0 {
                 continue;
             }
-            let p = self.point(n.2);
             for (j, part) in out.iter_mut().enumerate() {
-                let diff = x[j] - p[j];
+                let diff = x[j] - self.value(n.2, j);
                 part[row] += share * diff * diff / dist;
             }
         }
@@ -246,7 +298,7 @@ impl KnnModel {
 }
 
 /// (distance², weight, reference row).
-type Near = (f64, u64, usize);
+pub(crate) type Near = (f64, u64, usize);
 
 /// The neighbour of rank `r` (ranks expand each entry by its weight).
 fn at_rank(near: &[Near], r: usize) -> Option<&Near> {
@@ -265,12 +317,15 @@ fn near_distance(near: &[Near], r: usize) -> f64 {
 /// The k nearest so far, nearest first.
 struct Neighbours {
     k: u64,
+    /// The weights held in `list`.
+    total: u64,
     list: Vec<Near>,
     /// Leave out one copy of a row at distance 0 (the row itself).
     skip_self: bool,
 }
 
 impl Neighbours {
+    #[inline]
     fn offer(&mut self, d2: f64, mut w: u64, row: usize) {
         if d2 == 0.0 && self.skip_self {
             self.skip_self = false;
@@ -281,15 +336,16 @@ impl Neighbours {
         }
         let at = self.list.partition_point(|n| n.0 <= d2);
         self.list.insert(at, (d2, w, row));
+        self.total += w;
         // Drop from the far end what the k nearest no longer need.
-        let mut total: u64 = self.list.iter().map(|n| n.1).sum();
         while let Some(last) = self.list.last_mut() {
-            if total - last.1 >= self.k {
-                total -= last.1;
+            if self.total - last.1 >= self.k {
+                self.total -= last.1;
                 self.list.pop();
             } else {
-                if total > self.k {
-                    last.1 -= total - self.k;
+                if self.total > self.k {
+                    last.1 -= self.total - self.k;
+                    self.total = self.k;
                 }
                 break;
             }
@@ -297,9 +353,9 @@ impl Neighbours {
     }
 
     /// The squared distance a farther row must beat (∞ until k are held).
+    #[inline]
     fn bound(&self) -> f64 {
-        let total: u64 = self.list.iter().map(|n| n.1).sum();
-        if total < self.k {
+        if self.total < self.k {
             f64::INFINITY
         } else {
             self.list.last().map_or(f64::INFINITY, |n| n.0)

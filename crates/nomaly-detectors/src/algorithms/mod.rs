@@ -8,6 +8,8 @@ pub mod eigen;
 pub mod hbos;
 pub mod iforest;
 pub mod knn;
+pub mod loda;
+pub mod lof;
 pub mod mahalanobis;
 pub mod mcd;
 pub mod moments;

@@ -1,0 +1,317 @@
+//! `loda`: PyOD's `LODA` (Pevný 2016) — `n_random_cuts` sparse random projections, each with an
+//! equal-width histogram of `n_bins` bins over the projected training rows; a row's score is the
+//! mean over the cuts of `−ln(probability of its bin)`, divided once more by the number of cuts as
+//! PyOD's is (its cut weights are `1 / n_random_cuts` and it divides their sum by the count).
+//!
+//! As PyOD: each projection has ⌊√d⌋ non-zero weights; a histogram is NumPy's (`range` = the
+//! projected rows' minimum and maximum, last bin closed), each bin's count plus 1e-12 over their
+//! sum; and a projected value's bin is looked up as PyOD does — the number of the first
+//! `n_bins − 1` edges strictly below it (NumPy `searchsorted`, side left), which is the bin to the
+//! right of the one that counted it, except at the lowest edge; values beyond the range take the
+//! edge bins.
+//!
+//! Unlike PyOD, the projections come from the seed (xoshiro256**; weights are Irwin–Hall normals,
+//! the sum of 12 uniforms minus 6, integer and exact arithmetic only), so a model is the same
+//! bits on every engine and CPU; and the histograms are built over the fit's row sample (rows
+//! counted by multiplicity: the whole input when it has at most `sample_rows` distinct rows).
+
+use crate::hashing::DeterministicRng;
+use crate::sample::RowSample;
+use serde::{Deserialize, Serialize};
+
+/// The most random cuts a model may have (the `n_random_cuts` option's bound).
+pub const MAX_RANDOM_CUTS: usize = 10_000;
+/// Mixed into the seed so the projections are not the other detectors' random stream.
+const PROJECTION_STREAM: u64 = 0x6C6F_6461_0000_0001;
+
+/// One random projection and its histogram.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cut {
+    /// The features with a non-zero weight, increasing.
+    pub features: Vec<u32>,
+    pub weights: Vec<f64>,
+    /// `n_bins + 1` edges, non-decreasing.
+    pub edges: Vec<f64>,
+    /// Each bin's score term: `−ln(probability) / n_random_cuts` (PyOD's weighted term).
+    pub neg_log: Vec<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LodaModel {
+    pub d: usize,
+    pub cuts: Vec<Cut>,
+    /// Each feature's mean over the row sample: where the explanation measures a row from.
+    pub centre: Vec<f64>,
+}
+
+/// The projections for `d` features: per cut, the chosen features (increasing) and their weights.
+pub fn projections(seed: u64, d: usize, cuts: usize) -> Vec<(Vec<u32>, Vec<f64>)> {
+    let nonzero = ((d as f64).sqrt() as usize).clamp(1, d.max(1));
+    let mut rng = DeterministicRng::new(seed ^ PROJECTION_STREAM);
+    (0..cuts)
+        .map(|_| {
+            // A partial Fisher–Yates shuffle picks `nonzero` distinct features.
+            let mut order: Vec<u32> = (0..d as u32).collect();
+            for t in 0..nonzero {
+                let r = t + rng.next_below(d - t);
+                order.swap(t, r);
+            }
+            let mut chosen = order[..nonzero].to_vec();
+            chosen.sort_unstable();
+            let weights = chosen
+                .iter()
+                .map(|_| (0..12).fold(0.0, |s, _| s + rng.next_f64()) - 6.0)
+                .collect();
+            (chosen, weights)
+        })
+        .collect()
+}
+
+#[inline]
+fn project(features: &[u32], weights: &[f64], row: impl Fn(usize) -> f64) -> f64 {
+    features
+        .iter()
+        .zip(weights)
+        .fold(0.0, |acc, (&j, &w)| acc + w * row(j as usize))
+}
+
+impl LodaModel {
+    pub fn fit(sample: &RowSample, d: usize, n_bins: usize, n_cuts: usize, seed: u64) -> Self {
+        let rows: Vec<(&[f64], u64)> = sample.rows().collect();
+        let total: u64 = rows.iter().map(|r| r.1).sum();
+        let centre = (0..d)
+            .map(|j| {
+                let s: f64 = rows.iter().map(|(r, w)| r[j] * *w as f64).sum();
+                if total > 0 { s / total as f64 } else { 0.0 }
+            })
+            .collect();
+        let cuts = projections(seed, d, n_cuts)
+            .into_iter()
+            .map(|(features, weights)| {
+                let projected: Vec<f64> = rows
+                    .iter()
+                    .map(|(r, _)| project(&features, &weights, |j| r[j]))
+                    .collect();
+                let (edges, neg_log) = histogram(&projected, &rows, n_bins, 1.0 / n_cuts as f64);
+                Cut {
+                    features,
+                    weights,
+                    edges,
+                    neg_log,
+                }
+            })
+            .collect();
+        LodaModel { d, cuts, centre }
+    }
+
+    /// Lengths, feature indices and finite values; edges in order.
+    pub fn validate(&self, width: usize) -> Result<(), String> {
+        if self.d != width || self.centre.len() != width {
+            return Err(format!("a model of {} features read for {width}", self.d));
+        }
+        if self.cuts.is_empty() || self.cuts.len() > MAX_RANDOM_CUTS {
+            return Err(format!("{} random cuts", self.cuts.len()));
+        }
+        for (c, cut) in self.cuts.iter().enumerate() {
+            let bins = cut.neg_log.len();
+            let ok = !cut.features.is_empty()
+                && cut.features.len() == cut.weights.len()
+                && cut.features.windows(2).all(|w| w[0] < w[1])
+                && cut.features.iter().all(|&j| (j as usize) < width)
+                && bins >= 2
+                && cut.edges.len() == bins + 1
+                && cut.edges.windows(2).all(|e| e[0] <= e[1])
+                && cut.weights.iter().chain(&cut.edges).all(|v| v.is_finite())
+                && cut.neg_log.iter().all(|v| v.is_finite() && *v >= 0.0);
+            if !ok {
+                return Err(format!("random cut {c} is malformed"));
+            }
+        }
+        if !self.centre.iter().all(|v| v.is_finite()) {
+            return Err("a feature centre is not a finite number".into());
+        }
+        Ok(())
+    }
+
+    /// Scores and, when `parts`, each feature's part of them: each cut's term is split over its
+    /// features in proportion to `|weight · (value − centre)|`, equally when all are 0.
+    pub fn score_rows(
+        &self,
+        cols: &[&[f64]],
+        len: usize,
+        parts: bool,
+    ) -> (Vec<f64>, Vec<Vec<f64>>) {
+        let mut scores = vec![0.0; len];
+        let mut split = if parts {
+            vec![vec![0.0; len]; self.d]
+        } else {
+            vec![]
+        };
+        let n_cuts = self.cuts.len() as f64;
+        let mut terms = vec![0.0; len];
+        for cut in &self.cuts {
+            let searched = cut.neg_log.len() - 1;
+            let (first, last) = (cut.edges[0], cut.edges[cut.edges.len() - 1]);
+            let inv_width = cut.neg_log.len() as f64 / (last - first);
+            for (r, term) in terms.iter_mut().enumerate() {
+                let v = project(&cut.features, &cut.weights, |j| cols[j][r]);
+                *term = cut.neg_log[bin_of(&cut.edges[..searched], first, inv_width, v)];
+            }
+            for (s, t) in scores.iter_mut().zip(&terms) {
+                *s += *t;
+            }
+            if parts {
+                self.split_cut(cut, cols, &terms, n_cuts, &mut split);
+            }
+        }
+        for s in &mut scores {
+            *s /= n_cuts;
+        }
+        (scores, split)
+    }
+
+    fn split_cut(
+        &self,
+        cut: &Cut,
+        cols: &[&[f64]],
+        terms: &[f64],
+        n_cuts: f64,
+        out: &mut [Vec<f64>],
+    ) {
+        for (r, &term) in terms.iter().enumerate() {
+            let pull = |(&j, &w): (&u32, &f64)| {
+                (w * (cols[j as usize][r] - self.centre[j as usize])).abs()
+            };
+            let total: f64 = cut.features.iter().zip(&cut.weights).map(pull).sum();
+            let each = 1.0 / cut.features.len() as f64;
+            for (j, w) in cut.features.iter().zip(&cut.weights) {
+                let share = if total > 0.0 {
+                    pull((j, w)) / total
+                } else {
+                    each
+                };
+                out[*j as usize][r] += share * term / n_cuts;
+            }
+        }
+    }
+}
+
+/// The number of `searched` edges strictly below `v` (NumPy `searchsorted`, side left): a guess
+/// from the bin width, corrected against the edges themselves so rounding cannot move it.
+#[inline]
+fn bin_of(searched: &[f64], first: f64, inv_width: f64, v: f64) -> usize {
+    let guess = ((v - first) * inv_width).ceil();
+    let mut b = if guess >= 1.0 {
+        (guess as usize).min(searched.len())
+    } else {
+        0
+    };
+    while b > 0 && searched[b - 1] >= v {
+        b -= 1;
+    }
+    while b < searched.len() && searched[b] < v {
+        b += 1;
+    }
+    b
+}
+
+/// NumPy's `histogram(values, bins=n_bins)` with each row counted by its weight, then PyOD's
+/// smoothing; returns the edges and each bin's term, `cut_weight · −ln(probability)`.
+fn histogram(
+    projected: &[f64],
+    rows: &[(&[f64], u64)],
+    n_bins: usize,
+    cut_weight: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let (mut first, mut last) = projected
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    if !first.is_finite() || !last.is_finite() {
+        (first, last) = (0.0, 1.0);
+    }
+    if first == last {
+        first -= 0.5;
+        last += 0.5;
+    }
+    let edges = crate::algorithms::hbos::linspace(first, last, n_bins);
+    let mut counts = vec![0.0f64; n_bins];
+    for (&v, (_, w)) in projected.iter().zip(rows) {
+        let b = edges.partition_point(|&e| e <= v).clamp(1, n_bins) - 1;
+        counts[b] += *w as f64;
+    }
+    for c in &mut counts {
+        *c += 1e-12;
+    }
+    let sum: f64 = counts.iter().sum();
+    let neg_log = counts
+        .iter()
+        .map(|c| cut_weight * -(c / sum).ln())
+        .collect();
+    (edges, neg_log)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bin_lookup_is_numpy_searchsorted_left() {
+        let edges = [0.0, 1.0, 2.0, 3.0, 4.0];
+        let searched = &edges[..3];
+        for (v, want) in [
+            (-5.0, 0),
+            (0.0, 0),
+            (0.5, 1),
+            (1.0, 1),
+            (1.0000001, 2),
+            (2.5, 3),
+            (3.0, 3),
+            (9.0, 3),
+        ] {
+            assert_eq!(bin_of(searched, 0.0, 4.0 / 4.0, v), want, "{v}");
+        }
+        // a useless guess (NaN width) still ends right
+        assert_eq!(bin_of(searched, 0.0, f64::NAN, 2.5), 3);
+    }
+
+    #[test]
+    fn projections_are_sparse_and_reproducible() {
+        let a = projections(7, 8, 50);
+        assert_eq!(a, projections(7, 8, 50));
+        assert_ne!(a, projections(8, 8, 50));
+        for (f, w) in &a {
+            assert_eq!(f.len(), 2);
+            assert!(f[0] < f[1] && f[1] < 8);
+            assert!(w.iter().all(|x| x.abs() <= 6.0));
+        }
+        assert_eq!(projections(1, 1, 3)[0].0, vec![0]);
+    }
+
+    #[test]
+    fn parts_sum_to_the_score_and_far_rows_score_higher() {
+        let mut s = RowSample::new(10_000, 3, 1);
+        let mut rng = DeterministicRng::new(3);
+        // two clusters, [0, 1)³ and [9, 10)³: the space between them is empty in every projection
+        for i in 0..2_000 {
+            let r: Vec<f64> = (0..3)
+                .map(|_| rng.next_f64() + (i % 2 * 9) as f64)
+                .collect();
+            s.offer(&r);
+        }
+        s.compact();
+        let m = LodaModel::fit(&s, 3, 10, 100, 42);
+        m.validate(3).unwrap();
+        let cols: [&[f64]; 3] = [&[0.5, 5.0], &[0.5, 5.0], &[0.5, 5.0]];
+        let (scores, parts) = m.score_rows(&cols, 2, true);
+        assert!(scores[1] > scores[0] + 0.1, "{scores:?}");
+        for r in 0..2 {
+            let sum: f64 = parts.iter().map(|p| p[r]).sum();
+            assert!(
+                (sum - scores[r]).abs() <= 1e-12 * scores[r],
+                "{sum} {scores:?}"
+            );
+        }
+    }
+}
