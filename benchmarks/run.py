@@ -93,6 +93,8 @@ def main():
                    help="rows PyOD's MCD is timed on (its time is scaled to the file's rows)")
     p.add_argument("--neighbour-rows", type=int, default=100_000,
                    help="rows PyOD's KNN and LOF are timed on (their time is scaled to the file's rows)")
+    p.add_argument("--eif-rows", type=int, default=1_000_000,
+                   help="rows the eif package is timed on (its time is scaled to the file's rows)")
     p.add_argument("--no-build", action="store_true")
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median counts")
@@ -132,7 +134,7 @@ def main():
         queries.append(("floor", "SELECT id, f1 * 2 AS s FROM t"))
         # The same scan + write reading every feature once: what a one-pass detector could not beat.
         queries.append(("floor8", f"SELECT id, {' + '.join(f'f{j + 1}' for j in range(d))} AS s FROM t"))
-    for alg in ["zscore", "hbos", "ecod", "copod", "iforest", "pca", "mahalanobis", "mcd", "knn", "lof", "loda"]:
+    for alg in ["zscore", "hbos", "ecod", "copod", "iforest", "pca", "mahalanobis", "mcd", "knn", "lof", "loda", "eif"]:
         if alg in only:
             queries.append((alg, f"SELECT id, detect_anomalies('{alg}', {feats})['score'] AS s FROM t"))
     # Rounds of every query rather than each query's runs back to back, so a slow spell of the
@@ -217,6 +219,15 @@ def main():
     if "loda" in only:
         from pyod.models.loda import LODA
         timed("loda", lambda: LODA().fit(X).decision_scores_)
+    if "eif" in only:
+        # The `eif` package (benchmarks/requirements.txt says how to install it), fully extended as
+        # Nomaly's default, on --eif-rows rows and scaled.
+        import eif
+        n = min(rows, a.eif_rows)
+        timed("eif", lambda: eif.iForest(X[:n], ntrees=100, sample_size=256, ExtensionLevel=d - 1,
+                                         seed=0).compute_paths(X_in=X[:n]))
+        ref["eif"] *= rows / n
+        print(f"ref    eif        fitted on {n:,} rows; scaled to {rows:,} rows: {ref['eif']:.2f} s")
     if "zscore" in only:
         import duckdb
         con = duckdb.connect()
@@ -225,10 +236,10 @@ def main():
             f"COPY (SELECT id, greatest({z}) AS s FROM read_parquet('{a.data}')) TO '{out}/duckdb_z.parquet' (FORMAT parquet)"))
 
     print(f"\nratios of medians over {a.repeat} runs (higher = Nomaly faster; floor = scan + write of the same file)")
-    for alg in ["iforest", "ecod", "copod", "pca", "mahalanobis", "mcd", "knn", "lof", "loda", "zscore"]:
+    for alg in ["iforest", "ecod", "copod", "pca", "mahalanobis", "mcd", "knn", "lof", "loda", "eif", "zscore"]:
         if alg in results and alg in ref:
             print(f"  {alg:8} Nomaly vs reference: {ref[alg] / results[alg]:6.2f}x")
-    for alg in ["hbos", "zscore", "pca", "mahalanobis", "mcd", "knn", "lof", "loda"]:
+    for alg in ["hbos", "zscore", "pca", "mahalanobis", "mcd", "knn", "lof", "loda", "eif"]:
         if alg in results and floor:
             print(f"  {alg:8} time / floor:         {results[alg] / floor:6.2f}x  (target <= 2)")
             print(f"  {alg:8} time / {d}-column floor: {results[alg] / floor8:6.2f}x  (the same scan + write, reading every feature)")

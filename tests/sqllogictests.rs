@@ -9,9 +9,14 @@
 //! Files can use `$DATA` (examples/data) and `$__TEST_DIR__` after `control substitution on`, and
 //! `onlyif local` / `onlyif standalone` / `onlyif ballista` for engine-specific records.
 
-use datafusion_sqllogictest::{DataFusion, df_value_validator, value_normalizer};
+use datafusion_sqllogictest::{
+    DFColumnType, DFOutput, DFSqlLogicTestError, DataFusion, convert_batches,
+    convert_schema_to_types, df_value_validator, value_normalizer,
+};
 use indicatif::ProgressBar;
 use nomaly_engine::{EngineConfig, EngineKind, build_context};
+use nomaly_pipeline::model_statements::{ModelStatement, Piece, attach_registry, execute, split};
+use nomaly_pipeline::models::Registry;
 use nomaly_tests::cluster::Processes;
 use nomaly_tests::{data_dir, workspace_root};
 use sqllogictest::{default_column_validator, strict_column_validator};
@@ -41,6 +46,10 @@ async fn run_file(path: &Path, engine: EngineKind, complete: bool) -> Result<(),
         ..Default::default()
     };
     let ctx = build_context(&config).await.map_err(|e| e.to_string())?;
+    // CREATE MODEL and model names use a registry of the file's own.
+    let models = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let registry = Registry::at(models.path());
+    attach_registry(&ctx, registry.clone());
     let relative = path
         .strip_prefix(workspace_root())
         .unwrap_or(path)
@@ -48,7 +57,14 @@ async fn run_file(path: &Path, engine: EngineKind, complete: bool) -> Result<(),
     let mut runner = sqllogictest::Runner::new(|| {
         let ctx = ctx.clone();
         let relative = relative.clone();
-        async move { Ok(DataFusion::new(ctx, relative, ProgressBar::hidden())) }
+        let registry = registry.clone();
+        async move {
+            Ok(WithModels {
+                inner: DataFusion::new(ctx.clone(), relative, ProgressBar::hidden()),
+                ctx,
+                registry,
+            })
+        }
     });
     runner.add_label(engine.name());
     runner.set_var("DATA".to_string(), data_dir().to_string_lossy().to_string());
@@ -71,6 +87,47 @@ async fn run_file(path: &Path, engine: EngineKind, complete: bool) -> Result<(),
             .run_file_async(path)
             .await
             .map_err(|e| e.display(true).to_string())
+    }
+}
+
+/// DataFusion's runner, with `CREATE MODEL`, `DROP MODEL` and `SHOW MODELS` carried out as
+/// `nomaly sql` carries them out.
+struct WithModels {
+    inner: DataFusion,
+    ctx: datafusion::prelude::SessionContext,
+    registry: Registry,
+}
+
+#[async_trait::async_trait]
+impl sqllogictest::AsyncDB for WithModels {
+    type Error = DFSqlLogicTestError;
+    type ColumnType = DFColumnType;
+
+    async fn run(&mut self, sql: &str) -> Result<DFOutput, DFSqlLogicTestError> {
+        let statement = match split(sql, "record") {
+            Ok(Some(pieces)) => match pieces.as_slice() {
+                [Piece::Model(m)] => m.clone(),
+                _ => return Err("one model statement per record".to_string().into()),
+            },
+            _ => return self.inner.run(sql).await,
+        };
+        let table = execute(&self.ctx, &self.registry, &statement)
+            .await
+            .map_err(|e| DFSqlLogicTestError::Other(e.to_string()))?;
+        if statement != ModelStatement::Show {
+            return Ok(sqllogictest::DBOutput::StatementComplete(0));
+        }
+        let types = convert_schema_to_types(table.schema().fields());
+        let rows = convert_batches(&table.schema(), vec![table], false)?;
+        Ok(sqllogictest::DBOutput::Rows { types, rows })
+    }
+
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+
+    async fn sleep(dur: Duration) {
+        tokio::time::sleep(dur).await;
     }
 }
 

@@ -1,6 +1,6 @@
 //! `anomaly_model_info(model)`: a readable summary of a fitted model.
 
-use crate::call::is_model_type;
+use crate::call::{is_model_name_type, is_model_type};
 use crate::docs::{DOC_SECTION_ANOMALY, MODEL_ARG};
 use crate::model_column::{ModelCache, resolve_models};
 use datafusion::arrow::array::StringArray;
@@ -50,7 +50,9 @@ impl ScalarUDFImpl for AnomalyModelInfo {
         Ok(arg_types.to_vec())
     }
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        if arg_types.len() != 1 || !is_model_type(&arg_types[0]) {
+        if arg_types.len() != 1
+            || !(is_model_type(&arg_types[0]) || is_model_name_type(&arg_types[0]))
+        {
             return plan_err!(
                 "anomaly_model_info takes one argument, a model (the BINARY result of fit_detector)"
             );

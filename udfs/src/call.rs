@@ -27,6 +27,14 @@ pub fn is_model_type(dt: &DataType) -> bool {
     }
 }
 
+/// A string type: a model argument that names a model ([`crate::model_names`]).
+pub fn is_model_name_type(dt: &DataType) -> bool {
+    matches!(
+        dt,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    )
+}
+
 /// Coerces feature types: numeric types pass through (the detectors read every numeric type
 /// natively), decimals become Float64, anything else is a planning error naming the argument.
 pub fn coerce_feature(function: &str, position: usize, dt: &DataType) -> Result<DataType> {
@@ -110,9 +118,10 @@ pub fn coerce_model_args(function: &str, arg_types: &[DataType]) -> Result<Vec<D
             arg_types.len()
         );
     }
-    if !is_model_type(&arg_types[0]) {
+    if !is_model_type(&arg_types[0]) && !is_model_name_type(&arg_types[0]) {
         return plan_err!(
-            "{function}: argument 1 must be a model (the BINARY result of fit_detector), got type {}",
+            "{function}: argument 1 must be a model (the BINARY result of fit_detector) or a \
+             model's name (a string literal), got type {}",
             arg_types[0]
         );
     }

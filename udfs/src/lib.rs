@@ -48,6 +48,7 @@ pub mod fit_score_plan;
 mod fitted_models;
 pub mod is_anomaly;
 pub mod model_column;
+pub mod model_names;
 pub mod rewrite;
 pub mod synthetic_rows;
 pub mod window_score;
@@ -137,6 +138,7 @@ pub fn register_all(ctx: &SessionContext) -> datafusion::common::Result<()> {
         .any(|r| r.name() == "nomaly_detect_anomalies");
     if !has_rule {
         ctx.add_analyzer_rule(analyzer_rule());
+        ctx.add_analyzer_rule(Arc::new(model_names::ResolveModelNames));
         ctx.state_ref()
             .write()
             .register_expr_planner(expr_planner())?;
@@ -188,5 +190,7 @@ pub fn with_nomaly(mut builder: SessionStateBuilder) -> SessionStateBuilder {
         .expr_planners()
         .get_or_insert_with(Vec::new)
         .insert(0, expr_planner());
-    builder.with_analyzer_rule(analyzer_rule())
+    builder
+        .with_analyzer_rule(analyzer_rule())
+        .with_analyzer_rule(Arc::new(model_names::ResolveModelNames))
 }

@@ -172,6 +172,11 @@ fn scalar_bytes(s: &ScalarValue) -> Result<Option<&[u8]>> {
         }
         ScalarValue::Dictionary(_, inner) => return scalar_bytes(inner),
         ScalarValue::Null => None,
+        other if crate::call::is_model_name_type(&other.data_type()) => {
+            return exec_err!(
+                "model name {other} was not resolved: names are resolved from a model catalog                  while the query is planned (nomaly sql --models)"
+            );
+        }
         other => {
             return exec_err!(
                 "model argument has type {}, expected BINARY",
@@ -195,6 +200,11 @@ pub fn resolve_models(arg: &ColumnarValue, cache: &ModelCache) -> Result<Resolve
         }
         ColumnarValue::Array(a) => a,
     };
+    if crate::call::is_model_name_type(array.data_type()) {
+        return exec_err!(
+            "the model argument is a string column; a model is named by a string literal              ('fraud', 'fraud@2'), or given as the BINARY result of fit_detector(...)"
+        );
+    }
     let n = array.len();
     // Dictionary: decode each referenced value once.
     if let DataType::Dictionary(_, _) = array.data_type() {

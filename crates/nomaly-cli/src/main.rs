@@ -12,6 +12,7 @@ mod runs_cmd;
 mod serve_args;
 mod serve_cmd;
 mod sql_cmd;
+mod sql_models;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
@@ -25,7 +26,7 @@ use std::process::ExitCode;
 Detectors are SQL functions: detect_anomalies('iforest', amount, latency_ms) scores every row;\n\
 fit_detector(...) / anomaly_score(model, ...) fit once and score many.\n\
 Algorithms: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest, pca, mahalanobis, mcd, knn, \
-lof, loda.",
+lof, loda, eif.",
     after_help = "Examples:\n  nomaly sql -f examples/quickstart.sql\n  nomaly run examples/pipelines/minimal.toml\n  nomaly sql --table tx=data/tx.parquet -e \"SELECT id, detect_anomalies('ecod', amount) AS a FROM tx\"\n  nomaly scheduler & nomaly executor & nomaly sql --engine ballista://127.0.0.1:50050 -f examples/quickstart.sql\n  nomaly serve & nomaly submit examples/pipelines/minimal.toml --follow\n\n\
 Exit codes: 0 success, 1 runtime failure, 2 invalid input (SQL, options, files, pipeline), 3 a pipeline [[validate]] check failed, 130 a pipeline run cancelled by Ctrl-C."
 )]

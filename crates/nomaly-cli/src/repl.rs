@@ -2,7 +2,7 @@
 //! statement ends with `;` (outside strings and comments), so statements span lines; history is
 //! kept across sessions; an error is printed and the prompt comes back.
 
-use crate::sql_cmd::{SqlArgs, parse_statements, run_statement};
+use crate::sql_cmd::SqlArgs;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
@@ -116,8 +116,7 @@ pub async fn run(ctx: &SessionContext, args: &SqlArgs) -> Result<(), EngineError
 }
 
 async fn run_text(ctx: &SessionContext, text: &str, args: &SqlArgs) -> Result<(), EngineError> {
-    for statement in parse_statements(text, "input")? {
-        run_statement(ctx, statement, false, args).await?;
-    }
-    Ok(())
+    crate::sql_models::Script::parse(text, "input")?
+        .run(ctx, args, false)
+        .await
 }

@@ -52,7 +52,7 @@ pub(crate) struct SqlArgs {
 
     /// How to print results on stdout
     #[arg(long, default_value = "table", value_parser = clap::value_parser!(OutputFormat))]
-    format: OutputFormat,
+    pub(crate) format: OutputFormat,
 
     /// Write the last query's result to this file instead of stdout (.parquet, .csv, .json/.ndjson,
     /// .arrow); written to a temporary name and renamed, so a failed run leaves no partial file
@@ -71,6 +71,12 @@ pub(crate) struct SqlArgs {
     /// File of ;-separated SQL statements to run
     #[arg(short = 'f', long = "file", value_name = "FILE.sql")]
     file: Option<PathBuf>,
+
+    /// The directory of the pipeline files whose model registry (DIR/.nomaly-state/models) this
+    /// session uses: CREATE MODEL, DROP MODEL and SHOW MODELS act on it, and a model's name in
+    /// anomaly_score('fraud', ...) or 'fraud@2' reads it. CREATE MODEL writes there
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub(crate) models_dir: PathBuf,
 
     /// Never draw the progress bar (drawn on a terminal for statements running over a second:
     /// rows read of the total, rows/s, ETA, memory)
@@ -116,18 +122,14 @@ async fn run_inner(args: SqlArgs) -> Result<(), EngineError> {
     if let Some(out) = &args.output {
         crate::output::check_output_path(out)?;
     }
-    let statements = parse_statements(&sql, &source)?;
-    if statements.is_empty() {
+    let script = crate::sql_models::Script::parse(&sql, &source)?;
+    if script.is_empty() {
         return Err(EngineError::DataFusion(DataFusionError::Plan(format!(
             "{source}: no SQL statement found"
         ))));
     }
     let ctx = session(&args, memory_limit).await?;
-    let last = statements.len() - 1;
-    for (i, statement) in statements.into_iter().enumerate() {
-        run_statement(&ctx, statement, i == last, &args).await?;
-    }
-    Ok(())
+    script.run(&ctx, &args, true).await
 }
 
 fn memory_limit(args: &SqlArgs) -> Result<Option<usize>, EngineError> {
@@ -179,6 +181,7 @@ async fn session(
         eprintln!("warning: {warning}");
     }
     let ctx = build_context(&config).await?;
+    crate::sql_models::open_catalog(&ctx, args);
     for (name, path) in &tables {
         register_table(&ctx, name, path).await?;
     }

@@ -190,9 +190,9 @@ fn bad_input_exits_2_with_a_clear_message() {
                 "--table",
                 TX,
                 "-e",
-                "SELECT detect_anomalies('lof', amount) FROM tx",
+                "SELECT detect_anomalies('abod', amount) FROM tx",
             ],
-            "unknown algorithm 'lof'; valid algorithms are",
+            "unknown algorithm 'abod'; valid algorithms are",
         ),
         (
             vec!["sql", "--table", TX, "-e", "SELEC 1"],

@@ -57,7 +57,8 @@ impl FeatureStats {
             | Algorithm::Mcd
             | Algorithm::Knn
             | Algorithm::Lof
-            | Algorithm::Loda => (false, false, false),
+            | Algorithm::Loda
+            | Algorithm::Eif => (false, false, false),
             // The squares are the diagonal of the fit's cross products.
             Algorithm::Pca | Algorithm::Mahalanobis => (true, false, false),
         };
@@ -169,6 +170,20 @@ impl FitState {
         let f = Features::from_arrays(columns)?;
         if self.params.algorithm.uses_covariance() {
             self.check_covariance(&f)?;
+        }
+        if let Some(level) = self
+            .params
+            .extension_level
+            .filter(|&e| e >= self.n_features)
+        {
+            return Err(DetectorError::InvalidOption {
+                name: "extension_level".into(),
+                value: level.to_string(),
+                expected: format!(
+                    "at most the number of features minus one ({})",
+                    self.n_features - 1
+                ),
+            });
         }
         self.update_features(&f);
         Ok(())
@@ -383,9 +398,12 @@ impl FitState {
     /// numbers per feature (bins and edges, counted by their sketches).
     pub fn model_bytes_estimate(&self) -> usize {
         let p = &self.params;
-        if p.algorithm != Algorithm::IsolationForest {
-            return 0;
-        }
+        // eif's nodes also keep their normals: up to one weight and feature per feature.
+        let node_bytes = match p.algorithm {
+            Algorithm::IsolationForest => 24,
+            Algorithm::Eif => 16 + 12 * self.n_features,
+            _ => return 0,
+        };
         let psi = p.sample_size.min(self.sample.len()).max(1);
         let depth = p
             .max_depth
@@ -396,7 +414,7 @@ impl FitState {
             (1usize << (depth + 1)) - 1
         };
         let nodes = (2 * psi - 1).min(by_depth);
-        p.n_trees.saturating_mul(nodes).saturating_mul(24)
+        p.n_trees.saturating_mul(nodes).saturating_mul(node_bytes)
     }
 
     fn state_bytes(&self) -> usize {

@@ -32,6 +32,7 @@ pub enum ModelBody {
     Knn(crate::algorithms::knn::KnnModel),
     Lof(crate::algorithms::lof::LofModel),
     Loda(crate::algorithms::loda::LodaModel),
+    Eif(crate::algorithms::eif::EifModel),
 }
 
 /// A fitted detector: immutable, small, and the same bits on every engine for the same data.
@@ -80,6 +81,13 @@ impl Model {
                 state.n_features,
                 p.n_bins,
                 p.n_random_cuts,
+                p.seed,
+            )),
+            Algorithm::Eif => ModelBody::Eif(crate::algorithms::eif::EifModel::fit(
+                sample,
+                state.n_features,
+                (p.n_trees, p.sample_size, p.max_depth),
+                p.extension_level,
                 p.seed,
             )),
             Algorithm::Mcd => ModelBody::Mahalanobis(crate::algorithms::mcd::fit(
@@ -153,7 +161,7 @@ impl Model {
     }
 
     /// The per-feature parts of the scores of the detectors that score a row whole (pca,
-    /// mahalanobis and mcd, knn, lof, loda), which sum to the score; none for the others.
+    /// mahalanobis and mcd, knn, lof, loda, eif), which sum to the score; none for the others.
     fn distance_parts(&self, cols: &[&[f64]], len: usize) -> Vec<Vec<f64>> {
         match &self.body {
             ModelBody::Pca(m) => m.explain(cols, len),
@@ -161,6 +169,7 @@ impl Model {
             ModelBody::Knn(m) => m.score_rows(cols, len, true).1,
             ModelBody::Lof(m) => m.score_rows(cols, len, true).1,
             ModelBody::Loda(m) => m.score_rows(cols, len, true).1,
+            ModelBody::Eif(m) => m.score_rows(cols, len, true).1,
             _ => vec![],
         }
     }
@@ -174,6 +183,7 @@ impl Model {
             ModelBody::Knn(m) => return m.score_rows(cols, len, false).0,
             ModelBody::Lof(m) => return m.score_rows(cols, len, false).0,
             ModelBody::Loda(m) => return m.score_rows(cols, len, false).0,
+            ModelBody::Eif(m) => return m.score_rows(cols, len, false).0,
             _ => {}
         }
         let mut acc = vec![0.0f64; len];
@@ -205,7 +215,8 @@ impl Model {
             | ModelBody::Mahalanobis(_)
             | ModelBody::Knn(_)
             | ModelBody::Lof(_)
-            | ModelBody::Loda(_) => {
+            | ModelBody::Loda(_)
+            | ModelBody::Eif(_) => {
                 unreachable!("scored whole")
             }
         }
@@ -271,7 +282,8 @@ impl Model {
             | ModelBody::Mahalanobis(_)
             | ModelBody::Knn(_)
             | ModelBody::Lof(_)
-            | ModelBody::Loda(_) => {
+            | ModelBody::Loda(_)
+            | ModelBody::Eif(_) => {
                 let cols: Vec<&[f64]> = f.columns.iter().map(|c| c.as_ref()).collect();
                 for part in self.distance_parts(&cols, f.len) {
                     out.push(

@@ -41,10 +41,12 @@ pub enum Algorithm {
     Lof,
     /// Histograms of sparse random projections (PyOD `LODA`).
     Loda,
+    /// Extended isolation forest: random hyperplane splits (Hariri et al., the `eif` package).
+    Eif,
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 13] = [
+    pub const ALL: [Algorithm; 14] = [
         Algorithm::ZScore,
         Algorithm::RobustZScore,
         Algorithm::Iqr,
@@ -58,6 +60,7 @@ impl Algorithm {
         Algorithm::Knn,
         Algorithm::Lof,
         Algorithm::Loda,
+        Algorithm::Eif,
     ];
 
     pub fn name(self) -> &'static str {
@@ -75,6 +78,7 @@ impl Algorithm {
             Algorithm::Knn => "knn",
             Algorithm::Lof => "lof",
             Algorithm::Loda => "loda",
+            Algorithm::Eif => "eif",
         }
     }
 
@@ -148,6 +152,7 @@ impl Algorithm {
             Algorithm::Knn => &["n_neighbors", "method"],
             Algorithm::Lof => &["n_neighbors"],
             Algorithm::Loda => &["n_bins", "n_random_cuts"],
+            Algorithm::Eif => &["n_trees", "sample_size", "max_depth", "extension_level"],
             Algorithm::Pca => &[
                 "n_components",
                 "n_selected_components",
@@ -223,6 +228,9 @@ pub struct DetectorParams {
     pub knn_method: KnnMethod,
     /// loda: how many random projections.
     pub n_random_cuts: usize,
+    /// eif: non-zero components of each split's normal, minus one (`None` = all features: the
+    /// fully extended forest; 0 = splits along one feature).
+    pub extension_level: Option<usize>,
 }
 
 impl DetectorParams {
@@ -249,6 +257,7 @@ impl DetectorParams {
             n_neighbors: if algorithm == Algorithm::Lof { 20 } else { 5 },
             knn_method: KnnMethod::Largest,
             n_random_cuts: 100,
+            extension_level: None,
         }
     }
 
@@ -345,6 +354,9 @@ impl DetectorParams {
                     Some(int(1, MAX_COVARIANCE_FEATURES, "an integer in [1, 256]")?)
             }
             "n_neighbors" => self.n_neighbors = int(1, MAX_NEIGHBOURS, "an integer in [1, 1000]")?,
+            "extension_level" => {
+                self.extension_level = Some(int(0, 4095, "an integer in [0, 4095]")?)
+            }
             "n_random_cuts" => {
                 self.n_random_cuts = int(1, MAX_RANDOM_CUTS, "an integer in [1, 10000]")?
             }
@@ -376,7 +388,9 @@ impl DetectorParams {
     /// Size of the row sample the fit keeps.
     pub fn effective_sample_rows(&self) -> usize {
         match self.algorithm {
-            Algorithm::IsolationForest => self.sample_rows.max(self.n_trees * self.sample_size),
+            Algorithm::IsolationForest | Algorithm::Eif => {
+                self.sample_rows.max(self.n_trees * self.sample_size)
+            }
             _ => self.sample_rows,
         }
     }
@@ -420,6 +434,16 @@ impl DetectorParams {
                 parts.push(format!("method={:?}", self.knn_method).to_ascii_lowercase());
             }
             Algorithm::Lof => parts.push(format!("n_neighbors={}", self.n_neighbors)),
+            Algorithm::Eif => {
+                parts.push(format!("n_trees={}", self.n_trees));
+                parts.push(format!("sample_size={}", self.sample_size));
+                if let Some(d) = self.max_depth {
+                    parts.push(format!("max_depth={d}"));
+                }
+                if let Some(e) = self.extension_level {
+                    parts.push(format!("extension_level={e}"));
+                }
+            }
             Algorithm::Loda => {
                 parts.push(format!("n_bins={}", self.n_bins));
                 parts.push(format!("n_random_cuts={}", self.n_random_cuts));
@@ -455,7 +479,7 @@ mod tests {
         let e = DetectorParams::parse(Algorithm::Ecod, "n_trees=5").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unknown option 'n_trees' for algorithm 'ecod' ('n_trees' is an option of iforest); valid options are: contamination, threshold, seed, sample_rows"
+            "unknown option 'n_trees' for algorithm 'ecod' ('n_trees' is an option of iforest, eif); valid options are: contamination, threshold, seed, sample_rows"
         );
         let e = DetectorParams::parse(Algorithm::IsolationForest, "ntrees=5").unwrap_err();
         assert_eq!(
@@ -478,11 +502,11 @@ mod tests {
         ));
         assert_eq!(
             Algorithm::parse("nope").unwrap_err().to_string(),
-            "unknown algorithm 'nope'; valid algorithms are: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest, pca, mahalanobis, mcd, knn, lof, loda"
+            "unknown algorithm 'nope'; valid algorithms are: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest, pca, mahalanobis, mcd, knn, lof, loda, eif"
         );
         assert_eq!(
             Algorithm::parse("IsolationForest").unwrap_err().to_string(),
-            "unknown algorithm 'IsolationForest' (did you mean 'isolation_forest'?); valid algorithms are: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest, pca, mahalanobis, mcd, knn, lof, loda"
+            "unknown algorithm 'IsolationForest' (did you mean 'isolation_forest'?); valid algorithms are: zscore, robust_zscore, iqr, hbos, ecod, copod, iforest, pca, mahalanobis, mcd, knn, lof, loda, eif"
         );
         for (name, alg) in Algorithm::names() {
             assert_eq!(Algorithm::parse(&name.to_uppercase()).unwrap(), alg);

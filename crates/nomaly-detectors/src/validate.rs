@@ -48,6 +48,7 @@ pub fn check_model(model: &Model) -> Checked {
             | (Algorithm::Knn, ModelBody::Knn(_))
             | (Algorithm::Lof, ModelBody::Lof(_))
             | (Algorithm::Loda, ModelBody::Loda(_))
+            | (Algorithm::Eif, ModelBody::Eif(_))
     );
     if !body_fits {
         return Err(format!(
@@ -64,6 +65,7 @@ pub fn check_model(model: &Model) -> Checked {
         ModelBody::Knn(m) => m.validate(width),
         ModelBody::Lof(m) => m.validate(width),
         ModelBody::Loda(m) => m.validate(width),
+        ModelBody::Eif(m) => m.validate(width),
         ModelBody::Mahalanobis(m) => {
             per_feature("location values", m.location.len(), width)?;
             if m.precision.len() != width * width {

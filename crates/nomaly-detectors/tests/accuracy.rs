@@ -111,9 +111,11 @@ fn agrees_with_reference_implementations() {
             let ours = nomaly_scores(alg, &columns, 42);
             let (mut auc_ref, mut auc_ours) =
                 (roc_auc(&reference, &labels), roc_auc(&ours, &labels));
-            if alg == Algorithm::IsolationForest {
+            if matches!(alg, Algorithm::IsolationForest | Algorithm::Eif) {
                 // Random forests: compare the mean AUC over 10 seeds on both sides.
-                auc_ref = f["iforest_auc_mean_10_seeds"].as_f64().unwrap();
+                auc_ref = f[format!("{}_auc_mean_10_seeds", alg.name())]
+                    .as_f64()
+                    .unwrap();
                 auc_ours = (0..10)
                     .map(|s| roc_auc(&nomaly_scores(alg, &columns, s), &labels))
                     .sum::<f64>()
@@ -154,7 +156,7 @@ fn agrees_with_reference_implementations() {
                     ));
                 }
             }
-            if alg != Algorithm::IsolationForest && rho < 0.99 {
+            if !matches!(alg, Algorithm::IsolationForest | Algorithm::Eif) && rho < 0.99 {
                 failures.push(format!("{name}/{alg}: Spearman {rho:.5} < 0.99"));
             }
         }

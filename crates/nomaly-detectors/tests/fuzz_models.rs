@@ -32,7 +32,10 @@ fn seeds() -> Vec<Vec<u8>> {
             let Ok(params) = DetectorParams::parse(alg, options) else {
                 continue;
             };
-            if alg == Algorithm::IsolationForest && options.is_empty() && rows > 1 {
+            if matches!(alg, Algorithm::IsolationForest | Algorithm::Eif)
+                && options.is_empty()
+                && rows > 1
+            {
                 continue; // 100 trees of 256 rows: large, and the small forests cover the shape
             }
             let mut fit = FitState::new(params, width);

@@ -18,6 +18,7 @@ mod fuzz_tests;
 #[cfg(feature = "hdf5")]
 pub mod hdf5_source;
 pub mod incremental;
+pub mod model_statements;
 pub mod models;
 pub mod notify;
 pub mod output_lock;

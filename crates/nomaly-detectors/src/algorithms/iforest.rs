@@ -19,6 +19,7 @@ use std::sync::{Mutex, OnceLock};
 mod grow;
 mod heap;
 mod rank_walk;
+pub(crate) use grow::tree_rows;
 use grow::{RowMajor, build};
 use heap::{HeapTree, for_each_block};
 use rank_walk::RankForest;
@@ -343,6 +344,16 @@ fn calibration_rows(trees: &[FlatTree], width: usize, rows: usize) -> Vec<Vec<f6
         .collect()
 }
 
+/// `2^(-mean path length / c(ψ))` from path lengths summed over `n_trees` trees (see
+/// [`IsolationForestModel`]'s scoring for why `libm`'s `exp2`).
+pub(crate) fn scores_from_path_sums(sums: Vec<f64>, n_trees: usize, normaliser: f64) -> Vec<f64> {
+    let n_trees = n_trees.max(1) as f64;
+    let c = if normaliser > 0.0 { normaliser } else { 1.0 };
+    sums.into_iter()
+        .map(|d| libm::exp2(-(d / n_trees) / c))
+        .collect()
+}
+
 impl PartialEq for IsolationForestModel {
     fn eq(&self, other: &Self) -> bool {
         self.trees == other.trees
@@ -384,24 +395,13 @@ impl IsolationForestModel {
         let mut nodes: Vec<Node> = Vec::with_capacity(2 * psi);
         for t in 0..p.n_trees {
             let mut rng = DeterministicRng::new(mix64(p.seed ^ mix64(t as u64 + 1)));
-            // The tree's rows, copied row-major into one buffer: the splits scan them many times.
-            data.clear();
-            if pool.len() >= p.n_trees * psi {
-                pool[t * psi..(t + 1) * psi]
-                    .iter()
-                    .for_each(|r| data.extend_from_slice(r));
-            } else {
-                // partial Fisher–Yates over the pool
-                shuffled.clear();
-                shuffled.extend(0..pool.len());
-                for i in 0..psi.min(shuffled.len()) {
-                    let j = i + rng.next_below(shuffled.len() - i);
-                    shuffled.swap(i, j);
-                }
-                shuffled[..psi.min(pool.len())]
-                    .iter()
-                    .for_each(|&i| data.extend_from_slice(pool[i]));
-            }
+            tree_rows(
+                &pool,
+                (t, p.n_trees, psi),
+                &mut rng,
+                &mut shuffled,
+                &mut data,
+            );
             nodes.clear();
             let n = data.len() / width.max(1);
             if n == 0 {
@@ -475,16 +475,7 @@ impl IsolationForestModel {
     /// too. `exp2`, not `libm::pow(2, y)`: 8 ns a call against 61 (glibc's `pow`: 4), which at
     /// 10M rows was a tenth of a second per core.
     fn scores_from_depth_sums(&self, depth_sum: Vec<f64>) -> Vec<f64> {
-        let n_trees = self.trees.len().max(1) as f64;
-        let c = if self.normaliser > 0.0 {
-            self.normaliser
-        } else {
-            1.0
-        };
-        depth_sum
-            .into_iter()
-            .map(|d| libm::exp2(-(d / n_trees) / c))
-            .collect()
+        scores_from_path_sums(depth_sum, self.trees.len(), self.normaliser)
     }
 
     /// Splits on each feature along a row's paths, summed over trees (path-length attribution).

@@ -4,6 +4,7 @@
 pub mod chi2;
 pub mod covariance;
 pub mod ecdf;
+pub mod eif;
 pub mod eigen;
 pub mod hbos;
 pub mod iforest;

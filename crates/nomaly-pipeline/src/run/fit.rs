@@ -96,11 +96,12 @@ pub(crate) async fn fit_models(
 /// counts the forest the state will grow: `FitState::size_bytes`).
 fn with_forest_hint(d: &Detect, e: DataFusionError) -> DataFusionError {
     let exhausted = matches!(e.find_root(), DataFusionError::ResourcesExhausted(_));
-    if exhausted && d.algorithm == Algorithm::IsolationForest {
+    if exhausted && matches!(d.algorithm, Algorithm::IsolationForest | Algorithm::Eif) {
         DataFusionError::ResourcesExhausted(format!(
-            "{}; iforest's trees count against the budget: lower n_trees or sample_size (the \
+            "{}; {}'s trees count against the budget: lower n_trees or sample_size (the \
              trees take n_trees × 2·sample_size nodes), or raise the memory limit",
-            e.find_root()
+            e.find_root(),
+            d.algorithm
         ))
     } else {
         e

@@ -26,6 +26,7 @@ mod fit_states;
 mod handle;
 mod inspect;
 mod model_use;
+pub(crate) use model_use::distribution_of;
 mod new_run_dir;
 mod preflight;
 mod publish;

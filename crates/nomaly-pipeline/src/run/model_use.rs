@@ -163,6 +163,16 @@ async fn score_distribution(
     let scored = score_frame(ctx, d, input)
         .await
         .map_err(|e| classify(place(), e))?;
+    distribution_of(ctx, scored, place).await
+}
+
+/// The deciles of `scored`'s `anomaly_score` column, and the share of scores in each bin they
+/// make (what a registered model keeps so runs that use it can measure drift).
+pub(crate) async fn distribution_of(
+    ctx: &SessionContext,
+    scored: datafusion::dataframe::DataFrame,
+    place: impl Fn() -> String + Copy,
+) -> Result<(Vec<f64>, Vec<f64>)> {
     ctx.register_table("__nomaly_train_scores", scored.into_view())
         .map_err(|e| classify(place(), e))?;
     let quantiles: Vec<String> = QUANTILES

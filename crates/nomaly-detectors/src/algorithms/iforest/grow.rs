@@ -118,6 +118,34 @@ pub(super) fn build(
     me
 }
 
+/// Tree `t`'s rows of the `n_trees` (ψ each), copied row-major into `data` (the splits scan them
+/// many times): rows [tψ, (t+1)ψ) of the pool when it holds `n_trees · ψ`, else ψ drawn from the
+/// whole pool by a partial Fisher–Yates shuffle with `rng`.
+pub(crate) fn tree_rows(
+    pool: &[&[f64]],
+    (t, n_trees, psi): (usize, usize, usize),
+    rng: &mut DeterministicRng,
+    shuffled: &mut Vec<usize>,
+    data: &mut Vec<f64>,
+) {
+    data.clear();
+    if pool.len() >= n_trees * psi {
+        pool[t * psi..(t + 1) * psi]
+            .iter()
+            .for_each(|r| data.extend_from_slice(r));
+    } else {
+        shuffled.clear();
+        shuffled.extend(0..pool.len());
+        for i in 0..psi.min(shuffled.len()) {
+            let j = i + rng.next_below(shuffled.len() - i);
+            shuffled.swap(i, j);
+        }
+        shuffled[..psi.min(pool.len())]
+            .iter()
+            .for_each(|&i| data.extend_from_slice(pool[i]));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
