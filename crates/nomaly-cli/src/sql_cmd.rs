@@ -57,7 +57,7 @@ pub(crate) struct SqlArgs {
     /// Write the last query's result to this file instead of stdout (.parquet, .csv, .json/.ndjson,
     /// .arrow); written to a temporary name and renamed, so a failed run leaves no partial file
     #[arg(long, short = 'o', value_name = "FILE")]
-    output: Option<PathBuf>,
+    pub(crate) output: Option<PathBuf>,
 
     /// SQL to run [default: statements from stdin, or an interactive prompt on a terminal]
     #[arg(

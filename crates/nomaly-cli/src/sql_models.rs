@@ -64,7 +64,7 @@ impl Script {
         args: &SqlArgs,
         output_last: bool,
     ) -> Result<(), EngineError> {
-        if output_last && matches!(self.0.last(), Some(Step::Model(_))) {
+        if output_last && args.output.is_some() && matches!(self.0.last(), Some(Step::Model(_))) {
             return Err(EngineError::DataFusion(DataFusionError::Plan(
                 "--output writes the last statement's rows, and the last statement here is a \
                  model statement; end the script with the query to write"

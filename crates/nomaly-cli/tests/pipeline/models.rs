@@ -170,3 +170,74 @@ fn mismatches_are_refused(dir: &Path) {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stderr(&o).contains("removed 1 version(s) of fraud"));
 }
+
+/// One catalog for SQL and pipelines: a model made by `CREATE MODEL` scores a pipeline's day, one
+/// a pipeline trained scores in SQL by name, and a script that does not parse registers nothing.
+#[test]
+fn create_model_in_sql_serves_pipelines_and_pipeline_models_serve_sql() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let train = training_pipeline(dir);
+    let table = format!("tx={}", dir.join("data/tx.parquet").display());
+    let sql = |script: &str| {
+        nomaly(&[
+            "sql",
+            "--models-dir",
+            dir.to_str().unwrap(),
+            "--table",
+            &table,
+            "--format",
+            "csv",
+            "-e",
+            script,
+        ])
+    };
+    let o = sql("CREATE MODEL fraud USING zscore AS \
+                 SELECT amount FROM tx WHERE ts < TIMESTAMP '2026-01-31'");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("fraud,1,zscore,6000,"),
+        "{}",
+        stdout(&o)
+    );
+
+    // The pipeline scores day 31 with it: no fit, and the training deciles give a drift figure.
+    let score = pipeline(dir, "score", "model = \"fraud\"", "");
+    let o = nomaly_env(&["run", &score, "--date", "2026-01-31", "--json"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let r = report(&o);
+    assert_eq!(r["model"]["source"], "registry");
+    assert_eq!(r["model"]["version"], 1);
+    assert_eq!(r["input_rows"], 200);
+    assert!(
+        r["model"]["drift_psi"].as_f64().unwrap() < 0.2,
+        "{}",
+        r["model"]
+    );
+
+    // A pipeline's training run registers v2; SQL scores with it by name and lists both.
+    let o = nomaly_env(&["run", &train, "--date", "2026-01-31", "--json"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = sql(
+        "SELECT count(*) FILTER (WHERE anomaly_score('fraud@2', amount) = \
+                 anomaly_score('fraud@1', amount)) AS same FROM tx; SHOW MODELS",
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("same\n6400\n"),
+        "same 30 days, same model: {out}"
+    );
+    assert!(out.contains("fraud,1,zscore,,amount,,6000,"), "{out}");
+    assert!(out.contains("fraud,2,zscore,,amount,,6000,"), "{out}");
+
+    // Nothing runs when a later statement does not parse.
+    let o = sql("CREATE MODEL other USING zscore AS SELECT amount FROM tx; SELEC 1");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cannot parse SQL"), "{}", stderr(&o));
+    let o = sql("SHOW MODELS");
+    assert!(!stdout(&o).contains("other"), "{}", stdout(&o));
+    let o = sql("DROP MODEL other");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no model 'other'"), "{}", stderr(&o));
+}
