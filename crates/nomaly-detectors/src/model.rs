@@ -1,5 +1,6 @@
 //! The frozen, versioned, serialisable model and its vectorised scoring.
 
+use crate::algorithms::WholeRowScorer;
 use crate::algorithms::ecdf::{EcdfModel, EcdfVariant};
 use crate::algorithms::hbos::HbosModel;
 use crate::algorithms::iforest::IsolationForestModel;
@@ -166,11 +167,21 @@ impl Model {
         match &self.body {
             ModelBody::Pca(m) => m.explain(cols, len),
             ModelBody::Mahalanobis(m) => m.explain(cols, len),
-            ModelBody::Knn(m) => m.score_rows(cols, len, true).1,
-            ModelBody::Lof(m) => m.score_rows(cols, len, true).1,
-            ModelBody::Loda(m) => m.score_rows(cols, len, true).1,
-            ModelBody::Eif(m) => m.score_rows(cols, len, true).1,
-            _ => vec![],
+            _ => self
+                .whole_row_scorer()
+                .map(|s| s.score_rows(cols, len, true).1)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The body of a detector that scores a row whole, as such.
+    fn whole_row_scorer(&self) -> Option<&dyn WholeRowScorer> {
+        match &self.body {
+            ModelBody::Knn(m) => Some(m),
+            ModelBody::Lof(m) => Some(m),
+            ModelBody::Loda(m) => Some(m),
+            ModelBody::Eif(m) => Some(m),
+            _ => None,
         }
     }
 
@@ -180,11 +191,10 @@ impl Model {
             ModelBody::IsolationForest(m) => return m.score(cols, len),
             ModelBody::Pca(m) => return m.score(cols, len),
             ModelBody::Mahalanobis(m) => return m.score(cols, len),
-            ModelBody::Knn(m) => return m.score_rows(cols, len, false).0,
-            ModelBody::Lof(m) => return m.score_rows(cols, len, false).0,
-            ModelBody::Loda(m) => return m.score_rows(cols, len, false).0,
-            ModelBody::Eif(m) => return m.score_rows(cols, len, false).0,
             _ => {}
+        }
+        if let Some(s) = self.whole_row_scorer() {
+            return s.score_rows(cols, len, false).0;
         }
         let mut acc = vec![0.0f64; len];
         let mut term = vec![0.0f64; len];

@@ -11,6 +11,7 @@
 //! additions and multiplications only: the same bits on every CPU.
 
 use super::iforest::{average_path_length, scores_from_path_sums, tree_rows};
+use super::{WholeRowScorer, part_columns};
 use crate::hashing::{DeterministicRng, mix64};
 use crate::sample::RowSample;
 use serde::{Deserialize, Serialize};
@@ -130,71 +131,6 @@ impl EifModel {
             }
         }
         Ok(())
-    }
-
-    /// Scores and, when `parts`, each feature's part of them: the score split over the features
-    /// in proportion to their weights' magnitudes in the normals along the row's paths.
-    pub fn score_rows(
-        &self,
-        cols: &[&[f64]],
-        len: usize,
-        parts: bool,
-    ) -> (Vec<f64>, Vec<Vec<f64>>) {
-        let k = self.components;
-        let mut sums = vec![0.0; len];
-        if !parts {
-            for tree in &self.trees {
-                add_path_lengths(tree, k, cols, len, &mut sums);
-            }
-            return (
-                scores_from_path_sums(sums, self.trees.len(), self.normaliser),
-                vec![],
-            );
-        }
-        let mut pulls = if parts {
-            vec![vec![0.0; len]; self.d]
-        } else {
-            vec![]
-        };
-        for tree in &self.trees {
-            for (r, sum) in sums.iter_mut().enumerate() {
-                let mut at = 0usize;
-                loop {
-                    let node = tree.nodes[at];
-                    if node.child as usize == at {
-                        *sum += node.value;
-                        break;
-                    }
-                    let c = node.coef as usize;
-                    let (fs, ws) = (&tree.features[c..c + k], &tree.weights[c..c + k]);
-                    let dot = fs
-                        .iter()
-                        .zip(ws)
-                        .fold(0.0, |acc, (&j, &w)| acc + w * cols[j as usize][r]);
-                    if parts {
-                        let total: f64 = ws.iter().map(|w| w.abs()).sum();
-                        for (&j, w) in fs.iter().zip(ws) {
-                            pulls[j as usize][r] += w.abs() / total;
-                        }
-                    }
-                    at = node.child as usize + usize::from(dot >= node.value);
-                }
-            }
-        }
-        let scores = scores_from_path_sums(sums, self.trees.len(), self.normaliser);
-        if parts {
-            for r in 0..len {
-                let total: f64 = pulls.iter().map(|p| p[r]).sum();
-                for p in pulls.iter_mut() {
-                    p[r] = if total > 0.0 {
-                        scores[r] * p[r] / total
-                    } else {
-                        scores[r] / self.d as f64
-                    };
-                }
-            }
-        }
-        (scores, pulls)
     }
 }
 
@@ -339,6 +275,64 @@ fn leaf(depth: usize, rows: usize) -> EifNode {
         child: 0,
         coef: 0,
         value: depth as f64 + average_path_length(rows as f64),
+    }
+}
+
+impl WholeRowScorer for EifModel {
+    /// Scores and, when `parts`, each feature's part of them: the score split over the features
+    /// in proportion to their weights' magnitudes in the normals along the row's paths.
+    fn score_rows(&self, cols: &[&[f64]], len: usize, parts: bool) -> (Vec<f64>, Vec<Vec<f64>>) {
+        let k = self.components;
+        let mut sums = vec![0.0; len];
+        if !parts {
+            for tree in &self.trees {
+                add_path_lengths(tree, k, cols, len, &mut sums);
+            }
+            return (
+                scores_from_path_sums(sums, self.trees.len(), self.normaliser),
+                vec![],
+            );
+        }
+        let mut pulls = part_columns(parts, self.d, len);
+        for tree in &self.trees {
+            for (r, sum) in sums.iter_mut().enumerate() {
+                let mut at = 0usize;
+                loop {
+                    let node = tree.nodes[at];
+                    if node.child as usize == at {
+                        *sum += node.value;
+                        break;
+                    }
+                    let c = node.coef as usize;
+                    let (fs, ws) = (&tree.features[c..c + k], &tree.weights[c..c + k]);
+                    let dot = fs
+                        .iter()
+                        .zip(ws)
+                        .fold(0.0, |acc, (&j, &w)| acc + w * cols[j as usize][r]);
+                    if parts {
+                        let total: f64 = ws.iter().map(|w| w.abs()).sum();
+                        for (&j, w) in fs.iter().zip(ws) {
+                            pulls[j as usize][r] += w.abs() / total;
+                        }
+                    }
+                    at = node.child as usize + usize::from(dot >= node.value);
+                }
+            }
+        }
+        let scores = scores_from_path_sums(sums, self.trees.len(), self.normaliser);
+        if parts {
+            for r in 0..len {
+                let total: f64 = pulls.iter().map(|p| p[r]).sum();
+                for p in pulls.iter_mut() {
+                    p[r] = if total > 0.0 {
+                        scores[r] * p[r] / total
+                    } else {
+                        scores[r] / self.d as f64
+                    };
+                }
+            }
+        }
+        (scores, pulls)
     }
 }
 

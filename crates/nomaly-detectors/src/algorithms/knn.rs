@@ -8,6 +8,7 @@
 //! training rows without themselves: identical rows hash alike, so a training row equal to a
 //! sampled row is one of that row's multiplicity.
 
+use super::{WholeRowScorer, part_columns};
 use crate::sample::RowSample;
 use serde::{Deserialize, Serialize};
 
@@ -228,36 +229,6 @@ impl KnnModel {
         }
     }
 
-    /// Scores and, per feature, the parts that sum to them.
-    pub fn score_rows(
-        &self,
-        cols: &[&[f64]],
-        len: usize,
-        parts: bool,
-    ) -> (Vec<f64>, Vec<Vec<f64>>) {
-        let mut scores = vec![0.0; len];
-        let mut split = if parts {
-            vec![vec![0.0; len]; self.d]
-        } else {
-            vec![]
-        };
-        let mut x = vec![0.0; self.d];
-        let mut offsets = vec![0.0; self.d];
-        for i in 0..len {
-            for (v, c) in x.iter_mut().zip(cols) {
-                *v = c[i];
-            }
-            let near = self.neighbours(&x, &mut offsets);
-            // The neighbours (by rank among the k) the score is made of, with their shares.
-            let used = self.shares(&near);
-            scores[i] = used.iter().map(|&(r, s)| s * near_distance(&near, r)).sum();
-            if parts {
-                self.split_over_features(&x, &near, &used, i, &mut split);
-            }
-        }
-        (scores, split)
-    }
-
     /// Which of the k neighbours (by rank, expanded by weight) make the score, with their shares.
     fn shares(&self, near: &[Near]) -> Vec<(usize, f64)> {
         let k: u64 = near.iter().map(|n| n.1).sum();
@@ -396,6 +367,29 @@ fn build(
     let (left, right) = order.split_at_mut(mid);
     build(rows, left, 2 * node + 1, (&mut *dims, &mut *values), d);
     build(rows, right, 2 * node + 2, (dims, values), d);
+}
+
+impl WholeRowScorer for KnnModel {
+    /// Scores and, per feature, the parts that sum to them.
+    fn score_rows(&self, cols: &[&[f64]], len: usize, parts: bool) -> (Vec<f64>, Vec<Vec<f64>>) {
+        let mut scores = vec![0.0; len];
+        let mut split = part_columns(parts, self.d, len);
+        let mut x = vec![0.0; self.d];
+        let mut offsets = vec![0.0; self.d];
+        for i in 0..len {
+            for (v, c) in x.iter_mut().zip(cols) {
+                *v = c[i];
+            }
+            let near = self.neighbours(&x, &mut offsets);
+            // The neighbours (by rank among the k) the score is made of, with their shares.
+            let used = self.shares(&near);
+            scores[i] = used.iter().map(|&(r, s)| s * near_distance(&near, r)).sum();
+            if parts {
+                self.split_over_features(&x, &near, &used, i, &mut split);
+            }
+        }
+        (scores, split)
+    }
 }
 
 #[cfg(test)]

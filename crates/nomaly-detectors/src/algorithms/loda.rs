@@ -15,6 +15,7 @@
 //! bits on every engine and CPU; and the histograms are built over the fit's row sample (rows
 //! counted by multiplicity: the whole input when it has at most `sample_rows` distinct rows).
 
+use super::{WholeRowScorer, part_columns};
 use crate::hashing::DeterministicRng;
 use crate::sample::RowSample;
 use serde::{Deserialize, Serialize};
@@ -133,43 +134,6 @@ impl LodaModel {
         Ok(())
     }
 
-    /// Scores and, when `parts`, each feature's part of them: each cut's term is split over its
-    /// features in proportion to `|weight · (value − centre)|`, equally when all are 0.
-    pub fn score_rows(
-        &self,
-        cols: &[&[f64]],
-        len: usize,
-        parts: bool,
-    ) -> (Vec<f64>, Vec<Vec<f64>>) {
-        let mut scores = vec![0.0; len];
-        let mut split = if parts {
-            vec![vec![0.0; len]; self.d]
-        } else {
-            vec![]
-        };
-        let n_cuts = self.cuts.len() as f64;
-        let mut terms = vec![0.0; len];
-        for cut in &self.cuts {
-            let searched = cut.neg_log.len() - 1;
-            let (first, last) = (cut.edges[0], cut.edges[cut.edges.len() - 1]);
-            let inv_width = cut.neg_log.len() as f64 / (last - first);
-            for (r, term) in terms.iter_mut().enumerate() {
-                let v = project(&cut.features, &cut.weights, |j| cols[j][r]);
-                *term = cut.neg_log[bin_of(&cut.edges[..searched], first, inv_width, v)];
-            }
-            for (s, t) in scores.iter_mut().zip(&terms) {
-                *s += *t;
-            }
-            if parts {
-                self.split_cut(cut, cols, &terms, n_cuts, &mut split);
-            }
-        }
-        for s in &mut scores {
-            *s /= n_cuts;
-        }
-        (scores, split)
-    }
-
     fn split_cut(
         &self,
         cut: &Cut,
@@ -250,6 +214,36 @@ fn histogram(
         .map(|c| cut_weight * -(c / sum).ln())
         .collect();
     (edges, neg_log)
+}
+
+impl WholeRowScorer for LodaModel {
+    /// Scores and, when `parts`, each feature's part of them: each cut's term is split over its
+    /// features in proportion to `|weight · (value − centre)|`, equally when all are 0.
+    fn score_rows(&self, cols: &[&[f64]], len: usize, parts: bool) -> (Vec<f64>, Vec<Vec<f64>>) {
+        let mut scores = vec![0.0; len];
+        let mut split = part_columns(parts, self.d, len);
+        let n_cuts = self.cuts.len() as f64;
+        let mut terms = vec![0.0; len];
+        for cut in &self.cuts {
+            let searched = cut.neg_log.len() - 1;
+            let (first, last) = (cut.edges[0], cut.edges[cut.edges.len() - 1]);
+            let inv_width = cut.neg_log.len() as f64 / (last - first);
+            for (r, term) in terms.iter_mut().enumerate() {
+                let v = project(&cut.features, &cut.weights, |j| cols[j][r]);
+                *term = cut.neg_log[bin_of(&cut.edges[..searched], first, inv_width, v)];
+            }
+            for (s, t) in scores.iter_mut().zip(&terms) {
+                *s += *t;
+            }
+            if parts {
+                self.split_cut(cut, cols, &terms, n_cuts, &mut split);
+            }
+        }
+        for s in &mut scores {
+            *s /= n_cuts;
+        }
+        (scores, split)
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! a reference row is scored without one copy of it, so a training row gets its training score.
 //! k is `n_neighbors` capped at the reference's rows − 1, as scikit-learn caps it.
 
+use super::{WholeRowScorer, part_columns};
 use crate::algorithms::knn::{KnnMethod, KnnModel, Near};
 use crate::sample::RowSample;
 use serde::{Deserialize, Serialize};
@@ -77,40 +78,6 @@ impl LofModel {
         Ok(())
     }
 
-    /// Scores and, when `parts`, each feature's part of them (the score split over features in
-    /// proportion to each feature's share of the squared distances to the k neighbours).
-    pub fn score_rows(
-        &self,
-        cols: &[&[f64]],
-        len: usize,
-        parts: bool,
-    ) -> (Vec<f64>, Vec<Vec<f64>>) {
-        let d = self.tree.d;
-        let mut scores = vec![0.0; len];
-        let mut split = if parts {
-            vec![vec![0.0; len]; d]
-        } else {
-            vec![]
-        };
-        let mut x = vec![0.0; d];
-        let mut offsets = vec![0.0; d];
-        let mut shares = vec![0.0; d];
-        for i in 0..len {
-            for (v, c) in x.iter_mut().zip(cols) {
-                *v = c[i];
-            }
-            let near = self.tree.neighbours(&x, &mut offsets);
-            scores[i] = self.factor(&near);
-            if parts {
-                self.tree.distance_shares(&x, &near, &mut shares);
-                for (part, share) in split.iter_mut().zip(&shares) {
-                    part[i] = scores[i] * share;
-                }
-            }
-        }
-        (scores, split)
-    }
-
     /// The local outlier factor of a row with these neighbours: their mean density over its own.
     fn factor(&self, near: &[Near]) -> f64 {
         let k: u64 = near.iter().map(|n| n.1).sum();
@@ -134,6 +101,33 @@ fn density(near: &[Near], k_distance: &[f64]) -> f64 {
         .map(|n| n.1 as f64 * n.0.sqrt().max(k_distance[n.2]))
         .sum();
     1.0 / (reach / k as f64 + DENSITY_GUARD)
+}
+
+impl WholeRowScorer for LofModel {
+    /// Scores and, when `parts`, each feature's part of them (the score split over features in
+    /// proportion to each feature's share of the squared distances to the k neighbours).
+    fn score_rows(&self, cols: &[&[f64]], len: usize, parts: bool) -> (Vec<f64>, Vec<Vec<f64>>) {
+        let d = self.tree.d;
+        let mut scores = vec![0.0; len];
+        let mut split = part_columns(parts, d, len);
+        let mut x = vec![0.0; d];
+        let mut offsets = vec![0.0; d];
+        let mut shares = vec![0.0; d];
+        for i in 0..len {
+            for (v, c) in x.iter_mut().zip(cols) {
+                *v = c[i];
+            }
+            let near = self.tree.neighbours(&x, &mut offsets);
+            scores[i] = self.factor(&near);
+            if parts {
+                self.tree.distance_shares(&x, &near, &mut shares);
+                for (part, share) in split.iter_mut().zip(&shares) {
+                    part[i] = scores[i] * share;
+                }
+            }
+        }
+        (scores, split)
+    }
 }
 
 #[cfg(test)]

@@ -15,3 +15,20 @@ pub mod mahalanobis;
 pub mod mcd;
 pub mod moments;
 pub mod pca;
+
+/// A detector that scores a row whole, not feature by feature (knn, lof, loda, eif): one call
+/// gives the scores and, when asked, each feature's part of them.
+pub trait WholeRowScorer {
+    /// Scores of `len` rows of `cols` and, when `parts`, one column per feature of the parts that
+    /// sum to each score (none otherwise).
+    fn score_rows(&self, cols: &[&[f64]], len: usize, parts: bool) -> (Vec<f64>, Vec<Vec<f64>>);
+}
+
+/// The part columns [`WholeRowScorer::score_rows`] fills: `d` of `len` zeros when `parts`.
+pub(crate) fn part_columns(parts: bool, d: usize, len: usize) -> Vec<Vec<f64>> {
+    if parts {
+        vec![vec![0.0; len]; d]
+    } else {
+        vec![]
+    }
+}
