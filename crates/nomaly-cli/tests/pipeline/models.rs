@@ -34,6 +34,13 @@ fn pipeline(dir: &Path, name: &str, detect: &str, extra: &str) -> String {
     file.to_str().unwrap().to_string()
 }
 
+/// `nomaly run FILE --date DATE --json`, which must succeed: its report.
+fn run_day(file: &str, date: &str) -> serde_json::Value {
+    let o = nomaly_env(&["run", file, "--date", date, "--json"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{date}: {}", stderr(&o));
+    report(&o)
+}
+
 /// The days, and `train.toml`: model `fraud` trained on the 30 days before the run's day.
 pub(crate) fn training_pipeline(dir: &Path) -> String {
     write_days(dir);
@@ -53,11 +60,7 @@ fn a_model_trained_on_thirty_days_scores_the_next_and_a_drifted_day_alerts() {
     let train = training_pipeline(dir);
     let alert = "[[notify]]\ntype = \"file\"\npath = \"alerts/drift.json\"\ndrift_above = 0.2\n";
     let score = pipeline(dir, "score", "model = \"fraud\"", alert);
-    let run = |file: &str, date: &str| {
-        let o = nomaly_env(&["run", file, "--date", date, "--json"], &[]);
-        assert_eq!(o.status.code(), Some(0), "{date}: {}", stderr(&o));
-        report(&o)
-    };
+    let run = run_day;
 
     // Day 31 with a model trained on days 1-30: version 1.
     let r = run(&train, "2026-01-31");
@@ -203,9 +206,7 @@ fn create_model_in_sql_serves_pipelines_and_pipeline_models_serve_sql() {
 
     // The pipeline scores day 31 with it: no fit, and the training deciles give a drift figure.
     let score = pipeline(dir, "score", "model = \"fraud\"", "");
-    let o = nomaly_env(&["run", &score, "--date", "2026-01-31", "--json"], &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let r = report(&o);
+    let r = run_day(&score, "2026-01-31");
     assert_eq!(r["model"]["source"], "registry");
     assert_eq!(r["model"]["version"], 1);
     assert_eq!(r["input_rows"], 200);
@@ -216,8 +217,7 @@ fn create_model_in_sql_serves_pipelines_and_pipeline_models_serve_sql() {
     );
 
     // A pipeline's training run registers v2; SQL scores with it by name and lists both.
-    let o = nomaly_env(&["run", &train, "--date", "2026-01-31", "--json"], &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    run_day(&train, "2026-01-31");
     let o = sql(
         "SELECT count(*) FILTER (WHERE anomaly_score('fraud@2', amount) = \
                  anomaly_score('fraud@1', amount)) AS same FROM tx; SHOW MODELS",

@@ -416,9 +416,7 @@ mod tests {
         for method in [KnnMethod::Largest, KnnMethod::Mean, KnnMethod::Median] {
             let model = KnnModel::fit(&s, 3, 5, method);
             model.validate(3).unwrap();
-            let cols: Vec<Vec<f64>> = (0..3)
-                .map(|j| rows.iter().map(|r| r[j]).collect())
-                .collect();
+            let cols = super::super::columns_of(&rows, 3);
             let refs: Vec<&[f64]> = cols.iter().map(Vec::as_slice).collect();
             let (scores, parts) = model.score_rows(&refs, rows.len(), true);
             for (i, x) in rows.iter().enumerate() {

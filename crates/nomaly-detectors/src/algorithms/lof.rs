@@ -189,9 +189,7 @@ mod tests {
         s.compact();
         let model = LofModel::fit(&s, 3, 20);
         model.validate(3).unwrap();
-        let cols: Vec<Vec<f64>> = (0..3)
-            .map(|j| rows.iter().map(|r| r[j]).collect())
-            .collect();
+        let cols = super::super::columns_of(&rows, 3);
         let refs: Vec<&[f64]> = cols.iter().map(Vec::as_slice).collect();
         let (scores, parts) = model.score_rows(&refs, rows.len(), true);
         let want = brute_force(&rows, 20);

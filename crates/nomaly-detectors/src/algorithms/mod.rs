@@ -24,6 +24,14 @@ pub trait WholeRowScorer {
     fn score_rows(&self, cols: &[&[f64]], len: usize, parts: bool) -> (Vec<f64>, Vec<Vec<f64>>);
 }
 
+/// `rows` as `d` feature columns (the tests' input shape).
+#[cfg(test)]
+pub(crate) fn columns_of(rows: &[Vec<f64>], d: usize) -> Vec<Vec<f64>> {
+    (0..d)
+        .map(|j| rows.iter().map(|r| r[j]).collect())
+        .collect()
+}
+
 /// The part columns [`WholeRowScorer::score_rows`] fills: `d` of `len` zeros when `parts`.
 pub(crate) fn part_columns(parts: bool, d: usize, len: usize) -> Vec<Vec<f64>> {
     if parts {

@@ -213,17 +213,24 @@ impl<'a> LineOffsets<'a> {
     }
 }
 
-/// `sql` with every character outside `start..end` turned into a space, newlines kept.
+/// `sql[start..end]` where it stands in `sql`: the lines before it as newlines, its column as
+/// spaces, and the lines after it as newlines (no copy of the other statements' text, so a long
+/// script costs its line count per statement, not its length).
 fn blank_outside(sql: &str, start: usize, end: usize) -> String {
-    sql.char_indices()
-        .map(|(i, c)| {
-            if (start..end).contains(&i) || c == '\n' {
-                c
-            } else {
-                ' '
-            }
-        })
-        .collect()
+    let before = &sql[..start];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let mut out = "\n".repeat(before.matches('\n').count());
+    out.extend(std::iter::repeat_n(
+        ' ',
+        before[line_start..].chars().count(),
+    ));
+    out.push_str(&sql[start..end]);
+    out.push_str(&"\n".repeat(sql[end..].matches('\n').count()));
+    // the script's last line, when text follows on it, stays a (blank) line
+    if !sql[end..].is_empty() && !sql.ends_with('\n') {
+        out.push(' ');
+    }
+    out
 }
 
 #[cfg(test)]
