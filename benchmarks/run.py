@@ -72,11 +72,13 @@ def run_nomaly(data, sql, memory_limit=None, partitions=None, binary=None):
         args += ["--partitions", str(partitions)]
     start = time.perf_counter()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=NOMALY_ENV)
-    _, _, rusage = os.wait4(proc.pid, 0)
+    _, status, rusage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
     err = proc.stderr.read().decode()
-    if proc.returncode not in (0, None) and err:
-        raise SystemExit(f"nomaly failed: {err}")
+    # Popen never sees the status wait4 reaped: take the exit code from it.
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"nomaly failed (exit {code}): {err}")
     return elapsed, rusage.ru_maxrss * 1024
 
 

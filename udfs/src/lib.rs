@@ -10,6 +10,7 @@
 //! | `anomaly_score` / `is_anomaly` / `anomaly_detect` / `anomaly_explain` `(model, f, ...)` | scalar | score with a model |
 //! | `anomaly_model_info(model)` | scalar | describe a model (options, rows, threshold, size) |
 //! | `anomaly_score_zscore` / `_mad` / `_iqr` `(v) OVER (...)` | window | score against the frame |
+//! | `anomaly_score_seasonal` / `_rolling`, `is_anomaly_esd` `(v [, opts]) OVER (PARTITION BY s ORDER BY ts)` | window | time series: score each series |
 //! | `synthetic_rows(rows, features [, seed [, planted_fraction]])` | table function | rows made from a seed |
 //!
 //! [`register_all`] installs everything — functions and the [`rewrite::DetectAnomaliesRewrite`]
@@ -50,6 +51,7 @@ pub mod is_anomaly;
 pub mod model_column;
 pub mod model_names;
 pub mod rewrite;
+pub mod series_window;
 pub mod synthetic_rows;
 pub mod window_score;
 
@@ -59,6 +61,8 @@ use datafusion::logical_expr::planner::ExprPlanner;
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF, WindowUDF};
 use datafusion::optimizer::AnalyzerRule;
 use datafusion::prelude::SessionContext;
+use nomaly_detectors::series::SeriesDetector;
+use series_window::SeriesWindow;
 use std::sync::Arc;
 use window_score::{AnomalyScoreWindow, FrameScore};
 
@@ -96,6 +100,9 @@ pub fn window_functions() -> Vec<Arc<WindowUDF>> {
         Arc::new(WindowUDF::from(AnomalyScoreWindow::new(FrameScore::ZScore))),
         Arc::new(WindowUDF::from(AnomalyScoreWindow::new(FrameScore::Mad))),
         Arc::new(WindowUDF::from(AnomalyScoreWindow::new(FrameScore::Iqr))),
+        Arc::new(WindowUDF::from(SeriesWindow::new(SeriesDetector::Seasonal))),
+        Arc::new(WindowUDF::from(SeriesWindow::new(SeriesDetector::Rolling))),
+        Arc::new(WindowUDF::from(SeriesWindow::new(SeriesDetector::Esd))),
     ]
 }
 

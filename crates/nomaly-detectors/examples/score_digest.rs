@@ -11,6 +11,7 @@ use arrow_array::{Array, ArrayRef};
 use nomaly_detectors::algorithms::iforest::TreeWalk;
 use nomaly_detectors::hashing::mix64;
 use nomaly_detectors::model::{Model, ModelBody};
+use nomaly_detectors::series::{self, SeriesDetector, SeriesOptions};
 use nomaly_detectors::{DetectorParams, FitState};
 
 /// Folds 64-bit words into one digest; order matters, so a permuted output differs.
@@ -66,5 +67,48 @@ fn main() {
                 alg.name()
             );
         }
+    }
+    series_digests(&cols[0]);
+}
+
+/// The time-series detectors on the first feature cut into series of 500 points (with a period-24
+/// wave added, so the seasonal fit and the period search have something to find).
+fn series_digests(column: &ArrayRef) {
+    let values = column
+        .as_any()
+        .downcast_ref::<arrow_array::Float64Array>()
+        .expect("Float64 features");
+    let series: Vec<Vec<Option<f64>>> = values
+        .values()
+        .chunks(500)
+        .map(|c| {
+            c.iter()
+                .enumerate()
+                .map(|(t, v)| Some(v + [0.0, 3.0, 5.0, 3.0, 0.0, -3.0, -5.0, -3.0][t % 24 / 3]))
+                .collect()
+        })
+        .collect();
+    for (name, detector, text) in [
+        ("seasonal", SeriesDetector::Seasonal, "period=24"),
+        ("seasonal_auto", SeriesDetector::Seasonal, ""),
+        (
+            "seasonal_jumps",
+            SeriesDetector::Seasonal,
+            "period=24, trend_jump=5, low_pass_jump=3",
+        ),
+        ("rolling", SeriesDetector::Rolling, "window=50, warmup=10"),
+        ("esd", SeriesDetector::Esd, "period=24"),
+    ] {
+        let options = SeriesOptions::parse(detector, name, text).expect("valid options");
+        let scores: Vec<Option<f64>> = series
+            .iter()
+            .flat_map(|s| series::series_scores(s, &options))
+            .collect();
+        let nulls = scores.iter().filter(|s| s.is_none()).count();
+        let d = digest(scores.iter().map(|s| s.map_or(u64::MAX, f64::to_bits)));
+        println!(
+            "{name:14} series {} scores {d:016x} nulls {nulls}\t(walk -)",
+            series.len()
+        );
     }
 }

@@ -41,6 +41,7 @@ pub mod params;
 pub mod quantile;
 pub mod rank_index;
 pub mod sample;
+pub mod series;
 pub mod suggest;
 pub mod validate;
 

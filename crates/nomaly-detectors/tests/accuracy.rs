@@ -10,6 +10,9 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+#[path = "accuracy/series.rs"]
+mod series;
+
 fn fixture(name: &str) -> Value {
     let path = manifest_dir()
         .join("../../benchmarks/reference/fixtures")
