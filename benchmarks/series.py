@@ -72,6 +72,9 @@ def queries(window):
         "seasonal_jumps": window_sql(
             "anomaly_score_seasonal(v, 'period=24, seasonal_jump=2, trend_jump=5, low_pass_jump=3')", None),
         "seasonal_plain": window_sql("anomaly_score_seasonal(v, 'period=24, robust=false')", None),
+        "seasonal_fast": window_sql(
+            "anomaly_score_seasonal(v, 'period=24, trend_jump=5, low_pass_jump=3, inner_iter=1, outer_iter=5')",
+            None),
         "esd": flag_sql("is_anomaly_esd(v)"),
         "esd_seasonal": flag_sql("is_anomaly_esd(v, 'period=24')"),
         "avg_rolling": window_sql("avg(v)", rolling_frame),
@@ -150,7 +153,7 @@ def main():
             rss[name] = max(rss.get(name, 0), peak)
     med = {k: statistics.median(v) for k, v in times.items()}
     base = {"seasonal": "avg_series", "seasonal_auto": "avg_series", "seasonal_jumps": "avg_series",
-            "seasonal_plain": "avg_series", "esd": "avg_series", "esd_seasonal": "avg_series",
+            "seasonal_plain": "avg_series", "seasonal_fast": "avg_series", "esd": "avg_series", "esd_seasonal": "avg_series",
             "rolling": "avg_rolling"}
     refs = {}
     if args.reference_series > 0:

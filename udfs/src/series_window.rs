@@ -50,7 +50,7 @@ static DOCS: LazyLock<[Documentation; 3]> = LazyLock::new(|| {
         make(
             "Robust z-score of the residual of a robust STL decomposition of the whole series (the PARTITION BY group in ORDER BY order): |r - median(r)| / (1.4826 * MAD(r)). The period is given or detected by autocorrelation; a series without one is scored against a robust loess trend.",
             "anomaly_score_seasonal(value [, 'options']) OVER (PARTITION BY series ORDER BY ts)",
-            "'period=N|auto' (default auto), 'max_period=1000', 'seasonal=7', 'trend=', 'low_pass=' (with a fixed period), 'robust=true', 'seasonal_jump=1', 'trend_jump=1', 'low_pass_jump=1'.",
+            "'period=N|auto' (default auto), 'max_period=1000', 'seasonal=7', 'trend=', 'low_pass=' (with a fixed period), 'robust=true', 'seasonal_jump=1', 'trend_jump=1', 'low_pass_jump=1', 'inner_iter=' and 'outer_iter=' (statsmodels' fit counts: 2 and 15 robust, 5 and 0 not).",
             "```sql\nSELECT device, ts, anomaly_score_seasonal(temp, 'period=24') OVER (PARTITION BY device ORDER BY ts) AS score FROM readings;\n```",
         ),
         make(

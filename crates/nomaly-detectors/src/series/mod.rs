@@ -47,6 +47,8 @@ impl SeriesDetector {
                 "seasonal_jump",
                 "trend_jump",
                 "low_pass_jump",
+                "inner_iter",
+                "outer_iter",
             ],
             SeriesDetector::Rolling => &["window", "warmup"],
             SeriesDetector::Esd => &["max_anoms", "alpha", "period", "max_period"],
@@ -66,6 +68,9 @@ pub struct SeriesOptions {
     pub low_pass: Option<usize>,
     pub robust: bool,
     pub jumps: [usize; 3],
+    /// statsmodels' `fit(inner_iter, outer_iter)`; None: its defaults for `robust`.
+    pub inner_iter: Option<usize>,
+    pub outer_iter: Option<usize>,
     pub window: usize,
     pub warmup: Option<usize>,
     pub max_anoms: f64,
@@ -88,6 +93,8 @@ impl SeriesOptions {
             low_pass: None,
             robust: true,
             jumps: [1, 1, 1],
+            inner_iter: None,
+            outer_iter: None,
             window: 100,
             warmup: None,
             max_anoms: 0.1,
@@ -205,6 +212,8 @@ impl SeriesOptions {
                     .unwrap_or(0);
                 self.jumps[i] = int(1, MAX_LENGTH, "a positive integer")?;
             }
+            "inner_iter" => self.inner_iter = Some(int(1, 100, "an integer from 1 to 100")?),
+            "outer_iter" => self.outer_iter = Some(int(0, 100, "an integer from 0 to 100")?),
             "window" => self.window = int(1, MAX_LENGTH, "an integer from 1 to 1000000")?,
             "warmup" => self.warmup = Some(int(1, MAX_LENGTH, "an integer from 1 to window")?),
             "max_anoms" => self.max_anoms = fraction("a fraction in (0, 0.5]", 0.5)?,
@@ -231,6 +240,8 @@ impl SeriesOptions {
             o.low_pass = l;
         }
         [o.seasonal_jump, o.trend_jump, o.low_pass_jump] = self.jumps;
+        o.inner_iter = self.inner_iter.unwrap_or(o.inner_iter);
+        o.outer_iter = self.outer_iter.unwrap_or(o.outer_iter);
         o
     }
 }

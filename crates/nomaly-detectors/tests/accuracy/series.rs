@@ -49,6 +49,10 @@ fn series_detectors_agree_with_statsmodels_scipy_and_pandas() {
                 "stl_jumps",
                 format!("period={p}, seasonal_jump=2, trend_jump=5, low_pass_jump=3"),
             ),
+            (
+                "stl_fast",
+                format!("period={p}, trend_jump=5, low_pass_jump=3, inner_iter=1, outer_iter=5"),
+            ),
         ] {
             let ours = series::seasonal_scores(&values, &options(SeriesDetector::Seasonal, &text));
             let reference = optional(&f[key]);
