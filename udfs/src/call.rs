@@ -8,6 +8,7 @@
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Result, ScalarValue, plan_datafusion_err, plan_err};
 use datafusion::logical_expr::Expr;
+use nomaly_detectors::features::is_categorical;
 use nomaly_detectors::{Algorithm, DetectorParams, is_numeric};
 
 /// True for string types (the algorithm and options arguments).
@@ -38,7 +39,7 @@ pub fn is_model_name_type(dt: &DataType) -> bool {
 /// Coerces feature types: numeric types pass through (the detectors read every numeric type
 /// natively), decimals become Float64, anything else is a planning error naming the argument.
 pub fn coerce_feature(function: &str, position: usize, dt: &DataType) -> Result<DataType> {
-    if is_numeric(dt) {
+    if is_numeric(dt) || is_categorical(dt) {
         return Ok(dt.clone());
     }
     match dt {
@@ -49,8 +50,8 @@ pub fn coerce_feature(function: &str, position: usize, dt: &DataType) -> Result<
         | DataType::Boolean => Ok(DataType::Float64),
         DataType::Dictionary(_, v) => coerce_feature(function, position, v),
         other => plan_err!(
-            "{function}: argument {position} has type {other}, but features must be numeric; \
-             cast it (CAST(col AS DOUBLE)) or pick a numeric column"
+            "{function}: argument {position} has type {other}, but features must be numeric (or \
+             text, for hbos, ecod and copod); cast it (CAST(col AS DOUBLE)) or pick another column"
         ),
     }
 }
@@ -93,14 +94,7 @@ pub fn coerce_detector_args(function: &str, arg_types: &[DataType]) -> Result<Ve
     let last = arg_types.len() - 1;
     for (i, dt) in arg_types.iter().enumerate().skip(1) {
         if i == last && is_string(dt) {
-            if i == 1 {
-                // Either a text column meant as a feature or options with no feature before them.
-                return plan_err!(
-                    "{function}: argument 2 has type {dt}, but features must be numeric (cast a \
-                     text column, e.g. CAST(col AS DOUBLE)) and an options string may only follow \
-                     at least one feature"
-                );
-            }
+            // The options literal, or a text feature: told apart by `parse_detector_call`.
             out.push(dt.clone());
         } else {
             out.push(coerce_feature(function, i + 1, dt)?);
@@ -164,29 +158,40 @@ pub fn parse_detector_call(
     let algorithm =
         Algorithm::parse(&algorithm_name).map_err(|e| plan_datafusion_err!("{function}: {e}"))?;
     let last = arg_types.len() - 1;
-    let has_options = is_string(&arg_types[last]);
-    let params = if has_options {
-        let Some(Some(text)) = scalars
-            .get(last)
-            .copied()
-            .flatten()
-            .and_then(|v| v.try_as_str())
-        else {
-            // A string-typed last argument that is not a literal is most likely a text column.
-            return plan_err!(
-                "{function}: argument {} has type {}: the last argument is either the options \
-                 string literal ('key=value, ...') or a numeric feature; cast a text column to use \
-                 it as a feature (CAST(col AS DOUBLE))",
-                last + 1,
-                arg_types[last]
-            );
-        };
-        DetectorParams::parse(algorithm, text)
-            .map_err(|e| plan_datafusion_err!("{function}: {e}"))?
-    } else {
-        DetectorParams::new(algorithm)
+    // A string literal last is the options; a text column there is a (categorical) feature.
+    let options_text = scalars
+        .get(last)
+        .copied()
+        .flatten()
+        .and_then(|v| v.try_as_str())
+        .flatten()
+        .filter(|_| is_string(&arg_types[last]));
+    let has_options = options_text.is_some();
+    if has_options && last == 1 {
+        return plan_err!(
+            "{function}: argument 2 is a string literal, taken as the options; at least one \
+             feature must come before them. Example: {function}('hbos', country, amount, 'n_bins=20')"
+        );
+    }
+    let params = match options_text {
+        Some(text) => DetectorParams::parse(algorithm, text)
+            .map_err(|e| plan_datafusion_err!("{function}: {e}"))?,
+        None => DetectorParams::new(algorithm),
     };
     let n_features = arg_types.len() - 1 - usize::from(has_options);
+    if let Some(j) = arg_types[1..=n_features]
+        .iter()
+        .position(is_categorical)
+        .filter(|_| !algorithm.takes_categorical())
+    {
+        return plan_err!(
+            "{function}: argument {} has type {} (text, a categorical feature), which {} cannot \
+             take: hbos, ecod and copod take text columns; cast it to a number or choose one of those",
+            j + 2,
+            arg_types[j + 1],
+            algorithm.name()
+        );
+    }
     Ok(DetectorCall {
         params,
         n_features,

@@ -148,9 +148,10 @@ impl TableFunctionImpl for DetectAnomaliesTable {
                         available.join(", ")
                     )
                 })?;
+            refuse_text(field, &table, alg)?;
             coerce_feature("detect_anomalies", i + 1, field.data_type())
                 .map_err(|_| plan_datafusion_err!(
-                    "detect_anomalies: column '{}' of table '{table}' has type {}, but features must be numeric; \
+                    "detect_anomalies: column '{}' of table '{table}' has type {}, but features must be numeric (or text, for hbos, ecod and copod); \
                      cast it in a view or pick a numeric column",
                     field.name(),
                     field.data_type()
@@ -196,4 +197,21 @@ impl TableFunctionImpl for DetectAnomaliesTable {
         let plan = FitScorePlan::default().scored_rows(scan, columns, &detector, explain)?;
         Ok(Arc::new(ViewTable::new(plan, None)))
     }
+}
+
+/// A text column for a detector that takes numbers only: named with its table.
+fn refuse_text(
+    field: &datafusion::arrow::datatypes::Field,
+    table: &str,
+    alg: Algorithm,
+) -> datafusion::common::Result<()> {
+    if nomaly_detectors::features::is_categorical(field.data_type()) && !alg.takes_categorical() {
+        return plan_err!(
+            "detect_anomalies: column '{}' of table '{table}' is text ({}), which {} cannot take: hbos, ecod and copod take text columns; cast it in a view or choose one of those",
+            field.name(),
+            field.data_type(),
+            alg.name()
+        );
+    }
+    Ok(())
 }

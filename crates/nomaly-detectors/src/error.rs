@@ -71,6 +71,25 @@ pub enum DetectorError {
         limit: String,
     },
 
+    #[error(
+        "feature column {index} has more than {limit} distinct values; a categorical feature may have at most {limit}: bucket it (e.g. keep the most frequent values and map the rest to 'other') or leave it out"
+    )]
+    TooManyCategories { index: usize, limit: usize },
+
+    #[error(
+        "feature column {index} is text (categorical), which {algorithm} cannot take: hbos, ecod and copod take text columns; cast it to a number or choose one of those"
+    )]
+    CategoricalNotSupported { index: usize, algorithm: String },
+
+    #[error(
+        "feature column {index} is {found}, but the model was fitted on {expected} values there"
+    )]
+    FeatureKindMismatch {
+        index: usize,
+        expected: String,
+        found: String,
+    },
+
     #[error("model format version {found} is not supported by this build (supports {supported})")]
     UnsupportedModelVersion { found: u32, supported: u32 },
 }

@@ -14,6 +14,8 @@ use std::borrow::Cow;
 /// A batch of feature columns as `f64`.
 pub struct Features<'a> {
     pub columns: Vec<Cow<'a, [f64]>>,
+    /// `categorical[j]`: column j was text, and holds category codes ([`crate::categorical`]).
+    pub categorical: Vec<bool>,
     /// `valid[i]` is true when every feature of row i is present and finite.
     pub valid: Vec<bool>,
     pub len: usize,
@@ -23,6 +25,7 @@ impl<'a> Features<'a> {
     pub fn from_arrays(arrays: &'a [ArrayRef]) -> Result<Self> {
         let len = arrays.first().map(|a| a.len()).unwrap_or(0);
         let mut columns = Vec::with_capacity(arrays.len());
+        let mut categorical = Vec::with_capacity(arrays.len());
         let mut valid = vec![true; len];
         for (index, array) in arrays.iter().enumerate() {
             if array.len() != len {
@@ -31,7 +34,8 @@ impl<'a> Features<'a> {
                     other: array.len(),
                 });
             }
-            let col = to_f64(index, array.as_ref())?;
+            categorical.push(is_categorical(array.data_type()));
+            let col = to_f64(index + 1, array.as_ref())?;
             if let Some(nulls) = array.logical_nulls().filter(|n| n.null_count() > 0) {
                 for (v, ok) in valid.iter_mut().zip(nulls.iter()) {
                     *v &= ok;
@@ -48,6 +52,7 @@ impl<'a> Features<'a> {
         }
         Ok(Self {
             columns,
+            categorical,
             valid,
             len,
         })
@@ -60,6 +65,41 @@ impl<'a> Features<'a> {
     pub fn valid_count(&self) -> usize {
         self.valid.iter().filter(|v| **v).count()
     }
+}
+
+/// True for text types: categorical features ([`crate::categorical`]).
+pub fn is_categorical(dt: &DataType) -> bool {
+    match dt {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
+        DataType::Dictionary(_, v) => is_categorical(v),
+        _ => false,
+    }
+}
+
+/// Category codes of a text column (any value for a null row: the mask excludes it).
+fn category_codes(index: usize, array: &dyn Array) -> Result<Vec<f64>> {
+    use crate::categorical::category_code;
+    let code = |v: Option<&str>| v.map_or(0.0, category_code);
+    Ok(match array.data_type() {
+        DataType::Utf8 => array.as_string::<i32>().iter().map(code).collect(),
+        DataType::LargeUtf8 => array.as_string::<i64>().iter().map(code).collect(),
+        DataType::Utf8View => array.as_string_view().iter().map(code).collect(),
+        DataType::Dictionary(_, _) => {
+            let dict = array.as_any_dictionary();
+            // Each dictionary value hashed once, then looked up by key.
+            let values = category_codes(index, dict.values().as_ref())?;
+            dict.normalized_keys()
+                .iter()
+                .map(|k| values.get(*k).copied().unwrap_or(0.0))
+                .collect()
+        }
+        other => {
+            return Err(DetectorError::NonNumericColumn {
+                index,
+                data_type: other.to_string(),
+            });
+        }
+    })
 }
 
 /// True for the Arrow types a feature column may have.
@@ -115,6 +155,7 @@ fn to_f64<'a>(index: usize, array: &'a dyn Array) -> Result<Cow<'a, [f64]>> {
         DataType::UInt64 => convert!(UInt64Type),
         // An all-null column (e.g. a NULL literal): every row is invalid.
         DataType::Null => Cow::Owned(vec![f64::NAN; array.len()]),
+        dt if is_categorical(dt) => Cow::Owned(category_codes(index, array)?),
         other => {
             return Err(DetectorError::NonNumericColumn {
                 index,

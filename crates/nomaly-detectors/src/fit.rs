@@ -7,6 +7,7 @@
 //! states were merged.
 
 use crate::algorithms::covariance::{CrossProducts, LARGEST_COVARIANCE_VALUE};
+use crate::categorical::CategoryCounts;
 use crate::error::{DetectorError, Result};
 use crate::exact_sum::{ExactSquareSum, ExactSum, SparseExactSum};
 use crate::features::Features;
@@ -125,6 +126,8 @@ pub struct FitState {
     pub(crate) sample: RowSample,
     /// pca: the exact sums of every product of two features.
     pub(crate) products: Option<CrossProducts>,
+    /// Which features are text, once a batch has been seen, with their category counts.
+    pub(crate) categories: Option<Vec<Option<CategoryCounts>>>,
 }
 
 impl FitState {
@@ -144,6 +147,7 @@ impl FitState {
             features,
             sample,
             products,
+            categories: None,
         }
     }
 
@@ -168,6 +172,7 @@ impl FitState {
             });
         }
         let f = Features::from_arrays(columns)?;
+        self.update_categories(&f)?;
         if self.params.algorithm.uses_covariance() {
             self.check_covariance(&f)?;
         }
@@ -186,6 +191,33 @@ impl FitState {
             });
         }
         self.update_features(&f);
+        Ok(())
+    }
+
+    /// Checks which features are text (the same in every batch, and only for detectors that take
+    /// them) and counts their categories.
+    fn update_categories(&mut self, f: &Features<'_>) -> Result<()> {
+        if let Some(j) = f.categorical.iter().position(|c| *c)
+            && !self.params.algorithm.takes_categorical()
+        {
+            return Err(DetectorError::CategoricalNotSupported {
+                index: j + 1,
+                algorithm: self.params.algorithm.name().to_string(),
+            });
+        }
+        let counts = self.categories.get_or_insert_with(|| {
+            f.categorical
+                .iter()
+                .map(|c| c.then(CategoryCounts::default))
+                .collect()
+        });
+        for (j, (kept, col)) in counts.iter_mut().zip(&f.columns).enumerate() {
+            match (kept, f.categorical[j]) {
+                (Some(c), true) => c.add(j + 1, col, &f.valid)?,
+                (None, false) => {}
+                (kept, _) => return Err(kind_mismatch(j, kept.is_some())),
+            }
+        }
         Ok(())
     }
 
@@ -246,7 +278,11 @@ impl FitState {
             return;
         }
         let all_valid = valid_rows == f.len;
-        for (stats, col) in self.features.iter_mut().zip(&f.columns) {
+        for (j, (stats, col)) in self.features.iter_mut().zip(&f.columns).enumerate() {
+            if f.categorical.get(j) == Some(&true) {
+                // Counted in `categories`; a sketch of hash codes would mean nothing.
+                continue;
+            }
             // One pass per statistic: each loop is simple enough to pipeline (or vectorise).
             let values = || {
                 col.iter()
@@ -341,6 +377,19 @@ impl FitState {
                 ),
             });
         }
+        match (&mut self.categories, &other.categories) {
+            (Some(mine), Some(theirs)) => {
+                for (j, (a, b)) in mine.iter_mut().zip(theirs).enumerate() {
+                    match (a, b) {
+                        (Some(a), Some(b)) => a.merge(j + 1, b)?,
+                        (None, None) => {}
+                        (a, _) => return Err(kind_mismatch(j, a.is_some())),
+                    }
+                }
+            }
+            (None, Some(theirs)) => self.categories = Some(theirs.clone()),
+            (_, None) => {}
+        }
         self.rows += other.rows;
         self.skipped += other.skipped;
         for (a, b) in self.features.iter_mut().zip(&other.features) {
@@ -430,5 +479,15 @@ impl FitState {
         total
             + self.sample.size_bytes()
             + self.products.as_ref().map_or(0, CrossProducts::size_bytes)
+    }
+}
+
+/// A feature that is text in one batch (or partial fit) and numbers in another.
+fn kind_mismatch(j: usize, was_text: bool) -> DetectorError {
+    let kind = |text: bool| if text { "text" } else { "numeric" }.to_string();
+    DetectorError::FeatureKindMismatch {
+        index: j + 1,
+        expected: kind(was_text),
+        found: kind(!was_text),
     }
 }

@@ -29,6 +29,7 @@
 //! ```
 
 pub mod algorithms;
+pub mod categorical;
 pub mod cpu;
 pub mod error;
 pub mod exact_sum;

@@ -7,6 +7,7 @@ use crate::algorithms::iforest::IsolationForestModel;
 use crate::algorithms::mahalanobis::MahalanobisModel;
 use crate::algorithms::moments::CentreScaleModel;
 use crate::algorithms::pca::PcaModel;
+use crate::categorical::{CategoryTable, CategoryTerm};
 use crate::error::{DetectorError, Result};
 use crate::features::Features;
 use crate::fit::FitState;
@@ -18,8 +19,12 @@ use arrow_buffer::{BooleanBuffer, NullBuffer, ScalarBuffer};
 use serde::{Deserialize, Serialize};
 
 /// Version of the serialised model format; bumped on any incompatible change. 2 added pca's
-/// options to the parameters; version 1 models still load ([`crate::model_v1`]).
-pub const MODEL_FORMAT_VERSION: u32 = 2;
+/// options to the parameters; version 1 models still load ([`crate::model_v1`]). 3 appends the
+/// category tables of text features; models without them are still written as version 2, so
+/// their bytes do not change and older builds read them.
+pub const MODEL_FORMAT_VERSION: u32 = 3;
+/// The version written for models whose features are all numeric.
+pub const NUMERIC_MODEL_FORMAT_VERSION: u32 = 2;
 const MAGIC: &[u8; 4] = b"NMLY";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +53,10 @@ pub struct Model {
     /// Scores strictly above this are anomalies.
     pub threshold: f64,
     pub body: ModelBody,
+    /// Per feature, the category table of a text feature; empty when every feature is numeric.
+    /// Written after the rest (format version 3), so numeric models keep version 2's bytes.
+    #[serde(skip)]
+    pub categories: Vec<Option<CategoryTable>>,
 }
 
 impl Model {
@@ -104,6 +113,12 @@ impl Model {
             skipped_rows: state.skipped,
             threshold: f64::NAN,
             body,
+            categories: state
+                .categories
+                .as_ref()
+                .filter(|c| c.iter().any(Option::is_some))
+                .map(|c| c.iter().map(|c| c.as_ref().map(|c| c.table())).collect())
+                .unwrap_or_default(),
         };
         model.threshold = match (p.threshold, p.algorithm) {
             (Some(t), _) => t,
@@ -216,6 +231,15 @@ impl Model {
     }
 
     fn feature_terms(&self, j: usize, col: &[f64], out: &mut [f64]) {
+        if let Some(Some(table)) = self.categories.get(j) {
+            let kind = match self.body {
+                ModelBody::Hbos(_) => CategoryTerm::Histogram {
+                    alpha: self.params.alpha,
+                },
+                _ => CategoryTerm::TailShare,
+            };
+            return table.terms(kind, col, out);
+        }
         match &self.body {
             ModelBody::CentreScale(m) => m.terms(j, col, out),
             ModelBody::Hbos(m) => m.terms(j, col, out),
@@ -247,7 +271,24 @@ impl Model {
     pub fn score(&self, columns: &[ArrayRef]) -> Result<Float64Array> {
         self.check_width(columns)?;
         let f = Features::from_arrays(columns)?;
+        self.check_kinds(&f)?;
         Ok(self.score_features(&f))
+    }
+
+    /// Text columns where the model has category tables, numbers elsewhere.
+    pub fn check_kinds(&self, f: &Features<'_>) -> Result<()> {
+        for (j, text) in f.categorical.iter().enumerate() {
+            let fitted_text = matches!(self.categories.get(j), Some(Some(_)));
+            if *text != fitted_text {
+                let kind = |t: bool| if t { "text" } else { "numeric" }.to_string();
+                return Err(DetectorError::FeatureKindMismatch {
+                    index: j + 1,
+                    expected: kind(fitted_text),
+                    found: kind(*text),
+                });
+            }
+        }
+        Ok(())
     }
 
     pub fn score_features(&self, f: &Features<'_>) -> Float64Array {
@@ -281,6 +322,7 @@ impl Model {
     pub fn explain(&self, columns: &[ArrayRef]) -> Result<Vec<Float64Array>> {
         self.check_width(columns)?;
         let f = Features::from_arrays(columns)?;
+        self.check_kinds(&f)?;
         if self.training_rows == 0 {
             return Ok((0..self.n_features)
                 .map(|_| Float64Array::new_null(f.len))
@@ -355,9 +397,18 @@ impl Model {
     /// Versioned binary form: `NMLY`, the format version (u32 LE), then the postcard body.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = MAGIC.to_vec();
-        out.extend_from_slice(&MODEL_FORMAT_VERSION.to_le_bytes());
+        let version = if self.categories.is_empty() {
+            NUMERIC_MODEL_FORMAT_VERSION
+        } else {
+            MODEL_FORMAT_VERSION
+        };
+        out.extend_from_slice(&version.to_le_bytes());
         // written in place, not into a second vector that is then copied
-        postcard::to_extend(self, out).expect("model serialises")
+        let out = postcard::to_extend(self, out).expect("model serialises");
+        if self.categories.is_empty() {
+            return out;
+        }
+        postcard::to_extend(&self.categories, out).expect("category tables serialise")
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Model> {
@@ -371,7 +422,19 @@ impl Model {
             reason: e.to_string(),
         };
         let model: Model = match version {
-            MODEL_FORMAT_VERSION => postcard::from_bytes(&bytes[8..]).map_err(corrupt)?,
+            NUMERIC_MODEL_FORMAT_VERSION => postcard::from_bytes(&bytes[8..]).map_err(corrupt)?,
+            MODEL_FORMAT_VERSION => {
+                let (mut model, rest) =
+                    postcard::take_from_bytes::<Model>(&bytes[8..]).map_err(corrupt)?;
+                let (categories, rest) = postcard::take_from_bytes(rest).map_err(corrupt)?;
+                if !rest.is_empty() {
+                    return Err(DetectorError::CorruptModel {
+                        reason: format!("{} bytes after the category tables", rest.len()),
+                    });
+                }
+                model.categories = categories;
+                model
+            }
             1 => postcard::from_bytes::<crate::model_v1::ModelV1>(&bytes[8..])
                 .map_err(corrupt)?
                 .into(),
@@ -391,8 +454,17 @@ impl Model {
     /// One line for people: what was fitted on what, and how big the stored model is (SQL has no
     /// length function for the model's binary type).
     pub fn describe(&self) -> String {
+        let text: String = self
+            .categories
+            .iter()
+            .enumerate()
+            .filter_map(|(j, t)| {
+                t.as_ref()
+                    .map(|t| format!(", feature {} text ({} categories)", j + 1, t.codes.len()))
+            })
+            .collect();
         format!(
-            "{} on {} features [{}], trained on {} rows ({} skipped), threshold {}, {} bytes",
+            "{} on {} features [{}], trained on {} rows ({} skipped), threshold {}{text}, {} bytes",
             self.params.algorithm,
             self.n_features,
             self.params.to_options_string(),

@@ -60,6 +60,7 @@ impl From<ModelV1> for Model {
             skipped_rows: m.skipped_rows,
             threshold: m.threshold,
             body: m.body,
+            categories: Vec::new(),
         }
     }
 }

@@ -143,6 +143,11 @@ impl Algorithm {
             .unwrap_or_default()
     }
 
+    /// Whether the detector takes text (categorical) features ([`crate::categorical`]).
+    pub fn takes_categorical(self) -> bool {
+        matches!(self, Algorithm::Hbos | Algorithm::Ecod | Algorithm::Copod)
+    }
+
     fn specific_options(self) -> &'static [&'static str] {
         match self {
             Algorithm::ZScore | Algorithm::RobustZScore | Algorithm::Iqr => &["combine"],

@@ -50,6 +50,23 @@ pub fn check_model(model: &Model) -> Checked {
             | (Algorithm::Loda, ModelBody::Loda(_))
             | (Algorithm::Eif, ModelBody::Eif(_))
     );
+    if !model.categories.is_empty() {
+        if model.categories.len() != width {
+            return Err(format!(
+                "{} category tables for {width} features",
+                model.categories.len()
+            ));
+        }
+        if !model.params.algorithm.takes_categorical() {
+            return Err(format!(
+                "{} has no text features, but the model has category tables",
+                model.params.algorithm.name()
+            ));
+        }
+        for table in model.categories.iter().flatten() {
+            table.validate()?;
+        }
+    }
     if !body_fits {
         return Err(format!(
             "the body does not belong to algorithm {}",

@@ -52,6 +52,18 @@ fn seeds() -> Vec<Vec<u8>> {
             out.push(fit.finish().to_bytes());
         }
     }
+    // Models with a text feature (format 3: category tables after the model).
+    for alg in [Algorithm::Hbos, Algorithm::Ecod, Algorithm::Copod] {
+        let mut fit = FitState::new(DetectorParams::new(alg), 2);
+        let text: ArrayRef = Arc::new(arrow_array::StringArray::from_iter_values(
+            (0..200).map(|i| ["a", "b", "c", "dd"][(i * 7 % 11) % 4]),
+        ));
+        let numbers: ArrayRef = Arc::new(Float64Array::from_iter_values(
+            (0..200).map(|i| (i % 13) as f64),
+        ));
+        fit.update(&[text, numbers]).expect("text and numbers fit");
+        out.push(fit.finish().to_bytes());
+    }
     out
 }
 

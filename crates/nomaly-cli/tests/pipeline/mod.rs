@@ -193,6 +193,48 @@ fn multi_source_join_pipeline_enriches_then_detects() {
 }
 
 #[test]
+fn text_columns_are_categorical_features_like_the_sql_function() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tx = root().join("examples/data/tx.csv");
+    let pipeline = tmp.path().join("p.toml");
+    let out = tmp.path().join("out");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "input = \"{}\"\noutput = \"{}/\"\n\n[detect]\nalgorithm = \"hbos\"\ncolumns = [\"merchant\", \"amount\"]\n",
+            tx.display(),
+            out.display()
+        ),
+    )
+    .unwrap();
+    let o = nomaly(&["run", pipeline.to_str().unwrap(), "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(report(&o)["output_rows"], 2000);
+    let rows = query(
+        &[("o", &out), ("tx", &tx)],
+        "SELECT count(*), sum(CASE WHEN o.anomaly_score = d.a['score'] AND o.is_anomaly = d.a['is_anomaly'] THEN 1 ELSE 0 END) \
+         FROM o JOIN (SELECT id, detect_anomalies('hbos', merchant, amount) AS a FROM tx) d ON o.id = d.id",
+    );
+    assert_eq!(rows, vec!["2000,2000"]);
+    // A detector without text features refuses the column before reading a chunk.
+    std::fs::write(
+        &pipeline,
+        std::fs::read_to_string(&pipeline)
+            .unwrap()
+            .replace("hbos", "iforest"),
+    )
+    .unwrap();
+    let o = nomaly(&["run", pipeline.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("column 'merchant'")
+            && stderr(&o).contains("hbos, ecod and copod also text"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
 fn per_segment_pipeline_fits_one_model_per_merchant() {
     let tmp = tempfile::tempdir().unwrap();
     let r = report(&run_example("per_segment", tmp.path()));

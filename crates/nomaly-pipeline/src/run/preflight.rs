@@ -70,7 +70,10 @@ pub(crate) async fn check_detect_columns(
                 ),
             ));
         };
-        if d.columns.contains(c) && !nomaly_detectors::features::is_numeric(field.data_type()) {
+        let dt = field.data_type();
+        let takes = nomaly_detectors::features::is_numeric(dt)
+            || (nomaly_detectors::features::is_categorical(dt) && d.algorithm.takes_categorical());
+        if d.columns.contains(c) && !takes {
             // A header-only CSV infers text columns: say what is really wrong.
             if input_is_empty(ctx, &d.input).await {
                 return Err(empty_input(d, reads));
@@ -101,7 +104,7 @@ fn not_numeric(
     PipelineError::invalid(
         &d.place,
         format!(
-            "column '{column}' of '{}' is {data_type}, not numeric; detectors take numeric columns — cast it in a [[step]] (e.g. CAST({column} AS DOUBLE)) or drop it from columns{}",
+            "column '{column}' of '{}' is {data_type}, not numeric; detectors take numeric columns (hbos, ecod and copod also text ones) — cast it in a [[step]] (e.g. CAST({column} AS DOUBLE)) or drop it from columns{}",
             d.input,
             if text_input {
                 "; if only a few lines hold text where numbers belong, set [run] on_bad_rows = \"quarantine\" to set those lines aside"
