@@ -213,6 +213,10 @@ pub struct DetectSpec {
     /// One model per distinct value of these columns (per-segment detection).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partition_by: Vec<String>,
+    /// Which of `columns` are text (categorical) features: hbos, ecod and copod only. A text column
+    /// not listed is an error, so a numeric column read as text is never taken as categories.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub categorical: Vec<String>,
     /// Also write each feature's contribution to the score (column `anomaly_explanation`).
     #[serde(default)]
     pub explain: bool,

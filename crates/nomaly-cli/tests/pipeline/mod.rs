@@ -198,15 +198,12 @@ fn text_columns_are_categorical_features_like_the_sql_function() {
     let tx = root().join("examples/data/tx.csv");
     let pipeline = tmp.path().join("p.toml");
     let out = tmp.path().join("out");
-    std::fs::write(
-        &pipeline,
-        format!(
-            "input = \"{}\"\noutput = \"{}/\"\n\n[detect]\nalgorithm = \"hbos\"\ncolumns = [\"merchant\", \"amount\"]\n",
-            tx.display(),
-            out.display()
-        ),
-    )
-    .unwrap();
+    let text = format!(
+        "input = \"{}\"\noutput = \"{}/\"\n\n[detect]\nalgorithm = \"hbos\"\ncolumns = [\"merchant\", \"amount\"]\ncategorical = [\"merchant\"]\n",
+        tx.display(),
+        out.display()
+    );
+    std::fs::write(&pipeline, &text).unwrap();
     let o = nomaly(&["run", pipeline.to_str().unwrap(), "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(report(&o)["output_rows"], 2000);
@@ -216,19 +213,26 @@ fn text_columns_are_categorical_features_like_the_sql_function() {
          FROM o JOIN (SELECT id, detect_anomalies('hbos', merchant, amount) AS a FROM tx) d ON o.id = d.id",
     );
     assert_eq!(rows, vec!["2000,2000"]);
-    // A detector without text features refuses the column before reading a chunk.
+    // Text is categorical only when declared (a numeric column read as text is not taken as
+    // categories): undeclared, the run stops before a chunk and says how; declared for a detector
+    // without text features, the file does not compile.
     std::fs::write(
         &pipeline,
-        std::fs::read_to_string(&pipeline)
-            .unwrap()
-            .replace("hbos", "iforest"),
+        text.replace("categorical = [\"merchant\"]\n", ""),
     )
     .unwrap();
     let o = nomaly(&["run", pipeline.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("column 'merchant'")
-            && stderr(&o).contains("hbos, ecod and copod also text"),
+        stderr(&o).contains("column 'merchant'") && stderr(&o).contains("list it in categorical"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::write(&pipeline, text.replace("hbos", "iforest")).unwrap();
+    let o = nomaly(&["run", pipeline.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("iforest takes numeric columns only"),
         "{}",
         stderr(&o)
     );

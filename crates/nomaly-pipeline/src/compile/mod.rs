@@ -40,6 +40,8 @@ pub struct Detect {
     pub options: String,
     pub input: String,
     pub partition_by: Vec<String>,
+    /// The columns declared text (categorical) features.
+    pub categorical: Vec<String>,
     pub explain: bool,
     pub place: String,
     /// Where the model comes from: a fit of the input (default), of a `train` query, or the
@@ -299,6 +301,23 @@ fn compile_detect(
                     "columns is empty; list the numeric feature columns, e.g. columns = [\"amount\", \"latency_ms\"]",
                 ));
             }
+            if let Some(c) = d.categorical.iter().find(|c| !d.columns.contains(c)) {
+                return Err(PipelineError::invalid(
+                    place(file, "[detect]", 0, Some("categorical")),
+                    format!(
+                        "'{c}' is not one of columns; categorical lists which of the columns are text"
+                    ),
+                ));
+            }
+            if !d.categorical.is_empty() && !algorithm.takes_categorical() {
+                return Err(PipelineError::invalid(
+                    place(file, "[detect]", 0, Some("categorical")),
+                    format!(
+                        "{} takes numeric columns only; hbos, ecod and copod take text (categorical) ones",
+                        algorithm.name()
+                    ),
+                ));
+            }
             let input = match &d.input {
                 Some(i) => {
                     if !names.contains(i) {
@@ -323,6 +342,7 @@ fn compile_detect(
                 options,
                 input,
                 partition_by: d.partition_by.clone(),
+                categorical: d.categorical.clone(),
                 explain: d.explain,
                 place: place(file, "[detect]", 0, Some("columns")),
                 model: model::compile_model(file, d)?,

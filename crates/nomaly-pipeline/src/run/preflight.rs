@@ -71,8 +71,17 @@ pub(crate) async fn check_detect_columns(
             ));
         };
         let dt = field.data_type();
-        let takes = nomaly_detectors::features::is_numeric(dt)
-            || (nomaly_detectors::features::is_categorical(dt) && d.algorithm.takes_categorical());
+        let declared_text = d.categorical.contains(c);
+        if declared_text && !nomaly_detectors::features::is_categorical(dt) {
+            return Err(PipelineError::invalid(
+                &d.place,
+                format!(
+                    "column '{c}' of '{}' is {dt}, but categorical lists it as text; remove it from categorical or cast it to text in a [[step]]",
+                    d.input
+                ),
+            ));
+        }
+        let takes = nomaly_detectors::features::is_numeric(dt) || declared_text;
         if d.columns.contains(c) && !takes {
             // A header-only CSV infers text columns: say what is really wrong.
             if input_is_empty(ctx, &d.input).await {
@@ -104,7 +113,7 @@ fn not_numeric(
     PipelineError::invalid(
         &d.place,
         format!(
-            "column '{column}' of '{}' is {data_type}, not numeric; detectors take numeric columns (hbos, ecod and copod also text ones) — cast it in a [[step]] (e.g. CAST({column} AS DOUBLE)) or drop it from columns{}",
+            "column '{column}' of '{}' is {data_type}, not numeric; detectors take numeric columns — cast it in a [[step]] (e.g. CAST({column} AS DOUBLE)), drop it from columns, or, if it holds categories, list it in categorical = [...] (hbos, ecod and copod){}",
             d.input,
             if text_input {
                 "; if only a few lines hold text where numbers belong, set [run] on_bad_rows = \"quarantine\" to set those lines aside"
