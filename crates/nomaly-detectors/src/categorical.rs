@@ -20,6 +20,7 @@ use crate::error::{DetectorError, Result};
 use crate::hashing::mix64;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 /// Most distinct values a categorical feature may have (per fit).
 pub const MAX_CATEGORIES: usize = 65_536;
@@ -74,15 +75,26 @@ impl CategoryCounts {
         CategoryTable {
             codes: self.counts.keys().map(|c| *c as f64).collect(),
             counts: self.counts.values().copied().collect(),
+            terms: OnceLock::new(),
         }
     }
 }
 
 /// A fitted categorical feature: its codes in increasing order and their row counts.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CategoryTable {
     pub codes: Vec<f64>,
     pub counts: Vec<u64>,
+    /// The terms of each category and of an unseen one, built on first use: a model scores many
+    /// batches, and a table may hold 65,536 categories.
+    #[serde(skip)]
+    terms: OnceLock<(CategoryTerm, Vec<f64>, f64)>,
+}
+
+impl PartialEq for CategoryTable {
+    fn eq(&self, other: &Self) -> bool {
+        self.codes == other.codes && self.counts == other.counts
+    }
 }
 
 /// How a detector turns a category's count into a term.
@@ -131,9 +143,20 @@ impl CategoryTable {
         }
     }
 
-    /// Writes the term of each code in `col` to `out`.
+    /// Writes the term of each code in `col` to `out`. A model's feature always asks for one kind,
+    /// so its terms are built once per table (another kind is computed afresh).
     pub fn terms(&self, kind: CategoryTerm, col: &[f64], out: &mut [f64]) {
-        let (terms, unseen) = self.category_terms(kind);
+        let cached = self.terms.get_or_init(|| {
+            let (terms, unseen) = self.category_terms(kind);
+            (kind, terms, unseen)
+        });
+        let fresh;
+        let (terms, unseen) = if cached.0 == kind {
+            (&cached.1, cached.2)
+        } else {
+            fresh = self.category_terms(kind);
+            (&fresh.0, fresh.1)
+        };
         for (o, code) in out.iter_mut().zip(col) {
             *o = match self.codes.binary_search_by(|c| c.total_cmp(code)) {
                 Ok(i) => terms[i],

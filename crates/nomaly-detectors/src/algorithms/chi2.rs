@@ -80,15 +80,26 @@ fn upper_gamma_q(a: f64, x: f64) -> f64 {
 /// The x with P(X > x) = p for X ~ χ²(dof); p in (0, 1).
 pub fn chi2_isf(p: f64, dof: usize) -> f64 {
     let a = dof as f64 / 2.0;
-    let survival = |x: f64| upper_gamma_q(a, x / 2.0);
-    let (mut lo, mut hi) = (0.0f64, dof as f64 + 10.0);
-    while survival(hi) > p {
+    // To the last bit: monotone, so this is the closest double.
+    invert_survival(|x| upper_gamma_q(a, x / 2.0), p, dof as f64 + 10.0, 0.0)
+}
+
+/// The x ≥ 0 where a decreasing `survival` falls to `p`: doubling from `start` until below it,
+/// then bisection until the interval is one ulp wide or within `rel_tol` of its top.
+pub(crate) fn invert_survival(
+    survival: impl Fn(f64) -> f64,
+    p: f64,
+    start: f64,
+    rel_tol: f64,
+) -> f64 {
+    let (mut lo, mut hi) = (0.0f64, start);
+    while survival(hi) > p && hi < 1e300 {
+        lo = hi;
         hi *= 2.0;
     }
-    // Bisection until the interval is one ulp wide: monotone, so this is the closest double.
     for _ in 0..2_000 {
         let mid = 0.5 * (lo + hi);
-        if mid <= lo || mid >= hi {
+        if mid <= lo || mid >= hi || hi - lo <= rel_tol * hi {
             break;
         }
         if survival(mid) > p {

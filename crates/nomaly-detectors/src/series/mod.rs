@@ -22,7 +22,6 @@ pub mod student_t;
 
 use crate::algorithms::moments::scaled_distance;
 use crate::error::{DetectorError, Result};
-use crate::quantile::quantile_linear;
 use stl::StlOptions;
 
 /// The time-series detectors.
@@ -309,13 +308,9 @@ pub fn robust_z(r: &[Option<f64>]) -> Vec<Option<f64>> {
         return vec![None; r.len()];
     }
     sorted.sort_by(f64::total_cmp);
-    let wv: Vec<(f64, u64)> = sorted.iter().map(|v| (*v, 1)).collect();
-    let med = quantile_linear(&wv, 0.5);
-    let mut dev: Vec<(f64, u64)> = sorted.iter().map(|v| ((v - med).abs(), 1)).collect();
-    dev.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let spread = 1.4826 * quantile_linear(&dev, 0.5);
+    let (med, mad) = rolling::median_and_mad(&sorted);
     r.iter()
-        .map(|v| v.map(|v| scaled_distance((v - med).abs(), spread)))
+        .map(|v| v.map(|v| scaled_distance((v - med).abs(), 1.4826 * mad)))
         .collect()
 }
 

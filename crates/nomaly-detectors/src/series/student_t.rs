@@ -2,28 +2,12 @@
 //! P(T > t) = I_x(df/2, 1/2) / 2 with x = df / (df + t²); the regularised incomplete beta by its
 //! continued fraction (modified Lentz, Numerical Recipes §6.4), inverted by bisection.
 
-use crate::algorithms::chi2::ln_gamma;
+use crate::algorithms::chi2::{invert_survival, ln_gamma};
 
 /// The t with P(T > t) = q for T ~ t(df); q in (0, 0.5], df > 0.
 pub fn t_isf(q: f64, df: f64) -> f64 {
     let survival = |t: f64| 0.5 * incomplete_beta(df / (df + t * t), df / 2.0, 0.5);
-    let (mut lo, mut hi) = (0.0f64, 2.0f64);
-    while survival(hi) > q && hi < 1e300 {
-        lo = hi;
-        hi *= 2.0;
-    }
-    for _ in 0..200 {
-        let mid = 0.5 * (lo + hi);
-        if mid <= lo || mid >= hi || hi - lo <= 1e-15 * hi {
-            break;
-        }
-        if survival(mid) > q {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    0.5 * (lo + hi)
+    invert_survival(survival, q, 2.0, 1e-15)
 }
 
 /// I_x(a, b), the regularised incomplete beta function.
@@ -44,46 +28,37 @@ fn incomplete_beta(x: f64, a: f64, b: f64) -> f64 {
 }
 
 fn beta_fraction(x: f64, a: f64, b: f64) -> f64 {
-    let tiny = 1e-300;
     let (qab, qap, qam) = (a + b, a + 1.0, a - 1.0);
     let mut c = 1.0;
-    let mut d = 1.0 - qab * x / qap;
-    if d.abs() < tiny {
-        d = tiny;
-    }
-    d = 1.0 / d;
+    let mut d = 1.0 / nonzero(1.0 - qab * x / qap);
     let mut h = d;
     for m in 1..10_000 {
         let m = m as f64;
         let m2 = 2.0 * m;
-        let aa = m * (b - m) * x / ((qam + m2) * (a + m2));
-        d = 1.0 + aa * d;
-        if d.abs() < tiny {
-            d = tiny;
-        }
-        c = 1.0 + aa / c;
-        if c.abs() < tiny {
-            c = tiny;
-        }
-        d = 1.0 / d;
-        h *= d * c;
-        let aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2));
-        d = 1.0 + aa * d;
-        if d.abs() < tiny {
-            d = tiny;
-        }
-        c = 1.0 + aa / c;
-        if c.abs() < tiny {
-            c = tiny;
-        }
-        d = 1.0 / d;
-        let delta = d * c;
+        // The even and the odd term of the fraction, each one modified-Lentz step.
+        let even = m * (b - m) * x / ((qam + m2) * (a + m2));
+        h *= lentz_step(even, &mut c, &mut d);
+        let odd = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2));
+        let delta = lentz_step(odd, &mut c, &mut d);
         h *= delta;
         if (delta - 1.0).abs() < 1e-16 {
             break;
         }
     }
     h
+}
+
+/// One step of the modified Lentz method for the term `aa`: updates c and d, returns c·d.
+fn lentz_step(aa: f64, c: &mut f64, d: &mut f64) -> f64 {
+    *d = 1.0 / nonzero(1.0 + aa * *d);
+    *c = nonzero(1.0 + aa / *c);
+    *d * *c
+}
+
+/// x, or a tiny number in place of (near) zero, so the next division stays finite.
+fn nonzero(x: f64) -> f64 {
+    const TINY: f64 = 1e-300;
+    if x.abs() < TINY { TINY } else { x }
 }
 
 #[cfg(test)]
