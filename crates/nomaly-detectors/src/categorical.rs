@@ -1,5 +1,5 @@
-//! Categorical (text) features for the detectors that score feature by feature on frequencies:
-//! `hbos`, `ecod` and `copod`.
+//! Categorical (text) features: `hbos`, `ecod` and `copod` score them by frequency, `iforest`
+//! splits on them.
 //!
 //! A text value becomes its *code*: a 52-bit hash of its UTF-8 bytes, an exact integer in an f64,
 //! so it travels through the row sample and the scoring columns like any number and is the same on
@@ -12,7 +12,13 @@
 //! - ecod, copod: −ln(p), p = the share of fitted rows whose category is at most as frequent as
 //!   this one (Σ n_k over n_k ≤ n_c, over n) — the tail probability of the category's rarity.
 //!
-//! A category the fit never saw scores as the rarest possible: hbos as an empty bin
+//! - iforest: a split on a text feature cuts the codes — a random order of the categories, fixed by
+//!   their hashes — at a uniform point between the node's smallest and largest, sending a random
+//!   set of categories to each side. The many rows of a frequent category share one value and are
+//!   never separated, so they sit deep; a rare category is cut off in a few splits. An unseen
+//!   category goes where its code falls (often alone, in a gap: a short path, a high score).
+//!
+//! For the frequency scores, a category the fit never saw scores as the rarest possible: hbos as an empty bin
 //! (−log2(alpha)), ecod/copod with p = 1 / (n + 1). NULL follows the missing-value rule of every
 //! feature: the row is skipped by the fit and scores NULL.
 
@@ -354,7 +360,12 @@ mod tests {
         fn any_split_gives_the_same_model_bytes_and_bytes_round_trip() {
             let (c, a) = data();
             let cols = columns(&c, &a);
-            for alg in [Algorithm::Hbos, Algorithm::Ecod, Algorithm::Copod] {
+            for alg in [
+                Algorithm::Hbos,
+                Algorithm::Ecod,
+                Algorithm::Copod,
+                Algorithm::IsolationForest,
+            ] {
                 let whole = fit(alg, &cols).to_bytes();
                 let mut parts: Vec<FitState> = [(0, 30), (30, 31), (61, 39)]
                     .iter()
@@ -385,6 +396,20 @@ mod tests {
         }
 
         #[test]
+        fn iforest_isolates_a_rare_category() {
+            let (c, a) = data();
+            let cols = columns(&c, &a);
+            let model = fit(Algorithm::IsolationForest, &cols);
+            let scores = model.score(&cols).unwrap();
+            let top = (0..100)
+                .filter(|i| scores.is_valid(*i))
+                .max_by(|x, y| scores.value(*x).total_cmp(&scores.value(*y)))
+                .unwrap();
+            assert_eq!(c[top], Some("NZ"), "{:?}", scores.value(top));
+            assert!(scores.is_null(7));
+        }
+
+        #[test]
         fn every_text_type_gives_the_same_codes() {
             let values = vec![Some("a"), None, Some("bb"), Some("a")];
             let plain: ArrayRef = Arc::new(StringArray::from(values.clone()));
@@ -407,10 +432,11 @@ mod tests {
         fn text_where_it_cannot_go_is_an_error_naming_the_column() {
             let (c, a) = data();
             let cols = columns(&c, &a);
-            let mut f = FitState::new(DetectorParams::new(Algorithm::IsolationForest), 2);
+            let mut f = FitState::new(DetectorParams::new(Algorithm::Knn), 2);
             let err = f.update(&cols).unwrap_err().to_string();
             assert!(
-                err.contains("feature column 1 is text") && err.contains("hbos, ecod and copod"),
+                err.contains("feature column 1 is text")
+                    && err.contains("hbos, ecod, copod and iforest"),
                 "{err}"
             );
             let numeric = fit(Algorithm::Hbos, &[cols[1].clone(), cols[1].clone()]);

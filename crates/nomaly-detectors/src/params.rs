@@ -145,7 +145,10 @@ impl Algorithm {
 
     /// Whether the detector takes text (categorical) features ([`crate::categorical`]).
     pub fn takes_categorical(self) -> bool {
-        matches!(self, Algorithm::Hbos | Algorithm::Ecod | Algorithm::Copod)
+        matches!(
+            self,
+            Algorithm::Hbos | Algorithm::Ecod | Algorithm::Copod | Algorithm::IsolationForest
+        )
     }
 
     fn specific_options(self) -> &'static [&'static str] {

@@ -53,8 +53,15 @@ fn seeds() -> Vec<Vec<u8>> {
         }
     }
     // Models with a text feature (format 3: category tables after the model).
-    for alg in [Algorithm::Hbos, Algorithm::Ecod, Algorithm::Copod] {
-        let mut fit = FitState::new(DetectorParams::new(alg), 2);
+    let small_forest =
+        DetectorParams::parse(Algorithm::IsolationForest, "n_trees=3, sample_size=16")
+            .expect("valid options");
+    for params in [Algorithm::Hbos, Algorithm::Ecod, Algorithm::Copod]
+        .map(DetectorParams::new)
+        .into_iter()
+        .chain([small_forest])
+    {
+        let mut fit = FitState::new(params, 2);
         let text: ArrayRef = Arc::new(arrow_array::StringArray::from_iter_values(
             (0..200).map(|i| ["a", "b", "c", "dd"][(i * 7 % 11) % 4]),
         ));

@@ -228,11 +228,11 @@ fn text_columns_are_categorical_features_like_the_sql_function() {
         "{}",
         stderr(&o)
     );
-    std::fs::write(&pipeline, text.replace("hbos", "iforest")).unwrap();
+    std::fs::write(&pipeline, text.replace("hbos", "knn")).unwrap();
     let o = nomaly(&["run", pipeline.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("iforest takes numeric columns only"),
+        stderr(&o).contains("knn takes numeric columns only"),
         "{}",
         stderr(&o)
     );
