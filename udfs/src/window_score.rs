@@ -23,6 +23,7 @@ use datafusion::logical_expr::{
 use datafusion::physical_expr::expressions::Literal;
 use nomaly_detectors::algorithms::moments::{distance_outside, scaled_distance, squares_scale};
 use nomaly_detectors::quantile::quantile_linear;
+use nomaly_detectors::series::rolling::median_and_mad;
 use std::ops::Range;
 use std::sync::{Arc, LazyLock};
 
@@ -223,16 +224,12 @@ impl FrameScore {
             }
             FrameScore::Mad => {
                 frame.sort_by(f64::total_cmp);
-                let wv: Vec<(f64, u64)> = frame.iter().map(|&v| (v, 1)).collect();
-                let med = quantile_linear(&wv, 0.5);
-                let mut dev: Vec<(f64, u64)> =
-                    frame.iter().map(|&v| ((v - med).abs(), 1)).collect();
-                dev.sort_by(|a, b| a.0.total_cmp(&b.0));
+                let (med, mad) = median_and_mad(&frame);
                 Fence {
                     factor,
                     lo: med,
                     hi: med,
-                    spread: 1.4826 * quantile_linear(&dev, 0.5),
+                    spread: 1.4826 * mad,
                 }
             }
             FrameScore::Iqr => {

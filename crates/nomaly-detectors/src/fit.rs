@@ -482,8 +482,9 @@ impl FitState {
     }
 }
 
-/// A feature that is text in one batch (or partial fit) and numbers in another.
-fn kind_mismatch(j: usize, was_text: bool) -> DetectorError {
+/// A feature that is text in one batch, partial fit or model and numbers in another; `was_text`
+/// is what came first.
+pub(crate) fn kind_mismatch(j: usize, was_text: bool) -> DetectorError {
     let kind = |text: bool| if text { "text" } else { "numeric" }.to_string();
     DetectorError::FeatureKindMismatch {
         index: j + 1,

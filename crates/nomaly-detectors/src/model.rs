@@ -280,12 +280,7 @@ impl Model {
         for (j, text) in f.categorical.iter().enumerate() {
             let fitted_text = matches!(self.categories.get(j), Some(Some(_)));
             if *text != fitted_text {
-                let kind = |t: bool| if t { "text" } else { "numeric" }.to_string();
-                return Err(DetectorError::FeatureKindMismatch {
-                    index: j + 1,
-                    expected: kind(fitted_text),
-                    found: kind(*text),
-                });
+                return Err(crate::fit::kind_mismatch(j, fitted_text));
             }
         }
         Ok(())

@@ -29,6 +29,15 @@ fn floats(v: &Value) -> Vec<f64> {
         .collect()
 }
 
+/// A fixture's 0/1 labels.
+fn labels(v: &Value) -> Vec<i64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect()
+}
+
 /// ROC-AUC with ties counted half (as scikit-learn's `roc_auc_score`).
 fn roc_auc(scores: &[f64], labels: &[i64]) -> f64 {
     let ranks = average_ranks(scores);
@@ -103,12 +112,7 @@ fn agrees_with_reference_implementations() {
             .iter()
             .map(floats)
             .collect();
-        let labels: Vec<i64> = f["labels"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_i64().unwrap())
-            .collect();
+        let labels = labels(&f["labels"]);
         for alg in Algorithm::ALL {
             let reference = floats(&f["scores"][alg.name()]);
             let ours = nomaly_scores(alg, &columns, 42);

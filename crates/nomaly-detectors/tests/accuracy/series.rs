@@ -3,7 +3,7 @@
 //! residual scores equal up to rounding (relative difference ≤ 1e-9), ESD statistics likewise and
 //! its anomalies exactly, rolling scores equal.
 
-use super::{fixture, roc_auc};
+use super::{fixture, labels, roc_auc};
 use nomaly_detectors::series::{self, SeriesDetector, SeriesOptions, esd, period};
 use serde_json::Value;
 
@@ -35,12 +35,7 @@ fn series_detectors_agree_with_statsmodels_scipy_and_pandas() {
     for name in ["hourly", "monthly", "weekly"] {
         let f = fixture(&format!("series_{name}"));
         let values = optional(&f["values"]);
-        let labels: Vec<i64> = f["labels"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_i64().unwrap())
-            .collect();
+        let labels = labels(&f["labels"]);
         let p = f["period"].as_u64().unwrap() as usize;
         for (key, text) in [
             ("stl_robust", format!("period={p}")),
