@@ -134,17 +134,20 @@ impl LodaModel {
         Ok(())
     }
 
+    /// Adds each row's share of one cut's terms to its features' parts; the block's rows start at
+    /// row `start` of `out`.
     fn split_cut(
         &self,
         cut: &Cut,
-        cols: &[&[f64]],
+        block: &[&[f64]],
         terms: &[f64],
         n_cuts: f64,
         out: &mut [Vec<f64>],
+        start: usize,
     ) {
         for (r, &term) in terms.iter().enumerate() {
             let pull = |(&j, &w): (&u32, &f64)| {
-                (w * (cols[j as usize][r] - self.centre[j as usize])).abs()
+                (w * (block[j as usize][r] - self.centre[j as usize])).abs()
             };
             let total: f64 = cut.features.iter().zip(&cut.weights).map(pull).sum();
             let each = 1.0 / cut.features.len() as f64;
@@ -154,29 +157,145 @@ impl LodaModel {
                 } else {
                     each
                 };
-                out[*j as usize][r] += share * term / n_cuts;
+                out[*j as usize][start + r] += share * term / n_cuts;
             }
         }
     }
 }
 
-/// The number of `searched` edges strictly below `v` (NumPy `searchsorted`, side left): a guess
-/// from the bin width, corrected against the edges themselves so rounding cannot move it.
-#[inline]
-fn bin_of(searched: &[f64], first: f64, inv_width: f64, v: f64) -> usize {
-    let guess = ((v - first) * inv_width).ceil();
-    let mut b = if guess >= 1.0 {
-        (guess as usize).min(searched.len())
-    } else {
-        0
+/// Rows scored together: a block's projections, terms and scores stay in the first-level cache.
+const BLOCK_ROWS: usize = 1024;
+
+/// Finds a projected value's bin: the number of the first `n_bins − 1` edges strictly below it
+/// (NumPy `searchsorted`, side left). A guess from the bin width (truncated: `ceil` is a library
+/// call on the baseline x86-64 target), one step down and one up against the edges themselves,
+/// and the full search only where those steps were not enough (a width rounding could not give).
+struct BinLookup {
+    first: f64,
+    inv_width: f64,
+    /// The searched edges between two NaNs, so both steps read no bounds and compare false there.
+    padded: Vec<f64>,
+}
+
+impl BinLookup {
+    fn new(cut: &Cut) -> Self {
+        let searched = &cut.edges[..cut.neg_log.len() - 1];
+        let (first, last) = (cut.edges[0], cut.edges[cut.edges.len() - 1]);
+        let mut padded = Vec::with_capacity(searched.len() + 2);
+        padded.push(f64::NAN);
+        padded.extend_from_slice(searched);
+        padded.push(f64::NAN);
+        BinLookup {
+            first,
+            inv_width: cut.neg_log.len() as f64 / (last - first),
+            padded,
+        }
+    }
+
+    #[inline]
+    fn bin(&self, v: f64) -> usize {
+        let searched = self.padded.len() - 2;
+        // `as` saturates and takes NaN to 0
+        let guess = ((v - self.first) * self.inv_width) as i64;
+        let mut b = guess.clamp(0, searched as i64) as usize;
+        b -= (self.padded[b] >= v) as usize;
+        b += (self.padded[b + 1] < v) as usize;
+        if self.padded[b] >= v || self.padded[b + 1] < v {
+            return self.search(b, v);
+        }
+        b
+    }
+
+    #[cold]
+    fn search(&self, mut b: usize, v: f64) -> usize {
+        let searched = &self.padded[1..self.padded.len() - 1];
+        while b > 0 && searched[b - 1] >= v {
+            b -= 1;
+        }
+        while b < searched.len() && searched[b] < v {
+            b += 1;
+        }
+        b
+    }
+}
+
+/// Up to this many bins, a block's terms are chosen by one compare-and-select pass per edge (no
+/// loads that depend on the data, so the passes run in vector registers); beyond, by `BinLookup`.
+const SELECT_MAX_BINS: usize = 32;
+
+/// Each block row's term on one cut: `neg_log` of its bin. The select passes give the same bin as
+/// the lookup: the edges are in order, so the last edge below a value is the count of them.
+fn block_terms(cut: &Cut, lookup: &BinLookup, projected: &[f64], terms: &mut [f64]) {
+    if cut.neg_log.len() > SELECT_MAX_BINS {
+        for (t, &v) in terms.iter_mut().zip(projected) {
+            *t = cut.neg_log[lookup.bin(v)];
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::cpu::avx512() {
+            // SAFETY: the CPU has AVX-512 F (checked just above).
+            return unsafe { select_terms_avx512(cut, projected, terms) };
+        }
+        if crate::cpu::avx2() {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { select_terms_avx2(cut, projected, terms) };
+        }
+    }
+    select_terms(cut, projected, terms)
+}
+
+#[inline(always)]
+fn select_terms(cut: &Cut, projected: &[f64], terms: &mut [f64]) {
+    // Eight rows at a time held in registers through all the edges: selecting in memory would
+    // compile to masked stores, microcoded and slow on AMD's cores.
+    const LANES: usize = 8;
+    let searched = &cut.edges[..cut.neg_log.len() - 1];
+    let select = |values: &[f64], out: &mut [f64]| {
+        let mut acc = [cut.neg_log[0]; LANES];
+        for (&edge, &term) in searched.iter().zip(&cut.neg_log[1..]) {
+            for (a, &v) in acc.iter_mut().zip(values) {
+                *a = if v > edge { term } else { *a };
+            }
+        }
+        out.copy_from_slice(&acc[..out.len()]);
     };
-    while b > 0 && searched[b - 1] >= v {
-        b -= 1;
+    let mut rows = terms.chunks_exact_mut(LANES);
+    let mut values = projected.chunks_exact(LANES);
+    for (out, v) in (&mut rows).zip(&mut values) {
+        select(v, out);
     }
-    while b < searched.len() && searched[b] < v {
-        b += 1;
+    let (rest, rest_values) = (rows.into_remainder(), values.remainder());
+    if !rest.is_empty() {
+        let mut padded = [0.0; LANES];
+        padded[..rest_values.len()].copy_from_slice(rest_values);
+        select(&padded, rest);
     }
-    b
+}
+
+/// `select_terms` compiled for AVX2: the same compares and selects, four rows a register.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn select_terms_avx2(cut: &Cut, projected: &[f64], terms: &mut [f64]) {
+    select_terms(cut, projected, terms)
+}
+
+/// `select_terms` compiled for AVX-512: eight rows a register.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn select_terms_avx512(cut: &Cut, projected: &[f64], terms: &mut [f64]) {
+    select_terms(cut, projected, terms)
+}
+
+/// Each block row's projection on one cut, in the order `project` adds (so the same bits).
+fn project_block(cut: &Cut, block: &[&[f64]], out: &mut [f64]) {
+    out.fill(0.0);
+    for (&j, &w) in cut.features.iter().zip(&cut.weights) {
+        for (v, &x) in out.iter_mut().zip(block[j as usize]) {
+            *v += w * x;
+        }
+    }
 }
 
 /// NumPy's `histogram(values, bins=n_bins)` with each row counted by its weight, then PyOD's
@@ -223,20 +342,23 @@ impl WholeRowScorer for LodaModel {
         let mut scores = vec![0.0; len];
         let mut split = part_columns(parts, self.d, len);
         let n_cuts = self.cuts.len() as f64;
-        let mut terms = vec![0.0; len];
-        for cut in &self.cuts {
-            let searched = cut.neg_log.len() - 1;
-            let (first, last) = (cut.edges[0], cut.edges[cut.edges.len() - 1]);
-            let inv_width = cut.neg_log.len() as f64 / (last - first);
-            for (r, term) in terms.iter_mut().enumerate() {
-                let v = project(&cut.features, &cut.weights, |j| cols[j][r]);
-                *term = cut.neg_log[bin_of(&cut.edges[..searched], first, inv_width, v)];
-            }
-            for (s, t) in scores.iter_mut().zip(&terms) {
-                *s += *t;
-            }
-            if parts {
-                self.split_cut(cut, cols, &terms, n_cuts, &mut split);
+        let lookups: Vec<BinLookup> = self.cuts.iter().map(BinLookup::new).collect();
+        let mut projected = vec![0.0; BLOCK_ROWS.min(len)];
+        let mut terms = vec![0.0; BLOCK_ROWS.min(len)];
+        for start in (0..len).step_by(BLOCK_ROWS) {
+            let end = (start + BLOCK_ROWS).min(len);
+            let block: Vec<&[f64]> = cols.iter().map(|c| &c[start..end]).collect();
+            let projected = &mut projected[..end - start];
+            let terms = &mut terms[..end - start];
+            for (cut, lookup) in self.cuts.iter().zip(&lookups) {
+                project_block(cut, &block, projected);
+                block_terms(cut, lookup, projected, terms);
+                for (s, t) in scores[start..end].iter_mut().zip(terms.iter()) {
+                    *s += *t;
+                }
+                if parts {
+                    self.split_cut(cut, &block, terms, n_cuts, &mut split, start);
+                }
             }
         }
         for s in &mut scores {
@@ -252,22 +374,36 @@ mod tests {
 
     #[test]
     fn bin_lookup_is_numpy_searchsorted_left() {
-        let edges = [0.0, 1.0, 2.0, 3.0, 4.0];
-        let searched = &edges[..3];
-        for (v, want) in [
-            (-5.0, 0),
-            (0.0, 0),
-            (0.5, 1),
-            (1.0, 1),
-            (1.0000001, 2),
-            (2.5, 3),
-            (3.0, 3),
-            (9.0, 3),
+        let cut = |edges: Vec<f64>| Cut {
+            features: vec![0],
+            weights: vec![1.0],
+            neg_log: vec![0.0; edges.len() - 1],
+            edges,
+        };
+        let even = BinLookup::new(&cut(vec![0.0, 1.0, 2.0, 3.0, 4.0]));
+        // uneven edges: the width's guess is off by more than one step, so the search runs
+        let uneven = BinLookup::new(&cut(vec![0.0, 0.5, 1.0, 3.5, 4.0]));
+        for (v, want, uneven_want) in [
+            (f64::NEG_INFINITY, 0, 0),
+            (-5.0, 0, 0),
+            (0.0, 0, 0),
+            (0.5, 1, 1),
+            (1.0, 1, 2),
+            (1.0000001, 2, 3),
+            (2.5, 3, 3),
+            (3.0, 3, 3),
+            (9.0, 3, 3),
+            (f64::INFINITY, 3, 3),
+            (f64::NAN, 0, 0),
         ] {
-            assert_eq!(bin_of(searched, 0.0, 4.0 / 4.0, v), want, "{v}");
+            assert_eq!(even.bin(v), want, "{v}");
+            assert_eq!(uneven.bin(v), uneven_want, "{v}");
         }
-        // a useless guess (NaN width) still ends right
-        assert_eq!(bin_of(searched, 0.0, f64::NAN, 2.5), 3);
+        // a useless guess (an infinite width) still ends right
+        let flat = BinLookup::new(&cut(vec![0.0, 1.0, 2.0, 3.0, 0.0]));
+        assert!(flat.inv_width.is_infinite());
+        assert_eq!(flat.bin(2.5), 3);
+        assert_eq!(flat.bin(0.5), 1);
     }
 
     #[test]
