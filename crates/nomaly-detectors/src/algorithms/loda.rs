@@ -223,12 +223,24 @@ impl BinLookup {
 /// loads that depend on the data, so the passes run in vector registers); beyond, by `BinLookup`.
 const SELECT_MAX_BINS: usize = 32;
 
-/// Each block row's term on one cut: `neg_log` of its bin. The select passes give the same bin as
-/// the lookup: the edges are in order, so the last edge below a value is the count of them.
-fn block_terms(cut: &Cut, lookup: &BinLookup, projected: &[f64], terms: &mut [f64]) {
+/// Each block row's term on one cut, `neg_log` of its bin, into `terms` and added to `scores`.
+/// The select passes give the same bin as the lookup: the edges are in order, so the last edge
+/// below a value is the count of them.
+fn add_cut_terms(
+    cut: &Cut,
+    lookup: &BinLookup,
+    block: &[&[f64]],
+    projected: &mut [f64],
+    terms: &mut [f64],
+    scores: &mut [f64],
+) {
     if cut.neg_log.len() > SELECT_MAX_BINS {
-        for (t, &v) in terms.iter_mut().zip(projected) {
+        project_block(cut, block, projected);
+        for (t, &v) in terms.iter_mut().zip(projected.iter()) {
             *t = cut.neg_log[lookup.bin(v)];
+        }
+        for (s, t) in scores.iter_mut().zip(terms.iter()) {
+            *s += *t;
         }
         return;
     }
@@ -236,56 +248,80 @@ fn block_terms(cut: &Cut, lookup: &BinLookup, projected: &[f64], terms: &mut [f6
     {
         if crate::cpu::avx512() {
             // SAFETY: the CPU has AVX-512 F (checked just above).
-            return unsafe { select_terms_avx512(cut, projected, terms) };
+            return unsafe { select_terms_avx512(cut, block, terms, scores) };
         }
         if crate::cpu::avx2() {
             // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { select_terms_avx2(cut, projected, terms) };
+            return unsafe { select_terms_avx2(cut, block, terms, scores) };
         }
     }
-    select_terms(cut, projected, terms)
+    select_terms(cut, block, terms, scores)
 }
 
 #[inline(always)]
-fn select_terms(cut: &Cut, projected: &[f64], terms: &mut [f64]) {
-    // Eight rows at a time held in registers through all the edges: selecting in memory would
-    // compile to masked stores, microcoded and slow on AMD's cores.
+fn select_terms(cut: &Cut, block: &[&[f64]], terms: &mut [f64], scores: &mut [f64]) {
+    // Eight rows at a time held in registers from the projection through all the edges:
+    // selecting in memory would compile to masked stores, microcoded and slow on AMD's cores.
     const LANES: usize = 8;
     let searched = &cut.edges[..cut.neg_log.len() - 1];
-    let select = |values: &[f64], out: &mut [f64]| {
+    let select = |v: [f64; LANES]| {
         let mut acc = [cut.neg_log[0]; LANES];
         for (&edge, &term) in searched.iter().zip(&cut.neg_log[1..]) {
-            for (a, &v) in acc.iter_mut().zip(values) {
-                *a = if v > edge { term } else { *a };
+            for (a, &x) in acc.iter_mut().zip(&v) {
+                *a = if x > edge { term } else { *a };
             }
         }
-        out.copy_from_slice(&acc[..out.len()]);
+        acc
     };
-    let mut rows = terms.chunks_exact_mut(LANES);
-    let mut values = projected.chunks_exact(LANES);
-    for (out, v) in (&mut rows).zip(&mut values) {
-        select(v, out);
+    // the projection in `project`'s order, so the same bits
+    let project = |x_of: &dyn Fn(usize) -> [f64; LANES]| {
+        let mut v = [0.0; LANES];
+        for (&j, &w) in cut.features.iter().zip(&cut.weights) {
+            let x = x_of(j as usize);
+            for (a, &x) in v.iter_mut().zip(&x) {
+                *a += w * x;
+            }
+        }
+        v
+    };
+    let full = terms.len() / LANES * LANES;
+    for start in (0..full).step_by(LANES) {
+        let acc = select(project(&|j| {
+            block[j][start..start + LANES]
+                .try_into()
+                .expect("a full chunk")
+        }));
+        terms[start..start + LANES].copy_from_slice(&acc);
+        for (s, a) in scores[start..start + LANES].iter_mut().zip(&acc) {
+            *s += *a;
+        }
     }
-    let (rest, rest_values) = (rows.into_remainder(), values.remainder());
-    if !rest.is_empty() {
-        let mut padded = [0.0; LANES];
-        padded[..rest_values.len()].copy_from_slice(rest_values);
-        select(&padded, rest);
+    let rest = terms.len() - full;
+    if rest > 0 {
+        let acc = select(project(&|j| {
+            let mut x = [0.0; LANES];
+            x[..rest].copy_from_slice(&block[j][full..]);
+            x
+        }));
+        terms[full..].copy_from_slice(&acc[..rest]);
+        for (s, a) in scores[full..].iter_mut().zip(&acc) {
+            *s += *a;
+        }
     }
 }
 
-/// `select_terms` compiled for AVX2: the same compares and selects, four rows a register.
+/// `select_terms` compiled for AVX2: the same multiplies, adds, compares and selects.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn select_terms_avx2(cut: &Cut, projected: &[f64], terms: &mut [f64]) {
-    select_terms(cut, projected, terms)
+unsafe fn select_terms_avx2(cut: &Cut, block: &[&[f64]], terms: &mut [f64], scores: &mut [f64]) {
+    select_terms(cut, block, terms, scores)
 }
 
 /// `select_terms` compiled for AVX-512: eight rows a register.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn select_terms_avx512(cut: &Cut, projected: &[f64], terms: &mut [f64]) {
-    select_terms(cut, projected, terms)
+unsafe fn select_terms_avx512(cut: &Cut, block: &[&[f64]], terms: &mut [f64], scores: &mut [f64]) {
+    select_terms(cut, block, terms, scores)
 }
 
 /// Each block row's projection on one cut, in the order `project` adds (so the same bits).
@@ -351,11 +387,14 @@ impl WholeRowScorer for LodaModel {
             let projected = &mut projected[..end - start];
             let terms = &mut terms[..end - start];
             for (cut, lookup) in self.cuts.iter().zip(&lookups) {
-                project_block(cut, &block, projected);
-                block_terms(cut, lookup, projected, terms);
-                for (s, t) in scores[start..end].iter_mut().zip(terms.iter()) {
-                    *s += *t;
-                }
+                add_cut_terms(
+                    cut,
+                    lookup,
+                    &block,
+                    projected,
+                    terms,
+                    &mut scores[start..end],
+                );
                 if parts {
                     self.split_cut(cut, &block, terms, n_cuts, &mut split, start);
                 }
