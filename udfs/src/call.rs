@@ -51,7 +51,7 @@ pub fn coerce_feature(function: &str, position: usize, dt: &DataType) -> Result<
         DataType::Dictionary(_, v) => coerce_feature(function, position, v),
         other => plan_err!(
             "{function}: argument {position} has type {other}, but features must be numeric (or \
-             text, for hbos, ecod, copod and iforest); cast it (CAST(col AS DOUBLE)) or pick another column"
+             text, for hbos, ecod, copod, iforest and eif); cast it (CAST(col AS DOUBLE)) or pick another column"
         ),
     }
 }
@@ -186,7 +186,7 @@ pub fn parse_detector_call(
     {
         return plan_err!(
             "{function}: argument {} has type {} (text, a categorical feature), which {} cannot \
-             take: hbos, ecod, copod and iforest take text columns; cast it to a number or choose one of those",
+             take: hbos, ecod, copod, iforest and eif take text columns; cast it to a number or choose one of those",
             j + 2,
             arg_types[j + 1],
             algorithm.name()

@@ -151,7 +151,7 @@ impl TableFunctionImpl for DetectAnomaliesTable {
             refuse_text(field, &table, alg)?;
             coerce_feature("detect_anomalies", i + 1, field.data_type())
                 .map_err(|_| plan_datafusion_err!(
-                    "detect_anomalies: column '{}' of table '{table}' has type {}, but features must be numeric (or text, for hbos, ecod, copod and iforest); \
+                    "detect_anomalies: column '{}' of table '{table}' has type {}, but features must be numeric (or text, for hbos, ecod, copod, iforest and eif); \
                      cast it in a view or pick a numeric column",
                     field.name(),
                     field.data_type()
@@ -207,7 +207,7 @@ fn refuse_text(
 ) -> datafusion::common::Result<()> {
     if nomaly_detectors::features::is_categorical(field.data_type()) && !alg.takes_categorical() {
         return plan_err!(
-            "detect_anomalies: column '{}' of table '{table}' is text ({}), which {} cannot take: hbos, ecod, copod and iforest take text columns; cast it in a view or choose one of those",
+            "detect_anomalies: column '{}' of table '{table}' is text ({}), which {} cannot take: hbos, ecod, copod, iforest and eif take text columns; cast it in a view or choose one of those",
             field.name(),
             field.data_type(),
             alg.name()

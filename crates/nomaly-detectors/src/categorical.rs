@@ -1,5 +1,5 @@
-//! Categorical (text) features: `hbos`, `ecod` and `copod` score them by frequency, `iforest`
-//! splits on them.
+//! Categorical (text) features: `hbos`, `ecod` and `copod` score them by frequency, `iforest` and
+//! `eif` split on them.
 //!
 //! A text value becomes its *code*: a 52-bit hash of its UTF-8 bytes, an exact integer in an f64,
 //! so it travels through the row sample and the scoring columns like any number and is the same on
@@ -17,6 +17,12 @@
 //!   set of categories to each side. The many rows of a frequent category share one value and are
 //!   never separated, so they sit deep; a rare category is cut off in a few splits. An unseen
 //!   category goes where its code falls (often alone, in a gap: a short path, a high score).
+//! - eif: a text feature enters each hyperplane at its category's *place* in that plane, a hash of
+//!   the plane's weight and the code in [0, 1) ([`category_place`]) — a random order of the
+//!   categories drawn anew per node, as isotree's random coefficient per category and split — its
+//!   weight multiplied by the median range of the numeric features so a place counts about as
+//!   much as a number. A frequent category's rows share one place in every plane and sit deep; a
+//!   rare or unseen one lands apart in some plane and is cut off early.
 //!
 //! For the frequency scores, a category the fit never saw scores as the rarest possible: hbos as an empty bin
 //! (−log2(alpha)), ecod/copod with p = 1 / (n + 1). NULL follows the missing-value rule of every
@@ -30,6 +36,14 @@ use std::sync::OnceLock;
 
 /// Most distinct values a categorical feature may have (per fit).
 pub const MAX_CATEGORIES: usize = 65_536;
+
+/// Where a category sits on a text feature's axis in one `eif` plane: a hash of the plane's weight
+/// for the feature (a random number drawn per node) and the category's code, in [0, 1). Each plane
+/// so places the categories in its own random order, as isotree gives each category a random
+/// coefficient per split; the weight is in the model, so scoring finds the same places.
+pub fn category_place(weight: f64, code: f64) -> f64 {
+    (mix64(mix64(weight.to_bits()) ^ code.to_bits()) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
 
 /// The code of a text value: 52 bits of a hash of its bytes, as an exactly representable f64.
 pub fn category_code(text: &str) -> f64 {
@@ -276,6 +290,7 @@ mod tests {
     }
 
     mod with_models {
+        use crate::categorical::{category_code, category_place};
         use crate::{Algorithm, DetectorParams, FitState, Model};
         use arrow_array::types::Int32Type;
         use arrow_array::{
@@ -365,6 +380,7 @@ mod tests {
                 Algorithm::Ecod,
                 Algorithm::Copod,
                 Algorithm::IsolationForest,
+                Algorithm::Eif,
             ] {
                 let whole = fit(alg, &cols).to_bytes();
                 let mut parts: Vec<FitState> = [(0, 30), (30, 31), (61, 39)]
@@ -396,17 +412,34 @@ mod tests {
         }
 
         #[test]
-        fn iforest_isolates_a_rare_category() {
+        fn the_forests_isolate_a_rare_category() {
             let (c, a) = data();
             let cols = columns(&c, &a);
-            let model = fit(Algorithm::IsolationForest, &cols);
-            let scores = model.score(&cols).unwrap();
-            let top = (0..100)
-                .filter(|i| scores.is_valid(*i))
-                .max_by(|x, y| scores.value(*x).total_cmp(&scores.value(*y)))
-                .unwrap();
-            assert_eq!(c[top], Some("NZ"), "{:?}", scores.value(top));
-            assert!(scores.is_null(7));
+            for alg in [Algorithm::IsolationForest, Algorithm::Eif] {
+                let model = fit(alg, &cols);
+                let scores = model.score(&cols).unwrap();
+                let top = (0..100)
+                    .filter(|i| scores.is_valid(*i))
+                    .max_by(|x, y| scores.value(*x).total_cmp(&scores.value(*y)))
+                    .unwrap();
+                assert_eq!(c[top], Some("NZ"), "{alg:?} {:?}", scores.value(top));
+                assert!(scores.is_null(7));
+                // a model of text features reads back and scores the same bits
+                let back = Model::from_bytes(&model.to_bytes()).unwrap();
+                assert_eq!(back.score(&cols).unwrap(), scores);
+            }
+            // eif's planes place a category anew per plane, in [0, 1)
+            let code = category_code("NZ");
+            let places: Vec<f64> = [0.5, -1.25, 3.0]
+                .iter()
+                .map(|&w| category_place(w, code))
+                .collect();
+            assert!(places.iter().all(|p| (0.0..1.0).contains(p)), "{places:?}");
+            assert!(
+                places[0] != places[1] && places[1] != places[2],
+                "{places:?}"
+            );
+            assert_eq!(category_place(0.5, code), places[0]);
         }
 
         #[test]
@@ -436,7 +469,7 @@ mod tests {
             let err = f.update(&cols).unwrap_err().to_string();
             assert!(
                 err.contains("feature column 1 is text")
-                    && err.contains("hbos, ecod, copod and iforest"),
+                    && err.contains("hbos, ecod, copod, iforest and eif"),
                 "{err}"
             );
             let numeric = fit(Algorithm::Hbos, &[cols[1].clone(), cols[1].clone()]);

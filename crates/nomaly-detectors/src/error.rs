@@ -77,7 +77,7 @@ pub enum DetectorError {
     TooManyCategories { index: usize, limit: usize },
 
     #[error(
-        "feature column {index} is text (categorical), which {algorithm} cannot take: hbos, ecod, copod and iforest take text columns; cast it to a number or choose one of those"
+        "feature column {index} is text (categorical), which {algorithm} cannot take: hbos, ecod, copod, iforest and eif take text columns; cast it to a number or choose one of those"
     )]
     CategoricalNotSupported { index: usize, algorithm: String },
 

@@ -159,6 +159,14 @@ impl FitState {
         self.rows
     }
 
+    /// Per feature, whether it is text (all false before the first batch and for numbers).
+    pub(crate) fn text_features(&self) -> Vec<bool> {
+        match &self.categories {
+            Some(c) => c.iter().map(Option::is_some).collect(),
+            None => vec![false; self.n_features],
+        }
+    }
+
     pub fn skipped_rows(&self) -> u64 {
         self.skipped
     }

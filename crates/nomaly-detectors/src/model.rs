@@ -95,7 +95,7 @@ impl Model {
             )),
             Algorithm::Eif => ModelBody::Eif(crate::algorithms::eif::EifModel::fit(
                 sample,
-                state.n_features,
+                &state.text_features(),
                 (p.n_trees, p.sample_size, p.max_depth),
                 p.extension_level,
                 p.seed,
@@ -182,11 +182,17 @@ impl Model {
         match &self.body {
             ModelBody::Pca(m) => m.explain(cols, len),
             ModelBody::Mahalanobis(m) => m.explain(cols, len),
+            ModelBody::Eif(m) => m.score_with_text(cols, len, true, &self.text_features()).1,
             _ => self
                 .whole_row_scorer()
                 .map(|s| s.score_rows(cols, len, true).1)
                 .unwrap_or_default(),
         }
+    }
+
+    /// Per feature, whether it is text (empty when all are numbers).
+    fn text_features(&self) -> Vec<bool> {
+        self.categories.iter().map(Option::is_some).collect()
     }
 
     /// The body of a detector that scores a row whole, as such.
@@ -206,6 +212,9 @@ impl Model {
             ModelBody::IsolationForest(m) => return m.score(cols, len),
             ModelBody::Pca(m) => return m.score(cols, len),
             ModelBody::Mahalanobis(m) => return m.score(cols, len),
+            ModelBody::Eif(m) => {
+                return m.score_with_text(cols, len, false, &self.text_features()).0;
+            }
             _ => {}
         }
         if let Some(s) = self.whole_row_scorer() {

@@ -147,7 +147,11 @@ impl Algorithm {
     pub fn takes_categorical(self) -> bool {
         matches!(
             self,
-            Algorithm::Hbos | Algorithm::Ecod | Algorithm::Copod | Algorithm::IsolationForest
+            Algorithm::Hbos
+                | Algorithm::Ecod
+                | Algorithm::Copod
+                | Algorithm::IsolationForest
+                | Algorithm::Eif
         )
     }
 

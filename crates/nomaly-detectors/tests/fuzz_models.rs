@@ -56,10 +56,12 @@ fn seeds() -> Vec<Vec<u8>> {
     let small_forest =
         DetectorParams::parse(Algorithm::IsolationForest, "n_trees=3, sample_size=16")
             .expect("valid options");
+    let small_eif =
+        DetectorParams::parse(Algorithm::Eif, "n_trees=3, sample_size=16").expect("valid options");
     for params in [Algorithm::Hbos, Algorithm::Ecod, Algorithm::Copod]
         .map(DetectorParams::new)
         .into_iter()
-        .chain([small_forest])
+        .chain([small_forest, small_eif])
     {
         let mut fit = FitState::new(params, 2);
         let text: ArrayRef = Arc::new(arrow_array::StringArray::from_iter_values(

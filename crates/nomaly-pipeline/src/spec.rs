@@ -213,7 +213,7 @@ pub struct DetectSpec {
     /// One model per distinct value of these columns (per-segment detection).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partition_by: Vec<String>,
-    /// Which of `columns` are text (categorical) features: hbos, ecod, copod and iforest only. A text column
+    /// Which of `columns` are text (categorical) features: hbos, ecod, copod, iforest and eif only. A text column
     /// not listed is an error, so a numeric column read as text is never taken as categories.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub categorical: Vec<String>,

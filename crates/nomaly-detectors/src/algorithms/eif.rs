@@ -9,9 +9,16 @@
 //! `sample_size`). Normal components are Irwin–Hall normals (12 uniforms minus 6) and the
 //! intercept is folded into one offset per node (`x · n < p · n`), so growing and scoring use
 //! additions and multiplications only: the same bits on every CPU.
+//!
+//! A text feature enters each plane at its categories' places in that plane, in [0, 1)
+//! ([`category_place`]: a hash of the plane's weight and the code), its normal component
+//! multiplied by the median range of the numeric features (the `eif` package does not
+//! standardise, so a place in [0, 1) next to amounts in the thousands would never cut); the
+//! product is the weight kept, so scoring needs no scale and finds the same places.
 
 use super::iforest::{average_path_length, scores_from_path_sums, tree_rows};
 use super::{WholeRowScorer, part_columns};
+use crate::categorical::category_place;
 use crate::hashing::{DeterministicRng, mix64};
 use crate::sample::RowSample;
 use serde::{Deserialize, Serialize};
@@ -53,17 +60,50 @@ struct Grower<'a> {
     d: usize,
     components: usize,
     max_depth: usize,
+    /// Multiplies each feature's normal component: 1 for a number, `weight_scales`' for text.
+    weight_scale: &'a [f64],
+    /// Per feature, whether it is text (its values are category codes).
+    text: &'a [bool],
+}
+
+/// Per feature, what its normal components are multiplied by: 1 for a number; for a text feature
+/// (places in [0, 1)), the median of the numeric features' ranges over the sample, so a plane
+/// weighs a category's place about as much as a number's (1 when there is no numeric range).
+fn weight_scales(pool: &[&[f64]], text: &[bool]) -> Vec<f64> {
+    let mut ranges: Vec<f64> = (0..text.len())
+        .filter(|&j| !text[j])
+        .map(|j| {
+            let (lo, hi) = pool
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |m, r| {
+                    (m.0.min(r[j]), m.1.max(r[j]))
+                });
+            hi - lo
+        })
+        .filter(|r| r.is_finite() && *r > 0.0)
+        .collect();
+    ranges.sort_by(f64::total_cmp);
+    let median = match ranges.len() {
+        0 => 1.0,
+        n if n % 2 == 1 => ranges[n / 2],
+        n => ranges[n / 2 - 1] / 2.0 + ranges[n / 2] / 2.0,
+    };
+    text.iter().map(|&t| if t { median } else { 1.0 }).collect()
 }
 
 impl EifModel {
+    /// Fits on the row sample; a `text` feature's codes enter each plane at their categories'
+    /// places in it ([`category_place`]), as scoring takes them.
     pub fn fit(
         sample: &RowSample,
-        d: usize,
+        text: &[bool],
         (n_trees, sample_size, max_depth): (usize, usize, Option<usize>),
         extension_level: Option<usize>,
         seed: u64,
     ) -> Self {
+        let d = text.len();
         let pool: Vec<&[f64]> = sample.rows().map(|(r, _)| r).collect();
+        let weight_scale = weight_scales(&pool, text);
         let psi = sample_size.min(pool.len()).max(1);
         let max_depth = max_depth.unwrap_or_else(|| (psi.max(2) as f64).log2().ceil() as usize);
         let components = extension_level.map_or(d, |e| e + 1).clamp(1, d.max(1));
@@ -78,6 +118,8 @@ impl EifModel {
                     d,
                     components,
                     max_depth,
+                    weight_scale: &weight_scale,
+                    text,
                 };
                 grower.grow(&mut rng)
             })
@@ -139,8 +181,14 @@ const BLOCK: usize = 64;
 
 /// Adds each row's path length in `tree` to `sums`. Rows walk a block at a time, level by level,
 /// without a data-dependent branch: a leaf is its own child and never steps on, so every row
-/// takes the tree's depth in steps. The same dot products, in the same order, as the growth's.
-fn add_path_lengths(tree: &EifTree, k: usize, cols: &[&[f64]], len: usize, sums: &mut [f64]) {
+/// takes the tree's depth in steps. The same dot products, in the same order, as the growth's;
+/// `value(feature, weight, x)` is what the plane sees of a row's `x`.
+fn add_path_lengths(
+    tree: &EifTree,
+    (k, cols, len): (usize, &[&[f64]], usize),
+    sums: &mut [f64],
+    value: impl Fn(usize, f64, f64) -> f64,
+) {
     if tree.features.is_empty() {
         // a single leaf
         let v = tree.nodes[0].value;
@@ -158,10 +206,10 @@ fn add_path_lengths(tree: &EifTree, k: usize, cols: &[&[f64]], len: usize, sums:
                 // A leaf reads the first normal (always there) and discards the result.
                 let c = if leaf { 0 } else { node.coef as usize };
                 let (fs, ws) = (&tree.features[c..c + k], &tree.weights[c..c + k]);
-                let dot = fs
-                    .iter()
-                    .zip(ws)
-                    .fold(0.0, |acc, (&j, &w)| acc + w * cols[j as usize][start + i]);
+                let dot = fs.iter().zip(ws).fold(0.0, |acc, (&j, &w)| {
+                    let j = j as usize;
+                    acc + w * value(j, w, cols[j][start + i])
+                });
                 *a = node.child + u32::from(!leaf & (dot >= node.value));
             }
         }
@@ -187,9 +235,15 @@ fn depth_of(tree: &EifTree) -> usize {
 }
 
 impl Grower<'_> {
+    /// Feature `j` of `row` as the plane with weight `w` on it sees it.
     #[inline]
-    fn at(&self, row: usize, j: usize) -> f64 {
-        self.data[row * self.d + j]
+    fn at(&self, row: usize, j: usize, w: f64) -> f64 {
+        let x = self.data[row * self.d + j];
+        if self.text[j] {
+            category_place(w, x)
+        } else {
+            x
+        }
     }
 
     /// Grows breadth-first, so siblings are adjacent and every child comes after its parent.
@@ -217,7 +271,7 @@ impl Grower<'_> {
             let below = |&i: &usize| {
                 chosen
                     .iter()
-                    .fold(0.0, |acc, &(j, w, _)| acc + w * self.at(i, j as usize))
+                    .fold(0.0, |acc, &(j, w, _)| acc + w * self.at(i, j as usize, w))
                     < offset
             };
             let (left, right): (Vec<usize>, Vec<usize>) =
@@ -256,11 +310,12 @@ impl Grower<'_> {
         chosen
             .into_iter()
             .map(|j| {
-                let w = (0..12).fold(0.0, |s, _| s + rng.next_f64()) - 6.0;
+                let w = ((0..12).fold(0.0, |s, _| s + rng.next_f64()) - 6.0)
+                    * self.weight_scale[j as usize];
                 let (lo, hi) = rows
                     .iter()
                     .fold((f64::INFINITY, f64::NEG_INFINITY), |m, &i| {
-                        let v = self.at(i, j as usize);
+                        let v = self.at(i, j as usize, w);
                         (m.0.min(v), m.1.max(v))
                     });
                 (j, w, lo + rng.next_f64() * (hi - lo))
@@ -278,15 +333,39 @@ fn leaf(depth: usize, rows: usize) -> EifNode {
     }
 }
 
-impl WholeRowScorer for EifModel {
+impl EifModel {
     /// Scores and, when `parts`, each feature's part of them: the score split over the features
-    /// in proportion to their weights' magnitudes in the normals along the row's paths.
-    fn score_rows(&self, cols: &[&[f64]], len: usize, parts: bool) -> (Vec<f64>, Vec<Vec<f64>>) {
+    /// in proportion to their weights' magnitudes in the normals along the row's paths. `text`
+    /// says per feature whether its values are category codes (empty: all are numbers).
+    pub fn score_with_text(
+        &self,
+        cols: &[&[f64]],
+        len: usize,
+        parts: bool,
+        text: &[bool],
+    ) -> (Vec<f64>, Vec<Vec<f64>>) {
+        if text.contains(&true) {
+            let value = |j: usize, w: f64, x: f64| {
+                if text[j] { category_place(w, x) } else { x }
+            };
+            self.score_seen(cols, len, parts, value)
+        } else {
+            self.score_seen(cols, len, parts, |_, _, x| x)
+        }
+    }
+
+    fn score_seen(
+        &self,
+        cols: &[&[f64]],
+        len: usize,
+        parts: bool,
+        value: impl Fn(usize, f64, f64) -> f64 + Copy,
+    ) -> (Vec<f64>, Vec<Vec<f64>>) {
         let k = self.components;
         let mut sums = vec![0.0; len];
         if !parts {
             for tree in &self.trees {
-                add_path_lengths(tree, k, cols, len, &mut sums);
+                add_path_lengths(tree, (k, cols, len), &mut sums, value);
             }
             return (
                 scores_from_path_sums(sums, self.trees.len(), self.normaliser),
@@ -305,15 +384,13 @@ impl WholeRowScorer for EifModel {
                     }
                     let c = node.coef as usize;
                     let (fs, ws) = (&tree.features[c..c + k], &tree.weights[c..c + k]);
-                    let dot = fs
-                        .iter()
-                        .zip(ws)
-                        .fold(0.0, |acc, (&j, &w)| acc + w * cols[j as usize][r]);
-                    if parts {
-                        let total: f64 = ws.iter().map(|w| w.abs()).sum();
-                        for (&j, w) in fs.iter().zip(ws) {
-                            pulls[j as usize][r] += w.abs() / total;
-                        }
+                    let dot = fs.iter().zip(ws).fold(0.0, |acc, (&j, &w)| {
+                        let j = j as usize;
+                        acc + w * value(j, w, cols[j][r])
+                    });
+                    let total: f64 = ws.iter().map(|w| w.abs()).sum();
+                    for (&j, w) in fs.iter().zip(ws) {
+                        pulls[j as usize][r] += w.abs() / total;
                     }
                     at = node.child as usize + usize::from(dot >= node.value);
                 }
@@ -333,6 +410,12 @@ impl WholeRowScorer for EifModel {
             }
         }
         (scores, pulls)
+    }
+}
+
+impl WholeRowScorer for EifModel {
+    fn score_rows(&self, cols: &[&[f64]], len: usize, parts: bool) -> (Vec<f64>, Vec<Vec<f64>>) {
+        self.score_with_text(cols, len, parts, &[])
     }
 }
 
@@ -358,7 +441,7 @@ mod tests {
                 vec![a, a + 0.05 * rng.next_f64(), rng.next_f64()]
             })
             .collect();
-        let m = EifModel::fit(&sample(&rows), 3, (100, 256, None), None, 42);
+        let m = EifModel::fit(&sample(&rows), &[false; 3], (100, 256, None), None, 42);
         m.validate(3).unwrap();
         // off the diagonal: an axis-parallel forest sees (0.1, 0.9) inside both ranges
         let cols: [&[f64]; 3] = [&[0.5, 0.1], &[0.52, 0.9], &[0.5, 0.5]];
@@ -380,9 +463,9 @@ mod tests {
                 .zip(&slow)
                 .all(|(a, b)| a.to_bits() == b.to_bits())
         );
-        let again = EifModel::fit(&sample(&rows), 3, (100, 256, None), None, 42);
+        let again = EifModel::fit(&sample(&rows), &[false; 3], (100, 256, None), None, 42);
         assert_eq!(m, again);
-        let level0 = EifModel::fit(&sample(&rows), 3, (10, 64, None), Some(0), 42);
+        let level0 = EifModel::fit(&sample(&rows), &[false; 3], (10, 64, None), Some(0), 42);
         assert_eq!(level0.components, 1);
         assert!(
             level0
@@ -395,7 +478,7 @@ mod tests {
     #[test]
     fn a_malformed_tree_is_refused() {
         let rows: Vec<Vec<f64>> = (0..500).map(|i| vec![i as f64, (i % 7) as f64]).collect();
-        let mut m = EifModel::fit(&sample(&rows), 2, (5, 64, None), None, 1);
+        let mut m = EifModel::fit(&sample(&rows), &[false; 2], (5, 64, None), None, 1);
         m.validate(2).unwrap();
         m.trees[0].nodes[0].child = 0;
         m.trees[0].nodes[1].child = 0; // points back to the root: a walk would never end

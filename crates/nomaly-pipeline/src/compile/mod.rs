@@ -313,7 +313,7 @@ fn compile_detect(
                 return Err(PipelineError::invalid(
                     place(file, "[detect]", 0, Some("categorical")),
                     format!(
-                        "{} takes numeric columns only; hbos, ecod, copod and iforest take text (categorical) ones",
+                        "{} takes numeric columns only; hbos, ecod, copod, iforest and eif take text (categorical) ones",
                         algorithm.name()
                     ),
                 ));

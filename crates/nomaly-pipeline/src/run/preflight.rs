@@ -113,7 +113,7 @@ fn not_numeric(
     PipelineError::invalid(
         &d.place,
         format!(
-            "column '{column}' of '{}' is {data_type}, not numeric; detectors take numeric columns — cast it in a [[step]] (e.g. CAST({column} AS DOUBLE)), drop it from columns, or, if it holds categories, list it in categorical = [...] (hbos, ecod, copod and iforest){}",
+            "column '{column}' of '{}' is {data_type}, not numeric; detectors take numeric columns — cast it in a [[step]] (e.g. CAST({column} AS DOUBLE)), drop it from columns, or, if it holds categories, list it in categorical = [...] (hbos, ecod, copod, iforest and eif){}",
             d.input,
             if text_input {
                 "; if only a few lines hold text where numbers belong, set [run] on_bad_rows = \"quarantine\" to set those lines aside"
