@@ -16,12 +16,15 @@
 //! standardise, so a place in [0, 1) next to amounts in the thousands would never cut); the
 //! product is the weight kept, so scoring needs no scale and finds the same places.
 
+mod walk;
+
 use super::iforest::{average_path_length, scores_from_path_sums, tree_rows};
 use super::{WholeRowScorer, part_columns};
 use crate::categorical::category_place;
 use crate::hashing::{DeterministicRng, mix64};
 use crate::sample::RowSample;
 use serde::{Deserialize, Serialize};
+use walk::{DenseForest, add_path_lengths};
 
 /// Mixed into each tree's seed so its draws are not iforest's for the same seed.
 const EIF_STREAM: u64 = 0x6569_6600_0000_0001;
@@ -52,6 +55,9 @@ pub struct EifModel {
     pub trees: Vec<EifTree>,
     /// c(ψ) for the ψ used.
     pub normaliser: f64,
+    /// The trees laid out for the walk of planes through every feature, built on first use.
+    #[serde(skip)]
+    dense: DenseForest,
 }
 
 /// What growing one tree needs besides its rows.
@@ -129,6 +135,7 @@ impl EifModel {
             components,
             trees,
             normaliser: average_path_length(psi as f64),
+            dense: DenseForest::default(),
         }
     }
 
@@ -178,124 +185,6 @@ impl EifModel {
         }
         Ok(())
     }
-}
-
-/// Rows walked together: their steps do not depend on each other, so the CPU overlaps them.
-const BLOCK: usize = 64;
-
-/// Adds each row's path length in `tree` to `sums`. Rows walk a block at a time, level by level,
-/// without a data-dependent branch: a leaf is its own child and never steps on, so every row
-/// takes the tree's depth in steps. The same dot products, in the same order, as the growth's;
-/// `value(feature, weight, x)` is what the plane sees of a row's `x`.
-fn add_path_lengths(
-    tree: &EifTree,
-    (k, cols, len): (usize, &[&[f64]], usize),
-    sums: &mut [f64],
-    value: impl Fn(usize, f64, f64) -> f64,
-) {
-    if tree.features.is_empty() {
-        // a single leaf
-        let v = tree.nodes[0].value;
-        sums.iter_mut().for_each(|s| *s += v);
-        return;
-    }
-    let depth = depth_of(tree);
-    for start in (0..len).step_by(BLOCK) {
-        let n = BLOCK.min(len - start);
-        let mut at = [0u32; BLOCK];
-        for _ in 0..depth {
-            for (i, a) in at[..n].iter_mut().enumerate() {
-                let node = tree.nodes[*a as usize];
-                let leaf = node.child == *a;
-                // A leaf reads the first normal (always there) and discards the result.
-                let c = if leaf { 0 } else { node.coef as usize };
-                let (fs, ws) = (&tree.features[c..c + k], &tree.weights[c..c + k]);
-                let dot = fs.iter().zip(ws).fold(0.0, |acc, (&j, &w)| {
-                    let j = j as usize;
-                    acc + w * value(j, w, cols[j][start + i])
-                });
-                *a = node.child + u32::from(!leaf & (dot >= node.value));
-            }
-        }
-        for (s, a) in sums[start..start + n].iter_mut().zip(&at[..n]) {
-            *s += tree.nodes[*a as usize].value;
-        }
-    }
-}
-
-/// `add_path_lengths` for planes through every feature (`components == d`, the `eif` package's
-/// full extension and the default) when `d` is one of the widths given a copy here: each node's
-/// features are then 0..d in order, so a row's values are read as one run from `rows`
-/// (row-major) in the weights' order, with no feature index to load and the dot product unrolled
-/// — a third of the instructions a step. The same sums in the same order. False when `d` has no
-/// copy (the caller walks by feature index).
-fn add_path_lengths_dense(
-    tree: &EifTree,
-    (d, rows, len): (usize, &[f64], usize),
-    sums: &mut [f64],
-    value: impl Fn(usize, f64, f64) -> f64,
-) -> bool {
-    macro_rules! widths {
-        ($($w:literal)*) => {
-            match d {
-                $($w => walk_dense::<$w>(tree, (rows, len), sums, value),)*
-                _ => return false,
-            }
-        };
-    }
-    widths!(2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
-    true
-}
-
-fn walk_dense<const D: usize>(
-    tree: &EifTree,
-    (rows, len): (&[f64], usize),
-    sums: &mut [f64],
-    value: impl Fn(usize, f64, f64) -> f64,
-) {
-    if tree.features.is_empty() {
-        let v = tree.nodes[0].value;
-        sums.iter_mut().for_each(|s| *s += v);
-        return;
-    }
-    let depth = depth_of(tree);
-    for start in (0..len).step_by(BLOCK) {
-        let n = BLOCK.min(len - start);
-        let block = &rows[start * D..(start + n) * D];
-        let mut at = [0u32; BLOCK];
-        for _ in 0..depth {
-            for (a, x) in at[..n].iter_mut().zip(block.chunks_exact(D)) {
-                let node = tree.nodes[*a as usize];
-                let leaf = node.child == *a;
-                let c = if leaf { 0 } else { node.coef as usize };
-                let w: &[f64; D] = tree.weights[c..c + D].try_into().expect("D weights");
-                let x: &[f64; D] = x.try_into().expect("D values");
-                let mut dot = 0.0;
-                for j in 0..D {
-                    dot += w[j] * value(j, w[j], x[j]);
-                }
-                *a = node.child + u32::from(!leaf & (dot >= node.value));
-            }
-        }
-        for (s, a) in sums[start..start + n].iter_mut().zip(&at[..n]) {
-            *s += tree.nodes[*a as usize].value;
-        }
-    }
-}
-
-/// The longest root-to-leaf path (nodes are breadth-first: children after their parent).
-fn depth_of(tree: &EifTree) -> usize {
-    let mut depth = vec![0usize; tree.nodes.len()];
-    let mut deepest = 0;
-    for (i, node) in tree.nodes.iter().enumerate() {
-        let c = node.child as usize;
-        if c != i {
-            depth[c] = depth[i] + 1;
-            depth[c + 1] = depth[i] + 1;
-            deepest = deepest.max(depth[i] + 1);
-        }
-    }
-    deepest
 }
 
 impl Grower<'_> {
@@ -428,19 +317,8 @@ impl EifModel {
         let k = self.components;
         let mut sums = vec![0.0; len];
         if !parts {
-            let mut rows = Vec::new();
-            if k == self.d {
-                rows = vec![0.0; len * k];
-                for (j, col) in cols.iter().enumerate() {
-                    for (x, &v) in rows.iter_mut().skip(j).step_by(k).zip(*col) {
-                        *x = v;
-                    }
-                }
-            }
-            for tree in &self.trees {
-                if rows.is_empty()
-                    || !add_path_lengths_dense(tree, (k, &rows, len), &mut sums, value)
-                {
+            if !self.dense.walk(self, (cols, len), &mut sums, value) {
+                for tree in &self.trees {
                     add_path_lengths(tree, (k, cols, len), &mut sums, value);
                 }
             }

@@ -1,0 +1,188 @@
+//! Scoring walks of the extended isolation forest. Rows walk a block at a time, level by level,
+//! without a data-dependent branch: a leaf is its own child and never steps on, so every row takes
+//! the tree's depth in steps. Every walk computes the growth's dot products in the growth's order,
+//! so all of them give the same bits.
+
+use super::{EifModel, EifTree};
+use std::sync::OnceLock;
+
+/// Rows walked together: their steps do not depend on each other, so the CPU overlaps them.
+const BLOCK: usize = 64;
+
+/// Widths with a copy of the dense walk (the dot product unrolled to a known length).
+const DENSE_WIDTHS: std::ops::RangeInclusive<usize> = 2..=16;
+
+/// Adds each row's path length in `tree` to `sums`, reading each node's features by index from
+/// the columns; `value(feature, weight, x)` is what the plane sees of a row's `x`.
+pub(super) fn add_path_lengths(
+    tree: &EifTree,
+    (k, cols, len): (usize, &[&[f64]], usize),
+    sums: &mut [f64],
+    value: impl Fn(usize, f64, f64) -> f64,
+) {
+    if tree.features.is_empty() {
+        // a single leaf
+        let v = tree.nodes[0].value;
+        sums.iter_mut().for_each(|s| *s += v);
+        return;
+    }
+    let depth = depth_of(tree);
+    for start in (0..len).step_by(BLOCK) {
+        let n = BLOCK.min(len - start);
+        let mut at = [0u32; BLOCK];
+        for _ in 0..depth {
+            for (i, a) in at[..n].iter_mut().enumerate() {
+                let node = tree.nodes[*a as usize];
+                let leaf = node.child == *a;
+                // A leaf reads the first normal (always there) and discards the result.
+                let c = if leaf { 0 } else { node.coef as usize };
+                let (fs, ws) = (&tree.features[c..c + k], &tree.weights[c..c + k]);
+                let dot = fs.iter().zip(ws).fold(0.0, |acc, (&j, &w)| {
+                    let j = j as usize;
+                    acc + w * value(j, w, cols[j][start + i])
+                });
+                *a = node.child + u32::from(!leaf & (dot >= node.value));
+            }
+        }
+        for (s, a) in sums[start..start + n].iter_mut().zip(&at[..n]) {
+            *s += tree.nodes[*a as usize].value;
+        }
+    }
+}
+
+/// The longest root-to-leaf path (nodes are breadth-first: children after their parent).
+fn depth_of(tree: &EifTree) -> usize {
+    let mut depth = vec![0usize; tree.nodes.len()];
+    let mut deepest = 0;
+    for (i, node) in tree.nodes.iter().enumerate() {
+        let c = node.child as usize;
+        if c != i {
+            depth[c] = depth[i] + 1;
+            depth[c + 1] = depth[i] + 1;
+            deepest = deepest.max(depth[i] + 1);
+        }
+    }
+    deepest
+}
+
+/// A tree with planes through every feature (`components == d`: the `eif` package's full
+/// extension and the default), laid out for the walk. Each node's features are then 0..d in order,
+/// so its weights are a run of `d` read against a row's values in row-major order: no feature
+/// index to load. A leaf gets zero weights and an offset of +∞, so it is its own child without a
+/// test, and the dot product is unrolled to a known width.
+#[derive(Debug, Clone)]
+struct DenseTree {
+    /// Per node: its left child (its own index for a leaf).
+    child: Vec<u32>,
+    /// Per node: `d` weights.
+    weights: Vec<f64>,
+    /// Per node: the offset (right when the dot product reaches it); +∞ for a leaf.
+    offset: Vec<f64>,
+    /// Per node: a leaf's path length (0 for an inner node).
+    path: Vec<f64>,
+    depth: usize,
+}
+
+impl DenseTree {
+    fn new(tree: &EifTree, d: usize) -> Self {
+        let n = tree.nodes.len();
+        let mut t = DenseTree {
+            child: Vec::with_capacity(n),
+            weights: vec![0.0; n * d],
+            offset: Vec::with_capacity(n),
+            path: Vec::with_capacity(n),
+            depth: depth_of(tree),
+        };
+        for (i, node) in tree.nodes.iter().enumerate() {
+            t.child.push(node.child);
+            if node.child as usize == i {
+                t.offset.push(f64::INFINITY);
+                t.path.push(node.value);
+            } else {
+                let c = node.coef as usize;
+                t.weights[i * d..(i + 1) * d].copy_from_slice(&tree.weights[c..c + d]);
+                t.offset.push(node.value);
+                t.path.push(0.0);
+            }
+        }
+        t
+    }
+
+    /// Adds each row's path length to `sums`; `rows` are row-major, `D` values a row.
+    fn walk<const D: usize>(
+        &self,
+        rows: &[f64],
+        sums: &mut [f64],
+        value: impl Fn(usize, f64, f64) -> f64,
+    ) {
+        for (block, sums) in rows.chunks(BLOCK * D).zip(sums.chunks_mut(BLOCK)) {
+            let mut at = [0u32; BLOCK];
+            let at = &mut at[..sums.len()];
+            for _ in 0..self.depth {
+                for (a, x) in at.iter_mut().zip(block.chunks_exact(D)) {
+                    let i = *a as usize;
+                    let w: &[f64; D] = self.weights[i * D..(i + 1) * D]
+                        .try_into()
+                        .expect("D weights a node");
+                    let x: &[f64; D] = x.try_into().expect("D values a row");
+                    let mut dot = 0.0;
+                    for j in 0..D {
+                        dot += w[j] * value(j, w[j], x[j]);
+                    }
+                    *a = self.child[i] + u32::from(dot >= self.offset[i]);
+                }
+            }
+            for (s, a) in sums.iter_mut().zip(at.iter()) {
+                *s += self.path[*a as usize];
+            }
+        }
+    }
+}
+
+/// The dense layouts of a model's trees, built on first use: a cache, not part of the model (it
+/// is never written and two models compare equal whatever it holds).
+#[derive(Debug, Clone, Default)]
+pub(super) struct DenseForest(OnceLock<Option<Vec<DenseTree>>>);
+
+impl PartialEq for DenseForest {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl DenseForest {
+    /// Adds every tree's path lengths to `sums` by the dense walk and returns true, or returns
+    /// false when the model's planes do not go through every feature or its width has no copy.
+    pub(super) fn walk(
+        &self,
+        model: &EifModel,
+        (cols, len): (&[&[f64]], usize),
+        sums: &mut [f64],
+        value: impl Fn(usize, f64, f64) -> f64 + Copy,
+    ) -> bool {
+        let d = model.d;
+        let trees = self.0.get_or_init(|| {
+            (model.components == d && DENSE_WIDTHS.contains(&d))
+                .then(|| model.trees.iter().map(|t| DenseTree::new(t, d)).collect())
+        });
+        let Some(trees) = trees else {
+            return false;
+        };
+        let mut rows = vec![0.0; len * d];
+        for (j, col) in cols.iter().enumerate() {
+            for (x, &v) in rows.iter_mut().skip(j).step_by(d).zip(*col) {
+                *x = v;
+            }
+        }
+        macro_rules! widths {
+            ($($w:literal)*) => {
+                match d {
+                    $($w => trees.iter().for_each(|t| t.walk::<$w>(&rows, sums, value)),)*
+                    _ => unreachable!("a width in DENSE_WIDTHS"),
+                }
+            };
+        }
+        widths!(2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+        true
+    }
+}
