@@ -68,16 +68,12 @@ fn depth_of(tree: &EifTree) -> usize {
 /// A tree with planes through every feature (`components == d`: the `eif` package's full
 /// extension and the default), laid out for the walk. Each node's features are then 0..d in order,
 /// so its weights are a run of `d` read against a row's values in row-major order: no feature
-/// index to load. A leaf gets zero weights and an offset of +∞, so it is its own child without a
-/// test, and the dot product is unrolled to a known width.
+/// index to load. A node is one record — its `d` weights, its offset (right when the dot product
+/// reaches it) and its left child's index as the bits of an f64 — so a step reads one run; a leaf
+/// has zero weights, an offset of +∞ and itself as child, so it stays without a test.
 #[derive(Debug, Clone)]
 struct DenseTree {
-    /// Per node: its left child (its own index for a leaf).
-    child: Vec<u32>,
-    /// Per node: `d` weights.
-    weights: Vec<f64>,
-    /// Per node: the offset (right when the dot product reaches it); +∞ for a leaf.
-    offset: Vec<f64>,
+    records: Vec<f64>,
     /// Per node: a leaf's path length (0 for an inner node).
     path: Vec<f64>,
     depth: usize,
@@ -87,21 +83,20 @@ impl DenseTree {
     fn new(tree: &EifTree, d: usize) -> Self {
         let n = tree.nodes.len();
         let mut t = DenseTree {
-            child: Vec::with_capacity(n),
-            weights: vec![0.0; n * d],
-            offset: Vec::with_capacity(n),
+            records: Vec::with_capacity(n * (d + 2)),
             path: Vec::with_capacity(n),
             depth: depth_of(tree),
         };
         for (i, node) in tree.nodes.iter().enumerate() {
-            t.child.push(node.child);
+            let child = f64::from_bits(u64::from(node.child));
             if node.child as usize == i {
-                t.offset.push(f64::INFINITY);
+                t.records.extend(std::iter::repeat_n(0.0, d));
+                t.records.extend([f64::INFINITY, child]);
                 t.path.push(node.value);
             } else {
                 let c = node.coef as usize;
-                t.weights[i * d..(i + 1) * d].copy_from_slice(&tree.weights[c..c + d]);
-                t.offset.push(node.value);
+                t.records.extend_from_slice(&tree.weights[c..c + d]);
+                t.records.extend([node.value, child]);
                 t.path.push(0.0);
             }
         }
@@ -115,21 +110,21 @@ impl DenseTree {
         sums: &mut [f64],
         value: impl Fn(usize, f64, f64) -> f64,
     ) {
+        let stride = D + 2;
         for (block, sums) in rows.chunks(BLOCK * D).zip(sums.chunks_mut(BLOCK)) {
             let mut at = [0u32; BLOCK];
             let at = &mut at[..sums.len()];
             for _ in 0..self.depth {
                 for (a, x) in at.iter_mut().zip(block.chunks_exact(D)) {
-                    let i = *a as usize;
-                    let w: &[f64; D] = self.weights[i * D..(i + 1) * D]
-                        .try_into()
-                        .expect("D weights a node");
+                    let start = *a as usize * stride;
+                    let record = &self.records[start..start + stride];
+                    let w: &[f64; D] = record[..D].try_into().expect("D weights a node");
                     let x: &[f64; D] = x.try_into().expect("D values a row");
                     let mut dot = 0.0;
                     for j in 0..D {
                         dot += w[j] * value(j, w[j], x[j]);
                     }
-                    *a = self.child[i] + u32::from(dot >= self.offset[i]);
+                    *a = record[D + 1].to_bits() as u32 + u32::from(dot >= record[D]);
                 }
             }
             for (s, a) in sums.iter_mut().zip(at.iter()) {
