@@ -68,7 +68,46 @@ fn main() {
             );
         }
     }
+    text_digests(&cols);
     series_digests(&cols[0]);
+}
+
+/// The detectors that take text features, on a text column (60 categories, a few rare, some
+/// NULL) next to two numeric ones: the category codes, counts, places and splits.
+fn text_digests(cols: &[ArrayRef]) {
+    let first = cols[0]
+        .as_any()
+        .downcast_ref::<arrow_array::Float64Array>()
+        .expect("Float64 features");
+    let text: ArrayRef = std::sync::Arc::new(
+        first
+            .values()
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match i % 997 {
+                0 => None,
+                1 => Some(format!("rare {}", i % 7)),
+                _ => Some(format!("category {}", (v.abs() * 5.0) as i64)),
+            })
+            .collect::<arrow_array::StringArray>(),
+    );
+    let inputs = [text, cols[1].clone(), cols[2].clone()];
+    for alg in shared::chosen(None).filter(|a| a.takes_categorical()) {
+        let mut fit = FitState::new(DetectorParams::new(alg), inputs.len());
+        fit.update(&inputs).expect("text and numbers fit");
+        let model = fit.finish();
+        let model_digest = digest(
+            model
+                .to_bytes()
+                .chunks(8)
+                .map(|c| c.iter().fold(0u64, |w, b| w << 8 | u64::from(*b))),
+        );
+        let (scores, nulls) = score_digest(&model, &inputs);
+        println!(
+            "{:14} model {model_digest:016x} scores {scores:016x} nulls {nulls}\t(walk -, text)",
+            alg.name()
+        );
+    }
 }
 
 /// The time-series detectors on the first feature cut into series of 500 points (with a period-24
