@@ -446,6 +446,44 @@ mod tests {
     }
 
     #[test]
+    fn the_select_passes_choose_the_lookups_bins() {
+        // ten bins whose edges the values hit exactly, lie between, or miss (NaN, ±∞, far out)
+        let edges: Vec<f64> = (0..=10).map(|i| -1.0 + 0.3 * i as f64).collect();
+        let cut = Cut {
+            features: vec![0, 1],
+            weights: vec![1.0, 0.0],
+            neg_log: (0..10).map(|i| i as f64).collect(),
+            edges: edges.clone(),
+        };
+        let mut rng = DeterministicRng::new(5);
+        let mut values: Vec<f64> = edges
+            .iter()
+            .flat_map(|&e| [e, e - 1e-12, e + 1e-12])
+            .collect();
+        values.extend([f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -7.0, 7.0]);
+        values.extend((0..49).map(|_| rng.next_f64() * 4.0 - 2.0));
+        let zeros = vec![0.0; values.len()];
+        let block: [&[f64]; 2] = [&values, &zeros];
+        let (mut terms, mut scores) = (vec![0.0; values.len()], vec![1.0; values.len()]);
+        let lookup = BinLookup::new(&cut);
+        let mut projected = vec![0.0; values.len()];
+        // 87 rows: ten whole chunks of eight and a remainder of seven
+        add_cut_terms(
+            &cut,
+            &lookup,
+            &block,
+            &mut projected,
+            &mut terms,
+            &mut scores,
+        );
+        for (r, &v) in values.iter().enumerate() {
+            let want = cut.neg_log[lookup.bin(v)];
+            assert_eq!(terms[r], want, "{v}");
+            assert_eq!(scores[r], 1.0 + want, "{v}");
+        }
+    }
+
+    #[test]
     fn projections_are_sparse_and_reproducible() {
         let a = projections(7, 8, 50);
         assert_eq!(a, projections(7, 8, 50));
