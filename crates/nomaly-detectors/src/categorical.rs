@@ -42,7 +42,18 @@ pub const MAX_CATEGORIES: usize = 65_536;
 /// so places the categories in its own random order, as isotree gives each category a random
 /// coefficient per split; the weight is in the model, so scoring finds the same places.
 pub fn category_place(weight: f64, code: f64) -> f64 {
-    (mix64(mix64(weight.to_bits()) ^ code.to_bits()) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    category_place_salted(category_salt(weight), code)
+}
+
+/// The part of [`category_place`] that depends on the plane only, for a walk to keep per node.
+pub fn category_salt(weight: f64) -> u64 {
+    mix64(weight.to_bits())
+}
+
+/// [`category_place`] from the plane's salt.
+#[inline]
+pub fn category_place_salted(salt: u64, code: f64) -> f64 {
+    (mix64(salt ^ code.to_bits()) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
 /// The code of a text value: 52 bits of a hash of its bytes, as an exactly representable f64.

@@ -301,23 +301,23 @@ impl EifModel {
             let value = |j: usize, w: f64, x: f64| {
                 if text[j] { category_place(w, x) } else { x }
             };
-            self.score_seen(cols, len, parts, value)
+            self.score_seen((cols, len), parts, text, value)
         } else {
-            self.score_seen(cols, len, parts, |_, _, x| x)
+            self.score_seen((cols, len), parts, &[], |_, _, x| x)
         }
     }
 
     fn score_seen(
         &self,
-        cols: &[&[f64]],
-        len: usize,
+        (cols, len): (&[&[f64]], usize),
         parts: bool,
+        text: &[bool],
         value: impl Fn(usize, f64, f64) -> f64 + Copy,
     ) -> (Vec<f64>, Vec<Vec<f64>>) {
         let k = self.components;
         let mut sums = vec![0.0; len];
         if !parts {
-            if !self.dense.walk(self, (cols, len), &mut sums, value) {
+            if !self.dense.walk(self, text, (cols, len), &mut sums) {
                 for tree in &self.trees {
                     add_path_lengths(tree, (k, cols, len), &mut sums, value);
                 }

@@ -4,6 +4,7 @@
 //! so all of them give the same bits.
 
 use super::{EifModel, EifTree};
+use crate::categorical::{category_place_salted, category_salt};
 use std::sync::OnceLock;
 
 /// Rows walked together: their steps do not depend on each other, so the CPU overlaps them.
@@ -76,15 +77,19 @@ struct DenseTree {
     records: Vec<f64>,
     /// Per node: a leaf's path length (0 for an inner node).
     path: Vec<f64>,
+    /// Per node, `d` salts ([`category_salt`] of each weight) when there are text features, so a
+    /// step hashes a category once, not twice; empty otherwise.
+    salts: Vec<u64>,
     depth: usize,
 }
 
 impl DenseTree {
-    fn new(tree: &EifTree, d: usize) -> Self {
+    fn new(tree: &EifTree, d: usize, text: bool) -> Self {
         let n = tree.nodes.len();
         let mut t = DenseTree {
             records: Vec::with_capacity(n * (d + 2)),
             path: Vec::with_capacity(n),
+            salts: Vec::new(),
             depth: depth_of(tree),
         };
         for (i, node) in tree.nodes.iter().enumerate() {
@@ -100,15 +105,26 @@ impl DenseTree {
                 t.path.push(0.0);
             }
         }
+        if text {
+            t.salts = (0..n)
+                .flat_map(|i| {
+                    let stride = d + 2;
+                    t.records[i * stride..i * stride + d]
+                        .iter()
+                        .map(|&w| category_salt(w))
+                })
+                .collect();
+        }
         t
     }
 
-    /// Adds each row's path length to `sums`; `rows` are row-major, `D` values a row.
-    fn walk<const D: usize>(
+    /// Adds each row's path length to `sums`; `rows` are row-major, `D` values a row. With
+    /// `TEXT`, the features `text` marks are category codes, seen at their places in each plane.
+    fn walk<const D: usize, const TEXT: bool>(
         &self,
         rows: &[f64],
         sums: &mut [f64],
-        value: impl Fn(usize, f64, f64) -> f64,
+        text: &[bool],
     ) {
         let stride = D + 2;
         for (block, sums) in rows.chunks(BLOCK * D).zip(sums.chunks_mut(BLOCK)) {
@@ -122,7 +138,12 @@ impl DenseTree {
                     let x: &[f64; D] = x.try_into().expect("D values a row");
                     let mut dot = 0.0;
                     for j in 0..D {
-                        dot += w[j] * value(j, w[j], x[j]);
+                        let seen = if TEXT && text[j] {
+                            category_place_salted(self.salts[*a as usize * D + j], x[j])
+                        } else {
+                            x[j]
+                        };
+                        dot += w[j] * seen;
                     }
                     *a = record[D + 1].to_bits() as u32 + u32::from(dot >= record[D]);
                 }
@@ -148,21 +169,30 @@ impl PartialEq for DenseForest {
 impl DenseForest {
     /// Adds every tree's path lengths to `sums` by the dense walk and returns true, or returns
     /// false when the model's planes do not go through every feature or its width has no copy.
+    /// `text` marks the features that are category codes (empty: none); a model's are the same
+    /// on every call.
     pub(super) fn walk(
         &self,
         model: &EifModel,
+        text: &[bool],
         (cols, len): (&[&[f64]], usize),
         sums: &mut [f64],
-        value: impl Fn(usize, f64, f64) -> f64 + Copy,
     ) -> bool {
         let d = model.d;
+        let has_text = text.contains(&true);
         let trees = self.0.get_or_init(|| {
-            (model.components == d && DENSE_WIDTHS.contains(&d))
-                .then(|| model.trees.iter().map(|t| DenseTree::new(t, d)).collect())
+            (model.components == d && DENSE_WIDTHS.contains(&d)).then(|| {
+                let trees = model.trees.iter();
+                trees.map(|t| DenseTree::new(t, d, has_text)).collect()
+            })
         });
         let Some(trees) = trees else {
             return false;
         };
+        if has_text && trees.iter().any(|t| t.salts.is_empty()) {
+            // laid out by a call without text: walk by feature index instead
+            return false;
+        }
         let mut rows = vec![0.0; len * d];
         for (j, col) in cols.iter().enumerate() {
             for (x, &v) in rows.iter_mut().skip(j).step_by(d).zip(*col) {
@@ -171,8 +201,9 @@ impl DenseForest {
         }
         macro_rules! widths {
             ($($w:literal)*) => {
-                match d {
-                    $($w => trees.iter().for_each(|t| t.walk::<$w>(&rows, sums, value)),)*
+                match (d, has_text) {
+                    $(($w, false) => trees.iter().for_each(|t| t.walk::<$w, false>(&rows, sums, text)),
+                      ($w, true) => trees.iter().for_each(|t| t.walk::<$w, true>(&rows, sums, text)),)*
                     _ => unreachable!("a width in DENSE_WIDTHS"),
                 }
             };
