@@ -19,6 +19,16 @@ fn digest(words: impl Iterator<Item = u64>) -> u64 {
     words.fold(0x6469_6765_7374, |h, w| mix64(h ^ w))
 }
 
+/// The digest of a model's bytes, eight at a time.
+fn model_digest(model: &Model) -> u64 {
+    digest(
+        model
+            .to_bytes()
+            .chunks(8)
+            .map(|c| c.iter().fold(0u64, |w, b| w << 8 | u64::from(*b))),
+    )
+}
+
 fn score_digest(model: &Model, cols: &[ArrayRef]) -> (u64, usize) {
     let scores = model.score(cols).expect("finite features score");
     let nulls = scores.null_count();
@@ -40,12 +50,7 @@ fn main() {
             fit.update(&batch).expect("finite features fit");
         }
         let model = fit.finish();
-        let model_digest = digest(
-            model
-                .to_bytes()
-                .chunks(8)
-                .map(|c| c.iter().fold(0u64, |w, b| w << 8 | u64::from(*b))),
-        );
+        let model_digest = model_digest(&model);
         let walks: Vec<(&str, Model)> = match &model.body {
             ModelBody::IsolationForest(forest) => TreeWalk::ALL
                 .into_iter()
@@ -96,12 +101,7 @@ fn text_digests(cols: &[ArrayRef]) {
         let mut fit = FitState::new(DetectorParams::new(alg), inputs.len());
         fit.update(&inputs).expect("text and numbers fit");
         let model = fit.finish();
-        let model_digest = digest(
-            model
-                .to_bytes()
-                .chunks(8)
-                .map(|c| c.iter().fold(0u64, |w, b| w << 8 | u64::from(*b))),
-        );
+        let model_digest = model_digest(&model);
         let (scores, nulls) = score_digest(&model, &inputs);
         println!(
             "{:14} model {model_digest:016x} scores {scores:016x} nulls {nulls}\t(walk -, text)",
