@@ -438,6 +438,18 @@ mod tests {
                 // a model of text features reads back and scores the same bits
                 let back = Model::from_bytes(&model.to_bytes()).unwrap();
                 assert_eq!(back.score(&cols).unwrap(), scores);
+                // The text column alone is three distinct rows standing for 73, 25 and 1: the
+                // trees draw input rows, so the frequent categories fill the nodes and sit deep.
+                let alone = &cols[..1];
+                let scores = fit(alg, alone).score(alone).unwrap();
+                let score_of = |i: usize| scores.value(i);
+                assert!(
+                    score_of(99) > score_of(0) + 0.1 && score_of(0) > score_of(1),
+                    "{alg:?}: NZ {} FR {} DE {}",
+                    score_of(99),
+                    score_of(0),
+                    score_of(1)
+                );
             }
             // eif's planes place a category anew per plane, in [0, 1)
             let code = category_code("NZ");

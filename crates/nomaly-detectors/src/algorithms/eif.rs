@@ -18,7 +18,7 @@
 
 mod walk;
 
-use super::iforest::{average_path_length, scores_from_path_sums, tree_rows};
+use super::iforest::{TreePool, average_path_length, scores_from_path_sums, tree_rows};
 use super::{WholeRowScorer, part_columns};
 use crate::categorical::category_place;
 use crate::hashing::{DeterministicRng, mix64};
@@ -108,9 +108,9 @@ impl EifModel {
         seed: u64,
     ) -> Self {
         let d = text.len();
-        let pool: Vec<&[f64]> = sample.rows().map(|(r, _)| r).collect();
-        let weight_scale = weight_scales(&pool, text);
-        let psi = sample_size.min(pool.len()).max(1);
+        let pool = TreePool::new(sample);
+        let weight_scale = weight_scales(pool.distinct(), text);
+        let psi = sample_size.min(pool.total()).max(1);
         let max_depth = max_depth.unwrap_or_else(|| (psi.max(2) as f64).log2().ceil() as usize);
         let components = extension_level.map_or(d, |e| e + 1).clamp(1, d.max(1));
         let mut shuffled = Vec::new();

@@ -6,8 +6,10 @@
 //! The trees' rows come from the fit's bottom-k hash sample, whose order is a seeded random
 //! permutation: with at least `n_trees · ψ` distinct rows, tree t takes rows [tψ, (t+1)ψ) of it — a
 //! uniform sample without replacement, disjoint between trees. Smaller inputs draw each tree's rows
-//! from the whole (distinct) input with a seeded generator. Either way the forest is a function of
-//! the data and the seed only.
+//! from the whole (distinct) input with a seeded generator. A sample row that stands for several
+//! input rows (a repeated row: low-cardinality or text data) is drawn as that many rows, as
+//! scikit-learn draws from the input ([`TreePool`]); ψ is then at most the input's row count, not
+//! its distinct rows. Either way the forest is a function of the data and the seed only.
 
 use crate::fit::FitState;
 use crate::hashing::{DeterministicRng, mix64};
@@ -19,8 +21,8 @@ use std::sync::{Mutex, OnceLock};
 mod grow;
 mod heap;
 mod rank_walk;
-pub(crate) use grow::tree_rows;
 use grow::{RowMajor, build};
+pub(crate) use grow::{TreePool, tree_rows};
 use heap::{HeapTree, for_each_block};
 use rank_walk::RankForest;
 
@@ -381,8 +383,8 @@ impl IsolationForestModel {
     pub fn fit(state: &FitState, sample: &RowSample) -> Self {
         let p = &state.params;
         let width = state.n_features;
-        let pool: Vec<&[f64]> = sample.rows().map(|(r, _)| r).collect();
-        let psi = p.sample_size.min(pool.len()).max(1);
+        let pool = TreePool::new(sample);
+        let psi = p.sample_size.min(pool.total()).max(1);
         let max_depth = p
             .max_depth
             .unwrap_or_else(|| (psi.max(2) as f64).log2().ceil() as usize);

@@ -3,6 +3,8 @@
 
 use super::{LEAF, Node, average_path_length};
 use crate::hashing::DeterministicRng;
+use crate::sample::RowSample;
+use std::collections::HashMap;
 
 /// Candidate split features kept on the stack (wider inputs spill the rest to the heap).
 const MAX_SPLIT_FEATURES: usize = 64;
@@ -118,37 +120,142 @@ pub(super) fn build(
     me
 }
 
+/// The fit's row sample as the trees draw from it. The sample keeps each distinct row once with
+/// the number of input rows it stands for; a tree draws input rows, so a row counted 1,000 times
+/// is 1,000 times as likely to be drawn as one counted once (a frequent value, or category, then
+/// fills its nodes as it fills the data, and sits deep).
+pub(crate) struct TreePool<'a> {
+    rows: Vec<&'a [f64]>,
+    /// Running totals of the counts: row i stands for the input rows `ends[i - 1]..ends[i]`.
+    ends: Vec<u64>,
+}
+
+impl<'a> TreePool<'a> {
+    pub(crate) fn new(sample: &'a RowSample) -> Self {
+        let mut total = 0u64;
+        let (rows, ends) = sample
+            .rows()
+            .map(|(r, count)| {
+                total += count.max(1);
+                (r, total)
+            })
+            .unzip();
+        TreePool { rows, ends }
+    }
+
+    /// The input rows the pool stands for.
+    pub(crate) fn total(&self) -> usize {
+        self.ends.last().map_or(0, |&e| e as usize)
+    }
+
+    /// The distinct rows, each once.
+    pub(crate) fn distinct(&self) -> &[&'a [f64]] {
+        &self.rows
+    }
+
+    /// The distinct row that input row `at` (of `total`) is.
+    fn row_at(&self, at: usize) -> &'a [f64] {
+        self.rows[self.ends.partition_point(|&e| e as usize <= at)]
+    }
+}
+
 /// Tree `t`'s rows of the `n_trees` (ψ each), copied row-major into `data` (the splits scan them
-/// many times): rows [tψ, (t+1)ψ) of the pool when it holds `n_trees · ψ`, else ψ drawn from the
-/// whole pool by a partial Fisher–Yates shuffle with `rng`.
+/// many times). When every pooled row stands for one input row: rows [tψ, (t+1)ψ) of the pool
+/// when it holds `n_trees · ψ`, else ψ drawn from the whole pool by a partial Fisher–Yates
+/// shuffle with `rng`. Otherwise ψ of the input rows the pool stands for, drawn the same way
+/// without replacement (a sparse shuffle over their positions: as many moves as rows drawn).
 pub(crate) fn tree_rows(
-    pool: &[&[f64]],
+    pool: &TreePool<'_>,
     (t, n_trees, psi): (usize, usize, usize),
     rng: &mut DeterministicRng,
     shuffled: &mut Vec<usize>,
     data: &mut Vec<f64>,
 ) {
     data.clear();
-    if pool.len() >= n_trees * psi {
-        pool[t * psi..(t + 1) * psi]
+    let rows = pool.distinct();
+    let total = pool.total();
+    if total > rows.len() {
+        let mut moved: HashMap<usize, usize> = HashMap::with_capacity(psi);
+        for i in 0..psi.min(total) {
+            let j = i + rng.next_below(total - i);
+            let at_i = moved.get(&i).copied().unwrap_or(i);
+            let at_j = moved.get(&j).copied().unwrap_or(j);
+            moved.insert(j, at_i);
+            data.extend_from_slice(pool.row_at(at_j));
+        }
+    } else if rows.len() >= n_trees * psi {
+        rows[t * psi..(t + 1) * psi]
             .iter()
             .for_each(|r| data.extend_from_slice(r));
     } else {
         shuffled.clear();
-        shuffled.extend(0..pool.len());
+        shuffled.extend(0..rows.len());
         for i in 0..psi.min(shuffled.len()) {
             let j = i + rng.next_below(shuffled.len() - i);
             shuffled.swap(i, j);
         }
-        shuffled[..psi.min(pool.len())]
+        shuffled[..psi.min(rows.len())]
             .iter()
-            .for_each(|&i| data.extend_from_slice(pool[i]));
+            .for_each(|&i| data.extend_from_slice(rows[i]));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pool_of(rows: &[(f64, usize)]) -> RowSample {
+        let mut s = RowSample::new(1_000, 1, 1);
+        for &(v, n) in rows {
+            for _ in 0..n {
+                s.offer(&[v]);
+            }
+        }
+        s.compact();
+        s
+    }
+
+    #[test]
+    fn trees_draw_input_rows_not_distinct_ones() {
+        // three distinct rows standing for 900, 99 and 1 input rows
+        let sample = pool_of(&[(1.0, 900), (2.0, 99), (3.0, 1)]);
+        let pool = TreePool::new(&sample);
+        assert_eq!((pool.distinct().len(), pool.total()), (3, 1_000));
+        let (mut shuffled, mut data) = (Vec::new(), Vec::new());
+        let mut seen = [0usize; 3];
+        let mut rng = DeterministicRng::new(3);
+        for t in 0..50 {
+            tree_rows(&pool, (t, 50, 200), &mut rng, &mut shuffled, &mut data);
+            assert_eq!(data.len(), 200);
+            data.iter().for_each(|v| seen[*v as usize - 1] += 1);
+        }
+        // 10,000 draws: about 9,000, 990 and 10, and never more of a row than it stands for
+        assert!((8_700..9_300).contains(&seen[0]), "{seen:?}");
+        assert!((850..1_130).contains(&seen[1]), "{seen:?}");
+        assert!(seen[2] <= 50, "{seen:?}");
+        // a tree never draws the one row standing for one input row twice
+        tree_rows(&pool, (0, 1, 1_000), &mut rng, &mut shuffled, &mut data);
+        assert_eq!(data.iter().filter(|v| **v == 3.0).count(), 1);
+        assert_eq!(data.iter().filter(|v| **v == 1.0).count(), 900);
+    }
+
+    #[test]
+    fn rows_counted_once_are_drawn_as_before() {
+        let sample = pool_of(&(0..300).map(|i| (i as f64, 1)).collect::<Vec<_>>());
+        let pool = TreePool::new(&sample);
+        let (mut shuffled, mut data) = (Vec::new(), Vec::new());
+        let mut rng = DeterministicRng::new(9);
+        tree_rows(&pool, (0, 10, 64), &mut rng, &mut shuffled, &mut data);
+        // the partial Fisher–Yates over the distinct rows, as the draw was written first
+        let mut again = DeterministicRng::new(9);
+        let mut order: Vec<usize> = (0..300).collect();
+        for i in 0..64 {
+            let j = i + again.next_below(300 - i);
+            order.swap(i, j);
+        }
+        let want: Vec<f64> = order[..64].iter().map(|&i| pool.distinct()[i][0]).collect();
+        assert_eq!(data, want);
+    }
 
     /// The split choice as first written: every feature's range at every node. `build` finds
     /// the non-constant features without their ranges and must grow the same trees.
