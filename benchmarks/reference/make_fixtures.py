@@ -3,7 +3,9 @@
 Run once (needs `pip install -r benchmarks/requirements.txt`); the JSON files it writes under
 benchmarks/reference/fixtures/ are committed, and `cargo test` compares Nomaly against them
 (crates/nomaly-detectors/tests/accuracy.rs): ROC-AUC within 0.01 of the reference implementation,
-Spearman rank correlation >= 0.99 for the deterministic detectors.
+Spearman rank correlation >= 0.99 for the deterministic detectors, and equal scores where the
+reference is deterministic (pca, mahalanobis, knn, lof, loda with Nomaly's projections, mcd with
+scikit-learn's steps run from Nomaly's starting subsets).
 
     python3 benchmarks/reference/make_fixtures.py
 """
@@ -193,6 +195,69 @@ def loda_scores(X, seed=42, cuts=100):
         pyod_loda.np.random = real
 
 
+def nomaly_sample_order(X, seed):
+    """The rows in the order of Nomaly's row sample: by the seeded hash of their values' bits."""
+    def bits(v):
+        return 0 if v == 0.0 else int(np.float64(v).view(np.uint64))
+
+    def row_hash(row):
+        h = mix64(seed ^ 0x6E6F6D616C790001)
+        for v in row:
+            h = mix64(h ^ bits(v))
+        return h
+
+    keys = [(row_hash(r), tuple(bits(v) for v in r), i) for i, r in enumerate(X)]
+    assert len({k[:2] for k in keys}) == len(keys), "distinct rows expected"
+    return [k[2] for k in sorted(keys)]
+
+
+def mcd_same_starts(X, seed=42):
+    """PyOD's MCD (scikit-learn's C-steps, consistency correction and reweighting) run from the
+    random h-subsets Nomaly's `mcd` draws, in Nomaly's search (30 starts, two C-steps each, the 10
+    lowest determinants iterated to convergence): Nomaly's scores must equal these. scikit-learn's
+    own search splits inputs over 500 rows into subsets and draws with NumPy's generator, so its
+    optimum may differ (the `mcd` scores) where this one may not."""
+    from scipy.linalg import pinvh
+    from scipy.stats import chi2
+    from sklearn.covariance import empirical_covariance
+    from sklearn.covariance._robust_covariance import _c_step
+
+    order = nomaly_sample_order(X, seed)
+    X = X[order]
+    n, d = X.shape
+    h = int(min(np.ceil(0.5 * (n + d + 1)), n))
+    rng = NomalyRng(seed ^ 0x6D63645F74726961)
+
+    class Start:
+        """Hands scikit-learn's C-step the h-subset Nomaly starts from."""
+
+        def __init__(self, permutation):
+            self.order = np.array(permutation)
+
+        def permutation(self, m):
+            return self.order
+
+    trials = []
+    for _ in range(30):
+        perm = list(range(n))
+        for i in range(n - 1, 0, -1):
+            j = rng.next_u64() % (i + 1)
+            perm[i], perm[j] = perm[j], perm[i]
+        trials.append(_c_step(X, h, Start(perm), remaining_iterations=2))
+    best = sorted(trials, key=lambda t: t[2])[:10]
+    refined = [_c_step(X, h, None, remaining_iterations=30, initial_estimates=(t[0], t[1])) for t in best]
+    _, _, _, _, dist = min(refined, key=lambda t: t[2])
+    # MinCovDet.correct_covariance and reweight_covariance
+    dist = dist / (np.median(dist) / chi2(d).isf(0.5))
+    mask = dist < chi2(d).isf(0.025)
+    location, covariance = X[mask].mean(0), empirical_covariance(X[mask])
+    centred = X - location
+    scores = (centred @ pinvh(covariance) * centred).sum(1)
+    out = np.empty(n)
+    out[order] = scores
+    return out
+
+
 def eif_scores(X, seed):
     """The `eif` package's fully extended forest (Hariri et al.), scikit-learn's ψ and tree count."""
     forest = eif.iForest(X, ntrees=100, sample_size=256, ExtensionLevel=X.shape[1] - 1, seed=seed)
@@ -219,6 +284,7 @@ def main():
             "pca": pyod_scores(PCA(), X),
             "mahalanobis": EmpiricalCovariance().fit(X).mahalanobis(X),
             "mcd": pyod_scores(MCD(random_state=0), X),
+            "mcd_same_starts": mcd_same_starts(X),
             "knn": pyod_scores(KNN(), X),
             "lof": pyod_scores(LOF(), X),
             "loda": loda_scores(X),
