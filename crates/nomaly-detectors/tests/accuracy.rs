@@ -71,6 +71,14 @@ fn average_ranks(x: &[f64]) -> Vec<f64> {
     ranks
 }
 
+/// The largest |ours − reference| / |reference| over the rows.
+fn worst_relative(ours: &[f64], reference: &[f64]) -> f64 {
+    ours.iter()
+        .zip(reference)
+        .map(|(a, b)| (a - b).abs() / b.abs().max(1e-300))
+        .fold(0.0, f64::max)
+}
+
 fn spearman(a: &[f64], b: &[f64]) -> f64 {
     let (ra, rb) = (average_ranks(a), average_ranks(b));
     let n = a.len() as f64;
@@ -147,11 +155,7 @@ fn agrees_with_reference_implementations() {
                     | Algorithm::Lof
                     | Algorithm::Loda
             ) {
-                let worst = ours
-                    .iter()
-                    .zip(&reference)
-                    .map(|(a, b)| (a - b).abs() / b.abs().max(1e-300))
-                    .fold(0.0, f64::max);
+                let worst = worst_relative(&ours, &reference);
                 report.push(format!(
                     "{name:14} {alg} max relative difference {worst:.2e}"
                 ));
@@ -167,11 +171,7 @@ fn agrees_with_reference_implementations() {
             }
             if alg == Algorithm::Mcd {
                 let same = floats(&f["scores"]["mcd_same_starts"]);
-                let worst = ours
-                    .iter()
-                    .zip(&same)
-                    .map(|(a, b)| (a - b).abs() / b.abs().max(1e-300))
-                    .fold(0.0, f64::max);
+                let worst = worst_relative(&ours, &same);
                 report.push(format!(
                     "{name:14} mcd from the same starts: max relative difference {worst:.2e}"
                 ));
