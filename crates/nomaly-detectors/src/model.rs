@@ -201,7 +201,7 @@ impl Model {
             ModelBody::Knn(m) => Some(m),
             ModelBody::Lof(m) => Some(m),
             ModelBody::Loda(m) => Some(m),
-            ModelBody::Eif(m) => Some(m),
+            // eif is scored with its text features (`score_with_text`), not through this trait
             _ => None,
         }
     }

@@ -19,7 +19,7 @@
 mod walk;
 
 use super::iforest::{TreePool, average_path_length, scores_from_path_sums, tree_rows};
-use super::{WholeRowScorer, part_columns};
+use super::part_columns;
 use crate::categorical::category_place;
 use crate::hashing::{DeterministicRng, mix64};
 use crate::sample::RowSample;
@@ -368,12 +368,6 @@ impl EifModel {
     }
 }
 
-impl WholeRowScorer for EifModel {
-    fn score_rows(&self, cols: &[&[f64]], len: usize, parts: bool) -> (Vec<f64>, Vec<Vec<f64>>) {
-        self.score_with_text(cols, len, parts, &[])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,7 +394,7 @@ mod tests {
         m.validate(3).unwrap();
         // off the diagonal: an axis-parallel forest sees (0.1, 0.9) inside both ranges
         let cols: [&[f64]; 3] = [&[0.5, 0.1], &[0.52, 0.9], &[0.5, 0.5]];
-        let (scores, parts) = m.score_rows(&cols, 2, true);
+        let (scores, parts) = m.score_with_text(&cols, 2, true, &[]);
         assert!(scores[1] > scores[0] + 0.1, "{scores:?}");
         for r in 0..2 {
             let sum: f64 = parts.iter().map(|p| p[r]).sum();
@@ -411,8 +405,8 @@ mod tests {
             .map(|j| rows[..200].iter().map(|r| r[j] * 1.5 - 0.2).collect())
             .collect();
         let refs: Vec<&[f64]> = cols.iter().map(Vec::as_slice).collect();
-        let (fast, _) = m.score_rows(&refs, 200, false);
-        let (slow, _) = m.score_rows(&refs, 200, true);
+        let (fast, _) = m.score_with_text(&refs, 200, false, &[]);
+        let (slow, _) = m.score_with_text(&refs, 200, true, &[]);
         assert!(
             fast.iter()
                 .zip(&slow)

@@ -223,18 +223,19 @@ impl BinLookup {
 /// loads that depend on the data, so the passes run in vector registers); beyond, by `BinLookup`.
 const SELECT_MAX_BINS: usize = 32;
 
-/// Each block row's term on one cut, `neg_log` of its bin, into `terms` and added to `scores`.
-/// The select passes give the same bin as the lookup: the edges are in order, so the last edge
-/// below a value is the count of them.
+/// Each block row's term on one cut, `neg_log` of its bin, into `terms` and added to `scores`:
+/// by `lookup` when the cut has one (more than `SELECT_MAX_BINS` bins), else by the select passes.
+/// They give the same bin: the edges are in order, so the last edge below a value is the count
+/// of them.
 fn add_cut_terms(
     cut: &Cut,
-    lookup: &BinLookup,
+    lookup: Option<&BinLookup>,
     block: &[&[f64]],
     projected: &mut [f64],
     terms: &mut [f64],
     scores: &mut [f64],
 ) {
-    if cut.neg_log.len() > SELECT_MAX_BINS {
+    if let Some(lookup) = lookup {
         project_block(cut, block, projected);
         for (t, &v) in terms.iter_mut().zip(projected.iter()) {
             *t = cut.neg_log[lookup.bin(v)];
@@ -378,7 +379,12 @@ impl WholeRowScorer for LodaModel {
         let mut scores = vec![0.0; len];
         let mut split = part_columns(parts, self.d, len);
         let n_cuts = self.cuts.len() as f64;
-        let lookups: Vec<BinLookup> = self.cuts.iter().map(BinLookup::new).collect();
+        // Only cuts beyond the select passes' reach are looked up.
+        let lookups: Vec<Option<BinLookup>> = self
+            .cuts
+            .iter()
+            .map(|cut| (cut.neg_log.len() > SELECT_MAX_BINS).then(|| BinLookup::new(cut)))
+            .collect();
         let mut projected = vec![0.0; BLOCK_ROWS.min(len)];
         let mut terms = vec![0.0; BLOCK_ROWS.min(len)];
         for start in (0..len).step_by(BLOCK_ROWS) {
@@ -389,7 +395,7 @@ impl WholeRowScorer for LodaModel {
             for (cut, lookup) in self.cuts.iter().zip(&lookups) {
                 add_cut_terms(
                     cut,
-                    lookup,
+                    lookup.as_ref(),
                     &block,
                     projected,
                     terms,
@@ -468,14 +474,7 @@ mod tests {
         let lookup = BinLookup::new(&cut);
         let mut projected = vec![0.0; values.len()];
         // 87 rows: ten whole chunks of eight and a remainder of seven
-        add_cut_terms(
-            &cut,
-            &lookup,
-            &block,
-            &mut projected,
-            &mut terms,
-            &mut scores,
-        );
+        add_cut_terms(&cut, None, &block, &mut projected, &mut terms, &mut scores);
         for (r, &v) in values.iter().enumerate() {
             let want = cut.neg_log[lookup.bin(v)];
             assert_eq!(terms[r], want, "{v}");

@@ -16,8 +16,9 @@ pub mod mcd;
 pub mod moments;
 pub mod pca;
 
-/// A detector that scores a row whole, not feature by feature (knn, lof, loda, eif): one call
-/// gives the scores and, when asked, each feature's part of them.
+/// A detector that scores a row whole, not feature by feature (knn, lof, loda; eif, which also needs
+/// to know its text features, has its own `score_with_text`): one call gives the scores and, when
+/// asked, each feature's part of them.
 pub trait WholeRowScorer {
     /// Scores of `len` rows of `cols` and, when `parts`, one column per feature of the parts that
     /// sum to each score (none otherwise).
